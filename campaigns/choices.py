@@ -1,0 +1,36 @@
+from django.db import models
+
+
+class CampaignStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    ACTIVATING = "activating", "Activating"
+    SCHEDULED = "scheduled", "Scheduled"
+    LIVE = "live", "Live"
+    STOPPED = "stopped", "Stopped"
+    COMPLETED = "completed", "Completed"
+    ARCHIVED = "archived", "Archived"
+
+
+# What every list shows unless the user asks for other statuses.
+DEFAULT_VISIBLE_STATUSES: tuple[str, ...] = (
+    CampaignStatus.DRAFT,
+    CampaignStatus.SCHEDULED,
+    CampaignStatus.LIVE,
+)
+# The query value meaning "every status" (API `?status=all`, admin "All", command `--all`).
+ALL_STATUSES = "all"
+
+STATUS_COLOURS: dict[str, str] = {
+    CampaignStatus.DRAFT: "#6c757d",
+    CampaignStatus.ACTIVATING: "#b58900",
+    CampaignStatus.SCHEDULED: "#1f6feb",
+    CampaignStatus.LIVE: "#1a7f37",
+    CampaignStatus.STOPPED: "#cf222e",
+    CampaignStatus.COMPLETED: "#8250df",
+    CampaignStatus.ARCHIVED: "#57606a",
+}
+
+
+class CampaignType(models.TextChoices):
+    MARKETING = "marketing", "Marketing"
+    TRANSACTIONAL = "transactional", "Transactional"

@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transition
+from taggit.managers import TaggableManager
+
+from channels.choices import ChannelKind
+
+from .choices import CampaignStatus, CampaignType
+
+Status = CampaignStatus
+
+
+def has_draft_version(campaign: Campaign) -> bool:
+    return campaign.draft_version_id is not None
+
+
+class Campaign(ConcurrentTransitionMixin, models.Model):
+    """A campaign's identity and lifecycle; its content lives in versions."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    type = models.CharField(
+        max_length=16,
+        choices=CampaignType.choices,
+        default=CampaignType.MARKETING,
+        help_text="Transactional campaigns (legal notices…) ignore marketing opt-outs.",
+    )
+    tags = TaggableManager(blank=True)
+    status = FSMField(
+        max_length=16,
+        choices=Status.choices,
+        default=Status.DRAFT,
+        protected=True,
+        db_index=True,
+    )
+    live_version = models.OneToOneField(
+        "CampaignVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    draft_version = models.OneToOneField(
+        "CampaignVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    activation_error = models.TextField(
+        blank=True, help_text="Why the last activation failed; empty once one succeeds."
+    )
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When it first went Live.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [("activate_campaign", "Can activate a campaign")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=Status.values), name="campaign_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(live_version__isnull=True)
+                | Q(draft_version__isnull=True)
+                | ~Q(live_version=models.F("draft_version")),
+                name="campaign_live_and_draft_differ",
+            ),
+            # Only a campaign that has never run may lack a live version…
+            models.CheckConstraint(
+                condition=Q(status__in=[Status.DRAFT, Status.ACTIVATING])
+                | Q(live_version__isnull=False),
+                name="campaign_activated_has_live_version",
+            ),
+            # …and a Draft never has one: a failed re-activation returns to the old status.
+            models.CheckConstraint(
+                condition=~Q(status=Status.DRAFT) | Q(live_version__isnull=True),
+                name="campaign_draft_has_no_live_version",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_open_draft(self) -> bool:
+        """A draft version beside a running one (the mark the lists show)."""
+        return self.draft_version_id is not None and self.live_version_id is not None
+
+    # --- Lifecycle: one method per transition of the design's table -------------------
+
+    @transition(
+        field=status,
+        source=[Status.DRAFT, Status.SCHEDULED, Status.LIVE],
+        target=Status.ACTIVATING,
+        permission="campaigns.activate_campaign",
+        conditions=[has_draft_version],
+        custom={"label": "Activate"},
+    )
+    def activate(self) -> None:
+        self.activation_error = ""
+
+    @transition(
+        field=status,
+        source=Status.ACTIVATING,
+        target=RETURN_VALUE(Status.SCHEDULED, Status.LIVE),
+    )
+    def activation_succeed(self, *, start_at: dt.datetime | None, now: dt.datetime) -> str:
+        return Status.SCHEDULED if start_at is not None and start_at > now else Status.LIVE
+
+    @transition(
+        field=status,
+        source=Status.ACTIVATING,
+        target=RETURN_VALUE(Status.DRAFT, Status.SCHEDULED, Status.LIVE),
+    )
+    def activation_fail(self, *, reason: str, return_to: str) -> str:
+        """Back to the status activation began from: a failed re-activation of a running
+        campaign leaves it running as it was, with its draft still open."""
+        self.activation_error = reason
+        return return_to if self.live_version_id is not None else Status.DRAFT
+
+    @transition(field=status, source=Status.SCHEDULED, target=Status.LIVE)
+    def start(self, *, now: dt.datetime) -> None:
+        if self.started_at is None:
+            self.started_at = now
+
+    @transition(field=status, source=Status.LIVE, target=Status.COMPLETED)
+    def complete(self) -> None:
+        pass
+
+    @transition(
+        field=status,
+        source=[Status.SCHEDULED, Status.LIVE],
+        target=Status.STOPPED,
+        permission="campaigns.change_campaign",
+        custom={"label": "Stop"},
+    )
+    def stop(self) -> None:
+        pass
+
+    @transition(
+        field=status,
+        source=[Status.COMPLETED, Status.STOPPED],
+        target=Status.ARCHIVED,
+        permission="campaigns.change_campaign",
+        custom={"label": "Archive"},
+    )
+    def archive(self) -> None:
+        pass
+
+
+class CampaignVersion(models.Model):
+    """The editable content of a campaign: audience, schedule and channel actions.
+
+    Frozen once activated: a running version never changes under a running execution.
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    segment = models.ForeignKey(
+        "segments.Segment",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="campaign_versions",
+    )
+    start_at = models.DateTimeField(
+        null=True, blank=True, help_text="Leave empty to start as soon as it is activated."
+    )
+    activated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    activated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["campaign", "-number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "number"], name="campaign_version_number_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} v{self.number}"
+
+    @property
+    def is_frozen(self) -> bool:
+        return self.activated_at is not None
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None and self.is_frozen:
+            stored = type(self).objects.filter(pk=self.pk, activated_at__isnull=True).exists()
+            if not stored:
+                raise ValidationError(f"Version {self.number} is activated and cannot change.")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class ChannelAction(models.Model):
+    """One channel of a version: what goes out, from which preset."""
+
+    version = models.ForeignKey(CampaignVersion, on_delete=models.CASCADE, related_name="actions")
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    preset = models.ForeignKey(
+        "channels.MessagePreset", on_delete=models.PROTECT, related_name="actions"
+    )
+    subject = models.CharField(
+        max_length=255, blank=True, help_text="Email subject or push title; ignored by SMS."
+    )
+    body = models.TextField()
+
+    class Meta:
+        ordering = ["version", "channel"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "channel"], name="channel_action_one_per_channel"
+            ),
+            models.CheckConstraint(
+                condition=Q(channel__in=ChannelKind.values), name="channel_action_channel_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_channel_display()} · {self.version}"
+
+    def clean(self) -> None:
+        if self.preset_id is not None and self.preset.channel != self.channel:
+            raise ValidationError(
+                {
+                    "preset": f"Preset “{self.preset.name}” is a {self.preset.get_channel_display()}"
+                    f" preset; this action is {self.get_channel_display()}."
+                }
+            )
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if CampaignVersion.objects.filter(pk=self.version_id, activated_at__isnull=False).exists():
+            raise ValidationError("The version is activated; its actions cannot change.")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class CampaignTransition(models.Model):
+    """The audit trail: every lifecycle step of a campaign, who took it and why."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="transitions")
+    name = models.CharField(max_length=32)
+    source = models.CharField(max_length=16, choices=Status.choices)
+    target = models.CharField(max_length=16, choices=Status.choices)
+    version = models.ForeignKey(
+        CampaignVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.campaign}: {self.name} {self.source} → {self.target}"

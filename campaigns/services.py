@@ -1,0 +1,495 @@
+"""Campaign domain functions.
+
+The admin, the REST API, the management commands and the Celery tasks all change
+campaigns through these functions and nothing else. Each runs in one transaction, locks
+the campaign row it changes (so that of two concurrent transitions exactly one wins),
+validates everything, and records the step in the campaign's transition log.
+
+Errors: `django_fsm.TransitionNotAllowed` and `CampaignConflict` when the current state
+refuses the operation (409), `ValidationError` for bad input (400), `PermissionDenied`
+when the user lacks the permission (403). `user=None` means the system (scheduler,
+activation task, staff commands).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+from django_fsm import TransitionNotAllowed, can_proceed
+
+from channels.choices import ChannelKind
+from channels.models import MessagePreset
+from segments.models import Segment
+
+from .choices import CampaignStatus, CampaignType
+from .exceptions import CampaignConflict
+from .models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
+from .selectors import version_activation_problems
+
+Status = CampaignStatus
+User = AbstractBaseUser | AnonymousUser
+
+CAMPAIGN_FIELDS = ("name", "description", "type")
+VERSION_FIELDS = ("segment", "start_at")
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _require_perm(user: User | None, perm: str) -> None:
+    if user is not None and not user.has_perm(perm):
+        raise PermissionDenied(f"You need the “{perm}” permission to do this.")
+
+
+def _actor(user: User | None) -> Any:
+    return user if user is not None and user.is_authenticated else None
+
+
+def _lock(campaign: Campaign | int) -> Campaign:
+    """The campaign's current row, locked until the transaction ends (call inside atomic)."""
+    pk = campaign if isinstance(campaign, int) else campaign.pk
+    return Campaign.objects.select_for_update().get(pk=pk)
+
+
+def _status_label(value: str) -> str:
+    return str(Status(value).label)
+
+
+def _sources_of(transition_name: str) -> list[str]:
+    method = getattr(Campaign, transition_name)
+    return [s for s in method._django_fsm.transitions if s in Status.values]
+
+
+def _refuse(campaign: Campaign, transition_name: str) -> TransitionNotAllowed:
+    verb = transition_name.replace("_", " ")
+    sources = " or ".join(_status_label(s) for s in _sources_of(transition_name))
+    message = (
+        f"Cannot {verb} campaign “{campaign.name}”: it is {_status_label(campaign.status)}; "
+        f"only a {sources} campaign can be {verb}d."
+    )
+    if transition_name == "activate" and campaign.status in (Status.SCHEDULED, Status.LIVE):
+        message = (
+            f"Cannot activate campaign “{campaign.name}”: it has no open draft version. "
+            "Use “modify” to open one."
+        )
+    return TransitionNotAllowed(message, object=campaign, method=transition_name)
+
+
+def _transition(
+    campaign: Campaign,
+    name: str,
+    *,
+    user: User | None,
+    reason: str = "",
+    version: CampaignVersion | None = None,
+    **kwargs: Any,
+) -> Campaign:
+    """Apply a lifecycle transition to a locked campaign, save it and log it."""
+    method = getattr(campaign, name)
+    if not can_proceed(method):
+        raise _refuse(campaign, name)
+    source = campaign.status
+    method(**kwargs)
+    campaign.save()
+    _log(campaign, name, source=source, user=user, reason=reason, version=version)
+    return campaign
+
+
+def _log(
+    campaign: Campaign,
+    name: str,
+    *,
+    source: str,
+    user: User | None,
+    reason: str = "",
+    version: CampaignVersion | None = None,
+) -> None:
+    CampaignTransition.objects.create(
+        campaign=campaign,
+        name=name,
+        source=source,
+        target=campaign.status,
+        by=_actor(user),
+        reason=reason,
+        version=version,
+    )
+
+
+def _validate_start_at(start_at: dt.datetime | None) -> None:
+    if start_at is not None and start_at <= timezone.now():
+        raise ValidationError(
+            {"start_at": "The start time is in the past; choose a future time or leave it empty."}
+        )
+
+
+def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, Any]]) -> None:
+    """Make the version's channel actions exactly `actions`, validating each."""
+    errors: list[str] = []
+    seen: set[str] = set()
+    rows = []
+    for index, spec in enumerate(actions):
+        channel = spec.get("channel")
+        preset = spec.get("preset")
+        where = f"actions[{index}]"
+        if channel not in ChannelKind.values:
+            errors.append(f"{where}.channel: choose one of {', '.join(ChannelKind.values)}.")
+            continue
+        if channel in seen:
+            errors.append(f"{where}.channel: a version has at most one {channel} action.")
+            continue
+        seen.add(channel)
+        if not isinstance(preset, MessagePreset):
+            errors.append(f"{where}.preset: choose a message preset.")
+            continue
+        if preset.channel != channel:
+            errors.append(
+                f"{where}.preset: “{preset.name}” is a {preset.get_channel_display()} preset, "
+                f"not {ChannelKind(channel).label}."
+            )
+            continue
+        rows.append(
+            ChannelAction(
+                version=version,
+                channel=channel,
+                preset=preset,
+                subject=spec.get("subject") or "",
+                body=spec.get("body") or "",
+            )
+        )
+    if errors:
+        raise ValidationError({"actions": errors})
+    version.actions.all().delete()
+    ChannelAction.objects.bulk_create(rows)
+
+
+def _copy_version(source: CampaignVersion, *, campaign: Campaign, number: int) -> CampaignVersion:
+    copy = CampaignVersion.objects.create(
+        campaign=campaign, number=number, segment=source.segment, start_at=source.start_at
+    )
+    ChannelAction.objects.bulk_create(
+        ChannelAction(
+            version=copy,
+            channel=a.channel,
+            preset_id=a.preset_id,
+            subject=a.subject,
+            body=a.body,
+        )
+        for a in source.actions.all()
+    )
+    return copy
+
+
+def _next_version_number(campaign: Campaign) -> int:
+    highest = campaign.versions.aggregate(n=Max("number"))["n"] or 0
+    return int(highest) + 1
+
+
+# --- create and edit ----------------------------------------------------------------
+
+
+@transaction.atomic
+def campaign_create(
+    *,
+    user: User | None,
+    name: str,
+    description: str = "",
+    type: str = CampaignType.MARKETING,
+    tags: Iterable[str] = (),
+    segment: Segment | None = None,
+    start_at: dt.datetime | None = None,
+    actions: Iterable[Mapping[str, Any]] = (),
+) -> Campaign:
+    """A new Draft campaign whose version 1 holds the given content."""
+    _require_perm(user, "campaigns.add_campaign")
+    campaign = Campaign(name=name, description=description, type=type, created_by=_actor(user))
+    campaign.full_clean(exclude=["status", "live_version", "draft_version"])
+    _validate_start_at(start_at)
+    campaign.save()
+    version = CampaignVersion.objects.create(
+        campaign=campaign, number=1, segment=segment, start_at=start_at
+    )
+    _replace_actions(version, actions)
+    campaign.draft_version = version
+    campaign.save(update_fields=["draft_version", "updated_at"])
+    campaign.tags.set(list(tags))
+    _log(campaign, "create", source=campaign.status, user=user, version=version)
+    return campaign
+
+
+@transaction.atomic
+def campaign_update(*, campaign: Campaign, user: User | None, data: Mapping[str, Any]) -> Campaign:
+    """Edit a campaign's open draft version (and its name, description, tags, type).
+
+    Only the keys present in `data` change; `actions`, when given, replaces all actions.
+    """
+    _require_perm(user, "campaigns.change_campaign")
+    campaign = _lock(campaign)
+    if campaign.status == Status.ACTIVATING:
+        raise CampaignConflict(
+            f"Campaign “{campaign.name}” is being activated; edit it once activation ends."
+        )
+    version = campaign.draft_version
+    if version is None:
+        raise CampaignConflict(
+            f"Campaign “{campaign.name}” has no draft version to edit"
+            + (
+                "; use “modify” to open one."
+                if campaign.status in (Status.SCHEDULED, Status.LIVE)
+                else f": a {_status_label(campaign.status)} campaign cannot change."
+            )
+        )
+    if "type" in data and data["type"] != campaign.type and campaign.live_version_id is not None:
+        raise ValidationError(
+            {"type": "The type cannot change once the campaign has run; duplicate it instead."}
+        )
+    for field in CAMPAIGN_FIELDS:
+        if field in data:
+            setattr(campaign, field, data[field])
+    campaign.full_clean(exclude=["status", "live_version", "draft_version"])
+    if "start_at" in data:
+        _validate_start_at(data["start_at"])
+    for field in VERSION_FIELDS:
+        if field in data:
+            setattr(version, field, data[field])
+    version.save()
+    if "actions" in data:
+        _replace_actions(version, data["actions"])
+    campaign.save()
+    if "tags" in data:
+        campaign.tags.set(list(data["tags"]))
+    return campaign
+
+
+@transaction.atomic
+def campaign_delete(*, campaign: Campaign, user: User | None) -> None:
+    """Delete a Draft that never ran; anything else is stopped or archived instead."""
+    _require_perm(user, "campaigns.delete_campaign")
+    campaign = _lock(campaign)
+    if campaign.status != Status.DRAFT:
+        raise CampaignConflict(
+            f"Campaign “{campaign.name}” is {_status_label(campaign.status)}: only Draft campaigns "
+            "can be deleted; stop or archive it instead."
+        )
+    campaign.draft_version = None
+    campaign.save(update_fields=["draft_version"])
+    campaign.delete()
+
+
+# --- lifecycle ------------------------------------------------------------------------
+
+
+@transaction.atomic
+def campaign_activate(*, campaign: Campaign, user: User | None) -> Campaign:
+    """Draft → Activating (or a running campaign's open draft): the checks run now and again
+    in the activation task, which moves the campaign to Scheduled or Live."""
+    _require_perm(user, "campaigns.activate_campaign")
+    campaign = _lock(campaign)
+    if not can_proceed(campaign.activate):
+        raise _refuse(campaign, "activate")
+    problems = version_activation_problems(version=campaign.draft_version, now=timezone.now())
+    if problems:
+        raise ValidationError(problems)
+    _transition(campaign, "activate", user=user, version=campaign.draft_version)
+
+    from .tasks import campaign_activation_task
+
+    campaign_pk = campaign.pk
+    transaction.on_commit(lambda: campaign_activation_task.delay(campaign_pk))
+    return campaign
+
+
+@transaction.atomic
+def campaign_activation_complete(*, campaign_id: int) -> Campaign:
+    """The activation task's work: re-check, then Scheduled/Live, or back with the reason.
+
+    Safe to run twice: a campaign no longer Activating is left as it is.
+    """
+    campaign = _lock(campaign_id)
+    if campaign.status != Status.ACTIVATING:
+        return campaign
+    request = campaign.transitions.filter(name="activate").order_by("-at", "-id").first()
+    return_to = request.source if request else Status.DRAFT
+    requested_by = request.by if request else None
+    version = campaign.draft_version
+    now = timezone.now()
+    problems = version_activation_problems(version=version, now=now)
+    if problems or version is None:
+        reason = " ".join(problems)
+        return _transition(
+            campaign,
+            "activation_fail",
+            user=None,
+            reason=reason,
+            version=version,
+            return_to=return_to,
+        )
+    version.activated_at = now
+    version.activated_by = requested_by
+    version.save()
+    campaign.live_version = version
+    campaign.draft_version = None
+    _transition(
+        campaign,
+        "activation_succeed",
+        user=None,
+        version=version,
+        reason=f"Version {version.number} activated.",
+        start_at=version.start_at,
+        now=now,
+    )
+    if campaign.status == Status.LIVE and campaign.started_at is None:
+        campaign.started_at = now
+        campaign.save(update_fields=["started_at", "updated_at"])
+    return campaign
+
+
+def campaigns_start_due(*, now: dt.datetime | None = None) -> list[int]:
+    """Scheduled → Live for every campaign whose start time has come; returns their ids."""
+    now = now or timezone.now()
+    due = Campaign.objects.filter(
+        status=Status.SCHEDULED, live_version__start_at__lte=now
+    ).values_list("pk", flat=True)
+    started = []
+    for pk in list(due):
+        with transaction.atomic():
+            campaign = _lock(pk)
+            start_at = campaign.live_version.start_at if campaign.live_version else None
+            if campaign.status != Status.SCHEDULED or (start_at and start_at > now):
+                continue
+            _transition(campaign, "start", user=None, reason="Start time reached.", now=now)
+            started.append(pk)
+    return started
+
+
+def campaigns_retry_stale_activations(*, older_than: dt.timedelta) -> list[int]:
+    """Send the activation task again for campaigns stuck in Activating (a lost message)."""
+    from .tasks import campaign_activation_task
+
+    cutoff = timezone.now() - older_than
+    stale = list(
+        Campaign.objects.filter(status=Status.ACTIVATING, updated_at__lt=cutoff).values_list(
+            "pk", flat=True
+        )
+    )
+    for pk in stale:
+        campaign_activation_task.delay(pk)
+    return stale
+
+
+@transaction.atomic
+def campaign_complete(*, campaign: Campaign | int, reason: str = "") -> Campaign:
+    """Live → Completed: called when the last delivery of the execution is done."""
+    campaign = _lock(campaign)
+    return _transition(campaign, "complete", user=None, reason=reason)
+
+
+@transaction.atomic
+def campaign_stop(*, campaign: Campaign, user: User | None, reason: str = "") -> Campaign:
+    """Scheduled or Live → Stopped. Terminal: no delivery starts after this commits."""
+    _require_perm(user, "campaigns.change_campaign")
+    campaign = _lock(campaign)
+    return _transition(campaign, "stop", user=user, reason=reason)
+
+
+@transaction.atomic
+def campaign_archive(*, campaign: Campaign, user: User | None) -> Campaign:
+    """Completed or Stopped → Archived."""
+    _require_perm(user, "campaigns.change_campaign")
+    campaign = _lock(campaign)
+    return _transition(campaign, "archive", user=user)
+
+
+# --- versions -------------------------------------------------------------------------
+
+
+@transaction.atomic
+def campaign_modify(*, campaign: Campaign, user: User | None) -> CampaignVersion:
+    """Open a draft version of a Scheduled or Live campaign, a copy of the running one."""
+    _require_perm(user, "campaigns.change_campaign")
+    campaign = _lock(campaign)
+    if campaign.status not in (Status.SCHEDULED, Status.LIVE):
+        raise CampaignConflict(
+            f"Cannot modify campaign “{campaign.name}”: it is "
+            f"{_status_label(campaign.status)}; only a Scheduled or Live campaign can be modified"
+            + (" (edit its draft directly)." if campaign.status == Status.DRAFT else ".")
+        )
+    if campaign.draft_version_id is not None:
+        raise CampaignConflict(
+            f"Campaign “{campaign.name}” already has an open draft "
+            f"(version {campaign.draft_version.number})."  # type: ignore[union-attr]
+        )
+    assert campaign.live_version is not None  # guaranteed by campaign_activated_has_live_version
+    draft = _copy_version(
+        campaign.live_version, campaign=campaign, number=_next_version_number(campaign)
+    )
+    campaign.draft_version = draft
+    campaign.save()
+    _log(campaign, "modify", source=campaign.status, user=user, version=draft)
+    return draft
+
+
+@transaction.atomic
+def campaign_discard_draft(*, campaign: Campaign, user: User | None) -> Campaign:
+    """Drop the open draft of a Scheduled or Live campaign; the running version stays."""
+    _require_perm(user, "campaigns.change_campaign")
+    campaign = _lock(campaign)
+    draft = campaign.draft_version
+    if campaign.status not in (Status.SCHEDULED, Status.LIVE) or draft is None:
+        raise CampaignConflict(
+            f"Campaign “{campaign.name}” has no open draft beside a running version to discard"
+            + ("; delete the Draft campaign instead." if campaign.status == Status.DRAFT else ".")
+        )
+    campaign.draft_version = None
+    campaign.save()
+    _log(
+        campaign,
+        "discard_draft",
+        source=campaign.status,
+        user=user,
+        reason=f"Version {draft.number} discarded.",
+    )
+    draft.delete()
+    return campaign
+
+
+def _duplicate_name(name: str) -> str:
+    base = f"{name} (copy)"
+    candidate, n = base, 2
+    while Campaign.objects.filter(name=candidate).exists():
+        candidate, n = f"{name} (copy {n})", n + 1
+    return candidate[:200]
+
+
+@transaction.atomic
+def campaign_duplicate(*, campaign: Campaign, user: User | None, name: str = "") -> Campaign:
+    """A new Draft with the latest content of any campaign (its draft, else its live version)."""
+    _require_perm(user, "campaigns.add_campaign")
+    source = campaign.draft_version or campaign.live_version
+    copy = Campaign(
+        name=name or _duplicate_name(campaign.name),
+        description=campaign.description,
+        type=campaign.type,
+        created_by=_actor(user),
+    )
+    copy.full_clean(exclude=["status", "live_version", "draft_version"])
+    try:
+        with transaction.atomic():
+            copy.save()
+    except IntegrityError as error:
+        raise ValidationError({"name": "A campaign with this name already exists."}) from error
+    if source is not None:
+        version = _copy_version(source, campaign=copy, number=1)
+    else:
+        version = CampaignVersion.objects.create(campaign=copy, number=1)
+    copy.draft_version = version
+    copy.save(update_fields=["draft_version", "updated_at"])
+    copy.tags.set(list(campaign.tags.names()))
+    _log(copy, "duplicate", source=copy.status, user=user, reason=f"Copy of “{campaign.name}”.")
+    return copy

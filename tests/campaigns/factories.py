@@ -1,0 +1,55 @@
+"""Campaigns are made through the services, as every door makes them."""
+
+from typing import Any
+
+from campaigns import services
+from campaigns.models import Campaign
+from tests.channels.factories import MessagePresetFactory
+from tests.segments.factories import SegmentFactory
+
+_counter = {"n": 0}
+
+
+def email_action(**overrides: Any) -> dict[str, Any]:
+    return {
+        "channel": "email",
+        "preset": overrides.pop("preset", None) or MessagePresetFactory(channel="email"),
+        "subject": "Hello",
+        "body": "Hello {{ profile.external_id }}",
+        **overrides,
+    }
+
+
+def sms_action(**overrides: Any) -> dict[str, Any]:
+    return {
+        "channel": "sms",
+        "preset": overrides.pop("preset", None) or MessagePresetFactory(channel="sms"),
+        "body": "Hi from Salvo",
+        **overrides,
+    }
+
+
+def make_campaign(**fields: Any) -> Campaign:
+    """A Draft campaign ready to activate unless fields say otherwise."""
+    _counter["n"] += 1
+    fields.setdefault("name", f"Campaign {_counter['n']}")
+    if "segment" not in fields:
+        fields["segment"] = SegmentFactory()
+    if "actions" not in fields:
+        fields["actions"] = [email_action(), sms_action()]
+    return services.campaign_create(user=None, **fields)
+
+
+def make_live_campaign(**fields: Any) -> Campaign:
+    campaign = make_campaign(**fields)
+    services.campaign_activate(campaign=campaign, user=None)
+    return services.campaign_activation_complete(campaign_id=campaign.pk)
+
+
+def make_scheduled_campaign(**fields: Any) -> Campaign:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    fields.setdefault("start_at", timezone.now() + dt.timedelta(days=1))
+    return make_live_campaign(**fields)
