@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 from django_fsm import can_proceed
@@ -16,7 +16,8 @@ from .choices import ALL_STATUSES, DEFAULT_VISIBLE_STATUSES, CampaignStatus
 from .models import Campaign, CampaignTransition, CampaignVersion
 
 Status = CampaignStatus
-User = AbstractBaseUser | AnonymousUser
+# Who asks: a person (admin, API, `--user`), or None in services for the system itself.
+Actor = AbstractUser | AnonymousUser
 
 
 def campaign_statuses_from_query(values: Iterable[str]) -> list[str] | None:
@@ -110,7 +111,7 @@ def version_activation_problems(*, version: CampaignVersion | None, now: dt.date
 OPERATIONS = ("activate", "modify", "discard_draft", "stop", "archive", "duplicate", "delete")
 
 
-def campaign_operations(*, campaign: Campaign, user: User) -> list[str]:
+def campaign_operations(*, campaign: Campaign, user: Actor) -> list[str]:
     """The operations this user may take on this campaign in its current state."""
     allowed = []
     for name in ("activate", "stop", "archive"):

@@ -17,7 +17,6 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
@@ -31,10 +30,9 @@ from segments.models import Segment
 from .choices import CampaignStatus, CampaignType
 from .exceptions import CampaignConflict
 from .models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
-from .selectors import version_activation_problems
+from .selectors import Actor, version_activation_problems
 
 Status = CampaignStatus
-User = AbstractBaseUser | AnonymousUser
 
 CAMPAIGN_FIELDS = ("name", "description", "type")
 VERSION_FIELDS = ("segment", "start_at")
@@ -43,12 +41,12 @@ VERSION_FIELDS = ("segment", "start_at")
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _require_perm(user: User | None, perm: str) -> None:
+def _require_perm(user: Actor | None, perm: str) -> None:
     if user is not None and not user.has_perm(perm):
         raise PermissionDenied(f"You need the “{perm}” permission to do this.")
 
 
-def _actor(user: User | None) -> Any:
+def _actor(user: Actor | None) -> Any:
     return user if user is not None and user.is_authenticated else None
 
 
@@ -86,7 +84,7 @@ def _transition(
     campaign: Campaign,
     name: str,
     *,
-    user: User | None,
+    user: Actor | None,
     reason: str = "",
     version: CampaignVersion | None = None,
     **kwargs: Any,
@@ -107,7 +105,7 @@ def _log(
     name: str,
     *,
     source: str,
-    user: User | None,
+    user: Actor | None,
     reason: str = "",
     version: CampaignVersion | None = None,
 ) -> None:
@@ -197,7 +195,7 @@ def _next_version_number(campaign: Campaign) -> int:
 @transaction.atomic
 def campaign_create(
     *,
-    user: User | None,
+    user: Actor | None,
     name: str,
     description: str = "",
     type: str = CampaignType.MARKETING,
@@ -224,7 +222,7 @@ def campaign_create(
 
 
 @transaction.atomic
-def campaign_update(*, campaign: Campaign, user: User | None, data: Mapping[str, Any]) -> Campaign:
+def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str, Any]) -> Campaign:
     """Edit a campaign's open draft version (and its name, description, tags, type).
 
     Only the keys present in `data` change; `actions`, when given, replaces all actions.
@@ -268,7 +266,7 @@ def campaign_update(*, campaign: Campaign, user: User | None, data: Mapping[str,
 
 
 @transaction.atomic
-def campaign_delete(*, campaign: Campaign, user: User | None) -> None:
+def campaign_delete(*, campaign: Campaign, user: Actor | None) -> None:
     """Delete a Draft that never ran; anything else is stopped or archived instead."""
     _require_perm(user, "campaigns.delete_campaign")
     campaign = _lock(campaign)
@@ -286,7 +284,7 @@ def campaign_delete(*, campaign: Campaign, user: User | None) -> None:
 
 
 @transaction.atomic
-def campaign_activate(*, campaign: Campaign, user: User | None) -> Campaign:
+def campaign_activate(*, campaign: Campaign, user: Actor | None) -> Campaign:
     """Draft → Activating (or a running campaign's open draft): the checks run now and again
     in the activation task, which moves the campaign to Scheduled or Live."""
     _require_perm(user, "campaigns.activate_campaign")
@@ -391,7 +389,7 @@ def campaign_complete(*, campaign: Campaign | int, reason: str = "") -> Campaign
 
 
 @transaction.atomic
-def campaign_stop(*, campaign: Campaign, user: User | None, reason: str = "") -> Campaign:
+def campaign_stop(*, campaign: Campaign, user: Actor | None, reason: str = "") -> Campaign:
     """Scheduled or Live → Stopped. Terminal: no delivery starts after this commits."""
     _require_perm(user, "campaigns.change_campaign")
     campaign = _lock(campaign)
@@ -399,7 +397,7 @@ def campaign_stop(*, campaign: Campaign, user: User | None, reason: str = "") ->
 
 
 @transaction.atomic
-def campaign_archive(*, campaign: Campaign, user: User | None) -> Campaign:
+def campaign_archive(*, campaign: Campaign, user: Actor | None) -> Campaign:
     """Completed or Stopped → Archived."""
     _require_perm(user, "campaigns.change_campaign")
     campaign = _lock(campaign)
@@ -410,7 +408,7 @@ def campaign_archive(*, campaign: Campaign, user: User | None) -> Campaign:
 
 
 @transaction.atomic
-def campaign_modify(*, campaign: Campaign, user: User | None) -> CampaignVersion:
+def campaign_modify(*, campaign: Campaign, user: Actor | None) -> CampaignVersion:
     """Open a draft version of a Scheduled or Live campaign, a copy of the running one."""
     _require_perm(user, "campaigns.change_campaign")
     campaign = _lock(campaign)
@@ -436,7 +434,7 @@ def campaign_modify(*, campaign: Campaign, user: User | None) -> CampaignVersion
 
 
 @transaction.atomic
-def campaign_discard_draft(*, campaign: Campaign, user: User | None) -> Campaign:
+def campaign_discard_draft(*, campaign: Campaign, user: Actor | None) -> Campaign:
     """Drop the open draft of a Scheduled or Live campaign; the running version stays."""
     _require_perm(user, "campaigns.change_campaign")
     campaign = _lock(campaign)
@@ -468,7 +466,7 @@ def _duplicate_name(name: str) -> str:
 
 
 @transaction.atomic
-def campaign_duplicate(*, campaign: Campaign, user: User | None, name: str = "") -> Campaign:
+def campaign_duplicate(*, campaign: Campaign, user: Actor | None, name: str = "") -> Campaign:
     """A new Draft with the latest content of any campaign (its draft, else its live version)."""
     _require_perm(user, "campaigns.add_campaign")
     source = campaign.draft_version or campaign.live_version
