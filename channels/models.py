@@ -43,7 +43,7 @@ class MessagePreset(models.Model):
     def clean(self) -> None:
         required = REQUIRED_SENDER_FIELD.get(self.channel)
         if required and not getattr(self, required):
-            label = self._meta.get_field(required).verbose_name
+            label = required.replace("_", " ")
             raise ValidationError(
                 {required: f"A {self.get_channel_display()} preset needs {label}."}
             )
