@@ -116,10 +116,10 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         source=Status.ACTIVATING,
         target=RETURN_VALUE(Status.DRAFT, Status.SCHEDULED, Status.LIVE),
     )
-    def activation_fail(self, *, reason: str, return_to: str) -> str:
+    def activation_fail(self, *, error: str, return_to: str) -> str:
         """Back to the status activation began from: a failed re-activation of a running
         campaign leaves it running as it was, with its draft still open."""
-        self.activation_error = reason
+        self.activation_error = error
         return return_to if self.live_version_id is not None else Status.DRAFT
 
     @transition(field=status, source=Status.SCHEDULED, target=Status.LIVE)

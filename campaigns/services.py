@@ -326,6 +326,7 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
             user=None,
             reason=reason,
             version=version,
+            error=reason,
             return_to=return_to,
         )
     version.activated_at = now
