@@ -35,11 +35,8 @@ def in_status(status: str, *, with_draft: bool = False) -> Campaign:
     if status == Status.ACTIVATING:
         campaign = make_campaign()
         return services.campaign_activate(campaign=campaign, user=None)
-    if status == Status.SCHEDULED:
-        campaign = make_scheduled_campaign()
-    else:
-        campaign = make_live_campaign()
-    if status in (Status.STOPPED,):
+    campaign = make_scheduled_campaign() if status == Status.SCHEDULED else make_live_campaign()
+    if status == Status.STOPPED:
         campaign = services.campaign_stop(campaign=campaign, user=None)
     if status in (Status.COMPLETED, Status.ARCHIVED):
         campaign = services.campaign_complete(campaign=campaign)
@@ -185,7 +182,8 @@ def test_activation_goes_live_now_and_freezes_the_version():
     assert campaign.started_at is not None
     assert campaign.draft_version is None
     version = campaign.live_version
-    assert version.number == 1 and version.is_frozen
+    assert version.number == 1
+    assert version.is_frozen
     with pytest.raises(ValidationError, match="activated"):
         version.save()
     with pytest.raises(ValidationError, match="activated"):
