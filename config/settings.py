@@ -26,6 +26,10 @@ SECRET_KEY = env.str(
     # Only the embedded default may run with this key; production sets its own.
     default="embedded-default-insecure-key-set-DJANGO_SECRET_KEY-in-production",
 )
+if not DEBUG and SECRET_KEY.startswith("embedded-default-insecure"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("Set DJANGO_SECRET_KEY: DJANGO_DEBUG is off, so this is production.")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
