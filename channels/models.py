@@ -1,4 +1,5 @@
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 
 from .choices import ChannelKind
@@ -26,6 +27,19 @@ class MessagePreset(models.Model):
     )
     push_app_id = models.CharField(max_length=200, blank=True)
     webhook_url = models.URLField(blank=True)
+    backend = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Dotted path of a provider backend; empty uses the channel's default "
+        "from settings.SALVO_PROVIDER_BACKENDS.",
+    )
+    rate_limit_per_second = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.001)],
+        help_text="Most messages per second through this preset, shared by all workers; "
+        "empty means no limit.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -34,6 +48,11 @@ class MessagePreset(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(channel__in=ChannelKind.values), name="preset_channel_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(rate_limit_per_second__isnull=True)
+                | models.Q(rate_limit_per_second__gt=0),
+                name="preset_rate_limit_positive",
             ),
         ]
 
@@ -47,3 +66,30 @@ class MessagePreset(models.Model):
             raise ValidationError(
                 {required: f"A {self.get_channel_display()} preset needs {label}."}
             )
+        if self.backend:
+            # Imported here: the providers package imports this module for type hints.
+            from .providers import import_backend
+
+            try:
+                import_backend(self.backend)
+            except (ImportError, TypeError) as exc:
+                raise ValidationError(
+                    {"backend": f"{self.backend} is not an importable provider backend: {exc}"}
+                ) from None
+
+
+class RateLimitBucket(models.Model):
+    """The shared token bucket of one rate-limit key when Redis is not the broker.
+
+    Updated only by ``channels.ratelimit``, under a row lock (an IMMEDIATE transaction on
+    SQLite), so that every worker process sees one bucket.
+    """
+
+    key = models.CharField(max_length=200, unique=True)
+    # Tokens available now; negative while callers hold reservations for the future.
+    level = models.FloatField()
+    # time.time() of the last update: a float, so sub-millisecond refills are not lost.
+    refilled_at = models.FloatField()
+
+    def __str__(self) -> str:
+        return self.key

@@ -138,6 +138,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # One schema name per choice set, whichever field uses it (status, source, target…).
+    "ENUM_NAME_OVERRIDES": {
+        "CampaignStatusEnum": "campaigns.choices.CampaignStatus",
+        "ChannelKindEnum": "channels.choices.ChannelKind",
+    },
 }
 
 # --- Celery -------------------------------------------------------------------------
@@ -184,10 +189,65 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --- Delivery (issue 4) ---------------------------------------------------------------
+# Recipients per batch task (Celery moves a few hundred tasks/s, so a task carries hundreds),
+# batches kept queued per action (a bounded window, not the whole audience at once), profile
+# ids snapshotted per planning step, and messages sent between two progress writes (also the
+# most a worker killed mid-send can leave undecided).
+SALVO_DELIVERY_BATCH_SIZE = env.int("SALVO_DELIVERY_BATCH_SIZE", default=500)
+SALVO_DELIVERY_WINDOW = env.int("SALVO_DELIVERY_WINDOW", default=8)
+SALVO_DELIVERY_PLAN_CHUNK = env.int("SALVO_DELIVERY_PLAN_CHUNK", default=100_000)
+SALVO_DELIVERY_SEND_CHUNK = env.int("SALVO_DELIVERY_SEND_CHUNK", default=100)
+# A delivery left "sending" this long by a worker that died is claimed again; an execution
+# with no progress this long has its unfinished batches sent again (lost task messages).
+SALVO_DELIVERY_SENDING_TIMEOUT_S = env.float("SALVO_DELIVERY_SENDING_TIMEOUT_S", default=60.0)
+SALVO_DELIVERY_STALL_AFTER_S = env.float("SALVO_DELIVERY_STALL_AFTER_S", default=90.0)
+# Transient provider errors: exponential back-off from the base, capped, then "failed".
+SALVO_DELIVERY_RETRY_BASE_S = env.float("SALVO_DELIVERY_RETRY_BASE_S", default=5.0)
+SALVO_DELIVERY_RETRY_CAP_S = env.float("SALVO_DELIVERY_RETRY_CAP_S", default=600.0)
+SALVO_DELIVERY_MAX_ATTEMPTS = env.int("SALVO_DELIVERY_MAX_ATTEMPTS", default=6)
+
+# --- Channel providers (issue 4) ------------------------------------------------------
+# One backend per channel, chosen like EMAIL_BACKEND; a MessagePreset may name its own.
+# The defaults only log, so the embedded default never reaches the internet. Production sets
+# e.g. SALVO_EMAIL_BACKEND=channels.providers.email.EmailBackend (SMTP through Django's
+# email machinery, EMAIL_URL below) and SALVO_SMS_BACKEND=channels.providers.http.SmsBackend.
+# Tests and benchmarks point the real backends at the local sinks (channels/sinks.py).
+SALVO_PROVIDER_BACKENDS = {
+    "email": env.str("SALVO_EMAIL_BACKEND", default="channels.providers.console.ConsoleBackend"),
+    "sms": env.str("SALVO_SMS_BACKEND", default="channels.providers.console.ConsoleBackend"),
+    "push": env.str("SALVO_PUSH_BACKEND", default="channels.providers.console.ConsoleBackend"),
+    "webhook": env.str(
+        "SALVO_WEBHOOK_BACKEND", default="channels.providers.console.ConsoleBackend"
+    ),
+}
+# Connect + read timeout of every provider call, in seconds.
+SALVO_PROVIDER_TIMEOUT_S = env.float("SALVO_PROVIDER_TIMEOUT_S", default=10.0)
+# SMTP server of channels.providers.email.EmailBackend, e.g. smtp+tls://user:pass@host:587.
+_email_url = env.email_url("EMAIL_URL", default="smtp://127.0.0.1:1025")
+EMAIL_HOST = _email_url["EMAIL_HOST"]
+EMAIL_PORT = _email_url["EMAIL_PORT"]
+EMAIL_HOST_USER = _email_url.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = _email_url.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = bool(_email_url.get("EMAIL_USE_TLS", False))
+EMAIL_USE_SSL = bool(_email_url.get("EMAIL_USE_SSL", False))
+EMAIL_TIMEOUT = SALVO_PROVIDER_TIMEOUT_S
+SALVO_SMS_PROVIDER = {
+    "url": env.str("SALVO_SMS_API_URL", default="http://127.0.0.1:8025/sms"),
+    "api_key": env.str("SALVO_SMS_API_KEY", default=""),
+}
+SALVO_PUSH_PROVIDER = {
+    "url": env.str("SALVO_PUSH_API_URL", default="http://127.0.0.1:8025/push"),
+    "api_key": env.str("SALVO_PUSH_API_KEY", default=""),
+}
+# Webhook receivers verify X-Salvo-Signature (HMAC-SHA256 of the body) with this secret.
+SALVO_WEBHOOK_SECRET = env.str("SALVO_WEBHOOK_SECRET", default="embedded-default-webhook-secret")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("SALVO_LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # httpx logs every request at INFO: a million lines per campaign.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

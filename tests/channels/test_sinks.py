@@ -1,0 +1,160 @@
+"""The local sink servers: recording, failure rules, and the run_sinks command."""
+
+import http.client
+import json
+import select
+import smtplib
+import subprocess
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from channels.sinks import FailureRules, count_duplicates, read_records, running_sinks
+from channels.sinks import rules_from_options as parse_rules
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+def rules_from(**options) -> FailureRules:
+    defaults = {"reject": "", "flaky": "", "throttle": "", "slow": ""}
+    return parse_rules(defaults | options)
+
+
+def http_request(port: int, path: str, payload=None, *, key: str = "", method: str = "POST"):
+    """Status, headers and JSON answer of one request to the HTTP sink."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        body = json.dumps(payload).encode() if payload is not None else None
+        connection.request(method, path, body=body, headers={"Idempotency-Key": key} if key else {})
+        response = connection.getresponse()
+        return response.status, response.headers, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def smtp_send(port: int, *, to: str, delivery_id: str) -> None:
+    message = EmailMessage()
+    message["From"] = "news@example.com"
+    message["To"] = to
+    message["Subject"] = "Hello"
+    message["X-Salvo-Delivery-Id"] = delivery_id
+    message.set_content("Hi")
+    with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+        client.send_message(message)
+
+
+def test_failure_rules_are_read_from_the_command_line_form():
+    rules = rules_from(
+        reject="^bad", flaky="retry:2", throttle="busy:3:1.5", slow="http://x:80/slow:0.5"
+    )
+    assert rules == FailureRules(
+        reject="^bad",
+        flaky="retry",
+        flaky_times=2,
+        throttle="busy",
+        throttle_times=3,
+        retry_after_s=1.5,
+        slow="http://x:80/slow",
+        slow_s=0.5,
+    )
+    assert rules_from(flaky="retry") == FailureRules(flaky="retry", flaky_times=1)
+
+
+def test_sink_records_smtp_and_http_and_counts_duplicates():
+    with running_sinks() as sink:
+        assert http_request(sink.http_port, "/_sink/health", method="GET")[2] == {"ok": True}
+        smtp_send(sink.smtp_port, to="ann@example.com", delivery_id="7")
+        smtp_send(sink.smtp_port, to="ann@example.com", delivery_id="7")
+        status, _headers, answer = http_request(
+            sink.http_port, "/sms", {"to": "+33600000000"}, key="8"
+        )
+        assert status == 200
+        assert answer["id"].startswith("sink-")
+
+        assert [(r["channel"], r["delivery_id"]) for r in sink.received()] == [
+            ("email", "7"),
+            ("email", "7"),
+            ("sms", "8"),
+        ]
+        assert sink.duplicates() == 1
+        assert sink.received("sms")[0]["json"] == {"to": "+33600000000"}
+
+
+def test_failure_rules_apply_per_delivery_over_real_sockets():
+    with running_sinks(
+        reject="bad", flaky="retry", flaky_times=2, throttle="busy", retry_after_s=3
+    ) as sink:
+
+        def push(token: str, key: str):
+            return http_request(sink.http_port, "/push", {"token": token}, key=key)
+
+        assert push("bad-token", "1")[0] == 400
+        assert [push("retry-token", "2")[0] for _ in range(3)] == [503, 503, 200]
+        # A different delivery to the same recipient starts its own count.
+        assert push("retry-token", "3")[0] == 503
+        status, headers, _answer = push("busy-token", "4")
+        assert (status, headers["Retry-After"]) == (429, "3")
+
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            smtp_send(sink.smtp_port, to="bad@example.com", delivery_id="5")
+        with pytest.raises(smtplib.SMTPDataError) as excinfo:
+            smtp_send(sink.smtp_port, to="retry@example.com", delivery_id="6")
+        assert excinfo.value.smtp_code == 451
+
+        statuses = [(r["to"], r["status"]) for r in sink.attempts()]
+        assert ("bad@example.com", 550) in statuses
+        assert [r["delivery_id"] for r in sink.received()] == ["2"]
+
+
+def test_without_content_the_record_keeps_ids_only(tmp_path):
+    record = tmp_path / "received.jsonl"
+    with running_sinks(record=record, content=False) as sink:
+        smtp_send(sink.smtp_port, to="ann@example.com", delivery_id="9")
+        http_request(sink.http_port, "/sms", {"to": "+1"}, key="10")
+        records = sink.wait_for(2)
+    assert {tuple(sorted(r)) for r in records} == {
+        ("accepted", "at", "attempt", "channel", "delivery_id", "status", "to"),
+        ("accepted", "at", "attempt", "channel", "delivery_id", "message_id", "status", "to"),
+    }
+    assert read_records(record) == records
+    assert count_duplicates(records) == 0
+
+
+def test_run_sinks_command_serves_until_stopped(tmp_path):
+    record = tmp_path / "received.jsonl"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "run_sinks",
+            "--smtp-port",
+            "0",
+            "--http-port",
+            "0",
+            "--record",
+            str(record),
+            "--reject",
+            "nobody",
+        ],
+        cwd=BASE_DIR,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert select.select([process.stdout], [], [], 20)[0], "run_sinks did not start"
+        ready = json.loads(process.stdout.readline())
+        smtp_send(ready["smtp_port"], to="ann@example.com", delivery_id="11")
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            smtp_send(ready["smtp_port"], to="nobody@example.com", delivery_id="12")
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+        if process.stdout:
+            process.stdout.close()
+    assert [(r["to"], r["accepted"]) for r in read_records(record)] == [
+        ("ann@example.com", True),
+        ("nobody@example.com", False),
+    ]
