@@ -1,0 +1,622 @@
+"""The marketers' home: campaigns in the Django admin.
+
+Like the API and the commands, the admin changes campaigns only through
+`campaigns.services` and reads them through `campaigns.selectors`; what it adds is the
+translation of the services' refusals into form errors and admin messages (never a 500).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.utils import construct_change_message, unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.forms import BaseFormSet, ModelForm
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import redirect
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django_fsm import ConcurrentTransition, TransitionNotAllowed
+
+from . import services
+from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
+from .exceptions import CampaignConflict
+from .forms import (
+    ACTION_FIELDS,
+    CAMPAIGN_FORM_FIELDS,
+    VERSION_FORM_FIELDS,
+    CampaignAdminForm,
+    ChannelActionForm,
+    DraftActionFormSet,
+    error_dict,
+)
+from .models import Campaign, CampaignVersion, ChannelAction
+from .selectors import (
+    OPERATIONS,
+    campaign_list,
+    campaign_operations,
+    campaign_statuses_from_query,
+    campaign_transitions,
+    campaign_versions,
+)
+
+Status = CampaignStatus
+
+# What the services raise when the campaign's state or the user refuses an operation.
+REFUSALS = (TransitionNotAllowed, ConcurrentTransition, CampaignConflict, PermissionDenied)
+
+OPERATION_LABELS = {
+    "activate": "Activate",
+    "modify": "Modify",
+    "discard_draft": "Discard draft",
+    "stop": "Stop",
+    "archive": "Archive",
+    "duplicate": "Duplicate",
+    "delete": "Delete",
+}
+# Irreversible operations ask first.
+OPERATION_CONFIRMATIONS = {
+    "stop": "Stop this campaign? No delivery starts after this, and it can never run again.",
+    "discard_draft": "Discard the open draft? Its changes are lost; the running version stays.",
+}
+
+
+def campaign_is_editable(campaign: Campaign) -> bool:
+    """Whether the admin form edits this campaign: it has a draft that is not being activated."""
+    return campaign.draft_version_id is not None and campaign.status != Status.ACTIVATING
+
+
+def refusal_text(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return " ".join(error.messages)
+    return str(error) or error.__class__.__name__
+
+
+def _text_colour(background: str) -> str:
+    """Black or white, whichever reads better on `background` (WCAG relative luminance)."""
+    channels = [int(background.lstrip("#")[i : i + 2], 16) / 255 for i in (0, 2, 4)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return "#000" if (luminance + 0.05) / 0.05 > 1.05 / (luminance + 0.05) else "#fff"
+
+
+def short_datetime(value: dt.datetime) -> str:
+    """A list cell's date: short enough that the columns fit beside the filters."""
+    return date_format(timezone.localtime(value), "SHORT_DATETIME_FORMAT")
+
+
+def status_badge_html(campaign: Campaign) -> SafeString:
+    colour = STATUS_COLOURS.get(campaign.status, "#57606a")
+    badge = format_html(
+        '<span class="salvo-badge salvo-status-{}" style="background:{};color:{}">{}</span>',
+        campaign.status,
+        colour,
+        _text_colour(colour),
+        campaign.get_status_display(),
+    )
+    if campaign.has_open_draft:
+        badge = format_html(
+            '{} <span class="salvo-open-draft" title="A draft version waits to be activated or '
+            'discarded; the running version is unchanged.">✎ open draft</span>',
+            badge,
+        )
+    return badge
+
+
+# --- changelist filters -----------------------------------------------------------------
+
+
+class StatusListFilter(admin.SimpleListFilter):
+    """Draft, Scheduled and Live unless asked otherwise: the same default as the API."""
+
+    title = "status"
+    parameter_name = "status"
+    default_label = "Draft, Scheduled and Live"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, str(label)) for value, label in Status.choices]
+
+    def _statuses(self) -> list[str] | None:
+        value = self.value()
+        try:
+            return campaign_statuses_from_query(value.split(",") if value else [])
+        except ValidationError as error:
+            # The admin redirects to the unfiltered list rather than failing.
+            raise IncorrectLookupParameters(error) from error
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        statuses = self._statuses()
+        return queryset if statuses is None else queryset.filter(status__in=statuses)
+
+    def choices(self, changelist: Any) -> Iterator[Any]:
+        value = (self.value() or "").lower()
+        yield {
+            "selected": not value,
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": self.default_label,
+        }
+        yield {
+            "selected": value == ALL_STATUSES,
+            "query_string": changelist.get_query_string({self.parameter_name: ALL_STATUSES}),
+            "display": "All",
+        }
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": value == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+
+class TagListFilter(admin.SimpleListFilter):
+    title = "tag"
+    parameter_name = "tag"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        # Only the tags some campaign carries (the class-level manager lists those).
+        return [(tag.name, tag.name) for tag in Campaign.tags.order_by("name")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(tags__name=value) if value else queryset
+
+
+# --- the draft's channel actions ---------------------------------------------------------
+
+
+class DraftActionInline(admin.TabularInline):
+    """The channel actions of the campaign's draft version, edited on the campaign's page.
+
+    ChannelAction points at CampaignVersion, not at Campaign, so the inline's parent model
+    is CampaignVersion: the admin's system checks then find the foreign key they look for,
+    and the stock `get_formset` builds a CampaignVersion → ChannelAction formset.
+    `CampaignAdmin.get_formset_kwargs` binds it to `campaign.draft_version`. Every `obj`
+    the admin passes to this inline's methods is still the Campaign.
+    """
+
+    model = ChannelAction
+    form = ChannelActionForm
+    formset = DraftActionFormSet
+    fields = ACTION_FIELDS
+    extra = 0
+    max_num = len(ChannelAction._meta.get_field("channel").choices or ())
+    verbose_name = "channel action"
+    verbose_name_plural = "channel actions (sent at the same time)"
+
+    def __init__(self, parent_model: type[Any], admin_site: admin.AdminSite) -> None:
+        super().__init__(parent_model, admin_site)
+        self.parent_model = CampaignVersion
+
+    def get_extra(self, request: HttpRequest, obj: Campaign | None = None, **kwargs: Any) -> int:
+        # One empty row on a new campaign; an existing draft adds rows with "Add another".
+        return 1 if obj is None else 0
+
+    # The actions are part of the campaign: the campaign's permissions govern them.
+    def _may_edit(self, request: HttpRequest, obj: Campaign | None) -> bool:
+        if obj is None:
+            return request.user.has_perm("campaigns.add_campaign")
+        return campaign_is_editable(obj) and request.user.has_perm("campaigns.change_campaign")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._may_edit(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._may_edit(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._may_edit(request, obj)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("campaigns.view_campaign") or self._may_edit(request, obj)
+
+
+# --- the campaign admin ------------------------------------------------------------------
+
+
+class ServiceRefusal(Exception):
+    """A service refused what the admin's forms accepted; carries the service's error."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    form = CampaignAdminForm
+    inlines = [DraftActionInline]
+    list_display = (
+        "name",
+        "status_badge",
+        "type",
+        "tag_list",
+        "segment_name",
+        "start_time",
+        "updated",
+    )
+    list_filter = (StatusListFilter, "type", TagListFilter)
+    search_fields = ("name", "description")
+    search_help_text = "Search campaign names and descriptions."
+    show_facets = admin.ShowFacets.NEVER
+    list_per_page = 50
+    actions = ("activate_selected", "stop_selected", "archive_selected")
+
+    # --- list ------------------------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Campaign]:
+        # The rows and prefetching the API's list uses; StatusListFilter narrows the statuses.
+        return campaign_list(statuses=None)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Campaign) -> SafeString:
+        return status_badge_html(obj)
+
+    @admin.display(description="tags")
+    def tag_list(self, obj: Campaign) -> str:
+        # Sorted in Python: the prefetched tags are read without another query.
+        return ", ".join(sorted(tag.name for tag in obj.tags.all())) or "—"
+
+    @staticmethod
+    def _shown_version(obj: Campaign) -> CampaignVersion | None:
+        return obj.live_version or obj.draft_version
+
+    @admin.display(description="segment")
+    def segment_name(self, obj: Campaign) -> str:
+        version = self._shown_version(obj)
+        return str(version.segment) if version and version.segment else "—"
+
+    @admin.display(description="start")
+    def start_time(self, obj: Campaign) -> str:
+        version = self._shown_version(obj)
+        if version and version.start_at:
+            return short_datetime(version.start_at)
+        if obj.started_at:
+            return short_datetime(obj.started_at)
+        return "On activation" if version else "—"
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj: Campaign) -> str:
+        return short_datetime(obj.updated_at)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        found = super().get_actions(request)
+        # Deleting in bulk would bypass the Draft-only rule of services.campaign_delete.
+        found.pop("delete_selected", None)
+        return found
+
+    def has_activate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("campaigns.activate_campaign")
+
+    def _apply_each(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Campaign],
+        *,
+        service: Callable[..., Any],
+        verb: str,
+        done: str,
+    ) -> None:
+        succeeded = 0
+        for campaign in queryset.order_by("name"):
+            try:
+                service(campaign=campaign, user=request.user)
+            except (ValidationError, *REFUSALS) as error:
+                reason = refusal_text(error)
+                if f"“{campaign.name}”" not in reason:
+                    reason = f"“{campaign.name}” cannot be {verb}: {reason}"
+                self.message_user(request, reason, messages.ERROR)
+            else:
+                succeeded += 1
+        if succeeded:
+            noun = "campaign" if succeeded == 1 else "campaigns"
+            self.message_user(request, f"{done} {succeeded} {noun}.", messages.SUCCESS)
+
+    @admin.action(description="Activate selected campaigns", permissions=["activate"])
+    def activate_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        self._apply_each(
+            request,
+            queryset,
+            service=services.campaign_activate,
+            verb="activated",
+            done="Started the activation of",
+        )
+
+    @admin.action(description="Stop selected campaigns", permissions=["change"])
+    def stop_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        self._apply_each(
+            request, queryset, service=services.campaign_stop, verb="stopped", done="Stopped"
+        )
+
+    @admin.action(description="Archive selected campaigns", permissions=["change"])
+    def archive_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        self._apply_each(
+            request, queryset, service=services.campaign_archive, verb="archived", done="Archived"
+        )
+
+    # --- permissions -------------------------------------------------------------------
+
+    def has_change_permission(self, request: HttpRequest, obj: Campaign | None = None) -> bool:
+        # Without an editable draft there is nothing to change: the page is view-only and
+        # the lifecycle buttons (separate POSTs) are what remains.
+        if not super().has_change_permission(request, obj):
+            return False
+        return obj is None or campaign_is_editable(obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Campaign | None = None) -> bool:
+        # Only Drafts are deleted; anything that ran is stopped or archived instead.
+        if not super().has_delete_permission(request, obj):
+            return False
+        return obj is None or obj.status == Status.DRAFT
+
+    def delete_model(self, request: HttpRequest, obj: Campaign) -> None:
+        services.campaign_delete(campaign=obj, user=request.user)
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except (CampaignConflict, TransitionNotAllowed, ConcurrentTransition) as error:
+            # The campaign left Draft between the confirmation page and the POST.
+            self.message_user(request, refusal_text(error), messages.ERROR)
+            return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
+
+    # --- add / change form ---------------------------------------------------------------
+
+    def get_fieldsets(self, request: HttpRequest, obj: Campaign | None = None) -> Any:
+        if obj is None:
+            return [
+                (None, {"fields": CAMPAIGN_FORM_FIELDS}),
+                ("Audience and schedule (version 1)", {"fields": VERSION_FORM_FIELDS}),
+            ]
+        if not self.has_change_permission(request, obj):
+            return [(None, {"fields": ("name", "description", "type", "tag_list")})]
+        draft = obj.draft_version
+        assert draft is not None  # campaign_is_editable
+        title = f"Draft version {draft.number}"
+        if obj.has_open_draft:
+            title += " (replaces the running version once activated)"
+        return [
+            (None, {"fields": CAMPAIGN_FORM_FIELDS}),
+            (title, {"fields": VERSION_FORM_FIELDS}),
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Campaign | None = None) -> Any:
+        if obj is None:
+            return ()
+        if obj.live_version_id is not None:
+            # services.campaign_update refuses a type change once the campaign has run.
+            return ("tag_list", "type")
+        return ("tag_list",)
+
+    def get_inline_instances(self, request: HttpRequest, obj: Campaign | None = None) -> Any:
+        if obj is not None and not campaign_is_editable(obj):
+            return []  # the versions block shows their actions instead
+        return super().get_inline_instances(request, obj)
+
+    def get_formset_kwargs(
+        self, request: HttpRequest, obj: Campaign, inline: Any, prefix: str
+    ) -> dict[str, Any]:
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if isinstance(inline, DraftActionInline):
+            draft = obj.draft_version if obj.pk else None
+            kwargs["instance"] = draft or CampaignVersion()
+            refusal = getattr(request, "salvo_service_error", None)
+            if refusal is not None:
+                kwargs["service_errors"] = error_dict(refusal).get("actions", [])
+        return kwargs
+
+    def get_form(
+        self, request: HttpRequest, obj: Campaign | None = None, change: bool = False, **kwargs: Any
+    ) -> type[ModelForm]:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        refusal = getattr(request, "salvo_service_error", None)
+        if refusal is not None:
+            form = type(form.__name__, (form,), {"service_error": refusal})
+        return form
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if request.method == "POST" and object_id is not None:
+            campaign = self.get_object(request, unquote(object_id))
+            if (
+                campaign is not None
+                and not campaign_is_editable(campaign)
+                and super().has_change_permission(request, campaign)
+            ):
+                # The page was editable when it was loaded; meanwhile the campaign was
+                # activated (or its draft discarded). Say so rather than answer 403.
+                self.message_user(
+                    request,
+                    f"Your changes were not saved: “{campaign}” is "
+                    f"{campaign.get_status_display()} and has no draft to edit now.",
+                    messages.ERROR,
+                )
+                return redirect(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ServiceRefusal as refusal:
+            # The transaction of the first pass rolled back. Input errors: render the page
+            # again, the forms now carrying the service's errors. State refusals: say why
+            # and show the campaign as it is now.
+            if isinstance(refusal.error, ValidationError):
+                request.salvo_service_error = refusal.error  # type: ignore[attr-defined]
+                return super().changeform_view(request, object_id, form_url, extra_context)
+            self.message_user(request, refusal_text(refusal.error), messages.ERROR)
+            if object_id is None:
+                return redirect(reverse("admin:campaigns_campaign_changelist"))
+            return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
+
+    def save_form(self, request: HttpRequest, form: Any, change: bool) -> Campaign:
+        return form.instance  # saved by the service in save_related, with the actions
+
+    def save_model(self, request: HttpRequest, obj: Campaign, form: Any, change: bool) -> None:
+        pass  # see save_related: the service needs the actions formset too
+
+    def save_related(
+        self, request: HttpRequest, form: Any, formsets: list[BaseFormSet], change: bool
+    ) -> None:
+        data = form.service_data()
+        for formset in formsets:
+            if isinstance(formset, DraftActionFormSet):
+                data["actions"] = formset.action_specs()
+        try:
+            if change:
+                services.campaign_update(campaign=form.instance, user=request.user, data=data)
+                return
+            campaign = services.campaign_create(user=request.user, **data)
+        except (ValidationError, *REFUSALS) as error:
+            raise ServiceRefusal(error) from error
+        # The admin goes on (change message, redirect) with its own object: make it the row
+        # the service created.
+        form.instance.pk = campaign.pk
+        form.instance.refresh_from_db()
+
+    def construct_change_message(
+        self, request: HttpRequest, form: Any, formsets: Any, add: bool = False
+    ) -> list[dict[str, Any]]:
+        # The formsets were not saved (the service replaced the actions), so they hold no
+        # new/changed/deleted objects for Django's message; say which fields changed.
+        message = construct_change_message(form, [], add)
+        if any(formset.has_changed() for formset in formsets):
+            message.append({"changed": {"fields": ["channel actions"]}})
+        return message
+
+    def response_change(self, request: HttpRequest, obj: Campaign) -> HttpResponse:
+        if request.POST.get("_lifecycle") == "activate":
+            # "Save and activate": the edits are saved (above, in this transaction); now the
+            # activation, whose refusal leaves the saved edits in place.
+            self.message_user(request, f"The campaign “{obj}” was saved.", messages.SUCCESS)
+            return self._run_operation(request, obj, "activate")
+        return super().response_change(request, obj)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<path:object_id>/lifecycle/<str:operation>/",
+                self.admin_site.admin_view(self.lifecycle_view),
+                name="campaigns_campaign_lifecycle",
+            ),
+            *super().get_urls(),
+        ]
+
+    def lifecycle_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
+        """One lifecycle button: POST runs the operation's service, then back to the page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if operation not in OPERATIONS:
+            raise Http404(f"Unknown campaign operation “{operation}”.")
+        campaign = self.get_object(request, unquote(object_id))
+        if campaign is None:
+            self.message_user(request, f"No campaign has the id “{object_id}”.", messages.WARNING)
+            return redirect(reverse("admin:campaigns_campaign_changelist"))
+        if not self.has_view_or_change_permission(request, campaign):
+            raise PermissionDenied
+        if operation == "delete":
+            return redirect(reverse("admin:campaigns_campaign_delete", args=[campaign.pk]))
+        return self._run_operation(request, campaign, operation)
+
+    def _run_operation(self, request: HttpRequest, campaign: Campaign, operation: str) -> Any:
+        user = request.user
+        page = reverse("admin:campaigns_campaign_change", args=[campaign.pk])
+        name = campaign.name
+        try:
+            if operation == "activate":
+                services.campaign_activate(campaign=campaign, user=user)
+                done = (
+                    f"Activation of “{name}” started: its checks passed and it is Activating; "
+                    "it becomes Scheduled or Live in a moment."
+                )
+            elif operation == "modify":
+                draft = services.campaign_modify(campaign=campaign, user=user)
+                done = (
+                    f"Version {draft.number} of “{name}” is open as a draft: edit it below, then "
+                    "activate it to replace the running version."
+                )
+            elif operation == "discard_draft":
+                services.campaign_discard_draft(campaign=campaign, user=user)
+                done = f"The open draft of “{name}” was discarded; the running version stays."
+            elif operation == "stop":
+                services.campaign_stop(campaign=campaign, user=user)
+                done = f"“{name}” is stopped: no delivery starts from now on."
+            elif operation == "archive":
+                services.campaign_archive(campaign=campaign, user=user)
+                done = f"“{name}” is archived."
+            elif operation == "duplicate":
+                copy = services.campaign_duplicate(campaign=campaign, user=user)
+                done = f"“{copy.name}” was created as a Draft copy of “{name}”."
+                page = reverse("admin:campaigns_campaign_change", args=[copy.pk])
+            else:
+                raise Http404(f"Unknown campaign operation “{operation}”.")
+        except ValidationError as error:
+            # Every failed check, one message each, so the marketer can fix them all at once.
+            for message in error.messages:
+                self.message_user(
+                    request, f"Cannot {operation.replace('_', ' ')}: {message}", messages.ERROR
+                )
+        except REFUSALS as error:
+            self.message_user(request, refusal_text(error), messages.ERROR)
+        else:
+            self.message_user(request, done, messages.SUCCESS)
+        return redirect(page)
+
+    def _lifecycle_buttons(self, request: HttpRequest, campaign: Campaign) -> list[dict[str, Any]]:
+        editable = self.has_change_permission(request, campaign)
+        buttons = []
+        for operation in campaign_operations(campaign=campaign, user=request.user):
+            if operation == "delete":
+                url = reverse("admin:campaigns_campaign_delete", args=[campaign.pk])
+            else:
+                url = reverse("admin:campaigns_campaign_lifecycle", args=[campaign.pk, operation])
+            buttons.append(
+                {
+                    "operation": operation,
+                    "label": OPERATION_LABELS[operation],
+                    "url": url,
+                    # With an editable form, Activate saves the edits first.
+                    "save_first": operation == "activate" and editable,
+                    "confirm": OPERATION_CONFIRMATIONS.get(operation, ""),
+                }
+            )
+        return buttons
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        campaign = self.get_object(request, unquote(object_id))
+        if campaign is not None:
+            versions = list(campaign_versions(campaign=campaign))
+            by_pk = {version.pk: version for version in versions}
+            draft = by_pk.get(campaign.draft_version_id)
+            extra_context = {
+                **(extra_context or {}),
+                "salvo_campaign": campaign,
+                "salvo_status_badge": status_badge_html(campaign),
+                "salvo_buttons": self._lifecycle_buttons(request, campaign),
+                "salvo_editable": self.has_change_permission(request, campaign),
+                "salvo_live_version": by_pk.get(campaign.live_version_id),
+                # A draft the form cannot edit (being activated) is shown like the live one.
+                "salvo_readonly_draft": None if campaign_is_editable(campaign) else draft,
+                "salvo_versions": versions,
+                "salvo_transitions": list(campaign_transitions(campaign=campaign)[:100]),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)

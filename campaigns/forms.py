@@ -1,0 +1,129 @@
+"""Admin forms: a campaign with the fields of its draft version, and the draft's actions.
+
+The forms only validate and collect input; `campaigns.admin.CampaignAdmin` hands what they
+collect to `services.campaign_create` / `services.campaign_update`, which save it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib.admin import widgets
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.forms.models import BaseInlineFormSet
+
+from segments.models import Segment
+
+from .models import Campaign, ChannelAction
+
+# What the campaign itself holds (the service's CAMPAIGN_FIELDS plus tags)…
+CAMPAIGN_FORM_FIELDS = ("name", "description", "type", "tags")
+# …and what its draft version holds besides the actions.
+VERSION_FORM_FIELDS = ("segment", "start_at")
+ACTION_FIELDS = ("channel", "preset", "subject", "body")
+
+
+def error_dict(error: ValidationError) -> dict[str, list[str]]:
+    """A service's ValidationError as {field or NON_FIELD_ERRORS: messages}."""
+    if hasattr(error, "error_dict"):
+        return error.message_dict
+    return {NON_FIELD_ERRORS: error.messages}
+
+
+class CampaignAdminForm(forms.ModelForm):
+    """The campaign's own fields plus its draft version's audience and schedule."""
+
+    segment = forms.ModelChoiceField(
+        queryset=Segment.objects.order_by("name"),
+        required=False,
+        help_text="Who receives the campaign. Needed to activate it.",
+    )
+    start_at = forms.SplitDateTimeField(
+        required=False,
+        label="Start at",
+        widget=widgets.AdminSplitDateTime,
+        help_text="Leave empty to start as soon as the campaign is activated.",
+    )
+
+    # Set by CampaignAdmin when the service refused input these forms had accepted (a race,
+    # or a rule only the service knows): the form then shows the refusal as its own errors.
+    service_error: ValidationError | None = None
+
+    class Meta:
+        model = Campaign
+        fields = CAMPAIGN_FORM_FIELDS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        version = self.instance.draft_version if self.instance.pk else None
+        if version is not None:
+            self.initial.setdefault("segment", version.segment_id)
+            self.initial.setdefault("start_at", version.start_at)
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean()
+        if self.service_error is not None:
+            for field, messages in error_dict(self.service_error).items():
+                if field == "actions":
+                    continue  # shown above the actions, by DraftActionFormSet
+                self.add_error(field if field in self.fields else None, messages)
+        return cleaned
+
+    def service_data(self) -> dict[str, Any]:
+        """The validated input, keyed as campaign_create / campaign_update take it."""
+        return {
+            name: self.cleaned_data[name]
+            for name in (*CAMPAIGN_FORM_FIELDS, *VERSION_FORM_FIELDS)
+            if name in self.cleaned_data
+        }
+
+
+class ChannelActionForm(forms.ModelForm):
+    """One channel action; ChannelAction.clean refuses a preset of another channel."""
+
+    class Meta:
+        model = ChannelAction
+        fields = ACTION_FIELDS
+        widgets = {
+            "subject": forms.TextInput(attrs={"size": 28}),
+            "body": forms.Textarea(attrs={"rows": 3, "cols": 44}),
+        }
+
+
+class DraftActionFormSet(BaseInlineFormSet):
+    """The channel actions of a campaign's draft version (its parent is the version)."""
+
+    def __init__(self, *args: Any, service_errors: list[str] | None = None, **kwargs: Any):
+        self.service_errors = service_errors or []
+        super().__init__(*args, **kwargs)
+
+    def _deleted(self, form: forms.Form) -> bool:
+        return bool(self.can_delete and form.cleaned_data.get("DELETE"))
+
+    def clean(self) -> None:
+        if any(self.errors):
+            return
+        channels: dict[str, int] = {}
+        for form in self.forms:
+            if not form.cleaned_data or self._deleted(form):
+                continue
+            channel = form.cleaned_data["channel"]
+            if channel in channels:
+                label = dict(form.fields["channel"].choices).get(channel, channel)
+                raise ValidationError(
+                    f"Only one {label} action per version: rows {channels[channel]} and "
+                    f"{self.forms.index(form) + 1} are both {label}."
+                )
+            channels[channel] = self.forms.index(form) + 1
+        if self.service_errors:
+            raise ValidationError(self.service_errors)
+        super().clean()
+
+    def action_specs(self) -> list[dict[str, Any]]:
+        """The actions to keep, as the services take them: [{channel, preset, subject, body}]."""
+        return [
+            {name: form.cleaned_data.get(name) for name in ACTION_FIELDS}
+            for form in self.forms
+            if form.cleaned_data and not self._deleted(form)
+        ]

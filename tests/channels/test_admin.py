@@ -1,0 +1,109 @@
+"""Message presets in the admin: list, filter, search, per-channel sender settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.urls import reverse
+
+from channels.models import MessagePreset
+from tests.channels.factories import MessagePresetFactory
+
+CHANGELIST = reverse("admin:channels_messagepreset_changelist")
+ADD = reverse("admin:channels_messagepreset_add")
+
+pytestmark = pytest.mark.django_db
+
+
+def new_preset(**fields: Any) -> MessagePreset:
+    return MessagePresetFactory(**fields)  # type: ignore[return-value]
+
+
+def shown(response: Any) -> list[str]:
+    return [p.name for p in response.context["cl"].result_list]
+
+
+def preset_data(**fields: Any) -> dict[str, Any]:
+    return {
+        "name": "Newsletter",
+        "channel": "email",
+        "description": "",
+        "from_name": "",
+        "from_email": "",
+        "reply_to": "",
+        "sms_sender_id": "",
+        "push_app_id": "",
+        "webhook_url": "",
+        "backend": "",
+        "rate_limit_per_second": "",
+        "_save": "Save",
+        **fields,
+    }
+
+
+def test_list_by_name_with_channel_and_sender(admin_client):
+    new_preset(name="Zeta mail", channel="email", from_email="zeta@example.com")
+    new_preset(name="Alpha SMS", channel="sms", sms_sender_id="ALPHA")
+
+    response = admin_client.get(CHANGELIST)
+
+    assert shown(response) == ["Alpha SMS", "Zeta mail"]
+    html = response.content.decode()
+    assert "zeta@example.com" in html
+    assert "ALPHA" in html
+
+
+def test_filter_by_channel_and_search(admin_client):
+    new_preset(name="Mail", channel="email")
+    new_preset(name="Texts", channel="sms", sms_sender_id="SHOP")
+
+    assert shown(admin_client.get(CHANGELIST, {"channel__exact": "sms"})) == ["Texts"]
+    assert shown(admin_client.get(CHANGELIST, {"q": "shop"})) == ["Texts"]
+
+
+def test_add_email_preset_without_sender_address_is_refused(admin_client):
+    response = admin_client.post(ADD, preset_data(from_name="Shop"))
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["from_email"] == [
+        "A Email preset needs from email."
+    ]
+    assert not MessagePreset.objects.exists()
+
+
+def test_add_sms_preset(admin_client):
+    response = admin_client.post(
+        ADD, preset_data(name="Shop SMS", channel="sms", sms_sender_id="SHOP"), follow=True
+    )
+
+    assert response.status_code == 200
+    preset = MessagePreset.objects.get(name="Shop SMS")
+    assert preset.channel == "sms"
+    assert preset.sms_sender_id == "SHOP"
+
+
+def test_change_page_shows_only_its_channels_sender_settings(admin_client):
+    preset = new_preset(name="Pushy", channel="push", push_app_id="com.example")
+
+    response = admin_client.get(reverse("admin:channels_messagepreset_change", args=[preset.pk]))
+
+    html = response.content.decode()
+    assert "Push application" in html
+    assert 'name="push_app_id"' in html
+    assert 'name="from_email"' not in html
+    assert 'name="channel"' not in html  # a preset never changes channel
+
+
+def test_change_keeps_the_channel_rule(admin_client):
+    preset = new_preset(name="Hook", channel="webhook", webhook_url="http://example.com/h")
+    url = reverse("admin:channels_messagepreset_change", args=[preset.pk])
+
+    response = admin_client.post(
+        url, {"name": "Hook", "description": "", "webhook_url": "", "_save": "Save"}
+    )
+
+    assert response.status_code == 200
+    assert "webhook_url" in response.context["adminform"].form.errors
+    preset.refresh_from_db()
+    assert preset.webhook_url == "http://example.com/h"
