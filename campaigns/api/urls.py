@@ -1,5 +1,8 @@
 from rest_framework.routers import BaseRouter
 
+from .views import CampaignViewSet
+
 
 def register(router: BaseRouter) -> None:
     """Register this app's viewsets on the project's API router."""
+    router.register("campaigns", CampaignViewSet, basename="campaign")

@@ -1,0 +1,252 @@
+"""The campaign endpoints: each reads through a selector or calls one service.
+
+Domain errors are not caught here: the project exception handler (config/api.py) turns
+them into 409 / 400 / 403 responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from django.db.models import QuerySet
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import filters, permissions, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
+from rest_framework.views import APIView
+
+from campaigns import services
+from campaigns.models import Campaign
+from campaigns.selectors import campaign_list, campaign_transitions, campaign_versions
+
+from .filtersets import CampaignFilterSet
+from .serializers import (
+    CampaignInputSerializer,
+    CampaignSerializer,
+    CampaignTransitionSerializer,
+    CampaignVersionDetailSerializer,
+    CampaignVersionSerializer,
+    DuplicateInputSerializer,
+    ErrorSerializer,
+    StopInputSerializer,
+)
+
+Row = TypeVar("Row")
+
+# The permission each operation's service checks, checked here too so a user without it
+# gets 403 before anything is looked up.
+OPERATION_PERMISSIONS: dict[str, str] = {
+    "activate": "campaigns.activate_campaign",
+    "stop": "campaigns.change_campaign",
+    "archive": "campaigns.change_campaign",
+    "modify": "campaigns.change_campaign",
+    "discard_draft": "campaigns.change_campaign",
+    "duplicate": "campaigns.add_campaign",
+}
+
+
+class CampaignOperationPermission(permissions.BasePermission):
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        return user.has_perm(OPERATION_PERMISSIONS[getattr(view, "action", "")])
+
+
+CONFLICT = OpenApiResponse(ErrorSerializer, description="The current status does not allow it.")
+ACTIVATION_ERRORS = inline_serializer(
+    name="ActivationErrors",
+    fields={
+        "detail": serializers.CharField(),
+        "errors": serializers.ListField(child=serializers.CharField()),
+    },
+)
+INVALID = OpenApiResponse(description="Invalid input: field errors.")
+
+
+@extend_schema_view(
+    create=extend_schema(
+        request=CampaignInputSerializer,
+        responses={201: CampaignSerializer, 400: INVALID},
+        description="Create a Draft campaign with version 1.",
+    ),
+    partial_update=extend_schema(
+        request=CampaignInputSerializer,
+        responses={200: CampaignSerializer, 400: INVALID, 409: CONFLICT},
+        description="Edit the open draft version (only the keys given; `actions` replaces "
+        "all actions). 409 when the campaign has no draft.",
+    ),
+    destroy=extend_schema(
+        responses={204: None, 409: CONFLICT}, description="Delete a Draft campaign."
+    ),
+)
+class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
+    """Campaigns: list, create, edit the draft, and every lifecycle operation."""
+
+    serializer_class = CampaignSerializer
+    filterset_class = CampaignFilterSet
+    filter_backends = [DjangoFilterBackend, filters.OrderingFilter]
+    ordering_fields = ["name", "created_at", "updated_at", "status"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self) -> QuerySet[Campaign]:
+        return campaign_list(statuses=None).prefetch_related(
+            "live_version__actions", "draft_version__actions"
+        )
+
+    def filter_queryset(self, queryset: QuerySet[Campaign, Row]) -> QuerySet[Campaign, Row]:
+        # The filters choose the list's rows; a campaign addressed by its id is found
+        # whatever its status (the default list hides Stopped ones, a URL must not).
+        if self.detail:
+            return queryset
+        return super().filter_queryset(queryset)
+
+    def get_permissions(self) -> Sequence[Any]:
+        if self.action in OPERATION_PERMISSIONS:
+            return [CampaignOperationPermission()]
+        return super().get_permissions()
+
+    def get_serializer_class(self) -> type[BaseSerializer[Any]]:
+        if self.action in ("create", "partial_update"):
+            return CampaignInputSerializer
+        return CampaignSerializer
+
+    def _campaign_response(self, campaign: Campaign, code: int = status.HTTP_200_OK) -> Response:
+        fresh = self.get_queryset().get(pk=campaign.pk)
+        return Response(CampaignSerializer(fresh, context=self.get_serializer_context()).data, code)
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = CampaignInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        campaign = services.campaign_create(user=request.user, **serializer.to_service_data())
+        return self._campaign_response(campaign, status.HTTP_201_CREATED)
+
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        campaign = self.get_object()
+        serializer = CampaignInputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        services.campaign_update(
+            campaign=campaign, user=request.user, data=serializer.to_service_data()
+        )
+        return self._campaign_response(campaign)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        services.campaign_delete(campaign=self.get_object(), user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        request=None,
+        responses={
+            202: CampaignSerializer,
+            400: OpenApiResponse(ACTIVATION_ERRORS, description="The checks it fails."),
+            409: CONFLICT,
+        },
+        description="Draft (or a running campaign's open draft) → Activating. The checks run "
+        "now and again in the activation task, which moves it to Scheduled or Live.",
+    )
+    @action(detail=True, methods=["post"])
+    def activate(self, request: Request, pk: str | None = None) -> Response:
+        campaign = services.campaign_activate(campaign=self.get_object(), user=request.user)
+        return self._campaign_response(campaign, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=StopInputSerializer,
+        responses={200: CampaignSerializer, 409: CONFLICT},
+        description="Scheduled or Live → Stopped (terminal).",
+    )
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, pk: str | None = None) -> Response:
+        serializer = StopInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        campaign = services.campaign_stop(
+            campaign=self.get_object(),
+            user=request.user,
+            reason=serializer.validated_data["reason"],
+        )
+        return self._campaign_response(campaign)
+
+    @extend_schema(
+        request=None,
+        responses={200: CampaignSerializer, 409: CONFLICT},
+        description="Completed or Stopped → Archived.",
+    )
+    @action(detail=True, methods=["post"])
+    def archive(self, request: Request, pk: str | None = None) -> Response:
+        campaign = services.campaign_archive(campaign=self.get_object(), user=request.user)
+        return self._campaign_response(campaign)
+
+    @extend_schema(
+        request=DuplicateInputSerializer,
+        responses={201: CampaignSerializer, 400: INVALID},
+        description="A new Draft with this campaign's latest content.",
+    )
+    @action(detail=True, methods=["post"])
+    def duplicate(self, request: Request, pk: str | None = None) -> Response:
+        serializer = DuplicateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        copy = services.campaign_duplicate(
+            campaign=self.get_object(),
+            user=request.user,
+            name=serializer.validated_data["name"],
+        )
+        return self._campaign_response(copy, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=None,
+        responses={201: CampaignVersionSerializer, 409: CONFLICT},
+        description="Open a draft version of a Scheduled or Live campaign.",
+    )
+    @action(detail=True, methods=["post"])
+    def modify(self, request: Request, pk: str | None = None) -> Response:
+        draft = services.campaign_modify(campaign=self.get_object(), user=request.user)
+        return Response(CampaignVersionSerializer(draft).data, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=None,
+        responses={200: CampaignSerializer, 409: CONFLICT},
+        description="Drop the open draft of a Scheduled or Live campaign.",
+    )
+    @action(detail=True, methods=["post"], url_path="discard-draft")
+    def discard_draft(self, request: Request, pk: str | None = None) -> Response:
+        campaign = services.campaign_discard_draft(campaign=self.get_object(), user=request.user)
+        return self._campaign_response(campaign)
+
+    @extend_schema(responses=CampaignVersionDetailSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def versions(self, request: Request, pk: str | None = None) -> Response:
+        versions = campaign_versions(campaign=self.get_object())
+        return Response(CampaignVersionDetailSerializer(versions, many=True).data)
+
+    @extend_schema(responses=CampaignTransitionSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def transitions(self, request: Request, pk: str | None = None) -> Response:
+        log = campaign_transitions(campaign=self.get_object())
+        return Response(CampaignTransitionSerializer(log, many=True).data)
+
+    # Delivery counts (issue 4): added by the delivery engine, self-contained.
+    @extend_schema(
+        responses=inline_serializer(
+            "CampaignReport",
+            {
+                "total": serializers.IntegerField(),
+                "by_status": serializers.DictField(child=serializers.IntegerField()),
+                "by_channel": serializers.DictField(
+                    child=serializers.DictField(child=serializers.IntegerField())
+                ),
+            },
+        )
+    )
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def report(self, request: Request, pk: str | None = None) -> Response:
+        from campaigns.selectors import campaign_report
+
+        return Response(campaign_report(campaign=self.get_object()))

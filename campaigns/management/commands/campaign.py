@@ -1,0 +1,303 @@
+"""`manage.py campaign …`: the staff's door to campaigns, for scripts and cron.
+
+Every subcommand calls a selector or a service, as the admin and the API do, and turns a
+refusal into a one-line error with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django_fsm import TransitionNotAllowed
+
+from campaigns import services
+from campaigns.api.serializers import (
+    CampaignSerializer,
+    CampaignTransitionSerializer,
+    CampaignVersionDetailSerializer,
+)
+from campaigns.choices import ALL_STATUSES, CampaignStatus
+from campaigns.exceptions import CampaignConflict
+from campaigns.models import Campaign
+from campaigns.selectors import (
+    campaign_list,
+    campaign_statuses_from_query,
+    campaign_transitions,
+    campaign_versions,
+)
+
+Status = CampaignStatus
+WAIT_POLL_S = 0.2
+
+
+class SystemUser(AnonymousUser):
+    """Who acts when no --user is given: the system, as the scheduler and tasks do.
+
+    Only used to tell which operations a status allows; the services get `user=None`.
+    """
+
+    def has_perm(self, perm: str, obj: object = None) -> bool:
+        return True
+
+
+def _one_line(error: ValidationError) -> str:
+    if hasattr(error, "error_dict"):
+        return " ".join(
+            f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items()
+        )
+    return " ".join(error.messages)
+
+
+def _status_label(value: str) -> str:
+    return str(Status(value).label)
+
+
+class Command(BaseCommand):
+    help = "List, show and drive campaigns through their lifecycle."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        common = CommandParser(add_help=False)
+        common.add_argument(
+            "--user",
+            metavar="USERNAME",
+            help="Act as this user (their permissions apply); default: the system.",
+        )
+        with_id = CommandParser(add_help=False, parents=[common])
+        with_id.add_argument("id", type=int, help="Campaign id.")
+
+        commands = parser.add_subparsers(dest="operation", required=True, metavar="OPERATION")
+
+        listing = commands.add_parser(
+            "list", parents=[common], help="Campaigns (default: draft, scheduled and live)."
+        )
+        which = listing.add_mutually_exclusive_group()
+        which.add_argument("--all", action="store_true", help="Every status.")
+        which.add_argument(
+            "--status",
+            action="append",
+            default=[],
+            metavar="STATUS",
+            help=f"Repeatable: one of {', '.join(Status.values)}.",
+        )
+        listing.add_argument("--search", default="", help="Words in the name or description.")
+        listing.add_argument(
+            "--tag", action="append", default=[], help="Repeatable: campaigns with any of them."
+        )
+        listing.add_argument("--json", action="store_true", help="JSON output.")
+
+        show = commands.add_parser(
+            "show", parents=[with_id], help="Status, versions, actions and transition log."
+        )
+        show.add_argument("--json", action="store_true", help="JSON output.")
+
+        activate = commands.add_parser(
+            "activate", parents=[with_id], help="Draft (or an open draft) → Activating."
+        )
+        activate.add_argument(
+            "--wait",
+            type=float,
+            metavar="SECONDS",
+            help="Wait for the activation task and print the outcome; fail if it failed.",
+        )
+        stop = commands.add_parser("stop", parents=[with_id], help="Scheduled or Live → Stopped.")
+        stop.add_argument("--reason", default="", help="Kept in the transition log.")
+        commands.add_parser("archive", parents=[with_id], help="Completed or Stopped → Archived.")
+        duplicate = commands.add_parser(
+            "duplicate", parents=[with_id], help="A new Draft with this campaign's content."
+        )
+        duplicate.add_argument("--name", default="", help="Default: “<name> (copy)”.")
+        commands.add_parser(
+            "modify", parents=[with_id], help="Open a draft version of a running campaign."
+        )
+        commands.add_parser(
+            "discard-draft", parents=[with_id], help="Drop a running campaign's open draft."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        handlers: dict[str, Callable[..., None]] = {
+            "list": self.list_campaign,
+            "show": self.show_campaign,
+            "activate": self.activate_campaign,
+            "stop": self.stop_campaign,
+            "archive": self.archive_campaign,
+            "duplicate": self.duplicate_campaign,
+            "modify": self.modify_campaign,
+            "discard-draft": self.discard_draft_campaign,
+        }
+        user = self._user(options.pop("user"))
+        try:
+            handlers[options["operation"]](user=user, **options)
+        except (TransitionNotAllowed, CampaignConflict, PermissionDenied) as error:
+            raise CommandError(str(error)) from error
+        except ValidationError as error:
+            raise CommandError(_one_line(error)) from error
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _user(self, username: str | None) -> Any:
+        if username is None:
+            return None
+        try:
+            return get_user_model().objects.get(username=username)
+        except get_user_model().DoesNotExist:
+            raise CommandError(f"User “{username}” does not exist.") from None
+
+    def _campaign(self, pk: int) -> Campaign:
+        try:
+            return Campaign.objects.get(pk=pk)
+        except Campaign.DoesNotExist:
+            raise CommandError(f"Campaign {pk} does not exist.") from None
+
+    def _status_text(self, campaign: Campaign) -> str:
+        text = _status_label(campaign.status)
+        return f"{text} + open draft" if campaign.has_open_draft else text
+
+    def _done(self, campaign: Campaign, what: str) -> None:
+        self.stdout.write(
+            f"Campaign {campaign.pk} “{campaign.name}”: {what}; now {self._status_text(campaign)}."
+        )
+
+    def _dump(self, data: Any) -> None:
+        self.stdout.write(json.dumps(data, indent=2, ensure_ascii=False))
+
+    # --- reading ------------------------------------------------------------------------
+
+    def list_campaign(self, *, user: Any, **options: Any) -> None:
+        wanted = [ALL_STATUSES] if options["all"] else options["status"]
+        statuses = campaign_statuses_from_query(wanted)
+        campaigns = campaign_list(statuses=statuses, search=options["search"], tags=options["tag"])
+        if options["json"]:
+            context = {"user": user or SystemUser()}
+            self._dump(CampaignSerializer(campaigns, many=True, context=context).data)
+            return
+        rows = [
+            (
+                str(c.pk),
+                self._status_text(c),
+                c.name,
+                c.type,
+                ", ".join(sorted(t.name for t in c.tags.all())),
+            )
+            for c in campaigns
+        ]
+        if not rows:
+            self.stdout.write("No campaigns match.")
+            return
+        header = ("ID", "STATUS", "NAME", "TYPE", "TAGS")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            self.stdout.write(
+                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
+
+    def show_campaign(self, *, user: Any, id: int, **options: Any) -> None:
+        campaign = self._campaign(id)
+        versions = campaign_versions(campaign=campaign)
+        log = campaign_transitions(campaign=campaign)
+        if options["json"]:
+            context = {"user": user or SystemUser()}
+            self._dump(
+                {
+                    **CampaignSerializer(campaign, context=context).data,
+                    "versions": CampaignVersionDetailSerializer(versions, many=True).data,
+                    "transitions": CampaignTransitionSerializer(log, many=True).data,
+                }
+            )
+            return
+        out = self.stdout.write
+        out(f"Campaign {campaign.pk} “{campaign.name}”")
+        out(f"  status:      {self._status_text(campaign)}")
+        out(f"  type:        {campaign.type}")
+        out(f"  tags:        {', '.join(sorted(campaign.tags.names())) or '-'}")
+        if campaign.description:
+            out(f"  description: {campaign.description}")
+        if campaign.activation_error:
+            out(f"  last activation failed: {campaign.activation_error}")
+        for version in versions:
+            role = (
+                "live"
+                if version.pk == campaign.live_version_id
+                else "draft"
+                if version.pk == campaign.draft_version_id
+                else "past"
+            )
+            start = version.start_at.isoformat() if version.start_at else "as soon as activated"
+            out(f"  version {version.number} ({role})")
+            out(f"    segment:  {version.segment or '-'}")
+            out(f"    start:    {start}")
+            if version.activated_at:
+                out(f"    activated {version.activated_at.isoformat()}")
+            for action in version.actions.all():
+                subject = f" “{action.subject}”" if action.subject else ""
+                out(f"    {action.channel} via {action.preset.name}{subject}")
+        out("  transitions (newest first):")
+        for entry in log:
+            by = entry.by.get_username() if entry.by else "system"
+            reason = f" — {entry.reason}" if entry.reason else ""
+            out(
+                f"    {entry.at.isoformat(timespec='seconds')}  {entry.name}: "
+                f"{entry.source} → {entry.target} by {by}{reason}"
+            )
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def activate_campaign(self, *, user: Any, id: int, wait: float | None, **options: Any) -> None:
+        campaign = self._campaign(id)
+        try:
+            campaign = services.campaign_activate(campaign=campaign, user=user)
+        except ValidationError as error:
+            raise CommandError(
+                f"Campaign {id} “{campaign.name}” cannot be activated: {_one_line(error)}"
+            ) from error
+        self._done(campaign, "activation requested")
+        if wait is None:
+            return
+        campaign = self._wait_for_activation(campaign, timeout=wait)
+        if campaign.activation_error:
+            raise CommandError(
+                f"Activation of campaign {id} failed; it is {_status_label(campaign.status)} "
+                f"again: {campaign.activation_error}"
+            )
+        self._done(campaign, "activated")
+
+    def _wait_for_activation(self, campaign: Campaign, *, timeout: float) -> Campaign:
+        deadline = time.monotonic() + timeout
+        while True:
+            campaign.refresh_from_db()
+            if campaign.status != Status.ACTIVATING:
+                return campaign
+            if time.monotonic() >= deadline:
+                raise CommandError(
+                    f"Campaign {campaign.pk} is still Activating after {timeout:g}s: "
+                    "is a Celery worker running?"
+                )
+            time.sleep(WAIT_POLL_S)
+
+    def stop_campaign(self, *, user: Any, id: int, reason: str, **options: Any) -> None:
+        campaign = services.campaign_stop(campaign=self._campaign(id), user=user, reason=reason)
+        self._done(campaign, "stopped")
+
+    def archive_campaign(self, *, user: Any, id: int, **options: Any) -> None:
+        campaign = services.campaign_archive(campaign=self._campaign(id), user=user)
+        self._done(campaign, "archived")
+
+    def duplicate_campaign(self, *, user: Any, id: int, name: str, **options: Any) -> None:
+        copy = services.campaign_duplicate(campaign=self._campaign(id), user=user, name=name)
+        self._done(copy, f"duplicated from campaign {id}")
+
+    def modify_campaign(self, *, user: Any, id: int, **options: Any) -> None:
+        campaign = self._campaign(id)
+        draft = services.campaign_modify(campaign=campaign, user=user)
+        campaign.refresh_from_db()
+        self._done(campaign, f"draft version {draft.number} opened")
+
+    def discard_draft_campaign(self, *, user: Any, id: int, **options: Any) -> None:
+        campaign = services.campaign_discard_draft(campaign=self._campaign(id), user=user)
+        self._done(campaign, "draft discarded")
