@@ -64,7 +64,7 @@ class MessagePreset(models.Model):
         if required and not getattr(self, required):
             label = required.replace("_", " ")
             raise ValidationError(
-                {required: f"A {self.get_channel_display()} preset needs {label}."}
+                {required: f"This {self.get_channel_display()} preset needs a {label}."}
             )
         if self.backend:
             # Imported here: the providers package imports this module for type hints.

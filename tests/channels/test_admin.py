@@ -67,7 +67,7 @@ def test_add_email_preset_without_sender_address_is_refused(admin_client):
 
     assert response.status_code == 200
     assert response.context["adminform"].form.errors["from_email"] == [
-        "A Email preset needs from email."
+        "This Email preset needs a from email."
     ]
     assert not MessagePreset.objects.exists()
 
