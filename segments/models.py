@@ -1,6 +1,19 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from django.core.validators import RegexValidator
 from django.db import models
 
-from .choices import SegmentKind
+from .choices import ConsentChannel, ConsentSource, SegmentKind
+
+E164_PATTERN = r"^\+[1-9]\d{6,14}$"
+validate_e164 = RegexValidator(
+    E164_PATTERN,
+    "Enter the phone number in E.164 form: “+”, country code and number, digits only "
+    "(e.g. +33612345678).",
+    code="invalid_phone",
+)
 
 
 class Profile(models.Model):
@@ -8,7 +21,9 @@ class Profile(models.Model):
 
     external_id = models.CharField(max_length=255, unique=True)
     email = models.EmailField(blank=True)
-    phone = models.CharField(max_length=32, blank=True, help_text="E.164, e.g. +33612345678")
+    phone = models.CharField(
+        max_length=32, blank=True, validators=[validate_e164], help_text="E.164, e.g. +33612345678"
+    )
     push_token = models.CharField(max_length=512, blank=True)
     locale = models.CharField(max_length=16, blank=True)
     time_zone = models.CharField(max_length=64, blank=True)
@@ -17,14 +32,64 @@ class Profile(models.Model):
     consent_email = models.BooleanField(default=True)
     consent_sms = models.BooleanField(default=True)
     consent_push = models.BooleanField(default=True)
+    # When and through which door each consent last changed (empty: never changed).
+    consent_email_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    consent_email_source = models.CharField(
+        max_length=32, blank=True, choices=ConsentSource.choices, editable=False
+    )
+    consent_sms_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    consent_sms_source = models.CharField(
+        max_length=32, blank=True, choices=ConsentSource.choices, editable=False
+    )
+    consent_push_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    consent_push_source = models.CharField(
+        max_length=32, blank=True, choices=ConsentSource.choices, editable=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["external_id"]
+        indexes = [
+            # "Joined in the last N days" rules and the admin's date ordering.
+            models.Index(fields=["created_at"], name="profile_created_at"),
+            models.Index(fields=["updated_at"], name="profile_updated_at"),
+            # Opted-out profiles are the minority: partial indexes find them cheaply.
+            models.Index(
+                fields=["id"], condition=models.Q(consent_email=False), name="profile_no_email"
+            ),
+            models.Index(
+                fields=["id"], condition=models.Q(consent_sms=False), name="profile_no_sms"
+            ),
+            models.Index(
+                fields=["id"], condition=models.Q(consent_push=False), name="profile_no_push"
+            ),
+            # The GIN index on `attributes` is PostgreSQL-only: see migration 0002.
+        ]
 
     def __str__(self) -> str:
         return self.external_id
+
+    @property
+    def consent(self) -> dict[str, bool]:
+        """Per-channel consent as the API shows it: {"email": True, "sms": …, "push": …}."""
+        return {channel: self.consent_for(channel) for channel in ConsentChannel.values}
+
+    def consent_for(self, channel: str) -> bool:
+        return bool(getattr(self, f"consent_{ConsentChannel(channel).value}"))
+
+    def set_consent(self, channel: str, allowed: bool, *, source: str, at: dt.datetime) -> bool:
+        """Record a consent value; the time and source change only when the value does.
+
+        Returns whether the value changed.
+        """
+        name = ConsentChannel(channel).value
+        if getattr(self, f"consent_{name}") == allowed:
+            return False
+        setattr(self, f"consent_{name}", allowed)
+        setattr(self, f"consent_{name}_changed_at", at)
+        setattr(self, f"consent_{name}_source", source)
+        return True
 
 
 class Segment(models.Model):
@@ -48,3 +113,59 @@ class Segment(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_static(self) -> bool:
+        return self.kind == SegmentKind.STATIC
+
+
+class AudienceSnapshot(models.Model):
+    """A segment's members frozen for one delivery run, resolved inside the database."""
+
+    segment = models.ForeignKey(
+        Segment, null=True, on_delete=models.SET_NULL, related_name="snapshots"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    size = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Snapshot {self.pk} of {self.segment or 'a deleted segment'} ({self.size})"
+
+
+class AudienceMember(models.Model):
+    """One recipient of a snapshot.
+
+    `key` numbers the members 1, 2, 3… in profile-id order within the snapshot, so the
+    delivery engine reads them in batches by key range or by keyset (`key > last`).
+    The primary key is (snapshot, key): no sequence and one index fewer per row, which is
+    what lets a million members be written in a second or two. Neither foreign key has a
+    database constraint: members are written from the profile table in the same
+    statement, and a per-row constraint trigger would halve the snapshot rate.
+    """
+
+    pk = models.CompositePrimaryKey("snapshot_id", "key")
+    snapshot = models.ForeignKey(
+        AudienceSnapshot,
+        on_delete=models.CASCADE,
+        related_name="members",
+        db_constraint=False,
+        db_index=False,
+    )
+    key = models.PositiveIntegerField()
+    profile = models.ForeignKey(
+        Profile, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False, db_index=False
+    )
+
+    class Meta:
+        ordering = ["snapshot", "key"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["snapshot", "profile"], name="audience_member_once_per_snapshot"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.snapshot_id}#{self.key}: profile {self.profile_id}"

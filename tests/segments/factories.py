@@ -4,7 +4,7 @@ from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 
 
-class ProfileFactory(factory.django.DjangoModelFactory):
+class ProfileFactory(factory.django.DjangoModelFactory[Profile]):
     class Meta:
         model = Profile
 
@@ -16,7 +16,7 @@ class ProfileFactory(factory.django.DjangoModelFactory):
     attributes = factory.Dict({"country": "FR"})
 
 
-class SegmentFactory(factory.django.DjangoModelFactory):
+class SegmentFactory(factory.django.DjangoModelFactory[Segment]):
     class Meta:
         model = Segment
 

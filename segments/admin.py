@@ -1,0 +1,304 @@
+"""The marketers' door to the audience: profiles (with import) and segments.
+
+Every change goes through `segments.services`, every read of an audience through
+`segments.selectors`; the admin only shows forms and translates errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from . import selectors, services
+from .choices import ConsentChannel, ConsentSource, ImportFormat, SegmentKind
+from .models import Profile, Segment
+from .rules import rule_errors
+
+# --- profiles ---------------------------------------------------------------------------
+
+
+class ProfileImportForm(forms.Form):
+    file = forms.FileField(help_text="CSV with a header line, or JSON lines (one object a line).")
+    format = forms.ChoiceField(
+        choices=[("", "Guess from the file"), *ImportFormat.choices], required=False
+    )
+    segment = forms.CharField(
+        required=False,
+        max_length=200,
+        help_text="Optional: also add the imported profiles to this static segment "
+        "(created if it does not exist).",
+    )
+
+
+class ProfileAdminForm(forms.ModelForm):
+    class Meta:
+        model = Profile
+        fields = [
+            "external_id",
+            "email",
+            "phone",
+            "push_token",
+            "locale",
+            "time_zone",
+            "attributes",
+            "consent_email",
+            "consent_sms",
+            "consent_push",
+        ]
+
+
+@admin.register(Profile)
+class ProfileAdmin(admin.ModelAdmin):
+    form = ProfileAdminForm
+    list_display = [
+        "external_id",
+        "email",
+        "phone",
+        "locale",
+        *[f"consent_{c}" for c in ConsentChannel.values],
+        "created_at",
+    ]
+    list_filter = ["consent_email", "consent_sms", "consent_push", "created_at"]
+    search_fields = ["^external_id", "^email", "^phone"]
+    readonly_fields = ["consent_history", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["external_id", "email", "phone", "push_token", "locale", "time_zone"]}),
+        ("Attributes", {"fields": ["attributes"]}),
+        (
+            "Consent (checked = may receive marketing)",
+            {"fields": ["consent_email", "consent_sms", "consent_push", "consent_history"]},
+        ),
+        ("Dates", {"fields": ["created_at", "updated_at"]}),
+    ]
+    # Counting a million rows on every page load is what makes big changelists slow.
+    show_full_result_count = False
+    list_per_page = 50
+    change_list_template = "admin/segments/profile/change_list.html"
+
+    @admin.display(description="Consent history")
+    def consent_history(self, obj: Profile) -> str:
+        rows = []
+        for channel in ConsentChannel.values:
+            at = getattr(obj, f"consent_{channel}_changed_at")
+            source = getattr(obj, f"consent_{channel}_source")
+            rows.append((ConsentChannel(channel).label, at or "never changed", source or "—"))
+        return format_html(
+            "<table><tr><th>Channel</th><th>Last change</th><th>Source</th></tr>{}</table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    def save_model(self, request: HttpRequest, obj: Profile, form: Any, change: bool) -> None:
+        data = {
+            name: form.cleaned_data[name]
+            for name in services.PROFILE_FIELDS
+            if name in form.cleaned_data
+        }
+        consent = {c: form.cleaned_data[f"consent_{c}"] for c in ConsentChannel.values}
+        if change:
+            saved = services.profile_update(
+                profile=obj, data=data, consent=consent, source=ConsentSource.ADMIN
+            )
+        else:
+            # A new profile's consent is its first statement, not a change of one.
+            saved = services.profile_create(data=data, consent=None, source=ConsentSource.ADMIN)
+            changed = {c: v for c, v in consent.items() if v != saved.consent_for(c)}
+            if changed:
+                saved = services.profile_update(
+                    profile=saved, data={}, consent=changed, source=ConsentSource.ADMIN
+                )
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def get_urls(self) -> list[URLPattern]:
+        custom = [
+            path(
+                "import/",
+                self.admin_site.admin_view(self.import_view),
+                name="segments_profile_import",
+            )
+        ]
+        return custom + super().get_urls()
+
+    def import_view(self, request: HttpRequest) -> HttpResponse:
+        if not (self.has_add_permission(request) and self.has_change_permission(request)):
+            raise PermissionDenied
+        summary = None
+        form = ProfileImportForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                result = services.profiles_import(
+                    stream=upload.file,
+                    format=form.cleaned_data["format"] or None,
+                    filename=upload.name or "",
+                    segment_name=form.cleaned_data["segment"].strip(),
+                )
+            except ValidationError as error:
+                form.add_error(None, error.messages)
+            else:
+                summary = result.as_dict()
+                level = messages.WARNING if result.rejected else messages.SUCCESS
+                self.message_user(
+                    request,
+                    f"Imported {upload.name}: {result.created} created, {result.updated} "
+                    f"updated, {result.rejected} rejected.",
+                    level,
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Import profiles",
+            "form": form,
+            "summary": summary,
+        }
+        return TemplateResponse(request, "admin/segments/profile/import.html", context)
+
+
+# --- segments ---------------------------------------------------------------------------
+
+
+class SegmentAdminForm(forms.ModelForm):
+    class Meta:
+        model = Segment
+        fields = ["name", "description", "kind", "rules"]
+        help_texts = {
+            "rules": 'A JSON rule tree, e.g. {"all": [{"field": "attributes.country", '
+            '"op": "in", "value": ["FR", "BE"]}, {"field": "consent.email", "op": "eq", '
+            '"value": true}]}. Leave {} for a static segment.',
+        }
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        kind = data.get("kind") or (self.instance.kind if self.instance.pk else None)
+        if self.instance.pk and kind != self.instance.kind:
+            self.add_error("kind", "A segment's kind cannot change; create a new segment.")
+        rules = data.get("rules")
+        if "rules" in data and kind == SegmentKind.RULES:
+            for message in rule_errors(rules if rules is not None else {}):
+                self.add_error("rules", message)
+        elif kind == SegmentKind.STATIC and rules:
+            self.add_error("rules", "A static segment has no rules; leave {}.")
+        return data
+
+
+class FreezeForm(forms.Form):
+    name = forms.CharField(max_length=200)
+
+
+@admin.register(Segment)
+class SegmentAdmin(admin.ModelAdmin):
+    form = SegmentAdminForm
+    list_display = ["name", "kind", "updated_at"]
+    list_filter = ["kind"]
+    search_fields = ["name", "description"]
+    readonly_fields = ["estimate", "preview"]
+    actions = ["freeze_selected"]
+
+    def get_fields(self, request: HttpRequest, obj: Segment | None = None) -> list[Any]:
+        fields = ["name", "description", "kind", "rules"]
+        return [*fields, "estimate", "preview"] if obj is not None else fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Segment | None = None) -> list[Any]:
+        return ["kind", "estimate", "preview"] if obj is not None else []
+
+    def _audience(self, obj: Segment) -> tuple[int | None, list[Profile], str]:
+        try:
+            return (
+                selectors.segment_estimate(segment=obj),
+                selectors.segment_preview(segment=obj),
+                "",
+            )
+        except ValidationError as error:
+            return None, [], "; ".join(error.messages)
+
+    @admin.display(description="Estimate")
+    def estimate(self, obj: Segment) -> str:
+        count, _sample, problem = self._audience(obj)
+        if problem:
+            return format_html('<span class="errornote">Invalid rules: {}</span>', problem)
+        return format_html("<strong>{}</strong> profiles match now", f"{count:,}")
+
+    @admin.display(description="Preview (first 20 by id)")
+    def preview(self, obj: Segment) -> str:
+        _count, sample, problem = self._audience(obj)
+        if problem or not sample:
+            return "—"
+        rows = [
+            (
+                reverse("admin:segments_profile_change", args=[p.pk]),
+                p.external_id,
+                p.email or "—",
+                p.phone or "—",
+                p.locale or "—",
+                ", ".join(c for c in ConsentChannel.values if p.consent_for(c)) or "none",
+            )
+            for p in sample
+        ]
+        return format_html(
+            '<table class="segment-preview"><thead><tr><th>External id</th><th>Email</th>'
+            "<th>Phone</th><th>Locale</th><th>Consent</th></tr></thead><tbody>{}</tbody></table>",
+            format_html_join(
+                "",
+                '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+                rows,
+            ),
+        )
+
+    def save_model(self, request: HttpRequest, obj: Segment, form: Any, change: bool) -> None:
+        data = {name: form.cleaned_data[name] for name in ("name", "description", "rules")}
+        if change:
+            saved = services.segment_update(segment=obj, data=data)
+        else:
+            saved = services.segment_create(kind=form.cleaned_data["kind"], **data)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def get_urls(self) -> list[URLPattern]:
+        custom = [
+            path(
+                "<int:pk>/estimate/",
+                self.admin_site.admin_view(self.estimate_view),
+                name="segments_segment_estimate",
+            )
+        ]
+        return custom + super().get_urls()
+
+    def estimate_view(self, request: HttpRequest, pk: int) -> JsonResponse:
+        """`{"count": N}` for a segment: what a campaign form shows beside its segment."""
+        if not self.has_view_permission(request):
+            return JsonResponse({"detail": "Not allowed."}, status=403)
+        segment = get_object_or_404(Segment, pk=pk)
+        try:
+            return JsonResponse({"count": selectors.segment_estimate(segment=segment)})
+        except ValidationError as error:
+            return JsonResponse({"detail": "; ".join(error.messages)}, status=400)
+
+    @admin.action(description="Freeze into a new static segment", permissions=["add"])
+    def freeze_selected(self, request: HttpRequest, queryset: QuerySet[Segment]) -> None:
+        stamp = timezone.now().strftime("%Y-%m-%d %H:%M")
+        for segment in queryset:
+            try:
+                frozen = services.segment_freeze(
+                    segment=segment, name=f"{segment.name} (frozen {stamp})"[:200]
+                )
+            except ValidationError as error:
+                self.message_user(
+                    request, f"“{segment.name}”: {' '.join(error.messages)}", messages.ERROR
+                )
+            else:
+                self.message_user(
+                    request,
+                    f"Froze “{segment.name}” into “{frozen.name}” "
+                    f"({selectors.segment_estimate(segment=frozen):,} profiles).",
+                    messages.SUCCESS,
+                )

@@ -1,0 +1,521 @@
+"""Segment rules: validate a JSON rule tree and compile it to one database filter.
+
+A tree is `{"all": [...]}`, `{"any": [...]}`, `{"not": node}` or a condition
+`{"field": ..., "op": ..., "value": ...}` (see DESIGN.md "Segment rules"). The empty tree
+`{}` and `{"all": []}` match every profile; `{"any": []}` matches none.
+
+Semantics that hold on SQLite and PostgreSQL alike:
+
+* Attribute comparisons are typed by the rule's value: `eq 18` matches the JSON number 18
+  (and 18.0), never the string "18"; `eq "18"` matches only the string. `gt`/`gte`/`lt`/`lte`
+  take a number and match only numeric attributes.
+* A missing attribute (or a JSON null) matches no comparison, `ne` and `not_in` included;
+  only `exists: false` and `empty: true` match it. For the profile's own text fields a
+  blank value counts as missing.
+* `contains` and `startswith` are case-insensitive (SQLite's LIKE cannot be anything
+  else, so PostgreSQL follows it). On a list attribute `contains` means "has this element"
+  (exact, case-sensitive).
+* Dates held in attributes are compared as ISO-8601 text ("2024-05-01" or
+  "2024-05-01T10:00:00Z"), so they must be stored in that form, in UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.db.models import CharField, Func, Q
+from django.db.models.fields.json import compile_json_path  # type: ignore[attr-defined]
+from django.db.models.lookups import In
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from .choices import ConsentChannel
+
+Node = Any
+Value = Any
+
+TEXT_FIELDS = ("external_id", "email", "phone", "locale", "time_zone")
+DATE_FIELDS = ("created_at", "updated_at")
+OPERATORS = (
+    "eq",
+    "ne",
+    "in",
+    "not_in",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "contains",
+    "startswith",
+    "exists",
+    "empty",
+    "before",
+    "after",
+    "within_days",
+)
+TEXT_OPERATORS = ("eq", "ne", "in", "not_in", "contains", "startswith", "exists", "empty")
+DATE_OPERATORS = ("before", "after", "within_days")
+CONSENT_OPERATORS = ("eq", "ne")
+MAX_LIST_VALUES = 1000
+MAX_DEPTH = 32
+MAX_WITHIN_DAYS = 36_500
+ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+class RuleError(ValidationError):
+    """An invalid rule tree; every message starts with the path of the bad node."""
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    kind: str  # "text", "date", "consent" or "attribute"
+    name: str  # model field name, or the attribute path joined by "."
+    path: tuple[str, ...] = ()
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _where(path: str, part: str) -> str:
+    return f"{path}.{part}" if path else part
+
+
+def _show(value: Value) -> str:
+    import json
+
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(value: Value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _is_number(value: Value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_scalar(value: Value) -> bool:
+    return isinstance(value, str | bool) or _is_number(value)
+
+
+def parse_field(name: Value) -> FieldRef | str:
+    """The field a condition names, or a message saying why it is not one."""
+    if not isinstance(name, str) or not name:
+        return f"must be a field name (a string), got {_show(name)}"
+    if name in TEXT_FIELDS:
+        return FieldRef("text", name)
+    if name in DATE_FIELDS:
+        return FieldRef("date", name)
+    if name.startswith("consent."):
+        channel = name.removeprefix("consent.")
+        if channel not in ConsentChannel.values:
+            return f'unknown consent channel "{channel}"; use one of ' + ", ".join(
+                f"consent.{c}" for c in ConsentChannel.values
+            )
+        return FieldRef("consent", f"consent_{channel}")
+    if name.startswith("attributes."):
+        path = tuple(name.removeprefix("attributes.").split("."))
+        for key in path:
+            if not ATTRIBUTE_KEY.match(key) or "__" in key:
+                return (
+                    f'bad attribute key "{key}": keys start with a letter or "_" and hold '
+                    'letters, digits, "_" or "-" (no "__")'
+                )
+        return FieldRef("attribute", ".".join(path), path)
+    known = ", ".join((*TEXT_FIELDS, *DATE_FIELDS))
+    return f'unknown field "{name}"; use one of {known}, attributes.<key> or consent.<channel>'
+
+
+def _iso_moment(value: Value) -> bool:
+    return isinstance(value, str) and bool(parse_datetime(value) or parse_date(value))
+
+
+def _value_problem(field: FieldRef, op: str, value: Value) -> str | None:
+    """Why `value` does not suit `op` on `field`, or None when it does."""
+    if op in ("eq", "ne"):
+        if field.kind == "consent":
+            return None if isinstance(value, bool) else f'"{op}" on consent needs true or false'
+        if field.kind == "text":
+            return None if isinstance(value, str) else f'"{op}" on {field.name} needs a string'
+        if not _is_scalar(value):
+            return f'"{op}" needs a string, number or boolean'
+        return None
+    if op in ("in", "not_in"):
+        if not isinstance(value, list) or not value:
+            return f'"{op}" needs a non-empty list'
+        if len(value) > MAX_LIST_VALUES:
+            return f'"{op}" takes at most {MAX_LIST_VALUES} values, got {len(value)}'
+        allowed = (lambda v: isinstance(v, str)) if field.kind == "text" else _is_scalar
+        for index, item in enumerate(value):
+            if not allowed(item):
+                return f"item {index} is {_type_name(item)}; " + (
+                    "use strings" if field.kind == "text" else "use strings, numbers or booleans"
+                )
+        return None
+    if op in ("gt", "gte", "lt", "lte"):
+        return None if _is_number(value) else f'"{op}" needs a number'
+    if op in ("contains", "startswith"):
+        if not isinstance(value, str) or not value:
+            return f'"{op}" needs a non-empty string'
+        return None
+    if op in ("exists", "empty"):
+        return None if isinstance(value, bool) else f'"{op}" needs true or false'
+    if op in ("before", "after"):
+        if not _iso_moment(value):
+            return f'"{op}" needs an ISO-8601 date or date-time, e.g. "2024-05-01"'
+        return None
+    if op == "within_days":
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not (0 < value <= MAX_WITHIN_DAYS)
+        ):
+            return f'"within_days" needs a whole number of days from 1 to {MAX_WITHIN_DAYS}'
+        return None
+    return None
+
+
+def _operators_for(field: FieldRef) -> tuple[str, ...]:
+    return {
+        "text": TEXT_OPERATORS,
+        "date": DATE_OPERATORS,
+        "consent": CONSENT_OPERATORS,
+        "attribute": OPERATORS,
+    }[field.kind]
+
+
+def _check(node: Node, path: str, depth: int, errors: list[str]) -> None:
+    here = path or "rules"
+    if depth > MAX_DEPTH:
+        errors.append(f"{here}: the tree is nested deeper than {MAX_DEPTH} levels")
+        return
+    if not isinstance(node, dict):
+        errors.append(f"{here}: a node must be an object, got {_type_name(node)}")
+        return
+    if path == "" and not node:
+        return
+    groups = [key for key in ("all", "any", "not") if key in node]
+    if groups:
+        if len(node) != 1:
+            extra = ", ".join(sorted(k for k in node if k != groups[0]))
+            errors.append(
+                f'{here}: a group node holds only "{groups[0]}"; remove {extra}'
+                if len(groups) == 1
+                else f"{here}: a node holds one of all, any, not; found {', '.join(groups)}"
+            )
+            return
+        key = groups[0]
+        child = node[key]
+        if key == "not":
+            _check(child, _where(path, "not"), depth + 1, errors)
+            return
+        if not isinstance(child, list):
+            errors.append(f'{_where(path, key)}: "{key}" needs a list of nodes')
+            return
+        for index, item in enumerate(child):
+            _check(item, f"{_where(path, key)}[{index}]", depth + 1, errors)
+        return
+    _check_condition(node, path, errors)
+
+
+def _check_condition(node: dict[str, Any], path: str, errors: list[str]) -> None:
+    here = path or "rules"
+    missing = [key for key in ("field", "op") if key not in node]
+    if missing:
+        errors.append(
+            f"{here}: a node is all/any/not or a condition {{field, op, value}}; "
+            f"missing {', '.join(missing)}"
+        )
+        return
+    unknown = sorted(set(node) - {"field", "op", "value"})
+    if unknown:
+        errors.append(f"{here}: unknown key(s) {', '.join(unknown)} in a condition")
+        return
+    field = parse_field(node["field"])
+    if isinstance(field, str):
+        errors.append(f"{_where(path, 'field')}: {field}")
+        return
+    op = node["op"]
+    if op not in OPERATORS:
+        errors.append(f"{_where(path, 'op')}: unknown operator {_show(op)}")
+        return
+    if op not in _operators_for(field):
+        errors.append(
+            f'{_where(path, "op")}: operator "{op}" does not apply to {node["field"]}; use '
+            + ", ".join(_operators_for(field))
+        )
+        return
+    if "value" not in node:
+        errors.append(f'{_where(path, "value")}: missing; "{op}" needs a value')
+        return
+    problem = _value_problem(field, op, node["value"])
+    if problem:
+        errors.append(f"{_where(path, 'value')}: {problem}, got {_show(node['value'])}")
+
+
+def rule_errors(tree: Node) -> list[str]:
+    """Every problem of the tree, each prefixed with the path of its node."""
+    errors: list[str] = []
+    _check(tree, "", 0, errors)
+    return errors
+
+
+def validate_rules(tree: Node) -> None:
+    """Raise `RuleError` listing every bad node of the tree."""
+    errors = rule_errors(tree)
+    if errors:
+        raise RuleError(errors)
+
+
+# --- compilation ------------------------------------------------------------------------
+
+
+class JsonKeyType(Func):
+    """The JSON type at an attribute path: number, string, boolean, object, array, null,
+    or "missing" — the same names on both databases, and never SQL NULL (so negations
+    stay two-valued). SQLite and PostgreSQL only."""
+
+    output_field = CharField()
+
+    def __init__(self, path: tuple[str, ...]) -> None:
+        super().__init__("attributes")
+        self.path = path
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        column, params = compiler.compile(self.source_expressions[0])
+        return (
+            f"COALESCE(jsonb_typeof({column} #> %s), 'missing')",
+            (*params, list(self.path)),
+        )
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        column, params = compiler.compile(self.source_expressions[0])
+        json_path = compile_json_path(list(self.path))
+        sql = (
+            f"COALESCE(CASE JSON_TYPE({column}, %s) WHEN 'integer' THEN 'number' "
+            "WHEN 'real' THEN 'number' WHEN 'true' THEN 'boolean' WHEN 'false' THEN 'boolean' "
+            f"WHEN 'text' THEN 'string' ELSE JSON_TYPE({column}, %s) END, 'missing')"
+        )
+        return sql, (*params, json_path, *params, json_path)
+
+
+class JsonArrayHas(Func):
+    """Whether the list at an attribute path has `value` as an element."""
+
+    conditional = True
+
+    def __init__(self, path: tuple[str, ...], value: str) -> None:
+        from django.db.models import BooleanField
+
+        super().__init__("attributes", output_field=BooleanField())
+        self.path = path
+        self.value = value
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        column, params = compiler.compile(self.source_expressions[0])
+        sql = (
+            f"EXISTS (SELECT 1 FROM JSON_EACH({column}, %s) AS element "
+            "WHERE element.type = 'text' AND element.value = %s)"
+        )
+        return sql, (*params, compile_json_path(list(self.path)), self.value)
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        import json
+
+        column, params = compiler.compile(self.source_expressions[0])
+        return f"{column} @> %s::jsonb", (*params, json.dumps(_nest(self.path, [self.value])))
+
+
+def _nest(path: tuple[str, ...], value: Value) -> Any:
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+def _json_type(value: Value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    return "number"
+
+
+def _lookup(path: tuple[str, ...], lookup: str) -> str:
+    # An explicit final lookup keeps keys such as "contains" from reading as lookups.
+    return "__".join(("attributes", *path, lookup))
+
+
+def _is_type(path: tuple[str, ...], *types: str) -> Q:
+    return Q(In(JsonKeyType(path), list(types)))
+
+
+def _present(path: tuple[str, ...]) -> Q:
+    return _is_type(path, "number", "string", "boolean", "object", "array")
+
+
+def _attribute_eq(path: tuple[str, ...], value: Value, vendor: str) -> Q:
+    if vendor == "postgresql":
+        # Containment is what the GIN (jsonb_path_ops) index answers, and it is already
+        # typed: "18" does not contain 18, nor [x] contain x below the top level.
+        return Q(attributes__contains=_nest(path, value))
+    # SQLite's JSON_EXTRACT gives 1 for true and 30 for 30.0 alike: the type decides.
+    return _is_type(path, _json_type(value)) & Q(**{_lookup(path, "exact"): value})
+
+
+def _attribute_condition(path: tuple[str, ...], op: str, value: Value, vendor: str) -> Q:
+    if op == "eq":
+        return _attribute_eq(path, value, vendor)
+    if op == "ne":
+        return _present(path) & ~_attribute_eq(path, value, vendor)
+    if op == "in":
+        return _any(_attribute_eq(path, item, vendor) for item in value)
+    if op == "not_in":
+        return _present(path) & ~_any(_attribute_eq(path, item, vendor) for item in value)
+    if op in ("gt", "gte", "lt", "lte"):
+        return _is_type(path, "number") & Q(**{_lookup(path, op): value})
+    if op == "contains":
+        as_text = _is_type(path, "string") & Q(**{_lookup(path, "icontains"): value})
+        return as_text | (_is_type(path, "array") & Q(JsonArrayHas(path, value)))
+    if op == "startswith":
+        return _is_type(path, "string") & Q(**{_lookup(path, "istartswith"): value})
+    if op in ("exists", "empty"):
+        blank = (
+            _is_type(path, "missing", "null")
+            | (_is_type(path, "string") & Q(**{_lookup(path, "exact"): ""}))
+            | (_is_type(path, "array") & Q(**{_lookup(path, "exact"): []}))
+            | (_is_type(path, "object") & Q(**{_lookup(path, "exact"): {}}))
+        )
+        if op == "exists":
+            present = _present(path)
+            return present if value else ~present
+        return blank if value else ~blank
+    if op in ("before", "after", "within_days"):
+        text = _is_type(path, "string")
+        if op == "within_days":
+            today = timezone.now().date()
+            since = (today - dt.timedelta(days=value)).isoformat()
+            # Text comparison: anything dated before tomorrow, times later today included.
+            until = (today + dt.timedelta(days=1)).isoformat()
+            return text & Q(**{_lookup(path, "gte"): since}) & Q(**{_lookup(path, "lt"): until})
+        return text & Q(**{_lookup(path, "lt" if op == "before" else "gt"): value})
+    raise AssertionError(op)
+
+
+def _moment(value: str) -> dt.datetime:
+    moment = parse_datetime(value)
+    if moment is None:
+        day = parse_date(value)
+        assert day is not None
+        moment = dt.datetime.combine(day, dt.time.min)
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, dt.UTC)
+    return moment
+
+
+def _text_condition(name: str, op: str, value: Value) -> Q:
+    blank = Q(**{name: ""})
+    if op == "eq":
+        return Q(**{name: value}) if value else blank
+    if op == "ne":
+        return ~blank & ~Q(**{name: value})
+    if op == "in":
+        return Q(**{f"{name}__in": value})
+    if op == "not_in":
+        return ~blank & ~Q(**{f"{name}__in": value})
+    if op == "contains":
+        return Q(**{f"{name}__icontains": value})
+    if op == "startswith":
+        return Q(**{f"{name}__istartswith": value})
+    if op == "exists":
+        return ~blank if value else blank
+    if op == "empty":
+        return blank if value else ~blank
+    raise AssertionError(op)
+
+
+def _date_condition(name: str, op: str, value: Value) -> Q:
+    if op == "before":
+        return Q(**{f"{name}__lt": _moment(value)})
+    if op == "after":
+        return Q(**{f"{name}__gt": _moment(value)})
+    if op == "within_days":
+        return Q(**{f"{name}__gte": timezone.now() - dt.timedelta(days=value)})
+    raise AssertionError(op)
+
+
+def _consent_condition(name: str, op: str, value: bool) -> Q:
+    return Q(**{name: value if op == "eq" else not value})
+
+
+# Explicit constants: an empty Q() would vanish from `x | Q()` instead of matching all.
+NOTHING = Q(pk__in=[])
+EVERYTHING = ~Q(pk__in=[])
+
+
+def _all(parts: Any) -> Q:
+    items = list(parts)
+    if not items:
+        return EVERYTHING
+    result = items[0]
+    for part in items[1:]:
+        result &= part
+    return result
+
+
+def _any(parts: Any) -> Q:
+    items = list(parts)
+    if not items:
+        return NOTHING
+    result = items[0]
+    for part in items[1:]:
+        result |= part
+    return result
+
+
+def _compile(node: Node, vendor: str) -> Q:
+    if not node:
+        return EVERYTHING
+    if "all" in node:
+        return _all(_compile(child, vendor) for child in node["all"])
+    if "any" in node:
+        return _any(_compile(child, vendor) for child in node["any"])
+    if "not" in node:
+        return ~_compile(node["not"], vendor)
+    field = parse_field(node["field"])
+    assert isinstance(field, FieldRef)
+    op, value = node["op"], node["value"]
+    builders: dict[str, Callable[[], Q]] = {
+        "text": lambda: _text_condition(field.name, op, value),
+        "date": lambda: _date_condition(field.name, op, value),
+        "consent": lambda: _consent_condition(field.name, op, value),
+        "attribute": lambda: _attribute_condition(field.path, op, value, vendor),
+    }
+    return builders[field.kind]()
+
+
+def compile_rules(tree: Node, *, vendor: str | None = None) -> Q:
+    """One `Q` over `Profile` for the whole tree (validated first: raises `RuleError`)."""
+    validate_rules(tree)
+    return _compile(tree, vendor or connection.vendor)

@@ -1,0 +1,98 @@
+"""Read-only queries over profiles, segments and audience snapshots.
+
+Every audience is one SQL query: `segment_profiles` is the single place that turns a
+segment (rules or static list) into a queryset, and everything else (estimate, preview,
+freeze, snapshot) builds on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from django.db.models import Max, Min, Q, QuerySet
+
+from .choices import SegmentKind
+from .models import AudienceMember, AudienceSnapshot, Profile, Segment
+from .rules import compile_rules
+
+PREVIEW_LIMIT = 20
+MAX_PREVIEW_LIMIT = 100
+
+
+def profile_list(*, search: str = "") -> QuerySet[Profile]:
+    queryset = Profile.objects.all()
+    if search:
+        queryset = queryset.filter(
+            Q(external_id__istartswith=search)
+            | Q(email__istartswith=search)
+            | Q(phone__startswith=search)
+        )
+    return queryset
+
+
+def segment_profiles(*, segment: Segment) -> QuerySet[Profile]:
+    """The segment's members as one query: compiled rules, or the static list.
+
+    Raises `segments.rules.RuleError` when a rule segment's stored tree is invalid.
+    """
+    if segment.kind == SegmentKind.STATIC:
+        return Profile.objects.filter(static_segments=segment)
+    return Profile.objects.filter(compile_rules(segment.rules))
+
+
+def segment_estimate(*, segment: Segment) -> int:
+    """How many profiles the segment holds right now (one COUNT in the database)."""
+    return segment_profiles(segment=segment).count()
+
+
+def segment_preview(*, segment: Segment, limit: int = PREVIEW_LIMIT) -> list[Profile]:
+    """A sample of the segment's members: the first `limit` (at most 100) by id."""
+    limit = max(1, min(limit, MAX_PREVIEW_LIMIT))
+    return list(segment_profiles(segment=segment).order_by("id")[:limit])
+
+
+def profile_id_ranges(*, chunk_size: int = 100_000) -> list[tuple[int, int]]:
+    """Half-open profile-id ranges `[low, high)` covering every profile, `chunk_size` ids
+    wide: the slices `audience_snapshot_create(profile_id_range=…)` resolves one by one."""
+    bounds = Profile.objects.aggregate(low=Min("id"), high=Max("id"))
+    if bounds["low"] is None:
+        return []
+    low, high = int(bounds["low"]), int(bounds["high"]) + 1
+    return [(start, min(start + chunk_size, high)) for start in range(low, high, chunk_size)]
+
+
+def audience_member_page(
+    *, snapshot: AudienceSnapshot, after_key: int = 0, limit: int = 500
+) -> list[tuple[int, int]]:
+    """Up to `limit` `(key, profile_id)` pairs with key > `after_key`, in key order
+    (keyset pagination on the (snapshot, key) primary key: every page costs the same)."""
+    rows = (
+        AudienceMember.objects.filter(snapshot=snapshot, key__gt=after_key)
+        .order_by("key")
+        .values_list("key", "profile_id")[:limit]
+    )
+    return [(int(key), int(profile_id)) for key, profile_id in rows]
+
+
+def audience_member_batches(
+    *, snapshot: AudienceSnapshot, batch_size: int = 500, after_key: int = 0
+) -> Iterator[list[int]]:
+    """Stream the snapshot's profile ids in batches of `batch_size`, each member once."""
+    while True:
+        page = audience_member_page(snapshot=snapshot, after_key=after_key, limit=batch_size)
+        if not page:
+            return
+        yield [profile_id for _key, profile_id in page]
+        after_key = page[-1][0]
+
+
+def audience_member_ids_between(
+    *, snapshot: AudienceSnapshot, first_key: int, last_key: int
+) -> list[int]:
+    """Profile ids of members with `first_key <= key <= last_key`: a batch a task can name
+    by its key range alone (keys run 1…size for a snapshot resolved without overlaps)."""
+    return list(
+        AudienceMember.objects.filter(snapshot=snapshot, key__gte=first_key, key__lte=last_key)
+        .order_by("key")
+        .values_list("profile_id", flat=True)
+    )
