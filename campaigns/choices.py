@@ -34,3 +34,26 @@ STATUS_COLOURS: dict[str, str] = {
 class CampaignType(models.TextChoices):
     MARKETING = "marketing", "Marketing"
     TRANSACTIONAL = "transactional", "Transactional"
+
+
+class ExecutionStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    # The campaign was stopped: remaining deliveries stay pending and are never sent.
+    HALTED = "halted", "Halted"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+# A delivery in one of these states never changes again.
+DELIVERY_TERMINAL_STATUSES: tuple[str, ...] = (
+    DeliveryStatus.SENT,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.SKIPPED,
+)

@@ -12,7 +12,7 @@ from taggit.managers import TaggableManager
 
 from channels.choices import ChannelKind
 
-from .choices import CampaignStatus, CampaignType
+from .choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
 
 Status = CampaignStatus
 
@@ -263,3 +263,106 @@ class CampaignTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign}: {self.name} {self.source} → {self.target}"
+
+
+class Execution(models.Model):
+    """One run of a campaign version: its audience snapshot and the progress of delivery.
+
+    Planning walks the audience in profile-id chunks up to `audience_max_profile_id` (the
+    highest profile id when the run began), inserting delivery rows as it goes;
+    `dispatched_through` is how far batches have been handed to the workers.
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="executions")
+    version = models.ForeignKey(CampaignVersion, on_delete=models.PROTECT, related_name="+")
+    snapshot = models.OneToOneField(
+        "segments.AudienceSnapshot",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="execution",
+    )
+    status = models.CharField(
+        max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.RUNNING
+    )
+    audience_max_profile_id = models.BigIntegerField(default=0)
+    planned_through = models.BigIntegerField(
+        default=0, help_text="Delivery rows exist for every audience profile id up to this."
+    )
+    planning_done = models.BooleanField(default=False)
+    dispatched_through = models.BigIntegerField(
+        default=0, help_text="Batches were sent to the workers for profile ids up to this."
+    )
+    audience_size = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(auto_now_add=True)
+    last_progress_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last time a batch finished or was handed out."
+    )
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=ExecutionStatus.values), name="execution_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version} run {self.pk}"
+
+
+class Delivery(models.Model):
+    """One channel action for one profile in one execution: sent at most once."""
+
+    # Rows are written by the million with INSERT … SELECT from rows that exist: per-row
+    # constraint triggers and extra indexes would halve that rate, so the foreign keys are
+    # kept by the ORM (on_delete) and the unique constraint's index serves execution lookups.
+    execution = models.ForeignKey(
+        Execution,
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        db_constraint=False,
+        db_index=False,
+    )
+    action = models.ForeignKey(
+        ChannelAction, on_delete=models.PROTECT, related_name="deliveries", db_constraint=False
+    )
+    # A delivery is history that outlives the profile it went to.
+    profile = models.ForeignKey(
+        "segments.Profile",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="deliveries",
+    )
+    status = models.CharField(
+        max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    provider_message_id = models.CharField(max_length=255, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["execution", "action", "profile"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["execution", "action", "profile"], name="delivery_once_per_recipient"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=DeliveryStatus.values), name="delivery_status_valid"
+            ),
+        ]
+        indexes = [
+            # Completion ("anything not finished?") and the batch window ("how many are in
+            # flight below the dispatch cursor?") are range scans of this index.
+            models.Index(fields=["execution", "status", "profile"], name="delivery_progress_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} → {self.profile_id}: {self.status}"

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Any
 
 from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django_fsm import can_proceed
 
 from channels.models import REQUIRED_SENDER_FIELD
+from channels.rendering import TemplateContentError, validate_content
 
-from .choices import ALL_STATUSES, DEFAULT_VISIBLE_STATUSES, CampaignStatus
-from .models import Campaign, CampaignTransition, CampaignVersion
+from .choices import ALL_STATUSES, DEFAULT_VISIBLE_STATUSES, CampaignStatus, DeliveryStatus
+from .models import Campaign, CampaignTransition, CampaignVersion, Delivery
 
 Status = CampaignStatus
 # Who asks: a person (admin, API, `--user`), or None in services for the system itself.
@@ -104,6 +106,11 @@ def version_activation_problems(*, version: CampaignVersion | None, now: dt.date
             problems.append(f"{channel} action: the body is empty.")
         if action.channel == "email" and not action.subject.strip():
             problems.append(f"{channel} action: an email needs a subject.")
+        try:
+            validate_content(subject=action.subject, body=action.body)
+        except TemplateContentError as error:
+            for field, messages in error.message_dict.items():
+                problems.extend(f"{channel} action, {field}: {message}" for message in messages)
     return problems
 
 
@@ -131,3 +138,39 @@ def campaign_operations(*, campaign: Campaign, user: Actor) -> list[str]:
     if campaign.status == Status.DRAFT and user.has_perm("campaigns.delete_campaign"):
         allowed.append("delete")
     return [name for name in OPERATIONS if name in allowed]
+
+
+# What the report calls each delivery status: a row being sent still counts as pending.
+REPORT_STATUS = {
+    DeliveryStatus.PENDING: DeliveryStatus.PENDING,
+    DeliveryStatus.SENDING: DeliveryStatus.PENDING,
+    DeliveryStatus.SENT: DeliveryStatus.SENT,
+    DeliveryStatus.FAILED: DeliveryStatus.FAILED,
+    DeliveryStatus.SKIPPED: DeliveryStatus.SKIPPED,
+}
+
+
+def campaign_report(*, campaign: Campaign) -> dict[str, Any]:
+    """Delivery counts of every execution of the campaign, from one aggregate query:
+    `{"total", "by_status": {pending, sent, failed, skipped}, "by_channel": {channel:
+    {"total", pending, sent, failed, skipped}}}`. Correct at any moment of a run."""
+    statuses = list(dict.fromkeys(REPORT_STATUS.values()))
+    by_status = dict.fromkeys(statuses, 0)
+    by_channel: dict[str, dict[str, int]] = {}
+    rows = (
+        Delivery.objects.filter(execution__campaign=campaign)
+        .values_list("action__channel", "status")
+        .annotate(count=Count("id"))
+        .order_by()
+    )
+    for channel, status, count in rows:
+        key = REPORT_STATUS[DeliveryStatus(status)]
+        by_status[key] += count
+        counts = by_channel.setdefault(channel, {"total": 0, **dict.fromkeys(statuses, 0)})
+        counts[key] += count
+        counts["total"] += count
+    return {
+        "total": sum(by_status.values()),
+        "by_status": {str(k): v for k, v in by_status.items()},
+        "by_channel": dict(sorted(by_channel.items())),
+    }

@@ -28,6 +28,7 @@ from channels.models import MessagePreset
 from segments.models import Segment
 
 from .choices import CampaignStatus, CampaignType
+from .delivery import execution_start
 from .exceptions import CampaignConflict
 from .models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
 from .selectors import Actor, version_activation_problems
@@ -346,6 +347,8 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
     if campaign.status == Status.LIVE and campaign.started_at is None:
         campaign.started_at = now
         campaign.save(update_fields=["started_at", "updated_at"])
+    if campaign.status == Status.LIVE:
+        execution_start(campaign=campaign)
     return campaign
 
 
@@ -363,6 +366,7 @@ def campaigns_start_due(*, now: dt.datetime | None = None) -> list[int]:
             if campaign.status != Status.SCHEDULED or (start_at and start_at > now):
                 continue
             _transition(campaign, "start", user=None, reason="Start time reached.", now=now)
+            execution_start(campaign=campaign)
             started.append(pk)
     return started
 

@@ -1,0 +1,387 @@
+"""Benchmark the delivery engine end to end, against the naive design in the same run.
+
+    manage.py bench_delivery --profiles 1000000 --channels email,sms [--workers 2]
+                             [--naive-profiles 5000]
+
+Meant for PostgreSQL + Redis (`make services`); it runs on the embedded default too, slowly.
+It generates the profiles (kept between runs), starts the local sink servers and a worker
+with N processes, activates a campaign and measures, from activation to Completed:
+deliveries per second, time from Live to the first message at a sink, and the peak RSS of
+each worker process (sampled from /proc). Then, on a smaller audience, the naive design —
+one Celery task per recipient that renders, sends and saves one row — as a ratio. It counts
+messages accepted twice for one delivery id at the sinks.
+
+Human lines first; the last line is one JSON object with exactly the keys `profiles`,
+`channels`, `deliveries_per_s`, `first_message_s`, `worker_peak_rss_mb`,
+`naive_deliveries_per_s`, `naive_ratio`, `duplicates`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
+from django.db.models import NOT_PROVIDED
+from django.utils import timezone
+
+from campaigns import services
+from campaigns.choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
+from campaigns.models import Campaign, Delivery, Execution
+from channels.choices import ChannelKind
+from channels.models import MessagePreset
+from channels.sinks import RunningSinks, count_duplicates, read_records, running_sinks
+from segments.choices import SegmentKind
+from segments.models import Profile, Segment
+
+BASE_DIR = Path(settings.BASE_DIR)
+CONTENT: dict[str, tuple[str, str]] = {
+    ChannelKind.EMAIL: (
+        "Hello {{ profile.first_name|default:'there' }}",
+        "Hi {{ profile.external_id }}, news for you.",
+    ),
+    ChannelKind.SMS: ("", "Hi {{ profile.first_name|default:'there' }}: news at example.com"),
+    ChannelKind.PUSH: ("News", "Hi {{ profile.first_name|default:'there' }}"),
+    ChannelKind.WEBHOOK: ("", "{{ profile.external_id }}"),
+}
+PRESET_FIELDS: dict[str, dict[str, str]] = {
+    ChannelKind.EMAIL: {"from_email": "bench@example.com", "from_name": "Bench"},
+    ChannelKind.SMS: {"sms_sender_id": "BENCH"},
+    ChannelKind.PUSH: {"push_app_id": "com.example.bench"},
+    ChannelKind.WEBHOOK: {},
+}
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+class Command(BaseCommand):
+    help = "Benchmark delivery end to end (and the naive one-task-per-recipient design)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--profiles", type=int, default=100_000)
+        parser.add_argument("--channels", default="email,sms")
+        parser.add_argument("--workers", type=int, default=2, help="Worker processes.")
+        parser.add_argument(
+            "--naive-profiles",
+            type=int,
+            default=None,
+            help="Audience of the naive run (default: 1%% of --profiles, 500 to 5000; 0 skips).",
+        )
+        parser.add_argument("--timeout", type=float, default=3600.0)
+
+    def say(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        n = options["profiles"]
+        channels = [c.strip() for c in options["channels"].split(",") if c.strip()]
+        unknown = sorted(set(channels) - set(ChannelKind.values))
+        if unknown or not channels:
+            raise CommandError(
+                f"--channels: unknown {', '.join(unknown) or 'none'}; "
+                f"choose from {', '.join(ChannelKind.values)}."
+            )
+        if n < 1 or options["workers"] < 1:
+            raise CommandError("--profiles and --workers must be at least 1.")
+        naive_n = options["naive_profiles"]
+        if naive_n is None:
+            naive_n = max(500, min(5000, n // 100))
+        if connection.vendor != "postgresql" or not settings.CELERY_BROKER_URL.startswith("redis"):
+            self.say(
+                "warning: the targets are for PostgreSQL + Redis (eval $(make services-env)); "
+                f"running on {connection.vendor} + {settings.CELERY_BROKER_URL.split(':')[0]}."
+            )
+        self._cleanup()
+        started = time.monotonic()
+        self._ensure_profiles("bench-", n)
+        if naive_n:
+            self._ensure_profiles("naive-", naive_n)
+        self.say(f"profiles ready in {time.monotonic() - started:.1f}s")
+        self._purge_broker()
+        with tempfile.TemporaryDirectory(prefix="salvo-bench-") as folder:
+            record = Path(folder) / "sink.jsonl"
+            with (
+                running_sinks(record=record, content=False) as sink,
+                self._worker(sink, options["workers"], Path(folder)) as worker,
+            ):
+                result = self._run_engine(n, channels, sink, worker, options["timeout"])
+                naive = (
+                    self._run_naive(naive_n, channels, sink, worker, options["timeout"])
+                    if naive_n
+                    else 0.0
+                )
+            duplicates = count_duplicates(read_records(record))
+        summary = {
+            "profiles": n,
+            "channels": channels,
+            "deliveries_per_s": round(result["deliveries_per_s"], 1),
+            "first_message_s": round(result["first_message_s"], 3),
+            "worker_peak_rss_mb": round(result["rss_mb"], 1),
+            "naive_deliveries_per_s": round(naive, 1),
+            "naive_ratio": round(result["deliveries_per_s"] / naive, 1) if naive else None,
+            "duplicates": duplicates,
+        }
+        self.say(f"naive design: {naive:.1f} deliveries/s on {naive_n} profiles")
+        self.say(f"duplicates at the sinks: {duplicates}")
+        self.say(json.dumps(summary))
+
+    # --- data ---------------------------------------------------------------------------
+
+    def _cleanup(self) -> None:
+        """Drop the delivery rows of earlier runs (the campaigns stay, Completed)."""
+        earlier = Execution.objects.filter(campaign__name__startswith="bench-delivery ")
+        Delivery.objects.filter(execution__in=earlier).delete()
+
+    def _ensure_profiles(self, prefix: str, n: int) -> None:
+        """Exactly n profiles named prefix0000001…, generated inside the database."""
+        width = 8
+        Profile.objects.filter(external_id__startswith=prefix).filter(
+            external_id__gt=f"{prefix}{n:0{width}d}"
+        ).delete()
+        have = Profile.objects.filter(external_id__startswith=prefix).count()
+        if have >= n:
+            return
+        self.say(f"generating {n - have} {prefix}profiles…")
+        known = {
+            "external_id": f"'{prefix}' || {self._pad('g', width)}",
+            "email": f"'{prefix}' || g || '@example.com'",
+            "phone": f"'+336' || {self._pad('g', 8)}",
+            "push_token": f"'token-{prefix}' || g",
+            "locale": "'en'",
+            "time_zone": "'Europe/Paris'",
+            "attributes": '\'{"first_name": "Ada", "country": "FR"}\'',
+            "created_at": "CURRENT_TIMESTAMP",
+            "updated_at": "CURRENT_TIMESTAMP",
+        }
+        columns, expressions = [], []
+        for field in Profile._meta.concrete_fields:
+            if field.primary_key:
+                continue
+            if field.name in known:
+                expression = known[field.name]
+            elif field.null:
+                expression = "NULL"
+            elif field.default is not NOT_PROVIDED and not callable(field.default):
+                value = field.default
+                expression = (
+                    ("TRUE" if value else "FALSE")
+                    if isinstance(value, bool)
+                    else repr(str(value)).replace('"', "'")
+                )
+            else:
+                expression = "''"
+            columns.append(connection.ops.quote_name(field.column))
+            expressions.append(expression)
+        table = connection.ops.quote_name(Profile._meta.db_table)
+        select = f"SELECT {', '.join(expressions)}"
+        if connection.vendor == "postgresql":
+            source = "FROM generate_series(%s, %s) AS g"
+        else:
+            source = (
+                "FROM (WITH RECURSIVE s(g) AS (SELECT %s UNION ALL SELECT g + 1 FROM s "
+                "WHERE g < %s) SELECT g FROM s) WHERE true"
+            )
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) {select} {source} "
+            "ON CONFLICT (external_id) DO NOTHING"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [1, n])
+            if connection.vendor == "postgresql":
+                cursor.execute(f"ANALYZE {table}")
+
+    @staticmethod
+    def _pad(expression: str, width: int) -> str:
+        if connection.vendor == "postgresql":
+            return f"lpad({expression}::text, {width}, '0')"
+        return f"substr('{'0' * width}' || {expression}, -{width}, {width})"
+
+    def _segment(self, prefix: str, n: int) -> Segment:
+        segment, _ = Segment.objects.update_or_create(
+            name=f"bench {prefix}{n}",
+            defaults={
+                "kind": SegmentKind.RULES,
+                "rules": {"all": [{"field": "external_id", "op": "startswith", "value": prefix}]},
+            },
+        )
+        return segment
+
+    def _campaign(self, prefix: str, n: int, channels: list[str], sink: RunningSinks) -> Campaign:
+        actions = []
+        for channel in channels:
+            fields = dict(PRESET_FIELDS[channel])
+            if channel == ChannelKind.WEBHOOK:
+                fields["webhook_url"] = sink.webhook_url
+            preset, _ = MessagePreset.objects.update_or_create(
+                name=f"bench {channel}", defaults={"channel": channel, **fields}
+            )
+            subject, body = CONTENT[channel]
+            actions.append({"channel": channel, "preset": preset, "subject": subject, "body": body})
+        return services.campaign_create(
+            user=None,
+            name=f"bench-delivery {prefix}{n} {timezone.now().isoformat()}",
+            type=CampaignType.TRANSACTIONAL,
+            segment=self._segment(prefix, n),
+            actions=actions,
+        )
+
+    # --- processes ----------------------------------------------------------------------
+
+    def _purge_broker(self) -> None:
+        from config.celery import app
+
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(app.conf.task_default_queue)  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def _worker(self, sink: RunningSinks, processes: int, folder: Path) -> Iterator[int]:
+        log = folder / "worker.log"
+        env = {
+            **os.environ,
+            **sink.provider_env(),
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "PYTHONUNBUFFERED": "1",
+        }
+        command = [
+            sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "prefork",
+            "--concurrency", str(processes), "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "--loglevel", "info", "--hostname", f"bench{os.getpid()}@%h",
+        ]  # fmt: skip
+        with log.open("ab") as output:
+            process = subprocess.Popen(
+                command, cwd=BASE_DIR, env=env, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while "ready." not in log.read_text(errors="replace"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise CommandError(f"the worker did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+            self.say(f"worker ready: {processes} processes (pid {process.pid})")
+            yield process.pid
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    # --- runs ---------------------------------------------------------------------------
+
+    def _run_engine(
+        self, n: int, channels: list[str], sink: RunningSinks, worker: int, timeout: float
+    ) -> dict[str, float]:
+        campaign = self._campaign("bench-", n, channels, sink)
+        already = len(read_records(sink.record))
+        self.say(f"activating a campaign to {n} profiles × {len(channels)} channels…")
+        activated_at = time.time()
+        services.campaign_activate(campaign=campaign, user=None)
+        rss: dict[int, float] = {}
+        last_report = time.monotonic()
+        deadline = time.monotonic() + timeout
+        while True:
+            for pid in _children(worker):
+                rss[pid] = max(rss.get(pid, 0.0), _rss_mb(pid))
+            status = Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
+            if status == CampaignStatus.COMPLETED:
+                break
+            if status not in (CampaignStatus.ACTIVATING, CampaignStatus.LIVE):
+                raise CommandError(f"the campaign ended {status}")
+            if time.monotonic() > deadline:
+                raise CommandError("the campaign did not complete in time")
+            if time.monotonic() - last_report > 10:
+                done = (
+                    Delivery.objects.filter(execution__campaign=campaign)
+                    .exclude(status__in=[DeliveryStatus.PENDING, DeliveryStatus.SENDING])
+                    .count()
+                )
+                self.say(f"  … {done} deliveries done after {time.time() - activated_at:.0f}s")
+                last_report = time.monotonic()
+            time.sleep(0.2)
+        completed = campaign.transitions.get(name="complete").at.timestamp()
+        live = campaign.transitions.filter(target=CampaignStatus.LIVE).get().at.timestamp()
+        records = read_records(sink.record)[already:]
+        first = min((r["at"] for r in records if r["accepted"]), default=completed)
+        total = Delivery.objects.filter(execution__campaign=campaign).count()
+        elapsed = completed - activated_at
+        result = {
+            "deliveries_per_s": total / elapsed if elapsed > 0 else 0.0,
+            "first_message_s": first - live,
+            "rss_mb": max(rss.values(), default=0.0),
+        }
+        self.say(
+            f"engine: {total} deliveries in {elapsed:.1f}s = {result['deliveries_per_s']:.0f}/s; "
+            f"Live after {live - activated_at:.2f}s, first message "
+            f"{result['first_message_s']:.3f}s after Live; "
+            f"peak RSS per worker process {result['rss_mb']:.0f} MB "
+            f"({', '.join(f'{v:.0f}' for v in rss.values())})"
+        )
+        return result
+
+    def _run_naive(
+        self, n: int, channels: list[str], sink: RunningSinks, worker: int, timeout: float
+    ) -> float:
+        from campaigns.tasks import naive_delivery_task
+
+        campaign = self._campaign("naive-", n, channels, sink)
+        version = campaign.draft_version
+        assert version is not None
+        execution = Execution.objects.create(
+            campaign=campaign,
+            version=version,
+            planning_done=True,
+            status=ExecutionStatus.COMPLETED,
+        )
+        profile_ids = list(
+            Profile.objects.filter(external_id__startswith="naive-")
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        actions = list(version.actions.values_list("pk", flat=True))
+        self.say(f"naive design: {len(profile_ids)} profiles × {len(actions)} channels…")
+        started = time.time()
+        for profile_id in profile_ids:
+            for action_id in actions:
+                naive_delivery_task.delay(execution.pk, action_id, profile_id)
+        expected = len(profile_ids) * len(actions)
+        deadline = time.monotonic() + timeout
+        while True:
+            done = Delivery.objects.filter(execution=execution, status=DeliveryStatus.SENT).count()
+            if done >= expected:
+                break
+            if time.monotonic() > deadline:
+                raise CommandError(f"the naive run did not finish in time ({done}/{expected})")
+            time.sleep(0.2)
+        elapsed = time.time() - started
+        return expected / elapsed

@@ -1,0 +1,206 @@
+"""The delivery engine's services, run in the test process against the local sinks.
+
+The real-worker scenarios (SIGKILL, stop, two workers…) are in test_delivery_worker.py.
+"""
+
+from collections.abc import Iterator
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.test import override_settings
+
+from campaigns import delivery, selectors, services
+from campaigns.choices import CampaignStatus, DeliveryStatus, ExecutionStatus
+from campaigns.models import Campaign, Delivery, Execution
+from channels.sinks import RunningSinks, running_sinks
+from tests.campaigns.factories import email_action, make_campaign, make_live_campaign, sms_action
+from tests.channels.factories import MessagePresetFactory
+from tests.segments.factories import ProfileFactory
+
+Status = CampaignStatus
+
+
+@pytest.fixture
+def sinks() -> Iterator[RunningSinks]:
+    with running_sinks(reject="invalid") as sink, override_settings(**sink.provider_settings()):
+        yield sink
+
+
+def drive(campaign: Campaign) -> Execution:
+    """What the workers do, in this process: plan every chunk, send every action's batch."""
+    execution = Execution.objects.get(campaign=campaign)
+    while delivery.execution_plan_step(execution_id=execution.pk):
+        pass
+    execution.refresh_from_db()
+    for action in execution.version.actions.all():
+        delivery.batch_send(
+            execution_id=execution.pk,
+            action_id=action.pk,
+            first_profile_id=0,
+            last_profile_id=execution.audience_max_profile_id,
+        )
+    delivery.execution_complete_if_done(execution_id=execution.pk)
+    execution.refresh_from_db()
+    return execution
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("{% if profile.vip %}Hi", "syntax"),
+        ("{% load static %}Hi", "not allowed"),
+        ("{{ settings.SECRET_KEY }}", "unknown variable 'settings'"),
+    ],
+)
+def test_activation_refuses_unsafe_or_broken_content(body, expected):
+    campaign = make_campaign(actions=[sms_action(body=body)])
+
+    with pytest.raises(ValidationError) as error:
+        services.campaign_activate(campaign=campaign, user=None)
+
+    assert any("SMS action, body" in m and expected in m for m in error.value.messages)
+    campaign.refresh_from_db()
+    assert campaign.status == Status.DRAFT
+
+
+@pytest.mark.django_db
+def test_going_live_starts_one_execution_with_one_row_per_action_and_profile():
+    ProfileFactory.create_batch(5)
+
+    campaign = make_live_campaign()
+    execution = Execution.objects.get(campaign=campaign)
+    while delivery.execution_plan_step(execution_id=execution.pk):
+        pass
+
+    execution.refresh_from_db()
+    assert execution.planning_done
+    assert execution.audience_size == 5
+    assert Delivery.objects.filter(execution=execution).count() == 10
+    assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.PENDING}
+    # Planning again adds nothing, and the database refuses a second row for a recipient.
+    assert delivery._insert_deliveries(execution, 0, execution.audience_max_profile_id) == 0
+    row = Delivery.objects.first()
+    assert row is not None
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Delivery.objects.create(execution=execution, action=row.action, profile_id=row.profile_id)
+
+
+@pytest.mark.django_db
+def test_a_batch_sends_each_eligible_recipient_once_and_records_the_rest(sinks):
+    reachable = ProfileFactory.create_batch(3)
+    ProfileFactory(email="", external_id="no-email")
+    ProfileFactory(consent_email=False, external_id="opted-out")
+    ProfileFactory(email="invalid@example.com", external_id="refused")
+    preset = MessagePresetFactory(channel="email")
+    campaign = make_live_campaign(
+        actions=[email_action(preset=preset, body="Hi {{ profile.external_id }}")]
+    )
+
+    execution = drive(campaign)
+    # A second run of every batch (a redelivered task) sends nothing more.
+    for action in execution.version.actions.all():
+        delivery.batch_send(
+            execution_id=execution.pk,
+            action_id=action.pk,
+            first_profile_id=0,
+            last_profile_id=execution.audience_max_profile_id,
+        )
+
+    received = sinks.received("email")
+    assert sorted(r["to"] for r in received) == sorted(p.email for p in reachable)
+    assert sinks.duplicates() == 0
+    rows = {d.profile.external_id: d for d in Delivery.objects.select_related("profile")}
+    assert rows["no-email"].status == DeliveryStatus.SKIPPED
+    assert rows["no-email"].error == "No Email address."
+    assert rows["opted-out"].status == DeliveryStatus.SKIPPED
+    assert rows["opted-out"].error == "Opted out of Email marketing."
+    assert rows["refused"].status == DeliveryStatus.FAILED
+    assert "550" in rows["refused"].error
+    sent = [d for d in rows.values() if d.status == DeliveryStatus.SENT]
+    assert {str(d.pk) for d in sent} == {r["delivery_id"] for r in received}
+    assert all(d.provider_message_id and d.sent_at and d.attempts == 1 for d in sent)
+    assert execution.status == ExecutionStatus.COMPLETED
+    campaign.refresh_from_db()
+    assert campaign.status == Status.COMPLETED
+    assert selectors.campaign_report(campaign=campaign) == {
+        "total": 6,
+        "by_status": {"pending": 0, "sent": 3, "failed": 1, "skipped": 2},
+        "by_channel": {
+            "email": {"total": 6, "pending": 0, "sent": 3, "failed": 1, "skipped": 2},
+        },
+    }
+
+
+@pytest.mark.django_db
+def test_a_render_error_fails_that_recipient_only(sinks):
+    ProfileFactory(external_id="fine", attributes={"tags": [1, 2]})
+    ProfileFactory(external_id="empty", attributes={})
+    campaign = make_live_campaign(
+        actions=[sms_action(body="{% for i in profile.tags %}{{ i }}{% endfor %}")]
+    )
+
+    drive(campaign)
+
+    rows = {d.profile.external_id: d for d in Delivery.objects.select_related("profile")}
+    assert rows["fine"].status == DeliveryStatus.SENT
+    assert rows["empty"].status == DeliveryStatus.FAILED
+    assert rows["empty"].error.startswith("Cannot render:")
+    assert [r["json"]["text"] for r in sinks.received("sms")] == ["12"]
+
+
+@pytest.mark.django_db
+def test_a_stopped_campaign_sends_nothing_more(sinks):
+    ProfileFactory.create_batch(4)
+    campaign = make_live_campaign(actions=[sms_action()])
+    execution = Execution.objects.get(campaign=campaign)
+    while delivery.execution_plan_step(execution_id=execution.pk):
+        pass
+
+    services.campaign_stop(campaign=campaign, user=None)
+    execution.refresh_from_db()
+    action = execution.version.actions.get()
+    wait = delivery.batch_send(
+        execution_id=execution.pk,
+        action_id=action.pk,
+        first_profile_id=0,
+        last_profile_id=execution.audience_max_profile_id,
+    )
+
+    assert wait is None
+    assert sinks.received() == []
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.HALTED
+    report = selectors.campaign_report(campaign=campaign)
+    assert report["by_status"] == {"pending": 4, "sent": 0, "failed": 0, "skipped": 0}
+
+
+@pytest.mark.django_db
+def test_an_empty_audience_completes_at_once():
+    campaign = make_live_campaign()
+
+    execution = drive(campaign)
+
+    assert execution.status == ExecutionStatus.COMPLETED
+    campaign.refresh_from_db()
+    assert campaign.status == Status.COMPLETED
+    assert selectors.campaign_report(campaign=campaign)["total"] == 0
+
+
+@pytest.mark.django_db
+def test_the_report_endpoint_shows_the_counts(sinks, api_client):
+    ProfileFactory.create_batch(2)
+    ProfileFactory(phone="")
+    campaign = make_live_campaign(actions=[sms_action()])
+    drive(campaign)
+
+    response = api_client.get(f"/api/campaigns/{campaign.pk}/report/")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "total": 3,
+        "by_status": {"pending": 0, "sent": 2, "failed": 0, "skipped": 1},
+        "by_channel": {"sms": {"total": 3, "pending": 0, "sent": 2, "failed": 0, "skipped": 1}},
+    }
+    assert api_client.get("/api/campaigns/999999/report/").status_code == 404
