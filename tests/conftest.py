@@ -1,0 +1,311 @@
+"""Fixtures shared by every test: API clients, users with permissions, and real Celery
+worker and beat processes wired to the test database and broker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+CHROMIUM = Path(os.environ.get("SALVO_CHROMIUM", "/usr/bin/chromium"))
+WORKER_READY_TIMEOUT_S = 60.0
+
+T = TypeVar("T")
+
+# Playwright runs its own event loop in the test thread; Django would otherwise refuse the
+# ORM calls that browser tests make beside it. Django reads this at each ORM call.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+# --- polling --------------------------------------------------------------------------
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 20.0,
+    interval: float = 0.1,
+    message: str = "",
+) -> T:
+    """Call `predicate` until it returns something truthy, and return that; fail the test
+    with `message` (and the last value seen) when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(
+                f"{message or 'condition not met'} within {timeout:g}s (last value: {value!r})"
+            )
+        time.sleep(interval)
+
+
+# --- markers --------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    on_sqlite = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    skip_postgres = pytest.mark.skip(
+        reason="needs PostgreSQL: run with DATABASE_URL from `make services`"
+    )
+    skip_browser = pytest.mark.skip(
+        reason=f"needs Chromium at {CHROMIUM} (`apt-get install chromium`; make test does it)"
+    )
+    for item in items:
+        if on_sqlite and item.get_closest_marker("postgres"):
+            item.add_marker(skip_postgres)
+        if item.get_closest_marker("browser") and not CHROMIUM.exists():
+            item.add_marker(skip_browser)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # Keep each phase's report on the item so that fixtures know, at teardown, whether the
+    # test failed (and then print the logs of the processes they started).
+    report = yield
+    setattr(item, f"salvo_report_{report.when}", report)
+    return report
+
+
+def _test_failed(request: pytest.FixtureRequest) -> bool:
+    return any(
+        getattr(getattr(request.node, f"salvo_report_{when}", None), "failed", False)
+        for when in ("setup", "call")
+    )
+
+
+# --- users and API clients --------------------------------------------------------------
+
+
+@pytest.fixture
+def user_with_perms(db: None) -> Callable[..., Any]:
+    """Factory: `user_with_perms("campaigns.activate_campaign", …)` → a staff user (not a
+    superuser) holding exactly those permissions; its password is "password"."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    counter = {"n": 0}
+
+    def make(*perms: str, username: str = "") -> Any:
+        counter["n"] += 1
+        user = get_user_model().objects.create_user(
+            username=username or f"staff{counter['n']}",
+            email=f"staff{counter['n']}@example.com",
+            password="password",
+            is_staff=True,
+        )
+        for perm in perms:
+            app_label, _, codename = perm.partition(".")
+            user.user_permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+        # A fresh instance: the one above caches the permissions it had before.
+        return get_user_model().objects.get(pk=user.pk)
+
+    return make
+
+
+@pytest.fixture
+def api_client_for(db: None) -> Callable[[Any], Any]:
+    """Factory: an APIClient authenticated with a DRF token for the given user."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    def make(user: Any) -> APIClient:
+        token, _ = Token.objects.get_or_create(user=user)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        client.user = user  # type: ignore[attr-defined]
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api_client(admin_user: Any, api_client_for: Callable[[Any], Any]) -> Any:
+    """An APIClient authenticated by token as a superuser (`api_client.user`)."""
+    return api_client_for(admin_user)
+
+
+# --- real Celery processes ------------------------------------------------------------
+
+
+def _test_database_url() -> str:
+    """DATABASE_URL of the database the tests use right now (the test_ one)."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    if connection.vendor == "postgresql":
+        credentials = quote(db["USER"] or "", safe="")
+        if db["PASSWORD"]:
+            credentials += ":" + quote(db["PASSWORD"], safe="")
+        host = db["HOST"] or "localhost"
+        port = f":{db['PORT']}" if db["PORT"] else ""
+        return f"postgres://{credentials}@{host}{port}/{db['NAME']}"
+    raise NotImplementedError(f"no DATABASE_URL for a {connection.vendor} test database")
+
+
+def _purge_broker() -> None:
+    """Drop messages left in the broker by earlier tests (they name rows that are gone)."""
+    from config.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(app.conf.task_default_queue)  # type: ignore[attr-defined]
+
+
+@dataclass
+class CeleryProcess:
+    """A real `celery -A config …` process started by a test."""
+
+    kind: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    _log_file: Any = field(default=None, repr=False)
+
+    def start(self) -> CeleryProcess:
+        self._log_file = self.log_path.open("ab")
+        command = [sys.executable, "-m", "celery", "-A", "config", self.kind, *self.args]
+        self.popen = subprocess.Popen(
+            command,
+            cwd=BASE_DIR,
+            env=self.env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            # Its own process group, so that kill() reaches the pool's children too.
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def is_running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def wait_for_log(self, text: str, timeout: float = WORKER_READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if not self.is_running():
+                pytest.fail(f"celery {self.kind} exited before “{text}”:\n{self.log()}")
+            if time.monotonic() >= deadline:
+                pytest.fail(f"celery {self.kind} not ready after {timeout:g}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def _signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL the process and its pool children at once: a crash, no warm shutdown."""
+        if self.popen is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def terminate(self, timeout: float = 15.0) -> None:
+        """Warm shutdown (SIGTERM: running tasks finish), then SIGKILL whatever is left.
+
+        Slow on the filesystem transport (~6 s), whose consumer loop notices late."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=timeout)
+        self.kill()
+
+
+@pytest.fixture
+def celery_process_factory(
+    transactional_db: None, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., CeleryProcess]]:
+    """Factory: `start("worker")` / `start("beat")` → a running CeleryProcess on the test
+    database and broker. Every process it started is stopped at teardown; when the test
+    failed, their logs are printed."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": _test_database_url(),
+        "SALVO_VAR_DIR": str(settings.VAR_DIR),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "PYTHONUNBUFFERED": "1",
+    }
+    _purge_broker()
+    started: list[CeleryProcess] = []
+
+    def start(kind: str, *args: str, extra_env: dict[str, str] | None = None) -> CeleryProcess:
+        n = sum(1 for p in started if p.kind == kind) + 1
+        if kind == "worker":
+            args = (
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--hostname",
+                f"test{n}-{os.getpid()}@%h",
+                "--loglevel",
+                "info",
+                *args,
+            )
+            ready = "ready."
+        elif kind == "beat":
+            args = ("--loglevel", "info", "--schedule", str(tmp_path / f"beat{n}"), *args)
+            ready = "beat: Starting..."
+        else:
+            raise ValueError(f"unknown celery process kind {kind!r}")
+        process = CeleryProcess(
+            kind=kind,
+            args=list(args),
+            env={**env, **(extra_env or {})},
+            log_path=tmp_path / f"celery-{kind}{n}.log",
+        )
+        started.append(process)
+        process.start().wait_for_log(ready)
+        return process
+
+    yield start
+
+    # Tests wait for what they expect, so nothing useful is left running: a kill is as good
+    # as a warm shutdown here and saves seconds per test.
+    for process in started:
+        process.kill()
+    if _test_failed(request):
+        for process in started:
+            print(f"\n----- celery {process.kind} log ({process.log_path}) -----\n{process.log()}")
+
+
+@pytest.fixture
+def celery_worker_process(celery_process_factory: Callable[..., CeleryProcess]) -> CeleryProcess:
+    """A real prefork worker (2 processes) on the test database and broker."""
+    return celery_process_factory("worker")
+
+
+@pytest.fixture
+def celery_beat_process(celery_process_factory: Callable[..., CeleryProcess]) -> CeleryProcess:
+    """A real beat scheduler ticking every 0.5 s (so the scheduler's work shows quickly)."""
+    return celery_process_factory("beat", extra_env={"SALVO_SCHEDULER_INTERVAL_S": "0.5"})
