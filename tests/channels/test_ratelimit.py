@@ -75,7 +75,9 @@ def test_a_full_bucket_admits_a_burst_then_asks_to_wait():
     # Reservations queue up: the 4th waits one interval, the 5th two.
     assert waits[3] == pytest.approx(0.1, abs=0.02)
     assert waits[4] == pytest.approx(0.2, abs=0.02)
-    assert RateLimitBucket.objects.get(key=key).level == pytest.approx(-2, abs=0.2)
+    if not settings.CELERY_BROKER_URL.startswith("redis"):
+        # The database backend keeps the bucket in a row; with Redis it lives in Redis.
+        assert RateLimitBucket.objects.get(key=key).level == pytest.approx(-2, abs=0.2)
 
 
 @pytest.mark.django_db
