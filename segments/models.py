@@ -19,7 +19,10 @@ validate_e164 = RegexValidator(
 class Profile(models.Model):
     """A person Salvo can reach on one or more channels."""
 
-    external_id = models.CharField(max_length=255, unique=True)
+    # Unique through `Meta.constraints`, not `unique=True`: on PostgreSQL the latter adds a
+    # second, `varchar_pattern_ops` index that no query here uses (searches are
+    # case-insensitive) and that every imported row would pay for.
+    external_id = models.CharField(max_length=255)
     email = models.EmailField(blank=True)
     phone = models.CharField(
         max_length=32, blank=True, validators=[validate_e164], help_text="E.164, e.g. +33612345678"
@@ -51,9 +54,10 @@ class Profile(models.Model):
     class Meta:
         ordering = ["external_id"]
         indexes = [
-            # "Joined in the last N days" rules and the admin's date ordering.
+            # "Joined in the last N days" rules and the admin's date ordering. There is
+            # no index on `updated_at`: every import touches it, and an indexed column
+            # makes each of those updates rewrite every index entry of the row.
             models.Index(fields=["created_at"], name="profile_created_at"),
-            models.Index(fields=["updated_at"], name="profile_updated_at"),
             # Opted-out profiles are the minority: partial indexes find them cheaply.
             models.Index(
                 fields=["id"], condition=models.Q(consent_email=False), name="profile_no_email"
@@ -65,6 +69,10 @@ class Profile(models.Model):
                 fields=["id"], condition=models.Q(consent_push=False), name="profile_no_push"
             ),
             # The GIN index on `attributes` is PostgreSQL-only: see migration 0002.
+        ]
+        constraints = [
+            # Without a custom message, Django reports a violation on the field itself.
+            models.UniqueConstraint(fields=["external_id"], name="profile_external_id_unique"),
         ]
 
     def __str__(self) -> str:
@@ -144,6 +152,8 @@ class AudienceMember(models.Model):
     what lets a million members be written in a second or two. Neither foreign key has a
     database constraint: members are written from the profile table in the same
     statement, and a per-row constraint trigger would halve the snapshot rate.
+    On PostgreSQL the table is UNLOGGED (migration 0004): after a database crash it is
+    empty, which the delivery engine tolerates (see that migration for why).
     """
 
     pk = models.CompositePrimaryKey("snapshot_id", "key")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -299,8 +300,10 @@ TEXT_COLUMNS = ("email", "phone", "push_token", "locale", "time_zone")
 def _create_stage(cursor: Any, vendor: str) -> None:
     json_type = "jsonb" if vendor == "postgresql" else "text"
     cursor.execute(f"DROP TABLE IF EXISTS {STAGE}")
+    # The chunk's rows are distinct already; SQLite's UPDATE … FROM plans better with the key.
+    key = "" if vendor == "postgresql" else " PRIMARY KEY"
     cursor.execute(
-        f"CREATE TEMPORARY TABLE {STAGE} (external_id varchar(255) PRIMARY KEY, "
+        f"CREATE TEMPORARY TABLE {STAGE} (external_id varchar(255){key}, "
         "email text, phone text, push_token text, locale text, time_zone text, "
         f"attributes {json_type}, attribute_reset text, "
         "consent_email boolean, consent_sms boolean, consent_push boolean)"
@@ -344,13 +347,82 @@ def _fill_stage(cursor: Any, vendor: str, rows: Iterable[Row]) -> None:
 
 
 def _upsert_stage(cursor: Any, vendor: str, now: Any) -> tuple[int, int]:
+    """Write the staged rows to the profiles: (updated, created)."""
+    if vendor == "postgresql":
+        return _upsert_stage_postgresql(cursor, now)
+    return _upsert_stage_sqlite(cursor, now)
+
+
+def _insert_select() -> tuple[list[str], list[str]]:
+    """Columns and SELECT expressions creating profiles from the stage.
+
+    On PostgreSQL this row is also what ON CONFLICT sees as `EXCLUDED`, where what the
+    file did not give stays recognisable: blank text (an empty cell never reaches the
+    stage), `{}` attributes and a blank consent source mean "not given".
+    """
+    columns = ["external_id", *TEXT_COLUMNS, "attributes"]
+    selects = [
+        "s.external_id",
+        *(f"COALESCE(s.{name}, '')" for name in TEXT_COLUMNS),
+        "COALESCE(s.attributes, '{}')",
+    ]
+    for channel in ConsentChannel.values:
+        columns += [
+            f"consent_{channel}",
+            f"consent_{channel}_changed_at",
+            f"consent_{channel}_source",
+        ]
+        given = f"s.consent_{channel} IS NOT NULL"
+        selects += [
+            f"COALESCE(s.consent_{channel}, TRUE)",
+            f"CASE WHEN {given} THEN %(now)s END",
+            f"CASE WHEN {given} THEN %(source)s ELSE '' END",
+        ]
+    columns += ["created_at", "updated_at"]
+    selects += ["%(now)s", "%(now)s"]
+    return columns, selects
+
+
+def _upsert_stage_postgresql(cursor: Any, now: Any) -> tuple[int, int]:
+    """One INSERT … ON CONFLICT DO UPDATE: one look-up in the external_id index per row
+    (an UPDATE … FROM then an INSERT would take two)."""
+    table = Profile._meta.db_table
+    columns, selects = _insert_select()
+    sets = [
+        *(f"{name} = COALESCE(NULLIF(EXCLUDED.{name}, ''), p.{name})" for name in TEXT_COLUMNS),
+        # `'{}'` (no attributes given) merges to the stored value unchanged.
+        "attributes = p.attributes || EXCLUDED.attributes",
+    ]
+    for channel in ConsentChannel.values:
+        given = f"EXCLUDED.consent_{channel}_source <> ''"
+        changed = f"{given} AND EXCLUDED.consent_{channel} <> p.consent_{channel}"
+        sets += [
+            f"consent_{channel} = CASE WHEN {given} THEN EXCLUDED.consent_{channel} "
+            f"ELSE p.consent_{channel} END",
+            f"consent_{channel}_changed_at = CASE WHEN {changed} THEN %(now)s "
+            f"ELSE p.consent_{channel}_changed_at END",
+            f"consent_{channel}_source = CASE WHEN {changed} THEN %(source)s "
+            f"ELSE p.consent_{channel}_source END",
+        ]
+    sets.append("updated_at = %(now)s")
+    cursor.execute(
+        f"WITH written AS (INSERT INTO {table} AS p ({', '.join(columns)}) "
+        f"SELECT {', '.join(selects)} FROM {STAGE} AS s "
+        f"ON CONFLICT (external_id) DO UPDATE SET {', '.join(sets)} "
+        # xmax is 0 exactly on the rows this statement inserted.
+        "RETURNING (p.xmax = 0) AS created) "
+        "SELECT COUNT(*) FILTER (WHERE created), COUNT(*) FILTER (WHERE NOT created) "
+        "FROM written",
+        {"now": now, "source": ConsentSource.IMPORT.value},
+    )
+    created, updated = cursor.fetchone()
+    return int(updated), int(created)
+
+
+def _upsert_stage_sqlite(cursor: Any, now: Any) -> tuple[int, int]:
     """Update the profiles the stage names, then create the others: (updated, created)."""
     table = Profile._meta.db_table
-    merge = (
-        "p.attributes || s.attributes"
-        if vendor == "postgresql"
-        else "json_patch(json_patch(p.attributes, s.attribute_reset), s.attributes)"
-    )
+    merge = "json_patch(json_patch(p.attributes, s.attribute_reset), s.attributes)"
     consent_sets = []
     for channel in ConsentChannel.values:
         changed = f"s.consent_{channel} IS NOT NULL AND s.consent_{channel} <> p.consent_{channel}"
@@ -374,37 +446,25 @@ def _upsert_stage(cursor: Any, vendor: str, now: Any) -> tuple[int, int]:
         params,
     )
     updated = max(cursor.rowcount, 0)
-    columns = ["external_id", *TEXT_COLUMNS, "attributes"]
-    selects = [
-        "s.external_id",
-        *(f"COALESCE(s.{name}, '')" for name in TEXT_COLUMNS),
-        "COALESCE(s.attributes, '{}')",
-    ]
-    for channel in ConsentChannel.values:
-        columns += [
-            f"consent_{channel}",
-            f"consent_{channel}_changed_at",
-            f"consent_{channel}_source",
-        ]
-        given = f"s.consent_{channel} IS NOT NULL"
-        selects += [
-            f"COALESCE(s.consent_{channel}, TRUE)",
-            f"CASE WHEN {given} THEN %(now)s END",
-            f"CASE WHEN {given} THEN %(source)s ELSE '' END",
-        ]
-    columns += ["created_at", "updated_at"]
-    selects += ["%(now)s", "%(now)s"]
-    if vendor == "postgresql":
-        # The unique index answers each row; an anti-join would hash the whole table.
-        tail = " ON CONFLICT (external_id) DO NOTHING"
-    else:
-        tail = f" WHERE NOT EXISTS (SELECT 1 FROM {table} AS p WHERE p.external_id = s.external_id)"
+    columns, selects = _insert_select()
     cursor.execute(
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(selects)} "
-        f"FROM {STAGE} AS s{tail}",
+        f"FROM {STAGE} AS s "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS p WHERE p.external_id = s.external_id)",
         params,
     )
     created = max(cursor.rowcount, 0)
+    return updated, created
+
+
+def _write_chunk(
+    cursor: Any, vendor: str, now: Any, rows: list[Row], segment: Segment | None
+) -> tuple[int, int]:
+    """Stage and upsert one chunk of distinct profiles: (updated, created)."""
+    _fill_stage(cursor, vendor, rows)
+    updated, created = _upsert_stage(cursor, vendor, now)
+    if segment is not None:
+        _add_stage_to_segment(cursor, vendor, segment)
     return updated, created
 
 
@@ -443,8 +503,9 @@ def profiles_import(
     """Upsert profiles by `external_id` from a CSV or JSON-lines byte stream.
 
     Streams the file in chunks of `chunk_rows` rows (memory stays flat), staging each
-    chunk in a temporary table (COPY on PostgreSQL) and upserting it with one UPDATE …
-    FROM and one INSERT … SELECT. Good rows are kept and bad ones reported with their
+    chunk in a temporary table (COPY on PostgreSQL) and upserting it set-wise (one
+    INSERT … ON CONFLICT DO UPDATE on PostgreSQL, UPDATE … FROM then INSERT … SELECT on
+    SQLite). Good rows are kept and bad ones reported with their
     line numbers. A file that cannot be read (binary, not UTF-8, a huge line, no
     external_id column) raises `ImportRefused` and imports nothing: the whole import is
     one transaction. With `segment_name`, every imported profile also joins that static
@@ -474,34 +535,56 @@ def profiles_import(
                 cursor.execute("SET LOCAL enable_mergejoin = off")
             chunk: dict[str, Row] = {}
             repeats = 0
+            # On PostgreSQL a chunk is written by a second thread while this one parses
+            # the next: the database works while Python reads (psycopg leaves the GIL
+            # while it waits). One chunk at a time is in flight: the stage holds one.
+            pool = ThreadPoolExecutor(max_workers=1) if vendor == "postgresql" else None
+            writing: list[Future[tuple[int, int]]] = []
+
+            def settle() -> None:
+                while writing:
+                    updated, created = writing.pop().result()
+                    summary.created += created
+                    summary.updated += updated
 
             def flush() -> None:
                 nonlocal repeats
                 if chunk:
-                    _fill_stage(cursor, vendor, chunk.values())
-                    updated, created = _upsert_stage(cursor, vendor, now)
-                    summary.created += created
-                    summary.updated += updated + repeats
-                    if segment is not None:
-                        _add_stage_to_segment(cursor, vendor, segment)
+                    batch = list(chunk.values())
+                    settle()
+                    if pool is None:
+                        updated, created = _write_chunk(cursor, vendor, now, batch, segment)
+                        summary.created += created
+                        summary.updated += updated
+                    else:
+                        writing.append(
+                            pool.submit(_write_chunk, cursor, vendor, now, batch, segment)
+                        )
+                    summary.updated += repeats
                 chunk.clear()
                 repeats = 0
                 if on_progress is not None:
                     on_progress(reader.bytes_read, summary.rows)
 
-            for item in rows:
-                if isinstance(item, Rejected):
-                    summary.reject(item)
-                    continue
-                earlier = chunk.get(item.external_id)
-                if earlier is None:
-                    chunk[item.external_id] = item
-                else:
-                    earlier.merge(item)
-                    repeats += 1
-                if len(chunk) >= chunk_rows:
-                    flush()
-            flush()
+            try:
+                for item in rows:
+                    if isinstance(item, Rejected):
+                        summary.reject(item)
+                        continue
+                    earlier = chunk.get(item.external_id)
+                    if earlier is None:
+                        chunk[item.external_id] = item
+                    else:
+                        earlier.merge(item)
+                        repeats += 1
+                    if len(chunk) >= chunk_rows:
+                        flush()
+                flush()
+                settle()
+            finally:
+                if pool is not None:
+                    # A refused file rolls the transaction back: never under a running write.
+                    pool.shutdown(wait=True)
             if reader.line == 0:
                 raise ImportRefused("The file is empty.")
             cursor.execute(f"DROP TABLE IF EXISTS {STAGE}")

@@ -107,6 +107,34 @@ def test_import_upserts_by_external_id_and_merges_attributes():
     assert u9.consent_push_source == ConsentSource.IMPORT
 
 
+def test_import_update_changes_only_given_values_and_records_real_consent_changes():
+    ProfileFactory.create(external_id="u1", email="one@example.com", phone="+33612345678")
+    services.profile_create(
+        data={"external_id": "u2", "locale": "fr"},
+        consent={"email": False},
+        source=ConsentSource.ADMIN,
+    )
+    summary = run_import(
+        "external_id,email,phone,locale,consent_sms,consent_email\n"
+        "u1,,,de,no,\n"
+        "u2,two@example.com,,,,false\n",
+        format="csv",
+    )
+    assert (summary.created, summary.updated, summary.rejected) == (0, 2, 0)
+    u1 = Profile.objects.get(external_id="u1")
+    assert (u1.email, u1.phone, u1.locale) == ("one@example.com", "+33612345678", "de")
+    assert u1.consent_sms is False
+    assert u1.consent_sms_source == ConsentSource.IMPORT
+    assert u1.consent_sms_changed_at is not None
+    assert u1.consent_email is True
+    assert u1.consent_email_changed_at is None
+    u2 = Profile.objects.get(external_id="u2")
+    assert (u2.email, u2.locale) == ("two@example.com", "fr")
+    # The file repeats the stored opt-out: not a change, so the admin's record stays.
+    assert u2.consent_email is False
+    assert u2.consent_email_source == ConsentSource.ADMIN
+
+
 def test_a_later_duplicate_row_wins_whatever_the_chunk():
     text = (
         "external_id,email,plan\n"
