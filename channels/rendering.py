@@ -18,7 +18,7 @@ is how content says what to write when a profile lacks a value.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
@@ -40,6 +40,7 @@ __all__ = [
     "FORBIDDEN_TAGS",
     "RenderError",
     "TemplateContentError",
+    "content_renderer",
     "profile_context",
     "render_content",
     "validate_content",
@@ -251,6 +252,41 @@ def render_content(*, subject: str, body: str, profile: Mapping[str, Any]) -> tu
     if not rendered_body.strip():
         raise RenderError("The body renders to nothing for this profile.")
     return rendered_subject, rendered_body
+
+
+def content_renderer(*, subject: str, body: str) -> Callable[[Mapping[str, Any]], tuple[str, str]]:
+    """``render_content`` for many recipients of the same content: the templates are looked
+    up once, then each call renders one recipient's ``(subject, body)``."""
+    templates: list[Template | None] = []
+    problems: list[str] = []
+    for field, source in (("subject", subject), ("body", body)):
+        template = None
+        if source:
+            try:
+                template = _compiled(source, field=field, html=False)
+            except TemplateContentError as exc:
+                problems.append("; ".join(exc.messages))
+        templates.append(template)
+    subject_template, body_template = templates
+
+    def render_one(template: Template | None, context: dict[str, Any], field: str) -> str:
+        if template is None:
+            return ""
+        try:
+            return template.render(Context(context, autoescape=False))
+        except Exception as exc:  # any failure is this recipient's failure, not the batch's
+            raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
+
+    def render(profile: Mapping[str, Any]) -> tuple[str, str]:
+        if problems:
+            raise RenderError(problems[0])
+        rendered_subject = render_one(subject_template, {"profile": profile}, "subject").strip()
+        rendered_body = render_one(body_template, {"profile": profile}, "body")
+        if not rendered_body.strip():
+            raise RenderError("The body renders to nothing for this profile.")
+        return rendered_subject, rendered_body
+
+    return render
 
 
 def render_html(*, html_body: str, profile: Mapping[str, Any]) -> str:

@@ -3,7 +3,11 @@
 One process, one asyncio loop, two loopback servers:
 
 * an SMTP sink (aiosmtpd) for ``channels.providers.email.EmailBackend``;
-* an HTTP sink for the SMS, push and webhook backends (any ``POST /<channel>…``).
+* an HTTP sink for the SMS, push and webhook backends (any ``POST /<channel>…``), with the
+  bulk endpoints of the SMS, push and email HTTP APIs (``POST /<channel>/batch`` with
+  ``{"messages": [...]}``, answered with one result per message: see
+  ``channels.providers.http``); each message of a bulk request is recorded, and failure
+  rules apply, on its own.
 
 Every attempt is appended to a JSON-lines record file (``channel``, ``delivery_id``, ``to``,
 ``status``, ``accepted``, and with ``content`` the headers and body), so other processes can
@@ -52,6 +56,8 @@ if TYPE_CHECKING:
 
 DELIVERY_ID_HEADER = "X-Salvo-Delivery-Id"
 HEALTH_PATH = "/_sink/health"
+SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+EMAIL_API_BACKEND = "channels.providers.email_api.BatchEmailBackend"
 # Keys of an HTTP JSON body that name the recipient, by channel convention.
 _RECIPIENT_KEYS = ("to", "token")
 _HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
@@ -111,6 +117,11 @@ class Recorder:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._file.flush()
 
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        dumps = json.JSONEncoder(separators=(",", ":")).encode
+        self._file.write("".join(dumps(record) + "\n" for record in records))
+        self._file.flush()
+
     def close(self) -> None:
         self._file.close()
 
@@ -141,6 +152,13 @@ class SinkServer:
         assert self._recorder is not None
         record["at"] = time.time()
         self._recorder.write(record)
+
+    def _record_many(self, records: list[dict[str, Any]]) -> None:
+        assert self._recorder is not None
+        now = time.time()
+        for record in records:
+            record["at"] = now
+        self._recorder.write_many(records)
 
     async def start(self) -> None:
         from aiosmtpd.smtp import SMTP
@@ -234,6 +252,8 @@ class SinkServer:
             data = None
         data = data if isinstance(data, dict) else {}
         channel = path.strip("/").split("/", 1)[0] or "http"
+        if path.rstrip("/").endswith("/batch") and isinstance(data.get("messages"), list):
+            return await self._answer_batch(channel, path, headers, data["messages"], peer)
         recipient = next((str(data[k]) for k in _RECIPIENT_KEYS if data.get(k)), path)
         delivery_id = headers.get("idempotency-key") or (
             str(data["delivery_id"]) if "delivery_id" in data else None
@@ -269,6 +289,56 @@ class SinkServer:
             record["json"] = data
         self._record(**record)
         return status, answer, extra
+
+    def _outcome(self, recipient: str, attempt: int) -> dict[str, Any]:
+        """One bulk message's result, by the same rules as a single request."""
+        if self.rules.rejects(recipient):
+            return {"status": 400, "error": f"Invalid recipient {recipient}"}
+        if self.rules.fails(recipient, attempt):
+            return {"status": 503, "error": "Service temporarily unavailable"}
+        if self.rules.throttles(recipient, attempt):
+            return {
+                "status": 429,
+                "error": "Too many requests",
+                "retry_after": self.rules.retry_after_s,
+            }
+        return {"status": 200, "id": self._next_id()}
+
+    async def _answer_batch(
+        self, channel: str, path: str, headers: dict[str, str], messages: list[Any], peer: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        items = [item if isinstance(item, dict) else {} for item in messages]
+        recipients = []
+        for item in items:
+            to = next((item[k] for k in _RECIPIENT_KEYS if item.get(k)), path)
+            recipients.append(",".join(map(str, to)) if isinstance(to, list) else str(to))
+        # A slow recipient holds up the whole request, as one slow provider call would.
+        delay = max((self.rules.delay_for(r) for r in recipients), default=0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        results, records = [], []
+        for item, recipient in zip(items, recipients, strict=True):
+            key = item.get("idempotency_key")
+            delivery_id = str(key) if key is not None else None
+            attempt = self._attempt(channel, delivery_id or recipient)
+            result = self._outcome(recipient, attempt)
+            status = result["status"]
+            record: dict[str, Any] = {
+                "channel": channel,
+                "delivery_id": delivery_id,
+                "to": recipient,
+                "status": status,
+                "accepted": status == 200,
+                "attempt": attempt,
+            }
+            if status == 200:
+                record["message_id"] = result["id"]
+            if self.content:
+                record |= {"path": path, "headers": headers, "peer": peer, "json": item}
+            results.append(result)
+            records.append(record)
+        self._record_many(records)
+        return 200, {"results": results}, {}
 
 
 class _SmtpHandler:
@@ -384,8 +454,9 @@ class RunningSinks:
                 return received
             time.sleep(0.02)
 
-    def provider_settings(self) -> dict[str, Any]:
-        """Settings that send every channel to these sinks, for ``override_settings``."""
+    def provider_settings(self, *, email_api: bool = False) -> dict[str, Any]:
+        """Settings that send every channel to these sinks, for ``override_settings``; email
+        over SMTP, or with ``email_api`` through the HTTP batch email API."""
         return {
             "SALVO_PROVIDER_BACKENDS": {
                 "email": "channels.providers.email.EmailBackend",
@@ -394,7 +465,7 @@ class RunningSinks:
                 "webhook": "channels.providers.http.WebhookBackend",
             },
             # pytest-django swaps EMAIL_BACKEND for locmem; the sink wants real SMTP.
-            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "EMAIL_BACKEND": EMAIL_API_BACKEND if email_api else SMTP_BACKEND,
             "EMAIL_HOST": self.host,
             "EMAIL_PORT": self.smtp_port,
             "EMAIL_HOST_USER": "",
@@ -403,11 +474,15 @@ class RunningSinks:
             "EMAIL_USE_SSL": False,
             "SALVO_SMS_PROVIDER": {"url": f"{self.http_url}/sms", "api_key": "sink-key"},
             "SALVO_PUSH_PROVIDER": {"url": f"{self.http_url}/push", "api_key": "sink-key"},
+            "SALVO_EMAIL_API": {"url": f"{self.http_url}/email", "api_key": "sink-key"},
         }
 
-    def provider_env(self) -> dict[str, str]:
+    def provider_env(self, *, email_api: bool = False) -> dict[str, str]:
         """The same as environment variables, for worker processes started by tests."""
         return {
+            "EMAIL_BACKEND": EMAIL_API_BACKEND if email_api else SMTP_BACKEND,
+            "SALVO_EMAIL_API_URL": f"{self.http_url}/email",
+            "SALVO_EMAIL_API_KEY": "sink-key",
             "SALVO_EMAIL_BACKEND": "channels.providers.email.EmailBackend",
             "SALVO_SMS_BACKEND": "channels.providers.http.SmsBackend",
             "SALVO_PUSH_BACKEND": "channels.providers.http.PushBackend",

@@ -197,7 +197,7 @@ CELERY_BEAT_SCHEDULE = {
 SALVO_DELIVERY_BATCH_SIZE = env.int("SALVO_DELIVERY_BATCH_SIZE", default=500)
 SALVO_DELIVERY_WINDOW = env.int("SALVO_DELIVERY_WINDOW", default=8)
 SALVO_DELIVERY_PLAN_CHUNK = env.int("SALVO_DELIVERY_PLAN_CHUNK", default=100_000)
-SALVO_DELIVERY_SEND_CHUNK = env.int("SALVO_DELIVERY_SEND_CHUNK", default=100)
+SALVO_DELIVERY_SEND_CHUNK = env.int("SALVO_DELIVERY_SEND_CHUNK", default=500)
 # A delivery left "sending" this long by a worker that died is claimed again; an execution
 # with no progress this long has its unfinished batches sent again (lost task messages).
 SALVO_DELIVERY_SENDING_TIMEOUT_S = env.float("SALVO_DELIVERY_SENDING_TIMEOUT_S", default=60.0)
@@ -206,6 +206,10 @@ SALVO_DELIVERY_STALL_AFTER_S = env.float("SALVO_DELIVERY_STALL_AFTER_S", default
 SALVO_DELIVERY_RETRY_BASE_S = env.float("SALVO_DELIVERY_RETRY_BASE_S", default=5.0)
 SALVO_DELIVERY_RETRY_CAP_S = env.float("SALVO_DELIVERY_RETRY_CAP_S", default=600.0)
 SALVO_DELIVERY_MAX_ATTEMPTS = env.int("SALVO_DELIVERY_MAX_ATTEMPTS", default=6)
+# Celery's Django fix-up closes the database connection around every task unless told to
+# reuse it: a fresh PostgreSQL backend per batch (fork, authentication, cold catalog cache)
+# costs more than sending the batch. Connections are still recycled after this many tasks.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 # --- Channel providers (issue 4) ------------------------------------------------------
 # One backend per channel, chosen like EMAIL_BACKEND; a MessagePreset may name its own.
@@ -223,6 +227,10 @@ SALVO_PROVIDER_BACKENDS = {
 }
 # Connect + read timeout of every provider call, in seconds.
 SALVO_PROVIDER_TIMEOUT_S = env.float("SALVO_PROVIDER_TIMEOUT_S", default=10.0)
+# The Django email backend under channels.providers.email.EmailBackend: SMTP (EMAIL_URL
+# below), or for high volume an HTTP batch API, channels.providers.email_api.BatchEmailBackend
+# (SALVO_EMAIL_API below).
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
 # SMTP server of channels.providers.email.EmailBackend, e.g. smtp+tls://user:pass@host:587.
 _email_url = env.email_url("EMAIL_URL", default="smtp://127.0.0.1:1025")
 EMAIL_HOST = _email_url["EMAIL_HOST"]
@@ -239,6 +247,10 @@ SALVO_SMS_PROVIDER = {
 SALVO_PUSH_PROVIDER = {
     "url": env.str("SALVO_PUSH_API_URL", default="http://127.0.0.1:8025/push"),
     "api_key": env.str("SALVO_PUSH_API_KEY", default=""),
+}
+SALVO_EMAIL_API = {
+    "url": env.str("SALVO_EMAIL_API_URL", default="http://127.0.0.1:8025/email"),
+    "api_key": env.str("SALVO_EMAIL_API_KEY", default=""),
 }
 # Webhook receivers verify X-Salvo-Signature (HMAC-SHA256 of the body) with this secret.
 SALVO_WEBHOOK_SECRET = env.str("SALVO_WEBHOOK_SECRET", default="embedded-default-webhook-secret")

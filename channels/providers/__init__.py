@@ -1,16 +1,20 @@
 """Pluggable provider backends, one per channel, chosen like Django's ``EMAIL_BACKEND``.
 
 A backend carries already-rendered messages to one provider. The delivery engine opens it
-once per batch, sends each message, and closes it::
+once per batch and hands it a chunk of messages at a time::
 
     with get_backend(preset) as backend:
-        for message in messages:
-            try:
-                result = backend.send(message)
-            except TransientProviderError as exc:   # retry later (exc.retry_after if given)
+        for message, outcome in zip(chunk, backend.send_batch(chunk), strict=True):
+            if isinstance(outcome, TransientProviderError):   # retry later (retry_after)
                 ...
-            except PermanentProviderError as exc:   # record as failed with exc.reason
+            elif isinstance(outcome, PermanentProviderError):  # failed, with outcome.reason
                 ...
+            else:                                              # a SendResult: sent
+                ...
+
+``send_batch`` answers one outcome per message, in order. Its default calls ``send`` for
+each message, so a backend only needs ``send``; backends of providers with a bulk API
+override it to carry the whole chunk in one request.
 
 ``settings.SALVO_PROVIDER_BACKENDS`` maps each channel to a dotted path; a preset may
 override it with its own ``backend``.
@@ -18,7 +22,7 @@ override it with its own ``backend``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -95,6 +99,17 @@ class ProviderBackend:
 
     def send(self, message: OutboundMessage) -> SendResult:
         raise NotImplementedError
+
+    def send_batch(self, messages: Sequence[OutboundMessage]) -> list[SendResult | ProviderError]:
+        """One outcome per message, in order: a ``SendResult`` or the ``ProviderError`` that
+        refused it. Never raises for one message's failure."""
+        outcomes: list[SendResult | ProviderError] = []
+        for message in messages:
+            try:
+                outcomes.append(self.send(message))
+            except ProviderError as error:
+                outcomes.append(error)
+        return outcomes
 
     def close(self) -> None:
         """Release what ``open`` acquired; safe to call twice or without ``open``."""

@@ -2,12 +2,20 @@
 
 One connection carries a whole batch: ``open`` connects, each ``send`` reuses it, ``close``
 says QUIT. A connection that breaks mid-batch is dropped and the next ``send`` reconnects.
+
+``send_batch`` hands a chunk to the Django backend at once when that backend reports an
+outcome per message (``channels.providers.email_api.BatchEmailBackend``, an HTTP batch API:
+what a high-volume sender uses); over SMTP, whose ``send_messages`` stops at the first
+refusal without saying which messages went, it sends one message at a time on the one
+connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import smtplib
+from collections.abc import Sequence
 from email.utils import formataddr, make_msgid
 
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -17,6 +25,7 @@ from . import (
     OutboundMessage,
     PermanentProviderError,
     ProviderBackend,
+    ProviderError,
     SendResult,
     TransientProviderError,
 )
@@ -67,15 +76,23 @@ class EmailBackend(ProviderBackend):
             return formataddr((self.preset.from_name, self.preset.from_email))
         return self.preset.from_email
 
+    @functools.cached_property
+    def _sender_text(self) -> str:
+        return self._sender()
+
+    @functools.cached_property
+    def _reply_to(self) -> list[str] | None:
+        return [self.preset.reply_to] if self.preset.reply_to else None
+
     def build_message(self, message: OutboundMessage) -> EmailMultiAlternatives:
         domain = self.preset.from_email.rpartition("@")[2] or None
         message_id = make_msgid(idstring=f"salvo.{message.delivery_id}", domain=domain)
         email = EmailMultiAlternatives(
             subject=message.subject,
             body=message.body,
-            from_email=self._sender(),
+            from_email=self._sender_text,
             to=[message.to],
-            reply_to=[self.preset.reply_to] if self.preset.reply_to else None,
+            reply_to=self._reply_to,
             headers={
                 **message.headers,
                 "Message-ID": message_id,
@@ -86,12 +103,67 @@ class EmailBackend(ProviderBackend):
             email.attach_alternative(message.html_body, "text/html")
         return email
 
-    def send(self, message: OutboundMessage) -> SendResult:
+    def _build(self, message: OutboundMessage) -> EmailMultiAlternatives:
         try:
-            email = self.build_message(message)
+            return self.build_message(message)
         except ValueError as exc:  # e.g. a header with a newline in it
             raise PermanentProviderError(f"Cannot build the email: {exc}") from exc
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        email = self._build(message)
         opened_here = self.connection is None
+        self.open()
+        try:
+            return self._send_open(email)
+        finally:
+            if opened_here:
+                self.close()
+
+    def send_batch(self, messages: Sequence[OutboundMessage]) -> list[SendResult | ProviderError]:
+        outcomes: list[SendResult | ProviderError | None] = [None] * len(messages)
+        emails: list[tuple[int, EmailMultiAlternatives]] = []
+        for position, message in enumerate(messages):
+            try:
+                emails.append((position, self._build(message)))
+            except ProviderError as error:
+                outcomes[position] = error
+        opened_here = self.connection is None
+        try:
+            if emails:
+                self.open()
+            for position, outcome in self._send_built(emails):
+                outcomes[position] = outcome
+        except ProviderError as error:  # the server cannot be reached: all wait
+            for position, _ in emails:
+                outcomes[position] = error
+        finally:
+            if opened_here:
+                self.close()
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _send_built(
+        self, emails: Sequence[tuple[int, EmailMultiAlternatives]]
+    ) -> list[tuple[int, SendResult | ProviderError]]:
+        connection = self.connection
+        assert connection is not None
+        if getattr(connection, "reports_each_message", False):
+            # One request for the chunk; the backend leaves each message's outcome on it.
+            with contextlib.suppress(ProviderError):
+                connection.send_messages([email for _, email in emails])
+            missing = TransientProviderError("The email backend gave no outcome.")
+            return [
+                (position, getattr(email, "salvo_outcome", missing)) for position, email in emails
+            ]
+        results: list[tuple[int, SendResult | ProviderError]] = []
+        for position, email in emails:
+            try:
+                results.append((position, self._send_open(email)))
+            except ProviderError as error:
+                results.append((position, error))
+        return results
+
+    def _send_open(self, email: EmailMultiAlternatives) -> SendResult:
+        """Send on the open connection (reconnecting if it was dropped)."""
         self.open()
         assert self.connection is not None
         try:
@@ -108,9 +180,6 @@ class EmailBackend(ProviderBackend):
             # Disconnected or timed out: this connection is unusable, the next send reconnects.
             self._drop_connection()
             raise TransientProviderError(f"Mail server connection failed: {exc}") from exc
-        finally:
-            if opened_here:
-                self.close()
         return SendResult(provider_message_id=email.extra_headers["Message-ID"].strip("<>"))
 
     def _drop_connection(self) -> None:

@@ -10,6 +10,13 @@ that honours it never delivers a retried message twice. Answers are classified a
 * timeouts, connection errors, 408, 429 and 5xx: ``TransientProviderError`` (``Retry-After``
   honoured);
 * any other status: ``PermanentProviderError`` with the provider's own error text.
+
+SMS and push providers also have a bulk endpoint, as bulk SMS and push services do:
+``send_batch`` posts ``{"messages": [...]}`` (each message with its ``idempotency_key``) to
+``{url}/batch`` and reads one result per message, in order: ``{"status": 200, "id": ...}``
+or ``{"status": <code>, "error": ..., "retry_after": ...}``, each code classified as
+above. A whole request that fails (timeout, connection error, 408/429/5xx) makes every
+message of it transient. Webhooks go one request per recipient, over one connection.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import hmac
 import http.client
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import parsedate_to_datetime
@@ -32,6 +39,7 @@ from . import (
     OutboundMessage,
     PermanentProviderError,
     ProviderBackend,
+    ProviderError,
     SendResult,
     TransientProviderError,
 )
@@ -69,6 +77,15 @@ class HttpAnswer:
             return json.loads(self.body)
         except ValueError:
             return None
+
+
+def classify_status(
+    status: int, reason: str, *, retry_after: float | None = None
+) -> TransientProviderError | PermanentProviderError:
+    """The error for a refused message: 408, 429 and 5xx are worth retrying, others not."""
+    if status in (408, 429) or status >= 500:
+        return TransientProviderError(reason, retry_after=retry_after)
+    return PermanentProviderError(reason)
 
 
 def _error_text(answer: HttpAnswer) -> str:
@@ -201,14 +218,14 @@ class HttpProviderBackend(ProviderBackend):
             headers["Authorization"] = f"Bearer {self.config['api_key']}"
         return headers
 
-    def send(self, message: OutboundMessage) -> SendResult:
-        body = json.dumps(self.payload_for(message), separators=(",", ":")).encode()
+    def _post(self, url: str, *, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
+        """POST over the batch's connection; a failure to get an answer becomes a
+        ``ProviderError`` (transient, but permanent for a URL that cannot work)."""
         opened_here = self.pool is None
         self.open()
         assert self.pool is not None
-        url = self.url_for(message)
         try:
-            answer = self.pool.post(url, body=body, headers=self.headers_for(message, body))
+            return self.pool.post(url, body=body, headers=headers)
         except TimeoutError as exc:
             raise TransientProviderError(
                 f"No answer from {url} within {settings.SALVO_PROVIDER_TIMEOUT_S:g}s."
@@ -222,18 +239,22 @@ class HttpProviderBackend(ProviderBackend):
         finally:
             if opened_here:
                 self.close()
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        body = json.dumps(self.payload_for(message), separators=(",", ":")).encode()
+        url = self.url_for(message)
+        answer = self._post(url, body=body, headers=self.headers_for(message, body))
         return self.result_from(answer, message)
 
     def result_from(self, answer: HttpAnswer, message: OutboundMessage) -> SendResult:
         status = answer.status
         if 200 <= status < 300:
             return SendResult(provider_message_id=self.message_id_from(answer, message))
-        reason = f"HTTP {status}: {_error_text(answer)}"
-        if status in (408, 429) or status >= 500:
-            raise TransientProviderError(
-                reason, retry_after=parse_retry_after(answer.headers.get("Retry-After"))
-            )
-        raise PermanentProviderError(reason)
+        raise classify_status(
+            status,
+            f"HTTP {status}: {_error_text(answer)}",
+            retry_after=parse_retry_after(answer.headers.get("Retry-After")),
+        )
 
     def message_id_from(self, answer: HttpAnswer, message: OutboundMessage) -> str:
         data = answer.json()
@@ -244,8 +265,70 @@ class HttpProviderBackend(ProviderBackend):
         return answer.headers.get("X-Message-Id") or str(message.delivery_id)
 
 
-class SmsBackend(HttpProviderBackend):
-    """POST ``{from, to, text}`` to ``SALVO_SMS_PROVIDER["url"]``."""
+class BulkHttpProviderBackend(HttpProviderBackend):
+    """A provider with a bulk endpoint at ``{url}/batch``: one request per chunk."""
+
+    # Most messages one bulk request carries; longer chunks go in several requests.
+    max_batch: ClassVar[int] = 1000
+
+    def batch_url(self) -> str:
+        return str(self.config["url"]).rstrip("/") + "/batch"
+
+    def batch_headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": "Salvo"}
+        if self.config.get("api_key"):
+            headers["Authorization"] = f"Bearer {self.config['api_key']}"
+        return headers
+
+    def send_batch(self, messages: Sequence[OutboundMessage]) -> list[SendResult | ProviderError]:
+        outcomes: list[SendResult | ProviderError] = []
+        for start in range(0, len(messages), self.max_batch):
+            outcomes += self._send_bulk(messages[start : start + self.max_batch])
+        return outcomes
+
+    def _send_bulk(self, messages: Sequence[OutboundMessage]) -> list[SendResult | ProviderError]:
+        if not messages:
+            return []
+        items = [{**self.payload_for(m), "idempotency_key": str(m.delivery_id)} for m in messages]
+        body = json.dumps({"messages": items}, separators=(",", ":")).encode()
+        url = self.batch_url()
+        try:
+            answer = self._post(url, body=body, headers=self.batch_headers())
+        except ProviderError as exc:
+            return [exc] * len(messages)
+        if not 200 <= answer.status < 300:
+            refused = classify_status(
+                answer.status,
+                f"HTTP {answer.status}: {_error_text(answer)}",
+                retry_after=parse_retry_after(answer.headers.get("Retry-After")),
+            )
+            return [refused] * len(messages)
+        data = answer.json()
+        results = data.get("results") if isinstance(data, Mapping) else None
+        if not isinstance(results, list) or len(results) != len(messages):
+            # Whatever went through carries its idempotency key: retrying is safe.
+            malformed = TransientProviderError(f"Malformed answer from {url}.")
+            return [malformed] * len(messages)
+        return [self._outcome(r, m) for r, m in zip(results, messages, strict=True)]
+
+    def _outcome(self, result: Any, message: OutboundMessage) -> SendResult | ProviderError:
+        if not isinstance(result, Mapping):
+            return TransientProviderError("Malformed result from the provider.")
+        status = result.get("status", 200)
+        status = status if isinstance(status, int) else 500
+        if 200 <= status < 300:
+            return SendResult(provider_message_id=str(result.get("id") or message.delivery_id))
+        error = str(result.get("error") or http.client.responses.get(status, ""))
+        retry_after = result.get("retry_after")
+        return classify_status(
+            status,
+            f"HTTP {status}: {error[:MAX_REASON_CHARS]}",
+            retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+        )
+
+
+class SmsBackend(BulkHttpProviderBackend):
+    """POST ``{from, to, text}`` to ``SALVO_SMS_PROVIDER["url"]`` (in bulk to ``…/batch``)."""
 
     settings_name = "SALVO_SMS_PROVIDER"
 
@@ -253,8 +336,9 @@ class SmsBackend(HttpProviderBackend):
         return {"from": self.preset.sms_sender_id, "to": message.to, "text": message.body}
 
 
-class PushBackend(HttpProviderBackend):
-    """POST ``{app_id, token, title, body}`` to ``SALVO_PUSH_PROVIDER["url"]``."""
+class PushBackend(BulkHttpProviderBackend):
+    """POST ``{app_id, token, title, body}`` to ``SALVO_PUSH_PROVIDER["url"]`` (in bulk to
+    ``…/batch``)."""
 
     settings_name = "SALVO_PUSH_PROVIDER"
 

@@ -204,3 +204,49 @@ def test_the_report_endpoint_shows_the_counts(sinks, api_client):
         "by_channel": {"sms": {"total": 3, "pending": 0, "sent": 2, "failed": 0, "skipped": 1}},
     }
     assert api_client.get("/api/campaigns/999999/report/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_through_the_batch_apis_a_failed_chunk_is_retried_and_each_refusal_recorded():
+    profiles = ProfileFactory.create_batch(4)
+    ProfileFactory(email="invalid@example.com", phone="+33699999999", external_id="refused")
+    email_preset = MessagePresetFactory(channel="email", reply_to="help@example.com")
+    campaign = make_live_campaign(
+        actions=[
+            email_action(preset=email_preset, body="Hi {{ profile.external_id }}"),
+            sms_action(body="Hi {{ profile.external_id }}"),
+        ]
+    )
+    with (
+        running_sinks(reject="invalid|99999999", flaky=".", flaky_times=1) as sink,
+        override_settings(
+            **sink.provider_settings(email_api=True),
+            SALVO_DELIVERY_RETRY_BASE_S=0,
+        ),
+    ):
+        # Every message fails once (503 for each message of the bulk request), is retried
+        # at once (no back-off here) and then goes through: each exactly once.
+        execution = drive(campaign)
+        received = sink.received()
+        attempts = sink.attempts()
+        duplicates = sink.duplicates()
+
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert sorted(r["to"] for r in received if r["channel"] == "email") == sorted(
+        p.email for p in profiles
+    )
+    assert sorted(r["to"] for r in received if r["channel"] == "sms") == sorted(
+        p.phone for p in profiles
+    )
+    assert {r["path"] for r in attempts} == {"/email/batch", "/sms/batch"}
+    assert duplicates == 0
+    rows = Delivery.objects.select_related("profile", "action")
+    sent = [d for d in rows if d.status == DeliveryStatus.SENT]
+    assert len(sent) == 8
+    assert all(d.attempts == 2 for d in sent)
+    assert {str(d.pk) for d in sent} == {r["delivery_id"] for r in received}
+    refused = [d for d in rows if d.profile.external_id == "refused"]
+    assert {d.status for d in refused} == {DeliveryStatus.FAILED}
+    assert all("HTTP 400" in d.error for d in refused)
+    email = next(r for r in attempts if r["channel"] == "email" and r["accepted"])
+    assert email["json"]["headers"]["List-Unsubscribe"].startswith("<mailto:help@example.com")

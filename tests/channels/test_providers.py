@@ -1,13 +1,16 @@
 """Provider backends against the local sink servers, over real sockets."""
 
 import email
+import http.server
 import logging
 import socket
+import threading
 from email.message import EmailMessage
 from email.policy import default as default_policy
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
 from django.test import override_settings
 
 from channels.choices import ChannelKind
@@ -343,3 +346,210 @@ def test_the_sink_counts_a_delivery_sent_twice_as_a_duplicate(sink_settings):
         backend.send(outbound)
         backend.send(outbound)
     assert sink_settings.duplicates() == before + 1
+
+
+# --- bulk APIs ----------------------------------------------------------------------------
+
+
+def test_sms_bulk_request_answers_each_message_on_its_own(sink_settings):
+    messages = [
+        message(ChannelKind.SMS, to="+33630000001", body="One"),
+        message(ChannelKind.SMS, to="+33630000002-invalid", body="Two"),
+        message(ChannelKind.SMS, to="+33630000003-flaky", body="Three"),
+        message(ChannelKind.SMS, to="+33630000004-throttled", body="Four"),
+    ]
+    with SmsBackend(preset(ChannelKind.SMS, sms_sender_id="SALVO")) as backend:
+        ok, refused, flaky, throttled = backend.send_batch(messages)
+
+    assert isinstance(ok, SendResult)
+    assert isinstance(refused, PermanentProviderError)
+    assert "HTTP 400" in refused.reason
+    assert "Invalid recipient" in refused.reason
+    assert isinstance(flaky, TransientProviderError)
+    assert "HTTP 503" in flaky.reason
+    assert isinstance(throttled, TransientProviderError)
+    assert throttled.retry_after == 7
+    attempts = [r for r in sink_settings.attempts("sms") if r["to"].startswith("+3363000000")]
+    assert [r["path"] for r in attempts] == ["/sms/batch"] * 4
+    assert len({r["peer"] for r in attempts}) == 1
+    # Each message carries its delivery id as its idempotency key.
+    assert [r["delivery_id"] for r in attempts] == [str(m.delivery_id) for m in messages]
+    assert attempts[0]["json"] == {
+        "from": "SALVO",
+        "to": "+33630000001",
+        "text": "One",
+        "idempotency_key": str(messages[0].delivery_id),
+    }
+    assert attempts[0]["headers"]["authorization"] == "Bearer sink-key"
+    assert ok == SendResult(provider_message_id=attempts[0]["message_id"])
+
+
+def test_push_bulk_request_carries_every_message(sink_settings):
+    tokens = [f"bulk-token-{n}" for n in range(3)]
+    with PushBackend(preset(ChannelKind.PUSH, push_app_id="com.example.app")) as backend:
+        outcomes = backend.send_batch(
+            [message(ChannelKind.PUSH, to=t, subject="Title", body="Body") for t in tokens]
+        )
+    assert all(isinstance(o, SendResult) for o in outcomes)
+    records = [r for r in sink_settings.received("push") if r["to"] in tokens]
+    assert sorted(r["to"] for r in records) == tokens
+    assert records[0]["json"]["app_id"] == "com.example.app"
+
+
+def test_a_bulk_request_that_times_out_makes_every_message_transient(sink_settings):
+    messages = [message(to="+33640000001"), message(to="+33640000002-slow")]
+    with (
+        override_settings(SALVO_PROVIDER_TIMEOUT_S=CLIENT_TIMEOUT_S),
+        SmsBackend(preset(ChannelKind.SMS)) as backend,
+    ):
+        outcomes = backend.send_batch(messages)
+    assert all(isinstance(o, TransientProviderError) for o in outcomes)
+    assert "No answer" in outcomes[0].reason
+
+
+def test_a_bulk_request_answered_5xx_is_transient_and_4xx_permanent_for_all():
+    answers = iter([(503, b'{"error": "down"}'), (401, b'{"error": "bad key"}')])
+
+    class Provider(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status, body = next(answers)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Retry-After", "3")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Provider)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/sms"
+    try:
+        with (
+            override_settings(SALVO_SMS_PROVIDER={"url": url, "api_key": ""}),
+            SmsBackend(preset(ChannelKind.SMS)) as backend,
+        ):
+            down = backend.send_batch([message(), message()])
+            refused = backend.send_batch([message(), message()])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all(isinstance(o, TransientProviderError) for o in down)
+    assert down[0].reason == "HTTP 503: down"
+    assert down[0].retry_after == 3
+    assert all(isinstance(o, PermanentProviderError) for o in refused)
+    assert refused[1].reason == "HTTP 401: bad key"
+
+
+def test_unreachable_bulk_provider_is_transient_for_every_message():
+    url = f"http://127.0.0.1:{free_port()}/sms"
+    with override_settings(SALVO_SMS_PROVIDER={"url": url, "api_key": ""}):
+        outcomes = SmsBackend(preset(ChannelKind.SMS)).send_batch([message(), message()])
+    assert all(isinstance(o, TransientProviderError) for o in outcomes)
+
+
+def test_default_send_batch_calls_send_for_each_message(sink_settings):
+    # Webhooks stay one request per recipient, over one connection.
+    urls = [f"{sink_settings.http_url}/webhook/{n}" for n in range(2)]
+    with WebhookBackend(preset(ChannelKind.WEBHOOK)) as backend:
+        outcomes = backend.send_batch(
+            [message(ChannelKind.WEBHOOK, to=url, payload={"n": 1}) for url in urls]
+            + [message(ChannelKind.WEBHOOK, to=f"{sink_settings.http_url}/webhook/invalid")]
+        )
+    assert [type(o) for o in outcomes] == [SendResult, SendResult, PermanentProviderError]
+    records = [r for r in sink_settings.attempts("webhook") if r["path"].startswith("/webhook/")]
+    assert len({r["peer"] for r in records[-3:]}) == 1
+
+
+def test_smtp_send_batch_sends_each_message_and_refuses_one(sink_settings):
+    with EmailBackend(preset(ChannelKind.EMAIL, from_email="news@example.com")) as backend:
+        outcomes = backend.send_batch(
+            [
+                message(ChannelKind.EMAIL, to="smtp-batch-1@example.com", subject="S"),
+                message(ChannelKind.EMAIL, to="smtp-batch-invalid@example.com", subject="S"),
+                message(ChannelKind.EMAIL, to="smtp-batch-2@example.com", subject="S"),
+            ]
+        )
+    assert [type(o) for o in outcomes] == [SendResult, PermanentProviderError, SendResult]
+    received = [r["to"] for r in sink_settings.received("email")]
+    assert {"smtp-batch-1@example.com", "smtp-batch-2@example.com"} <= set(received)
+
+
+# --- the HTTP batch email API ---------------------------------------------------------------
+
+
+@pytest.fixture
+def email_api_settings(sink):
+    with override_settings(**sink.provider_settings(email_api=True)):
+        yield sink
+
+
+def test_email_batch_api_posts_both_parts_and_list_unsubscribe(email_api_settings):
+    sender = preset(
+        ChannelKind.EMAIL,
+        from_email="news@example.com",
+        from_name="News",
+        reply_to="help@example.com",
+    )
+    unsubscribe = "<mailto:help@example.com?subject=unsubscribe>"
+    messages = [
+        message(
+            ChannelKind.EMAIL,
+            to=f"api-{n}@example.com",
+            subject=f"Hello {n}",
+            body=f"Text {n}",
+            html_body=f"<p>HTML {n}</p>",
+            headers={"List-Unsubscribe": unsubscribe},
+        )
+        for n in range(2)
+    ] + [message(ChannelKind.EMAIL, to="api-invalid@example.com", subject="S")]
+    with EmailBackend(sender) as backend:
+        first, second, refused = backend.send_batch(messages)
+
+    assert isinstance(first, SendResult)
+    assert isinstance(second, SendResult)
+    assert isinstance(refused, PermanentProviderError)
+    assert "HTTP 400" in refused.reason
+    attempts = [r for r in email_api_settings.attempts("email") if r["to"].startswith("api-")]
+    assert [r["path"] for r in attempts] == ["/email/batch"] * 3
+    assert [r["delivery_id"] for r in attempts] == [str(m.delivery_id) for m in messages]
+    sent = attempts[0]["json"]
+    assert sent["from"] == "News <news@example.com>"
+    assert sent["to"] == ["api-0@example.com"]
+    assert sent["reply_to"] == ["help@example.com"]
+    assert (sent["subject"], sent["text"], sent["html"]) == ("Hello 0", "Text 0", "<p>HTML 0</p>")
+    assert sent["headers"]["List-Unsubscribe"] == unsubscribe
+    assert f"salvo.{messages[0].delivery_id}@" in sent["headers"]["Message-ID"]
+    assert first == SendResult(provider_message_id=attempts[0]["message_id"])
+
+
+def test_email_batch_api_is_a_django_email_backend(email_api_settings):
+    sent = send_mail("Hi", "Body", "from@example.com", ["api-django@example.com"])
+    assert sent == 1
+    [record] = [
+        r for r in email_api_settings.received("email") if r["to"] == "api-django@example.com"
+    ]
+    assert record["json"]["subject"] == "Hi"
+    with pytest.raises(PermanentProviderError):
+        send_mail("Hi", "Body", "from@example.com", ["api-invalid@example.com"])
+    assert (
+        send_mail("Hi", "B", "f@example.com", ["api-invalid@example.com"], fail_silently=True) == 0
+    )
+
+
+def test_email_batch_api_unreachable_is_transient_for_every_message():
+    url = f"http://127.0.0.1:{free_port()}/email"
+    with override_settings(
+        EMAIL_BACKEND="channels.providers.email_api.BatchEmailBackend",
+        SALVO_EMAIL_API={"url": url, "api_key": ""},
+    ):
+        outcomes = EmailBackend(preset(ChannelKind.EMAIL)).send_batch(
+            [
+                message(ChannelKind.EMAIL, to="a@example.com"),
+                message(ChannelKind.EMAIL, to="b@example.com"),
+            ]
+        )
+    assert all(isinstance(o, TransientProviderError) for o in outcomes)
