@@ -60,7 +60,14 @@ from channels.providers import (
     get_backend,
 )
 from channels.rendering import RenderError, content_renderer, profile_context, render_content
-from segments.models import AudienceMember, Profile
+from segments.choices import ConsentChannel
+from segments.models import (
+    CONSENT_FIELDS,
+    PROFILE_DATA_FIELDS,
+    AudienceMember,
+    Profile,
+    consent_field,
+)
 
 from .choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
 from .models import Campaign, ChannelAction, Delivery, Execution
@@ -77,24 +84,8 @@ ADDRESS_FIELD: dict[str, str] = {
     ChannelKind.SMS: "phone",
     ChannelKind.PUSH: "push_token",
 }
-CONSENT_FIELD: dict[str, str] = {
-    ChannelKind.EMAIL: "consent_email",
-    ChannelKind.SMS: "consent_sms",
-    ChannelKind.PUSH: "consent_push",
-}
-PROFILE_VALUES = (
-    "id",
-    "external_id",
-    "email",
-    "phone",
-    "push_token",
-    "locale",
-    "time_zone",
-    "attributes",
-    "consent_email",
-    "consent_sms",
-    "consent_push",
-)
+# Columns read per recipient: identity, address, personalisation data and consent.
+PROFILE_VALUES = ("id", *PROFILE_DATA_FIELDS, *CONSENT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -528,7 +519,7 @@ def _prepare(
         if profile is None:
             prepared.skipped.append((row.delivery_id, "The profile no longer exists."))
             continue
-        consent = CONSENT_FIELD.get(channel)
+        consent = consent_field(channel) if channel in ConsentChannel.values else None
         if marketing and consent and not profile[consent]:
             prepared.skipped.append((row.delivery_id, f"Opted out of {label} marketing."))
             continue

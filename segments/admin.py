@@ -21,7 +21,7 @@ from django.utils.html import format_html, format_html_join
 
 from . import selectors, services
 from .choices import ConsentChannel, ConsentSource, ImportFormat, SegmentKind
-from .models import Profile, Segment
+from .models import CONSENT_FIELDS, PROFILE_DATA_FIELDS, Profile, Segment
 from .rules import rule_errors
 
 # --- profiles ---------------------------------------------------------------------------
@@ -43,18 +43,7 @@ class ProfileImportForm(forms.Form):
 class ProfileAdminForm(forms.ModelForm):
     class Meta:
         model = Profile
-        fields = [
-            "external_id",
-            "email",
-            "phone",
-            "push_token",
-            "locale",
-            "time_zone",
-            "attributes",
-            "consent_email",
-            "consent_sms",
-            "consent_push",
-        ]
+        fields = [*PROFILE_DATA_FIELDS, *CONSENT_FIELDS]
 
 
 @admin.register(Profile)
@@ -100,7 +89,7 @@ class ProfileAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Profile, form: Any, change: bool) -> None:
         data = {
             name: form.cleaned_data[name]
-            for name in services.PROFILE_FIELDS
+            for name in PROFILE_DATA_FIELDS
             if name in form.cleaned_data
         }
         consent = {c: form.cleaned_data[f"consent_{c}"] for c in ConsentChannel.values}

@@ -15,6 +15,25 @@ validate_e164 = RegexValidator(
     code="invalid_phone",
 )
 
+# A profile's own data: what an import or an API call sets and what a message can use.
+PROFILE_DATA_FIELDS = (
+    "external_id",
+    "email",
+    "phone",
+    "push_token",
+    "locale",
+    "time_zone",
+    "attributes",
+)
+
+
+def consent_field(channel: str) -> str:
+    """The Profile column holding a channel's consent, e.g. "consent_email"."""
+    return f"consent_{ConsentChannel(channel).value}"
+
+
+CONSENT_FIELDS = tuple(consent_field(channel) for channel in ConsentChannel.values)
+
 
 class Profile(models.Model):
     """A person Salvo can reach on one or more channels."""
@@ -84,19 +103,19 @@ class Profile(models.Model):
         return {channel: self.consent_for(channel) for channel in ConsentChannel.values}
 
     def consent_for(self, channel: str) -> bool:
-        return bool(getattr(self, f"consent_{ConsentChannel(channel).value}"))
+        return bool(getattr(self, consent_field(channel)))
 
     def set_consent(self, channel: str, allowed: bool, *, source: str, at: dt.datetime) -> bool:
         """Record a consent value; the time and source change only when the value does.
 
         Returns whether the value changed.
         """
-        name = ConsentChannel(channel).value
-        if getattr(self, f"consent_{name}") == allowed:
+        field = consent_field(channel)
+        if getattr(self, field) == allowed:
             return False
-        setattr(self, f"consent_{name}", allowed)
-        setattr(self, f"consent_{name}_changed_at", at)
-        setattr(self, f"consent_{name}_source", source)
+        setattr(self, field, allowed)
+        setattr(self, f"{field}_changed_at", at)
+        setattr(self, f"{field}_source", source)
         return True
 
 

@@ -27,19 +27,10 @@ from .imports import (
     normalize_phone,
     read_rows,
 )
-from .models import AudienceMember, AudienceSnapshot, Profile, Segment
+from .models import PROFILE_DATA_FIELDS, AudienceMember, AudienceSnapshot, Profile, Segment
 from .rules import rule_errors
 from .selectors import segment_profiles
 
-PROFILE_FIELDS = (
-    "external_id",
-    "email",
-    "phone",
-    "push_token",
-    "locale",
-    "time_zone",
-    "attributes",
-)
 SEGMENT_FIELDS = ("name", "description", "kind", "rules")
 IMPORT_CHUNK_ROWS = 10_000
 MAX_REPORTED_REJECTIONS = 1000
@@ -63,7 +54,7 @@ def _apply_profile(
     consent: Mapping[str, bool] | None,
     source: str,
 ) -> None:
-    unknown = sorted(set(data) - set(PROFILE_FIELDS))
+    unknown = sorted(set(data) - set(PROFILE_DATA_FIELDS))
     if unknown:
         raise ValidationError({name: "Unknown profile field." for name in unknown})
     for name, value in data.items():
