@@ -53,3 +53,27 @@ def make_scheduled_campaign(**fields: Any) -> Campaign:
 
     fields.setdefault("start_at", timezone.now() + dt.timedelta(days=1))
     return make_live_campaign(**fields)
+
+
+def make_campaign_in_status(status: str, *, with_draft: bool = False, **fields: Any) -> Campaign:
+    """A campaign brought to `status` through the services, as users would; with_draft
+    opens a draft version beside the running one."""
+    from campaigns.choices import CampaignStatus as Status
+
+    if status == Status.DRAFT:
+        return make_campaign(**fields)
+    if status == Status.ACTIVATING:
+        return services.campaign_activate(campaign=make_campaign(**fields), user=None)
+    if status == Status.SCHEDULED:
+        campaign = make_scheduled_campaign(**fields)
+    else:
+        campaign = make_live_campaign(**fields)
+    if status == Status.STOPPED:
+        campaign = services.campaign_stop(campaign=campaign, user=None)
+    if status in (Status.COMPLETED, Status.ARCHIVED):
+        campaign = services.campaign_complete(campaign=campaign)
+    if status == Status.ARCHIVED:
+        campaign = services.campaign_archive(campaign=campaign, user=None)
+    if with_draft:
+        services.campaign_modify(campaign=campaign, user=None)
+    return Campaign.objects.get(pk=campaign.pk)

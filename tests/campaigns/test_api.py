@@ -18,8 +18,8 @@ from campaigns.models import Campaign, CampaignTransition, CampaignVersion
 from tests.campaigns.factories import (
     email_action,
     make_campaign,
+    make_campaign_in_status,
     make_live_campaign,
-    make_scheduled_campaign,
 )
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import SegmentFactory
@@ -45,27 +45,6 @@ TARGET = {
     "archive": Status.ARCHIVED,
     "activate": Status.ACTIVATING,
 }
-
-
-def in_state(status: str, *, with_draft: bool = False, **fields: Any) -> Campaign:
-    """A campaign brought to `status` through the services, as users would."""
-    if status == Status.DRAFT:
-        return make_campaign(**fields)
-    if status == Status.ACTIVATING:
-        return services.campaign_activate(campaign=make_campaign(**fields), user=None)
-    if status == Status.SCHEDULED:
-        campaign = make_scheduled_campaign(**fields)
-    else:
-        campaign = make_live_campaign(**fields)
-    if status == Status.STOPPED:
-        campaign = services.campaign_stop(campaign=campaign, user=None)
-    if status in (Status.COMPLETED, Status.ARCHIVED):
-        campaign = services.campaign_complete(campaign=campaign)
-    if status == Status.ARCHIVED:
-        campaign = services.campaign_archive(campaign=campaign, user=None)
-    if with_draft:
-        services.campaign_modify(campaign=campaign, user=None)
-    return Campaign.objects.get(pk=campaign.pk)
 
 
 def version(campaign: Campaign, which: str = "draft") -> CampaignVersion:
@@ -122,7 +101,7 @@ def create_payload(**overrides: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("operation", list(ALLOWED))
 @pytest.mark.parametrize(("status", "with_draft"), STATES)
 def test_every_operation_from_every_state(api_client, operation, status, with_draft):
-    campaign = in_state(status, with_draft=with_draft)
+    campaign = make_campaign_in_status(status, with_draft=with_draft)
     before = snapshot(campaign)
 
     response = api_client.post(url(campaign, operation), format="json")
@@ -155,7 +134,7 @@ def test_every_operation_from_every_state(api_client, operation, status, with_dr
 
 @pytest.mark.parametrize(("status", "with_draft"), STATES)
 def test_delete_only_a_draft(api_client, status, with_draft):
-    campaign = in_state(status, with_draft=with_draft)
+    campaign = make_campaign_in_status(status, with_draft=with_draft)
     before = snapshot(campaign)
 
     response = api_client.delete(url(campaign))
@@ -171,7 +150,7 @@ def test_delete_only_a_draft(api_client, status, with_draft):
 
 @pytest.mark.parametrize(("status", "with_draft"), STATES)
 def test_patch_edits_the_draft_or_is_a_conflict(api_client, status, with_draft):
-    campaign = in_state(status, with_draft=with_draft)
+    campaign = make_campaign_in_status(status, with_draft=with_draft)
     before = snapshot(campaign)
 
     response = api_client.patch(url(campaign), {"description": "Edited"}, format="json")
@@ -187,7 +166,7 @@ def test_patch_edits_the_draft_or_is_a_conflict(api_client, status, with_draft):
 
 @pytest.mark.parametrize(("status", "with_draft"), STATES)
 def test_allowed_operations_match_what_the_endpoints_accept(api_client, status, with_draft):
-    campaign = in_state(status, with_draft=with_draft)
+    campaign = make_campaign_in_status(status, with_draft=with_draft)
 
     body = api_client.get(url(campaign)).json()
 
@@ -298,7 +277,7 @@ def test_create_refuses_a_taken_name(api_client):
 
 
 def test_detail_shows_both_versions_the_open_draft_mark_and_the_error(api_client):
-    campaign = in_state(Status.LIVE, with_draft=True, tags=["vip"])
+    campaign = make_campaign_in_status(Status.LIVE, with_draft=True, tags=["vip"])
 
     body = api_client.get(url(campaign)).json()
 
@@ -316,7 +295,7 @@ def test_detail_shows_both_versions_the_open_draft_mark_and_the_error(api_client
 
 
 def test_detail_finds_a_campaign_the_default_list_hides(api_client):
-    campaign = in_state(Status.ARCHIVED)
+    campaign = make_campaign_in_status(Status.ARCHIVED)
 
     response = api_client.get(url(campaign))
 
@@ -325,7 +304,7 @@ def test_detail_finds_a_campaign_the_default_list_hides(api_client):
 
 
 def test_versions_lists_every_version_newest_first(api_client):
-    campaign = in_state(Status.LIVE, with_draft=True)
+    campaign = make_campaign_in_status(Status.LIVE, with_draft=True)
 
     response = api_client.get(url(campaign, "versions"))
 
@@ -403,7 +382,7 @@ def test_patch_schedule_and_tags(api_client):
 
 
 def test_patch_of_a_running_campaigns_draft_leaves_the_live_version(api_client):
-    campaign = in_state(Status.LIVE, with_draft=True)
+    campaign = make_campaign_in_status(Status.LIVE, with_draft=True)
 
     response = api_client.patch(url(campaign), {"segment": None}, format="json")
 
@@ -541,7 +520,7 @@ def test_activate_with_the_permission_is_accepted(api_client_for, user_with_perm
     ],
 )
 def test_each_call_needs_its_permission(api_client_for, user_with_perms, method, operation, perm):
-    campaign = in_state(Status.LIVE) if operation else make_campaign()
+    campaign = make_campaign_in_status(Status.LIVE) if operation else make_campaign()
     before = snapshot(campaign)
     others = {
         "campaigns.view_campaign",
@@ -640,7 +619,7 @@ def test_list_is_paginated(api_client, monkeypatch):
 
 
 def test_list_rows_carry_status_and_open_draft_mark(api_client):
-    in_state(Status.LIVE, with_draft=True, name="Running")
+    make_campaign_in_status(Status.LIVE, with_draft=True, name="Running")
 
     rows = api_client.get("/api/campaigns/").json()["results"]
 

@@ -19,12 +19,11 @@ from channels.models import MessagePreset
 from config.celery import app as celery_app
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
-from tests.campaigns.factories import make_campaign, make_live_campaign
+from tests.campaigns.factories import make_campaign, make_campaign_in_status, make_live_campaign
 from tests.campaigns.test_api import (
     ALLOWED,
     STATES,
     TARGET,
-    in_state,
     last_step,
     snapshot,
     version,
@@ -53,7 +52,7 @@ def refused(*args: str) -> str:
 @pytest.mark.parametrize("operation", list(ALLOWED))
 @pytest.mark.parametrize(("status", "with_draft"), STATES)
 def test_every_operation_from_every_state(operation, status, with_draft):
-    campaign = in_state(status, with_draft=with_draft)
+    campaign = make_campaign_in_status(status, with_draft=with_draft)
     before = snapshot(campaign)
     command = operation.replace("_", "-")
 
@@ -237,7 +236,10 @@ def test_the_system_is_recorded_as_nobody():
 
 @pytest.fixture
 def one_of_each() -> dict[str, Campaign]:
-    return {status: in_state(status, name=f"{status} campaign") for status in Status.values}
+    return {
+        status: make_campaign_in_status(status, name=f"{status} campaign")
+        for status in Status.values
+    }
 
 
 def listed(*args: str) -> set[str]:
@@ -280,7 +282,9 @@ def test_list_search_and_tag():
 
 
 def test_list_table_shows_status_and_open_draft_mark():
-    campaign = in_state(Status.LIVE, with_draft=True, name="Running", tags=["a", "b"])
+    campaign = make_campaign_in_status(
+        Status.LIVE, with_draft=True, name="Running", tags=["a", "b"]
+    )
 
     lines = run("list").splitlines()
 
@@ -296,7 +300,7 @@ def test_list_says_when_nothing_matches():
 
 
 def test_show_prints_versions_actions_and_log():
-    campaign = in_state(Status.LIVE, with_draft=True, name="Running")
+    campaign = make_campaign_in_status(Status.LIVE, with_draft=True, name="Running")
     run("stop", str(campaign.pk), "--reason", "Enough")
 
     output = run("show", str(campaign.pk))
@@ -310,7 +314,7 @@ def test_show_prints_versions_actions_and_log():
 
 
 def test_show_json_is_the_api_representation_plus_versions_and_log():
-    campaign = in_state(Status.LIVE, with_draft=True)
+    campaign = make_campaign_in_status(Status.LIVE, with_draft=True)
 
     data = json.loads(run("show", str(campaign.pk), "--json"))
 

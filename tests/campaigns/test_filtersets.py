@@ -6,8 +6,7 @@ from django.http import QueryDict
 from campaigns.api.filtersets import CampaignFilterSet
 from campaigns.choices import CampaignStatus as Status
 from campaigns.models import Campaign
-from tests.campaigns.factories import make_campaign
-from tests.campaigns.test_api import in_state
+from tests.campaigns.factories import make_campaign, make_campaign_in_status
 
 pytestmark = pytest.mark.django_db
 
@@ -15,7 +14,10 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def one_of_each() -> dict[str, Campaign]:
     """One campaign per status, named after it."""
-    return {status: in_state(status, name=f"{status} campaign") for status in Status.values}
+    return {
+        status: make_campaign_in_status(status, name=f"{status} campaign")
+        for status in Status.values
+    }
 
 
 def names(query: str) -> set[str]:
@@ -68,7 +70,7 @@ def test_search_looks_in_name_and_description():
 
 def test_search_keeps_the_default_status_filter():
     make_campaign(name="Spring draft")
-    in_state(Status.STOPPED, name="Spring stopped")
+    make_campaign_in_status(Status.STOPPED, name="Spring stopped")
 
     assert names("search=spring") == {"Spring draft"}
     assert names("search=spring&status=all") == {"Spring draft", "Spring stopped"}

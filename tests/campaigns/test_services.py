@@ -18,6 +18,7 @@ from campaigns.models import Campaign, CampaignTransition, CampaignVersion
 from tests.campaigns.factories import (
     email_action,
     make_campaign,
+    make_campaign_in_status,
     make_live_campaign,
     make_scheduled_campaign,
     sms_action,
@@ -26,25 +27,6 @@ from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import SegmentFactory
 
 pytestmark = pytest.mark.django_db
-
-
-def in_status(status: str, *, with_draft: bool = False) -> Campaign:
-    """A campaign brought to `status` through the services, as users would."""
-    if status == Status.DRAFT:
-        return make_campaign()
-    if status == Status.ACTIVATING:
-        campaign = make_campaign()
-        return services.campaign_activate(campaign=campaign, user=None)
-    campaign = make_scheduled_campaign() if status == Status.SCHEDULED else make_live_campaign()
-    if status == Status.STOPPED:
-        campaign = services.campaign_stop(campaign=campaign, user=None)
-    if status in (Status.COMPLETED, Status.ARCHIVED):
-        campaign = services.campaign_complete(campaign=campaign)
-    if status == Status.ARCHIVED:
-        campaign = services.campaign_archive(campaign=campaign, user=None)
-    if with_draft:
-        services.campaign_modify(campaign=campaign, user=None)
-    return Campaign.objects.get(pk=campaign.pk)
 
 
 def operation(name: str) -> Callable[[Campaign], object]:
@@ -75,7 +57,7 @@ CASES = [(op, state, with_draft) for op in ALLOWED for (state, with_draft) in ST
 
 @pytest.mark.parametrize(("op", "status", "with_draft"), CASES)
 def test_every_operation_from_every_status(op, status, with_draft):
-    campaign = in_status(status, with_draft=with_draft)
+    campaign = make_campaign_in_status(status, with_draft=with_draft)
     before = Campaign.objects.filter(pk=campaign.pk).values().get()
     log_size = CampaignTransition.objects.filter(campaign=campaign).count()
 
@@ -304,7 +286,7 @@ def test_update_without_a_draft_is_a_conflict():
 
 
 def test_update_while_activating_is_a_conflict():
-    campaign = in_status(Status.ACTIVATING)
+    campaign = make_campaign_in_status(Status.ACTIVATING)
     with pytest.raises(CampaignConflict, match="being activated"):
         services.campaign_update(campaign=campaign, user=None, data={"description": "x"})
 
@@ -326,7 +308,7 @@ def test_update_applies_only_given_fields():
 
 @pytest.mark.parametrize("status", Status.values)
 def test_duplicate_from_any_status_makes_a_new_draft(status):
-    source = in_status(status)
+    source = make_campaign_in_status(status)
     copy = services.campaign_duplicate(campaign=source, user=None)
     assert copy.status == Status.DRAFT
     assert copy.name == f"{source.name} (copy)"
@@ -337,7 +319,7 @@ def test_duplicate_from_any_status_makes_a_new_draft(status):
 
 
 def test_stopped_is_terminal():
-    campaign = in_status(Status.STOPPED)
+    campaign = make_campaign_in_status(Status.STOPPED)
     for op in ("activate", "modify", "stop", "discard_draft", "delete"):
         with pytest.raises((TransitionNotAllowed, CampaignConflict)):
             operation(op)(campaign)
