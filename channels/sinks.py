@@ -272,6 +272,25 @@ class SinkServer:
             extra["Retry-After"] = f"{self.rules.retry_after_s:g}"
         else:
             status, answer = 200, {"id": self._next_id()}
+        record = self._attempt_record(channel, delivery_id, recipient, attempt, answer, status)
+        if self.content:
+            record |= {"path": path, "headers": headers, "raw": body.decode(errors="replace")}
+            # The client's address shows whether a batch reused one connection.
+            record["peer"] = peer
+            record["json"] = data
+        self._record(**record)
+        return status, answer, extra
+
+    @staticmethod
+    def _attempt_record(
+        channel: str,
+        delivery_id: str | None,
+        recipient: str,
+        attempt: int,
+        answer: dict[str, Any],
+        status: int,
+    ) -> dict[str, Any]:
+        """What the sink writes down for one message attempt, single or bulk."""
         record: dict[str, Any] = {
             "channel": channel,
             "delivery_id": delivery_id,
@@ -282,13 +301,7 @@ class SinkServer:
         }
         if status == 200:
             record["message_id"] = answer["id"]
-        if self.content:
-            record |= {"path": path, "headers": headers, "raw": body.decode(errors="replace")}
-            # The client's address shows whether a batch reused one connection.
-            record["peer"] = peer
-            record["json"] = data
-        self._record(**record)
-        return status, answer, extra
+        return record
 
     def _outcome(self, recipient: str, attempt: int) -> dict[str, Any]:
         """One bulk message's result, by the same rules as a single request."""
@@ -323,16 +336,7 @@ class SinkServer:
             attempt = self._attempt(channel, delivery_id or recipient)
             result = self._outcome(recipient, attempt)
             status = result["status"]
-            record: dict[str, Any] = {
-                "channel": channel,
-                "delivery_id": delivery_id,
-                "to": recipient,
-                "status": status,
-                "accepted": status == 200,
-                "attempt": attempt,
-            }
-            if status == 200:
-                record["message_id"] = result["id"]
+            record = self._attempt_record(channel, delivery_id, recipient, attempt, result, status)
             if self.content:
                 record |= {"path": path, "headers": headers, "peer": peer, "json": item}
             results.append(result)
