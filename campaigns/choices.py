@@ -44,8 +44,9 @@ class ExecutionStatus(models.TextChoices):
 
 
 class DeliveryStatus(models.TextChoices):
+    # Not sent yet: waiting for its batch, for a retry, or being sent right now (a worker
+    # holds the row locked while it sends, and records the outcome in the same transaction).
     PENDING = "pending", "Pending"
-    SENDING = "sending", "Sending"
     SENT = "sent", "Sent"
     FAILED = "failed", "Failed"
     SKIPPED = "skipped", "Skipped"

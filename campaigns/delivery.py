@@ -10,24 +10,28 @@ How a run goes (every step is a service here; the Celery tasks only call them):
 3. ``execution_dispatch`` — hand batches to the workers in a bounded window: a batch is
    (execution, action, first profile id, last profile id); the batches of every action for
    one id range are queued side by side, so no channel waits for another.
-4. ``batch_send`` — claim a chunk of rows at a time (pending → sending, committed), skip
-   the ineligible, render (templates compiled once per batch), hand the whole chunk to the
-   preset's backend in one ``send_batch`` call (one bulk request for providers that have a
-   bulk API), record every outcome with one UPDATE per status. Idempotent: a redelivered
-   batch only finds what is still unsent.
+4. ``batch_send`` — a chunk at a time, in one transaction: lock the chunk's due rows
+   together with their recipients' data (one query), skip the ineligible, render (templates
+   compiled once per batch), hand the whole chunk to the preset's backend in one
+   ``send_batch`` call (one bulk request for providers that have a bulk API), then record
+   every outcome with one UPDATE and move the per-status counters (``DeliveryCount``).
 5. ``execution_progress`` — after each batch: top up the window, and once every batch is
-   handed out and nothing is pending or sending any more, complete the execution and the
+   handed out and the counters show nothing pending, complete the execution and the
    campaign, exactly once (under the execution's row lock).
 
-Exactly once. A row moves pending → sending → sent/failed/skipped with conditional UPDATEs,
-so two copies of a batch never send the same row. A worker killed mid-send leaves at most
-``SALVO_DELIVERY_SEND_CHUNK`` rows "sending"; they are claimed again once
-``SALVO_DELIVERY_SENDING_TIMEOUT_S`` has passed (a live worker finishes a chunk long before
-that, as provider calls time out well within it). Those few may have reached the provider
-before the worker died: the delivery id goes with every message as its idempotency key so
-that the provider can drop the repeat. Lost task messages (the filesystem transport drops a
-message whose worker dies; Redis returns it only after its visibility timeout) are revived
-by ``executions_resume_stalled``, run by the scheduler tick.
+Exactly once. A row stays pending until its outcome is recorded, and a worker holds the
+rows it is sending locked (PostgreSQL ``FOR UPDATE SKIP LOCKED``; SQLite's write lock) from
+reading them until the outcome commits, so two copies of a batch never send the same row.
+A worker killed mid-send rolls back: its rows are still pending, unlocked as soon as its
+connection drops, and are sent by the redelivered batch. Those few may have reached the
+provider before the worker died: the delivery id goes with every message as its
+idempotency key so that the provider can drop the repeat. Lost task messages (the
+filesystem transport drops a message whose worker dies; Redis returns it only after its
+visibility timeout) are revived by ``executions_resume_stalled``, run by the scheduler tick.
+
+Cost. Per recipient and channel the database writes the row once when planning and once
+with its outcome; no index holds a column that sending changes, so on PostgreSQL that
+second write is a heap-only update on the row's own half-empty page.
 
 Stop. Each chunk is sent inside a transaction that holds the campaign row in share mode
 (PostgreSQL ``FOR SHARE``; SQLite's write lock): ``campaign_stop`` waits for chunks in flight,
@@ -39,14 +43,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Count, F, Max
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from channels import ratelimit
@@ -55,6 +62,7 @@ from channels.providers import (
     OutboundMessage,
     PermanentProviderError,
     ProviderBackend,
+    ProviderError,
     SendResult,
     TransientProviderError,
     get_backend,
@@ -70,12 +78,11 @@ from segments.models import (
 )
 
 from .choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
-from .models import Campaign, ChannelAction, Delivery, Execution
+from .models import Campaign, ChannelAction, Delivery, DeliveryCount, Execution
 
 logger = logging.getLogger(__name__)
 
 D = DeliveryStatus
-UNFINISHED = (D.PENDING, D.SENDING)
 # While a new version is being activated, the running execution goes on with its own.
 SENDING_CAMPAIGN_STATUSES = (CampaignStatus.LIVE, CampaignStatus.ACTIVATING)
 
@@ -167,6 +174,14 @@ def execution_start(*, campaign: Campaign) -> Execution | None:
         audience_max_profile_id=top,
         last_progress_at=now,
     )
+    # Every counter exists from the start: the engine then only ever updates them.
+    DeliveryCount.objects.bulk_create(
+        DeliveryCount(execution=execution, action_id=action_id, status=status)
+        for action_id in ChannelAction.objects.filter(
+            version_id=campaign.live_version_id
+        ).values_list("pk", flat=True)
+        for status in DeliveryStatus.values
+    )
     from .tasks import execution_plan_task
 
     execution_pk = execution.pk
@@ -197,8 +212,9 @@ def _first_chunk_end(execution: Execution) -> int:
     return int(found[0]) if found else top
 
 
-def _insert_deliveries(execution: Execution, first: int, last: int) -> int:
-    """One pending row per (action, audience member) with ids in [first, last]; idempotent."""
+def _insert_deliveries(execution: Execution, first: int, last: int) -> Counter[int]:
+    """One pending row per (action, audience member) with ids in [first, last]; idempotent.
+    Returns how many rows each action got."""
     member = AudienceMember._meta
     snapshot_column = connection.ops.quote_name(member.get_field("snapshot").column)
     profile_column = connection.ops.quote_name(member.get_field("profile").column)
@@ -210,13 +226,13 @@ def _insert_deliveries(execution: Execution, first: int, last: int) -> int:
         f"FROM {_table(AudienceMember)} m CROSS JOIN {_table(ChannelAction)} a "
         f"WHERE m.{snapshot_column} = %s AND m.{profile_column} BETWEEN %s AND %s "
         "AND a.version_id = %s "
-        "ON CONFLICT DO NOTHING"
+        "ON CONFLICT DO NOTHING RETURNING action_id"
     )
     with connection.cursor() as cursor:
         cursor.execute(
             sql, [execution.pk, D.PENDING, execution.snapshot_id, first, last, execution.version_id]
         )
-        return max(cursor.rowcount, 0)
+        return Counter(int(action_id) for (action_id,) in cursor.fetchall())
 
 
 def execution_plan_step(*, execution_id: int) -> bool:
@@ -229,7 +245,7 @@ def execution_plan_step(*, execution_id: int) -> bool:
 
     with transaction.atomic():
         execution = (
-            Execution.objects.select_for_update(of=("self",))
+            Execution.objects.select_for_update(of=("self",), no_key=True)
             .select_related("version__segment")
             .get(pk=execution_id)
         )
@@ -245,6 +261,7 @@ def execution_plan_step(*, execution_id: int) -> bool:
         else:
             last = min(top, execution.planned_through + settings.SALVO_DELIVERY_PLAN_CHUNK)
         segment = execution.version.segment
+        per_action: Counter[int] = Counter()
         if first <= last and segment is not None:
             snapshot = audience_snapshot_create(
                 # Half-open range: [first, last + 1).
@@ -254,17 +271,18 @@ def execution_plan_step(*, execution_id: int) -> bool:
             )
             execution.snapshot = snapshot
             execution.save(update_fields=["snapshot"])
-            actions = execution.version.actions.count()
-            inserted = _insert_deliveries(execution, first, last)
+            per_action = _insert_deliveries(execution, first, last)
+            inserted = sum(per_action.values())
             if _on_postgres() and inserted > settings.SALVO_DELIVERY_BATCH_SIZE:
-                # Fresh statistics, or the planner takes the window and claim queries over
-                # a table it believes empty through the wrong index (~10x slower).
+                # Fresh statistics, or the planner reads a table it believes empty with a
+                # sequential scan where the batch queries need the unique index.
                 with connection.cursor() as cursor:
                     cursor.execute(f"ANALYZE {_table(Delivery)}")
-            execution.audience_size += inserted // actions if actions else 0
+            execution.audience_size += max(per_action.values(), default=0)
         execution.planned_through = max(last, execution.planned_through)
         execution.planning_done = execution.planned_through >= top
         execution.save(update_fields=["planned_through", "planning_done", "audience_size"])
+        _count(execution.pk, {(action, D.PENDING): n for action, n in per_action.items()})
     execution_progress(execution_id=execution_id)
     return not execution.planning_done
 
@@ -301,9 +319,9 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
         if not action_ids:
             return [], execution.planning_done
         # Count what is unfinished among the last window's worth of rows only: counting
-        # below the whole cursor walks every row ever sent (their old index entries stay
-        # until vacuum), which grows with the run. Older rows still unfinished are retries
-        # waiting for their time, not work in the queue.
+        # below the whole cursor would walk every row ever sent, which grows with the run.
+        # Older rows still unfinished are retries waiting for their time, not work in the
+        # queue.
         floor = list(
             Delivery.objects.filter(
                 execution_id=execution.pk,
@@ -317,7 +335,8 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
         )
         in_flight = Delivery.objects.filter(
             execution_id=execution.pk,
-            status__in=UNFINISHED,
+            action_id__in=action_ids,
+            status=D.PENDING,
             profile_id__gt=floor[0] if floor else 0,
             profile_id__lte=execution.dispatched_through,
         ).count()
@@ -363,263 +382,376 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
 
 
 @dataclass
-class _Claimed:
+class _Due:
+    """A pending delivery of the batch, locked by this worker until its chunk commits."""
+
     delivery_id: int
-    profile_id: int
-    attempts: int
+    attempt: int  # the attempt about to be made: 1 for the first
+    profile: dict[str, Any] | None  # the recipient's data; None once the profile is gone
 
 
-def _claimable_sql() -> str:
-    return (
-        "((status = %s AND (next_attempt_at IS NULL OR next_attempt_at <= %s)) "
-        "OR (status = %s AND claimed_at < %s))"
-    )
+@dataclass
+class _Outcome:
+    delivery_id: int
+    status: str
+    text: str = ""  # the provider's message id when sent, else the reason
+    next_attempt_at: dt.datetime | None = None  # a pending row's retry time
 
 
-def _claim(batch: Batch, *, limit: int, now: dt.datetime) -> list[_Claimed]:
-    """Move up to `limit` claimable rows of the batch to "sending" and return them.
+def _lock_due(batch: Batch, *, limit: int, now: dt.datetime) -> list[_Due]:
+    """Up to `limit` deliveries of the batch that are due, with their recipients' data, held
+    until the transaction ends.
 
-    Claimable: pending and due, or left "sending" longer than the sending timeout by a
-    worker that died. The outer condition is checked again on the locked row, so two
-    copies of one batch never claim the same row.
+    On PostgreSQL the rows are locked and rows that another worker holds are skipped, so two
+    copies of one batch never take the same row; a worker that dies releases its rows with
+    its connection. On SQLite the transaction's write lock lets one chunk run at a time.
     """
-    stale = now - dt.timedelta(seconds=settings.SALVO_DELIVERY_SENDING_TIMEOUT_S)
-    claimable = _claimable_sql()
-    claimable_params = [D.PENDING, _db_time(now), D.SENDING, _db_time(stale)]
-    skip_locked = " FOR UPDATE SKIP LOCKED" if _on_postgres() else ""
-    table = _table(Delivery)
+    quote = connection.ops.quote_name
+    columns = ", ".join(f"p.{quote(name)}" for name in PROFILE_VALUES)
+    lock = " FOR UPDATE OF d SKIP LOCKED" if _on_postgres() else ""
     sql = (
-        f"UPDATE {table} SET status = %s, claimed_at = %s, updated_at = %s, "
-        "attempts = attempts + 1 "
-        f"WHERE id IN (SELECT id FROM {table} WHERE execution_id = %s AND action_id = %s "
-        f"AND profile_id BETWEEN %s AND %s AND {claimable} "
-        f"ORDER BY profile_id LIMIT %s{skip_locked}) AND {claimable} "
-        "RETURNING id, profile_id, attempts"
+        f"SELECT d.id, d.attempts, {columns} "
+        f"FROM {_table(Delivery)} d LEFT JOIN {_table(Profile)} p ON p.id = d.profile_id "
+        "WHERE d.execution_id = %s AND d.action_id = %s AND d.profile_id BETWEEN %s AND %s "
+        "AND d.status = %s AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= %s) "
+        f"ORDER BY d.profile_id LIMIT %s{lock}"
     )
     params = [
-        D.SENDING,
-        _db_time(now),
-        _db_time(now),
         batch.execution_id,
         batch.action_id,
         batch.first_profile_id,
         batch.last_profile_id,
-        *claimable_params,
+        D.PENDING,
+        _db_time(now),
         limit,
-        *claimable_params,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    return [_Claimed(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+    due = []
+    for delivery_id, attempts, *values in rows:
+        profile = None
+        if values[0] is not None:
+            profile = dict(zip(PROFILE_VALUES, values, strict=True))
+            # Django reads JSON as text and decodes it in the field, which a raw query skips.
+            if isinstance(profile["attributes"], str):
+                profile["attributes"] = json.loads(profile["attributes"])
+        due.append(_Due(int(delivery_id), int(attempts) + 1, profile))
+    return due
 
 
-def _set_outcome(
-    ids_with_text: Sequence[tuple[int, str]], *, status: str, text_column: str, now: dt.datetime
-) -> None:
-    """Move "sending" rows to `status`, each with its own text (provider id or error)."""
-    if not ids_with_text:
+def _record(outcomes: Sequence[_Outcome], *, now: dt.datetime) -> None:
+    """Write every outcome of a chunk with one UPDATE of its (pending) rows.
+
+    The outcomes travel as one JSON parameter: the driver would otherwise quote thousands
+    of parameters one by one, which costs more than the update."""
+    if not outcomes:
         return
+    document = json.dumps(
+        [
+            [
+                o.delivery_id,
+                o.status,
+                o.text[:10_000],
+                _db_time(o.next_attempt_at) if o.next_attempt_at else None,
+            ]
+            for o in outcomes
+        ],
+        separators=(",", ":"),
+        default=str,
+    )
     table = _table(Delivery)
-    values = ", ".join(["(CAST(%s AS bigint), %s)"] * len(ids_with_text))
-    sent_at = ", sent_at = %s" if status == D.SENT else ""
-    other = "error" if text_column == "provider_message_id" else "provider_message_id"
-    sql = (
-        f"UPDATE {table} SET status = %s, {text_column} = v.column2, {other} = '', "
-        f"updated_at = %s, next_attempt_at = NULL{sent_at} "
-        f"FROM (VALUES {values}) AS v WHERE {table}.id = v.column1 AND {table}.status = %s"
-    )
-    params: list[Any] = [status, _db_time(now)]
-    if sent_at:
-        params.append(_db_time(now))
-    for delivery_id, text in ids_with_text:
-        params.extend([delivery_id, text[:10_000]])
-    params.append(D.SENDING)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-
-
-def _retry_later(
-    failures: Sequence[tuple[_Claimed, TransientProviderError]], *, now: dt.datetime
-) -> None:
-    """Transient failures: back to pending after an exponential back-off, or failed once
-    they have used every attempt."""
-    give_up: list[tuple[int, str]] = []
-    later: dict[tuple[dt.datetime, str], list[int]] = {}
-    base = settings.SALVO_DELIVERY_RETRY_BASE_S
-    cap = settings.SALVO_DELIVERY_RETRY_CAP_S
-    for claimed, error in failures:
-        if claimed.attempts >= settings.SALVO_DELIVERY_MAX_ATTEMPTS:
-            give_up.append(
-                (claimed.delivery_id, f"Gave up after {claimed.attempts} attempts: {error.reason}")
-            )
-            continue
-        delay = min(cap, base * 2 ** (claimed.attempts - 1))
-        delay = max(delay, min(cap, error.retry_after or 0.0))
-        due = (now + dt.timedelta(seconds=delay)).replace(microsecond=0)
-        later.setdefault((due, error.reason[:10_000]), []).append(claimed.delivery_id)
-    _set_outcome(give_up, status=D.FAILED, text_column="error", now=now)
-    for (due, reason), ids in later.items():
-        Delivery.objects.filter(pk__in=ids, status=D.SENDING).update(
-            status=D.PENDING, next_attempt_at=due, error=reason, updated_at=now
+    if _on_postgres():
+        source = (
+            "(SELECT (e->>0)::bigint AS id, e->>1 AS status, e->>2 AS text, "
+            "(e->>3)::timestamptz AS due FROM jsonb_array_elements(%s::jsonb) AS e) AS v"
         )
-
-
-def _release(ids: Iterable[int]) -> None:
-    """Claimed rows that will not be sent now go back to pending, untouched."""
-    Delivery.objects.filter(pk__in=list(ids), status=D.SENDING).update(
-        status=D.PENDING, attempts=F("attempts") - 1, claimed_at=None
+    else:
+        source = (
+            "(SELECT value->>0 AS id, value->>1 AS status, value->>2 AS text, "
+            "value->>3 AS due FROM json_each(%s)) AS v"
+        )
+    sql = (
+        f"UPDATE {table} SET status = v.status, attempts = {table}.attempts + 1, "
+        "provider_message_id = CASE WHEN v.status = %s THEN v.text ELSE '' END, "
+        "error = CASE WHEN v.status = %s THEN '' ELSE v.text END, "
+        "next_attempt_at = v.due, sent_at = CASE WHEN v.status = %s THEN %s END, "
+        f"updated_at = %s FROM {source} WHERE {table}.id = v.id AND {table}.status = %s"
     )
-
-
-def _profiles(ids: list[int]) -> dict[int, dict[str, Any]]:
-    """The claimed recipients' data as plain rows, by profile id."""
-    if not _on_postgres():
-        rows = Profile.objects.filter(pk__in=ids).values(*PROFILE_VALUES)
-        return {int(row["id"]): row for row in rows}
-    # One array parameter instead of hundreds of placeholders the ORM prepares one by one.
-    # Plain fields, so each column is named as its field.
-    columns = ", ".join(connection.ops.quote_name(name) for name in PROFILE_VALUES)
+    at = _db_time(now)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {columns} FROM {_table(Profile)} WHERE id = ANY(%s)", [ids])
-        profiles = {int(row[0]): dict(zip(PROFILE_VALUES, row, strict=True)) for row in cursor}
-    for profile in profiles.values():
-        # Django reads jsonb as text and decodes it in the field, which a raw query skips.
-        if isinstance(profile["attributes"], str):
-            profile["attributes"] = json.loads(profile["attributes"])
-    return profiles
+        cursor.execute(sql, [D.SENT, D.SENT, D.SENT, at, at, document, D.PENDING])
+
+
+def _count(execution_id: int, changes: Mapping[tuple[int, str], int]) -> None:
+    """Add to the (action, status) counters of an execution, in one statement.
+
+    Last in its transaction, so the counter rows that every worker of the action updates
+    stay locked only for the commit; always in the same order, so two never deadlock."""
+    rows = [(execution_id, a, s, n) for (a, s), n in sorted(changes.items()) if n]
+    if not rows:
+        return
+    table = _table(DeliveryCount)
+    count = connection.ops.quote_name("count")
+    values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
+    sql = (
+        f"INSERT INTO {table} (execution_id, action_id, status, {count}) VALUES {values} "
+        f"ON CONFLICT (execution_id, action_id, status) "
+        f"DO UPDATE SET {count} = {table}.{count} + excluded.{count}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for row in rows for value in row])
 
 
 @dataclass
 class _Prepared:
-    messages: list[tuple[_Claimed, OutboundMessage]]
-    skipped: list[tuple[int, str]]
-    failed: list[tuple[int, str]]
+    messages: list[tuple[_Due, OutboundMessage]]
+    outcomes: list[_Outcome]  # recipients decided without sending: skipped or failed
 
 
-def _prepare(
-    claimed: Sequence[_Claimed],
-    *,
-    action: ChannelAction,
-    campaign: Campaign,
-    profiles: Mapping[int, Mapping[str, Any]],
-) -> _Prepared:
-    """Decide each claimed row: skipped (no address, opted out), failed (cannot render) or a
-    rendered message."""
-    prepared = _Prepared([], [], [])
-    channel = action.channel
-    label = action.get_channel_display()
-    marketing = campaign.type == CampaignType.MARKETING
-    preset = action.preset
-    render = content_renderer(subject=action.subject, body=action.body)
-    unsubscribe = preset.reply_to or preset.from_email
-    list_unsubscribe = marketing and channel == ChannelKind.EMAIL
-    for row in claimed:
-        profile = profiles.get(row.profile_id)
-        if profile is None:
-            prepared.skipped.append((row.delivery_id, "The profile no longer exists."))
-            continue
-        consent = consent_field(channel) if channel in ConsentChannel.values else None
-        if marketing and consent and not profile[consent]:
-            prepared.skipped.append((row.delivery_id, f"Opted out of {label} marketing."))
-            continue
-        address_field = ADDRESS_FIELD.get(channel)
-        address = profile[address_field] if address_field else preset.webhook_url
-        if not address:
-            prepared.skipped.append((row.delivery_id, f"No {label} address."))
-            continue
-        try:
-            subject, body = render(profile_context(profile))
-        except RenderError as error:
-            prepared.failed.append((row.delivery_id, f"Cannot render: {error}"))
-            continue
-        headers: dict[str, str] = {}
-        if list_unsubscribe:
-            headers["List-Unsubscribe"] = (
-                f"<mailto:{unsubscribe}?subject=unsubscribe%20{profile['external_id']}>"
-            )
-        payload: dict[str, Any] = {}
-        if channel == ChannelKind.WEBHOOK:
-            payload = {"external_id": profile["external_id"], "campaign": campaign.pk}
-        message = OutboundMessage(
-            delivery_id=row.delivery_id,
-            channel=channel,
-            to=str(address),
-            subject=subject,
-            body=body,
-            headers=headers,
-            payload=payload,
+class _ActionSender:
+    """Sends the chunks of one action's batch: what every recipient shares is worked out
+    once, and the provider's connection stays open across the chunks."""
+
+    def __init__(self, *, action: ChannelAction, campaign: Campaign) -> None:
+        self.action = action
+        self.campaign = campaign
+        self.preset = action.preset
+        channel = action.channel
+        self.channel = channel
+        label = action.get_channel_display()
+        marketing = campaign.type == CampaignType.MARKETING
+        self.consent = (
+            consent_field(channel) if marketing and channel in ConsentChannel.values else None
         )
-        prepared.messages.append((row, message))
-    return prepared
+        self.opted_out = f"Opted out of {label} marketing."
+        self.address_field = ADDRESS_FIELD.get(channel)
+        self.no_address = f"No {label} address."
+        self.render = content_renderer(subject=action.subject, body=action.body)
+        self.unsubscribe = (
+            self.preset.reply_to or self.preset.from_email
+            if marketing and channel == ChannelKind.EMAIL
+            else None
+        )
+        self.backend: ProviderBackend | None = None
 
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
-def _send_chunk(
-    backend: ProviderBackend,
-    messages: Sequence[tuple[_Claimed, OutboundMessage]],
-    *,
-    campaign_id: int,
-) -> bool:
-    """Send one chunk and record every outcome; False (nothing sent) once the campaign is
-    stopped."""
-    with transaction.atomic():
-        if not _campaign_sending(campaign_id, lock=True):
-            _release(row.delivery_id for row, _ in messages)
-            return False
-        sent: list[tuple[int, str]] = []
-        refused: list[tuple[int, str]] = []
-        transient: list[tuple[_Claimed, TransientProviderError]] = []
+    def prepare(self, due: Sequence[_Due]) -> _Prepared:
+        """Decide each row: skipped (no address, opted out), failed (cannot render) or a
+        rendered message."""
+        prepared = _Prepared([], [])
+        skip, fail = D.SKIPPED, D.FAILED
+        for row in due:
+            profile = row.profile
+            if profile is None:
+                prepared.outcomes.append(
+                    _Outcome(row.delivery_id, skip, "The profile no longer exists.")
+                )
+                continue
+            if self.consent and not profile[self.consent]:
+                prepared.outcomes.append(_Outcome(row.delivery_id, skip, self.opted_out))
+                continue
+            field = self.address_field
+            address = profile[field] if field else self.preset.webhook_url
+            if not address:
+                prepared.outcomes.append(_Outcome(row.delivery_id, skip, self.no_address))
+                continue
+            try:
+                subject, body = self.render(profile_context(profile))
+            except RenderError as error:
+                prepared.outcomes.append(_Outcome(row.delivery_id, fail, f"Cannot render: {error}"))
+                continue
+            headers: dict[str, str] = {}
+            if self.unsubscribe:
+                headers["List-Unsubscribe"] = (
+                    f"<mailto:{self.unsubscribe}?subject=unsubscribe%20{profile['external_id']}>"
+                )
+            payload: dict[str, Any] = {}
+            if self.channel == ChannelKind.WEBHOOK:
+                payload = {"external_id": profile["external_id"], "campaign": self.campaign.pk}
+            message = OutboundMessage(
+                delivery_id=row.delivery_id,
+                channel=self.channel,
+                to=str(address),
+                subject=subject,
+                body=body,
+                headers=headers,
+                payload=payload,
+            )
+            prepared.messages.append((row, message))
+        return prepared
+
+    def send(
+        self, messages: Sequence[tuple[_Due, OutboundMessage]], *, now: dt.datetime
+    ) -> list[_Outcome]:
+        """Hand the messages to the provider in one call; every message's outcome."""
+        outcomes: Sequence[SendResult | ProviderError]
         try:
-            outcomes = backend.send_batch([message for _, message in messages])
+            if self.backend is None:
+                backend = get_backend(self.preset)
+                backend.open()
+                self.backend = backend
+            outcomes = self.backend.send_batch([message for _, message in messages])
             if len(outcomes) != len(messages):
                 raise ValueError(f"{len(outcomes)} outcomes for {len(messages)} messages")
+        except TransientProviderError as error:  # the provider cannot be reached
+            outcomes = [error] * len(messages)
         except Exception as error:  # a backend bug must not strand the chunk
             logger.exception("Provider backend failed on a chunk of %d messages", len(messages))
-            failure = TransientProviderError(f"{type(error).__name__}: {error}")
-            outcomes = [failure] * len(messages)
-        for (row, _), outcome in zip(messages, outcomes, strict=True):
-            if isinstance(outcome, TransientProviderError):
-                transient.append((row, outcome))
-            elif isinstance(outcome, PermanentProviderError):
-                refused.append((row.delivery_id, outcome.reason))
-            elif isinstance(outcome, SendResult):
-                sent.append((row.delivery_id, outcome.provider_message_id or ""))
-            else:  # a bare ProviderError: the backend did not say, so try again later
-                transient.append((row, TransientProviderError(str(outcome))))
-        now = timezone.now()
-        _set_outcome(sent, status=D.SENT, text_column="provider_message_id", now=now)
-        _set_outcome(refused, status=D.FAILED, text_column="error", now=now)
-        _retry_later(transient, now=now)
-    return True
+            outcomes = [TransientProviderError(f"{type(error).__name__}: {error}")] * len(messages)
+        return [
+            _outcome_of(row, outcome, now=now)
+            for (row, _), outcome in zip(messages, outcomes, strict=True)
+        ]
+
+    def send_chunk(self, batch: Batch, *, limit: int) -> bool | None:
+        """Send the next chunk of the batch: lock its due rows, send, record the outcomes and
+        the counts, all in one transaction. Returns whether more of the batch may be due
+        now, or None (nothing sent) once the campaign is stopped.
+
+        The transaction holds the campaign row in share mode: a stop waits for the chunk,
+        and once the stop has committed no chunk sends."""
+        with transaction.atomic():
+            if not _campaign_sending(self.campaign.pk, lock=True):
+                return None
+            now = timezone.now()
+            due = _lock_due(batch, limit=limit, now=now)
+            if not due:
+                return False
+            prepared = self.prepare(due)
+            outcomes = prepared.outcomes
+            if prepared.messages:
+                outcomes += self.send(prepared.messages, now=now)
+            now = timezone.now()
+            _record(outcomes, now=now)
+            changes: Counter[tuple[int, str]] = Counter()
+            for outcome in outcomes:
+                if outcome.status != D.PENDING:
+                    changes[(self.action.pk, outcome.status)] += 1
+                    changes[(self.action.pk, D.PENDING)] -= 1
+            _count(batch.execution_id, changes)
+        # A short chunk took everything due, unless some retry is due already.
+        return len(due) == limit or any(
+            o.next_attempt_at is not None and o.next_attempt_at <= now for o in outcomes
+        )
+
+
+def _outcome_of(row: _Due, outcome: SendResult | ProviderError, *, now: dt.datetime) -> _Outcome:
+    """What a provider's answer means for the row: sent, refused (failed), or, for a
+    transient error, a retry after an exponential back-off, or failed once every attempt
+    is used."""
+    if isinstance(outcome, SendResult):
+        return _Outcome(row.delivery_id, D.SENT, outcome.provider_message_id or "")
+    if isinstance(outcome, PermanentProviderError):
+        return _Outcome(row.delivery_id, D.FAILED, outcome.reason)
+    if not isinstance(outcome, TransientProviderError):
+        # A bare ProviderError: the backend did not say, so try again later.
+        outcome = TransientProviderError(str(outcome))
+    if row.attempt >= settings.SALVO_DELIVERY_MAX_ATTEMPTS:
+        return _Outcome(
+            row.delivery_id, D.FAILED, f"Gave up after {row.attempt} attempts: {outcome.reason}"
+        )
+    base = settings.SALVO_DELIVERY_RETRY_BASE_S
+    cap = settings.SALVO_DELIVERY_RETRY_CAP_S
+    delay = max(min(cap, base * 2 ** (row.attempt - 1)), min(cap, outcome.retry_after or 0.0))
+    due = (now + dt.timedelta(seconds=delay)).replace(microsecond=0)
+    return _Outcome(row.delivery_id, D.PENDING, outcome.reason, next_attempt_at=due)
 
 
 def _range_wait(batch: Batch, *, now: dt.datetime) -> float | None:
-    """Seconds until unfinished rows of the batch can be tried again; None when none are
-    left."""
-    rows = Delivery.objects.filter(
+    """Seconds until the batch must run again; None when every row of it is finished.
+
+    A pending row is due at its retry time. One that is due now was held by another worker
+    (a second copy of the batch): look again after SALVO_DELIVERY_SENDING_TIMEOUT_S, by
+    which time that worker has finished it, or died and released it."""
+    retry_times = Delivery.objects.filter(
         execution_id=batch.execution_id,
         action_id=batch.action_id,
         profile_id__gte=batch.first_profile_id,
         profile_id__lte=batch.last_profile_id,
-        status__in=UNFINISHED,
-    ).values_list("status", "next_attempt_at", "claimed_at")
-    timeout = dt.timedelta(seconds=settings.SALVO_DELIVERY_SENDING_TIMEOUT_S)
+        status=D.PENDING,
+    ).values_list("next_attempt_at", flat=True)
+    held = now + dt.timedelta(seconds=settings.SALVO_DELIVERY_SENDING_TIMEOUT_S)
     soonest: dt.datetime | None = None
-    for status, next_attempt_at, claimed_at in rows:
-        # A pending row is due at its retry time; a claimed one once its claim goes stale.
-        when = (next_attempt_at or now) if status == D.PENDING else (claimed_at or now) + timeout
+    for next_attempt_at in retry_times:
+        when = next_attempt_at if next_attempt_at and next_attempt_at > now else held
         soonest = when if soonest is None else min(soonest, when)
     if soonest is None:
         return None
     return max(0.1, (soonest - now).total_seconds())
 
 
+_send_pool: ThreadPoolExecutor | None = None
+
+
+def _sending_threads() -> ThreadPoolExecutor:
+    """The process's sending threads, started on first use (so in each worker process,
+    after the fork), each with its own database connection."""
+    global _send_pool
+    if _send_pool is None:
+        _send_pool = ThreadPoolExecutor(
+            max_workers=settings.SALVO_DELIVERY_SEND_THREADS, thread_name_prefix="salvo-send"
+        )
+    return _send_pool
+
+
+def _forget_sending_threads() -> None:
+    global _send_pool
+    _send_pool = None  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_sending_threads)
+
+
+def _send_chunks(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> bool:
+    """Send chunk after chunk of the batch until nothing in it is due now. Returns False
+    once the campaign is stopped."""
+    preset = action.preset
+    chunk = settings.SALVO_DELIVERY_SEND_CHUNK
+    sender = _ActionSender(action=action, campaign=campaign)
+    try:
+        while True:
+            if preset.rate_limit_per_second:
+                # Reserve before locking rows, so that no row sits locked while we wait.
+                wait = ratelimit.acquire(
+                    key=f"preset:{preset.pk}", rate_per_s=preset.rate_limit_per_second, tokens=chunk
+                )
+                if wait:
+                    time.sleep(wait)
+            more = sender.send_chunk(batch, limit=chunk)
+            if more is None:
+                return False
+            if not more:
+                return True
+    finally:
+        sender.close()
+
+
+def _send_chunks_in_thread(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> bool:
+    # This thread's connection lives on between batches: drop it if it broke or aged out.
+    close_old_connections()
+    try:
+        return _send_chunks(batch, action=action, campaign=campaign)
+    finally:
+        if connection.in_atomic_block:  # never leave a transaction open on a reused thread
+            connection.close()
+
+
 def batch_send(
     *, execution_id: int, action_id: int, first_profile_id: int, last_profile_id: int
 ) -> float | None:
     """Deliver one batch. Returns None when every row of the batch is finished, else the
-    seconds after which the batch must run again (retries waiting, or rows held by a worker
-    that may have died).
+    seconds after which the batch must run again (retries waiting, or rows held by another
+    worker).
+
+    On PostgreSQL, SALVO_DELIVERY_SEND_THREADS threads send chunks of the batch side by
+    side, each in its own transaction (row locks keep them apart): while one waits for the
+    provider or a commit, another renders. Called inside a transaction (or on SQLite,
+    whose write lock lets one chunk run at a time), it sends in the calling thread.
 
     Sends nothing when the campaign is stopped or the execution is over.
     """
@@ -632,66 +764,47 @@ def batch_send(
         _halt(execution_id)
         return None
     action = ChannelAction.objects.select_related("preset").get(pk=action_id)
-    preset = action.preset
-    chunk = settings.SALVO_DELIVERY_SEND_CHUNK
-    backend: ProviderBackend | None = None
-    try:
-        while True:
-            if preset.rate_limit_per_second:
-                # Reserve before claiming, so that no row sits claimed while we wait.
-                wait = ratelimit.acquire(
-                    key=f"preset:{preset.pk}", rate_per_s=preset.rate_limit_per_second, tokens=chunk
-                )
-                if wait:
-                    time.sleep(wait)
-            claimed = _claim(batch, limit=chunk, now=timezone.now())
-            if not claimed:
-                break
-            profiles = _profiles([c.profile_id for c in claimed])
-            prepared = _prepare(claimed, action=action, campaign=campaign, profiles=profiles)
-            now = timezone.now()
-            _set_outcome(prepared.skipped, status=D.SKIPPED, text_column="error", now=now)
-            _set_outcome(prepared.failed, status=D.FAILED, text_column="error", now=now)
-            if not prepared.messages:
-                continue
-            if backend is None:
-                backend = get_backend(preset)
-                try:
-                    backend.open()
-                except TransientProviderError as error:
-                    # The provider cannot be reached: the whole chunk waits for a retry.
-                    backend = None
-                    _retry_later([(row, error) for row, _ in prepared.messages], now=now)
-                    break
-            if not _send_chunk(backend, prepared.messages, campaign_id=campaign.pk):
-                _halt(execution_id)
-                return None
-    finally:
-        if backend is not None:
-            backend.close()
+    threads = settings.SALVO_DELIVERY_SEND_THREADS
+    if threads <= 1 or not _on_postgres() or connection.in_atomic_block:
+        sending = _send_chunks(batch, action=action, campaign=campaign)
+    else:
+        pool = _sending_threads()
+        futures = [
+            pool.submit(_send_chunks_in_thread, batch, action=action, campaign=campaign)
+            for _ in range(threads)
+        ]
+        wait(futures)
+        sending = all(future.result() for future in futures)  # raises a thread's error
+    if not sending:
+        _halt(execution_id)
+        return None
     return _range_wait(batch, now=timezone.now())
 
 
 # --- 5. progress and completion -----------------------------------------------------------
 
 
+def _pending(execution_id: int) -> int:
+    counts = DeliveryCount.objects.filter(execution_id=execution_id, status=D.PENDING)
+    return int(counts.aggregate(n=Sum("count"))["n"] or 0)
+
+
 def execution_complete_if_done(*, execution_id: int) -> bool:
     """Complete the execution, and the campaign, when planning is over and no delivery is
-    pending or sending. Exactly once: decided under the execution's row lock."""
+    pending. Exactly once: decided under the execution's row lock."""
     from . import services
 
-    unfinished = Delivery.objects.filter(execution_id=execution_id, status__in=UNFINISHED)
     ready = Execution.objects.filter(
         pk=execution_id, status=ExecutionStatus.RUNNING, planning_done=True
     )
-    if not ready.exists() or unfinished.exists():
+    if not ready.exists() or _pending(execution_id):
         return False
     with transaction.atomic():
         execution = Execution.objects.select_for_update().get(pk=execution_id)
         if (
             execution.status != ExecutionStatus.RUNNING
             or not execution.planning_done
-            or unfinished.exists()
+            or _pending(execution_id)
         ):
             return False
         campaign = Campaign.objects.select_for_update().get(pk=execution.campaign_id)
@@ -739,7 +852,7 @@ def executions_resume_stalled(*, now: dt.datetime | None = None) -> list[int]:
         rows = (
             Delivery.objects.filter(
                 execution_id=execution.pk,
-                status__in=UNFINISHED,
+                status=D.PENDING,
                 profile_id__lte=execution.dispatched_through,
             )
             .order_by("action_id", "profile_id")
@@ -770,16 +883,6 @@ def executions_resume_stalled(*, now: dt.datetime | None = None) -> list[int]:
         )
         resumed.append(execution.pk)
     return resumed
-
-
-def execution_counts(*, execution_ids: Iterable[int]) -> list[dict[str, Any]]:
-    """Rows of (channel, status, count) over the given executions, from one aggregate."""
-    return list(
-        Delivery.objects.filter(execution_id__in=list(execution_ids))
-        .values("action__channel", "status")
-        .annotate(count=Count("id"))
-        .order_by()
-    )
 
 
 def naive_send_one(*, execution_id: int, action_id: int, profile_id: int) -> None:

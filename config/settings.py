@@ -194,12 +194,16 @@ CELERY_BEAT_SCHEDULE = {
 # batches kept queued per action (a bounded window, not the whole audience at once), profile
 # ids snapshotted per planning step, and messages sent between two progress writes (also the
 # most a worker killed mid-send can leave undecided).
-SALVO_DELIVERY_BATCH_SIZE = env.int("SALVO_DELIVERY_BATCH_SIZE", default=500)
+SALVO_DELIVERY_BATCH_SIZE = env.int("SALVO_DELIVERY_BATCH_SIZE", default=2000)
 SALVO_DELIVERY_WINDOW = env.int("SALVO_DELIVERY_WINDOW", default=8)
 SALVO_DELIVERY_PLAN_CHUNK = env.int("SALVO_DELIVERY_PLAN_CHUNK", default=100_000)
 SALVO_DELIVERY_SEND_CHUNK = env.int("SALVO_DELIVERY_SEND_CHUNK", default=500)
-# A delivery left "sending" this long by a worker that died is claimed again; an execution
-# with no progress this long has its unfinished batches sent again (lost task messages).
+# On PostgreSQL, threads per worker process sending chunks of a batch side by side: while
+# one waits for the provider or the database, another renders (1: no threads).
+SALVO_DELIVERY_SEND_THREADS = env.int("SALVO_DELIVERY_SEND_THREADS", default=2)
+# A batch whose rows another worker is sending looks again after this long (a worker that
+# dies releases its rows at once); an execution with no progress this long has its
+# unfinished batches sent again (lost task messages).
 SALVO_DELIVERY_SENDING_TIMEOUT_S = env.float("SALVO_DELIVERY_SENDING_TIMEOUT_S", default=60.0)
 SALVO_DELIVERY_STALL_AFTER_S = env.float("SALVO_DELIVERY_STALL_AFTER_S", default=90.0)
 # Transient provider errors: exponential back-off from the base, capped, then "failed".

@@ -80,7 +80,7 @@ def test_going_live_starts_one_execution_with_one_row_per_action_and_profile():
     assert Delivery.objects.filter(execution=execution).count() == 10
     assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.PENDING}
     # Planning again adds nothing, and the database refuses a second row for a recipient.
-    assert delivery._insert_deliveries(execution, 0, execution.audience_max_profile_id) == 0
+    assert not delivery._insert_deliveries(execution, 0, execution.audience_max_profile_id)
     row = Delivery.objects.first()
     assert row is not None
     with pytest.raises(IntegrityError), transaction.atomic():

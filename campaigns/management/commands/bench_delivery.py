@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from django.utils import timezone
 
 from campaigns import services
 from campaigns.choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
-from campaigns.models import Campaign, Delivery, Execution
+from campaigns.models import Campaign, Delivery, DeliveryCount, Execution
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from channels.sinks import RunningSinks, count_duplicates, read_records, running_sinks
@@ -192,6 +193,7 @@ class Command(BaseCommand):
         """Drop the delivery rows of earlier runs (the campaigns stay, Completed)."""
         earlier = Execution.objects.filter(campaign__name__startswith="bench-delivery ")
         Delivery.objects.filter(execution__in=earlier).delete()
+        DeliveryCount.objects.filter(execution__in=earlier).delete()
 
     def _ensure_profiles(self, prefix: str, n: int) -> None:
         """Exactly n profiles named prefix0000001…, generated inside the database."""
@@ -304,6 +306,9 @@ class Command(BaseCommand):
             **sink.provider_env(email_api=email_api),
             "DJANGO_SETTINGS_MODULE": "config.settings",
             "PYTHONUNBUFFERED": "1",
+            # Measure workers as production runs them: DEBUG off (no query log kept).
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(50),
         }
         command = [
             sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "prefork",
