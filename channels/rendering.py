@@ -31,7 +31,15 @@ from django.template import (
     defaultfilters,
     defaulttags,
 )
-from django.template.base import FilterExpression, Lexer, Node, TokenType, Variable
+from django.template.base import (
+    FilterExpression,
+    Lexer,
+    Node,
+    TextNode,
+    TokenType,
+    Variable,
+    VariableNode,
+)
 
 if TYPE_CHECKING:
     from segments.models import Profile
@@ -254,6 +262,48 @@ def render_content(*, subject: str, body: str, profile: Mapping[str, Any]) -> tu
     return rendered_subject, rendered_body
 
 
+def _text_and_variables(template: Template) -> list[str | VariableNode] | None:
+    """The template's nodes when it is only text and ``{{ variables }}``, else None."""
+    parts: list[str | VariableNode] = []
+    for node in template.nodelist:
+        if isinstance(node, TextNode):
+            parts.append(node.s)
+        elif isinstance(node, VariableNode):
+            parts.append(node)
+        else:
+            return None
+    return parts
+
+
+def _recipient_renderer(
+    template: Template | None, field: str
+) -> Callable[[Mapping[str, Any]], str]:
+    """One template rendered for recipient after recipient (one thread's).
+
+    Content made only of text and ``{{ variables }}`` (most messages) is rendered node by
+    node on one reused context: no tag can keep state between renders or leave the context
+    changed, so what a full ``Template.render`` sets up and tears down for every recipient
+    buys nothing there. Any tag takes the full path."""
+    if template is None:
+        return lambda profile: ""
+    parts = _text_and_variables(template)
+    context = Context({"profile": {}}, autoescape=False)
+    context.template = template  # where a missing variable finds string_if_invalid
+
+    def render(profile: Mapping[str, Any]) -> str:
+        try:
+            if parts is None:
+                return template.render(Context({"profile": profile}, autoescape=False))
+            context.dicts[-1] = {"profile": profile}
+            return "".join(
+                part if isinstance(part, str) else part.render(context) for part in parts
+            )
+        except Exception as exc:  # this recipient's failure, not the batch's
+            raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
+
+    return render
+
+
 def content_renderer(*, subject: str, body: str) -> Callable[[Mapping[str, Any]], tuple[str, str]]:
     """``render_content`` for many recipients of the same content: the templates are looked
     up once, then each call renders one recipient's ``(subject, body)``."""
@@ -269,19 +319,16 @@ def content_renderer(*, subject: str, body: str) -> Callable[[Mapping[str, Any]]
         templates.append(template)
     subject_template, body_template = templates
 
-    def render_one(template: Template | None, context: dict[str, Any], field: str) -> str:
-        if template is None:
-            return ""
-        try:
-            return template.render(Context(context, autoescape=False))
-        except Exception as exc:  # any failure is this recipient's failure, not the batch's
-            raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
+    render_one = {
+        field: _recipient_renderer(template, field)
+        for field, template in (("subject", subject_template), ("body", body_template))
+    }
 
     def render(profile: Mapping[str, Any]) -> tuple[str, str]:
         if problems:
             raise RenderError(problems[0])
-        rendered_subject = render_one(subject_template, {"profile": profile}, "subject").strip()
-        rendered_body = render_one(body_template, {"profile": profile}, "body")
+        rendered_subject = render_one["subject"](profile).strip()
+        rendered_body = render_one["body"](profile)
         if not rendered_body.strip():
             raise RenderError("The body renders to nothing for this profile.")
         return rendered_subject, rendered_body
@@ -294,13 +341,20 @@ def render_html(*, html_body: str, profile: Mapping[str, Any]) -> str:
     return _render(html_body, {"profile": profile}, field="html_body", html=True)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
     """JSON-shaped data only, so nothing callable or object-like reaches a template."""
-    if isinstance(value, Mapping):
+    kind = type(value)
+    # Exact types first: what JSON decodes to, without the cost of ABC checks.
+    if kind in _SCALARS:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if kind is list or isinstance(value, list | tuple):
         return [_plain(item) for item in value]
-    if value is None or isinstance(value, str | int | float | bool):
+    if isinstance(value, str | int | float | bool):
         return value
     return str(value)
 

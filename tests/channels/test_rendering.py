@@ -6,6 +6,7 @@ from django.conf import settings
 from channels.rendering import (
     RenderError,
     TemplateContentError,
+    content_renderer,
     profile_context,
     render_content,
     render_html,
@@ -137,3 +138,31 @@ def test_one_recipients_bad_data_is_a_render_error():
 def test_a_body_that_renders_to_nothing_is_a_render_error():
     with pytest.raises(RenderError, match="renders to nothing"):
         render_content(subject="", body="{{ profile.first_name }}", profile={})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Text and variables only: rendered node by node on one reused context.
+        'Hi {{ profile.first_name|default:"there" }}, {{ profile.plan|upper }}.',
+        # A tag: the full template render.
+        '{% if 1 %}Hi {{ profile.first_name|default:"there" }}, {{ profile.plan|upper }}.{% endif %}',
+    ],
+)
+def test_a_batch_renders_each_recipient_with_their_own_data_only(body):
+    render = content_renderer(subject="{{ profile.external_id }}", body=body)
+    nameless = profile_context(Profile(external_id="x", attributes={"plan": "basic"}))
+
+    # The second recipient never sees the first one's values, whatever the path.
+    assert render(ann()) == ("ann-1", "Hi Ann, GOLD.")
+    assert render(nameless) == ("x", "Hi there, BASIC.")
+    assert render(ann(first_name="Bo")) == ("ann-1", "Hi Bo, GOLD.")
+
+
+def test_in_a_batch_a_recipients_failing_filter_fails_that_recipient_only():
+    render = content_renderer(subject="", body="Even: {{ profile.n|divisibleby:profile.d }}")
+
+    assert render(ann(n=4, d=2))[1] == "Even: True"
+    with pytest.raises(RenderError, match="body: ZeroDivisionError"):
+        render(ann(n=4, d=0))
+    assert render(ann(n=3, d=2))[1] == "Even: False"
