@@ -18,6 +18,10 @@ PG_PORT="${SALVO_PG_PORT:-55432}"
 PG_DB="${SALVO_PG_DB:-salvo}"
 PG_USER="${SALVO_PG_USER:-salvo}"
 PG_PASSWORD="${SALVO_PG_PASSWORD:-salvo}"
+# Sized like a production server for bulk writes, not PostgreSQL's small defaults: the
+# working set (profiles, deliveries) in shared buffers, and checkpoints far enough apart
+# that a run does not rewrite every page it touches in full into the WAL after each one.
+PG_TUNING="${SALVO_PG_TUNING:--c shared_buffers=1GB -c max_wal_size=8GB -c checkpoint_timeout=30min -c wal_buffers=64MB}"
 # PostgreSQL refuses to run as root: when we are root, its server runs as this system user.
 PG_OS_USER="${SALVO_PG_OS_USER:-salvo-pg}"
 REDIS_PORT="${SALVO_REDIS_PORT:-56379}"
@@ -114,7 +118,7 @@ pg_start() {
         log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
         # No Unix socket: a socket path under a deep checkout can exceed the 107-byte limit.
         as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$base/server.log" -w -t 60 \
-            -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" \
+            -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='' $PG_TUNING" \
             start >/dev/null \
             || { tail -n 30 "$base/server.log" >&2; die "PostgreSQL did not start"; }
     fi
