@@ -273,9 +273,10 @@ def execution_plan_step(*, execution_id: int) -> bool:
             execution.save(update_fields=["snapshot"])
             per_action = _insert_deliveries(execution, first, last)
             inserted = sum(per_action.values())
-            if _on_postgres() and inserted > settings.SALVO_DELIVERY_BATCH_SIZE:
+            if _on_postgres() and first > 1 and inserted > settings.SALVO_DELIVERY_BATCH_SIZE:
                 # Fresh statistics, or the planner reads a table it believes empty with a
-                # sequential scan where the batch queries need the unique index.
+                # sequential scan where the batch queries need the unique index. Not on the
+                # first chunk, one batch long: the first message must not wait for it.
                 with connection.cursor() as cursor:
                     cursor.execute(f"ANALYZE {_table(Delivery)}")
             execution.audience_size += max(per_action.values(), default=0)
@@ -333,13 +334,18 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
                 settings.SALVO_DELIVERY_WINDOW * size : settings.SALVO_DELIVERY_WINDOW * size + 1
             ]
         )
-        in_flight = Delivery.objects.filter(
-            execution_id=execution.pk,
-            action_id__in=action_ids,
-            status=D.PENDING,
-            profile_id__gt=floor[0] if floor else 0,
-            profile_id__lte=execution.dispatched_through,
-        ).count()
+        # One count per action: each is a range of the unique index, where an IN list
+        # over the actions makes PostgreSQL scan the whole table.
+        in_flight = sum(
+            Delivery.objects.filter(
+                execution_id=execution.pk,
+                action_id=action_id,
+                status=D.PENDING,
+                profile_id__gt=floor[0] if floor else 0,
+                profile_id__lte=execution.dispatched_through,
+            ).count()
+            for action_id in action_ids
+        )
         window = settings.SALVO_DELIVERY_WINDOW * size * len(action_ids)
         batches: list[Batch] = []
         while in_flight < window:

@@ -354,7 +354,8 @@ class Delivery(models.Model):
     updated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["execution", "action", "profile"]
+        # By the columns: ordering by the relations would join their tables to every query.
+        ordering = ["execution_id", "action_id", "profile_id"]
         verbose_name_plural = "deliveries"
         constraints = [
             models.UniqueConstraint(

@@ -41,6 +41,10 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AlterModelOptions(
+            name='delivery',
+            options={'ordering': ['execution_id', 'action_id', 'profile_id'], 'verbose_name_plural': 'deliveries'},
+        ),
         migrations.CreateModel(
             name='DeliveryCount',
             fields=[
