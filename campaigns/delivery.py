@@ -713,19 +713,29 @@ def _forget_sending_threads() -> None:
 os.register_at_fork(after_in_child=_forget_sending_threads)
 
 
-def _send_chunks(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> bool:
+def _send_chunks(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> bool | float:
     """Send chunk after chunk of the batch until nothing in it is due now. Returns False
-    once the campaign is stopped."""
+    once the campaign is stopped, or the seconds to wait when the preset's rate limit asks
+    for a longer wait than a worker should sleep.
+
+    A rate-limited preset sends one second's worth of its rate per chunk, so that a worker
+    waits in small steps; past SALVO_DELIVERY_RATE_WAIT_MAX_S it gives its reservation
+    back and the batch comes back later, leaving the worker to other campaigns."""
     preset = action.preset
+    rate = preset.rate_limit_per_second
     chunk = settings.SALVO_DELIVERY_SEND_CHUNK
+    if rate:
+        chunk = max(1, min(chunk, int(rate)))
+    bucket = f"preset:{preset.pk}"
     sender = _ActionSender(action=action, campaign=campaign)
     try:
         while True:
-            if preset.rate_limit_per_second:
+            if rate:
                 # Reserve before locking rows, so that no row sits locked while we wait.
-                wait = ratelimit.acquire(
-                    key=f"preset:{preset.pk}", rate_per_s=preset.rate_limit_per_second, tokens=chunk
-                )
+                wait = ratelimit.acquire(key=bucket, rate_per_s=rate, tokens=chunk)
+                if wait > settings.SALVO_DELIVERY_RATE_WAIT_MAX_S:
+                    ratelimit.give_back(key=bucket, rate_per_s=rate, tokens=chunk)
+                    return wait
                 if wait:
                     time.sleep(wait)
             more = sender.send_chunk(batch, limit=chunk)
@@ -737,7 +747,9 @@ def _send_chunks(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> 
         sender.close()
 
 
-def _send_chunks_in_thread(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> bool:
+def _send_chunks_in_thread(
+    batch: Batch, *, action: ChannelAction, campaign: Campaign
+) -> bool | float:
     # This thread's connection lives on between batches: drop it if it broke or aged out.
     close_old_connections()
     try:
@@ -772,7 +784,7 @@ def batch_send(
     action = ChannelAction.objects.select_related("preset").get(pk=action_id)
     threads = settings.SALVO_DELIVERY_SEND_THREADS
     if threads <= 1 or not _on_postgres() or connection.in_atomic_block:
-        sending = _send_chunks(batch, action=action, campaign=campaign)
+        results = [_send_chunks(batch, action=action, campaign=campaign)]
     else:
         pool = _sending_threads()
         futures = [
@@ -780,10 +792,13 @@ def batch_send(
             for _ in range(threads)
         ]
         wait(futures)
-        sending = all(future.result() for future in futures)  # raises a thread's error
-    if not sending:
+        results = [future.result() for future in futures]  # raises a thread's error
+    if any(result is False for result in results):
         _halt(execution_id)
         return None
+    paused = [result for result in results if not isinstance(result, bool)]
+    if paused:
+        return min(paused)
     return _range_wait(batch, now=timezone.now())
 
 

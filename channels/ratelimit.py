@@ -4,7 +4,7 @@
 
     wait = acquire(key=f"preset:{preset.pk}", rate_per_s=preset.rate_limit_per_second)
     if wait:
-        time.sleep(wait)   # or retry the task with countdown=wait, without acquiring again
+        time.sleep(wait)   # or give_back(...) the tokens and retry the task later
     backend.send(message)
 
 The bucket refills at ``rate_per_s`` up to ``burst`` tokens (one second's worth by default)
@@ -30,7 +30,7 @@ from django.db import transaction
 
 from .models import RateLimitBucket
 
-__all__ = ["acquire"]
+__all__ = ["acquire", "give_back"]
 
 # KEYS[1]: bucket; ARGV: rate per second, burst, tokens, expiry margin (s).
 # Redis's own clock keeps every machine on one time line; the reply is a string because
@@ -49,7 +49,7 @@ if now > at then
 else
   now = at
 end
-level = level - tokens
+level = math.min(burst, level - tokens)
 redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil((burst - level) / rate + tonumber(ARGV[4])))
 if level >= 0 then
@@ -72,7 +72,7 @@ def _wait_for(level: float, rate_per_s: float) -> float:
 def _check(rate_per_s: float, tokens: int, burst: float | None) -> float:
     if not rate_per_s > 0:
         raise ValueError(f"rate_per_s must be positive, not {rate_per_s!r}.")
-    if tokens < 1:
+    if abs(tokens) < 1:
         raise ValueError(f"tokens must be at least 1, not {tokens!r}.")
     burst = max(1.0, rate_per_s) if burst is None else float(burst)
     if burst <= 0:
@@ -112,9 +112,21 @@ def _acquire_database(*, key: str, rate_per_s: float, tokens: int, burst: float)
         # Read the clock only once the lock is held, so updates are ordered in time.
         now = max(time.time(), bucket.refilled_at)
         level = _refill(bucket.level, now - bucket.refilled_at, rate_per_s=rate_per_s, burst=burst)
-        level -= tokens
+        level = min(burst, level - tokens)
         RateLimitBucket.objects.filter(pk=bucket.pk).update(level=level, refilled_at=now)
     return _wait_for(level, rate_per_s)
+
+
+def give_back(*, key: str, rate_per_s: float, tokens: int, burst: float | None = None) -> None:
+    """Return ``tokens`` reserved by ``acquire`` and not used (a caller that will come back
+    later instead of waiting), so that they are not lost to the callers queued behind."""
+    if tokens < 1:
+        raise ValueError(f"tokens must be at least 1, not {tokens!r}.")
+    burst = _check(rate_per_s, tokens, burst)
+    if _uses_redis():
+        _acquire_redis(key=key, rate_per_s=rate_per_s, tokens=-tokens, burst=burst)
+    else:
+        _acquire_database(key=key, rate_per_s=rate_per_s, tokens=-tokens, burst=burst)
 
 
 def acquire(*, key: str, rate_per_s: float, tokens: int = 1, burst: float | None = None) -> float:
@@ -124,6 +136,8 @@ def acquire(*, key: str, rate_per_s: float, tokens: int = 1, burst: float | None
     ``burst`` is the bucket's size: how many tokens may go at once after a quiet spell
     (default: one second's worth, at least 1).
     """
+    if tokens < 1:
+        raise ValueError(f"tokens must be at least 1, not {tokens!r}.")
     burst = _check(rate_per_s, tokens, burst)
     if _uses_redis():
         return _acquire_redis(key=key, rate_per_s=rate_per_s, tokens=tokens, burst=burst)

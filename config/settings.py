@@ -201,6 +201,9 @@ SALVO_DELIVERY_SEND_CHUNK = env.int("SALVO_DELIVERY_SEND_CHUNK", default=500)
 # On PostgreSQL, threads per worker process sending chunks of a batch side by side: while
 # one waits for the provider or the database, another renders (1: no threads).
 SALVO_DELIVERY_SEND_THREADS = env.int("SALVO_DELIVERY_SEND_THREADS", default=2)
+# A worker sleeps at most this long for a preset's rate limit; a longer wait sends the
+# batch back to the queue for later.
+SALVO_DELIVERY_RATE_WAIT_MAX_S = env.float("SALVO_DELIVERY_RATE_WAIT_MAX_S", default=2.0)
 # A batch whose rows another worker is sending looks again after this long (a worker that
 # dies releases its rows at once); an execution with no progress this long has its
 # unfinished batches sent again (lost task messages).

@@ -3,6 +3,7 @@
 The real-worker scenarios (SIGKILL, stop, two workers…) are in test_delivery_worker.py.
 """
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -250,3 +251,35 @@ def test_through_the_batch_apis_a_failed_chunk_is_retried_and_each_refusal_recor
     assert all("HTTP 400" in d.error for d in refused)
     email = next(r for r in attempts if r["channel"] == "email" and r["accepted"])
     assert email["json"]["headers"]["List-Unsubscribe"].startswith("<mailto:help@example.com")
+
+
+@pytest.mark.django_db
+def test_a_rate_limited_batch_comes_back_later_instead_of_sleeping(sinks):
+    ProfileFactory.create_batch(3)
+    preset = MessagePresetFactory(channel="sms", rate_limit_per_second=1)
+    campaign = make_live_campaign(actions=[sms_action(preset=preset)])
+    execution = Execution.objects.get(campaign=campaign)
+    while delivery.execution_plan_step(execution_id=execution.pk):
+        pass
+    execution.refresh_from_db()
+    action = execution.version.actions.get()
+
+    def send() -> float | None:
+        return delivery.batch_send(
+            execution_id=execution.pk,
+            action_id=action.pk,
+            first_profile_id=0,
+            last_profile_id=execution.audience_max_profile_id,
+        )
+
+    with override_settings(SALVO_DELIVERY_RATE_WAIT_MAX_S=0.5):
+        # One message per second: the first goes at once, the next would need a second.
+        wait = send()
+        assert len(sinks.received("sms")) == 1
+        assert wait is not None and 0.5 < wait <= 1.1
+        assert selectors.campaign_report(campaign=campaign)["by_status"]["pending"] == 2
+        # The reservation was given back: coming back when told sends the next one.
+        time.sleep(wait)
+        wait = send()
+        assert len(sinks.received("sms")) == 2
+        assert wait is not None

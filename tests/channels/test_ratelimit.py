@@ -96,6 +96,30 @@ def test_several_tokens_at_once_wait_for_all_of_them():
     assert ratelimit.acquire(key=key, rate_per_s=100, tokens=50) == pytest.approx(0.5, abs=0.05)
 
 
+def assert_tokens_given_back_serve_the_next_caller() -> None:
+    key = unique_key()
+    assert ratelimit.acquire(key=key, rate_per_s=10, tokens=10) == 0
+    assert ratelimit.acquire(key=key, rate_per_s=10, tokens=10) == pytest.approx(1, abs=0.05)
+    # The second caller will come back later instead of waiting: the next one is not
+    # queued behind its reservation...
+    ratelimit.give_back(key=key, rate_per_s=10, tokens=10)
+    assert ratelimit.acquire(key=key, rate_per_s=10, tokens=5) == pytest.approx(0.5, abs=0.05)
+    # ...and giving back never fills the bucket beyond its burst.
+    ratelimit.give_back(key=key, rate_per_s=10, tokens=100)
+    assert ratelimit.acquire(key=key, rate_per_s=10, tokens=10) == 0
+    assert ratelimit.acquire(key=key, rate_per_s=10, tokens=1) > 0
+
+
+@pytest.mark.django_db
+def test_tokens_given_back_serve_the_next_caller():
+    assert_tokens_given_back_serve_the_next_caller()
+
+
+def test_redis_tokens_given_back_serve_the_next_caller(redis_url):
+    with override_settings(CELERY_BROKER_URL=redis_url):
+        assert_tokens_given_back_serve_the_next_caller()
+
+
 @pytest.mark.parametrize(
     ("rate", "tokens", "burst"), [(0, 1, None), (-1, 1, None), (1, 0, None), (1, 1, 0)]
 )

@@ -146,7 +146,8 @@ def test_a_body_that_renders_to_nothing_is_a_render_error():
         # Text and variables only: rendered node by node on one reused context.
         'Hi {{ profile.first_name|default:"there" }}, {{ profile.plan|upper }}.',
         # A tag: the full template render.
-        '{% if 1 %}Hi {{ profile.first_name|default:"there" }}, {{ profile.plan|upper }}.{% endif %}',
+        '{% if 1 %}Hi {{ profile.first_name|default:"there" }}, '
+        "{{ profile.plan|upper }}.{% endif %}",
     ],
 )
 def test_a_batch_renders_each_recipient_with_their_own_data_only(body):
