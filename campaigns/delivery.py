@@ -212,26 +212,33 @@ def _first_chunk_end(execution: Execution) -> int:
     return int(found[0]) if found else top
 
 
-def _insert_deliveries(execution: Execution, first: int, last: int) -> Counter[int]:
-    """One pending row per (action, audience member) with ids in [first, last]; idempotent.
-    Returns how many rows each action got."""
+def _insert_deliveries(execution: Execution, first_key: int, last_key: int) -> Counter[int]:
+    """One pending row per (action, audience member) for the snapshot's members with keys
+    in [first_key, last_key]; idempotent. Returns how many rows each action got."""
     member = AudienceMember._meta
     snapshot_column = connection.ops.quote_name(member.get_field("snapshot").column)
     profile_column = connection.ops.quote_name(member.get_field("profile").column)
+    key_column = connection.ops.quote_name(member.get_field("key").column)
     # "WHERE" before ON CONFLICT also keeps SQLite from reading it as a join constraint.
     sql = (
         f"INSERT INTO {_table(Delivery)} "
         "(execution_id, action_id, profile_id, status, attempts, provider_message_id, error) "
         f"SELECT %s, a.id, m.{profile_column}, %s, 0, '', '' "
         f"FROM {_table(AudienceMember)} m CROSS JOIN {_table(ChannelAction)} a "
-        f"WHERE m.{snapshot_column} = %s AND m.{profile_column} BETWEEN %s AND %s "
+        f"WHERE m.{snapshot_column} = %s AND m.{key_column} BETWEEN %s AND %s "
         "AND a.version_id = %s "
         "ON CONFLICT DO NOTHING RETURNING action_id"
     )
+    params: list[Any] = [
+        execution.pk,
+        D.PENDING,
+        execution.snapshot_id,
+        first_key,
+        last_key,
+        execution.version_id,
+    ]
     with connection.cursor() as cursor:
-        cursor.execute(
-            sql, [execution.pk, D.PENDING, execution.snapshot_id, first, last, execution.version_id]
-        )
+        cursor.execute(sql, params)
         return Counter(int(action_id) for (action_id,) in cursor.fetchall())
 
 
@@ -263,6 +270,7 @@ def execution_plan_step(*, execution_id: int) -> bool:
         segment = execution.version.segment
         per_action: Counter[int] = Counter()
         if first <= last and segment is not None:
+            keys_before = execution.snapshot.size if execution.snapshot else 0
             snapshot = audience_snapshot_create(
                 # Half-open range: [first, last + 1).
                 segment=segment,
@@ -271,7 +279,8 @@ def execution_plan_step(*, execution_id: int) -> bool:
             )
             execution.snapshot = snapshot
             execution.save(update_fields=["snapshot"])
-            per_action = _insert_deliveries(execution, first, last)
+            # The slice's members are the keys the snapshot gained.
+            per_action = _insert_deliveries(execution, keys_before + 1, snapshot.size)
             inserted = sum(per_action.values())
             if _on_postgres() and first > 1 and inserted > settings.SALVO_DELIVERY_BATCH_SIZE:
                 # Fresh statistics, or the planner reads a table it believes empty with a

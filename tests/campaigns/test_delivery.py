@@ -81,7 +81,8 @@ def test_going_live_starts_one_execution_with_one_row_per_action_and_profile():
     assert Delivery.objects.filter(execution=execution).count() == 10
     assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.PENDING}
     # Planning again adds nothing, and the database refuses a second row for a recipient.
-    assert not delivery._insert_deliveries(execution, 0, execution.audience_max_profile_id)
+    assert execution.snapshot is not None
+    assert not delivery._insert_deliveries(execution, 1, execution.snapshot.size)
     row = Delivery.objects.first()
     assert row is not None
     with pytest.raises(IntegrityError), transaction.atomic():
@@ -276,7 +277,8 @@ def test_a_rate_limited_batch_comes_back_later_instead_of_sleeping(sinks):
         # One message per second: the first goes at once, the next would need a second.
         wait = send()
         assert len(sinks.received("sms")) == 1
-        assert wait is not None and 0.5 < wait <= 1.1
+        assert wait is not None
+        assert 0.5 < wait <= 1.1
         assert selectors.campaign_report(campaign=campaign)["by_status"]["pending"] == 2
         # The reservation was given back: coming back when told sends the next one.
         time.sleep(wait)

@@ -301,11 +301,14 @@ def test_snapshot_in_profile_id_slices_matches_a_whole_snapshot(audience):
             segment=segment, profile_id_range=low_high, snapshot=sliced
         )
     assert sliced is not None
-    # A slice resolved twice (a retried task) adds nothing.
-    again = services.audience_snapshot_create(
-        segment=segment, profile_id_range=ranges[0], snapshot=sliced
-    )
-    assert again.size == sliced.size == whole.size
+    # A slice resolved twice (a retried task), the last one or an earlier one, adds nothing.
+    for low_high in (ranges[-1], ranges[0]):
+        again = services.audience_snapshot_create(
+            segment=segment, profile_id_range=low_high, snapshot=sliced
+        )
+        assert again.size == sliced.size == whole.size
+    keys = list(AudienceMember.objects.filter(snapshot=sliced).values_list("key", flat=True))
+    assert sorted(keys) == list(range(1, whole.size + 1))
     ids = [pid for batch in selectors.audience_member_batches(snapshot=sliced) for pid in batch]
     assert ids == sorted(ids)
     assert ids == [
@@ -321,3 +324,54 @@ def test_snapshot_of_a_static_segment_and_of_nothing():
     assert services.audience_snapshot_create(segment=static).size == 3
     nobody = services.segment_create(name="Nobody", rules={"any": []})
     assert services.audience_snapshot_create(segment=nobody).size == 0
+
+
+def test_csv_batch_of_new_profiles_stores_what_the_row_by_row_path_stores():
+    text = (
+        "external_id,email,locale,consent_sms,plan,score,note\n"
+        'n1,n1@example.com,fr,no,pro,1.5,"tab\there"\n'
+        "n2,,,,,,back\\slash\n"
+        "n3,n3@example.com,de,yes,,,\n"
+    )
+    summary = run_import(text, format="csv", segment_name="Batch")
+    assert (summary.created, summary.updated, summary.rejected) == (3, 0, 0)
+    n1, n2, n3 = Profile.objects.order_by("external_id")
+    assert (n1.email, n1.locale, n1.consent_sms) == ("n1@example.com", "fr", False)
+    assert n1.consent_sms_source == ConsentSource.IMPORT
+    assert n1.consent_sms_changed_at is not None
+    assert (n1.consent_email, n1.consent_email_source, n1.consent_email_changed_at) == (
+        True,
+        "",
+        None,
+    )
+    assert n1.attributes == {"plan": "pro", "score": 1.5, "note": "tab\there"}
+    assert (n2.email, n2.locale, n2.consent_sms, n2.consent_sms_source) == ("", "", True, "")
+    assert n2.attributes == {"note": "back\\slash"}
+    assert (n3.consent_sms, n3.consent_sms_source) == (True, ConsentSource.IMPORT)
+    assert n3.attributes == {}
+    segment = Segment.objects.get(name="Batch")
+    assert segment.members.count() == 3
+    # A batch naming a stored profile is upserted instead.
+    summary = run_import("external_id,plan\nn1,team\nn4,free\n", format="csv", segment_name="Batch")
+    assert (summary.created, summary.updated, summary.rejected) == (1, 1, 0)
+    assert Profile.objects.get(external_id="n1").attributes["plan"] == "team"
+    assert segment.members.count() == 4
+
+
+def test_csv_quotes_crlf_and_unusual_but_valid_values_keep_their_line_numbers():
+    text = (
+        "external_id,email,phone,note\r\n"
+        ' a1 ,"first.last@sub-domain.example.museum",+33612345678,"two\r\nlines"\r\n'
+        "a2,o'hara@example.com,+33 6 12 34 56 79,plain\r\n"
+        "a3,not-an-email,,\r\n"
+        "\r\n"
+        "a4,\"quoted@example.com\",,'007'\r\n"
+    )
+    summary = run_import(text, format="csv")
+    assert (summary.created, summary.updated, summary.rejected) == (3, 0, 1)
+    assert [(r.line, r.reason.split(":")[0]) for r in summary.rejections] == [(5, "email")]
+    a1, a2, a4 = Profile.objects.order_by("external_id")
+    assert (a1.external_id, a1.email) == ("a1", "first.last@sub-domain.example.museum")
+    assert a1.attributes == {"note": "two\r\nlines"}
+    assert a2.phone == "+33612345679"
+    assert a4.attributes == {"note": "'007'"}

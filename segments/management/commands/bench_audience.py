@@ -17,6 +17,7 @@ import json
 import os
 import random
 import resource
+import secrets
 import statistics
 import subprocess
 import sys
@@ -259,7 +260,14 @@ class Command(BaseCommand):
             )
         else:
             url = f"sqlite:///{db['NAME']}"
-        return {**os.environ, "DATABASE_URL": url}
+        # As staff run it in production: DEBUG off (no log of queries kept).
+        secret = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(50)
+        return {
+            **os.environ,
+            "DATABASE_URL": url,
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": secret,
+        }
 
     def _cleanup(self) -> None:
         AudienceSnapshot.objects.filter(segment__name__startswith=PREFIX).delete()

@@ -1,5 +1,6 @@
 """`manage.py import_profiles FILE [--format csv|jsonl] [--segment NAME]`."""
 
+import gc
 import os
 import sys
 from typing import Any
@@ -27,6 +28,10 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="No progress bar on stderr.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # A one-shot process: the objects Django has loaded so far live as long as it does,
+        # so the collector need not walk them again and again while rows stream through
+        # (a tenth of the import's CPU otherwise).
+        gc.freeze()
         path = options["file"]
         try:
             stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
