@@ -76,6 +76,7 @@ from segments.models import (
     Profile,
     consent_field,
 )
+from segments.unsubscribe import unsubscribe_url
 
 from .choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
 from .models import Campaign, ChannelAction, Delivery, DeliveryCount, Execution
@@ -555,6 +556,18 @@ class _ActionSender:
             self.backend.close()
             self.backend = None
 
+    def _unsubscribe_headers(self, profile: Mapping[str, Any]) -> dict[str, str]:
+        """A marketing email's ``List-Unsubscribe``: the one-click link (RFC 8058) when
+        Salvo is reachable from the internet, and a mailto to the preset's reply address."""
+        mailto = f"<mailto:{self.unsubscribe}?subject=unsubscribe%20{profile['external_id']}>"
+        url = unsubscribe_url(profile_id=profile["id"], channel=ConsentChannel.EMAIL)
+        if url is None:
+            return {"List-Unsubscribe": mailto}
+        return {
+            "List-Unsubscribe": f"<{url}>, {mailto}",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+
     def prepare(self, due: Sequence[_Due]) -> _Prepared:
         """Decide each row: skipped (no address, opted out), failed (cannot render) or a
         rendered message."""
@@ -582,9 +595,7 @@ class _ActionSender:
                 continue
             headers: dict[str, str] = {}
             if self.unsubscribe:
-                headers["List-Unsubscribe"] = (
-                    f"<mailto:{self.unsubscribe}?subject=unsubscribe%20{profile['external_id']}>"
-                )
+                headers.update(self._unsubscribe_headers(profile))
             payload: dict[str, Any] = {}
             if self.channel == ChannelKind.WEBHOOK:
                 payload = {"external_id": profile["external_id"], "campaign": self.campaign.pk}

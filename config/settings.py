@@ -234,6 +234,9 @@ SALVO_PROVIDER_BACKENDS = {
 }
 # Connect + read timeout of every provider call, in seconds.
 SALVO_PROVIDER_TIMEOUT_S = env.float("SALVO_PROVIDER_TIMEOUT_S", default=10.0)
+# Where recipients reach this Salvo from the internet, e.g. https://salvo.example.com. With
+# it, marketing email carries a one-click unsubscribe link (RFC 8058) besides the mailto.
+SALVO_PUBLIC_URL = env.str("SALVO_PUBLIC_URL", default="").rstrip("/")
 # The Django email backend under channels.providers.email.EmailBackend: SMTP (EMAIL_URL
 # below), or for high volume an HTTP batch API, channels.providers.email_api.BatchEmailBackend
 # (SALVO_EMAIL_API below).

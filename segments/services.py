@@ -35,6 +35,7 @@ from .models import (
     AudienceSnapshot,
     Profile,
     Segment,
+    consent_field,
 )
 from .rules import rule_errors
 from .selectors import segment_profiles
@@ -108,6 +109,21 @@ def profile_update(
     _apply_profile(profile, data, consent, source)
     profile.save()
     return profile
+
+
+@transaction.atomic
+def profile_unsubscribe(*, profile_id: int, channel: str) -> bool:
+    """Withdraw a profile's marketing consent for one channel, as its unsubscribe link
+    asks. Returns whether it changed; a second click, or a profile deleted since, changes
+    nothing."""
+    profile = Profile.objects.select_for_update().filter(pk=profile_id).first()
+    if profile is None:
+        return False
+    if not profile.set_consent(channel, False, source=ConsentSource.UNSUBSCRIBE, at=timezone.now()):
+        return False
+    field = consent_field(channel)
+    profile.save(update_fields=[field, f"{field}_changed_at", f"{field}_source", "updated_at"])
+    return True
 
 
 # --- segments ---------------------------------------------------------------------------

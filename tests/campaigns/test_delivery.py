@@ -285,3 +285,29 @@ def test_a_rate_limited_batch_comes_back_later_instead_of_sleeping(sinks):
         wait = send()
         assert len(sinks.received("sms")) == 2
         assert wait is not None
+
+
+@pytest.mark.django_db
+def test_marketing_email_carries_a_working_one_click_unsubscribe_link(client):
+    profile = ProfileFactory.create()
+    preset = MessagePresetFactory(channel="email", reply_to="help@example.com")
+    campaign = make_live_campaign(actions=[email_action(preset=preset)])  # marketing
+    with (
+        running_sinks() as sink,
+        override_settings(
+            **sink.provider_settings(email_api=True), SALVO_PUBLIC_URL="https://salvo.example.com"
+        ),
+    ):
+        drive(campaign)
+        [email] = sink.received("email")
+
+    headers = email["json"]["headers"]
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    link, mailto = headers["List-Unsubscribe"].split(", ")
+    assert link.startswith("<https://salvo.example.com/unsubscribe/")
+    assert mailto.startswith("<mailto:help@example.com?subject=unsubscribe")
+    # What the mailbox provider does when the recipient clicks "Unsubscribe":
+    response = client.post(link.strip("<>").removeprefix("https://salvo.example.com"))
+    assert response.status_code == 200
+    profile.refresh_from_db()
+    assert profile.consent_email is False
