@@ -41,7 +41,7 @@ venv: $(STAMP)
 
 run: venv
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py load_demo
+	$(PY) manage.py load_demo --admin-url http://$(HOST):$(PORT)/admin/
 	@echo
 	@echo "  Salvo admin:  http://$(HOST):$(PORT)/admin/   (login printed above)"
 	@echo "  REST API:     http://$(HOST):$(PORT)/api/   docs: http://$(HOST):$(PORT)/api/docs/"
