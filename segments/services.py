@@ -739,6 +739,9 @@ def profiles_import(
                 # chunk costs more than the lookups).
                 cursor.execute("SET LOCAL enable_hashjoin = off")
                 cursor.execute("SET LOCAL enable_mergejoin = off")
+                # New profiles' attribute paths collect in the GIN index's pending list
+                # and are merged into it in large sorted runs, not a few rows at a time.
+                cursor.execute("SET LOCAL gin_pending_list_limit = '64MB'")
             chunk: dict[str, Row] = {}
             repeats = 0
             # On PostgreSQL a chunk is written by a second thread while this one parses
