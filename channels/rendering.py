@@ -236,32 +236,6 @@ def validate_content(*, subject: str, body: str, html_body: str = "") -> None:
         raise TemplateContentError(errors)
 
 
-def _render(source: str, context: Mapping[str, Any], *, field: str, html: bool) -> str:
-    if not source:
-        return ""
-    try:
-        template = _compiled(source, field=field, html=html)
-    except TemplateContentError as exc:
-        raise RenderError("; ".join(exc.messages)) from None
-    try:
-        return template.render(Context(dict(context), autoescape=html))
-    except Exception as exc:  # any failure is this recipient's failure, not the batch's
-        raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
-
-
-def render_content(*, subject: str, body: str, profile: Mapping[str, Any]) -> tuple[str, str]:
-    """Render subject and body for one recipient whose data is ``profile`` (see
-    ``profile_context``). Raises ``RenderError`` when this recipient cannot get the message,
-    including when the body renders to nothing.
-    """
-    context = {"profile": profile}
-    rendered_subject = _render(subject, context, field="subject", html=False).strip()
-    rendered_body = _render(body, context, field="body", html=False)
-    if not rendered_body.strip():
-        raise RenderError("The body renders to nothing for this profile.")
-    return rendered_subject, rendered_body
-
-
 def _text_and_variables(template: Template) -> list[str | VariableNode] | None:
     """The template's nodes when it is only text and ``{{ variables }}``, else None."""
     parts: list[str | VariableNode] = []
@@ -275,25 +249,33 @@ def _text_and_variables(template: Template) -> list[str | VariableNode] | None:
     return parts
 
 
-def _recipient_renderer(
-    template: Template | None, field: str
-) -> Callable[[Mapping[str, Any]], str]:
-    """One template rendered for recipient after recipient (one thread's).
+def _renderer(source: str, *, field: str, html: bool) -> Callable[[Mapping[str, Any]], str]:
+    """One content field rendered for recipient after recipient (in one thread); whatever
+    goes wrong for a recipient is a ``RenderError``.
 
     Content made only of text and ``{{ variables }}`` (most messages) is rendered node by
     node on one reused context: no tag can keep state between renders or leave the context
     changed, so what a full ``Template.render`` sets up and tears down for every recipient
     buys nothing there. Any tag takes the full path."""
-    if template is None:
+    if not source:
         return lambda profile: ""
+    try:
+        template = _compiled(source, field=field, html=html)
+    except TemplateContentError as exc:
+        problem = "; ".join(exc.messages)
+
+        def refuse(profile: Mapping[str, Any]) -> str:
+            raise RenderError(problem)
+
+        return refuse
     parts = _text_and_variables(template)
-    context = Context({"profile": {}}, autoescape=False)
+    context = Context({"profile": {}}, autoescape=html)
     context.template = template  # where a missing variable finds string_if_invalid
 
     def render(profile: Mapping[str, Any]) -> str:
         try:
             if parts is None:
-                return template.render(Context({"profile": profile}, autoescape=False))
+                return template.render(Context({"profile": profile}, autoescape=html))
             context.dicts[-1] = {"profile": profile}
             return "".join(
                 part if isinstance(part, str) else part.render(context) for part in parts
@@ -307,28 +289,12 @@ def _recipient_renderer(
 def content_renderer(*, subject: str, body: str) -> Callable[[Mapping[str, Any]], tuple[str, str]]:
     """``render_content`` for many recipients of the same content: the templates are looked
     up once, then each call renders one recipient's ``(subject, body)``."""
-    templates: list[Template | None] = []
-    problems: list[str] = []
-    for field, source in (("subject", subject), ("body", body)):
-        template = None
-        if source:
-            try:
-                template = _compiled(source, field=field, html=False)
-            except TemplateContentError as exc:
-                problems.append("; ".join(exc.messages))
-        templates.append(template)
-    subject_template, body_template = templates
-
-    render_one = {
-        field: _recipient_renderer(template, field)
-        for field, template in (("subject", subject_template), ("body", body_template))
-    }
+    subject_of = _renderer(subject, field="subject", html=False)
+    body_of = _renderer(body, field="body", html=False)
 
     def render(profile: Mapping[str, Any]) -> tuple[str, str]:
-        if problems:
-            raise RenderError(problems[0])
-        rendered_subject = render_one["subject"](profile).strip()
-        rendered_body = render_one["body"](profile)
+        rendered_subject = subject_of(profile).strip()
+        rendered_body = body_of(profile)
         if not rendered_body.strip():
             raise RenderError("The body renders to nothing for this profile.")
         return rendered_subject, rendered_body
@@ -336,9 +302,17 @@ def content_renderer(*, subject: str, body: str) -> Callable[[Mapping[str, Any]]
     return render
 
 
+def render_content(*, subject: str, body: str, profile: Mapping[str, Any]) -> tuple[str, str]:
+    """Render subject and body for one recipient whose data is ``profile`` (see
+    ``profile_context``). Raises ``RenderError`` when this recipient cannot get the message,
+    including when the body renders to nothing.
+    """
+    return content_renderer(subject=subject, body=body)(profile)
+
+
 def render_html(*, html_body: str, profile: Mapping[str, Any]) -> str:
     """Render an HTML body (autoescaped) for one recipient; raises ``RenderError``."""
-    return _render(html_body, {"profile": profile}, field="html_body", html=True)
+    return _renderer(html_body, field="html_body", html=True)(profile)
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
