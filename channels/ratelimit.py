@@ -72,7 +72,7 @@ def _wait_for(level: float, rate_per_s: float) -> float:
 def _check(rate_per_s: float, tokens: int, burst: float | None) -> float:
     if not rate_per_s > 0:
         raise ValueError(f"rate_per_s must be positive, not {rate_per_s!r}.")
-    if abs(tokens) < 1:
+    if tokens < 1:
         raise ValueError(f"tokens must be at least 1, not {tokens!r}.")
     burst = max(1.0, rate_per_s) if burst is None else float(burst)
     if burst <= 0:
@@ -117,16 +117,18 @@ def _acquire_database(*, key: str, rate_per_s: float, tokens: int, burst: float)
     return _wait_for(level, rate_per_s)
 
 
+def _move(*, key: str, rate_per_s: float, tokens: int, burst: float) -> float:
+    """Take ``tokens`` from the bucket (give them back when negative); the wait."""
+    if _uses_redis():
+        return _acquire_redis(key=key, rate_per_s=rate_per_s, tokens=tokens, burst=burst)
+    return _acquire_database(key=key, rate_per_s=rate_per_s, tokens=tokens, burst=burst)
+
+
 def give_back(*, key: str, rate_per_s: float, tokens: int, burst: float | None = None) -> None:
     """Return ``tokens`` reserved by ``acquire`` and not used (a caller that will come back
     later instead of waiting), so that they are not lost to the callers queued behind."""
-    if tokens < 1:
-        raise ValueError(f"tokens must be at least 1, not {tokens!r}.")
     burst = _check(rate_per_s, tokens, burst)
-    if _uses_redis():
-        _acquire_redis(key=key, rate_per_s=rate_per_s, tokens=-tokens, burst=burst)
-    else:
-        _acquire_database(key=key, rate_per_s=rate_per_s, tokens=-tokens, burst=burst)
+    _move(key=key, rate_per_s=rate_per_s, tokens=-tokens, burst=burst)
 
 
 def acquire(*, key: str, rate_per_s: float, tokens: int = 1, burst: float | None = None) -> float:
@@ -136,9 +138,5 @@ def acquire(*, key: str, rate_per_s: float, tokens: int = 1, burst: float | None
     ``burst`` is the bucket's size: how many tokens may go at once after a quiet spell
     (default: one second's worth, at least 1).
     """
-    if tokens < 1:
-        raise ValueError(f"tokens must be at least 1, not {tokens!r}.")
     burst = _check(rate_per_s, tokens, burst)
-    if _uses_redis():
-        return _acquire_redis(key=key, rate_per_s=rate_per_s, tokens=tokens, burst=burst)
-    return _acquire_database(key=key, rate_per_s=rate_per_s, tokens=tokens, burst=burst)
+    return _move(key=key, rate_per_s=rate_per_s, tokens=tokens, burst=burst)
