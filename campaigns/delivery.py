@@ -76,7 +76,7 @@ from segments.models import (
     Profile,
     consent_field,
 )
-from segments.unsubscribe import unsubscribe_url
+from segments.unsubscribe import unsubscribe_links
 
 from .choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
 from .models import Campaign, ChannelAction, Delivery, DeliveryCount, Execution
@@ -549,6 +549,7 @@ class _ActionSender:
             if marketing and channel == ChannelKind.EMAIL
             else None
         )
+        self.unsubscribe_link = unsubscribe_links() if self.unsubscribe else None
         self.backend: ProviderBackend | None = None
 
     def close(self) -> None:
@@ -560,9 +561,9 @@ class _ActionSender:
         """A marketing email's ``List-Unsubscribe``: the one-click link (RFC 8058) when
         Salvo is reachable from the internet, and a mailto to the preset's reply address."""
         mailto = f"<mailto:{self.unsubscribe}?subject=unsubscribe%20{profile['external_id']}>"
-        url = unsubscribe_url(profile_id=profile["id"], channel=ConsentChannel.EMAIL)
-        if url is None:
+        if self.unsubscribe_link is None:
             return {"List-Unsubscribe": mailto}
+        url = self.unsubscribe_link(profile["id"], ConsentChannel.EMAIL)
         return {
             "List-Unsubscribe": f"<{url}>, {mailto}",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",

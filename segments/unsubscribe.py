@@ -9,6 +9,8 @@ may unsubscribe from an old message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.conf import settings
 from django.core import signing
 from django.urls import reverse
@@ -16,19 +18,36 @@ from django.urls import reverse
 from .choices import ConsentChannel
 
 _SIGNER_SALT = "salvo.unsubscribe"
+_SLOT = "-"  # stands for the token while the URL is reversed
 
 
 def unsubscribe_token(*, profile_id: int, channel: str) -> str:
     return signing.Signer(salt=_SIGNER_SALT).sign(f"{profile_id}.{channel}")
 
 
-def unsubscribe_url(*, profile_id: int, channel: str) -> str | None:
-    """The absolute link, or None when SALVO_PUBLIC_URL (where recipients reach Salvo)
-    is not set."""
+def unsubscribe_links() -> Callable[[int, str], str] | None:
+    """Unsubscribe links for recipient after recipient, ``links(profile_id, channel)``, or
+    None when SALVO_PUBLIC_URL (where recipients reach Salvo) is not set.
+
+    The address around the token is worked out once: reversing the URL costs several times
+    more than signing the token. Tokens hold only characters a URL path keeps as they are.
+    """
     if not settings.SALVO_PUBLIC_URL:
         return None
-    token = unsubscribe_token(profile_id=profile_id, channel=channel)
-    return settings.SALVO_PUBLIC_URL + reverse("unsubscribe", kwargs={"token": token})
+    path = reverse("unsubscribe", kwargs={"token": _SLOT})
+    head, _, tail = path.rpartition(_SLOT)
+    prefix = settings.SALVO_PUBLIC_URL + head
+
+    def link(profile_id: int, channel: str) -> str:
+        return prefix + unsubscribe_token(profile_id=profile_id, channel=channel) + tail
+
+    return link
+
+
+def unsubscribe_url(*, profile_id: int, channel: str) -> str | None:
+    """The absolute link, or None when SALVO_PUBLIC_URL is not set."""
+    links = unsubscribe_links()
+    return links(profile_id, channel) if links else None
 
 
 def read_unsubscribe_token(token: str) -> tuple[int, str] | None:
