@@ -23,12 +23,13 @@ import io
 import itertools
 import json
 import math
+import operator
 import re
 import zoneinfo
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
@@ -123,37 +124,107 @@ class Rejected:
     reason: str
 
 
+# What text formats escape (COPY's text format among them).
+SPECIAL_CHARACTERS = re.compile(r"[\\\t\n\r]")
+
+
+class AttributeColumn(NamedTuple):
+    """An attribute's cells in a `RowBatch`: "" where a row gives nothing; otherwise the
+    value's JSON text, or, when `quoted`, text whose JSON is the cell in double quotes
+    (nothing in it needs escaping), so that the quotes can go in a template.
+
+    `dense`: every row gives a value. `special`: a cell's JSON may hold one of the
+    `SPECIAL_CHARACTERS`.
+    """
+
+    member: str
+    cells: list[str]
+    quoted: bool
+    dense: bool
+    special: bool
+
+    def json_cells(self) -> list[str]:
+        if not self.quoted:
+            return self.cells
+        return [f'"{cell}"' if cell else "" for cell in self.cells]
+
+
+# A piece of text rows built column-wise: the same text in every row, or each row's own.
+Piece = str | list[str]
+
+
+def _piece_columns(size: int, pieces: Sequence[Piece]) -> list[Iterable[str]]:
+    merged: list[Piece] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        elif piece != "":
+            merged.append(piece)
+    return [itertools.repeat(p, size) if isinstance(p, str) else p for p in merged]
+
+
+def join_rows(size: int, pieces: Sequence[Piece]) -> str:
+    """The `size` rows' texts, each the concatenation of `pieces`, joined: one `join`
+    for the lot, with no string and no `format` call per row."""
+    return "".join(itertools.chain.from_iterable(zip(*_piece_columns(size, pieces), strict=True)))
+
+
+def row_texts(size: int, pieces: Sequence[Piece]) -> list[str]:
+    """Each row's concatenation of `pieces`."""
+    return list(map("".join, zip(*_piece_columns(size, pieces), strict=True)))
+
+
 class RowBatch:
     """Good rows of a CSV file, column by column, each column checked and typed in one
     pass (see `_csv_batch`). A cell is "" where the row gives nothing; external ids are
     distinct within a batch.
 
     `columns` holds "external_id", the text fields and "consent_<channel>" ("t", "f");
-    `attributes` holds (JSON member prefix, JSON value per row) per attribute column.
+    `attributes` holds one `AttributeColumn` per attribute column. `special`: a cell of
+    `columns` may hold one of the `SPECIAL_CHARACTERS` (when not, nothing is escaped).
     """
 
-    __slots__ = ("attributes", "columns", "size")
+    __slots__ = ("attributes", "columns", "size", "special")
 
     def __init__(
-        self, size: int, columns: dict[str, list[str]], attributes: list[tuple[str, list[str]]]
+        self,
+        size: int,
+        columns: dict[str, list[str]],
+        attributes: list[AttributeColumn],
+        *,
+        special: bool = True,
     ) -> None:
         self.size = size
         self.columns = columns
         self.attributes = attributes
+        self.special = special
+
+    def attributes_pieces(
+        self, cells: Callable[[AttributeColumn], list[str]] = operator.attrgetter("cells")
+    ) -> list[Piece] | None:
+        """When every row gives every attribute (the usual file): the rows' JSON objects
+        as pieces for `join_rows`, so that each object is written as part of its row.
+        `cells` gives the pieces of a column's cells."""
+        if not self.attributes or not all(column.dense for column in self.attributes):
+            return None
+        pieces: list[Piece] = ["{"]
+        for i, column in enumerate(self.attributes):
+            pieces.append(("," if i else "") + column.member + ('"' if column.quoted else ""))
+            pieces.append(cells(column))
+            if column.quoted:
+                pieces.append('"')
+        pieces.append("}")
+        return pieces
 
     def attributes_json(self) -> list[str] | None:
         """Each row's attributes as one JSON object ("" when it gives none)."""
         if not self.attributes:
             return None
-        members = [member for member, _ in self.attributes]
-        values = [column for _, column in self.attributes]
-        if not any("" in column for column in values):
-            template = (
-                "{{"
-                + ",".join(m.replace("{", "{{").replace("}", "}}") + "{}" for m in members)
-                + "}}"
-            )
-            return list(map(template.format, *values))
+        pieces = self.attributes_pieces()
+        if pieces is not None:
+            return row_texts(self.size, pieces)
+        members = [column.member for column in self.attributes]
+        values = [column.json_cells() for column in self.attributes]
         return [
             "{" + ",".join([m + v for m, v in zip(members, row, strict=True) if v]) + "}"
             if any(row)
@@ -170,9 +241,10 @@ class RowBatch:
             for channel in CHANNELS
             if f"consent_{channel}" in self.columns
         ]
+        attribute_columns = [(column.member, column.json_cells()) for column in self.attributes]
         rows = []
         for i, external_id in enumerate(self.columns["external_id"]):
-            attributes = {m: column[i] for m, column in self.attributes if column[i]}
+            attributes = {m: column[i] for m, column in attribute_columns if column[i]}
             rows.append(
                 Row(
                     0,
@@ -420,7 +492,7 @@ def _csv_json(value: str) -> str:
     return _json_string(value)
 
 
-def _csv_columns(header: list[str]) -> list[tuple[str, str]]:
+def _csv_columns(header: Sequence[str]) -> list[tuple[str, str]]:
     """(kind, name) per column: ("field", email), ("consent", sms), ("attribute", age)."""
     columns: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
@@ -493,7 +565,7 @@ def _csv_row(line: int, layout: CsvLayout, cells: list[str]) -> Row:
     return _make_row(line, values, attributes or None, consent)
 
 
-def _blank(cells: list[str]) -> bool:
+def _blank(cells: Sequence[str]) -> bool:
     return not "".join(cells).strip()
 
 
@@ -510,18 +582,30 @@ TEXT_COLUMN = re.compile(rf"(?:{_TEXT})?(?:\x00(?:{_TEXT})?)*")
 # (For `fullmatch`.)
 EMAIL_OR_EMPTY = re.compile(f"(?:{PLAIN_EMAIL.pattern})?")
 E164_OR_EMPTY = re.compile(f"(?:{E164.pattern})?")
+_EMAIL = PLAIN_EMAIL.pattern.removeprefix("^").removesuffix("$")
+_PHONE = E164.pattern.removeprefix("^").removesuffix("$")
+# Whole columns: with `*+`, a bad cell fails the match without retrying the ones before.
+EMAIL_COLUMN = re.compile(rf"(?:{_EMAIL})?(?:\x00(?:{_EMAIL})?)*+")
+E164_COLUMN = re.compile(rf"(?:{_PHONE})?(?:\x00(?:{_PHONE})?)*+")
 CONSENT_TEXT = {"": "", **dict.fromkeys(TRUE_WORDS, "t"), **dict.fromkeys(FALSE_WORDS, "f")}
 
 
-def _json_column(cells: list[str]) -> list[str]:
-    joined = "\x00".join(cells)
+def _has_empty(cells: list[str], joined: str) -> bool:
+    """Whether a cell is empty, from the cells joined by NUL."""
+    if len(cells) == 1:
+        return not joined
+    return joined.startswith("\x00") or joined.endswith("\x00") or "\x00\x00" in joined
+
+
+def _attribute_column(member: str, cells: list[str], joined: str) -> AttributeColumn:
+    dense = not _has_empty(cells, joined)
     if INT_COLUMN.fullmatch(joined) or BOOL_COLUMN.fullmatch(joined):
-        return cells
+        return AttributeColumn(member, cells, quoted=False, dense=dense, special=False)
     if TEXT_COLUMN.fullmatch(joined):
-        if "" not in cells:
-            return list(map('"{}"'.format, cells))
-        return [f'"{cell}"' if cell else "" for cell in cells]
-    return [_csv_json(cell) if cell else "" for cell in cells]
+        return AttributeColumn(member, cells, quoted=True, dense=dense, special=False)
+    json_cells = [_csv_json(cell) if cell else "" for cell in cells]
+    special = bool(SPECIAL_CHARACTERS.search("\x00".join(json_cells)))
+    return AttributeColumn(member, json_cells, quoted=False, dense=dense, special=special)
 
 
 def _failing(flags: list[Any]) -> set[int]:
@@ -531,41 +615,85 @@ def _failing(flags: list[Any]) -> set[int]:
     return {i for i, flag in enumerate(flags) if not flag}
 
 
+def _plain_columns(lines: list[str], width: int) -> tuple[list[list[str]], str] | None:
+    """The columns of unquoted lines and their text, when each has `width` cells: the
+    batch is split at commas in one go and cut into columns by slicing, with no list per
+    row."""
+    commas = list(map(str.count, lines, itertools.repeat(",")))
+    if commas.count(width - 1) != len(lines):
+        return None
+    text = ",".join(lines)
+    cells = text.split(",")
+    return [cells[i::width] for i in range(width)], text
+
+
+def _stripped(column: list[str]) -> tuple[list[str], str]:
+    """The cells stripped, as the row-by-row path strips them, and joined by NUL; a
+    column without any whitespace (most) is kept as it is, found by one split."""
+    joined = "\x00".join(column)
+    if len(joined.split(maxsplit=1)[0] if joined else "") == len(joined):
+        return column, joined
+    column = list(map(str.strip, column))
+    return column, "\x00".join(column)
+
+
 def _csv_batch(
-    layout: CsvLayout, records: list[list[str]], starts: list[int]
+    layout: CsvLayout, records: list[str] | list[list[str]], starts: Sequence[int]
 ) -> Iterator[Row | RowBatch | Rejected]:
-    """The records as one `RowBatch` of the rows every column check passes, then, in file
-    order, the others through `_csv_row`: rejected with its reason, or kept as a `Row`
-    when only the column checks' fast patterns missed it (an unusual valid email, a
-    phone number to normalise)."""
+    """The records (unquoted lines, or cells from the csv module) as one `RowBatch` of
+    the rows every column check passes, then, in file order, the others through
+    `_csv_row`: rejected with its reason, or kept as a `Row` when only the column checks'
+    fast patterns missed it (an unusual valid email, a phone number to normalise)."""
     width = layout.width
     slow: set[int] = set()
-    if any(len(cells) != width for cells in records):
-        slow = {i for i, cells in enumerate(records) if len(cells) != width}
-        padded = [cells if len(cells) == width else [""] * width for cells in records]
+    plain = bool(records) and isinstance(records[0], str)
+    split = _plain_columns(records, width) if plain else None  # type: ignore[arg-type]
+    if split is not None:
+        raw, text = split
+        special = "\\" in text or "\t" in text
     else:
-        padded = records
-    columns = [list(map(str.strip, column)) for column in zip(*padded, strict=True)]
+        if plain:
+            records = [line.split(",") for line in records]  # type: ignore[union-attr]
+        cells_of: list[list[str]] = records  # type: ignore[assignment]
+        if any(len(cells) != width for cells in cells_of):
+            slow = {i for i, cells in enumerate(cells_of) if len(cells) != width}
+            padded = [cells if len(cells) == width else [""] * width for cells in cells_of]
+        else:
+            padded = cells_of
+        raw = [list(column) for column in zip(*padded, strict=True)]
+    columns, joined = map(list, zip(*map(_stripped, raw), strict=True))
+    if split is None:
+        special = any(SPECIAL_CHARACTERS.search(joined[i]) for i, _ in layout.fields)
     texts: dict[str, list[str]] = {}
     zones = _time_zones() | {""}
     for i, name in layout.fields:
         column = texts[name] = columns[i]
-        if max(map(len, column)) > TEXT_LIMITS[name]:
-            slow |= {j for j, cell in enumerate(column) if len(cell) > TEXT_LIMITS[name]}
+        # E.164 numbers and time zone names are shorter than their columns' limits.
+        long_cells_possible = True
         if name == "external_id" and "" in column:
             slow |= _failing(column)
-        elif name == "email":
+        elif name == "email" and not EMAIL_COLUMN.fullmatch(joined[i]):
             slow |= _failing(list(map(EMAIL_OR_EMPTY.fullmatch, column)))
         elif name == "phone":
-            slow |= _failing(list(map(E164_OR_EMPTY.fullmatch, column)))
+            if E164_COLUMN.fullmatch(joined[i]):
+                long_cells_possible = False
+            else:
+                slow |= _failing(list(map(E164_OR_EMPTY.fullmatch, column)))
         elif name == "time_zone":
-            slow |= _failing(list(map(zones.__contains__, column)))
+            if zones.issuperset(column):
+                long_cells_possible = False
+            else:
+                slow |= _failing(list(map(zones.__contains__, column)))
+        if long_cells_possible and max(map(len, column)) > TEXT_LIMITS[name]:
+            slow |= {j for j, cell in enumerate(column) if len(cell) > TEXT_LIMITS[name]}
     for i, name in layout.consents:
         words = list(map(CONSENT_TEXT.get, map(str.lower, columns[i])))
         if None in words:
             slow |= _failing([word is not None for word in words])
         texts[f"consent_{name}"] = [word or "" for word in words]
-    attributes = [(member, _json_column(columns[i])) for i, member in layout.attributes]
+    attributes = [
+        _attribute_column(member, columns[i], joined[i]) for i, member in layout.attributes
+    ]
     ids = texts["external_id"]
     if len(set(ids)) != len(ids):
         # A profile named twice: the rows go one by one, so the later one is merged.
@@ -573,23 +701,30 @@ def _csv_batch(
     if slow:
         keep = [j for j in range(len(records)) if j not in slow]
         texts = {name: [column[j] for j in keep] for name, column in texts.items()}
-        attributes = [(member, [column[j] for j in keep]) for member, column in attributes]
+        attributes = [
+            column._replace(cells=[column.cells[j] for j in keep]) for column in attributes
+        ]
     if texts["external_id"]:
-        yield RowBatch(len(texts["external_id"]), texts, attributes)
+        yield RowBatch(len(texts["external_id"]), texts, attributes, special=special)
     for j in sorted(slow):
+        record = records[j]
+        cells = record.split(",") if isinstance(record, str) else record
         try:
-            yield _csv_row(starts[j], layout, records[j])
+            yield _csv_row(starts[j], layout, cells)
         except ValueError as error:
-            if not _blank(records[j]):
+            if not _blank(cells):
                 yield Rejected(starts[j], str(error))
 
 
-def _csv_records(reader: LineReader) -> Iterator[tuple[Sequence[int], list[list[str]]]]:
+def _csv_records(
+    reader: LineReader,
+) -> Iterator[tuple[Sequence[int], list[str] | list[list[str]]]]:
     """(first line of each record, records), a block at a time.
 
-    A block without quotes or lone carriage returns is split at commas, much faster than
-    the csv module and with the same result; from the first block with either, the csv
-    module reads the rest of the file (a quoted cell may span lines, and blocks).
+    A block without quotes or lone carriage returns comes as its lines, to be split at
+    commas (much faster than the csv module, with the same result); from the first block
+    with either, the csv module reads the rest of the file (a quoted cell may span lines,
+    and blocks), and each record comes as its list of cells.
     """
     line = 0
     blocks = reader.blocks()
@@ -605,7 +740,7 @@ def _csv_records(reader: LineReader) -> Iterator[tuple[Sequence[int], list[list[
         if not unquoted or "\r" in text or max(map(len, lines), default=0) > limit:
             yield from _quoted_records(itertools.chain([text], blocks), line)
             return
-        yield range(line + 1, line + 1 + len(lines)), [cells.split(",") for cells in lines]
+        yield range(line + 1, line + 1 + len(lines)), lines
         line += len(lines)
 
 
@@ -628,20 +763,26 @@ def _quoted_records(
 
 def csv_rows(reader: LineReader, batch_rows: int) -> Iterator[Row | RowBatch | Rejected]:
     layout: CsvLayout | None = None
-    batch: list[list[str]] = []
+    # Unquoted lines, or records from the csv module: a batch holds one kind.
+    batch: list[Any] = []
     starts: list[int] = []
     for block_starts, records in _csv_records(reader):
         if layout is None:
-            for k, cells in enumerate(records):
+            for k, record in enumerate(records):
+                cells = record.split(",") if isinstance(record, str) else record
                 if not _blank(cells):
                     layout = CsvLayout(_csv_columns(cells))
-                    batch.extend(records[k + 1 :])
-                    starts.extend(block_starts[k + 1 :])
+                    records = records[k + 1 :]
+                    block_starts = block_starts[k + 1 :]
                     break
-        else:
-            batch.extend(records)
-            starts.extend(block_starts)
-        while layout is not None and len(batch) >= batch_rows:
+            else:
+                continue
+        if batch and records and isinstance(records[0], str) != isinstance(batch[0], str):
+            yield from _csv_batch(layout, batch, starts)
+            batch, starts = [], []
+        batch.extend(records)
+        starts.extend(block_starts)
+        while len(batch) >= batch_rows:
             yield from _csv_batch(layout, batch[:batch_rows], starts[:batch_rows])
             del batch[:batch_rows], starts[:batch_rows]
     if layout is None:

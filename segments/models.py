@@ -40,7 +40,10 @@ class Profile(models.Model):
 
     # Unique through `Meta.constraints`, not `unique=True`: on PostgreSQL the latter adds a
     # second, `varchar_pattern_ops` index that no query here uses (searches are
-    # case-insensitive) and that every imported row would pay for.
+    # case-insensitive) and that every imported row would pay for. On PostgreSQL the
+    # column sorts bytewise (collation "C", set by migration 0006): an identifier needs
+    # no linguistic order, and comparing bytes makes each index look-up several times
+    # cheaper than the database's default collation.
     external_id = models.CharField(max_length=255)
     email = models.EmailField(blank=True)
     phone = models.CharField(
@@ -77,15 +80,15 @@ class Profile(models.Model):
             # no index on `updated_at`: every import touches it, and an indexed column
             # makes each of those updates rewrite every index entry of the row.
             models.Index(fields=["created_at"], name="profile_created_at"),
-            # Opted-out profiles are the minority: partial indexes find them cheaply.
+            # Opted-out profiles are the minority: a partial index finds them cheaply. One
+            # for the three channels (PostgreSQL uses it for "consent.sms is false" too):
+            # every written row evaluates each partial index's condition.
             models.Index(
-                fields=["id"], condition=models.Q(consent_email=False), name="profile_no_email"
-            ),
-            models.Index(
-                fields=["id"], condition=models.Q(consent_sms=False), name="profile_no_sms"
-            ),
-            models.Index(
-                fields=["id"], condition=models.Q(consent_push=False), name="profile_no_push"
+                fields=["id"],
+                condition=models.Q(consent_email=False)
+                | models.Q(consent_sms=False)
+                | models.Q(consent_push=False),
+                name="profile_opted_out",
             ),
             # The GIN index on `attributes` is PostgreSQL-only: see migration 0002.
         ]

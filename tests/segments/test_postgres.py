@@ -42,3 +42,25 @@ def test_external_id_has_a_single_index_and_members_are_unlogged():
     assert len(definitions) == 1
     assert "UNIQUE" in definitions[0]
     assert persistence == "u"
+
+
+def test_external_ids_sort_bytewise():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT collation_name FROM information_schema.columns "
+            "WHERE table_name = 'segments_profile' AND column_name = 'external_id'"
+        )
+        assert cursor.fetchone() == ("C",)
+
+
+@pytest.mark.parametrize("channel", ["email", "sms", "push"])
+def test_one_opted_out_index_serves_a_consent_condition_on_any_channel(channel):
+    queryset = Profile.objects.filter(
+        compile_rules({"field": f"consent.{channel}", "op": "eq", "value": False})
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        sql, params = queryset.values("id").query.sql_with_params()
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "profile_opted_out" in plan

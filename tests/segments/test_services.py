@@ -375,3 +375,26 @@ def test_csv_quotes_crlf_and_unusual_but_valid_values_keep_their_line_numbers():
     assert a1.attributes == {"note": "two\r\nlines"}
     assert a2.phone == "+33612345679"
     assert a4.attributes == {"note": "'007'"}
+
+
+def test_chunks_of_new_and_stored_profiles_each_go_the_right_way():
+    # Chunks of two: new only, then one stored profile among new ones, then stored
+    # only, then new only again (copied straight in on PostgreSQL, upserted otherwise).
+    ProfileFactory.create(external_id="s1", email="s1@example.com", attributes={"a": 1})
+    ProfileFactory.create(external_id="s2", email="s2@example.com")
+    ProfileFactory.create(external_id="s3", email="s3@example.com")
+    text = "external_id,email,plan\nn1,n1@example.com,free\nn2,,pro\ns1,,team\nn3,,free\n"
+    text += "s2,new2@example.com,\ns3,,free\nn4,,\nn5,n5@example.com,free\n"
+    summary = run_import(text, format="csv", chunk_rows=2)
+    assert (summary.created, summary.updated, summary.rejected) == (5, 3, 0)
+    profiles = {p.external_id: p for p in Profile.objects.all()}
+    assert sorted(profiles) == ["n1", "n2", "n3", "n4", "n5", "s1", "s2", "s3"]
+    assert (profiles["s1"].email, profiles["s1"].attributes) == (
+        "s1@example.com",
+        {"a": 1, "plan": "team"},
+    )
+    assert profiles["s2"].email == "new2@example.com"
+    assert profiles["n5"].attributes == {"plan": "free"}
+    assert profiles["n4"].attributes == {}
+    # One import, one time, whichever way a chunk went.
+    assert len({p.created_at for p in profiles.values() if p.external_id.startswith("n")}) == 1
