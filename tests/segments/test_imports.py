@@ -23,8 +23,9 @@ CELLS = {
     "time_zone": ["Europe/Paris", "", "Mars/Olympus", " UTC"],
     "consent_email": ["true", "false", "", "yes", "N", "maybe", " 1 "],
     "consent_sms": ["t", "", "0", "Y"],
-    "age": ["30", "", "-0", "007", "1.5", "1e3", "-12", "abc", "True", "FALSE"],
+    "age": ["30", "", "-0", "007", "1.5", "1e3", "-12", "abc", "True", "FALSE", "2026-11-29"],
     "plan": ["free", "", "pro team", "tab\there", "back\\slash", "été", " x", "\x1cy", "12"],
+    "since": ["2026-11-29", "1999-01-01", ""],
     "note": ['say "hi"', "a,b", "two\nlines", "\x01", "ok"],
 }
 # Cells that make the csv module read the rest of the file.
