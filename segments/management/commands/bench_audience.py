@@ -2,7 +2,8 @@
 
 1. generates N profiles with realistic attributes by COPY (psycopg 3);
 2. times the estimate of a 3-condition rule over them (median of 3 runs);
-3. times a snapshot of an N-member segment (one INSERT … SELECT);
+3. times a snapshot of an N-member segment (one INSERT … SELECT; median of 3 runs, as
+   a two-second figure on a shared machine varies by a fifth from run to run);
 4. writes a CSV of N new profiles and imports it with `manage.py import_profiles` in a
    child process, timing it and reading the child's peak RSS (the import path alone);
 then removes what it made (unless --keep). The last line printed is one JSON object with
@@ -124,15 +125,21 @@ class Command(BaseCommand):
         )
 
         everyone = services.segment_create(name=f"{PREFIX}everyone", rules={"all": []})
-        started = time.perf_counter()
-        snapshot = services.audience_snapshot_create(segment=everyone)
-        took = time.perf_counter() - started
-        snapshot_rate = snapshot.size / took
+        timings = []
+        size = 0
+        for _ in range(3):
+            started = time.perf_counter()
+            snapshot = services.audience_snapshot_create(segment=everyone)
+            timings.append(time.perf_counter() - started)
+            size = snapshot.size
+            AudienceMember.objects.filter(snapshot=snapshot).delete()
+            snapshot.delete()
+        snapshot_s = statistics.median(timings)
+        snapshot_rate = size / snapshot_s
         self.say(
-            f"snapshot of {snapshot.size:,} members in {took:.2f} s ({snapshot_rate:,.0f} rows/s)"
+            f"snapshot of {size:,} members in {snapshot_s:.2f} s ({snapshot_rate:,.0f} rows/s; "
+            f"median of 3: {', '.join(f'{t:.2f}' for t in timings)})"
         )
-        AudienceMember.objects.filter(snapshot=snapshot).delete()
-        snapshot.delete()
 
         with tempfile.TemporaryDirectory(prefix="salvo-bench-") as folder:
             path = Path(folder) / "profiles.csv"
