@@ -21,6 +21,7 @@ from django.utils import timezone
 from .choices import ConsentChannel, ConsentSource, ImportFormat, SegmentKind
 from .imports import (
     CHANNELS,
+    SPECIAL_CHARACTERS,
     ImportRefused,
     Piece,
     Rejected,
@@ -375,7 +376,6 @@ def _stage_values(row: Row) -> tuple[Any, ...]:
 COPY_BOOLEAN = {None: "", True: "t", False: "f"}
 # Besides the tab separating columns, what COPY's text format needs escaped.
 COPY_SPECIAL = re.compile(r"[\\\n\r]")
-COPY_ESCAPED = re.compile(r"[\\\t\n\r]")
 
 
 def _copy_escape(value: str) -> str:
@@ -419,7 +419,7 @@ def _copy_text(rows: Iterable[Row]) -> str:
 def _escaped(column: list[str], special: bool = True) -> list[str]:
     """A column of values, escaped for COPY's text format when one may hold a `special`
     character and does."""
-    if special and COPY_ESCAPED.search("\x00".join(column)):
+    if special and SPECIAL_CHARACTERS.search("\x00".join(column)):
         return [_copy_escape(value) for value in column]
     return column
 
