@@ -24,9 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from django.conf import settings
@@ -64,6 +64,25 @@ def _attributes(rng: random.Random, now: dt.datetime) -> dict[str, Any]:
         "tags": rng.sample(TAGS, rng.randint(0, 3)),
         "last_purchase": last.date().isoformat(),
     }
+
+
+T = TypeVar("T")
+
+
+def _three_runs(
+    run: Callable[[], T], then: Callable[[T], object] | None = None
+) -> tuple[list[float], T]:
+    """The timings of three runs of `run` (a figure of about a second varies by a fifth
+    from run to run on a shared machine) and what the last one returned; `then` follows
+    each run, untimed."""
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        result = run()
+        timings.append(time.perf_counter() - started)
+        if then is not None:
+            then(result)
+    return timings, result
 
 
 class Command(BaseCommand):
@@ -112,12 +131,7 @@ class Command(BaseCommand):
                 cursor.execute(f"VACUUM ANALYZE {Profile._meta.db_table}")
 
         rule = services.segment_create(name=f"{PREFIX}3 conditions", rules=ESTIMATE_RULE)
-        timings = []
-        count = 0
-        for _ in range(3):
-            started = time.perf_counter()
-            count = selectors.segment_estimate(segment=rule)
-            timings.append(time.perf_counter() - started)
+        timings, count = _three_runs(lambda: selectors.segment_estimate(segment=rule))
         estimate_s = statistics.median(timings)
         self.say(
             f"estimate of a 3-condition rule: {count:,} of {n:,} profiles in "
@@ -125,15 +139,15 @@ class Command(BaseCommand):
         )
 
         everyone = services.segment_create(name=f"{PREFIX}everyone", rules={"all": []})
-        timings = []
-        size = 0
-        for _ in range(3):
-            started = time.perf_counter()
-            snapshot = services.audience_snapshot_create(segment=everyone)
-            timings.append(time.perf_counter() - started)
-            size = snapshot.size
+
+        def drop(snapshot: AudienceSnapshot) -> None:
             AudienceMember.objects.filter(snapshot=snapshot).delete()
             snapshot.delete()
+
+        timings, snapshot = _three_runs(
+            lambda: services.audience_snapshot_create(segment=everyone), then=drop
+        )
+        size = snapshot.size
         snapshot_s = statistics.median(timings)
         snapshot_rate = size / snapshot_s
         self.say(
