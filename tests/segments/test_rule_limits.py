@@ -2,7 +2,9 @@
 
 A tree at each limit is saved through the API and evaluated the three ways a segment is
 used (estimate, preview, snapshot) with the members a plain-Python reading of the rules
-finds in the data. Run the suite with DATABASE_URL=postgres://… too.
+finds in the data; anything beyond a limit, and any value the databases cannot compare,
+is refused at save (API and admin form) with the path of its node, and a segment stored
+before the limits is reported, not run. Run the suite with DATABASE_URL=postgres://… too.
 
 On SQLite the connection is held to SQLite's own default limits during these tests (32,766
 parameters a statement; 1,000 levels of expression, the default already), whatever the
@@ -10,19 +12,23 @@ local build allows: what passes here passes on any build.
 """
 
 import datetime as dt
+import json
 import sqlite3
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.urls import reverse
 from rest_framework.test import APIClient
 
+from campaigns import services as campaign_services
 from segments import rules
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 from segments.services import audience_snapshot_create
+from tests.campaigns.factories import make_campaign
 from tests.segments.factories import ProfileFactory
 
 pytestmark = pytest.mark.django_db
@@ -425,3 +431,207 @@ def test_the_admin_page_of_a_segment_at_the_limits_shows_its_count(admin_client_
     page = admin_client_.get(reverse("admin:segments_segment_change", args=[segment.pk]))
     assert page.status_code == 200
     assert f"<strong>{len(members)}</strong> profiles match now" in page.content.decode()
+
+
+# --- refused at every door ---------------------------------------------------------------
+
+
+def nested(condition: dict[str, Any]) -> dict[str, Any]:
+    """The condition at path all[1].any[0]."""
+    return {"all": [cond("email", "exists", True), {"any": [condition]}]}
+
+
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    "impossible-date": (
+        nested(cond("created_at", "before", "2024-02-30")),
+        'all[1].any[0].value: "before" is not a calendar date',
+    ),
+    "date-out-of-range": (
+        nested(cond("attributes.joined", "after", "9999-99-99")),
+        'all[1].any[0].value: "after" is not a calendar date',
+    ),
+    "30-digit-number": (
+        nested(cond("attributes.age", "gt", 10**29)),
+        "all[1].any[0].value: the value is beyond the 64-bit range",
+    ),
+    "string-too-long": (
+        nested(cond("attributes.name", "contains", LONGEST + "x")),
+        "all[1].any[0].value: the value holds 1,001 characters",
+    ),
+    "list-too-long": (
+        nested(cond("attributes.code", "in", list(range(rules.MAX_LIST_VALUES + 1)))),
+        f'all[1].any[0].value: "in" takes at most {rules.MAX_LIST_VALUES:,} values',
+    ),
+    "too-many-nodes": (
+        {"any": [cond("attributes.n", "eq", index) for index in range(2000)]},
+        f"any[{rules.MAX_NODES - 1}]: a tree holds at most {rules.MAX_NODES:,} nodes",
+    ),
+    "too-many-list-values": (
+        {
+            "all": [
+                cond(f"attributes.k{index}", "in", list(range(rules.MAX_LIST_VALUES)))
+                for index in range(rules.MAX_TREE_LIST_VALUES // rules.MAX_LIST_VALUES + 1)
+            ]
+        },
+        f"all[{rules.MAX_TREE_LIST_VALUES // rules.MAX_LIST_VALUES}].value: the lists of a "
+        f"tree hold at most {rules.MAX_TREE_LIST_VALUES:,} values together",
+    ),
+}
+
+
+# Refused too, and never stored: neither database holds these strings.
+AT_THE_DOORS = {
+    **REFUSED,
+    "nul-character": (
+        nested(cond("attributes.name", "eq", "a\x00b")),
+        "all[1].any[0].value: the value holds a NUL character",
+    ),
+    "lone-surrogate": (
+        nested(cond("external_id", "in", ["a", "\ud800"])),
+        "all[1].any[0].value: item 1 is not valid Unicode",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", AT_THE_DOORS)
+def test_the_api_refuses_a_tree_with_the_node_path(api, name):
+    tree, message = AT_THE_DOORS[name]
+    response = api.post(
+        "/api/segments/",
+        json.dumps({"name": "Refused", "kind": "rules", "rules": tree}),
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert any(message in error for error in response.json()["rules"]), response.json()
+    assert not Segment.objects.exists()
+
+
+@pytest.mark.parametrize("name", AT_THE_DOORS)
+def test_the_api_refuses_a_change_to_such_a_tree(api, name):
+    tree, message = AT_THE_DOORS[name]
+    segment = Segment.objects.create(name="Kept", rules=cond("attributes.n", "eq", 1))
+    response = api.patch(
+        f"/api/segments/{segment.pk}/",
+        json.dumps({"rules": tree}),
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert any(message in error for error in response.json()["rules"]), response.json()
+    segment.refresh_from_db()
+    assert segment.rules == cond("attributes.n", "eq", 1)
+
+
+def _post_raw(api: Any, rules_text: str) -> Any:
+    return api.post(
+        "/api/segments/",
+        f'{{"name": "Refused", "kind": "rules", "rules": {rules_text}}}',
+        content_type="application/json",
+    )
+
+
+def test_the_api_refuses_a_30_digit_number_as_it_comes_in_json(api):
+    response = _post_raw(
+        api, '{"field": "attributes.age", "op": "in", "value": [1, 123456789012345678901234567890]}'
+    )
+    assert response.status_code == 400
+    assert any("value: item 1 is beyond the 64-bit range" in e for e in response.json()["rules"])
+    assert not Segment.objects.exists()
+
+
+def test_the_api_refuses_a_number_json_cannot_hold(api):
+    # 1e400 reads as infinity, which JSON cannot carry: refused before the rules are read.
+    response = _post_raw(api, '{"field": "attributes.age", "op": "gt", "value": 1e400}')
+    assert response.status_code == 400
+    assert not Segment.objects.exists()
+
+
+def _admin_form_errors(response: Any) -> list[str]:
+    return list(response.context["adminform"].form.errors.get("rules", []))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        *[(json.dumps(tree), message) for tree, message in AT_THE_DOORS.values()],
+        (
+            '{"field": "attributes.age", "op": "gt", "value": NaN}',
+            "value: the value is not a finite number",
+        ),
+        (
+            '{"field": "attributes.age", "op": "lt", "value": -Infinity}',
+            "value: the value is not a finite number",
+        ),
+    ],
+    ids=[*AT_THE_DOORS, "nan", "infinity"],
+)
+def test_the_admin_form_puts_the_refusal_on_the_rules_field(admin_client_, text, message):
+    response = admin_client_.post(
+        reverse("admin:segments_segment_add"),
+        {"name": "Refused", "description": "", "kind": "rules", "rules": text},
+    )
+    assert response.status_code == 200
+    errors = _admin_form_errors(response)
+    assert any(message in error for error in errors), errors[:3]
+    assert not Segment.objects.exists()
+
+
+def test_the_admin_change_form_refuses_too(admin_client_):
+    tree, message = REFUSED["impossible-date"]
+    segment = Segment.objects.create(name="Kept", rules=cond("attributes.n", "eq", 1))
+    response = admin_client_.post(
+        reverse("admin:segments_segment_change", args=[segment.pk]),
+        {"name": "Kept", "description": "", "rules": json.dumps(tree)},
+    )
+    assert response.status_code == 200
+    assert any(message in error for error in _admin_form_errors(response))
+    segment.refresh_from_db()
+    assert segment.rules == cond("attributes.n", "eq", 1)
+
+
+# --- stored before the limits: reported, not run ------------------------------------------
+
+
+@pytest.fixture(params=list(REFUSED))
+def stored_before_the_limits(request, db):
+    """A segment whose tree was saved before today's checks (straight into the table)."""
+    tree, message = REFUSED[request.param]
+    segment = Segment.objects.create(name="Old", kind=SegmentKind.RULES, rules=tree)
+    return segment, message
+
+
+def test_the_api_reports_a_stored_tree_it_cannot_evaluate(api, stored_before_the_limits):
+    segment, message = stored_before_the_limits
+    for call in ("estimate", "preview"):
+        response = api.get(f"/api/segments/{segment.pk}/{call}/")
+        assert response.status_code == 400, call
+        assert message in response.json()["detail"], (call, response.json())
+    response = api.post(f"/api/segments/{segment.pk}/freeze/", {"name": "Copy"}, format="json")
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert list(Segment.objects.values_list("name", flat=True)) == ["Old"]
+
+
+def test_the_admin_reports_a_stored_tree_it_cannot_evaluate(
+    admin_client_, stored_before_the_limits
+):
+    segment, message = stored_before_the_limits
+    page = admin_client_.get(reverse("admin:segments_segment_change", args=[segment.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Invalid rules:" in html
+    assert message.replace('"', "&quot;") in html
+    estimate = admin_client_.get(reverse("admin:segments_segment_estimate", args=[segment.pk]))
+    assert estimate.status_code == 400
+    assert message in estimate.json()["detail"]
+
+
+def test_a_campaign_on_a_stored_tree_it_cannot_evaluate_is_not_activated(
+    stored_before_the_limits,
+):
+    segment, message = stored_before_the_limits
+    campaign = make_campaign(segment=segment)
+    with pytest.raises(ValidationError) as refused:
+        campaign_services.campaign_activate(campaign=campaign, user=None)
+    assert any(message in problem for problem in refused.value.messages)
+    campaign.refresh_from_db()
+    assert campaign.status == "draft"
