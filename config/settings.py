@@ -13,6 +13,7 @@ Every value is read here and nowhere else; secrets come only from the environmen
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -20,18 +21,80 @@ env = environ.Env()
 VAR_DIR = Path(env.str("SALVO_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
-SECRET_KEY = env.str(
-    "DJANGO_SECRET_KEY",
-    # Only the embedded default may run with this key; production sets its own.
-    default="embedded-default-insecure-key-set-DJANGO_SECRET_KEY-in-production",
+# --- Run profile and secrets (issue 9) -------------------------------------------------
+# The embedded default is what runs when neither server is named: one machine, plain HTTP on
+# loopback, development secrets that anyone can read here. Naming either server selects the
+# production profile, which must bring its own secrets and hosts and refuses to start without
+# them; it runs with DEBUG off and HTTPS enforced unless told otherwise (block below).
+SALVO_EMBEDDED = not env.str("DATABASE_URL", default="") and not env.str(
+    "CELERY_BROKER_URL", default=""
 )
-if not DEBUG and SECRET_KEY.startswith("embedded-default-insecure"):
-    from django.core.exceptions import ImproperlyConfigured
+_PROFILE_WHY = "DATABASE_URL or CELERY_BROKER_URL is set, so this is the production profile"
+_MAKE_ONE = "Make one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+# Public by definition: only the embedded default may run with these.
+_EMBEDDED_SECRETS = {
+    "DJANGO_SECRET_KEY": "embedded-default-insecure-key-set-DJANGO_SECRET_KEY-in-production",
+    "SALVO_WEBHOOK_SECRET": "embedded-default-webhook-secret",
+    "SALVO_UNSUBSCRIBE_SECRET": "embedded-default-unsubscribe-secret",
+}
 
-    raise ImproperlyConfigured("Set DJANGO_SECRET_KEY: DJANGO_DEBUG is off, so this is production.")
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+def _secret(name: str) -> str:
+    """A secret from the environment: the embedded default falls back to its public value,
+    the production profile refuses to start without one of its own."""
+    value = env.str(name, default="")
+    if SALVO_EMBEDDED:
+        return value or _EMBEDDED_SECRETS[name]
+    if not value:
+        raise ImproperlyConfigured(f"Set {name}: {_PROFILE_WHY}. {_MAKE_ONE}")
+    if value in _EMBEDDED_SECRETS.values():
+        raise ImproperlyConfigured(f"{name} is a public value of the embedded default. {_MAKE_ONE}")
+    return value
+
+
+DEBUG = env.bool("DJANGO_DEBUG", default=SALVO_EMBEDDED)
+SECRET_KEY = _secret("DJANGO_SECRET_KEY")
+# Unsubscribe links (segments/unsubscribe.py) have a key of their own rather than one derived
+# from SECRET_KEY: links in sent mail must work for years, while the secret key is rotated
+# with sessions, and a key kept in SECRET_KEY_FALLBACKS for old links would keep old sessions
+# valid too. The fallbacks (comma-separated) still accept links signed with earlier keys: a
+# rotated unsubscribe key, or the DJANGO_SECRET_KEY that signed links before this setting.
+SALVO_UNSUBSCRIBE_SECRET = _secret("SALVO_UNSUBSCRIBE_SECRET")
+SALVO_UNSUBSCRIBE_SECRET_FALLBACKS = env.list("SALVO_UNSUBSCRIBE_SECRET_FALLBACKS", default=[])
+if not SALVO_EMBEDDED and set(SALVO_UNSUBSCRIBE_SECRET_FALLBACKS) & {*_EMBEDDED_SECRETS.values()}:
+    raise ImproperlyConfigured(
+        "SALVO_UNSUBSCRIBE_SECRET_FALLBACKS lists a public value of the embedded default: "
+        "anyone can sign links with it. Remove it."
+    )
+if SALVO_EMBEDDED:
+    ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+else:
+    ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
+    if not ALLOWED_HOSTS:
+        raise ImproperlyConfigured(
+            "Set DJANGO_ALLOWED_HOSTS to the host names this server answers to, comma-separated "
+            f"(e.g. salvo.example.com): {_PROFILE_WHY}."
+        )
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# HTTPS: the production profile redirects to it, keeps cookies to it and sends HSTS. Each is
+# an option so that a test run of the production profile can serve plain HTTP on loopback
+# (`scripts/services.sh env` sets DJANGO_SECURE_SSL_REDIRECT and DJANGO_SECURE_COOKIES off).
+_HTTPS = not SALVO_EMBEDDED
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=_HTTPS)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=_HTTPS)
+# HSTS starts at an hour, short enough to undo a mistake: raise it to 31536000 (a year) once
+# every host under the name serves HTTPS. The preload flag does nothing until the name is
+# submitted to hstspreload.org, which asks for a year and for subdomains included.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=3600 if _HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=_HTTPS)
+# Behind a proxy that terminates TLS: the header it sets to "https", e.g. X-Forwarded-Proto.
+# Only with a proxy that always sets or strips it, or any client could claim HTTPS.
+_proxy_ssl_header = env.str("DJANGO_SECURE_PROXY_SSL_HEADER", default="")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -79,8 +142,12 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------------
+# The embedded default's database file: a process that starts workers or commands on another
+# one (the tests, on their test database) names it here, as a DATABASE_URL would select the
+# production profile (config/processes.py).
+SALVO_EMBEDDED_DATABASE = env.str("SALVO_EMBEDDED_DATABASE", default=str(VAR_DIR / "salvo.sqlite3"))
 DATABASES = {
-    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'salvo.sqlite3'}"),
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{SALVO_EMBEDDED_DATABASE}"),
 }
 DATABASE_IS_SQLITE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 if DATABASE_IS_SQLITE:
@@ -262,8 +329,9 @@ SALVO_EMAIL_API = {
     "url": env.str("SALVO_EMAIL_API_URL", default="http://127.0.0.1:8025/email"),
     "api_key": env.str("SALVO_EMAIL_API_KEY", default=""),
 }
-# Webhook receivers verify X-Salvo-Signature (HMAC-SHA256 of the body) with this secret.
-SALVO_WEBHOOK_SECRET = env.str("SALVO_WEBHOOK_SECRET", default="embedded-default-webhook-secret")
+# Webhook receivers verify X-Salvo-Signature (HMAC-SHA256 of the body) with this secret
+# (required in production, see _secret above).
+SALVO_WEBHOOK_SECRET = _secret("SALVO_WEBHOOK_SECRET")
 
 LOGGING = {
     "version": 1,
