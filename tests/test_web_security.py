@@ -1,0 +1,188 @@
+"""What the web server promises every visitor: a Content-Security-Policy on every page, and
+the API's schema and docs only for signed-in users unless published on purpose."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from campaigns.choices import CampaignStatus
+from campaigns.models import Campaign
+from segments.unsubscribe import unsubscribe_url
+from tests.campaigns.factories import make_live_campaign
+from tests.segments.factories import ProfileFactory, SegmentFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def policy(response: Any) -> dict[str, list[str]]:
+    header = response.headers.get("Content-Security-Policy", "")
+    directives = (part.split() for part in header.split(";") if part.strip())
+    return {name: sources for name, *sources in directives}
+
+
+# --- Content-Security-Policy ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "signed_in"),
+    [
+        ("/admin/login/", False),
+        ("/admin/", True),
+        ("/admin/campaigns/campaign/", True),
+        ("/api/campaigns/", True),
+        ("/api-auth/login/", False),
+    ],
+)
+def test_every_page_carries_a_policy_that_forbids_foreign_and_inline_script(
+    client, admin_user, path, signed_in
+):
+    if signed_in:
+        client.force_login(admin_user)
+
+    response = client.get(path, HTTP_ACCEPT="text/html")
+
+    assert response.status_code == 200
+    csp = policy(response)
+    assert csp["default-src"] == ["'self'"]
+    assert csp["object-src"] == ["'none'"]
+    assert csp["frame-ancestors"] == ["'none'"]
+    assert csp["base-uri"] == ["'self'"]
+    script = csp.get("script-src", csp["default-src"])
+    assert "'unsafe-inline'" not in script
+    assert "'unsafe-eval'" not in script
+    assert not [source for source in script if source.startswith(("http", "*"))]
+
+
+def test_the_admins_own_inline_script_and_style_carry_the_policys_nonce(admin_client):
+    campaign = make_live_campaign(name="Weekly digest")
+
+    response = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+
+    [nonce] = {s for s in policy(response)["script-src"] if s.startswith("'nonce-")}
+    assert nonce in policy(response)["style-src"]
+    html = response.content.decode()
+    tags = re.findall(r"<(script|style)\b([^>]*)>", html)
+    inline = [attrs for tag, attrs in tags if "src=" not in attrs and "json" not in attrs]
+    assert inline, "the change form has its own inline script and style"
+    assert all(f'nonce="{nonce[7:-1]}"' in attrs for attrs in inline), inline
+
+
+def test_the_public_unsubscribe_page_carries_the_policy(client):
+    profile = ProfileFactory.create()
+    with override_settings(SALVO_PUBLIC_URL="https://salvo.example.com"):
+        url = unsubscribe_url(
+            profile_id=profile.pk, external_id=profile.external_id, channel="email"
+        )
+    assert url is not None
+
+    response = client.get(url.removeprefix("https://salvo.example.com"))
+
+    assert response.status_code == 200
+    csp = policy(response)
+    assert csp["default-src"] == ["'self'"]
+    [nonce] = {s for s in csp["style-src"] if s.startswith("'nonce-")}
+    assert f'<style nonce="{nonce[7:-1]}">' in response.content.decode()
+
+
+# --- the pages in a real browser, under the policy ----------------------------------------
+
+
+@pytest.fixture
+def browser_page(live_server: Any, admin_user: Any) -> Iterator[Any]:
+    """A signed-in admin page in headless Chromium that records every policy violation in
+    `page.violations`."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.campaigns.test_admin_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        context = browser.new_context()
+        context.add_init_script(
+            "document.addEventListener('securitypolicyviolation', event => console.error("
+            "'CSP violation: ' + event.effectiveDirective + ' ' + event.blockedURI + ' at ' + "
+            "event.sourceFile + ':' + event.lineNumber));"
+        )
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        violations: list[str] = []
+
+        def record(message: Any) -> None:
+            if "CSP violation" in message.text or "Content Security Policy" in message.text:
+                violations.append(message.text)
+
+        page.on("console", record)
+        page.violations = violations  # type: ignore[attr-defined]
+        page.goto(f"{live_server.url}/admin/login/")
+        page.fill("#id_username", admin_user.username)
+        page.fill("#id_password", "password")
+        page.click("input[type=submit]")
+        page.wait_for_url(re.compile(r"/admin/$"))
+        yield page
+        context.close()
+        browser.close()
+
+
+@pytest.mark.browser
+def test_admin_api_and_docs_pages_work_under_the_policy(browser_page, live_server):
+    page = browser_page
+    campaign = make_live_campaign(name="Weekly digest")
+    segment = SegmentFactory.create()
+    profile = ProfileFactory.create()
+    with override_settings(SALVO_PUBLIC_URL=live_server.url):
+        unsubscribe = unsubscribe_url(
+            profile_id=profile.pk, external_id=profile.external_id, channel="email"
+        )
+    assert unsubscribe is not None
+
+    for path in [
+        "/admin/",
+        "/admin/campaigns/campaign/",
+        "/admin/campaigns/campaign/add/",
+        f"/admin/campaigns/campaign/{campaign.pk}/change/",
+        "/admin/segments/profile/",
+        "/admin/segments/profile/import/",
+        f"/admin/segments/segment/{segment.pk}/change/",
+        "/admin/channels/messagepreset/add/",
+        "/api/",
+        "/api/campaigns/",
+        # Swagger UI comes from its CDN, which this machine may not reach: the requests may
+        # fail, but the policy must not be what blocks them.
+        "/api/docs/",
+        unsubscribe.removeprefix(live_server.url),
+    ]:
+        page.goto(f"{live_server.url}{path}", wait_until="load")
+        assert page.violations == [], "\n".join([path, *page.violations])
+
+    # The lifecycle buttons' inline script runs: Stop asks first, and "Cancel" stops nothing.
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/{campaign.pk}/change/")
+    asked: list[str] = []
+
+    def cancel(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", cancel)
+    page.click("button[data-operation=stop]")
+    page.wait_for_load_state()
+    assert asked
+    assert Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.LIVE
+    # The admin's own stylesheet applies: the status badge is styled, not bare text.
+    badge = page.locator("#lifecycle .salvo-badge")
+    assert badge.evaluate("element => getComputedStyle(element).display") == "inline-block"
+
+    # The browsable API's menu logs out (DRF's own link did it from an inline onclick).
+    page.goto(f"{live_server.url}/api/campaigns/")
+    page.click(".navbar .dropdown-toggle")
+    page.click("#logoutForm button[type=submit]")
+    page.wait_for_load_state()
+    page.goto(f"{live_server.url}/api/campaigns/")
+    assert page.locator(".navbar a", has_text="Log in").count() == 1
+    assert page.violations == []
