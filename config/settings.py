@@ -222,11 +222,15 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.exception_handler",
 }
+# Whether /api/schema/ and /api/docs/ answer visitors who are not signed in.
+SALVO_API_DOCS_PUBLIC = env.bool("SALVO_API_DOCS_PUBLIC", default=False)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Salvo API",
     "DESCRIPTION": "Campaign orchestration: profiles, segments, presets and campaigns.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Every endpoint needs authentication, the schema and its docs too, unless published.
+    "SERVE_PERMISSIONS": ["config.permissions.ApiDocsAccess"],
     "COMPONENT_SPLIT_REQUEST": True,
     # One schema name per choice set, whichever field uses it (status, source, target…).
     "ENUM_NAME_OVERRIDES": {

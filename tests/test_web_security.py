@@ -89,6 +89,39 @@ def test_the_public_unsubscribe_page_carries_the_policy(client):
     assert f'<style nonce="{nonce[7:-1]}">' in response.content.decode()
 
 
+# --- the API's schema and docs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/", "/api/docs/?script="])
+def test_schema_and_docs_refuse_anonymous_visitors(client, path):
+    response = client.get(path)
+
+    assert response.status_code in (401, 403)
+    assert b"openapi" not in response.content
+    assert b"SwaggerUIBundle" not in response.content
+
+
+def test_the_docs_page_sends_an_anonymous_visitor_to_sign_in_and_back(client):
+    response = client.get("/api/docs/", HTTP_ACCEPT="text/html")
+
+    assert response.status_code == 401
+    assert b'href="/api-auth/login/?next=/api/docs/"' in response.content
+
+
+@pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/", "/api/docs/?script="])
+def test_schema_and_docs_serve_signed_in_users(client, user_with_perms, path):
+    # Any signed-in user, whatever their permissions: the schema describes, it reveals no data.
+    client.force_login(user_with_perms())
+
+    assert client.get(path).status_code == 200
+
+
+@override_settings(SALVO_API_DOCS_PUBLIC=True)
+def test_schema_and_docs_can_be_published_on_purpose(client):
+    assert client.get("/api/schema/").status_code == 200
+    assert client.get("/api/docs/").status_code == 200
+
+
 # --- the pages in a real browser, under the policy ----------------------------------------
 
 
