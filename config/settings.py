@@ -331,6 +331,12 @@ SALVO_PROVIDER_TIMEOUT_S = env.float("SALVO_PROVIDER_TIMEOUT_S", default=10.0)
 # Where recipients reach this Salvo from the internet, e.g. https://salvo.example.com. With
 # it, marketing email carries a one-click unsubscribe link (RFC 8058) besides the mailto.
 SALVO_PUBLIC_URL = env.str("SALVO_PUBLIC_URL", default="").rstrip("/")
+# Links in mail reach the internet: never signed with the embedded default's public key.
+if SALVO_PUBLIC_URL and SALVO_UNSUBSCRIBE_SECRET in _EMBEDDED_SECRETS.values():
+    raise ImproperlyConfigured(
+        "Set SALVO_UNSUBSCRIBE_SECRET: SALVO_PUBLIC_URL puts unsubscribe links in mail, and the "
+        f"embedded default's key is public. {_MAKE_ONE}"
+    )
 # The Django email backend under channels.providers.email.EmailBackend: SMTP (EMAIL_URL
 # below), or for high volume an HTTP batch API, channels.providers.email_api.BatchEmailBackend
 # (SALVO_EMAIL_API below).

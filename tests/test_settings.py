@@ -94,6 +94,17 @@ def test_the_embedded_default_starts_with_nothing_set(tmp_path):
     assert embedded["SESSION_COOKIE_SECURE"] is False
 
 
+def test_the_embedded_default_mails_no_link_signed_with_its_public_key(tmp_path):
+    public_url = {"SALVO_PUBLIC_URL": "https://salvo.example.com"}
+
+    assert "SALVO_UNSUBSCRIBE_SECRET" in refusal(public_url, tmp_path)
+    own_key = {
+        **public_url,
+        "SALVO_UNSUBSCRIBE_SECRET": PRODUCTION_REQUIRED["SALVO_UNSUBSCRIBE_SECRET"],
+    }
+    assert load_settings(own_key, tmp_path)["SALVO_EMBEDDED"] is True
+
+
 @pytest.mark.parametrize("url", ["DATABASE_URL", "CELERY_BROKER_URL"])
 def test_either_server_url_selects_the_production_profile(tmp_path, url):
     production = load_settings({url: PRODUCTION_URLS[url], **PRODUCTION_REQUIRED}, tmp_path)
