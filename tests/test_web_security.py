@@ -4,7 +4,6 @@ the API's schema and docs only for signed-in users unless published on purpose."
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from django.test import override_settings
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign
 from segments.unsubscribe import unsubscribe_url
+from tests.campaigns import test_admin_browser
 from tests.campaigns.factories import make_live_campaign
 from tests.segments.factories import ProfileFactory, SegmentFactory
 
@@ -125,42 +125,28 @@ def test_schema_and_docs_can_be_published_on_purpose(client):
 # --- the pages in a real browser, under the policy ----------------------------------------
 
 
+# The signed-in admin page in headless Chromium of the admin's own browser tests.
+admin_page = test_admin_browser.page
+
+
 @pytest.fixture
-def browser_page(live_server: Any, admin_user: Any) -> Iterator[Any]:
-    """A signed-in admin page in headless Chromium that records every policy violation in
-    `page.violations`."""
-    from playwright.sync_api import sync_playwright
+def browser_page(admin_page: Any) -> Any:
+    """`admin_page`, recording every policy violation in `page.violations`."""
+    page = admin_page
+    page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', event => console.error("
+        "'CSP violation: ' + event.effectiveDirective + ' ' + event.blockedURI + ' at ' + "
+        "event.sourceFile + ':' + event.lineNumber));"
+    )
+    violations: list[str] = []
 
-    from tests.campaigns.test_admin_browser import CHROMIUM, CHROMIUM_ARGS
+    def record(message: Any) -> None:
+        if "CSP violation" in message.text or "Content Security Policy" in message.text:
+            violations.append(message.text)
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context()
-        context.add_init_script(
-            "document.addEventListener('securitypolicyviolation', event => console.error("
-            "'CSP violation: ' + event.effectiveDirective + ' ' + event.blockedURI + ' at ' + "
-            "event.sourceFile + ':' + event.lineNumber));"
-        )
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        violations: list[str] = []
-
-        def record(message: Any) -> None:
-            if "CSP violation" in message.text or "Content Security Policy" in message.text:
-                violations.append(message.text)
-
-        page.on("console", record)
-        page.violations = violations  # type: ignore[attr-defined]
-        page.goto(f"{live_server.url}/admin/login/")
-        page.fill("#id_username", admin_user.username)
-        page.fill("#id_password", "password")
-        page.click("input[type=submit]")
-        page.wait_for_url(re.compile(r"/admin/$"))
-        yield page
-        context.close()
-        browser.close()
+    page.on("console", record)
+    page.violations = violations
+    return page
 
 
 @pytest.mark.browser
