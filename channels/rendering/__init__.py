@@ -11,6 +11,8 @@ and a context holding nothing but plain data about one profile under the name ``
 * ``render_content`` renders one recipient's subject and body; whatever goes wrong for that
   recipient becomes a ``RenderError``, a per-recipient failure.
 
+The profile's data is read-only (``profile``): nothing a template calls can change it.
+
 A missing field renders as an empty string, so ``{{ profile.first_name|default:"there" }}``
 is how content says what to write when a profile lacks a value.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.template import (
@@ -41,11 +43,11 @@ from django.template.base import (
     VariableNode,
 )
 
-if TYPE_CHECKING:
-    from segments.models import Profile
+from .profile import PROFILE_FIELDS, profile_context, read_only
 
 __all__ = [
     "FORBIDDEN_TAGS",
+    "PROFILE_FIELDS",
     "RenderError",
     "TemplateContentError",
     "content_renderer",
@@ -59,10 +61,6 @@ __all__ = [
 FORBIDDEN_TAGS = frozenset(
     {"load", "include", "extends", "block", "debug", "url", "csrf_token", "ssi"}
 )
-
-# Profile fields exposed to content; attributes are added beside them (and under
-# ``attributes``), never over them.
-PROFILE_FIELDS = ("external_id", "email", "phone", "locale", "time_zone")
 
 # Names that the template language resolves without the context.
 _LITERAL_NAMES = frozenset({"True", "False", "None"})
@@ -293,8 +291,9 @@ def content_renderer(*, subject: str, body: str) -> Callable[[Mapping[str, Any]]
     body_of = _renderer(body, field="body", html=False)
 
     def render(profile: Mapping[str, Any]) -> tuple[str, str]:
-        rendered_subject = subject_of(profile).strip()
-        rendered_body = body_of(profile)
+        data = read_only(profile)
+        rendered_subject = subject_of(data).strip()
+        rendered_body = body_of(data)
         if not rendered_body.strip():
             raise RenderError("The body renders to nothing for this profile.")
         return rendered_subject, rendered_body
@@ -312,42 +311,4 @@ def render_content(*, subject: str, body: str, profile: Mapping[str, Any]) -> tu
 
 def render_html(*, html_body: str, profile: Mapping[str, Any]) -> str:
     """Render an HTML body (autoescaped) for one recipient; raises ``RenderError``."""
-    return _renderer(html_body, field="html_body", html=True)(profile)
-
-
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def _plain(value: Any) -> Any:
-    """JSON-shaped data only, so nothing callable or object-like reaches a template."""
-    kind = type(value)
-    # Exact types first: what JSON decodes to, without the cost of ABC checks.
-    if kind in _SCALARS:
-        return value
-    if kind is dict or isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if kind is list or isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
-def profile_context(profile: Profile | Mapping[str, Any]) -> dict[str, Any]:
-    """The data a template sees as ``profile``: its own fields, and its attributes both
-    flattened (``profile.first_name``) and nested (``profile.attributes.first_name``).
-
-    Accepts a ``Profile`` or a mapping with the same keys (e.g. a ``.values()`` row), so
-    batches need not build model instances.
-    """
-    if isinstance(profile, Mapping):
-        fields = {name: profile.get(name, "") for name in PROFILE_FIELDS}
-        attributes = profile.get("attributes") or {}
-    else:
-        fields = {name: getattr(profile, name) for name in PROFILE_FIELDS}
-        attributes = profile.attributes or {}
-    attributes = _plain(attributes) if isinstance(attributes, Mapping) else {}
-    context: dict[str, Any] = {key: value for key, value in attributes.items()}
-    context.update({name: _plain(value) for name, value in fields.items()})
-    context["attributes"] = attributes
-    return context
+    return _renderer(html_body, field="html_body", html=True)(read_only(profile))

@@ -1,5 +1,8 @@
 """Personalisation in the template sandbox."""
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 from django.conf import settings
 
@@ -15,7 +18,7 @@ from channels.rendering import (
 from segments.models import Profile
 
 
-def ann(**attributes) -> dict:
+def ann(**attributes) -> Mapping[str, Any]:
     profile = Profile(
         external_id="ann-1",
         email="ann@example.com",
@@ -27,7 +30,7 @@ def ann(**attributes) -> dict:
     return profile_context(profile)
 
 
-def body_of(body: str, profile: dict | None = None) -> str:
+def body_of(body: str, profile: Mapping[str, Any] | None = None) -> str:
     return render_content(subject="", body=body, profile=profile or ann())[1]
 
 
@@ -167,3 +170,56 @@ def test_in_a_batch_a_recipients_failing_filter_fails_that_recipient_only():
     with pytest.raises(RenderError, match="body: ZeroDivisionError"):
         render(ann(n=4, d=0))
     assert render(ann(n=3, d=2))[1] == "Even: False"
+
+
+# --- the profile is read-only ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "profile.clear",
+        "profile.popitem",
+        "profile.update",
+        "profile.attributes.clear",
+        "profile.attributes.popitem",
+        "profile.attributes.update",
+        "profile.tags.pop",
+        "profile.tags.clear",
+        "profile.tags.reverse",
+        "profile.tags.sort",
+        "profile.attributes.tags.pop",
+    ],
+)
+@pytest.mark.parametrize("wrap", ["{}", "{% if True %}{}{% endif %}"])
+def test_nothing_a_template_calls_changes_the_recipients_data(call, wrap):
+    profile = ann(tags=["b", "a", "c"])
+    before = repr(profile)
+    body = wrap.replace(
+        "{}", "[{{ " + call + " }}]{{ profile.first_name }} {{ profile.tags|join:',' }}"
+    )
+
+    assert body_of(body, profile) == "[]Ann b,a,c"
+    assert repr(profile) == before
+
+
+def test_a_plain_mapping_given_as_profile_is_not_changed_either():
+    data = {"first_name": "Ann", "tags": ["b", "a"], "attributes": {"x": [1]}}
+
+    body = body_of("{{ profile.clear }}{{ profile.tags.pop }}{{ profile.attributes.x.pop }}.", data)
+
+    assert body == "."
+    assert data == {"first_name": "Ann", "tags": ["b", "a"], "attributes": {"x": [1]}}
+
+
+def test_the_profiles_data_still_prints_and_serialises_as_before():
+    profile = ann(tags=["a", "b"], nested={"k": [1, {"v": True}]})
+    assert body_of("{{ profile.tags }} {{ profile.nested }}", profile) == (
+        "['a', 'b'] {'k': [1, {'v': True}]}"
+    )
+    assert body_of("{{ profile.nested|json_script:'d' }}", profile) == (
+        '<script id="d" type="application/json">{"k": [1, {"v": true}]}</script>'
+    )
+    assert body_of(
+        "{% for k, v in profile.nested.items %}{{ k }}={{ v.0 }}{% endfor %}", profile
+    ) == ("k=1")
