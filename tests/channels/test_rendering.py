@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.template import defaultfilters, defaulttags
 
 from channels.rendering import (
     RenderError,
@@ -223,3 +224,179 @@ def test_the_profiles_data_still_prints_and_serialises_as_before():
     assert body_of(
         "{% for k, v in profile.nested.items %}{{ k }}={{ v.0 }}{% endfor %}", profile
     ) == ("k=1")
+
+
+# --- every construct the check accepts renders ---------------------------------------------
+
+# One use of every tag of Django's default library: those message content may use render
+# (for a profile with data, and for an empty one), the others are refused at save.
+TAG_USES = {
+    "autoescape": "{% autoescape off %}{{ profile.first_name }}{% endautoescape %}",
+    "comment": "{% comment 'draft' %}{% url 'admin:index' %} {% load static %}{% endcomment %}ok",
+    "cycle": (
+        "{% for t in profile.tags %}{% cycle 'odd' 'even' as row silent %}{{ row }} {% endfor %}"
+    ),
+    "filter": "{% filter upper %}hi {{ profile.first_name }}{% endfilter %}",
+    "firstof": "{% firstof profile.nickname profile.first_name 'there' %}",
+    "for": (
+        "{% for t in profile.tags reversed %}{{ forloop.counter }}{{ t }}{% empty %}-{% endfor %}"
+    ),
+    "if": (
+        "{% if profile.plan == 'gold' %}VIP{% elif profile.plan %}member{% else %}guest{% endif %}"
+    ),
+    "ifchanged": (
+        "{% for t in profile.tags %}{% ifchanged t %}{{ t }}{% else %}={% endifchanged %}"
+        "{% endfor %}."
+    ),
+    "lorem": "{% lorem 3 w %}",
+    "now": "{% now 'Y' as year %}{{ year }}",
+    "regroup": (
+        "{% regroup profile.orders|dictsort:'kind' by kind as groups %}"
+        "{% for g in groups %}{{ g.grouper }}:{{ g.list|length }} {% endfor %}."
+    ),
+    "resetcycle": "{% for t in profile.tags %}{% cycle 'a' 'b' %}{% resetcycle %}{% endfor %}.",
+    "spaceless": "{% spaceless %}<p> <b>{{ profile.first_name }}</b> </p>{% endspaceless %}",
+    "templatetag": "{% templatetag openvariable %} profile {% templatetag closevariable %}",
+    "verbatim": "{% verbatim %}{{ profile.first_name }} {% load static %}{% endverbatim %}",
+    "widthratio": "{% widthratio profile.score 100 10 %} {% widthratio 1 2 10 as w %}{{ w }}",
+    "with": "{% with name=profile.first_name|default:'you' %}{{ name }}{% endwith %}",
+}
+REFUSED_TAG_USES = {
+    "csrf_token": "{% csrf_token %}",
+    "debug": "{% debug %}",
+    "load": "{% load static %}",
+    "querystring": "{% querystring page=2 %}",
+    "url": "{% url 'admin:index' %}",
+}
+LOADER_TAG_USES = {
+    "block": "{% block content %}x{% endblock %}",
+    "extends": "{% extends 'admin/base.html' %}",
+    "include": "{% include 'admin/base.html' %}",
+}
+
+FILTER_USES = {
+    "add": "{{ profile.score|add:1 }}",
+    "addslashes": "{{ profile.quote|addslashes }}",
+    "capfirst": "{{ profile.plan|capfirst }}",
+    "center": '{{ profile.first_name|center:"9" }}',
+    "cut": '{{ profile.first_name|cut:"n" }}',
+    "date": "{% now 'Y-m-d' as today %}{{ today|date:'Y' }}.",
+    "default": '{{ profile.nickname|default:"there" }}',
+    "default_if_none": '{{ profile.nothing|default_if_none:"none" }}',
+    "dictsort": '{% for o in profile.orders|dictsort:"name" %}{{ o.name }}{% endfor %}.',
+    "dictsortreversed": (
+        '{% for o in profile.orders|dictsortreversed:"name" %}{{ o.name }}{% endfor %}.'
+    ),
+    "divisibleby": '{{ profile.score|default:0|divisibleby:"5" }}',
+    "escape": "{{ profile.quote|escape }}",
+    "escapejs": "{{ profile.quote|escapejs }}",
+    "escapeseq": '{{ profile.tags|escapeseq|join:"," }}',
+    "filesizeformat": "{{ profile.score|filesizeformat }}",
+    "first": "{{ profile.tags|first }}.",
+    "floatformat": '{{ profile.score|floatformat:"2" }}',
+    "force_escape": "{{ profile.quote|force_escape }}",
+    "get_digit": '{{ profile.score|get_digit:"1" }}',
+    "iriencode": "{{ profile.quote|iriencode }}",
+    "join": '{{ profile.tags|join:", " }}.',
+    "json_script": '{{ profile.tags|json_script:"tags" }}',
+    "last": "{{ profile.tags|last }}.",
+    "length": "{{ profile.tags|length }}",
+    "linebreaks": "{{ profile.quote|linebreaks }}",
+    "linebreaksbr": "{{ profile.quote|linebreaksbr }}",
+    "linenumbers": "{{ profile.quote|linenumbers }}",
+    "ljust": '{{ profile.first_name|ljust:"9" }}.',
+    "lower": "{{ profile.first_name|lower }}",
+    "make_list": "{{ profile.first_name|make_list|join:'-' }}",
+    "phone2numeric": "{{ profile.first_name|phone2numeric }}",
+    "pluralize": "item{{ profile.score|pluralize }}",
+    "random": "{{ profile.tags|random }}.",
+    "rjust": '{{ profile.first_name|rjust:"9" }}',
+    "safe": "{{ profile.quote|safe }}",
+    "safeseq": '{{ profile.tags|safeseq|join:"," }}.',
+    "slice": '{{ profile.tags|slice:":2"|join:"," }}.',
+    "slugify": "{{ profile.quote|slugify }}.",
+    "stringformat": '{{ profile.score|stringformat:"05d" }}',
+    "striptags": "{{ profile.quote|striptags }}.",
+    "time": "{% now 'H:i' as hour %}{{ hour|time:'H' }}.",
+    "timesince": "{{ profile.since|timesince }}.",
+    "timeuntil": "{{ profile.since|timeuntil }}.",
+    "title": "{{ profile.quote|title }}",
+    "truncatechars": '{{ profile.quote|truncatechars:"5" }}',
+    "truncatechars_html": '{{ profile.quote|truncatechars_html:"5" }}',
+    "truncatewords": '{{ profile.quote|truncatewords:"1" }}',
+    "truncatewords_html": '{{ profile.quote|truncatewords_html:"1" }}',
+    "unordered_list": "{{ profile.tags|unordered_list }}.",
+    "upper": "{{ profile.first_name|upper }}",
+    "urlencode": "{{ profile.quote|urlencode }}",
+    "urlize": "{{ profile.site|urlize }}.",
+    "urlizetrunc": '{{ profile.site|urlizetrunc:"10" }}.',
+    "wordcount": "{{ profile.quote|wordcount }}",
+    "wordwrap": '{{ profile.quote|wordwrap:"5" }}',
+    "yesno": '{{ profile.vip|yesno:"VIP,member" }}',
+}
+REFUSED_FILTER_USES = {"pprint": "{{ profile.tags|pprint }}"}
+
+RICH = {
+    "tags": ["a", "a", "b"],
+    "score": 42,
+    "quote": "Tom & 'Jerry'\n<b>bold</b> text",
+    "orders": [
+        {"kind": "book", "name": "B"},
+        {"kind": "book", "name": "A"},
+        {"kind": "pen", "name": "C"},
+    ],
+    "site": "see example.com today",
+    "vip": True,
+}
+
+
+def test_every_tag_and_filter_of_djangos_default_library_is_classified():
+    assert set(TAG_USES) | set(REFUSED_TAG_USES) == set(defaulttags.register.tags)
+    assert set(FILTER_USES) | set(REFUSED_FILTER_USES) == set(defaultfilters.register.filters)
+
+
+@pytest.mark.parametrize(
+    "body", [*TAG_USES.values(), *FILTER_USES.values()], ids=[*TAG_USES, *FILTER_USES]
+)
+@pytest.mark.parametrize("html", [False, True], ids=["text", "html"])
+def test_every_construct_the_check_accepts_renders(body, html):
+    validate_content(subject="", body="" if html else body, html_body=body if html else "")
+
+    for profile in (ann(**RICH), profile_context({})):
+        if html:
+            assert render_html(html_body=body, profile=profile) is not None
+        else:
+            _, rendered = render_content(subject=body, body=body + "!", profile=profile)
+            assert rendered.endswith("!")
+
+
+def test_the_allowed_tags_render_what_django_renders():
+    rendered = {name: body_of(body, ann(**RICH)) for name, body in TAG_USES.items()}
+    assert rendered["filter"] == "HI ANN"
+    assert rendered["comment"] == "ok"
+    assert rendered["cycle"] == "odd even odd "
+    assert rendered["regroup"] == "book:2 pen:1 ."
+    assert rendered["ifchanged"] == "a=b."
+    assert rendered["verbatim"] == "{{ profile.first_name }} {% load static %}"
+    assert rendered["widthratio"] == "4 5"
+    assert rendered["templatetag"] == "{{ profile }}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [*REFUSED_TAG_USES.values(), *LOADER_TAG_USES.values()],
+    ids=[*REFUSED_TAG_USES, *LOADER_TAG_USES],
+)
+def test_tags_that_reach_outside_the_message_are_refused_at_save(body):
+    name = body.split()[1]
+    with pytest.raises(TemplateContentError) as excinfo:
+        validate_content(subject="", body=body)
+    message = excinfo.value.message_dict["body"][0]
+    assert f"the {{% {name} %}} tag is not allowed in message content" in message
+    with pytest.raises(RenderError, match="not allowed"):
+        render_content(subject="", body=body, profile=ann())
+
+
+def test_filters_left_out_of_the_sandbox_are_refused_at_save():
+    with pytest.raises(TemplateContentError, match="pprint"):
+        validate_content(subject="", body=REFUSED_FILTER_USES["pprint"])

@@ -1,0 +1,174 @@
+"""The check content passes when it is saved or a campaign is activated: whatever can never
+render is refused, on its field, with a message naming the problem.
+
+* a syntax error, or a tag or filter the sandbox leaves out (named with the reason);
+* a private attribute (``profile.__class__``), or a variable other than ``profile`` and the
+  names the template itself binds (``settings.SECRET_KEY``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.template import Template, TemplateSyntaxError
+from django.template.base import FilterExpression, Node, Variable
+from django.template.defaulttags import FilterNode
+
+from .sandbox import TagRefused, engine, refusal_of
+
+__all__ = ["ContentProblem", "TemplateContentError", "compiled", "validate_content"]
+
+# Names that the template language resolves without the context.
+_LITERAL_NAMES = frozenset({"True", "False", "None"})
+# Node attributes that hold where a node came from, not what it computes.
+_PROVENANCE = frozenset({"token", "origin"})
+
+
+class TemplateContentError(ValidationError):
+    """Content that can never render: a syntax error or a construct the sandbox forbids."""
+
+
+class ContentProblem(Exception):
+    """Why one content field can never render."""
+
+
+def children(node: Node) -> Iterator[Node]:
+    """The nodes a node renders (each once, although ``{% if %}`` lists them twice)."""
+    seen: set[int] = set()
+    lists = [getattr(node, attr, None) or [] for attr in node.child_nodelists]
+    # {% if %} keeps its branches in a list of (condition, nodelist) pairs.
+    lists += [nodelist for _condition, nodelist in getattr(node, "conditions_nodelists", [])]
+    for nodelist in lists:
+        for child in nodelist:
+            if id(child) not in seen:
+                seen.add(id(child))
+                yield child
+
+
+def _walk(nodes: Any) -> Iterator[Node]:
+    for node in nodes:
+        yield node
+        yield from _walk(children(node))
+
+
+def _line(node: Node) -> int | str:
+    token = getattr(node, "token", None)
+    return token.lineno if token is not None else "?"
+
+
+def _expressions_in(value: Any, depth: int = 0) -> Iterator[FilterExpression | Variable]:
+    """Every expression a node's attributes hold, however the tag nests them."""
+    if depth > 6:
+        return
+    if isinstance(value, FilterExpression | Variable):
+        yield value
+    elif isinstance(value, Node):
+        return  # child nodes are walked on their own
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _expressions_in(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _expressions_in(item, depth + 1)
+    elif hasattr(value, "__dict__") and type(value).__module__.startswith("django.template"):
+        # {% if %} conditions are smartif operator objects (first/second/value).
+        for item in vars(value).values():
+            yield from _expressions_in(item, depth + 1)
+
+
+def _expressions_of(node: Node) -> Iterator[FilterExpression | Variable]:
+    attributes = {key: value for key, value in vars(node).items() if key not in _PROVENANCE}
+    return _expressions_in(attributes)
+
+
+def _variables_of(expression: FilterExpression | Variable, *, input: bool) -> Iterator[Variable]:
+    if isinstance(expression, Variable):
+        yield expression
+        return
+    if input and isinstance(expression.var, Variable):
+        yield expression.var
+    for _func, args in expression.filters:
+        for lookup, arg in args:
+            if lookup:
+                yield arg
+
+
+def _bound_names(node: Node) -> set[str]:
+    """Names a tag binds for its body or the rest of the template (for, with, … as x)."""
+    names: set[str] = set()
+    names.update(getattr(node, "loopvars", []) or [])
+    extra = getattr(node, "extra_context", None)
+    if isinstance(extra, Mapping):
+        names.update(extra)
+    for attr in ("asvar", "variable_name", "var_name", "target"):
+        value = getattr(node, attr, None)
+        if isinstance(value, str):
+            names.add(value)
+    return names
+
+
+def _check_structure(template: Template) -> None:
+    nodes = list(_walk(template.nodelist))
+    allowed = {"profile", "forloop"} | _LITERAL_NAMES
+    for node in nodes:
+        allowed |= _bound_names(node)
+    for node in nodes:
+        for expression in _expressions_of(node):
+            if isinstance(expression, FilterExpression):
+                for func, _args in expression.filters:
+                    reason = refusal_of(func)
+                    if reason is not None:
+                        raise ContentProblem(
+                            f"Line {_line(node)}: the |{func._filter_name} filter is not "
+                            f"allowed in message content: {reason}."
+                        )
+            # {% filter %} hands its block's output to its filters as the variable "var".
+            block_input = isinstance(node, FilterNode) and expression is node.filter_expr
+            for variable in _variables_of(expression, input=not block_input):
+                if variable.lookups is None:
+                    continue  # a literal: a number or a quoted string
+                root = variable.lookups[0]
+                if root not in allowed:
+                    raise ContentProblem(
+                        f"Line {_line(node)}: unknown variable {root!r}. Message content can "
+                        "only use the profile's data, e.g. {{ profile.first_name }}."
+                    )
+
+
+@functools.lru_cache(maxsize=256)
+def compiled(source: str, html: bool) -> Template:
+    """The content parsed and checked, once: a batch renders it for hundreds
+    of recipients, and Django templates hold no per-render state, so one compiled template
+    serves every thread. Raises ``ContentProblem``."""
+    try:
+        template = engine(html).from_string(source)
+    except TagRefused as refused:
+        raise ContentProblem(str(refused)) from None
+    except TemplateSyntaxError as exc:
+        raise ContentProblem(f"Template syntax error: {exc}") from None
+    _check_structure(template)
+    return template
+
+
+def validate_content(*, subject: str, body: str, html_body: str = "") -> None:
+    """Refuse content that can never render safely, naming the field and the problem.
+
+    Raises ``TemplateContentError`` (a ``ValidationError`` keyed by field name).
+    """
+    errors: dict[str, list[str]] = {}
+    for field, source, html in (
+        ("subject", subject, False),
+        ("body", body, False),
+        ("html_body", html_body, True),
+    ):
+        if not source:
+            continue
+        try:
+            compiled(source, html)
+        except ContentProblem as problem:
+            errors[field] = [str(problem)]
+    if errors:
+        raise TemplateContentError(errors)
