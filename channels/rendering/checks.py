@@ -17,6 +17,7 @@ from django.template import Template, TemplateSyntaxError
 from django.template.base import FilterExpression, Node, Variable
 from django.template.defaulttags import FilterNode
 
+from .budget import children, instrument
 from .sandbox import TagRefused, engine, refusal_of
 
 __all__ = ["ContentProblem", "TemplateContentError", "compiled", "validate_content"]
@@ -33,19 +34,6 @@ class TemplateContentError(ValidationError):
 
 class ContentProblem(Exception):
     """Why one content field can never render."""
-
-
-def children(node: Node) -> Iterator[Node]:
-    """The nodes a node renders (each once, although ``{% if %}`` lists them twice)."""
-    seen: set[int] = set()
-    lists = [getattr(node, attr, None) or [] for attr in node.child_nodelists]
-    # {% if %} keeps its branches in a list of (condition, nodelist) pairs.
-    lists += [nodelist for _condition, nodelist in getattr(node, "conditions_nodelists", [])]
-    for nodelist in lists:
-        for child in nodelist:
-            if id(child) not in seen:
-                seen.add(id(child))
-                yield child
 
 
 def _walk(nodes: Any) -> Iterator[Node]:
@@ -140,7 +128,7 @@ def _check_structure(template: Template) -> None:
 
 @functools.lru_cache(maxsize=256)
 def compiled(source: str, html: bool) -> Template:
-    """The content parsed and checked, once: a batch renders it for hundreds
+    """The content parsed, checked and instrumented, once: a batch renders it for hundreds
     of recipients, and Django templates hold no per-render state, so one compiled template
     serves every thread. Raises ``ContentProblem``."""
     try:
@@ -150,7 +138,7 @@ def compiled(source: str, html: bool) -> Template:
     except TemplateSyntaxError as exc:
         raise ContentProblem(f"Template syntax error: {exc}") from None
     _check_structure(template)
-    return template
+    return instrument(template)
 
 
 def validate_content(*, subject: str, body: str, html_body: str = "") -> None:

@@ -1,4 +1,4 @@
-"""Rendering one recipient's message."""
+"""Rendering one recipient's message, within the message's budget."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Any
 from django.template import Context, Template
 from django.template.base import TextNode, VariableNode
 
+from .budget import Budget, RenderBudgetExceeded, RenderError, render_limits
 from .checks import ContentProblem, compiled
 from .profile import read_only
+from .sandbox import render_in_full
 
-__all__ = ["RenderError", "content_renderer", "render_content", "render_html"]
+__all__ = ["content_renderer", "render_content", "render_html"]
 
-
-class RenderError(Exception):
-    """Content that could not be rendered for one recipient."""
+FieldRenderer = Callable[[Mapping[str, Any], Budget], str]
 
 
 def _text_and_variables(template: Template) -> list[str | VariableNode] | None:
@@ -31,37 +31,55 @@ def _text_and_variables(template: Template) -> list[str | VariableNode] | None:
     return parts
 
 
-def _renderer(source: str, *, field: str, html: bool) -> Callable[[Mapping[str, Any]], str]:
-    """One content field rendered for recipient after recipient (in one thread); whatever
-    goes wrong for a recipient is a ``RenderError``.
+def _field_renderer(source: str, *, field: str, html: bool) -> FieldRenderer:
+    """One content field rendered for recipient after recipient (in one thread), spending
+    the budget it is given; whatever goes wrong for a recipient is a ``RenderError``.
 
     Content made only of text and ``{{ variables }}`` (most messages) is rendered node by
     node on one reused context: no tag can keep state between renders or leave the context
     changed, so what a full ``Template.render`` sets up and tears down for every recipient
-    buys nothing there. Any tag takes the full path."""
+    buys nothing there. It charges each piece it writes; its filters check their own
+    arguments, results and the time. Any tag takes the full path, where every node does."""
     if not source:
-        return lambda profile: ""
+        return lambda profile, budget: ""
     try:
         template = compiled(source, html)
     except ContentProblem as problem:
         refusal = f"{field}: {problem}"
 
-        def refuse(profile: Mapping[str, Any]) -> str:
+        def refuse(profile: Mapping[str, Any], budget: Budget) -> str:
             raise RenderError(refusal)
 
         return refuse
     parts = _text_and_variables(template)
-    context = Context({"profile": {}}, autoescape=html)
-    context.template = template  # where a missing variable finds string_if_invalid
+    if parts is None:
 
-    def render(profile: Mapping[str, Any]) -> str:
-        try:
-            if parts is None:
-                return template.render(Context({"profile": profile}, autoescape=html))
+        def render_path(profile: Mapping[str, Any], budget: Budget) -> str:
+            return render_in_full(template, profile, html=html)
+
+    else:
+        text_and_variables = parts
+        context = Context({"profile": {}}, autoescape=html)
+        context.template = template  # where a missing variable finds string_if_invalid
+
+        def render_path(profile: Mapping[str, Any], budget: Budget) -> str:
             context.dicts[-1] = {"profile": profile}
-            return "".join(
-                part if isinstance(part, str) else part.render(context) for part in parts
-            )
+            pieces = []
+            charged, most = budget.charged, budget.max_chars
+            for part in text_and_variables:
+                piece: str = part if isinstance(part, str) else part.render(context)
+                charged += len(piece)
+                if charged > most:
+                    raise budget.too_long()
+                pieces.append(piece)
+            budget.charged = charged
+            return "".join(pieces)
+
+    def render(profile: Mapping[str, Any], budget: Budget) -> str:
+        try:
+            return render_path(profile, budget)
+        except RenderBudgetExceeded as exc:
+            raise RenderBudgetExceeded(f"{field}: {exc}") from None
         except Exception as exc:  # this recipient's failure, not the batch's
             raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
 
@@ -70,14 +88,18 @@ def _renderer(source: str, *, field: str, html: bool) -> Callable[[Mapping[str, 
 
 def content_renderer(*, subject: str, body: str) -> Callable[[Mapping[str, Any]], tuple[str, str]]:
     """``render_content`` for many recipients of the same content: the templates are looked
-    up once, then each call renders one recipient's ``(subject, body)``."""
-    subject_of = _renderer(subject, field="subject", html=False)
-    body_of = _renderer(body, field="body", html=False)
+    up once, then each call renders one recipient's ``(subject, body)`` within one message's
+    budget (``SALVO_RENDER_TIMEOUT_MS``, ``SALVO_RENDER_MAX_CHARS``, as set when the
+    renderer is made). Use a renderer in one thread."""
+    subject_of = _field_renderer(subject, field="subject", html=False)
+    body_of = _field_renderer(body, field="body", html=False)
+    budget = Budget(render_limits())
 
     def render(profile: Mapping[str, Any]) -> tuple[str, str]:
         data = read_only(profile)
-        rendered_subject = subject_of(data).strip()
-        rendered_body = body_of(data)
+        budget.start()
+        rendered_subject = subject_of(data, budget).strip()
+        rendered_body = body_of(data, budget)
         if not rendered_body.strip():
             raise RenderError("The body renders to nothing for this profile.")
         return rendered_subject, rendered_body
@@ -88,11 +110,14 @@ def content_renderer(*, subject: str, body: str) -> Callable[[Mapping[str, Any]]
 def render_content(*, subject: str, body: str, profile: Mapping[str, Any]) -> tuple[str, str]:
     """Render subject and body for one recipient whose data is ``profile`` (see
     ``profile_context``). Raises ``RenderError`` when this recipient cannot get the message,
-    including when the body renders to nothing.
+    including when the body renders to nothing or is over a render limit
+    (``RenderBudgetExceeded``).
     """
     return content_renderer(subject=subject, body=body)(profile)
 
 
 def render_html(*, html_body: str, profile: Mapping[str, Any]) -> str:
-    """Render an HTML body (autoescaped) for one recipient; raises ``RenderError``."""
-    return _renderer(html_body, field="html_body", html=True)(read_only(profile))
+    """Render an HTML body (autoescaped) for one recipient, as a message of its own budget;
+    raises ``RenderError``."""
+    budget = Budget(render_limits()).start()
+    return _field_renderer(html_body, field="html_body", html=True)(read_only(profile), budget)

@@ -1,13 +1,20 @@
 """Personalisation in the template sandbox."""
 
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.template import defaultfilters, defaulttags
+from django.test import override_settings
 
+from campaigns import delivery
+from campaigns.choices import DeliveryStatus
+from campaigns.models import Delivery, Execution
 from channels.rendering import (
+    RenderBudgetExceeded,
     RenderError,
     TemplateContentError,
     content_renderer,
@@ -16,7 +23,11 @@ from channels.rendering import (
     render_html,
     validate_content,
 )
+from channels.rendering.budget import Budget, render_limits
+from channels.sinks import running_sinks
 from segments.models import Profile
+from tests.campaigns.factories import make_live_campaign, sms_action
+from tests.segments.factories import ProfileFactory
 
 
 def ann(**attributes) -> Mapping[str, Any]:
@@ -171,6 +182,137 @@ def test_in_a_batch_a_recipients_failing_filter_fails_that_recipient_only():
     with pytest.raises(RenderError, match="body: ZeroDivisionError"):
         render(ann(n=4, d=0))
     assert render(ann(n=3, d=2))[1] == "Even: False"
+
+
+# --- the budget: a render time and an output size per message -----------------------------
+
+
+def in_a_thread(call, *, within_s: float = 120):
+    """Run ``call`` in a worker thread, as delivery renders, and return what it returned or
+    raised; fail if it is still running after ``within_s`` (a generous bound: a render that
+    respects its budget ends within milliseconds, a runaway one within hours)."""
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(call())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=within_s)
+    assert not thread.is_alive(), f"still rendering after {within_s} s"
+    return outcome[0]
+
+
+# Three nested loops with nothing to write: 2,000 tags make 8·10⁹ turns, hours of work.
+NESTED_LOOPS = (
+    "{% for a in profile.tags %}{% for b in profile.tags %}{% for c in profile.tags %}"
+    "{% if a == 'x' %}{{ c }}{% endif %}{% endfor %}{% endfor %}{% endfor %}done"
+)
+
+
+def test_a_runaway_render_stops_at_the_time_limit_in_a_worker_thread(settings):
+    settings.SALVO_RENDER_TIMEOUT_MS = 200
+    render = content_renderer(subject="", body=NESTED_LOOPS)
+
+    error = in_a_thread(lambda: render(ann(tags=list(range(2000)))))
+
+    assert isinstance(error, RenderError)
+    assert "SALVO_RENDER_TIMEOUT_MS (200 ms)" in str(error)
+    # The limit is per message: the next recipient renders in full.
+    assert render(ann(tags=[1, 2]))[1] == "done"
+
+
+def test_time_a_render_spends_waiting_for_the_cpu_is_not_held_against_it(settings):
+    """The clock is checked as a message renders; past the limit, only a thread that is
+    really running is stopped (one kept off the CPU is given more, up to 10 × the limit)."""
+    settings.SALVO_RENDER_TIMEOUT_MS = 50
+    budget = Budget(render_limits()).start()
+
+    time.sleep(0.15)  # 3 × the limit on the wall clock, none of it rendering
+    budget.check_result("")
+    time.sleep(0.06)  # waiting again, past the grace
+    budget.check_result("")
+
+    def render_on():  # really rendering: stopped within the grace
+        for turn in range(10**9):
+            budget.check_result(str(turn))
+
+    with pytest.raises(RenderBudgetExceeded, match=r"SALVO_RENDER_TIMEOUT_MS \(50 ms\)"):
+        render_on()
+
+
+@pytest.mark.parametrize(
+    ("body", "data"),
+    [
+        ("{% lorem profile.n p %}", {"n": 20000}),
+        ("{{ profile.tags|join:profile.glue }}", {"tags": list(range(1000)), "glue": "-" * 1000}),
+        ("{{ profile.n|stringformat:profile.spec }}", {"n": 1, "spec": "0200000d"}),
+        # Each addslashes doubles the quotes: sixteen of them make 655,360 characters of 10.
+        ("{{ profile.q" + "|addslashes" * 16 + " }}", {"q": "'" * 10}),
+        ("{% for t in profile.tags %}{{ profile.s }}{% endfor %}", {"tags": list(range(3000))}),
+    ],
+)
+def test_output_built_from_the_profiles_data_stops_at_the_size_limit(settings, body, data):
+    settings.SALVO_RENDER_MAX_CHARS = 100_000
+    validate_content(subject="", body=body)  # fine for most recipients
+    render = content_renderer(subject="", body=body)
+
+    error = in_a_thread(lambda: render(ann(s="x" * 50, **data)))
+
+    assert isinstance(error, RenderError)
+    assert "SALVO_RENDER_MAX_CHARS (100,000 characters)" in str(error)
+
+
+def test_the_subject_and_the_body_share_one_message_budget(settings):
+    settings.SALVO_RENDER_MAX_CHARS = 100
+    render = content_renderer(subject="{{ profile.s }}", body="{{ profile.s }}")
+
+    assert render(ann(s="x" * 50)) == ("x" * 50, "x" * 50)
+    with pytest.raises(RenderError, match="SALVO_RENDER_MAX_CHARS"):
+        render(ann(s="x" * 51))
+
+
+# --- the fast path (text and variables) and the full path agree ------------------------------
+
+
+TEXT_AND_VARIABLES = [
+    'Hi {{ profile.first_name|default:"there" }}, {{ profile.plan|upper }}.',
+    "{{ profile.missing }}{{ profile.tags|join:', ' }} · {{ profile.first_name|ljust:'30' }}!",
+    "{{ profile.s }}{{ profile.s }}{{ profile.s }}",
+    "{{ profile.s|escapejs|escapejs|escapejs }}",
+]
+
+
+def outcome_of(call):
+    try:
+        return call()
+    except RenderError as error:
+        return f"RenderError: {error}"
+
+
+@pytest.mark.parametrize("body", TEXT_AND_VARIABLES)
+@pytest.mark.parametrize("size", [5, 40, 400])
+def test_the_fast_and_the_full_path_render_alike_and_keep_the_same_limits(settings, body, size):
+    recipient = ann(s="<" * size)
+    subject = "{{ profile.first_name }}"
+    unlimited = render_content(subject=subject, body=body, profile=recipient)
+    settings.SALVO_RENDER_MAX_CHARS = 300
+    fast = content_renderer(subject=subject, body=body)
+    # The same content inside a tag takes the full path.
+    full = content_renderer(
+        subject="{% if True %}" + subject + "{% endif %}",
+        body="{% if True %}" + body + "{% endif %}",
+    )
+
+    expected = outcome_of(lambda: fast(recipient))
+    assert outcome_of(lambda: full(recipient)) == expected
+    if len(unlimited[0]) + len(unlimited[1]) > 300:
+        assert "SALVO_RENDER_MAX_CHARS (300 characters)" in expected
+    else:
+        assert expected == unlimited
 
 
 # --- the profile is read-only ------------------------------------------------------------
@@ -400,3 +542,43 @@ def test_tags_that_reach_outside_the_message_are_refused_at_save(body):
 def test_filters_left_out_of_the_sandbox_are_refused_at_save():
     with pytest.raises(TemplateContentError, match="pprint"):
         validate_content(subject="", body=REFUSED_FILTER_USES["pprint"])
+
+
+# --- in a real delivery batch --------------------------------------------------------------
+
+
+@pytest.fixture
+def sinks():
+    with running_sinks() as sink, override_settings(**sink.provider_settings()):
+        yield sink
+
+
+@pytest.mark.django_db
+def test_a_budget_hit_in_a_delivery_batch_fails_that_recipient_only(sinks, settings):
+    settings.SALVO_RENDER_MAX_CHARS = 1_000
+    ProfileFactory(external_id="short", attributes={"tags": ["a", "b"]})
+    ProfileFactory(external_id="long", attributes={"tags": ["x" * 20] * 100})
+    ProfileFactory(external_id="none", attributes={})
+    campaign = make_live_campaign(
+        actions=[sms_action(body="Hi{% for t in profile.tags %} {{ t }}{% endfor %}")]
+    )
+    execution = Execution.objects.get(campaign=campaign)
+    while delivery.execution_plan_step(execution_id=execution.pk):
+        pass
+    execution.refresh_from_db()
+    action = execution.version.actions.get()
+
+    delivery.batch_send(
+        execution_id=execution.pk,
+        action_id=action.pk,
+        first_profile_id=0,
+        last_profile_id=execution.audience_max_profile_id,
+    )
+
+    rows = {d.profile.external_id: d for d in Delivery.objects.select_related("profile")}
+    assert rows["long"].status == DeliveryStatus.FAILED
+    assert rows["long"].error == (
+        "Cannot render: body: the message is longer than SALVO_RENDER_MAX_CHARS (1,000 characters)."
+    )
+    assert rows["short"].status == rows["none"].status == DeliveryStatus.SENT
+    assert sorted(r["json"]["text"] for r in sinks.received("sms")) == ["Hi", "Hi a b"]
