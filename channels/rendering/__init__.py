@@ -8,7 +8,8 @@ read-only (``profile``).
 * ``validate_content`` runs when content is saved and when a campaign is activated
   (``checks``): whatever can never render — a syntax error, a tag that reaches outside the
   message (``{% load %}``, ``{% querystring %}``), a private attribute, a variable other
-  than ``profile`` — is refused with a message naming the field and the problem.
+  than ``profile``, a literal argument over a limit (``ljust:"50000000"``) — is refused with
+  a message naming the field and the problem.
 * ``render_content`` / ``content_renderer`` render one recipient's subject and body within
   one message's budget (``budget``): ``SALVO_RENDER_TIMEOUT_MS`` of rendering and
   ``SALVO_RENDER_MAX_CHARS`` characters, enforced as the message renders, so a runaway

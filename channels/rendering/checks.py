@@ -3,7 +3,14 @@ render is refused, on its field, with a message naming the problem.
 
 * a syntax error, or a tag or filter the sandbox leaves out (named with the reason);
 * a private attribute (``profile.__class__``), or a variable other than ``profile`` and the
-  names the template itself binds (``settings.SECRET_KEY``).
+  names the template itself binds (``settings.SECRET_KEY``);
+* a literal argument that can never render within the limits (``ljust:"50000000"``,
+  ``{% lorem 20000 p %}``) or at all (``wordwrap:0``);
+* content over the budget even for a profile with no data: a trial render, which costs at
+  most one message's time limit.
+
+What only a recipient's data reveals (a width taken from the profile, a loop over a long
+list) fails that recipient at render, with the same messages.
 """
 
 from __future__ import annotations
@@ -15,10 +22,27 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.template import Template, TemplateSyntaxError
 from django.template.base import FilterExpression, Node, Variable
-from django.template.defaulttags import FilterNode
+from django.template.defaulttags import FilterNode, LoremNode, WidthRatioNode
 
-from .budget import children, instrument
-from .sandbox import TagRefused, engine, refusal_of
+from .budget import (
+    Budget,
+    RenderBudgetExceeded,
+    RenderLimits,
+    children,
+    instrument,
+    render_limits,
+)
+from .profile import profile_context
+from .sandbox import (
+    ArgumentRefused,
+    TagRefused,
+    argument_rule,
+    check_lorem_count,
+    check_widthratio_width,
+    engine,
+    refusal_of,
+    render_in_full,
+)
 
 __all__ = ["ContentProblem", "TemplateContentError", "compiled", "validate_content"]
 
@@ -141,12 +165,76 @@ def compiled(source: str, html: bool) -> Template:
     return instrument(template)
 
 
+_UNKNOWN = object()
+
+
+def _literal(expression: Any) -> Any:
+    """The value of an expression written in the template itself, else ``_UNKNOWN``."""
+    if not isinstance(expression, FilterExpression) or expression.filters:
+        return _UNKNOWN
+    if isinstance(expression.var, Variable):
+        return expression.var.literal if expression.var.lookups is None else _UNKNOWN
+    return expression.var
+
+
+def _literal_argument(lookup: bool, arg: Any) -> Any:
+    if not lookup:
+        return arg
+    return arg.literal if arg.lookups is None else _UNKNOWN
+
+
+def _check_node_arguments(node: Node, limits: RenderLimits) -> None:
+    if isinstance(node, LoremNode) and (count := _literal(node.count)) is not _UNKNOWN:
+        try:
+            number = int(count)
+        except (TypeError, ValueError):
+            number = 1  # as Django counts it
+        check_lorem_count(number, node.method, limits)
+    if isinstance(node, WidthRatioNode) and (width := _literal(node.max_width)) is not _UNKNOWN:
+        check_widthratio_width(width)
+    for expression in _expressions_of(node):
+        if not isinstance(expression, FilterExpression):
+            continue
+        for func, args in expression.filters:
+            rule = argument_rule(func._filter_name)
+            if rule is None or not args:
+                continue
+            value = _literal_argument(*args[0])
+            if value is not _UNKNOWN:
+                rule(value, limits)
+
+
+def _check_arguments(template: Template, limits: RenderLimits) -> None:
+    for node in _walk(template.nodelist):
+        try:
+            _check_node_arguments(node, limits)
+        except (ArgumentRefused, RenderBudgetExceeded) as problem:
+            raise ContentProblem(f"Line {_line(node)}: {problem}") from None
+
+
+def _trial_render(fields: list[tuple[str, Template, bool]], limits: RenderLimits) -> None:
+    """Render the fields of one message for a profile with no data, under one budget as
+    delivery does; refuse the field that overruns it. Other errors depend on a recipient's
+    data (a missing number given to |divisibleby), so they are not the content's."""
+    Budget(limits).start()
+    empty = profile_context({})
+    for field, template, html in fields:
+        try:
+            render_in_full(template, empty, html=html)
+        except RenderBudgetExceeded as exc:
+            raise TemplateContentError({field: f"Even for a profile with no data, {exc}"}) from None
+        except Exception:
+            continue
+
+
 def validate_content(*, subject: str, body: str, html_body: str = "") -> None:
     """Refuse content that can never render safely, naming the field and the problem.
 
     Raises ``TemplateContentError`` (a ``ValidationError`` keyed by field name).
     """
+    limits = render_limits()
     errors: dict[str, list[str]] = {}
+    ready: list[tuple[str, Template, bool]] = []
     for field, source, html in (
         ("subject", subject, False),
         ("body", body, False),
@@ -155,8 +243,14 @@ def validate_content(*, subject: str, body: str, html_body: str = "") -> None:
         if not source:
             continue
         try:
-            compiled(source, html)
+            template = compiled(source, html)
+            _check_arguments(template, limits)
         except ContentProblem as problem:
             errors[field] = [str(problem)]
+        else:
+            ready.append((field, template, html))
     if errors:
         raise TemplateContentError(errors)
+    # The HTML body is a message of its own (render_html); subject and body are one.
+    _trial_render([item for item in ready if not item[2]], limits)
+    _trial_render([item for item in ready if item[2]], limits)

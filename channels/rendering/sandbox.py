@@ -15,9 +15,11 @@ Tags allowed (``ALLOWED_TAGS``):
 
 * ``for`` — the one construct that multiplies work: every turn renders instrumented nodes,
   which check the time (an empty body gets a checkpoint, see ``budget.instrument``);
-* ``lorem`` — count × the shortest unit it makes must fit the limit (checked before
-  generating); paragraphs are generated one at a time within what is left of the budget;
-* ``now`` — the format is a literal of the template; ``widthratio`` — writes a number;
+* ``lorem`` — count × the shortest unit it makes must fit the limit (checked at save for a
+  literal count, before generating for a count from the profile); paragraphs are generated
+  one at a time within what is left of the budget;
+* ``now`` — the format is a literal of the template; ``widthratio`` — writes a number, its
+  width must be a number (checked at save: else every recipient fails);
 * ``cycle``, ``firstof``, ``templatetag``, ``verbatim``, ``comment``, ``resetcycle`` — write
   what the template holds or a value as it is;
 * ``if``, ``with``, ``autoescape``, ``spaceless``, ``filter``, ``ifchanged``, ``regroup`` —
@@ -25,10 +27,12 @@ Tags allowed (``ALLOWED_TAGS``):
   compare it), through the same instrumented nodes and bounded filters.
 
 Filters whose argument alone can make the output arbitrarily long are checked before the
-call (``_LIMIT_RULES``):
+call (``_LIMIT_RULES``; at save for a literal argument, at render for one from the profile):
 ``ljust``, ``rjust``, ``center`` (a width up to the limit), ``stringformat`` (one conversion,
 width and precision up to the limit), ``floatformat`` (decimal places up to the limit; Django
 itself bounds huge exponents of the value), ``join`` (separator × items within the limit).
+Arguments that would fail every recipient are refused at save too: ``wordwrap`` (a width of at
+least 1), ``urlizetrunc`` (a number), ``divisibleby`` (a number other than 0).
 
 Every other filter's result (a string, or a list of strings) is checked after the call
 against the limit, and the clock with it, which bounds chains of filters. Their output grows
@@ -74,7 +78,9 @@ __all__ = [
     "REFUSED_TAGS",
     "ArgumentRefused",
     "TagRefused",
+    "argument_rule",
     "check_lorem_count",
+    "check_widthratio_width",
     "engine",
     "refusal_of",
     "render_in_full",
@@ -235,7 +241,27 @@ def _floatformat(arg: Any, limits: RenderLimits) -> None:
     _within(count, "|floatformat: a precision", limits)
 
 
-# Arguments that can make a filter's output arbitrarily long: checked before every call.
+def _wordwrap(arg: Any, limits: RenderLimits) -> None:
+    if _whole_number(arg, "The width of |wordwrap") < 1:
+        raise ArgumentRefused(f"The width of |wordwrap must be at least 1, not {arg!r}.")
+
+
+def _urlizetrunc(arg: Any, limits: RenderLimits) -> None:
+    _whole_number(arg, "The length of |urlizetrunc")
+
+
+def _divisibleby(arg: Any, limits: RenderLimits) -> None:
+    if _whole_number(arg, "The divisor of |divisibleby") == 0:
+        raise ArgumentRefused("|divisibleby:0 divides by zero.")
+
+
+def check_widthratio_width(width: Any) -> None:
+    """``{% widthratio %}``'s last argument must be a number: else Django fails the render."""
+    _whole_number(width, "The width of {% widthratio %}")
+
+
+# Arguments that can make a filter's output arbitrarily long: checked at save (a literal
+# argument) and before every call (an argument from the profile).
 _LIMIT_RULES: dict[str, Callable[[Any, RenderLimits], None]] = {
     "ljust": _width("ljust"),
     "rjust": _width("rjust"),
@@ -243,6 +269,16 @@ _LIMIT_RULES: dict[str, Callable[[Any, RenderLimits], None]] = {
     "stringformat": _stringformat,
     "floatformat": _floatformat,
 }
+# Literal arguments that would fail every recipient: refused at save. (From a profile, such
+# an argument fails that recipient with Django's own error.)
+_SAVE_RULES = {
+    **_LIMIT_RULES,
+    "wordwrap": _wordwrap,
+    "urlizetrunc": _urlizetrunc,
+    "divisibleby": _divisibleby,
+}
+
+
 # Filters that take constant time and write no more than their input or their argument:
 # nothing to check, so they run as Django wrote them (|default is in most messages).
 _CONSTANT_TIME = frozenset(
@@ -260,6 +296,12 @@ _CONSTANT_TIME = frozenset(
         "yesno",
     }
 )
+
+
+def argument_rule(filter_name: str) -> Callable[[Any, RenderLimits], None] | None:
+    """What a filter's literal argument must satisfy to be saved (raising ``ArgumentRefused``
+    or ``RenderBudgetExceeded``), or None when any argument will do."""
+    return _SAVE_RULES.get(filter_name)
 
 
 def _join_fits(items: Any, separator: Any, budget: Budget) -> None:
@@ -296,9 +338,6 @@ def _bounded(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     return functools.update_wrapper(bounded_filter, func)
 
 
-# --- tags ------------------------------------------------------------------------------------
-
-
 def _refused_filter(name: str, reason: str) -> Callable[..., Any]:
     """Parses, so that the check can name it with its reason; never renders."""
 
@@ -313,6 +352,9 @@ def _refused_filter(name: str, reason: str) -> Callable[..., Any]:
 def refusal_of(func: Callable[..., Any]) -> str | None:
     """Why a filter of the sandbox's library may not be used, or None when it may."""
     return getattr(func, "refused", None)
+
+
+# --- tags ------------------------------------------------------------------------------------
 
 
 def _refusing(name: str, reason: str) -> Callable[[Parser, Token], Any]:
@@ -365,6 +407,9 @@ class _BoundedLoremNode(LoremNode):
 def _lorem(parser: Parser, token: Token) -> LoremNode:
     node = django_tags.lorem(parser, token)
     return _BoundedLoremNode(node.count, node.method, node.common)
+
+
+# --- the engine ------------------------------------------------------------------------------
 
 
 def _library() -> Library:

@@ -121,6 +121,12 @@ def test_a_syntax_error_is_refused_naming_the_field():
         ("{% if request.user %}x{% endif %}", "unknown variable 'request'"),
         ("{{ profile.first_name|default:settings.SECRET_KEY }}", "unknown variable 'settings'"),
         ("{{ profile.first_name|nope }}", "Invalid filter"),
+        # A literal argument that would fail every recipient.
+        ('{{ profile.quote|wordwrap:"0" }}', "|wordwrap must be at least 1"),
+        ('{{ profile.score|divisibleby:"0" }}', "|divisibleby:0 divides by zero"),
+        ('{{ profile.first_name|ljust:"wide" }}', "|ljust must be a whole number"),
+        ('{{ profile.site|urlizetrunc:"short" }}', "|urlizetrunc must be a whole number"),
+        ("{% widthratio profile.score 100 'wide' %}", "{% widthratio %} must be a whole number"),
     ],
 )
 def test_forbidden_constructs_are_refused_with_a_clear_message(body, expected):
@@ -244,6 +250,40 @@ def test_time_a_render_spends_waiting_for_the_cpu_is_not_held_against_it(setting
         render_on()
 
 
+def test_a_width_over_the_size_limit_is_refused_at_save_and_at_render(settings):
+    settings.SALVO_RENDER_MAX_CHARS = 100_000
+    with pytest.raises(TemplateContentError) as excinfo:
+        validate_content(subject="", body='{{ profile.email|ljust:"50000000" }}')
+    message = excinfo.value.message_dict["body"][0]
+    assert "50,000,000" in message
+    assert "SALVO_RENDER_MAX_CHARS (100,000 characters)" in message
+
+    # A width taken from the profile's data is only known at render: that recipient fails.
+    render = content_renderer(subject="", body="{{ profile.email|ljust:profile.width }}.")
+    with pytest.raises(RenderError, match=r"SALVO_RENDER_MAX_CHARS \(100,000 characters\)"):
+        render(ann(width=50_000_000))
+    assert render(ann(width=20))[1] == "ann@example.com     ."
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{{ profile.first_name|rjust:"200000" }}',
+        '{{ profile.first_name|center:"200000" }}',
+        '{{ profile.age|stringformat:"0200000d" }}',
+        '{{ profile.age|stringformat:".200000f" }}',
+        '{{ profile.age|floatformat:"200000" }}',
+        "{% lorem 20000 p %}",
+        "{% lorem 200000 w %}",
+    ],
+)
+def test_a_literal_argument_over_the_size_limit_is_refused_at_save(settings, body):
+    settings.SALVO_RENDER_MAX_CHARS = 100_000
+    with pytest.raises(TemplateContentError) as excinfo:
+        validate_content(subject="", body=body)
+    assert "SALVO_RENDER_MAX_CHARS (100,000 characters)" in excinfo.value.message_dict["body"][0]
+
+
 @pytest.mark.parametrize(
     ("body", "data"),
     [
@@ -266,6 +306,27 @@ def test_output_built_from_the_profiles_data_stops_at_the_size_limit(settings, b
     assert "SALVO_RENDER_MAX_CHARS (100,000 characters)" in str(error)
 
 
+def test_the_limits_are_read_from_the_settings(settings):
+    body = "{% for t in profile.tags %}{{ t }},{% endfor %}"
+    recipient = ann(tags=list(range(100)))  # 290 characters
+    assert len(render_content(subject="", body=body, profile=recipient)[1]) == 290
+
+    settings.SALVO_RENDER_MAX_CHARS = 200
+    with pytest.raises(RenderError, match=r"SALVO_RENDER_MAX_CHARS \(200 characters\)"):
+        render_content(subject="", body=body, profile=recipient)
+    with pytest.raises(TemplateContentError, match=r"SALVO_RENDER_MAX_CHARS \(200 characters\)"):
+        validate_content(subject="", body='{{ profile.first_name|ljust:"201" }}')
+    validate_content(subject="", body='{{ profile.first_name|ljust:"200" }}')
+
+    settings.SALVO_RENDER_MAX_CHARS = 100_000
+    settings.SALVO_RENDER_TIMEOUT_MS = 1
+    error = in_a_thread(
+        lambda: render_content(subject="", body=NESTED_LOOPS, profile=ann(tags=list(range(300))))
+    )
+    assert isinstance(error, RenderError)
+    assert "SALVO_RENDER_TIMEOUT_MS (1 ms)" in str(error)
+
+
 def test_the_subject_and_the_body_share_one_message_budget(settings):
     settings.SALVO_RENDER_MAX_CHARS = 100
     render = content_renderer(subject="{{ profile.s }}", body="{{ profile.s }}")
@@ -273,6 +334,13 @@ def test_the_subject_and_the_body_share_one_message_budget(settings):
     assert render(ann(s="x" * 50)) == ("x" * 50, "x" * 50)
     with pytest.raises(RenderError, match="SALVO_RENDER_MAX_CHARS"):
         render(ann(s="x" * 51))
+
+
+def test_content_that_overruns_the_budget_for_every_recipient_is_refused_at_save(settings):
+    settings.SALVO_RENDER_MAX_CHARS = 1_000
+    loops = "{% for a in 'abcdefghij' %}{% for b in 'abcdefghij' %}{{ a }}{{ b }}{% endfor %}" * 6
+    with pytest.raises(TemplateContentError, match=r"SALVO_RENDER_MAX_CHARS \(1,000 characters\)"):
+        validate_content(subject="", body=loops + "{% endfor %}" * 6)
 
 
 # --- the fast path (text and variables) and the full path agree ------------------------------
