@@ -96,7 +96,10 @@ def content_renderer(*, subject: str, body: str) -> Callable[[Mapping[str, Any]]
     budget = Budget(render_limits())
 
     def render(profile: Mapping[str, Any]) -> tuple[str, str]:
-        data = read_only(profile)
+        try:
+            data = read_only(profile)
+        except Exception as exc:  # data too deep to copy: this recipient's failure
+            raise RenderError(f"The profile's data: {type(exc).__name__}: {exc}") from exc
         budget.start()
         rendered_subject = subject_of(data, budget).strip()
         rendered_body = body_of(data, budget)

@@ -423,6 +423,17 @@ def test_a_plain_mapping_given_as_profile_is_not_changed_either():
     assert data == {"first_name": "Ann", "tags": ["b", "a"], "attributes": {"x": [1]}}
 
 
+def test_data_too_deep_to_copy_fails_that_recipient_only():
+    deep: dict = {"first_name": "Ann"}
+    for _ in range(5000):
+        deep = {"x": deep}
+    render = content_renderer(subject="", body="Hi {{ profile.first_name }}")
+
+    with pytest.raises(RenderError, match="RecursionError"):
+        render(deep)
+    assert render({"first_name": "Bo"}) == ("", "Hi Bo")
+
+
 def test_the_profiles_data_still_prints_and_serialises_as_before():
     profile = ann(tags=["a", "b"], nested={"k": [1, {"v": True}]})
     assert body_of("{{ profile.tags }} {{ profile.nested }}", profile) == (
