@@ -1,7 +1,8 @@
 """The check content passes when it is saved or a campaign is activated: whatever can never
 render is refused, on its field, with a message naming the problem.
 
-* a syntax error, or a tag or filter the sandbox leaves out (named with the reason);
+* a syntax error, or a tag or filter the sandbox leaves out (named with the reason), or
+  blocks nested deeper than ``MAX_NESTING``;
 * a private attribute (``profile.__class__``), or a variable other than ``profile`` and the
   names the template itself binds (``settings.SECRET_KEY``);
 * a literal argument that can never render within the limits (``ljust:"50000000"``,
@@ -45,6 +46,11 @@ from .sandbox import (
 )
 
 __all__ = ["ContentProblem", "TemplateContentError", "compiled", "validate_content"]
+
+# How deep blocks may nest ({% if %} in {% for %} in …): real content nests a few levels;
+# Django renders each level a few Python calls deeper, so a few hundred would fail every
+# recipient with a RecursionError (or the check itself, for the parser).
+MAX_NESTING = 50
 
 # Names that the template language resolves without the context.
 _LITERAL_NAMES = frozenset({"True", "False", "None"})
@@ -122,7 +128,21 @@ def _bound_names(node: Node) -> set[str]:
     return names
 
 
+def _too_deep() -> ContentProblem:
+    return ContentProblem(f"Tags and conditions are nested more than {MAX_NESTING} levels deep.")
+
+
+def _check_nesting(template: Template) -> None:
+    pending = [(node, 0) for node in template.nodelist]  # depth: the blocks around a node
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_NESTING:
+            raise _too_deep()
+        pending.extend((child, depth + 1) for child in children(node))
+
+
 def _check_structure(template: Template) -> None:
+    _check_nesting(template)
     nodes = list(_walk(template.nodelist))
     allowed = {"profile", "forloop"} | _LITERAL_NAMES
     for node in nodes:
@@ -161,6 +181,8 @@ def compiled(source: str, html: bool) -> Template:
         raise ContentProblem(str(refused)) from None
     except TemplateSyntaxError as exc:
         raise ContentProblem(f"Template syntax error: {exc}") from None
+    except RecursionError:  # Django's parser recurses once per nested block or "not"
+        raise _too_deep() from None
     _check_structure(template)
     return instrument(template)
 
@@ -223,6 +245,8 @@ def _trial_render(fields: list[tuple[str, Template, bool]], limits: RenderLimits
             render_in_full(template, empty, html=html)
         except RenderBudgetExceeded as exc:
             raise TemplateContentError({field: f"Even for a profile with no data, {exc}"}) from None
+        except RecursionError:  # a condition of many "not"s: nothing of the profile's
+            raise TemplateContentError({field: str(_too_deep())}) from None
         except Exception:
             continue
 

@@ -571,6 +571,30 @@ RICH = {
 }
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{% if 1 %}" * 51 + "x" + "{% endif %}" * 51,
+        "{% for t in profile.tags %}" * 2000 + "x" + "{% endfor %}" * 2000,
+        "{% if " + "not " * 2000 + "profile.x %}x{% endif %}",
+    ],
+    ids=["51 blocks", "2000 blocks", "2000 nots"],
+)
+def test_content_nested_too_deeply_to_render_is_refused_at_save(body):
+    with pytest.raises(TemplateContentError, match="nested more than 50 levels deep"):
+        validate_content(subject="", body=body)
+
+
+def test_content_nested_within_the_limit_renders():
+    nested = (
+        "{% with a=1 %}{% if 1 %}" * 25
+        + "{{ profile.first_name }}"
+        + "{% endif %}{% endwith %}" * 25
+    )
+    validate_content(subject="", body=nested)
+    assert in_a_thread(lambda: body_of(nested)) == "Ann"
+
+
 def test_every_tag_and_filter_of_djangos_default_library_is_classified():
     assert set(TAG_USES) | set(REFUSED_TAG_USES) == set(defaulttags.register.tags)
     assert set(FILTER_USES) | set(REFUSED_FILTER_USES) == set(defaultfilters.register.filters)
