@@ -41,6 +41,7 @@ from .sandbox import (
     check_lorem_count,
     check_widthratio_width,
     engine,
+    lorem_count,
     refusal_of,
     render_in_full,
 )
@@ -207,11 +208,7 @@ def _literal_argument(lookup: bool, arg: Any) -> Any:
 
 def _check_node_arguments(node: Node, limits: RenderLimits) -> None:
     if isinstance(node, LoremNode) and (count := _literal(node.count)) is not _UNKNOWN:
-        try:
-            number = int(count)
-        except (TypeError, ValueError):
-            number = 1  # as Django counts it
-        check_lorem_count(number, node.method, limits)
+        check_lorem_count(lorem_count(count), node.method, limits)
     if isinstance(node, WidthRatioNode) and (width := _literal(node.max_width)) is not _UNKNOWN:
         check_widthratio_width(width)
     for expression in _expressions_of(node):

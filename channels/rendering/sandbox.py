@@ -82,6 +82,7 @@ __all__ = [
     "check_lorem_count",
     "check_widthratio_width",
     "engine",
+    "lorem_count",
     "refusal_of",
     "render_in_full",
 ]
@@ -373,6 +374,19 @@ _WORD = min(len(word) for word in (*lorem_ipsum.WORDS, *lorem_ipsum.COMMON_WORDS
 _LOREM_UNIT = {"w": (_WORD, 1), "b": (3 * _WORD + 3, 2), "p": (3 * _WORD + 10, 2)}
 
 
+def lorem_count(value: Any) -> int:
+    """How many units ``{% lorem %}`` writes for this count, as Django reads it (1 for what
+    is not a number); an infinite one fails every render."""
+    try:
+        return int(value)
+    except (ValueError, TypeError):
+        return 1
+    except OverflowError:
+        raise ArgumentRefused(
+            f"The count of {{% lorem %}} must be a whole number, not {value!r}."
+        ) from None
+
+
 def check_lorem_count(count: int, method: str, limits: RenderLimits) -> None:
     unit, separator = _LOREM_UNIT[method]
     shortest = count * (unit + separator) - separator
@@ -385,10 +399,7 @@ def check_lorem_count(count: int, method: str, limits: RenderLimits) -> None:
 
 class _BoundedLoremNode(LoremNode):
     def render(self, context: Context) -> str:
-        try:
-            count = int(self.count.resolve(context))
-        except (ValueError, TypeError):
-            count = 1
+        count = lorem_count(self.count.resolve(context))
         budget: Budget = this_thread.budget
         check_lorem_count(count, self.method, budget.limits)
         if self.method == "w":

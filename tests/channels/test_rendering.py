@@ -127,6 +127,8 @@ def test_a_syntax_error_is_refused_naming_the_field():
         ('{{ profile.first_name|ljust:"wide" }}', "|ljust must be a whole number"),
         ('{{ profile.site|urlizetrunc:"short" }}', "|urlizetrunc must be a whole number"),
         ("{% widthratio profile.score 100 'wide' %}", "{% widthratio %} must be a whole number"),
+        ("{% widthratio profile.score 100 1e400 %}", "{% widthratio %} must be a whole number"),
+        ("{% lorem 1e400 w %}", "{% lorem %} must be a whole number"),
     ],
 )
 def test_forbidden_constructs_are_refused_with_a_clear_message(body, expected):
