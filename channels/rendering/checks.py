@@ -17,13 +17,21 @@ list) fails that recipient at render, with the same messages.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+import inspect
+import math
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.template import Template, TemplateSyntaxError
 from django.template.base import FilterExpression, Node, Variable
-from django.template.defaulttags import FilterNode, LoremNode, WidthRatioNode
+from django.template.defaulttags import (
+    FilterNode,
+    ForNode,
+    LoremNode,
+    RegroupNode,
+    WidthRatioNode,
+)
 
 from .budget import (
     Budget,
@@ -142,6 +150,32 @@ def _check_nesting(template: Template) -> None:
         pending.extend((child, depth + 1) for child in children(node))
 
 
+@functools.cache
+def _takes_argument(func: Callable[..., Any]) -> bool:
+    """Whether a filter takes an argument. Django counts one given to a filter that takes
+    none but autoescape (|urlize:"x") as that flag, then fails every render."""
+    names = [
+        name for name in inspect.signature(inspect.unwrap(func)).parameters if name != "autoescape"
+    ]
+    return len(names) > 1
+
+
+def _check_sequence(node: Node) -> None:
+    """A loop or a regroup over a number written in the template fails every recipient."""
+    for kind, verb, attr in (
+        (ForNode, "loop over", "sequence"),
+        (RegroupNode, "regroup", "target"),
+    ):
+        if isinstance(node, kind):
+            expression = getattr(node, attr)
+            if isinstance(expression.var, Variable) and not expression.filters:
+                value = expression.var.literal
+                if isinstance(value, int | float):
+                    raise ContentProblem(
+                        f"Line {_line(node)}: cannot {verb} the number {expression.var.var}."
+                    )
+
+
 def _check_structure(template: Template) -> None:
     _check_nesting(template)
     nodes = list(_walk(template.nodelist))
@@ -149,20 +183,29 @@ def _check_structure(template: Template) -> None:
     for node in nodes:
         allowed |= _bound_names(node)
     for node in nodes:
+        _check_sequence(node)
         for expression in _expressions_of(node):
             if isinstance(expression, FilterExpression):
-                for func, _args in expression.filters:
+                for func, args in expression.filters:
                     reason = refusal_of(func)
                     if reason is not None:
                         raise ContentProblem(
                             f"Line {_line(node)}: the |{func._filter_name} filter is not "
                             f"allowed in message content: {reason}."
                         )
+                    if args and not _takes_argument(func):
+                        raise ContentProblem(
+                            f"Line {_line(node)}: |{func._filter_name} takes no argument."
+                        )
             # {% filter %} hands its block's output to its filters as the variable "var".
             block_input = isinstance(node, FilterNode) and expression is node.filter_expr
             for variable in _variables_of(expression, input=not block_input):
-                if variable.lookups is None:
-                    continue  # a literal: a number or a quoted string
+                if variable.lookups is None:  # a literal: a number or a quoted string
+                    if isinstance(variable.literal, float) and not math.isfinite(variable.literal):
+                        raise ContentProblem(
+                            f"Line {_line(node)}: the number {variable.var} is too large."
+                        )
+                    continue
                 root = variable.lookups[0]
                 if root not in allowed:
                     raise ContentProblem(

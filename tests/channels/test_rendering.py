@@ -127,8 +127,16 @@ def test_a_syntax_error_is_refused_naming_the_field():
         ('{{ profile.first_name|ljust:"wide" }}', "|ljust must be a whole number"),
         ('{{ profile.site|urlizetrunc:"short" }}', "|urlizetrunc must be a whole number"),
         ("{% widthratio profile.score 100 'wide' %}", "{% widthratio %} must be a whole number"),
-        ("{% widthratio profile.score 100 1e400 %}", "{% widthratio %} must be a whole number"),
-        ("{% lorem 1e400 w %}", "{% lorem %} must be a whole number"),
+        # Numbers in the template that fail every recipient.
+        ("{% widthratio profile.score 100 1e400 %}", "the number 1e400 is too large"),
+        ("{% lorem 1e400 w %}", "the number 1e400 is too large"),
+        ("{{ profile.score|add:1e400 }}", "the number 1e400 is too large"),
+        ("{{ profile.quote|truncatewords:-1e400 }}", "the number -1e400 is too large"),
+        ("{% for t in 12 %}{{ t }}{% endfor %}", "cannot loop over the number 12"),
+        ("{% regroup 1.5 by kind as groups %}", "cannot regroup the number 1.5"),
+        # Django counts an argument given to these filters as their autoescape flag.
+        ("{{ profile.quote|urlize:'x' }}", "|urlize takes no argument"),
+        ("{{ profile.quote|linebreaks:1 }}", "|linebreaks takes no argument"),
     ],
 )
 def test_forbidden_constructs_are_refused_with_a_clear_message(body, expected):
