@@ -41,11 +41,10 @@ by a bounded factor: ``addslashes`` (×2, doubling at each link of a chain), ``e
 ``urlencode`` (×12: 3 per UTF-8 byte), ``linebreaks``, ``linebreaksbr`` (×5),
 ``linenumbers`` (a number per line), ``unordered_list`` (tabs per level), ``urlize``,
 ``urlizetrunc`` (a link per URL), ``upper``, ``lower``, ``title``, ``capfirst`` (×3 for a few
-letters), ``date``, ``time`` (~30 per format letter; profile values are never dates),
-``add`` (two inputs), ``make_list``, ``phone2numeric``, ``slugify``; or stays within the
+letters), ``add`` (two inputs), ``make_list``, ``phone2numeric``, ``slugify``; or stays within the
 input: ``cut``, ``dictsort``, ``dictsortreversed``, ``safe``, ``safeseq``, ``slice``,
 ``striptags``, ``truncatechars``, ``truncatechars_html``, ``truncatewords``,
-``truncatewords_html``, ``wordcount``, ``wordwrap``, ``timesince``, ``timeuntil``.
+``truncatewords_html``, ``wordcount``, ``wordwrap``.
 
 Filters that take constant time and write no more than their input or argument run as Django
 wrote them (``_CONSTANT_TIME``): ``default``, ``default_if_none``, ``divisibleby``,
@@ -53,7 +52,9 @@ wrote them (``_CONSTANT_TIME``): ``default``, ``default_if_none``, ``divisibleby
 ``random``, ``yesno``.
 
 Filters refused (``REFUSED_FILTERS``): ``pprint``, a debugging aid that prints Python's
-representation of a value.
+representation of a value; ``date``, ``time``, ``timesince``, ``timeuntil``, which format
+dates and times, when a profile's data holds none (JSON: text and numbers), so they wrote
+nothing or failed every recipient with a value.
 """
 
 from __future__ import annotations
@@ -125,7 +126,6 @@ ALLOWED_FILTERS = frozenset(
         "capfirst",
         "center",
         "cut",
-        "date",
         "default",
         "default_if_none",
         "dictsort",
@@ -160,9 +160,6 @@ ALLOWED_FILTERS = frozenset(
         "slugify",
         "stringformat",
         "striptags",
-        "time",
-        "timesince",
-        "timeuntil",
         "title",
         "truncatechars",
         "truncatechars_html",
@@ -178,7 +175,16 @@ ALLOWED_FILTERS = frozenset(
         "yesno",
     }
 )
-REFUSED_FILTERS = {"pprint": "it prints Python's debugging representation of a value"}
+# A profile's data is text and numbers (JSON): these filters only format dates and times,
+# writing nothing for text (|date, |time) or failing on it (|timesince, |timeuntil).
+_NO_DATES = "a profile's data holds no dates, only text and numbers ({% now %} writes today's)"
+REFUSED_FILTERS = {
+    "date": _NO_DATES,
+    "pprint": "it prints Python's debugging representation of a value",
+    "time": _NO_DATES,
+    "timesince": _NO_DATES,
+    "timeuntil": _NO_DATES,
+}
 
 
 class TagRefused(TemplateSyntaxError):

@@ -511,7 +511,6 @@ FILTER_USES = {
     "capfirst": "{{ profile.plan|capfirst }}",
     "center": '{{ profile.first_name|center:"9" }}',
     "cut": '{{ profile.first_name|cut:"n" }}',
-    "date": "{% now 'Y-m-d' as today %}{{ today|date:'Y' }}.",
     "default": '{{ profile.nickname|default:"there" }}',
     "default_if_none": '{{ profile.nothing|default_if_none:"none" }}',
     "dictsort": '{% for o in profile.orders|dictsort:"name" %}{{ o.name }}{% endfor %}.',
@@ -548,9 +547,6 @@ FILTER_USES = {
     "slugify": "{{ profile.quote|slugify }}.",
     "stringformat": '{{ profile.score|stringformat:"05d" }}',
     "striptags": "{{ profile.quote|striptags }}.",
-    "time": "{% now 'H:i' as hour %}{{ hour|time:'H' }}.",
-    "timesince": "{{ profile.since|timesince }}.",
-    "timeuntil": "{{ profile.since|timeuntil }}.",
     "title": "{{ profile.quote|title }}",
     "truncatechars": '{{ profile.quote|truncatechars:"5" }}',
     "truncatechars_html": '{{ profile.quote|truncatechars_html:"5" }}',
@@ -565,7 +561,13 @@ FILTER_USES = {
     "wordwrap": '{{ profile.quote|wordwrap:"5" }}',
     "yesno": '{{ profile.vip|yesno:"VIP,member" }}',
 }
-REFUSED_FILTER_USES = {"pprint": "{{ profile.tags|pprint }}"}
+REFUSED_FILTER_USES = {
+    "date": "{{ profile.birthday|date:'j F' }}",
+    "pprint": "{{ profile.tags|pprint }}",
+    "time": "{{ profile.opening|time:'H:i' }}",
+    "timesince": "{{ profile.signed_up|timesince }}",
+    "timeuntil": "{{ profile.renewal|timeuntil }}",
+}
 
 RICH = {
     "tags": ["a", "a", "b"],
@@ -652,9 +654,12 @@ def test_tags_that_reach_outside_the_message_are_refused_at_save(body):
         render_content(subject="", body=body, profile=ann())
 
 
-def test_filters_left_out_of_the_sandbox_are_refused_at_save():
-    with pytest.raises(TemplateContentError, match="pprint"):
-        validate_content(subject="", body=REFUSED_FILTER_USES["pprint"])
+@pytest.mark.parametrize("name", list(REFUSED_FILTER_USES))
+def test_filters_left_out_of_the_sandbox_are_refused_at_save(name):
+    with pytest.raises(TemplateContentError) as excinfo:
+        validate_content(subject="", body=REFUSED_FILTER_USES[name])
+    message = excinfo.value.message_dict["body"][0]
+    assert f"the |{name} filter is not allowed in message content" in message
 
 
 # --- in a real delivery batch --------------------------------------------------------------
