@@ -24,7 +24,8 @@ Tags allowed (``ALLOWED_TAGS``):
   what the template holds or a value as it is;
 * ``if``, ``with``, ``autoescape``, ``spaceless``, ``filter``, ``ifchanged``, ``regroup`` —
   render what they hold (``regroup`` writes nothing, ``ifchanged`` renders its block to
-  compare it), through the same instrumented nodes and bounded filters.
+  compare it), through the same instrumented nodes and bounded filters; ``filter`` writes a
+  number or a list its filters end with as text, as ``{{ … }}`` does (Django's fails).
 
 Filters whose argument alone can make the output arbitrarily long are checked before the
 call (``_LIMIT_RULES``; at save for a literal argument, at render for one from the profile):
@@ -66,8 +67,8 @@ from typing import Any
 
 from django.template import Context, Engine, Library, Template, TemplateSyntaxError, defaultfilters
 from django.template import defaulttags as django_tags
-from django.template.base import Parser, Token
-from django.template.defaulttags import LoremNode
+from django.template.base import Parser, Token, render_value_in_context
+from django.template.defaulttags import FilterNode, LoremNode
 from django.utils import lorem_ipsum
 
 from .budget import Budget, RenderBudgetExceeded, RenderLimits, this_thread
@@ -426,13 +427,31 @@ def _lorem(parser: Parser, token: Token) -> LoremNode:
     return _BoundedLoremNode(node.count, node.method, node.common)
 
 
+class _TextFilterNode(FilterNode):
+    """``{% filter %}`` writing its result as text, as ``{{ … }}`` would: Django's node
+    hands a number or a list (``{% filter length %}``) to the template as it is, which
+    then fails every render."""
+
+    def render(self, context: Context) -> str:
+        result = super().render(context)
+        return result if isinstance(result, str) else render_value_in_context(result, context)
+
+
+def _filter(parser: Parser, token: Token) -> FilterNode:
+    node = django_tags.do_filter(parser, token)
+    return _TextFilterNode(node.filter_expr, node.nodelist)
+
+
 # --- the engine ------------------------------------------------------------------------------
+
+
+_REPLACED_TAGS = {"filter": _filter, "lorem": _lorem}
 
 
 def _library() -> Library:
     library = Library()
     library.tags = {
-        name: _lorem if name == "lorem" else compile_function
+        name: _REPLACED_TAGS.get(name, compile_function)
         for name, compile_function in django_tags.register.tags.items()
         if name in ALLOWED_TAGS
     }

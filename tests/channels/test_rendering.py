@@ -639,6 +639,11 @@ def test_the_allowed_tags_render_what_django_renders():
     assert rendered["templatetag"] == "{{ profile }}"
 
 
+def test_a_filter_block_ending_in_a_number_or_a_list_writes_it_as_text():
+    body = "{% filter length %}{{ profile.first_name }}{% endfilter %}"
+    assert body_of(body + " {% filter make_list %}ab{% endfilter %}") == "3 ['a', 'b']"
+
+
 @pytest.mark.parametrize(
     "body",
     [*REFUSED_TAG_USES.values(), *LOADER_TAG_USES.values()],
