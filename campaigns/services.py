@@ -25,6 +25,7 @@ from django_fsm import TransitionNotAllowed, can_proceed
 
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
+from channels.rendering import TemplateContentError, validate_content
 from segments.models import Segment
 
 from .choices import CampaignStatus, CampaignType
@@ -153,13 +154,23 @@ def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, An
                 f"not {ChannelKind(channel).label}."
             )
             continue
+        subject, body = spec.get("subject") or "", spec.get("body") or ""
+        try:
+            validate_content(subject=subject, body=body)
+        except TemplateContentError as error:
+            errors.extend(
+                f"{where}.{field}: {message}"
+                for field, messages in error.message_dict.items()
+                for message in messages
+            )
+            continue
         rows.append(
             ChannelAction(
                 version=version,
                 channel=channel,
                 preset=preset,
-                subject=spec.get("subject") or "",
-                body=spec.get("body") or "",
+                subject=subject,
+                body=body,
             )
         )
     if errors:

@@ -312,6 +312,17 @@ SALVO_DELIVERY_MAX_ATTEMPTS = env.int("SALVO_DELIVERY_MAX_ATTEMPTS", default=6)
 # costs more than sending the batch. Connections are still recycled after this many tasks.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
+# --- Rendering (issue 9) ----------------------------------------------------------------
+# The budget of one message (subject and body together) as its templates render, enforced
+# while they render (channels/rendering/budget.py): past it, that recipient fails with the
+# limit named, the others are sent. A typical message renders in ~20 µs and a loop over a
+# few hundred items in ~1-2 ms; a chunk of SALVO_DELIVERY_SEND_CHUNK recipients that all hit
+# the time limit still ends well within SALVO_DELIVERY_SENDING_TIMEOUT_S (500 × ~75 ms, as
+# a render gets half the limit again when its thread was kept off the CPU). 100,000
+# characters is about where Gmail clips an email (102 KB); SMS and push carry far less.
+SALVO_RENDER_TIMEOUT_MS = env.int("SALVO_RENDER_TIMEOUT_MS", default=50)
+SALVO_RENDER_MAX_CHARS = env.int("SALVO_RENDER_MAX_CHARS", default=100_000)
+
 # --- Channel providers (issue 4) ------------------------------------------------------
 # One backend per channel, chosen like EMAIL_BACKEND; a MessagePreset may name its own.
 # The defaults only log, so the embedded default never reaches the internet. Production sets
