@@ -28,7 +28,7 @@ from channels.models import MessagePreset
 from segments.models import Segment
 
 from .choices import CampaignStatus, CampaignType
-from .delivery import execution_start
+from .delivery import execution_start, hold_campaign_sends
 from .exceptions import CampaignConflict
 from .models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
 from .selectors import Actor, version_activation_problems
@@ -397,6 +397,8 @@ def campaign_complete(*, campaign: Campaign | int, reason: str = "") -> Campaign
 def campaign_stop(*, campaign: Campaign, user: Actor | None, reason: str = "") -> Campaign:
     """Scheduled or Live → Stopped. Terminal: no delivery starts after this commits."""
     _require_perm(user, "campaigns.change_campaign")
+    # First wait for the chunks on their way to the provider, holding off new ones.
+    hold_campaign_sends(campaign_id=campaign.pk)
     campaign = _lock(campaign)
     return _transition(campaign, "stop", user=user, reason=reason)
 

@@ -204,8 +204,11 @@ SALVO_DELIVERY_SEND_THREADS = env.int("SALVO_DELIVERY_SEND_THREADS", default=2)
 # A worker sleeps at most this long for a preset's rate limit; a longer wait sends the
 # batch back to the queue for later.
 SALVO_DELIVERY_RATE_WAIT_MAX_S = env.float("SALVO_DELIVERY_RATE_WAIT_MAX_S", default=2.0)
-# A batch whose rows another worker is sending looks again after this long (a worker that
-# dies releases its rows at once); an execution with no progress this long has its
+# A batch whose rows another worker is sending looks again after this long. On SQLite it is
+# also the lease of a claimed chunk: its rows come back to other workers this long after
+# the claim (or after the last renewal, just before the provider call) if the worker died,
+# so it must outlast one chunk's provider call. On PostgreSQL a worker that dies releases
+# its rows at once. An execution with no progress for SALVO_DELIVERY_STALL_AFTER_S has its
 # unfinished batches sent again (lost task messages).
 SALVO_DELIVERY_SENDING_TIMEOUT_S = env.float("SALVO_DELIVERY_SENDING_TIMEOUT_S", default=60.0)
 SALVO_DELIVERY_STALL_AFTER_S = env.float("SALVO_DELIVERY_STALL_AFTER_S", default=90.0)
