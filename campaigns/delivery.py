@@ -43,6 +43,10 @@ can drop the repeat. Lost task messages (the filesystem transport drops a messag
 worker dies; Redis returns it only after its visibility timeout) are revived by
 ``executions_resume_stalled``, run by the scheduler tick.
 
+Failures. Whatever goes wrong while preparing one recipient (reading its data, building
+its context, rendering, building headers) fails that recipient only, with the reason on
+its row.
+
 Cost. Per recipient and channel the database writes the row once when planning and once
 with its outcome (on SQLite, twice more to claim it and renew the lease); no index holds a
 column that sending changes, so on PostgreSQL that second write is a heap-only update on
@@ -443,7 +447,9 @@ class _Due:
 
     delivery_id: int
     attempt: int  # the attempt about to be made: 1 for the first
-    profile: dict[str, Any] | None  # the recipient's data; None once the profile is gone
+    # The recipient's data as read (attributes still JSON text on both databases, decoded
+    # for each recipient on its own); None once the profile is gone.
+    profile: dict[str, Any] | None
 
 
 @dataclass
@@ -457,7 +463,11 @@ class _Outcome:
 def _due_rows_sql(*, where: str, suffix: str = "") -> str:
     """The query that reads deliveries of a batch with their recipients' data."""
     quote = connection.ops.quote_name
-    columns = ", ".join(f"p.{quote(name)}" for name in PROFILE_VALUES)
+    columns = ", ".join(
+        # As text: a recipient whose attributes cannot be decoded fails alone, in prepare.
+        f"CAST(p.{quote(name)} AS text)" if name == "attributes" else f"p.{quote(name)}"
+        for name in PROFILE_VALUES
+    )
     return (
         f"SELECT d.id, d.attempts, {columns} "
         f"FROM {_table(Delivery)} d LEFT JOIN {_table(Profile)} p ON p.id = d.profile_id "
@@ -478,12 +488,7 @@ def _due_params(batch: Batch, *, now: dt.datetime) -> list[Any]:
 def _read_due(cursor: Any) -> list[_Due]:
     due = []
     for delivery_id, attempts, *values in cursor.fetchall():
-        profile = None
-        if values[0] is not None:
-            profile = dict(zip(PROFILE_VALUES, values, strict=True))
-            # Django reads JSON as text and decodes it in the field, which a raw query skips.
-            if isinstance(profile["attributes"], str):
-                profile["attributes"] = json.loads(profile["attributes"])
+        profile = dict(zip(PROFILE_VALUES, values, strict=True)) if values[0] is not None else None
         due.append(_Due(int(delivery_id), int(attempts) + 1, profile))
     return due
 
@@ -706,14 +711,19 @@ class _ActionSender:
         }
 
     def prepare(self, due: Sequence[_Due]) -> _Prepared:
-        """Decide each row: skipped (no address, opted out), failed (cannot render) or a
-        rendered message."""
+        """Decide each row: skipped (no address, opted out), failed (its data cannot be
+        read, its content cannot be rendered, or anything else goes wrong for it alone) or
+        a rendered message."""
         prepared = _Prepared([], [])
         for row in due:
             try:
                 decided = self._prepare_one(row)
             except RenderError as error:
                 decided = _Outcome(row.delivery_id, D.FAILED, f"Cannot render: {error}")
+            except Exception as error:  # this recipient's failure, never the batch's
+                reason = f"Cannot prepare the message: {type(error).__name__}: {error}"
+                logger.warning("Delivery %s failed: %s", row.delivery_id, reason)
+                decided = _Outcome(row.delivery_id, D.FAILED, reason)
             if isinstance(decided, _Outcome):
                 prepared.outcomes.append(decided)
             else:
@@ -730,6 +740,13 @@ class _ActionSender:
         address = profile[field] if field else self.preset.webhook_url
         if not address:
             return _Outcome(row.delivery_id, D.SKIPPED, self.no_address)
+        attributes = profile["attributes"]
+        if isinstance(attributes, str):
+            try:
+                profile = {**profile, "attributes": json.loads(attributes)}
+            except (ValueError, RecursionError) as error:
+                reason = f"Cannot read the profile's attributes: {type(error).__name__}: {error}"
+                return _Outcome(row.delivery_id, D.FAILED, reason)
         subject, body = self.render(profile_context(profile))
         headers: dict[str, str] = {}
         if self.unsubscribe:

@@ -9,7 +9,9 @@ from typing import Any
 
 from campaigns.models import Campaign, Delivery
 from channels.sinks import RunningSinks, running_sinks
+from segments.models import Profile, Segment
 from tests.conftest import CeleryProcess, wait_until
+from tests.segments.factories import ProfileFactory, SegmentFactory
 
 # Small batches and chunks, so that a few dozen profiles span several of each. The lease a
 # chunk holds its rows by (SQLite) outlasts any slow provider or template of these tests.
@@ -64,3 +66,11 @@ def sent_delivery_ids(campaign: Campaign) -> list[str]:
 def received_delivery_ids(sink: RunningSinks, channel: str | None = None) -> list[str]:
     """Every accepted message's delivery id, repeats included."""
     return sorted(str(r["delivery_id"]) for r in sink.received(channel))
+
+
+def make_profile(**fields: Any) -> Profile:
+    return ProfileFactory(**fields)  # type: ignore[return-value]
+
+
+def make_segment(**fields: Any) -> Segment:
+    return SegmentFactory(**fields)  # type: ignore[return-value]
