@@ -45,7 +45,10 @@ worker dies; Redis returns it only after its visibility timeout) are revived by
 
 Failures. Whatever goes wrong while preparing one recipient (reading its data, building
 its context, rendering, building headers) fails that recipient only, with the reason on
-its row.
+its row. A step that raises (planning a chunk, a batch) runs again after a back-off, at
+most SALVO_STEP_MAX_ATTEMPTS times (``execution_step_failed``); then the execution is
+Failed, which nothing revives, and the campaign shows the error (it stays Live: stopping
+it is the user's call).
 
 Cost. Per recipient and channel the database writes the row once when planning and once
 with its outcome (on SQLite, twice more to claim it and renew the lease); no index holds a
@@ -1098,6 +1101,82 @@ def executions_resume_stalled(*, now: dt.datetime | None = None) -> list[int]:
         )
         resumed.append(execution.pk)
     return resumed
+
+
+# --- 6. steps that fail ------------------------------------------------------------------
+
+PLANNING_STEP = "Planning the audience"
+
+
+def step_name(batch: Batch | None) -> str:
+    """What a step of the execution does, as its error shows it: planning (no batch) or
+    sending one batch."""
+    if batch is None:
+        return PLANNING_STEP
+    channel = ChannelAction.objects.filter(pk=batch.action_id).values_list("channel", flat=True)
+    label = ChannelKind(channel[0]).label if channel else f"action {batch.action_id}"
+    return f"Sending {label} to profiles {batch.first_profile_id}–{batch.last_profile_id}"
+
+
+def error_text(error: BaseException) -> str:
+    """An exception as a person reads it: its type and its message(s)."""
+    messages = getattr(error, "messages", None)  # a ValidationError holds a list
+    detail = "; ".join(map(str, messages)) if isinstance(messages, list) else str(error)
+    return f"{type(error).__name__}: {detail}"[:10_000]
+
+
+def step_policy() -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.SALVO_STEP_MAX_ATTEMPTS,
+        base_s=settings.SALVO_STEP_RETRY_BASE_S,
+        cap_s=settings.SALVO_STEP_RETRY_CAP_S,
+    )
+
+
+def execution_step_failed(
+    *, execution_id: int, batch: Batch | None, error: BaseException, attempt: int
+) -> float | None:
+    """Record that the `attempt`-th attempt of a step of the execution (planning when
+    `batch` is None) raised `error`. Returns the seconds after which to run it again, or
+    None when it must not run again: the execution is over, or this was the last of
+    SALVO_STEP_MAX_ATTEMPTS attempts, and then the execution is Failed with the error.
+
+    A Failed execution is never revived (the stall check looks at running ones only); its
+    campaign stays Live and shows the error until someone stops it."""
+    policy = step_policy()
+    now = timezone.now()
+    step = step_name(batch)
+    record = {"error_step": step[:200], "error": error_text(error), "error_at": now}
+    running = Execution.objects.filter(pk=execution_id, status=ExecutionStatus.RUNNING)
+    if not policy.may_retry(attempt=attempt):
+        if running.update(
+            status=ExecutionStatus.FAILED, finished_at=now, error_attempts=attempt, **record
+        ):
+            logger.error(
+                "Execution %s failed: %s failed %d times: %s", execution_id, step, attempt, error
+            )
+        return None
+    if not running.update(error_attempts=attempt, **record):
+        return None
+    delay = policy.delay(attempt=attempt)
+    logger.warning(
+        "Execution %s: %s failed (attempt %d of %d), again in %gs: %s",
+        execution_id,
+        step,
+        attempt,
+        policy.max_attempts,
+        delay,
+        error,
+    )
+    return delay
+
+
+def execution_step_recovered(*, execution_id: int, batch: Batch | None) -> None:
+    """A step that had failed went through: its error no longer stands (another step's,
+    recorded since, does)."""
+    Execution.objects.filter(
+        pk=execution_id, status=ExecutionStatus.RUNNING, error_step=step_name(batch)[:200]
+    ).update(error_step="", error="", error_at=None, error_attempts=0)
 
 
 def naive_send_one(*, execution_id: int, action_id: int, profile_id: int) -> None:

@@ -216,6 +216,14 @@ SALVO_DELIVERY_STALL_AFTER_S = env.float("SALVO_DELIVERY_STALL_AFTER_S", default
 SALVO_DELIVERY_RETRY_BASE_S = env.float("SALVO_DELIVERY_RETRY_BASE_S", default=5.0)
 SALVO_DELIVERY_RETRY_CAP_S = env.float("SALVO_DELIVERY_RETRY_CAP_S", default=600.0)
 SALVO_DELIVERY_MAX_ATTEMPTS = env.int("SALVO_DELIVERY_MAX_ATTEMPTS", default=6)
+# A step of the engine that raises (planning a chunk, sending a batch, activating a campaign)
+# is run again after the same kind of back-off, at most SALVO_STEP_MAX_ATTEMPTS times in
+# all; then it stops: the execution is Failed and its campaign, still Live, shows the error
+# until someone stops it; an activation fails back to the status it came from. Keep the cap
+# below SALVO_ACTIVATION_RETRY_AFTER_S, or a retry waiting its turn looks lost.
+SALVO_STEP_MAX_ATTEMPTS = env.int("SALVO_STEP_MAX_ATTEMPTS", default=6)
+SALVO_STEP_RETRY_BASE_S = env.float("SALVO_STEP_RETRY_BASE_S", default=5.0)
+SALVO_STEP_RETRY_CAP_S = env.float("SALVO_STEP_RETRY_CAP_S", default=40.0)
 # Celery's Django fix-up closes the database connection around every task unless told to
 # reuse it: a fresh PostgreSQL backend per batch (fork, authentication, cold catalog cache)
 # costs more than sending the batch. Connections are still recycled after this many tasks.

@@ -204,6 +204,7 @@ def test_the_report_endpoint_shows_the_counts(sinks, api_client):
         "total": 3,
         "by_status": {"pending": 0, "sent": 2, "failed": 0, "skipped": 1},
         "by_channel": {"sms": {"total": 3, "pending": 0, "sent": 2, "failed": 0, "skipped": 1}},
+        "delivery_error": None,
     }
     assert api_client.get("/api/campaigns/999999/report/").status_code == 404
 
