@@ -3,11 +3,15 @@ processes, and waiting on a campaign's observable state."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from campaigns.models import Campaign, Delivery
+from django.db.models import F
+
+from campaigns import delivery
+from campaigns.models import Campaign, ChannelAction, Delivery, Execution
 from channels.sinks import RunningSinks, running_sinks
 from segments.models import Profile, Segment
 from tests.conftest import CeleryProcess, wait_until
@@ -74,3 +78,36 @@ def make_profile(**fields: Any) -> Profile:
 
 def make_segment(**fields: Any) -> Segment:
     return SegmentFactory(**fields)  # type: ignore[return-value]
+
+
+# --- the engine's steps, run in the test process --------------------------------------
+
+
+def plan(campaign: Campaign) -> Execution:
+    """Plan the whole audience of the campaign's execution, as the planning task would."""
+    execution = Execution.objects.get(campaign=campaign)
+    while delivery.execution_plan_step(execution_id=execution.pk):
+        pass
+    execution.refresh_from_db()
+    return execution
+
+
+def send_all(execution: Execution) -> list[float | None]:
+    """Run one copy of a batch over the whole audience per action, as a worker would;
+    what each returned (seconds until it must run again, or None)."""
+    return [
+        delivery.batch_send(
+            execution_id=execution.pk,
+            action_id=action.pk,
+            first_profile_id=0,
+            last_profile_id=execution.audience_max_profile_id,
+        )
+        for action in ChannelAction.objects.filter(version_id=execution.version_id)
+    ]
+
+
+def time_passes(execution: Execution, seconds: float) -> None:
+    """Everything of the execution waiting for a retry is `seconds` closer to it."""
+    Delivery.objects.filter(execution=execution, next_attempt_at__isnull=False).update(
+        next_attempt_at=F("next_attempt_at") - dt.timedelta(seconds=seconds)
+    )
