@@ -392,7 +392,7 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
         )
         # One count per action: each is a range of the unique index, where an IN list
         # over the actions makes PostgreSQL scan the whole table.
-        in_flight = sum(
+        in_flight = [
             Delivery.objects.filter(
                 execution_id=execution.pk,
                 action_id=action_id,
@@ -401,10 +401,13 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
                 profile_id__lte=execution.dispatched_through,
             ).count()
             for action_id in action_ids
-        )
-        window = settings.SALVO_DELIVERY_WINDOW * size * len(action_ids)
+        ]
+        # The next id range holds at most one batch of each action: queue it only if it
+        # fits in every action's window, so that no action ever has more than the window
+        # waiting, however far ahead the others are.
+        window = settings.SALVO_DELIVERY_WINDOW * size
         batches: list[Batch] = []
-        while in_flight < window:
+        while max(in_flight) + size <= window:
             ahead = Delivery.objects.filter(
                 execution_id=execution.pk,
                 action_id=action_ids[0],
@@ -424,7 +427,7 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
                 break  # wait for planning to produce a whole batch
             first = execution.dispatched_through + 1
             batches.extend(Batch(execution.pk, a, first, last) for a in action_ids)
-            in_flight += size * len(action_ids)
+            in_flight = [count + size for count in in_flight]
             execution.dispatched_through = last
         execution.last_progress_at = timezone.now()
         execution.save(update_fields=["dispatched_through", "last_progress_at"])
