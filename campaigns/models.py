@@ -117,6 +117,7 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         target=RETURN_VALUE(Status.SCHEDULED, Status.LIVE),
     )
     def activation_succeed(self, *, start_at: dt.datetime | None, now: dt.datetime) -> str:
+        self.activation_error = ""  # an attempt that failed before this one is history
         return Status.SCHEDULED if start_at is not None and start_at > now else Status.LIVE
 
     @transition(

@@ -210,6 +210,23 @@ def test_a_lost_activation_is_sent_again_a_bounded_number_of_times(
 
 
 @pytest.mark.django_db
+@override_settings(SALVO_STEP_MAX_ATTEMPTS=3)
+def test_an_activation_that_fails_once_and_then_succeeds_shows_no_error():
+    campaign = make_campaign()
+    services.campaign_activate(campaign=campaign, user=None)
+    services.campaign_activation_failed(
+        campaign_id=campaign.pk, error=ConnectionError("the database went away")
+    )
+    assert Campaign.objects.get(pk=campaign.pk).activation_error
+
+    services.campaign_activation_complete(campaign_id=campaign.pk)
+
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.activation_error) == (Status.LIVE, "")
+    assert campaign.activation_attempts == 2
+
+
+@pytest.mark.django_db
 @override_settings(SALVO_STEP_MAX_ATTEMPTS=2)
 def test_an_activation_given_up_on_shows_the_last_error_it_met():
     campaign = make_campaign()
