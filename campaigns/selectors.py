@@ -210,7 +210,7 @@ def delivery_error_summary(error: dict[str, Any]) -> str:
     then = (
         "Retrying."
         if error["retrying"]
-        else "Delivery has stopped: stop the campaign, or fix the cause and run it again "
-        "as a new campaign."
+        else "Delivery has stopped; what was not sent stays pending until the campaign is "
+        "stopped."
     )
     return f"{error['step']} failed {times}: {error['error']} {then}"
