@@ -20,7 +20,8 @@ from django.utils import timezone
 
 from campaigns import delivery, selectors, services
 from campaigns.choices import CampaignStatus, DeliveryStatus, ExecutionStatus
-from campaigns.models import ChannelAction, Delivery, Execution
+from campaigns.models import Campaign, ChannelAction, Delivery, Execution
+from campaigns.tasks import delivery_batch_task
 from channels.sinks import RunningSinks, running_sinks
 from config.celery import app as celery_app
 from segments.models import Profile
@@ -255,16 +256,23 @@ def lose_every_queued_message() -> None:
     take_queued_tasks()
 
 
+def planned_before_any_worker(campaign: Campaign) -> Execution:
+    """Make the campaign Live and plan its audience in this process, before any worker
+    runs: the batches that planning handed out wait in the broker."""
+    services.campaign_activate(campaign=campaign, user=None)
+    services.campaign_activation_complete(campaign_id=campaign.pk)
+    execution = plan(campaign)
+    assert execution.dispatched_through > 0
+    return execution
+
+
 @pytest.mark.worker
 @pytest.mark.timeout(180)
 def test_an_execution_whose_task_messages_were_lost_resumes(celery_process_factory):
     profiles = ProfileFactory.create_batch(40)
     campaign = make_campaign(actions=[sms_action()])
-    services.campaign_activate(campaign=campaign, user=None)
-    services.campaign_activation_complete(campaign_id=campaign.pk)
-    execution = plan(campaign)  # planned here; its first batches were queued …
-    assert execution.dispatched_through > 0
-    lose_every_queued_message()  # … and lost
+    execution = planned_before_any_worker(campaign)
+    lose_every_queued_message()
 
     with sinks_and_worker(
         celery_process_factory, beat=True, env={"SALVO_DELIVERY_STALL_AFTER_S": "1"}
@@ -291,7 +299,9 @@ def test_an_activation_whose_task_message_was_lost_is_sent_again(celery_process_
 
         assert sorted(r["to"] for r in sink.received()) == sorted(p.phone for p in profiles)
     campaign.refresh_from_db()
-    assert campaign.activation_attempts == 2
+    # Sent again at least once (a slow worker may see it twice: it activates once).
+    assert campaign.activation_attempts >= 2
+    assert campaign.transitions.filter(name="activation_succeed").count() == 1
     assert campaign.activation_error == ""
 
 
@@ -302,12 +312,9 @@ def test_two_copies_of_a_batch_at_once_send_each_row_once(celery_process_factory
     worker processes run them side by side, and each recipient still gets one message."""
     profiles = ProfileFactory.create_batch(60)
     campaign = make_campaign(actions=[sms_action()])
-    services.campaign_activate(campaign=campaign, user=None)
-    services.campaign_activation_complete(campaign_id=campaign.pk)
-    execution = plan(campaign)
+    execution = planned_before_any_worker(campaign)
     action = ChannelAction.objects.get(version_id=execution.version_id)
     whole = (execution.pk, action.pk, 0, execution.audience_max_profile_id)
-    from campaigns.tasks import delivery_batch_task
 
     delivery_batch_task.apply_async(whole)
     delivery_batch_task.apply_async(whole)
