@@ -135,7 +135,7 @@ def executions_refused_by_the_database() -> Iterator[str]:
 
 @pytest.mark.django_db
 @override_settings(SALVO_STEP_MAX_ATTEMPTS=3)
-def test_an_activation_that_keeps_failing_fails_with_its_error_instead_of_looping():
+def test_an_activation_that_keeps_failing_fails_with_its_error_instead_of_looping(admin_client):
     campaign = make_campaign()
     services.campaign_activate(campaign=campaign, user=None)
 
@@ -155,6 +155,10 @@ def test_an_activation_that_keeps_failing_fails_with_its_error_instead_of_loopin
     assert not Execution.objects.filter(campaign=campaign).exists()
     # Nothing sends it again: it is no longer Activating.
     assert services.campaigns_retry_stale_activations(older_than=dt.timedelta(0)) == []
+    # The admin list shows an alert beside its status.
+    listing = admin_client.get("/admin/campaigns/campaign/").content.decode()
+    assert 'class="salvo-alert"' in listing
+    assert "Activation: The activation failed 3 times" in listing
 
 
 @pytest.mark.django_db
