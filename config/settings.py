@@ -298,8 +298,11 @@ SALVO_DELIVERY_SEND_THREADS = env.int("SALVO_DELIVERY_SEND_THREADS", default=2)
 # A worker sleeps at most this long for a preset's rate limit; a longer wait sends the
 # batch back to the queue for later.
 SALVO_DELIVERY_RATE_WAIT_MAX_S = env.float("SALVO_DELIVERY_RATE_WAIT_MAX_S", default=2.0)
-# A batch whose rows another worker is sending looks again after this long (a worker that
-# dies releases its rows at once); an execution with no progress this long has its
+# A batch whose rows another worker is sending looks again after this long. On SQLite it is
+# also the lease of a claimed chunk: its rows come back to other workers this long after
+# the claim (or after the last renewal, just before the provider call) if the worker died,
+# so it must outlast one chunk's provider call. On PostgreSQL a worker that dies releases
+# its rows at once. An execution with no progress for SALVO_DELIVERY_STALL_AFTER_S has its
 # unfinished batches sent again (lost task messages).
 SALVO_DELIVERY_SENDING_TIMEOUT_S = env.float("SALVO_DELIVERY_SENDING_TIMEOUT_S", default=60.0)
 SALVO_DELIVERY_STALL_AFTER_S = env.float("SALVO_DELIVERY_STALL_AFTER_S", default=90.0)
@@ -307,6 +310,14 @@ SALVO_DELIVERY_STALL_AFTER_S = env.float("SALVO_DELIVERY_STALL_AFTER_S", default
 SALVO_DELIVERY_RETRY_BASE_S = env.float("SALVO_DELIVERY_RETRY_BASE_S", default=5.0)
 SALVO_DELIVERY_RETRY_CAP_S = env.float("SALVO_DELIVERY_RETRY_CAP_S", default=600.0)
 SALVO_DELIVERY_MAX_ATTEMPTS = env.int("SALVO_DELIVERY_MAX_ATTEMPTS", default=6)
+# A step of the engine that raises (planning a chunk, sending a batch, activating a campaign)
+# is run again after the same kind of back-off, at most SALVO_STEP_MAX_ATTEMPTS times in
+# all; then it stops: the execution is Failed and its campaign, still Live, shows the error
+# until someone stops it; an activation fails back to the status it came from. Keep the cap
+# below SALVO_ACTIVATION_RETRY_AFTER_S, or a retry waiting its turn looks lost.
+SALVO_STEP_MAX_ATTEMPTS = env.int("SALVO_STEP_MAX_ATTEMPTS", default=6)
+SALVO_STEP_RETRY_BASE_S = env.float("SALVO_STEP_RETRY_BASE_S", default=5.0)
+SALVO_STEP_RETRY_CAP_S = env.float("SALVO_STEP_RETRY_CAP_S", default=40.0)
 # Celery's Django fix-up closes the database connection around every task unless told to
 # reuse it: a fresh PostgreSQL backend per batch (fork, authentication, cold catalog cache)
 # costs more than sending the batch. Connections are still recycled after this many tasks.
