@@ -145,7 +145,12 @@ def test_stop_does_not_wait_for_a_slow_template_and_the_chunk_it_renders_is_not_
     with sinks_and_worker(
         celery_process_factory,
         concurrency=1,
-        env={"SALVO_DELIVERY_BATCH_SIZE": "40", "SALVO_DELIVERY_SEND_CHUNK": "20"},
+        env={
+            "SALVO_DELIVERY_BATCH_SIZE": "40",
+            "SALVO_DELIVERY_SEND_CHUNK": "20",
+            # Slow but within its budget: each message renders in full and would be sent.
+            "SALVO_RENDER_TIMEOUT_MS": "10000",
+        },
     ) as (sink, _, _):
         campaign = make_campaign(actions=[sms_action(body=SLOW_BODY)])
         services.campaign_activate(campaign=campaign, user=None)
