@@ -8,7 +8,9 @@ same text.
 
 import csv
 import io
+import json
 import random
+import re
 
 import pytest
 
@@ -117,34 +119,148 @@ def test_batches_keep_and_reject_what_the_row_by_row_path_does(seed, monkeypatch
             ], text
 
 
-def new_profile_line(row: Row) -> str:
-    """The reference profile-table COPY line of one new profile."""
-    consents = []
-    for channel in ("email", "sms", "push"):
-        given = row.consent.get(channel)
-        if given is None:
-            consents += ["t", "\\N", ""]
-        else:
-            consents += ["t" if given else "f", "now", "import"]
-    values = [
-        row.external_id,
-        *(row.values.get(name, "") for name in services.TEXT_COLUMNS),
-        row.attributes_json() or "{}",
-    ]
-    fields = [*map(services._copy_escape, values), *consents, "now", "now"]
-    return "\t".join(fields) + "\n"
+# --- the COPY text a batch renders, against what the file says ---------------------------
+
+COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def copy_field(text: str, null: str) -> str | None:
+    """One field of COPY's text format as PostgreSQL reads it (PostgreSQL docs, COPY, "Text
+    Format"): the NULL marker, or the text with its backslash sequences decoded."""
+    if text == null:
+        return None
+
+    def unescape(match: re.Match[str]) -> str:
+        sequence = match.group(1)
+        if sequence[0] in COPY_ESCAPES:
+            return COPY_ESCAPES[sequence[0]]
+        if sequence[0] == "x":
+            return chr(int(sequence[1:], 16))
+        if sequence[0].isdigit():
+            return chr(int(sequence, 8))
+        return sequence
+
+    return re.sub(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)", unescape, text)
+
+
+def copy_rows(text: str, null: str) -> list[list[str | None]]:
+    """The rows of COPY text: one a line, fields split at tabs (data tabs are escaped)."""
+    assert text.endswith("\n") or not text
+    return [[copy_field(f, null) for f in line.split("\t")] for line in text.split("\n")[:-1]]
+
+
+def typed(cell: str) -> object:
+    """What an attribute cell means, as the import documents it: whole numbers (up to 18
+    digits) and decimals are numbers, true/false (any case) booleans, the rest text."""
+    if re.fullmatch(r"-?(0|[1-9]\d{0,17})", cell):
+        return int(cell)
+    if re.fullmatch(r"-?(0|[1-9]\d*)\.\d+", cell):
+        return float(cell)
+    if cell.lower() in ("true", "false"):
+        return cell.lower() == "true"
+    return cell
+
+
+CONSENT_WORDS = {"true": "t", "t": "t", "yes": "t", "y": "t", "1": "t"} | {
+    "false": "f",
+    "f": "f",
+    "no": "f",
+    "n": "f",
+    "0": "f",
+}
+PROFILE_TEXT = ("email", "phone", "push_token", "locale", "time_zone")
+
+
+def file_records(text: str) -> dict[str, dict[str, str]]:
+    """Each data record of a CSV file with distinct ids, by its external id: the header's
+    names (lower-cased for fields) to the stripped cells."""
+    records = [r for r in csv.reader(io.StringIO(text, newline="")) if "".join(r).strip()]
+    header = [name.strip() for name in records[0]]
+    by_id = {}
+    for cells in records[1:]:
+        if len(cells) == len(header):
+            record = {name: cell.strip() for name, cell in zip(header, cells, strict=True)}
+            by_id[record["external_id"]] = record
+    return by_id
+
+
+def expected_profile(record: dict[str, str]) -> dict[str, object]:
+    profile: dict[str, object] = {"external_id": record["external_id"]}
+    profile |= {name: record.get(name, "") for name in PROFILE_TEXT}
+    attributes = {
+        name: typed(cell)
+        for name, cell in record.items()
+        if name not in ("external_id", *PROFILE_TEXT) and not name.startswith("consent_") and cell
+    }
+    profile["attributes"] = attributes
+    profile |= {
+        channel: CONSENT_WORDS[record[f"consent_{channel}"].lower()]
+        if record.get(f"consent_{channel}")
+        else None
+        for channel in ("email", "sms", "push")
+    }
+    return profile
+
+
+def new_profile_fields(fields: list[str | None]) -> dict[str, object]:
+    """A decoded profile-table COPY row of `_new_profiles_copy_text`, in the same shape;
+    checking on the way that the consent's time and source follow the given value."""
+    profile: dict[str, object] = {"external_id": fields[0]}
+    profile |= dict(zip(PROFILE_TEXT, fields[1:6], strict=True))
+    profile["attributes"] = json.loads(fields[6] or "")
+    for i, channel in enumerate(("email", "sms", "push")):
+        value, at, source = fields[7 + 3 * i : 10 + 3 * i]
+        given = at is not None
+        assert (at, source) == (("now", "import") if given else (None, "")), fields
+        profile[channel] = value if given else None
+        assert value == (value if given else "t"), fields
+    assert fields[16:] == ["now", "now"], fields
+    return profile
+
+
+def stage_fields(fields: list[str | None]) -> dict[str, object]:
+    """A decoded stage COPY row (NULL written as an empty field), in the same shape."""
+    profile: dict[str, object] = {"external_id": fields[0]}
+    profile |= {name: value or "" for name, value in zip(PROFILE_TEXT, fields[1:6], strict=True)}
+    profile["attributes"] = json.loads(fields[6]) if fields[6] is not None else {}
+    assert fields[7] is None, fields  # attribute_reset: SQLite's alone
+    profile |= dict(zip(("email", "sms", "push"), fields[8:11], strict=True))
+    return profile
+
+
+def random_csv_with_distinct_ids(rng: random.Random) -> str:
+    """A random file whose external ids differ (each cell gets a suffix), so that each row
+    of a batch is found in the file by its id."""
+    text = random_csv(rng)
+    lines = text.split("\n")
+    header = next(csv.reader([lines[0].rstrip("\r")]))
+    position = header.index("external_id")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for n, cells in enumerate(csv.reader(io.StringIO(text, newline="")), start=0):
+        if n == 0:
+            continue
+        if len(cells) > position:
+            cells[position] = f"{cells[position]}#{n}"
+        writer.writerow(cells)
+    return out.getvalue()
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_batches_render_the_text_the_rows_render(seed):
+def test_batches_render_the_text_the_file_says(seed):
     rng = random.Random(100 + seed)
     checked = 0
     for _ in range(200):
-        text = random_csv(rng)
+        text = random_csv_with_distinct_ids(rng)
+        records = file_records(text)
         for batch in column_wise(text, batch_rows=rng.choice([3, 10_000]))[2]:
             rows = batch.rows()
             assert services._batch_copy_text(batch) == services._copy_text(rows), text
-            expected = "".join(new_profile_line(row) for row in rows)
-            assert services._new_profiles_copy_text(batch) == expected, text
+            new_profiles = copy_rows(services._new_profiles_copy_text(batch), null="\\N")
+            staged = copy_rows(services._batch_copy_text(batch), null="")
+            expected = [expected_profile(records[r.external_id]) for r in rows]
+            assert [new_profile_fields(fields) for fields in new_profiles] == expected, text
+            assert [stage_fields(fields) for fields in staged] == expected, text
             checked += 1
     assert checked > 100
