@@ -6,8 +6,10 @@ external_id, a valid rule tree…) so that every door refuses alike.
 
 from typing import Any
 
+from django.db import models
 from rest_framework import serializers
 
+from config.api import JSONField
 from segments.choices import ConsentChannel, ImportFormat, SegmentKind
 from segments.models import Profile, Segment
 
@@ -19,6 +21,12 @@ class ConsentSerializer(serializers.Serializer):
 
 
 class ProfileSerializer(serializers.ModelSerializer):
+    # `attributes` (JSON text in a form body too) parsed within the nesting limit; the
+    # model field's validator then checks the attribute limits, with the path.
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.JSONField: JSONField,
+    }
     consent = ConsentSerializer(required=False, help_text="True means the profile may receive.")
     consent_changes = serializers.SerializerMethodField(
         help_text="When and from where each consent last changed."
