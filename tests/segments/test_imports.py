@@ -18,7 +18,9 @@ from segments import imports, services
 from segments.imports import Rejected, Row, RowBatch, read_rows
 
 CELLS = {
-    "external_id": ["u1", "u2", "u3", "u4", "", " u5 ", "u\u20036", "x" * 256, "u\\7"],
+    "external_id": [
+        *["u1", "u2", "u3", "u4", "", " u5 ", "u\u20036", "x" * 256, "u\\7", "u>8", "u\x1b9"]
+    ],
     "email": ["a@example.com", "", "bad", " b@example.com", "o'hara@example.com", "x@y", "a@b.c\t"],
     "phone": ["+33612345678", "", "+33 6 12 34 56 78", "12", "(555) 123-4567"],
     "locale": ["fr", "", "de", "x" * 17, "fr\\x"],
@@ -100,11 +102,14 @@ def column_wise(text: str, batch_rows: int) -> tuple[list[tuple], list[tuple[int
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_batches_keep_and_reject_what_the_row_by_row_path_does(seed, monkeypatch):
+def test_batches_keep_and_reject_what_the_row_by_row_path_does(seed, monkeypatch, settings):
     rng = random.Random(seed)
     if seed % 2:
         # Small blocks: files switch from split lines to the csv module mid-way.
         monkeypatch.setattr(imports, "BLOCK_BYTES", 64)
+    if seed >= 2:
+        # A size limit that some rows' attributes pass and others do not.
+        settings.SALVO_PROFILE_ATTRIBUTES_MAX_BYTES = 60
     for _ in range(150):
         text = random_csv(rng)
         kept, rejected = row_by_row(text)

@@ -5,6 +5,7 @@ Every expectation here is built from the limits in settings and from the input, 
 the code under test.
 """
 
+import io
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from django.test import override_settings
 from django.urls import reverse
 
 from segments import services
+from segments.imports import ImportRefused
 from segments.models import Profile
 from tests.segments.factories import ProfileFactory
 
@@ -43,6 +45,10 @@ def deep_path(depth: int) -> str:
     limit's, at attributes.a.a… (as many keys as the limit's levels)."""
     assert depth > MAX_DEPTH
     return "attributes" + ".a" * MAX_DEPTH
+
+
+def run_import(text: str, **kwargs):
+    return services.profiles_import(stream=io.BytesIO(text.encode()), **kwargs)
 
 
 # --- attributes: API ----------------------------------------------------------------------
@@ -216,6 +222,122 @@ def test_admin_form_refuses_attributes_over_the_limits_on_the_field(admin_client
     assert not Profile.objects.exists()
 
 
+# --- attributes: imports ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 500, 100_000])
+def test_a_jsonl_row_nested_too_deep_is_rejected_alone(depth):
+    deep = '{"external_id": "deep", "attributes": {"a": ' + nested_text(depth - 1) + "}}"
+    text = '{"external_id": "ok1"}\n' + deep + '\n{"external_id": "ok2"}\n'
+    summary = run_import(text, format="jsonl")
+    assert (summary.created, summary.updated, summary.rejected) == (2, 0, 1)
+    [rejection] = summary.rejections
+    assert rejection.line == 2
+    assert "nested deeper than" in rejection.reason
+    assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["ok1", "ok2"]
+
+
+def test_jsonl_rows_over_the_other_limits_are_rejected_with_the_reason():
+    big = {"a": "x" * MAX_BYTES}
+    lines = [
+        json.dumps({"external_id": "ok1", "attributes": nested(MAX_DEPTH)}),
+        json.dumps({"external_id": "key", "attributes": {"k" * (MAX_KEY + 1): 1}}),
+        json.dumps({"external_id": "big", "attributes": big}),
+        json.dumps({"external_id": "nul", "attributes": {"a": "\u0000"}}),
+        json.dumps({"external_id": "ok2", "attributes": {"k" * MAX_KEY: 1}}),
+    ]
+    summary = run_import("\n".join(lines) + "\n", format="jsonl")
+    assert (summary.created, summary.rejected) == (2, 3)
+    size = len(json.dumps(big, separators=(",", ":")))
+    assert [(r.line, r.reason) for r in summary.rejections] == [
+        (2, f"attributes: the key “{'k' * 40}…” is longer than {MAX_KEY} characters."),
+        (3, f"attributes: {size:,} bytes as JSON; the limit is {MAX_BYTES:,}."),
+        (4, "attributes.a: text cannot hold the NUL character (\\u0000)."),
+    ]
+    assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["ok1", "ok2"]
+
+
+def test_a_csv_attribute_column_with_a_key_over_the_limit_refuses_the_file():
+    with pytest.raises(ImportRefused) as error:
+        run_import(f"external_id,{'k' * (MAX_KEY + 1)}\nu1,1\n", format="csv")
+    assert error.value.messages == [
+        f"Column “{'k' * 40}…”: attribute keys are at most {MAX_KEY} characters."
+    ]
+    assert not Profile.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["batch", "row by row"])
+def test_a_csv_row_over_the_size_limit_is_rejected_with_its_line(path):
+    # The row-by-row path: every external id named twice, so no row goes in a batch.
+    ids = ["u1", "u2", "u3"] if path == "batch" else ["u1", "u1", "u2"]
+    over = "x" * (MAX_BYTES - len('{"note":""}') + 1)
+    text = f"external_id,note\n{ids[0]},a\n{ids[1]},{over}\n{ids[2]},{over[1:]}\n"
+    summary = run_import(text, format="csv")
+    assert [(r.line, r.reason) for r in summary.rejections] == [
+        (3, f"attributes: {MAX_BYTES + 1:,} bytes as JSON; the limit is {MAX_BYTES:,}.")
+    ]
+    assert summary.rows == 3
+    stored = dict(Profile.objects.values_list("external_id", "attributes"))
+    assert stored[ids[2]] == {"note": over[1:]}
+
+
+@pytest.mark.parametrize("file", ["csv, batch", "csv, row by row", "jsonl"])
+def test_an_import_row_that_would_grow_stored_attributes_over_the_limit_is_rejected(file):
+    # 20 bytes under the limit; a "note" member of 11 characters adds 21.
+    stored = {"old": "x" * (MAX_BYTES - len('{"old":""}') - 20)}
+    for external_id in ("u1", "u2"):
+        services.profile_create(data={"external_id": external_id, "attributes": stored})
+    note = "y" * 11
+    if file == "jsonl":
+        text = "\n".join(
+            json.dumps({"external_id": external_id, "attributes": attributes})
+            for external_id, attributes in [
+                ("u3", {"old": "z", "note": note}),
+                ("u1", {"note": note}),  # over once merged
+                ("u2", {"old": "short", "note": note}),  # replaces "old": well under
+            ]
+        )
+    else:
+        text = f"external_id,old,note\nu3,z,{note}\nu1,,{note}\nu2,short,{note}\n"
+        if file == "csv, row by row":
+            text += "u1,,\n"  # u1 again: its rows are merged, then written or refused as one
+
+    summary = run_import(text, format="jsonl" if file == "jsonl" else "csv")
+
+    rejected_line = {"csv, batch": 3, "csv, row by row": 5, "jsonl": 2}[file]
+    assert [(r.line, r.reason) for r in summary.rejections] == [
+        (
+            rejected_line,
+            f"attributes: {MAX_BYTES + 1:,} bytes as JSON once merged into the stored ones; "
+            f"the limit is {MAX_BYTES:,}.",
+        )
+    ]
+    u1_rows = 2 if file == "csv, row by row" else 1
+    assert (summary.created, summary.updated, summary.rejected) == (1, 1, u1_rows)
+    lines = text.count("\n") + (not text.endswith("\n"))
+    assert summary.rows == lines - (file != "jsonl")  # every line but the CSV header
+    stored_now = dict(Profile.objects.values_list("external_id", "attributes"))
+    assert stored_now == {
+        "u1": stored,
+        "u2": {"old": "short", "note": note},
+        "u3": {"old": "z", "note": note},
+    }
+
+
+@pytest.mark.parametrize("file", ["csv", "jsonl"])
+def test_a_profile_stored_over_the_size_limit_still_takes_rows_without_attributes(file):
+    # Stored before the limit (the factory writes the row as it is).
+    legacy = {"old": "x" * MAX_BYTES}
+    ProfileFactory.create(external_id="legacy", email="old@example.com", attributes=legacy)
+    if file == "csv":
+        text = "external_id,email\nlegacy,new@example.com\n"
+    else:
+        text = json.dumps({"external_id": "legacy", "email": "new@example.com"}) + "\n"
+    summary = run_import(text, format=file)
+    assert (summary.updated, summary.rejected) == (1, 0)
+    assert Profile.objects.values_list("email", "attributes").get() == ("new@example.com", legacy)
+
+
 # --- external_id ----------------------------------------------------------------------------
 
 UNSAFE_IDS = ["a\r\nb", "a\nb", "a\tb", "a\x00b", "a\x1bb", "a\x7fb", "a\x85b", "a>b", "<ab"]
@@ -248,3 +370,28 @@ def test_services_and_admin_refuse_an_unsafe_external_id(admin_client_):
     assert response.status_code == 200
     assert list(response.context["adminform"].form.errors) == ["external_id"]
     assert not Profile.objects.exists()
+
+
+@pytest.mark.parametrize("reader", ["split lines", "csv module"])
+@pytest.mark.parametrize("path", ["batch", "row by row"])
+def test_csv_rows_with_an_unsafe_external_id_are_rejected_with_their_line(path, reader):
+    lines = ["external_id,plan", "ok1,free", "a>b,free", "a\tb,free", "a\x1bb,free"]
+    lines += ["a\x85b,free", "<x,free", "ok2,pro"]
+    rejected = [3, 4, 5, 6, 7]
+    if reader == "csv module":
+        # A quoted cell sends the whole (one-block) file through the csv module.
+        lines.append('"a\r\nb",free')
+        rejected.append(len(lines))
+    if path == "row by row":
+        lines.append("ok1,")
+    summary = run_import("\n".join(lines) + "\n", format="csv")
+    assert [r.line for r in summary.rejections] == rejected
+    assert all(r.reason.startswith("external_id:") for r in summary.rejections)
+    assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["ok1", "ok2"]
+
+
+def test_jsonl_rows_with_an_unsafe_external_id_are_rejected_with_their_line():
+    lines = [json.dumps({"external_id": value}) for value in ["ok1", *UNSAFE_IDS, "ok2"]]
+    summary = run_import("\n".join(lines) + "\n", format="jsonl")
+    assert [r.line for r in summary.rejections] == list(range(2, 2 + len(UNSAFE_IDS)))
+    assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["ok1", "ok2"]
