@@ -94,7 +94,7 @@ class ImportSummarySerializer(serializers.Serializer):
 
 
 class SegmentSerializer(serializers.ModelSerializer):
-    rules = serializers.JSONField(
+    rules = JSONField(
         required=False,
         help_text='A rule tree, e.g. {"all": [{"field": "attributes.country", "op": "eq", '
         '"value": "FR"}]}; empty for a static segment.',

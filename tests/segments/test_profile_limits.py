@@ -131,6 +131,14 @@ def test_api_form_input_nested_too_deep_is_a_400(api):
     assert not Profile.objects.exists()
 
 
+def test_segment_rules_sent_as_form_text_nested_too_deep_are_a_400(api):
+    response = api.post("/api/segments/", {"name": "Deep", "rules": nested_text(50_000)})
+    assert response.status_code == 400
+    assert response.json() == {
+        "rules": [f"Enter valid JSON nested at most {JSON_MAX_DEPTH} levels deep."]
+    }
+
+
 # --- request bodies under /api/ -----------------------------------------------------------
 
 
