@@ -7,10 +7,19 @@ rows a second possible in Python); a row a column check does not pass goes throu
 row-by-row checks, which reject it with its line number and reason or keep it.
 
 File-level problems (binary data, not UTF-8, a line longer than `MAX_LINE_BYTES`, a CSV
-without an `external_id` column, an attribute column whose key is over the length limit, an
-unterminated quote) raise `ImportRefused`: the whole file is refused and nothing is
-imported. Row-level problems (a bad email, an unsafe external id, attributes over a limit,
-malformed JSON on one line…) reject that row only, with its line number and reason.
+without an `external_id` column, an attribute column whose key is over the length limit, a
+quote that never closes or closes in the middle of a cell) raise `ImportRefused`: the
+whole file is refused and nothing is imported, the message naming the line. A quote that
+does not close makes every later line's cells uncertain (the csv module would read the
+rest of the file into one cell, or up to some later quote), so no row after it can be
+trusted: the file is refused with the line where the quote opened, to be fixed and sent
+again (an import is an upsert, so sending it again is safe). Row-level problems (a bad
+email, an unsafe external id, attributes over a limit, malformed JSON on one line…)
+reject that row only, with its line number and reason.
+
+Every line is accounted for: the reader counts the header, blank lines and the further
+lines of rows whose quoted cells span lines; each other line starts a row that is created,
+updated or rejected.
 
 Rows hold only what the file says: an absent key (JSON lines) or an empty cell (CSV)
 leaves the stored value unchanged, and a new profile gets the field's default.
@@ -314,6 +323,12 @@ class LineReader:
         # Lines and bytes handed out so far.
         self.line = 0
         self.bytes_read = 0
+        # The lines that start no row, as the parsers find them: the CSV header, blank
+        # lines (or rows of empty cells), and the further lines of a row whose quoted
+        # cell spans lines. Every other line starts a row.
+        self.header_lines = 0
+        self.blank_lines = 0
+        self.continuation_lines = 0
 
     def blocks(self) -> Iterator[str]:
         block_bytes = min(BLOCK_BYTES, self.max_line_bytes)
@@ -489,6 +504,7 @@ def jsonl_rows(reader: LineReader) -> Iterator[Row | Rejected]:
         for text in _lines(block):
             line += 1
             if not text.strip():
+                reader.blank_lines += 1
                 continue
             try:
                 yield _json_row(line, text, limits)
@@ -698,12 +714,16 @@ def _stripped(column: list[str]) -> tuple[list[str], str]:
 
 
 def _csv_batch(
-    layout: CsvLayout, records: list[str] | list[list[str]], starts: Sequence[int]
+    layout: CsvLayout,
+    records: list[str] | list[list[str]],
+    starts: Sequence[int],
+    reader: LineReader,
 ) -> Iterator[Row | RowBatch | Rejected]:
     """The records (unquoted lines, or cells from the csv module) as one `RowBatch` of
     the rows every column check passes, then, in file order, the others through
     `_csv_row`: rejected with its reason, or kept as a `Row` when only the column checks'
-    fast patterns missed it (an unusual valid email, a phone number to normalise)."""
+    fast patterns missed it (an unusual valid email, a phone number to normalise), or
+    counted as a blank line."""
     width = layout.width
     slow: set[int] = set()
     plain = bool(records) and isinstance(records[0], str)
@@ -790,7 +810,9 @@ def _csv_batch(
         try:
             yield _csv_row(starts[j], layout, cells)
         except ValueError as error:
-            if not _blank(cells):
+            if _blank(cells):
+                reader.blank_lines += 1
+            else:
                 yield Rejected(starts[j], str(error))
 
 
@@ -816,27 +838,84 @@ def _csv_records(
         if lines[-1] == "":
             lines.pop()
         if not unquoted or "\r" in text or max(map(len, lines), default=0) > limit:
-            yield from _quoted_records(itertools.chain([text], blocks), line)
+            yield from _quoted_records(itertools.chain([text], blocks), line, reader)
             return
         yield range(line + 1, line + 1 + len(lines)), lines
         line += len(lines)
 
 
 def _quoted_records(
-    texts: Iterable[str], line: int
+    texts: Iterable[str], line: int, reader: LineReader
 ) -> Iterator[tuple[Sequence[int], list[list[str]]]]:
-    records = csv.reader(itertools.chain.from_iterable(map(_lines, texts)))
+    # The lines of the record being read (the csv module reads no further than a
+    # record's end), to say where a quote that does not close opened.
+    record_lines: list[str] = []
+
+    def lines() -> Iterator[str]:
+        for text in texts:
+            for physical in _lines(text):
+                record_lines.append(physical)
+                yield physical
+
+    # `strict`: a quote closing in the middle of a cell (`"a"b`) and a quote still open
+    # at the end of the file are errors, not cells swallowing the lines that follow.
+    records = csv.reader(lines(), strict=True)
     while True:
         start = line + records.line_num + 1
+        record_lines.clear()
         try:
             cells = next(records)
         except StopIteration:
             return
         except csv.Error as error:
-            raise ImportRefused(
-                f"Line {start}: {error} (an unterminated quote?); the file cannot be read."
-            ) from error
+            raise ImportRefused(_unreadable_record(record_lines, start, error)) from error
+        reader.continuation_lines += len(record_lines) - 1
         yield (start,), [cells]
+
+
+def _unreadable_record(lines: list[str], start: int, error: csv.Error) -> str:
+    """Why the csv module could not read the record of `lines` starting on line `start`,
+    naming the line where the quote at fault opened."""
+    opened, closed = _last_quote(lines, start)
+    if opened is None:
+        return f"Line {start}: {error}; the file cannot be read."
+    if closed is not None:
+        return (
+            f"Line {opened}: a quote opened on this line closes on line {closed} in the "
+            "middle of a cell; the file cannot be read."
+        )
+    if "field larger than field limit" in str(error):
+        return (
+            f"Line {opened}: a quote opened on this line does not close within "
+            f"{csv.field_size_limit():,} characters; the file cannot be read."
+        )
+    return f"Line {opened}: a quote opened on this line never closes; the file cannot be read."
+
+
+def _last_quote(lines: list[str], start: int) -> tuple[int | None, int | None]:
+    """Where the last quoted cell of a record's lines opened (None: no quoted cell), and
+    where it closed with more of the cell after the quote (None: it did not), reading
+    cells as the csv module does: a quote opens a cell only at the cell's start, and `""`
+    inside a quoted cell is a quote. Only called for a record that failed to read."""
+    opened = None
+    state = "start"  # of a cell; then "plain", "quoted", or "quote" (one in a quoted cell)
+    for number, text in enumerate(lines, start=start):
+        for char in text:
+            if state == "quoted":
+                if char == '"':
+                    state = "quote"
+            elif char in ",\r\n":
+                state = "start"
+            elif state == "start":
+                if char == '"':
+                    state, opened = "quoted", number
+                else:
+                    state = "plain"
+            elif state == "quote":
+                if char != '"':
+                    return opened, number
+                state = "quoted"
+    return opened, None
 
 
 def csv_rows(reader: LineReader, batch_rows: int) -> Iterator[Row | RowBatch | Rejected]:
@@ -850,23 +929,26 @@ def csv_rows(reader: LineReader, batch_rows: int) -> Iterator[Row | RowBatch | R
                 cells = record.split(",") if isinstance(record, str) else record
                 if not _blank(cells):
                     layout = CsvLayout(_csv_columns(cells))
+                    reader.blank_lines += k
+                    reader.header_lines += 1
                     records = records[k + 1 :]
                     block_starts = block_starts[k + 1 :]
                     break
             else:
+                reader.blank_lines += len(records)
                 continue
         if batch and records and isinstance(records[0], str) != isinstance(batch[0], str):
-            yield from _csv_batch(layout, batch, starts)
+            yield from _csv_batch(layout, batch, starts, reader)
             batch, starts = [], []
         batch.extend(records)
         starts.extend(block_starts)
         while len(batch) >= batch_rows:
-            yield from _csv_batch(layout, batch[:batch_rows], starts[:batch_rows])
+            yield from _csv_batch(layout, batch[:batch_rows], starts[:batch_rows], reader)
             del batch[:batch_rows], starts[:batch_rows]
     if layout is None:
         raise ImportRefused("The file is empty: a CSV import needs a header line.")
     if batch:
-        yield from _csv_batch(layout, batch, starts)
+        yield from _csv_batch(layout, batch, starts, reader)
 
 
 def read_rows(

@@ -296,10 +296,15 @@ def audience_snapshot_create(
 
 @dataclass
 class ImportSummary:
-    """What an import did: every data row is created, updated or rejected.
+    """What an import did, accounting for every line of the file:
 
-    A profile named twice in one file is created by its first row and updated by the
-    next: the later row wins for every field it gives.
+        rows  = created + updated + rejected
+        lines = header_lines + blank_lines + continuation_lines + rows
+
+    Each row (a line that is not the header, not blank, and not a further line of a row
+    whose quoted cell spans lines) is created, updated or rejected. A profile named twice
+    in one file is created by its first row and updated by the next: the later row wins
+    for every field it gives.
     """
 
     created: int = 0
@@ -307,6 +312,10 @@ class ImportSummary:
     rejected: int = 0
     rejections: list[Rejected] = field(default_factory=list)
     segment: str = ""
+    lines: int = 0
+    header_lines: int = 0
+    blank_lines: int = 0
+    continuation_lines: int = 0
 
     @property
     def rows(self) -> int:
@@ -319,6 +328,10 @@ class ImportSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "lines": self.lines,
+            "header_lines": self.header_lines,
+            "blank_lines": self.blank_lines,
+            "continuation_lines": self.continuation_lines,
             "rows": self.rows,
             "created": self.created,
             "updated": self.updated,
@@ -935,6 +948,10 @@ def profiles_import(
                     sys.setswitchinterval(switch_interval)
             if reader.line == 0:
                 raise ImportRefused("The file is empty.")
+            summary.lines = reader.line
+            summary.header_lines = reader.header_lines
+            summary.blank_lines = reader.blank_lines
+            summary.continuation_lines = reader.continuation_lines
             cursor.execute(f"DROP TABLE IF EXISTS {STAGE}")
             if vendor == "postgresql":
                 cursor.execute("SET LOCAL enable_hashjoin TO DEFAULT")

@@ -84,7 +84,16 @@ class ImportRejectionSerializer(serializers.Serializer):
 
 
 class ImportSummarySerializer(serializers.Serializer):
-    rows = serializers.IntegerField()
+    """Every line of the file is accounted for: lines = header_lines + blank_lines +
+    continuation_lines + rows, and rows = created + updated + rejected."""
+
+    lines = serializers.IntegerField(help_text="Lines in the file.")
+    header_lines = serializers.IntegerField(help_text="1 for a CSV file (its header), else 0.")
+    blank_lines = serializers.IntegerField(help_text="Blank lines, or rows of empty cells.")
+    continuation_lines = serializers.IntegerField(
+        help_text="Further lines of rows whose quoted cells span lines."
+    )
+    rows = serializers.IntegerField(help_text="Rows in the file: created + updated + rejected.")
     created = serializers.IntegerField()
     updated = serializers.IntegerField()
     rejected = serializers.IntegerField()

@@ -15,7 +15,9 @@ import re
 import pytest
 
 from segments import imports, services
-from segments.imports import Rejected, Row, RowBatch, read_rows
+from segments.imports import ImportRefused, Rejected, Row, RowBatch, read_rows
+from segments.models import Profile
+from tests.segments.factories import ProfileFactory
 
 CELLS = {
     "external_id": [
@@ -269,3 +271,128 @@ def test_batches_render_the_text_the_file_says(seed):
             assert [stage_fields(fields) for fields in staged] == expected, text
             checked += 1
     assert checked > 100
+
+
+# --- quotes that never close, and every line of a file accounted for -----------------------
+
+LARGE = 30_010
+
+
+def profile_lines(size: int, *, path: str) -> list[str]:
+    """A CSV header and `size` data lines. On the "row by row" path each external id is
+    named twice, so that every row is set aside from the column-wise batches and goes
+    through the row-by-row checks (and the chunk's merge) instead."""
+    lines = ["external_id,email,note"]
+    for i in range(size):
+        n = i // 2 if path == "row by row" else i
+        lines.append(f"u{n},u{i}@example.com,note {i}")
+    return lines
+
+
+def run_import(text: str, **kwargs):
+    return services.profiles_import(stream=io.BytesIO(text.encode()), format="csv", **kwargs)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["batch", "row by row"])
+@pytest.mark.parametrize("where", ["first row", "middle", "10 rows before the end", "last row"])
+def test_an_unterminated_quote_refuses_the_file_with_the_line_it_opened(path, where):
+    lines = profile_lines(LARGE, path=path)
+    opened = {
+        "first row": 2,
+        "middle": LARGE // 2,
+        "10 rows before the end": len(lines) - 10,
+        "last row": len(lines),
+    }[where]
+    lines[opened - 1] = lines[opened - 1].rsplit(",", 1)[0] + ',"no closing quote'
+    text = "\n".join(lines) + "\n"
+    ProfileFactory.create(external_id="before")
+
+    with pytest.raises(ImportRefused) as error:
+        run_import(text)
+
+    # The csv module gives up on a cell longer than its field size limit: the quote then
+    # does not close within it, whether or not it would at the end of the file.
+    after_quote = len(text) - text.index('"no closing quote') - 1
+    if after_quote > csv.field_size_limit():
+        why = f"does not close within {csv.field_size_limit():,} characters"
+    else:
+        why = "never closes"
+    assert error.value.messages == [
+        f"Line {opened}: a quote opened on this line {why}; the file cannot be read."
+    ]
+    assert list(Profile.objects.values_list("external_id", flat=True)) == ["before"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["batch", "row by row"])
+def test_a_stray_quote_that_a_later_cell_closes_refuses_the_file(path):
+    lines = profile_lines(100, path=path)
+    lines[10] = 'x1,x1@example.com,"stray'
+    # The stray quote reads on to this line's opening quote, where it closes mid-cell.
+    lines[20] = 'x2,x2@example.com,"a proper cell"'
+
+    with pytest.raises(ImportRefused) as error:
+        run_import("\n".join(lines) + "\n")
+
+    assert error.value.messages == [
+        "Line 11: a quote opened on this line closes on line 21 in the middle of a cell; "
+        "the file cannot be read."
+    ]
+    assert not Profile.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["batch", "row by row"])
+def test_the_summary_accounts_for_every_line_of_a_large_file(path):
+    lines = profile_lines(LARGE, path=path)
+    header, data = lines[0], lines[1:]
+    bad = {0, LARGE // 2, LARGE - 1}  # rows with a bad email: first, middle, last
+    two_line_notes = {LARGE // 2 + 7, LARGE - 2}  # a quoted note on two lines
+    rows = []
+    for i, line in enumerate(data):
+        external_id, _email, note = line.split(",")
+        if i in bad:
+            line = f"{external_id},not-an-email,{note}"
+        if i in two_line_notes:
+            line = f'{external_id},,"{note}\nits second line"'
+        rows.append(line)
+    blank_at = [0, LARGE // 3, len(rows)]  # after the header, in the middle, at the end
+    for position in reversed(blank_at):
+        rows.insert(position, "")
+    text = "\n" + header + "\n" + "\n".join(rows) + "\n"  # and one before the header
+
+    summary = run_import(text)
+
+    accepted_ids = [data[i].split(",")[0] for i in range(LARGE) if i not in bad]
+    assert summary.rejected == len(bad)
+    assert (summary.created, summary.updated) == (
+        len(set(accepted_ids)),
+        len(accepted_ids) - len(set(accepted_ids)),
+    )
+    assert summary.rows == summary.created + summary.updated + summary.rejected == LARGE
+    assert summary.lines == text.count("\n")
+    assert (summary.header_lines, summary.blank_lines, summary.continuation_lines) == (
+        1,
+        len(blank_at) + 1,
+        len(two_line_notes),
+    )
+    shown = summary.as_dict()
+    assert shown["lines"] == (
+        shown["header_lines"]
+        + shown["blank_lines"]
+        + shown["continuation_lines"]
+        + shown["created"]
+        + shown["updated"]
+        + shown["rejected"]
+    )
+    assert Profile.objects.count() == len(set(accepted_ids))
+
+
+@pytest.mark.django_db
+def test_a_jsonl_summary_accounts_for_every_line():
+    text = '{"external_id": "a"}\n\n{"external_id": "b"}\n   \n{oops\n{"external_id": "a"}'
+    summary = services.profiles_import(stream=io.BytesIO(text.encode()), format="jsonl")
+    assert (summary.created, summary.updated, summary.rejected) == (2, 1, 1)
+    assert (summary.lines, summary.header_lines, summary.blank_lines) == (6, 0, 2)
+    assert summary.continuation_lines == 0
