@@ -14,9 +14,14 @@ from django.core.exceptions import ValidationError
 from django.test import override_settings
 from django.urls import reverse
 
+from campaigns import delivery
+from campaigns.models import Execution
+from channels.sinks import running_sinks
 from segments import services
 from segments.imports import ImportRefused
 from segments.models import Profile
+from tests.campaigns.factories import email_action, make_live_campaign
+from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import ProfileFactory
 
 pytestmark = pytest.mark.django_db
@@ -403,3 +408,31 @@ def test_jsonl_rows_with_an_unsafe_external_id_are_rejected_with_their_line():
     summary = run_import("\n".join(lines) + "\n", format="jsonl")
     assert [r.line for r in summary.rejections] == list(range(2, 2 + len(UNSAFE_IDS)))
     assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["ok1", "ok2"]
+
+
+def test_the_unsubscribe_header_carries_a_stored_unsafe_external_id_encoded():
+    # Stored before ids were checked (the factory writes the row as it is).
+    external_id = "a>, <https://evil.example/x?\r\nBcc: v@example.com"
+    ProfileFactory.create(external_id=external_id, email="reader@example.com")
+    preset = MessagePresetFactory(channel="email", reply_to="help@example.com")
+    campaign = make_live_campaign(actions=[email_action(preset=preset)])  # marketing
+    execution = Execution.objects.get(campaign=campaign)
+    with running_sinks() as sink, override_settings(**sink.provider_settings()):  # SMTP
+        while delivery.execution_plan_step(execution_id=execution.pk):
+            pass
+        execution.refresh_from_db()
+        delivery.batch_send(
+            execution_id=execution.pk,
+            action_id=execution.version.actions.get().pk,
+            first_profile_id=0,
+            last_profile_id=execution.audience_max_profile_id,
+        )
+        [email] = sink.received("email")
+
+    # One mailto URI, the id percent-encoded inside it (RFC 6068), no header of its own.
+    # (The long value is folded onto its own line: unfolded, it starts with a space.)
+    assert email["headers"]["List-Unsubscribe"].strip() == (
+        "<mailto:help@example.com?subject=unsubscribe%20"
+        "a%3E%2C%20%3Chttps%3A%2F%2Fevil.example%2Fx%3F%0D%0ABcc%3A%20v%40example.com>"
+    )
+    assert "Bcc" not in email["headers"]
