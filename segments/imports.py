@@ -56,6 +56,7 @@ from .validators import (
     check_json_nesting,
     external_id_problem,
     shown,
+    text_problem,
 )
 
 MAX_LINE_BYTES = 1024 * 1024
@@ -478,6 +479,11 @@ def _json_row(line: int, text: str, limits: AttributeLimits) -> Row:
             value = str(value)
         if not isinstance(value, str):
             raise ValueError(f"{name}: expected a string, got {json.dumps(value)[:40]}")
+        # (A JSON escape can give what a UTF-8 file cannot: NUL, a lone surrogate. An
+        # external id has its own check.)
+        problem = text_problem(value) if name != "external_id" else None
+        if problem:
+            raise ValueError(f"{name}: text {problem}")
         value = value.strip()
         if value:
             values[name] = value

@@ -7,7 +7,8 @@ with a bound on its nesting.
   NUL character, a lone surrogate, NaN or infinity). A profile's attributes reach
   rendering, rules and the GIN index on every send: a 900-level object made each of its
   recipients' batches fail with `RecursionError`.
-* External ids: no control character (CR, LF, tab, NUL…), line separator, "<" or ">".
+* External ids: no control character (CR, LF, tab, NUL…), line separator, lone
+  surrogate (not Unicode: no database stores it), "<" or ">".
   An id goes into the `List-Unsubscribe` header of marketing email and into links, where
   such characters end a header or a URI (the delivery engine also percent-encodes it).
 * JSON text: `check_json_nesting` refuses text nested deeper than `SALVO_JSON_MAX_DEPTH`
@@ -33,8 +34,9 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-# Control characters (C0, DEL, C1), the Unicode line and paragraph separators, "<" and ">".
-EXTERNAL_ID_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029<>]")
+# Control characters (C0, DEL, C1), the Unicode line and paragraph separators, lone
+# surrogates, "<" and ">".
+EXTERNAL_ID_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff<>]")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # A key shown in a path as `.key`; any other as `["key"]`.
 PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -72,7 +74,8 @@ def _member_path(path: str, key: str) -> str:
     return f'{path}["{shown(key)}"]'
 
 
-def _text_problem(text: str) -> str | None:
+def text_problem(text: str) -> str | None:
+    """Why no database stores `text` ("cannot hold…", "holds…"), or None."""
     if "\x00" in text:
         return "cannot hold the NUL character (\\u0000)"
     surrogate = LONE_SURROGATE.search(text)
@@ -97,7 +100,7 @@ def attributes_problem(value: Any, limits: AttributeLimits) -> str | None:
             for key, child in node.items():
                 if not isinstance(key, str):
                     return f"{path}: the key {key!r} is not text."
-                problem = _text_problem(key)
+                problem = text_problem(key)
                 if problem:
                     return f"{path}: the key “{shown(key)}” {problem}."
                 if len(key) > limits.max_key_length:
@@ -113,7 +116,7 @@ def attributes_problem(value: Any, limits: AttributeLimits) -> str | None:
                 for index, child in reversed(list(enumerate(node)))
             )
         elif isinstance(node, str):
-            problem = _text_problem(node)
+            problem = text_problem(node)
             if problem:
                 return f"{path}: text {problem}."
         elif isinstance(node, float) and not math.isfinite(node):
@@ -146,8 +149,8 @@ def external_id_problem(value: str) -> str | None:
         return None
     return (
         f"“{shown(unsafe.group())}” at position {unsafe.start() + 1}: an external id holds "
-        "no control characters (line breaks, tabs…), line separators, “<” or “>”, which "
-        "would break the email headers and links it goes into."
+        "no control characters (line breaks, tabs…), line separators, lone surrogates, “<” "
+        "or “>”, which would break the email headers and links it goes into."
     )
 
 

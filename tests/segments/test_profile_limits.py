@@ -270,6 +270,21 @@ def test_jsonl_rows_over_the_other_limits_are_rejected_with_the_reason():
     assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["ok1", "ok2"]
 
 
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"external_id": "a\\ud800"}', "external_id: “\\ud800” at position 2"),
+        ('{"external_id": "x", "locale": "fr\\u0000"}', "locale: text cannot hold the NUL"),
+        ('{"external_id": "y", "push_token": "\\udfff"}', "push_token: text holds a lone"),
+    ],
+)
+def test_a_jsonl_row_with_text_no_database_stores_is_rejected(line, reason):
+    summary = run_import('{"external_id": "ok"}\n' + line + "\n", format="jsonl")
+    assert [r.line for r in summary.rejections] == [2]
+    assert summary.rejections[0].reason.startswith(reason)
+    assert list(Profile.objects.values_list("external_id", flat=True)) == ["ok"]
+
+
 def test_a_csv_attribute_column_with_a_key_over_the_limit_refuses_the_file():
     with pytest.raises(ImportRefused) as error:
         run_import(f"external_id,{'k' * (MAX_KEY + 1)}\nu1,1\n", format="csv")
