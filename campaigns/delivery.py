@@ -77,6 +77,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -707,7 +708,9 @@ class _ActionSender:
     def _unsubscribe_headers(self, profile: Mapping[str, Any]) -> dict[str, str]:
         """A marketing email's ``List-Unsubscribe``: the one-click link (RFC 8058) when
         Salvo is reachable from the internet, and a mailto to the preset's reply address."""
-        mailto = f"<mailto:{self.unsubscribe}?subject=unsubscribe%20{profile['external_id']}>"
+        # Percent-encoded (RFC 6068): an id must not end the URI or the header.
+        subject = quote(f"unsubscribe {profile['external_id']}", safe="")
+        mailto = f"<mailto:{self.unsubscribe}?subject={subject}>"
         if self.unsubscribe_link is None:
             return {"List-Unsubscribe": mailto}
         url = self.unsubscribe_link(profile["id"], profile["external_id"], ConsentChannel.EMAIL)

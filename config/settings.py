@@ -118,6 +118,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Every error under /api/ is JSON, also those Django answers itself (config/api.py).
+    "config.api.JsonErrorsUnderApi",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -221,6 +223,12 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": env.int("SALVO_API_PAGE_SIZE", default=50),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.exception_handler",
+    # DRF's parsers, with JSON bodies nested deeper than SALVO_JSON_MAX_DEPTH refused (400).
+    "DEFAULT_PARSER_CLASSES": [
+        "config.api.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 # Whether /api/schema/ and /api/docs/ answer visitors who are not signed in.
 SALVO_API_DOCS_PUBLIC = env.bool("SALVO_API_DOCS_PUBLIC", default=False)
@@ -238,6 +246,22 @@ SPECTACULAR_SETTINGS = {
         "ChannelKindEnum": "channels.choices.ChannelKind",
     },
 }
+
+# --- Profile data and JSON limits (issue 9) ----------------------------------------------
+# What a profile's attributes may hold, checked at every door (API, admin, imports, the
+# profile services): how deep objects and lists nest (the attributes object is level 1),
+# their size as compact JSON in UTF-8 bytes, and the length of any key. JSON text that a
+# door parses (API bodies, JSON form fields, import lines) may nest at most
+# SALVO_JSON_MAX_DEPTH levels: deeper text is refused before it is parsed, as Python's
+# recursion would give out in the parser or in whatever walks the result.
+SALVO_PROFILE_ATTRIBUTES_MAX_DEPTH = env.int("SALVO_PROFILE_ATTRIBUTES_MAX_DEPTH", default=10)
+SALVO_PROFILE_ATTRIBUTES_MAX_BYTES = env.int(
+    "SALVO_PROFILE_ATTRIBUTES_MAX_BYTES", default=64 * 1024
+)
+SALVO_PROFILE_ATTRIBUTE_KEY_MAX_LENGTH = env.int(
+    "SALVO_PROFILE_ATTRIBUTE_KEY_MAX_LENGTH", default=128
+)
+SALVO_JSON_MAX_DEPTH = env.int("SALVO_JSON_MAX_DEPTH", default=100)
 
 # --- Celery -------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
