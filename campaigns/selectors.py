@@ -218,7 +218,6 @@ def delivery_error_summary(error: dict[str, Any]) -> str:
     then = (
         "Retrying."
         if error["retrying"]
-        else "Delivery has stopped; what was not sent stays pending until the campaign is "
-        "stopped."
+        else "Delivery has stopped; what was not sent stays pending until the campaign is stopped."
     )
     return f"{error['step']} failed {times}: {error['error']} {then}"
