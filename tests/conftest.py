@@ -226,6 +226,25 @@ class CeleryProcess:
             self._log_file.close()
             self._log_file = None
 
+    def stop(self, *, group: bool = True, timeout: float = 90.0) -> int:
+        """A graceful stop, as a deploy or Ctrl-C does it: SIGTERM to the whole process group
+        (what honcho, supervisord's stopasgroup and systemd send), or with `group=False` to
+        the main process only. Waits for the process to exit by itself and returns its exit
+        status; fails the test if it has not exited within `timeout` seconds."""
+        assert self.popen is not None
+        if group:
+            self._signal_group(signal.SIGTERM)
+        else:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            status = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"celery {self.kind} still running {timeout:g}s after SIGTERM")
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return status
+
     def terminate(self, timeout: float = 15.0) -> None:
         """Warm shutdown (SIGTERM: running tasks finish), then SIGKILL whatever is left.
 

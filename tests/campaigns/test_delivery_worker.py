@@ -257,3 +257,67 @@ def test_two_workers_share_the_work_without_duplicates(celery_process_factory):
         # Both workers took batches.
         assert all("delivery_batch_task" in worker.log() for worker in workers)
     assert Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 800
+
+
+# --- stopping workers mid-send ------------------------------------------------------------
+
+# Chunks of 50 webhooks at 5 ms each: a quarter of a second in flight at the provider, so a
+# signal lands mid-chunk. A batch is several chunks: a worker that ignored the stop goes on.
+STOP_AUDIENCE = 2000
+STOP_CHUNK = 50
+STOP_ENV = {
+    "SALVO_DELIVERY_BATCH_SIZE": "400",
+    "SALVO_DELIVERY_WINDOW": "2",
+    "SALVO_DELIVERY_PLAN_CHUNK": "1000",
+    "SALVO_DELIVERY_SEND_CHUNK": str(STOP_CHUNK),
+}
+# No scheduler runs in these tests (so no stall check, whose timeout is left at its default
+# of 90 s anyway): what resumes the work must be what the stopped worker put back.
+RESUMED_WITHIN_S = 30.0
+
+
+def make_profiles(count: int) -> list[Profile]:
+    Profile.objects.bulk_create(ProfileFactory.build_batch(count))
+    return list(Profile.objects.order_by("pk"))
+
+
+def raw_receptions(sink: RunningSinks, channel: str) -> Counter[str]:
+    """How many times each delivery id reached the receiver, repeats included."""
+    return Counter(r["delivery_id"] for r in sink.attempts(channel) if r["accepted"])
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["process-group", "main-process-only"])
+def test_a_graceful_stop_mid_send_sends_nothing_twice_and_the_rest_resumes_at_once(
+    celery_process_factory, group
+):
+    make_profiles(STOP_AUDIENCE)
+    with running_sinks(slow="webhook", slow_s=0.005) as sink:
+        env = {**sink.provider_env(), **STOP_ENV}
+        worker = celery_process_factory("worker", extra_env=env)
+        hook = MessagePresetFactory(channel="webhook", webhook_url=sink.webhook_url)
+        campaign = make_campaign(
+            actions=[{"channel": "webhook", "preset": hook, "body": "{{ profile.email }}"}]
+        )
+        services.campaign_activate(campaign=campaign, user=None)
+        sink.wait_for(3 * STOP_CHUNK, channel="webhook", timeout=60)
+
+        received_at_signal = len(sink.attempts("webhook"))
+        assert worker.stop(group=group) == 0, "the worker did not stop cleanly"
+        received_at_exit = len(sink.attempts("webhook"))
+
+        # Each of the two pool processes finished at most the chunk it had in flight.
+        assert received_at_exit - received_at_signal <= 2 * STOP_CHUNK
+        assert received_at_exit < STOP_AUDIENCE, "the campaign finished before the stop"
+        sent = Delivery.objects.filter(status=DeliveryStatus.SENT).count()
+        assert sent == received_at_exit, "a message went out whose row was not recorded"
+
+        celery_process_factory("worker", extra_env=env)
+        sink.wait_for(received_at_exit + 1, channel="webhook", timeout=RESUMED_WITHIN_S)
+        wait_for_status(campaign, Status.COMPLETED, timeout=120)
+
+        receptions = raw_receptions(sink, "webhook")
+        assert [key for key, times in receptions.items() if times > 1] == []
+        assert len(receptions) == STOP_AUDIENCE
+    rows = Delivery.objects.filter(execution__campaign=campaign)
+    assert set(rows.values_list("status", "attempts").distinct()) == {(DeliveryStatus.SENT, 1)}
+    assert {str(pk) for pk in rows.values_list("pk", flat=True)} == set(receptions)
