@@ -23,6 +23,11 @@ queue and returns; the worker then acknowledges the message and exits. Wired in
   own handler after ``worker_process_init``, so ours goes in when the pool process starts
   its first task (``task_prerun``), wrapping billiard's; the request ends with its task
   (``task_postrun``), so a pool process sent a stray SIGTERM goes on taking tasks.
+
+Beat too: Celery's own handler closes the schedule and raises ``SystemExit`` wherever beat
+is, often in the middle of sending a task to the broker (a half-read Redis answer, then a
+"closed shelf" error and exit status 1). ``beat_init`` replaces it with one that lets the
+tick in progress finish: beat then leaves its loop and saves its schedule as usual.
 """
 
 from __future__ import annotations
@@ -89,3 +94,13 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     elif _previous_handler == signal.SIG_DFL:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+def let_beat_finish_its_tick(sender: Any, **_: object) -> None:
+    """``beat_init``: SIGTERM and SIGINT stop beat after the tick in progress."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        sender.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
