@@ -14,6 +14,8 @@ PORT ?= 8000
 # Tests keep their own var/ corner (SQLite test database, broker folder) so that they never
 # touch the data or the queue of a `make run` on the same checkout.
 TEST_VAR_DIR ?= $(CURDIR)/var/test
+# Where `make run` keeps its database, broker folder and logs (settings' default too).
+RUN_VAR_DIR ?= $(CURDIR)/var
 CHROMIUM := /usr/bin/chromium
 
 .PHONY: help venv run test test-suite lint fmt chromium services services-stop services-env bench clean
@@ -39,15 +41,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# supervisord runs web, worker and beat (scripts/supervisord.conf): a program that dies is
+# started again while the others go on; Ctrl-C stops all three gracefully.
 run: venv
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py load_demo --admin-url http://$(HOST):$(PORT)/admin/
+	SALVO_VAR_DIR=$(RUN_VAR_DIR) $(PY) manage.py migrate --noinput
+	SALVO_VAR_DIR=$(RUN_VAR_DIR) $(PY) manage.py load_demo --admin-url http://$(HOST):$(PORT)/admin/
 	@echo
 	@echo "  Salvo admin:  http://$(HOST):$(PORT)/admin/   (login printed above)"
 	@echo "  REST API:     http://$(HOST):$(PORT)/api/   docs: http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Ctrl-C stops the web server, the worker and the scheduler."
 	@echo
-	SALVO_HOST=$(HOST) SALVO_PORT=$(PORT) exec $(BIN)/honcho start -f Procfile
+	SALVO_VAR_DIR=$(RUN_VAR_DIR) SALVO_HOST=$(HOST) SALVO_PORT=$(PORT) \
+		exec $(BIN)/supervisord -c scripts/supervisord.conf
 
 # Browser tests drive Debian's Chromium; a clean CI machine (root) installs it.
 chromium:
