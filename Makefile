@@ -18,11 +18,12 @@ TEST_VAR_DIR ?= $(CURDIR)/var/test
 RUN_VAR_DIR ?= $(CURDIR)/var
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help venv run test test-suite lint fmt chromium services services-stop services-env bench clean
+.PHONY: help venv run soak test test-suite lint fmt chromium services services-stop services-env bench clean
 
 help:
 	@echo "make run            install, migrate, load demo data, start web + worker + scheduler"
 	@echo "make test           ruff, mypy and the test suite (embedded default)"
+	@echo "make soak           the embedded stack under load for SOAK_SECONDS (180), then checks"
 	@echo "make services       start a throwaway PostgreSQL 15 + Redis and print their env"
 	@echo "make services-stop  stop them"
 	@echo "make bench          benchmarks against make services"
@@ -53,6 +54,12 @@ run: venv
 	@echo
 	SALVO_VAR_DIR=$(RUN_VAR_DIR) SALVO_HOST=$(HOST) SALVO_PORT=$(PORT) \
 		exec $(BIN)/supervisord -c scripts/supervisord.conf
+
+# The stack of `make run` under a fast scheduler while campaigns activate through the API,
+# for SOAK_SECONDS, then its checks (scripts/soak.py); its files go to var/soak.
+SOAK_SECONDS ?= 180
+soak: venv
+	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS)
 
 # Browser tests drive Debian's Chromium; a clean CI machine (root) installs it.
 chromium:
