@@ -78,6 +78,8 @@ class Api:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(errors="replace")
+        except OSError as error:  # no answer at all: a broken promise, reported at the end
+            return 0, f"{type(error).__name__}: {error}"
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -268,7 +270,8 @@ def drive(options: argparse.Namespace, *, api: Api, base: str, sink: Any, var: P
     activating_s = time.monotonic() - started
 
     def statuses() -> Counter[str]:
-        return Counter(api.call("GET", f"/api/campaigns/{pk}/")[1]["status"] for pk in campaigns)
+        answers = (api.call("GET", f"/api/campaigns/{pk}/") for pk in campaigns)
+        return Counter(body["status"] if code == 200 else f"HTTP {code}" for code, body in answers)
 
     deadline = time.monotonic() + options.settle
     while (seen := statuses())["completed"] < len(campaigns) and time.monotonic() < deadline:
