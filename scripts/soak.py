@@ -7,7 +7,7 @@ Runs on the embedded default only (SQLite and the filesystem broker in ``var/soa
 each run), with every channel sent to the local sinks (``channels/sinks.py``). For
 ``--seconds`` it creates a campaign every ``--every`` seconds through ``POST
 /api/campaigns/`` (email, SMS and webhook to ``--profiles`` profiles; every other one
-scheduled a few seconds ahead, for the scheduler to start) and activates it through ``POST
+scheduled 30 s ahead, for the scheduler to start) and activates it through ``POST
 …/activate/``. Then it waits for every campaign to complete, stops the stack with SIGTERM
 (as a deploy does) and checks:
 
@@ -48,6 +48,9 @@ VENV_BIN = BASE_DIR / ".venv" / "bin"
 SUPERVISORD_CONF = BASE_DIR / "scripts" / "supervisord.conf"
 PROGRAMS = ("web", "worker", "beat")
 READY_TIMEOUT_S = 120.0
+# Far enough ahead that the activation, queued behind delivery batches, still finds the start
+# time in the future when it runs (it returns a campaign whose time has passed to Draft).
+SCHEDULED_AHEAD = dt.timedelta(seconds=30)
 STOP_TIMEOUT_S = 120.0
 # In any program's output, each of these is a broken promise.
 FORBIDDEN = re.compile(r"Unrecoverable error|Traceback \(most recent call last\)|[ /]ERROR[/ ]")
@@ -149,7 +152,7 @@ def create_presets_and_segment(api: Api, webhook_url: str) -> tuple[dict[str, in
 def campaign_payload(n: int, presets: dict[str, int], segment: int) -> dict[str, Any]:
     start_at = None
     if n % 2:  # for the scheduler: Scheduled first, then Live at its time
-        start_at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)).isoformat()
+        start_at = (dt.datetime.now(dt.UTC) + SCHEDULED_AHEAD).isoformat()
     return {
         "name": f"Soak {n}",
         "type": "transactional",
