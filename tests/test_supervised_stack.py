@@ -24,8 +24,9 @@ from django.conf import settings
 
 from campaigns import services
 from campaigns.choices import CampaignStatus
+from config.processes import child_process_env
 from tests.campaigns.factories import make_campaign
-from tests.conftest import BASE_DIR, _test_database_url, wait_until
+from tests.conftest import BASE_DIR, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(300)]
 
@@ -73,9 +74,7 @@ def stack(transactional_db: None, tmp_path: Path) -> Iterator[Stack]:
     log.unlink(missing_ok=True)
     env = {
         **os.environ,
-        "DATABASE_URL": _test_database_url(),
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "SALVO_VAR_DIR": str(var_dir),
+        **child_process_env(),
         "SALVO_HOST": "127.0.0.1",
         "SALVO_PORT": str(port),
         "PYTHONUNBUFFERED": "1",
