@@ -14,13 +14,16 @@ PORT ?= 8000
 # Tests keep their own var/ corner (SQLite test database, broker folder) so that they never
 # touch the data or the queue of a `make run` on the same checkout.
 TEST_VAR_DIR ?= $(CURDIR)/var/test
+# Where `make run` keeps its database, broker folder and logs (settings' default too).
+RUN_VAR_DIR ?= $(CURDIR)/var
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help venv run test test-suite lint fmt chromium services services-stop services-env bench clean
+.PHONY: help venv run soak test test-suite lint fmt chromium services services-stop services-env bench clean
 
 help:
 	@echo "make run            install, migrate, load demo data, start web + worker + scheduler"
 	@echo "make test           ruff, mypy and the test suite (embedded default)"
+	@echo "make soak           the embedded stack under load for SOAK_SECONDS (180), then checks"
 	@echo "make services       start a throwaway PostgreSQL 15 + Redis and print their env"
 	@echo "make services-stop  stop them"
 	@echo "make bench          benchmarks against make services"
@@ -39,15 +42,24 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# supervisord runs web, worker and beat (scripts/supervisord.conf): a program that dies is
+# started again while the others go on; Ctrl-C stops all three gracefully.
 run: venv
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py load_demo --admin-url http://$(HOST):$(PORT)/admin/
+	SALVO_VAR_DIR=$(RUN_VAR_DIR) $(PY) manage.py migrate --noinput
+	SALVO_VAR_DIR=$(RUN_VAR_DIR) $(PY) manage.py load_demo --admin-url http://$(HOST):$(PORT)/admin/
 	@echo
 	@echo "  Salvo admin:  http://$(HOST):$(PORT)/admin/   (login printed above)"
 	@echo "  REST API:     http://$(HOST):$(PORT)/api/   docs: http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Ctrl-C stops the web server, the worker and the scheduler."
 	@echo
-	SALVO_HOST=$(HOST) SALVO_PORT=$(PORT) exec $(BIN)/honcho start -f Procfile
+	SALVO_VAR_DIR=$(RUN_VAR_DIR) SALVO_HOST=$(HOST) SALVO_PORT=$(PORT) \
+		exec $(BIN)/supervisord -c scripts/supervisord.conf
+
+# The stack of `make run` under a fast scheduler while campaigns activate through the API,
+# for SOAK_SECONDS, then its checks (scripts/soak.py); its files go to var/soak.
+SOAK_SECONDS ?= 180
+soak: venv
+	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS)
 
 # Browser tests drive Debian's Chromium; a clean CI machine (root) installs it.
 chromium:

@@ -95,6 +95,7 @@ from channels.providers import (
     get_backend,
 )
 from channels.rendering import RenderError, content_renderer, profile_context, render_content
+from config.graceful_stop import stop_requested
 from segments.choices import ConsentChannel
 from segments.models import (
     CONSENT_FIELDS,
@@ -918,7 +919,8 @@ os.register_at_fork(after_in_child=_forget_sending_threads)
 def _send_chunks(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> bool | float:
     """Send chunk after chunk of the batch until nothing in it is due now. Returns False
     once the campaign is stopped, or the seconds to wait when the preset's rate limit asks
-    for a longer wait than a worker should sleep.
+    for a longer wait than a worker should sleep, or 0 when the worker is stopping: the
+    chunk in flight has been sent and recorded, and the rest goes back to the queue.
 
     A rate-limited preset sends one second's worth of its rate per chunk, so that a worker
     waits in small steps; past SALVO_DELIVERY_RATE_WAIT_MAX_S it gives its reservation
@@ -932,6 +934,8 @@ def _send_chunks(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> 
     sender = _ActionSender(action=action, campaign=campaign)
     try:
         while True:
+            if stop_requested():
+                return 0.0
             if rate:
                 # Reserve before locking rows, so that no row sits locked while we wait.
                 wait = ratelimit.acquire(key=bucket, rate_per_s=rate, tokens=chunk)

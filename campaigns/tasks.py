@@ -79,8 +79,9 @@ def execution_plan_task(self: Task, execution_id: int) -> None:
 def delivery_batch_task(
     self: Task, execution_id: int, action_id: int, first_profile_id: int, last_profile_id: int
 ) -> None:
-    """Send one batch; run it again later while retries wait; then top up the window and
-    complete the campaign when everything is done."""
+    """Send one batch; run it again later while retries wait (at once when the worker is
+    stopping: the rest goes to the next worker); then top up the window and complete the
+    campaign when everything is done."""
     batch = delivery.Batch(execution_id, action_id, first_profile_id, last_profile_id)
 
     def send() -> None:

@@ -11,8 +11,17 @@ One process, one asyncio loop, two loopback servers:
 
 Every attempt is appended to a JSON-lines record file (``channel``, ``delivery_id``, ``to``,
 ``status``, ``accepted``, and with ``content`` the headers and body), so other processes can
-count what arrived and find duplicates by delivery id. The sinks can be told to fail, per
-recipient pattern (a regular expression searched in the address, phone, token or URL path):
+count what arrived and find duplicates by delivery id.
+
+The HTTP sink honours ``Idempotency-Key`` (per message ``idempotency_key`` in a bulk
+request) as real providers do: a key it has already accepted is answered with the first
+answer again and is not a new message. Such a repeat is still recorded, with
+``"repeat": true``: ``received()`` leaves repeats out (what the recipient got), while
+``repeats()`` and ``duplicates()`` count them (what was sent twice). The SMTP sink, like
+SMTP itself, has no idempotency key: a repeat there is a second email.
+
+The sinks can be told to fail, per recipient pattern (a regular expression searched in the
+address, phone, token or URL path):
 
 * ``reject``: HTTP 400 / SMTP 550 (permanent);
 * ``flaky`` (``PATTERN:K``): HTTP 503 / SMTP 451 for the first K attempts of each delivery;
@@ -136,6 +145,8 @@ class SinkServer:
     # Keep headers and bodies in the record (tests); off for benchmarks of millions.
     content: bool = True
     _attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # The first accepted answer per (channel, idempotency key), as a provider keeps it.
+    _accepted: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _sequence: int = 0
     _recorder: Recorder | None = None
     _servers: list[asyncio.base_events.Server] = field(default_factory=list)
@@ -263,7 +274,10 @@ class SinkServer:
         if delay:
             await asyncio.sleep(delay)
         extra: dict[str, str] = {}
-        if self.rules.rejects(recipient):
+        first_answer = self._accepted.get((channel, delivery_id)) if delivery_id else None
+        if first_answer is not None:
+            status, answer = 200, first_answer
+        elif self.rules.rejects(recipient):
             status, answer = 400, {"error": f"Invalid recipient {recipient}"}
         elif self.rules.fails(recipient, attempt):
             status, answer = 503, {"error": "Service temporarily unavailable"}
@@ -273,6 +287,7 @@ class SinkServer:
         else:
             status, answer = 200, {"id": self._next_id()}
         record = self._attempt_record(channel, delivery_id, recipient, attempt, answer, status)
+        self._remember(channel, delivery_id, answer, record, repeat=first_answer is not None)
         if self.content:
             record |= {"path": path, "headers": headers, "raw": body.decode(errors="replace")}
             # The client's address shows whether a batch reused one connection.
@@ -302,6 +317,21 @@ class SinkServer:
         if status == 200:
             record["message_id"] = answer["id"]
         return record
+
+    def _remember(
+        self,
+        channel: str,
+        key: str | None,
+        answer: dict[str, Any],
+        record: dict[str, Any],
+        *,
+        repeat: bool,
+    ) -> None:
+        """Keep an accepted message's answer under its idempotency key; mark a repeat."""
+        if repeat:
+            record["repeat"] = True
+        elif key is not None and record["accepted"]:
+            self._accepted[(channel, key)] = answer
 
     def _outcome(self, recipient: str, attempt: int) -> dict[str, Any]:
         """One bulk message's result, by the same rules as a single request."""
@@ -334,9 +364,11 @@ class SinkServer:
             key = item.get("idempotency_key")
             delivery_id = str(key) if key is not None else None
             attempt = self._attempt(channel, delivery_id or recipient)
-            result = self._outcome(recipient, attempt)
+            first = self._accepted.get((channel, delivery_id)) if delivery_id else None
+            result = first if first is not None else self._outcome(recipient, attempt)
             status = result["status"]
             record = self._attempt_record(channel, delivery_id, recipient, attempt, result, status)
+            self._remember(channel, delivery_id, result, record, repeat=first is not None)
             if self.content:
                 record |= {"path": path, "headers": headers, "peer": peer, "json": item}
             results.append(result)
@@ -411,7 +443,8 @@ def read_records(path: Path | str) -> list[dict[str, Any]]:
 
 
 def count_duplicates(records: list[dict[str, Any]]) -> int:
-    """Accepted messages beyond the first for the same (channel, delivery id)."""
+    """Messages sent again after one was accepted for the same (channel, delivery id): the
+    repeats an idempotent provider dropped, and the second emails SMTP delivered."""
     counts = Counter(
         (record["channel"], record["delivery_id"])
         for record in records
@@ -443,19 +476,31 @@ class RunningSinks:
         return [r for r in read_records(self.record) if channel in (None, r["channel"])]
 
     def received(self, channel: str | None = None) -> list[dict[str, Any]]:
-        """Accepted messages only."""
-        return [r for r in self.attempts(channel) if r["accepted"]]
+        """Accepted messages, each once: an HTTP repeat of an accepted idempotency key is
+        left out (the provider dropped it)."""
+        return [r for r in self.attempts(channel) if r["accepted"] and not r.get("repeat")]
+
+    def repeats(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """HTTP requests that repeated an idempotency key already accepted."""
+        return [r for r in self.attempts(channel) if r.get("repeat")]
 
     def duplicates(self) -> int:
+        """Messages sent again after one was accepted (see ``count_duplicates``)."""
         return count_duplicates(read_records(self.record))
 
     def wait_for(self, count: int, *, channel: str | None = None, timeout: float = 10.0) -> list:
-        """Accepted messages, once at least ``count`` arrived (or the timeout passed)."""
+        """The accepted messages once at least ``count`` arrived; raises ``TimeoutError``
+        when they have not after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             received = self.received(channel)
-            if len(received) >= count or time.monotonic() > deadline:
+            if len(received) >= count:
                 return received
+            if time.monotonic() > deadline:
+                where = f" on {channel}" if channel else ""
+                raise TimeoutError(
+                    f"The sink received {len(received)} of {count} messages{where} in {timeout:g}s."
+                )
             time.sleep(0.02)
 
     def provider_settings(self, *, email_api: bool = False) -> dict[str, Any]:

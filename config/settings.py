@@ -265,15 +265,25 @@ SALVO_JSON_MAX_DEPTH = env.int("SALVO_JSON_MAX_DEPTH", default=100)
 
 # --- Celery -------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+# The embedded default's broker: kombu's filesystem transport made safe (a message is written
+# whole and renamed into the queue, read by claiming it, and given back when its consumer
+# dies; config/broker.py). Any filesystem:// URL uses it; redis:// or amqp:// use kombu's own.
+EMBEDDED_BROKER_TRANSPORT = "config.broker:Transport"
 BROKER_IS_FILESYSTEM = CELERY_BROKER_URL.startswith("filesystem://")
 if BROKER_IS_FILESYSTEM:
+    CELERY_BROKER_TRANSPORT = EMBEDDED_BROKER_TRANSPORT
     BROKER_DIR = VAR_DIR / "broker"
-    for folder in ("queue", "processed", "control"):
+    _broker_folders = ("queue", "staging", "claims", "quarantine", "processed", "control")
+    for folder in _broker_folders:
         (BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
-    # One folder is both ends of the queue: every process on this machine reads and writes it.
+    # One folder is both ends of the queue: every process on this machine reads and writes
+    # it. Every folder is on one filesystem, so that moving a message is an atomic rename.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
+        "staging_folder": str(BROKER_DIR / "staging"),
+        "claims_folder": str(BROKER_DIR / "claims"),
+        "quarantine_folder": str(BROKER_DIR / "quarantine"),
         "processed_folder": str(BROKER_DIR / "processed"),
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,

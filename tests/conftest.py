@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,6 +152,43 @@ def _purge_broker() -> None:
         conn.default_channel.queue_purge(app.conf.task_default_queue)  # type: ignore[attr-defined]
 
 
+def _broker_queue_size() -> int:
+    """Messages waiting in the broker's default queue (not yet taken by a worker)."""
+    from config.celery import app
+
+    with app.connection_for_write() as conn:
+        try:
+            declared = conn.default_channel.queue_declare(  # type: ignore[attr-defined]
+                queue=app.conf.task_default_queue, passive=True
+            )
+        except conn.channel_errors:  # Redis keeps no empty queue: it answers "not found"
+            return 0
+        return int(declared.message_count)
+
+
+# "Task campaigns.tasks.x[<id>] received" / "… succeeded in" / "… raised" / "… retry:".
+_TASK_LINE = re.compile(r"Task \S+\[([0-9a-f-]+)\] (received|succeeded|raised|retry)")
+
+
+def wait_for_workers_idle(workers: list[CeleryProcess], timeout: float = 60.0) -> None:
+    """Wait until the broker's queue is empty and every task each worker took has ended
+    (its log says so), twice in a row."""
+
+    def idle() -> bool:
+        if _broker_queue_size():
+            return False
+        for worker in workers:
+            taken: set[str] = set()
+            ended: set[str] = set()
+            for task_id, event in _TASK_LINE.findall(worker.log()):
+                (taken if event == "received" else ended).add(task_id)
+            if taken - ended:
+                return False
+        return True
+
+    wait_until(lambda: idle() and idle(), timeout=timeout, interval=0.2, message="workers busy")
+
+
 @dataclass
 class CeleryProcess:
     """A real `celery -A config …` process started by a test."""
@@ -209,6 +247,25 @@ class CeleryProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def stop(self, *, group: bool = True, timeout: float = 90.0) -> int:
+        """A graceful stop, as a deploy or Ctrl-C does it: SIGTERM to the whole process group
+        (what honcho, supervisord's stopasgroup and systemd send), or with `group=False` to
+        the main process only. Waits for the process to exit by itself and returns its exit
+        status; fails the test if it has not exited within `timeout` seconds."""
+        assert self.popen is not None
+        if group:
+            self._signal_group(signal.SIGTERM)
+        else:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            status = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"celery {self.kind} still running {timeout:g}s after SIGTERM")
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return status
 
     def terminate(self, timeout: float = 15.0) -> None:
         """Warm shutdown (SIGTERM: running tasks finish), then SIGKILL whatever is left.

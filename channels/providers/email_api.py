@@ -21,6 +21,7 @@ engine), which is then not sent as a header.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,12 +67,14 @@ def _payload(email: EmailMessage) -> dict[str, Any]:
     }
 
 
-def _idempotency_key(email: EmailMessage, position: int) -> int:
+def _idempotency_key(email: EmailMessage) -> int:
     value = str(email.extra_headers.get(DELIVERY_ID_HEADER, ""))
     if value.isdigit():
         return int(value)
-    # Not from the delivery engine: the key only has to be unique within the request.
-    return -(position + 1)
+    # Not from the delivery engine (e.g. Django's own mail): a provider remembers keys across
+    # requests, so a fixed one would make it drop the next such email as a repeat. A random
+    # negative key never meets a delivery id.
+    return -(uuid.uuid4().int >> 66) - 1
 
 
 class BatchEmailBackend(BaseEmailBackend):
@@ -101,14 +104,14 @@ class BatchEmailBackend(BaseEmailBackend):
         try:
             outbound = [
                 OutboundMessage(
-                    delivery_id=_idempotency_key(email, position),
+                    delivery_id=_idempotency_key(email),
                     channel="email",
                     to=",".join(email.to),
                     subject=str(email.subject),
                     body=str(email.body),
                     payload=_payload(email),
                 )
-                for position, email in enumerate(email_messages)
+                for email in email_messages
             ]
             outcomes = self.api.send_batch(outbound)
         finally:

@@ -12,16 +12,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 
-from campaigns import delivery, selectors, services
+from campaigns import selectors, services
 from campaigns.choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
 from campaigns.models import Campaign, Delivery, Execution
 from channels.sinks import RunningSinks, running_sinks
 from segments.models import Profile
 from tests.campaigns.factories import email_action, make_campaign, sms_action
 from tests.channels.factories import MessagePresetFactory
-from tests.conftest import CeleryProcess, wait_until
+from tests.conftest import CeleryProcess, wait_for_workers_idle, wait_until
 from tests.segments.factories import ProfileFactory
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(120)]
@@ -58,6 +58,11 @@ def sinks_and_workers(
 
 def make_profile(**fields: Any) -> Profile:
     return ProfileFactory(**fields)  # type: ignore[return-value]
+
+
+def make_profiles(count: int) -> list[Profile]:
+    Profile.objects.bulk_create(ProfileFactory.build_batch(count))
+    return list(Profile.objects.order_by("pk"))
 
 
 def _status(campaign: Campaign) -> str:
@@ -182,44 +187,74 @@ def test_transient_failures_are_retried_then_sent_and_permanent_ones_recorded(
     }
 
 
-def test_a_worker_killed_mid_campaign_loses_nothing_and_sends_nothing_twice(
+# SIGKILL while a chunk is in flight at the provider: 20 webhooks at 10 ms each per chunk.
+KILL_AUDIENCE = 600
+KILL_CHUNK = 20
+KILL_THREADS = 2  # sending threads per worker process on PostgreSQL (SQLite sends one chunk)
+KILL_ENV = {
+    "SALVO_DELIVERY_BATCH_SIZE": "100",
+    "SALVO_DELIVERY_SEND_CHUNK": str(KILL_CHUNK),
+    "SALVO_DELIVERY_SEND_THREADS": str(KILL_THREADS),
+}
+
+
+def _sent_rows(campaign: Campaign) -> int:
+    return Delivery.objects.filter(execution__campaign=campaign, status=DeliveryStatus.SENT).count()
+
+
+def _kill_with_a_chunk_in_flight(sink: RunningSinks, campaign: Campaign, worker) -> None:
+    """SIGKILL the worker's processes at the risky moment: the provider has accepted messages
+    of a chunk whose rows are not recorded yet."""
+
+    def chunk_in_flight() -> bool:
+        received = len(sink.received("webhook"))
+        return received > _sent_rows(campaign) and received < KILL_AUDIENCE
+
+    wait_until(chunk_in_flight, timeout=60, interval=0.01, message="no chunk seen in flight")
+    worker.kill()
+
+
+def test_workers_killed_with_a_chunk_in_flight_lose_nothing_and_the_provider_drops_repeats(
     celery_process_factory,
 ):
-    profiles = ProfileFactory.create_batch(60)
-    with sinks_and_workers(celery_process_factory, beat=True) as (sink, workers, env):
-        campaign = make_campaign(actions=[email_action(), sms_action()])
+    make_profiles(KILL_AUDIENCE)
+    with sinks_and_workers(
+        celery_process_factory, beat=True, env=KILL_ENV, slow="webhook", slow_s=0.01
+    ) as (sink, workers, env):
+        hook = MessagePresetFactory(channel="webhook", webhook_url=sink.webhook_url)
+        campaign = make_campaign(
+            actions=[{"channel": "webhook", "preset": hook, "body": "{{ profile.email }}"}]
+        )
         services.campaign_activate(campaign=campaign, user=None)
-        sink.wait_for(20)
-        assert len(sink.received()) < 120, "the campaign finished before the kill"
+        sink.wait_for(KILL_CHUNK, channel="webhook", timeout=60)
 
-        # Hold the campaign's sends as Stop does: the workers finish the chunk they are
-        # sending and then wait before the next one, with its rows held. Kill them there,
-        # crash-style.
-        with transaction.atomic():
-            delivery.hold_campaign_sends(campaign_id=campaign.pk)
-            Campaign.objects.select_for_update().get(pk=campaign.pk)
-            time.sleep(1.0)
-            workers[0].kill()
-        received_at_kill = len(sink.received())
-        assert received_at_kill < 120
-
+        _kill_with_a_chunk_in_flight(sink, campaign, workers[0])
+        second = celery_process_factory("worker", extra_env=env)
+        _kill_with_a_chunk_in_flight(sink, campaign, second)
         celery_process_factory("worker", extra_env=env)
         wait_for_status(campaign, Status.COMPLETED)
 
-        emails = {r["to"] for r in sink.received("email")}
-        assert sorted(emails) == sorted(p.email for p in profiles)
-        assert sorted({r["to"] for r in sink.received("sms")}) == sorted(p.phone for p in profiles)
-        # On SQLite no lock is held while a chunk is at the provider: a chunk that a killed
-        # process had sent but not yet recorded goes again (one chunk per process at most).
-        # On PostgreSQL its transaction rolled back before anything was sent.
-        in_flight = 0 if connection.vendor == "postgresql" else 2 * 5
-        assert sink.duplicates() <= in_flight
-    assert Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 120
+        rows = Delivery.objects.filter(execution__campaign=campaign)
+        ids = {str(pk) for pk in rows.values_list("pk", flat=True)}
+        # What the receiver kept: every delivery once, after the provider dropped repeats.
+        kept = Counter(r["delivery_id"] for r in sink.received("webhook"))
+        assert set(kept) == ids
+        assert set(kept.values()) == {1}
+        # What was sent again: at most the chunks in flight of the processes killed (two
+        # workers of two pool processes; on PostgreSQL each process sends with two threads).
+        in_flight_per_process = KILL_THREADS if connection.vendor == "postgresql" else 1
+        assert len(sink.repeats("webhook")) <= 2 * 2 * in_flight_per_process * KILL_CHUNK
+    assert set(rows.values_list("status", flat=True).distinct()) == {DeliveryStatus.SENT}
+    assert rows.count() == KILL_AUDIENCE
 
 
 def test_stop_mid_campaign_sends_nothing_after_it_commits(celery_process_factory):
     ProfileFactory.create_batch(80)
-    with sinks_and_workers(celery_process_factory, slow=r"\+33", slow_s=0.02) as (sink, _, _):
+    with sinks_and_workers(celery_process_factory, slow=r"\+33", slow_s=0.02) as (
+        sink,
+        workers,
+        _,
+    ):
         campaign = make_campaign(actions=[sms_action()])
         services.campaign_activate(campaign=campaign, user=None)
         sink.wait_for(10)
@@ -232,7 +267,8 @@ def test_stop_mid_campaign_sends_nothing_after_it_commits(celery_process_factory
             lambda: Execution.objects.get(pk=execution.pk).status == ExecutionStatus.HALTED,
             message="the execution never halted",
         )
-        time.sleep(1.0)
+        # Every batch still queued at the stop has now run, and sent nothing.
+        wait_for_workers_idle(workers)
         received = sink.received("sms")
         assert received, "nothing was sent before the stop"
         # Only chunks already at the provider when the stop committed may arrive after it:
@@ -251,11 +287,11 @@ def test_stop_mid_campaign_sends_nothing_after_it_commits(celery_process_factory
 def test_two_workers_share_the_work_without_duplicates(celery_process_factory):
     profiles = ProfileFactory.create_batch(400)
     bigger_batches = {"SALVO_DELIVERY_BATCH_SIZE": "40", "SALVO_DELIVERY_SEND_CHUNK": "20"}
-    with sinks_and_workers(celery_process_factory, workers=2, env=bigger_batches) as (
-        sink,
-        workers,
-        _,
-    ):
+    with running_sinks() as sink:
+        env = {**sink.provider_env(), **DELIVERY_ENV, **bigger_batches}
+        # Each worker signs its SMS requests with its own API key: the sink shows who sent.
+        for name in ("worker-a", "worker-b"):
+            celery_process_factory("worker", extra_env={**env, "SALVO_SMS_API_KEY": name})
         campaign = make_campaign(actions=[email_action(), sms_action()])
         services.campaign_activate(campaign=campaign, user=None)
 
@@ -264,6 +300,68 @@ def test_two_workers_share_the_work_without_duplicates(celery_process_factory):
         assert len(sink.received()) == 800
         assert sink.duplicates() == 0
         assert sorted(r["to"] for r in sink.received("sms")) == sorted(p.phone for p in profiles)
-        # Both workers took batches.
-        assert all("delivery_batch_task" in worker.log() for worker in workers)
+        sent_by = Counter(r["headers"]["authorization"] for r in sink.received("sms"))
+        assert set(sent_by) == {"Bearer worker-a", "Bearer worker-b"}, "one worker sent nothing"
     assert Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 800
+
+
+# --- stopping workers mid-send ------------------------------------------------------------
+
+# Chunks of 50 webhooks at 5 ms each: a quarter of a second in flight at the provider, so a
+# signal lands mid-chunk. A batch is several chunks: a worker that ignored the stop goes on.
+STOP_AUDIENCE = 2000
+STOP_CHUNK = 50
+STOP_ENV = {
+    "SALVO_DELIVERY_SEND_THREADS": "2",
+    "SALVO_DELIVERY_BATCH_SIZE": "400",
+    "SALVO_DELIVERY_WINDOW": "2",
+    "SALVO_DELIVERY_PLAN_CHUNK": "1000",
+    "SALVO_DELIVERY_SEND_CHUNK": str(STOP_CHUNK),
+}
+# No scheduler runs in these tests (so no stall check, whose timeout is left at its default
+# of 90 s anyway): what resumes the work must be what the stopped worker put back.
+RESUMED_WITHIN_S = 30.0
+
+
+def raw_receptions(sink: RunningSinks, channel: str) -> Counter[str]:
+    """How many times each delivery id reached the receiver, repeats included."""
+    return Counter(r["delivery_id"] for r in sink.attempts(channel) if r["accepted"])
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["process-group", "main-process-only"])
+def test_a_graceful_stop_mid_send_sends_nothing_twice_and_the_rest_resumes_at_once(
+    celery_process_factory, group
+):
+    make_profiles(STOP_AUDIENCE)
+    with running_sinks(slow="webhook", slow_s=0.005) as sink:
+        env = {**sink.provider_env(), **STOP_ENV}
+        worker = celery_process_factory("worker", extra_env=env)
+        hook = MessagePresetFactory(channel="webhook", webhook_url=sink.webhook_url)
+        campaign = make_campaign(
+            actions=[{"channel": "webhook", "preset": hook, "body": "{{ profile.email }}"}]
+        )
+        services.campaign_activate(campaign=campaign, user=None)
+        sink.wait_for(3 * STOP_CHUNK, channel="webhook", timeout=60)
+
+        received_at_signal = len(sink.attempts("webhook"))
+        assert worker.stop(group=group) == 0, "the worker did not stop cleanly"
+        received_at_exit = len(sink.attempts("webhook"))
+
+        # Each of the two pool processes finished at most the chunks it had in flight: one
+        # per sending thread (two on PostgreSQL, one on SQLite).
+        in_flight_per_process = 2 if connection.vendor == "postgresql" else 1
+        assert received_at_exit - received_at_signal <= 2 * in_flight_per_process * STOP_CHUNK
+        assert received_at_exit < STOP_AUDIENCE, "the campaign finished before the stop"
+        sent = Delivery.objects.filter(status=DeliveryStatus.SENT).count()
+        assert sent == received_at_exit, "a message went out whose row was not recorded"
+
+        celery_process_factory("worker", extra_env=env)
+        sink.wait_for(received_at_exit + 1, channel="webhook", timeout=RESUMED_WITHIN_S)
+        wait_for_status(campaign, Status.COMPLETED, timeout=120)
+
+        receptions = raw_receptions(sink, "webhook")
+        assert [key for key, times in receptions.items() if times > 1] == []
+        assert len(receptions) == STOP_AUDIENCE
+    rows = Delivery.objects.filter(execution__campaign=campaign)
+    assert set(rows.values_list("status", "attempts").distinct()) == {(DeliveryStatus.SENT, 1)}
+    assert {str(pk) for pk in rows.values_list("pk", flat=True)} == set(receptions)

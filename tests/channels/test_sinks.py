@@ -82,6 +82,42 @@ def test_sink_records_smtp_and_http_and_counts_duplicates():
         assert sink.received("sms")[0]["json"] == {"to": "+33600000000"}
 
 
+def test_http_sink_answers_a_repeated_idempotency_key_with_the_first_answer():
+    with running_sinks(flaky="retry") as sink:
+        first = http_request(sink.http_port, "/webhook", {"n": 1}, key="21")
+        again = http_request(sink.http_port, "/webhook", {"n": 1}, key="21")
+        # A key whose first attempt failed is not a repeat when it finally goes through.
+        failed = http_request(sink.http_port, "/sms", {"to": "+33-retry"}, key="22")
+        accepted = http_request(sink.http_port, "/sms", {"to": "+33-retry"}, key="22")
+        bulk = {"messages": [{"to": "+33611", "idempotency_key": "21"}]}
+        status, _headers, answer = http_request(sink.http_port, "/sms/batch", bulk)
+        bulk_again = http_request(sink.http_port, "/sms/batch", bulk)[2]
+
+        assert (first[0], again[0]) == (200, 200)
+        assert again[2] == first[2], "a repeat gets the first answer, not a new message id"
+        assert (failed[0], accepted[0]) == (503, 200)
+        assert status == 200
+        assert bulk_again == answer
+        assert [(r["channel"], r["delivery_id"]) for r in sink.received()] == [
+            ("webhook", "21"),
+            ("sms", "22"),
+            ("sms", "21"),  # the key is the provider's per channel (endpoint)
+        ]
+        assert [(r["channel"], r["delivery_id"]) for r in sink.repeats()] == [
+            ("webhook", "21"),
+            ("sms", "21"),
+        ]
+        assert sink.duplicates() == 2
+
+
+def test_wait_for_fails_loudly_when_the_messages_never_come():
+    with running_sinks() as sink:
+        http_request(sink.http_port, "/sms", {"to": "+1"}, key="1")
+        assert len(sink.wait_for(1, channel="sms")) == 1
+        with pytest.raises(TimeoutError, match=r"received 1 of 2 messages on sms in 0\.2s"):
+            sink.wait_for(2, channel="sms", timeout=0.2)
+
+
 def test_failure_rules_apply_per_delivery_over_real_sockets():
     with running_sinks(
         reject="bad", flaky="retry", flaky_times=2, throttle="busy", retry_after_s=3
