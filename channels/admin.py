@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db import models
 from django.http import HttpRequest
 
 from .choices import ChannelKind
 from .models import REQUIRED_SENDER_FIELD, MessagePreset
+from .providers import backend_choices
 
 SENDER_FIELDSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     ChannelKind.EMAIL: ("Email sender", ("from_name", "from_email", "reply_to")),
@@ -71,3 +73,29 @@ class MessagePresetAdmin(admin.ModelAdmin):
         # Actions choose a preset of their own channel: a preset never changes channel
         # (that would silently break them); make a new preset instead.
         return ("channel",) if obj is not None else ()
+
+    def get_form(
+        self,
+        request: HttpRequest,
+        obj: MessagePreset | None = None,
+        change: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "backend" in form.base_fields:
+            # The registered backends of the preset's channel (all of them for a new preset,
+            # whose channel is chosen on the same form; the model check pairs them).
+            channel = obj.channel if obj is not None else None
+            choices = [("", "The channel's default (settings)"), *backend_choices(channel)]
+            if obj is not None and obj.backend and obj.backend not in dict(choices):
+                # Shown as it is stored, so that saving says why it no longer works rather
+                # than silently choosing the default.
+                choices.append((obj.backend, f"{obj.backend} (not registered)"))
+            form.base_fields["backend"] = forms.ChoiceField(
+                choices=choices,
+                required=False,
+                label="Backend",
+                help_text="Provider backend; the channel's default from "
+                "SALVO_PROVIDER_BACKENDS unless chosen here.",
+            )
+        return form

@@ -66,16 +66,13 @@ class MessagePreset(models.Model):
             raise ValidationError(
                 {required: f"This {self.get_channel_display()} preset needs a {label}."}
             )
-        if self.backend:
+        if self.backend and self.channel in ChannelKind.values:
             # Imported here: the providers package imports this module for type hints.
-            from .providers import import_backend
+            from .providers import backend_problem
 
-            try:
-                import_backend(self.backend)
-            except (ImportError, TypeError) as exc:
-                raise ValidationError(
-                    {"backend": f"{self.backend} is not an importable provider backend: {exc}"}
-                ) from None
+            problem = backend_problem(self.backend, channel=self.channel)
+            if problem:
+                raise ValidationError({"backend": problem})
 
 
 class RateLimitBucket(models.Model):

@@ -232,6 +232,10 @@ SALVO_PROVIDER_BACKENDS = {
         "SALVO_WEBHOOK_BACKEND", default="channels.providers.console.ConsoleBackend"
     ),
 }
+# Provider backends a preset may name besides the shipped ones and the defaults above: dotted
+# paths, comma-separated (e.g. myproject.providers.AcmeSmsBackend). Each class declares the
+# channels it serves; nothing else is ever imported for a preset (channels.providers).
+SALVO_PROVIDER_EXTRA_BACKENDS = env.list("SALVO_PROVIDER_EXTRA_BACKENDS", default=[])
 # Connect + read timeout of every provider call, in seconds.
 SALVO_PROVIDER_TIMEOUT_S = env.float("SALVO_PROVIDER_TIMEOUT_S", default=10.0)
 # Where recipients reach this Salvo from the internet, e.g. https://salvo.example.com. With

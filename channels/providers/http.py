@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from channels.choices import ChannelKind
+
 from . import (
     OutboundMessage,
     PermanentProviderError,
@@ -331,6 +333,7 @@ class SmsBackend(BulkHttpProviderBackend):
     """POST ``{from, to, text}`` to ``SALVO_SMS_PROVIDER["url"]`` (in bulk to ``…/batch``)."""
 
     settings_name = "SALVO_SMS_PROVIDER"
+    channels = frozenset({ChannelKind.SMS})
 
     def payload_for(self, message: OutboundMessage) -> dict[str, Any]:
         return {"from": self.preset.sms_sender_id, "to": message.to, "text": message.body}
@@ -341,6 +344,7 @@ class PushBackend(BulkHttpProviderBackend):
     ``…/batch``)."""
 
     settings_name = "SALVO_PUSH_PROVIDER"
+    channels = frozenset({ChannelKind.PUSH})
 
     def payload_for(self, message: OutboundMessage) -> dict[str, Any]:
         return {
@@ -356,6 +360,8 @@ class WebhookBackend(HttpProviderBackend):
     the message's ``to`` when given), signed with ``SALVO_WEBHOOK_SECRET``: receivers check
     ``X-Salvo-Signature`` with ``verify_webhook_signature``.
     """
+
+    channels = frozenset({ChannelKind.WEBHOOK})
 
     def url_for(self, message: OutboundMessage) -> str:
         return message.to or self.preset.webhook_url
