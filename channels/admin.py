@@ -9,6 +9,7 @@ from django.contrib import admin
 from django.db import models
 from django.http import HttpRequest
 
+from . import services
 from .choices import ChannelKind
 from .models import REQUIRED_SENDER_FIELD, MessagePreset
 from .providers import backend_choices
@@ -70,8 +71,8 @@ class MessagePresetAdmin(admin.ModelAdmin):
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: MessagePreset | None = None) -> Any:
-        # Actions choose a preset of their own channel: a preset never changes channel
-        # (that would silently break them); make a new preset instead.
+        # services.preset_update refuses a change of channel: campaign actions choose presets
+        # by channel. The form does not offer one.
         return ("channel",) if obj is not None else ()
 
     def get_form(
@@ -99,3 +100,18 @@ class MessagePresetAdmin(admin.ModelAdmin):
                 "SALVO_PROVIDER_BACKENDS unless chosen here.",
             )
         return form
+
+    def save_model(self, request: HttpRequest, obj: MessagePreset, form: Any, change: bool) -> None:
+        # The form ran the model's checks already; the service runs them again under the row
+        # lock, with the rules the form cannot see (a fixed channel, the permissions).
+        fields = form.changed_data if change else list(form.cleaned_data)
+        data = {name: form.cleaned_data[name] for name in fields}
+        if change:
+            saved = services.preset_update(preset=obj, user=request.user, data=data)
+        else:
+            saved = services.preset_create(user=request.user, data=data)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: MessagePreset) -> None:
+        services.preset_delete(preset=obj, user=request.user)

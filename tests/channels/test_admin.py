@@ -107,3 +107,26 @@ def test_change_keeps_the_channel_rule(admin_client):
     assert "webhook_url" in response.context["adminform"].form.errors
     preset.refresh_from_db()
     assert preset.webhook_url == "http://example.com/h"
+
+
+def test_change_never_changes_the_channel_of_a_preset_campaigns_use(admin_client):
+    from tests.campaigns.factories import make_campaign
+
+    campaign = make_campaign()
+    preset = campaign.draft_version.actions.get(channel="email").preset
+    url = reverse("admin:channels_messagepreset_change", args=[preset.pk])
+    # Otherwise valid for an SMS preset: the form does not offer the channel, and a crafted
+    # POST carrying one changes nothing.
+    data = preset_data(
+        name=preset.name,
+        channel="sms",
+        sms_sender_id="SHOP",
+        from_email=preset.from_email,
+        description="Edited",
+    )
+
+    response = admin_client.post(url, data)
+
+    assert response.status_code == 302
+    preset.refresh_from_db()
+    assert (preset.channel, preset.description) == ("email", "Edited")
