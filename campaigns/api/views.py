@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 
 from campaigns import services
 from campaigns.models import Campaign
+from campaigns.operations import OPERATIONS
 from campaigns.selectors import campaign_list, campaign_transitions, campaign_versions
 
 from .filtersets import CampaignFilterSet
@@ -42,24 +43,22 @@ from .serializers import (
 
 Row = TypeVar("Row")
 
-# The permission each operation's service checks, checked here too so a user without it
-# gets 403 before anything is looked up.
-OPERATION_PERMISSIONS: dict[str, str] = {
-    "activate": "campaigns.activate_campaign",
-    "stop": "campaigns.change_campaign",
-    "archive": "campaigns.change_campaign",
-    "modify": "campaigns.change_campaign",
-    "discard_draft": "campaigns.change_campaign",
-    "duplicate": "campaigns.add_campaign",
+# The viewset's actions that are lifecycle operations, by the table's name for them.
+OPERATION_OF_ACTION: dict[str, str] = {
+    **{name: name for name in OPERATIONS},
+    "destroy": "delete",
 }
 
 
 class CampaignOperationPermission(permissions.BasePermission):
+    """The operation's permissions from the table, which its service checks too: a user
+    without them gets 403 before anything is looked up (or shown)."""
+
     def has_permission(self, request: Request, view: APIView) -> bool:
         user = request.user
         if not (user and user.is_authenticated):
             return False
-        return user.has_perm(OPERATION_PERMISSIONS[getattr(view, "action", "")])
+        return OPERATIONS[OPERATION_OF_ACTION[getattr(view, "action", "")]].allowed_to(user)
 
 
 CONFLICT = OpenApiResponse(ErrorSerializer, description="The current status does not allow it.")
@@ -111,7 +110,7 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         return super().filter_queryset(queryset)
 
     def get_permissions(self) -> Sequence[Any]:
-        if self.action in OPERATION_PERMISSIONS:
+        if self.action in OPERATION_OF_ACTION:
             return [CampaignOperationPermission()]
         return super().get_permissions()
 

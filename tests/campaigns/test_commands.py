@@ -209,7 +209,7 @@ def test_user_without_the_permission_is_refused(user_with_perms):
 
 
 def test_user_with_the_permission_is_recorded(user_with_perms):
-    user = user_with_perms("campaigns.activate_campaign")
+    user = user_with_perms("campaigns.view_campaign", "campaigns.activate_campaign")
     campaign = make_campaign()
 
     run("activate", str(campaign.pk), "--user", user.username)

@@ -26,12 +26,14 @@ from campaigns.api.serializers import (
 from campaigns.choices import ALL_STATUSES, CampaignStatus
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
+from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
 from campaigns.selectors import (
     campaign_list,
     campaign_statuses_from_query,
     campaign_transitions,
     campaign_versions,
 )
+from config.permissions import require_perms
 
 Status = CampaignStatus
 WAIT_POLL_S = 0.2
@@ -170,6 +172,7 @@ class Command(BaseCommand):
     # --- reading ------------------------------------------------------------------------
 
     def list_campaign(self, *, user: Any, **options: Any) -> None:
+        require_perms(user, VIEW_CAMPAIGN, to="see campaigns")
         wanted = [ALL_STATUSES] if options["all"] else options["status"]
         statuses = campaign_statuses_from_query(wanted)
         campaigns = campaign_list(statuses=statuses, search=options["search"], tags=options["tag"])
@@ -198,6 +201,7 @@ class Command(BaseCommand):
             )
 
     def show_campaign(self, *, user: Any, id: int, **options: Any) -> None:
+        require_perms(user, VIEW_CAMPAIGN, to="see campaigns")
         campaign = self._campaign(id)
         versions = campaign_versions(campaign=campaign)
         log = campaign_transitions(campaign=campaign)
@@ -254,7 +258,8 @@ class Command(BaseCommand):
             campaign = services.campaign_activate(campaign=campaign, user=user)
         except ValidationError as error:
             raise CommandError(
-                f"Campaign {id} “{campaign.name}” cannot be activated: {_one_line(error)}"
+                f"Campaign {id} “{campaign.name}” cannot be {OPERATIONS['activate'].done}: "
+                f"{_one_line(error)}"
             ) from error
         self._done(campaign, "activation requested")
         if wait is None:
