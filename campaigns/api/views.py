@@ -219,17 +219,27 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         campaign = services.campaign_discard_draft(campaign=self.get_object(), user=request.user)
         return self._campaign_response(campaign)
 
+    def _page(self, rows: QuerySet[Any], serializer: type[BaseSerializer[Any]]) -> Response:
+        """A page of rows in the shape of every list (count, next, previous, results)."""
+        page = self.paginate_queryset(rows)
+        assert page is not None  # the project's pagination class is set
+        return self.get_paginated_response(serializer(page, many=True).data)
+
     @extend_schema(responses=CampaignVersionDetailSerializer(many=True))
-    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    @action(detail=True, methods=["get"], filter_backends=[])
     def versions(self, request: Request, pk: str | None = None) -> Response:
-        versions = campaign_versions(campaign=self.get_object())
-        return Response(CampaignVersionDetailSerializer(versions, many=True).data)
+        """The campaign's versions, newest first, a page at a time."""
+        return self._page(
+            campaign_versions(campaign=self.get_object()), CampaignVersionDetailSerializer
+        )
 
     @extend_schema(responses=CampaignTransitionSerializer(many=True))
-    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    @action(detail=True, methods=["get"], filter_backends=[])
     def transitions(self, request: Request, pk: str | None = None) -> Response:
-        log = campaign_transitions(campaign=self.get_object())
-        return Response(CampaignTransitionSerializer(log, many=True).data)
+        """The campaign's transition log, newest first, a page at a time."""
+        return self._page(
+            campaign_transitions(campaign=self.get_object()), CampaignTransitionSerializer
+        )
 
     # Delivery counts (issue 4): added by the delivery engine, self-contained.
     @extend_schema(
