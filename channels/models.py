@@ -66,6 +66,12 @@ class MessagePreset(models.Model):
             raise ValidationError(
                 {required: f"This {self.get_channel_display()} preset needs a {label}."}
             )
+        if self.channel == ChannelKind.WEBHOOK and self.webhook_url:
+            from .destinations import url_refusal
+
+            refusal = url_refusal(self.webhook_url)
+            if refusal:
+                raise ValidationError({"webhook_url": refusal})
         if self.backend and self.channel in ChannelKind.values:
             # Imported here: the providers package imports this module for type hints.
             from .providers import backend_problem

@@ -266,6 +266,20 @@ SALVO_EMAIL_API = {
     "url": env.str("SALVO_EMAIL_API_URL", default="http://127.0.0.1:8025/email"),
     "api_key": env.str("SALVO_EMAIL_API_KEY", default=""),
 }
+# The embedded default: neither DATABASE_URL nor CELERY_BROKER_URL set (SQLite and the
+# filesystem broker on one machine, for development); anything else is production.
+SALVO_EMBEDDED = not (
+    env.str("DATABASE_URL", default="") or env.str("CELERY_BROKER_URL", default="")
+)
+# Whether webhook URLs may target loopback, private, link-local, multicast and reserved
+# addresses. Off in production, so that whoever edits a preset cannot make this server
+# call its own or its network's private services (checked when a preset is saved, and
+# after DNS resolution at each send: channels.destinations); on in the embedded default,
+# whose development sinks listen on loopback. Tests and benchmarks that run the production
+# profile against loopback sinks turn it on (channels.sinks provider settings).
+SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool(
+    "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=SALVO_EMBEDDED
+)
 # Webhook receivers verify X-Salvo-Signature (HMAC-SHA256 of the body) with this secret.
 SALVO_WEBHOOK_SECRET = env.str("SALVO_WEBHOOK_SECRET", default="embedded-default-webhook-secret")
 
