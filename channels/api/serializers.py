@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from channels.models import MessagePreset
+from channels.services import PRESET_FIELDS
 
 
 class MessagePresetSerializer(serializers.ModelSerializer[MessagePreset]):
@@ -11,20 +12,5 @@ class MessagePresetSerializer(serializers.ModelSerializer[MessagePreset]):
 
     class Meta:
         model = MessagePreset
-        fields = [
-            "id",
-            "name",
-            "channel",
-            "description",
-            "from_name",
-            "from_email",
-            "reply_to",
-            "sms_sender_id",
-            "push_app_id",
-            "webhook_url",
-            "backend",
-            "rate_limit_per_second",
-            "created_at",
-            "updated_at",
-        ]
+        fields = ["id", *PRESET_FIELDS, "created_at", "updated_at"]
         read_only_fields = ["created_at", "updated_at"]

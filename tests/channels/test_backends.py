@@ -70,6 +70,19 @@ def sms_preset(**fields: Any) -> dict[str, Any]:
     return {"name": "Texts", "channel": "sms", "sms_sender_id": "SHOP", **fields}
 
 
+def any_channel_preset(channel: str, backend: str) -> dict[str, Any]:
+    """A preset of `channel` with every channel's sender setting: only the backend decides."""
+    return {
+        "name": "Preset",
+        "channel": channel,
+        "from_email": "news@example.com",
+        "sms_sender_id": "SHOP",
+        "push_app_id": "com.example",
+        "webhook_url": "https://hooks.example.com/in",
+        "backend": backend,
+    }
+
+
 # --- the API door ------------------------------------------------------------------------
 
 
@@ -107,13 +120,7 @@ def test_api_refuses_an_import_with_a_side_effect_of_the_standard_library(api_cl
     ],
 )
 def test_api_refuses_what_the_channel_cannot_use_with_a_400(api_client, backend, channel):
-    payload = {
-        "name": "Preset",
-        "channel": channel,
-        "from_email": "news@example.com",
-        "sms_sender_id": "SHOP",
-        "backend": backend,
-    }
+    payload = any_channel_preset(channel, backend)
 
     response = api_client.post("/api/presets/", payload, format="json")
 
@@ -139,15 +146,7 @@ def test_api_patch_to_an_unregistered_backend_leaves_the_preset(api_client, prob
     [(channel, path) for path, channels in SHIPPED.items() for channel in sorted(channels)],
 )
 def test_api_accepts_every_shipped_backend_for_the_channels_it_serves(api_client, channel, backend):
-    payload = {
-        "name": "Preset",
-        "channel": channel,
-        "from_email": "news@example.com",
-        "sms_sender_id": "SHOP",
-        "push_app_id": "com.example",
-        "webhook_url": "https://hooks.example.com/in",
-        "backend": backend,
-    }
+    payload = any_channel_preset(channel, backend)
 
     response = api_client.post("/api/presets/", payload, format="json")
 

@@ -18,6 +18,11 @@ pytestmark = pytest.mark.django_db
 
 FRENCH = {"field": "attributes.country", "op": "eq", "value": "FR"}
 IMPORTER = ("segments.add_profile", "segments.change_profile")
+# The segment an import names, and what filling it takes besides the importer's permissions.
+SEGMENT_PERMISSION_CASES = [
+    pytest.param("New", "segments.add_segment", id="creates-a-segment"),
+    pytest.param("Existing", "segments.change_segment", id="adds-to-a-segment"),
+]
 
 
 @pytest.fixture
@@ -125,13 +130,7 @@ def nothing_imported() -> bool:
     return not Profile.objects.exists() and not Segment.objects.exclude(name="Existing").exists()
 
 
-@pytest.mark.parametrize(
-    ("segment", "missing"),
-    [
-        pytest.param("New", "segments.add_segment", id="creates-a-segment"),
-        pytest.param("Existing", "segments.change_segment", id="adds-to-a-segment"),
-    ],
-)
+@pytest.mark.parametrize(("segment", "missing"), SEGMENT_PERMISSION_CASES)
 def test_api_import_into_a_segment_needs_the_segment_permission(
     api_client_for, user_with_perms, segment, missing
 ):
@@ -146,11 +145,7 @@ def test_api_import_into_a_segment_needs_the_segment_permission(
     assert existing.members.count() == 0
 
 
-@pytest.mark.parametrize(
-    ("segment", "needs"),
-    [("New", "segments.add_segment"), ("Existing", "segments.change_segment")],
-    ids=["creates-a-segment", "adds-to-a-segment"],
-)
+@pytest.mark.parametrize(("segment", "needs"), SEGMENT_PERMISSION_CASES)
 def test_api_import_into_a_segment_with_the_permission(
     api_client_for, user_with_perms, segment, needs
 ):
@@ -175,11 +170,7 @@ def test_api_import_needs_the_profile_permissions(api_client_for, user_with_perm
     assert nothing_imported()
 
 
-@pytest.mark.parametrize(
-    ("segment", "missing"),
-    [("New", "segments.add_segment"), ("Existing", "segments.change_segment")],
-    ids=["creates-a-segment", "adds-to-a-segment"],
-)
+@pytest.mark.parametrize(("segment", "missing"), SEGMENT_PERMISSION_CASES)
 def test_admin_import_into_a_segment_needs_the_segment_permission(
     client, user_with_perms, segment, missing
 ):
