@@ -563,7 +563,7 @@ class _ActionSender:
         mailto = f"<mailto:{self.unsubscribe}?subject=unsubscribe%20{profile['external_id']}>"
         if self.unsubscribe_link is None:
             return {"List-Unsubscribe": mailto}
-        url = self.unsubscribe_link(profile["id"], ConsentChannel.EMAIL)
+        url = self.unsubscribe_link(profile["id"], profile["external_id"], ConsentChannel.EMAIL)
         return {
             "List-Unsubscribe": f"<{url}>, {mailto}",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",

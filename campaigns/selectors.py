@@ -13,6 +13,8 @@ from django_fsm import can_proceed
 
 from channels.models import REQUIRED_SENDER_FIELD
 from channels.rendering import TemplateContentError, validate_content
+from segments.choices import SegmentKind
+from segments.rules import rule_errors
 
 from .choices import ALL_STATUSES, DEFAULT_VISIBLE_STATUSES, CampaignStatus, DeliveryStatus
 from .models import Campaign, CampaignTransition, CampaignVersion, DeliveryCount
@@ -82,8 +84,14 @@ def version_activation_problems(*, version: CampaignVersion | None, now: dt.date
     if version is None:
         return ["There is no draft version to activate."]
     problems = []
-    if version.segment_id is None:
+    segment = version.segment
+    if segment is None:
         problems.append("Choose a segment: the campaign has no audience.")
+    elif segment.kind == SegmentKind.RULES:
+        # A tree stored before today's checks would fail the planning of every batch.
+        problems.extend(
+            f"Segment “{segment.name}”, rules: {message}" for message in rule_errors(segment.rules)
+        )
     if version.start_at is not None and version.start_at <= now:
         problems.append(
             f"The start time {version.start_at.isoformat()} is in the past; "

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from rest_framework import permissions
+from rest_framework.request import Request
 
 
 def require_perms(user: Any, *perms: str, to: str) -> None:
@@ -37,3 +39,13 @@ class ModelPermissions(permissions.DjangoModelPermissions):
         "HEAD": ["%(app_label)s.view_%(model_name)s"],
         "OPTIONS": ["%(app_label)s.view_%(model_name)s"],
     }
+
+
+class ApiDocsAccess(permissions.BasePermission):
+    """The OpenAPI schema and its docs page: any signed-in user (they describe the API and
+    reveal no data), anyone when SALVO_API_DOCS_PUBLIC publishes them."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return settings.SALVO_API_DOCS_PUBLIC or bool(
+            request.user and request.user.is_authenticated
+        )

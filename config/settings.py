@@ -13,6 +13,8 @@ Every value is read here and nowhere else; secrets come only from the environmen
 from pathlib import Path
 
 import environ
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -20,18 +22,80 @@ env = environ.Env()
 VAR_DIR = Path(env.str("SALVO_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
-SECRET_KEY = env.str(
-    "DJANGO_SECRET_KEY",
-    # Only the embedded default may run with this key; production sets its own.
-    default="embedded-default-insecure-key-set-DJANGO_SECRET_KEY-in-production",
+# --- Run profile and secrets (issue 9) -------------------------------------------------
+# The embedded default is what runs when neither server is named: one machine, plain HTTP on
+# loopback, development secrets that anyone can read here. Naming either server selects the
+# production profile, which must bring its own secrets and hosts and refuses to start without
+# them; it runs with DEBUG off and HTTPS enforced unless told otherwise (block below).
+SALVO_EMBEDDED = not env.str("DATABASE_URL", default="") and not env.str(
+    "CELERY_BROKER_URL", default=""
 )
-if not DEBUG and SECRET_KEY.startswith("embedded-default-insecure"):
-    from django.core.exceptions import ImproperlyConfigured
+_PROFILE_WHY = "DATABASE_URL or CELERY_BROKER_URL is set, so this is the production profile"
+_MAKE_ONE = "Make one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+# Public by definition: only the embedded default may run with these.
+_EMBEDDED_SECRETS = {
+    "DJANGO_SECRET_KEY": "embedded-default-insecure-key-set-DJANGO_SECRET_KEY-in-production",
+    "SALVO_WEBHOOK_SECRET": "embedded-default-webhook-secret",
+    "SALVO_UNSUBSCRIBE_SECRET": "embedded-default-unsubscribe-secret",
+}
 
-    raise ImproperlyConfigured("Set DJANGO_SECRET_KEY: DJANGO_DEBUG is off, so this is production.")
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+def _secret(name: str) -> str:
+    """A secret from the environment: the embedded default falls back to its public value,
+    the production profile refuses to start without one of its own."""
+    value = env.str(name, default="")
+    if SALVO_EMBEDDED:
+        return value or _EMBEDDED_SECRETS[name]
+    if not value:
+        raise ImproperlyConfigured(f"Set {name}: {_PROFILE_WHY}. {_MAKE_ONE}")
+    if value in _EMBEDDED_SECRETS.values():
+        raise ImproperlyConfigured(f"{name} is a public value of the embedded default. {_MAKE_ONE}")
+    return value
+
+
+DEBUG = env.bool("DJANGO_DEBUG", default=SALVO_EMBEDDED)
+SECRET_KEY = _secret("DJANGO_SECRET_KEY")
+# Unsubscribe links (segments/unsubscribe.py) have a key of their own rather than one derived
+# from SECRET_KEY: links in sent mail must work for years, while the secret key is rotated
+# with sessions, and a key kept in SECRET_KEY_FALLBACKS for old links would keep old sessions
+# valid too. The fallbacks (comma-separated) still accept links signed with earlier keys: a
+# rotated unsubscribe key, or the DJANGO_SECRET_KEY that signed links before this setting.
+SALVO_UNSUBSCRIBE_SECRET = _secret("SALVO_UNSUBSCRIBE_SECRET")
+SALVO_UNSUBSCRIBE_SECRET_FALLBACKS = env.list("SALVO_UNSUBSCRIBE_SECRET_FALLBACKS", default=[])
+if not SALVO_EMBEDDED and set(SALVO_UNSUBSCRIBE_SECRET_FALLBACKS) & {*_EMBEDDED_SECRETS.values()}:
+    raise ImproperlyConfigured(
+        "SALVO_UNSUBSCRIBE_SECRET_FALLBACKS lists a public value of the embedded default: "
+        "anyone can sign links with it. Remove it."
+    )
+if SALVO_EMBEDDED:
+    ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+else:
+    ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
+    if not ALLOWED_HOSTS:
+        raise ImproperlyConfigured(
+            "Set DJANGO_ALLOWED_HOSTS to the host names this server answers to, comma-separated "
+            f"(e.g. salvo.example.com): {_PROFILE_WHY}."
+        )
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# HTTPS: the production profile redirects to it, keeps cookies to it and sends HSTS. Each is
+# an option so that a test run of the production profile can serve plain HTTP on loopback
+# (`scripts/services.sh env` sets DJANGO_SECURE_SSL_REDIRECT and DJANGO_SECURE_COOKIES off).
+_HTTPS = not SALVO_EMBEDDED
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=_HTTPS)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=_HTTPS)
+# HSTS starts at an hour, short enough to undo a mistake: raise it to 31536000 (a year) once
+# every host under the name serves HTTPS. The preload flag does nothing until the name is
+# submitted to hstspreload.org, which asks for a year and for subdomains included.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=3600 if _HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=_HTTPS)
+# Behind a proxy that terminates TLS: the header it sets to "https", e.g. X-Forwarded-Proto.
+# Only with a proxy that always sets or strips it, or any client could claim HTTPS.
+_proxy_ssl_header = env.str("DJANGO_SECURE_PROXY_SSL_HEADER", default="")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -45,6 +109,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "taggit",
+    "csp",
     "segments",
     "channels",
     "campaigns",
@@ -52,6 +117,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -59,6 +125,26 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# Content-Security-Policy on every page (django-csp): scripts and styles only from this
+# server, inline ones only with the page's nonce (templates write `nonce="{{ request.csp_nonce
+# }}"`), no plugins, no framing, forms post here only. Inline style attributes stay allowed:
+# the admin's status badges and DRF's browsable API use them, and they can neither run script
+# nor load anything the other directives refuse. The API docs page adds Swagger UI's origin
+# (config/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "style-src-attr": [UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -79,8 +165,12 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------------
+# The embedded default's database file: a process that starts workers or commands on another
+# one (the tests, on their test database) names it here, as a DATABASE_URL would select the
+# production profile (config/processes.py).
+SALVO_EMBEDDED_DATABASE = env.str("SALVO_EMBEDDED_DATABASE", default=str(VAR_DIR / "salvo.sqlite3"))
 DATABASES = {
-    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'salvo.sqlite3'}"),
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{SALVO_EMBEDDED_DATABASE}"),
 }
 DATABASE_IS_SQLITE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 if DATABASE_IS_SQLITE:
@@ -132,11 +222,15 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.exception_handler",
 }
+# Whether /api/schema/ and /api/docs/ answer visitors who are not signed in.
+SALVO_API_DOCS_PUBLIC = env.bool("SALVO_API_DOCS_PUBLIC", default=False)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Salvo API",
     "DESCRIPTION": "Campaign orchestration: profiles, segments, presets and campaigns.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Every endpoint needs authentication, the schema and its docs too, unless published.
+    "SERVE_PERMISSIONS": ["config.permissions.ApiDocsAccess"],
     "COMPONENT_SPLIT_REQUEST": True,
     # One schema name per choice set, whichever field uses it (status, source, target…).
     "ENUM_NAME_OVERRIDES": {
@@ -241,6 +335,12 @@ SALVO_PROVIDER_TIMEOUT_S = env.float("SALVO_PROVIDER_TIMEOUT_S", default=10.0)
 # Where recipients reach this Salvo from the internet, e.g. https://salvo.example.com. With
 # it, marketing email carries a one-click unsubscribe link (RFC 8058) besides the mailto.
 SALVO_PUBLIC_URL = env.str("SALVO_PUBLIC_URL", default="").rstrip("/")
+# Links in mail reach the internet: never signed with the embedded default's public key.
+if SALVO_PUBLIC_URL and SALVO_UNSUBSCRIBE_SECRET in _EMBEDDED_SECRETS.values():
+    raise ImproperlyConfigured(
+        "Set SALVO_UNSUBSCRIBE_SECRET: SALVO_PUBLIC_URL puts unsubscribe links in mail, and the "
+        f"embedded default's key is public. {_MAKE_ONE}"
+    )
 # The Django email backend under channels.providers.email.EmailBackend: SMTP (EMAIL_URL
 # below), or for high volume an HTTP batch API, channels.providers.email_api.BatchEmailBackend
 # (SALVO_EMAIL_API below).
@@ -266,11 +366,6 @@ SALVO_EMAIL_API = {
     "url": env.str("SALVO_EMAIL_API_URL", default="http://127.0.0.1:8025/email"),
     "api_key": env.str("SALVO_EMAIL_API_KEY", default=""),
 }
-# The embedded default: neither DATABASE_URL nor CELERY_BROKER_URL set (SQLite and the
-# filesystem broker on one machine, for development); anything else is production.
-SALVO_EMBEDDED = not (
-    env.str("DATABASE_URL", default="") or env.str("CELERY_BROKER_URL", default="")
-)
 # Whether webhook URLs may target loopback, private, link-local, multicast and reserved
 # addresses. Off in production, so that whoever edits a preset cannot make this server
 # call its own or its network's private services (checked when a preset is saved, and
@@ -280,8 +375,9 @@ SALVO_EMBEDDED = not (
 SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool(
     "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=SALVO_EMBEDDED
 )
-# Webhook receivers verify X-Salvo-Signature (HMAC-SHA256 of the body) with this secret.
-SALVO_WEBHOOK_SECRET = env.str("SALVO_WEBHOOK_SECRET", default="embedded-default-webhook-secret")
+# Webhook receivers verify X-Salvo-Signature (HMAC-SHA256 of the body) with this secret
+# (required in production, see _secret above).
+SALVO_WEBHOOK_SECRET = _secret("SALVO_WEBHOOK_SECRET")
 
 LOGGING = {
     "version": 1,

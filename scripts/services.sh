@@ -201,9 +201,31 @@ redis_stop() {
 
 # --- commands --------------------------------------------------------------------------
 
+# Throwaway secrets for the production profile on these services, made once per checkout so
+# that every shell that evaluates `env` (web, workers, tests) signs with the same keys.
+throwaway_secrets() {
+    local file="$SERVICES_DIR/throwaway-secrets"
+    if [[ ! -s "$file" ]]; then
+        mkdir -p "$SERVICES_DIR"
+        (
+            umask 077
+            for name in DJANGO_SECRET_KEY SALVO_WEBHOOK_SECRET SALVO_UNSUBSCRIBE_SECRET; do
+                echo "export $name=$(head -c 48 /dev/urandom | base64 -w0 | tr '+/' '-_')"
+            done >"$file.$$"
+            mv "$file.$$" "$file"
+        )
+    fi
+    cat "$file"
+}
+
 print_env() {
     echo "export DATABASE_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
     echo "export CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0"
+    # The production profile served over plain HTTP on loopback (config/settings.py).
+    echo "export DJANGO_ALLOWED_HOSTS=localhost,127.0.0.1"
+    echo "export DJANGO_SECURE_SSL_REDIRECT=false"
+    echo "export DJANGO_SECURE_COOKIES=false"
+    throwaway_secrets
 }
 
 case "${1:-start}" in

@@ -161,10 +161,23 @@ class ProfileAdmin(admin.ModelAdmin):
 # --- segments ---------------------------------------------------------------------------
 
 
+class RuleTreeField(forms.JSONField):
+    """The rule tree as JSON text. A tree refused for holding a lone surrogate is shown
+    again with its error: as the JSON escape `\\ud800`, since no page can carry the
+    character itself (UTF-8 cannot encode it)."""
+
+    def prepare_value(self, value: Any) -> Any:
+        text = super().prepare_value(value)
+        if not isinstance(text, str):
+            return text
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class SegmentAdminForm(forms.ModelForm):
     class Meta:
         model = Segment
         fields = ["name", "description", "kind", "rules"]
+        field_classes = {"rules": RuleTreeField}
         help_texts = {
             "rules": 'A JSON rule tree, e.g. {"all": [{"field": "attributes.country", '
             '"op": "in", "value": ["FR", "BE"]}, {"field": "consent.email", "op": "eq", '

@@ -17,23 +17,54 @@ Semantics that hold on SQLite and PostgreSQL alike:
   (exact, case-sensitive).
 * Dates held in attributes are compared as ISO-8601 text ("2024-05-01" or
   "2024-05-01T10:00:00Z"), so they must be stored in that form, in UTC.
+
+Limits. Whatever validates is evaluated on both databases: each limit below is a size
+tests/segments/test_rule_limits.py evaluates (estimate, preview, snapshot) on SQLite and on
+PostgreSQL, and anything beyond it is refused at save with the path of the node crossing it.
+
+* A tree holds at most `MAX_NODES` (250) nodes, conditions and groups together, nested at
+  most `MAX_DEPTH` (32) levels. Beyond a few hundred conditions under one `all`,
+  PostgreSQL's planner spends seconds (30 s at 1,000) proving the partial consent index
+  against them; lists, not conditions, are the way to name many values.
+* An `in`/`not_in` list holds at most `MAX_LIST_VALUES` (1,000) values, and the lists of
+  a tree at most `MAX_TREE_LIST_VALUES` (10,000) together: with the conditions' own
+  parameters this stays well under the 32,766 parameters SQLite allows by default.
+* A string value holds at most `MAX_TEXT_LENGTH` (1,000) characters (SQLite refuses a
+  LIKE pattern over 50,000 bytes), and no NUL character or lone surrogate (neither database
+  stores them).
+* A number is finite and within the 64-bit range of whole numbers,
+  ±9,223,372,036,854,775,807, decimals included: SQLite compares integers up to 64 bits
+  only, and PostgreSQL keeps a whole-valued decimal such as 1e20 as the integer it is,
+  which would then read back as one beyond that range. No NaN or infinity.
+* A `before`/`after` value is a real calendar date or date-time in ISO-8601 extended form
+  ("2024-05-01", "2024-05-01T10:00:00Z", "2024-05-01 10:00:00+02:00"), between
+  0001-01-01 and 9999-12-31 once in UTC; without an offset it is read as UTC.
+
+How a large tree stays evaluable: an `in` list is one `IN (…)` of bound parameters per JSON
+type on SQLite and one containment test against an array parameter on PostgreSQL (which
+the GIN index answers), never a chain of ORs. The children of `all`/`any` are joined in
+pairs, most nested first: SQLite parses a flat `a OR b OR …` as a chain as deep as it is
+long and refuses one deeper than SQLITE_MAX_EXPR_DEPTH (1,000 by default), and its parser
+stack (100 entries before SQLite 3.46) overflows on parentheses nested too deep.
+Evaluating a stored tree validates it again, so one saved before a limit existed is
+refused with the same messages instead of failing in the database.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import EmptyResultSet, FullResultSet, ValidationError
 from django.db import connection
-from django.db.models import CharField, Func, Q
+from django.db.models import BooleanField, Expression, Func, Q
 from django.db.models.fields.json import compile_json_path  # type: ignore[attr-defined]
-from django.db.models.lookups import In
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 
 from .choices import ConsentChannel
 
@@ -62,9 +93,20 @@ OPERATORS = (
 TEXT_OPERATORS = ("eq", "ne", "in", "not_in", "contains", "startswith", "exists", "empty")
 DATE_OPERATORS = ("before", "after", "within_days")
 CONSENT_OPERATORS = ("eq", "ne")
-MAX_LIST_VALUES = 1000
+# The limits of a tree (see the module docstring): each is evaluated at its value on both
+# databases by tests/segments/test_rule_limits.py.
 MAX_DEPTH = 32
+MAX_NODES = 250
+MAX_LIST_VALUES = 1000
+MAX_TREE_LIST_VALUES = 10_000
+MAX_TEXT_LENGTH = 1000
 MAX_WITHIN_DAYS = 36_500
+# The numbers a rule may hold: SQLite's INTEGER range (PostgreSQL's jsonb holds any).
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**63 - 1
+# ISO-8601 extended form only: the basic form "20240501" would compare wrongly as text.
+ISO_MOMENT = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?"
+)
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
@@ -87,8 +129,6 @@ def _where(path: str, part: str) -> str:
 
 
 def _show(value: Value) -> str:
-    import json
-
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
@@ -120,6 +160,24 @@ def _is_scalar(value: Value) -> bool:
     return isinstance(value, str | bool) or _is_number(value)
 
 
+def _scalar_problem(value: Value) -> str | None:
+    """Why the databases cannot compare this number or string, or None when they can."""
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT_LENGTH:
+            return f"holds {len(value):,} characters; a string holds at most {MAX_TEXT_LENGTH:,}"
+        if "\x00" in value:
+            return "holds a NUL character, which PostgreSQL cannot store"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "is not valid Unicode (it holds a lone surrogate such as \\ud800)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is not a finite number"
+    if _is_number(value) and not MIN_INTEGER <= value <= MAX_INTEGER:
+        return f"is beyond the 64-bit range of whole numbers (±{MAX_INTEGER:,})"
+    return None
+
+
 def parse_field(name: Value) -> FieldRef | str:
     """The field a condition names, or a message saying why it is not one."""
     if not isinstance(name, str) or not name:
@@ -148,8 +206,24 @@ def parse_field(name: Value) -> FieldRef | str:
     return f'unknown field "{name}"; use one of {known}, attributes.<key> or consent.<channel>'
 
 
-def _iso_moment(value: Value) -> bool:
-    return isinstance(value, str) and bool(parse_datetime(value) or parse_date(value))
+def parse_moment(value: Value) -> dt.datetime | str:
+    """The UTC instant a `before`/`after` value names, or a message saying why it names
+    none. A value without an offset is read as UTC."""
+    if not isinstance(value, str) or not ISO_MOMENT.fullmatch(value):
+        return 'needs an ISO-8601 date or date-time, e.g. "2024-05-01" or "2024-05-01T10:00:00Z"'
+    try:
+        if len(value) == 10:
+            moment = dt.datetime.combine(dt.date.fromisoformat(value), dt.time.min)
+        else:
+            moment = dt.datetime.fromisoformat(value)
+    except ValueError as error:
+        return f"is not a calendar date or time ({error})"
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:
+        return "is outside the supported range, 0001-01-01 to 9999-12-31 in UTC"
 
 
 def _value_problem(field: FieldRef, op: str, value: Value) -> str | None:
@@ -158,34 +232,42 @@ def _value_problem(field: FieldRef, op: str, value: Value) -> str | None:
         if field.kind == "consent":
             return None if isinstance(value, bool) else f'"{op}" on consent needs true or false'
         if field.kind == "text":
-            return None if isinstance(value, str) else f'"{op}" on {field.name} needs a string'
-        if not _is_scalar(value):
+            if not isinstance(value, str):
+                return f'"{op}" on {field.name} needs a string'
+        elif not _is_scalar(value):
             return f'"{op}" needs a string, number or boolean'
-        return None
+        problem = _scalar_problem(value)
+        return f"the value {problem}" if problem else None
     if op in ("in", "not_in"):
         if not isinstance(value, list) or not value:
             return f'"{op}" needs a non-empty list'
         if len(value) > MAX_LIST_VALUES:
-            return f'"{op}" takes at most {MAX_LIST_VALUES} values, got {len(value)}'
+            return f'"{op}" takes at most {MAX_LIST_VALUES:,} values, got {len(value):,}'
         allowed = (lambda v: isinstance(v, str)) if field.kind == "text" else _is_scalar
         for index, item in enumerate(value):
             if not allowed(item):
                 return f"item {index} is {_type_name(item)}; " + (
                     "use strings" if field.kind == "text" else "use strings, numbers or booleans"
                 )
+            problem = _scalar_problem(item)
+            if problem:
+                return f"item {index} {problem}"
         return None
     if op in ("gt", "gte", "lt", "lte"):
-        return None if _is_number(value) else f'"{op}" needs a number'
+        if not _is_number(value):
+            return f'"{op}" needs a number'
+        problem = _scalar_problem(value)
+        return f"the value {problem}" if problem else None
     if op in ("contains", "startswith"):
         if not isinstance(value, str) or not value:
             return f'"{op}" needs a non-empty string'
-        return None
+        problem = _scalar_problem(value)
+        return f"the value {problem}" if problem else None
     if op in ("exists", "empty"):
         return None if isinstance(value, bool) else f'"{op}" needs true or false'
     if op in ("before", "after"):
-        if not _iso_moment(value):
-            return f'"{op}" needs an ISO-8601 date or date-time, e.g. "2024-05-01"'
-        return None
+        moment = parse_moment(value)
+        return f'"{op}" {moment}' if isinstance(moment, str) else None
     if op == "within_days":
         if (
             not isinstance(value, int)
@@ -206,21 +288,42 @@ def _operators_for(field: FieldRef) -> tuple[str, ...]:
     }[field.kind]
 
 
-def _check(node: Node, path: str, depth: int, errors: list[str]) -> None:
+@dataclass
+class _Walk:
+    """What the check has counted so far, and every problem found."""
+
+    errors: list[str]
+    nodes: int = 0
+    list_values: int = 0
+    # Set once the tree has more nodes than allowed: the rest is not read.
+    stopped: bool = False
+
+
+def _check(node: Node, path: str, depth: int, walk: _Walk) -> None:
     here = path or "rules"
+    if walk.stopped:
+        return
     if depth > MAX_DEPTH:
-        errors.append(f"{here}: the tree is nested deeper than {MAX_DEPTH} levels")
+        walk.errors.append(f"{here}: the tree is nested deeper than {MAX_DEPTH} levels")
         return
     if not isinstance(node, dict):
-        errors.append(f"{here}: a node must be an object, got {_type_name(node)}")
+        walk.errors.append(f"{here}: a node must be an object, got {_type_name(node)}")
         return
     if path == "" and not node:
+        return
+    walk.nodes += 1
+    if walk.nodes > MAX_NODES:
+        walk.errors.append(
+            f"{here}: a tree holds at most {MAX_NODES:,} nodes (conditions and groups); "
+            'use "in" lists or split the segment'
+        )
+        walk.stopped = True
         return
     groups = [key for key in ("all", "any", "not") if key in node]
     if groups:
         if len(node) != 1:
             extra = ", ".join(sorted(k for k in node if k != groups[0]))
-            errors.append(
+            walk.errors.append(
                 f'{here}: a group node holds only "{groups[0]}"; remove {extra}'
                 if len(groups) == 1
                 else f"{here}: a node holds one of all, any, not; found {', '.join(groups)}"
@@ -229,57 +332,66 @@ def _check(node: Node, path: str, depth: int, errors: list[str]) -> None:
         key = groups[0]
         child = node[key]
         if key == "not":
-            _check(child, _where(path, "not"), depth + 1, errors)
+            _check(child, _where(path, "not"), depth + 1, walk)
             return
         if not isinstance(child, list):
-            errors.append(f'{_where(path, key)}: "{key}" needs a list of nodes')
+            walk.errors.append(f'{_where(path, key)}: "{key}" needs a list of nodes')
             return
         for index, item in enumerate(child):
-            _check(item, f"{_where(path, key)}[{index}]", depth + 1, errors)
+            _check(item, f"{_where(path, key)}[{index}]", depth + 1, walk)
         return
-    _check_condition(node, path, errors)
+    _check_condition(node, path, walk)
 
 
-def _check_condition(node: dict[str, Any], path: str, errors: list[str]) -> None:
+def _check_condition(node: dict[str, Any], path: str, walk: _Walk) -> None:
     here = path or "rules"
     missing = [key for key in ("field", "op") if key not in node]
     if missing:
-        errors.append(
+        walk.errors.append(
             f"{here}: a node is all/any/not or a condition {{field, op, value}}; "
             f"missing {', '.join(missing)}"
         )
         return
     unknown = sorted(set(node) - {"field", "op", "value"})
     if unknown:
-        errors.append(f"{here}: unknown key(s) {', '.join(unknown)} in a condition")
+        walk.errors.append(f"{here}: unknown key(s) {', '.join(unknown)} in a condition")
         return
     field = parse_field(node["field"])
     if isinstance(field, str):
-        errors.append(f"{_where(path, 'field')}: {field}")
+        walk.errors.append(f"{_where(path, 'field')}: {field}")
         return
     op = node["op"]
     if op not in OPERATORS:
-        errors.append(f"{_where(path, 'op')}: unknown operator {_show(op)}")
+        walk.errors.append(f"{_where(path, 'op')}: unknown operator {_show(op)}")
         return
     if op not in _operators_for(field):
-        errors.append(
+        walk.errors.append(
             f'{_where(path, "op")}: operator "{op}" does not apply to {node["field"]}; use '
             + ", ".join(_operators_for(field))
         )
         return
     if "value" not in node:
-        errors.append(f'{_where(path, "value")}: missing; "{op}" needs a value')
+        walk.errors.append(f'{_where(path, "value")}: missing; "{op}" needs a value')
         return
     problem = _value_problem(field, op, node["value"])
     if problem:
-        errors.append(f"{_where(path, 'value')}: {problem}, got {_show(node['value'])}")
+        walk.errors.append(f"{_where(path, 'value')}: {problem}, got {_show(node['value'])}")
+        return
+    if op in ("in", "not_in"):
+        walk.list_values += len(node["value"])
+        if walk.list_values > MAX_TREE_LIST_VALUES:
+            walk.errors.append(
+                f"{_where(path, 'value')}: the lists of a tree hold at most "
+                f"{MAX_TREE_LIST_VALUES:,} values together; this one brings them to "
+                f"{walk.list_values:,}"
+            )
 
 
 def rule_errors(tree: Node) -> list[str]:
     """Every problem of the tree, each prefixed with the path of its node."""
-    errors: list[str] = []
-    _check(tree, "", 0, errors)
-    return errors
+    walk = _Walk(errors=[])
+    _check(tree, "", 0, walk)
+    return walk.errors
 
 
 def validate_rules(tree: Node) -> None:
@@ -292,37 +404,49 @@ def validate_rules(tree: Node) -> None:
 # --- compilation ------------------------------------------------------------------------
 
 
-class JsonKeyType(Func):
-    """The JSON type at an attribute path: number, string, boolean, object, array, null,
-    or "missing" — the same names on both databases, and never SQL NULL (so negations
-    stay two-valued). SQLite and PostgreSQL only."""
+def _sql_text(text: str) -> str:
+    """A constant as an SQL string literal: attribute keys and JSON type names only, which
+    validation limits to letters, digits, "_" and "-" (quotes are doubled all the same)."""
+    return "'" + text.replace("'", "''") + "'"
 
-    output_field = CharField()
 
-    def __init__(self, path: tuple[str, ...]) -> None:
-        super().__init__("attributes")
+class JsonTypeIs(Func):
+    """Whether the JSON type at an attribute path is one of `types`: number, string,
+    boolean, object, array, null, or "missing" — the same names on both databases, and
+    never SQL NULL (so negations stay two-valued). SQLite and PostgreSQL only.
+
+    The path and the type names are written into the SQL, not bound: a condition uses
+    several of these, and SQLite allows 32,766 parameters a statement by default."""
+
+    conditional = True
+
+    def __init__(self, path: tuple[str, ...], types: tuple[str, ...]) -> None:
+        super().__init__("attributes", output_field=BooleanField())
         self.path = path
+        self.types = types
+
+    def _among(self, type_sql: str) -> str:
+        return f"{type_sql} IN ({', '.join(_sql_text(name) for name in self.types)})"
 
     def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
         column, params = compiler.compile(self.source_expressions[0])
         if len(self.path) == 1:
             # `->` with one key is the operator the other conditions on the key use too,
             # and cheaper per row than a `#>` path.
-            return f"COALESCE(jsonb_typeof({column} -> %s), 'missing')", (*params, self.path[0])
-        return (
-            f"COALESCE(jsonb_typeof({column} #> %s), 'missing')",
-            (*params, list(self.path)),
-        )
+            value = f"{column} -> {_sql_text(self.path[0])}"
+        else:
+            value = f"{column} #> {_sql_text('{' + ','.join(self.path) + '}')}"
+        return self._among(f"COALESCE(jsonb_typeof({value}), 'missing')"), params
 
     def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
         column, params = compiler.compile(self.source_expressions[0])
-        json_path = compile_json_path(list(self.path))
-        sql = (
-            f"COALESCE(CASE JSON_TYPE({column}, %s) WHEN 'integer' THEN 'number' "
+        json_path = _sql_text(compile_json_path(list(self.path)))
+        type_sql = (
+            f"COALESCE(CASE JSON_TYPE({column}, {json_path}) WHEN 'integer' THEN 'number' "
             "WHEN 'real' THEN 'number' WHEN 'true' THEN 'boolean' WHEN 'false' THEN 'boolean' "
-            f"WHEN 'text' THEN 'string' ELSE JSON_TYPE({column}, %s) END, 'missing')"
+            f"WHEN 'text' THEN 'string' ELSE JSON_TYPE({column}, {json_path}) END, 'missing')"
         )
-        return sql, (*params, json_path, *params, json_path)
+        return self._among(type_sql), (*params, *params)
 
 
 class JsonArrayHas(Func):
@@ -331,8 +455,6 @@ class JsonArrayHas(Func):
     conditional = True
 
     def __init__(self, path: tuple[str, ...], value: str) -> None:
-        from django.db.models import BooleanField
-
         super().__init__("attributes", output_field=BooleanField())
         self.path = path
         self.value = value
@@ -346,10 +468,114 @@ class JsonArrayHas(Func):
         return sql, (*params, compile_json_path(list(self.path)), self.value)
 
     def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
-        import json
-
         column, params = compiler.compile(self.source_expressions[0])
         return f"{column} @> %s::jsonb", (*params, json.dumps(_nest(self.path, [self.value])))
+
+
+class JsonValueIn(Func):
+    """Whether the value at an attribute path is one of `values`, as one test whatever the
+    list's length. PostgreSQL: containment of any of the values (typed, as `eq` is, and
+    answered by the GIN index). SQLite: one `IN (…)` of bound parameters, untyped
+    (JSON_EXTRACT gives 1 for true), so the caller passes values of one JSON type and
+    checks that type."""
+
+    conditional = True
+
+    def __init__(self, path: tuple[str, ...], values: list[Value]) -> None:
+        super().__init__("attributes", output_field=BooleanField())
+        self.path = path
+        self.values = values
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        column, params = compiler.compile(self.source_expressions[0])
+        marks = ", ".join(["%s"] * len(self.values))
+        sql = f"JSON_EXTRACT({column}, %s) IN ({marks})"
+        return sql, (*params, compile_json_path(list(self.path)), *self.values)
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        column, params = compiler.compile(self.source_expressions[0])
+        documents = [json.dumps(_nest(self.path, value)) for value in self.values]
+        return f"{column} @> ANY(%s::jsonb[])", (*params, documents)
+
+
+class ConditionGroup(Expression):
+    """All (AND) or any (OR) of many conditions, joined in pairs: `a OR b OR (c OR d)`.
+
+    SQLite parses a flat `a OR b OR c …` as a chain as deep as it is long and refuses one
+    deeper than SQLITE_MAX_EXPR_DEPTH (1,000 by default); in pairs the depth is log2(n).
+    Nested `Q` objects would not do: Django flattens those of one connector into one chain.
+    Parentheses are written only where the meaning needs them, since each level costs
+    SQLite's parser stack (100 entries in SQLite before 3.46).
+    """
+
+    conditional = True
+
+    def __init__(self, parts: list[Any], connector: str) -> None:
+        super().__init__(output_field=BooleanField())
+        self.parts = parts
+        self.connector = connector
+        self.resolved = False
+
+    def get_source_expressions(self) -> list[Any]:
+        return list(self.parts)
+
+    def set_source_expressions(self, exprs: Sequence[Any]) -> None:
+        self.parts = list(exprs)
+
+    def resolve_expression(
+        self,
+        query: Any = None,
+        allow_joins: bool = True,
+        reuse: Any = None,
+        summarize: bool = False,
+        for_save: bool = False,
+    ) -> ConditionGroup:
+        group = self.copy()
+        if not self.resolved:
+            # Once only: the lookup holding the group resolves it again when compiled, and
+            # a resolved WHERE node is always written in parentheses.
+            group.parts = [
+                part.resolve_expression(query, allow_joins, reuse, summarize, for_save)
+                for part in self.parts
+            ]
+            group.resolved = True
+        return group
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        # A part that matches nothing ends an AND, and one that matches everything ends an
+        # OR (Django raises EmptyResultSet / FullResultSet, or gives "" for everything); the
+        # other kind changes nothing and is left out, as Django's own WHERE does.
+        neutral = FullResultSet if self.connector == Q.AND else EmptyResultSet
+        compiled: list[tuple[str, list[Any]]] = []
+        for part in self.parts:
+            try:
+                sql, params = compiler.compile(part)
+            except neutral:
+                continue
+            if not sql:
+                if self.connector == Q.OR:
+                    raise FullResultSet from None
+                continue
+            compiled.append((sql, list(params)))
+        if not compiled:
+            raise neutral
+        sql, params = self._pair(compiled)
+        # AND binds tighter than OR, and the group is used only in a WHERE (an AND of its
+        # conditions), in another group or after NOT (which Django writes "NOT (…)"): only
+        # an OR group needs its own parentheses.
+        return (f"({sql})" if self.connector == Q.OR else sql), params
+
+    def _pair(self, compiled: list[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+        # SQLite groups a chain from the left by itself (`a OR b OR (c OR d)` is
+        # `(a OR b) OR (c OR d)`): only a right half of several parts needs parentheses.
+        if len(compiled) == 1:
+            return compiled[0]
+        middle = (len(compiled) + 1) // 2
+        left, left_params = self._pair(compiled[:middle])
+        right, right_params = self._pair(compiled[middle:])
+        if len(compiled) - middle > 1:
+            right = f"({right})"
+        return f"{left} {self.connector} {right}", [*left_params, *right_params]
 
 
 def _nest(path: tuple[str, ...], value: Value) -> Any:
@@ -372,7 +598,7 @@ def _lookup(path: tuple[str, ...], lookup: str) -> str:
 
 
 def _is_type(path: tuple[str, ...], *types: str) -> Q:
-    return Q(In(JsonKeyType(path), list(types)))
+    return Q(JsonTypeIs(path, types))
 
 
 def _present(path: tuple[str, ...]) -> Q:
@@ -388,15 +614,28 @@ def _attribute_eq(path: tuple[str, ...], value: Value, vendor: str) -> Q:
     return _is_type(path, _json_type(value)) & Q(**{_lookup(path, "exact"): value})
 
 
+def _attribute_in(path: tuple[str, ...], values: list[Value], vendor: str) -> Q:
+    if vendor == "postgresql":
+        return Q(JsonValueIn(path, values))
+    # One IN per JSON type present, each behind its type check, as `eq` does.
+    by_type: dict[str, list[Value]] = {}
+    for value in values:
+        by_type.setdefault(_json_type(value), []).append(value)
+    return _group(
+        [_is_type(path, kind) & Q(JsonValueIn(path, items)) for kind, items in by_type.items()],
+        Q.OR,
+    )
+
+
 def _attribute_condition(path: tuple[str, ...], op: str, value: Value, vendor: str) -> Q:
     if op == "eq":
         return _attribute_eq(path, value, vendor)
     if op == "ne":
         return _present(path) & ~_attribute_eq(path, value, vendor)
     if op == "in":
-        return _any(_attribute_eq(path, item, vendor) for item in value)
+        return _attribute_in(path, value, vendor)
     if op == "not_in":
-        return _present(path) & ~_any(_attribute_eq(path, item, vendor) for item in value)
+        return _present(path) & ~_attribute_in(path, value, vendor)
     if op in ("gt", "gte", "lt", "lte"):
         return _is_type(path, "number") & Q(**{_lookup(path, op): value})
     if op == "contains":
@@ -427,17 +666,6 @@ def _attribute_condition(path: tuple[str, ...], op: str, value: Value, vendor: s
     raise AssertionError(op)
 
 
-def _moment(value: str) -> dt.datetime:
-    moment = parse_datetime(value)
-    if moment is None:
-        day = parse_date(value)
-        assert day is not None
-        moment = dt.datetime.combine(day, dt.time.min)
-    if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment, dt.UTC)
-    return moment
-
-
 def _text_condition(name: str, op: str, value: Value) -> Q:
     blank = Q(**{name: ""})
     if op == "eq":
@@ -460,10 +688,10 @@ def _text_condition(name: str, op: str, value: Value) -> Q:
 
 
 def _date_condition(name: str, op: str, value: Value) -> Q:
-    if op == "before":
-        return Q(**{f"{name}__lt": _moment(value)})
-    if op == "after":
-        return Q(**{f"{name}__gt": _moment(value)})
+    if op in ("before", "after"):
+        moment = parse_moment(value)
+        assert isinstance(moment, dt.datetime)
+        return Q(**{f"{name}__{'lt' if op == 'before' else 'gt'}": moment})
     if op == "within_days":
         return Q(**{f"{name}__gte": timezone.now() - dt.timedelta(days=value)})
     raise AssertionError(op)
@@ -478,33 +706,38 @@ NOTHING = Q(pk__in=[])
 EVERYTHING = ~Q(pk__in=[])
 
 
-def _all(parts: Any) -> Q:
-    items = list(parts)
-    if not items:
-        return EVERYTHING
-    result = items[0]
-    for part in items[1:]:
-        result &= part
-    return result
+def _group(parts: list[Q], connector: str) -> Q:
+    """All (`Q.AND`) or any (`Q.OR`) of the parts; none is every profile for AND, none
+    for OR."""
+    if not parts:
+        return EVERYTHING if connector == Q.AND else NOTHING
+    if len(parts) == 1:
+        return parts[0]
+    return Q(ConditionGroup(parts, connector))
 
 
-def _any(parts: Any) -> Q:
-    items = list(parts)
-    if not items:
-        return NOTHING
-    result = items[0]
-    for part in items[1:]:
-        result |= part
-    return result
+def _height(node: Node) -> int:
+    """How many groups and NOTs nest below the node (0 for a condition)."""
+    if not isinstance(node, dict) or not node:
+        return 0
+    if "not" in node:
+        return 1 + _height(node["not"])
+    children = node.get("all", node.get("any"))
+    if children is None:
+        return 0
+    return 1 + max((_height(child) for child in children), default=0)
 
 
 def _compile(node: Node, vendor: str) -> Q:
     if not node:
         return EVERYTHING
-    if "all" in node:
-        return _all(_compile(child, vendor) for child in node["all"])
-    if "any" in node:
-        return _any(_compile(child, vendor) for child in node["any"])
+    for key, connector in (("all", Q.AND), ("any", Q.OR)):
+        if key in node:
+            # The most nested children first: SQLite's parser then reads them with no
+            # operand of this group pending on its stack, so the stack grows by a level's
+            # parentheses only, whatever the group's width.
+            children = sorted(node[key], key=_height, reverse=True)
+            return _group([_compile(child, vendor) for child in children], connector)
     if "not" in node:
         return ~_compile(node["not"], vendor)
     field = parse_field(node["field"])

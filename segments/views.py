@@ -15,18 +15,19 @@ from .unsubscribe import read_unsubscribe_token
 
 
 # Mailbox providers send the one-click POST (RFC 8058) without any cookie or CSRF token: the
-# signed token in the URL is the only credential, and it names one profile and one channel.
+# signed token in the URL is the only credential, and it names one profile and one channel
+# (segments/unsubscribe.py says how it cannot be forged or pointed at another profile).
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
     """GET asks for confirmation (link scanners fetch links and must not unsubscribe
     anyone); POST, from that page or a mail client's one-click, withdraws the consent."""
-    named = read_unsubscribe_token(token)
-    if named is None:
+    link = read_unsubscribe_token(token)
+    if link is None:
         return render(request, "segments/unsubscribe.html", {"invalid": True}, status=404)
-    profile_id, channel = named
-    context: dict[str, Any] = {"channel": ConsentChannel(channel).label, "token": token}
+    context: dict[str, Any] = {"channel": ConsentChannel(link.channel).label, "token": token}
     if request.method == "POST":
-        services.profile_unsubscribe(profile_id=profile_id, channel=channel)
+        if link.profile_id is not None:
+            services.profile_unsubscribe(profile_id=link.profile_id, channel=link.channel)
         context["done"] = True
     return render(request, "segments/unsubscribe.html", context)

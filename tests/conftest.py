@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
+
+from config.processes import child_process_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("SALVO_CHROMIUM", "/usr/bin/chromium"))
@@ -142,23 +143,6 @@ def api_client(admin_user: Any, api_client_for: Callable[[Any], Any]) -> Any:
 # --- real Celery processes ------------------------------------------------------------
 
 
-def _test_database_url() -> str:
-    """DATABASE_URL of the database the tests use right now (the test_ one)."""
-    from django.db import connection
-
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{Path(db['NAME']).resolve()}"
-    if connection.vendor == "postgresql":
-        credentials = quote(db["USER"] or "", safe="")
-        if db["PASSWORD"]:
-            credentials += ":" + quote(db["PASSWORD"], safe="")
-        host = db["HOST"] or "localhost"
-        port = f":{db['PORT']}" if db["PORT"] else ""
-        return f"postgres://{credentials}@{host}{port}/{db['NAME']}"
-    raise NotImplementedError(f"no DATABASE_URL for a {connection.vendor} test database")
-
-
 def _purge_broker() -> None:
     """Drop messages left in the broker by earlier tests (they name rows that are gone)."""
     from config.celery import app
@@ -247,9 +231,7 @@ def celery_process_factory(
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DATABASE_URL": _test_database_url(),
-        "SALVO_VAR_DIR": str(settings.VAR_DIR),
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        **child_process_env(),
         "PYTHONUNBUFFERED": "1",
     }
     _purge_broker()

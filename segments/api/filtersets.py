@@ -1,9 +1,36 @@
 """Which profiles and segments a list shows; the same filters serve the API and the admin."""
 
+import datetime as dt
+from typing import Any
+
 import django_filters
+from django.core.exceptions import ValidationError
+from django_filters.fields import IsoDateTimeField
 
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
+
+
+class UtcIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 time, converted to UTC before it reaches a query.
+
+    Python accepts any offset under 24 hours, PostgreSQL only up to 15:59: a time such as
+    "…-22:53" handed on as it is makes the database refuse the whole query. In UTC it is
+    just a time; one that UTC cannot hold (year 1 with a positive offset) is invalid input.
+    """
+
+    def to_python(self, value: Any) -> dt.datetime | None:
+        parsed = super().to_python(value)
+        if parsed is None or parsed.tzinfo is None:
+            return parsed
+        try:
+            return parsed.astimezone(dt.UTC)
+        except OverflowError:
+            raise ValidationError("Enter a time between the years 1 and 9999 in UTC.") from None
+
+
+class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcIsoDateTimeField
 
 
 class ProfileFilterSet(django_filters.FilterSet):
@@ -13,8 +40,8 @@ class ProfileFilterSet(django_filters.FilterSet):
     consent_email = django_filters.BooleanFilter()
     consent_sms = django_filters.BooleanFilter()
     consent_push = django_filters.BooleanFilter()
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     segment = django_filters.ModelChoiceFilter(
         field_name="static_segments",
         queryset=Segment.objects.filter(kind=SegmentKind.STATIC),

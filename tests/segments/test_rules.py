@@ -10,6 +10,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from segments import rules
 from segments.models import Profile
 from segments.rules import RuleError, compile_rules, rule_errors, validate_rules
 from tests.segments.factories import ProfileFactory
@@ -223,8 +224,171 @@ def test_invalid_trees_are_refused_with_the_node_path(tree, message):
         compile_rules(tree)
 
 
+LONGEST = "\U0001f600" * rules.MAX_TEXT_LENGTH  # four bytes a character in UTF-8
+TOO_LONG = LONGEST + "x"
+
+
+def nested(condition):
+    """The condition as the second child of an `any` that is the second child of an `all`:
+    its path is all[1].any[0]."""
+    return {"all": [cond("email", "exists", True), {"any": [condition]}]}
+
+
+# Values the databases cannot compare, each refused with the path of its node.
+BAD_VALUES = [
+    (
+        nested(cond("created_at", "before", "2024-02-30")),
+        'all[1].any[0].value: "before" is not a calendar date',
+    ),
+    (
+        nested(cond("attributes.joined", "after", "9999-99-99")),
+        'all[1].any[0].value: "after" is not a calendar date',
+    ),
+    (cond("attributes.joined", "before", "0000-01-01"), 'value: "before" is not a calendar date'),
+    (cond("created_at", "after", "2023-02-29T10:00:00Z"), 'value: "after" is not a calendar date'),
+    (
+        cond("created_at", "before", "2024-05-01T24:00:00Z"),
+        'value: "before" is not a calendar date',
+    ),
+    (cond("created_at", "after", "20240501"), 'value: "after" needs an ISO-8601 date'),
+    (cond("created_at", "after", "10000-01-01"), 'value: "after" needs an ISO-8601 date'),
+    (cond("created_at", "before", 20240501), 'value: "before" needs an ISO-8601 date'),
+    (
+        cond("created_at", "before", "9999-12-31T23:00:00-05:00"),
+        'value: "before" is outside the supported range',
+    ),
+    (
+        cond("attributes.joined", "after", "0001-01-01T00:30:00+01:00"),
+        'value: "after" is outside the supported range',
+    ),
+    (
+        nested(cond("attributes.age", "gt", 10**30)),
+        "all[1].any[0].value: the value is beyond the 64-bit range",
+    ),
+    (
+        cond("attributes.age", "eq", rules.MAX_INTEGER + 1),
+        "value: the value is beyond the 64-bit range",
+    ),
+    (
+        cond("attributes.age", "lte", rules.MIN_INTEGER - 1),
+        "value: the value is beyond the 64-bit range",
+    ),
+    (cond("attributes.age", "in", [1, 2**64]), "value: item 1 is beyond the 64-bit range"),
+    (
+        cond("attributes.age", "not_in", [1, 2, -(2**70)]),
+        "value: item 2 is beyond the 64-bit range",
+    ),
+    # A decimal stored by PostgreSQL reads back as the integer it is: 1e20 as 10**20.
+    (cond("attributes.age", "gt", 1e20), "value: the value is beyond the 64-bit range"),
+    (cond("attributes.age", "in", [0.5, -9.3e18]), "value: item 1 is beyond the 64-bit range"),
+    (cond("attributes.age", "gt", float("nan")), "value: the value is not a finite number"),
+    (cond("attributes.age", "ne", float("inf")), "value: the value is not a finite number"),
+    (cond("attributes.age", "in", [1.5, float("-inf")]), "value: item 1 is not a finite number"),
+    (cond("attributes.name", "contains", TOO_LONG), "value: the value holds 1,001 characters"),
+    (cond("email", "startswith", TOO_LONG), "value: the value holds 1,001 characters"),
+    (cond("external_id", "eq", TOO_LONG), "value: the value holds 1,001 characters"),
+    (cond("external_id", "in", ["a", TOO_LONG]), "value: item 1 holds 1,001 characters"),
+    (cond("attributes.name", "eq", "a\x00b"), "value: the value holds a NUL character"),
+    (cond("external_id", "in", ["a", "\ud800"]), "value: item 1 is not valid Unicode"),
+]
+
+
+@pytest.mark.parametrize(("tree", "message"), BAD_VALUES, ids=lambda v: str(v)[:80])
+def test_values_the_databases_cannot_compare_are_refused_with_the_node_path(tree, message):
+    errors = rule_errors(tree)
+    assert any(message in error for error in errors), errors
+    with pytest.raises(RuleError):
+        validate_rules(tree)
+    with pytest.raises(RuleError):
+        compile_rules(tree)
+
+
 def test_every_bad_node_is_reported():
     errors = rule_errors(
         {"all": [cond("attributes.age", "gtx", 1), cond("email", "eq", 3), cond("x", "eq", 1)]}
     )
     assert [e.split(":")[0] for e in errors] == ["all[0].op", "all[1].value", "all[2].field"]
+
+
+def nodes(count):
+    """An `any` of conditions: `count` nodes, the `any` included."""
+    return {"any": [cond("attributes.age", "eq", index) for index in range(count - 1)]}
+
+
+def nested_nots(depth):
+    """A condition under `depth` NOTs: its depth in the tree."""
+    tree = cond("attributes.age", "exists", True)
+    for _ in range(depth):
+        tree = {"not": tree}
+    return tree
+
+
+def lists(total, *, op="in"):
+    """An `all` of full lists (and one shorter) holding `total` values together."""
+    full, rest = divmod(total, rules.MAX_LIST_VALUES)
+    sizes = [rules.MAX_LIST_VALUES] * full + ([rest] if rest else [])
+    return {
+        "all": [
+            cond(f"attributes.k{index}", op, list(range(size))) for index, size in enumerate(sizes)
+        ]
+    }
+
+
+ABOVE_THE_LIMITS = [
+    (
+        nodes(rules.MAX_NODES + 1),
+        f"any[{rules.MAX_NODES - 1}]: a tree holds at most {rules.MAX_NODES:,} nodes",
+    ),
+    (
+        {"all": [{"not": cond("email", "eq", "x")}] * (rules.MAX_NODES // 2)},
+        f"all[{rules.MAX_NODES // 2 - 1}].not: a tree holds at most {rules.MAX_NODES:,} nodes",
+    ),
+    (
+        cond("attributes.k", "in", list(range(rules.MAX_LIST_VALUES + 1))),
+        f'value: "in" takes at most {rules.MAX_LIST_VALUES:,} values',
+    ),
+    (
+        cond("external_id", "not_in", [str(n) for n in range(rules.MAX_LIST_VALUES + 1)]),
+        f'value: "not_in" takes at most {rules.MAX_LIST_VALUES:,} values',
+    ),
+    (
+        lists(rules.MAX_TREE_LIST_VALUES + 1),
+        f"all[{rules.MAX_TREE_LIST_VALUES // rules.MAX_LIST_VALUES}].value: the lists of a "
+        f"tree hold at most {rules.MAX_TREE_LIST_VALUES:,} values together",
+    ),
+    (
+        nested_nots(rules.MAX_DEPTH + 1),
+        f"the tree is nested deeper than {rules.MAX_DEPTH} levels",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tree", "message"), ABOVE_THE_LIMITS, ids=lambda v: str(v)[:60])
+def test_trees_above_the_limits_are_refused_with_the_node_path(tree, message):
+    errors = rule_errors(tree)
+    assert any(message in error for error in errors), errors[:3]
+    with pytest.raises(RuleError):
+        compile_rules(tree)
+
+
+AT_THE_LIMITS = [
+    nodes(rules.MAX_NODES),
+    {"all": [{"not": cond("email", "eq", "x")}] * ((rules.MAX_NODES - 1) // 2)},
+    cond("attributes.k", "in", list(range(rules.MAX_LIST_VALUES))),
+    lists(rules.MAX_TREE_LIST_VALUES, op="not_in"),
+    nested_nots(rules.MAX_DEPTH),
+    cond("attributes.name", "contains", LONGEST),
+    cond("external_id", "in", ["a", LONGEST]),
+    cond("attributes.age", "in", [rules.MIN_INTEGER, rules.MAX_INTEGER, 9.2e18, 0.5]),
+    cond("attributes.age", "gt", -9.2e18),
+    cond("created_at", "after", "0001-01-01"),
+    cond("created_at", "before", "9999-12-31T23:59:59.999999Z"),
+    cond("attributes.joined", "after", "0001-01-01T01:00:00+01:00"),
+    cond("attributes.joined", "before", "9999-12-31 18:59:59-05:00"),
+    cond("created_at", "after", "2024-02-29T10:00"),
+]
+
+
+@pytest.mark.parametrize("tree", AT_THE_LIMITS, ids=lambda v: str(v)[:60])
+def test_trees_at_the_limits_are_valid(tree):
+    assert rule_errors(tree) == []

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import resource
-import secrets
 import statistics
 import subprocess
 import sys
@@ -27,12 +26,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
+from config.processes import child_process_env
 from segments import selectors, services
 from segments.models import AudienceMember, AudienceSnapshot, Profile, Segment
 
@@ -278,22 +277,8 @@ class Command(BaseCommand):
     def _child_env(self) -> dict[str, str]:
         """The environment of the importing child: the database this process uses (under
         tests, the test database rather than the one DATABASE_URL names)."""
-        db = connection.settings_dict
-        if connection.vendor == "postgresql":
-            url = (
-                f"postgres://{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}"
-                f"@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{quote(db['NAME'])}"
-            )
-        else:
-            url = f"sqlite:///{db['NAME']}"
         # As staff run it in production: DEBUG off (no log of queries kept).
-        secret = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(50)
-        return {
-            **os.environ,
-            "DATABASE_URL": url,
-            "DJANGO_DEBUG": "false",
-            "DJANGO_SECRET_KEY": secret,
-        }
+        return {**os.environ, **child_process_env(), "DJANGO_DEBUG": "false"}
 
     def _cleanup(self) -> None:
         AudienceSnapshot.objects.filter(segment__name__startswith=PREFIX).delete()
