@@ -41,11 +41,13 @@ from .forms import (
 from .models import Campaign, CampaignVersion, ChannelAction
 from .operations import OPERATIONS, Operation
 from .selectors import (
+    campaign_delivery_error,
     campaign_list,
     campaign_operations,
     campaign_statuses_from_query,
     campaign_transitions,
     campaign_versions,
+    delivery_error_summary,
 )
 
 Status = CampaignStatus
@@ -94,6 +96,16 @@ def status_badge_html(campaign: Campaign) -> SafeString:
             badge,
         )
     return badge
+
+
+def campaign_alert(campaign: Campaign) -> str:
+    """What the list's alert beside the status says; empty when all is well."""
+    error = campaign_delivery_error(campaign=campaign)
+    if error is not None:
+        return delivery_error_summary(error)
+    if campaign.activation_error:
+        return f"Activation: {campaign.activation_error}"
+    return ""
 
 
 # --- changelist filters -----------------------------------------------------------------
@@ -242,7 +254,16 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Campaign) -> SafeString:
-        return status_badge_html(obj)
+        badge = status_badge_html(obj)
+        alert = campaign_alert(obj)
+        if alert:
+            badge = format_html(
+                '{} <span class="salvo-alert" role="img" aria-label="{}" title="{}">⚠</span>',
+                badge,
+                alert,
+                alert,
+            )
+        return badge
 
     @admin.display(description="tags")
     def tag_list(self, obj: Campaign) -> str:
@@ -597,5 +618,6 @@ class CampaignAdmin(admin.ModelAdmin):
                 "salvo_readonly_draft": None if campaign_is_editable(campaign) else draft,
                 "salvo_versions": versions,
                 "salvo_transitions": list(campaign_transitions(campaign=campaign)[:100]),
+                "salvo_delivery_error": campaign_delivery_error(campaign=campaign),
             }
         return super().change_view(request, object_id, form_url, extra_context)

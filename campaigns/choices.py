@@ -41,11 +41,15 @@ class ExecutionStatus(models.TextChoices):
     COMPLETED = "completed", "Completed"
     # The campaign was stopped: remaining deliveries stay pending and are never sent.
     HALTED = "halted", "Halted"
+    # A step (planning, a batch) kept failing: the engine stopped retrying it and the
+    # execution shows the error; remaining deliveries stay pending.
+    FAILED = "failed", "Failed"
 
 
 class DeliveryStatus(models.TextChoices):
-    # Not sent yet: waiting for its batch, for a retry, or being sent right now (a worker
-    # holds the row locked while it sends, and records the outcome in the same transaction).
+    # Not sent yet: waiting for its batch, for a retry, or being sent right now (on
+    # PostgreSQL a worker holds the row locked while it sends and records the outcome in the
+    # same transaction; on SQLite the row carries the worker's claim until then).
     PENDING = "pending", "Pending"
     SENT = "sent", "Sent"
     FAILED = "failed", "Failed"

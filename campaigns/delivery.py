@@ -10,32 +10,58 @@ How a run goes (every step is a service here; the Celery tasks only call them):
 3. ``execution_dispatch`` — hand batches to the workers in a bounded window: a batch is
    (execution, action, first profile id, last profile id); the batches of every action for
    one id range are queued side by side, so no channel waits for another.
-4. ``batch_send`` — a chunk at a time, in one transaction: lock the chunk's due rows
-   together with their recipients' data (one query), skip the ineligible, render (templates
-   compiled once per batch), hand the whole chunk to the preset's backend in one
-   ``send_batch`` call (one bulk request for providers that have a bulk API), then record
-   every outcome with one UPDATE and move the per-status counters (``DeliveryCount``).
+4. ``batch_send`` — a chunk at a time: take the chunk's due rows together with their
+   recipients' data (one query), skip the ineligible, render (templates compiled once per
+   batch), hand the whole chunk to the preset's backend in one ``send_batch`` call (one
+   bulk request for providers that have a bulk API), then record every outcome with one
+   UPDATE and move the per-status counters (``DeliveryCount``).
 5. ``execution_progress`` — after each batch: top up the window, and once every batch is
    handed out and the counters show nothing pending, complete the execution and the
    campaign, exactly once (under the execution's row lock).
 
 Exactly once. A row stays pending until its outcome is recorded, and a worker holds the
-rows it is sending locked (PostgreSQL ``FOR UPDATE SKIP LOCKED``; SQLite's write lock) from
-reading them until the outcome commits, so two copies of a batch never send the same row.
-A worker killed mid-send rolls back: its rows are still pending, unlocked as soon as its
-connection drops, and are sent by the redelivered batch. Those few may have reached the
-provider before the worker died: the delivery id goes with every message as its
-idempotency key so that the provider can drop the repeat. Lost task messages (the
-filesystem transport drops a message whose worker dies; Redis returns it only after its
-visibility timeout) are revived by ``executions_resume_stalled``, run by the scheduler tick.
+rows it is sending from reading them until the outcome is recorded, so two copies of a
+batch never send the same row. How it holds them depends on the database:
+
+* PostgreSQL: one transaction per chunk locks the due rows (``FOR UPDATE SKIP LOCKED``: a
+  second copy of the batch skips them), renders, sends and records. A worker killed
+  mid-send rolls back: its rows are still pending, unlocked as soon as its connection
+  drops, and are sent by the redelivered batch.
+* SQLite has one writer at a time, so no transaction may stay open while a chunk renders
+  or waits for the provider: every other write (Stop, an edit) would wait behind it. A
+  short transaction *claims* the due rows instead (a claim id, and ``next_attempt_at``
+  moved to the end of a lease of SALVO_DELIVERY_SENDING_TIMEOUT_S, so that they are not
+  due for anyone else), the chunk renders with no transaction open, a second short
+  transaction renews the lease of the rows still claimed just before the provider call,
+  and a third records the outcomes of the rows that still carry this claim, and only
+  those. A worker killed mid-send leaves its rows claimed: they are due again when the
+  lease ends.
+
+Either way the rows a killed worker was sending may have reached the provider before it
+died: the delivery id goes with every message as its idempotency key so that the provider
+can drop the repeat. Lost task messages (the filesystem transport drops a message whose
+worker dies; Redis returns it only after its visibility timeout) are revived by
+``executions_resume_stalled``, run by the scheduler tick.
+
+Failures. Whatever goes wrong while preparing one recipient (reading its data, building
+its context, rendering, building headers) fails that recipient only, with the reason on
+its row. A step that raises (planning a chunk, a batch) runs again after a back-off, at
+most SALVO_STEP_MAX_ATTEMPTS times (``execution_step_failed``); then the execution is
+Failed, which nothing revives, and the campaign shows the error (it stays Live: stopping
+it is the user's call).
 
 Cost. Per recipient and channel the database writes the row once when planning and once
-with its outcome; no index holds a column that sending changes, so on PostgreSQL that
-second write is a heap-only update on the row's own half-empty page.
+with its outcome (on SQLite, twice more to claim it and renew the lease); no index holds a
+column that sending changes, so on PostgreSQL that second write is a heap-only update on
+the row's own half-empty page.
 
-Stop. Each chunk is sent inside a transaction that holds the campaign row in share mode
-(PostgreSQL ``FOR SHARE``; SQLite's write lock): ``campaign_stop`` waits for chunks in flight,
-and once it has committed every batch sees Stopped before sending anything.
+Stop. Once ``campaign_stop`` has committed, no chunk starts sending. On PostgreSQL a chunk
+holds the campaign's send lock in share mode (an advisory lock: unlike a row lock it queues
+new holders behind a waiting Stop, so a steady stream of chunks cannot starve it) from the
+moment it checks the campaign, after rendering, until it commits: Stop waits for the
+provider calls in flight, which the provider timeout bounds, never for rendering. On
+SQLite each short transaction checks the campaign (the write lock orders it with Stop);
+Stop waits for none of them, and a chunk already claimed when it commits is not sent.
 """
 
 from __future__ import annotations
@@ -45,11 +71,13 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -60,7 +88,6 @@ from channels import ratelimit
 from channels.choices import ChannelKind
 from channels.providers import (
     OutboundMessage,
-    PermanentProviderError,
     ProviderBackend,
     ProviderError,
     SendResult,
@@ -80,6 +107,7 @@ from segments.unsubscribe import unsubscribe_links
 
 from .choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
 from .models import Campaign, ChannelAction, Delivery, DeliveryCount, Execution
+from .retries import RetryPolicy, provider_answer_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -136,17 +164,36 @@ def _enqueue(batches: Sequence[Batch]) -> None:
     transaction.on_commit(send)
 
 
-def _campaign_sending(campaign_id: int, *, lock: bool = False) -> bool:
-    """Whether the campaign may still send; with `lock`, hold its row in share mode until the
-    transaction ends, so that a stop waits for what is being sent now."""
-    if lock and _on_postgres():
+# The key space of the campaigns' send locks among PostgreSQL advisory locks ("SALV").
+SEND_LOCK_SPACE = 0x53414C56
+
+
+def _send_lock_key(campaign_id: int) -> list[int]:
+    return [SEND_LOCK_SPACE, campaign_id & 0x7FFFFFFF]
+
+
+def _campaign_sending(campaign_id: int, *, hold: bool = False) -> bool:
+    """Whether the campaign may still send; with `hold`, take its send lock in share mode
+    until the transaction ends (PostgreSQL), so that a stop waits for what is being sent
+    now and nothing starts sending once it has committed."""
+    if hold and _on_postgres():
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT status FROM {_table(Campaign)} WHERE id = %s FOR SHARE", [campaign_id]
-            )
-            row = cursor.fetchone()
-        return row is not None and row[0] in SENDING_CAMPAIGN_STATUSES
+            sql = "SELECT pg_advisory_xact_lock_shared(%s, %s)"
+            cursor.execute(sql, _send_lock_key(campaign_id))
+    # Read after the lock is held: a new statement sees what a stop committed meanwhile.
     return Campaign.objects.filter(pk=campaign_id, status__in=SENDING_CAMPAIGN_STATUSES).exists()
+
+
+def hold_campaign_sends(*, campaign_id: int) -> None:
+    """Wait for the campaign's chunks that are on their way to the provider and keep new
+    ones from sending until the current transaction ends: ``campaign_stop`` calls it first.
+
+    On PostgreSQL the send lock in exclusive mode; a chunk that asks for it in share mode
+    meanwhile queues behind. On SQLite nothing to do: the stop's transaction holds the
+    write lock, and no transaction of a chunk lasts longer than a few statements."""
+    if _on_postgres():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _send_lock_key(campaign_id))
 
 
 def _halt(execution_id: int, *, now: dt.datetime | None = None) -> None:
@@ -346,7 +393,7 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
         )
         # One count per action: each is a range of the unique index, where an IN list
         # over the actions makes PostgreSQL scan the whole table.
-        in_flight = sum(
+        in_flight = [
             Delivery.objects.filter(
                 execution_id=execution.pk,
                 action_id=action_id,
@@ -355,10 +402,13 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
                 profile_id__lte=execution.dispatched_through,
             ).count()
             for action_id in action_ids
-        )
-        window = settings.SALVO_DELIVERY_WINDOW * size * len(action_ids)
+        ]
+        # The next id range holds at most one batch of each action: queue it only if it
+        # fits in every action's window, so that no action ever has more than the window
+        # waiting, however far ahead the others are.
+        window = settings.SALVO_DELIVERY_WINDOW * size
         batches: list[Batch] = []
-        while in_flight < window:
+        while max(in_flight) + size <= window:
             ahead = Delivery.objects.filter(
                 execution_id=execution.pk,
                 action_id=action_ids[0],
@@ -378,7 +428,7 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
                 break  # wait for planning to produce a whole batch
             first = execution.dispatched_through + 1
             batches.extend(Batch(execution.pk, a, first, last) for a in action_ids)
-            in_flight += size * len(action_ids)
+            in_flight = [count + size for count in in_flight]
             execution.dispatched_through = last
         execution.last_progress_at = timezone.now()
         execution.save(update_fields=["dispatched_through", "last_progress_at"])
@@ -399,11 +449,14 @@ def _dispatch(execution_id: int) -> tuple[list[Batch], bool]:
 
 @dataclass
 class _Due:
-    """A pending delivery of the batch, locked by this worker until its chunk commits."""
+    """A pending delivery of the batch that this worker holds until its outcome is
+    recorded (PostgreSQL: locked by the chunk's transaction; SQLite: claimed)."""
 
     delivery_id: int
     attempt: int  # the attempt about to be made: 1 for the first
-    profile: dict[str, Any] | None  # the recipient's data; None once the profile is gone
+    # The recipient's data as read (attributes still JSON text on both databases, decoded
+    # for each recipient on its own); None once the profile is gone.
+    profile: dict[str, Any] | None
 
 
 @dataclass
@@ -414,55 +467,120 @@ class _Outcome:
     next_attempt_at: dt.datetime | None = None  # a pending row's retry time
 
 
-def _lock_due(batch: Batch, *, limit: int, now: dt.datetime) -> list[_Due]:
-    """Up to `limit` deliveries of the batch that are due, with their recipients' data, held
-    until the transaction ends.
-
-    On PostgreSQL the rows are locked and rows that another worker holds are skipped, so two
-    copies of one batch never take the same row; a worker that dies releases its rows with
-    its connection. On SQLite the transaction's write lock lets one chunk run at a time.
-    """
+def _due_rows_sql(*, where: str, suffix: str = "") -> str:
+    """The query that reads deliveries of a batch with their recipients' data."""
     quote = connection.ops.quote_name
-    columns = ", ".join(f"p.{quote(name)}" for name in PROFILE_VALUES)
-    lock = " FOR UPDATE OF d SKIP LOCKED" if _on_postgres() else ""
-    sql = (
+    columns = ", ".join(
+        # As text: a recipient whose attributes cannot be decoded fails alone, in prepare.
+        f"CAST(p.{quote(name)} AS text)" if name == "attributes" else f"p.{quote(name)}"
+        for name in PROFILE_VALUES
+    )
+    return (
         f"SELECT d.id, d.attempts, {columns} "
         f"FROM {_table(Delivery)} d LEFT JOIN {_table(Profile)} p ON p.id = d.profile_id "
-        "WHERE d.execution_id = %s AND d.action_id = %s AND d.profile_id BETWEEN %s AND %s "
-        "AND d.status = %s AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= %s) "
-        f"ORDER BY d.profile_id LIMIT %s{lock}"
+        f"WHERE {where} ORDER BY d.profile_id{suffix}"
     )
-    params = [
-        batch.execution_id,
-        batch.action_id,
-        batch.first_profile_id,
-        batch.last_profile_id,
-        D.PENDING,
-        _db_time(now),
-        limit,
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+
+
+_DUE = (
+    "d.execution_id = %s AND d.action_id = %s AND d.profile_id BETWEEN %s AND %s "
+    "AND d.status = %s AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= %s)"
+)
+
+
+def _due_params(batch: Batch, *, now: dt.datetime) -> list[Any]:
+    return [*batch.as_args(), D.PENDING, _db_time(now)]
+
+
+def _read_due(cursor: Any) -> list[_Due]:
     due = []
-    for delivery_id, attempts, *values in rows:
-        profile = None
-        if values[0] is not None:
-            profile = dict(zip(PROFILE_VALUES, values, strict=True))
-            # Django reads JSON as text and decodes it in the field, which a raw query skips.
-            if isinstance(profile["attributes"], str):
-                profile["attributes"] = json.loads(profile["attributes"])
+    for delivery_id, attempts, *values in cursor.fetchall():
+        profile = dict(zip(PROFILE_VALUES, values, strict=True)) if values[0] is not None else None
         due.append(_Due(int(delivery_id), int(attempts) + 1, profile))
     return due
 
 
-def _record(outcomes: Sequence[_Outcome], *, now: dt.datetime) -> None:
-    """Write every outcome of a chunk with one UPDATE of its (pending) rows.
+def _lock_due(batch: Batch, *, limit: int, now: dt.datetime) -> list[_Due]:
+    """PostgreSQL: up to `limit` deliveries of the batch that are due, with their
+    recipients' data, locked until the transaction ends. Rows that another worker holds
+    are skipped, so two copies of one batch never take the same row; a worker that dies
+    releases its rows with its connection."""
+    sql = _due_rows_sql(where=_DUE, suffix=" LIMIT %s FOR UPDATE OF d SKIP LOCKED")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*_due_params(batch, now=now), limit])
+        return _read_due(cursor)
+
+
+def _claim_value(claim: uuid.UUID) -> Any:
+    return Delivery._meta.get_field("claim").get_db_prep_value(claim, connection)
+
+
+def _lease_end(now: dt.datetime) -> Any:
+    return _db_time(now + dt.timedelta(seconds=settings.SALVO_DELIVERY_SENDING_TIMEOUT_S))
+
+
+def _claim_due(batch: Batch, *, limit: int, now: dt.datetime, claim: uuid.UUID) -> list[_Due]:
+    """SQLite: claim up to `limit` deliveries of the batch that are due, and return them
+    with their recipients' data. Call inside a (short) transaction.
+
+    A claimed row carries `claim` and is not due for anyone else before the end of its
+    lease (``next_attempt_at``): a second copy of the batch skips it, and if this worker
+    dies the row is due again when the lease ends."""
+    table = _table(Delivery)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET claim = %s, next_attempt_at = %s WHERE id IN ("
+            f"SELECT d.id FROM {table} d WHERE {_DUE} ORDER BY d.profile_id LIMIT %s)",
+            [_claim_value(claim), _lease_end(now), *_due_params(batch, now=now), limit],
+        )
+        where = (
+            "d.execution_id = %s AND d.action_id = %s AND d.profile_id BETWEEN %s AND %s "
+            "AND d.claim = %s"
+        )
+        cursor.execute(_due_rows_sql(where=where), [*batch.as_args(), _claim_value(claim)])
+        return _read_due(cursor)
+
+
+def _ids_document(ids: Sequence[int]) -> str:
+    return json.dumps(list(ids), separators=(",", ":"))
+
+
+def _renew_claim(ids: Sequence[int], *, claim: uuid.UUID, now: dt.datetime) -> set[int]:
+    """SQLite: a new lease for those of `ids` that still carry `claim` (their lease may
+    have ended while the chunk rendered, and another worker claimed them); their ids."""
+    table = _table(Delivery)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET next_attempt_at = %s "
+            f"WHERE id IN (SELECT value FROM json_each(%s)) AND claim = %s AND status = %s "
+            "RETURNING id",
+            [_lease_end(now), _ids_document(ids), _claim_value(claim), D.PENDING],
+        )
+        return {int(delivery_id) for (delivery_id,) in cursor.fetchall()}
+
+
+def _release_claim(ids: Sequence[int], *, claim: uuid.UUID) -> None:
+    """SQLite: let go of claimed rows that will not be sent (the campaign was stopped)."""
+    table = _table(Delivery)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET claim = NULL "
+            f"WHERE id IN (SELECT value FROM json_each(%s)) AND claim = %s",
+            [_ids_document(ids), _claim_value(claim)],
+        )
+
+
+def _record(
+    outcomes: Sequence[_Outcome], *, now: dt.datetime, claim: uuid.UUID | None = None
+) -> set[int]:
+    """Write every outcome of a chunk with one UPDATE of its (pending) rows; with `claim`
+    (SQLite), only of the rows that still carry it, whose claim it then clears. Returns
+    the ids of the rows written.
 
     The outcomes travel as one JSON parameter: the driver would otherwise quote thousands
     of parameters one by one, which costs more than the update."""
     if not outcomes:
-        return
+        return set()
     document = json.dumps(
         [
             [
@@ -477,6 +595,8 @@ def _record(outcomes: Sequence[_Outcome], *, now: dt.datetime) -> None:
         default=str,
     )
     table = _table(Delivery)
+    at = _db_time(now)
+    params: list[Any] = [D.SENT, D.SENT, D.SENT, at, at, document, D.PENDING]
     if _on_postgres():
         source = (
             "(SELECT (e->>0)::bigint AS id, e->>1 AS status, e->>2 AS text, "
@@ -487,16 +607,25 @@ def _record(outcomes: Sequence[_Outcome], *, now: dt.datetime) -> None:
             "(SELECT value->>0 AS id, value->>1 AS status, value->>2 AS text, "
             "value->>3 AS due FROM json_each(%s)) AS v"
         )
+    where = f"{table}.id = v.id AND {table}.status = %s"
+    clear_claim = ""
+    if claim is not None:
+        where += f" AND {table}.claim = %s"
+        params.append(_claim_value(claim))
+        clear_claim = ", claim = NULL"
     sql = (
         f"UPDATE {table} SET status = v.status, attempts = {table}.attempts + 1, "
         "provider_message_id = CASE WHEN v.status = %s THEN v.text ELSE '' END, "
         "error = CASE WHEN v.status = %s THEN '' ELSE v.text END, "
         "next_attempt_at = v.due, sent_at = CASE WHEN v.status = %s THEN %s END, "
-        f"updated_at = %s FROM {source} WHERE {table}.id = v.id AND {table}.status = %s"
+        f"updated_at = %s{clear_claim} FROM {source} WHERE {where}"
     )
-    at = _db_time(now)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [D.SENT, D.SENT, D.SENT, at, at, document, D.PENDING])
+        if claim is None:
+            cursor.execute(sql, params)
+            return {o.delivery_id for o in outcomes}
+        cursor.execute(f"{sql} RETURNING {table}.id", params)
+        return {int(delivery_id) for (delivery_id,) in cursor.fetchall()}
 
 
 def _count(execution_id: int, changes: Mapping[tuple[int, str], int]) -> None:
@@ -519,10 +648,28 @@ def _count(execution_id: int, changes: Mapping[tuple[int, str], int]) -> None:
         cursor.execute(sql, [value for row in rows for value in row])
 
 
+def _status_changes(action_id: int, outcomes: Sequence[_Outcome]) -> Counter[tuple[int, str]]:
+    """How the recorded outcomes move the action's counters: out of pending, into theirs."""
+    changes: Counter[tuple[int, str]] = Counter()
+    for outcome in outcomes:
+        if outcome.status != D.PENDING:
+            changes[(action_id, outcome.status)] += 1
+            changes[(action_id, D.PENDING)] -= 1
+    return changes
+
+
 @dataclass
 class _Prepared:
     messages: list[tuple[_Due, OutboundMessage]]
     outcomes: list[_Outcome]  # recipients decided without sending: skipped or failed
+
+
+def _delivery_policy() -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.SALVO_DELIVERY_MAX_ATTEMPTS,
+        base_s=settings.SALVO_DELIVERY_RETRY_BASE_S,
+        cap_s=settings.SALVO_DELIVERY_RETRY_CAP_S,
+    )
 
 
 class _ActionSender:
@@ -551,6 +698,7 @@ class _ActionSender:
         )
         self.unsubscribe_link = unsubscribe_links() if self.unsubscribe else None
         self.backend: ProviderBackend | None = None
+        self.policy = _delivery_policy()
 
     def close(self) -> None:
         if self.backend is not None:
@@ -560,7 +708,9 @@ class _ActionSender:
     def _unsubscribe_headers(self, profile: Mapping[str, Any]) -> dict[str, str]:
         """A marketing email's ``List-Unsubscribe``: the one-click link (RFC 8058) when
         Salvo is reachable from the internet, and a mailto to the preset's reply address."""
-        mailto = f"<mailto:{self.unsubscribe}?subject=unsubscribe%20{profile['external_id']}>"
+        # Percent-encoded (RFC 6068): an id must not end the URI or the header.
+        subject = quote(f"unsubscribe {profile['external_id']}", safe="")
+        mailto = f"<mailto:{self.unsubscribe}?subject={subject}>"
         if self.unsubscribe_link is None:
             return {"List-Unsubscribe": mailto}
         url = self.unsubscribe_link(profile["id"], profile["external_id"], ConsentChannel.EMAIL)
@@ -570,123 +720,154 @@ class _ActionSender:
         }
 
     def prepare(self, due: Sequence[_Due]) -> _Prepared:
-        """Decide each row: skipped (no address, opted out), failed (cannot render) or a
-        rendered message."""
+        """Decide each row: skipped (no address, opted out), failed (its data cannot be
+        read, its content cannot be rendered, or anything else goes wrong for it alone) or
+        a rendered message."""
         prepared = _Prepared([], [])
-        skip, fail = D.SKIPPED, D.FAILED
         for row in due:
-            profile = row.profile
-            if profile is None:
-                prepared.outcomes.append(
-                    _Outcome(row.delivery_id, skip, "The profile no longer exists.")
-                )
-                continue
-            if self.consent and not profile[self.consent]:
-                prepared.outcomes.append(_Outcome(row.delivery_id, skip, self.opted_out))
-                continue
-            field = self.address_field
-            address = profile[field] if field else self.preset.webhook_url
-            if not address:
-                prepared.outcomes.append(_Outcome(row.delivery_id, skip, self.no_address))
-                continue
             try:
-                subject, body = self.render(profile_context(profile))
+                decided = self._prepare_one(row)
             except RenderError as error:
-                prepared.outcomes.append(_Outcome(row.delivery_id, fail, f"Cannot render: {error}"))
-                continue
-            headers: dict[str, str] = {}
-            if self.unsubscribe:
-                headers.update(self._unsubscribe_headers(profile))
-            payload: dict[str, Any] = {}
-            if self.channel == ChannelKind.WEBHOOK:
-                payload = {"external_id": profile["external_id"], "campaign": self.campaign.pk}
-            message = OutboundMessage(
-                delivery_id=row.delivery_id,
-                channel=self.channel,
-                to=str(address),
-                subject=subject,
-                body=body,
-                headers=headers,
-                payload=payload,
-            )
-            prepared.messages.append((row, message))
+                decided = _Outcome(row.delivery_id, D.FAILED, f"Cannot render: {error}")
+            except Exception as error:  # this recipient's failure, never the batch's
+                reason = f"Cannot prepare the message: {type(error).__name__}: {error}"
+                logger.warning("Delivery %s failed: %s", row.delivery_id, reason)
+                decided = _Outcome(row.delivery_id, D.FAILED, reason)
+            if isinstance(decided, _Outcome):
+                prepared.outcomes.append(decided)
+            else:
+                prepared.messages.append((row, decided))
         return prepared
 
-    def send(
-        self, messages: Sequence[tuple[_Due, OutboundMessage]], *, now: dt.datetime
-    ) -> list[_Outcome]:
+    def _prepare_one(self, row: _Due) -> _Outcome | OutboundMessage:
+        profile = row.profile
+        if profile is None:
+            return _Outcome(row.delivery_id, D.SKIPPED, "The profile no longer exists.")
+        if self.consent and not profile[self.consent]:
+            return _Outcome(row.delivery_id, D.SKIPPED, self.opted_out)
+        field = self.address_field
+        address = profile[field] if field else self.preset.webhook_url
+        if not address:
+            return _Outcome(row.delivery_id, D.SKIPPED, self.no_address)
+        attributes = profile["attributes"]
+        if isinstance(attributes, str):
+            try:
+                profile = {**profile, "attributes": json.loads(attributes)}
+            except (ValueError, RecursionError) as error:
+                reason = f"Cannot read the profile's attributes: {type(error).__name__}: {error}"
+                return _Outcome(row.delivery_id, D.FAILED, reason)
+        subject, body = self.render(profile_context(profile))
+        headers: dict[str, str] = {}
+        if self.unsubscribe:
+            headers.update(self._unsubscribe_headers(profile))
+        payload: dict[str, Any] = {}
+        if self.channel == ChannelKind.WEBHOOK:
+            payload = {"external_id": profile["external_id"], "campaign": self.campaign.pk}
+        return OutboundMessage(
+            delivery_id=row.delivery_id,
+            channel=self.channel,
+            to=str(address),
+            subject=subject,
+            body=body,
+            headers=headers,
+            payload=payload,
+        )
+
+    def send(self, messages: Sequence[tuple[_Due, OutboundMessage]]) -> list[_Outcome]:
         """Hand the messages to the provider in one call; every message's outcome."""
-        outcomes: Sequence[SendResult | ProviderError]
+        answers: Sequence[SendResult | ProviderError]
         try:
             if self.backend is None:
                 backend = get_backend(self.preset)
                 backend.open()
                 self.backend = backend
-            outcomes = self.backend.send_batch([message for _, message in messages])
-            if len(outcomes) != len(messages):
-                raise ValueError(f"{len(outcomes)} outcomes for {len(messages)} messages")
+            answers = self.backend.send_batch([message for _, message in messages])
+            if len(answers) != len(messages):
+                raise ValueError(f"{len(answers)} outcomes for {len(messages)} messages")
         except TransientProviderError as error:  # the provider cannot be reached
-            outcomes = [error] * len(messages)
+            answers = [error] * len(messages)
         except Exception as error:  # a backend bug must not strand the chunk
             logger.exception("Provider backend failed on a chunk of %d messages", len(messages))
-            outcomes = [TransientProviderError(f"{type(error).__name__}: {error}")] * len(messages)
-        return [
-            _outcome_of(row, outcome, now=now)
-            for (row, _), outcome in zip(messages, outcomes, strict=True)
-        ]
+            answers = [TransientProviderError(f"{type(error).__name__}: {error}")] * len(messages)
+        now = timezone.now()
+        outcomes = []
+        for (row, _), answer in zip(messages, answers, strict=True):
+            decided = provider_answer_outcome(
+                answer, attempt=row.attempt, now=now, policy=self.policy
+            )
+            outcomes.append(
+                _Outcome(row.delivery_id, decided.status, decided.text, decided.next_attempt_at)
+            )
+        return outcomes
 
     def send_chunk(self, batch: Batch, *, limit: int) -> bool | None:
-        """Send the next chunk of the batch: lock its due rows, send, record the outcomes and
-        the counts, all in one transaction. Returns whether more of the batch may be due
-        now, or None (nothing sent) once the campaign is stopped.
+        """Send the next chunk of the batch and record its outcomes and counts. Returns
+        whether more of the batch may be due now, or None (nothing sent) once the
+        campaign is stopped."""
+        if _on_postgres():
+            return self._send_locked_chunk(batch, limit=limit)
+        return self._send_claimed_chunk(batch, limit=limit)
 
-        The transaction holds the campaign row in share mode: a stop waits for the chunk,
-        and once the stop has committed no chunk sends."""
+    def _send_locked_chunk(self, batch: Batch, *, limit: int) -> bool | None:
+        """PostgreSQL: lock the chunk's due rows, render, send, record, all in one
+        transaction. From the campaign check on (after rendering) the transaction holds
+        the campaign's send lock in share mode: a stop waits for the provider call, and
+        once it has committed no chunk sends."""
         with transaction.atomic():
-            if not _campaign_sending(self.campaign.pk, lock=True):
-                return None
-            now = timezone.now()
-            due = _lock_due(batch, limit=limit, now=now)
+            due = _lock_due(batch, limit=limit, now=timezone.now())
             if not due:
                 return False
             prepared = self.prepare(due)
+            if not _campaign_sending(self.campaign.pk, hold=True):
+                return None
             outcomes = prepared.outcomes
             if prepared.messages:
-                outcomes += self.send(prepared.messages, now=now)
-            now = timezone.now()
-            _record(outcomes, now=now)
-            changes: Counter[tuple[int, str]] = Counter()
-            for outcome in outcomes:
-                if outcome.status != D.PENDING:
-                    changes[(self.action.pk, outcome.status)] += 1
-                    changes[(self.action.pk, D.PENDING)] -= 1
-            _count(batch.execution_id, changes)
-        # A short chunk took everything due, unless some retry is due already.
+                outcomes += self.send(prepared.messages)
+            _record(outcomes, now=timezone.now())
+            _count(batch.execution_id, _status_changes(self.action.pk, outcomes))
+        return self._more_due(due, outcomes, limit=limit)
+
+    def _send_claimed_chunk(self, batch: Batch, *, limit: int) -> bool | None:
+        """SQLite: claim the chunk's due rows in a short transaction that checks the
+        campaign; render with no transaction open; check the campaign again and renew the
+        claim just before the provider call; record the outcomes of the rows still
+        claimed in a last short transaction. Nothing holds the write lock while the chunk
+        renders or waits for the provider."""
+        claim = uuid.uuid4()
+        with transaction.atomic():
+            if not _campaign_sending(self.campaign.pk):
+                return None
+            due = _claim_due(batch, limit=limit, now=timezone.now(), claim=claim)
+        if not due:
+            return False
+        prepared = self.prepare(due)
+        outcomes = prepared.outcomes
+        if prepared.messages:
+            with transaction.atomic():
+                if not _campaign_sending(self.campaign.pk):
+                    _release_claim([row.delivery_id for row in due], claim=claim)
+                    return None
+                held = _renew_claim(
+                    [row.delivery_id for row, _ in prepared.messages],
+                    claim=claim,
+                    now=timezone.now(),
+                )
+            messages = [(row, m) for row, m in prepared.messages if row.delivery_id in held]
+            if messages:
+                outcomes += self.send(messages)
+        with transaction.atomic():
+            recorded = _record(outcomes, now=timezone.now(), claim=claim)
+            outcomes = [o for o in outcomes if o.delivery_id in recorded]
+            _count(batch.execution_id, _status_changes(self.action.pk, outcomes))
+        return self._more_due(due, outcomes, limit=limit)
+
+    @staticmethod
+    def _more_due(due: Sequence[_Due], outcomes: Sequence[_Outcome], *, limit: int) -> bool:
+        """A short chunk took everything due, unless some retry is due already."""
+        now = timezone.now()
         return len(due) == limit or any(
             o.next_attempt_at is not None and o.next_attempt_at <= now for o in outcomes
         )
-
-
-def _outcome_of(row: _Due, outcome: SendResult | ProviderError, *, now: dt.datetime) -> _Outcome:
-    """What a provider's answer means for the row: sent, refused (failed), or, for a
-    transient error, a retry after an exponential back-off, or failed once every attempt
-    is used."""
-    if isinstance(outcome, SendResult):
-        return _Outcome(row.delivery_id, D.SENT, outcome.provider_message_id or "")
-    if isinstance(outcome, PermanentProviderError):
-        return _Outcome(row.delivery_id, D.FAILED, outcome.reason)
-    if not isinstance(outcome, TransientProviderError):
-        # A bare ProviderError: the backend did not say, so try again later.
-        outcome = TransientProviderError(str(outcome))
-    if row.attempt >= settings.SALVO_DELIVERY_MAX_ATTEMPTS:
-        return _Outcome(
-            row.delivery_id, D.FAILED, f"Gave up after {row.attempt} attempts: {outcome.reason}"
-        )
-    base = settings.SALVO_DELIVERY_RETRY_BASE_S
-    cap = settings.SALVO_DELIVERY_RETRY_CAP_S
-    delay = max(min(cap, base * 2 ** (row.attempt - 1)), min(cap, outcome.retry_after or 0.0))
-    due = (now + dt.timedelta(seconds=delay)).replace(microsecond=0)
-    return _Outcome(row.delivery_id, D.PENDING, outcome.reason, next_attempt_at=due)
 
 
 def _range_wait(batch: Batch, *, now: dt.datetime) -> float | None:
@@ -789,8 +970,9 @@ def batch_send(
 
     On PostgreSQL, SALVO_DELIVERY_SEND_THREADS threads send chunks of the batch side by
     side, each in its own transaction (row locks keep them apart): while one waits for the
-    provider or a commit, another renders. Called inside a transaction (or on SQLite,
-    whose write lock lets one chunk run at a time), it sends in the calling thread.
+    provider or a commit, another renders. Called inside a transaction, or on SQLite
+    (where a chunk renders and sends outside any transaction, and one writer at a time
+    would leave threads little to overlap), it sends in the calling thread.
 
     Sends nothing when the campaign is stopped or the execution is over.
     """
@@ -925,6 +1107,82 @@ def executions_resume_stalled(*, now: dt.datetime | None = None) -> list[int]:
         )
         resumed.append(execution.pk)
     return resumed
+
+
+# --- 6. steps that fail ------------------------------------------------------------------
+
+PLANNING_STEP = "Planning the audience"
+
+
+def step_name(batch: Batch | None) -> str:
+    """What a step of the execution does, as its error shows it: planning (no batch) or
+    sending one batch."""
+    if batch is None:
+        return PLANNING_STEP
+    channel = ChannelAction.objects.filter(pk=batch.action_id).values_list("channel", flat=True)
+    label = ChannelKind(channel[0]).label if channel else f"action {batch.action_id}"
+    return f"Sending {label} to profiles {batch.first_profile_id}–{batch.last_profile_id}"
+
+
+def error_text(error: BaseException) -> str:
+    """An exception as a person reads it: its type and its message(s)."""
+    messages = getattr(error, "messages", None)  # a ValidationError holds a list
+    detail = "; ".join(map(str, messages)) if isinstance(messages, list) else str(error)
+    return f"{type(error).__name__}: {detail}"[:10_000]
+
+
+def step_policy() -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.SALVO_STEP_MAX_ATTEMPTS,
+        base_s=settings.SALVO_STEP_RETRY_BASE_S,
+        cap_s=settings.SALVO_STEP_RETRY_CAP_S,
+    )
+
+
+def execution_step_failed(
+    *, execution_id: int, batch: Batch | None, error: BaseException, attempt: int
+) -> float | None:
+    """Record that the `attempt`-th attempt of a step of the execution (planning when
+    `batch` is None) raised `error`. Returns the seconds after which to run it again, or
+    None when it must not run again: the execution is over, or this was the last of
+    SALVO_STEP_MAX_ATTEMPTS attempts, and then the execution is Failed with the error.
+
+    A Failed execution is never revived (the stall check looks at running ones only); its
+    campaign stays Live and shows the error until someone stops it."""
+    policy = step_policy()
+    now = timezone.now()
+    step = step_name(batch)
+    record = {"error_step": step[:200], "error": error_text(error), "error_at": now}
+    running = Execution.objects.filter(pk=execution_id, status=ExecutionStatus.RUNNING)
+    if not policy.may_retry(attempt=attempt):
+        if running.update(
+            status=ExecutionStatus.FAILED, finished_at=now, error_attempts=attempt, **record
+        ):
+            logger.error(
+                "Execution %s failed: %s failed %d times: %s", execution_id, step, attempt, error
+            )
+        return None
+    if not running.update(error_attempts=attempt, **record):
+        return None
+    delay = policy.delay(attempt=attempt)
+    logger.warning(
+        "Execution %s: %s failed (attempt %d of %d), again in %gs: %s",
+        execution_id,
+        step,
+        attempt,
+        policy.max_attempts,
+        delay,
+        error,
+    )
+    return delay
+
+
+def execution_step_recovered(*, execution_id: int, batch: Batch | None) -> None:
+    """A step that had failed went through: its error no longer stands (another step's,
+    recorded since, does)."""
+    Execution.objects.filter(
+        pk=execution_id, status=ExecutionStatus.RUNNING, error_step=step_name(batch)[:200]
+    ).update(error_step="", error="", error_at=None, error_attempts=0)
 
 
 def naive_send_one(*, execution_id: int, action_id: int, profile_id: int) -> None:

@@ -13,6 +13,7 @@ from django.contrib.admin import widgets
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.forms.models import BaseInlineFormSet
 
+from channels.rendering import validate_content
 from segments.models import Segment
 
 from .models import Campaign, ChannelAction
@@ -89,6 +90,12 @@ class ChannelActionForm(forms.ModelForm):
             "subject": forms.TextInput(attrs={"size": 28}),
             "body": forms.Textarea(attrs={"rows": 3, "cols": 44}),
         }
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean() or {}
+        # The services check content too; checked here, a refusal lands on its field.
+        validate_content(subject=cleaned.get("subject") or "", body=cleaned.get("body") or "")
+        return cleaned
 
 
 class DraftActionFormSet(BaseInlineFormSet):

@@ -50,6 +50,13 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
     activation_error = models.TextField(
         blank=True, help_text="Why the last activation failed; empty once one succeeds."
     )
+    activation_attempts = models.PositiveSmallIntegerField(
+        default=0,
+        editable=False,
+        help_text="Runs of the activation task sent for the current activation (first, "
+        "retries after an error, and again when one was lost); bounded by "
+        "SALVO_STEP_MAX_ATTEMPTS.",
+    )
     started_at = models.DateTimeField(null=True, blank=True, help_text="When it first went Live.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -102,6 +109,7 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
     )
     def activate(self) -> None:
         self.activation_error = ""
+        self.activation_attempts = 1  # the activation task is sent once this commits
 
     @transition(
         field=status,
@@ -109,6 +117,7 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         target=RETURN_VALUE(Status.SCHEDULED, Status.LIVE),
     )
     def activation_succeed(self, *, start_at: dt.datetime | None, now: dt.datetime) -> str:
+        self.activation_error = ""  # an attempt that failed before this one is history
         return Status.SCHEDULED if start_at is not None and start_at > now else Status.LIVE
 
     @transition(
@@ -297,6 +306,15 @@ class Execution(models.Model):
         null=True, blank=True, help_text="Last time a batch finished or was handed out."
     )
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The last failure of a step of this run (planning, a batch), kept until that step
+    # succeeds; once a step used up SALVO_STEP_MAX_ATTEMPTS the execution is Failed and
+    # these say why.
+    error_step = models.CharField(max_length=200, blank=True, help_text="What failed.")
+    error = models.TextField(blank=True, help_text="The exception, as the worker saw it.")
+    error_at = models.DateTimeField(null=True, blank=True)
+    error_attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Attempts of that step that failed in a row."
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -348,6 +366,10 @@ class Delivery(models.Model):
     provider_message_id = models.CharField(max_length=255, blank=True, default="")
     error = models.TextField(blank=True, default="")
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # SQLite only: the claim of the worker sending the row now, which holds it until
+    # `next_attempt_at` (its lease); see campaigns.delivery. Always empty on PostgreSQL,
+    # where the sending worker holds the row locked instead.
+    claim = models.UUIDField(null=True, blank=True, editable=False)
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(null=True, blank=True)
 

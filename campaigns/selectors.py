@@ -8,7 +8,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Prefetch, Q, QuerySet, Sum
 from django_fsm import can_proceed
 
 from channels.models import REQUIRED_SENDER_FIELD
@@ -16,8 +16,14 @@ from channels.rendering import TemplateContentError, validate_content
 from segments.choices import SegmentKind
 from segments.rules import rule_errors
 
-from .choices import ALL_STATUSES, DEFAULT_VISIBLE_STATUSES, CampaignStatus, DeliveryStatus
-from .models import Campaign, CampaignTransition, CampaignVersion, DeliveryCount
+from .choices import (
+    ALL_STATUSES,
+    DEFAULT_VISIBLE_STATUSES,
+    CampaignStatus,
+    DeliveryStatus,
+    ExecutionStatus,
+)
+from .models import Campaign, CampaignTransition, CampaignVersion, DeliveryCount, Execution
 from .operations import OPERATIONS
 
 Status = CampaignStatus
@@ -46,6 +52,17 @@ def campaign_statuses_from_query(values: Iterable[str]) -> list[str] | None:
     return wanted
 
 
+def _failing_executions() -> QuerySet[Execution]:
+    """Executions showing a step's error, newest first: what `campaign_delivery_error`
+    reads."""
+    return Execution.objects.exclude(error_step="").order_by("-started_at", "-id")
+
+
+_FAILING_EXECUTIONS = Prefetch(
+    "executions", queryset=_failing_executions(), to_attr="failing_executions"
+)
+
+
 def campaign_list(
     *,
     statuses: Iterable[str] | None = DEFAULT_VISIBLE_STATUSES,
@@ -55,7 +72,7 @@ def campaign_list(
     """Campaigns with what a list row shows, in a constant number of queries."""
     queryset = Campaign.objects.select_related(
         "live_version__segment", "draft_version__segment"
-    ).prefetch_related("tags")
+    ).prefetch_related("tags", _FAILING_EXECUTIONS)
     if statuses is not None:
         queryset = queryset.filter(status__in=list(statuses))
     if search:
@@ -172,3 +189,35 @@ def campaign_report(*, campaign: Campaign) -> dict[str, Any]:
         "by_status": {str(k): v for k, v in by_status.items()},
         "by_channel": dict(sorted(by_channel.items())),
     }
+
+
+def campaign_delivery_error(*, campaign: Campaign) -> dict[str, Any] | None:
+    """The error of a step of the campaign's delivery that failed, or None: `{"step",
+    "error", "at", "attempts", "retrying"}` (retrying: the engine will try the step
+    again; else it gave up, and the execution is Failed). Reads what `campaign_list`
+    prefetched when it is there."""
+    executions = getattr(campaign, "failing_executions", None)
+    if executions is None:
+        executions = list(_failing_executions().filter(campaign=campaign)[:1])
+    if not executions:
+        return None
+    execution = executions[0]
+    return {
+        "step": execution.error_step,
+        "error": execution.error,
+        "at": execution.error_at,
+        "attempts": execution.error_attempts,
+        "retrying": execution.status == ExecutionStatus.RUNNING,
+    }
+
+
+def delivery_error_summary(error: dict[str, Any]) -> str:
+    """A failing step (`campaign_delivery_error`) in one sentence: what failed, how often,
+    and what the engine does now."""
+    times = f"{error['attempts']} time{'' if error['attempts'] == 1 else 's'}"
+    then = (
+        "Retrying."
+        if error["retrying"]
+        else "Delivery has stopped; what was not sent stays pending until the campaign is stopped."
+    )
+    return f"{error['step']} failed {times}: {error['error']} {then}"

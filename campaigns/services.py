@@ -14,6 +14,7 @@ activation task, staff commands).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,11 +26,12 @@ from django_fsm import TransitionNotAllowed, can_proceed
 
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
+from channels.rendering import TemplateContentError, validate_content
 from config.permissions import require_perms
 from segments.models import Segment
 
 from .choices import CampaignStatus, CampaignType
-from .delivery import execution_start
+from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
 from .exceptions import CampaignConflict
 from .models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
 from .operations import ADD_CAMPAIGN, CHANGE_CAMPAIGN, LIFECYCLE, OPERATIONS, VIEW_CAMPAIGN
@@ -157,13 +159,23 @@ def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, An
                 f"not {ChannelKind(channel).label}."
             )
             continue
+        subject, body = spec.get("subject") or "", spec.get("body") or ""
+        try:
+            validate_content(subject=subject, body=body)
+        except TemplateContentError as error:
+            errors.extend(
+                f"{where}.{field}: {message}"
+                for field, messages in error.message_dict.items()
+                for message in messages
+            )
+            continue
         rows.append(
             ChannelAction(
                 version=version,
                 channel=channel,
                 preset=preset,
-                subject=spec.get("subject") or "",
-                body=spec.get("body") or "",
+                subject=subject,
+                body=body,
             )
         )
     if errors:
@@ -309,6 +321,25 @@ def campaign_activate(*, campaign: Campaign, user: Actor | None) -> Campaign:
     return campaign
 
 
+def _activation_request(campaign: Campaign) -> CampaignTransition | None:
+    """The log entry of the activation under way: where it began, and who asked."""
+    return campaign.transitions.filter(name="activate").order_by("-at", "-id").first()
+
+
+def _fail_activation(campaign: Campaign, *, reason: str) -> Campaign:
+    """Activating → the status the activation began from, with `reason` shown."""
+    request = _activation_request(campaign)
+    return _transition(
+        campaign,
+        "activation_fail",
+        user=None,
+        reason=reason,
+        version=campaign.draft_version,
+        error=reason,
+        return_to=request.source if request else Status.DRAFT,
+    )
+
+
 @transaction.atomic
 def campaign_activation_complete(*, campaign_id: int) -> Campaign:
     """The activation task's work: re-check, then Scheduled/Live, or back with the reason.
@@ -318,23 +349,13 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
     campaign = _lock(campaign_id)
     if campaign.status != Status.ACTIVATING:
         return campaign
-    request = campaign.transitions.filter(name="activate").order_by("-at", "-id").first()
-    return_to = request.source if request else Status.DRAFT
+    request = _activation_request(campaign)
     requested_by = request.by if request else None
     version = campaign.draft_version
     now = timezone.now()
     problems = version_activation_problems(version=version, now=now)
     if problems or version is None:
-        reason = " ".join(problems)
-        return _transition(
-            campaign,
-            "activation_fail",
-            user=None,
-            reason=reason,
-            version=version,
-            error=reason,
-            return_to=return_to,
-        )
+        return _fail_activation(campaign, reason=" ".join(problems))
     version.activated_at = now
     version.activated_by = requested_by
     version.save()
@@ -376,19 +397,60 @@ def campaigns_start_due(*, now: dt.datetime | None = None) -> list[int]:
     return started
 
 
+@transaction.atomic
+def campaign_activation_failed(*, campaign_id: int, error: BaseException) -> float | None:
+    """Record that a run of the activation task raised `error`. Returns the seconds after
+    which to run it again, or None when it must not run again: the campaign is no longer
+    Activating, or SALVO_STEP_MAX_ATTEMPTS runs were used and the activation fails back
+    to the status it began from, with the error shown."""
+    campaign = _lock(campaign_id)
+    if campaign.status != Status.ACTIVATING:
+        return None
+    policy = step_policy()
+    attempt = max(1, campaign.activation_attempts)
+    text = error_text(error)
+    if not policy.may_retry(attempt=attempt):
+        _fail_activation(
+            campaign, reason=f"The activation failed {attempt} times; the last error: {text}"
+        )
+        return None
+    campaign.activation_attempts = attempt + 1
+    campaign.activation_error = (
+        f"Attempt {attempt} of {policy.max_attempts} failed, trying again: {text}"
+    )
+    campaign.save(update_fields=["activation_attempts", "activation_error", "updated_at"])
+    return policy.delay(attempt=attempt)
+
+
 def campaigns_retry_stale_activations(*, older_than: dt.timedelta) -> list[int]:
-    """Send the activation task again for campaigns stuck in Activating (a lost message)."""
+    """Send the activation task again for campaigns stuck in Activating for `older_than`
+    (its message was lost), each run counted: once SALVO_STEP_MAX_ATTEMPTS runs were sent,
+    the activation fails instead. Returns the ids of the campaigns whose task was sent."""
     from .tasks import campaign_activation_task
 
     cutoff = timezone.now() - older_than
-    stale = list(
-        Campaign.objects.filter(status=Status.ACTIVATING, updated_at__lt=cutoff).values_list(
-            "pk", flat=True
-        )
-    )
-    for pk in stale:
-        campaign_activation_task.delay(pk)
-    return stale
+    stale = Campaign.objects.filter(status=Status.ACTIVATING, updated_at__lt=cutoff)
+    sent = []
+    for pk in list(stale.values_list("pk", flat=True)):
+        with transaction.atomic():
+            campaign = _lock(pk)
+            if campaign.status != Status.ACTIVATING or campaign.updated_at >= cutoff:
+                continue  # it moved on meanwhile
+            attempts = campaign.activation_attempts
+            if not step_policy().may_retry(attempt=max(1, attempts)):
+                last = campaign.activation_error
+                last = f" The last error: {last}" if last else ""
+                _fail_activation(
+                    campaign,
+                    reason=f"The activation did not finish after {attempts} attempts.{last}",
+                )
+                continue
+            # Counted, and dated: the next tick does not send it again at once.
+            campaign.activation_attempts = attempts + 1
+            campaign.save(update_fields=["activation_attempts", "updated_at"])
+            transaction.on_commit(functools.partial(campaign_activation_task.delay, pk))
+            sent.append(pk)
+    return sent
 
 
 @transaction.atomic
@@ -402,6 +464,8 @@ def campaign_complete(*, campaign: Campaign | int, reason: str = "") -> Campaign
 def campaign_stop(*, campaign: Campaign, user: Actor | None, reason: str = "") -> Campaign:
     """Scheduled or Live → Stopped. Terminal: no delivery starts after this commits."""
     _require_operation(user, "stop")
+    # First wait for the chunks on their way to the provider, holding off new ones.
+    hold_campaign_sends(campaign_id=campaign.pk)
     campaign = _lock(campaign)
     return _transition(campaign, "stop", user=user, reason=reason)
 

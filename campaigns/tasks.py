@@ -1,16 +1,31 @@
-"""Celery entry points for campaigns: each loads by id and calls a service."""
+"""Celery entry points for campaigns: each loads by id and calls a service.
+
+A step that raises runs again after a back-off, a bounded number of times: the services
+say when (``delivery.execution_step_failed``, ``services.campaign_activation_failed``)
+and record the error; the task only schedules the retry.
+"""
 
 import datetime as dt
+from collections.abc import Callable
+from typing import TypeVar
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 
 from . import delivery, services
 
+T = TypeVar("T")
 
-@shared_task(acks_late=True)
-def campaign_activation_task(campaign_id: int) -> None:
-    services.campaign_activation_complete(campaign_id=campaign_id)
+
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def campaign_activation_task(self: Task, campaign_id: int) -> None:
+    try:
+        services.campaign_activation_complete(campaign_id=campaign_id)
+    except Exception as error:
+        retry_in = services.campaign_activation_failed(campaign_id=campaign_id, error=error)
+        if retry_in is None:
+            return  # no longer Activating: failed for good, with the error shown
+        raise self.retry(exc=error, countdown=retry_in) from error
 
 
 @shared_task
@@ -27,31 +42,59 @@ def scheduler_tick() -> None:
 # --- delivery (see campaigns.delivery) ---------------------------------------------------
 
 
-@shared_task(acks_late=True)
-def execution_plan_task(execution_id: int) -> None:
+def _execution_step(
+    task: Task, *, execution_id: int, batch: delivery.Batch | None, work: Callable[[], T]
+) -> T | None:
+    """Run a step of an execution (planning when `batch` is None); when it raises, have
+    the engine record the error and run the task again after its back-off, or give up.
+    Returns the step's result, or None once it gave up."""
+    attempt = task.request.retries + 1
+    try:
+        result = work()
+    except Exception as error:
+        retry_in = delivery.execution_step_failed(
+            execution_id=execution_id, batch=batch, error=error, attempt=attempt
+        )
+        if retry_in is None:
+            return None
+        raise task.retry(exc=error, countdown=retry_in) from error
+    if attempt > 1:
+        delivery.execution_step_recovered(execution_id=execution_id, batch=batch)
+    return result
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def execution_plan_task(self: Task, execution_id: int) -> None:
     """Plan one chunk of the audience; queue the next step while more remains (so that a
     long audience never holds a worker, and batches already queued go first)."""
-    if delivery.execution_plan_step(execution_id=execution_id):
+
+    def plan() -> bool:
+        return delivery.execution_plan_step(execution_id=execution_id)
+
+    if _execution_step(self, execution_id=execution_id, batch=None, work=plan):
         execution_plan_task.delay(execution_id)
 
 
-@shared_task(acks_late=True)
+@shared_task(bind=True, acks_late=True, max_retries=None)
 def delivery_batch_task(
-    execution_id: int, action_id: int, first_profile_id: int, last_profile_id: int
+    self: Task, execution_id: int, action_id: int, first_profile_id: int, last_profile_id: int
 ) -> None:
     """Send one batch; run it again later while retries wait; then top up the window and
     complete the campaign when everything is done."""
-    wait = delivery.batch_send(
-        execution_id=execution_id,
-        action_id=action_id,
-        first_profile_id=first_profile_id,
-        last_profile_id=last_profile_id,
-    )
-    if wait is not None:
-        delivery_batch_task.apply_async(
-            (execution_id, action_id, first_profile_id, last_profile_id), countdown=wait
+    batch = delivery.Batch(execution_id, action_id, first_profile_id, last_profile_id)
+
+    def send() -> None:
+        wait = delivery.batch_send(
+            execution_id=execution_id,
+            action_id=action_id,
+            first_profile_id=first_profile_id,
+            last_profile_id=last_profile_id,
         )
-    delivery.execution_progress(execution_id=execution_id)
+        if wait is not None:
+            delivery_batch_task.apply_async(batch.as_args(), countdown=wait)
+        delivery.execution_progress(execution_id=execution_id)
+
+    _execution_step(self, execution_id=execution_id, batch=batch, work=send)
 
 
 @shared_task(acks_late=True)

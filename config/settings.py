@@ -118,6 +118,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Every error under /api/ is JSON, also those Django answers itself (config/api.py).
+    "config.api.JsonErrorsUnderApi",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -221,6 +223,12 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": env.int("SALVO_API_PAGE_SIZE", default=50),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.exception_handler",
+    # DRF's parsers, with JSON bodies nested deeper than SALVO_JSON_MAX_DEPTH refused (400).
+    "DEFAULT_PARSER_CLASSES": [
+        "config.api.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 # Whether /api/schema/ and /api/docs/ answer visitors who are not signed in.
 SALVO_API_DOCS_PUBLIC = env.bool("SALVO_API_DOCS_PUBLIC", default=False)
@@ -238,6 +246,22 @@ SPECTACULAR_SETTINGS = {
         "ChannelKindEnum": "channels.choices.ChannelKind",
     },
 }
+
+# --- Profile data and JSON limits (issue 9) ----------------------------------------------
+# What a profile's attributes may hold, checked at every door (API, admin, imports, the
+# profile services): how deep objects and lists nest (the attributes object is level 1),
+# their size as compact JSON in UTF-8 bytes, and the length of any key. JSON text that a
+# door parses (API bodies, JSON form fields, import lines) may nest at most
+# SALVO_JSON_MAX_DEPTH levels: deeper text is refused before it is parsed, as Python's
+# recursion would give out in the parser or in whatever walks the result.
+SALVO_PROFILE_ATTRIBUTES_MAX_DEPTH = env.int("SALVO_PROFILE_ATTRIBUTES_MAX_DEPTH", default=10)
+SALVO_PROFILE_ATTRIBUTES_MAX_BYTES = env.int(
+    "SALVO_PROFILE_ATTRIBUTES_MAX_BYTES", default=64 * 1024
+)
+SALVO_PROFILE_ATTRIBUTE_KEY_MAX_LENGTH = env.int(
+    "SALVO_PROFILE_ATTRIBUTE_KEY_MAX_LENGTH", default=128
+)
+SALVO_JSON_MAX_DEPTH = env.int("SALVO_JSON_MAX_DEPTH", default=100)
 
 # --- Celery -------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -298,8 +322,11 @@ SALVO_DELIVERY_SEND_THREADS = env.int("SALVO_DELIVERY_SEND_THREADS", default=2)
 # A worker sleeps at most this long for a preset's rate limit; a longer wait sends the
 # batch back to the queue for later.
 SALVO_DELIVERY_RATE_WAIT_MAX_S = env.float("SALVO_DELIVERY_RATE_WAIT_MAX_S", default=2.0)
-# A batch whose rows another worker is sending looks again after this long (a worker that
-# dies releases its rows at once); an execution with no progress this long has its
+# A batch whose rows another worker is sending looks again after this long. On SQLite it is
+# also the lease of a claimed chunk: its rows come back to other workers this long after
+# the claim (or after the last renewal, just before the provider call) if the worker died,
+# so it must outlast one chunk's provider call. On PostgreSQL a worker that dies releases
+# its rows at once. An execution with no progress for SALVO_DELIVERY_STALL_AFTER_S has its
 # unfinished batches sent again (lost task messages).
 SALVO_DELIVERY_SENDING_TIMEOUT_S = env.float("SALVO_DELIVERY_SENDING_TIMEOUT_S", default=60.0)
 SALVO_DELIVERY_STALL_AFTER_S = env.float("SALVO_DELIVERY_STALL_AFTER_S", default=90.0)
@@ -307,10 +334,29 @@ SALVO_DELIVERY_STALL_AFTER_S = env.float("SALVO_DELIVERY_STALL_AFTER_S", default
 SALVO_DELIVERY_RETRY_BASE_S = env.float("SALVO_DELIVERY_RETRY_BASE_S", default=5.0)
 SALVO_DELIVERY_RETRY_CAP_S = env.float("SALVO_DELIVERY_RETRY_CAP_S", default=600.0)
 SALVO_DELIVERY_MAX_ATTEMPTS = env.int("SALVO_DELIVERY_MAX_ATTEMPTS", default=6)
+# A step of the engine that raises (planning a chunk, sending a batch, activating a campaign)
+# is run again after the same kind of back-off, at most SALVO_STEP_MAX_ATTEMPTS times in
+# all; then it stops: the execution is Failed and its campaign, still Live, shows the error
+# until someone stops it; an activation fails back to the status it came from. Keep the cap
+# below SALVO_ACTIVATION_RETRY_AFTER_S, or a retry waiting its turn looks lost.
+SALVO_STEP_MAX_ATTEMPTS = env.int("SALVO_STEP_MAX_ATTEMPTS", default=6)
+SALVO_STEP_RETRY_BASE_S = env.float("SALVO_STEP_RETRY_BASE_S", default=5.0)
+SALVO_STEP_RETRY_CAP_S = env.float("SALVO_STEP_RETRY_CAP_S", default=40.0)
 # Celery's Django fix-up closes the database connection around every task unless told to
 # reuse it: a fresh PostgreSQL backend per batch (fork, authentication, cold catalog cache)
 # costs more than sending the batch. Connections are still recycled after this many tasks.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
+
+# --- Rendering (issue 9) ----------------------------------------------------------------
+# The budget of one message (subject and body together) as its templates render, enforced
+# while they render (channels/rendering/budget.py): past it, that recipient fails with the
+# limit named, the others are sent. A typical message renders in ~20 µs and a loop over a
+# few hundred items in ~1-2 ms; a chunk of SALVO_DELIVERY_SEND_CHUNK recipients that all hit
+# the time limit still ends well within SALVO_DELIVERY_SENDING_TIMEOUT_S (500 × ~75 ms, as
+# a render gets half the limit again when its thread was kept off the CPU). 100,000
+# characters is about where Gmail clips an email (102 KB); SMS and push carry far less.
+SALVO_RENDER_TIMEOUT_MS = env.int("SALVO_RENDER_TIMEOUT_MS", default=50)
+SALVO_RENDER_MAX_CHARS = env.int("SALVO_RENDER_MAX_CHARS", default=100_000)
 
 # --- Channel providers (issue 4) ------------------------------------------------------
 # One backend per channel, chosen like EMAIL_BACKEND; a MessagePreset may name its own.

@@ -13,6 +13,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
+from django.forms.fields import InvalidJSONInput, JSONString
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -24,6 +25,7 @@ from . import selectors, services
 from .choices import ConsentChannel, ConsentSource, ImportFormat, SegmentKind
 from .models import CONSENT_FIELDS, PROFILE_DATA_FIELDS, Profile, Segment
 from .rules import rule_errors
+from .validators import JsonTooDeep, check_json_nesting, json_max_depth
 
 # --- profiles ---------------------------------------------------------------------------
 
@@ -41,10 +43,41 @@ class ProfileImportForm(forms.Form):
     )
 
 
+class NestingLimitedJSONField(forms.JSONField):
+    """Django's JSON form field, refusing text nested deeper than `SALVO_JSON_MAX_DEPTH`
+    as invalid instead of letting the parser run out of recursion (a 500), also when the
+    form is shown again with the text."""
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str) and not isinstance(value, JSONString) and not self.disabled:
+            try:
+                check_json_nesting(value)
+            except JsonTooDeep as error:
+                raise ValidationError(
+                    f"Enter valid JSON nested at most {json_max_depth()} levels deep.",
+                    code="invalid",
+                ) from error
+        try:
+            return super().to_python(value)
+        except ValueError as error:  # e.g. a number of more digits than Python converts
+            raise ValidationError(self.error_messages["invalid"], code="invalid") from error
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        if isinstance(data, str) and not self.disabled:
+            try:
+                check_json_nesting(data)
+                return super().bound_data(data, initial)
+            except ValueError:
+                return InvalidJSONInput(data)
+        return super().bound_data(data, initial)
+
+
 class ProfileAdminForm(forms.ModelForm):
     class Meta:
         model = Profile
         fields = [*PROFILE_DATA_FIELDS, *CONSENT_FIELDS]
+        # The model's validators check the attribute limits (with the path) on the field.
+        field_classes = {"attributes": NestingLimitedJSONField}
 
 
 @admin.register(Profile)

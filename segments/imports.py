@@ -7,9 +7,19 @@ rows a second possible in Python); a row a column check does not pass goes throu
 row-by-row checks, which reject it with its line number and reason or keep it.
 
 File-level problems (binary data, not UTF-8, a line longer than `MAX_LINE_BYTES`, a CSV
-without an `external_id` column, an unterminated quote) raise `ImportRefused`: the whole
-file is refused and nothing is imported. Row-level problems (a bad email, malformed JSON
-on one line…) reject that row only, with its line number and reason.
+without an `external_id` column, an attribute column whose key is over the length limit, a
+quote that never closes or closes in the middle of a cell) raise `ImportRefused`: the
+whole file is refused and nothing is imported, the message naming the line. A quote that
+does not close makes every later line's cells uncertain (the csv module would read the
+rest of the file into one cell, or up to some later quote), so no row after it can be
+trusted: the file is refused with the line where the quote opened, to be fixed and sent
+again (an import is an upsert, so sending it again is safe). Row-level problems (a bad
+email, an unsafe external id, attributes over a limit, malformed JSON on one line…)
+reject that row only, with its line number and reason.
+
+Every line is accounted for: the reader counts the header, blank lines and the further
+lines of rows whose quoted cells span lines; each other line starts a row that is created,
+updated or rejected.
 
 Rows hold only what the file says: an absent key (JSON lines) or an empty cell (CSV)
 leaves the stored value unchanged, and a new profile gets the field's default.
@@ -28,7 +38,7 @@ import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import IO, Any, NamedTuple
 
 from django.core.exceptions import ValidationError
@@ -37,6 +47,17 @@ from django.core.validators import validate_email
 from .choices import ConsentChannel, ImportFormat
 from .models import E164_PATTERN, validate_e164
 from .rules import ATTRIBUTE_KEY
+from .validators import (
+    EXTERNAL_ID_UNSAFE,
+    AttributeLimits,
+    JsonTooDeep,
+    attributes_problem,
+    attributes_size_problem,
+    check_json_nesting,
+    external_id_problem,
+    shown,
+    text_problem,
+)
 
 MAX_LINE_BYTES = 1024 * 1024
 # Files are read and decoded this many bytes at a time (then completed to a whole line).
@@ -76,7 +97,7 @@ class Row:
     parsing costs far less than dumping a dict per row.
     """
 
-    __slots__ = ("attributes", "consent", "external_id", "line", "values")
+    __slots__ = ("attributes", "consent", "external_id", "line", "rows", "values")
 
     def __init__(
         self,
@@ -91,10 +112,13 @@ class Row:
         self.values = values
         self.attributes = attributes
         self.consent = consent
+        # The file's rows this one stands for (more once later rows are merged into it).
+        self.rows = 1
 
     def merge(self, later: Row) -> None:
         """A later row for the same profile wins for every field it gives."""
         self.line = later.line
+        self.rows += later.rows
         self.values.update(later.values)
         if later.attributes is not None:
             self.attributes = {**(self.attributes or {}), **later.attributes}
@@ -122,6 +146,9 @@ def json_member(key: str) -> str:
 class Rejected:
     line: int
     reason: str
+    # The file's rows rejected: more than one when rows naming the same profile were
+    # merged before the write that refused them.
+    rows: int = 1
 
 
 # What text formats escape (COPY's text format among them).
@@ -182,9 +209,10 @@ class RowBatch:
     `columns` holds "external_id", the text fields and "consent_<channel>" ("t", "f");
     `attributes` holds one `AttributeColumn` per attribute column. `special`: a cell of
     `columns` may hold one of the `SPECIAL_CHARACTERS` (when not, nothing is escaped).
+    `lines`: each row's line in the file.
     """
 
-    __slots__ = ("attributes", "columns", "size", "special")
+    __slots__ = ("attributes", "columns", "lines", "size", "special")
 
     def __init__(
         self,
@@ -192,11 +220,13 @@ class RowBatch:
         columns: dict[str, list[str]],
         attributes: list[AttributeColumn],
         *,
+        lines: Sequence[int],
         special: bool = True,
     ) -> None:
         self.size = size
         self.columns = columns
         self.attributes = attributes
+        self.lines = lines
         self.special = special
 
     def attributes_pieces(
@@ -294,6 +324,12 @@ class LineReader:
         # Lines and bytes handed out so far.
         self.line = 0
         self.bytes_read = 0
+        # The lines that start no row, as the parsers find them: the CSV header, blank
+        # lines (or rows of empty cells), and the further lines of a row whose quoted
+        # cell spans lines. Every other line starts a row.
+        self.header_lines = 0
+        self.blank_lines = 0
+        self.continuation_lines = 0
 
     def blocks(self) -> Iterator[str]:
         block_bytes = min(BLOCK_BYTES, self.max_line_bytes)
@@ -380,6 +416,9 @@ def _make_row(
         raise ValueError("external_id: missing or empty")
     if len(external_id) > TEXT_LIMITS["external_id"]:
         raise ValueError(f"external_id: at most {TEXT_LIMITS['external_id']} characters")
+    unsafe = external_id_problem(external_id)
+    if unsafe:
+        raise ValueError(f"external_id: {unsafe}")
     _check_values(values)
     return Row(line, external_id, values, attributes, consent)
 
@@ -404,10 +443,14 @@ def _finite_float(text: str) -> float:
 _decode_json = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float).decode
 
 
-def _json_row(line: int, text: str) -> Row:
+def _json_row(line: int, text: str, limits: AttributeLimits) -> Row:
+    try:
+        check_json_nesting(text)
+    except JsonTooDeep as error:
+        raise ValueError(f"the line is {error}") from error
     try:
         data = _decode_json(text)
-    except (ValueError, RecursionError) as error:
+    except ValueError as error:
         raise ValueError(f"invalid JSON: {error}") from error
     if not isinstance(data, dict):
         raise ValueError("each line must be a JSON object")
@@ -436,16 +479,21 @@ def _json_row(line: int, text: str) -> Row:
             value = str(value)
         if not isinstance(value, str):
             raise ValueError(f"{name}: expected a string, got {json.dumps(value)[:40]}")
+        # (A JSON escape can give what a UTF-8 file cannot: NUL, a lone surrogate. An
+        # external id has its own check.)
+        problem = text_problem(value) if name != "external_id" else None
+        if problem:
+            raise ValueError(f"{name}: text {problem}")
         value = value.strip()
         if value:
             values[name] = value
     members = None
     if attributes is not None:
-        members = {
-            json_member(key): json.dumps(_without_nulls(value))
-            for key, value in attributes.items()
-            if value is not None
-        }
+        attributes = _without_nulls(attributes)
+        problem = attributes_problem(attributes, limits)
+        if problem:
+            raise ValueError(problem)
+        members = {json_member(key): json.dumps(value) for key, value in attributes.items()}
     return _make_row(line, values, members, consent)
 
 
@@ -457,13 +505,15 @@ def _lines(text: str) -> io.StringIO:
 
 def jsonl_rows(reader: LineReader) -> Iterator[Row | Rejected]:
     line = 0
+    limits = AttributeLimits.from_settings()
     for block in reader.blocks():
         for text in _lines(block):
             line += 1
             if not text.strip():
+                reader.blank_lines += 1
                 continue
             try:
-                yield _json_row(line, text)
+                yield _json_row(line, text, limits)
             except ValueError as error:
                 yield Rejected(line, str(error))
 
@@ -496,6 +546,7 @@ def _csv_columns(header: Sequence[str]) -> list[tuple[str, str]]:
     """(kind, name) per column: ("field", email), ("consent", sms), ("attribute", age)."""
     columns: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
+    max_key_length = AttributeLimits.from_settings().max_key_length
     for raw in header:
         name = raw.strip()
         lowered = name.lower()
@@ -509,6 +560,11 @@ def _csv_columns(header: Sequence[str]) -> list[tuple[str, str]]:
                 raise ImportRefused(
                     f"Column {name!r} is neither a profile field nor a valid attribute key "
                     '(letters, digits, "_" and "-", starting with a letter).'
+                )
+            if len(key) > max_key_length:
+                raise ImportRefused(
+                    f"Column “{shown(key)}”: attribute keys are at most {max_key_length} "
+                    "characters."
                 )
             column = ("attribute", key)
         if column in seen:
@@ -524,18 +580,36 @@ def _csv_columns(header: Sequence[str]) -> list[tuple[str, str]]:
     return columns
 
 
+# UTF-8 bytes of a cell's JSON text per character of the cell, at most (a control
+# character becomes `\u001b`): what bounds a row's attributes size before it is rendered.
+JSON_BYTES_PER_CHARACTER = 6
+
+
 class CsvLayout:
-    """Which cell positions hold fields, attributes and consents (each in column order)."""
+    """Which cell positions hold fields, attributes and consents (each in column order),
+    and the attribute limits the file's rows are checked against."""
 
-    __slots__ = ("attributes", "consents", "fields", "width")
+    __slots__ = ("attributes", "attributes_overhead", "consents", "fields", "limits", "width")
 
-    def __init__(self, columns: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, columns: list[tuple[str, str]], limits: AttributeLimits | None = None
+    ) -> None:
         self.width = len(columns)
         self.fields = [(i, name) for i, (kind, name) in enumerate(columns) if kind == "field"]
         self.attributes = [
             (i, json_member(key)) for i, (kind, key) in enumerate(columns) if kind == "attribute"
         ]
         self.consents = [(i, name) for i, (kind, name) in enumerate(columns) if kind == "consent"]
+        self.limits = limits or AttributeLimits.from_settings()
+        # The bytes of a row's attributes object besides its cells' JSON: braces, members,
+        # commas and quotes.
+        self.attributes_overhead = 2 + sum(len(member) + 3 for _, member in self.attributes)
+
+    def attributes_may_exceed(self, characters: int) -> bool:
+        """Whether attribute cells of `characters` characters in all may make a row's
+        attributes larger than the limit (when not, no row needs measuring)."""
+        bound = self.attributes_overhead + JSON_BYTES_PER_CHARACTER * characters
+        return bound > self.limits.max_bytes
 
 
 def _csv_row(line: int, layout: CsvLayout, cells: list[str]) -> Row:
@@ -562,7 +636,12 @@ def _csv_row(line: int, layout: CsvLayout, cells: list[str]) -> Row:
             if word not in TRUE_WORDS and word not in FALSE_WORDS:
                 raise ValueError(f"consent_{name}: use true or false, got {cell!r}")
             consent[name] = word in TRUE_WORDS
-    return _make_row(line, values, attributes or None, consent)
+    row = _make_row(line, values, attributes or None, consent)
+    if attributes and layout.attributes_may_exceed(sum(map(len, attributes.values()))):
+        size = len((row.attributes_json() or "").encode())
+        if size > layout.limits.max_bytes:
+            raise ValueError(attributes_size_problem(size, layout.limits))
+    return row
 
 
 def _blank(cells: Sequence[str]) -> bool:
@@ -641,12 +720,16 @@ def _stripped(column: list[str]) -> tuple[list[str], str]:
 
 
 def _csv_batch(
-    layout: CsvLayout, records: list[str] | list[list[str]], starts: Sequence[int]
+    layout: CsvLayout,
+    records: list[str] | list[list[str]],
+    starts: Sequence[int],
+    reader: LineReader,
 ) -> Iterator[Row | RowBatch | Rejected]:
     """The records (unquoted lines, or cells from the csv module) as one `RowBatch` of
     the rows every column check passes, then, in file order, the others through
     `_csv_row`: rejected with its reason, or kept as a `Row` when only the column checks'
-    fast patterns missed it (an unusual valid email, a phone number to normalise)."""
+    fast patterns missed it (an unusual valid email, a phone number to normalise), or
+    counted as a blank line."""
     width = layout.width
     slow: set[int] = set()
     plain = bool(records) and isinstance(records[0], str)
@@ -673,8 +756,12 @@ def _csv_batch(
         column = texts[name] = columns[i]
         # E.164 numbers and time zone names are shorter than their columns' limits.
         long_cells_possible = True
-        if name == "external_id" and "" in column:
-            slow |= _failing(column)
+        if name == "external_id":
+            if "" in column:
+                slow |= _failing(column)
+            # (The cells are joined by NUL, which a file never holds: see LineReader.)
+            if EXTERNAL_ID_UNSAFE.search(joined[i].replace("\x00", "")):
+                slow |= _failing([not EXTERNAL_ID_UNSAFE.search(cell) for cell in column])
         elif name == "email" and not EMAIL_COLUMN.fullmatch(joined[i]):
             slow |= _failing(list(map(EMAIL_OR_EMPTY.fullmatch, column)))
         elif name == "phone":
@@ -697,25 +784,41 @@ def _csv_batch(
     attributes = [
         _attribute_column(member, columns[i], joined[i]) for i, member in layout.attributes
     ]
+    if layout.attributes:
+        # Whether some row's attributes may be over the size limit, bounded by its cells'
+        # length: by the longest line (one pass) for split lines, else column by column.
+        cells_of_attributes = [columns[i] for i, _ in layout.attributes]
+        if split is not None:
+            longest = max(map(len, records))
+        else:
+            longest = sum(max(map(len, cells)) for cells in cells_of_attributes)
+        if layout.attributes_may_exceed(longest):
+            # The rows that may be are measured one by one, by `_csv_row`.
+            lengths = map(sum, zip(*map(partial(map, len), cells_of_attributes), strict=True))
+            slow |= {j for j, n in enumerate(lengths) if layout.attributes_may_exceed(n)}
     ids = texts["external_id"]
     if len(set(ids)) != len(ids):
         # A profile named twice: the rows go one by one, so the later one is merged.
         slow = set(range(len(records)))
+    lines = starts
     if slow:
         keep = [j for j in range(len(records)) if j not in slow]
         texts = {name: [column[j] for j in keep] for name, column in texts.items()}
         attributes = [
             column._replace(cells=[column.cells[j] for j in keep]) for column in attributes
         ]
+        lines = [starts[j] for j in keep]
     if texts["external_id"]:
-        yield RowBatch(len(texts["external_id"]), texts, attributes, special=special)
+        yield RowBatch(len(texts["external_id"]), texts, attributes, lines=lines, special=special)
     for j in sorted(slow):
         record = records[j]
         cells = record.split(",") if isinstance(record, str) else record
         try:
             yield _csv_row(starts[j], layout, cells)
         except ValueError as error:
-            if not _blank(cells):
+            if _blank(cells):
+                reader.blank_lines += 1
+            else:
                 yield Rejected(starts[j], str(error))
 
 
@@ -741,27 +844,84 @@ def _csv_records(
         if lines[-1] == "":
             lines.pop()
         if not unquoted or "\r" in text or max(map(len, lines), default=0) > limit:
-            yield from _quoted_records(itertools.chain([text], blocks), line)
+            yield from _quoted_records(itertools.chain([text], blocks), line, reader)
             return
         yield range(line + 1, line + 1 + len(lines)), lines
         line += len(lines)
 
 
 def _quoted_records(
-    texts: Iterable[str], line: int
+    texts: Iterable[str], line: int, reader: LineReader
 ) -> Iterator[tuple[Sequence[int], list[list[str]]]]:
-    records = csv.reader(itertools.chain.from_iterable(map(_lines, texts)))
+    # The lines of the record being read (the csv module reads no further than a
+    # record's end), to say where a quote that does not close opened.
+    record_lines: list[str] = []
+
+    def lines() -> Iterator[str]:
+        for text in texts:
+            for physical in _lines(text):
+                record_lines.append(physical)
+                yield physical
+
+    # `strict`: a quote closing in the middle of a cell (`"a"b`) and a quote still open
+    # at the end of the file are errors, not cells swallowing the lines that follow.
+    records = csv.reader(lines(), strict=True)
     while True:
         start = line + records.line_num + 1
+        record_lines.clear()
         try:
             cells = next(records)
         except StopIteration:
             return
         except csv.Error as error:
-            raise ImportRefused(
-                f"Line {start}: {error} (an unterminated quote?); the file cannot be read."
-            ) from error
+            raise ImportRefused(_unreadable_record(record_lines, start, error)) from error
+        reader.continuation_lines += len(record_lines) - 1
         yield (start,), [cells]
+
+
+def _unreadable_record(lines: list[str], start: int, error: csv.Error) -> str:
+    """Why the csv module could not read the record of `lines` starting on line `start`,
+    naming the line where the quote at fault opened."""
+    opened, closed = _last_quote(lines, start)
+    if opened is None:
+        return f"Line {start}: {error}; the file cannot be read."
+    if closed is not None:
+        return (
+            f"Line {opened}: a quote opened on this line closes on line {closed} in the "
+            "middle of a cell; the file cannot be read."
+        )
+    if "field larger than field limit" in str(error):
+        return (
+            f"Line {opened}: a quote opened on this line does not close within "
+            f"{csv.field_size_limit():,} characters; the file cannot be read."
+        )
+    return f"Line {opened}: a quote opened on this line never closes; the file cannot be read."
+
+
+def _last_quote(lines: list[str], start: int) -> tuple[int | None, int | None]:
+    """Where the last quoted cell of a record's lines opened (None: no quoted cell), and
+    where it closed with more of the cell after the quote (None: it did not), reading
+    cells as the csv module does: a quote opens a cell only at the cell's start, and `""`
+    inside a quoted cell is a quote. Only called for a record that failed to read."""
+    opened = None
+    state = "start"  # of a cell; then "plain", "quoted", or "quote" (one in a quoted cell)
+    for number, text in enumerate(lines, start=start):
+        for char in text:
+            if state == "quoted":
+                if char == '"':
+                    state = "quote"
+            elif char in ",\r\n":
+                state = "start"
+            elif state == "start":
+                if char == '"':
+                    state, opened = "quoted", number
+                else:
+                    state = "plain"
+            elif state == "quote":
+                if char != '"':
+                    return opened, number
+                state = "quoted"
+    return opened, None
 
 
 def csv_rows(reader: LineReader, batch_rows: int) -> Iterator[Row | RowBatch | Rejected]:
@@ -775,23 +935,26 @@ def csv_rows(reader: LineReader, batch_rows: int) -> Iterator[Row | RowBatch | R
                 cells = record.split(",") if isinstance(record, str) else record
                 if not _blank(cells):
                     layout = CsvLayout(_csv_columns(cells))
+                    reader.blank_lines += k
+                    reader.header_lines += 1
                     records = records[k + 1 :]
                     block_starts = block_starts[k + 1 :]
                     break
             else:
+                reader.blank_lines += len(records)
                 continue
         if batch and records and isinstance(records[0], str) != isinstance(batch[0], str):
-            yield from _csv_batch(layout, batch, starts)
+            yield from _csv_batch(layout, batch, starts, reader)
             batch, starts = [], []
         batch.extend(records)
         starts.extend(block_starts)
         while len(batch) >= batch_rows:
-            yield from _csv_batch(layout, batch[:batch_rows], starts[:batch_rows])
+            yield from _csv_batch(layout, batch[:batch_rows], starts[:batch_rows], reader)
             del batch[:batch_rows], starts[:batch_rows]
     if layout is None:
         raise ImportRefused("The file is empty: a CSV import needs a header line.")
     if batch:
-        yield from _csv_batch(layout, batch, starts)
+        yield from _csv_batch(layout, batch, starts, reader)
 
 
 def read_rows(

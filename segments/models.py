@@ -6,6 +6,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 
 from .choices import ConsentChannel, ConsentSource, SegmentKind
+from .validators import validate_attributes, validate_external_id
 
 E164_PATTERN = r"^\+[1-9]\d{6,14}$"
 validate_e164 = RegexValidator(
@@ -44,7 +45,9 @@ class Profile(models.Model):
     # column sorts bytewise (collation "C", set by migration 0006): an identifier needs
     # no linguistic order, and comparing bytes makes each index look-up several times
     # cheaper than the database's default collation.
-    external_id = models.CharField(max_length=255)
+    # Checked at every door (see `validators`): no character that breaks the email headers
+    # and links an id goes into, and attributes within the depth, size and key limits.
+    external_id = models.CharField(max_length=255, validators=[validate_external_id])
     email = models.EmailField(blank=True)
     phone = models.CharField(
         max_length=32, blank=True, validators=[validate_e164], help_text="E.164, e.g. +33612345678"
@@ -52,7 +55,7 @@ class Profile(models.Model):
     push_token = models.CharField(max_length=512, blank=True)
     locale = models.CharField(max_length=16, blank=True)
     time_zone = models.CharField(max_length=64, blank=True)
-    attributes = models.JSONField(default=dict, blank=True)
+    attributes = models.JSONField(default=dict, blank=True, validators=[validate_attributes])
     # True means the profile may receive marketing on that channel.
     consent_email = models.BooleanField(default=True)
     consent_sms = models.BooleanField(default=True)

@@ -9,6 +9,8 @@ the doors, which are the only callers.
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -46,6 +48,7 @@ from .models import (
 )
 from .rules import rule_errors
 from .selectors import segment_profiles
+from .validators import AttributeLimits, attributes_size, attributes_size_problem
 
 SEGMENT_FIELDS = ("name", "description", "kind", "rules")
 SNAPSHOT_WORK_MEM = "128MB"
@@ -302,10 +305,15 @@ def audience_snapshot_create(
 
 @dataclass
 class ImportSummary:
-    """What an import did: every data row is created, updated or rejected.
+    """What an import did, accounting for every line of the file:
 
-    A profile named twice in one file is created by its first row and updated by the
-    next: the later row wins for every field it gives.
+        rows  = created + updated + rejected
+        lines = header_lines + blank_lines + continuation_lines + rows
+
+    Each row (a line that is not the header, not blank, and not a further line of a row
+    whose quoted cell spans lines) is created, updated or rejected. A profile named twice
+    in one file is created by its first row and updated by the next: the later row wins
+    for every field it gives.
     """
 
     created: int = 0
@@ -313,18 +321,26 @@ class ImportSummary:
     rejected: int = 0
     rejections: list[Rejected] = field(default_factory=list)
     segment: str = ""
+    lines: int = 0
+    header_lines: int = 0
+    blank_lines: int = 0
+    continuation_lines: int = 0
 
     @property
     def rows(self) -> int:
         return self.created + self.updated + self.rejected
 
     def reject(self, item: Rejected) -> None:
-        self.rejected += 1
+        self.rejected += item.rows
         if len(self.rejections) < MAX_REPORTED_REJECTIONS:
             self.rejections.append(item)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "lines": self.lines,
+            "header_lines": self.header_lines,
+            "blank_lines": self.blank_lines,
+            "continuation_lines": self.continuation_lines,
             "rows": self.rows,
             "created": self.created,
             "updated": self.updated,
@@ -530,11 +546,16 @@ def _fill_stage(cursor: Any, vendor: str, data: str | list[tuple[Any, ...]]) -> 
         cursor.executemany(f"INSERT INTO {STAGE} ({columns}) VALUES ({marks})", data)
 
 
-def _upsert_stage(cursor: Any, vendor: str, now: Any) -> tuple[int, int]:
-    """Write the staged rows to the profiles: (updated, created)."""
+# (updated, created, the external ids of updated profiles whose attributes may now be
+# over the size limit: their stored text is longer, which compact JSON never is.)
+Upserted = tuple[int, int, list[str]]
+
+
+def _upsert_stage(cursor: Any, vendor: str, now: Any, max_bytes: int) -> Upserted:
+    """Write the staged rows to the profiles."""
     if vendor == "postgresql":
-        return _upsert_stage_postgresql(cursor, now)
-    return _upsert_stage_sqlite(cursor, now)
+        return _upsert_stage_postgresql(cursor, now, max_bytes)
+    return _upsert_stage_sqlite(cursor, now, max_bytes)
 
 
 def _insert_select() -> tuple[list[str], list[str]]:
@@ -567,7 +588,7 @@ def _insert_select() -> tuple[list[str], list[str]]:
     return columns, selects
 
 
-def _upsert_stage_postgresql(cursor: Any, now: Any) -> tuple[int, int]:
+def _upsert_stage_postgresql(cursor: Any, now: Any, max_bytes: int) -> Upserted:
     """One INSERT … ON CONFLICT DO UPDATE: one look-up in the external_id index per row
     (an UPDATE … FROM then an INSERT would take two)."""
     table = Profile._meta.db_table
@@ -593,18 +614,20 @@ def _upsert_stage_postgresql(cursor: Any, now: Any) -> tuple[int, int]:
         f"WITH written AS (INSERT INTO {table} AS p ({', '.join(columns)}) "
         f"SELECT {', '.join(selects)} FROM {STAGE} AS s "
         f"ON CONFLICT (external_id) DO UPDATE SET {', '.join(sets)} "
-        # xmax is 0 exactly on the rows this statement inserted.
-        "RETURNING (p.xmax = 0) AS created) "
-        "SELECT COUNT(*) FILTER (WHERE created), COUNT(*) FILTER (WHERE NOT created) "
-        "FROM written",
-        {"now": now, "source": ConsentSource.IMPORT.value},
+        # xmax is 0 exactly on the rows this statement inserted (a new profile's
+        # attributes are one row's, within the limits already).
+        "RETURNING (p.xmax = 0) AS created, CASE WHEN p.xmax = 0 THEN NULL "
+        "WHEN octet_length(p.attributes::text) > %(max_bytes)s THEN p.external_id END AS big) "
+        "SELECT COUNT(*) FILTER (WHERE created), COUNT(*) FILTER (WHERE NOT created), "
+        "array_agg(big) FILTER (WHERE big IS NOT NULL) FROM written",
+        {"now": now, "source": ConsentSource.IMPORT.value, "max_bytes": max_bytes},
     )
-    created, updated = cursor.fetchone()
-    return int(updated), int(created)
+    created, updated, big = cursor.fetchone()
+    return int(updated), int(created), big or []
 
 
-def _upsert_stage_sqlite(cursor: Any, now: Any) -> tuple[int, int]:
-    """Update the profiles the stage names, then create the others: (updated, created)."""
+def _upsert_stage_sqlite(cursor: Any, now: Any, max_bytes: int) -> Upserted:
+    """Update the profiles the stage names, then create the others."""
     table = Profile._meta.db_table
     merge = "json_patch(json_patch(p.attributes, s.attribute_reset), s.attributes)"
     consent_sets = []
@@ -623,13 +646,17 @@ def _upsert_stage_sqlite(cursor: Any, now: Any) -> tuple[int, int]:
         *consent_sets,
         "updated_at = %(now)s",
     ]
-    params = {"now": now, "source": ConsentSource.IMPORT.value}
+    params = {"now": now, "source": ConsentSource.IMPORT.value, "max_bytes": max_bytes}
+    # (RETURNING sees the updated table alone, by its columns' bare names.)
     cursor.execute(
         f"UPDATE {table} AS p SET {', '.join(sets)} FROM {STAGE} AS s "
-        "WHERE p.external_id = s.external_id",
+        "WHERE p.external_id = s.external_id RETURNING CASE "
+        "WHEN length(CAST(attributes AS BLOB)) > %(max_bytes)s THEN external_id END",
         params,
     )
-    updated = max(cursor.rowcount, 0)
+    returned = cursor.fetchall()
+    updated = len(returned)
+    big = [external_id for (external_id,) in returned if external_id is not None]
     columns, selects = _insert_select()
     cursor.execute(
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(selects)} "
@@ -638,7 +665,42 @@ def _upsert_stage_sqlite(cursor: Any, now: Any) -> tuple[int, int]:
         params,
     )
     created = max(cursor.rowcount, 0)
-    return updated, created
+    return updated, created, big
+
+
+def _grown_over_limit(
+    cursor: Any, vendor: str, big: list[str], part: list[Row] | RowBatch, limits: AttributeLimits
+) -> list[tuple[str, int]]:
+    """The profiles among `big` whose attributes, once this chunk's rows were merged into
+    them (an import adds and replaces keys), are over the size limit: (external id,
+    size). A row that gave no attributes left them as they were, and is not refused
+    for what was stored before the limit."""
+    gave = _ids_giving_attributes(part).intersection(big)
+    if not gave:
+        return []
+    attributes = "attributes::text" if vendor == "postgresql" else "attributes"
+    cursor.execute(
+        f"SELECT external_id, {attributes} FROM {Profile._meta.db_table} "
+        f"WHERE external_id IN ({', '.join(['%s'] * len(gave))})",
+        sorted(gave),
+    )
+    sizes = [(eid, attributes_size(json.loads(text))) for eid, text in cursor.fetchall()]
+    return sorted((eid, size) for eid, size in sizes if size > limits.max_bytes)
+
+
+def _ids_giving_attributes(part: list[Row] | RowBatch) -> set[str]:
+    if isinstance(part, RowBatch):
+        given = [any(cells) for cells in zip(*(c.cells for c in part.attributes), strict=True)]
+        return set(itertools.compress(part.columns["external_id"], given))
+    return {row.external_id for row in part if row.attributes is not None}
+
+
+def _rows_by_id(part: list[Row] | RowBatch) -> dict[str, tuple[int, int]]:
+    """Each profile's (line, rows of the file it stands for) in a chunk."""
+    if isinstance(part, RowBatch):
+        ids = part.columns["external_id"]
+        return {eid: (line, 1) for eid, line in zip(ids, part.lines, strict=True)}
+    return {row.external_id: (row.line, row.rows) for row in part}
 
 
 def _write_chunk(
@@ -647,17 +709,38 @@ def _write_chunk(
     now: Any,
     data: str | NewProfiles | list[tuple[Any, ...]],
     segment: Segment | None,
-) -> tuple[int, int]:
-    """Stage and upsert one chunk of distinct profiles: (updated, created)."""
+    part: list[Row] | RowBatch,
+    limits: AttributeLimits,
+) -> tuple[int, int, list[Rejected]]:
+    """Stage and upsert one chunk of distinct profiles (`data`, rendered from `part`):
+    (updated, created, rejected). A row whose attributes would make a stored profile's
+    larger than the limit is rejected, and the others written."""
     if isinstance(data, NewProfiles):
         if _write_new_profiles(cursor, data, segment):
-            return 0, data.batch.size
+            return 0, data.batch.size, []
         data = _batch_copy_text(data.batch)
     _fill_stage(cursor, vendor, data)
-    updated, created = _upsert_stage(cursor, vendor, now)
+    rejected: list[Rejected] = []
+    cursor.execute("SAVEPOINT salvo_import_chunk")
+    updated, created, big = _upsert_stage(cursor, vendor, now, limits.max_bytes)
+    over = _grown_over_limit(cursor, vendor, big, part, limits) if big else []
+    if over:
+        # Rare: write the chunk again without the rows that would grow a profile over.
+        cursor.execute("ROLLBACK TO SAVEPOINT salvo_import_chunk")
+        cursor.execute(
+            f"DELETE FROM {STAGE} WHERE external_id IN ({', '.join(['%s'] * len(over))})",
+            [external_id for external_id, _ in over],
+        )
+        updated, created, _ = _upsert_stage(cursor, vendor, now, limits.max_bytes)
+        rows = _rows_by_id(part)
+        for external_id, size in over:
+            line, count = rows[external_id]
+            problem = attributes_size_problem(size, limits, merged=True)
+            rejected.append(Rejected(line, problem, rows=count))
+    cursor.execute("RELEASE SAVEPOINT salvo_import_chunk")
     if segment is not None:
         _add_stage_to_segment(cursor, vendor, segment)
-    return updated, created
+    return updated, created, rejected
 
 
 NEW_PROFILE_COLUMNS = (
@@ -781,6 +864,7 @@ def profiles_import(
     if format not in ImportFormat.values:
         raise ImportRefused(f"Unknown format “{format}”; use csv or jsonl.")
     vendor = connection.vendor
+    limits = AttributeLimits.from_settings()
     summary = ImportSummary()
     with transaction.atomic():
         now = _transaction_now()
@@ -805,7 +889,7 @@ def profiles_import(
             # the next: the database works while Python reads (psycopg leaves the GIL
             # while it waits). One chunk at a time is in flight: the stage holds one.
             pool = ThreadPoolExecutor(max_workers=1) if vendor == "postgresql" else None
-            writing: list[Future[tuple[int, int]]] = []
+            writing: list[Future[tuple[int, int, list[Rejected]]]] = []
             switch_interval = sys.getswitchinterval()
             if pool is not None:
                 sys.setswitchinterval(min(switch_interval, IMPORT_SWITCH_INTERVAL_S))
@@ -815,11 +899,15 @@ def profiles_import(
             # the profile table, until a chunk holds new profiles only.
             updating = False
 
-            def count(updated: int, created: int) -> None:
+            def count(updated: int, created: int, rejected: list[Rejected]) -> None:
                 nonlocal updating
                 summary.created += created
                 summary.updated += updated
-                updating = updated > 0
+                for item in rejected:
+                    summary.reject(item)
+                    # Its merged rows were counted as updates when the chunk was read.
+                    summary.updated -= item.rows - 1
+                updating = updated > 0 or bool(rejected)
 
             def settle() -> None:
                 while writing:
@@ -830,10 +918,11 @@ def profiles_import(
                 # chunk: that thread then only waits for the database.
                 data = _stage_data(vendor, part, new=not updating)
                 settle()
+                args = (cursor, vendor, now, data, segment, part, limits)
                 if pool is None:
-                    count(*_write_chunk(cursor, vendor, now, data, segment))
+                    count(*_write_chunk(*args))
                 else:
-                    writing.append(pool.submit(_write_chunk, cursor, vendor, now, data, segment))
+                    writing.append(pool.submit(_write_chunk, *args))
 
             def flush() -> None:
                 nonlocal repeats
@@ -875,6 +964,10 @@ def profiles_import(
                     sys.setswitchinterval(switch_interval)
             if reader.line == 0:
                 raise ImportRefused("The file is empty.")
+            summary.lines = reader.line
+            summary.header_lines = reader.header_lines
+            summary.blank_lines = reader.blank_lines
+            summary.continuation_lines = reader.continuation_lines
             cursor.execute(f"DROP TABLE IF EXISTS {STAGE}")
             if vendor == "postgresql":
                 cursor.execute("SET LOCAL enable_hashjoin TO DEFAULT")

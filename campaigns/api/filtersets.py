@@ -22,7 +22,14 @@ class StatusField(fields.MultipleChoiceField):
         try:
             campaign_statuses_from_query(value)
         except ValidationError as error:
-            raise forms.ValidationError(error.message_dict["status"]) from error
+            # django-filter formats each message with "%": the client's own value, quoted in
+            # it, goes in as a parameter so that a "%" of its own stays text.
+            raise forms.ValidationError(
+                [
+                    forms.ValidationError("%(message)s", params={"message": message})
+                    for message in error.message_dict["status"]
+                ]
+            ) from error
 
 
 class AnyValueField(fields.MultipleChoiceField):

@@ -15,7 +15,7 @@ from rest_framework import serializers
 from campaigns.choices import CampaignStatus, CampaignType
 from campaigns.models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
 from campaigns.operations import OPERATIONS
-from campaigns.selectors import campaign_operations
+from campaigns.selectors import campaign_delivery_error, campaign_operations
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from segments.models import Segment
@@ -70,6 +70,25 @@ class CampaignVersionDetailSerializer(CampaignVersionSerializer):
         read_only_fields = fields
 
 
+class DeliveryErrorSerializer(serializers.Serializer[Any]):
+    """A step of the campaign's delivery that failed (see campaigns.delivery)."""
+
+    step = serializers.CharField(help_text="What failed, e.g. “Planning the audience”.")
+    error = serializers.CharField(help_text="The exception, as the worker saw it.")
+    at = serializers.DateTimeField(help_text="When it last failed.")
+    attempts = serializers.IntegerField(help_text="Attempts of that step that failed in a row.")
+    retrying = serializers.BooleanField(
+        help_text="The engine will try the step again; false once it gave up (the campaign "
+        "stays Live and sends nothing more until stopped)."
+    )
+
+
+def delivery_error_data(campaign: Campaign) -> dict[str, Any] | None:
+    """The campaign's `delivery_error`, as the detail and the report show it."""
+    error = campaign_delivery_error(campaign=campaign)
+    return None if error is None else DeliveryErrorSerializer(error).data
+
+
 class CampaignSerializer(serializers.ModelSerializer[Campaign]):
     status = serializers.ChoiceField(choices=CampaignStatus.choices, read_only=True)
     tags = TagListField(read_only=True)
@@ -80,6 +99,9 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
     draft_version = CampaignVersionSerializer(read_only=True, allow_null=True)
     allowed_operations = serializers.SerializerMethodField(
         help_text="What the current user may do to the campaign in its current status."
+    )
+    delivery_error = serializers.SerializerMethodField(
+        help_text="Why its delivery is failing or stopped, or null while all is well."
     )
 
     class Meta:
@@ -95,6 +117,7 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
             "live_version",
             "draft_version",
             "activation_error",
+            "delivery_error",
             "started_at",
             "created_at",
             "updated_at",
@@ -111,6 +134,10 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
         if user is None:
             return []
         return campaign_operations(campaign=campaign, user=user)
+
+    @extend_schema_field(DeliveryErrorSerializer(allow_null=True))
+    def get_delivery_error(self, campaign: Campaign) -> dict[str, Any] | None:
+        return delivery_error_data(campaign)
 
 
 class CampaignTransitionSerializer(serializers.ModelSerializer[CampaignTransition]):

@@ -36,9 +36,11 @@ from .serializers import (
     CampaignTransitionSerializer,
     CampaignVersionDetailSerializer,
     CampaignVersionSerializer,
+    DeliveryErrorSerializer,
     DuplicateInputSerializer,
     ErrorSerializer,
     StopInputSerializer,
+    delivery_error_data,
 )
 
 Row = TypeVar("Row")
@@ -251,6 +253,7 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
                 "by_channel": serializers.DictField(
                     child=serializers.DictField(child=serializers.IntegerField())
                 ),
+                "delivery_error": DeliveryErrorSerializer(allow_null=True),
             },
         )
     )
@@ -258,4 +261,6 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
     def report(self, request: Request, pk: str | None = None) -> Response:
         from campaigns.selectors import campaign_report
 
-        return Response(campaign_report(campaign=self.get_object()))
+        campaign = self.get_object()
+        error = delivery_error_data(campaign)
+        return Response({**campaign_report(campaign=campaign), "delivery_error": error})

@@ -6,8 +6,10 @@ external_id, a valid rule tree…) so that every door refuses alike.
 
 from typing import Any
 
+from django.db import models
 from rest_framework import serializers
 
+from config.api import JSONField
 from segments.choices import ConsentChannel, ImportFormat, SegmentKind
 from segments.models import Profile, Segment
 
@@ -19,6 +21,12 @@ class ConsentSerializer(serializers.Serializer):
 
 
 class ProfileSerializer(serializers.ModelSerializer):
+    # `attributes` (JSON text in a form body too) parsed within the nesting limit; the
+    # model field's validator then checks the attribute limits, with the path.
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.JSONField: JSONField,
+    }
     consent = ConsentSerializer(required=False, help_text="True means the profile may receive.")
     consent_changes = serializers.SerializerMethodField(
         help_text="When and from where each consent last changed."
@@ -76,7 +84,16 @@ class ImportRejectionSerializer(serializers.Serializer):
 
 
 class ImportSummarySerializer(serializers.Serializer):
-    rows = serializers.IntegerField()
+    """Every line of the file is accounted for: lines = header_lines + blank_lines +
+    continuation_lines + rows, and rows = created + updated + rejected."""
+
+    lines = serializers.IntegerField(help_text="Lines in the file.")
+    header_lines = serializers.IntegerField(help_text="1 for a CSV file (its header), else 0.")
+    blank_lines = serializers.IntegerField(help_text="Blank lines, or rows of empty cells.")
+    continuation_lines = serializers.IntegerField(
+        help_text="Further lines of rows whose quoted cells span lines."
+    )
+    rows = serializers.IntegerField(help_text="Rows in the file: created + updated + rejected.")
     created = serializers.IntegerField()
     updated = serializers.IntegerField()
     rejected = serializers.IntegerField()
@@ -86,7 +103,7 @@ class ImportSummarySerializer(serializers.Serializer):
 
 
 class SegmentSerializer(serializers.ModelSerializer):
-    rules = serializers.JSONField(
+    rules = JSONField(
         required=False,
         help_text='A rule tree, e.g. {"all": [{"field": "attributes.country", "op": "eq", '
         '"value": "FR"}]}; empty for a static segment.',

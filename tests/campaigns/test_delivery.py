@@ -3,18 +3,19 @@
 The real-worker scenarios (SIGKILL, stop, two workers…) are in test_delivery_worker.py.
 """
 
-import time
 from collections.abc import Iterator
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.test import override_settings
 
 from campaigns import delivery, selectors, services
 from campaigns.choices import CampaignStatus, DeliveryStatus, ExecutionStatus
-from campaigns.models import Campaign, Delivery, Execution
+from campaigns.models import Campaign, ChannelAction, Delivery, Execution
 from channels.sinks import RunningSinks, running_sinks
+from tests.campaigns.delivery_support import plan, send_all, time_passes
 from tests.campaigns.factories import email_action, make_campaign, make_live_campaign, sms_action
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import ProfileFactory
@@ -30,17 +31,8 @@ def sinks() -> Iterator[RunningSinks]:
 
 def drive(campaign: Campaign) -> Execution:
     """What the workers do, in this process: plan every chunk, send every action's batch."""
-    execution = Execution.objects.get(campaign=campaign)
-    while delivery.execution_plan_step(execution_id=execution.pk):
-        pass
-    execution.refresh_from_db()
-    for action in execution.version.actions.all():
-        delivery.batch_send(
-            execution_id=execution.pk,
-            action_id=action.pk,
-            first_profile_id=0,
-            last_profile_id=execution.audience_max_profile_id,
-        )
+    execution = plan(campaign)
+    send_all(execution)
     delivery.execution_complete_if_done(execution_id=execution.pk)
     execution.refresh_from_db()
     return execution
@@ -56,7 +48,9 @@ def drive(campaign: Campaign) -> Execution:
     ],
 )
 def test_activation_refuses_unsafe_or_broken_content(body, expected):
-    campaign = make_campaign(actions=[sms_action(body=body)])
+    campaign = make_campaign(actions=[sms_action()])
+    # Stored before the doors checked content (they refuse it now): activation checks again.
+    ChannelAction.objects.filter(version__campaign=campaign).update(body=body)
 
     with pytest.raises(ValidationError) as error:
         services.campaign_activate(campaign=campaign, user=None)
@@ -71,11 +65,8 @@ def test_going_live_starts_one_execution_with_one_row_per_action_and_profile():
     ProfileFactory.create_batch(5)
 
     campaign = make_live_campaign()
-    execution = Execution.objects.get(campaign=campaign)
-    while delivery.execution_plan_step(execution_id=execution.pk):
-        pass
+    execution = plan(campaign)
 
-    execution.refresh_from_db()
     assert execution.planning_done
     assert execution.audience_size == 5
     assert Delivery.objects.filter(execution=execution).count() == 10
@@ -102,13 +93,7 @@ def test_a_batch_sends_each_eligible_recipient_once_and_records_the_rest(sinks):
 
     execution = drive(campaign)
     # A second run of every batch (a redelivered task) sends nothing more.
-    for action in execution.version.actions.all():
-        delivery.batch_send(
-            execution_id=execution.pk,
-            action_id=action.pk,
-            first_profile_id=0,
-            last_profile_id=execution.audience_max_profile_id,
-        )
+    assert send_all(execution) == [None]
 
     received = sinks.received("email")
     assert sorted(r["to"] for r in received) == sorted(p.email for p in reachable)
@@ -156,21 +141,12 @@ def test_a_render_error_fails_that_recipient_only(sinks):
 def test_a_stopped_campaign_sends_nothing_more(sinks):
     ProfileFactory.create_batch(4)
     campaign = make_live_campaign(actions=[sms_action()])
-    execution = Execution.objects.get(campaign=campaign)
-    while delivery.execution_plan_step(execution_id=execution.pk):
-        pass
+    execution = plan(campaign)
 
     services.campaign_stop(campaign=campaign, user=None)
-    execution.refresh_from_db()
-    action = execution.version.actions.get()
-    wait = delivery.batch_send(
-        execution_id=execution.pk,
-        action_id=action.pk,
-        first_profile_id=0,
-        last_profile_id=execution.audience_max_profile_id,
-    )
+    waits = send_all(execution)
 
-    assert wait is None
+    assert waits == [None]
     assert sinks.received() == []
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.HALTED
@@ -204,6 +180,7 @@ def test_the_report_endpoint_shows_the_counts(sinks, api_client):
         "total": 3,
         "by_status": {"pending": 0, "sent": 2, "failed": 0, "skipped": 1},
         "by_channel": {"sms": {"total": 3, "pending": 0, "sent": 2, "failed": 0, "skipped": 1}},
+        "delivery_error": None,
     }
     assert api_client.get("/api/campaigns/999999/report/").status_code == 404
 
@@ -221,13 +198,16 @@ def test_through_the_batch_apis_a_failed_chunk_is_retried_and_each_refusal_recor
     )
     with (
         running_sinks(reject="invalid|99999999", flaky=".", flaky_times=1) as sink,
-        override_settings(
-            **sink.provider_settings(email_api=True),
-            SALVO_DELIVERY_RETRY_BASE_S=0,
-        ),
+        override_settings(**sink.provider_settings(email_api=True)),
     ):
-        # Every message fails once (503 for each message of the bulk request), is retried
-        # at once (no back-off here) and then goes through: each exactly once.
+        # Every message fails once (503 for each message of the bulk request) and waits
+        # for its retry, one back-off later.
+        execution = drive(campaign)
+        waiting = Delivery.objects.filter(status=DeliveryStatus.PENDING)
+        assert sorted(d.attempts for d in waiting) == [1] * 8
+        assert execution.status == ExecutionStatus.RUNNING
+        # Then the retries go through: each exactly once.
+        time_passes(execution, settings.SALVO_DELIVERY_RETRY_BASE_S)
         execution = drive(campaign)
         received = sink.received()
         attempts = sink.attempts()
@@ -257,34 +237,28 @@ def test_through_the_batch_apis_a_failed_chunk_is_retried_and_each_refusal_recor
 @pytest.mark.django_db
 def test_a_rate_limited_batch_comes_back_later_instead_of_sleeping(sinks):
     ProfileFactory.create_batch(3)
-    preset = MessagePresetFactory(channel="sms", rate_limit_per_second=1)
+    # One message per 100 s: the bucket holds one token, and a second one is far away
+    # however long this machine takes to send the first.
+    preset = MessagePresetFactory(channel="sms", rate_limit_per_second=0.01)
     campaign = make_live_campaign(actions=[sms_action(preset=preset)])
-    execution = Execution.objects.get(campaign=campaign)
-    while delivery.execution_plan_step(execution_id=execution.pk):
-        pass
-    execution.refresh_from_db()
-    action = execution.version.actions.get()
+    execution = plan(campaign)
 
-    def send() -> float | None:
-        return delivery.batch_send(
-            execution_id=execution.pk,
-            action_id=action.pk,
-            first_profile_id=0,
-            last_profile_id=execution.audience_max_profile_id,
-        )
+    with override_settings(SALVO_DELIVERY_RATE_WAIT_MAX_S=2):
+        [first_wait] = send_all(execution)
 
-    with override_settings(SALVO_DELIVERY_RATE_WAIT_MAX_S=0.5):
-        # One message per second: the first goes at once, the next would need a second.
-        wait = send()
+        # The first message went at once; the batch came back instead of sleeping ~100 s.
         assert len(sinks.received("sms")) == 1
-        assert wait is not None
-        assert 0.5 < wait <= 1.1
         assert selectors.campaign_report(campaign=campaign)["by_status"]["pending"] == 2
-        # The reservation was given back: coming back when told sends the next one.
-        time.sleep(wait)
-        wait = send()
-        assert len(sinks.received("sms")) == 2
-        assert wait is not None
+        assert first_wait is not None
+        assert 2 < first_wait <= 100
+
+        [second_wait] = send_all(execution)
+
+    # Nothing more went, and the reservation the first call could not use was given back:
+    # had it been kept, the second call would queue behind it, another 100 s further.
+    assert len(sinks.received("sms")) == 1
+    assert second_wait is not None
+    assert second_wait <= first_wait
 
 
 @pytest.mark.django_db

@@ -83,6 +83,8 @@ def test_import_endpoint_returns_the_summary(api_client):
     assert response.status_code == 200, response.json()
     body = response.json()
     assert (body["created"], body["updated"], body["rejected"]) == (1, 0, 1)
+    lines = ("lines", "header_lines", "blank_lines", "continuation_lines", "rows")
+    assert [body[name] for name in lines] == [3, 1, 0, 0, 2]
     assert body["rejections"][0]["line"] == 3
     assert body["segment"] == "Imported"
     assert Segment.objects.get(name="Imported").members.count() == 1

@@ -11,11 +11,12 @@ pytestmark = pytest.mark.django_db
 
 def test_import_profiles_command(tmp_path):
     path = tmp_path / "people.jsonl"
-    path.write_text('{"external_id": "u1"}\n{"external_id": "u2", "email": "bad"}\n')
+    path.write_text('{"external_id": "u1"}\n\n{"external_id": "u2", "email": "bad"}\n')
     out, err = StringIO(), StringIO()
     call_command("import_profiles", str(path), stdout=out, stderr=err)
+    assert "3 lines: 0 header, 1 blank, 0 continued, 2 rows." in out.getvalue()
     assert "2 rows: 1 created, 0 updated, 1 rejected" in out.getvalue()
-    assert "line 2: email:" in out.getvalue()
+    assert "line 3: email:" in out.getvalue()
     assert "100.0%" in err.getvalue()
     assert Profile.objects.count() == 1
 

@@ -28,10 +28,12 @@ from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
 from campaigns.selectors import (
+    campaign_delivery_error,
     campaign_list,
     campaign_statuses_from_query,
     campaign_transitions,
     campaign_versions,
+    delivery_error_summary,
 )
 from config.permissions import require_perms
 
@@ -224,6 +226,9 @@ class Command(BaseCommand):
             out(f"  description: {campaign.description}")
         if campaign.activation_error:
             out(f"  last activation failed: {campaign.activation_error}")
+        delivery_error = campaign_delivery_error(campaign=campaign)
+        if delivery_error is not None:
+            out(f"  delivery error: {delivery_error_summary(delivery_error)}")
         for version in versions:
             role = (
                 "live"

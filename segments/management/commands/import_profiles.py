@@ -75,6 +75,11 @@ class Command(BaseCommand):
             + (f"; all in static segment “{summary.segment}”" if summary.segment else "")
             + "."
         )
+        self.stdout.write(
+            f"{summary.lines:,} lines: {summary.header_lines:,} header, "
+            f"{summary.blank_lines:,} blank, {summary.continuation_lines:,} continued, "
+            f"{summary.rows:,} rows."
+        )
         for rejected in summary.rejections:
             self.stdout.write(f"  line {rejected.line}: {rejected.reason}")
         if summary.rejected > len(summary.rejections):

@@ -1,0 +1,126 @@
+"""Rendering one recipient's message, within the message's budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django.template import Context, Template
+from django.template.base import TextNode, VariableNode
+
+from .budget import Budget, RenderBudgetExceeded, RenderError, render_limits
+from .checks import ContentProblem, compiled
+from .profile import read_only
+from .sandbox import render_in_full
+
+__all__ = ["content_renderer", "render_content", "render_html"]
+
+FieldRenderer = Callable[[Mapping[str, Any], Budget], str]
+
+
+def _text_and_variables(template: Template) -> list[str | VariableNode] | None:
+    """The template's nodes when it is only text and ``{{ variables }}``, else None."""
+    parts: list[str | VariableNode] = []
+    for node in template.nodelist:
+        if isinstance(node, TextNode):
+            parts.append(node.s)
+        elif isinstance(node, VariableNode):
+            parts.append(node)
+        else:
+            return None
+    return parts
+
+
+def _field_renderer(source: str, *, field: str, html: bool) -> FieldRenderer:
+    """One content field rendered for recipient after recipient (in one thread), spending
+    the budget it is given; whatever goes wrong for a recipient is a ``RenderError``.
+
+    Content made only of text and ``{{ variables }}`` (most messages) is rendered node by
+    node on one reused context: no tag can keep state between renders or leave the context
+    changed, so what a full ``Template.render`` sets up and tears down for every recipient
+    buys nothing there. It charges each piece it writes; its filters check their own
+    arguments, results and the time. Any tag takes the full path, where every node does."""
+    if not source:
+        return lambda profile, budget: ""
+    try:
+        template = compiled(source, html)
+    except ContentProblem as problem:
+        refusal = f"{field}: {problem}"
+
+        def refuse(profile: Mapping[str, Any], budget: Budget) -> str:
+            raise RenderError(refusal)
+
+        return refuse
+    parts = _text_and_variables(template)
+    if parts is None:
+
+        def render_path(profile: Mapping[str, Any], budget: Budget) -> str:
+            return render_in_full(template, profile, html=html)
+
+    else:
+        text_and_variables = parts
+        context = Context({"profile": {}}, autoescape=html)
+        context.template = template  # where a missing variable finds string_if_invalid
+
+        def render_path(profile: Mapping[str, Any], budget: Budget) -> str:
+            context.dicts[-1] = {"profile": profile}
+            pieces = []
+            charged, most = budget.charged, budget.max_chars
+            for part in text_and_variables:
+                piece: str = part if isinstance(part, str) else part.render(context)
+                charged += len(piece)
+                if charged > most:
+                    raise budget.too_long()
+                pieces.append(piece)
+            budget.charged = charged
+            return "".join(pieces)
+
+    def render(profile: Mapping[str, Any], budget: Budget) -> str:
+        try:
+            return render_path(profile, budget)
+        except RenderBudgetExceeded as exc:
+            raise RenderBudgetExceeded(f"{field}: {exc}") from None
+        except Exception as exc:  # this recipient's failure, not the batch's
+            raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
+
+    return render
+
+
+def content_renderer(*, subject: str, body: str) -> Callable[[Mapping[str, Any]], tuple[str, str]]:
+    """``render_content`` for many recipients of the same content: the templates are looked
+    up once, then each call renders one recipient's ``(subject, body)`` within one message's
+    budget (``SALVO_RENDER_TIMEOUT_MS``, ``SALVO_RENDER_MAX_CHARS``, as set when the
+    renderer is made). Use a renderer in one thread."""
+    subject_of = _field_renderer(subject, field="subject", html=False)
+    body_of = _field_renderer(body, field="body", html=False)
+    budget = Budget(render_limits())
+
+    def render(profile: Mapping[str, Any]) -> tuple[str, str]:
+        try:
+            data = read_only(profile)
+        except Exception as exc:  # data too deep to copy: this recipient's failure
+            raise RenderError(f"The profile's data: {type(exc).__name__}: {exc}") from exc
+        budget.start()
+        rendered_subject = subject_of(data, budget).strip()
+        rendered_body = body_of(data, budget)
+        if not rendered_body.strip():
+            raise RenderError("The body renders to nothing for this profile.")
+        return rendered_subject, rendered_body
+
+    return render
+
+
+def render_content(*, subject: str, body: str, profile: Mapping[str, Any]) -> tuple[str, str]:
+    """Render subject and body for one recipient whose data is ``profile`` (see
+    ``profile_context``). Raises ``RenderError`` when this recipient cannot get the message,
+    including when the body renders to nothing or is over a render limit
+    (``RenderBudgetExceeded``).
+    """
+    return content_renderer(subject=subject, body=body)(profile)
+
+
+def render_html(*, html_body: str, profile: Mapping[str, Any]) -> str:
+    """Render an HTML body (autoescaped) for one recipient, as a message of its own budget;
+    raises ``RenderError``."""
+    budget = Budget(render_limits()).start()
+    return _field_renderer(html_body, field="html_body", html=True)(read_only(profile), budget)

@@ -1,0 +1,69 @@
+"""One recipient whose data cannot be read or walked fails alone, with its reason; the
+campaign goes on and completes."""
+
+import pytest
+from django.db import connection
+
+from campaigns import selectors, services
+from campaigns.choices import CampaignStatus, DeliveryStatus
+from campaigns.models import Delivery
+from segments.models import Profile
+from tests.campaigns.delivery_support import make_profile, sinks_and_worker, wait_for_status
+from tests.campaigns.factories import make_campaign, sms_action
+from tests.segments.factories import ProfileFactory
+
+Status = CampaignStatus
+# Further than Python's recursion limit (1,000) lets anything decode or walk, and within
+# what both databases store (SQLite's JSON functions accept up to 2,000 levels).
+TOO_DEEP = 1500
+# What the issue found accepted at the API: it decodes, and fails when walked.
+DEEP = 900
+
+
+def nested_json(levels: int) -> str:
+    return '{"a":' * levels + "1" + "}" * levels
+
+
+def store_attributes_as_text(profile: Profile, document: str) -> None:
+    """Write the attributes straight into the database, as no door would accept them."""
+    table = connection.ops.quote_name(Profile._meta.db_table)
+    value = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET attributes = {value} WHERE id = %s", [document, profile.pk]
+        )
+
+
+@pytest.mark.worker
+@pytest.mark.timeout(180)
+def test_profiles_whose_data_cannot_be_read_or_walked_fail_alone(celery_process_factory):
+    good = ProfileFactory.create_batch(12)
+    deep = make_profile(external_id="deep")
+    too_deep = make_profile(external_id="too-deep")
+    store_attributes_as_text(deep, nested_json(DEEP))
+    store_attributes_as_text(too_deep, nested_json(TOO_DEEP))
+
+    with sinks_and_worker(celery_process_factory) as (sink, _, _):
+        campaign = make_campaign(actions=[sms_action(body="Hi {{ profile.external_id }}")])
+        services.campaign_activate(campaign=campaign, user=None)
+
+        wait_for_status(campaign, Status.COMPLETED)
+
+        assert sorted(r["to"] for r in sink.received()) == sorted(p.phone for p in good)
+    rows = {d.profile_id: d for d in Delivery.objects.filter(execution__campaign=campaign)}
+    assert {rows[p.pk].status for p in good} == {DeliveryStatus.SENT}
+    for bad in (deep, too_deep):
+        assert rows[bad.pk].status == DeliveryStatus.FAILED
+        assert rows[bad.pk].error.startswith(
+            (
+                "Cannot read the profile's attributes:",
+                "Cannot prepare the message:",
+                "Cannot render:",
+            )
+        ), rows[bad.pk].error
+        assert "Recursion" in rows[bad.pk].error
+    assert rows[too_deep.pk].error.startswith(
+        "Cannot read the profile's attributes: RecursionError"
+    )
+    report = selectors.campaign_report(campaign=campaign)["by_status"]
+    assert report == {"pending": 0, "sent": 12, "failed": 2, "skipped": 0}
