@@ -8,7 +8,7 @@ translation of the services' refusals into form errors and admin messages (never
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from django.contrib import admin, messages
@@ -39,8 +39,8 @@ from .forms import (
     error_dict,
 )
 from .models import Campaign, CampaignVersion, ChannelAction
+from .operations import OPERATIONS, Operation
 from .selectors import (
-    OPERATIONS,
     campaign_delivery_error,
     campaign_list,
     campaign_operations,
@@ -54,21 +54,6 @@ Status = CampaignStatus
 
 # What the services raise when the campaign's state or the user refuses an operation.
 REFUSALS = (TransitionNotAllowed, ConcurrentTransition, CampaignConflict, PermissionDenied)
-
-OPERATION_LABELS = {
-    "activate": "Activate",
-    "modify": "Modify",
-    "discard_draft": "Discard draft",
-    "stop": "Stop",
-    "archive": "Archive",
-    "duplicate": "Duplicate",
-    "delete": "Delete",
-}
-# Irreversible operations ask first.
-OPERATION_CONFIRMATIONS = {
-    "stop": "Stop this campaign? No delivery starts after this, and it can never run again.",
-    "discard_draft": "Discard the open draft? Its changes are lost; the running version stays.",
-}
 
 
 def campaign_is_editable(campaign: Campaign) -> bool:
@@ -313,26 +298,27 @@ class CampaignAdmin(admin.ModelAdmin):
         found.pop("delete_selected", None)
         return found
 
+    # Each list action is offered to whoever holds its operation's permissions (the table's).
     def has_activate_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("campaigns.activate_campaign")
+        return OPERATIONS["activate"].allowed_to(request.user)
+
+    def has_stop_permission(self, request: HttpRequest) -> bool:
+        return OPERATIONS["stop"].allowed_to(request.user)
+
+    def has_archive_permission(self, request: HttpRequest) -> bool:
+        return OPERATIONS["archive"].allowed_to(request.user)
 
     def _apply_each(
-        self,
-        request: HttpRequest,
-        queryset: QuerySet[Campaign],
-        *,
-        service: Callable[..., Any],
-        verb: str,
-        done: str,
+        self, request: HttpRequest, queryset: QuerySet[Campaign], *, operation: Operation, done: str
     ) -> None:
         succeeded = 0
         for campaign in queryset.order_by("name"):
             try:
-                service(campaign=campaign, user=request.user)
+                operation.service(campaign=campaign, user=request.user)
             except (ValidationError, *REFUSALS) as error:
                 reason = refusal_text(error)
                 if f"“{campaign.name}”" not in reason:
-                    reason = f"“{campaign.name}” cannot be {verb}: {reason}"
+                    reason = f"“{campaign.name}” cannot be {operation.done}: {reason}"
                 self.message_user(request, reason, messages.ERROR)
             else:
                 succeeded += 1
@@ -343,24 +329,16 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.action(description="Activate selected campaigns", permissions=["activate"])
     def activate_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
         self._apply_each(
-            request,
-            queryset,
-            service=services.campaign_activate,
-            verb="activated",
-            done="Started the activation of",
+            request, queryset, operation=OPERATIONS["activate"], done="Started the activation of"
         )
 
-    @admin.action(description="Stop selected campaigns", permissions=["change"])
+    @admin.action(description="Stop selected campaigns", permissions=["stop"])
     def stop_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
-        self._apply_each(
-            request, queryset, service=services.campaign_stop, verb="stopped", done="Stopped"
-        )
+        self._apply_each(request, queryset, operation=OPERATIONS["stop"], done="Stopped")
 
-    @admin.action(description="Archive selected campaigns", permissions=["change"])
+    @admin.action(description="Archive selected campaigns", permissions=["archive"])
     def archive_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
-        self._apply_each(
-            request, queryset, service=services.campaign_archive, verb="archived", done="Archived"
-        )
+        self._apply_each(request, queryset, operation=OPERATIONS["archive"], done="Archived")
 
     # --- permissions -------------------------------------------------------------------
 
@@ -372,8 +350,9 @@ class CampaignAdmin(admin.ModelAdmin):
         return obj is None or campaign_is_editable(obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Campaign | None = None) -> bool:
-        # Only Drafts are deleted; anything that ran is stopped or archived instead.
-        if not super().has_delete_permission(request, obj):
+        # The delete operation's permissions; only Drafts are deleted, anything that ran is
+        # stopped or archived instead.
+        if not OPERATIONS["delete"].allowed_to(request.user):
             return False
         return obj is None or obj.status == Status.DRAFT
 
@@ -588,7 +567,7 @@ class CampaignAdmin(admin.ModelAdmin):
             # Every failed check, one message each, so the marketer can fix them all at once.
             for message in error.messages:
                 self.message_user(
-                    request, f"Cannot {operation.replace('_', ' ')}: {message}", messages.ERROR
+                    request, f"Cannot {OPERATIONS[operation].verb}: {message}", messages.ERROR
                 )
         except REFUSALS as error:
             self.message_user(request, refusal_text(error), messages.ERROR)
@@ -607,11 +586,11 @@ class CampaignAdmin(admin.ModelAdmin):
             buttons.append(
                 {
                     "operation": operation,
-                    "label": OPERATION_LABELS[operation],
+                    "label": OPERATIONS[operation].label,
                     "url": url,
                     # With an editable form, Activate saves the edits first.
                     "save_first": operation == "activate" and editable,
-                    "confirm": OPERATION_CONFIRMATIONS.get(operation, ""),
+                    "confirm": OPERATIONS[operation].confirmation,
                 }
             )
         return buttons

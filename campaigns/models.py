@@ -13,6 +13,7 @@ from taggit.managers import TaggableManager
 from channels.choices import ChannelKind
 
 from .choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
+from .operations import transition_permission
 
 Status = CampaignStatus
 
@@ -103,9 +104,8 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         field=status,
         source=[Status.DRAFT, Status.SCHEDULED, Status.LIVE],
         target=Status.ACTIVATING,
-        permission="campaigns.activate_campaign",
+        permission=transition_permission("activate"),
         conditions=[has_draft_version],
-        custom={"label": "Activate"},
     )
     def activate(self) -> None:
         self.activation_error = ""
@@ -144,8 +144,7 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         field=status,
         source=[Status.SCHEDULED, Status.LIVE],
         target=Status.STOPPED,
-        permission="campaigns.change_campaign",
-        custom={"label": "Stop"},
+        permission=transition_permission("stop"),
     )
     def stop(self) -> None:
         pass
@@ -154,8 +153,7 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         field=status,
         source=[Status.COMPLETED, Status.STOPPED],
         target=Status.ARCHIVED,
-        permission="campaigns.change_campaign",
-        custom={"label": "Archive"},
+        permission=transition_permission("archive"),
     )
     def archive(self) -> None:
         pass

@@ -24,6 +24,7 @@ from .choices import (
     ExecutionStatus,
 )
 from .models import Campaign, CampaignTransition, CampaignVersion, DeliveryCount, Execution
+from .operations import OPERATIONS
 
 Status = CampaignStatus
 # Who asks: a person (admin, API, `--user`), or None in services for the system itself.
@@ -139,30 +140,29 @@ def version_activation_problems(*, version: CampaignVersion | None, now: dt.date
     return problems
 
 
-# The operations a person can ask for, in the order the admin shows them.
-OPERATIONS = ("activate", "modify", "discard_draft", "stop", "archive", "duplicate", "delete")
+def _state_allows(campaign: Campaign, name: str) -> bool:
+    """Whether the campaign's current state lets the operation through (the services decide
+    again under the row lock)."""
+    running = campaign.status in (Status.SCHEDULED, Status.LIVE)
+    if name in ("activate", "stop", "archive"):
+        return can_proceed(getattr(campaign, name))
+    if name == "modify":
+        return running and campaign.draft_version_id is None
+    if name == "discard_draft":
+        return running and campaign.draft_version_id is not None
+    if name == "delete":
+        return campaign.status == Status.DRAFT
+    return name == "duplicate"
 
 
 def campaign_operations(*, campaign: Campaign, user: Actor) -> list[str]:
-    """The operations this user may take on this campaign in its current state."""
-    allowed = []
-    for name in ("activate", "stop", "archive"):
-        method = getattr(campaign, name)
-        if can_proceed(method) and method._django_fsm.has_transition_perm(
-            campaign, campaign.status, user
-        ):
-            allowed.append(name)
-    running = campaign.status in (Status.SCHEDULED, Status.LIVE)
-    can_change = user.has_perm("campaigns.change_campaign")
-    if running and can_change and campaign.draft_version_id is None:
-        allowed.append("modify")
-    if running and can_change and campaign.draft_version_id is not None:
-        allowed.append("discard_draft")
-    if user.has_perm("campaigns.add_campaign"):
-        allowed.append("duplicate")
-    if campaign.status == Status.DRAFT and user.has_perm("campaigns.delete_campaign"):
-        allowed.append("delete")
-    return [name for name in OPERATIONS if name in allowed]
+    """The operations this user may take on this campaign in its current state, in the
+    order of the operations table."""
+    return [
+        name
+        for name, operation in OPERATIONS.items()
+        if operation.allowed_to(user) and _state_allows(campaign, name)
+    ]
 
 
 def campaign_report(*, campaign: Campaign) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -27,12 +27,14 @@ from django_fsm import TransitionNotAllowed, can_proceed
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from channels.rendering import TemplateContentError, validate_content
+from config.permissions import require_perms
 from segments.models import Segment
 
 from .choices import CampaignStatus, CampaignType
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
 from .exceptions import CampaignConflict
 from .models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
+from .operations import ADD_CAMPAIGN, CHANGE_CAMPAIGN, LIFECYCLE, OPERATIONS, VIEW_CAMPAIGN
 from .selectors import Actor, version_activation_problems
 
 Status = CampaignStatus
@@ -44,9 +46,10 @@ VERSION_FIELDS = ("segment", "start_at")
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _require_perm(user: Actor | None, perm: str) -> None:
-    if user is not None and not user.has_perm(perm):
-        raise PermissionDenied(f"You need the “{perm}” permission to do this.")
+def _require_operation(user: Actor | None, name: str) -> None:
+    """The permissions of the operations table, checked for a person (None: the system)."""
+    operation = OPERATIONS[name]
+    require_perms(user, *operation.permissions, to=f"use “{operation.label}” on a campaign")
 
 
 def _actor(user: Actor | None) -> Any:
@@ -69,11 +72,12 @@ def _sources_of(transition_name: str) -> list[str]:
 
 
 def _refuse(campaign: Campaign, transition_name: str) -> TransitionNotAllowed:
-    verb = transition_name.replace("_", " ")
-    sources = " or ".join(_status_label(s) for s in _sources_of(transition_name))
+    step = LIFECYCLE[transition_name]
+    *others, last = [_status_label(s) for s in _sources_of(transition_name)]
+    sources = f"{', '.join(others)} or {last}" if others else last
     message = (
-        f"Cannot {verb} campaign “{campaign.name}”: it is {_status_label(campaign.status)}; "
-        f"only a {sources} campaign can be {verb}d."
+        f"Cannot {step.verb} campaign “{campaign.name}”: it is "
+        f"{_status_label(campaign.status)}; only a {sources} campaign can be {step.done}."
     )
     if transition_name == "activate" and campaign.status in (Status.SCHEDULED, Status.LIVE):
         message = (
@@ -218,7 +222,7 @@ def campaign_create(
     actions: Iterable[Mapping[str, Any]] = (),
 ) -> Campaign:
     """A new Draft campaign whose version 1 holds the given content."""
-    _require_perm(user, "campaigns.add_campaign")
+    require_perms(user, ADD_CAMPAIGN, to="create a campaign")
     campaign = Campaign(name=name, description=description, type=type, created_by=_actor(user))
     campaign.full_clean(exclude=["status", "live_version", "draft_version"])
     _validate_start_at(start_at)
@@ -239,8 +243,9 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
     """Edit a campaign's open draft version (and its name, description, tags, type).
 
     Only the keys present in `data` change; `actions`, when given, replaces all actions.
+    The edited campaign is shown to the editor: editing needs the view permission too.
     """
-    _require_perm(user, "campaigns.change_campaign")
+    require_perms(user, VIEW_CAMPAIGN, CHANGE_CAMPAIGN, to="edit a campaign")
     campaign = _lock(campaign)
     if campaign.status == Status.ACTIVATING:
         raise CampaignConflict(
@@ -281,7 +286,7 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
 @transaction.atomic
 def campaign_delete(*, campaign: Campaign, user: Actor | None) -> None:
     """Delete a Draft that never ran; anything else is stopped or archived instead."""
-    _require_perm(user, "campaigns.delete_campaign")
+    _require_operation(user, "delete")
     campaign = _lock(campaign)
     if campaign.status != Status.DRAFT:
         raise CampaignConflict(
@@ -300,7 +305,7 @@ def campaign_delete(*, campaign: Campaign, user: Actor | None) -> None:
 def campaign_activate(*, campaign: Campaign, user: Actor | None) -> Campaign:
     """Draft → Activating (or a running campaign's open draft): the checks run now and again
     in the activation task, which moves the campaign to Scheduled or Live."""
-    _require_perm(user, "campaigns.activate_campaign")
+    _require_operation(user, "activate")
     campaign = _lock(campaign)
     if not can_proceed(campaign.activate):
         raise _refuse(campaign, "activate")
@@ -458,7 +463,7 @@ def campaign_complete(*, campaign: Campaign | int, reason: str = "") -> Campaign
 @transaction.atomic
 def campaign_stop(*, campaign: Campaign, user: Actor | None, reason: str = "") -> Campaign:
     """Scheduled or Live → Stopped. Terminal: no delivery starts after this commits."""
-    _require_perm(user, "campaigns.change_campaign")
+    _require_operation(user, "stop")
     # First wait for the chunks on their way to the provider, holding off new ones.
     hold_campaign_sends(campaign_id=campaign.pk)
     campaign = _lock(campaign)
@@ -468,7 +473,7 @@ def campaign_stop(*, campaign: Campaign, user: Actor | None, reason: str = "") -
 @transaction.atomic
 def campaign_archive(*, campaign: Campaign, user: Actor | None) -> Campaign:
     """Completed or Stopped → Archived."""
-    _require_perm(user, "campaigns.change_campaign")
+    _require_operation(user, "archive")
     campaign = _lock(campaign)
     return _transition(campaign, "archive", user=user)
 
@@ -479,7 +484,7 @@ def campaign_archive(*, campaign: Campaign, user: Actor | None) -> Campaign:
 @transaction.atomic
 def campaign_modify(*, campaign: Campaign, user: Actor | None) -> CampaignVersion:
     """Open a draft version of a Scheduled or Live campaign, a copy of the running one."""
-    _require_perm(user, "campaigns.change_campaign")
+    _require_operation(user, "modify")
     campaign = _lock(campaign)
     if campaign.status not in (Status.SCHEDULED, Status.LIVE):
         raise CampaignConflict(
@@ -505,7 +510,7 @@ def campaign_modify(*, campaign: Campaign, user: Actor | None) -> CampaignVersio
 @transaction.atomic
 def campaign_discard_draft(*, campaign: Campaign, user: Actor | None) -> Campaign:
     """Drop the open draft of a Scheduled or Live campaign; the running version stays."""
-    _require_perm(user, "campaigns.change_campaign")
+    _require_operation(user, "discard_draft")
     campaign = _lock(campaign)
     draft = campaign.draft_version
     if campaign.status not in (Status.SCHEDULED, Status.LIVE) or draft is None:
@@ -537,7 +542,7 @@ def _duplicate_name(name: str) -> str:
 @transaction.atomic
 def campaign_duplicate(*, campaign: Campaign, user: Actor | None, name: str = "") -> Campaign:
     """A new Draft with the latest content of any campaign (its draft, else its live version)."""
-    _require_perm(user, "campaigns.add_campaign")
+    _require_operation(user, "duplicate")
     source = campaign.draft_version or campaign.live_version
     copy = Campaign(
         name=name or _duplicate_name(campaign.name),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db import models
 from django.http import HttpRequest
 
+from . import services
 from .choices import ChannelKind
 from .models import REQUIRED_SENDER_FIELD, MessagePreset
+from .providers import backend_choices
 
 SENDER_FIELDSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     ChannelKind.EMAIL: ("Email sender", ("from_name", "from_email", "reply_to")),
@@ -68,6 +71,47 @@ class MessagePresetAdmin(admin.ModelAdmin):
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: MessagePreset | None = None) -> Any:
-        # Actions choose a preset of their own channel: a preset never changes channel
-        # (that would silently break them); make a new preset instead.
+        # services.preset_update refuses a change of channel: campaign actions choose presets
+        # by channel. The form does not offer one.
         return ("channel",) if obj is not None else ()
+
+    def get_form(
+        self,
+        request: HttpRequest,
+        obj: MessagePreset | None = None,
+        change: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "backend" in form.base_fields:
+            # The registered backends of the preset's channel (all of them for a new preset,
+            # whose channel is chosen on the same form; the model check pairs them).
+            channel = obj.channel if obj is not None else None
+            choices = [("", "The channel's default (settings)"), *backend_choices(channel)]
+            if obj is not None and obj.backend and obj.backend not in dict(choices):
+                # Shown as it is stored, so that saving says why it no longer works rather
+                # than silently choosing the default.
+                choices.append((obj.backend, f"{obj.backend} (not registered)"))
+            form.base_fields["backend"] = forms.ChoiceField(
+                choices=choices,
+                required=False,
+                label="Backend",
+                help_text="Provider backend; the channel's default from "
+                "SALVO_PROVIDER_BACKENDS unless chosen here.",
+            )
+        return form
+
+    def save_model(self, request: HttpRequest, obj: MessagePreset, form: Any, change: bool) -> None:
+        # The form ran the model's checks already; the service runs them again under the row
+        # lock, with the rules the form cannot see (a fixed channel, the permissions).
+        fields = form.changed_data if change else list(form.cleaned_data)
+        data = {name: form.cleaned_data[name] for name in fields}
+        if change:
+            saved = services.preset_update(preset=obj, user=request.user, data=data)
+        else:
+            saved = services.preset_create(user=request.user, data=data)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: MessagePreset) -> None:
+        services.preset_delete(preset=obj, user=request.user)

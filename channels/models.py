@@ -66,16 +66,19 @@ class MessagePreset(models.Model):
             raise ValidationError(
                 {required: f"This {self.get_channel_display()} preset needs a {label}."}
             )
-        if self.backend:
-            # Imported here: the providers package imports this module for type hints.
-            from .providers import import_backend
+        if self.channel == ChannelKind.WEBHOOK and self.webhook_url:
+            from .destinations import url_refusal
 
-            try:
-                import_backend(self.backend)
-            except (ImportError, TypeError) as exc:
-                raise ValidationError(
-                    {"backend": f"{self.backend} is not an importable provider backend: {exc}"}
-                ) from None
+            refusal = url_refusal(self.webhook_url)
+            if refusal:
+                raise ValidationError({"webhook_url": refusal})
+        if self.backend and self.channel in ChannelKind.values:
+            # Imported here: the providers package imports this module for type hints.
+            from .providers import backend_problem
+
+            problem = backend_problem(self.backend, channel=self.channel)
+            if problem:
+                raise ValidationError({"backend": problem})
 
 
 class RateLimitBucket(models.Model):

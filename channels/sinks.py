@@ -524,6 +524,8 @@ class RunningSinks:
             "SALVO_SMS_PROVIDER": {"url": f"{self.http_url}/sms", "api_key": "sink-key"},
             "SALVO_PUSH_PROVIDER": {"url": f"{self.http_url}/push", "api_key": "sink-key"},
             "SALVO_EMAIL_API": {"url": f"{self.http_url}/email", "api_key": "sink-key"},
+            # The sinks listen on loopback, which production refuses webhooks to.
+            "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": True,
         }
 
     def provider_env(self, *, email_api: bool = False) -> dict[str, str]:
@@ -541,6 +543,7 @@ class RunningSinks:
             "SALVO_SMS_API_KEY": "sink-key",
             "SALVO_PUSH_API_URL": f"{self.http_url}/push",
             "SALVO_PUSH_API_KEY": "sink-key",
+            "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
         }
 
 

@@ -382,6 +382,10 @@ SALVO_PROVIDER_BACKENDS = {
         "SALVO_WEBHOOK_BACKEND", default="channels.providers.console.ConsoleBackend"
     ),
 }
+# Provider backends a preset may name besides the shipped ones and the defaults above: dotted
+# paths, comma-separated (e.g. myproject.providers.AcmeSmsBackend). Each class declares the
+# channels it serves; nothing else is ever imported for a preset (channels.providers).
+SALVO_PROVIDER_EXTRA_BACKENDS = env.list("SALVO_PROVIDER_EXTRA_BACKENDS", default=[])
 # Connect + read timeout of every provider call, in seconds.
 SALVO_PROVIDER_TIMEOUT_S = env.float("SALVO_PROVIDER_TIMEOUT_S", default=10.0)
 # Where recipients reach this Salvo from the internet, e.g. https://salvo.example.com. With
@@ -418,6 +422,15 @@ SALVO_EMAIL_API = {
     "url": env.str("SALVO_EMAIL_API_URL", default="http://127.0.0.1:8025/email"),
     "api_key": env.str("SALVO_EMAIL_API_KEY", default=""),
 }
+# Whether webhook URLs may target loopback, private, link-local, multicast and reserved
+# addresses. Off in production, so that whoever edits a preset cannot make this server
+# call its own or its network's private services (checked when a preset is saved, and
+# after DNS resolution at each send: channels.destinations); on in the embedded default,
+# whose development sinks listen on loopback. Tests and benchmarks that run the production
+# profile against loopback sinks turn it on (channels.sinks provider settings).
+SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool(
+    "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=SALVO_EMBEDDED
+)
 # Webhook receivers verify X-Salvo-Signature (HMAC-SHA256 of the body) with this secret
 # (required in production, see _secret above).
 SALVO_WEBHOOK_SECRET = _secret("SALVO_WEBHOOK_SECRET")

@@ -10,6 +10,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.forms.fields import InvalidJSONInput, JSONString
@@ -160,6 +161,7 @@ class ProfileAdmin(admin.ModelAdmin):
             upload = form.cleaned_data["file"]
             try:
                 result = services.profiles_import(
+                    user=request.user,
                     stream=upload.file,
                     format=form.cleaned_data["format"] or None,
                     filename=upload.name or "",
@@ -167,6 +169,9 @@ class ProfileAdmin(admin.ModelAdmin):
                 )
             except ValidationError as error:
                 form.add_error(None, error.messages)
+            except PermissionDenied as error:
+                # E.g. filling a segment this user may not change: said on the form.
+                form.add_error("segment" if form.cleaned_data["segment"] else None, str(error))
             else:
                 summary = result.as_dict()
                 level = messages.WARNING if result.rejected else messages.SUCCESS
@@ -236,65 +241,74 @@ class SegmentAdmin(admin.ModelAdmin):
     list_display = ["name", "kind", "updated_at"]
     list_filter = ["kind"]
     search_fields = ["name", "description"]
-    readonly_fields = ["estimate", "preview"]
+    readonly_fields = ["estimate"]
     actions = ["freeze_selected"]
+    # The members' sample is drawn below the fields, for the user looking (see change_view).
+    change_form_template = "admin/segments/segment/change_form.html"
 
     def get_fields(self, request: HttpRequest, obj: Segment | None = None) -> list[Any]:
         fields = ["name", "description", "kind", "rules"]
-        return [*fields, "estimate", "preview"] if obj is not None else fields
+        return [*fields, "estimate"] if obj is not None else fields
 
     def get_readonly_fields(self, request: HttpRequest, obj: Segment | None = None) -> list[Any]:
-        return ["kind", "estimate", "preview"] if obj is not None else []
-
-    def _audience(self, obj: Segment) -> tuple[int | None, list[Profile], str]:
-        try:
-            return (
-                selectors.segment_estimate(segment=obj),
-                selectors.segment_preview(segment=obj),
-                "",
-            )
-        except ValidationError as error:
-            return None, [], "; ".join(error.messages)
+        return ["kind", "estimate"] if obj is not None else []
 
     @admin.display(description="Estimate")
     def estimate(self, obj: Segment) -> str:
-        count, _sample, problem = self._audience(obj)
-        if problem:
-            return format_html('<span class="errornote">Invalid rules: {}</span>', problem)
+        try:
+            count = selectors.segment_estimate(segment=obj)
+        except ValidationError as error:
+            return format_html(
+                '<span class="errornote">Invalid rules: {}</span>', "; ".join(error.messages)
+            )
         return format_html("<strong>{}</strong> profiles match now", f"{count:,}")
 
-    @admin.display(description="Preview (first 20 by id)")
-    def preview(self, obj: Segment) -> str:
-        _count, sample, problem = self._audience(obj)
-        if problem or not sample:
-            return "—"
-        rows = [
-            (
-                reverse("admin:segments_profile_change", args=[p.pk]),
-                p.external_id,
-                p.email or "—",
-                p.phone or "—",
-                p.locale or "—",
-                ", ".join(c for c in ConsentChannel.values if p.consent_for(c)) or "none",
-            )
-            for p in sample
-        ]
-        return format_html(
-            '<table class="segment-preview"><thead><tr><th>External id</th><th>Email</th>'
-            "<th>Phone</th><th>Locale</th><th>Consent</th></tr></thead><tbody>{}</tbody></table>",
-            format_html_join(
-                "",
-                '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
-                rows,
-            ),
-        )
+    def _preview(self, request: HttpRequest, segment: Segment) -> dict[str, Any]:
+        """The first members as this user may see them: their data, or why not."""
+        try:
+            sample = selectors.segment_preview(segment=segment, user=request.user)
+        except PermissionDenied as refusal:
+            return {"refusal": str(refusal)}
+        except ValidationError:
+            return {"profiles": []}  # the estimate above says what is wrong with the rules
+        return {
+            "profiles": [
+                {
+                    "url": reverse("admin:segments_profile_change", args=[p.pk]),
+                    "external_id": p.external_id,
+                    "email": p.email,
+                    "phone": p.phone,
+                    "locale": p.locale,
+                    "consent": ", ".join(c for c in ConsentChannel.values if p.consent_for(c)),
+                }
+                for p in sample
+            ]
+        }
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        segment = self.get_object(request, unquote(object_id))
+        if segment is not None and self.has_view_or_change_permission(request, segment):
+            extra_context = {
+                **(extra_context or {}),
+                "salvo_preview": self._preview(request, segment),
+                "salvo_preview_limit": selectors.PREVIEW_LIMIT,
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: Segment, form: Any, change: bool) -> None:
         data = {name: form.cleaned_data[name] for name in ("name", "description", "rules")}
         if change:
-            saved = services.segment_update(segment=obj, data=data)
+            saved = services.segment_update(segment=obj, user=request.user, data=data)
         else:
-            saved = services.segment_create(kind=form.cleaned_data["kind"], **data)
+            saved = services.segment_create(
+                user=request.user, kind=form.cleaned_data["kind"], **data
+            )
         obj.pk = saved.pk
         obj.refresh_from_db()
 
@@ -324,12 +338,16 @@ class SegmentAdmin(admin.ModelAdmin):
         for segment in queryset:
             try:
                 frozen = services.segment_freeze(
-                    segment=segment, name=f"{segment.name} (frozen {stamp})"[:200]
+                    segment=segment,
+                    user=request.user,
+                    name=f"{segment.name} (frozen {stamp})"[:200],
                 )
             except ValidationError as error:
                 self.message_user(
                     request, f"“{segment.name}”: {' '.join(error.messages)}", messages.ERROR
                 )
+            except PermissionDenied as error:
+                self.message_user(request, f"“{segment.name}”: {error}", messages.ERROR)
             else:
                 self.message_user(
                     request,

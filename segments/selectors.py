@@ -8,8 +8,11 @@ freeze, snapshot) builds on it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from django.db.models import Max, Min, Q, QuerySet
+
+from config.permissions import require_perms
 
 from .choices import SegmentKind
 from .models import AudienceMember, AudienceSnapshot, Profile, Segment
@@ -17,6 +20,8 @@ from .rules import compile_rules
 
 PREVIEW_LIMIT = 20
 MAX_PREVIEW_LIMIT = 100
+# A segment's members are profiles: seeing them needs both.
+PREVIEW_PERMISSIONS = ("segments.view_segment", "segments.view_profile")
 
 
 def profile_list(*, search: str = "") -> QuerySet[Profile]:
@@ -45,8 +50,11 @@ def segment_estimate(*, segment: Segment) -> int:
     return segment_profiles(segment=segment).count()
 
 
-def segment_preview(*, segment: Segment, limit: int = PREVIEW_LIMIT) -> list[Profile]:
-    """A sample of the segment's members: the first `limit` (at most 100) by id."""
+def segment_preview(*, segment: Segment, user: Any, limit: int = PREVIEW_LIMIT) -> list[Profile]:
+    """A sample of the segment's members: the first `limit` (at most 100) by id, with every
+    profile's data. `PermissionDenied` unless `user` may see segments and profiles (None:
+    the system)."""
+    require_perms(user, *PREVIEW_PERMISSIONS, to="see a segment's members")
     limit = max(1, min(limit, MAX_PREVIEW_LIMIT))
     return list(segment_profiles(segment=segment).order_by("id")[:limit])
 

@@ -2,7 +2,9 @@
 
 The admin, the REST API and the management commands change audience data through these
 functions only. Bad input raises `ValidationError` (HTTP 400, a form error, a command
-error) and leaves the data as it was.
+error) and leaves the data as it was. The segment functions and the import check the user's
+permissions (`PermissionDenied`; `user=None` is the system); profile edits are checked by
+the doors, which are the only callers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import IO, Any
 from django.core.exceptions import EmptyResultSet, ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
+
+from config.permissions import require_perms
 
 from .choices import ConsentChannel, ConsentSource, ImportFormat, SegmentKind
 from .imports import (
@@ -153,11 +157,13 @@ def _check_segment(segment: Segment) -> None:
 @transaction.atomic
 def segment_create(
     *,
+    user: Any,
     name: str,
     kind: str = SegmentKind.RULES,
     rules: Any = None,
     description: str = "",
 ) -> Segment:
+    require_perms(user, "segments.add_segment", to="create a segment")
     segment = Segment(
         name=name,
         kind=kind,
@@ -170,7 +176,8 @@ def segment_create(
 
 
 @transaction.atomic
-def segment_update(*, segment: Segment, data: Mapping[str, Any]) -> Segment:
+def segment_update(*, segment: Segment, user: Any, data: Mapping[str, Any]) -> Segment:
+    require_perms(user, "segments.view_segment", "segments.change_segment", to="edit a segment")
     unknown = sorted(set(data) - set(SEGMENT_FIELDS))
     if unknown:
         raise ValidationError({name: "Unknown segment field." for name in unknown})
@@ -196,10 +203,12 @@ def _select_sql(queryset: Any) -> tuple[str, tuple[Any, ...]] | None:
 
 
 @transaction.atomic
-def segment_freeze(*, segment: Segment, name: str) -> Segment:
+def segment_freeze(*, segment: Segment, user: Any, name: str) -> Segment:
     """A new static segment holding the segment's current members, copied inside the
-    database with one INSERT … SELECT."""
+    database with one INSERT … SELECT. Reads the segment: needs its view permission."""
+    require_perms(user, "segments.view_segment", to="freeze a segment")
     frozen = segment_create(
+        user=user,
         name=name,
         kind=SegmentKind.STATIC,
         description=f"Members of “{segment.name}” frozen at {timezone.now():%Y-%m-%d %H:%M} UTC.",
@@ -799,10 +808,13 @@ def _add_stage_to_segment(cursor: Any, vendor: str, segment: Segment) -> None:
     )
 
 
-def _import_segment(name: str) -> Segment:
+def _import_segment(name: str, user: Any) -> Segment:
+    """The static segment an import fills: creating it needs the add permission, adding
+    members to one that exists the change permission."""
     segment = Segment.objects.select_for_update().filter(name=name).first()
     if segment is None:
-        return segment_create(name=name, kind=SegmentKind.STATIC)
+        return segment_create(user=user, name=name, kind=SegmentKind.STATIC)
+    require_perms(user, "segments.change_segment", to="add members to a segment")
     if segment.kind != SegmentKind.STATIC:
         raise ValidationError(
             {"segment": f"Segment “{name}” is rule-based; import into a static segment."}
@@ -822,6 +834,7 @@ def _transaction_now() -> Any:
 
 def profiles_import(
     *,
+    user: Any,
     stream: IO[bytes],
     format: str | None = None,
     filename: str = "",
@@ -840,7 +853,10 @@ def profiles_import(
     raises `ImportRefused` and imports nothing: the whole import is one transaction.
     With `segment_name`, every imported profile also joins that static segment (created
     when missing). `on_progress(bytes_read, rows)` is called per chunk.
+
+    Needs the add and change profile permissions, and those of the segment it fills.
     """
+    require_perms(user, "segments.add_profile", "segments.change_profile", to="import profiles")
     if format is None:
         head = stream.read(64)
         stream.seek(0)
@@ -852,7 +868,7 @@ def profiles_import(
     summary = ImportSummary()
     with transaction.atomic():
         now = _transaction_now()
-        segment = _import_segment(segment_name) if segment_name else None
+        segment = _import_segment(segment_name, user) if segment_name else None
         summary.segment = segment.name if segment else ""
         reader, rows = read_rows(stream, format=format, batch_rows=chunk_rows)
         with connection.cursor() as cursor:

@@ -14,7 +14,8 @@ from rest_framework import serializers
 
 from campaigns.choices import CampaignStatus, CampaignType
 from campaigns.models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
-from campaigns.selectors import OPERATIONS, campaign_delivery_error, campaign_operations
+from campaigns.operations import OPERATIONS
+from campaigns.selectors import campaign_delivery_error, campaign_operations
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from segments.models import Segment
@@ -124,7 +125,9 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
         ]
         read_only_fields = fields
 
-    @extend_schema_field(serializers.ListField(child=serializers.ChoiceField(choices=OPERATIONS)))
+    @extend_schema_field(
+        serializers.ListField(child=serializers.ChoiceField(choices=list(OPERATIONS)))
+    )
     def get_allowed_operations(self, campaign: Campaign) -> list[str]:
         request = self.context.get("request")
         user = request.user if request is not None else self.context.get("user")

@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 
 from campaigns import services
 from campaigns.models import Campaign
+from campaigns.operations import OPERATIONS
 from campaigns.selectors import campaign_list, campaign_transitions, campaign_versions
 
 from .filtersets import CampaignFilterSet
@@ -44,24 +45,22 @@ from .serializers import (
 
 Row = TypeVar("Row")
 
-# The permission each operation's service checks, checked here too so a user without it
-# gets 403 before anything is looked up.
-OPERATION_PERMISSIONS: dict[str, str] = {
-    "activate": "campaigns.activate_campaign",
-    "stop": "campaigns.change_campaign",
-    "archive": "campaigns.change_campaign",
-    "modify": "campaigns.change_campaign",
-    "discard_draft": "campaigns.change_campaign",
-    "duplicate": "campaigns.add_campaign",
+# The viewset's actions that are lifecycle operations, by the table's name for them.
+OPERATION_OF_ACTION: dict[str, str] = {
+    **{name: name for name in OPERATIONS},
+    "destroy": "delete",
 }
 
 
 class CampaignOperationPermission(permissions.BasePermission):
+    """The operation's permissions from the table, which its service checks too: a user
+    without them gets 403 before anything is looked up (or shown)."""
+
     def has_permission(self, request: Request, view: APIView) -> bool:
         user = request.user
         if not (user and user.is_authenticated):
             return False
-        return user.has_perm(OPERATION_PERMISSIONS[getattr(view, "action", "")])
+        return OPERATIONS[OPERATION_OF_ACTION[getattr(view, "action", "")]].allowed_to(user)
 
 
 CONFLICT = OpenApiResponse(ErrorSerializer, description="The current status does not allow it.")
@@ -113,7 +112,7 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         return super().filter_queryset(queryset)
 
     def get_permissions(self) -> Sequence[Any]:
-        if self.action in OPERATION_PERMISSIONS:
+        if self.action in OPERATION_OF_ACTION:
             return [CampaignOperationPermission()]
         return super().get_permissions()
 
@@ -222,17 +221,27 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         campaign = services.campaign_discard_draft(campaign=self.get_object(), user=request.user)
         return self._campaign_response(campaign)
 
+    def _page(self, rows: QuerySet[Any], serializer: type[BaseSerializer[Any]]) -> Response:
+        """A page of rows in the shape of every list (count, next, previous, results)."""
+        page = self.paginate_queryset(rows)
+        assert page is not None  # the project's pagination class is set
+        return self.get_paginated_response(serializer(page, many=True).data)
+
     @extend_schema(responses=CampaignVersionDetailSerializer(many=True))
-    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    @action(detail=True, methods=["get"], filter_backends=[])
     def versions(self, request: Request, pk: str | None = None) -> Response:
-        versions = campaign_versions(campaign=self.get_object())
-        return Response(CampaignVersionDetailSerializer(versions, many=True).data)
+        """The campaign's versions, newest first, a page at a time."""
+        return self._page(
+            campaign_versions(campaign=self.get_object()), CampaignVersionDetailSerializer
+        )
 
     @extend_schema(responses=CampaignTransitionSerializer(many=True))
-    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    @action(detail=True, methods=["get"], filter_backends=[])
     def transitions(self, request: Request, pk: str | None = None) -> Response:
-        log = campaign_transitions(campaign=self.get_object())
-        return Response(CampaignTransitionSerializer(log, many=True).data)
+        """The campaign's transition log, newest first, a page at a time."""
+        return self._page(
+            campaign_transitions(campaign=self.get_object()), CampaignTransitionSerializer
+        )
 
     # Delivery counts (issue 4): added by the delivery engine, self-contained.
     @extend_schema(

@@ -1,6 +1,8 @@
-from django.db.models import ProtectedError
+from typing import Any
+
 from rest_framework import viewsets
 
+from channels import services
 from channels.models import MessagePreset
 from config.api import Conflict
 
@@ -18,10 +20,18 @@ class MessagePresetViewSet(viewsets.ModelViewSet[MessagePreset]):
     ordering_fields = ["name", "channel", "created_at", "updated_at"]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = services.preset_create(
+            user=self.request.user, data=serializer.validated_data
+        )
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = services.preset_update(
+            preset=serializer.instance, user=self.request.user, data=serializer.validated_data
+        )
+
     def perform_destroy(self, instance: MessagePreset) -> None:
         try:
-            instance.delete()
-        except ProtectedError as error:
-            raise Conflict(
-                f"Preset “{instance.name}” is used by campaign actions and cannot be deleted."
-            ) from error
+            services.preset_delete(preset=instance, user=self.request.user)
+        except services.PresetInUse as error:
+            raise Conflict(str(error)) from error

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from channels.choices import ChannelKind
+
 from . import OutboundMessage, ProviderBackend, SendResult
 
 logger = logging.getLogger("salvo.providers.console")
@@ -11,6 +13,8 @@ logger = logging.getLogger("salvo.providers.console")
 
 class ConsoleBackend(ProviderBackend):
     """Logs each message (channel, recipient, subject, first line of the body) and accepts it."""
+
+    channels = frozenset(ChannelKind.values)
 
     def send(self, message: OutboundMessage) -> SendResult:
         first_line = message.body.strip().splitlines()[0] if message.body.strip() else ""

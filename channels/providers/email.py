@@ -21,6 +21,8 @@ from email.utils import formataddr, make_msgid
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 
+from channels.choices import ChannelKind
+
 from . import (
     OutboundMessage,
     PermanentProviderError,
@@ -47,6 +49,8 @@ def _classify(code: int | None, reason: str) -> TransientProviderError | Permane
 
 class EmailBackend(ProviderBackend):
     """Sends multipart (text + optional HTML) email from the preset's sender."""
+
+    channels = frozenset({ChannelKind.EMAIL})
 
     connection: BaseEmailBackend | None = None
 

@@ -25,8 +25,9 @@ import hashlib
 import hmac
 import http.client
 import json
+import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import parsedate_to_datetime
@@ -34,6 +35,9 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from django.conf import settings
+
+from channels.choices import ChannelKind
+from channels.destinations import DestinationRefused, private_addresses_allowed, resolve_public
 
 from . import (
     OutboundMessage,
@@ -109,20 +113,41 @@ _STALE_CONNECTION_ERRORS = (
 )
 
 
-class ConnectionPool:
-    """One ``http.client`` connection per (scheme, host, port), kept alive across sends."""
+# Resolves (url, host, port) to the one address to connect to, or refuses it.
+Resolver = Callable[[str, str, int], str]
 
-    def __init__(self, *, timeout: float) -> None:
+
+class ConnectionPool:
+    """One ``http.client`` connection per (scheme, host, port), kept alive across sends.
+
+    With a ``resolve`` function, a new connection goes to the address it returns for the
+    host (TLS still checks the certificate against the host name), and whatever it raises
+    refuses the request before anything is sent."""
+
+    def __init__(self, *, timeout: float, resolve: Resolver | None = None) -> None:
         self.timeout = timeout
+        self.resolve = resolve
         self._connections: dict[tuple[str, str, int | None], http.client.HTTPConnection] = {}
 
-    def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
+    def _connection(
+        self, url: str, scheme: str, host: str, port: int | None
+    ) -> http.client.HTTPConnection:
         key = (scheme, host, port)
         if key not in self._connections:
             factory = (
                 http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
             )
-            self._connections[key] = factory(host, port, timeout=self.timeout)
+            connection = factory(host, port, timeout=self.timeout)
+            if self.resolve is not None:
+                address = self.resolve(url, host, connection.port)
+
+                def connect_to_checked_address(
+                    target: tuple[str, int], *args: Any, **kwargs: Any
+                ) -> socket.socket:
+                    return socket.create_connection((address, target[1]), *args, **kwargs)
+
+                connection._create_connection = connect_to_checked_address  # type: ignore[attr-defined]
+            self._connections[key] = connection
         return self._connections[key]
 
     def _discard(self, key: tuple[str, str, int | None]) -> None:
@@ -138,7 +163,7 @@ class ConnectionPool:
         key = (parts.scheme, parts.hostname, parts.port)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         for attempt in (1, 2):
-            connection = self._connection(*key)
+            connection = self._connection(url, *key)
             reused = connection.sock is not None
             try:
                 connection.request("POST", target, body=body, headers=dict(headers))
@@ -230,6 +255,8 @@ class HttpProviderBackend(ProviderBackend):
             raise TransientProviderError(
                 f"No answer from {url} within {settings.SALVO_PROVIDER_TIMEOUT_S:g}s."
             ) from exc
+        except DestinationRefused as exc:
+            raise PermanentProviderError(str(exc)) from exc
         except ValueError as exc:
             raise PermanentProviderError(f"Invalid URL {url!r}: {exc}") from exc
         except (OSError, http.client.HTTPException) as exc:
@@ -331,6 +358,7 @@ class SmsBackend(BulkHttpProviderBackend):
     """POST ``{from, to, text}`` to ``SALVO_SMS_PROVIDER["url"]`` (in bulk to ``…/batch``)."""
 
     settings_name = "SALVO_SMS_PROVIDER"
+    channels = frozenset({ChannelKind.SMS})
 
     def payload_for(self, message: OutboundMessage) -> dict[str, Any]:
         return {"from": self.preset.sms_sender_id, "to": message.to, "text": message.body}
@@ -341,6 +369,7 @@ class PushBackend(BulkHttpProviderBackend):
     ``…/batch``)."""
 
     settings_name = "SALVO_PUSH_PROVIDER"
+    channels = frozenset({ChannelKind.PUSH})
 
     def payload_for(self, message: OutboundMessage) -> dict[str, Any]:
         return {
@@ -356,6 +385,17 @@ class WebhookBackend(HttpProviderBackend):
     the message's ``to`` when given), signed with ``SALVO_WEBHOOK_SECRET``: receivers check
     ``X-Salvo-Signature`` with ``verify_webhook_signature``.
     """
+
+    channels = frozenset({ChannelKind.WEBHOOK})
+
+    def open(self) -> None:
+        # A preset's URL is anyone's input: unless private addresses are allowed, each host
+        # is resolved, checked and connected to at the checked address.
+        if self.pool is None:
+            self.pool = ConnectionPool(
+                timeout=settings.SALVO_PROVIDER_TIMEOUT_S,
+                resolve=None if private_addresses_allowed() else resolve_public,
+            )
 
     def url_for(self, message: OutboundMessage) -> str:
         return message.to or self.preset.webhook_url

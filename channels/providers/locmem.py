@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from channels.choices import ChannelKind
+
 from . import OutboundMessage, ProviderBackend, SendResult
 
 # Every message sent through any LocmemBackend of this process, in order.
@@ -10,6 +12,8 @@ outbox: list[OutboundMessage] = []
 
 class LocmemBackend(ProviderBackend):
     """Appends each message to ``channels.providers.locmem.outbox`` and accepts it."""
+
+    channels = frozenset(ChannelKind.values)
 
     def send(self, message: OutboundMessage) -> SendResult:
         outbox.append(message)

@@ -2,7 +2,6 @@
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -70,12 +69,11 @@ class ProfileViewSet(
         parser_classes=[MultiPartParser, FormParser],
     )
     def import_file(self, request: Request) -> Response:
-        if not request.user.has_perms(["segments.add_profile", "segments.change_profile"]):
-            raise PermissionDenied("Importing needs the add and change profile permissions.")
         form = ProfileImportSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         upload = form.validated_data["file"]
         summary = services.profiles_import(
+            user=request.user,
             stream=upload.file,
             format=form.validated_data.get("format"),
             filename=upload.name or "",
@@ -104,11 +102,13 @@ class SegmentViewSet(
         return Segment.objects.all()
 
     def perform_create(self, serializer: Any) -> None:
-        serializer.instance = services.segment_create(**serializer.validated_data)
+        serializer.instance = services.segment_create(
+            user=self.request.user, **serializer.validated_data
+        )
 
     def perform_update(self, serializer: Any) -> None:
         serializer.instance = services.segment_update(
-            segment=serializer.instance, data=serializer.validated_data
+            segment=serializer.instance, user=self.request.user, data=serializer.validated_data
         )
 
     @extend_schema(
@@ -137,7 +137,9 @@ class SegmentViewSet(
                 {"limit": [f"A whole number from 1 to {selectors.MAX_PREVIEW_LIMIT}."]},
                 status=status.HTTP_400_BAD_REQUEST,
             )
-        profiles = selectors.segment_preview(segment=self.get_object(), limit=int(raw))
+        profiles = selectors.segment_preview(
+            segment=self.get_object(), user=request.user, limit=int(raw)
+        )
         return Response(ProfileSerializer(profiles, many=True).data)
 
     @extend_schema(
@@ -150,5 +152,7 @@ class SegmentViewSet(
         segment = self.get_object()
         form = FreezeSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        frozen = services.segment_freeze(segment=segment, name=form.validated_data["name"])
+        frozen = services.segment_freeze(
+            segment=segment, user=request.user, name=form.validated_data["name"]
+        )
         return Response(SegmentSerializer(frozen).data, status=status.HTTP_201_CREATED)

@@ -309,8 +309,9 @@ def test_versions_lists_every_version_newest_first(api_client):
     response = api_client.get(url(campaign, "versions"))
 
     assert response.status_code == 200
-    assert [v["number"] for v in response.json()] == [2, 1]
-    assert response.json()[1]["activated_by"] is None
+    versions = response.json()["results"]
+    assert [v["number"] for v in versions] == [2, 1]
+    assert versions[1]["activated_by"] is None
 
 
 def test_transitions_show_the_log_with_who_and_why(api_client):
@@ -320,7 +321,7 @@ def test_transitions_show_the_log_with_who_and_why(api_client):
     response = api_client.get(url(campaign, "transitions"))
 
     assert response.status_code == 200
-    log = response.json()
+    log = response.json()["results"]
     assert [entry["name"] for entry in log] == [
         "stop",
         "activation_succeed",
@@ -616,6 +617,43 @@ def test_list_is_paginated(api_client, monkeypatch):
     assert len(first["results"]) == 2
     assert len(second["results"]) == 1
     assert second["next"] is None
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "key", "expected"),
+    [
+        ("versions", "number", [4, 3, 2, 1]),
+        (
+            "transitions",
+            "name",
+            [
+                *(["activation_succeed", "activate", "modify"] * 3),
+                "activation_succeed",
+                "activate",
+                "create",
+            ],
+        ),
+    ],
+)
+def test_versions_and_transitions_are_paginated_like_every_list(
+    api_client, monkeypatch, endpoint, key, expected
+):
+    campaign = make_live_campaign()
+    for _ in range(3):  # three new versions, each activated in turn
+        services.campaign_modify(campaign=campaign, user=None)
+        services.campaign_activate(campaign=campaign, user=None)
+        services.campaign_activation_complete(campaign_id=campaign.pk)
+    monkeypatch.setattr(PageNumberPagination, "page_size", 2)
+
+    pages = [api_client.get(url(campaign, endpoint)).json()]
+    while pages[-1]["next"]:
+        pages.append(api_client.get(pages[-1]["next"]).json())
+
+    assert [len(page["results"]) for page in pages] == [
+        min(2, len(expected) - 2 * n) for n in range(len(pages))
+    ]
+    assert pages[0]["count"] == len(expected)
+    assert [row[key] for page in pages for row in page["results"]] == expected
 
 
 def test_list_rows_carry_status_and_open_draft_mark(api_client):

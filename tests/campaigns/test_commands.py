@@ -10,6 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import override_settings
 
 from campaigns import tasks
 from campaigns.choices import CampaignStatus as Status
@@ -209,7 +210,7 @@ def test_user_without_the_permission_is_refused(user_with_perms):
 
 
 def test_user_with_the_permission_is_recorded(user_with_perms):
-    user = user_with_perms("campaigns.activate_campaign")
+    user = user_with_perms("campaigns.view_campaign", "campaigns.activate_campaign")
     campaign = make_campaign()
 
     run("activate", str(campaign.pk), "--user", user.username)
@@ -359,8 +360,10 @@ def test_load_demo_makes_a_usable_demo():
     assert Profile.objects.filter(consent_sms=False).exists()
     assert Profile.objects.filter(attributes__vip=True).exists()
     assert {p.channel for p in MessagePreset.objects.all()} == set(ChannelKind.values)
-    for preset in MessagePreset.objects.all():
-        preset.clean()
+    # Valid where the demo runs: the embedded default, whose webhook sink is on loopback.
+    with override_settings(SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES=True):
+        for preset in MessagePreset.objects.all():
+            preset.clean()
     static = Segment.objects.get(kind=SegmentKind.STATIC)
     assert static.members.count() > 0
     assert Segment.objects.filter(kind=SegmentKind.RULES).count() >= 3

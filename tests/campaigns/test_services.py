@@ -15,6 +15,7 @@ from campaigns import services
 from campaigns.choices import CampaignStatus as Status
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign, CampaignTransition, CampaignVersion
+from campaigns.operations import LIFECYCLE
 from tests.campaigns.factories import (
     email_action,
     make_campaign,
@@ -83,6 +84,28 @@ def test_refusal_names_the_status_and_what_would_allow_it():
     assert str(refused.value) == (
         "Cannot archive campaign “Spring sale”: it is Live; "
         "only a Completed or Stopped campaign can be archived."
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "allowed_from"),
+    [
+        ("stop", Status.DRAFT, "Scheduled or Live"),
+        ("archive", Status.LIVE, "Completed or Stopped"),
+        ("activate", Status.STOPPED, "Draft, Scheduled or Live"),
+        ("complete", Status.DRAFT, "Live"),
+    ],
+)
+def test_refusal_says_what_would_allow_it_in_the_tables_words(name, status, allowed_from):
+    campaign = make_campaign_in_status(status, name="Spring sale")
+
+    with pytest.raises(TransitionNotAllowed) as refused:
+        operation(name)(campaign)
+
+    step = LIFECYCLE[name]
+    assert str(refused.value) == (
+        f"Cannot {step.verb} campaign “Spring sale”: it is {Status(status).label}; "
+        f"only a {allowed_from} campaign can be {step.done}."
     )
 
 
@@ -349,7 +372,9 @@ def grant(user: User, *codenames: str) -> User:
 
 def test_activate_needs_the_activate_permission():
     campaign = make_campaign()
-    editor = grant(User.objects.create_user("editor"), "change_campaign", "add_campaign")
+    editor = grant(
+        User.objects.create_user("editor"), "view_campaign", "change_campaign", "add_campaign"
+    )
     with pytest.raises(PermissionDenied, match="activate_campaign"):
         services.campaign_activate(campaign=campaign, user=editor)
     assert Campaign.objects.get(pk=campaign.pk).status == Status.DRAFT

@@ -107,3 +107,75 @@ def test_change_keeps_the_channel_rule(admin_client):
     assert "webhook_url" in response.context["adminform"].form.errors
     preset.refresh_from_db()
     assert preset.webhook_url == "http://example.com/h"
+
+
+def test_change_never_changes_the_channel_of_a_preset_campaigns_use(admin_client):
+    from tests.campaigns.factories import make_campaign
+
+    campaign = make_campaign()
+    preset = campaign.draft_version.actions.get(channel="email").preset
+    url = reverse("admin:channels_messagepreset_change", args=[preset.pk])
+    # Otherwise valid for an SMS preset: the form does not offer the channel, and a crafted
+    # POST carrying one changes nothing.
+    data = preset_data(
+        name=preset.name,
+        channel="sms",
+        sms_sender_id="SHOP",
+        from_email=preset.from_email,
+        description="Edited",
+    )
+
+    response = admin_client.post(url, data)
+
+    assert response.status_code == 302
+    preset.refresh_from_db()
+    assert (preset.channel, preset.description) == ("email", "Edited")
+
+
+@pytest.mark.parametrize(
+    ("held", "page", "status"),
+    [
+        ((), "changelist", 403),
+        (("channels.view_messagepreset",), "changelist", 200),
+        (("channels.view_messagepreset",), "add", 403),
+        (("channels.view_messagepreset",), "delete", 403),
+        (("channels.add_messagepreset",), "add", 200),
+    ],
+)
+def test_preset_pages_follow_the_preset_permissions(client, user_with_perms, held, page, status):
+    preset = new_preset(name="Kept")
+    client.force_login(user_with_perms(*held))
+    args = [preset.pk] if page == "delete" else []
+
+    response = client.get(reverse(f"admin:channels_messagepreset_{page}", args=args))
+
+    assert response.status_code == status
+
+
+@pytest.mark.parametrize(
+    "held",
+    [("channels.view_messagepreset",), ("channels.change_messagepreset",)],
+    ids=["view-only", "change-without-view"],
+)
+def test_saving_a_preset_needs_to_see_and_change_it(client, user_with_perms, held):
+    preset = new_preset(name="Kept", channel="email", from_email="kept@example.com")
+    client.force_login(user_with_perms(*held))
+    url = reverse("admin:channels_messagepreset_change", args=[preset.pk])
+
+    response = client.post(url, preset_data(name="Renamed", from_email="kept@example.com"))
+
+    assert response.status_code == 403
+    assert MessagePreset.objects.get(pk=preset.pk).name == "Kept"
+
+
+def test_saving_a_preset_with_view_and_change(client, user_with_perms):
+    preset = new_preset(name="Kept", channel="email", from_email="kept@example.com")
+    client.force_login(
+        user_with_perms("channels.view_messagepreset", "channels.change_messagepreset")
+    )
+    url = reverse("admin:channels_messagepreset_change", args=[preset.pk])
+
+    response = client.post(url, preset_data(name="Renamed", from_email="kept@example.com"))
+
+    assert response.status_code == 302
+    assert MessagePreset.objects.get(pk=preset.pk).name == "Renamed"

@@ -90,13 +90,20 @@ def test_patch_runs_the_models_checks_and_leaves_the_row_on_refusal(api_client):
     assert preset.sms_sender_id == "SHOP"
 
 
-def test_patch_changing_the_channel_needs_that_channels_setting(api_client):
-    preset = MessagePresetFactory.create(channel="email", push_app_id="")
+@pytest.mark.parametrize("used_by_a_campaign", [True, False])
+def test_patch_never_changes_the_channel(api_client, used_by_a_campaign):
+    if used_by_a_campaign:
+        preset = version(make_campaign()).actions.get(channel="email").preset
+    else:
+        preset = MessagePresetFactory.create(channel="email")
+    # Otherwise valid: the push preset's required setting is there.
+    change = {"channel": "push", "push_app_id": "com.example.app"}
 
-    response = api_client.patch(f"/api/presets/{preset.pk}/", {"channel": "push"}, format="json")
+    response = api_client.patch(f"/api/presets/{preset.pk}/", change, format="json")
 
-    assert response.status_code == 400
-    assert "push_app_id" in response.json()
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["channel"]
+    assert "cannot change" in response.json()["channel"][0]
     assert MessagePreset.objects.get(pk=preset.pk).channel == "email"
 
 

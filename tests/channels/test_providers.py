@@ -103,11 +103,11 @@ def test_embedded_default_backends_never_leave_the_machine(caplog):
 
 
 @pytest.mark.django_db
-def test_preset_backend_must_be_an_importable_provider_backend():
+def test_preset_backend_must_be_a_registered_provider_backend():
     bad = preset(ChannelKind.SMS, backend="channels.providers.nope.Missing")
     with pytest.raises(ValidationError) as excinfo:
         bad.full_clean()
-    assert "not an importable provider backend" in str(excinfo.value.message_dict["backend"])
+    assert "not a registered provider backend" in str(excinfo.value.message_dict["backend"])
     not_a_backend = preset(ChannelKind.SMS, backend="channels.models.MessagePreset")
     with pytest.raises(ValidationError):
         not_a_backend.full_clean()

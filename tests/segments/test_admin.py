@@ -10,12 +10,12 @@ pytestmark = pytest.mark.django_db
 FRENCH = {"field": "attributes.country", "op": "eq", "value": "FR"}
 
 
-def test_segment_page_shows_estimate_and_preview(admin_client_):
+def test_segment_page_shows_estimate_and_preview(admin_client):
     ProfileFactory.create(external_id="fr-1", attributes={"country": "FR"})
     ProfileFactory.create(external_id="fr-2", attributes={"country": "FR"})
     ProfileFactory.create(external_id="de-1", attributes={"country": "DE"})
     segment = SegmentFactory.create(rules=FRENCH)
-    page = admin_client_.get(reverse("admin:segments_segment_change", args=[segment.pk]))
+    page = admin_client.get(reverse("admin:segments_segment_change", args=[segment.pk]))
     html = page.content.decode()
     assert page.status_code == 200
     assert "<strong>2</strong> profiles match now" in html
@@ -24,15 +24,15 @@ def test_segment_page_shows_estimate_and_preview(admin_client_):
     assert "de-1" not in html
 
 
-def test_segment_estimate_json_for_campaign_forms(admin_client_):
+def test_segment_estimate_json_for_campaign_forms(admin_client):
     ProfileFactory.create(attributes={"country": "FR"})
     segment = SegmentFactory.create(rules=FRENCH)
     url = reverse("admin:segments_segment_estimate", args=[segment.pk])
-    assert admin_client_.get(url).json() == {"count": 1}
+    assert admin_client.get(url).json() == {"count": 1}
 
 
-def test_invalid_rules_give_a_form_error_with_the_node_path(admin_client_):
-    response = admin_client_.post(
+def test_invalid_rules_give_a_form_error_with_the_node_path(admin_client):
+    response = admin_client.post(
         reverse("admin:segments_segment_add"),
         {
             "name": "Bad",
@@ -46,8 +46,8 @@ def test_invalid_rules_give_a_form_error_with_the_node_path(admin_client_):
     assert not Segment.objects.exists()
 
 
-def test_malformed_rule_json_is_a_form_error(admin_client_):
-    response = admin_client_.post(
+def test_malformed_rule_json_is_a_form_error(admin_client):
+    response = admin_client.post(
         reverse("admin:segments_segment_add"),
         {"name": "Bad", "description": "", "kind": "rules", "rules": "{oops"},
     )
@@ -56,8 +56,8 @@ def test_malformed_rule_json_is_a_form_error(admin_client_):
     assert not Segment.objects.exists()
 
 
-def test_segment_add_through_the_admin(admin_client_):
-    response = admin_client_.post(
+def test_segment_add_through_the_admin(admin_client):
+    response = admin_client.post(
         reverse("admin:segments_segment_add"),
         {"name": "French", "description": "", "kind": "rules", "rules": '{"all": []}'},
     )
@@ -65,18 +65,18 @@ def test_segment_add_through_the_admin(admin_client_):
     assert Segment.objects.get().rules == {"all": []}
 
 
-def test_segment_search_for_autocomplete(admin_client_):
+def test_segment_search_for_autocomplete(admin_client):
     SegmentFactory.create(name="French adults")
     SegmentFactory.create(name="Germans")
-    page = admin_client_.get(reverse("admin:segments_segment_changelist"), {"q": "french"})
+    page = admin_client.get(reverse("admin:segments_segment_changelist"), {"q": "french"})
     assert "French adults" in page.content.decode()
     assert "Germans" not in page.content.decode()
 
 
-def test_freeze_action(admin_client_):
+def test_freeze_action(admin_client):
     ProfileFactory.create(attributes={"country": "FR"})
     segment = SegmentFactory.create(name="French", rules=FRENCH)
-    response = admin_client_.post(
+    response = admin_client.post(
         reverse("admin:segments_segment_changelist"),
         {"action": "freeze_selected", "_selected_action": [segment.pk]},
         follow=True,
@@ -86,14 +86,14 @@ def test_freeze_action(admin_client_):
     assert frozen.members.count() == 1
 
 
-def test_profile_import_page_shows_the_summary(admin_client_):
-    changelist = admin_client_.get(reverse("admin:segments_profile_changelist"))
+def test_profile_import_page_shows_the_summary(admin_client):
+    changelist = admin_client.get(reverse("admin:segments_profile_changelist"))
     import_url = reverse("admin:segments_profile_import")
     assert import_url in changelist.content.decode()
     upload = SimpleUploadedFile(
         "people.csv", b"external_id,email\nu1,u1@example.com\nu2,nope\n", "text/csv"
     )
-    page = admin_client_.post(import_url, {"file": upload, "format": "", "segment": ""})
+    page = admin_client.post(import_url, {"file": upload, "format": "", "segment": ""})
     html = page.content.decode()
     assert page.status_code == 200
     assert 'id="import-summary"' in html
@@ -101,9 +101,9 @@ def test_profile_import_page_shows_the_summary(admin_client_):
     assert list(Profile.objects.values_list("external_id", flat=True)) == ["u1"]
 
 
-def test_profile_import_page_refuses_a_binary_file(admin_client_):
+def test_profile_import_page_refuses_a_binary_file(admin_client):
     upload = SimpleUploadedFile("x.csv", b"\x00\x01\x02binary", "text/csv")
-    page = admin_client_.post(
+    page = admin_client.post(
         reverse("admin:segments_profile_import"), {"file": upload, "format": "csv"}
     )
     assert page.status_code == 200
@@ -111,10 +111,10 @@ def test_profile_import_page_refuses_a_binary_file(admin_client_):
     assert not Profile.objects.exists()
 
 
-def test_profile_admin_records_consent_changes(admin_client_):
+def test_profile_admin_records_consent_changes(admin_client):
     profile = ProfileFactory.create(external_id="u1")
     url = reverse("admin:segments_profile_change", args=[profile.pk])
-    response = admin_client_.post(
+    response = admin_client.post(
         url,
         {
             "external_id": "u1",
@@ -135,8 +135,8 @@ def test_profile_admin_records_consent_changes(admin_client_):
     assert profile.consent_email_changed_at is None
 
 
-def test_profile_admin_refuses_a_bad_phone(admin_client_):
-    response = admin_client_.post(
+def test_profile_admin_refuses_a_bad_phone(admin_client):
+    response = admin_client.post(
         reverse("admin:segments_profile_add"),
         {"external_id": "u1", "phone": "12", "attributes": "{}", "email": ""},
     )
@@ -145,9 +145,9 @@ def test_profile_admin_refuses_a_bad_phone(admin_client_):
     assert not Profile.objects.exists()
 
 
-def test_profile_search(admin_client_):
+def test_profile_search(admin_client):
     ProfileFactory.create(external_id="alpha", email="alpha@example.com")
     ProfileFactory.create(external_id="beta", email="beta@example.com")
-    page = admin_client_.get(reverse("admin:segments_profile_changelist"), {"q": "alp"})
+    page = admin_client.get(reverse("admin:segments_profile_changelist"), {"q": "alp"})
     assert "alpha@example.com" in page.content.decode()
     assert "beta@example.com" not in page.content.decode()

@@ -290,7 +290,9 @@ def profile_lines(size: int, *, path: str) -> list[str]:
 
 
 def run_import(text: str, **kwargs):
-    return services.profiles_import(stream=io.BytesIO(text.encode()), format="csv", **kwargs)
+    return services.profiles_import(
+        user=None, stream=io.BytesIO(text.encode()), format="csv", **kwargs
+    )
 
 
 @pytest.mark.django_db
@@ -392,7 +394,7 @@ def test_the_summary_accounts_for_every_line_of_a_large_file(path):
 @pytest.mark.django_db
 def test_a_jsonl_summary_accounts_for_every_line():
     text = '{"external_id": "a"}\n\n{"external_id": "b"}\n   \n{oops\n{"external_id": "a"}'
-    summary = services.profiles_import(stream=io.BytesIO(text.encode()), format="jsonl")
+    summary = services.profiles_import(user=None, stream=io.BytesIO(text.encode()), format="jsonl")
     assert (summary.created, summary.updated, summary.rejected) == (2, 1, 1)
     assert (summary.lines, summary.header_lines, summary.blank_lines) == (6, 0, 2)
     assert summary.continuation_lines == 0

@@ -53,15 +53,15 @@ def deep_path(depth: int) -> str:
 
 
 def run_import(text: str, **kwargs):
-    return services.profiles_import(stream=io.BytesIO(text.encode()), **kwargs)
+    return services.profiles_import(user=None, stream=io.BytesIO(text.encode()), **kwargs)
 
 
 # --- attributes: API ----------------------------------------------------------------------
 
 
-def test_api_accepts_attributes_at_the_limits(api):
+def test_api_accepts_attributes_at_the_limits(api_client):
     at_limit = {**nested(MAX_DEPTH), "k" * MAX_KEY: "v"}
-    response = api.post(
+    response = api_client.post(
         "/api/profiles/", {"external_id": "u1", "attributes": at_limit}, format="json"
     )
     assert response.status_code == 201, response.json()
@@ -69,13 +69,13 @@ def test_api_accepts_attributes_at_the_limits(api):
 
 
 @pytest.mark.parametrize("method", ["post", "patch"])
-def test_api_refuses_attributes_nested_deeper_than_the_limit_with_the_path(api, method):
+def test_api_refuses_attributes_nested_deeper_than_the_limit_with_the_path(api_client, method):
     profile = ProfileFactory.create(external_id="u1", attributes={"kept": True})
     body = {"external_id": "u2", "attributes": nested(MAX_DEPTH + 1)}
     if method == "post":
-        response = api.post("/api/profiles/", body, format="json")
+        response = api_client.post("/api/profiles/", body, format="json")
     else:
-        response = api.patch(f"/api/profiles/{profile.pk}/", body, format="json")
+        response = api_client.patch(f"/api/profiles/{profile.pk}/", body, format="json")
     assert response.status_code == 400
     assert response.json() == {
         "attributes": [f"{deep_path(MAX_DEPTH + 1)}: nested deeper than {MAX_DEPTH} levels."]
@@ -85,9 +85,9 @@ def test_api_refuses_attributes_nested_deeper_than_the_limit_with_the_path(api, 
     ]
 
 
-def test_api_refuses_a_long_key_and_large_attributes(api):
+def test_api_refuses_a_long_key_and_large_attributes(api_client):
     long_key = "k" * (MAX_KEY + 1)
-    response = api.post(
+    response = api_client.post(
         "/api/profiles/",
         {"external_id": "u1", "attributes": {"ok": {long_key: 1}}},
         format="json",
@@ -102,7 +102,9 @@ def test_api_refuses_a_long_key_and_large_attributes(api):
     big = {"a": filler}
     size = len(json.dumps(big, ensure_ascii=False, separators=(",", ":")).encode())
     assert size == MAX_BYTES + 1
-    response = api.post("/api/profiles/", {"external_id": "u1", "attributes": big}, format="json")
+    response = api_client.post(
+        "/api/profiles/", {"external_id": "u1", "attributes": big}, format="json"
+    )
     assert response.status_code == 400
     assert response.json() == {
         "attributes": [f"attributes: {size:,} bytes as JSON; the limit is {MAX_BYTES:,}."]
@@ -118,17 +120,19 @@ def test_api_refuses_a_long_key_and_large_attributes(api):
         ({"a": ["\ud800"]}, "attributes.a[0]: text holds a lone surrogate (\\ud800), not Unicode."),
     ],
 )
-def test_api_refuses_attribute_text_no_database_stores(api, attributes, message):
+def test_api_refuses_attribute_text_no_database_stores(api_client, attributes, message):
     body = '{"external_id": "u1", "attributes": ' + json.dumps(attributes) + "}"
-    response = api.post("/api/profiles/", body, content_type="application/json")
+    response = api_client.post("/api/profiles/", body, content_type="application/json")
     assert response.status_code == 400
     assert response.json() == {"attributes": [message]}
     assert not Profile.objects.exists()
 
 
-def test_api_form_input_nested_too_deep_is_a_400(api):
+def test_api_form_input_nested_too_deep_is_a_400(api_client):
     # A multipart body carries attributes as JSON text, which the field itself parses.
-    response = api.post("/api/profiles/", {"external_id": "u1", "attributes": nested_text(50_000)})
+    response = api_client.post(
+        "/api/profiles/", {"external_id": "u1", "attributes": nested_text(50_000)}
+    )
     assert response.status_code == 400
     assert response.json() == {
         "attributes": [f"Enter valid JSON nested at most {JSON_MAX_DEPTH} levels deep."]
@@ -136,8 +140,8 @@ def test_api_form_input_nested_too_deep_is_a_400(api):
     assert not Profile.objects.exists()
 
 
-def test_segment_rules_sent_as_form_text_nested_too_deep_are_a_400(api):
-    response = api.post("/api/segments/", {"name": "Deep", "rules": nested_text(50_000)})
+def test_segment_rules_sent_as_form_text_nested_too_deep_are_a_400(api_client):
+    response = api_client.post("/api/segments/", {"name": "Deep", "rules": nested_text(50_000)})
     assert response.status_code == 400
     assert response.json() == {
         "rules": [f"Enter valid JSON nested at most {JSON_MAX_DEPTH} levels deep."]
@@ -148,9 +152,9 @@ def test_segment_rules_sent_as_form_text_nested_too_deep_are_a_400(api):
 
 
 @pytest.mark.parametrize("depth", [JSON_MAX_DEPTH + 1, 1_000, 100_000])
-def test_a_json_body_nested_too_deep_is_a_json_400(api, depth):
+def test_a_json_body_nested_too_deep_is_a_json_400(api_client, depth):
     body = '{"external_id": "u1", "attributes": {"a": ' + nested_text(depth - 2) + "}}"
-    response = api.post("/api/profiles/", body, content_type="application/json")
+    response = api_client.post("/api/profiles/", body, content_type="application/json")
     assert response.status_code == 400
     assert response["Content-Type"] == "application/json"
     assert response.json() == {
@@ -159,18 +163,18 @@ def test_a_json_body_nested_too_deep_is_a_json_400(api, depth):
     assert not Profile.objects.exists()
 
 
-def test_a_json_body_at_the_depth_limit_is_parsed(api):
+def test_a_json_body_at_the_depth_limit_is_parsed(api_client):
     # Parsed, then refused by the attributes limit: the parser let it through.
     body = '{"external_id": "u1", "attributes": {"a": ' + nested_text(JSON_MAX_DEPTH - 2) + "}}"
-    response = api.post("/api/profiles/", body, content_type="application/json")
+    response = api_client.post("/api/profiles/", body, content_type="application/json")
     assert response.status_code == 400
     assert "nested deeper than" in response.json()["attributes"][0]
 
 
-def test_a_body_over_the_upload_limit_is_a_json_413(api):
+def test_a_body_over_the_upload_limit_is_a_json_413(api_client):
     body = json.dumps({"external_id": "u1", "attributes": {"note": "x" * 2000}})
     with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
-        response = api.post("/api/profiles/", body, content_type="application/json")
+        response = api_client.post("/api/profiles/", body, content_type="application/json")
     assert response.status_code == 413
     assert response["Content-Type"] == "application/json"
     assert response.json() == {
@@ -180,10 +184,10 @@ def test_a_body_over_the_upload_limit_is_a_json_413(api):
     assert not Profile.objects.exists()
 
 
-def test_too_many_form_fields_is_a_json_400(api):
+def test_too_many_form_fields_is_a_json_400(api_client):
     fields = {f"f{i}": "x" for i in range(20)}
     with override_settings(DATA_UPLOAD_MAX_NUMBER_FIELDS=10):
-        response = api.post("/api/profiles/", {"external_id": "u1", **fields})
+        response = api_client.post("/api/profiles/", {"external_id": "u1", **fields})
     assert response.status_code == 400
     assert response["Content-Type"] == "application/json"
     assert response.json() == {
@@ -191,8 +195,8 @@ def test_too_many_form_fields_is_a_json_400(api):
     }
 
 
-def test_an_unknown_api_path_is_a_json_404(api):
-    response = api.get("/api/no-such-thing/")
+def test_an_unknown_api_path_is_a_json_404(api_client):
+    response = api_client.get("/api/no-such-thing/")
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
     assert response.json() == {"detail": "Not found."}
@@ -215,19 +219,19 @@ def test_services_refuse_attributes_over_the_limits():
     assert profile.attributes == {}
 
 
-def admin_add(admin_client_, **fields):
+def admin_add(admin_client, **fields):
     data = {"external_id": "u1", "email": "", "phone": "", "attributes": "{}", **fields}
-    return admin_client_.post(reverse("admin:segments_profile_add"), data)
+    return admin_client.post(reverse("admin:segments_profile_add"), data)
 
 
-def test_admin_form_refuses_attributes_over_the_limits_on_the_field(admin_client_):
-    response = admin_add(admin_client_, attributes=json.dumps(nested(MAX_DEPTH + 1)))
+def test_admin_form_refuses_attributes_over_the_limits_on_the_field(admin_client):
+    response = admin_add(admin_client, attributes=json.dumps(nested(MAX_DEPTH + 1)))
     assert response.status_code == 200
     assert response.context["adminform"].form.errors == {
         "attributes": [f"{deep_path(MAX_DEPTH + 1)}: nested deeper than {MAX_DEPTH} levels."]
     }
     # Too deep for any parser: still an error on the field, never a server error.
-    response = admin_add(admin_client_, attributes='{"a": ' + nested_text(50_000) + "}")
+    response = admin_add(admin_client, attributes='{"a": ' + nested_text(50_000) + "}")
     assert response.status_code == 200
     assert response.context["adminform"].form.errors == {
         "attributes": [f"Enter valid JSON nested at most {JSON_MAX_DEPTH} levels deep."]
@@ -372,29 +376,31 @@ UNSAFE_IDS = ["a\r\nb", "a\nb", "a\tb", "a\x00b", "a\x1bb", "a\x7fb", "a\x85b", 
 
 
 @pytest.mark.parametrize("external_id", UNSAFE_IDS)
-def test_api_refuses_an_external_id_that_breaks_headers(api, external_id):
+def test_api_refuses_an_external_id_that_breaks_headers(api_client, external_id):
     body = json.dumps({"external_id": external_id})
-    response = api.post("/api/profiles/", body, content_type="application/json")
+    response = api_client.post("/api/profiles/", body, content_type="application/json")
     assert response.status_code == 400
     # (DRF's own check words a NUL its own way.)
     assert list(response.json()) == ["external_id"]
     assert not Profile.objects.exists()
 
 
-def test_api_patch_refuses_an_unsafe_external_id(api):
+def test_api_patch_refuses_an_unsafe_external_id(api_client):
     profile = ProfileFactory.create(external_id="u1")
-    response = api.patch(f"/api/profiles/{profile.pk}/", {"external_id": "u1>"}, format="json")
+    response = api_client.patch(
+        f"/api/profiles/{profile.pk}/", {"external_id": "u1>"}, format="json"
+    )
     assert response.status_code == 400
     assert "external_id" in response.json()
     profile.refresh_from_db()
     assert profile.external_id == "u1"
 
 
-def test_services_and_admin_refuse_an_unsafe_external_id(admin_client_):
+def test_services_and_admin_refuse_an_unsafe_external_id(admin_client):
     with pytest.raises(ValidationError) as error:
         services.profile_create(data={"external_id": "x>y"})
     assert list(error.value.message_dict) == ["external_id"]
-    response = admin_add(admin_client_, external_id="a<b")
+    response = admin_add(admin_client, external_id="a<b")
     assert response.status_code == 200
     assert list(response.context["adminform"].form.errors) == ["external_id"]
     assert not Profile.objects.exists()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 def run_import(text, **kwargs):
     data = text.encode() if isinstance(text, str) else text
-    return services.profiles_import(stream=io.BytesIO(data), **kwargs)
+    return services.profiles_import(user=None, stream=io.BytesIO(data), **kwargs)
 
 
 # --- profiles and consent ----------------------------------------------------------------
@@ -219,18 +219,20 @@ def test_import_refuses_a_rule_segment_as_target():
 def test_segment_create_refuses_invalid_rules_with_the_path():
     with pytest.raises(ValidationError) as error:
         services.segment_create(
-            name="Bad", rules={"all": [{"field": "attributes.age", "op": "gtx", "value": 1}]}
+            user=None,
+            name="Bad",
+            rules={"all": [{"field": "attributes.age", "op": "gtx", "value": 1}]},
         )
     assert error.value.message_dict["rules"] == ['all[0].op: unknown operator "gtx"']
     assert not Segment.objects.exists()
 
 
 def test_segment_kind_cannot_change_and_static_has_no_rules():
-    segment = services.segment_create(name="S", kind=SegmentKind.STATIC)
+    segment = services.segment_create(user=None, name="S", kind=SegmentKind.STATIC)
     with pytest.raises(ValidationError):
-        services.segment_update(segment=segment, data={"kind": SegmentKind.RULES})
+        services.segment_update(segment=segment, user=None, data={"kind": SegmentKind.RULES})
     with pytest.raises(ValidationError):
-        services.segment_update(segment=segment, data={"rules": {"all": []}})
+        services.segment_update(segment=segment, user=None, data={"rules": {"all": []}})
 
 
 def test_estimate_preview_and_freeze():
@@ -238,23 +240,23 @@ def test_estimate_preview_and_freeze():
         ProfileFactory.create(external_id=f"fr{i}", attributes={"country": "FR"})
     ProfileFactory.create(external_id="de", attributes={"country": "DE"})
     segment = services.segment_create(
-        name="French", rules={"field": "attributes.country", "op": "eq", "value": "FR"}
+        user=None, name="French", rules={"field": "attributes.country", "op": "eq", "value": "FR"}
     )
     assert selectors.segment_estimate(segment=segment) == 5
-    preview = selectors.segment_preview(segment=segment, limit=3)
+    preview = selectors.segment_preview(segment=segment, user=None, limit=3)
     assert [p.external_id for p in preview] == ["fr0", "fr1", "fr2"]
-    frozen = services.segment_freeze(segment=segment, name="French, frozen")
+    frozen = services.segment_freeze(segment=segment, user=None, name="French, frozen")
     assert frozen.kind == SegmentKind.STATIC
     ProfileFactory.create(external_id="fr-late", attributes={"country": "FR"})
     assert selectors.segment_estimate(segment=segment) == 6
     assert selectors.segment_estimate(segment=frozen) == 5
     with pytest.raises(ValidationError):
-        services.segment_freeze(segment=segment, name="French, frozen")
+        services.segment_freeze(segment=segment, user=None, name="French, frozen")
 
 
 def test_freezing_an_empty_rule_segment_gives_an_empty_static_segment():
-    segment = services.segment_create(name="None", rules={"any": []})
-    frozen = services.segment_freeze(segment=segment, name="None frozen")
+    segment = services.segment_create(user=None, name="None", rules={"any": []})
+    frozen = services.segment_freeze(segment=segment, user=None, name="None frozen")
     assert selectors.segment_estimate(segment=frozen) == 0
 
 
@@ -267,7 +269,7 @@ def audience():
         ProfileFactory.create(attributes={"country": "FR" if i % 3 else "DE"}) for i in range(40)
     ]
     segment = services.segment_create(
-        name="FR", rules={"field": "attributes.country", "op": "eq", "value": "FR"}
+        user=None, name="FR", rules={"field": "attributes.country", "op": "eq", "value": "FR"}
     )
     return segment, profiles
 
@@ -319,10 +321,10 @@ def test_snapshot_in_profile_id_slices_matches_a_whole_snapshot(audience):
 def test_snapshot_of_a_static_segment_and_of_nothing():
     members = [ProfileFactory.create() for _ in range(3)]
     ProfileFactory.create()
-    static = services.segment_create(name="Static", kind=SegmentKind.STATIC)
+    static = services.segment_create(user=None, name="Static", kind=SegmentKind.STATIC)
     static.members.set(members)
     assert services.audience_snapshot_create(segment=static).size == 3
-    nobody = services.segment_create(name="Nobody", rules={"any": []})
+    nobody = services.segment_create(user=None, name="Nobody", rules={"any": []})
     assert services.audience_snapshot_create(segment=nobody).size == 0
 
 

@@ -26,6 +26,7 @@ from campaigns.api.serializers import (
 from campaigns.choices import ALL_STATUSES, CampaignStatus
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
+from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
 from campaigns.selectors import (
     campaign_delivery_error,
     campaign_list,
@@ -34,6 +35,7 @@ from campaigns.selectors import (
     campaign_versions,
     delivery_error_summary,
 )
+from config.permissions import require_perms
 
 Status = CampaignStatus
 WAIT_POLL_S = 0.2
@@ -172,6 +174,7 @@ class Command(BaseCommand):
     # --- reading ------------------------------------------------------------------------
 
     def list_campaign(self, *, user: Any, **options: Any) -> None:
+        require_perms(user, VIEW_CAMPAIGN, to="see campaigns")
         wanted = [ALL_STATUSES] if options["all"] else options["status"]
         statuses = campaign_statuses_from_query(wanted)
         campaigns = campaign_list(statuses=statuses, search=options["search"], tags=options["tag"])
@@ -200,6 +203,7 @@ class Command(BaseCommand):
             )
 
     def show_campaign(self, *, user: Any, id: int, **options: Any) -> None:
+        require_perms(user, VIEW_CAMPAIGN, to="see campaigns")
         campaign = self._campaign(id)
         versions = campaign_versions(campaign=campaign)
         log = campaign_transitions(campaign=campaign)
@@ -259,7 +263,8 @@ class Command(BaseCommand):
             campaign = services.campaign_activate(campaign=campaign, user=user)
         except ValidationError as error:
             raise CommandError(
-                f"Campaign {id} “{campaign.name}” cannot be activated: {_one_line(error)}"
+                f"Campaign {id} “{campaign.name}” cannot be {OPERATIONS['activate'].done}: "
+                f"{_one_line(error)}"
             ) from error
         self._done(campaign, "activation requested")
         if wait is None:

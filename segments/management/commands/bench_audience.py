@@ -129,7 +129,7 @@ class Command(BaseCommand):
             with connection.cursor() as cursor:
                 cursor.execute(f"VACUUM ANALYZE {Profile._meta.db_table}")
 
-        rule = services.segment_create(name=f"{PREFIX}3 conditions", rules=ESTIMATE_RULE)
+        rule = services.segment_create(user=None, name=f"{PREFIX}3 conditions", rules=ESTIMATE_RULE)
         timings, count = _three_runs(lambda: selectors.segment_estimate(segment=rule))
         estimate_s = statistics.median(timings)
         self.say(
@@ -137,7 +137,7 @@ class Command(BaseCommand):
             f"{estimate_s:.3f} s (median of 3: {', '.join(f'{t:.3f}' for t in timings)})"
         )
 
-        everyone = services.segment_create(name=f"{PREFIX}everyone", rules={"all": []})
+        everyone = services.segment_create(user=None, name=f"{PREFIX}everyone", rules={"all": []})
 
         def drop(snapshot: AudienceSnapshot) -> None:
             AudienceMember.objects.filter(snapshot=snapshot).delete()

@@ -55,6 +55,7 @@ class Command(BaseCommand):
         try:
             with stream:
                 summary = services.profiles_import(
+                    user=None,  # a staff command acts as the system
                     stream=stream,
                     format=options["format"],
                     filename=path,

@@ -1,0 +1,299 @@
+"""Every lifecycle operation checks the same permissions at every door: the REST API, the
+admin (buttons, list actions, delete) and the `campaign` command's `--user`.
+
+The cases come from the one table of operations (`campaigns.operations.OPERATIONS`): a
+new operation is tested at every door without a line here.
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.urls import reverse
+
+from campaigns.choices import CampaignStatus as Status
+from campaigns.models import Campaign
+from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
+from tests.campaigns.factories import make_campaign, make_campaign_in_status
+from tests.campaigns.test_api import snapshot, url
+
+pytestmark = pytest.mark.django_db
+
+EVERY_PERMISSION = frozenset(
+    f"campaigns.{codename}"
+    for codename in (
+        "view_campaign",
+        "add_campaign",
+        "change_campaign",
+        "delete_campaign",
+        "activate_campaign",
+    )
+)
+# A state each operation is allowed from, so that only the permissions can refuse it.
+ALLOWED_FROM: dict[str, tuple[str, bool]] = {
+    "activate": (Status.DRAFT, False),
+    "modify": (Status.LIVE, False),
+    "discard_draft": (Status.LIVE, True),
+    "stop": (Status.LIVE, False),
+    "archive": (Status.STOPPED, False),
+    "duplicate": (Status.LIVE, False),
+    "delete": (Status.DRAFT, False),
+}
+API_SUCCESS = {"activate": 202, "modify": 201, "duplicate": 201, "delete": 204}
+# The admin's list actions: the operations it applies to selected campaigns.
+LIST_ACTIONS = ("activate", "stop", "archive")
+# The command has no delete: only the admin and the API delete Drafts.
+COMMAND_OPERATIONS = [name for name in OPERATIONS if name != "delete"]
+
+WITHOUT_ONE = [
+    pytest.param(name, missing, id=f"{name}-without-{missing.split('.')[1]}")
+    for name, operation in OPERATIONS.items()
+    for missing in operation.permissions
+]
+
+
+def test_the_table_covers_every_operation_the_doors_offer():
+    assert set(ALLOWED_FROM) == set(OPERATIONS)
+    for operation in OPERATIONS.values():
+        assert VIEW_CAMPAIGN in operation.permissions
+        assert set(operation.permissions) <= EVERY_PERMISSION
+
+
+def campaign_for(name: str) -> Campaign:
+    status, with_draft = ALLOWED_FROM[name]
+    return make_campaign_in_status(status, with_draft=with_draft)
+
+
+def everything(campaign: Campaign) -> tuple[Any, ...]:
+    """The campaign as a refused request must leave it, and no copy made."""
+    return (snapshot(campaign), Campaign.objects.count())
+
+
+# --- REST API ------------------------------------------------------------------------------
+
+
+def api_call(client: Any, name: str, campaign: Campaign) -> Any:
+    if name == "delete":
+        return client.delete(url(campaign))
+    return client.post(url(campaign, name), {}, format="json")
+
+
+@pytest.mark.parametrize(("name", "missing"), WITHOUT_ONE)
+def test_api_refuses_an_operation_without_each_of_its_permissions(
+    api_client_for, user_with_perms, name, missing
+):
+    campaign = campaign_for(name)
+    before = everything(campaign)
+    client = api_client_for(user_with_perms(*(EVERY_PERMISSION - {missing})))
+
+    response = api_call(client, name, campaign)
+
+    assert response.status_code == 403, response.content
+    assert missing in response.json()["detail"] or "permission" in response.json()["detail"]
+    assert everything(campaign) == before
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+def test_api_allows_an_operation_with_exactly_its_permissions(
+    api_client_for, user_with_perms, name
+):
+    campaign = campaign_for(name)
+    client = api_client_for(user_with_perms(*OPERATIONS[name].permissions))
+
+    response = api_call(client, name, campaign)
+
+    assert response.status_code == API_SUCCESS.get(name, 200), response.content
+
+
+def test_activating_without_the_view_permission_reveals_nothing(api_client_for, user_with_perms):
+    campaign = make_campaign(name="Secret launch", description="Embargoed until Monday")
+    client = api_client_for(user_with_perms("campaigns.activate_campaign"))
+
+    response = client.post(url(campaign, "activate"))
+
+    assert response.status_code == 403
+    assert "Embargoed" not in response.content.decode()
+    assert Campaign.objects.get(pk=campaign.pk).status == Status.DRAFT
+
+
+# --- admin: the lifecycle buttons ----------------------------------------------------------
+
+
+def lifecycle_url(campaign: Campaign, name: str) -> str:
+    return reverse("admin:campaigns_campaign_lifecycle", args=[campaign.pk, name])
+
+
+def messages_of(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+@pytest.mark.parametrize(("name", "missing"), [p for p in WITHOUT_ONE if p.values[0] != "delete"])
+def test_admin_button_refuses_without_each_permission_and_says_which(
+    client, user_with_perms, name, missing
+):
+    campaign = campaign_for(name)
+    before = everything(campaign)
+    client.force_login(user_with_perms(*(EVERY_PERMISSION - {missing})))
+
+    response = client.post(lifecycle_url(campaign, name), follow=True)
+
+    assert any(missing in text for text in messages_of(response)), messages_of(response)
+    assert everything(campaign) == before
+
+
+@pytest.mark.parametrize("name", [n for n in OPERATIONS if n != "delete"])
+def test_admin_button_works_with_exactly_the_permissions(client, user_with_perms, name):
+    campaign = campaign_for(name)
+    before = everything(campaign)
+    client.force_login(user_with_perms(*OPERATIONS[name].permissions))
+
+    response = client.post(lifecycle_url(campaign, name), follow=True)
+
+    assert not [t for t in messages_of(response) if "permission" in t]
+    assert everything(campaign) != before
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+def test_admin_offers_a_button_only_with_the_permissions(client, user_with_perms, name):
+    campaign = campaign_for(name)
+    operation = OPERATIONS[name]
+    (own,) = set(operation.permissions) - {VIEW_CAMPAIGN}
+
+    def offered(*held: str) -> bool:
+        client.force_login(user_with_perms(*held))
+        page = client.get(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
+        return name in [button["operation"] for button in page.context["salvo_buttons"]]
+
+    assert offered(*operation.permissions)
+    assert not offered(*(EVERY_PERMISSION - {own}))
+
+
+def test_admin_lifecycle_is_denied_to_who_cannot_see_campaigns(client, user_with_perms):
+    campaign = make_campaign()
+    client.force_login(user_with_perms("campaigns.activate_campaign"))
+
+    response = client.post(lifecycle_url(campaign, "activate"))
+
+    assert response.status_code == 403
+    assert Campaign.objects.get(pk=campaign.pk).status == Status.DRAFT
+
+
+# --- admin: list actions and delete --------------------------------------------------------
+
+
+def run_list_action(client: Any, name: str, campaign: Campaign) -> Any:
+    return client.post(
+        reverse("admin:campaigns_campaign_changelist") + "?status=all",
+        {"action": f"{name}_selected", "_selected_action": [campaign.pk]},
+        follow=True,
+    )
+
+
+def offered_actions(client: Any) -> list[str]:
+    response = client.get(reverse("admin:campaigns_campaign_changelist"))
+    form = response.context["action_form"]  # None when no action is offered
+    return [value for value, _ in form.fields["action"].choices] if form else []
+
+
+@pytest.mark.parametrize(
+    ("name", "missing"), [p for p in WITHOUT_ONE if p.values[0] in LIST_ACTIONS]
+)
+def test_admin_list_action_needs_each_permission(client, user_with_perms, name, missing):
+    campaign = campaign_for(name)
+    before = everything(campaign)
+    # The list itself needs to be seen: without the view permission, change shows it.
+    client.force_login(user_with_perms(*(EVERY_PERMISSION - {missing})))
+
+    assert f"{name}_selected" not in offered_actions(client)
+    run_list_action(client, name, campaign)
+
+    assert everything(campaign) == before
+
+
+@pytest.mark.parametrize("name", LIST_ACTIONS)
+def test_admin_list_action_works_with_exactly_the_permissions(client, user_with_perms, name):
+    campaign = campaign_for(name)
+    before = everything(campaign)
+    client.force_login(user_with_perms(*OPERATIONS[name].permissions))
+
+    assert f"{name}_selected" in offered_actions(client)
+    run_list_action(client, name, campaign)
+
+    assert everything(campaign) != before
+
+
+@pytest.mark.parametrize("missing", OPERATIONS["delete"].permissions)
+def test_admin_delete_needs_each_permission(client, user_with_perms, missing):
+    campaign = campaign_for("delete")
+    client.force_login(user_with_perms(*(EVERY_PERMISSION - {missing})))
+    delete_page = reverse("admin:campaigns_campaign_delete", args=[campaign.pk])
+
+    assert client.get(delete_page).status_code == 403
+    assert client.post(delete_page, {"post": "yes"}).status_code == 403
+    assert Campaign.objects.filter(pk=campaign.pk).exists()
+
+
+def test_admin_delete_with_exactly_the_permissions(client, user_with_perms):
+    campaign = campaign_for("delete")
+    client.force_login(user_with_perms(*OPERATIONS["delete"].permissions))
+
+    client.post(reverse("admin:campaigns_campaign_delete", args=[campaign.pk]), {"post": "yes"})
+
+    assert not Campaign.objects.filter(pk=campaign.pk).exists()
+
+
+def test_admin_offers_no_bulk_delete(client, user_with_perms):
+    client.force_login(user_with_perms(*EVERY_PERMISSION))
+
+    assert "delete_selected" not in offered_actions(client)
+
+
+# --- the `campaign` command --------------------------------------------------------------
+
+
+def command(*args: str) -> str:
+    out = StringIO()
+    call_command("campaign", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "missing"), [p for p in WITHOUT_ONE if p.values[0] in COMMAND_OPERATIONS]
+)
+def test_command_user_needs_each_permission(user_with_perms, name, missing):
+    campaign = campaign_for(name)
+    before = everything(campaign)
+    user = user_with_perms(*(EVERY_PERMISSION - {missing}))
+
+    with pytest.raises(CommandError) as refused:
+        command(name.replace("_", "-"), str(campaign.pk), "--user", user.username)
+
+    assert missing in str(refused.value)
+    assert everything(campaign) == before
+
+
+@pytest.mark.parametrize("name", COMMAND_OPERATIONS)
+def test_command_user_with_exactly_the_permissions(user_with_perms, name):
+    campaign = campaign_for(name)
+    before = everything(campaign)
+    user = user_with_perms(*OPERATIONS[name].permissions)
+
+    command(name.replace("_", "-"), str(campaign.pk), "--user", user.username)
+
+    assert everything(campaign) != before
+
+
+@pytest.mark.parametrize("args", [["list"], ["show", "{pk}"]], ids=["list", "show"])
+def test_command_reading_needs_the_view_permission(user_with_perms, args):
+    campaign = make_campaign(name="Quiet one")
+    user = user_with_perms(*(EVERY_PERMISSION - {VIEW_CAMPAIGN}))
+    args = [a.format(pk=campaign.pk) for a in args]
+
+    with pytest.raises(CommandError, match=VIEW_CAMPAIGN):
+        command(*args, "--user", user.username)
+
+    assert "Quiet one" in command(*args, "--user", user_with_perms(VIEW_CAMPAIGN).username)
