@@ -209,6 +209,28 @@ class Channel(filesystem.Channel):
         if claimed is not None:
             self._finish(claimed)
 
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """With ``no_ack`` the taking is the acknowledgement: the claim is dropped at once
+        (else it would go back to the queue when this consumer closes)."""
+        message = super().basic_get(queue, no_ack=no_ack, **kwargs)
+        if message is not None and no_ack and message.delivery_tag is not None:
+            self._release(message.delivery_tag)
+        return message
+
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str | None, **kwargs: Any
+    ) -> Any:
+        """As ``basic_get``: a consumer that acknowledges nothing drops each claim as it
+        receives the message."""
+        if no_ack:
+            handle = callback
+
+            def callback(message: Any) -> Any:
+                self._release(message.delivery_tag)
+                return handle(message)
+
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         super().basic_ack(delivery_tag, multiple=multiple)
         self._release(delivery_tag)

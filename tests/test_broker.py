@@ -106,6 +106,26 @@ def _write_message(folder: Path, queue: Any, n: int) -> Path:
     return path
 
 
+def test_a_message_taken_without_acknowledgement_is_gone_for_good(tmp_path):
+    """``no_ack``: taking the message is its acknowledgement, as on any AMQP broker; it does
+    not come back when the connection that took it closes (a purge or a peek uses this)."""
+    from tests.broker_peer import QUEUE
+
+    connection, queue = _queue(tmp_path)
+    with connection:
+        _write_message(tmp_path, queue, 1)
+        taken = connection.default_channel.basic_get(QUEUE, no_ack=True)
+        assert taken is not None
+        assert json.loads(taken.body) == {"n": 1}
+        queue.close()
+    connection, queue = _queue(tmp_path)
+    with connection:
+        with pytest.raises(Empty):
+            queue.get(timeout=0.5)
+        queue.close()
+    assert [p.name for p in (tmp_path / "queue").rglob("*.msg")] == []
+
+
 def test_a_file_caught_half_written_is_read_again_later_not_lost(tmp_path):
     connection, queue = _queue(tmp_path)
     with connection:
