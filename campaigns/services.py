@@ -353,7 +353,10 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
     requested_by = request.by if request else None
     version = campaign.draft_version
     now = timezone.now()
-    problems = version_activation_problems(version=version, now=now)
+    # The start time is judged at the moment the user activated: one still ahead then that
+    # passed while this task waited in the queue starts the campaign now, not a refusal.
+    asked_at = min(request.at, now) if request else now
+    problems = version_activation_problems(version=version, now=asked_at)
     if problems or version is None:
         return _fail_activation(campaign, reason=" ".join(problems))
     version.activated_at = now

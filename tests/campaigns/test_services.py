@@ -207,6 +207,26 @@ def test_activation_with_a_future_start_is_scheduled_then_started_by_the_schedul
     assert campaign.transitions.first().name == "start"
 
 
+def test_a_start_time_that_passes_while_the_activation_waits_starts_the_campaign_now():
+    """The start time is checked against the moment the user activated: one that was still
+    ahead then, and passed while the activation task waited in the queue, goes Live at once
+    instead of being refused as "in the past"."""
+    campaign = make_campaign(start_at=timezone.now() + dt.timedelta(hours=1))
+    services.campaign_activate(campaign=campaign, user=None)
+    # As if the task had waited two hours: asked an hour before the start, run an hour after.
+    asked_at = timezone.now() - dt.timedelta(hours=2)
+    CampaignTransition.objects.filter(campaign=campaign, name="activate").update(at=asked_at)
+    CampaignVersion.objects.filter(pk=campaign.draft_version_id).update(
+        start_at=asked_at + dt.timedelta(hours=1)
+    )
+
+    campaign = services.campaign_activation_complete(campaign_id=campaign.pk)
+
+    assert campaign.status == Status.LIVE, campaign.activation_error
+    assert campaign.activation_error == ""
+    assert campaign.executions.count() == 1
+
+
 def test_activation_task_is_idempotent():
     campaign = make_live_campaign()
     log_size = campaign.transitions.count()
