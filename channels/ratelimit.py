@@ -13,10 +13,11 @@ wait what they are told never exceed ``rate × window + burst`` sends in any win
 reserved and then not used are lost, which only ever sends less. Acquire several tokens at
 once (one per message of a chunk) to pay for the shared state once per chunk.
 
-The bucket lives in Redis (one atomic Lua script, Redis server time) when the Celery broker
-is Redis, else in the database (a ``RateLimitBucket`` row updated under a row lock; on
-SQLite an IMMEDIATE transaction). Call it outside a long transaction: on the database the
-row stays locked until the enclosing transaction ends.
+The bucket lives where ``SALVO_RATELIMIT_BACKEND`` says: in Redis (one atomic Lua script,
+Redis server time, at ``SALVO_RATELIMIT_REDIS_URL``) or in the database (a
+``RateLimitBucket`` row updated under a row lock; on SQLite an IMMEDIATE transaction). Call
+it outside a long transaction: on the database the row stays locked until the enclosing
+transaction ends.
 """
 
 from __future__ import annotations
@@ -88,12 +89,8 @@ def _redis_script(url: str) -> Any:
     return client.register_script(_REDIS_SCRIPT)
 
 
-def _uses_redis() -> bool:
-    return str(settings.CELERY_BROKER_URL).startswith(("redis://", "rediss://"))
-
-
 def _acquire_redis(*, key: str, rate_per_s: float, tokens: int, burst: float) -> float:
-    script = _redis_script(settings.CELERY_BROKER_URL)
+    script = _redis_script(settings.SALVO_RATELIMIT_REDIS_URL)
     reply = script(keys=[_REDIS_KEY_PREFIX + key], args=[rate_per_s, burst, tokens, 60])
     return float(reply)
 
@@ -119,7 +116,7 @@ def _acquire_database(*, key: str, rate_per_s: float, tokens: int, burst: float)
 
 def _move(*, key: str, rate_per_s: float, tokens: int, burst: float) -> float:
     """Take ``tokens`` from the bucket (give them back when negative); the wait."""
-    if _uses_redis():
+    if settings.SALVO_RATELIMIT_BACKEND == "redis":
         return _acquire_redis(key=key, rate_per_s=rate_per_s, tokens=tokens, burst=burst)
     return _acquire_database(key=key, rate_per_s=rate_per_s, tokens=tokens, burst=burst)
 

@@ -368,6 +368,31 @@ CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 SALVO_RENDER_TIMEOUT_MS = env.int("SALVO_RENDER_TIMEOUT_MS", default=50)
 SALVO_RENDER_MAX_CHARS = env.int("SALVO_RENDER_MAX_CHARS", default=100_000)
 
+# --- Rate limits ---------------------------------------------------------------------
+# Where the token buckets of rate-limited presets live (channels.ratelimit), shared by every
+# worker process on every machine: "redis" (one atomic script per reservation, on Redis's
+# clock) or "database" (one row per bucket, updated under a row lock). By default Redis when
+# the broker is Redis, else the database (PostgreSQL with an amqp:// broker, or SQLite).
+SALVO_RATELIMIT_REDIS_URL = env.str(
+    "SALVO_RATELIMIT_REDIS_URL",
+    default=CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "",
+)
+SALVO_RATELIMIT_BACKEND = env.str(
+    "SALVO_RATELIMIT_BACKEND", default="redis" if SALVO_RATELIMIT_REDIS_URL else "database"
+)
+if SALVO_RATELIMIT_BACKEND not in ("redis", "database"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"SALVO_RATELIMIT_BACKEND is {SALVO_RATELIMIT_BACKEND!r}: choose redis or database."
+    )
+if SALVO_RATELIMIT_BACKEND == "redis" and not SALVO_RATELIMIT_REDIS_URL:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "SALVO_RATELIMIT_BACKEND is redis: set SALVO_RATELIMIT_REDIS_URL (redis://host:6379/0)."
+    )
+
 # --- Channel providers (issue 4) ------------------------------------------------------
 # One backend per channel, chosen like EMAIL_BACKEND; a MessagePreset may name its own.
 # The defaults only log, so the embedded default never reaches the internet. Production sets

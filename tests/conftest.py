@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -348,3 +350,45 @@ def celery_worker_process(celery_process_factory: Callable[..., CeleryProcess]) 
 def celery_beat_process(celery_process_factory: Callable[..., CeleryProcess]) -> CeleryProcess:
     """A real beat scheduler ticking every 0.5 s (so the scheduler's work shows quickly)."""
     return celery_process_factory("beat", extra_env={"SALVO_SCHEDULER_INTERVAL_S": "0.5"})
+
+
+# --- Redis for the rate-limit buckets -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis server for the rate-limit buckets (SALVO_RATELIMIT_BACKEND=redis): the
+    broker's when the broker is Redis, else a throwaway `redis-server` on a free port."""
+    if str(settings.CELERY_BROKER_URL).startswith("redis://"):
+        yield settings.CELERY_BROKER_URL
+        return
+    if not shutil.which("redis-server"):
+        pytest.skip("no Redis broker configured and no redis-server to start")
+    import redis
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        wait_until(lambda: _answers_ping(client), timeout=10, message="redis-server did not start")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _answers_ping(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
