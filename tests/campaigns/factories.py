@@ -29,6 +29,16 @@ def sms_action(**overrides: Any) -> dict[str, Any]:
     }
 
 
+def push_action(**overrides: Any) -> dict[str, Any]:
+    return {
+        "channel": "push",
+        "preset": overrides.pop("preset", None) or MessagePresetFactory(channel="push"),
+        "subject": "Hello",
+        "body": "Hi from Salvo",
+        **overrides,
+    }
+
+
 def make_campaign(**fields: Any) -> Campaign:
     """A Draft campaign ready to activate unless fields say otherwise."""
     _counter["n"] += 1
