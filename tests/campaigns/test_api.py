@@ -14,61 +14,26 @@ from rest_framework.test import APIClient
 
 from campaigns import services
 from campaigns.choices import CampaignStatus as Status
-from campaigns.models import Campaign, CampaignTransition, CampaignVersion
+from campaigns.models import Campaign
 from tests.campaigns.factories import (
     email_action,
     make_campaign,
     make_campaign_in_status,
     make_live_campaign,
 )
+from tests.campaigns.lifecycle import (
+    ACTIONS,
+    ALLOWED,
+    STATES,
+    TARGET,
+    USER_OPERATIONS,
+    snapshot,
+    version,
+)
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import SegmentFactory
 
 pytestmark = pytest.mark.django_db
-
-# Every state a campaign can be in, as (status, has an open draft beside a running version).
-STATES = [(s, False) for s in Status.values] + [(Status.SCHEDULED, True), (Status.LIVE, True)]
-
-# From which states each operation is allowed; every other state must refuse it.
-ALLOWED: dict[str, set[tuple[str, bool]]] = {
-    "activate": {(Status.DRAFT, False), (Status.SCHEDULED, True), (Status.LIVE, True)},
-    "stop": {(Status.SCHEDULED, False), (Status.LIVE, False)}
-    | {(Status.SCHEDULED, True), (Status.LIVE, True)},
-    "archive": {(Status.COMPLETED, False), (Status.STOPPED, False)},
-    "modify": {(Status.SCHEDULED, False), (Status.LIVE, False)},
-    "discard_draft": {(Status.SCHEDULED, True), (Status.LIVE, True)},
-    "duplicate": set(STATES),
-}
-# What a successful operation leaves the campaign in.
-TARGET = {
-    "stop": Status.STOPPED,
-    "archive": Status.ARCHIVED,
-    "activate": Status.ACTIVATING,
-}
-
-
-def version(campaign: Campaign, which: str = "draft") -> CampaignVersion:
-    """The campaign's draft (or live) version, which the test knows is there."""
-    found = campaign.draft_version if which == "draft" else campaign.live_version
-    assert found is not None, f"{campaign} has no {which} version"
-    return found
-
-
-def last_step(campaign: Campaign) -> CampaignTransition:
-    """The newest entry of the campaign's transition log."""
-    step = campaign.transitions.first()
-    assert step is not None
-    return step
-
-
-def snapshot(campaign: Campaign) -> tuple[Any, ...]:
-    """Everything a refused request must leave as it was."""
-    return (
-        Campaign.objects.filter(pk=campaign.pk).values().first(),
-        list(CampaignVersion.objects.filter(campaign_id=campaign.pk).values()),
-        CampaignTransition.objects.filter(campaign_id=campaign.pk).count(),
-        sorted(Campaign.objects.get(pk=campaign.pk).tags.names()),
-    )
 
 
 def url(campaign: Campaign | int, operation: str = "") -> str:
@@ -98,7 +63,7 @@ def create_payload(**overrides: Any) -> dict[str, Any]:
 # --- every operation from every state -------------------------------------------------
 
 
-@pytest.mark.parametrize("operation", list(ALLOWED))
+@pytest.mark.parametrize("operation", ACTIONS)
 @pytest.mark.parametrize(("status", "with_draft"), STATES)
 def test_every_operation_from_every_state(api_client, operation, status, with_draft):
     campaign = make_campaign_in_status(status, with_draft=with_draft)
@@ -170,9 +135,7 @@ def test_allowed_operations_match_what_the_endpoints_accept(api_client, status, 
 
     body = api_client.get(url(campaign)).json()
 
-    expected = {op for op, states in ALLOWED.items() if (status, with_draft) in states}
-    if status == Status.DRAFT:
-        expected.add("delete")
+    expected = {op for op in USER_OPERATIONS if (status, with_draft) in ALLOWED[op]}
     assert set(body["allowed_operations"]) == expected
 
 
@@ -562,7 +525,7 @@ def test_a_viewer_sees_no_allowed_operations(api_client_for, user_with_perms):
         ("delete", ""),
         ("get", "versions"),
         ("get", "transitions"),
-        *[("post", op) for op in ALLOWED],
+        *[("post", op) for op in ACTIONS],
     ],
 )
 def test_unknown_id_is_404(api_client, method, operation):

@@ -21,7 +21,8 @@ from config.celery import app as celery_app
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 from tests.campaigns.factories import make_campaign, make_campaign_in_status, make_live_campaign
-from tests.campaigns.test_api import (
+from tests.campaigns.lifecycle import (
+    ACTIONS,
     ALLOWED,
     STATES,
     TARGET,
@@ -50,7 +51,7 @@ def refused(*args: str) -> str:
 # --- every operation from every state -------------------------------------------------
 
 
-@pytest.mark.parametrize("operation", list(ALLOWED))
+@pytest.mark.parametrize("operation", ACTIONS)
 @pytest.mark.parametrize(("status", "with_draft"), STATES)
 def test_every_operation_from_every_state(operation, status, with_draft):
     campaign = make_campaign_in_status(status, with_draft=with_draft)
@@ -79,7 +80,7 @@ def test_every_operation_from_every_state(operation, status, with_draft):
         assert f"Campaign {copy.pk} “{copy.name}”: duplicated from campaign {campaign.pk}" in output
 
 
-@pytest.mark.parametrize("operation", [*[op.replace("_", "-") for op in ALLOWED], "show"])
+@pytest.mark.parametrize("operation", [*[op.replace("_", "-") for op in ACTIONS], "show"])
 def test_unknown_id_is_a_one_line_error(operation):
     assert refused(operation, "42") == "Campaign 42 does not exist."
 

@@ -5,7 +5,7 @@ from rest_framework.test import APIClient
 
 from channels.models import MessagePreset
 from tests.campaigns.factories import make_campaign
-from tests.campaigns.test_api import version
+from tests.campaigns.lifecycle import version
 from tests.channels.factories import MessagePresetFactory
 
 pytestmark = pytest.mark.django_db
