@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -172,6 +173,8 @@ def send_from_processes(
     try:
         for sender in senders:
             assert sender.stdout is not None
+            started, _, _ = select.select([sender.stdout], [], [], SENDER_READY_TIMEOUT_S)
+            assert started, f"a sender was not ready within {SENDER_READY_TIMEOUT_S:g}s"
             assert sender.stdout.readline().strip() == "ready", "a sender failed to start"
         for sender in senders:
             assert sender.stdin is not None
