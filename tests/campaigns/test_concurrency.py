@@ -43,6 +43,8 @@ from tests.conftest import wait_until
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 JOIN_TIMEOUT_S = 30.0
+# The log of a campaign created and activated to its start.
+WENT_LIVE = ["create", "activate", "activation_succeed"]
 
 
 @dataclass
@@ -155,7 +157,7 @@ def test_stop_queued_behind_the_activation_task_stops_the_campaign_it_made_live(
         "live": 1,
         "draft": None,
         "versions": [1],
-        "log": ["create", "activate", "activation_succeed", "stop"],
+        "log": [*WENT_LIVE, "stop"],
     }
     # The activation started its run before the stop came in.
     assert Execution.objects.filter(campaign=campaign).count() == 1
@@ -175,7 +177,7 @@ def test_stop_queued_ahead_of_the_activation_task_is_refused_and_the_task_goes_o
         "live": 1,
         "draft": None,
         "versions": [1],
-        "log": ["create", "activate", "activation_succeed"],
+        "log": WENT_LIVE,
     }
 
 
@@ -194,7 +196,7 @@ def test_activate_queued_behind_modify_activates_the_draft_modify_opened():
         "live": 1,
         "draft": 2,
         "versions": [1, 2],
-        "log": ["create", "activate", "activation_succeed", "modify", "activate"],
+        "log": [*WENT_LIVE, "modify", "activate"],
     }
 
 
@@ -212,7 +214,7 @@ def test_activate_queued_ahead_of_modify_is_refused_and_modify_opens_the_draft()
         "live": 1,
         "draft": 2,
         "versions": [1, 2],
-        "log": ["create", "activate", "activation_succeed", "modify"],
+        "log": [*WENT_LIVE, "modify"],
     }
 
 
@@ -231,7 +233,7 @@ def test_archive_queued_behind_stop_archives_the_stopped_campaign():
         "live": 1,
         "draft": None,
         "versions": [1],
-        "log": ["create", "activate", "activation_succeed", "stop", "archive"],
+        "log": [*WENT_LIVE, "stop", "archive"],
     }
 
 
@@ -249,7 +251,7 @@ def test_archive_queued_ahead_of_stop_is_refused_and_stop_lands():
         "live": 1,
         "draft": None,
         "versions": [1],
-        "log": ["create", "activate", "activation_succeed", "stop"],
+        "log": [*WENT_LIVE, "stop"],
     }
 
 
@@ -270,7 +272,7 @@ def test_activate_queued_behind_discard_is_refused_for_the_draft_is_gone():
         "live": 1,
         "draft": None,
         "versions": [1],
-        "log": ["create", "activate", "activation_succeed", "modify", "discard_draft"],
+        "log": [*WENT_LIVE, "modify", "discard_draft"],
     }
 
 
@@ -288,7 +290,7 @@ def test_discard_queued_behind_activate_is_refused_and_the_draft_activates():
         "live": 1,
         "draft": 2,
         "versions": [1, 2],
-        "log": ["create", "activate", "activation_succeed", "modify", "activate"],
+        "log": [*WENT_LIVE, "modify", "activate"],
     }
 
 
@@ -350,7 +352,7 @@ def test_stop_queued_behind_the_scheduler_stops_the_campaign_it_started():
 
     assert (scheduler.error, stopper.error) == (None, None)
     assert started == [campaign.pk]
-    assert state(campaign)["log"] == ["create", "activate", "activation_succeed", "start", "stop"]
+    assert state(campaign)["log"] == [*WENT_LIVE, "start", "stop"]
     assert state(campaign)["status"] == Status.STOPPED
     assert Execution.objects.filter(campaign=campaign).count() == 1
 
@@ -364,7 +366,7 @@ def test_the_scheduler_queued_behind_stop_starts_nothing():
 
     assert (stopper.error, scheduler.error) == (None, None)
     assert started == []
-    assert state(campaign)["log"] == ["create", "activate", "activation_succeed", "stop"]
+    assert state(campaign)["log"] == [*WENT_LIVE, "stop"]
     assert state(campaign)["status"] == Status.STOPPED
     assert not Execution.objects.filter(campaign=campaign).exists()
 
@@ -386,7 +388,7 @@ def test_two_copies_of_the_activation_task_activate_once():
         "live": 1,
         "draft": None,
         "versions": [1],
-        "log": ["create", "activate", "activation_succeed"],
+        "log": WENT_LIVE,
     }
     assert Execution.objects.filter(campaign=campaign).count() == 1
 
@@ -405,5 +407,5 @@ def test_two_modifies_open_one_draft_and_the_second_is_told_so():
         "live": 1,
         "draft": 2,
         "versions": [1, 2],
-        "log": ["create", "activate", "activation_succeed", "modify"],
+        "log": [*WENT_LIVE, "modify"],
     }
