@@ -1,8 +1,11 @@
 """A preset's rate limit held by two real worker processes together, measured at the sink.
 
-Runs once per bucket backend (SALVO_RATELIMIT_BACKEND given to the workers explicitly) on
-whichever profile the environment selects: SQLite + the filesystem broker, or PostgreSQL +
-Redis, so that the PostgreSQL row-lock bucket (the choice beside an amqp:// broker) runs too.
+Runs on PostgreSQL, once per bucket backend (SALVO_RATELIMIT_BACKEND given to the workers
+explicitly), so that the row-lock bucket (the choice beside an amqp:// broker) runs too.
+Like the other two-worker test, not on the embedded default: kombu's filesystem transport
+can hand one worker a message file another process is still writing, which stops that
+worker (seen once in 14 runs); the buckets themselves are tested across processes on
+SQLite in tests/channels/test_ratelimit.py.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tests.channels.factories import MessagePresetFactory
 from tests.conftest import CeleryProcess, wait_until
 from tests.segments.factories import ProfileFactory
 
-pytestmark = [pytest.mark.worker, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.timeout(240)]
 
 RATE_PER_S = 10
 # The bucket lets one second's worth go at once after a quiet spell.
