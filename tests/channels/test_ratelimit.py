@@ -139,6 +139,31 @@ def test_nonsense_arguments_are_refused(rate, tokens, burst):
         ratelimit.acquire(key="k", rate_per_s=rate, tokens=tokens, burst=burst)
 
 
+@pytest.mark.parametrize(
+    ("variables", "says"),
+    [
+        ({"SALVO_RATELIMIT_BACKEND": "memcached"}, "choose redis or database"),
+        (
+            {"SALVO_RATELIMIT_BACKEND": "redis", "CELERY_BROKER_URL": "amqp://localhost//"},
+            "set SALVO_RATELIMIT_REDIS_URL",
+        ),
+    ],
+)
+def test_a_backend_the_settings_cannot_use_stops_the_start_with_the_reason(variables, says):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SALVO_RATELIMIT_")}
+    started = subprocess.run(
+        [sys.executable, "-c", "import config.settings"],
+        cwd=BASE_DIR,
+        env={**env, "SALVO_VAR_DIR": str(settings.VAR_DIR), **variables},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert started.returncode != 0
+    assert says in started.stderr.strip().splitlines()[-1]
+
+
 # --- several processes -------------------------------------------------------------------------
 
 
