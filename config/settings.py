@@ -381,14 +381,10 @@ SALVO_RATELIMIT_BACKEND = env.str(
     "SALVO_RATELIMIT_BACKEND", default="redis" if SALVO_RATELIMIT_REDIS_URL else "database"
 )
 if SALVO_RATELIMIT_BACKEND not in ("redis", "database"):
-    from django.core.exceptions import ImproperlyConfigured
-
     raise ImproperlyConfigured(
         f"SALVO_RATELIMIT_BACKEND is {SALVO_RATELIMIT_BACKEND!r}: choose redis or database."
     )
 if SALVO_RATELIMIT_BACKEND == "redis" and not SALVO_RATELIMIT_REDIS_URL:
-    from django.core.exceptions import ImproperlyConfigured
-
     raise ImproperlyConfigured(
         "SALVO_RATELIMIT_BACKEND is redis: set SALVO_RATELIMIT_REDIS_URL (redis://host:6379/0)."
     )
