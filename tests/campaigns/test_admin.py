@@ -18,6 +18,7 @@ from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign, CampaignVersion
 from channels.models import MessagePreset
 from segments.models import Segment
+from tests.campaigns.doors import ADD, add_data, change_data, change_url
 from tests.campaigns.factories import (
     make_campaign,
     make_live_campaign,
@@ -28,7 +29,6 @@ from tests.segments.factories import SegmentFactory
 
 Status = CampaignStatus
 CHANGELIST = reverse("admin:campaigns_campaign_changelist")
-ADD = reverse("admin:campaigns_campaign_add")
 
 pytestmark = pytest.mark.django_db
 
@@ -39,10 +39,6 @@ def new_preset(**fields: Any) -> MessagePreset:
 
 def new_segment(**fields: Any) -> Segment:
     return SegmentFactory(**fields)  # type: ignore[return-value]
-
-
-def change_url(campaign: Campaign) -> str:
-    return reverse("admin:campaigns_campaign_change", args=[campaign.pk])
 
 
 def lifecycle_url(campaign: Campaign, operation: str) -> str:
@@ -294,64 +290,6 @@ def test_activate_action_hidden_without_permission(client, user_with_perms):
 
 
 # --- add and change forms ----------------------------------------------------------------
-
-
-def action_rows(rows: list[dict[str, Any]], *, initial: int = 0) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "actions-TOTAL_FORMS": str(len(rows)),
-        "actions-INITIAL_FORMS": str(initial),
-        "actions-MIN_NUM_FORMS": "0",
-        "actions-MAX_NUM_FORMS": "4",
-    }
-    for i, row in enumerate(rows):
-        for key, value in row.items():
-            data[f"actions-{i}-{key}"] = value
-    return data
-
-
-def add_data(segment: Any, rows: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
-    return {
-        "name": "Spring sale",
-        "description": "Our spring offers",
-        "type": "marketing",
-        "tags": "spring, sale",
-        "segment": segment.pk if segment else "",
-        "start_at_0": "",
-        "start_at_1": "",
-        "_save": "Save",
-        **action_rows(rows),
-        **fields,
-    }
-
-
-def change_data(campaign: Campaign, rows: list[dict[str, Any]] | None = None, **fields: Any):
-    """The change form as the page shows it (with `rows` added as new actions)."""
-    draft = campaign.draft_version
-    assert draft is not None
-    existing = [
-        {
-            "id": a.pk,
-            "version": draft.pk,
-            "channel": a.channel,
-            "preset": a.preset_id,
-            "subject": a.subject,
-            "body": a.body,
-        }
-        for a in draft.actions.all()
-    ]
-    start = timezone.localtime(draft.start_at) if draft.start_at else None
-    return {
-        "name": campaign.name,
-        "description": campaign.description,
-        "type": campaign.type,
-        "tags": ", ".join(campaign.tags.names()),
-        "segment": draft.segment_id or "",
-        "start_at_0": start.strftime("%Y-%m-%d") if start else "",
-        "start_at_1": start.strftime("%H:%M:%S") if start else "",
-        "_continue": "Save",
-        **action_rows(existing + (rows or []), initial=len(existing)),
-        **fields,
-    }
 
 
 def test_add_form_creates_a_draft_with_version_1_and_its_actions(admin_client, admin_user):

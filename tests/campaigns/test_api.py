@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 from campaigns import services
 from campaigns.choices import CampaignStatus as Status
 from campaigns.models import Campaign
+from tests.campaigns.doors import create_payload, url
 from tests.campaigns.factories import (
     email_action,
     make_campaign,
@@ -34,30 +35,6 @@ from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import SegmentFactory
 
 pytestmark = pytest.mark.django_db
-
-
-def url(campaign: Campaign | int, operation: str = "") -> str:
-    pk = campaign if isinstance(campaign, int) else campaign.pk
-    path = f"/api/campaigns/{pk}/"
-    return f"{path}{operation.replace('_', '-')}/" if operation else path
-
-
-def create_payload(**overrides: Any) -> dict[str, Any]:
-    email = MessagePresetFactory.create(channel="email")
-    sms = MessagePresetFactory.create(channel="sms")
-    return {
-        "name": "Spring sale",
-        "description": "Our spring offers",
-        "tags": ["promo", "spring"],
-        "type": "marketing",
-        "segment": SegmentFactory.create().pk,
-        "schedule": {"start_at": None},
-        "actions": [
-            {"channel": "email", "preset": email.pk, "subject": "Spring!", "body": "Hi"},
-            {"channel": "sms", "preset": sms.pk, "body": "Spring is here"},
-        ],
-        **overrides,
-    }
 
 
 # --- every operation from every state -------------------------------------------------

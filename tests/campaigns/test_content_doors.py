@@ -14,9 +14,9 @@ from django.urls import reverse
 from campaigns import services
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign, ChannelAction
+from tests.campaigns.doors import ADD, add_data, change_data, change_url, create_payload, url
 from tests.campaigns.factories import make_campaign, sms_action
-from tests.campaigns.test_admin import ADD, add_data, change_data, change_url
-from tests.campaigns.test_api import create_payload, snapshot, url
+from tests.campaigns.lifecycle import snapshot
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import SegmentFactory
 
