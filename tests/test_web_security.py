@@ -96,7 +96,9 @@ def test_the_public_unsubscribe_page_carries_the_policy(client):
 def test_schema_and_docs_refuse_anonymous_visitors(client, path):
     response = client.get(path)
 
-    assert response.status_code in (401, 403)
+    # Token authentication comes first: an anonymous visitor is asked to authenticate.
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
     assert b"openapi" not in response.content
     assert b"SwaggerUIBundle" not in response.content
 
