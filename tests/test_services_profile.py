@@ -14,7 +14,7 @@ from django.db import connection
 
 from config.processes import child_process_env
 from tests.conftest import BASE_DIR
-from tests.test_settings import load_settings
+from tests.settings_loader import load_settings
 
 
 def _exports(env: dict[str, str]) -> dict[str, str]:
