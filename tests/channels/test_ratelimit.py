@@ -26,6 +26,7 @@ from channels import ratelimit
 from channels.models import RateLimitBucket
 from config.processes import child_process_env
 from tests.conftest import BASE_DIR
+from tests.settings_loader import PRODUCTION_REQUIRED, PRODUCTION_URLS, load_settings, refusal
 
 # Float noise in a wait computed from clock readings (the Redis script replies in text).
 EPS = 1e-4
@@ -140,36 +141,54 @@ def test_nonsense_arguments_are_refused(rate, tokens, burst):
         ratelimit.acquire(key="k", rate_per_s=rate, tokens=tokens, burst=burst)
 
 
-@pytest.mark.parametrize(
-    ("backend_name", "says"),
-    [
-        ("memcached", "choose redis or database"),
-        # The embedded default's broker is no Redis: the buckets have no Redis to live in.
-        ("redis", "set SALVO_RATELIMIT_REDIS_URL"),
-    ],
-)
-def test_a_backend_the_settings_cannot_use_stops_the_start_with_the_reason(backend_name, says):
-    servers = ("DATABASE_URL", "CELERY_BROKER_URL")
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in servers and not name.startswith("SALVO_RATELIMIT_")
-    }
-    started = subprocess.run(
-        [sys.executable, "-c", "import config.settings"],
-        cwd=BASE_DIR,
-        env={
-            **env,
-            "SALVO_VAR_DIR": str(settings.VAR_DIR),
-            "SALVO_RATELIMIT_BACKEND": backend_name,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+# --- the setting ----------------------------------------------------------------------------
 
-    assert started.returncode != 0
-    assert says in started.stderr.strip().splitlines()[-1]
+AMQP = {"CELERY_BROKER_URL": "amqp://salvo@127.0.0.1:1//"}
+
+
+@pytest.mark.parametrize(
+    ("variables", "backend_name", "redis_at"),
+    [
+        ({}, "database", ""),
+        (PRODUCTION_URLS, "redis", PRODUCTION_URLS["CELERY_BROKER_URL"]),
+        ({**PRODUCTION_URLS, **AMQP}, "database", ""),
+        (
+            {**PRODUCTION_URLS, **AMQP, "SALVO_RATELIMIT_REDIS_URL": "redis://127.0.0.1:2/3"},
+            "redis",
+            "redis://127.0.0.1:2/3",
+        ),
+        (
+            {**PRODUCTION_URLS, "SALVO_RATELIMIT_BACKEND": "database"},
+            "database",
+            PRODUCTION_URLS["CELERY_BROKER_URL"],
+        ),
+    ],
+    ids=["embedded", "redis-broker", "amqp-broker", "amqp-and-redis-url", "told-database"],
+)
+def test_the_buckets_follow_a_redis_broker_unless_told(tmp_path, variables, backend_name, redis_at):
+    loaded = load_settings({**variables, **PRODUCTION_REQUIRED}, tmp_path)
+
+    assert loaded["SALVO_RATELIMIT_BACKEND"] == backend_name
+    assert loaded["SALVO_RATELIMIT_REDIS_URL"] == redis_at
+
+
+@pytest.mark.parametrize(
+    ("variables", "says"),
+    [
+        ({"SALVO_RATELIMIT_BACKEND": "memcached"}, "choose redis or database"),
+        # The embedded default's broker is no Redis: the buckets have no Redis to live in.
+        ({"SALVO_RATELIMIT_BACKEND": "redis"}, "set SALVO_RATELIMIT_REDIS_URL"),
+        (
+            {**PRODUCTION_URLS, **AMQP, **PRODUCTION_REQUIRED, "SALVO_RATELIMIT_BACKEND": "redis"},
+            "set SALVO_RATELIMIT_REDIS_URL",
+        ),
+    ],
+    ids=["unknown", "redis-on-the-embedded-default", "redis-beside-amqp"],
+)
+def test_a_backend_the_settings_cannot_use_stops_the_start_with_the_reason(
+    tmp_path, variables, says
+):
+    assert says in refusal(variables, tmp_path)
 
 
 # --- several processes -------------------------------------------------------------------------
