@@ -8,6 +8,7 @@ import pytest
 from django.urls import reverse
 
 from channels.models import MessagePreset
+from tests.channels.doors import preset_data
 from tests.channels.factories import MessagePresetFactory
 
 CHANGELIST = reverse("admin:channels_messagepreset_changelist")
@@ -22,24 +23,6 @@ def new_preset(**fields: Any) -> MessagePreset:
 
 def shown(response: Any) -> list[str]:
     return [p.name for p in response.context["cl"].result_list]
-
-
-def preset_data(**fields: Any) -> dict[str, Any]:
-    return {
-        "name": "Newsletter",
-        "channel": "email",
-        "description": "",
-        "from_name": "",
-        "from_email": "",
-        "reply_to": "",
-        "sms_sender_id": "",
-        "push_app_id": "",
-        "webhook_url": "",
-        "backend": "",
-        "rate_limit_per_second": "",
-        "_save": "Save",
-        **fields,
-    }
 
 
 def test_list_by_name_with_channel_and_sender(admin_client):

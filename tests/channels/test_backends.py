@@ -22,8 +22,8 @@ from channels.models import MessagePreset
 from channels.providers import backend_choices, get_backend, provider_backends
 from channels.providers.console import ConsoleBackend
 from channels.providers.http import SmsBackend
+from tests.channels.doors import preset_data
 from tests.channels.factories import MessagePresetFactory
-from tests.channels.test_admin import preset_data
 
 pytestmark = pytest.mark.django_db
 

@@ -17,10 +17,10 @@ from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from channels.providers import OutboundMessage, PermanentProviderError
 from channels.sinks import RunningSinks, running_sinks
+from tests.campaigns.delivery_support import plan, send_all
 from tests.campaigns.factories import make_live_campaign
-from tests.campaigns.test_delivery import drive
+from tests.channels.doors import preset_data
 from tests.channels.factories import MessagePresetFactory
-from tests.channels.test_admin import preset_data
 from tests.segments.factories import ProfileFactory
 
 pytestmark = pytest.mark.django_db
@@ -160,7 +160,7 @@ def test_a_refused_webhook_is_that_deliverys_permanent_failure(sink):
 
     refusing = {**sink.provider_settings(), "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": False}
     with override_settings(**refusing):
-        drive(campaign)
+        send_all(plan(campaign))
 
     row = Delivery.objects.get(profile=profile)
     assert row.status == DeliveryStatus.FAILED
