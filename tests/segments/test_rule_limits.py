@@ -28,17 +28,13 @@ from segments.models import Profile, Segment
 from segments.services import audience_snapshot_create
 from tests.campaigns.factories import make_campaign
 from tests.segments.factories import ProfileFactory
+from tests.segments.rule_trees import LONGEST, cond
 
 pytestmark = pytest.mark.django_db
 
 SQLITE_DEFAULT_VARIABLE_NUMBER = 32_766
-LONGEST = "\U0001f600" * rules.MAX_TEXT_LENGTH  # four bytes a character in UTF-8
 FLOAT_MAX = 1.7976931348623157e308
 MISSING = object()
-
-
-def cond(field: str, op: str, value: Any) -> dict[str, Any]:
-    return {"field": field, "op": op, "value": value}
 
 
 @pytest.fixture(autouse=True)
