@@ -26,7 +26,7 @@ from tests.campaigns.delivery_support import (
     sinks_and_worker,
     wait_for_status,
 )
-from tests.campaigns.factories import email_action, make_campaign, sms_action
+from tests.campaigns.factories import email_action, make_campaign, sms_action, webhook_action
 from tests.channels.factories import MessagePresetFactory
 from tests.conftest import wait_for_workers_idle, wait_until
 from tests.segments.factories import ProfileFactory
@@ -57,7 +57,7 @@ def test_every_channel_reaches_every_eligible_profile_once_and_completes(
             actions=[
                 email_action(),
                 sms_action(),
-                {"channel": "webhook", "preset": hook, "body": "{{ profile.external_id }}"},
+                webhook_action(preset=hook),
             ],
         )
         services.campaign_activate(campaign=campaign, user=None)
@@ -182,9 +182,7 @@ def test_workers_killed_with_a_chunk_in_flight_lose_nothing_and_the_provider_dro
         celery_process_factory, beat=True, env=KILL_ENV, slow="webhook", slow_s=0.01
     ) as (sink, first, env):
         hook = MessagePresetFactory(channel="webhook", webhook_url=sink.webhook_url)
-        campaign = make_campaign(
-            actions=[{"channel": "webhook", "preset": hook, "body": "{{ profile.email }}"}]
-        )
+        campaign = make_campaign(actions=[webhook_action(preset=hook, body="{{ profile.email }}")])
         services.campaign_activate(campaign=campaign, user=None)
         sink.wait_for(KILL_CHUNK, channel="webhook", timeout=60)
 
@@ -302,9 +300,7 @@ def test_a_graceful_stop_mid_send_sends_nothing_twice_and_the_rest_resumes_at_on
         env = {**sink.provider_env(), **STOP_ENV}
         worker = celery_process_factory("worker", extra_env=env)
         hook = MessagePresetFactory(channel="webhook", webhook_url=sink.webhook_url)
-        campaign = make_campaign(
-            actions=[{"channel": "webhook", "preset": hook, "body": "{{ profile.email }}"}]
-        )
+        campaign = make_campaign(actions=[webhook_action(preset=hook, body="{{ profile.email }}")])
         services.campaign_activate(campaign=campaign, user=None)
         sink.wait_for(3 * STOP_CHUNK, channel="webhook", timeout=60)
 
