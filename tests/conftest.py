@@ -1,5 +1,6 @@
-"""Fixtures shared by every test: API clients, users with permissions, and real Celery
-worker and beat processes wired to the test database and broker."""
+"""Fixtures shared by every test: API clients, users with permissions, a signed-in admin
+page in headless Chromium, and real Celery worker and beat processes wired to the test
+database and broker."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ from config.processes import child_process_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("SALVO_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 WORKER_READY_TIMEOUT_S = 60.0
 
 T = TypeVar("T")
@@ -141,6 +151,31 @@ def api_client_for(db: None) -> Callable[[Any], Any]:
 def api_client(admin_user: Any, api_client_for: Callable[[Any], Any]) -> Any:
     """An APIClient authenticated by token as a superuser (`api_client.user`)."""
     return api_client_for(admin_user)
+
+
+# --- the admin in a real browser ---------------------------------------------------------
+
+
+@pytest.fixture
+def admin_page(live_server: Any, admin_user: Any) -> Iterator[Any]:
+    """The admin's campaign list, signed in as `admin_user`, in headless Chromium (tests
+    marked `browser`)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        context = browser.new_context(viewport={"width": 1360, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.goto(f"{live_server.url}/admin/login/?next=/admin/campaigns/campaign/")
+        page.fill("#id_username", admin_user.username)
+        page.fill("#id_password", "password")
+        page.click("input[type=submit]")
+        page.wait_for_url(re.compile(r"/admin/campaigns/campaign/$"))
+        yield page
+        context.close()
+        browser.close()
 
 
 # --- real Celery processes ------------------------------------------------------------

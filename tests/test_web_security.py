@@ -12,7 +12,6 @@ from django.test import override_settings
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign
 from segments.unsubscribe import unsubscribe_url
-from tests.campaigns import test_admin_browser
 from tests.campaigns.factories import make_live_campaign
 from tests.segments.factories import ProfileFactory, SegmentFactory
 
@@ -125,10 +124,6 @@ def test_schema_and_docs_can_be_published_on_purpose(client):
 
 
 # --- the pages in a real browser, under the policy ----------------------------------------
-
-
-# The signed-in admin page in headless Chromium of the admin's own browser tests.
-admin_page = test_admin_browser.page
 
 
 @pytest.fixture

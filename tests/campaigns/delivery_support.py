@@ -1,10 +1,11 @@
 """What the delivery tests share: small-batch engine settings, sinks with real worker
-processes, and waiting on a campaign's observable state."""
+processes, waiting on a campaign's observable state, the engine's steps run in the test
+process, and the campaign report a run's outcomes add up to."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,9 +62,12 @@ def wait_for_status(campaign: Campaign, status: str, timeout: float = 90) -> Non
     )
 
 
-def sent_delivery_ids(campaign: Campaign) -> list[str]:
-    """The campaign's deliveries recorded as sent, as the sinks write delivery ids."""
+def sent_delivery_ids(campaign: Campaign, channel: str | None = None) -> list[str]:
+    """The campaign's deliveries (on `channel`, or every channel) recorded as sent, as the
+    sinks write delivery ids."""
     rows = Delivery.objects.filter(execution__campaign=campaign, status="sent")
+    if channel is not None:
+        rows = rows.filter(action__channel=channel)
     return sorted(str(pk) for pk in rows.values_list("pk", flat=True))
 
 
@@ -106,8 +110,44 @@ def send_all(execution: Execution) -> list[float | None]:
     ]
 
 
+def drive(campaign: Campaign) -> Execution:
+    """What the workers do, in this process: plan every chunk, send every action's batch,
+    and complete the execution if nothing is left to send."""
+    execution = plan(campaign)
+    send_all(execution)
+    delivery.execution_complete_if_done(execution_id=execution.pk)
+    execution.refresh_from_db()
+    return execution
+
+
 def time_passes(execution: Execution, seconds: float) -> None:
     """Everything of the execution waiting for a retry is `seconds` closer to it."""
     Delivery.objects.filter(execution=execution, next_attempt_at__isnull=False).update(
         next_attempt_at=F("next_attempt_at") - dt.timedelta(seconds=seconds)
     )
+
+
+# --- the campaign report ----------------------------------------------------------------
+
+# The delivery statuses a campaign report counts, as the API documents its `by_status`.
+REPORT_STATUSES = ("pending", "sent", "failed", "skipped")
+
+
+def expected_report(**channels: Mapping[str, Sequence[Profile]]) -> dict[str, Any]:
+    """The campaign report of a run in which, on each channel named, the profiles listed
+    under a status are the ones whose delivery ended in it (a status not listed: nobody):
+    `expected_report(sms={"sent": reachable, "skipped": no_phone + opted_out})`.
+
+    Each channel counts one delivery per profile listed; the campaign's counts add the
+    channels up. A profile listed under two statuses of one channel is a mistake of the
+    test, refused here."""
+    by_channel: dict[str, dict[str, int]] = {}
+    for channel, outcomes in channels.items():
+        unknown = set(outcomes) - set(REPORT_STATUSES)
+        assert not unknown, f"not a status of the report: {sorted(unknown)}"
+        listed = [profile.pk for group in outcomes.values() for profile in group]
+        assert len(listed) == len(set(listed)), f"a profile stands twice on {channel}"
+        counts = {status: len(outcomes.get(status, ())) for status in REPORT_STATUSES}
+        by_channel[channel] = {"total": len(listed), **counts}
+    by_status = {s: sum(counts[s] for counts in by_channel.values()) for s in REPORT_STATUSES}
+    return {"total": sum(by_status.values()), "by_status": by_status, "by_channel": by_channel}

@@ -10,33 +10,29 @@ from tests.segments.factories import SegmentFactory
 _counter = {"n": 0}
 
 
+def channel_action(channel: str, overrides: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    """A channel action's data: `defaults` under `overrides`, with a preset of the channel
+    unless the overrides name one."""
+    preset = overrides.pop("preset", None) or MessagePresetFactory(channel=channel)
+    return {"channel": channel, "preset": preset, **defaults, **overrides}
+
+
 def email_action(**overrides: Any) -> dict[str, Any]:
-    return {
-        "channel": "email",
-        "preset": overrides.pop("preset", None) or MessagePresetFactory(channel="email"),
-        "subject": "Hello",
-        "body": "Hello {{ profile.external_id }}",
-        **overrides,
-    }
+    return channel_action(
+        "email", overrides, subject="Hello", body="Hello {{ profile.external_id }}"
+    )
 
 
 def sms_action(**overrides: Any) -> dict[str, Any]:
-    return {
-        "channel": "sms",
-        "preset": overrides.pop("preset", None) or MessagePresetFactory(channel="sms"),
-        "body": "Hi from Salvo",
-        **overrides,
-    }
+    return channel_action("sms", overrides, body="Hi from Salvo")
 
 
 def push_action(**overrides: Any) -> dict[str, Any]:
-    return {
-        "channel": "push",
-        "preset": overrides.pop("preset", None) or MessagePresetFactory(channel="push"),
-        "subject": "Hello",
-        "body": "Hi from Salvo",
-        **overrides,
-    }
+    return channel_action("push", overrides, subject="Hello", body="Hi from Salvo")
+
+
+def webhook_action(**overrides: Any) -> dict[str, Any]:
+    return channel_action("webhook", overrides, body="{{ profile.external_id }}")
 
 
 def make_campaign(**fields: Any) -> Campaign:

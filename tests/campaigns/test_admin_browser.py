@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,51 +14,19 @@ from channels.models import MessagePreset
 from tests.campaigns.factories import email_action, make_campaign, make_live_campaign
 from tests.channels.factories import MessagePresetFactory
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls beside it are safe.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = os.environ.get("SALVO_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOTS = "/tmp/salvo-admin-{}.png"
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def page(live_server: Any, admin_user: Any) -> Iterator[Any]:
-    """A logged-in admin page in headless Chromium."""
-    with playwright_sync.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(viewport={"width": 1360, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        page.goto(f"{live_server.url}/admin/login/?next=/admin/campaigns/campaign/")
-        page.fill("#id_username", admin_user.username)
-        page.fill("#id_password", "password")
-        page.click("input[type=submit]")
-        page.wait_for_url(re.compile(r"/admin/campaigns/campaign/$"))
-        yield page
-        context.close()
-        browser.close()
 
 
 def status_text(page: Any) -> str:
     return str(page.locator("#lifecycle .salvo-badge").inner_text()).strip()
 
 
-def test_marketer_drives_a_campaign_from_draft_to_archived(page: Any, live_server: Any) -> None:
+def test_marketer_drives_a_campaign_from_draft_to_archived(
+    admin_page: Any, live_server: Any
+) -> None:
+    page = admin_page
     make_campaign(name="Summer sale", tags=["summer"], actions=[email_action()])
     old = make_live_campaign(name="Last winter")
     services.campaign_stop(campaign=old, user=None)

@@ -14,16 +14,13 @@ from django.utils import timezone
 from campaigns import services
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign, CampaignVersion, ChannelAction
+from tests.campaigns.delivery_support import wait_for_status
 from tests.campaigns.factories import make_campaign
 from tests.conftest import CeleryProcess, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(120)]
 
 Status = CampaignStatus
-
-
-def _status(campaign: Campaign) -> str:
-    return Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
 
 
 def _reached(campaign: Campaign, status: str) -> bool:
@@ -86,7 +83,7 @@ def test_activation_that_fails_its_recheck_returns_to_draft_with_the_reason(
         services.campaign_activate(campaign=campaign, user=None)
         ChannelAction.objects.filter(version__campaign=campaign).delete()
 
-    wait_until(lambda: _status(campaign) == Status.DRAFT, message="never returned to Draft")
+    wait_for_status(campaign, Status.DRAFT)
     campaign.refresh_from_db()
     assert "Add at least one channel action." in campaign.activation_error
     assert campaign.live_version is None

@@ -10,9 +10,8 @@ from django.conf import settings
 from django.template import defaultfilters, defaulttags
 from django.test import override_settings
 
-from campaigns import delivery
 from campaigns.choices import DeliveryStatus
-from campaigns.models import Delivery, Execution
+from campaigns.models import Delivery
 from channels.rendering import (
     RenderBudgetExceeded,
     RenderError,
@@ -26,6 +25,7 @@ from channels.rendering import (
 from channels.rendering.budget import Budget, render_limits
 from channels.sinks import running_sinks
 from segments.models import Profile
+from tests.campaigns.delivery_support import plan, send_all
 from tests.campaigns.factories import make_live_campaign, sms_action
 from tests.segments.factories import ProfileFactory
 
@@ -685,18 +685,9 @@ def test_a_budget_hit_in_a_delivery_batch_fails_that_recipient_only(sinks, setti
     campaign = make_live_campaign(
         actions=[sms_action(body="Hi{% for t in profile.tags %} {{ t }}{% endfor %}")]
     )
-    execution = Execution.objects.get(campaign=campaign)
-    while delivery.execution_plan_step(execution_id=execution.pk):
-        pass
-    execution.refresh_from_db()
-    action = execution.version.actions.get()
+    execution = plan(campaign)
 
-    delivery.batch_send(
-        execution_id=execution.pk,
-        action_id=action.pk,
-        first_profile_id=0,
-        last_profile_id=execution.audience_max_profile_id,
-    )
+    send_all(execution)
 
     rows = {d.profile.external_id: d for d in Delivery.objects.select_related("profile")}
     assert rows["long"].status == DeliveryStatus.FAILED

@@ -18,7 +18,7 @@ from channels.models import MessagePreset
 from channels.providers import OutboundMessage, PermanentProviderError
 from channels.sinks import RunningSinks, running_sinks
 from tests.campaigns.delivery_support import plan, send_all
-from tests.campaigns.factories import make_live_campaign
+from tests.campaigns.factories import make_live_campaign, webhook_action
 from tests.channels.doors import preset_data
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import ProfileFactory
@@ -154,9 +154,7 @@ def test_a_refused_webhook_is_that_deliverys_permanent_failure(sink):
     # refuses it after resolving, and the delivery records why.
     profile = ProfileFactory.create()
     hook = MessagePresetFactory.create(channel=ChannelKind.WEBHOOK, webhook_url=sink.webhook_url)
-    campaign = make_live_campaign(
-        actions=[{"channel": "webhook", "preset": hook, "body": "{{ profile.external_id }}"}]
-    )
+    campaign = make_live_campaign(actions=[webhook_action(preset=hook)])
 
     refusing = {**sink.provider_settings(), "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": False}
     with override_settings(**refusing):

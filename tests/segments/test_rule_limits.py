@@ -17,11 +17,9 @@ import sqlite3
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.urls import reverse
-from rest_framework.test import APIClient
 
 from campaigns import services as campaign_services
 from segments import rules
@@ -30,36 +28,13 @@ from segments.models import Profile, Segment
 from segments.services import audience_snapshot_create
 from tests.campaigns.factories import make_campaign
 from tests.segments.factories import ProfileFactory
+from tests.segments.rule_trees import LONGEST, cond
 
 pytestmark = pytest.mark.django_db
 
 SQLITE_DEFAULT_VARIABLE_NUMBER = 32_766
-LONGEST = "\U0001f600" * rules.MAX_TEXT_LENGTH  # four bytes a character in UTF-8
 FLOAT_MAX = 1.7976931348623157e308
 MISSING = object()
-
-
-def cond(field: str, op: str, value: Any) -> dict[str, Any]:
-    return {"field": field, "op": op, "value": value}
-
-
-@pytest.fixture
-def admin_user_(db):
-    # No password: hashing one costs a second a test, and the doors are entered by login.
-    return get_user_model().objects.create_superuser("boss", "boss@example.com", None)
-
-
-@pytest.fixture
-def api(admin_user_):
-    client = APIClient()
-    client.force_authenticate(admin_user_)
-    return client
-
-
-@pytest.fixture
-def admin_client_(client, admin_user_):
-    client.force_login(admin_user_)
-    return client
 
 
 @pytest.fixture(autouse=True)
@@ -398,23 +373,23 @@ def test_the_trees_are_at_the_limits():
 
 
 @pytest.mark.parametrize("name", AT_THE_LIMITS)
-def test_a_tree_at_the_limits_is_saved_and_evaluated_every_way(api, crowd, name):
+def test_a_tree_at_the_limits_is_saved_and_evaluated_every_way(api_client, crowd, name):
     tree = AT_THE_LIMITS[name]
     members = [profile.pk for profile in crowd if matches(tree, profile)]
     # The data must tell members from others, or the counts would prove nothing.
     assert 0 < len(members) < len(crowd), (name, len(members))
 
-    response = api.post(
+    response = api_client.post(
         "/api/segments/", {"name": name, "kind": "rules", "rules": tree}, format="json"
     )
     assert response.status_code == 201, str(response.json())[:500]
     segment = Segment.objects.get(pk=response.json()["id"])
 
-    estimate = api.get(f"/api/segments/{segment.pk}/estimate/")
+    estimate = api_client.get(f"/api/segments/{segment.pk}/estimate/")
     assert estimate.status_code == 200, estimate.json()
     assert estimate.json() == {"count": len(members)}
 
-    preview = api.get(f"/api/segments/{segment.pk}/preview/", {"limit": 100})
+    preview = api_client.get(f"/api/segments/{segment.pk}/preview/", {"limit": 100})
     assert preview.status_code == 200, preview.json()
     by_id = {profile.pk: profile.external_id for profile in crowd}
     assert [row["external_id"] for row in preview.json()] == [by_id[pk] for pk in members]
@@ -424,11 +399,11 @@ def test_a_tree_at_the_limits_is_saved_and_evaluated_every_way(api, crowd, name)
     assert sorted(snapshot.members.values_list("profile_id", flat=True)) == members
 
 
-def test_the_admin_page_of_a_segment_at_the_limits_shows_its_count(admin_client_, crowd):
+def test_the_admin_page_of_a_segment_at_the_limits_shows_its_count(admin_client, crowd):
     tree = AT_THE_LIMITS["deepest-forked-chains"]
     members = [profile for profile in crowd if matches(tree, profile)]
     segment = Segment.objects.create(name="Deep", kind=SegmentKind.RULES, rules=tree)
-    page = admin_client_.get(reverse("admin:segments_segment_change", args=[segment.pk]))
+    page = admin_client.get(reverse("admin:segments_segment_change", args=[segment.pk]))
     assert page.status_code == 200
     assert f"<strong>{len(members)}</strong> profiles match now" in page.content.decode()
 
@@ -494,9 +469,9 @@ AT_THE_DOORS = {
 
 
 @pytest.mark.parametrize("name", AT_THE_DOORS)
-def test_the_api_refuses_a_tree_with_the_node_path(api, name):
+def test_the_api_refuses_a_tree_with_the_node_path(api_client, name):
     tree, message = AT_THE_DOORS[name]
-    response = api.post(
+    response = api_client.post(
         "/api/segments/",
         json.dumps({"name": "Refused", "kind": "rules", "rules": tree}),
         content_type="application/json",
@@ -507,10 +482,10 @@ def test_the_api_refuses_a_tree_with_the_node_path(api, name):
 
 
 @pytest.mark.parametrize("name", AT_THE_DOORS)
-def test_the_api_refuses_a_change_to_such_a_tree(api, name):
+def test_the_api_refuses_a_change_to_such_a_tree(api_client, name):
     tree, message = AT_THE_DOORS[name]
     segment = Segment.objects.create(name="Kept", rules=cond("attributes.n", "eq", 1))
-    response = api.patch(
+    response = api_client.patch(
         f"/api/segments/{segment.pk}/",
         json.dumps({"rules": tree}),
         content_type="application/json",
@@ -521,26 +496,27 @@ def test_the_api_refuses_a_change_to_such_a_tree(api, name):
     assert segment.rules == cond("attributes.n", "eq", 1)
 
 
-def _post_raw(api: Any, rules_text: str) -> Any:
-    return api.post(
+def _post_raw(api_client: Any, rules_text: str) -> Any:
+    return api_client.post(
         "/api/segments/",
         f'{{"name": "Refused", "kind": "rules", "rules": {rules_text}}}',
         content_type="application/json",
     )
 
 
-def test_the_api_refuses_a_30_digit_number_as_it_comes_in_json(api):
+def test_the_api_refuses_a_30_digit_number_as_it_comes_in_json(api_client):
     response = _post_raw(
-        api, '{"field": "attributes.age", "op": "in", "value": [1, 123456789012345678901234567890]}'
+        api_client,
+        '{"field": "attributes.age", "op": "in", "value": [1, 123456789012345678901234567890]}',
     )
     assert response.status_code == 400
     assert any("value: item 1 is beyond the 64-bit range" in e for e in response.json()["rules"])
     assert not Segment.objects.exists()
 
 
-def test_the_api_refuses_a_number_json_cannot_hold(api):
+def test_the_api_refuses_a_number_json_cannot_hold(api_client):
     # 1e400 reads as infinity, which JSON cannot carry: refused before the rules are read.
-    response = _post_raw(api, '{"field": "attributes.age", "op": "gt", "value": 1e400}')
+    response = _post_raw(api_client, '{"field": "attributes.age", "op": "gt", "value": 1e400}')
     assert response.status_code == 400
     assert not Segment.objects.exists()
 
@@ -564,8 +540,8 @@ def _admin_form_errors(response: Any) -> list[str]:
     ],
     ids=[*AT_THE_DOORS, "nan", "infinity"],
 )
-def test_the_admin_form_puts_the_refusal_on_the_rules_field(admin_client_, text, message):
-    response = admin_client_.post(
+def test_the_admin_form_puts_the_refusal_on_the_rules_field(admin_client, text, message):
+    response = admin_client.post(
         reverse("admin:segments_segment_add"),
         {"name": "Refused", "description": "", "kind": "rules", "rules": text},
     )
@@ -575,10 +551,10 @@ def test_the_admin_form_puts_the_refusal_on_the_rules_field(admin_client_, text,
     assert not Segment.objects.exists()
 
 
-def test_the_admin_change_form_refuses_too(admin_client_):
+def test_the_admin_change_form_refuses_too(admin_client):
     tree, message = REFUSED["impossible-date"]
     segment = Segment.objects.create(name="Kept", rules=cond("attributes.n", "eq", 1))
-    response = admin_client_.post(
+    response = admin_client.post(
         reverse("admin:segments_segment_change", args=[segment.pk]),
         {"name": "Kept", "description": "", "rules": json.dumps(tree)},
     )
@@ -599,28 +575,28 @@ def stored_before_the_limits(request, db):
     return segment, message
 
 
-def test_the_api_reports_a_stored_tree_it_cannot_evaluate(api, stored_before_the_limits):
+def test_the_api_reports_a_stored_tree_it_cannot_evaluate(api_client, stored_before_the_limits):
     segment, message = stored_before_the_limits
     for call in ("estimate", "preview"):
-        response = api.get(f"/api/segments/{segment.pk}/{call}/")
+        response = api_client.get(f"/api/segments/{segment.pk}/{call}/")
         assert response.status_code == 400, call
         assert message in response.json()["detail"], (call, response.json())
-    response = api.post(f"/api/segments/{segment.pk}/freeze/", {"name": "Copy"}, format="json")
+    response = api_client.post(
+        f"/api/segments/{segment.pk}/freeze/", {"name": "Copy"}, format="json"
+    )
     assert response.status_code == 400
     assert message in response.json()["detail"]
     assert list(Segment.objects.values_list("name", flat=True)) == ["Old"]
 
 
-def test_the_admin_reports_a_stored_tree_it_cannot_evaluate(
-    admin_client_, stored_before_the_limits
-):
+def test_the_admin_reports_a_stored_tree_it_cannot_evaluate(admin_client, stored_before_the_limits):
     segment, message = stored_before_the_limits
-    page = admin_client_.get(reverse("admin:segments_segment_change", args=[segment.pk]))
+    page = admin_client.get(reverse("admin:segments_segment_change", args=[segment.pk]))
     assert page.status_code == 200
     html = page.content.decode()
     assert "Invalid rules:" in html
     assert message.replace('"', "&quot;") in html
-    estimate = admin_client_.get(reverse("admin:segments_segment_estimate", args=[segment.pk]))
+    estimate = admin_client.get(reverse("admin:segments_segment_estimate", args=[segment.pk]))
     assert estimate.status_code == 400
     assert message in estimate.json()["detail"]
 

@@ -14,6 +14,7 @@ from segments import rules
 from segments.models import Profile
 from segments.rules import RuleError, compile_rules, rule_errors, validate_rules
 from tests.segments.factories import ProfileFactory
+from tests.segments.rule_trees import LONGEST, cond
 
 TODAY = timezone.now().date().isoformat()
 
@@ -65,8 +66,15 @@ def matching(tree):
     return sorted(Profile.objects.filter(compile_rules(tree)).values_list("external_id", flat=True))
 
 
-def cond(field, op, value):
-    return {"field": field, "op": op, "value": value}
+def assert_refused(tree, message):
+    """The tree is refused wherever rules are read: `message` is among the errors that
+    name each bad node by its path, and validating or compiling the tree raises."""
+    errors = rule_errors(tree)
+    assert any(message in error for error in errors), errors[:3]
+    with pytest.raises(RuleError):
+        validate_rules(tree)
+    with pytest.raises(RuleError):
+        compile_rules(tree)
 
 
 ATTRIBUTE_CASES = [
@@ -216,15 +224,9 @@ def test_every_operator_is_covered_on_this_database():
     ],
 )
 def test_invalid_trees_are_refused_with_the_node_path(tree, message):
-    errors = rule_errors(tree)
-    assert any(message in error for error in errors), errors
-    with pytest.raises(RuleError):
-        validate_rules(tree)
-    with pytest.raises(RuleError):
-        compile_rules(tree)
+    assert_refused(tree, message)
 
 
-LONGEST = "\U0001f600" * rules.MAX_TEXT_LENGTH  # four bytes a character in UTF-8
 TOO_LONG = LONGEST + "x"
 
 
@@ -295,12 +297,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("tree", "message"), BAD_VALUES, ids=lambda v: str(v)[:80])
 def test_values_the_databases_cannot_compare_are_refused_with_the_node_path(tree, message):
-    errors = rule_errors(tree)
-    assert any(message in error for error in errors), errors
-    with pytest.raises(RuleError):
-        validate_rules(tree)
-    with pytest.raises(RuleError):
-        compile_rules(tree)
+    assert_refused(tree, message)
 
 
 def test_every_bad_node_is_reported():
@@ -365,10 +362,7 @@ ABOVE_THE_LIMITS = [
 
 @pytest.mark.parametrize(("tree", "message"), ABOVE_THE_LIMITS, ids=lambda v: str(v)[:60])
 def test_trees_above_the_limits_are_refused_with_the_node_path(tree, message):
-    errors = rule_errors(tree)
-    assert any(message in error for error in errors), errors[:3]
-    with pytest.raises(RuleError):
-        compile_rules(tree)
+    assert_refused(tree, message)
 
 
 AT_THE_LIMITS = [
