@@ -109,6 +109,20 @@ def test_api_allows_an_operation_with_exactly_its_permissions(
     assert response.status_code == API_SUCCESS.get(name, 200), response.content
 
 
+@pytest.mark.parametrize(("name", "missing"), WITHOUT_ONE)
+def test_api_refuses_before_looking_the_campaign_up(api_client_for, user_with_perms, name, missing):
+    """Who may not act learns nothing of which campaigns exist: a made-up id is refused
+    with the same 403 as a real one, never a 404."""
+    real = campaign_for(name)
+    made_up = Campaign(pk=real.pk + 1000)
+    client = api_client_for(user_with_perms(*(EVERY_PERMISSION - {missing})))
+
+    refusals = [api_call(client, name, campaign) for campaign in (real, made_up)]
+
+    assert [r.status_code for r in refusals] == [403, 403]
+    assert refusals[0].json() == refusals[1].json()
+
+
 def test_activating_without_the_view_permission_reveals_nothing(api_client_for, user_with_perms):
     campaign = make_campaign(name="Secret launch", description="Embargoed until Monday")
     client = api_client_for(user_with_perms("campaigns.activate_campaign"))
