@@ -297,7 +297,7 @@ def _rate(
     running = [e for e in executions if e.status == ExecutionStatus.RUNNING]
     per_channel: dict[str, float] = dict.fromkeys(pending, 0.0)
     if running:
-        since = max(window_start, min(_epoch(e.started_at) for e in running))
+        since = max(window_start, min(e.started_at.timestamp() for e in running))
         seconds = max(1.0, now.timestamp() - since)
         rows = (
             DeliveryTimeline.objects.filter(
