@@ -43,7 +43,7 @@ from django.utils import timezone
 
 from campaigns import services
 from campaigns.choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
-from campaigns.models import Campaign, Delivery, DeliveryCount, Execution
+from campaigns.models import Campaign, Delivery, DeliveryCount, DeliveryTimeline, Execution
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from channels.sinks import RunningSinks, count_duplicates, read_records, running_sinks
@@ -194,6 +194,7 @@ class Command(BaseCommand):
         earlier = Execution.objects.filter(campaign__name__startswith="bench-delivery ")
         Delivery.objects.filter(execution__in=earlier).delete()
         DeliveryCount.objects.filter(execution__in=earlier).delete()
+        DeliveryTimeline.objects.filter(execution__in=earlier).delete()
 
     def _ensure_profiles(self, prefix: str, n: int) -> None:
         """Exactly n profiles named prefix0000001…, generated inside the database."""
