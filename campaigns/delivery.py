@@ -55,6 +55,15 @@ with its outcome (on SQLite, twice more to claim it and renew the lease); no ind
 column that sending changes, so on PostgreSQL that second write is a heap-only update on
 the row's own half-empty page.
 
+Versions. A batch's action names a channel of the execution; the content comes from the
+campaign's running version's action of that channel, checked again by every chunk just
+before its provider call (``_ActionSender``). Activating a new version while Live takes the
+send lock as Stop does (below), so from its commit every chunk sends the new content; a
+channel the new version removed is skipped (``channel_removed``). Each row records the
+version it was decided with, and the counters (``DeliveryCount``, per action, version,
+status and reason; ``DeliveryTimeline``, per 5-second bucket) move in the chunk's own
+transaction, last.
+
 Stop. Once ``campaign_stop`` has committed, no chunk starts sending. On PostgreSQL a chunk
 holds the campaign's send lock in share mode (an advisory lock: unlike a row lock it queues
 new holders behind a waiting Stop, so a steady stream of chunks cannot starve it) from the
