@@ -416,7 +416,34 @@ class Delivery(models.Model):
         return f"{self.action} → {self.profile_id}: {self.status}"
 
 
-class DeliveryCount(models.Model):
+class ExecutionActionCounter(models.Model):
+    """A number of deliveries of one action of an execution, in one status: what the
+    engine's counters share. Every worker's transaction updates these rows last thing
+    before it commits: a constraint check would also lock the execution row, which
+    planning holds, so the relations are kept by the ORM."""
+
+    execution = models.ForeignKey(
+        Execution,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    action = models.ForeignKey(
+        ChannelAction,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class DeliveryCount(ExecutionActionCounter):
     """How many deliveries of one action of an execution are in one status, decided with
     one version for one reason.
 
@@ -428,22 +455,6 @@ class DeliveryCount(models.Model):
     under the version whose content decided it and, when not sent, its reason.
     """
 
-    # Every worker's transaction updates these rows last thing before it commits: a
-    # constraint check would also lock the execution row, which planning holds.
-    execution = models.ForeignKey(
-        Execution,
-        on_delete=models.CASCADE,
-        related_name="counts",
-        db_constraint=False,
-        db_index=False,
-    )
-    action = models.ForeignKey(
-        ChannelAction,
-        on_delete=models.PROTECT,
-        related_name="+",
-        db_constraint=False,
-        db_index=False,
-    )
     version = models.ForeignKey(
         CampaignVersion,
         on_delete=models.DO_NOTHING,
@@ -451,9 +462,7 @@ class DeliveryCount(models.Model):
         db_constraint=False,
         db_index=False,
     )
-    status = models.CharField(max_length=16, choices=DeliveryStatus.choices)
     reason = models.CharField(max_length=32, choices=DeliveryReason.choices, blank=True, default="")
-    count = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -473,33 +482,17 @@ class DeliveryCount(models.Model):
 TIMELINE_BUCKET_S = 5
 
 
-class DeliveryTimeline(models.Model):
+class DeliveryTimeline(ExecutionActionCounter):
     """How many deliveries of one action of an execution finished in one status during one
     TIMELINE_BUCKET_S-second bucket: what the report's chart and its current rate read.
 
     Written beside the `DeliveryCount` rows, in the same transaction as the deliveries it
     counts, by the time the outcome was recorded (the sent time of a sent delivery)."""
 
-    execution = models.ForeignKey(
-        Execution,
-        on_delete=models.CASCADE,
-        related_name="timeline",
-        db_constraint=False,
-        db_index=False,
-    )
-    action = models.ForeignKey(
-        ChannelAction,
-        on_delete=models.PROTECT,
-        related_name="+",
-        db_constraint=False,
-        db_index=False,
-    )
     # The bucket's start, in whole seconds since the Unix epoch (a multiple of
     # TIMELINE_BUCKET_S): an integer the report can round down to any coarser interval by
     # integer division, in SQL on every database.
     bucket = models.BigIntegerField()
-    status = models.CharField(max_length=16, choices=DeliveryStatus.choices)
-    count = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -155,7 +155,7 @@ class Migration(migrations.Migration):
                         db_constraint=False,
                         db_index=False,
                         on_delete=django.db.models.deletion.CASCADE,
-                        related_name="timeline",
+                        related_name="+",
                         to="campaigns.execution",
                     ),
                 ),
@@ -179,6 +179,17 @@ class Migration(migrations.Migration):
                 on_delete=django.db.models.deletion.DO_NOTHING,
                 related_name="+",
                 to="campaigns.campaignversion",
+            ),
+        ),
+        migrations.AlterField(
+            model_name="deliverycount",
+            name="execution",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="+",
+                to="campaigns.execution",
             ),
         ),
         migrations.AddConstraint(
