@@ -1112,8 +1112,9 @@ def _send_chunks(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> 
         while True:
             if stop_requested():
                 return 0.0
-            # The running version's preset: a new version may bring another one.
-            rate = sender.preset.rate_limit_per_second
+            # The running version's preset: a new version may bring another one, or
+            # remove the channel (what is left is skipped, with nothing to pace).
+            rate = sender.preset.rate_limit_per_second if sender.content else None
             chunk = settings.SALVO_DELIVERY_SEND_CHUNK
             if rate:
                 chunk = max(1, min(chunk, int(rate)))
