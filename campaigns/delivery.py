@@ -694,15 +694,24 @@ def _count(execution_id: int, changes: Mapping[CountKey, int]) -> None:
     Last in its transaction, so the counter rows that every worker of the action updates
     stay locked only for the commit; always in the same order, so two never deadlock."""
     rows = [(execution_id, *key, n) for key, n in sorted(changes.items()) if n]
+    _add_to_counters(
+        DeliveryCount, ("execution_id", "action_id", "version_id", "status", "reason"), rows
+    )
+
+
+def _add_to_counters(model: Any, key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Add each row's last value to the `count` of the counter with the row's key (the
+    `key` columns, those of the model's unique constraint), creating it at need: one
+    INSERT … ON CONFLICT DO UPDATE for all the rows."""
     if not rows:
         return
-    table = _table(DeliveryCount)
+    table = _table(model)
     count = connection.ops.quote_name("count")
-    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
+    columns = ", ".join([*key, count])
+    values = ", ".join([f"({', '.join(['%s'] * (len(key) + 1))})"] * len(rows))
     sql = (
-        f"INSERT INTO {table} (execution_id, action_id, version_id, status, reason, {count}) "
-        f"VALUES {values} "
-        f"ON CONFLICT (execution_id, action_id, version_id, status, reason) "
+        f"INSERT INTO {table} ({columns}) VALUES {values} "
+        f"ON CONFLICT ({', '.join(key)}) "
         f"DO UPDATE SET {count} = {table}.{count} + excluded.{count}"
     )
     with connection.cursor() as cursor:
@@ -720,20 +729,9 @@ def _count_timeline(
     """Add the chunk's finished outcomes to the execution's timeline bucket of `now`, in
     one statement, after `_count` (the same order in every transaction)."""
     finished = Counter(o.status for o in outcomes if o.status != D.PENDING)
-    if not finished:
-        return
     bucket = timeline_bucket(now)
     rows = [(execution_id, action_id, bucket, status, n) for status, n in sorted(finished.items())]
-    table = _table(DeliveryTimeline)
-    count = connection.ops.quote_name("count")
-    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
-    sql = (
-        f"INSERT INTO {table} (execution_id, action_id, bucket, status, {count}) "
-        f"VALUES {values} ON CONFLICT (execution_id, action_id, bucket, status) "
-        f"DO UPDATE SET {count} = {table}.{count} + excluded.{count}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value for row in rows for value in row])
+    _add_to_counters(DeliveryTimeline, ("execution_id", "action_id", "bucket", "status"), rows)
 
 
 def _status_changes(
