@@ -62,3 +62,22 @@ DELIVERY_TERMINAL_STATUSES: tuple[str, ...] = (
     DeliveryStatus.FAILED,
     DeliveryStatus.SKIPPED,
 )
+
+
+class DeliveryReason(models.TextChoices):
+    """Why a delivery was not sent (skipped or failed), or why it waits for a retry: one
+    code per place the engine decides so, beside the row's human `error` text."""
+
+    # Skipped: the recipient cannot or must not receive this channel.
+    OPTED_OUT = "opted_out", "Opted out"
+    NO_ADDRESS = "no_address", "No address"
+    PROFILE_DELETED = "profile_deleted", "Profile deleted"
+    CHANNEL_REMOVED = "channel_removed", "Channel removed by a newer version"
+    # Failed before any provider saw it.
+    BAD_PROFILE_DATA = "bad_profile_data", "Unreadable profile data"
+    RENDER_ERROR = "render_error", "Content could not be rendered"
+    PREPARE_ERROR = "prepare_error", "Message could not be prepared"
+    # The provider's answer.
+    PROVIDER_REFUSED = "provider_refused", "Refused by the provider"
+    PROVIDER_ERROR = "provider_error", "Provider error, retrying"
+    GAVE_UP = "gave_up", "Gave up after the maximum attempts"

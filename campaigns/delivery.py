@@ -55,6 +55,15 @@ with its outcome (on SQLite, twice more to claim it and renew the lease); no ind
 column that sending changes, so on PostgreSQL that second write is a heap-only update on
 the row's own half-empty page.
 
+Versions. A batch's action names a channel of the execution; the content comes from the
+campaign's running version's action of that channel, checked again by every chunk just
+before its provider call (``_ActionSender``). Activating a new version while Live takes the
+send lock as Stop does (below), so from its commit every chunk sends the new content; a
+channel the new version removed is skipped (``channel_removed``). Each row records the
+version it was decided with, and the counters (``DeliveryCount``, per action, version,
+status and reason; ``DeliveryTimeline``, per 5-second bucket) move in the chunk's own
+transaction, last.
+
 Stop. Once ``campaign_stop`` has committed, no chunk starts sending. On PostgreSQL a chunk
 holds the campaign's send lock in share mode (an advisory lock: unlike a row lock it queues
 new holders behind a waiting Stop, so a steady stream of chunks cannot starve it) from the
@@ -106,13 +115,29 @@ from segments.models import (
 )
 from segments.unsubscribe import unsubscribe_links
 
-from .choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
-from .models import Campaign, ChannelAction, Delivery, DeliveryCount, Execution
+from .choices import (
+    CampaignStatus,
+    CampaignType,
+    DeliveryReason,
+    DeliveryStatus,
+    ExecutionStatus,
+)
+from .models import (
+    TIMELINE_BUCKET_S,
+    Campaign,
+    CampaignVersion,
+    ChannelAction,
+    Delivery,
+    DeliveryCount,
+    DeliveryTimeline,
+    Execution,
+)
 from .retries import RetryPolicy, provider_answer_outcome
 
 logger = logging.getLogger(__name__)
 
 D = DeliveryStatus
+R = DeliveryReason
 # While a new version is being activated, the running execution goes on with its own.
 SENDING_CAMPAIGN_STATUSES = (CampaignStatus.LIVE, CampaignStatus.ACTIVATING)
 
@@ -173,21 +198,33 @@ def _send_lock_key(campaign_id: int) -> list[int]:
     return [SEND_LOCK_SPACE, campaign_id & 0x7FFFFFFF]
 
 
-def _campaign_sending(campaign_id: int, *, hold: bool = False) -> bool:
-    """Whether the campaign may still send; with `hold`, take its send lock in share mode
-    until the transaction ends (PostgreSQL), so that a stop waits for what is being sent
-    now and nothing starts sending once it has committed."""
+def _sending_version(campaign_id: int, *, hold: bool = False) -> int | None:
+    """The campaign's running version, whose content goes out now; None once the campaign
+    may no longer send. With `hold`, take its send lock in share mode until the
+    transaction ends (PostgreSQL), so that a stop or the activation of a new version waits
+    for what is being sent now, and nothing is sent with the old state once it has
+    committed."""
     if hold and _on_postgres():
         with connection.cursor() as cursor:
             sql = "SELECT pg_advisory_xact_lock_shared(%s, %s)"
             cursor.execute(sql, _send_lock_key(campaign_id))
     # Read after the lock is held: a new statement sees what a stop committed meanwhile.
-    return Campaign.objects.filter(pk=campaign_id, status__in=SENDING_CAMPAIGN_STATUSES).exists()
+    found = Campaign.objects.filter(
+        pk=campaign_id, status__in=SENDING_CAMPAIGN_STATUSES
+    ).values_list("live_version_id", flat=True)
+    return next(iter(found), None)
+
+
+def _campaign_sending(campaign_id: int) -> bool:
+    """Whether the campaign may still send."""
+    return _sending_version(campaign_id) is not None
 
 
 def hold_campaign_sends(*, campaign_id: int) -> None:
     """Wait for the campaign's chunks that are on their way to the provider and keep new
-    ones from sending until the current transaction ends: ``campaign_stop`` calls it first.
+    ones from sending until the current transaction ends: ``campaign_stop`` and the
+    activation of a new version (``campaign_activation_complete``) call it first, so that
+    nothing is sent with the old state once they have committed.
 
     On PostgreSQL the send lock in exclusive mode; a chunk that asks for it in share mode
     meanwhile queues behind. On SQLite nothing to do: the stop's transaction holds the
@@ -225,7 +262,12 @@ def execution_start(*, campaign: Campaign) -> Execution | None:
     )
     # Every counter exists from the start: the engine then only ever updates them.
     DeliveryCount.objects.bulk_create(
-        DeliveryCount(execution=execution, action_id=action_id, status=status)
+        DeliveryCount(
+            execution=execution,
+            action_id=action_id,
+            version_id=campaign.live_version_id,
+            status=status,
+        )
         for action_id in ChannelAction.objects.filter(
             version_id=campaign.live_version_id
         ).values_list("pk", flat=True)
@@ -271,8 +313,9 @@ def _insert_deliveries(execution: Execution, first_key: int, last_key: int) -> C
     # "WHERE" before ON CONFLICT also keeps SQLite from reading it as a join constraint.
     sql = (
         f"INSERT INTO {_table(Delivery)} "
-        "(execution_id, action_id, profile_id, status, attempts, provider_message_id, error) "
-        f"SELECT %s, a.id, m.{profile_column}, %s, 0, '', '' "
+        "(execution_id, action_id, profile_id, status, attempts, provider_message_id, error, "
+        "reason) "
+        f"SELECT %s, a.id, m.{profile_column}, %s, 0, '', '', '' "
         f"FROM {_table(AudienceMember)} m CROSS JOIN {_table(ChannelAction)} a "
         f"WHERE m.{snapshot_column} = %s AND m.{key_column} BETWEEN %s AND %s "
         "AND a.version_id = %s "
@@ -341,7 +384,10 @@ def execution_plan_step(*, execution_id: int) -> bool:
         execution.planned_through = max(last, execution.planned_through)
         execution.planning_done = execution.planned_through >= top
         execution.save(update_fields=["planned_through", "planning_done", "audience_size"])
-        _count(execution.pk, {(action, D.PENDING): n for action, n in per_action.items()})
+        _count(
+            execution.pk,
+            {(a, execution.version_id, D.PENDING, ""): n for a, n in per_action.items()},
+        )
     execution_progress(execution_id=execution_id)
     return not execution.planning_done
 
@@ -466,6 +512,7 @@ class _Outcome:
     status: str
     text: str = ""  # the provider's message id when sent, else the reason
     next_attempt_at: dt.datetime | None = None  # a pending row's retry time
+    reason: str = ""  # why it was not sent (DeliveryReason); empty when sent
 
 
 def _due_rows_sql(*, where: str, suffix: str = "") -> str:
@@ -572,11 +619,15 @@ def _release_claim(ids: Sequence[int], *, claim: uuid.UUID) -> None:
 
 
 def _record(
-    outcomes: Sequence[_Outcome], *, now: dt.datetime, claim: uuid.UUID | None = None
+    outcomes: Sequence[_Outcome],
+    *,
+    now: dt.datetime,
+    version_id: int,
+    claim: uuid.UUID | None = None,
 ) -> set[int]:
-    """Write every outcome of a chunk with one UPDATE of its (pending) rows; with `claim`
-    (SQLite), only of the rows that still carry it, whose claim it then clears. Returns
-    the ids of the rows written.
+    """Write every outcome of a chunk with one UPDATE of its (pending) rows, each with the
+    version whose content decided it; with `claim` (SQLite), only of the rows that still
+    carry it, whose claim it then clears. Returns the ids of the rows written.
 
     The outcomes travel as one JSON parameter: the driver would otherwise quote thousands
     of parameters one by one, which costs more than the update."""
@@ -589,6 +640,7 @@ def _record(
                 o.status,
                 o.text[:10_000],
                 _db_time(o.next_attempt_at) if o.next_attempt_at else None,
+                o.reason,
             ]
             for o in outcomes
         ],
@@ -597,16 +649,17 @@ def _record(
     )
     table = _table(Delivery)
     at = _db_time(now)
-    params: list[Any] = [D.SENT, D.SENT, D.SENT, at, at, document, D.PENDING]
+    params: list[Any] = [D.SENT, D.SENT, D.SENT, at, version_id, at, document, D.PENDING]
     if _on_postgres():
         source = (
             "(SELECT (e->>0)::bigint AS id, e->>1 AS status, e->>2 AS text, "
-            "(e->>3)::timestamptz AS due FROM jsonb_array_elements(%s::jsonb) AS e) AS v"
+            "(e->>3)::timestamptz AS due, e->>4 AS reason "
+            "FROM jsonb_array_elements(%s::jsonb) AS e) AS v"
         )
     else:
         source = (
             "(SELECT value->>0 AS id, value->>1 AS status, value->>2 AS text, "
-            "value->>3 AS due FROM json_each(%s)) AS v"
+            "value->>3 AS due, value->>4 AS reason FROM json_each(%s)) AS v"
         )
     where = f"{table}.id = v.id AND {table}.status = %s"
     clear_claim = ""
@@ -619,7 +672,8 @@ def _record(
         "provider_message_id = CASE WHEN v.status = %s THEN v.text ELSE '' END, "
         "error = CASE WHEN v.status = %s THEN '' ELSE v.text END, "
         "next_attempt_at = v.due, sent_at = CASE WHEN v.status = %s THEN %s END, "
-        f"updated_at = %s{clear_claim} FROM {source} WHERE {where}"
+        f"reason = v.reason, version_id = %s, updated_at = %s{clear_claim} "
+        f"FROM {source} WHERE {where}"
     )
     with connection.cursor() as cursor:
         if claim is None:
@@ -629,34 +683,83 @@ def _record(
         return {int(delivery_id) for (delivery_id,) in cursor.fetchall()}
 
 
-def _count(execution_id: int, changes: Mapping[tuple[int, str], int]) -> None:
-    """Add to the (action, status) counters of an execution, in one statement.
+# A counter's key: (action, version, status, reason); see DeliveryCount.
+CountKey = tuple[int, int, str, str]
+
+
+def _count(execution_id: int, changes: Mapping[CountKey, int]) -> None:
+    """Add to the (action, version, status, reason) counters of an execution, in one
+    statement.
 
     Last in its transaction, so the counter rows that every worker of the action updates
     stay locked only for the commit; always in the same order, so two never deadlock."""
-    rows = [(execution_id, a, s, n) for (a, s), n in sorted(changes.items()) if n]
+    rows = [(execution_id, *key, n) for key, n in sorted(changes.items()) if n]
+    _add_to_counters(
+        DeliveryCount, ("execution_id", "action_id", "version_id", "status", "reason"), rows
+    )
+
+
+def _add_to_counters(model: Any, key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Add each row's last value to the `count` of the counter with the row's key (the
+    `key` columns, those of the model's unique constraint), creating it at need: one
+    INSERT … ON CONFLICT DO UPDATE for all the rows."""
     if not rows:
         return
-    table = _table(DeliveryCount)
+    table = _table(model)
     count = connection.ops.quote_name("count")
-    values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
+    columns = ", ".join([*key, count])
+    values = ", ".join([f"({', '.join(['%s'] * (len(key) + 1))})"] * len(rows))
     sql = (
-        f"INSERT INTO {table} (execution_id, action_id, status, {count}) VALUES {values} "
-        f"ON CONFLICT (execution_id, action_id, status) "
+        f"INSERT INTO {table} ({columns}) VALUES {values} "
+        f"ON CONFLICT ({', '.join(key)}) "
         f"DO UPDATE SET {count} = {table}.{count} + excluded.{count}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [value for row in rows for value in row])
 
 
-def _status_changes(action_id: int, outcomes: Sequence[_Outcome]) -> Counter[tuple[int, str]]:
-    """How the recorded outcomes move the action's counters: out of pending, into theirs."""
-    changes: Counter[tuple[int, str]] = Counter()
+def timeline_bucket(at: dt.datetime) -> int:
+    """The timeline bucket a moment falls in: its start, in seconds since the epoch."""
+    return int(at.timestamp()) // TIMELINE_BUCKET_S * TIMELINE_BUCKET_S
+
+
+def _count_timeline(
+    execution_id: int, action_id: int, outcomes: Sequence[_Outcome], *, now: dt.datetime
+) -> None:
+    """Add the chunk's finished outcomes to the execution's timeline bucket of `now`, in
+    one statement, after `_count` (the same order in every transaction)."""
+    finished = Counter(o.status for o in outcomes if o.status != D.PENDING)
+    bucket = timeline_bucket(now)
+    rows = [(execution_id, action_id, bucket, status, n) for status, n in sorted(finished.items())]
+    _add_to_counters(DeliveryTimeline, ("execution_id", "action_id", "bucket", "status"), rows)
+
+
+def _status_changes(
+    action: ChannelAction, outcomes: Sequence[_Outcome], *, version_id: int
+) -> Counter[CountKey]:
+    """How the recorded outcomes move the action's counters: out of pending (counted under
+    the action's own version), into their status, decided with `version_id`, for their
+    reason."""
+    changes: Counter[CountKey] = Counter()
     for outcome in outcomes:
         if outcome.status != D.PENDING:
-            changes[(action_id, outcome.status)] += 1
-            changes[(action_id, D.PENDING)] -= 1
+            changes[(action.pk, version_id, outcome.status, outcome.reason)] += 1
+            changes[(action.pk, action.version_id, D.PENDING, "")] -= 1
     return changes
+
+
+def _record_counts(
+    execution_id: int,
+    action: ChannelAction,
+    outcomes: Sequence[_Outcome],
+    *,
+    version_id: int,
+    now: dt.datetime,
+) -> None:
+    """Move the counters and the timeline by the recorded outcomes: the last statements of
+    the chunk's transaction."""
+    _count(execution_id, _status_changes(action, outcomes, version_id=version_id))
+    _count_timeline(execution_id, action.pk, outcomes, now=now)
 
 
 @dataclass
@@ -675,31 +778,67 @@ def _delivery_policy() -> RetryPolicy:
 
 class _ActionSender:
     """Sends the chunks of one action's batch: what every recipient shares is worked out
-    once, and the provider's connection stays open across the chunks."""
+    once, and the provider's connection stays open across the chunks.
 
-    def __init__(self, *, action: ChannelAction, campaign: Campaign) -> None:
+    The batch's action names the channel (and the counters) within the execution; the
+    content, and the preset, are those of the campaign's running version's action of that
+    channel (``use_version``): a version activated while the execution sends applies to
+    every delivery not sent yet. Each chunk checks the running version once more just
+    before the provider call (under the send lock on PostgreSQL) and renders again if it
+    changed, so no delivery goes out with an older version's content once the activation
+    has committed."""
+
+    def __init__(self, *, action: ChannelAction, campaign: Campaign, version_id: int) -> None:
         self.action = action
         self.campaign = campaign
         self.preset = action.preset
         channel = action.channel
         self.channel = channel
-        label = action.get_channel_display()
-        marketing = campaign.type == CampaignType.MARKETING
+        self.label = action.get_channel_display()
+        self.marketing = campaign.type == CampaignType.MARKETING
         self.consent = (
-            consent_field(channel) if marketing and channel in ConsentChannel.values else None
+            consent_field(channel) if self.marketing and channel in ConsentChannel.values else None
         )
-        self.opted_out = f"Opted out of {label} marketing."
+        self.opted_out = f"Opted out of {self.label} marketing."
         self.address_field = ADDRESS_FIELD.get(channel)
-        self.no_address = f"No {label} address."
-        self.render = content_renderer(subject=action.subject, body=action.body)
+        self.no_address = f"No {self.label} address."
+        self.backend: ProviderBackend | None = None
+        self.policy = _delivery_policy()
+        self.version_id = 0
+        self.content: ChannelAction | None = None
+        self.removed = ""
+        self.use_version(version_id)
+
+    def use_version(self, version_id: int) -> None:
+        """Send the content of this version's action of the channel from now on. When the
+        version has none (it removed the channel), the rows left are skipped with the
+        reason ``channel_removed``: what a version does not send is not sent."""
+        if version_id == self.version_id:
+            return
+        if version_id == self.action.version_id:
+            content: ChannelAction | None = self.action
+        else:
+            content = (
+                ChannelAction.objects.select_related("preset")
+                .filter(version_id=version_id, channel=self.channel)
+                .first()
+            )
+        self.version_id = version_id
+        self.content = content
+        if content is None:
+            number = CampaignVersion.objects.filter(pk=version_id).values_list("number", flat=True)
+            self.removed = f"Version {next(iter(number), '?')} has no {self.label} action."
+            return
+        if self.backend is not None and content.preset_id != self.preset.pk:
+            self.close()  # the next send opens the new preset's backend
+        self.preset = content.preset
+        self.render = content_renderer(subject=content.subject, body=content.body)
         self.unsubscribe = (
             self.preset.reply_to or self.preset.from_email
-            if marketing and channel == ChannelKind.EMAIL
+            if self.marketing and self.channel == ChannelKind.EMAIL
             else None
         )
         self.unsubscribe_link = unsubscribe_links() if self.unsubscribe else None
-        self.backend: ProviderBackend | None = None
-        self.policy = _delivery_policy()
 
     def close(self) -> None:
         if self.backend is not None:
@@ -725,15 +864,22 @@ class _ActionSender:
         read, its content cannot be rendered, or anything else goes wrong for it alone) or
         a rendered message."""
         prepared = _Prepared([], [])
+        if self.content is None:
+            prepared.outcomes = [
+                _Outcome(row.delivery_id, D.SKIPPED, self.removed, reason=R.CHANNEL_REMOVED)
+                for row in due
+            ]
+            return prepared
         for row in due:
             try:
                 decided = self._prepare_one(row)
             except RenderError as error:
-                decided = _Outcome(row.delivery_id, D.FAILED, f"Cannot render: {error}")
+                text = f"Cannot render: {error}"
+                decided = _Outcome(row.delivery_id, D.FAILED, text, reason=R.RENDER_ERROR)
             except Exception as error:  # this recipient's failure, never the batch's
-                reason = f"Cannot prepare the message: {type(error).__name__}: {error}"
-                logger.warning("Delivery %s failed: %s", row.delivery_id, reason)
-                decided = _Outcome(row.delivery_id, D.FAILED, reason)
+                text = f"Cannot prepare the message: {type(error).__name__}: {error}"
+                logger.warning("Delivery %s failed: %s", row.delivery_id, text)
+                decided = _Outcome(row.delivery_id, D.FAILED, text, reason=R.PREPARE_ERROR)
             if isinstance(decided, _Outcome):
                 prepared.outcomes.append(decided)
             else:
@@ -743,20 +889,25 @@ class _ActionSender:
     def _prepare_one(self, row: _Due) -> _Outcome | OutboundMessage:
         profile = row.profile
         if profile is None:
-            return _Outcome(row.delivery_id, D.SKIPPED, "The profile no longer exists.")
+            return _Outcome(
+                row.delivery_id,
+                D.SKIPPED,
+                "The profile no longer exists.",
+                reason=R.PROFILE_DELETED,
+            )
         if self.consent and not profile[self.consent]:
-            return _Outcome(row.delivery_id, D.SKIPPED, self.opted_out)
+            return _Outcome(row.delivery_id, D.SKIPPED, self.opted_out, reason=R.OPTED_OUT)
         field = self.address_field
         address = profile[field] if field else self.preset.webhook_url
         if not address:
-            return _Outcome(row.delivery_id, D.SKIPPED, self.no_address)
+            return _Outcome(row.delivery_id, D.SKIPPED, self.no_address, reason=R.NO_ADDRESS)
         attributes = profile["attributes"]
         if isinstance(attributes, str):
             try:
                 profile = {**profile, "attributes": json.loads(attributes)}
             except (ValueError, RecursionError) as error:
-                reason = f"Cannot read the profile's attributes: {type(error).__name__}: {error}"
-                return _Outcome(row.delivery_id, D.FAILED, reason)
+                text = f"Cannot read the profile's attributes: {type(error).__name__}: {error}"
+                return _Outcome(row.delivery_id, D.FAILED, text, reason=R.BAD_PROFILE_DATA)
         subject, body = self.render(profile_context(profile))
         headers: dict[str, str] = {}
         if self.unsubscribe:
@@ -797,7 +948,13 @@ class _ActionSender:
                 answer, attempt=row.attempt, now=now, policy=self.policy
             )
             outcomes.append(
-                _Outcome(row.delivery_id, decided.status, decided.text, decided.next_attempt_at)
+                _Outcome(
+                    row.delivery_id,
+                    decided.status,
+                    decided.text,
+                    decided.next_attempt_at,
+                    decided.reason,
+                )
             )
         return outcomes
 
@@ -812,54 +969,75 @@ class _ActionSender:
     def _send_locked_chunk(self, batch: Batch, *, limit: int) -> bool | None:
         """PostgreSQL: lock the chunk's due rows, render, send, record, all in one
         transaction. From the campaign check on (after rendering) the transaction holds
-        the campaign's send lock in share mode: a stop waits for the provider call, and
-        once it has committed no chunk sends."""
+        the campaign's send lock in share mode: a stop, or the activation of a new
+        version, waits for the provider call, and once it has committed no chunk sends
+        with the old state (a chunk rendered with the old version renders again, under
+        the lock: once per chunk in flight per activation)."""
         with transaction.atomic():
             due = _lock_due(batch, limit=limit, now=timezone.now())
             if not due:
                 return False
             prepared = self.prepare(due)
-            if not _campaign_sending(self.campaign.pk, hold=True):
+            version_id = _sending_version(self.campaign.pk, hold=True)
+            if version_id is None:
                 return None
+            if version_id != self.version_id:
+                self.use_version(version_id)
+                prepared = self.prepare(due)
             outcomes = prepared.outcomes
             if prepared.messages:
                 outcomes += self.send(prepared.messages)
-            _record(outcomes, now=timezone.now())
-            _count(batch.execution_id, _status_changes(self.action.pk, outcomes))
+            now = timezone.now()
+            _record(outcomes, now=now, version_id=self.version_id)
+            _record_counts(
+                batch.execution_id, self.action, outcomes, version_id=self.version_id, now=now
+            )
         return self._more_due(due, outcomes, limit=limit)
 
     def _send_claimed_chunk(self, batch: Batch, *, limit: int) -> bool | None:
         """SQLite: claim the chunk's due rows in a short transaction that checks the
-        campaign; render with no transaction open; check the campaign again and renew the
-        claim just before the provider call; record the outcomes of the rows still
+        campaign; render with no transaction open; check the campaign and its running
+        version again and renew the claim just before the provider call (rendering again
+        first if a new version went Live meanwhile); record the outcomes of the rows still
         claimed in a last short transaction. Nothing holds the write lock while the chunk
         renders or waits for the provider."""
         claim = uuid.uuid4()
         with transaction.atomic():
-            if not _campaign_sending(self.campaign.pk):
+            version_id = _sending_version(self.campaign.pk)
+            if version_id is None:
                 return None
             due = _claim_due(batch, limit=limit, now=timezone.now(), claim=claim)
         if not due:
             return False
+        self.use_version(version_id)
         prepared = self.prepare(due)
-        outcomes = prepared.outcomes
-        if prepared.messages:
+        held: set[int] = set()
+        while prepared.messages:
             with transaction.atomic():
-                if not _campaign_sending(self.campaign.pk):
+                version_id = _sending_version(self.campaign.pk)
+                if version_id is None:
                     _release_claim([row.delivery_id for row in due], claim=claim)
                     return None
-                held = _renew_claim(
-                    [row.delivery_id for row, _ in prepared.messages],
-                    claim=claim,
-                    now=timezone.now(),
-                )
-            messages = [(row, m) for row, m in prepared.messages if row.delivery_id in held]
-            if messages:
-                outcomes += self.send(messages)
+                if version_id == self.version_id:
+                    held = _renew_claim(
+                        [row.delivery_id for row, _ in prepared.messages],
+                        claim=claim,
+                        now=timezone.now(),
+                    )
+                    break
+            self.use_version(version_id)
+            prepared = self.prepare(due)
+        outcomes = prepared.outcomes
+        messages = [(row, m) for row, m in prepared.messages if row.delivery_id in held]
+        if messages:
+            outcomes += self.send(messages)
         with transaction.atomic():
-            recorded = _record(outcomes, now=timezone.now(), claim=claim)
+            now = timezone.now()
+            recorded = _record(outcomes, now=now, version_id=self.version_id, claim=claim)
             outcomes = [o for o in outcomes if o.delivery_id in recorded]
-            _count(batch.execution_id, _status_changes(self.action.pk, outcomes))
+            _record_counts(
+                batch.execution_id, self.action, outcomes, version_id=self.version_id, now=now
+            )
         return self._more_due(due, outcomes, limit=limit)
 
     @staticmethod
@@ -925,17 +1103,20 @@ def _send_chunks(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> 
     A rate-limited preset sends one second's worth of its rate per chunk, so that a worker
     waits in small steps; past SALVO_DELIVERY_RATE_WAIT_MAX_S it gives its reservation
     back and the batch comes back later, leaving the worker to other campaigns."""
-    preset = action.preset
-    rate = preset.rate_limit_per_second
-    chunk = settings.SALVO_DELIVERY_SEND_CHUNK
-    if rate:
-        chunk = max(1, min(chunk, int(rate)))
-    bucket = f"preset:{preset.pk}"
-    sender = _ActionSender(action=action, campaign=campaign)
+    sender = _ActionSender(
+        action=action, campaign=campaign, version_id=campaign.live_version_id or action.version_id
+    )
     try:
         while True:
             if stop_requested():
                 return 0.0
+            # The running version's preset: a new version may bring another one, or
+            # remove the channel (what is left is skipped, with nothing to pace).
+            rate = sender.preset.rate_limit_per_second if sender.content else None
+            chunk = settings.SALVO_DELIVERY_SEND_CHUNK
+            if rate:
+                chunk = max(1, min(chunk, int(rate)))
+            bucket = f"preset:{sender.preset.pk}"
             if rate:
                 # Reserve before locking rows, so that no row sits locked while we wait.
                 wait = ratelimit.acquire(key=bucket, rate_per_s=rate, tokens=chunk)
@@ -1200,7 +1381,11 @@ def naive_send_one(*, execution_id: int, action_id: int, profile_id: int) -> Non
         subject=action.subject, body=action.body, profile=profile_context(profile)
     )
     delivery = Delivery.objects.create(
-        execution_id=execution_id, action=action, profile_id=profile_id, attempts=1
+        execution_id=execution_id,
+        action=action,
+        version_id=action.version_id,
+        profile_id=profile_id,
+        attempts=1,
     )
     message = OutboundMessage(
         delivery_id=delivery.pk, channel=action.channel, to=address, subject=subject, body=body

@@ -12,7 +12,13 @@ from taggit.managers import TaggableManager
 
 from channels.choices import ChannelKind
 
-from .choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
+from .choices import (
+    CampaignStatus,
+    CampaignType,
+    DeliveryReason,
+    DeliveryStatus,
+    ExecutionStatus,
+)
 from .operations import transition_permission
 
 Status = CampaignStatus
@@ -362,6 +368,23 @@ class Delivery(models.Model):
     status = models.CharField(
         max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
     )
+    # The version whose content the delivery was decided with (sent, skipped or failed,
+    # or its last attempt while it waits for a retry); empty until then. The action above
+    # names the channel within the execution; while the campaign sends, a newer version's
+    # action of that channel gives the content (see campaigns.delivery). A delivery is
+    # history: nothing here stops a version from going, and no index is kept for it.
+    version = models.ForeignKey(
+        CampaignVersion,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    # Why it was not sent (skipped, failed, or pending a retry), as a code the reports
+    # count; `error` says the same for a person, with the details.
+    reason = models.CharField(max_length=32, choices=DeliveryReason.choices, blank=True, default="")
     attempts = models.PositiveSmallIntegerField(default=0)
     provider_message_id = models.CharField(max_length=255, blank=True, default="")
     error = models.TextField(blank=True, default="")
@@ -384,26 +407,25 @@ class Delivery(models.Model):
             models.CheckConstraint(
                 condition=Q(status__in=DeliveryStatus.values), name="delivery_status_valid"
             ),
+            models.CheckConstraint(
+                condition=Q(reason__in=["", *DeliveryReason.values]), name="delivery_reason_valid"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.action} → {self.profile_id}: {self.status}"
 
 
-class DeliveryCount(models.Model):
-    """How many deliveries of one action of an execution are in one status.
+class ExecutionActionCounter(models.Model):
+    """A number of deliveries of one action of an execution, in one status: what the
+    engine's counters share. Every worker's transaction updates these rows last thing
+    before it commits: a constraint check would also lock the execution row, which
+    planning holds, so the relations are kept by the ORM."""
 
-    Kept up to date in the transactions that change deliveries (planning adds pending
-    rows, each sent chunk moves its rows on), so that progress bars, the report and the
-    completion check read a handful of rows instead of counting millions.
-    """
-
-    # Every worker's transaction updates these rows last thing before it commits: a
-    # constraint check would also lock the execution row, which planning holds.
     execution = models.ForeignKey(
         Execution,
         on_delete=models.CASCADE,
-        related_name="counts",
+        related_name="+",
         db_constraint=False,
         db_index=False,
     )
@@ -418,11 +440,67 @@ class DeliveryCount(models.Model):
     count = models.BigIntegerField(default=0)
 
     class Meta:
+        abstract = True
+
+
+class DeliveryCount(ExecutionActionCounter):
+    """How many deliveries of one action of an execution are in one status, decided with
+    one version for one reason.
+
+    Kept up to date in the transactions that change deliveries (planning adds pending
+    rows, each sent chunk moves its rows on), so that progress bars, the report and the
+    completion check read a handful of rows instead of counting millions. Pending rows are
+    counted under the execution's own version and no reason: they are not decided yet (a
+    row waiting for a retry shows its reason on the row itself). A finished row is counted
+    under the version whose content decided it and, when not sent, its reason.
+    """
+
+    version = models.ForeignKey(
+        CampaignVersion,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    reason = models.CharField(max_length=32, choices=DeliveryReason.choices, blank=True, default="")
+
+    class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["execution", "action", "status"], name="delivery_count_per_status"
+                fields=["execution", "action", "version", "status", "reason"],
+                name="delivery_count_per_outcome",
             ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.action} {self.status}: {self.count}"
+        return f"{self.action} {self.status} {self.reason}: {self.count}"
+
+
+# The width of a timeline bucket, in seconds: fine enough that a one-minute campaign draws
+# a dozen points, and the report merges buckets for longer runs (a three-hour one is 2,160
+# buckets per channel and status, merged in the database into a chart's worth of points).
+TIMELINE_BUCKET_S = 5
+
+
+class DeliveryTimeline(ExecutionActionCounter):
+    """How many deliveries of one action of an execution finished in one status during one
+    TIMELINE_BUCKET_S-second bucket: what the report's chart and its current rate read.
+
+    Written beside the `DeliveryCount` rows, in the same transaction as the deliveries it
+    counts, by the time the outcome was recorded (the sent time of a sent delivery)."""
+
+    # The bucket's start, in whole seconds since the Unix epoch (a multiple of
+    # TIMELINE_BUCKET_S): an integer the report can round down to any coarser interval by
+    # integer division, in SQL on every database.
+    bucket = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["execution", "action", "bucket", "status"],
+                name="delivery_timeline_per_bucket",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.status} @{self.bucket}: {self.count}"

@@ -20,7 +20,7 @@ from channels.providers import (
     TransientProviderError,
 )
 
-from .choices import DeliveryStatus
+from .choices import DeliveryReason, DeliveryStatus
 
 
 def backoff_delay(
@@ -75,11 +75,13 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class Outcome:
     """What becomes of a delivery after an attempt: its status, the text to record (the
-    provider's message id when sent, else the reason) and, while pending, when to retry."""
+    provider's message id when sent, else the reason), the reason's code when it was not
+    sent (`DeliveryReason`, empty when sent) and, while pending, when to retry."""
 
     status: str
     text: str
     next_attempt_at: dt.datetime | None = None
+    reason: str = ""
 
 
 def provider_answer_outcome(
@@ -91,11 +93,15 @@ def provider_answer_outcome(
     if isinstance(answer, SendResult):
         return Outcome(DeliveryStatus.SENT, answer.provider_message_id or "")
     if isinstance(answer, PermanentProviderError):
-        return Outcome(DeliveryStatus.FAILED, answer.reason)
+        return Outcome(DeliveryStatus.FAILED, answer.reason, reason=DeliveryReason.PROVIDER_REFUSED)
     # A bare ProviderError: the backend did not say whether it may pass later, so try.
     retry_after = answer.retry_after if isinstance(answer, TransientProviderError) else None
     if not policy.may_retry(attempt=attempt):
-        return Outcome(DeliveryStatus.FAILED, f"Gave up after {attempt} attempts: {answer.reason}")
+        return Outcome(
+            DeliveryStatus.FAILED,
+            f"Gave up after {attempt} attempts: {answer.reason}",
+            reason=DeliveryReason.GAVE_UP,
+        )
     due = retry_at(
         now=now,
         attempt=attempt,
@@ -103,4 +109,9 @@ def provider_answer_outcome(
         cap_s=policy.cap_s,
         retry_after_s=retry_after,
     )
-    return Outcome(DeliveryStatus.PENDING, answer.reason, next_attempt_at=due)
+    return Outcome(
+        DeliveryStatus.PENDING,
+        answer.reason,
+        next_attempt_at=due,
+        reason=DeliveryReason.PROVIDER_ERROR,
+    )

@@ -345,7 +345,14 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
     """The activation task's work: re-check, then Scheduled/Live, or back with the reason.
 
     Safe to run twice: a campaign no longer Activating is left as it is.
+
+    A new version of a Live campaign applies to every delivery not yet sent from the
+    moment this commits: first wait for the chunks on their way to the provider (with the
+    running version's content) and hold off new ones until then, as a stop does; each
+    chunk then reads the new running version. Its segment applies from the next execution
+    (the running one keeps its audience).
     """
+    hold_campaign_sends(campaign_id=campaign_id)
     campaign = _lock(campaign_id)
     if campaign.status != Status.ACTIVATING:
         return campaign
@@ -458,19 +465,25 @@ def campaigns_retry_stale_activations(*, older_than: dt.timedelta) -> list[int]:
 
 @transaction.atomic
 def campaign_complete(*, campaign: Campaign | int, reason: str = "") -> Campaign:
-    """Live → Completed: called when the last delivery of the execution is done."""
+    """Live → Completed: called when the last delivery of the execution is done. An open
+    draft is discarded with it: a Completed campaign can never activate it."""
     campaign = _lock(campaign)
-    return _transition(campaign, "complete", user=None, reason=reason)
+    _transition(campaign, "complete", user=None, reason=reason)
+    _discard_draft(campaign, user=None, why="the campaign completed")
+    return campaign
 
 
 @transaction.atomic
 def campaign_stop(*, campaign: Campaign, user: Actor | None, reason: str = "") -> Campaign:
-    """Scheduled or Live → Stopped. Terminal: no delivery starts after this commits."""
+    """Scheduled or Live → Stopped. Terminal: no delivery starts after this commits, and
+    an open draft is discarded with it."""
     _require_operation(user, "stop")
     # First wait for the chunks on their way to the provider, holding off new ones.
     hold_campaign_sends(campaign_id=campaign.pk)
     campaign = _lock(campaign)
-    return _transition(campaign, "stop", user=user, reason=reason)
+    _transition(campaign, "stop", user=user, reason=reason)
+    _discard_draft(campaign, user=user, why="the campaign stopped")
+    return campaign
 
 
 @transaction.atomic
@@ -521,17 +534,21 @@ def campaign_discard_draft(*, campaign: Campaign, user: Actor | None) -> Campaig
             f"Campaign “{campaign.name}” has no open draft beside a running version to discard"
             + ("; delete the Draft campaign instead." if campaign.status == Status.DRAFT else ".")
         )
+    _discard_draft(campaign, user=user)
+    return campaign
+
+
+def _discard_draft(campaign: Campaign, *, user: Actor | None, why: str = "") -> None:
+    """Delete the locked campaign's open draft, if any, and log it (with `why` when the
+    system discards it)."""
+    draft = campaign.draft_version
+    if draft is None:
+        return
     campaign.draft_version = None
     campaign.save()
-    _log(
-        campaign,
-        "discard_draft",
-        source=campaign.status,
-        user=user,
-        reason=f"Version {draft.number} discarded.",
-    )
+    reason = f"Version {draft.number} discarded" + (f": {why}." if why else ".")
+    _log(campaign, "discard_draft", source=campaign.status, user=user, reason=reason)
     draft.delete()
-    return campaign
 
 
 def _duplicate_name(name: str) -> str:

@@ -12,7 +12,7 @@ from django.db.models import Manager
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from campaigns.choices import CampaignStatus, CampaignType
+from campaigns.choices import CampaignStatus, CampaignType, DeliveryReason, ExecutionStatus
 from campaigns.models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
 from campaigns.operations import OPERATIONS
 from campaigns.selectors import campaign_delivery_error, campaign_operations
@@ -202,3 +202,85 @@ class DuplicateInputSerializer(serializers.Serializer[Any]):
 
 class ErrorSerializer(serializers.Serializer[Any]):
     detail = serializers.CharField()
+
+
+# --- the campaign report (GET /api/campaigns/{id}/report/) ------------------------------
+
+
+class StatusCountsSerializer(serializers.Serializer[dict[str, int]]):
+    total = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    sent = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+
+
+class VersionCountsSerializer(serializers.Serializer[dict[str, int]]):
+    total = serializers.IntegerField(help_text="Deliveries decided with this version.")
+    sent = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+
+
+class TimelinePointSerializer(serializers.Serializer[dict[str, Any]]):
+    at = serializers.DateTimeField(help_text="The start of the interval.")
+    sent = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Deliveries sent per channel."
+    )
+    failed = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Deliveries failed per channel."
+    )
+
+
+class TimelineSerializer(serializers.Serializer[dict[str, Any]]):
+    interval_s = serializers.IntegerField(
+        help_text="Seconds per point: the shortest interval that draws the campaign's span "
+        "in at most 120 points."
+    )
+    points = TimelinePointSerializer(many=True)
+
+
+class RateSerializer(serializers.Serializer[dict[str, Any]]):
+    window_s = serializers.IntegerField(help_text="The recent window the rate is taken over.")
+    per_s = serializers.FloatField(help_text="Deliveries finished per second, every channel.")
+    by_channel = serializers.DictField(child=serializers.FloatField())
+    time_left_s = serializers.FloatField(
+        allow_null=True,
+        help_text="Seconds until nothing is pending at the current rate (0 when nothing is); "
+        "null when it cannot be told: the campaign no longer sends, or a channel with "
+        "deliveries left finished none lately.",
+    )
+
+
+class ExecutionReportSerializer(serializers.Serializer[dict[str, Any]]):
+    id = serializers.IntegerField()
+    version = serializers.IntegerField(help_text="The version number it started with.")
+    status = serializers.ChoiceField(choices=ExecutionStatus.choices)
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    audience_size = serializers.IntegerField()
+    total = serializers.IntegerField()
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    by_channel = serializers.DictField(child=StatusCountsSerializer())
+
+
+class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):
+    """What a campaign's deliveries came to (``campaigns.selectors.campaign_report``)."""
+
+    total = serializers.IntegerField()
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    by_channel = serializers.DictField(child=StatusCountsSerializer())
+    by_reason = serializers.DictField(
+        child=serializers.DictField(child=serializers.IntegerField()),
+        help_text="Per channel, deliveries skipped or failed for each reason: "
+        + ", ".join(DeliveryReason.values)
+        + ".",
+    )
+    by_version = serializers.DictField(
+        child=VersionCountsSerializer(),
+        help_text="Per version number, the deliveries decided with its content.",
+    )
+    timeline = TimelineSerializer()
+    rate = RateSerializer()
+    executions = ExecutionReportSerializer(many=True, help_text="Newest first.")
+    delivery_error = DeliveryErrorSerializer(allow_null=True)

@@ -27,20 +27,25 @@ from rest_framework.views import APIView
 from campaigns import services
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS
-from campaigns.selectors import campaign_list, campaign_transitions, campaign_versions
+from campaigns.selectors import (
+    campaign_delivery_error,
+    campaign_list,
+    campaign_report,
+    campaign_transitions,
+    campaign_versions,
+)
 
 from .filtersets import CampaignFilterSet
 from .serializers import (
     CampaignInputSerializer,
+    CampaignReportSerializer,
     CampaignSerializer,
     CampaignTransitionSerializer,
     CampaignVersionDetailSerializer,
     CampaignVersionSerializer,
-    DeliveryErrorSerializer,
     DuplicateInputSerializer,
     ErrorSerializer,
     StopInputSerializer,
-    delivery_error_data,
 )
 
 Row = TypeVar("Row")
@@ -243,24 +248,14 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
             campaign_transitions(campaign=self.get_object()), CampaignTransitionSerializer
         )
 
-    # Delivery counts (issue 4): added by the delivery engine, self-contained.
-    @extend_schema(
-        responses=inline_serializer(
-            "CampaignReport",
-            {
-                "total": serializers.IntegerField(),
-                "by_status": serializers.DictField(child=serializers.IntegerField()),
-                "by_channel": serializers.DictField(
-                    child=serializers.DictField(child=serializers.IntegerField())
-                ),
-                "delivery_error": DeliveryErrorSerializer(allow_null=True),
-            },
-        )
-    )
+    @extend_schema(responses=CampaignReportSerializer)
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def report(self, request: Request, pk: str | None = None) -> Response:
-        from campaigns.selectors import campaign_report
-
+        """Delivery counts by channel, status, reason and version, a timeline of sends,
+        the current rate and the time left, and each execution's counts."""
         campaign = self.get_object()
-        error = delivery_error_data(campaign)
-        return Response({**campaign_report(campaign=campaign), "delivery_error": error})
+        report = {
+            **campaign_report(campaign=campaign),
+            "delivery_error": campaign_delivery_error(campaign=campaign),
+        }
+        return Response(CampaignReportSerializer(report).data)

@@ -304,16 +304,27 @@ def test_list_says_when_nothing_matches():
 
 def test_show_prints_versions_actions_and_log():
     campaign = make_campaign_in_status(Status.LIVE, with_draft=True, name="Running")
-    run("stop", str(campaign.pk), "--reason", "Enough")
 
     output = run("show", str(campaign.pk))
 
     assert f"Campaign {campaign.pk} “Running”" in output
-    assert "status:      Stopped" in output
+    assert "status:      Live" in output
     assert "version 2 (draft)" in output
     assert "version 1 (live)" in output
     assert output.count(" via ") == 4
+
+    run("stop", str(campaign.pk), "--reason", "Enough")
+    output = run("show", str(campaign.pk))
+
+    assert "status:      Stopped" in output
+    # Stopping discarded the open draft, and the log says so.
+    assert "version 2" not in output
+    assert output.count(" via ") == 2
     assert "stop: live → stopped by system — Enough" in output
+    assert (
+        "discard_draft: stopped → stopped by system — Version 2 discarded: the campaign stopped."
+        in output
+    )
 
 
 def test_show_json_is_the_api_representation_plus_versions_and_log():

@@ -114,7 +114,7 @@ def test_a_batch_sends_each_eligible_recipient_once_and_records_the_rest(sinks):
     assert campaign.status == Status.COMPLETED
     # Skipped: no address, or opted out of this marketing channel; failed: the provider
     # refused the address.
-    assert selectors.campaign_report(campaign=campaign) == expected_report(
+    assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
         email={"sent": reachable, "skipped": [no_email, opted_out], "failed": [refused]}
     )
 
@@ -149,7 +149,7 @@ def test_a_stopped_campaign_sends_nothing_more(sinks):
     assert sinks.received() == []
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.HALTED
-    assert selectors.campaign_report(campaign=campaign) == expected_report(
+    assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
         sms={"pending": audience}
     )
 
@@ -164,7 +164,9 @@ def test_an_empty_audience_completes_at_once():
     campaign.refresh_from_db()
     assert campaign.status == Status.COMPLETED
     # Each action's channel is in the report, with nobody to count.
-    assert selectors.campaign_report(campaign=campaign) == expected_report(email={}, sms={})
+    assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
+        email={}, sms={}
+    )
 
 
 @pytest.mark.django_db
@@ -177,9 +179,13 @@ def test_the_report_endpoint_shows_the_counts(sinks, api_client):
     response = api_client.get(f"/api/campaigns/{campaign.pk}/report/")
 
     assert response.status_code == 200
-    assert response.json() == {
-        **expected_report(sms={"sent": with_phone, "skipped": [no_phone]}),
-        "delivery_error": None,
+    report = response.json()
+    counts = {key: report[key] for key in ("total", "by_status", "by_channel")}
+    assert counts == expected_report(sms={"sent": with_phone, "skipped": [no_phone]})
+    assert report["delivery_error"] is None
+    assert report["by_reason"] == {"sms": {"no_address": 1}}
+    assert report["by_version"] == {
+        "1": {"total": len(with_phone) + 1, "sent": len(with_phone), "failed": 0, "skipped": 1}
     }
     assert api_client.get("/api/campaigns/999999/report/").status_code == 404
 
@@ -202,7 +208,7 @@ def test_through_the_batch_apis_a_failed_chunk_is_retried_and_each_refusal_recor
         # Every message fails once (503 for each message of the bulk request) and waits
         # for its retry, one back-off later.
         execution = drive(campaign)
-        assert selectors.campaign_report(campaign=campaign) == expected_report(
+        assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
             email={"pending": profiles, "failed": [refused]},
             sms={"pending": profiles, "failed": [refused]},
         )
@@ -225,7 +231,7 @@ def test_through_the_batch_apis_a_failed_chunk_is_retried_and_each_refusal_recor
     )
     assert {r["path"] for r in attempts} == {"/email/batch", "/sms/batch"}
     assert duplicates == 0
-    assert selectors.campaign_report(campaign=campaign) == expected_report(
+    assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
         email={"sent": profiles, "failed": [refused]},
         sms={"sent": profiles, "failed": [refused]},
     )
@@ -256,7 +262,7 @@ def test_a_rate_limited_batch_comes_back_later_instead_of_sleeping(sinks):
         [first] = sinks.received("sms")
         first_recipient = next(p for p in audience if p.phone == first["to"])
         others = [p for p in audience if p != first_recipient]
-        assert selectors.campaign_report(campaign=campaign) == expected_report(
+        assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
             sms={"sent": [first_recipient], "pending": others}
         )
         assert first_wait is not None

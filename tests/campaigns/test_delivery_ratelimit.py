@@ -85,6 +85,6 @@ def test_two_workers_keep_a_presets_rate_between_them_and_push_goes_out_beside(
     observed = (len(arrivals) - BURST) / span
     assert observed <= RATE_PER_S * (1 + RATE_TOLERANCE), (observed, span)
 
-    assert selectors.campaign_report(campaign=campaign) == expected_report(
+    assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
         push={"sent": profiles}, sms={"sent": profiles}
     )

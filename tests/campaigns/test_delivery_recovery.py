@@ -166,7 +166,7 @@ def test_a_delivery_that_keeps_failing_is_given_up_after_the_maximum_attempts(fl
     assert send_all(execution) == [None]  # nothing left to try
     delivery.execution_complete_if_done(execution_id=execution.pk)
     assert campaign_status(campaign) == Status.COMPLETED
-    assert selectors.campaign_report(campaign=campaign) == expected_report(
+    assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
         sms={"sent": [fine], "failed": [hopeless]}
     )
 
@@ -184,7 +184,7 @@ def test_a_profile_deleted_mid_run_is_skipped_with_its_reason(flaky_sinks):
     row = row_of(gone)
     assert (row.status, row.error, row.attempts) == (D.SKIPPED, "The profile no longer exists.", 1)
     assert sorted(r["to"] for r in flaky_sinks.received()) == sorted(p.phone for p in kept)
-    assert selectors.campaign_report(campaign=campaign) == expected_report(
+    assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
         sms={"sent": kept, "skipped": [gone]}
     )
 

@@ -91,7 +91,7 @@ def test_every_channel_reaches_every_eligible_profile_once_and_completes(
     assert Execution.objects.get(campaign=campaign).status == ExecutionStatus.COMPLETED
     # A marketing campaign skips, on each channel, the profiles it has no address for and
     # those who opted out of it; the webhook needs neither, and reaches everyone.
-    assert selectors.campaign_report(campaign=campaign) == expected_report(
+    assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
         email={"sent": everyone + sms_opted_out, "skipped": no_email},
         sms={"sent": everyone + no_email, "skipped": sms_opted_out},
         webhook={"sent": audience},
@@ -138,7 +138,7 @@ def test_transient_failures_are_retried_then_sent_and_permanent_ones_recorded(
     assert all(rows[p.pk].attempts == 1 for p in fine)
     assert rows[refused.pk].status == DeliveryStatus.FAILED
     assert "550" in rows[refused.pk].error
-    assert selectors.campaign_report(campaign=campaign) == expected_report(
+    assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
         email={"sent": fine + flaky, "failed": [refused]}
     )
 
@@ -263,7 +263,7 @@ def test_two_workers_share_the_work_without_duplicates(celery_process_factory):
         assert sorted(r["to"] for r in sink.received("sms")) == sorted(p.phone for p in profiles)
         sent_by = Counter(r["headers"]["authorization"] for r in sink.received("sms"))
         assert set(sent_by) == {"Bearer worker-a", "Bearer worker-b"}, "one worker sent nothing"
-    assert selectors.campaign_report(campaign=campaign) == expected_report(
+    assert selectors.campaign_delivery_counts(campaign=campaign) == expected_report(
         email={"sent": profiles}, sms={"sent": profiles}
     )
 

@@ -58,7 +58,10 @@ def test_every_operation_from_every_status(op, status, with_draft):
         if op == "delete":
             assert not Campaign.objects.filter(pk=campaign.pk).exists()
         else:
-            assert CampaignTransition.objects.filter(campaign=campaign).count() == log_size + 1
+            # Stopping or completing also discards an open draft, and logs that too.
+            discarded = op in ("stop", "complete") and with_draft
+            logged = CampaignTransition.objects.filter(campaign=campaign).count()
+            assert logged == log_size + 1 + discarded
     else:
         with pytest.raises((TransitionNotAllowed, CampaignConflict)) as refused:
             operation(op)(campaign)
@@ -407,3 +410,36 @@ def test_status_cannot_be_assigned_directly():
     campaign = make_campaign()
     with pytest.raises(AttributeError):
         campaign.status = Status.LIVE
+
+
+@pytest.mark.parametrize(
+    ("end", "status", "why"),
+    [
+        (lambda c: services.campaign_complete(campaign=c), Status.COMPLETED, "completed"),
+        (lambda c: services.campaign_stop(campaign=c, user=None), Status.STOPPED, "stopped"),
+    ],
+)
+def test_a_campaign_that_ends_discards_its_open_draft_and_logs_it(end, status, why):
+    campaign = make_live_campaign()
+    draft = services.campaign_modify(campaign=campaign, user=None)
+
+    end(campaign)
+
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.draft_version, campaign.has_open_draft) == (
+        status,
+        None,
+        False,
+    )
+    assert not CampaignVersion.objects.filter(pk=draft.pk).exists()
+    assert list(campaign.versions.values_list("number", flat=True)) == [1]
+    ended, discarded = CampaignTransition.objects.filter(campaign=campaign).order_by("-id")[:2][
+        ::-1
+    ]
+    assert ended.name in ("complete", "stop")
+    assert (discarded.name, discarded.source, discarded.target, discarded.reason) == (
+        "discard_draft",
+        status,
+        status,
+        f"Version {draft.number} discarded: the campaign {why}.",
+    )

@@ -15,9 +15,13 @@ Email goes through the HTTP batch email API (``channels.providers.email_api``), 
 high-volume sender's would; a separate run over SMTP on a smaller audience is printed as a
 human line (not in the JSON), so that both figures are known.
 
+Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/``, once it
+has completed: the median of a few requests through Django's request handler in this
+process (middleware, view, queries; no network).
+
 Human lines first; the last line is one JSON object with exactly the keys `profiles`,
 `channels`, `deliveries_per_s`, `first_message_s`, `worker_peak_rss_mb`,
-`naive_deliveries_per_s`, `naive_ratio`, `duplicates`.
+`naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import os
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +48,7 @@ from django.utils import timezone
 
 from campaigns import services
 from campaigns.choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
-from campaigns.models import Campaign, Delivery, DeliveryCount, Execution
+from campaigns.models import Campaign, Delivery, DeliveryCount, DeliveryTimeline, Execution
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from channels.sinks import RunningSinks, count_duplicates, read_records, running_sinks
@@ -51,6 +56,8 @@ from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 
 BASE_DIR = Path(settings.BASE_DIR)
+# Requests of the report timed after the run (the median is printed).
+REPORT_SAMPLES = 7
 CONTENT: dict[str, tuple[str, str]] = {
     ChannelKind.EMAIL: (
         "Hello {{ profile.first_name|default:'there' }}",
@@ -176,6 +183,7 @@ class Command(BaseCommand):
             "naive_deliveries_per_s": round(naive, 1),
             "naive_ratio": round(result["deliveries_per_s"] / naive, 1) if naive else None,
             "duplicates": duplicates,
+            "report_ms": round(result["report_ms"], 1),
         }
         self.say(f"naive design: {naive:.1f} deliveries/s on {naive_n} profiles")
         if smtp:
@@ -194,6 +202,7 @@ class Command(BaseCommand):
         earlier = Execution.objects.filter(campaign__name__startswith="bench-delivery ")
         Delivery.objects.filter(execution__in=earlier).delete()
         DeliveryCount.objects.filter(execution__in=earlier).delete()
+        DeliveryTimeline.objects.filter(execution__in=earlier).delete()
 
     def _ensure_profiles(self, prefix: str, n: int) -> None:
         """Exactly n profiles named prefix0000001…, generated inside the database."""
@@ -390,6 +399,11 @@ class Command(BaseCommand):
             "first_message_s": first - live,
             "rss_mb": max(rss.values(), default=0.0),
         }
+        result["report_ms"] = self._report_ms(campaign)
+        self.say(
+            f"report of that campaign: {result['report_ms']:.1f} ms "
+            f"(GET /api/campaigns/{campaign.pk}/report/, median of {REPORT_SAMPLES})"
+        )
         self.say(
             f"engine ({prefix}): {total} deliveries in {elapsed:.1f}s = "
             f"{result['deliveries_per_s']:.0f}/s; "
@@ -399,6 +413,28 @@ class Command(BaseCommand):
             f"({', '.join(f'{v:.0f}' for v in rss.values())})"
         )
         return result
+
+    def _report_ms(self, campaign: Campaign) -> float:
+        """The server time of the campaign's report in milliseconds: the median of
+        REPORT_SAMPLES requests through Django's request handler, as a superuser."""
+        from django.contrib.auth import get_user_model
+        from django.test import Client
+
+        user, _ = get_user_model().objects.get_or_create(
+            username="bench-report", defaults={"is_superuser": True, "is_staff": True}
+        )
+        hosts = [h for h in settings.ALLOWED_HOSTS if h and h != "*" and not h.startswith(".")]
+        client = Client(HTTP_HOST=hosts[0] if hosts else "localhost")
+        client.force_login(user)
+        url = f"/api/campaigns/{campaign.pk}/report/"
+        times = []
+        for _ in range(REPORT_SAMPLES):
+            started = time.perf_counter()
+            response = client.get(url, secure=settings.SECURE_SSL_REDIRECT)
+            times.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                raise CommandError(f"{url} answered {response.status_code}")
+        return statistics.median(times) * 1000
 
     def _run_naive(
         self, n: int, channels: list[str], sink: RunningSinks, worker: int, timeout: float

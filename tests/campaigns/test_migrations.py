@@ -1,0 +1,113 @@
+"""Migrations that rewrite delivery data, run on rows written before them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
+
+from campaigns import selectors
+from campaigns.models import Campaign, Delivery, DeliveryTimeline
+from channels.models import MessagePreset
+from tests.channels.factories import MessagePresetFactory
+
+BEFORE_REASONS = [("campaigns", "0004_delivery_claims_and_step_errors")]
+REASONS = [("campaigns", "0005_delivery_reasons_versions_and_timeline")]
+
+# What the engine wrote on rows before reasons existed: (status, attempts, error), and the
+# reason the migration must find in it.
+RECORDED = [
+    ("sent", 1, "", ""),
+    ("skipped", 0, "Opted out of SMS marketing.", "opted_out"),
+    ("skipped", 0, "No SMS address.", "no_address"),
+    ("skipped", 0, "The profile no longer exists.", "profile_deleted"),
+    ("failed", 1, "Cannot read the profile's attributes: ValueError: x", "bad_profile_data"),
+    ("failed", 1, "Cannot render: unknown variable 'x'", "render_error"),
+    ("failed", 1, "Cannot prepare the message: KeyError: 'x'", "prepare_error"),
+    ("failed", 1, "550 no such mailbox", "provider_refused"),
+    ("failed", 4, "Gave up after 4 attempts: 503 busy", "gave_up"),
+    ("pending", 1, "503 busy", "provider_error"),
+    ("pending", 0, "", ""),
+]
+
+
+@pytest.fixture
+def before_reasons() -> Iterator[MigrationExecutor]:
+    """The database as it was before migration 0005, put back to the latest state after."""
+    executor = MigrationExecutor(connection)
+    executor.migrate(BEFORE_REASONS)
+    try:
+        yield MigrationExecutor(connection)
+    finally:
+        latest = MigrationExecutor(connection)
+        latest.migrate(latest.loader.graph.leaf_nodes())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_recorded_before_reasons_get_their_reason_version_counts_and_timeline(
+    before_reasons,
+):
+    apps = before_reasons.loader.project_state(BEFORE_REASONS).apps
+    # The channels app stays migrated: its table is today's, so is the model that fills it.
+    preset: MessagePreset = MessagePresetFactory(channel="sms")  # type: ignore[assignment]
+    campaign = apps.get_model("campaigns", "Campaign").objects.create(name="Old")
+    version = apps.get_model("campaigns", "CampaignVersion").objects.create(
+        campaign=campaign, number=1, activated_at=timezone.now()
+    )
+    apps.get_model("campaigns", "Campaign").objects.filter(pk=campaign.pk).update(
+        status="live", live_version=version
+    )
+    action = apps.get_model("campaigns", "ChannelAction").objects.create(
+        version=version, channel="sms", preset_id=preset.pk, body="Hi"
+    )
+    execution = apps.get_model("campaigns", "Execution").objects.create(
+        campaign=campaign, version=version, planning_done=True
+    )
+    recorded_at = timezone.now().replace(microsecond=0) - dt.timedelta(minutes=1)
+    apps.get_model("campaigns", "Delivery").objects.bulk_create(
+        apps.get_model("campaigns", "Delivery")(
+            execution=execution,
+            action=action,
+            profile_id=profile_id,
+            status=status,
+            attempts=attempts,
+            error=error,
+            updated_at=recorded_at if status != "pending" else None,
+        )
+        for profile_id, (status, attempts, error, _) in enumerate(RECORDED, start=1)
+    )
+
+    MigrationExecutor(connection).migrate(REASONS)
+
+    rows = Delivery.objects.filter(execution_id=execution.pk).order_by("profile_id")
+    assert [(d.status, d.reason) for d in rows] == [(s, r) for s, _, _, r in RECORDED]
+    # The version is that of the only execution, on every row an attempt decided.
+    assert [d.version_id for d in rows] == [
+        None if (status, attempts) == ("pending", 0) else version.pk
+        for status, attempts, _, _ in RECORDED
+    ]
+    report = selectors.campaign_report(campaign=Campaign.objects.get(pk=campaign.pk))
+    finished = [(s, r) for s, _, _, r in RECORDED if s != "pending"]
+    assert report["by_status"] == {
+        status: sum(1 for s, *_ in RECORDED if s == status)
+        for status in ("pending", "sent", "failed", "skipped")
+    }
+    assert report["by_reason"] == {
+        "sms": {r: 1 for s, r in sorted(finished, key=lambda f: f[1]) if r}
+    }
+    assert report["by_version"] == {
+        "1": {
+            "total": len(finished),
+            **{s: sum(1 for f, _ in finished if f == s) for s in ("sent", "failed", "skipped")},
+        }
+    }
+    bucket = int(recorded_at.timestamp()) // 5 * 5
+    timeline = DeliveryTimeline.objects.filter(execution_id=execution.pk)
+    assert sorted(timeline.values_list("bucket", "status", "count")) == sorted(
+        (bucket, status, sum(1 for s, _ in finished if s == status))
+        for status in ("sent", "failed", "skipped")
+    )
