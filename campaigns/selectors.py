@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db.models import Prefetch, Q, QuerySet, Sum
+from django.db.models import (
+    BigIntegerField,
+    BooleanField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 from django_fsm import can_proceed
 
 from channels.models import REQUIRED_SENDER_FIELD
@@ -19,11 +36,19 @@ from segments.rules import rule_errors
 from .choices import (
     ALL_STATUSES,
     DEFAULT_VISIBLE_STATUSES,
+    DELIVERY_TERMINAL_STATUSES,
     CampaignStatus,
     DeliveryStatus,
     ExecutionStatus,
 )
-from .models import Campaign, CampaignTransition, CampaignVersion, DeliveryCount, Execution
+from .models import (
+    Campaign,
+    CampaignTransition,
+    CampaignVersion,
+    ChannelAction,
+    DeliveryCount,
+    Execution,
+)
 from .operations import OPERATIONS
 
 Status = CampaignStatus
@@ -63,16 +88,145 @@ _FAILING_EXECUTIONS = Prefetch(
 )
 
 
+# --- what a list row shows: delivery figures and alerts ---------------------------------
+
+
+def _delivered(*statuses: str) -> Coalesce:
+    """The campaign's deliveries in these statuses over all its executions, from the
+    engine's counters (a few rows per execution, however large the audience)."""
+    counts = DeliveryCount.objects.filter(execution__campaign=OuterRef("pk"))
+    if statuses:
+        counts = counts.filter(status__in=statuses)
+    total = counts.order_by().values("execution__campaign").annotate(n=Sum("count")).values("n")
+    return Coalesce(Subquery(total, output_field=BigIntegerField()), Value(0))
+
+
+def _stalled_executions(*, now: dt.datetime) -> QuerySet[Execution]:
+    """Running executions with no progress for SALVO_DELIVERY_STALL_AFTER_S: the
+    condition the scheduler's stall check (`delivery.executions_resume_stalled`) acts on."""
+    cutoff = now - dt.timedelta(seconds=settings.SALVO_DELIVERY_STALL_AFTER_S)
+    return Execution.objects.filter(status=ExecutionStatus.RUNNING, last_progress_at__lt=cutoff)
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One reason a campaign deserves a look: its code (in the API's `alerts`), the
+    condition on a row of `campaign_list`, and the sentence the list's tooltip says."""
+
+    code: str
+    condition: Q
+    label: str
+
+    @property
+    def annotation(self) -> str:
+        """The name of the boolean `campaign_list` annotates each row with."""
+        return f"alert_{self.code}"
+
+
+def alert_rules() -> list[AlertRule]:
+    """Every alert, written once: the admin list's icon and its "has alerts" filter, the
+    API's `alerts` and `?has_alerts=` all read these conditions over `campaign_list`'s
+    rows (never per row: they are evaluated by the list's one query)."""
+    rate = settings.SALVO_ALERT_FAILURE_RATE
+    stall_s = settings.SALVO_DELIVERY_STALL_AFTER_S
+    return [
+        AlertRule("activation_failed", ~Q(activation_error=""), "Its last activation failed."),
+        AlertRule(
+            "delivery_error",
+            Q(has_failing_step=True),
+            "A step of its delivery failed (the error is on its page).",
+        ),
+        AlertRule(
+            "failure_rate",
+            Q(delivery_failed__gt=F("delivery_decided") * Value(rate)),
+            f"More than {rate:.0%} of its messages sent or failed so far failed.",
+        ),
+        AlertRule(
+            "stalled",
+            Q(has_stalled_execution=True),
+            f"Its delivery has made no progress for more than {stall_s:g} seconds.",
+        ),
+    ]
+
+
+def _with_list_figures(queryset: QuerySet[Campaign], *, now: dt.datetime) -> QuerySet[Campaign]:
+    """Annotate what a row shows and what the alerts test: delivery counts, the latest
+    audience size, the start time, whether a step failed or the delivery is stuck, then
+    one boolean per alert rule."""
+    latest_execution = Execution.objects.filter(campaign=OuterRef("pk")).order_by(
+        "-started_at", "-id"
+    )
+    queryset = queryset.annotate(
+        delivery_total=_delivered(),
+        delivery_sent=_delivered(DeliveryStatus.SENT),
+        delivery_failed=_delivered(DeliveryStatus.FAILED),
+        delivery_done=_delivered(*DELIVERY_TERMINAL_STATUSES),
+        delivery_decided=_delivered(DeliveryStatus.SENT, DeliveryStatus.FAILED),
+        audience_size=Subquery(latest_execution.values("audience_size")[:1]),
+        start_time=Coalesce("started_at", "live_version__start_at", "draft_version__start_at"),
+        has_failing_step=Exists(_failing_executions().filter(campaign=OuterRef("pk"))),
+        has_stalled_execution=Exists(_stalled_executions(now=now).filter(campaign=OuterRef("pk"))),
+    )
+    return queryset.annotate(
+        **{
+            rule.annotation: ExpressionWrapper(rule.condition, output_field=BooleanField())
+            for rule in alert_rules()
+        }
+    )
+
+
+def campaign_alerts(campaign: Campaign) -> list[AlertRule]:
+    """The alerts that hold for the campaign: read from its row when it comes from
+    `campaign_list` (no query), else from one query through it."""
+    rules = alert_rules()
+    if not hasattr(campaign, rules[0].annotation):
+        campaign = campaign_list(statuses=None).get(pk=campaign.pk)
+    return [rule for rule in rules if getattr(campaign, rule.annotation)]
+
+
+def _any_alert() -> Q:
+    condition = Q()
+    for rule in alert_rules():
+        condition |= rule.condition
+    return condition
+
+
+def _shown_version_has_channel(channels: list[str]) -> Exists:
+    """The version a row shows (the running one, else the draft) has an action on one of
+    these channels."""
+    return Exists(
+        ChannelAction.objects.filter(
+            version_id=Coalesce(OuterRef("live_version_id"), OuterRef("draft_version_id")),
+            channel__in=channels,
+        )
+    )
+
+
 def campaign_list(
     *,
     statuses: Iterable[str] | None = DEFAULT_VISIBLE_STATUSES,
     search: str = "",
     tags: Iterable[str] = (),
+    channels: Iterable[str] = (),
+    has_alerts: bool | None = None,
+    start_from: dt.date | None = None,
+    start_to: dt.date | None = None,
+    now: dt.datetime | None = None,
 ) -> QuerySet[Campaign]:
-    """Campaigns with what a list row shows, in a constant number of queries."""
+    """Campaigns with what a list row shows (channels, audience, delivery counts, alerts),
+    in a constant number of queries.
+
+    `channels`: the version the row shows (running, else draft) sends on any of them;
+    `has_alerts`: some rule of `alert_rules()` holds (True) or none does (False);
+    `start_from`/`start_to`: the day it went Live, or else is set to start, in the current
+    time zone, both ends included.
+    """
     queryset = Campaign.objects.select_related(
         "live_version__segment", "draft_version__segment"
-    ).prefetch_related("tags", _FAILING_EXECUTIONS)
+    ).prefetch_related(
+        "tags", _FAILING_EXECUTIONS, "live_version__actions", "draft_version__actions"
+    )
+    queryset = _with_list_figures(queryset, now=now or timezone.now())
     if statuses is not None:
         queryset = queryset.filter(status__in=list(statuses))
     if search:
@@ -80,6 +234,17 @@ def campaign_list(
     tag_names = [t for t in tags if t]
     if tag_names:
         queryset = queryset.filter(tags__name__in=tag_names).distinct()
+    channel_names = [c for c in channels if c]
+    if channel_names:
+        queryset = queryset.filter(_shown_version_has_channel(channel_names))
+    if has_alerts is True:
+        queryset = queryset.filter(_any_alert())
+    elif has_alerts is False:
+        queryset = queryset.exclude(_any_alert())
+    if start_from is not None:
+        queryset = queryset.filter(Q(start_time__date__gte=start_from))
+    if start_to is not None:
+        queryset = queryset.filter(Q(start_time__date__lte=start_to))
     return queryset
 
 
