@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import (
     BigIntegerField,
     BooleanField,
+    Count,
     Exists,
     ExpressionWrapper,
     F,
@@ -386,3 +387,43 @@ def delivery_error_summary(error: dict[str, Any]) -> str:
         else "Delivery has stopped; what was not sent stays pending until the campaign is stopped."
     )
     return f"{error['step']} failed {times}: {error['error']} {then}"
+
+
+# The admin home's dashboard shows this many Live campaigns and this many transitions.
+DASHBOARD_LIVE_SHOWN = 10
+DASHBOARD_TRANSITIONS_SHOWN = 10
+
+
+def campaign_dashboard() -> dict[str, Any]:
+    """What the admin home shows of the campaigns, in four queries however many there are:
+    `{"by_status": [(status, label, count)], "live": [campaign with delivery_done,
+    delivery_total and progress_percent], "live_count", "transitions": [last ones]}`.
+    Progress counts sent, failed and skipped deliveries against all planned ones, from
+    the engine's counters."""
+    counts = dict(
+        Campaign.objects.order_by()
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .values_list("status", "n")
+    )
+    live_campaigns = Campaign.objects.filter(status=Status.LIVE)
+    live = list(
+        live_campaigns.annotate(
+            delivery_done=_delivered(*DELIVERY_TERMINAL_STATUSES),
+            delivery_total=_delivered(),
+        ).order_by("-started_at", "-id")[:DASHBOARD_LIVE_SHOWN]
+    )
+    for campaign in live:
+        done, total = campaign.delivery_done, campaign.delivery_total
+        campaign.progress_percent = int(100 * done / total) if total else 0
+    transitions = list(
+        CampaignTransition.objects.select_related("campaign", "by", "version")[
+            :DASHBOARD_TRANSITIONS_SHOWN
+        ]
+    )
+    return {
+        "by_status": [(value, label, counts.get(value, 0)) for value, label in Status.choices],
+        "live": live,
+        "live_count": counts.get(Status.LIVE, 0),
+        "transitions": transitions,
+    }

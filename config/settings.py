@@ -98,7 +98,7 @@ SECURE_PROXY_SSL_HEADER = (
 )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "config.apps.SalvoAdminConfig",  # django.contrib.admin, with Salvo's home page
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
