@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 from django.contrib import admin, messages
@@ -19,6 +20,7 @@ from django.db.models import QuerySet
 from django.forms import BaseFormSet, ModelForm
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -51,6 +53,7 @@ from .selectors import (
     campaign_transitions,
     campaign_versions,
     delivery_error_summary,
+    version_diff,
 )
 
 Status = CampaignStatus
@@ -648,8 +651,51 @@ class CampaignAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.lifecycle_view),
                 name="campaigns_campaign_lifecycle",
             ),
+            path(
+                "<path:object_id>/versions/diff/",
+                self.admin_site.admin_view(self.version_diff_view),
+                name="campaigns_campaign_version_diff",
+            ),
             *super().get_urls(),
         ]
+
+    def version_diff_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Two versions of the campaign side by side (`?old=N&new=M`, version numbers;
+        by default the two newest), for whoever may view the campaign."""
+        campaign = self.get_object(request, unquote(object_id))
+        if campaign is None:
+            raise Http404(f"No campaign has the id “{object_id}”.")
+        if not self.has_view_or_change_permission(request, campaign):
+            raise PermissionDenied
+        versions = list(campaign_versions(campaign=campaign))
+        by_number = {str(version.number): version for version in versions}
+        errors = []
+        chosen = []
+        for name, default in (("old", versions[1:2]), ("new", versions[:1])):
+            number = request.GET.get(name, "")
+            if not number:
+                chosen.append(default[0] if default else None)
+            elif number in by_number:
+                chosen.append(by_number[number])
+            else:
+                errors.append(
+                    f"“{number}” is not a version of this campaign: choose one of "
+                    f"{', '.join(reversed(list(by_number)))}."
+                )
+                chosen.append(None)
+        old, new = chosen
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Compare versions of “{campaign}”",
+            "salvo_campaign": campaign,
+            "salvo_versions": versions,
+            "salvo_old": old,
+            "salvo_new": new,
+            "salvo_errors": errors,
+            "salvo_diff": version_diff(old=old, new=new) if old and new else None,
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/version_diff.html", context)
 
     def lifecycle_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
         """One lifecycle button: POST runs the operation's service, then back to the page."""
@@ -741,6 +787,9 @@ class CampaignAdmin(admin.ModelAdmin):
         campaign = self.get_object(request, unquote(object_id))
         if campaign is not None:
             versions = list(campaign_versions(campaign=campaign))
+            # Newest first: each row links to the changes from the version before it.
+            for newer, older in pairwise(versions):
+                newer.previous_number = older.number  # type: ignore[attr-defined]
             by_pk = {version.pk: version for version in versions}
             draft = by_pk.get(campaign.draft_version_id)
             extra_context = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -427,3 +428,93 @@ def campaign_dashboard() -> dict[str, Any]:
         "live_count": counts.get(Status.LIVE, 0),
         "transitions": transitions,
     }
+
+
+# --- comparing two versions -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """One field of two versions side by side; `lines` is a line diff of a text field
+    (`(mark, text)`, mark "-" only in the older, "+" only in the newer, " " in both),
+    None for a one-line value."""
+
+    label: str
+    old: str
+    new: str
+    lines: list[tuple[str, str]] | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+
+@dataclass(frozen=True)
+class SectionDiff:
+    """A part of the versions: their audience and schedule, or one channel's action.
+    `state` is "changed", "same", "added" (only in the newer) or "removed"."""
+
+    title: str
+    state: str
+    fields: list[FieldDiff]
+
+
+def _text_diff(label: str, old: str, new: str) -> FieldDiff:
+    lines = [
+        (line[0], line[2:])
+        for line in difflib.ndiff(old.splitlines(), new.splitlines())
+        if line[0] in "+- "
+    ]
+    return FieldDiff(label, old, new, lines)
+
+
+def _segment_text(version: CampaignVersion) -> str:
+    return str(version.segment) if version.segment else "— (none chosen)"
+
+
+def _start_text(version: CampaignVersion) -> str:
+    if version.start_at is None:
+        return "As soon as activated"
+    return timezone.localtime(version.start_at).isoformat(sep=" ", timespec="minutes")
+
+
+def version_diff(*, old: CampaignVersion, new: CampaignVersion) -> list[SectionDiff]:
+    """What changed from `old` to `new` of one campaign: the segment, the start time and
+    each channel's action (preset, subject, body, compared line by line). Two queries."""
+    old_actions, new_actions = (
+        {action.channel: action for action in version.actions.select_related("preset")}
+        for version in (old, new)
+    )
+    audience = [
+        FieldDiff(
+            "Segment", str(old.segment or "— (none chosen)"), str(new.segment or "— (none chosen)")
+        ),
+        FieldDiff("Start", _start_text(old), _start_text(new)),
+    ]
+    sections = [
+        SectionDiff(
+            "Audience and schedule",
+            "changed" if any(f.changed for f in audience) else "same",
+            audience,
+        )
+    ]
+    labels = dict(ChannelAction._meta.get_field("channel").choices or ())
+    for channel in sorted(old_actions.keys() | new_actions.keys()):
+        before, after = old_actions.get(channel), new_actions.get(channel)
+        fields = [
+            FieldDiff(
+                "Preset",
+                before.preset.name if before else "",
+                after.preset.name if after else "",
+            ),
+            _text_diff("Subject", before.subject if before else "", after.subject if after else ""),
+            _text_diff("Body", before.body if before else "", after.body if after else ""),
+        ]
+        if before is None:
+            state = "added"
+        elif after is None:
+            state = "removed"
+        else:
+            state = "changed" if any(f.changed for f in fields) else "same"
+        sections.append(SectionDiff(f"{labels.get(channel, channel)} action", state, fields))
+    return sections
