@@ -5,19 +5,16 @@ transitions, in a constant number of queries."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.db import connection
-from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from campaigns import services
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign, CampaignTransition
-from channels.sinks import RunningSinks, running_sinks
 from tests.campaigns.delivery_support import plan, send_all
 from tests.campaigns.factories import make_campaign_in_status, make_live_campaign
 from tests.segments.factories import ProfileFactory, SegmentFactory
@@ -26,12 +23,6 @@ Status = CampaignStatus
 INDEX = reverse("admin:index")
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sinks() -> Iterator[RunningSinks]:
-    with running_sinks() as sink, override_settings(**sink.provider_settings()):
-        yield sink
 
 
 def section_names(html: str) -> list[str]:
@@ -88,7 +79,7 @@ def test_the_dashboard_counts_campaigns_per_status_with_links(admin_client):
         assert link in html, link
 
 
-def test_live_campaigns_show_their_progress_from_the_counters(sinks, admin_client):
+def test_live_campaigns_show_their_progress_from_the_counters(local_sinks, admin_client):
     segment = SegmentFactory(rules={"field": "attributes.group", "op": "eq", "value": "d"})
     ProfileFactory.create_batch(3, attributes={"group": "d"})
     ProfileFactory(attributes={"group": "d"}, phone="")  # skipped: no phone
@@ -139,7 +130,7 @@ def _home_queries(client: Any) -> int:
     return len(queries)
 
 
-def test_the_home_costs_the_same_queries_for_1_and_20_campaigns(sinks, admin_client):
+def test_the_home_costs_the_same_queries_for_1_and_20_campaigns(local_sinks, admin_client):
     def add(count: int) -> None:
         for _ in range(count):
             campaign = make_live_campaign()

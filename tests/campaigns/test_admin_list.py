@@ -5,7 +5,6 @@ number of queries."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +19,9 @@ from campaigns import selectors, services
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign
 from channels.models import MessagePreset
-from channels.sinks import RunningSinks, running_sinks
 from tests.campaigns.delivery_support import drive, make_segment, plan
 from tests.campaigns.factories import email_action, make_campaign, make_live_campaign, sms_action
+from tests.campaigns.test_admin import _changelist_queries
 from tests.segments.factories import ProfileFactory
 from tests.settings_loader import refusal
 
@@ -30,12 +29,6 @@ Status = CampaignStatus
 CHANGELIST = reverse("admin:campaigns_campaign_changelist")
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sinks() -> Iterator[RunningSinks]:
-    with running_sinks() as sink, override_settings(**sink.provider_settings()):
-        yield sink
 
 
 def group_segment(group: str, *, good: int, without_tags: int = 0) -> Any:
@@ -163,7 +156,7 @@ def api_listed(client: Any, **params: str) -> set[str]:
 # --- what each row shows ---------------------------------------------------------------
 
 
-def test_rows_show_channels_audience_and_sent_of_total(sinks, admin_client):
+def test_rows_show_channels_audience_and_sent_of_total(local_sinks, admin_client):
     scenario = build_scenario()
     rows: dict[str, Any] = {c.name: c for c in selectors.campaign_list(statuses=None)}
 
@@ -185,7 +178,7 @@ def test_rows_show_channels_audience_and_sent_of_total(sinks, admin_client):
     assert set(scenario.campaigns) == set(rows)
 
 
-def test_the_alert_icon_says_why_in_its_tooltip_and_to_screen_readers(sinks, admin_client):
+def test_the_alert_icon_says_why_in_its_tooltip_and_to_screen_readers(local_sinks, admin_client):
     scenario = build_scenario()
     html = admin_client.get(CHANGELIST, {"status": "all"}).content.decode()
 
@@ -204,7 +197,7 @@ def test_the_alert_icon_says_why_in_its_tooltip_and_to_screen_readers(sinks, adm
 # --- the alert rules ---------------------------------------------------------------------
 
 
-def test_alerts_follow_the_rules_and_the_failure_rate_setting(sinks):
+def test_alerts_follow_the_rules_and_the_failure_rate_setting(local_sinks):
     scenario = build_scenario()
 
     def alerts(**filters: Any) -> dict[str, set[str]]:
@@ -235,7 +228,7 @@ def test_alerts_follow_the_rules_and_the_failure_rate_setting(sinks):
 # --- filters: the same answer at every door ----------------------------------------------
 
 
-def test_filters_return_exactly_the_campaigns_the_data_says(sinks, admin_client, api_client):
+def test_filters_return_exactly_the_campaigns_the_data_says(local_sinks, admin_client, api_client):
     scenario = build_scenario()
     today = timezone.localdate()
     with_alerts = set(scenario.alerts)
@@ -285,7 +278,7 @@ def test_filters_return_exactly_the_campaigns_the_data_says(sinks, admin_client,
         assert api_listed(api_client, **api_params) == expected, api_params
 
 
-def test_the_api_list_shows_each_campaigns_alerts(sinks, api_client):
+def test_the_api_list_shows_each_campaigns_alerts(local_sinks, api_client):
     scenario = build_scenario()
     rows = api_client.get("/api/campaigns/", {"status": "all", "page_size": 100}).json()
     shown = {row["name"]: {a["code"] for a in row["alerts"]} for row in rows["results"]}
@@ -308,13 +301,6 @@ def test_a_failure_rate_threshold_outside_0_to_1_refuses_to_start(tmp_path, rate
 
 
 # --- queries -----------------------------------------------------------------------------
-
-
-def _page_queries(client: Any) -> int:
-    with CaptureQueriesContext(connection) as queries:
-        response = client.get(CHANGELIST, {"status": "all"})
-    assert response.status_code == 200
-    return len(queries)
 
 
 def _campaigns_with_figures(count: int) -> int:
@@ -349,30 +335,30 @@ def _campaigns_with_figures(count: int) -> int:
     return sum(kind in (1, 2) for kind in kinds)
 
 
-def test_the_list_costs_the_same_queries_for_1_and_20_campaigns(sinks, admin_client):
+def test_the_list_costs_the_same_queries_for_1_and_20_campaigns(local_sinks, admin_client):
     _campaigns_with_figures(1)
-    one = _page_queries(admin_client)
+    one = _changelist_queries(admin_client)
     _campaigns_with_figures(19)
-    twenty = _page_queries(admin_client)
+    twenty = _changelist_queries(admin_client)
     assert Campaign.objects.count() == 20
     assert twenty == one
 
 
 @pytest.mark.postgres
-def test_the_list_costs_the_same_queries_on_postgresql(sinks, admin_client, api_client):
+def test_the_list_costs_the_same_queries_on_postgresql(local_sinks, admin_client, api_client):
     def api_queries() -> tuple[int, int]:
         with CaptureQueriesContext(connection) as queries:
             listing = api_client.get("/api/campaigns/", {"status": "all", "has_alerts": "true"})
         return len(queries), len(listing.json()["results"])
 
     alerting = _campaigns_with_figures(1)
-    one = _page_queries(admin_client)
+    one = _changelist_queries(admin_client)
     # The API's page of alerting campaigns, once it holds rows of each alerting kind.
     alerting += _campaigns_with_figures(4)
     api_few, shown = api_queries()
     assert shown == alerting
     alerting += _campaigns_with_figures(15)
-    assert _page_queries(admin_client) == one
+    assert _changelist_queries(admin_client) == one
     api_many, shown = api_queries()
     assert shown == alerting
     assert api_many == api_few

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.test import override_settings
 from django.utils import timezone
 
 from campaigns import services
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign
 from channels.models import MessagePreset
-from channels.sinks import RunningSinks, running_sinks
+from channels.sinks import RunningSinks
 from tests.campaigns.delivery_support import plan, send_all
 from tests.campaigns.factories import email_action, make_campaign, make_live_campaign, sms_action
 from tests.segments.factories import ProfileFactory, SegmentFactory
@@ -24,12 +22,6 @@ from tests.segments.factories import ProfileFactory, SegmentFactory
 Status = CampaignStatus
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def sinks() -> Iterator[RunningSinks]:
-    with running_sinks() as sink, override_settings(**sink.provider_settings()):
-        yield sink
 
 
 def activation_failed(name: str) -> Campaign:
@@ -60,7 +52,7 @@ def shown_names(page: Any) -> set[str]:
 
 
 def test_the_list_shows_the_alert_and_filters_by_alert_channel_and_start_day(
-    admin_page: Any, sinks: RunningSinks
+    admin_page: Any, local_sinks: RunningSinks
 ) -> None:
     page = admin_page
     broken = activation_failed("Broken launch")
@@ -108,7 +100,7 @@ def test_the_list_shows_the_alert_and_filters_by_alert_channel_and_start_day(
 
 
 def test_the_home_dashboard_leads_to_the_live_campaigns(
-    admin_page: Any, sinks: RunningSinks, live_server: Any
+    admin_page: Any, local_sinks: RunningSinks, live_server: Any
 ) -> None:
     page = admin_page
     sending("Flash SMS", profiles=4)
