@@ -22,9 +22,7 @@ SETTINGS_LABEL = "settings"
 
 
 class SalvoAdminSite(admin.AdminSite):
-    site_header = "Salvo"
-    site_title = "Salvo"
-    index_title = "Campaigns, audiences and channels"
+    # Its titles are set in config/urls.py, as they were on Django's default site.
     index_template = "admin/salvo_index.html"
 
     def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[Any]:
