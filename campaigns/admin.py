@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 from django.contrib import admin, messages
@@ -19,12 +20,15 @@ from django.db.models import QuerySet
 from django.forms import BaseFormSet, ModelForm
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django_fsm import ConcurrentTransition, TransitionNotAllowed
+
+from channels.choices import ChannelKind
 
 from . import services
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
@@ -41,6 +45,7 @@ from .forms import (
 from .models import Campaign, CampaignVersion, ChannelAction
 from .operations import OPERATIONS, Operation
 from .selectors import (
+    campaign_alerts,
     campaign_delivery_error,
     campaign_list,
     campaign_operations,
@@ -48,6 +53,7 @@ from .selectors import (
     campaign_transitions,
     campaign_versions,
     delivery_error_summary,
+    version_diff,
 )
 
 Status = CampaignStatus
@@ -98,14 +104,35 @@ def status_badge_html(campaign: Campaign) -> SafeString:
     return badge
 
 
-def campaign_alert(campaign: Campaign) -> str:
-    """What the list's alert beside the status says; empty when all is well."""
-    error = campaign_delivery_error(campaign=campaign)
-    if error is not None:
-        return delivery_error_summary(error)
-    if campaign.activation_error:
-        return f"Activation: {campaign.activation_error}"
-    return ""
+def alert_sentences(campaign: Campaign) -> list[str]:
+    """What the alert beside a row of `campaign_list` says, one sentence per alert that
+    holds (`selectors.alert_rules`); empty when all is well."""
+    sentences = []
+    for rule in campaign_alerts(campaign):
+        if rule.code == "activation_failed":
+            sentences.append(f"Activation: {campaign.activation_error}")
+            continue
+        error = campaign_delivery_error(campaign=campaign)
+        if rule.code == "delivery_error" and error is not None:
+            sentences.append(delivery_error_summary(error))
+            continue
+        sentences.append(rule.label)
+    return sentences
+
+
+def alert_icon_html(campaign: Campaign) -> SafeString:
+    """The list's alert: an icon whose tooltip (title) says why, and the same words for
+    screen readers, which do not read titles reliably."""
+    sentences = alert_sentences(campaign)
+    if not sentences:
+        return SafeString("")
+    text = " ".join(sentences)
+    return format_html(
+        '<span class="salvo-alert" title="{}"><span aria-hidden="true">⚠</span>'
+        '<span class="visually-hidden">Alert: {}</span></span>',
+        text,
+        text,
+    )
 
 
 # --- changelist filters -----------------------------------------------------------------
@@ -164,6 +191,98 @@ class TagListFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
         return queryset.filter(tags__name=value) if value else queryset
+
+
+class AlertListFilter(admin.SimpleListFilter):
+    """Campaigns with or without an alert: the rules of `selectors.alert_rules`."""
+
+    title = "has alerts"
+    parameter_name = "has_alerts"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value not in ("yes", "no"):
+            return queryset
+        chosen = campaign_list(statuses=None, has_alerts=value == "yes")
+        return queryset.filter(pk__in=chosen.values("pk"))
+
+
+class ChannelListFilter(admin.SimpleListFilter):
+    """Campaigns whose shown version (running, else draft) sends on the channel."""
+
+    title = "channel"
+    parameter_name = "channel"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, str(label)) for value, label in ChannelKind.choices]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        chosen = campaign_list(statuses=None, channels=[value])
+        return queryset.filter(pk__in=chosen.values("pk"))
+
+
+class StartDateRangeFilter(admin.ListFilter):
+    """Campaigns that went Live (or are set to start) between two days, both included:
+    two date inputs in the sidebar (`start_from`, `start_to`, YYYY-MM-DD)."""
+
+    title = "start date"
+    template = "admin/campaigns/campaign/start_date_filter.html"
+    parameters = ("start_from", "start_to")
+
+    def __init__(
+        self, request: HttpRequest, params: dict[str, Any], model: Any, model_admin: Any
+    ) -> None:
+        super().__init__(request, params, model, model_admin)
+        self.values: dict[str, str] = {}
+        for name in self.parameters:
+            if name in params:
+                value = params.pop(name)
+                self.values[name] = value[-1] if isinstance(value, list) else value
+                self.used_parameters[name] = self.values[name]
+
+    def has_output(self) -> bool:
+        return True
+
+    def expected_parameters(self) -> list[str | None]:
+        return list(self.parameters)
+
+    def _day(self, name: str) -> dt.date | None:
+        text = self.values.get(name, "").strip()
+        if not text:
+            return None
+        try:
+            return dt.date.fromisoformat(text)
+        except ValueError as error:
+            # The admin redirects to the unfiltered list rather than failing.
+            raise IncorrectLookupParameters(
+                f"{name}: “{text}” is not a day (YYYY-MM-DD)."
+            ) from error
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        start_from, start_to = self._day("start_from"), self._day("start_to")
+        if start_from is None and start_to is None:
+            return queryset
+        chosen = campaign_list(statuses=None, start_from=start_from, start_to=start_to)
+        return queryset.filter(pk__in=chosen.values("pk"))
+
+    def choices(self, changelist: Any) -> Iterator[Any]:
+        # One "choice": what the template's form needs.
+        yield {
+            "values": self.values,
+            "clear_query_string": changelist.get_query_string(remove=list(self.parameters)),
+            "other_parameters": [
+                (key, value)
+                for key, values in changelist.params.items()
+                if key not in self.parameters
+                for value in (values if isinstance(values, list) else [values])
+            ],
+        }
 
 
 # --- the draft's channel actions ---------------------------------------------------------
@@ -233,13 +352,23 @@ class CampaignAdmin(admin.ModelAdmin):
     list_display = (
         "name",
         "status_badge",
+        "channel_list",
+        "audience",
+        "sent_of_total",
         "type",
         "tag_list",
         "segment_name",
         "start_time",
         "updated",
     )
-    list_filter = (StatusListFilter, "type", TagListFilter)
+    list_filter = (
+        StatusListFilter,
+        AlertListFilter,
+        ChannelListFilter,
+        StartDateRangeFilter,
+        "type",
+        TagListFilter,
+    )
     search_fields = ("name", "description")
     search_help_text = "Search campaign names and descriptions."
     show_facets = admin.ShowFacets.NEVER
@@ -254,16 +383,26 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Campaign) -> SafeString:
-        badge = status_badge_html(obj)
-        alert = campaign_alert(obj)
-        if alert:
-            badge = format_html(
-                '{} <span class="salvo-alert" role="img" aria-label="{}" title="{}">⚠</span>',
-                badge,
-                alert,
-                alert,
-            )
-        return badge
+        return format_html("{} {}", status_badge_html(obj), alert_icon_html(obj))
+
+    @admin.display(description="channels")
+    def channel_list(self, obj: Campaign) -> str:
+        version = self._shown_version(obj)
+        if version is None:
+            return "—"
+        # The prefetched actions, sorted in Python: no query per row.
+        actions = sorted(version.actions.all(), key=lambda action: action.channel)
+        return ", ".join(action.get_channel_display() for action in actions) or "—"
+
+    @admin.display(description="audience", ordering="audience_size")
+    def audience(self, obj: Campaign) -> str:
+        size = obj.audience_size  # type: ignore[attr-defined]
+        return "—" if size is None else f"{size:,}"
+
+    @admin.display(description="sent / total")
+    def sent_of_total(self, obj: Campaign) -> str:
+        total = obj.delivery_total  # type: ignore[attr-defined]
+        return "—" if not total else f"{obj.delivery_sent:,} / {total:,}"  # type: ignore[attr-defined]
 
     @admin.display(description="tags")
     def tag_list(self, obj: Campaign) -> str:
@@ -512,8 +651,51 @@ class CampaignAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.lifecycle_view),
                 name="campaigns_campaign_lifecycle",
             ),
+            path(
+                "<path:object_id>/versions/diff/",
+                self.admin_site.admin_view(self.version_diff_view),
+                name="campaigns_campaign_version_diff",
+            ),
             *super().get_urls(),
         ]
+
+    def version_diff_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Two versions of the campaign side by side (`?old=N&new=M`, version numbers;
+        by default the two newest), for whoever may view the campaign."""
+        campaign = self.get_object(request, unquote(object_id))
+        if campaign is None:
+            raise Http404(f"No campaign has the id “{object_id}”.")
+        if not self.has_view_or_change_permission(request, campaign):
+            raise PermissionDenied
+        versions = list(campaign_versions(campaign=campaign))
+        by_number = {str(version.number): version for version in versions}
+        errors = []
+        chosen = []
+        for name, default in (("old", versions[1:2]), ("new", versions[:1])):
+            number = request.GET.get(name, "")
+            if not number:
+                chosen.append(default[0] if default else None)
+            elif number in by_number:
+                chosen.append(by_number[number])
+            else:
+                errors.append(
+                    f"“{number}” is not a version of this campaign: choose one of "
+                    f"{', '.join(reversed(list(by_number)))}."
+                )
+                chosen.append(None)
+        old, new = chosen
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Compare versions of “{campaign}”",
+            "salvo_campaign": campaign,
+            "salvo_versions": versions,
+            "salvo_old": old,
+            "salvo_new": new,
+            "salvo_errors": errors,
+            "salvo_diff": version_diff(old=old, new=new) if old and new else None,
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/version_diff.html", context)
 
     def lifecycle_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
         """One lifecycle button: POST runs the operation's service, then back to the page."""
@@ -605,6 +787,9 @@ class CampaignAdmin(admin.ModelAdmin):
         campaign = self.get_object(request, unquote(object_id))
         if campaign is not None:
             versions = list(campaign_versions(campaign=campaign))
+            # Newest first: each row links to the changes from the version before it.
+            for newer, older in pairwise(versions):
+                newer.previous_number = older.number  # type: ignore[attr-defined]
             by_pk = {version.pk: version for version in versions}
             draft = by_pk.get(campaign.draft_version_id)
             extra_context = {

@@ -12,6 +12,7 @@ from django import forms
 from django.contrib.admin import widgets
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.forms.models import BaseInlineFormSet
+from django.utils.text import capfirst
 
 from channels.rendering import validate_content
 from segments.models import Segment
@@ -57,6 +58,10 @@ class CampaignAdminForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The field's <label> cannot point at two inputs: each says what it is itself.
+        date_input, time_input = self.fields["start_at"].widget.widgets
+        date_input.attrs["aria-label"] = "Start date"
+        time_input.attrs["aria-label"] = "Start time"
         version = self.instance.draft_version if self.instance.pk else None
         if version is not None:
             self.initial.setdefault("segment", version.segment_id)
@@ -91,6 +96,14 @@ class ChannelActionForm(forms.ModelForm):
             "body": forms.Textarea(attrs={"rows": 3, "cols": 44}),
         }
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A table row of the inline has no <label>s, only column headers: name each input.
+        for field in self.fields.values():
+            # The admin wraps a relation's select (add/change links): name the select.
+            widget: forms.Widget = getattr(field.widget, "widget", None) or field.widget
+            widget.attrs.setdefault("aria-label", capfirst(str(field.label)))
+
     def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean() or {}
         # The services check content too; checked here, a refusal lands on its field.
@@ -104,6 +117,11 @@ class DraftActionFormSet(BaseInlineFormSet):
     def __init__(self, *args: Any, service_errors: list[str] | None = None, **kwargs: Any):
         self.service_errors = service_errors or []
         super().__init__(*args, **kwargs)
+
+    def add_fields(self, form: forms.Form, index: int | None) -> None:
+        super().add_fields(form, index)
+        if "DELETE" in form.fields:
+            form.fields["DELETE"].widget.attrs["aria-label"] = "Delete this action"
 
     def _deleted(self, form: forms.Form) -> bool:
         return bool(self.can_delete and form.cleaned_data.get("DELETE"))

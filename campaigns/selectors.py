@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db.models import BigIntegerField, F, Prefetch, Q, QuerySet, Sum, Value
+from django.db.models import (
+    BigIntegerField,
+    BooleanField,
+    Count,
+    Exists,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_fsm import can_proceed
 
@@ -21,6 +39,7 @@ from segments.rules import rule_errors
 from .choices import (
     ALL_STATUSES,
     DEFAULT_VISIBLE_STATUSES,
+    DELIVERY_TERMINAL_STATUSES,
     CampaignStatus,
     DeliveryStatus,
     ExecutionStatus,
@@ -74,16 +93,145 @@ _FAILING_EXECUTIONS = Prefetch(
 )
 
 
+# --- what a list row shows: delivery figures and alerts ---------------------------------
+
+
+def _delivered(*statuses: str) -> Coalesce:
+    """The campaign's deliveries in these statuses over all its executions, from the
+    engine's counters (a few rows per execution, however large the audience)."""
+    counts = DeliveryCount.objects.filter(execution__campaign=OuterRef("pk"))
+    if statuses:
+        counts = counts.filter(status__in=statuses)
+    total = counts.order_by().values("execution__campaign").annotate(n=Sum("count")).values("n")
+    return Coalesce(Subquery(total, output_field=BigIntegerField()), Value(0))
+
+
+def _stalled_executions(*, now: dt.datetime) -> QuerySet[Execution]:
+    """Running executions with no progress for SALVO_DELIVERY_STALL_AFTER_S: the
+    condition the scheduler's stall check (`delivery.executions_resume_stalled`) acts on."""
+    cutoff = now - dt.timedelta(seconds=settings.SALVO_DELIVERY_STALL_AFTER_S)
+    return Execution.objects.filter(status=ExecutionStatus.RUNNING, last_progress_at__lt=cutoff)
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One reason a campaign deserves a look: its code (in the API's `alerts`), the
+    condition on a row of `campaign_list`, and the sentence the list's tooltip says."""
+
+    code: str
+    condition: Q
+    label: str
+
+    @property
+    def annotation(self) -> str:
+        """The name of the boolean `campaign_list` annotates each row with."""
+        return f"alert_{self.code}"
+
+
+def alert_rules() -> list[AlertRule]:
+    """Every alert, written once: the admin list's icon and its "has alerts" filter, the
+    API's `alerts` and `?has_alerts=` all read these conditions over `campaign_list`'s
+    rows (never per row: they are evaluated by the list's one query)."""
+    rate = settings.SALVO_ALERT_FAILURE_RATE
+    stall_s = settings.SALVO_DELIVERY_STALL_AFTER_S
+    return [
+        AlertRule("activation_failed", ~Q(activation_error=""), "Its last activation failed."),
+        AlertRule(
+            "delivery_error",
+            Q(has_failing_step=True),
+            "A step of its delivery failed (the error is on its page).",
+        ),
+        AlertRule(
+            "failure_rate",
+            Q(delivery_failed__gt=F("delivery_decided") * Value(rate)),
+            f"More than {rate:.0%} of its messages sent or failed so far failed.",
+        ),
+        AlertRule(
+            "stalled",
+            Q(has_stalled_execution=True),
+            f"Its delivery has made no progress for more than {stall_s:g} seconds.",
+        ),
+    ]
+
+
+def _with_list_figures(queryset: QuerySet[Campaign], *, now: dt.datetime) -> QuerySet[Campaign]:
+    """Annotate what a row shows and what the alerts test: delivery counts, the latest
+    audience size, the start time, whether a step failed or the delivery is stuck, then
+    one boolean per alert rule."""
+    latest_execution = Execution.objects.filter(campaign=OuterRef("pk")).order_by(
+        "-started_at", "-id"
+    )
+    queryset = queryset.annotate(
+        delivery_total=_delivered(),
+        delivery_sent=_delivered(DeliveryStatus.SENT),
+        delivery_failed=_delivered(DeliveryStatus.FAILED),
+        delivery_done=_delivered(*DELIVERY_TERMINAL_STATUSES),
+        delivery_decided=_delivered(DeliveryStatus.SENT, DeliveryStatus.FAILED),
+        audience_size=Subquery(latest_execution.values("audience_size")[:1]),
+        start_time=Coalesce("started_at", "live_version__start_at", "draft_version__start_at"),
+        has_failing_step=Exists(_failing_executions().filter(campaign=OuterRef("pk"))),
+        has_stalled_execution=Exists(_stalled_executions(now=now).filter(campaign=OuterRef("pk"))),
+    )
+    return queryset.annotate(
+        **{
+            rule.annotation: ExpressionWrapper(rule.condition, output_field=BooleanField())
+            for rule in alert_rules()
+        }
+    )
+
+
+def campaign_alerts(campaign: Campaign) -> list[AlertRule]:
+    """The alerts that hold for the campaign: read from its row when it comes from
+    `campaign_list` (no query), else from one query through it."""
+    rules = alert_rules()
+    if not hasattr(campaign, rules[0].annotation):
+        campaign = campaign_list(statuses=None).get(pk=campaign.pk)
+    return [rule for rule in rules if getattr(campaign, rule.annotation)]
+
+
+def _any_alert() -> Q:
+    condition = Q()
+    for rule in alert_rules():
+        condition |= rule.condition
+    return condition
+
+
+def _shown_version_has_channel(channels: list[str]) -> Exists:
+    """The version a row shows (the running one, else the draft) has an action on one of
+    these channels."""
+    return Exists(
+        ChannelAction.objects.filter(
+            version_id=Coalesce(OuterRef("live_version_id"), OuterRef("draft_version_id")),
+            channel__in=channels,
+        )
+    )
+
+
 def campaign_list(
     *,
     statuses: Iterable[str] | None = DEFAULT_VISIBLE_STATUSES,
     search: str = "",
     tags: Iterable[str] = (),
+    channels: Iterable[str] = (),
+    has_alerts: bool | None = None,
+    start_from: dt.date | None = None,
+    start_to: dt.date | None = None,
+    now: dt.datetime | None = None,
 ) -> QuerySet[Campaign]:
-    """Campaigns with what a list row shows, in a constant number of queries."""
+    """Campaigns with what a list row shows (channels, audience, delivery counts, alerts),
+    in a constant number of queries.
+
+    `channels`: the version the row shows (running, else draft) sends on any of them;
+    `has_alerts`: some rule of `alert_rules()` holds (True) or none does (False);
+    `start_from`/`start_to`: the day it went Live, or else is set to start, in the current
+    time zone, both ends included.
+    """
     queryset = Campaign.objects.select_related(
         "live_version__segment", "draft_version__segment"
-    ).prefetch_related("tags", _FAILING_EXECUTIONS)
+    ).prefetch_related(
+        "tags", _FAILING_EXECUTIONS, "live_version__actions", "draft_version__actions"
+    )
+    queryset = _with_list_figures(queryset, now=now or timezone.now())
     if statuses is not None:
         queryset = queryset.filter(status__in=list(statuses))
     if search:
@@ -91,6 +239,17 @@ def campaign_list(
     tag_names = [t for t in tags if t]
     if tag_names:
         queryset = queryset.filter(tags__name__in=tag_names).distinct()
+    channel_names = [c for c in channels if c]
+    if channel_names:
+        queryset = queryset.filter(_shown_version_has_channel(channel_names))
+    if has_alerts is True:
+        queryset = queryset.filter(_any_alert())
+    elif has_alerts is False:
+        queryset = queryset.exclude(_any_alert())
+    if start_from is not None:
+        queryset = queryset.filter(Q(start_time__date__gte=start_from))
+    if start_to is not None:
+        queryset = queryset.filter(Q(start_time__date__lte=start_to))
     return queryset
 
 
@@ -467,3 +626,133 @@ def delivery_error_summary(error: dict[str, Any]) -> str:
         else "Delivery has stopped; what was not sent stays pending until the campaign is stopped."
     )
     return f"{error['step']} failed {times}: {error['error']} {then}"
+
+
+# The admin home's dashboard shows this many Live campaigns and this many transitions.
+DASHBOARD_LIVE_SHOWN = 10
+DASHBOARD_TRANSITIONS_SHOWN = 10
+
+
+def campaign_dashboard() -> dict[str, Any]:
+    """What the admin home shows of the campaigns, in four queries however many there are:
+    `{"by_status": [(status, label, count)], "live": [campaign with delivery_done,
+    delivery_total and progress_percent], "live_count", "transitions": [last ones]}`.
+    Progress counts sent, failed and skipped deliveries against all planned ones, from
+    the engine's counters."""
+    counts = dict(
+        Campaign.objects.order_by()
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .values_list("status", "n")
+    )
+    live_campaigns = Campaign.objects.filter(status=Status.LIVE)
+    live = list(
+        live_campaigns.annotate(
+            delivery_done=_delivered(*DELIVERY_TERMINAL_STATUSES),
+            delivery_total=_delivered(),
+        ).order_by("-started_at", "-id")[:DASHBOARD_LIVE_SHOWN]
+    )
+    for campaign in live:
+        done, total = campaign.delivery_done, campaign.delivery_total
+        campaign.progress_percent = int(100 * done / total) if total else 0
+    transitions = list(
+        CampaignTransition.objects.select_related("campaign", "by", "version")[
+            :DASHBOARD_TRANSITIONS_SHOWN
+        ]
+    )
+    return {
+        "by_status": [(value, label, counts.get(value, 0)) for value, label in Status.choices],
+        "live": live,
+        "live_count": counts.get(Status.LIVE, 0),
+        "transitions": transitions,
+    }
+
+
+# --- comparing two versions -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """One field of two versions side by side; `lines` is a line diff of a text field
+    (`(mark, text)`, mark "-" only in the older, "+" only in the newer, " " in both),
+    None for a one-line value."""
+
+    label: str
+    old: str
+    new: str
+    lines: list[tuple[str, str]] | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+
+@dataclass(frozen=True)
+class SectionDiff:
+    """A part of the versions: their audience and schedule, or one channel's action.
+    `state` is "changed", "same", "added" (only in the newer) or "removed"."""
+
+    title: str
+    state: str
+    fields: list[FieldDiff]
+
+
+def _text_diff(label: str, old: str, new: str) -> FieldDiff:
+    lines = [
+        (line[0], line[2:])
+        for line in difflib.ndiff(old.splitlines(), new.splitlines())
+        if line[0] in "+- "
+    ]
+    return FieldDiff(label, old, new, lines)
+
+
+def _segment_text(version: CampaignVersion) -> str:
+    return str(version.segment) if version.segment else "— (none chosen)"
+
+
+def _start_text(version: CampaignVersion) -> str:
+    if version.start_at is None:
+        return "As soon as activated"
+    return timezone.localtime(version.start_at).isoformat(sep=" ", timespec="minutes")
+
+
+def version_diff(*, old: CampaignVersion, new: CampaignVersion) -> list[SectionDiff]:
+    """What changed from `old` to `new` of one campaign: the segment, the start time and
+    each channel's action (preset, subject, body, compared line by line). Two queries."""
+    old_actions, new_actions = (
+        {action.channel: action for action in version.actions.select_related("preset")}
+        for version in (old, new)
+    )
+    audience = [
+        FieldDiff(
+            "Segment", str(old.segment or "— (none chosen)"), str(new.segment or "— (none chosen)")
+        ),
+        FieldDiff("Start", _start_text(old), _start_text(new)),
+    ]
+    sections = [
+        SectionDiff(
+            "Audience and schedule",
+            "changed" if any(f.changed for f in audience) else "same",
+            audience,
+        )
+    ]
+    labels = dict(ChannelAction._meta.get_field("channel").choices or ())
+    for channel in sorted(old_actions.keys() | new_actions.keys()):
+        before, after = old_actions.get(channel), new_actions.get(channel)
+        fields = [
+            FieldDiff(
+                "Preset",
+                before.preset.name if before else "",
+                after.preset.name if after else "",
+            ),
+            _text_diff("Subject", before.subject if before else "", after.subject if after else ""),
+            _text_diff("Body", before.body if before else "", after.body if after else ""),
+        ]
+        if before is None:
+            state = "added"
+        elif after is None:
+            state = "removed"
+        else:
+            state = "changed" if any(f.changed for f in fields) else "same"
+        sections.append(SectionDiff(f"{labels.get(channel, channel)} action", state, fields))
+    return sections

@@ -98,7 +98,7 @@ SECURE_PROXY_SSL_HEADER = (
 )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "config.apps.SalvoAdminConfig",  # django.contrib.admin, with Salvo's home page
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -356,6 +356,21 @@ SALVO_STEP_RETRY_CAP_S = env.float("SALVO_STEP_RETRY_CAP_S", default=40.0)
 # reuse it: a fresh PostgreSQL backend per batch (fork, authentication, cold catalog cache)
 # costs more than sending the batch. Connections are still recycled after this many tasks.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
+
+# --- The marketers' list (issue 10) ----------------------------------------------------
+# A campaign gets an alert in the lists (admin icon, API `alerts`) when more than this share
+# of its messages sent or failed so far failed (0.05: 5 %); also when its last activation
+# failed, a delivery step failed, or its delivery stalled for SALVO_DELIVERY_STALL_AFTER_S.
+_alert_rate = env.str("SALVO_ALERT_FAILURE_RATE", default="0.05")
+try:
+    SALVO_ALERT_FAILURE_RATE = float(_alert_rate)
+except ValueError:
+    SALVO_ALERT_FAILURE_RATE = float("nan")
+if not 0 <= SALVO_ALERT_FAILURE_RATE < 1:  # also false for NaN
+    raise ImproperlyConfigured(
+        f"SALVO_ALERT_FAILURE_RATE is {_alert_rate!r}: give a share of failed messages from 0 "
+        "(any failure alerts) up to, not including, 1 (e.g. 0.05 for 5 %)."
+    )
 
 # --- Rendering (issue 9) ----------------------------------------------------------------
 # The budget of one message (subject and body together) as its templates render, enforced

@@ -157,16 +157,19 @@ def api_client(admin_user: Any, api_client_for: Callable[[Any], Any]) -> Any:
 
 
 @pytest.fixture
-def admin_page(live_server: Any, admin_user: Any) -> Iterator[Any]:
+def admin_page(live_server: Any, admin_user: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     """The admin's campaign list, signed in as `admin_user`, in headless Chromium (tests
-    marked `browser`)."""
+    marked `browser`). Every page it loads is checked with axe-core, and the test fails on
+    a serious or critical accessibility violation (tests/accessibility.py)."""
     sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.accessibility import AxeCheckedPage
+
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
         context = browser.new_context(viewport={"width": 1360, "height": 900})
-        page = context.new_page()
+        page = AxeCheckedPage(context.new_page())
         page.set_default_timeout(15_000)
         page.goto(f"{live_server.url}/admin/login/?next=/admin/campaigns/campaign/")
         page.fill("#id_username", admin_user.username)
@@ -174,8 +177,12 @@ def admin_page(live_server: Any, admin_user: Any) -> Iterator[Any]:
         page.click("input[type=submit]")
         page.wait_for_url(re.compile(r"/admin/campaigns/campaign/$"))
         yield page
-        context.close()
-        browser.close()
+        try:
+            if not _test_failed(request):
+                page.finish()
+        finally:
+            context.close()
+            browser.close()
 
 
 # --- real Celery processes ------------------------------------------------------------

@@ -13,6 +13,7 @@ from django_filters import fields
 from campaigns.choices import ALL_STATUSES, CampaignStatus, CampaignType
 from campaigns.models import Campaign
 from campaigns.selectors import campaign_list, campaign_statuses_from_query
+from channels.choices import ChannelKind
 
 
 class StatusField(fields.MultipleChoiceField):
@@ -51,8 +52,8 @@ class CampaignFilterSet(django_filters.FilterSet):
     """Which campaigns a list shows.
 
     Without `status` the list shows Draft, Scheduled and Live; `status=all` shows every
-    status. Status, search and tags are decided by `campaigns.selectors.campaign_list`,
-    the same function the admin and the commands use.
+    status. Status, search, tags, channels, alerts and start days are decided by
+    `campaigns.selectors.campaign_list`, the same function the admin and the commands use.
     """
 
     status = StatusFilter(
@@ -62,10 +63,34 @@ class CampaignFilterSet(django_filters.FilterSet):
     search = django_filters.CharFilter(help_text="Words in the name or description.")
     tag = TagFilter(field_name="tags__name", help_text="Repeatable: campaigns with any of them.")
     type = django_filters.ChoiceFilter(choices=CampaignType.choices)
+    channel = django_filters.MultipleChoiceFilter(
+        choices=ChannelKind.choices,
+        help_text="Repeatable: campaigns whose version shown (running, else draft) sends on "
+        "any of them.",
+    )
+    has_alerts = django_filters.BooleanFilter(
+        help_text="true: campaigns with at least one of `alerts`; false: those with none."
+    )
+    start_after = django_filters.DateFilter(
+        help_text="Campaigns that went Live, or are set to start, on this day or later "
+        "(YYYY-MM-DD, the server's time zone)."
+    )
+    start_before = django_filters.DateFilter(
+        help_text="…on this day or earlier (YYYY-MM-DD, included)."
+    )
 
     class Meta:
         model = Campaign
-        fields = ["status", "search", "tag", "type"]
+        fields = [
+            "status",
+            "search",
+            "tag",
+            "type",
+            "channel",
+            "has_alerts",
+            "start_after",
+            "start_before",
+        ]
 
     def filter_queryset(self, queryset: QuerySet[Campaign]) -> QuerySet[Campaign]:
         data = self.form.cleaned_data
@@ -73,6 +98,10 @@ class CampaignFilterSet(django_filters.FilterSet):
             statuses=campaign_statuses_from_query(data.get("status") or []),
             search=data.get("search") or "",
             tags=data.get("tag") or [],
+            channels=data.get("channel") or [],
+            has_alerts=data.get("has_alerts"),
+            start_from=data.get("start_after"),
+            start_to=data.get("start_before"),
         )
         # A subquery keeps the caller's queryset (its joins, prefetches and ordering)
         # and lets the selector alone decide which rows belong to the list.

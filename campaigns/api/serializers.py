@@ -15,7 +15,12 @@ from rest_framework import serializers
 from campaigns.choices import CampaignStatus, CampaignType, DeliveryReason, ExecutionStatus
 from campaigns.models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
 from campaigns.operations import OPERATIONS
-from campaigns.selectors import campaign_delivery_error, campaign_operations
+from campaigns.selectors import (
+    alert_rules,
+    campaign_alerts,
+    campaign_delivery_error,
+    campaign_operations,
+)
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from segments.models import Segment
@@ -83,6 +88,19 @@ class DeliveryErrorSerializer(serializers.Serializer[Any]):
     )
 
 
+class AlertSerializer(serializers.Serializer[Any]):
+    """A reason the campaign deserves a look (campaigns.selectors.alert_rules)."""
+
+    code = serializers.ChoiceField(
+        choices=[rule.code for rule in alert_rules()],
+        help_text="activation_failed: its last activation failed; delivery_error: a step of "
+        "its delivery failed; failure_rate: more than SALVO_ALERT_FAILURE_RATE of its "
+        "messages sent or failed so far failed; stalled: no delivery progress for "
+        "SALVO_DELIVERY_STALL_AFTER_S.",
+    )
+    message = serializers.CharField(help_text="The same in a sentence.")
+
+
 def delivery_error_data(campaign: Campaign) -> dict[str, Any] | None:
     """The campaign's `delivery_error`, as the detail and the report show it."""
     error = campaign_delivery_error(campaign=campaign)
@@ -103,6 +121,10 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
     delivery_error = serializers.SerializerMethodField(
         help_text="Why its delivery is failing or stopped, or null while all is well."
     )
+    alerts = serializers.SerializerMethodField(
+        help_text="Why the campaign deserves a look (the admin list's alert icon); empty "
+        "while all is well."
+    )
 
     class Meta:
         model = Campaign
@@ -118,6 +140,7 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
             "draft_version",
             "activation_error",
             "delivery_error",
+            "alerts",
             "started_at",
             "created_at",
             "updated_at",
@@ -134,6 +157,10 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
         if user is None:
             return []
         return campaign_operations(campaign=campaign, user=user)
+
+    @extend_schema_field(AlertSerializer(many=True))
+    def get_alerts(self, campaign: Campaign) -> list[dict[str, Any]]:
+        return [{"code": rule.code, "message": rule.label} for rule in campaign_alerts(campaign)]
 
     @extend_schema_field(DeliveryErrorSerializer(allow_null=True))
     def get_delivery_error(self, campaign: Campaign) -> dict[str, Any] | None:

@@ -16,12 +16,14 @@ from django.utils import timezone
 
 from campaigns import tasks
 from campaigns.choices import CampaignStatus as Status
+from campaigns.management.commands import load_demo as demo
 from campaigns.models import Campaign
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from config.celery import app as celery_app
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
+from segments.selectors import segment_estimate
 from tests.campaigns.factories import make_campaign, make_campaign_in_status, make_live_campaign
 from tests.campaigns.lifecycle import (
     ACTIONS,
@@ -367,8 +369,8 @@ def test_load_demo_makes_a_usable_demo():
     assert admin.check_password("admin")
     assert "http://127.0.0.1:8000/admin/" in output
     assert "“admin”" in output
-    assert Profile.objects.count() == 200
-    countries = {p.attributes["country"] for p in Profile.objects.all()}
+    assert Profile.objects.count() == demo.PROFILE_COUNT + demo.READER_COUNT
+    countries = {p.attributes.get("country") for p in Profile.objects.all()}
     assert {"FR", "BE"} <= countries
     assert Profile.objects.filter(consent_sms=False).exists()
     assert Profile.objects.filter(attributes__vip=True).exists()
@@ -392,6 +394,25 @@ def test_load_demo_makes_a_usable_demo():
     }
     drafts = Campaign.objects.filter(status=Status.DRAFT)
     assert {version(c).segment_id is None for c in drafts} == {True, False}
+
+
+def test_the_demo_has_a_campaign_still_sending_when_the_newcomer_logs_in():
+    output = load_demo()
+
+    sending = Campaign.objects.get(name=demo.SENDING_NOW)
+    assert sending.status == Status.LIVE
+    assert sending.executions.count() == 1  # its planning waits for the worker
+    assert sending.live_version is not None
+    action = sending.live_version.actions.get()
+    rate = action.preset.rate_limit_per_second
+    assert rate is not None
+    segment = sending.live_version.segment
+    assert segment is not None
+    audience = segment_estimate(segment=segment)
+    assert audience >= 2000  # a few thousand
+    # At the preset's rate, sending them all takes several minutes.
+    assert audience / rate >= 180
+    assert f"campaigns/campaign/{sending.pk}/change/" in output
 
 
 def test_load_demo_rule_segments_are_valid_rules():

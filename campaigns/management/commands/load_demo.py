@@ -31,6 +31,10 @@ ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "admin"
 PROFILE_COUNT = 200
 STATIC_MEMBER_COUNT = 25
+# The readers of the campaign that is still sending when a newcomer logs in: at
+# READERS_RATE_PER_S through its preset, READER_COUNT take five minutes.
+READER_COUNT = 3000
+READERS_RATE_PER_S = 10.0
 # Fixed, so every checkout gets the same demo audience.
 SEED = 20240501
 
@@ -62,6 +66,7 @@ VIP_ADULTS = "Demo · VIP adults"
 PAYING_CUSTOMERS = "Demo · Pro and Enterprise plans"
 SMS_REACHABLE = "Demo · Reachable by SMS"
 BETA_TESTERS = "Demo · Beta testers (static)"
+NEWSLETTER_READERS = "Demo · Newsletter readers"
 
 RULE_SEGMENTS: dict[str, dict[str, Any]] = {
     FRANCE_AND_BELGIUM: {
@@ -82,12 +87,14 @@ RULE_SEGMENTS: dict[str, dict[str, Any]] = {
             {"not": {"field": "consent.sms", "op": "eq", "value": False}},
         ]
     },
+    NEWSLETTER_READERS: {"field": "attributes.list", "op": "eq", "value": "readers"},
 }
 
 NEWSLETTER = "Demo newsletter"
 TEXTS = "Demo SMS"
 APP_PUSH = "Demo app push"
 CRM_HOOK = "Demo CRM webhook"
+PACED_NEWSLETTER = "Demo newsletter, paced"
 
 PRESETS: dict[str, dict[str, Any]] = {
     NEWSLETTER: {
@@ -99,7 +106,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     TEXTS: {"channel": ChannelKind.SMS, "sms_sender_id": "SALVO"},
     APP_PUSH: {"channel": ChannelKind.PUSH, "push_app_id": "com.example.salvo"},
     CRM_HOOK: {"channel": ChannelKind.WEBHOOK, "webhook_url": "http://127.0.0.1:8025/webhook"},
+    PACED_NEWSLETTER: {
+        "channel": ChannelKind.EMAIL,
+        "from_name": "Salvo Demo",
+        "from_email": "news@demo.example.com",
+        "description": f"At most {READERS_RATE_PER_S:g} messages a second.",
+        "rate_limit_per_second": READERS_RATE_PER_S,
+    },
 }
+SENDING_NOW = "Demo · Autumn newsletter (sending now)"
 
 
 class Command(BaseCommand):
@@ -130,6 +145,13 @@ class Command(BaseCommand):
                 f"password “{ADMIN_PASSWORD}”  ·  API token: {token.key}"
             )
         )
+        sending = Campaign.objects.filter(name=SENDING_NOW).values_list("pk", flat=True).first()
+        if sending is not None:
+            self.stdout.write(
+                f"Sending now: “{SENDING_NOW}”, "
+                f"{options['admin_url']}campaigns/campaign/{sending}/change/ "
+                "(the home page shows its progress)"
+            )
 
     # --- people ------------------------------------------------------------------------
 
@@ -167,6 +189,15 @@ class Command(BaseCommand):
                     consent_push=rng.random() < 0.85,
                 )
             )
+        # The newsletter's readers: an address and nothing else the other segments test.
+        wanted += [
+            Profile(
+                external_id=f"demo-reader-{n:04d}",
+                email=f"reader{n:04d}@demo.example.com",
+                attributes={"list": "readers"},
+            )
+            for n in range(1, READER_COUNT + 1)
+        ]
         existing = set(
             Profile.objects.filter(external_id__in=[p.external_id for p in wanted]).values_list(
                 "external_id", flat=True
@@ -291,6 +322,25 @@ class Command(BaseCommand):
                     ],
                 },
                 _activate_then_modify,
+            ),
+            SENDING_NOW: (
+                {
+                    "description": f"Live when you log in: {READER_COUNT:,} readers through a "
+                    f"preset limited to {READERS_RATE_PER_S:g} messages a second, about "
+                    f"{READER_COUNT / READERS_RATE_PER_S / 60:.0f} minutes. Open it to watch "
+                    "it go out.",
+                    "tags": ["newsletter", "autumn"],
+                    "segment": segments[NEWSLETTER_READERS],
+                    "actions": [
+                        {
+                            "channel": ChannelKind.EMAIL,
+                            "preset": presets[PACED_NEWSLETTER],
+                            "subject": "Autumn news",
+                            "body": f"{hello}\nThe leaves are turning at Salvo.",
+                        }
+                    ],
+                },
+                _activate,
             ),
             "Demo · Flash sale": (
                 {

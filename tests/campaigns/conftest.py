@@ -1,0 +1,18 @@
+"""Fixtures of the campaign tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.test import override_settings
+
+from channels.sinks import RunningSinks, running_sinks
+
+
+@pytest.fixture
+def local_sinks() -> Iterator[RunningSinks]:
+    """The local sinks, accepting everything, as every channel's provider for the test (the
+    engine's steps run in the test process, or in the live server's thread)."""
+    with running_sinks() as sink, override_settings(**sink.provider_settings()):
+        yield sink

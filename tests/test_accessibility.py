@@ -1,0 +1,67 @@
+"""The accessibility check every browser test runs (tests/accessibility.py) fails a test
+on a serious or critical violation and lets a clean page through."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.accessibility import AxeCheckedPage
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = pytest.mark.browser
+
+CLEAN = (
+    '<!doctype html><html lang="en"><head><title>Clean</title></head><body><main>'
+    '<h1>Clean</h1><label for="q">Name</label><input id="q"></main></body></html>'
+)
+# An image with no text alternative and a text field without any label: both critical.
+BROKEN = (
+    '<!doctype html><html lang="en"><head><title>Broken</title></head><body><main>'
+    '<h1>Broken</h1><img src="/x.png"><input id="q"></main></body></html>'
+)
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page()
+        # Pages served by the test itself: nothing leaves the machine.
+        page.route(
+            "http://a11y.test/**",
+            lambda route: route.fulfill(
+                content_type="text/html",
+                body=BROKEN if "broken" in route.request.url else CLEAN,
+            ),
+        )
+        yield page
+        browser.close()
+
+
+def test_a_page_with_critical_violations_fails_the_test(browser_page):
+    page = AxeCheckedPage(browser_page)
+    page.goto("http://a11y.test/clean")
+    page.goto("http://a11y.test/broken")
+
+    with pytest.raises(pytest.fail.Exception) as failure:
+        page.finish()
+
+    assert page.axe_checked_urls == ["http://a11y.test/clean", "http://a11y.test/broken"]
+    assert {(v.url, v.rule) for v in page.axe_violations} == {
+        ("http://a11y.test/broken", "image-alt"),
+        ("http://a11y.test/broken", "label"),
+    }
+    assert "http://a11y.test/broken: [critical] image-alt" in str(failure.value)
+
+
+def test_a_clean_page_passes(browser_page):
+    page = AxeCheckedPage(browser_page)
+    page.goto("http://a11y.test/clean")
+    page.finish()
+    assert page.axe_checked_urls == ["http://a11y.test/clean"]
