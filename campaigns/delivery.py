@@ -133,6 +133,7 @@ from .models import (
     Execution,
 )
 from .retries import RetryPolicy, provider_answer_outcome
+from .selectors import stalled_executions
 
 logger = logging.getLogger(__name__)
 
@@ -1250,11 +1251,9 @@ def executions_resume_stalled(*, now: dt.datetime | None = None) -> list[int]:
     from .tasks import execution_plan_task
 
     now = now or timezone.now()
-    cutoff = now - dt.timedelta(seconds=settings.SALVO_DELIVERY_STALL_AFTER_S)
     size = settings.SALVO_DELIVERY_BATCH_SIZE
     resumed = []
-    stalled = Execution.objects.filter(status=ExecutionStatus.RUNNING, last_progress_at__lt=cutoff)
-    for execution in stalled:
+    for execution in stalled_executions(now=now):
         if not _campaign_sending(execution.campaign_id):
             _halt(execution.pk, now=now)
             continue

@@ -106,9 +106,10 @@ def _delivered(*statuses: str) -> Coalesce:
     return Coalesce(Subquery(total, output_field=BigIntegerField()), Value(0))
 
 
-def _stalled_executions(*, now: dt.datetime) -> QuerySet[Execution]:
-    """Running executions with no progress for SALVO_DELIVERY_STALL_AFTER_S: the
-    condition the scheduler's stall check (`delivery.executions_resume_stalled`) acts on."""
+def stalled_executions(*, now: dt.datetime) -> QuerySet[Execution]:
+    """Running executions with no progress for SALVO_DELIVERY_STALL_AFTER_S: those the
+    scheduler's stall check (`delivery.executions_resume_stalled`) resumes, and the list's
+    "stuck" alert."""
     cutoff = now - dt.timedelta(seconds=settings.SALVO_DELIVERY_STALL_AFTER_S)
     return Execution.objects.filter(status=ExecutionStatus.RUNNING, last_progress_at__lt=cutoff)
 
@@ -170,7 +171,7 @@ def _with_list_figures(queryset: QuerySet[Campaign], *, now: dt.datetime) -> Que
         audience_size=Subquery(latest_execution.values("audience_size")[:1]),
         start_time=Coalesce("started_at", "live_version__start_at", "draft_version__start_at"),
         has_failing_step=Exists(_failing_executions().filter(campaign=OuterRef("pk"))),
-        has_stalled_execution=Exists(_stalled_executions(now=now).filter(campaign=OuterRef("pk"))),
+        has_stalled_execution=Exists(stalled_executions(now=now).filter(campaign=OuterRef("pk"))),
     )
     return queryset.annotate(
         **{
