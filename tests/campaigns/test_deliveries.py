@@ -8,6 +8,7 @@ delivery_support); every expected row is derived from the profiles each test mak
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from collections.abc import Iterator
 from typing import Any
@@ -222,7 +223,16 @@ def csv_rows(response: Any) -> list[dict[str, str]]:
 
 
 def as_csv(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
+    """The rows as the export writes them: text, empty for none, times ISO 8601 in UTC."""
+
+    def text(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, dt.datetime):
+            return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return str(value)
+
+    return [{k: text(v) for k, v in row.items()} for row in rows]
 
 
 def test_the_csv_export_streams_every_row_as_created(sinks, api_client):
