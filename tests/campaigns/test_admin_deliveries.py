@@ -91,6 +91,9 @@ def test_the_page_lists_the_campaigns_rows_and_filters_them_by_reason(sinks, adm
     page = opted_out.content.decode()
     assert "Deliveries of “" in page
     assert "Opted out" in page
+    # "Show all" keeps the campaign (and forgets the filters).
+    assert f'(<a href="?campaign={campaign.pk}&amp;">Show all</a>)' in page
+    assert 'aria-label="Search deliveries"' in page
 
 
 def test_a_page_costs_the_same_queries_for_a_few_and_many_deliveries(sinks, admin_client):
