@@ -55,28 +55,19 @@ class CampaignFilter(_ChosenBySelector):
         return []
 
 
-class ChannelFilter(_ChosenBySelector):
-    title = "channel"
-    parameter_name = "channel"
+def _choice_filter(parameter: str, label: str, choices: Any) -> type[_ChosenBySelector]:
+    """A filter offering the values of a `TextChoices` (channel, status, reason)."""
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(str(value), str(label)) for value, label in ChannelKind.choices]
+    def lookups(self: Any, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(str(value), str(name)) for value, name in choices.choices]
 
-
-class StatusFilter(_ChosenBySelector):
-    title = "status"
-    parameter_name = "status"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(str(value), str(label)) for value, label in DeliveryStatus.choices]
+    attributes = {"title": label, "parameter_name": parameter, "lookups": lookups}
+    return type(f"{parameter.title()}Filter", (_ChosenBySelector,), attributes)
 
 
-class ReasonFilter(_ChosenBySelector):
-    title = "reason not sent"
-    parameter_name = "reason"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(str(value), str(label)) for value, label in DeliveryReason.choices]
+ChannelFilter = _choice_filter("channel", "channel", ChannelKind)
+StatusFilter = _choice_filter("status", "status", DeliveryStatus)
+ReasonFilter = _choice_filter("reason", "reason not sent", DeliveryReason)
 
 
 class VersionFilter(_ChosenBySelector):

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.db import connection
-from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from campaigns.choices import DeliveryReason
 from campaigns.models import Campaign, Delivery
-from channels.sinks import RunningSinks, running_sinks
 from segments.models import Profile
 from tests.campaigns.delivery_support import drive, make_profile
 from tests.campaigns.doors import change_url
@@ -27,12 +24,6 @@ pytestmark = pytest.mark.django_db
 
 R = DeliveryReason
 SEES_DELIVERIES = ("campaigns.view_campaign", "segments.view_profile")
-
-
-@pytest.fixture
-def sinks() -> Iterator[RunningSinks]:
-    with running_sinks(reject="invalid") as sink, override_settings(**sink.provider_settings()):
-        yield sink
 
 
 def page_url(campaign: Campaign, query: str = "") -> str:
@@ -61,7 +52,7 @@ def ids(profiles: list[Profile], times: int = 1) -> list[str]:
     return sorted([p.external_id for p in profiles] * times)
 
 
-def test_the_campaign_page_links_to_its_deliveries_with_their_counts(sinks, admin_client):
+def test_the_campaign_page_links_to_its_deliveries_with_their_counts(refusing_sinks, admin_client):
     campaign, people = finished()
     audience = sum(len(group) for group in people.values())
 
@@ -75,7 +66,7 @@ def test_the_campaign_page_links_to_its_deliveries_with_their_counts(sinks, admi
     ) in page
 
 
-def test_the_page_lists_the_campaigns_rows_and_filters_them_by_reason(sinks, admin_client):
+def test_the_page_lists_the_campaigns_rows_and_filters_them_by_reason(refusing_sinks, admin_client):
     campaign, people = finished()
     other, _ = finished()
     everyone = [p for group in people.values() for p in group]
@@ -96,7 +87,7 @@ def test_the_page_lists_the_campaigns_rows_and_filters_them_by_reason(sinks, adm
     assert 'aria-label="Search deliveries"' in page
 
 
-def test_a_page_costs_the_same_queries_for_a_few_and_many_deliveries(sinks, admin_client):
+def test_a_page_costs_the_same_queries_for_a_few_and_many_deliveries(refusing_sinks, admin_client):
     small, _ = finished()
     ProfileFactory.create_batch(150)
     large, _ = finished()
@@ -111,7 +102,7 @@ def test_a_page_costs_the_same_queries_for_a_few_and_many_deliveries(sinks, admi
 
 
 def test_the_page_needs_campaign_and_profile_view_and_changes_nothing(
-    sinks, client, user_with_perms
+    refusing_sinks, client, user_with_perms
 ):
     campaign, _ = finished()
     for perms in ([SEES_DELIVERIES[0]], [SEES_DELIVERIES[1]]):
@@ -145,7 +136,9 @@ def csv_of(response: Any) -> list[list[str]]:
     return list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
 
 
-def test_export_csv_streams_the_filtered_rows_as_the_api_does(sinks, admin_client, api_client):
+def test_export_csv_streams_the_filtered_rows_as_the_api_does(
+    refusing_sinks, admin_client, api_client
+):
     campaign, people = finished()
     page = admin_client.get(page_url(campaign, "reason=opted_out"))
     export_url = page.context["salvo_export_url"]

@@ -10,35 +10,24 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import Iterator
 from typing import Any
 
-import factory
 import pytest
 from django.db import connection
-from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from campaigns import delivery
 from campaigns.choices import DeliveryReason
 from campaigns.models import Campaign, Delivery
 from campaigns.selectors import DELIVERY_COLUMNS
-from channels.sinks import RunningSinks, running_sinks
 from segments.models import Profile
-from tests.campaigns.delivery_support import make_profile, plan, send_all
+from tests.campaigns.delivery_support import make_profile, plan, planned_audience, send_all
 from tests.campaigns.factories import email_action, make_live_campaign, sms_action
-from tests.segments.factories import ProfileFactory, SegmentFactory
 
 pytestmark = pytest.mark.django_db
 
 R = DeliveryReason
 SEES_DELIVERIES = ("campaigns.view_campaign", "segments.view_profile")
-
-
-@pytest.fixture
-def sinks() -> Iterator[RunningSinks]:
-    with running_sinks(reject="invalid") as sink, override_settings(**sink.provider_settings()):
-        yield sink
 
 
 def url(campaign: Campaign, query: str = "") -> str:
@@ -121,7 +110,9 @@ def listed(api_client: Any, campaign: Campaign, query: str = "") -> list[dict[st
     )
 
 
-def test_every_delivery_is_listed_with_its_profile_address_reason_and_version(sinks, api_client):
+def test_every_delivery_is_listed_with_its_profile_address_reason_and_version(
+    refusing_sinks, api_client
+):
     campaign, people = sent_campaign()
     rows = listed(api_client, campaign)
 
@@ -154,7 +145,7 @@ def test_every_delivery_is_listed_with_its_profile_address_reason_and_version(si
         ("version=2", lambda r: r["version_number"] == 2),
     ],
 )
-def test_each_filter_keeps_the_rows_it_names(sinks, api_client, query, keeps):
+def test_each_filter_keeps_the_rows_it_names(refusing_sinks, api_client, query, keeps):
     campaign, _ = sent_campaign()
     everything = as_json(expected_rows(campaign))
     wanted = sorted(
@@ -164,7 +155,7 @@ def test_each_filter_keeps_the_rows_it_names(sinks, api_client, query, keeps):
     assert listed(api_client, campaign, query) == wanted
 
 
-def test_search_finds_a_profile_by_external_id_email_or_phone(sinks, api_client):
+def test_search_finds_a_profile_by_external_id_email_or_phone(refusing_sinks, api_client):
     campaign, people = sent_campaign()
     reached = people["reached"]
     for term in (reached.external_id, reached.email.upper(), reached.phone):
@@ -235,7 +226,7 @@ def as_csv(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{k: text(v) for k, v in row.items()} for row in rows]
 
 
-def test_the_csv_export_streams_every_row_as_created(sinks, api_client):
+def test_the_csv_export_streams_every_row_as_created(refusing_sinks, api_client):
     campaign, _ = sent_campaign()
     response = api_client.get(url(campaign, "format=csv"))
 
@@ -246,7 +237,7 @@ def test_the_csv_export_streams_every_row_as_created(sinks, api_client):
     assert sorted(csv_rows(response), key=key) == sorted(as_csv(expected_rows(campaign)), key=key)
 
 
-def test_the_csv_export_applies_the_filters(sinks, api_client):
+def test_the_csv_export_applies_the_filters(refusing_sinks, api_client):
     campaign, _ = sent_campaign()
     rows = csv_rows(api_client.get(url(campaign, "format=csv&channel=sms&status=skipped")))
     expected = [
@@ -257,20 +248,6 @@ def test_the_csv_export_applies_the_filters(sinks, api_client):
     assert {r["reason"] for r in rows} == {R.OPTED_OUT, R.NO_ADDRESS, R.PROFILE_DELETED}
 
 
-def audience_of(prefix: str, size: int) -> Campaign:
-    """A Live email + SMS campaign to `size` new profiles, planned, nothing sent."""
-    batch = ProfileFactory.build_batch(
-        size, external_id=factory.Sequence(f"{prefix}{{:05d}}".format)
-    )
-    Profile.objects.bulk_create(batch)
-    rule = {"field": "external_id", "op": "startswith", "value": prefix}
-    campaign = make_live_campaign(
-        segment=SegmentFactory(rules={"all": [rule]}), actions=[email_action(), sms_action()]
-    )
-    plan(campaign)
-    return campaign
-
-
 def page_queries(api_client: Any, campaign: Campaign, query: str) -> int:
     with CaptureQueriesContext(connection) as queries:
         response = api_client.get(url(campaign, query))
@@ -279,8 +256,8 @@ def page_queries(api_client: Any, campaign: Campaign, query: str) -> int:
 
 
 def test_a_page_costs_the_same_queries_for_10_and_1000_deliveries(api_client):
-    small = audience_of("small-", 5)
-    large = audience_of("large-", 500)
+    small = planned_audience("small-", 5).campaign
+    large = planned_audience("large-", 500).campaign
     assert api_client.get(url(large)).json()["count"] == 1000
     for query in ("", "channel=sms&version=1&search=large-00007", "page=2"):
         if query == "page=2":

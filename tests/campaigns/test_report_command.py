@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.test import override_settings
 
 from campaigns import delivery
 from campaigns.choices import CampaignStatus, DeliveryReason
 from campaigns.models import Campaign
-from channels.sinks import RunningSinks, running_sinks
 from segments.models import Profile
 from tests.campaigns.delivery_support import make_profile, plan, send_all, sinks_and_worker
 from tests.campaigns.factories import email_action, make_campaign, make_live_campaign, sms_action
@@ -24,12 +21,6 @@ from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import ProfileFactory
 
 R = DeliveryReason
-
-
-@pytest.fixture
-def sinks() -> Iterator[RunningSinks]:
-    with running_sinks(reject="invalid") as sink, override_settings(**sink.provider_settings()):
-        yield sink
 
 
 def run(*args: str) -> str:
@@ -52,7 +43,9 @@ def table(output: str) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.django_db
-def test_report_prints_each_channel_with_its_reasons_and_json_as_the_api(sinks, api_client):
+def test_report_prints_each_channel_with_its_reasons_and_json_as_the_api(
+    refusing_sinks, api_client
+):
     reached = ProfileFactory.create_batch(3)
     no_sms = ProfileFactory.create_batch(2, consent_sms=False)
     make_profile(email="invalid@example.com")
