@@ -82,6 +82,11 @@ class VersionFilter(_ChosenBySelector):
         return [(str(number), f"Version {number}") for number in sorted(numbers)]
 
 
+def _errors_text(errors: Any) -> str:
+    """A filter's errors in one line: "status: Select a valid choice. …"."""
+    return " ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+
+
 def _campaign_of(request: HttpRequest) -> Campaign | None:
     raw = request.GET.get(CAMPAIGN_VAR, "")
     if not raw.isdigit():
@@ -137,7 +142,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     def _rows(self, request: HttpRequest, campaign: Campaign) -> QuerySet[Delivery]:
         query = DeliveryFilterSet(request.GET)
         if not query.is_valid():
-            raise IncorrectLookupParameters(query.errors)
+            raise IncorrectLookupParameters(_errors_text(query.errors))
         filters = query.selector_filters()
         filters["search"] = request.GET.get(SEARCH_VAR, "").strip()
         return campaign_deliveries(campaign=campaign, user=request.user, **filters)
@@ -191,6 +196,11 @@ class DeliveryAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
             return redirect(reverse("admin:campaigns_campaign_changelist"))
+        query = DeliveryFilterSet(request.GET)
+        if not query.is_valid():
+            # Django would answer "?e=1" and lose the campaign: say what was wrong instead.
+            self.message_user(request, _errors_text(query.errors), messages.ERROR)
+            return redirect(f"{request.path}?{CAMPAIGN_VAR}={campaign.pk}")
         export = request.GET.copy()
         for name in (PAGE_VAR, "e", "o"):
             export.pop(name, None)
@@ -230,7 +240,5 @@ class DeliveryAdmin(admin.ModelAdmin):
         try:
             rows = self._rows(request, campaign)
         except IncorrectLookupParameters as error:
-            return HttpResponseBadRequest(
-                f"Invalid filter: {error}", content_type="text/plain; charset=utf-8"
-            )
+            return HttpResponseBadRequest(str(error), content_type="text/plain; charset=utf-8")
         return deliveries_csv_response(campaign=campaign, rows=rows)

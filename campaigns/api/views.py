@@ -33,6 +33,7 @@ from campaigns.exports import deliveries_csv_response
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS
 from campaigns.selectors import (
+    DELIVERY_VIEW_PERMISSIONS,
     campaign_deliveries,
     campaign_delivery_error,
     campaign_list,
@@ -40,6 +41,7 @@ from campaigns.selectors import (
     campaign_transitions,
     campaign_versions,
 )
+from config.permissions import require_perms
 
 from .filtersets import CampaignFilterSet, DeliveryFilterSet
 from .serializers import (
@@ -312,6 +314,9 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         profile's id and address, a page at a time, or all of them as CSV (`?format=csv`).
         Needs the permissions to see campaigns and profiles."""
         campaign = self.get_object()
+        # Refused before the query is read: a user who may not see them learns nothing
+        # from a 400 either.
+        require_perms(request.user, *DELIVERY_VIEW_PERMISSIONS, to="see a campaign's deliveries")
         query = DeliveryFilterSet(request.query_params)
         if not query.is_valid():
             raise ValidationError(query.errors)

@@ -125,6 +125,15 @@ def test_the_page_needs_campaign_and_profile_view_and_changes_nothing(
     assert 'href="/admin/campaigns/delivery/add/' not in response.content.decode()
 
 
+def test_an_invalid_filter_says_so_and_keeps_the_campaign(refusing_sinks, admin_client):
+    campaign, _ = finished()
+    response = admin_client.get(page_url(campaign, "status=lost"), follow=True)
+    assert response.redirect_chain == [(page_url(campaign), 302)]
+    shown = [str(m) for m in response.context["messages"]]
+    assert len(shown) == 1
+    assert shown[0].startswith("status: Select a valid choice. lost is not one of")
+
+
 def test_without_a_campaign_the_page_sends_back_to_the_campaigns(admin_client):
     response = admin_client.get(reverse("admin:campaigns_delivery_changelist"))
     assert response.status_code == 302

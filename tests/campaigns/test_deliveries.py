@@ -192,7 +192,7 @@ def test_seeing_deliveries_needs_the_campaign_and_profile_view_permissions(
     campaign = make_live_campaign(actions=[email_action()])
     for perms in ([SEES_DELIVERIES[0]], [SEES_DELIVERIES[1]], []):
         client = api_client_for(user_with_perms(*perms))
-        for query in ("", "format=csv"):
+        for query in ("", "format=csv", "status=lost", "format=csv&status=lost"):
             response = client.get(url(campaign, query))
             assert response.status_code == 403, (perms, query)
             assert response["Content-Type"].startswith("application/json")
