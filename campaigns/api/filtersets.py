@@ -117,6 +117,12 @@ class CampaignFilterSet(django_filters.FilterSet):
         return queryset
 
 
+class WholeNumberFilter(django_filters.NumberFilter):
+    """A whole number: "1.5" is refused, not rounded."""
+
+    field_class = forms.IntegerField
+
+
 class DeliveryFilterSet(django_filters.FilterSet):
     """Which of a campaign's deliveries a list or an export shows: the API's
     `…/deliveries/` (JSON and CSV) and the admin's deliveries page validate the query with
@@ -127,7 +133,7 @@ class DeliveryFilterSet(django_filters.FilterSet):
     reason = django_filters.ChoiceFilter(
         choices=DeliveryReason.choices, help_text="Why it was not sent (or waits for a retry)."
     )
-    version = django_filters.NumberFilter(
+    version = WholeNumberFilter(
         min_value=1, help_text="The number of the version whose content decided it."
     )
     search = django_filters.CharFilter(
@@ -141,12 +147,11 @@ class DeliveryFilterSet(django_filters.FilterSet):
     def selector_filters(self) -> dict[str, Any]:
         """The valid query as `campaign_deliveries`' keyword arguments."""
         data = self.form.cleaned_data
-        version = data.get("version")
         return {
             "channel": data.get("channel") or "",
             "status": data.get("status") or "",
             "reason": data.get("reason") or "",
-            "version": int(version) if version is not None else None,
+            "version": data.get("version"),
             "search": (data.get("search") or "").strip(),
         }
 

@@ -174,6 +174,7 @@ def test_search_finds_a_profile_by_external_id_email_or_phone(refusing_sinks, ap
         ("reason=bored", "reason"),
         ("version=zero", "version"),
         ("version=0", "version"),
+        ("version=1.5", "version"),
     ],
 )
 def test_an_invalid_filter_is_a_400_naming_the_field(api_client, query, field):
