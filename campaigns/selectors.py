@@ -454,9 +454,9 @@ def _rate(
     now: dt.datetime,
 ) -> dict[str, Any]:
     """Deliveries finished per second over the last REPORT_RATE_WINDOW_S seconds, per
-    channel and in all, and the time left at that rate (None when it cannot be told: the
-    campaign no longer sends, or a channel with deliveries left finished none lately);
-    one query."""
+    channel and in all, and the time left at that rate, per channel and in all (None when
+    it cannot be told: the campaign no longer sends, or a channel with deliveries left
+    finished none lately); one query."""
     from .delivery import SENDING_CAMPAIGN_STATUSES, timeline_bucket
 
     window_start = timeline_bucket(now) - REPORT_RATE_WINDOW_S + TIMELINE_BUCKET_S
@@ -475,22 +475,23 @@ def _rate(
         )
         for channel, count in rows:
             per_channel[channel] = round(int(count) / seconds, 2)
-    left: list[float] = []
-    unknown = False
     sending = campaign.status in SENDING_CAMPAIGN_STATUSES and bool(running)
+    left: dict[str, float | None] = {}
     for channel, waiting in pending.items():
         if not waiting:
-            left.append(0.0)
+            left[channel] = 0.0
         elif not sending or not per_channel.get(channel):
-            unknown = True
+            left[channel] = None
         else:
-            left.append(round(waiting / per_channel[channel], 1))
-    time_left = None if unknown else max(left, default=0.0)
+            left[channel] = round(waiting / per_channel[channel], 1)
+    known = [seconds for seconds in left.values() if seconds is not None]
+    time_left = None if len(known) < len(left) else max(known, default=0.0)
     return {
         "window_s": REPORT_RATE_WINDOW_S,
         "per_s": round(sum(per_channel.values()), 2),
         "by_channel": dict(sorted(per_channel.items())),
         "time_left_s": time_left,
+        "time_left_s_by_channel": dict(sorted(left.items())),
     }
 
 

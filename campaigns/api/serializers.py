@@ -283,6 +283,10 @@ class RateSerializer(serializers.Serializer[dict[str, Any]]):
         "null when it cannot be told: the campaign no longer sends, or a channel with "
         "deliveries left finished none lately.",
     )
+    time_left_s_by_channel = serializers.DictField(
+        child=serializers.FloatField(allow_null=True),
+        help_text="The same per channel: its pending deliveries at its own rate.",
+    )
 
 
 class ExecutionReportSerializer(serializers.Serializer[dict[str, Any]]):

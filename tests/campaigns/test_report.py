@@ -186,10 +186,12 @@ def test_the_rate_and_time_left_come_from_what_finished_lately(sinks):
     assert rate["by_channel"] == {"sms": finished / 10}
     assert rate["per_s"] == finished / 10
     assert rate["time_left_s"] == pending / (finished / 10)
+    assert rate["time_left_s_by_channel"] == {"sms": pending / (finished / 10)}
 
     campaign = services.campaign_stop(campaign=campaign, user=None)
     stopped = selectors.campaign_report(campaign=campaign, now=now)["rate"]
     assert stopped["time_left_s"] is None  # what is pending will never go
+    assert stopped["time_left_s_by_channel"] == {"sms": None}
 
 
 @pytest.mark.parametrize("span_s", [60, 3 * 3600, 30 * 86400])

@@ -36,7 +36,7 @@ def table(output: str) -> dict[str, dict[str, str]]:
     header = lines[header_at]
     rows = {}
     for cells in lines[header_at + 1 :]:
-        if len(cells) != len(header):
+        if len(cells) != len(header) or not cells[1].isdigit():
             break
         rows[cells[0]] = dict(zip(header, cells, strict=True))
     return rows
@@ -67,6 +67,7 @@ def test_report_prints_each_channel_with_its_reasons_and_json_as_the_api(
             "SKIPPED": "0",
             "PENDING": "0",
             "RATE/S": "0",
+            "TIME-LEFT": "0s",
         },
         "sms": {
             "CHANNEL": "sms",
@@ -76,6 +77,7 @@ def test_report_prints_each_channel_with_its_reasons_and_json_as_the_api(
             "SKIPPED": str(len(no_sms)),
             "PENDING": "0",
             "RATE/S": "0",
+            "TIME-LEFT": "0s",
         },
     }
     assert f"email not sent: {R.PROVIDER_REFUSED.label.lower()} 1" in output

@@ -66,6 +66,11 @@ def _one_line(error: ValidationError) -> str:
     return " ".join(error.messages)
 
 
+def _seconds(value: float | None) -> str:
+    """A time left: "unknown" when the report cannot tell it."""
+    return "unknown" if value is None else f"{value:g}s"
+
+
 def _status_label(value: str) -> str:
     return str(Status(value).label)
 
@@ -302,12 +307,15 @@ class Command(BaseCommand):
             out("  No deliveries yet.")
             return
         rate = report["rate"]
-        header = ("CHANNEL", "AUDIENCE", "SENT", "FAILED", "SKIPPED", "PENDING", "RATE/S")
+        header = (
+            "CHANNEL", "AUDIENCE", "SENT", "FAILED", "SKIPPED", "PENDING", "RATE/S", "TIME-LEFT"
+        )  # fmt: skip
         rows = [
             (
                 channel,
                 *(str(counts[key]) for key in ("total", "sent", "failed", "skipped", "pending")),
                 f"{rate['by_channel'].get(channel, 0.0):g}",
+                _seconds(rate["time_left_s_by_channel"].get(channel)),
             )
             for channel, counts in report["by_channel"].items()
         ]
@@ -323,10 +331,9 @@ class Command(BaseCommand):
                 for reason, count in reasons.items()
             )
             out(f"  {channel} not sent: {why}")
-        left = rate["time_left_s"]
         out(
             f"  rate: {rate['per_s']:g}/s over the last {rate['window_s']}s; time left: "
-            + ("unknown" if left is None else f"{left:g}s")
+            f"{_seconds(rate['time_left_s'])}"
         )
 
     # --- lifecycle ----------------------------------------------------------------------
