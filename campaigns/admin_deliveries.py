@@ -188,6 +188,8 @@ class DeliveryAdmin(admin.ModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         campaign = _campaign_of(request)
         if campaign is None:
             self.message_user(

@@ -108,6 +108,7 @@ def test_the_page_needs_campaign_and_profile_view_and_changes_nothing(
     for perms in ([SEES_DELIVERIES[0]], [SEES_DELIVERIES[1]]):
         client.force_login(user_with_perms(*perms))
         assert client.get(page_url(campaign)).status_code == 403
+        assert client.get(page_url(campaign, "status=lost")).status_code == 403
         export = reverse("admin:campaigns_delivery_export") + f"?campaign={campaign.pk}"
         assert client.get(export).status_code == 403
     client.force_login(user_with_perms(*SEES_DELIVERIES))
