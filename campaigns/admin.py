@@ -45,7 +45,9 @@ from .forms import (
 from .models import Campaign, CampaignVersion, ChannelAction
 from .operations import OPERATIONS, Operation
 from .selectors import (
+    DELIVERY_VIEW_PERMISSIONS,
     campaign_alerts,
+    campaign_delivery_counts,
     campaign_delivery_error,
     campaign_list,
     campaign_operations,
@@ -777,6 +779,17 @@ class CampaignAdmin(admin.ModelAdmin):
             )
         return buttons
 
+    def _deliveries_link(self, request: HttpRequest, campaign: Campaign) -> dict[str, Any] | None:
+        """The link to the campaign's deliveries page with their counts, for whoever may
+        see them (campaigns and profiles); None before any execution planned one."""
+        if not request.user.has_perms(DELIVERY_VIEW_PERMISSIONS):
+            return None
+        counts = campaign_delivery_counts(campaign=campaign)
+        if not counts["total"]:
+            return None
+        url = reverse("admin:campaigns_delivery_changelist")
+        return {"url": f"{url}?campaign={campaign.pk}", **counts}
+
     def change_view(
         self,
         request: HttpRequest,
@@ -804,5 +817,10 @@ class CampaignAdmin(admin.ModelAdmin):
                 "salvo_versions": versions,
                 "salvo_transitions": list(campaign_transitions(campaign=campaign)[:100]),
                 "salvo_delivery_error": campaign_delivery_error(campaign=campaign),
+                "salvo_deliveries": self._deliveries_link(request, campaign),
             }
         return super().change_view(request, object_id, form_url, extra_context)
+
+
+# Registered by importing it: the deliveries page lives in its own module.
+from . import admin_deliveries  # noqa: E402, F401

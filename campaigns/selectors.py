@@ -14,6 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import (
     BigIntegerField,
     BooleanField,
+    Case,
+    CharField,
     Count,
     Exists,
     ExpressionWrapper,
@@ -25,6 +27,7 @@ from django.db.models import (
     Subquery,
     Sum,
     Value,
+    When,
 )
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -33,7 +36,9 @@ from django_fsm import can_proceed
 from channels.choices import ChannelKind
 from channels.models import REQUIRED_SENDER_FIELD
 from channels.rendering import TemplateContentError, validate_content
+from config.permissions import require_perms
 from segments.choices import SegmentKind
+from segments.models import Profile
 from segments.rules import rule_errors
 
 from .choices import (
@@ -50,11 +55,12 @@ from .models import (
     CampaignTransition,
     CampaignVersion,
     ChannelAction,
+    Delivery,
     DeliveryCount,
     DeliveryTimeline,
     Execution,
 )
-from .operations import OPERATIONS
+from .operations import OPERATIONS, VIEW_CAMPAIGN
 
 Status = CampaignStatus
 # Who asks: a person (admin, API, `--user`), or None in services for the system itself.
@@ -448,9 +454,9 @@ def _rate(
     now: dt.datetime,
 ) -> dict[str, Any]:
     """Deliveries finished per second over the last REPORT_RATE_WINDOW_S seconds, per
-    channel and in all, and the time left at that rate (None when it cannot be told: the
-    campaign no longer sends, or a channel with deliveries left finished none lately);
-    one query."""
+    channel and in all, and the time left at that rate, per channel and in all (None when
+    it cannot be told: the campaign no longer sends, or a channel with deliveries left
+    finished none lately); one query."""
     from .delivery import SENDING_CAMPAIGN_STATUSES, timeline_bucket
 
     window_start = timeline_bucket(now) - REPORT_RATE_WINDOW_S + TIMELINE_BUCKET_S
@@ -469,22 +475,23 @@ def _rate(
         )
         for channel, count in rows:
             per_channel[channel] = round(int(count) / seconds, 2)
-    left: list[float] = []
-    unknown = False
     sending = campaign.status in SENDING_CAMPAIGN_STATUSES and bool(running)
+    left: dict[str, float | None] = {}
     for channel, waiting in pending.items():
         if not waiting:
-            left.append(0.0)
+            left[channel] = 0.0
         elif not sending or not per_channel.get(channel):
-            unknown = True
+            left[channel] = None
         else:
-            left.append(round(waiting / per_channel[channel], 1))
-    time_left = None if unknown else max(left, default=0.0)
+            left[channel] = round(waiting / per_channel[channel], 1)
+    known = [seconds for seconds in left.values() if seconds is not None]
+    time_left = None if len(known) < len(left) else max(known, default=0.0)
     return {
         "window_s": REPORT_RATE_WINDOW_S,
         "per_s": round(sum(per_channel.values()), 2),
         "by_channel": dict(sorted(per_channel.items())),
         "time_left_s": time_left,
+        "time_left_s_by_channel": dict(sorted(left.items())),
     }
 
 
@@ -545,6 +552,106 @@ def _channels(executions: list[Execution]) -> list[str]:
     versions = [e.version_id for e in executions]
     rows = ChannelAction.objects.filter(version_id__in=versions).values_list("channel", flat=True)
     return sorted(set(rows))
+
+
+# --- who got it, who did not, and why ----------------------------------------------------
+
+# A delivery row reveals the profile's address: reading them takes the permissions of both.
+DELIVERY_VIEW_PERMISSIONS = (VIEW_CAMPAIGN, "segments.view_profile")
+# What a row of `campaign_deliveries` shows, in this order: the API's fields and the CSV
+# export's columns.
+DELIVERY_COLUMNS = (
+    "profile_external_id",
+    "address",
+    "channel",
+    "status",
+    "reason",
+    "error",
+    "attempts",
+    "provider_message_id",
+    "version_number",
+    "sent_at",
+    "updated_at",
+)
+
+
+def _profile_field(field: str) -> Subquery:
+    """The delivery's profile's field, by its primary key: a subquery rather than a join,
+    so that a row whose profile was deleted since stays listed (a delivery is history),
+    with an empty value."""
+    profile = Profile.objects.filter(pk=OuterRef("profile_id")).order_by()
+    return Subquery(profile.values(field)[:1])
+
+
+def _delivery_address() -> Coalesce:
+    """The address the delivery's channel reads: the profile's field for the channel, the
+    preset's URL for a webhook (see `campaigns.delivery.ADDRESS_FIELD`)."""
+    from .delivery import ADDRESS_FIELD
+
+    address = Case(
+        *(
+            When(action__channel=channel, then=_profile_field(field))
+            for channel, field in ADDRESS_FIELD.items()
+        ),
+        default=F("action__preset__webhook_url"),
+        output_field=CharField(),
+    )
+    return Coalesce(address, Value(""))
+
+
+def campaign_deliveries(
+    *,
+    campaign: Campaign,
+    user: Actor | None,
+    channel: str = "",
+    status: str = "",
+    reason: str = "",
+    version: int | None = None,
+    search: str = "",
+) -> QuerySet[Delivery]:
+    """The campaign's deliveries, one row per recipient and channel of every execution,
+    annotated with `DELIVERY_COLUMNS` (the profile's external id and address, the channel
+    and the version number), in the order of the unique index (execution, action,
+    profile). `PermissionDenied` unless `user` may see campaigns and profiles (None: the
+    system).
+
+    Every condition narrows the rows the unique index finds by execution first (there is
+    no index on status, reason or version: they are read from those rows). `search` is a
+    profile's external id, email or phone, exactly. A row keeps its place when its profile
+    was deleted since (history outlives it), with an empty id and address. One or two
+    small queries find the executions and actions; then a page, or the whole export, is
+    one query whatever its length (the profile's fields are looked up by primary key).
+    """
+    require_perms(user, *DELIVERY_VIEW_PERMISSIONS, to="see a campaign's deliveries")
+    executions = list(Execution.objects.filter(campaign=campaign).values_list("pk", flat=True))
+    rows = Delivery.objects.filter(execution_id__in=executions)
+    if channel:
+        actions = ChannelAction.objects.filter(version__campaign=campaign, channel=channel)
+        rows = rows.filter(action_id__in=list(actions.values_list("pk", flat=True)))
+    if status:
+        rows = rows.filter(status=status)
+    if reason:
+        rows = rows.filter(reason=reason)
+    if version is not None:
+        rows = rows.filter(
+            version_id__in=CampaignVersion.objects.filter(campaign=campaign, number=version)
+            .order_by()
+            .values("pk")
+        )
+    if search:
+        rows = rows.filter(
+            profile_id__in=Profile.objects.filter(
+                Q(external_id=search) | Q(email__iexact=search) | Q(phone=search)
+            )
+            .order_by()
+            .values("pk")
+        )
+    return rows.annotate(
+        profile_external_id=Coalesce(_profile_field("external_id"), Value("")),
+        address=_delivery_address(),
+        channel=F("action__channel"),
+        version_number=F("version__number"),
+    ).order_by("execution_id", "action_id", "profile_id")
 
 
 def version_change_notes(*, campaign: Campaign) -> list[str]:

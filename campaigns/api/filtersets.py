@@ -10,8 +10,14 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django_filters import fields
 
-from campaigns.choices import ALL_STATUSES, CampaignStatus, CampaignType
-from campaigns.models import Campaign
+from campaigns.choices import (
+    ALL_STATUSES,
+    CampaignStatus,
+    CampaignType,
+    DeliveryReason,
+    DeliveryStatus,
+)
+from campaigns.models import Campaign, Delivery
 from campaigns.selectors import campaign_list, campaign_statuses_from_query
 from channels.choices import ChannelKind
 
@@ -108,4 +114,47 @@ class CampaignFilterSet(django_filters.FilterSet):
         queryset = queryset.filter(pk__in=chosen.values("pk"))
         if data.get("type"):
             queryset = queryset.filter(type=data["type"])
+        return queryset
+
+
+class WholeNumberFilter(django_filters.NumberFilter):
+    """A whole number: "1.5" is refused, not rounded."""
+
+    field_class = forms.IntegerField
+
+
+class DeliveryFilterSet(django_filters.FilterSet):
+    """Which of a campaign's deliveries a list or an export shows: the API's
+    `…/deliveries/` (JSON and CSV) and the admin's deliveries page validate the query with
+    it and pass `selector_filters()` to `campaigns.selectors.campaign_deliveries`."""
+
+    channel = django_filters.ChoiceFilter(choices=ChannelKind.choices)
+    status = django_filters.ChoiceFilter(choices=DeliveryStatus.choices)
+    reason = django_filters.ChoiceFilter(
+        choices=DeliveryReason.choices, help_text="Why it was not sent (or waits for a retry)."
+    )
+    version = WholeNumberFilter(
+        min_value=1, help_text="The number of the version whose content decided it."
+    )
+    search = django_filters.CharFilter(
+        help_text="A profile's external id, email or phone (the whole value)."
+    )
+
+    class Meta:
+        model = Delivery
+        fields = ["channel", "status", "reason", "version", "search"]
+
+    def selector_filters(self) -> dict[str, Any]:
+        """The valid query as `campaign_deliveries`' keyword arguments."""
+        data = self.form.cleaned_data
+        return {
+            "channel": data.get("channel") or "",
+            "status": data.get("status") or "",
+            "reason": data.get("reason") or "",
+            "version": data.get("version"),
+            "search": (data.get("search") or "").strip(),
+        }
+
+    def filter_queryset(self, queryset: QuerySet[Delivery]) -> QuerySet[Delivery]:
+        # The selector applies the filters (it knows the campaign and the indexes).
         return queryset

@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
+from django.http import HttpResponseBase
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import (
+    OpenApiParameter,
     OpenApiResponse,
     extend_schema,
     extend_schema_view,
@@ -19,23 +22,28 @@ from drf_spectacular.utils import (
 )
 from rest_framework import filters, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from campaigns import services
+from campaigns.exports import deliveries_csv_response
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS
 from campaigns.selectors import (
+    DELIVERY_VIEW_PERMISSIONS,
+    campaign_deliveries,
     campaign_delivery_error,
     campaign_list,
     campaign_report,
     campaign_transitions,
     campaign_versions,
 )
+from config.permissions import require_perms
 
-from .filtersets import CampaignFilterSet
+from .filtersets import CampaignFilterSet, DeliveryFilterSet
 from .serializers import (
     CampaignInputSerializer,
     CampaignReportSerializer,
@@ -43,6 +51,7 @@ from .serializers import (
     CampaignTransitionSerializer,
     CampaignVersionDetailSerializer,
     CampaignVersionSerializer,
+    DeliverySerializer,
     DuplicateInputSerializer,
     ErrorSerializer,
     StopInputSerializer,
@@ -66,6 +75,20 @@ class CampaignOperationPermission(permissions.BasePermission):
         if not (user and user.is_authenticated):
             return False
         return OPERATIONS[OPERATION_OF_ACTION[getattr(view, "action", "")]].allowed_to(user)
+
+
+class CSVRenderer(BaseRenderer):
+    """Lets `?format=csv` choose the deliveries' streamed CSV export; the view writes the
+    file itself (`campaigns.exports`), and an error is answered in JSON."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
+        raise NotImplementedError("The deliveries view streams its CSV itself.")
 
 
 CONFLICT = OpenApiResponse(ErrorSerializer, description="The current status does not allow it.")
@@ -259,3 +282,57 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
             "delivery_error": campaign_delivery_error(campaign=campaign),
         }
         return Response(CampaignReportSerializer(report).data)
+
+    @extend_schema(
+        parameters=[
+            *(
+                OpenApiParameter(
+                    name,
+                    int if name == "version" else str,
+                    enum=[value for value, _ in (query.extra.get("choices") or [])] or None,
+                    description=str(query.extra.get("help_text") or ""),
+                )
+                for name, query in DeliveryFilterSet.base_filters.items()
+            ),
+            OpenApiParameter(
+                "format",
+                str,
+                enum=["json", "csv"],
+                description="csv: every matching row as a streamed CSV download (no pages).",
+            ),
+        ],
+        responses={200: DeliverySerializer(many=True), 400: INVALID},
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        filter_backends=[],
+        renderer_classes=[JSONRenderer, BrowsableAPIRenderer, CSVRenderer],
+    )
+    def deliveries(self, request: Request, pk: str | None = None) -> HttpResponseBase:
+        """Who got it and who did not, and why: the campaign's deliveries with the
+        profile's id and address, a page at a time, or all of them as CSV (`?format=csv`).
+        Needs the permissions to see campaigns and profiles."""
+        campaign = self.get_object()
+        # Refused before the query is read: a user who may not see them learns nothing
+        # from a 400 either.
+        require_perms(request.user, *DELIVERY_VIEW_PERMISSIONS, to="see a campaign's deliveries")
+        query = DeliveryFilterSet(request.query_params)
+        if not query.is_valid():
+            raise ValidationError(query.errors)
+        rows = campaign_deliveries(campaign=campaign, user=request.user, **query.selector_filters())
+        if isinstance(request.accepted_renderer, CSVRenderer):
+            return deliveries_csv_response(campaign=campaign, rows=rows)
+        return self._page(rows, DeliverySerializer)
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        # A refusal of a CSV export is a JSON error like every other one (a CSV export
+        # itself comes here as a StreamingHttpResponse, and passes as it is).
+        if isinstance(response, Response) and isinstance(
+            getattr(request, "accepted_renderer", None), CSVRenderer
+        ):
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)

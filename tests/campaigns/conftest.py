@@ -16,3 +16,11 @@ def local_sinks() -> Iterator[RunningSinks]:
     engine's steps run in the test process, or in the live server's thread)."""
     with running_sinks() as sink, override_settings(**sink.provider_settings()):
         yield sink
+
+
+@pytest.fixture
+def refusing_sinks() -> Iterator[RunningSinks]:
+    """The local sinks as every channel's provider, refusing for good any message to
+    "invalid@example.com" (and other addresses starting with "invalid")."""
+    with running_sinks(reject="invalid") as sink, override_settings(**sink.provider_settings()):
+        yield sink

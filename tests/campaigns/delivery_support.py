@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import factory
 from django.db.models import F
 
 from campaigns import delivery
@@ -94,6 +95,22 @@ def plan(campaign: Campaign) -> Execution:
         pass
     execution.refresh_from_db()
     return execution
+
+
+def planned_audience(prefix: str, size: int) -> Execution:
+    """A Live email + SMS campaign to `size` new profiles whose external ids start with
+    `prefix`, its execution planned and nothing sent."""
+    from tests.campaigns.factories import email_action, make_live_campaign, sms_action
+
+    batch = ProfileFactory.build_batch(
+        size, external_id=factory.Sequence(f"{prefix}{{:05d}}".format)
+    )
+    Profile.objects.bulk_create(batch)
+    rule = {"field": "external_id", "op": "startswith", "value": prefix}
+    campaign = make_live_campaign(
+        segment=SegmentFactory(rules={"all": [rule]}), actions=[email_action(), sms_action()]
+    )
+    return plan(campaign)
 
 
 def send_all(execution: Execution) -> list[float | None]:

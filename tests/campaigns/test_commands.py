@@ -167,15 +167,21 @@ def eager_tasks(monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_wait_prints_the_final_status(eager_tasks):
-    # A start tomorrow: activation ends in Scheduled, and no delivery runs on in-process.
+def test_wait_says_it_was_activated_then_gives_up_on_a_campaign_not_finished(eager_tasks):
+    # A start tomorrow: activation ends in Scheduled, far from a terminal status.
     campaign = make_campaign(start_at=timezone.now() + dt.timedelta(days=1))
+    out = StringIO()
 
-    output = run("activate", str(campaign.pk), "--wait", "10")
+    with pytest.raises(CommandError) as error:
+        call_command("campaign", "activate", str(campaign.pk), "--wait", "0.5", stdout=out)
 
     assert Campaign.objects.get(pk=campaign.pk).status == Status.SCHEDULED
-    assert "activation requested; now Activating" in output
-    assert "activated; now Scheduled" in output
+    assert "activation requested; now Activating" in out.getvalue()
+    assert "activated; now Scheduled" in out.getvalue()
+    assert str(error.value) == (
+        f"Campaign {campaign.pk} is still Scheduled after 0.5s: "
+        "see `manage.py campaign report` for where it stands."
+    )
 
 
 @pytest.mark.django_db(transaction=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 
-import factory
 import pytest
 from django.db import connection
 from django.test import override_settings
@@ -26,6 +25,7 @@ from tests.campaigns.delivery_support import (
     expected_report,
     make_profile,
     plan,
+    planned_audience,
     send_all,
 )
 from tests.campaigns.factories import (
@@ -186,10 +186,12 @@ def test_the_rate_and_time_left_come_from_what_finished_lately(sinks):
     assert rate["by_channel"] == {"sms": finished / 10}
     assert rate["per_s"] == finished / 10
     assert rate["time_left_s"] == pending / (finished / 10)
+    assert rate["time_left_s_by_channel"] == {"sms": pending / (finished / 10)}
 
     campaign = services.campaign_stop(campaign=campaign, user=None)
     stopped = selectors.campaign_report(campaign=campaign, now=now)["rate"]
     assert stopped["time_left_s"] is None  # what is pending will never go
+    assert stopped["time_left_s_by_channel"] == {"sms": None}
 
 
 @pytest.mark.parametrize("span_s", [60, 3 * 3600, 30 * 86400])
@@ -211,15 +213,8 @@ def report_queries(api_client, campaign) -> int:
 def live_and_partly_sent(prefix: str, size: int, *, sent: int):
     """A Live email + SMS campaign to `size` new profiles, planned, with the first `sent`
     of them sent on each channel."""
-    batch = ProfileFactory.build_batch(
-        size, external_id=factory.Sequence(f"{prefix}{{:05d}}".format)
-    )
-    Profile.objects.bulk_create(batch)
-    rule = {"field": "external_id", "op": "startswith", "value": prefix}
-    campaign = make_live_campaign(
-        segment=SegmentFactory(rules={"all": [rule]}), actions=[email_action(), sms_action()]
-    )
-    execution = plan(campaign)
+    execution = planned_audience(prefix, size)
+    campaign = execution.campaign
     audience = Profile.objects.filter(external_id__startswith=prefix).order_by("pk")
     first = list(audience.values_list("pk", flat=True)[:sent])
     for action in execution.version.actions.all():

@@ -19,9 +19,15 @@ Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/
 has completed: the median of a few requests through Django's request handler in this
 process (middleware, view, queries; no network).
 
+And the CSV export of its deliveries, ``GET /api/campaigns/{id}/deliveries/?format=csv``,
+from a web process of its own (``manage.py runserver``, DEBUG off) over loopback: rows per
+second from the request to the last byte, and the peak RSS of that process while it
+streams (sampled from /proc).
+
 Human lines first; the last line is one JSON object with exactly the keys `profiles`,
 `channels`, `deliveries_per_s`, `first_message_s`, `worker_peak_rss_mb`,
-`naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`.
+`naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`, `export_rows_per_s`,
+`export_peak_rss_mb`.
 """
 
 from __future__ import annotations
@@ -31,11 +37,14 @@ import json
 import os
 import secrets
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,6 +193,8 @@ class Command(BaseCommand):
             "naive_ratio": round(result["deliveries_per_s"] / naive, 1) if naive else None,
             "duplicates": duplicates,
             "report_ms": round(result["report_ms"], 1),
+            "export_rows_per_s": round(result["export_rows_per_s"], 1),
+            "export_peak_rss_mb": round(result["export_rss_mb"], 1),
         }
         self.say(f"naive design: {naive:.1f} deliveries/s on {naive_n} profiles")
         if smtp:
@@ -412,17 +423,95 @@ class Command(BaseCommand):
             f"peak RSS per worker process {result['rss_mb']:.0f} MB "
             f"({', '.join(f'{v:.0f}' for v in rss.values())})"
         )
+        export = self._export(campaign, Path(tempfile.gettempdir()))
+        result["export_rows_per_s"], result["export_rss_mb"] = export
+        self.say(
+            f"CSV export of its {total} deliveries: {export[0]:.0f} rows/s, "
+            f"web process peak RSS {export[1]:.0f} MB"
+        )
         return result
 
-    def _report_ms(self, campaign: Campaign) -> float:
-        """The server time of the campaign's report in milliseconds: the median of
-        REPORT_SAMPLES requests through Django's request handler, as a superuser."""
+    def _bench_user(self) -> Any:
         from django.contrib.auth import get_user_model
-        from django.test import Client
 
         user, _ = get_user_model().objects.get_or_create(
             username="bench-report", defaults={"is_superuser": True, "is_staff": True}
         )
+        return user
+
+    def _export(self, campaign: Campaign, folder: Path) -> tuple[float, float]:
+        """Stream the campaign's deliveries as CSV from a web process of its own, as a
+        superuser with a token: (rows per second, the process's peak RSS in MB)."""
+        from rest_framework.authtoken.models import Token
+
+        token, _ = Token.objects.get_or_create(user=self._bench_user())
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(50),
+        }
+        command = [
+            sys.executable, "manage.py", "runserver", "--noreload", "--nothreading",
+            f"127.0.0.1:{port}",
+        ]  # fmt: skip
+        log = folder / f"salvo-bench-web-{os.getpid()}.log"
+        with log.open("ab") as output:
+            server = subprocess.Popen(
+                command, cwd=BASE_DIR, env=env, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        peak = 0.0
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _rss_mb(server.pid))
+                time.sleep(0.05)
+
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                    break
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise CommandError(f"the web process did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/campaigns/{campaign.pk}/deliveries/?format=csv",
+                headers={"Authorization": f"Token {token.key}", "Host": "localhost"},
+            )
+            lines = 0
+            started = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=600) as response:
+                while block := response.read(1 << 20):
+                    lines += block.count(b"\n")
+            elapsed = time.perf_counter() - started
+            done.set()
+            sampler.join()
+        finally:
+            done.set()
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        rows = lines - 1  # the header
+        return rows / elapsed, peak
+
+    def _report_ms(self, campaign: Campaign) -> float:
+        """The server time of the campaign's report in milliseconds: the median of
+        REPORT_SAMPLES requests through Django's request handler, as a superuser."""
+        from django.test import Client
+
+        user = self._bench_user()
         hosts = [h for h in settings.ALLOWED_HOSTS if h and h != "*" and not h.startswith(".")]
         client = Client(HTTP_HOST=hosts[0] if hosts else "localhost")
         client.force_login(user)

@@ -19,17 +19,19 @@ from django_fsm import TransitionNotAllowed
 
 from campaigns import services
 from campaigns.api.serializers import (
+    CampaignReportSerializer,
     CampaignSerializer,
     CampaignTransitionSerializer,
     CampaignVersionDetailSerializer,
 )
-from campaigns.choices import ALL_STATUSES, CampaignStatus
+from campaigns.choices import ALL_STATUSES, CampaignStatus, DeliveryReason
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
 from campaigns.selectors import (
     campaign_delivery_error,
     campaign_list,
+    campaign_report,
     campaign_statuses_from_query,
     campaign_transitions,
     campaign_versions,
@@ -39,6 +41,11 @@ from config.permissions import require_perms
 
 Status = CampaignStatus
 WAIT_POLL_S = 0.2
+# `activate --wait` without a number of seconds waits this long for a terminal status.
+ACTIVATE_WAIT_DEFAULT_S = 3600.0
+# Where `activate --wait` stops waiting: the campaign finished, or its activation failed
+# back to Draft.
+WAIT_ENDS_AT = (Status.COMPLETED, Status.STOPPED, Status.ARCHIVED, Status.DRAFT)
 
 
 class SystemUser(AnonymousUser):
@@ -57,6 +64,11 @@ def _one_line(error: ValidationError) -> str:
             f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items()
         )
     return " ".join(error.messages)
+
+
+def _seconds(value: float | None) -> str:
+    """A time left: "unknown" when the report cannot tell it."""
+    return "unknown" if value is None else f"{value:g}s"
 
 
 def _status_label(value: str) -> str:
@@ -101,14 +113,28 @@ class Command(BaseCommand):
         )
         show.add_argument("--json", action="store_true", help="JSON output.")
 
+        report = commands.add_parser(
+            "report",
+            parents=[with_id],
+            help="Per channel: audience, sent, failed, skipped (with the reasons), pending, "
+            "rate and time left.",
+        )
+        report.add_argument(
+            "--json", action="store_true", help="The report as GET …/report/ returns it."
+        )
+
         activate = commands.add_parser(
             "activate", parents=[with_id], help="Draft (or an open draft) → Activating."
         )
         activate.add_argument(
             "--wait",
             type=float,
+            nargs="?",
+            const=ACTIVATE_WAIT_DEFAULT_S,
             metavar="SECONDS",
-            help="Wait for the activation task and print the outcome; fail if it failed.",
+            help="Wait until it is Completed or Stopped (default: at most "
+            f"{ACTIVATE_WAIT_DEFAULT_S:g}s) and print its report; fail if the activation "
+            "failed or the time ran out.",
         )
         stop = commands.add_parser("stop", parents=[with_id], help="Scheduled or Live → Stopped.")
         stop.add_argument("--reason", default="", help="Kept in the transition log.")
@@ -128,6 +154,7 @@ class Command(BaseCommand):
         handlers: dict[str, Callable[..., None]] = {
             "list": self.list_campaign,
             "show": self.show_campaign,
+            "report": self.report_campaign,
             "activate": self.activate_campaign,
             "stop": self.stop_campaign,
             "archive": self.archive_campaign,
@@ -255,6 +282,60 @@ class Command(BaseCommand):
                 f"{entry.source} → {entry.target} by {by}{reason}"
             )
 
+    def report_campaign(self, *, user: Any, id: int, **options: Any) -> None:
+        require_perms(user, VIEW_CAMPAIGN, to="see campaigns")
+        campaign = self._campaign(id)
+        if options["json"]:
+            report = {
+                **campaign_report(campaign=campaign),
+                "delivery_error": campaign_delivery_error(campaign=campaign),
+            }
+            self._dump(CampaignReportSerializer(report).data)
+            return
+        self._print_report(campaign)
+
+    def _print_report(self, campaign: Campaign) -> None:
+        """The report as a table, one row per channel, then why deliveries were not sent
+        and the rate."""
+        report = campaign_report(campaign=campaign)
+        out = self.stdout.write
+        out(f"Campaign {campaign.pk} “{campaign.name}”: {self._status_text(campaign)}")
+        delivery_error = campaign_delivery_error(campaign=campaign)
+        if delivery_error is not None:
+            out(f"  delivery error: {delivery_error_summary(delivery_error)}")
+        if not report["by_channel"]:
+            out("  No deliveries yet.")
+            return
+        rate = report["rate"]
+        header = (
+            "CHANNEL", "AUDIENCE", "SENT", "FAILED", "SKIPPED", "PENDING", "RATE/S", "TIME-LEFT"
+        )  # fmt: skip
+        rows = [
+            (
+                channel,
+                *(str(counts[key]) for key in ("total", "sent", "failed", "skipped", "pending")),
+                f"{rate['by_channel'].get(channel, 0.0):g}",
+                _seconds(rate["time_left_s_by_channel"].get(channel)),
+            )
+            for channel, counts in report["by_channel"].items()
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            out(
+                "  "
+                + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
+        for channel, reasons in report["by_reason"].items():
+            why = ", ".join(
+                f"{DeliveryReason(reason).label.lower()} {count}"
+                for reason, count in reasons.items()
+            )
+            out(f"  {channel} not sent: {why}")
+        out(
+            f"  rate: {rate['per_s']:g}/s over the last {rate['window_s']}s; time left: "
+            f"{_seconds(rate['time_left_s'])}"
+        )
+
     # --- lifecycle ----------------------------------------------------------------------
 
     def activate_campaign(self, *, user: Any, id: int, wait: float | None, **options: Any) -> None:
@@ -269,24 +350,43 @@ class Command(BaseCommand):
         self._done(campaign, "activation requested")
         if wait is None:
             return
-        campaign = self._wait_for_activation(campaign, timeout=wait)
+        deadline = time.monotonic() + wait
+        campaign = self._wait_until(
+            campaign, lambda c: c.status != Status.ACTIVATING, deadline, waited=wait
+        )
         if campaign.activation_error:
             raise CommandError(
                 f"Activation of campaign {id} failed; it is {_status_label(campaign.status)} "
                 f"again: {campaign.activation_error}"
             )
         self._done(campaign, "activated")
+        campaign = self._wait_until(
+            campaign, lambda c: c.status in WAIT_ENDS_AT, deadline, waited=wait
+        )
+        self._print_report(campaign)
 
-    def _wait_for_activation(self, campaign: Campaign, *, timeout: float) -> Campaign:
-        deadline = time.monotonic() + timeout
+    def _wait_until(
+        self,
+        campaign: Campaign,
+        reached: Callable[[Campaign], bool],
+        deadline: float,
+        *,
+        waited: float,
+    ) -> Campaign:
+        """Poll the campaign until `reached` holds; past the deadline (`waited` seconds
+        after the start), fail with one line saying where it stands."""
         while True:
             campaign.refresh_from_db()
-            if campaign.status != Status.ACTIVATING:
+            if reached(campaign):
                 return campaign
             if time.monotonic() >= deadline:
+                status = _status_label(campaign.status)
+                if campaign.status == Status.ACTIVATING:
+                    why = "is a Celery worker running?"
+                else:
+                    why = "see `manage.py campaign report` for where it stands."
                 raise CommandError(
-                    f"Campaign {campaign.pk} is still Activating after {timeout:g}s: "
-                    "is a Celery worker running?"
+                    f"Campaign {campaign.pk} is still {status} after {waited:g}s: {why}"
                 )
             time.sleep(WAIT_POLL_S)
 
