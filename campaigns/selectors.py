@@ -513,12 +513,8 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
     )
     rows = _count_rows(campaign)
     report = _counts(rows)
-    by_reason: dict[str, dict[str, int]] = {}
     by_version: dict[str, dict[str, int]] = {}
-    for _, channel, version, status, reason, count in rows:
-        if reason and status != DeliveryStatus.PENDING:
-            reasons = by_reason.setdefault(channel, {})
-            reasons[reason] = reasons.get(reason, 0) + count
+    for _, _, version, status, _, count in rows:
         if status != DeliveryStatus.PENDING and count:
             counts = by_version.setdefault(str(version), _status_counts())
             counts[status] += count
@@ -527,7 +523,7 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
         del counts[DeliveryStatus.PENDING]
     pending = {c: counts[DeliveryStatus.PENDING] for c, counts in report["by_channel"].items()}
     report.update(
-        by_reason={c: dict(sorted(r.items())) for c, r in sorted(by_reason.items())},
+        by_reason=_reasons(rows),
         by_version=dict(sorted(by_version.items(), key=lambda item: int(item[0]))),
         timeline=_timeline(campaign, executions, _channels(executions), now=now),
         rate=_rate(campaign, executions, pending, now=now),
@@ -539,12 +535,25 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
                 "started_at": execution.started_at,
                 "finished_at": execution.finished_at,
                 "audience_size": execution.audience_size,
+                "planning_done": execution.planning_done,
                 **_counts(row for row in rows if row[0] == execution.pk),
+                "by_reason": _reasons(row for row in rows if row[0] == execution.pk),
             }
             for execution in executions
         ],
     )
     return report
+
+
+def _reasons(rows: Iterable[tuple[int, str, int, str, str, int]]) -> dict[str, dict[str, int]]:
+    """Per channel, how many of the counter rows given were skipped or failed for each
+    reason (codes of `DeliveryReason`)."""
+    by_reason: dict[str, dict[str, int]] = {}
+    for _, channel, _, status, reason, count in rows:
+        if reason and status != DeliveryStatus.PENDING and count:
+            reasons = by_reason.setdefault(channel, {})
+            reasons[reason] = reasons.get(reason, 0) + count
+    return {c: dict(sorted(r.items())) for c, r in sorted(by_reason.items())}
 
 
 def _channels(executions: list[Execution]) -> list[str]:

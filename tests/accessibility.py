@@ -122,6 +122,12 @@ class AxeCheckedPage:
             else:
                 warnings.warn(f"known accessibility debt ({owner}): {violation}", stacklevel=1)
 
+    def check_now(self) -> None:
+        """Run axe on the page as it is now: after the page changed itself (a part of it
+        refreshed in place), which no load event announces."""
+        self._pending = True
+        self.check()
+
     def finish(self) -> None:
         """Check the last page, then fail with every serious or critical violation seen."""
         self.check()
