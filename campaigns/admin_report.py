@@ -258,6 +258,9 @@ def report_context(*, campaign: Campaign, request: HttpRequest) -> dict[str, Any
 def report_html(*, campaign: Campaign, request: HttpRequest) -> str:
     return render_to_string(
         "admin/campaigns/campaign/_report.html",
-        {"salvo_report": report_context(campaign=campaign, request=request)},
+        {
+            "salvo_report": report_context(campaign=campaign, request=request),
+            "salvo_campaign": campaign,
+        },
         request=request,
     )
