@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -61,6 +60,7 @@ from campaigns.models import Campaign, Delivery, DeliveryCount, DeliveryTimeline
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from channels.sinks import RunningSinks, count_duplicates, read_records, running_sinks
+from config.processes import stop_process
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 
@@ -349,13 +349,7 @@ class Command(BaseCommand):
             self.say(f"worker ready: {processes} processes (pid {process.pid})")
             yield process.pid
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process(process, grace_s=20, group=True)
 
     # --- runs ---------------------------------------------------------------------------
 
@@ -497,12 +491,7 @@ class Command(BaseCommand):
             sampler.join()
         finally:
             done.set()
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server, grace_s=20)
         rows = lines - 1  # the header
         return rows / elapsed, peak
 
