@@ -15,9 +15,13 @@ Email goes through the HTTP batch email API (``channels.providers.email_api``), 
 high-volume sender's would; a separate run over SMTP on a smaller audience is printed as a
 human line (not in the JSON), so that both figures are known.
 
-Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/``, once it
-has completed: the median of a few requests through Django's request handler in this
-process (middleware, view, queries; no network).
+Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/``, and of
+its admin change page, ``GET /admin/campaigns/campaign/{id}/change/``, once it has
+completed: each the median of a few requests through Django's request handler in this
+process, as a logged-in superuser (middleware, view, queries, templates; no network). The
+same two pages are timed on a campaign of 1,000 profiles × the same channels that the same
+worker completes next to it, with the big campaign's rows in the same tables: a page that
+grows with the deliveries shows as a gap between the two.
 
 And the CSV export of its deliveries, ``GET /api/campaigns/{id}/deliveries/?format=csv``,
 from a web process of its own (``manage.py runserver``, DEBUG off) over loopback: rows per
@@ -26,8 +30,8 @@ streams (sampled from /proc).
 
 Human lines first; the last line is one JSON object with exactly the keys `profiles`,
 `channels`, `deliveries_per_s`, `first_message_s`, `worker_peak_rss_mb`,
-`naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`, `export_rows_per_s`,
-`export_peak_rss_mb`.
+`naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`, `admin_page_ms`,
+`report_ms_1k`, `admin_page_ms_1k`, `export_rows_per_s`, `export_peak_rss_mb`.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.db.models import NOT_PROVIDED
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from campaigns import services
@@ -65,8 +71,10 @@ from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 
 BASE_DIR = Path(settings.BASE_DIR)
-# Requests of the report timed after the run (the median is printed).
-REPORT_SAMPLES = 7
+# Requests of each page timed after a run (the median is printed).
+PAGE_SAMPLES = 7
+# The small campaign whose pages are timed beside the big one's (the `_1k` keys).
+SMALL_PROFILES = 1000
 CONTENT: dict[str, tuple[str, str]] = {
     ChannelKind.EMAIL: (
         "Hello {{ profile.first_name|default:'there' }}",
@@ -155,6 +163,7 @@ class Command(BaseCommand):
         self._cleanup()
         started = time.monotonic()
         self._ensure_profiles("bench-", n)
+        self._ensure_profiles("small-", SMALL_PROFILES)
         if naive_n:
             self._ensure_profiles("naive-", naive_n)
         if smtp_n:
@@ -168,6 +177,7 @@ class Command(BaseCommand):
                 self._worker(sink, options["workers"], Path(folder), email_api=True) as worker,
             ):
                 result = self._run_engine("bench-", n, channels, sink, worker, options["timeout"])
+                small = self._run_small(channels, sink, worker, options["timeout"])
                 naive = (
                     self._run_naive(naive_n, channels, sink, worker, options["timeout"])
                     if naive_n
@@ -193,6 +203,9 @@ class Command(BaseCommand):
             "naive_ratio": round(result["deliveries_per_s"] / naive, 1) if naive else None,
             "duplicates": duplicates,
             "report_ms": round(result["report_ms"], 1),
+            "admin_page_ms": round(result["admin_page_ms"], 1),
+            "report_ms_1k": round(small["report_ms"], 1),
+            "admin_page_ms_1k": round(small["admin_page_ms"], 1),
             "export_rows_per_s": round(result["export_rows_per_s"], 1),
             "export_peak_rss_mb": round(result["export_rss_mb"], 1),
         }
@@ -365,6 +378,53 @@ class Command(BaseCommand):
         campaign = self._campaign(prefix, n, channels, sink)
         already = len(read_records(sink.record))
         self.say(f"activating a campaign to {n} profiles × {len(channels)} channels…")
+        activated_at, rss = self._activate_until_completed(campaign, worker, timeout)
+        completed = campaign.transitions.get(name="complete").at.timestamp()
+        live = campaign.transitions.filter(target=CampaignStatus.LIVE).get().at.timestamp()
+        records = read_records(sink.record)[already:]
+        first = min((r["at"] for r in records if r["accepted"]), default=completed)
+        total = Delivery.objects.filter(execution__campaign=campaign).count()
+        elapsed = completed - activated_at
+        result = {
+            "deliveries_per_s": total / elapsed if elapsed > 0 else 0.0,
+            "first_message_s": first - live,
+            "rss_mb": max(rss.values(), default=0.0),
+            **self._page_ms(campaign, f"that campaign ({total} deliveries)"),
+        }
+        self.say(
+            f"engine ({prefix}): {total} deliveries in {elapsed:.1f}s = "
+            f"{result['deliveries_per_s']:.0f}/s; "
+            f"Live after {live - activated_at:.2f}s, first message "
+            f"{result['first_message_s']:.3f}s after Live; "
+            f"peak RSS per worker process {result['rss_mb']:.0f} MB "
+            f"({', '.join(f'{v:.0f}' for v in rss.values())})"
+        )
+        export = self._export(campaign, Path(tempfile.gettempdir()))
+        result["export_rows_per_s"], result["export_rss_mb"] = export
+        self.say(
+            f"CSV export of its {total} deliveries: {export[0]:.0f} rows/s, "
+            f"web process peak RSS {export[1]:.0f} MB"
+        )
+        return result
+
+    def _run_small(
+        self, channels: list[str], sink: RunningSinks, worker: int, timeout: float
+    ) -> dict[str, float]:
+        """Complete a campaign to SMALL_PROFILES profiles and time its pages."""
+        campaign = self._campaign("small-", SMALL_PROFILES, channels, sink)
+        self.say(
+            f"activating a campaign to {SMALL_PROFILES} profiles × {len(channels)} channels "
+            "(to time its pages)…"
+        )
+        self._activate_until_completed(campaign, worker, timeout)
+        total = Delivery.objects.filter(execution__campaign=campaign).count()
+        return self._page_ms(campaign, f"the small campaign ({total} deliveries)")
+
+    def _activate_until_completed(
+        self, campaign: Campaign, worker: int, timeout: float
+    ) -> tuple[float, dict[int, float]]:
+        """Activate the campaign and wait for Completed: (the time of the activation, the
+        peak RSS in MB of each of the worker's processes meanwhile)."""
         activated_at = time.time()
         services.campaign_activate(campaign=campaign, user=None)
         rss: dict[int, float] = {}
@@ -393,37 +453,7 @@ class Command(BaseCommand):
                 )
                 last_report = time.monotonic()
             time.sleep(0.2)
-        completed = campaign.transitions.get(name="complete").at.timestamp()
-        live = campaign.transitions.filter(target=CampaignStatus.LIVE).get().at.timestamp()
-        records = read_records(sink.record)[already:]
-        first = min((r["at"] for r in records if r["accepted"]), default=completed)
-        total = Delivery.objects.filter(execution__campaign=campaign).count()
-        elapsed = completed - activated_at
-        result = {
-            "deliveries_per_s": total / elapsed if elapsed > 0 else 0.0,
-            "first_message_s": first - live,
-            "rss_mb": max(rss.values(), default=0.0),
-        }
-        result["report_ms"] = self._report_ms(campaign)
-        self.say(
-            f"report of that campaign: {result['report_ms']:.1f} ms "
-            f"(GET /api/campaigns/{campaign.pk}/report/, median of {REPORT_SAMPLES})"
-        )
-        self.say(
-            f"engine ({prefix}): {total} deliveries in {elapsed:.1f}s = "
-            f"{result['deliveries_per_s']:.0f}/s; "
-            f"Live after {live - activated_at:.2f}s, first message "
-            f"{result['first_message_s']:.3f}s after Live; "
-            f"peak RSS per worker process {result['rss_mb']:.0f} MB "
-            f"({', '.join(f'{v:.0f}' for v in rss.values())})"
-        )
-        export = self._export(campaign, Path(tempfile.gettempdir()))
-        result["export_rows_per_s"], result["export_rss_mb"] = export
-        self.say(
-            f"CSV export of its {total} deliveries: {export[0]:.0f} rows/s, "
-            f"web process peak RSS {export[1]:.0f} MB"
-        )
-        return result
+        return activated_at, rss
 
     def _bench_user(self) -> Any:
         from django.contrib.auth import get_user_model
@@ -495,18 +525,32 @@ class Command(BaseCommand):
         rows = lines - 1  # the header
         return rows / elapsed, peak
 
-    def _report_ms(self, campaign: Campaign) -> float:
-        """The server time of the campaign's report in milliseconds: the median of
-        REPORT_SAMPLES requests through Django's request handler, as a superuser."""
-        from django.test import Client
-
-        user = self._bench_user()
+    def _page_ms(self, campaign: Campaign, label: str) -> dict[str, float]:
+        """The server time, in milliseconds, of the campaign's report and of its admin change
+        page (``report_ms``, ``admin_page_ms``), each printed as a line about ``label``."""
         hosts = [h for h in settings.ALLOWED_HOSTS if h and h != "*" and not h.startswith(".")]
         client = Client(HTTP_HOST=hosts[0] if hosts else "localhost")
-        client.force_login(user)
-        url = f"/api/campaigns/{campaign.pk}/report/"
+        client.force_login(self._bench_user())
+        pages = {
+            "report_ms": ("report", f"/api/campaigns/{campaign.pk}/report/"),
+            "admin_page_ms": (
+                "admin change page",
+                reverse("admin:campaigns_campaign_change", args=[campaign.pk]),
+            ),
+        }
+        times = {}
+        for key, (name, url) in pages.items():
+            times[key] = self._server_ms(client, url)
+            self.say(
+                f"{name} of {label}: {times[key]:.1f} ms (GET {url}, median of {PAGE_SAMPLES})"
+            )
+        return times
+
+    def _server_ms(self, client: Client, url: str) -> float:
+        """The server time of GET url in milliseconds: the median of PAGE_SAMPLES requests
+        through Django's request handler in this process."""
         times = []
-        for _ in range(REPORT_SAMPLES):
+        for _ in range(PAGE_SAMPLES):
             started = time.perf_counter()
             response = client.get(url, secure=settings.SECURE_SSL_REDIRECT)
             times.append(time.perf_counter() - started)
