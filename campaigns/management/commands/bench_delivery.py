@@ -19,9 +19,10 @@ Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/
 its admin change page, ``GET /admin/campaigns/campaign/{id}/change/``, once it has
 completed: each the median of a few requests through Django's request handler in this
 process, as a logged-in superuser (middleware, view, queries, templates; no network). The
-same two pages are timed on a campaign of 1,000 profiles × the same channels that the same
-worker completes next to it, with the big campaign's rows in the same tables: a page that
-grows with the deliveries shows as a gap between the two.
+same two pages of a campaign to 1,000 profiles × the same channels, which the same worker
+completes next, are timed with them (the `_1k` keys): the requests go round the four pages
+in turn once the worker has stopped, both campaigns' rows in the tables, so a page whose
+time grows with the deliveries shows as a gap between the two sizes.
 
 And the CSV export of its deliveries, ``GET /api/campaigns/{id}/deliveries/?format=csv``,
 from a web process of its own (``manage.py runserver``, DEBUG off) over loopback: rows per
@@ -176,20 +177,24 @@ class Command(BaseCommand):
                 running_sinks(record=record, content=False) as sink,
                 self._worker(sink, options["workers"], Path(folder), email_api=True) as worker,
             ):
-                result = self._run_engine("bench-", n, channels, sink, worker, options["timeout"])
+                big, result = self._run_engine(
+                    "bench-", n, channels, sink, worker, options["timeout"]
+                )
                 small = self._run_small(channels, sink, worker, options["timeout"])
                 naive = (
                     self._run_naive(naive_n, channels, sink, worker, options["timeout"])
                     if naive_n
                     else 0.0
                 )
+            # With the worker stopped, both campaigns' rows in the tables.
+            pages = self._page_ms({"": big, "_1k": small})
             smtp: dict[str, float] = {}
             if smtp_n:
                 with (
                     running_sinks(record=record, content=False) as sink,
                     self._worker(sink, options["workers"], Path(folder), email_api=False) as worker,
                 ):
-                    smtp = self._run_engine(
+                    _, smtp = self._run_engine(
                         "smtp-", smtp_n, channels, sink, worker, options["timeout"]
                     )
             duplicates = count_duplicates(read_records(record))
@@ -202,10 +207,7 @@ class Command(BaseCommand):
             "naive_deliveries_per_s": round(naive, 1),
             "naive_ratio": round(result["deliveries_per_s"] / naive, 1) if naive else None,
             "duplicates": duplicates,
-            "report_ms": round(result["report_ms"], 1),
-            "admin_page_ms": round(result["admin_page_ms"], 1),
-            "report_ms_1k": round(small["report_ms"], 1),
-            "admin_page_ms_1k": round(small["admin_page_ms"], 1),
+            **{key: round(ms, 1) for key, ms in pages.items()},
             "export_rows_per_s": round(result["export_rows_per_s"], 1),
             "export_peak_rss_mb": round(result["export_rss_mb"], 1),
         }
@@ -374,7 +376,7 @@ class Command(BaseCommand):
         sink: RunningSinks,
         worker: int,
         timeout: float,
-    ) -> dict[str, float]:
+    ) -> tuple[Campaign, dict[str, float]]:
         campaign = self._campaign(prefix, n, channels, sink)
         already = len(read_records(sink.record))
         self.say(f"activating a campaign to {n} profiles × {len(channels)} channels…")
@@ -389,7 +391,6 @@ class Command(BaseCommand):
             "deliveries_per_s": total / elapsed if elapsed > 0 else 0.0,
             "first_message_s": first - live,
             "rss_mb": max(rss.values(), default=0.0),
-            **self._page_ms(campaign, f"that campaign ({total} deliveries)"),
         }
         self.say(
             f"engine ({prefix}): {total} deliveries in {elapsed:.1f}s = "
@@ -405,20 +406,19 @@ class Command(BaseCommand):
             f"CSV export of its {total} deliveries: {export[0]:.0f} rows/s, "
             f"web process peak RSS {export[1]:.0f} MB"
         )
-        return result
+        return campaign, result
 
     def _run_small(
         self, channels: list[str], sink: RunningSinks, worker: int, timeout: float
-    ) -> dict[str, float]:
-        """Complete a campaign to SMALL_PROFILES profiles and time its pages."""
+    ) -> Campaign:
+        """A completed campaign to SMALL_PROFILES profiles, whose pages are timed."""
         campaign = self._campaign("small-", SMALL_PROFILES, channels, sink)
         self.say(
             f"activating a campaign to {SMALL_PROFILES} profiles × {len(channels)} channels "
             "(to time its pages)…"
         )
         self._activate_until_completed(campaign, worker, timeout)
-        total = Delivery.objects.filter(execution__campaign=campaign).count()
-        return self._page_ms(campaign, f"the small campaign ({total} deliveries)")
+        return campaign
 
     def _activate_until_completed(
         self, campaign: Campaign, worker: int, timeout: float
@@ -525,38 +525,46 @@ class Command(BaseCommand):
         rows = lines - 1  # the header
         return rows / elapsed, peak
 
-    def _page_ms(self, campaign: Campaign, label: str) -> dict[str, float]:
-        """The server time, in milliseconds, of the campaign's report and of its admin change
-        page (``report_ms``, ``admin_page_ms``), each printed as a line about ``label``."""
+    def _page_ms(self, campaigns: dict[str, Campaign]) -> dict[str, float]:
+        """The server time, in milliseconds, of each campaign's report and admin change page:
+        ``report_ms`` + suffix and ``admin_page_ms`` + suffix, for each suffix → campaign,
+        each the median of PAGE_SAMPLES requests, each printed as a line. The requests go
+        round the pages in turn, so that all of them meet the same moments of the machine."""
         hosts = [h for h in settings.ALLOWED_HOSTS if h and h != "*" and not h.startswith(".")]
         client = Client(HTTP_HOST=hosts[0] if hosts else "localhost")
         client.force_login(self._bench_user())
-        pages = {
-            "report_ms": ("report", f"/api/campaigns/{campaign.pk}/report/"),
-            "admin_page_ms": (
-                "admin change page",
+        pages = {}
+        for suffix, campaign in campaigns.items():
+            pages[f"report_ms{suffix}"] = (campaign, f"/api/campaigns/{campaign.pk}/report/")
+            pages[f"admin_page_ms{suffix}"] = (
+                campaign,
                 reverse("admin:campaigns_campaign_change", args=[campaign.pk]),
-            ),
-        }
-        times = {}
-        for key, (name, url) in pages.items():
-            times[key] = self._server_ms(client, url)
-            self.say(
-                f"{name} of {label}: {times[key]:.1f} ms (GET {url}, median of {PAGE_SAMPLES})"
             )
-        return times
-
-    def _server_ms(self, client: Client, url: str) -> float:
-        """The server time of GET url in milliseconds: the median of PAGE_SAMPLES requests
-        through Django's request handler in this process."""
-        times = []
+        samples: dict[str, list[float]] = {key: [] for key in pages}
         for _ in range(PAGE_SAMPLES):
-            started = time.perf_counter()
-            response = client.get(url, secure=settings.SECURE_SSL_REDIRECT)
-            times.append(time.perf_counter() - started)
-            if response.status_code != 200:
-                raise CommandError(f"{url} answered {response.status_code}")
-        return statistics.median(times) * 1000
+            for key, (_, url) in pages.items():
+                samples[key].append(self._get_ms(client, url))
+        medians = {key: statistics.median(times) for key, times in samples.items()}
+        totals = {
+            campaign.pk: Delivery.objects.filter(execution__campaign=campaign).count()
+            for campaign in campaigns.values()
+        }
+        for key, (campaign, url) in pages.items():
+            self.say(
+                f"{key} = {medians[key]:.1f} ms: GET {url} ({totals[campaign.pk]} deliveries), "
+                f"median of {PAGE_SAMPLES}"
+            )
+        return medians
+
+    def _get_ms(self, client: Client, url: str) -> float:
+        """The server time of one GET of url in milliseconds, through Django's request
+        handler in this process."""
+        started = time.perf_counter()
+        response = client.get(url, secure=settings.SECURE_SSL_REDIRECT)
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            raise CommandError(f"{url} answered {response.status_code}")
+        return elapsed * 1000
 
     def _run_naive(
         self, n: int, channels: list[str], sink: RunningSinks, worker: int, timeout: float
