@@ -15,14 +15,15 @@ Email goes through the HTTP batch email API (``channels.providers.email_api``), 
 high-volume sender's would; a separate run over SMTP on a smaller audience is printed as a
 human line (not in the JSON), so that both figures are known.
 
-Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/``, and of
-its admin change page, ``GET /admin/campaigns/campaign/{id}/change/``, once it has
-completed: each the median of a few requests through Django's request handler in this
+Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/``, of its
+admin change page, ``GET /admin/campaigns/campaign/{id}/change/`` (with its live report),
+and of that page's refresh, ``GET /admin/campaigns/campaign/{id}/report/`` (JSON), once it
+has completed: each the median of a few requests through Django's request handler in this
 process, as a logged-in superuser (middleware, view, queries, templates; no network). The
-same two pages of a campaign to 1,000 profiles × the same channels, which the same worker
-completes next, are timed with them (the `_1k` keys): the requests go round the four pages
-in turn once the worker has stopped, both campaigns' rows in the tables, so a page whose
-time grows with the deliveries shows as a gap between the two sizes.
+same pages of a campaign to 1,000 profiles × the same channels, which the same worker
+completes next, are timed with them (the `_1k` keys): the requests go round the pages in
+turn once the worker has stopped, both campaigns' rows in the tables, so a page whose time
+grows with the deliveries shows as a gap between the two sizes.
 
 And the CSV export of its deliveries, ``GET /api/campaigns/{id}/deliveries/?format=csv``,
 from a web process of its own (``manage.py runserver``, DEBUG off) over loopback: rows per
@@ -32,7 +33,8 @@ streams (sampled from /proc).
 Human lines first; the last line is one JSON object with exactly the keys `profiles`,
 `channels`, `deliveries_per_s`, `first_message_s`, `worker_peak_rss_mb`,
 `naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`, `admin_page_ms`,
-`report_ms_1k`, `admin_page_ms_1k`, `export_rows_per_s`, `export_peak_rss_mb`.
+`admin_report_ms`, `report_ms_1k`, `admin_page_ms_1k`, `admin_report_ms_1k`,
+`export_rows_per_s`, `export_peak_rss_mb`.
 """
 
 from __future__ import annotations
@@ -526,10 +528,11 @@ class Command(BaseCommand):
         return rows / elapsed, peak
 
     def _page_ms(self, campaigns: dict[str, Campaign]) -> dict[str, float]:
-        """The server time, in milliseconds, of each campaign's report and admin change page:
-        ``report_ms`` + suffix and ``admin_page_ms`` + suffix, for each suffix → campaign,
-        each the median of PAGE_SAMPLES requests, each printed as a line. The requests go
-        round the pages in turn, so that all of them meet the same moments of the machine."""
+        """The server time, in milliseconds, of each campaign's report, admin change page
+        and that page's refresh: ``report_ms``, ``admin_page_ms`` and ``admin_report_ms``,
+        each + suffix, for each suffix → campaign; each the median of PAGE_SAMPLES requests,
+        printed as a line. The requests go round the pages in turn, so that all of them meet
+        the same moments of the machine."""
         hosts = [h for h in settings.ALLOWED_HOSTS if h and h != "*" and not h.startswith(".")]
         client = Client(HTTP_HOST=hosts[0] if hosts else "localhost")
         client.force_login(self._bench_user())
@@ -539,6 +542,10 @@ class Command(BaseCommand):
             pages[f"admin_page_ms{suffix}"] = (
                 campaign,
                 reverse("admin:campaigns_campaign_change", args=[campaign.pk]),
+            )
+            pages[f"admin_report_ms{suffix}"] = (
+                campaign,
+                reverse("admin:campaigns_campaign_report", args=[campaign.pk]),
             )
         samples: dict[str, list[float]] = {key: [] for key in pages}
         for _ in range(PAGE_SAMPLES):
