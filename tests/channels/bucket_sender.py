@@ -2,12 +2,13 @@
 
     python -m tests.channels.bucket_sender KEY RATE BURST DURATION
 
-Sets Django up from the environment (the test database and SALVO_RATELIMIT_*), prints
-``ready``, waits for a line on stdin (the test's go, once every sender is ready), then for
-DURATION seconds reserves one token at a time and waits what it is told. It prints one JSON
-line: for each send, the earliest and the latest moment (``time.monotonic()``, one clock for
-every process of the machine) the bucket can have allowed it: the reservation's wait added
-to the time just before and just after the call.
+Sets Django up from the environment (the test database and SALVO_RATELIMIT_*), connects
+to the bucket's store (a token of another key), prints ``ready``, waits for a line on stdin
+(the test's go, once every sender is ready), then for DURATION seconds reserves one token
+at a time and waits what it is told. It prints one JSON line: for each send, the earliest
+and the latest moment (``time.monotonic()``, one clock for every process of the machine)
+the bucket can have allowed it: the reservation's wait added to the time just before and
+just after the call.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def main(key: str, rate: float, burst: float, duration: float) -> None:
     from channels import ratelimit
 
     connection.ensure_connection()
+    # Connect to the bucket's store (Redis connects, and loads its script, on first use)
+    # before the go: on a loaded machine that first use took the whole test's duration.
+    ratelimit.acquire(key=f"{key}:warm-up", rate_per_s=rate, burst=burst)
     print("ready", flush=True)
     sys.stdin.readline()
     stop_at = time.monotonic() + duration
