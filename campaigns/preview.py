@@ -41,6 +41,10 @@ from .selectors import DELIVERY_VIEW_PERMISSIONS
 PREVIEW_PERMISSIONS = DELIVERY_VIEW_PERMISSIONS
 # The profile picker lists at most this many profiles matching what was typed.
 PREVIEW_PROFILE_MATCHES = 10
+# The largest id and version number a database stores (BigAutoField, PositiveIntegerField
+# on PostgreSQL): anything larger names nothing, and is not sent to the database.
+PROFILE_ID_MAX = 2**63 - 1
+VERSION_NUMBER_MAX = 2**31 - 1
 # The delivery id a previewed message carries (a webhook's `delivery_id`): no delivery
 # exists; a real message carries its delivery's id.
 PREVIEW_DELIVERY_ID = 0
@@ -84,7 +88,7 @@ def preview_version(*, campaign: Campaign, number: int | None = None) -> Campaig
     has no such version."""
     versions = CampaignVersion.objects.filter(campaign=campaign)
     if number is not None:
-        found = versions.filter(number=number).first()
+        found = versions.filter(number=number).first() if number <= VERSION_NUMBER_MAX else None
         if found is None:
             raise ValidationError({"version": f"Campaign {campaign.pk} has no version {number}."})
         return found
@@ -107,7 +111,7 @@ def preview_profile(*, pk: int | None = None, external_id: str | None = None) ->
     """The profile to preview for, by id or external id; `ValidationError` on the field
     given (`profile` or `external_id`) when none matches or neither is given."""
     if pk is not None:
-        found = Profile.objects.filter(pk=pk).first()
+        found = Profile.objects.filter(pk=pk).first() if 0 < pk <= PROFILE_ID_MAX else None
         if found is None:
             raise ValidationError({"profile": f"No profile has the id {pk}."})
         return found

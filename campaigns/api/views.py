@@ -368,9 +368,9 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         action. Sends nothing and records nothing. Needs the permissions to see campaigns
         and profiles."""
         campaign = self.get_object()
-        data = dict(request.data.items())
-        if "version" in request.query_params:
-            data.setdefault("version", request.query_params["version"])
+        data = request.data
+        if hasattr(data, "items") and "version" in request.query_params:
+            data = {"version": request.query_params["version"], **dict(data.items())}
         serializer = PreviewInputSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         chosen = serializer.validated_data

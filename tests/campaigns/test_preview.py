@@ -307,3 +307,33 @@ def test_command_preview_refuses_in_one_line(user_with_perms, ann):
     user_with_perms("campaigns.view_campaign", username="half")
     with pytest.raises(CommandError, match=r"segments\.view_profile"):
         run("preview", str(campaign.pk), "--profile", "ann-1", "--user", "half")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"profile": 2**70}, "profile"),
+        ({"external_id": "ann-1", "version": 2**40}, "version"),
+        ({"external_id": "x" * 300}, "external_id"),
+    ],
+)
+def test_api_preview_refuses_numbers_past_what_the_database_holds(api_client, ann, body, field):
+    response = api_client.post(preview_url(make_campaign()), body, format="json")
+    assert response.status_code == 400
+    assert field in response.json(), response.json()
+
+
+def test_api_preview_refuses_a_body_that_is_not_an_object(api_client, ann):
+    response = api_client.post(preview_url(make_campaign()) + "?version=1", [1], format="json")
+    assert response.status_code == 400
+    assert "detail" in response.json() or "non_field_errors" in response.json()
+
+
+def test_command_and_page_refuse_numbers_past_what_the_database_holds(admin_client, ann):
+    campaign = make_campaign()
+    with pytest.raises(CommandError, match="has no version"):
+        run("preview", str(campaign.pk), "--profile", "ann-1", "--version", str(2**40))
+    url = f"/admin/campaigns/campaign/{campaign.pk}/preview/?profile={2**70}&version={2**40}"
+    page = admin_client.get(url).content.decode()
+    assert f"No profile has the id {2**70}." in page
+    assert "has no version" in page
