@@ -31,6 +31,7 @@ from django_fsm import ConcurrentTransition, TransitionNotAllowed
 from channels.choices import ChannelKind
 
 from . import services
+from .admin_preview import preview_page
 from .admin_report import refresh_ms as report_refresh_ms
 from .admin_report import report_context, report_html
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
@@ -667,12 +668,21 @@ class CampaignAdmin(admin.ModelAdmin):
                 name="campaigns_campaign_report",
             ),
             path(
+                "<path:object_id>/preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="campaigns_campaign_preview",
+            ),
+            path(
                 "<path:object_id>/versions/diff/",
                 self.admin_site.admin_view(self.version_diff_view),
                 name="campaigns_campaign_version_diff",
             ),
             *super().get_urls(),
         ]
+
+    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The campaign's actions rendered for a chosen profile (`admin_preview`)."""
+        return preview_page(self, request, object_id)
 
     def version_diff_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Two versions of the campaign side by side (`?old=N&new=M`, version numbers;

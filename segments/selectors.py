@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from django.db import connection
 from django.db.models import Max, Min, Q, QuerySet
 
 from config.permissions import require_perms
@@ -104,3 +105,36 @@ def audience_member_ids_between(
         .order_by("key")
         .values_list("profile_id", flat=True)
     )
+
+
+# `profile_attribute_keys` reads the attributes of this many of the newest profiles, and
+# lists at most this many keys: a fixed cost whatever the number of profiles.
+ATTRIBUTE_KEYS_SAMPLE = 1000
+ATTRIBUTE_KEYS_MAX = 200
+
+
+def profile_attribute_keys(
+    *, sample: int = ATTRIBUTE_KEYS_SAMPLE, limit: int = ATTRIBUTE_KEYS_MAX
+) -> list[str]:
+    """The top-level attribute keys of the newest `sample` profiles, sorted, at most
+    `limit` of them: the keys seen in the data, for the lists that offer them to insert
+    or to pick. One query over at most `sample` rows read by the primary key's index, the
+    keys drawn out inside the database; a key that only older profiles hold is not
+    listed."""
+    table = connection.ops.quote_name(Profile._meta.db_table)
+    newest = f"SELECT attributes FROM {table} ORDER BY id DESC LIMIT %s"
+    if connection.vendor == "postgresql":
+        sql = (
+            f"SELECT DISTINCT k FROM ({newest}) p, jsonb_object_keys(CASE WHEN "
+            "jsonb_typeof(p.attributes) = 'object' THEN p.attributes ELSE '{}' END) k "
+            "ORDER BY k LIMIT %s"
+        )
+    else:
+        sql = (
+            f"SELECT DISTINCT j.key FROM ({newest}) p, json_each(CASE WHEN "
+            "json_type(p.attributes) = 'object' THEN p.attributes ELSE '{}' END) j "
+            "ORDER BY j.key LIMIT %s"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [sample, limit])
+        return [str(key) for (key,) in cursor.fetchall()]

@@ -351,3 +351,109 @@ class DeliverySerializer(serializers.Serializer[Any]):
     )
     sent_at = serializers.DateTimeField(allow_null=True)
     updated_at = serializers.DateTimeField(allow_null=True)
+
+
+# --- preview ---------------------------------------------------------------------------
+
+
+class PreviewInputSerializer(serializers.Serializer[Any]):
+    """Whom to preview for: a profile by its id or by its external id (one of them)."""
+
+    profile = serializers.IntegerField(
+        required=False, min_value=1, help_text="The profile's id (or give `external_id`)."
+    )
+    external_id = serializers.CharField(
+        required=False, max_length=255, help_text="The profile's external id."
+    )
+    version = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="A version number; default: the open draft, else the running version "
+        "(also accepted as `?version=N`).",
+    )
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if "profile" not in data and not data.get("external_id"):
+            raise serializers.ValidationError(
+                {"profile": "Choose a profile: give its id or its external id."}
+            )
+        return data
+
+
+class PreviewProfileSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    external_id = serializers.CharField()
+    email = serializers.CharField()
+    phone = serializers.CharField()
+
+
+class SmsLengthSerializer(serializers.Serializer[Any]):
+    encoding = serializers.ChoiceField(choices=["GSM-7", "UCS-2"])
+    characters = serializers.IntegerField(
+        help_text="GSM-7 septets (extension characters count two) or UTF-16 code units."
+    )
+    segments = serializers.IntegerField(
+        help_text="Messages it takes: 160 septets or 70 units in one, 153 or 67 per part."
+    )
+
+
+class ActionPreviewSerializer(serializers.Serializer[Any]):
+    """One action rendered for the profile by the delivery engine's own code."""
+
+    channel = serializers.ChoiceField(choices=ChannelKind.choices)
+    preset = serializers.CharField(help_text="The preset's name.")
+    to = serializers.CharField(help_text="The address it would go to; empty when it has none.")
+    subject = serializers.CharField(help_text="Email subject or push title; empty otherwise.")
+    body = serializers.CharField(help_text="The rendered body (an email's text part).")
+    text = serializers.CharField(allow_null=True, help_text="Email: the text part; else null.")
+    html = serializers.CharField(
+        allow_null=True, help_text="Email: the HTML part; null when the email has none."
+    )
+    headers = serializers.DictField(
+        child=serializers.CharField(), help_text="Extra headers, e.g. List-Unsubscribe."
+    )
+    sms = SmsLengthSerializer(allow_null=True, help_text="SMS: its length; else null.")
+    payload = serializers.DictField(
+        allow_null=True, help_text="Webhook: the JSON its backend would post; else null."
+    )
+    skipped = serializers.CharField(
+        help_text="Why the engine would not send it to this profile (opted out, no "
+        "address); the content is shown anyway. Empty when it would be sent."
+    )
+    error = serializers.CharField(
+        allow_null=True,
+        help_text="Why it cannot be rendered for this profile, in the engine's words "
+        "(render_error); null when it renders.",
+    )
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["error"] = instance.error or None
+        return data
+
+
+class PersonalisationSerializer(serializers.Serializer[Any]):
+    profile_fields = serializers.ListField(
+        child=serializers.CharField(), help_text="The profile's own fields, e.g. profile.email."
+    )
+    attribute_keys = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Attribute keys seen among the newest profiles, e.g. profile.first_name.",
+    )
+
+
+class CampaignPreviewSerializer(serializers.Serializer[Any]):
+    """`POST …/preview/`: each action of a version rendered for one profile. Sends and
+    writes nothing."""
+
+    version = serializers.IntegerField(source="version.number", help_text="Version number.")
+    version_role = serializers.ChoiceField(
+        source="role",
+        choices=["draft", "running", "past"],
+        help_text="Which of the campaign's versions it is.",
+    )
+    profile = PreviewProfileSerializer()
+    actions = ActionPreviewSerializer(many=True)
+    personalisation = PersonalisationSerializer(
+        help_text="What content can insert: `{{ <name> }}`."
+    )

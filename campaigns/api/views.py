@@ -32,6 +32,12 @@ from campaigns import services
 from campaigns.exports import deliveries_csv_response
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS
+from campaigns.preview import (
+    PREVIEW_PERMISSIONS,
+    campaign_preview,
+    preview_profile,
+    preview_version,
+)
 from campaigns.selectors import (
     DELIVERY_VIEW_PERMISSIONS,
     campaign_deliveries,
@@ -46,6 +52,7 @@ from config.permissions import require_perms
 from .filtersets import CampaignFilterSet, DeliveryFilterSet
 from .serializers import (
     CampaignInputSerializer,
+    CampaignPreviewSerializer,
     CampaignReportSerializer,
     CampaignSerializer,
     CampaignTransitionSerializer,
@@ -54,6 +61,7 @@ from .serializers import (
     DeliverySerializer,
     DuplicateInputSerializer,
     ErrorSerializer,
+    PreviewInputSerializer,
     StopInputSerializer,
 )
 
@@ -75,6 +83,15 @@ class CampaignOperationPermission(permissions.BasePermission):
         if not (user and user.is_authenticated):
             return False
         return OPERATIONS[OPERATION_OF_ACTION[getattr(view, "action", "")]].allowed_to(user)
+
+
+class PreviewPermission(permissions.BasePermission):
+    """A preview shows a profile's data: seeing campaigns and profiles, checked before
+    anything is looked up (the selector checks it too)."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and user.has_perms(PREVIEW_PERMISSIONS))
 
 
 class CSVRenderer(BaseRenderer):
@@ -324,6 +341,45 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         if isinstance(request.accepted_renderer, CSVRenderer):
             return deliveries_csv_response(campaign=campaign, rows=rows)
         return self._page(rows, DeliverySerializer)
+
+    @extend_schema(
+        request=PreviewInputSerializer,
+        parameters=[
+            OpenApiParameter("version", int, description="A version number, as in the body.")
+        ],
+        responses={
+            200: CampaignPreviewSerializer,
+            400: OpenApiResponse(
+                description="No such profile (keyed by `profile` or `external_id`) or version."
+            ),
+        },
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        permission_classes=[PreviewPermission],
+        pagination_class=None,
+        filter_backends=[],
+    )
+    def preview(self, request: Request, pk: str | None = None) -> Response:
+        """Each action of the open draft (else the running version, or `version`) rendered
+        for one profile by the delivery engine's own code: email subject, text and HTML,
+        SMS with its length, push title and body, the webhook's JSON; a render error per
+        action. Sends nothing and records nothing. Needs the permissions to see campaigns
+        and profiles."""
+        campaign = self.get_object()
+        data = request.data
+        if hasattr(data, "items") and "version" in request.query_params:
+            data = {"version": request.query_params["version"], **dict(data.items())}
+        serializer = PreviewInputSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        chosen = serializer.validated_data
+        profile = preview_profile(pk=chosen.get("profile"), external_id=chosen.get("external_id"))
+        version = preview_version(campaign=campaign, number=chosen.get("version"))
+        preview = campaign_preview(
+            campaign=campaign, profile=profile, user=request.user, version=version
+        )
+        return Response(CampaignPreviewSerializer(preview).data)
 
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any

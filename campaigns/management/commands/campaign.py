@@ -7,6 +7,7 @@ refusal into a one-line error with a non-zero exit.
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from django_fsm import TransitionNotAllowed
 
 from campaigns import services
 from campaigns.api.serializers import (
+    CampaignPreviewSerializer,
     CampaignReportSerializer,
     CampaignSerializer,
     CampaignTransitionSerializer,
@@ -28,6 +30,12 @@ from campaigns.choices import ALL_STATUSES, CampaignStatus, DeliveryReason
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
+from campaigns.preview import (
+    PREVIEW_PERMISSIONS,
+    campaign_preview,
+    preview_profile,
+    preview_version,
+)
 from campaigns.selectors import (
     campaign_delivery_error,
     campaign_list,
@@ -123,6 +131,24 @@ class Command(BaseCommand):
             "--json", action="store_true", help="The report as GET …/report/ returns it."
         )
 
+        preview = commands.add_parser(
+            "preview",
+            parents=[with_id],
+            help="Each action rendered for one profile, as it would be sent (sends nothing).",
+        )
+        preview.add_argument(
+            "--profile", required=True, metavar="EXTERNAL_ID", help="The profile's external id."
+        )
+        preview.add_argument(
+            "--version",
+            type=int,
+            metavar="N",
+            help="Version number (default: the open draft, else the running version).",
+        )
+        preview.add_argument(
+            "--json", action="store_true", help="The preview as POST …/preview/ returns it."
+        )
+
         activate = commands.add_parser(
             "activate", parents=[with_id], help="Draft (or an open draft) → Activating."
         )
@@ -155,6 +181,7 @@ class Command(BaseCommand):
             "list": self.list_campaign,
             "show": self.show_campaign,
             "report": self.report_campaign,
+            "preview": self.preview_campaign,
             "activate": self.activate_campaign,
             "stop": self.stop_campaign,
             "archive": self.archive_campaign,
@@ -335,6 +362,50 @@ class Command(BaseCommand):
             f"  rate: {rate['per_s']:g}/s over the last {rate['window_s']}s; time left: "
             f"{_seconds(rate['time_left_s'])}"
         )
+
+    def preview_campaign(
+        self, *, user: Any, id: int, profile: str, version: int | None, **options: Any
+    ) -> None:
+        require_perms(user, *PREVIEW_PERMISSIONS, to="preview a campaign for a profile")
+        campaign = self._campaign(id)
+        preview = campaign_preview(
+            campaign=campaign,
+            profile=preview_profile(external_id=profile),
+            user=user,
+            version=preview_version(campaign=campaign, number=version),
+        )
+        if options["json"]:
+            self._dump(CampaignPreviewSerializer(preview).data)
+            return
+        out = self.stdout.write
+        out(
+            f"Campaign {campaign.pk} “{campaign.name}”, version {preview.version.number} "
+            f"({preview.role}), for profile {preview.profile.external_id}"
+        )
+        for shown in preview.actions:
+            out(
+                f"  {shown.channel_label} via {shown.preset}"
+                + (f" to {shown.to}" if shown.to else "")
+            )
+            if shown.error:
+                out(f"    error: {shown.error}")
+                continue
+            if shown.skipped:
+                out(f"    not sent to this profile: {shown.skipped}")
+            if shown.subject:
+                out(f"    subject: {shown.subject}")
+            if shown.sms is not None:
+                sms = shown.sms
+                out(f"    {sms.encoding}, {sms.characters} characters, {sms.segments} segment(s)")
+            if shown.payload is not None:
+                out(
+                    textwrap.indent(json.dumps(shown.payload, indent=2, ensure_ascii=False), "    ")
+                )
+            else:
+                out(textwrap.indent(shown.body, "    "))
+            if shown.html is not None:
+                out("    html:")
+                out(textwrap.indent(shown.html, "      "))
 
     # --- lifecycle ----------------------------------------------------------------------
 
