@@ -29,6 +29,7 @@ from django.utils.safestring import SafeString
 from django_fsm import ConcurrentTransition, TransitionNotAllowed
 
 from channels.choices import ChannelKind
+from config.admin_site import ListTitledAdmin
 
 from . import services
 from .admin_report import refresh_ms as report_refresh_ms
@@ -82,6 +83,16 @@ def _text_colour(background: str) -> str:
     linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
     luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
     return "#000" if (luminance + 0.05) / 0.05 > 1.05 / (luminance + 0.05) else "#fff"
+
+
+def live_version_role(campaign: Campaign) -> str:
+    """What the campaign's live version is to it now: running while it sends (or re-activates
+    with it), scheduled until it starts, its last run once the campaign has ended."""
+    if campaign.status == Status.SCHEDULED:
+        return "scheduled"
+    if campaign.status in (Status.LIVE, Status.ACTIVATING):
+        return "running"
+    return "last run"
 
 
 def short_datetime(value: dt.datetime) -> str:
@@ -349,7 +360,7 @@ class ServiceRefusal(Exception):
 
 
 @admin.register(Campaign)
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(ListTitledAdmin):
     form = CampaignAdminForm
     inlines = [DraftActionInline]
     list_display = (
@@ -828,6 +839,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 "salvo_buttons": self._lifecycle_buttons(request, campaign),
                 "salvo_editable": self.has_change_permission(request, campaign),
                 "salvo_live_version": by_pk.get(campaign.live_version_id),
+                "salvo_live_role": live_version_role(campaign),
                 # A draft the form cannot edit (being activated) is shown like the live one.
                 "salvo_readonly_draft": None if campaign_is_editable(campaign) else draft,
                 "salvo_versions": versions,

@@ -9,6 +9,8 @@ from django.contrib import admin
 from django.db import models
 from django.http import HttpRequest
 
+from config.admin_site import ListTitledAdmin
+
 from . import services
 from .choices import CHANNEL_FIELDS_SCRIPT, SENDER_FIELDS, ChannelKind
 from .models import REQUIRED_SENDER_FIELD, MessagePreset
@@ -27,7 +29,7 @@ DELIVERY_FIELDS = ("backend", "rate_limit_per_second")
 
 
 @admin.register(MessagePreset)
-class MessagePresetAdmin(admin.ModelAdmin):
+class MessagePresetAdmin(ListTitledAdmin):
     list_display = ("name", "channel", "sender", "updated_at")
     list_filter = ("channel",)
     search_fields = (
