@@ -22,14 +22,13 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllow
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils import timezone
-from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django_fsm import ConcurrentTransition, TransitionNotAllowed
 
 from channels.choices import ChannelKind
 from config.admin_site import ListTitledAdmin
+from config.formats import short_datetime
 
 from . import services
 from .admin_report import refresh_ms as report_refresh_ms
@@ -93,11 +92,6 @@ def live_version_role(campaign: Campaign) -> str:
     if campaign.status in (Status.LIVE, Status.ACTIVATING):
         return "running"
     return "last run"
-
-
-def short_datetime(value: dt.datetime) -> str:
-    """A list cell's date: short enough that the columns fit beside the filters."""
-    return date_format(timezone.localtime(value), "SHORT_DATETIME_FORMAT")
 
 
 def status_badge_html(campaign: Campaign) -> SafeString:

@@ -117,3 +117,56 @@ def test_the_live_version_is_running_only_while_the_campaign_runs(admin_client, 
     assert f'<span class="salvo-mark">{role.lower()}</span>' in versions
     if role != "Running":
         assert "unning" not in block + versions
+
+
+# --- every time with its zone ------------------------------------------------------------
+
+# A zone without summer time: its name is the same whatever day the test runs.
+ZONE, ZONE_NAME = "Asia/Tokyo", "JST"
+ZONED = re.compile(rf"\d\d:\d\d(:\d\d)? {ZONE_NAME}\b")
+
+
+@pytest.fixture
+def tokyo(settings):
+    settings.TIME_ZONE = ZONE
+
+
+def cells(html: str, block_id: str, column: int) -> list[str]:
+    """The text of one column of the rows of the table in the block ``block_id``."""
+    block = html[html.index(f'id="{block_id}"') :]
+    body = block[block.index("<tbody>") : block.index("</tbody>")]
+    rows = re.findall(r"<tr>(.*?)</tr>", body, flags=re.S)
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)[column] for row in rows]
+
+
+def test_the_campaign_page_shows_every_time_with_its_zone(admin_client, tokyo):
+    campaign = make_campaign_in_status(Status.SCHEDULED, name="Autumn news")
+
+    html = admin_client.get(change_url(campaign)).content.decode()
+
+    when = cells(html, "transitions", 0)
+    assert len(when) == 3
+    assert all(ZONED.search(cell) for cell in when), when
+    start, activated = cells(html, "versions", 3)[0], cells(html, "versions", 4)[0]
+    assert ZONED.search(start), start
+    assert ZONED.search(activated), activated
+    live = html[html.index('id="live-version"') : html.index('id="versions"')]
+    assert len(ZONED.findall(live)) == 2  # its start and its activation
+    report = html[html.index('id="report"') : html.index('id="report-announce"')]
+    assert ZONED.search(report[report.index("the campaign starts") :])
+
+
+def test_the_list_the_dashboard_and_the_report_show_times_with_their_zone(admin_client, tokyo):
+    campaign = make_live_campaign(name="Autumn news")
+
+    listing = admin_client.get(reverse("admin:campaigns_campaign_changelist")).content.decode()
+    home = admin_client.get(reverse("admin:index")).content.decode()
+    page = admin_client.get(change_url(campaign)).content.decode()
+
+    row = listing[listing.index("Autumn news") :]
+    row = row[: row.index("</tr>")]
+    assert len(ZONED.findall(row)) == 2  # started and updated
+    changes = home[home.index('<ul class="salvo-transitions">') :]
+    assert ZONED.search(changes[: changes.index("</li>")])
+    report = page[page.index('id="report"') : page.index('id="report-announce"')]
+    assert ZONED.search(report), report
