@@ -22,13 +22,13 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllow
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils import timezone
-from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django_fsm import ConcurrentTransition, TransitionNotAllowed
 
 from channels.choices import ChannelKind
+from config.admin_site import ListTitledAdmin
+from config.formats import short_datetime
 
 from . import services
 from .admin_preview import preview_page
@@ -85,9 +85,14 @@ def _text_colour(background: str) -> str:
     return "#000" if (luminance + 0.05) / 0.05 > 1.05 / (luminance + 0.05) else "#fff"
 
 
-def short_datetime(value: dt.datetime) -> str:
-    """A list cell's date: short enough that the columns fit beside the filters."""
-    return date_format(timezone.localtime(value), "SHORT_DATETIME_FORMAT")
+def live_version_role(campaign: Campaign) -> str:
+    """What the campaign's live version is to it now: running while it sends (or re-activates
+    with it), scheduled until it starts, its last run once the campaign has ended."""
+    if campaign.status == Status.SCHEDULED:
+        return "scheduled"
+    if campaign.status in (Status.LIVE, Status.ACTIVATING):
+        return "running"
+    return "last run"
 
 
 def status_badge_html(campaign: Campaign) -> SafeString:
@@ -350,7 +355,7 @@ class ServiceRefusal(Exception):
 
 
 @admin.register(Campaign)
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(ListTitledAdmin):
     form = CampaignAdminForm
     inlines = [DraftActionInline]
     list_display = (
@@ -845,6 +850,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 "salvo_buttons": self._lifecycle_buttons(request, campaign),
                 "salvo_editable": self.has_change_permission(request, campaign),
                 "salvo_live_version": by_pk.get(campaign.live_version_id),
+                "salvo_live_role": live_version_role(campaign),
                 # A draft the form cannot edit (being activated) is shown like the live one.
                 "salvo_readonly_draft": None if campaign_is_editable(campaign) else draft,
                 "salvo_versions": versions,

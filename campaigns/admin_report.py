@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.utils.formats import date_format, number_format
 
 from channels.choices import ChannelKind
+from config.formats import short_datetime
 
 from .choices import CampaignStatus, DeliveryReason, DeliveryStatus, ExecutionStatus
 from .models import Campaign
@@ -148,8 +149,8 @@ def _chart(timeline: dict[str, Any], channels: list[str]) -> dict[str, Any] | No
             f"{line['label']}: {number_format(line['total'], force_grouping=True)} sent"
             for line in lines
         ),
-        "from": _short_time(rows[0]["at"], with_date=True),
-        "to": _short_time(rows[-1]["at"], with_date=True),
+        "from": short_datetime(rows[0]["at"]),
+        "to": short_datetime(rows[-1]["at"]),
     }
 
 

@@ -14,6 +14,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.forms.models import BaseInlineFormSet
 from django.utils.text import capfirst
 
+from channels.choices import CHANNEL_FIELDS_SCRIPT, CHANNELS_WITH_SUBJECT, subject_refusal
 from channels.rendering import validate_content
 from segments.models import Segment
 
@@ -85,16 +86,36 @@ class CampaignAdminForm(forms.ModelForm):
         }
 
 
+class PresetSelect(forms.Select):
+    """The preset picker: each option says its preset's channel (``data-channel``), so the
+    page offers only the presets of the channel chosen on the same row."""
+
+    def create_option(self, name: str, value: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        option = super().create_option(name, value, *args, **kwargs)
+        preset = getattr(value, "instance", None)  # a ModelChoiceIteratorValue; '' is none
+        if preset is not None:
+            option["attrs"]["data-channel"] = preset.channel
+        return option
+
+
 class ChannelActionForm(forms.ModelForm):
-    """One channel action; ChannelAction.clean refuses a preset of another channel."""
+    """One channel action; ChannelAction.clean refuses a preset of another channel, and the
+    form (as the services do) a subject on a channel without one."""
 
     class Meta:
         model = ChannelAction
         fields = ACTION_FIELDS
         widgets = {
-            "subject": forms.TextInput(attrs={"size": 28}),
-            "body": forms.Textarea(attrs={"rows": 3, "cols": 44}),
+            "channel": forms.Select(attrs={"data-channel-select": ""}),
+            "preset": PresetSelect(attrs={"data-channel-options": ""}),
+            "subject": forms.TextInput(
+                attrs={"size": 24, "data-channels": " ".join(sorted(CHANNELS_WITH_SUBJECT))}
+            ),
+            "body": forms.Textarea(attrs={"rows": 3, "cols": 36}),
         }
+
+    class Media:
+        js = (CHANNEL_FIELDS_SCRIPT,)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -106,6 +127,10 @@ class ChannelActionForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean() or {}
+        refusal = subject_refusal(cleaned.get("channel") or "") if cleaned.get("subject") else ""
+        if refusal:
+            self.add_error("subject", refusal)
+            return cleaned
         # The services check content too; checked here, a refusal lands on its field.
         validate_content(subject=cleaned.get("subject") or "", body=cleaned.get("body") or "")
         return cleaned

@@ -19,7 +19,7 @@ from .choices import (
     DeliveryStatus,
     ExecutionStatus,
 )
-from .operations import transition_permission
+from .operations import step_label, transition_permission
 
 Status = CampaignStatus
 
@@ -276,6 +276,11 @@ class CampaignTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign}: {self.name} {self.source} → {self.target}"
+
+    @property
+    def label(self) -> str:
+        """What the step did, in words: "Activated" for ``activation_succeed``."""
+        return step_label(self.name)
 
 
 class Execution(models.Model):

@@ -123,6 +123,29 @@ SYSTEM_TRANSITIONS: dict[str, Operation] = {
 # Every step of the lifecycle, by name.
 LIFECYCLE: dict[str, Operation] = {**OPERATIONS, **SYSTEM_TRANSITIONS}
 
+# What each step the transition log records did, in a marketer's words; the record, the API
+# and scripts keep the name. Read through ``step_label``.
+STEP_LABELS: dict[str, str] = {
+    "create": "Created",
+    "duplicate": "Created as a copy",
+    "modify": "Draft opened",
+    "discard_draft": "Draft discarded",
+    "activate": "Activation requested",
+    "activation_succeed": "Activated",
+    "activation_fail": "Activation failed",
+    "start": "Went live",
+    "complete": "Completed: every delivery done",
+    "stop": "Stopped",
+    "archive": "Archived",
+    "delete": "Deleted",
+}
+
+
+def step_label(name: str) -> str:
+    """The log's words for the step ``name``: "activation_succeed" → "Activated". A name
+    this table does not know (written by a newer release) is shown as words."""
+    return STEP_LABELS.get(name) or name.replace("_", " ").capitalize()
+
 
 def transition_permission(name: str) -> Callable[[Any, Any], bool]:
     """The ``permission`` of a django-fsm transition: the table's permissions for it."""

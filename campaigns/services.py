@@ -24,7 +24,7 @@ from django.db.models import Max
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed, can_proceed
 
-from channels.choices import ChannelKind
+from channels.choices import ChannelKind, subject_refusal
 from channels.models import MessagePreset
 from channels.rendering import TemplateContentError, validate_content
 from config.permissions import require_perms
@@ -160,6 +160,10 @@ def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, An
             )
             continue
         subject, body = spec.get("subject") or "", spec.get("body") or ""
+        refusal = subject_refusal(channel) if subject else ""
+        if refusal:
+            errors.append(f"{where}.subject: {refusal}")
+            continue
         try:
             validate_content(subject=subject, body=body)
         except TemplateContentError as error:

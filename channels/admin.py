@@ -9,34 +9,39 @@ from django.contrib import admin
 from django.db import models
 from django.http import HttpRequest
 
+from config.admin_site import ListTitledAdmin
+
 from . import services
-from .choices import ChannelKind
+from .choices import CHANNEL_FIELDS_SCRIPT, SENDER_FIELDS, ChannelKind
 from .models import REQUIRED_SENDER_FIELD, MessagePreset
 from .providers import backend_choices
 
+SENDER_TITLES: dict[str, str] = {
+    ChannelKind.EMAIL: "Email sender",
+    ChannelKind.SMS: "SMS sender",
+    ChannelKind.PUSH: "Push application",
+    ChannelKind.WEBHOOK: "Webhook endpoint",
+}
 SENDER_FIELDSETS: dict[str, tuple[str, tuple[str, ...]]] = {
-    ChannelKind.EMAIL: ("Email sender", ("from_name", "from_email", "reply_to")),
-    ChannelKind.SMS: ("SMS sender", ("sms_sender_id",)),
-    ChannelKind.PUSH: ("Push application", ("push_app_id",)),
-    ChannelKind.WEBHOOK: ("Webhook endpoint", ("webhook_url",)),
+    kind: (SENDER_TITLES[kind], fields) for kind, fields in SENDER_FIELDS.items()
 }
 DELIVERY_FIELDS = ("backend", "rate_limit_per_second")
 
 
 @admin.register(MessagePreset)
-class MessagePresetAdmin(admin.ModelAdmin):
+class MessagePresetAdmin(ListTitledAdmin):
     list_display = ("name", "channel", "sender", "updated_at")
     list_filter = ("channel",)
     search_fields = (
         "name",
         "description",
-        "from_name",
-        "from_email",
-        "sms_sender_id",
-        "push_app_id",
-        "webhook_url",
+        *(f for fields in SENDER_FIELDS.values() for f in fields),
     )
     search_help_text = "Search names, descriptions and sender settings."
+
+    class Media:
+        js = (CHANNEL_FIELDS_SCRIPT,)
+
     ordering = ("name",)
     # Django 6's default; a sender URL typed without a scheme is meant to be secure.
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
@@ -83,6 +88,13 @@ class MessagePresetAdmin(admin.ModelAdmin):
         **kwargs: Any,
     ) -> Any:
         form = super().get_form(request, obj, change=change, **kwargs)
+        if "channel" in form.base_fields:
+            # A new preset: the page hides the sender fields of the channels not chosen.
+            form.base_fields["channel"].widget.attrs["data-channel-select"] = ""
+            for kind, fields in SENDER_FIELDS.items():
+                for name in fields:
+                    if name in form.base_fields:
+                        form.base_fields[name].widget.attrs["data-channels"] = kind
         if "backend" in form.base_fields:
             # The registered backends of the preset's channel (all of them for a new preset,
             # whose channel is chosen on the same form; the model check pairs them).

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, path, reverse
+from django.utils.text import capfirst
 
 from campaigns.selectors import campaign_dashboard
 
@@ -66,3 +68,17 @@ class SalvoAdminSite(admin.AdminSite):
         if user.has_perm("campaigns.view_campaign") or user.has_perm("campaigns.change_campaign"):
             extra_context["salvo_dashboard"] = campaign_dashboard()
         return super().index(request, extra_context)
+
+
+class ListTitledAdmin(admin.ModelAdmin):
+    """A list titled by what it lists ("Campaigns"), not Django's "Select campaign to
+    change"; the pop-up that picks a related object keeps Django's "Select …", which is then
+    what the page asks."""
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        if IS_POPUP_VAR not in request.GET:
+            title = capfirst(str(self.opts.verbose_name_plural))
+            extra_context = {"title": title, **(extra_context or {})}
+        return super().changelist_view(request, extra_context)

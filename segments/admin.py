@@ -21,6 +21,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from config.admin_site import ListTitledAdmin
+
 from . import selectors, services
 from .choices import ConsentChannel, ConsentSource, ImportFormat, SegmentKind
 from .models import CONSENT_FIELDS, PROFILE_DATA_FIELDS, Profile, Segment
@@ -81,7 +83,7 @@ class ProfileAdminForm(forms.ModelForm):
 
 
 @admin.register(Profile)
-class ProfileAdmin(admin.ModelAdmin):
+class ProfileAdmin(ListTitledAdmin):
     form = ProfileAdminForm
     list_display = [
         "external_id",
@@ -236,7 +238,7 @@ class FreezeForm(forms.Form):
 
 
 @admin.register(Segment)
-class SegmentAdmin(admin.ModelAdmin):
+class SegmentAdmin(ListTitledAdmin):
     form = SegmentAdminForm
     list_display = ["name", "kind", "updated_at"]
     list_filter = ["kind"]

@@ -183,7 +183,7 @@ class CampaignTransitionSerializer(serializers.ModelSerializer[CampaignTransitio
 
     class Meta:
         model = CampaignTransition
-        fields = ["at", "name", "source", "target", "by", "reason", "version"]
+        fields = ["at", "name", "label", "source", "target", "by", "reason", "version"]
         read_only_fields = fields
 
 

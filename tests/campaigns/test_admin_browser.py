@@ -86,5 +86,5 @@ def test_marketer_drives_a_campaign_from_draft_to_archived(
     assert status_text(page) == "Archived"
     assert Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.ARCHIVED
     log = page.locator("#transitions").inner_text()
-    for step in ("activate", "activation_succeed", "stop", "archive"):
+    for step in ("Activation requested", "Activated", "Stopped", "Archived"):
         assert step in log

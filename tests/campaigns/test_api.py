@@ -274,6 +274,7 @@ def test_transitions_show_the_log_with_who_and_why(api_client):
     assert before <= stopped_at <= after
     assert log[0] == {
         "name": "stop",
+        "label": "Stopped",
         "source": "live",
         "target": "stopped",
         "by": api_client.user.username,

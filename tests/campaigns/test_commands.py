@@ -328,10 +328,10 @@ def test_show_prints_versions_actions_and_log():
     # Stopping discarded the open draft, and the log says so.
     assert "version 2" not in output
     assert output.count(" via ") == 2
-    assert "stop: live → stopped by system — Enough" in output
+    assert "Stopped (stop): live → stopped by system — Enough" in output
     assert (
-        "discard_draft: stopped → stopped by system — Version 2 discarded: the campaign stopped."
-        in output
+        "Draft discarded (discard_draft): stopped → stopped by system — Version 2 discarded: "
+        "the campaign stopped." in output
     )
 
 

@@ -305,7 +305,7 @@ class Command(BaseCommand):
             by = entry.by.get_username() if entry.by else "system"
             reason = f" — {entry.reason}" if entry.reason else ""
             out(
-                f"    {entry.at.isoformat(timespec='seconds')}  {entry.name}: "
+                f"    {entry.at.isoformat(timespec='seconds')}  {entry.label} ({entry.name}): "
                 f"{entry.source} → {entry.target} by {by}{reason}"
             )
 
