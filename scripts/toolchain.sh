@@ -4,8 +4,10 @@
 #   scripts/toolchain.sh python [VERSION|COMMAND]
 #       "VERSION PATH" of a supported Python: the newest this machine has, that version
 #       (3.12), or that command (python3.12, /usr/bin/python3) once it is known to be one
+#   scripts/toolchain.sh versions
+#       the supported versions, newest first
 #   scripts/toolchain.sh pythons [--all]
-#       each supported version with its interpreter or "missing"; --all fails if one is
+#       each supported version with its interpreter or "MISSING"; --all fails if one is
 #   scripts/toolchain.sh uv PYTHON DIR
 #       DIR/bin/uv at the version uv.lock pins (installed with PYTHON's pip, its hashes
 #       checked against the lock); prints its path
@@ -68,6 +70,9 @@ python_cmd() {
         find_version "$wanted" ||
             fail "Python $wanted is missing: neither python$wanted on the PATH nor a" \
                 "pyenv install of it (pyenv install $wanted)"
+    elif [[ $wanted =~ ^python(3\.[0-9]+)$ ]] && ! interpreter "$wanted" >/dev/null; then
+        # A pyenv shim for a version pyenv does not select: look for that version.
+        python_cmd "${BASH_REMATCH[1]}"
     else
         found=$(interpreter "$wanted") || fail "PYTHON=$wanted does not run a Python"
         is_supported "${found%% *}" ||
@@ -129,7 +134,8 @@ uv_cmd() {
 
 case "${1:-}" in
     python) python_cmd "${2:-}" ;;
+    versions) supported_versions ;;
     pythons) pythons_cmd "${2:-}" ;;
     uv) uv_cmd "$2" "$3" ;;
-    *) fail "usage: $0 python [VERSION|COMMAND] | pythons [--all] | uv PYTHON DIR" ;;
+    *) fail "usage: $0 python [VERSION|COMMAND] | versions | pythons [--all] | uv PYTHON DIR" ;;
 esac
