@@ -46,7 +46,7 @@ is_supported() {
 
 find_version() {
     local version=$1 candidate found
-    local pyenv_root=${PYENV_ROOT:-$HOME/.pyenv}
+    local pyenv_root=${PYENV_ROOT:-${HOME:-~}/.pyenv}
     for candidate in "python$version" $(
         ls -d "$pyenv_root/versions/$version".*/bin/"python$version" 2>/dev/null | sort -rV
     ); do
