@@ -6,7 +6,7 @@ import datetime as dt
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, AnonymousUser
@@ -513,12 +513,8 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
     )
     rows = _count_rows(campaign)
     report = _counts(rows)
-    by_reason: dict[str, dict[str, int]] = {}
     by_version: dict[str, dict[str, int]] = {}
-    for _, channel, version, status, reason, count in rows:
-        if reason and status != DeliveryStatus.PENDING:
-            reasons = by_reason.setdefault(channel, {})
-            reasons[reason] = reasons.get(reason, 0) + count
+    for _, _, version, status, _, count in rows:
         if status != DeliveryStatus.PENDING and count:
             counts = by_version.setdefault(str(version), _status_counts())
             counts[status] += count
@@ -527,7 +523,7 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
         del counts[DeliveryStatus.PENDING]
     pending = {c: counts[DeliveryStatus.PENDING] for c, counts in report["by_channel"].items()}
     report.update(
-        by_reason={c: dict(sorted(r.items())) for c, r in sorted(by_reason.items())},
+        by_reason=_reasons(rows),
         by_version=dict(sorted(by_version.items(), key=lambda item: int(item[0]))),
         timeline=_timeline(campaign, executions, _channels(executions), now=now),
         rate=_rate(campaign, executions, pending, now=now),
@@ -539,12 +535,25 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
                 "started_at": execution.started_at,
                 "finished_at": execution.finished_at,
                 "audience_size": execution.audience_size,
+                "planning_done": execution.planning_done,
                 **_counts(row for row in rows if row[0] == execution.pk),
+                "by_reason": _reasons(row for row in rows if row[0] == execution.pk),
             }
             for execution in executions
         ],
     )
     return report
+
+
+def _reasons(rows: Iterable[tuple[int, str, int, str, str, int]]) -> dict[str, dict[str, int]]:
+    """Per channel, how many of the counter rows given were skipped or failed for each
+    reason (codes of `DeliveryReason`)."""
+    by_reason: dict[str, dict[str, int]] = {}
+    for _, channel, _, status, reason, count in rows:
+        if reason and status != DeliveryStatus.PENDING and count:
+            reasons = by_reason.setdefault(channel, {})
+            reasons[reason] = reasons.get(reason, 0) + count
+    return {c: dict(sorted(r.items())) for c, r in sorted(by_reason.items())}
 
 
 def _channels(executions: list[Execution]) -> list[str]:
@@ -599,6 +608,48 @@ def _delivery_address() -> Coalesce:
     return Coalesce(address, Value(""))
 
 
+class CountedDeliveries(QuerySet[Delivery]):
+    """`campaign_deliveries`' rows when the engine's counters already know how many there
+    are: `count()`, which every paginator asks, reads those few counter rows instead of
+    counting millions of deliveries. A further filter (any change of the WHERE clause),
+    a slice or DISTINCT forgets the number, and `count()` counts rows again."""
+
+    counted: int | None = None
+    counted_where: Any = None
+
+    def _clone(self) -> CountedDeliveries:
+        clone = cast(CountedDeliveries, super()._clone())  # type: ignore[misc]
+        clone.counted, clone.counted_where = self.counted, self.counted_where
+        return clone
+
+    def count(self) -> int:
+        query = self.query
+        if (
+            self.counted is not None
+            and query.where == self.counted_where
+            and not query.is_sliced
+            and not query.distinct
+            and query.combinator is None
+        ):
+            return self.counted
+        return super().count()
+
+
+def _counted_rows(
+    rows: QuerySet[Delivery], executions: list[int], actions: list[int] | None, **exact: str
+) -> CountedDeliveries:
+    """`rows` that know their number from the counters of these executions (and actions),
+    with the `status` / `reason` given (empty: any)."""
+    counters = DeliveryCount.objects.filter(execution_id__in=executions)
+    if actions is not None:
+        counters = counters.filter(action_id__in=actions)
+    counters = counters.filter(**{name: value for name, value in exact.items() if value})
+    counted = CountedDeliveries(model=Delivery, query=rows.query.chain(), using=rows.db)
+    counted.counted = int(counters.aggregate(n=Sum("count"))["n"] or 0)
+    counted.counted_where = counted.query.where
+    return counted
+
+
 def campaign_deliveries(
     *,
     campaign: Campaign,
@@ -625,9 +676,11 @@ def campaign_deliveries(
     require_perms(user, *DELIVERY_VIEW_PERMISSIONS, to="see a campaign's deliveries")
     executions = list(Execution.objects.filter(campaign=campaign).values_list("pk", flat=True))
     rows = Delivery.objects.filter(execution_id__in=executions)
+    actions = None
     if channel:
-        actions = ChannelAction.objects.filter(version__campaign=campaign, channel=channel)
-        rows = rows.filter(action_id__in=list(actions.values_list("pk", flat=True)))
+        of_channel = ChannelAction.objects.filter(version__campaign=campaign, channel=channel)
+        actions = list(of_channel.values_list("pk", flat=True))
+        rows = rows.filter(action_id__in=actions)
     if status:
         rows = rows.filter(status=status)
     if reason:
@@ -646,12 +699,18 @@ def campaign_deliveries(
             .order_by()
             .values("pk")
         )
-    return rows.annotate(
+    rows = rows.annotate(
         profile_external_id=Coalesce(_profile_field("external_id"), Value("")),
         address=_delivery_address(),
         channel=F("action__channel"),
         version_number=F("version__number"),
     ).order_by("execution_id", "action_id", "profile_id")
+    if version is None and not search:
+        # The counters are kept by execution, action, status and reason (their version is
+        # the one a pending row will be decided with, not the row's own): they answer
+        # every filter but these two.
+        return _counted_rows(rows, executions, actions, status=status, reason=reason)
+    return rows
 
 
 def version_change_notes(*, campaign: Campaign) -> list[str]:

@@ -561,6 +561,10 @@ def running_sinks(
     ``rules`` are ``FailureRules`` fields (``reject="bad"``, ``flaky="retry"``,
     ``flaky_times=2``…). Without ``record`` the attempts go to a temporary file.
     """
+    # Imported here: the sink's own process (``python -m channels.sinks``) runs without
+    # Django, and importing ``config`` starts the Celery application.
+    from config.processes import stop_process
+
     with contextlib.ExitStack() as stack:
         if record is None:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="salvo-sink-"))
@@ -583,12 +587,7 @@ def running_sinks(
                 record=Path(record),
             )
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, grace_s=5)
             if process.stdout:
                 process.stdout.close()
 

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -171,16 +170,6 @@ def campaign_payload(n: int, presets: dict[str, int], segment: int) -> dict[str,
     }
 
 
-def stop(stack: subprocess.Popen[bytes]) -> int:
-    stack.send_signal(signal.SIGTERM)
-    try:
-        return stack.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(stack.pid, signal.SIGKILL)
-        stack.wait()
-        return -1
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=180.0, help="activating for this long")
@@ -211,6 +200,7 @@ def main() -> int:
     }
 
     from channels.sinks import running_sinks
+    from config.processes import stop_process
 
     with running_sinks(record=var_dir / "sink.jsonl", content=False) as sink:
         env |= sink.provider_env()
@@ -236,7 +226,9 @@ def main() -> int:
             try:
                 figures = drive(options, api=Api(base, token), base=base, sink=sink, var=var_dir)
             finally:
-                stack_status = stop(stack)
+                # SIGTERM to supervisord, which stops its programs; SIGKILL to all of them
+                # if it has not within the timeout (the status is then -SIGKILL).
+                stack_status = stop_process(stack, grace_s=STOP_TIMEOUT_S, kill_group=True)
     return report(figures, stack_status=stack_status, var_dir=var_dir, log_path=log_path)
 
 

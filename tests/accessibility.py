@@ -1,6 +1,7 @@
 """Accessibility checks built into the browser tests: axe-core (bundled by
-axe-playwright-python, nothing fetched from a CDN) runs on every page the browser loads,
-and the test fails on any violation of serious or critical impact.
+axe-playwright-python, nothing fetched from a CDN) runs on every page the browser loads, in
+the admin's light and dark themes, and the test fails on any violation of serious or
+critical impact.
 
 Violations already known on pages owned elsewhere (KNOWN_ELSEWHERE) are warnings instead.
 
@@ -24,6 +25,14 @@ _LOAD_TIMEOUT_MS = 30_000
 # No preloading of the stylesheets: axe would add <style> elements the pages' CSP refuses,
 # which tests of the policy would see as violations of their own.
 AXE_OPTIONS: dict[str, Any] = {"resultTypes": ["violations"], "preload": False}
+# Every page is checked in both of the admin's themes: contrast differs between them.
+THEMES = ("light", "dark")
+# Resolves once the page's transitions have ended (at most 2 s: an endless animation).
+# Evaluated, not polled by wait_for_function: the pages' CSP forbids the eval it uses.
+SETTLED = """() => Promise.race([
+  Promise.all(document.getAnimations().map(a => a.finished.catch(() => null))),
+  new Promise(resolve => setTimeout(resolve, 2000)),
+])"""
 
 # Violations axe finds on pages the admin's campaign work does not own, kept visible as
 # warnings (the run's summary lists them) rather than failing every test that passes by:
@@ -58,10 +67,13 @@ class Violation:
     impact: str
     help: str
     targets: list[str]
+    theme: str = ""
 
     def __str__(self) -> str:
         where = ", ".join(self.targets[:5]) + (" …" if len(self.targets) > 5 else "")
-        return f"{self.url}: [{self.impact}] {self.rule}: {self.help} ({where})"
+        return (
+            f"{self.url} ({self.theme} theme): [{self.impact}] {self.rule}: {self.help} ({where})"
+        )
 
 
 def _axe() -> Any:
@@ -96,7 +108,7 @@ class AxeCheckedPage:
         for _ in range(3):
             try:
                 self.page.wait_for_load_state("load", timeout=_LOAD_TIMEOUT_MS)
-                results = self._axe.run(self.page, options=AXE_OPTIONS)
+                results = self._run_in_each_theme()
                 break
             except Error as error:
                 # The page navigated away while axe ran: check the one it went to.
@@ -106,21 +118,48 @@ class AxeCheckedPage:
             pytest.fail(f"axe could not check {self.page.url}: it kept navigating")
         url = self.page.url
         self.axe_checked_urls.append(url)
-        for found in results.response["violations"]:
-            if found["impact"] not in FAILING_IMPACTS:
-                continue
-            violation = Violation(
-                url=url,
-                rule=found["id"],
-                impact=found["impact"],
-                help=found["help"],
-                targets=[" ".join(map(str, node["target"])) for node in found["nodes"]],
+        for theme, response in results:
+            for found in response["violations"]:
+                if found["impact"] not in FAILING_IMPACTS:
+                    continue
+                violation = Violation(
+                    url=url,
+                    rule=found["id"],
+                    impact=found["impact"],
+                    help=found["help"],
+                    targets=[" ".join(map(str, node["target"])) for node in found["nodes"]],
+                    theme=theme,
+                )
+                owner = _known_elsewhere(url, violation.rule)
+                if owner is None:
+                    self.axe_violations.append(violation)
+                else:
+                    warnings.warn(f"known accessibility debt ({owner}): {violation}", stacklevel=1)
+
+    def _run_in_each_theme(self) -> list[tuple[str, dict[str, Any]]]:
+        """axe's findings on the page in each of the admin's THEMES (the admin's own
+        switch: the `data-theme` attribute of <html>), the page's own theme restored."""
+        found = []
+        chosen = self.page.evaluate("document.documentElement.dataset.theme || ''")
+        try:
+            for theme in THEMES:
+                self.page.evaluate(
+                    "theme => { document.documentElement.dataset.theme = theme; }", theme
+                )
+                # The admin's colours change with a transition: check them once settled.
+                self.page.evaluate(SETTLED)
+                found.append((theme, self._axe.run(self.page, options=AXE_OPTIONS).response))
+        finally:
+            self.page.evaluate(
+                "theme => { document.documentElement.dataset.theme = theme; }", chosen
             )
-            owner = _known_elsewhere(url, violation.rule)
-            if owner is None:
-                self.axe_violations.append(violation)
-            else:
-                warnings.warn(f"known accessibility debt ({owner}): {violation}", stacklevel=1)
+        return found
+
+    def check_now(self) -> None:
+        """Run axe on the page as it is now: after the page changed itself (a part of it
+        refreshed in place), which no load event announces."""
+        self._pending = True
+        self.check()
 
     def finish(self) -> None:
         """Check the last page, then fail with every serious or critical violation seen."""

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from django.conf import settings
 
-from config.processes import child_process_env
+from config.processes import child_process_env, stop_process
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("SALVO_CHROMIUM", "/usr/bin/chromium"))
@@ -325,11 +325,9 @@ class CeleryProcess:
         """Warm shutdown (SIGTERM: running tasks finish), then SIGKILL whatever is left.
 
         Slow on the filesystem transport (~6 s), whose consumer loop notices late."""
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=timeout)
-        self.kill()
+        if self.popen is not None:
+            stop_process(self.popen, grace_s=timeout, kill_group=True)
+        self.kill()  # what is left of the group once the main process exited, and the log
 
 
 @pytest.fixture
@@ -433,8 +431,7 @@ def redis_url() -> Iterator[str]:
         wait_until(lambda: _answers_ping(client), timeout=10, message="redis-server did not start")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop_process(server, grace_s=10)
 
 
 def _answers_ping(client: Any) -> bool:

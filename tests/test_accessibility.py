@@ -23,6 +23,16 @@ BROKEN = (
     '<h1>Broken</h1><img src="/x.png"><input id="q"></main></body></html>'
 )
 
+# Readable in the light theme; in the dark one (the admin's switch, <html data-theme>), grey
+# on near-black after a transition, as the admin's own colours change.
+DARK_ONLY = (
+    '<!doctype html><html lang="en"><head><title>Dark</title><style>'
+    "p { color: #222; background: #fff; transition: color 0.3s, background 0.3s; }"
+    'html[data-theme="dark"] p { color: #444; background: #222; }'
+    "</style></head><body><main><h1>Dark</h1><p>Hard to read at night</p></main></body></html>"
+)
+PAGES = {"clean": CLEAN, "broken": BROKEN, "dark": DARK_ONLY}
+
 
 @pytest.fixture
 def browser_page() -> Iterator[Any]:
@@ -37,7 +47,8 @@ def browser_page() -> Iterator[Any]:
             "http://a11y.test/**",
             lambda route: route.fulfill(
                 content_type="text/html",
-                body=BROKEN if "broken" in route.request.url else CLEAN,
+                # Anything else (the broken page's image) is not found: an empty body.
+                body=PAGES.get(route.request.url.rsplit("/", 1)[-1], ""),
             ),
         )
         yield page
@@ -57,7 +68,20 @@ def test_a_page_with_critical_violations_fails_the_test(browser_page):
         ("http://a11y.test/broken", "image-alt"),
         ("http://a11y.test/broken", "label"),
     }
-    assert "http://a11y.test/broken: [critical] image-alt" in str(failure.value)
+    assert "http://a11y.test/broken (light theme): [critical] image-alt" in str(failure.value)
+
+
+def test_a_page_is_checked_in_the_dark_theme_too(browser_page):
+    page = AxeCheckedPage(browser_page)
+    page.goto("http://a11y.test/dark")
+
+    with pytest.raises(pytest.fail.Exception) as failure:
+        page.finish()
+
+    assert {(v.theme, v.rule) for v in page.axe_violations} == {("dark", "color-contrast")}
+    assert "(dark theme): [serious] color-contrast" in str(failure.value)
+    # The page is left in the theme it had.
+    assert browser_page.evaluate("document.documentElement.dataset.theme || ''") == ""
 
 
 def test_a_clean_page_passes(browser_page):

@@ -295,10 +295,19 @@ class ExecutionReportSerializer(serializers.Serializer[dict[str, Any]]):
     status = serializers.ChoiceField(choices=ExecutionStatus.choices)
     started_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
-    audience_size = serializers.IntegerField()
+    audience_size = serializers.IntegerField(
+        help_text="Profiles planned so far: the whole audience once `planning_done`."
+    )
+    planning_done = serializers.BooleanField(
+        help_text="Every profile of the audience has its delivery rows."
+    )
     total = serializers.IntegerField()
     by_status = serializers.DictField(child=serializers.IntegerField())
     by_channel = serializers.DictField(child=StatusCountsSerializer())
+    by_reason = serializers.DictField(
+        child=serializers.DictField(child=serializers.IntegerField()),
+        help_text="Per channel, this execution's deliveries skipped or failed for each reason.",
+    )
 
 
 class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):

@@ -113,6 +113,23 @@ def planned_audience(prefix: str, size: int) -> Execution:
     return plan(campaign)
 
 
+def live_and_partly_sent(prefix: str, size: int, *, sent: int) -> Campaign:
+    """A Live email + SMS campaign to `size` new profiles, planned, with the first `sent`
+    of them sent on each channel."""
+    execution = planned_audience(prefix, size)
+    campaign = execution.campaign
+    audience = Profile.objects.filter(external_id__startswith=prefix).order_by("pk")
+    first = list(audience.values_list("pk", flat=True)[:sent])
+    for action in execution.version.actions.all():
+        delivery.batch_send(
+            execution_id=execution.pk,
+            action_id=action.pk,
+            first_profile_id=first[0],
+            last_profile_id=first[-1],
+        )
+    return campaign
+
+
 def send_all(execution: Execution) -> list[float | None]:
     """Run one copy of a batch over the whole audience per action, as a worker would;
     what each returned (seconds until it must run again, or None)."""

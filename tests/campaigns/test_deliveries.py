@@ -18,7 +18,7 @@ from django.test.utils import CaptureQueriesContext
 
 from campaigns import delivery
 from campaigns.choices import DeliveryReason
-from campaigns.models import Campaign, Delivery
+from campaigns.models import Campaign, Delivery, DeliveryCount
 from campaigns.selectors import DELIVERY_COLUMNS
 from segments.models import Profile
 from tests.campaigns.delivery_support import make_profile, plan, planned_audience, send_all
@@ -265,3 +265,48 @@ def test_a_page_costs_the_same_queries_for_10_and_1000_deliveries(api_client):
             assert page_queries(api_client, large, query) == page_queries(api_client, small, "")
         else:
             assert page_queries(api_client, small, query) == page_queries(api_client, large, query)
+
+
+FILTERS = [
+    "",
+    "channel=sms",
+    "status=skipped",
+    "status=pending",
+    "channel=email&status=failed",
+    f"channel=sms&status=skipped&reason={R.OPTED_OUT}",
+    f"reason={R.PROFILE_DELETED}",
+    "version=1",
+    "status=sent&version=1",
+]
+
+
+@pytest.mark.parametrize("query", FILTERS)
+def test_the_count_of_a_page_is_the_number_of_rows_listed(refusing_sinks, api_client, query):
+    campaign, _ = sent_campaign()
+    # And a campaign still sending: its rows are pending.
+    live = planned_audience("later-", 3).campaign
+
+    for shown in (campaign, live):
+        everything = api_client.get(url(shown, f"{query}&page_size=1000".lstrip("&"))).json()
+        listed = everything["results"]
+        assert everything["count"] == len(listed)
+        wanted = dict(pair.split("=") for pair in query.split("&") if pair)
+        expected = [
+            row
+            for row in expected_rows(shown)
+            if all(
+                str(row["version_number"] if name == "version" else row[name]) == value
+                for name, value in wanted.items()
+            )
+        ]
+        assert len(listed) == len(expected)
+
+
+def test_counting_a_page_reads_the_engines_counters_not_every_delivery(refusing_sinks, api_client):
+    campaign = planned_audience("counted-", 50).campaign
+
+    with CaptureQueriesContext(connection) as queries:
+        assert api_client.get(url(campaign, "channel=sms&status=pending")).json()["count"] == 50
+    sql = [q["sql"] for q in queries]
+    assert [s for s in sql if "SUM(" in s and DeliveryCount._meta.db_table in s]
+    assert not [s for s in sql if "COUNT(" in s and f'FROM "{Delivery._meta.db_table}"' in s]

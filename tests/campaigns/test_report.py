@@ -23,9 +23,9 @@ from segments.models import Profile
 from tests.campaigns.delivery_support import (
     drive,
     expected_report,
+    live_and_partly_sent,
     make_profile,
     plan,
-    planned_audience,
     send_all,
 )
 from tests.campaigns.factories import (
@@ -208,23 +208,6 @@ def report_queries(api_client, campaign) -> int:
         response = api_client.get(f"/api/campaigns/{campaign.pk}/report/")
     assert response.status_code == 200
     return len(queries)
-
-
-def live_and_partly_sent(prefix: str, size: int, *, sent: int):
-    """A Live email + SMS campaign to `size` new profiles, planned, with the first `sent`
-    of them sent on each channel."""
-    execution = planned_audience(prefix, size)
-    campaign = execution.campaign
-    audience = Profile.objects.filter(external_id__startswith=prefix).order_by("pk")
-    first = list(audience.values_list("pk", flat=True)[:sent])
-    for action in execution.version.actions.all():
-        delivery.batch_send(
-            execution_id=execution.pk,
-            action_id=action.pk,
-            first_profile_id=first[0],
-            last_profile_id=first[-1],
-        )
-    return campaign
 
 
 def test_the_report_costs_the_same_queries_for_10_and_10000_deliveries(sinks, api_client):

@@ -13,6 +13,7 @@ import pytest
 
 from channels.sinks import FailureRules, count_duplicates, read_records, running_sinks
 from channels.sinks import rules_from_options as parse_rules
+from config.processes import stop_process
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 
@@ -186,8 +187,7 @@ def test_run_sinks_command_serves_until_stopped(tmp_path):
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             smtp_send(ready["smtp_port"], to="nobody@example.com", delivery_id="12")
     finally:
-        process.terminate()
-        assert process.wait(timeout=10) == 0
+        assert stop_process(process, grace_s=10) == 0
         if process.stdout:
             process.stdout.close()
     assert [(r["to"], r["accepted"]) for r in read_records(record)] == [

@@ -15,9 +15,15 @@ Email goes through the HTTP batch email API (``channels.providers.email_api``), 
 high-volume sender's would; a separate run over SMTP on a smaller audience is printed as a
 human line (not in the JSON), so that both figures are known.
 
-Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/``, once it
-has completed: the median of a few requests through Django's request handler in this
-process (middleware, view, queries; no network).
+Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/``, of its
+admin change page, ``GET /admin/campaigns/campaign/{id}/change/`` (with its live report),
+and of that page's refresh, ``GET /admin/campaigns/campaign/{id}/report/`` (JSON), once it
+has completed: each the median of a few requests through Django's request handler in this
+process, as a logged-in superuser (middleware, view, queries, templates; no network). The
+same pages of a campaign to 1,000 profiles × the same channels, which the same worker
+completes next, are timed with them (the `_1k` keys): the requests go round the pages in
+turn once the worker has stopped, both campaigns' rows in the tables, so a page whose time
+grows with the deliveries shows as a gap between the two sizes.
 
 And the CSV export of its deliveries, ``GET /api/campaigns/{id}/deliveries/?format=csv``,
 from a web process of its own (``manage.py runserver``, DEBUG off) over loopback: rows per
@@ -26,8 +32,9 @@ streams (sampled from /proc).
 
 Human lines first; the last line is one JSON object with exactly the keys `profiles`,
 `channels`, `deliveries_per_s`, `first_message_s`, `worker_peak_rss_mb`,
-`naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`, `export_rows_per_s`,
-`export_peak_rss_mb`.
+`naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`, `admin_page_ms`,
+`admin_report_ms`, `report_ms_1k`, `admin_page_ms_1k`, `admin_report_ms_1k`,
+`export_rows_per_s`, `export_peak_rss_mb`.
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -53,6 +59,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.db.models import NOT_PROVIDED
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from campaigns import services
@@ -61,12 +69,15 @@ from campaigns.models import Campaign, Delivery, DeliveryCount, DeliveryTimeline
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from channels.sinks import RunningSinks, count_duplicates, read_records, running_sinks
+from config.processes import stop_process
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 
 BASE_DIR = Path(settings.BASE_DIR)
-# Requests of the report timed after the run (the median is printed).
-REPORT_SAMPLES = 7
+# Requests of each page timed after a run (the median is printed).
+PAGE_SAMPLES = 7
+# The small campaign whose pages are timed beside the big one's (the `_1k` keys).
+SMALL_PROFILES = 1000
 CONTENT: dict[str, tuple[str, str]] = {
     ChannelKind.EMAIL: (
         "Hello {{ profile.first_name|default:'there' }}",
@@ -155,6 +166,7 @@ class Command(BaseCommand):
         self._cleanup()
         started = time.monotonic()
         self._ensure_profiles("bench-", n)
+        self._ensure_profiles("small-", SMALL_PROFILES)
         if naive_n:
             self._ensure_profiles("naive-", naive_n)
         if smtp_n:
@@ -167,19 +179,24 @@ class Command(BaseCommand):
                 running_sinks(record=record, content=False) as sink,
                 self._worker(sink, options["workers"], Path(folder), email_api=True) as worker,
             ):
-                result = self._run_engine("bench-", n, channels, sink, worker, options["timeout"])
+                big, result = self._run_engine(
+                    "bench-", n, channels, sink, worker, options["timeout"]
+                )
+                small = self._run_small(channels, sink, worker, options["timeout"])
                 naive = (
                     self._run_naive(naive_n, channels, sink, worker, options["timeout"])
                     if naive_n
                     else 0.0
                 )
+            # With the worker stopped, both campaigns' rows in the tables.
+            pages = self._page_ms({"": big, "_1k": small})
             smtp: dict[str, float] = {}
             if smtp_n:
                 with (
                     running_sinks(record=record, content=False) as sink,
                     self._worker(sink, options["workers"], Path(folder), email_api=False) as worker,
                 ):
-                    smtp = self._run_engine(
+                    _, smtp = self._run_engine(
                         "smtp-", smtp_n, channels, sink, worker, options["timeout"]
                     )
             duplicates = count_duplicates(read_records(record))
@@ -192,7 +209,7 @@ class Command(BaseCommand):
             "naive_deliveries_per_s": round(naive, 1),
             "naive_ratio": round(result["deliveries_per_s"] / naive, 1) if naive else None,
             "duplicates": duplicates,
-            "report_ms": round(result["report_ms"], 1),
+            **{key: round(ms, 1) for key, ms in pages.items()},
             "export_rows_per_s": round(result["export_rows_per_s"], 1),
             "export_peak_rss_mb": round(result["export_rss_mb"], 1),
         }
@@ -349,13 +366,7 @@ class Command(BaseCommand):
             self.say(f"worker ready: {processes} processes (pid {process.pid})")
             yield process.pid
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process(process, grace_s=20, group=True)
 
     # --- runs ---------------------------------------------------------------------------
 
@@ -367,10 +378,55 @@ class Command(BaseCommand):
         sink: RunningSinks,
         worker: int,
         timeout: float,
-    ) -> dict[str, float]:
+    ) -> tuple[Campaign, dict[str, float]]:
         campaign = self._campaign(prefix, n, channels, sink)
         already = len(read_records(sink.record))
         self.say(f"activating a campaign to {n} profiles × {len(channels)} channels…")
+        activated_at, rss = self._activate_until_completed(campaign, worker, timeout)
+        completed = campaign.transitions.get(name="complete").at.timestamp()
+        live = campaign.transitions.filter(target=CampaignStatus.LIVE).get().at.timestamp()
+        records = read_records(sink.record)[already:]
+        first = min((r["at"] for r in records if r["accepted"]), default=completed)
+        total = Delivery.objects.filter(execution__campaign=campaign).count()
+        elapsed = completed - activated_at
+        result = {
+            "deliveries_per_s": total / elapsed if elapsed > 0 else 0.0,
+            "first_message_s": first - live,
+            "rss_mb": max(rss.values(), default=0.0),
+        }
+        self.say(
+            f"engine ({prefix}): {total} deliveries in {elapsed:.1f}s = "
+            f"{result['deliveries_per_s']:.0f}/s; "
+            f"Live after {live - activated_at:.2f}s, first message "
+            f"{result['first_message_s']:.3f}s after Live; "
+            f"peak RSS per worker process {result['rss_mb']:.0f} MB "
+            f"({', '.join(f'{v:.0f}' for v in rss.values())})"
+        )
+        export = self._export(campaign, Path(tempfile.gettempdir()))
+        result["export_rows_per_s"], result["export_rss_mb"] = export
+        self.say(
+            f"CSV export of its {total} deliveries: {export[0]:.0f} rows/s, "
+            f"web process peak RSS {export[1]:.0f} MB"
+        )
+        return campaign, result
+
+    def _run_small(
+        self, channels: list[str], sink: RunningSinks, worker: int, timeout: float
+    ) -> Campaign:
+        """A completed campaign to SMALL_PROFILES profiles, whose pages are timed."""
+        campaign = self._campaign("small-", SMALL_PROFILES, channels, sink)
+        self.say(
+            f"activating a campaign to {SMALL_PROFILES} profiles × {len(channels)} channels "
+            "(to time its pages)…"
+        )
+        self._activate_until_completed(campaign, worker, timeout)
+        return campaign
+
+    def _activate_until_completed(
+        self, campaign: Campaign, worker: int, timeout: float
+    ) -> tuple[float, dict[int, float]]:
+        """Activate the campaign and wait for Completed: (the time of the activation, the
+        peak RSS in MB of each of the worker's processes meanwhile)."""
         activated_at = time.time()
         services.campaign_activate(campaign=campaign, user=None)
         rss: dict[int, float] = {}
@@ -399,37 +455,7 @@ class Command(BaseCommand):
                 )
                 last_report = time.monotonic()
             time.sleep(0.2)
-        completed = campaign.transitions.get(name="complete").at.timestamp()
-        live = campaign.transitions.filter(target=CampaignStatus.LIVE).get().at.timestamp()
-        records = read_records(sink.record)[already:]
-        first = min((r["at"] for r in records if r["accepted"]), default=completed)
-        total = Delivery.objects.filter(execution__campaign=campaign).count()
-        elapsed = completed - activated_at
-        result = {
-            "deliveries_per_s": total / elapsed if elapsed > 0 else 0.0,
-            "first_message_s": first - live,
-            "rss_mb": max(rss.values(), default=0.0),
-        }
-        result["report_ms"] = self._report_ms(campaign)
-        self.say(
-            f"report of that campaign: {result['report_ms']:.1f} ms "
-            f"(GET /api/campaigns/{campaign.pk}/report/, median of {REPORT_SAMPLES})"
-        )
-        self.say(
-            f"engine ({prefix}): {total} deliveries in {elapsed:.1f}s = "
-            f"{result['deliveries_per_s']:.0f}/s; "
-            f"Live after {live - activated_at:.2f}s, first message "
-            f"{result['first_message_s']:.3f}s after Live; "
-            f"peak RSS per worker process {result['rss_mb']:.0f} MB "
-            f"({', '.join(f'{v:.0f}' for v in rss.values())})"
-        )
-        export = self._export(campaign, Path(tempfile.gettempdir()))
-        result["export_rows_per_s"], result["export_rss_mb"] = export
-        self.say(
-            f"CSV export of its {total} deliveries: {export[0]:.0f} rows/s, "
-            f"web process peak RSS {export[1]:.0f} MB"
-        )
-        return result
+        return activated_at, rss
 
     def _bench_user(self) -> Any:
         from django.contrib.auth import get_user_model
@@ -497,33 +523,55 @@ class Command(BaseCommand):
             sampler.join()
         finally:
             done.set()
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server, grace_s=20)
         rows = lines - 1  # the header
         return rows / elapsed, peak
 
-    def _report_ms(self, campaign: Campaign) -> float:
-        """The server time of the campaign's report in milliseconds: the median of
-        REPORT_SAMPLES requests through Django's request handler, as a superuser."""
-        from django.test import Client
-
-        user = self._bench_user()
+    def _page_ms(self, campaigns: dict[str, Campaign]) -> dict[str, float]:
+        """The server time, in milliseconds, of each campaign's report, admin change page
+        and that page's refresh: ``report_ms``, ``admin_page_ms`` and ``admin_report_ms``,
+        each + suffix, for each suffix → campaign; each the median of PAGE_SAMPLES requests,
+        printed as a line. The requests go round the pages in turn, so that all of them meet
+        the same moments of the machine."""
         hosts = [h for h in settings.ALLOWED_HOSTS if h and h != "*" and not h.startswith(".")]
         client = Client(HTTP_HOST=hosts[0] if hosts else "localhost")
-        client.force_login(user)
-        url = f"/api/campaigns/{campaign.pk}/report/"
-        times = []
-        for _ in range(REPORT_SAMPLES):
-            started = time.perf_counter()
-            response = client.get(url, secure=settings.SECURE_SSL_REDIRECT)
-            times.append(time.perf_counter() - started)
-            if response.status_code != 200:
-                raise CommandError(f"{url} answered {response.status_code}")
-        return statistics.median(times) * 1000
+        client.force_login(self._bench_user())
+        pages = {}
+        for suffix, campaign in campaigns.items():
+            pages[f"report_ms{suffix}"] = (campaign, f"/api/campaigns/{campaign.pk}/report/")
+            pages[f"admin_page_ms{suffix}"] = (
+                campaign,
+                reverse("admin:campaigns_campaign_change", args=[campaign.pk]),
+            )
+            pages[f"admin_report_ms{suffix}"] = (
+                campaign,
+                reverse("admin:campaigns_campaign_report", args=[campaign.pk]),
+            )
+        samples: dict[str, list[float]] = {key: [] for key in pages}
+        for _ in range(PAGE_SAMPLES):
+            for key, (_, url) in pages.items():
+                samples[key].append(self._get_ms(client, url))
+        medians = {key: statistics.median(times) for key, times in samples.items()}
+        totals = {
+            campaign.pk: Delivery.objects.filter(execution__campaign=campaign).count()
+            for campaign in campaigns.values()
+        }
+        for key, (campaign, url) in pages.items():
+            self.say(
+                f"{key} = {medians[key]:.1f} ms: GET {url} ({totals[campaign.pk]} deliveries), "
+                f"median of {PAGE_SAMPLES}"
+            )
+        return medians
+
+    def _get_ms(self, client: Client, url: str) -> float:
+        """The server time of one GET of url in milliseconds, through Django's request
+        handler in this process."""
+        started = time.perf_counter()
+        response = client.get(url, secure=settings.SECURE_SSL_REDIRECT)
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            raise CommandError(f"{url} answered {response.status_code}")
+        return elapsed * 1000
 
     def _run_naive(
         self, n: int, channels: list[str], sink: RunningSinks, worker: int, timeout: float
