@@ -47,7 +47,7 @@ KNOWN_ELSEWHERE: dict[tuple[str, str], str] = {
     (r"^/api/(?!docs/)", "color-contrast"): "DRF browsable API",
     # drf-spectacular's Swagger UI page.
     (r"^/api/docs/", "html-has-lang"): "drf-spectacular Swagger UI page",
-    # The profile import page's breadcrumbs (config/templates/admin/segments/profile/import.html).
+    # The profile import page's breadcrumbs (templates/admin/segments/profile/import.html).
     (r"^/admin/segments/profile/import/", "link-in-text-block"): "profile import page",
 }
 
