@@ -2,12 +2,22 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-VENV := .venv
+# The newest supported Python this machine has (requires-python in pyproject.toml), or the
+# one PYTHON names: a version (PYTHON=3.12) or a command (PYTHON=/usr/bin/python3.11).
+PYTHON ?=
+TOOLCHAIN := scripts/toolchain.sh
+PYTHON_FOUND := $(shell $(TOOLCHAIN) python $(PYTHON) 2>/dev/null)
+PYTHON_VERSION := $(word 1,$(PYTHON_FOUND))
+PYTHON_EXE := $(word 2,$(PYTHON_FOUND))
+VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-# The machine's Python 3.11 (CI images call it python3).
-PYTHON311 := $(shell command -v python3.11 || command -v python3)
-STAMP := $(VENV)/.installed-stamp
+# uv at the version uv.lock pins, in a virtualenv of its own (it installs the others).
+UV_DIR := .tools/uv
+UV := $(UV_DIR)/bin/uv
+ENSURE_UV := $(TOOLCHAIN) uv $(PYTHON_EXE) $(UV_DIR) >/dev/null
+# Installed again when the lock, pyproject.toml or the Python version changes.
+STAMP := $(VENV)/.installed-python$(PYTHON_VERSION)
 SERVICES := scripts/services.sh
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -18,26 +28,34 @@ TEST_VAR_DIR ?= $(CURDIR)/var/test
 RUN_VAR_DIR ?= $(CURDIR)/var
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help venv run soak test test-suite lint fmt chromium services services-stop services-env bench clean
+.PHONY: help venv python run soak test test-suite test-fast lint fmt chromium lock lock-upgrade \
+	services services-stop services-env bench clean
 
 help:
 	@echo "make run            install, migrate, load demo data, start web + worker + scheduler"
 	@echo "make test           ruff, mypy and the test suite (embedded default)"
+	@echo "make test-fast      the suite less its browser and worker-process tests"
+	@echo "                    (PYTHON=3.12 for another Python; see README \"Python versions\")"
+	@echo "make lock           update uv.lock after pyproject.toml changed (UPGRADE=pkg: upgrade one)"
+	@echo "make lock-upgrade   every dependency to the newest version pyproject.toml allows"
 	@echo "make soak           the embedded stack under load for SOAK_SECONDS (180), then checks"
 	@echo "make services       start a throwaway PostgreSQL 15 + Redis and print their env"
 	@echo "make services-stop  stop them"
 	@echo "make bench          benchmarks against make services"
 	@echo "make lint / fmt     check / apply formatting and lint fixes"
 
-# Reinstall only when pyproject.toml changes.
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON311) -m venv $(VENV) || { \
-		[ "$$(id -u)" = 0 ] && rm -rf $(VENV) && echo "installing python3-venv with apt-get" && \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && \
-		$(PYTHON311) -m venv $(VENV); }
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+# Says which Python, or fails with one line naming the one that is missing.
+python:
+	@$(TOOLCHAIN) python $(PYTHON) >/dev/null
+	@echo "Python $(PYTHON_VERSION) ($(PYTHON_EXE)) in $(VENV)"
+
+# Exactly what uv.lock pins, the dev extra included, and Salvo itself editable; `--locked`
+# refuses a lock that no longer matches pyproject.toml (run `make lock`). A venv of another
+# Python is made anew.
+$(STAMP): pyproject.toml uv.lock | python
+	@$(ENSURE_UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --python $(PYTHON_EXE)
+	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -85,6 +103,23 @@ test: lint test-suite
 test-suite: venv chromium
 	SALVO_VAR_DIR=$(TEST_VAR_DIR) $(BIN)/pytest --create-db $(PYTEST_ARGS)
 
+# What .ci/run runs on the Pythons other than the newest: every test but those that drive
+# Chromium or start worker processes (tests/conftest.py marks them), lint and types aside.
+test-fast: venv
+	SALVO_VAR_DIR=$(TEST_VAR_DIR) $(BIN)/pytest --create-db -m "not browser and not worker" \
+		$(PYTEST_ARGS)
+
+# uv.lock: every dependency pinned with its hashes, for Python 3.11 to 3.13 on any platform.
+# `make lock` keeps each pinned version that still fits pyproject.toml; UPGRADE="celery kombu"
+# moves those to their newest allowed versions; `make lock-upgrade` moves everything.
+lock: | python
+	@$(ENSURE_UV)
+	$(UV) lock --python $(PYTHON_EXE) $(foreach name,$(UPGRADE),--upgrade-package $(name))
+
+lock-upgrade: | python
+	@$(ENSURE_UV)
+	$(UV) lock --python $(PYTHON_EXE) --upgrade
+
 services:
 	@$(SERVICES) start
 
@@ -105,4 +140,4 @@ bench: venv
 		else echo "bench_delivery: not available yet"; fi
 
 clean:
-	rm -rf $(TEST_VAR_DIR) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(TEST_VAR_DIR) .pytest_cache .mypy_cache .ruff_cache build dist

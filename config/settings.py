@@ -151,10 +151,20 @@ CONTENT_SECURITY_POLICY = {
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 
+# The project's templates: `templates/` beside the apps in a checkout; an installed wheel
+# carries the same folder inside the config package (pyproject.toml's force-include).
+TEMPLATES_DIR = next(
+    (
+        d
+        for d in (BASE_DIR / "templates", Path(__file__).resolve().parent / "templates")
+        if d.is_dir()
+    ),
+    BASE_DIR / "templates",
+)
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [TEMPLATES_DIR],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

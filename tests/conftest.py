@@ -68,7 +68,14 @@ def wait_until(
 
 # --- markers --------------------------------------------------------------------------
 
+# `make test-fast` (what CI runs on the Pythons other than the newest) leaves out the tests
+# marked `worker` or `browser`: a test that starts worker processes or Chromium through
+# these fixtures carries its marker whether or not it says so.
+MARKER_OF_FIXTURE = {"celery_process_factory": "worker", "admin_page": "browser"}
 
+
+# First, so that `-m` deselects on the markers added here.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     on_sqlite = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
     skip_postgres = pytest.mark.skip(
@@ -78,6 +85,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reason=f"needs Chromium at {CHROMIUM} (`apt-get install chromium`; make test does it)"
     )
     for item in items:
+        for fixture, marker in MARKER_OF_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker(marker):
+                item.add_marker(marker)
         if on_sqlite and item.get_closest_marker("postgres"):
             item.add_marker(skip_postgres)
         if item.get_closest_marker("browser") and not CHROMIUM.exists():
