@@ -689,14 +689,20 @@ class CampaignAdmin(ListTitledAdmin):
         """The campaign's actions rendered for a chosen profile (`admin_preview`)."""
         return preview_page(self, request, object_id)
 
-    def version_diff_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """Two versions of the campaign side by side (`?old=N&new=M`, version numbers;
-        by default the two newest), for whoever may view the campaign."""
+    def viewable_campaign(self, request: HttpRequest, object_id: str) -> Campaign:
+        """The campaign a page of its own shows (diff, report, preview): 404 when there is
+        none, `PermissionDenied` unless the user may view it."""
         campaign = self.get_object(request, unquote(object_id))
         if campaign is None:
             raise Http404(f"No campaign has the id “{object_id}”.")
         if not self.has_view_or_change_permission(request, campaign):
             raise PermissionDenied
+        return campaign
+
+    def version_diff_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Two versions of the campaign side by side (`?old=N&new=M`, version numbers;
+        by default the two newest), for whoever may view the campaign."""
+        campaign = self.viewable_campaign(request, object_id)
         versions = list(campaign_versions(campaign=campaign))
         by_number = {str(version.number): version for version in versions}
         errors = []
@@ -732,11 +738,7 @@ class CampaignAdmin(ListTitledAdmin):
         status, the report's HTML, and when to ask again (null: nothing more is sent)."""
         if request.method != "GET":
             return HttpResponseNotAllowed(["GET"])
-        campaign = self.get_object(request, unquote(object_id))
-        if campaign is None:
-            raise Http404(f"No campaign has the id “{object_id}”.")
-        if not self.has_view_or_change_permission(request, campaign):
-            raise PermissionDenied
+        campaign = self.viewable_campaign(request, object_id)
         # admin_view already marks it never_cache: each answer is the state of the moment.
         return JsonResponse(
             {

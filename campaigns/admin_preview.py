@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from .models import Campaign, CampaignVersion
@@ -52,13 +51,8 @@ def _messages(error: ValidationError) -> list[str]:
 
 def preview_page(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponse:
     """The preview page, for whoever may view the campaign and profiles."""
-    campaign: Campaign | None = model_admin.get_object(request, unquote(object_id))
-    if campaign is None:
-        raise Http404(f"No campaign has the id “{object_id}”.")
-    if not (
-        model_admin.has_view_or_change_permission(request, campaign)
-        and request.user.has_perms(PREVIEW_PERMISSIONS)
-    ):
+    campaign: Campaign = model_admin.viewable_campaign(request, object_id)
+    if not request.user.has_perms(PREVIEW_PERMISSIONS):
         raise PermissionDenied
     errors: list[str] = []
     versions = list(campaign_versions(campaign=campaign))
