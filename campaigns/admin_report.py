@@ -11,7 +11,6 @@ figures it draws are also given as a table.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import Any
 
 from django.http import HttpRequest
@@ -25,7 +24,7 @@ from config.formats import short_datetime
 
 from .choices import CampaignStatus, DeliveryReason, DeliveryStatus, ExecutionStatus
 from .models import Campaign
-from .selectors import DELIVERY_VIEW_PERMISSIONS, campaign_report
+from .selectors import DELIVERY_VIEW_PERMISSIONS, campaign_report, progress_percent
 
 # While the campaign is in one of these statuses the page refreshes its report after this
 # many milliseconds; in any other status nothing more will be sent and it stops asking.
@@ -172,7 +171,7 @@ def _channel_rows(
                 "label": CHANNEL_LABELS.get(channel, channel),
                 "total": total,
                 "done": done,
-                "percent": math.floor(100 * done / total) if total else 0,
+                "percent": progress_percent(done, total),
                 **{str(status): figures[status] for status in DeliveryStatus.values},
                 "links": {
                     str(status): f"{link}&status={status}" if link else None

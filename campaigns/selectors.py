@@ -800,6 +800,12 @@ DASHBOARD_LIVE_SHOWN = 10
 DASHBOARD_TRANSITIONS_SHOWN = 10
 
 
+def progress_percent(done: int, total: int) -> int:
+    """How far `done` of `total` deliveries got, in whole percent (rounded down: 100 only
+    when all are done); 0 when there are none."""
+    return 100 * done // total if total else 0
+
+
 def campaign_dashboard() -> dict[str, Any]:
     """What the admin home shows of the campaigns, in four queries however many there are:
     `{"by_status": [(status, label, count)], "live": [campaign with delivery_done,
@@ -821,7 +827,7 @@ def campaign_dashboard() -> dict[str, Any]:
     )
     for campaign in live:
         done, total = campaign.delivery_done, campaign.delivery_total
-        campaign.progress_percent = int(100 * done / total) if total else 0
+        campaign.progress_percent = progress_percent(done, total)
     transitions = list(
         CampaignTransition.objects.select_related("campaign", "by", "version")[
             :DASHBOARD_TRANSITIONS_SHOWN
