@@ -777,6 +777,11 @@ def _delivery_policy() -> RetryPolicy:
     )
 
 
+def render_error_text(error: RenderError) -> str:
+    """What a delivery (and a preview) says when its content cannot be rendered."""
+    return f"Cannot render: {error}"
+
+
 class _ActionSender:
     """Sends the chunks of one action's batch: what every recipient shares is worked out
     once, and the provider's connection stays open across the chunks.
@@ -875,7 +880,7 @@ class _ActionSender:
             try:
                 decided = self._prepare_one(row)
             except RenderError as error:
-                text = f"Cannot render: {error}"
+                text = render_error_text(error)
                 decided = _Outcome(row.delivery_id, D.FAILED, text, reason=R.RENDER_ERROR)
             except Exception as error:  # this recipient's failure, never the batch's
                 text = f"Cannot prepare the message: {type(error).__name__}: {error}"

@@ -33,7 +33,7 @@ from segments.models import Profile
 from segments.selectors import profile_attribute_keys, profile_list
 
 from .choices import DeliveryStatus
-from .delivery import PROFILE_VALUES, _ActionSender, _Due
+from .delivery import PROFILE_VALUES, _ActionSender, _Due, render_error_text
 from .models import Campaign, CampaignVersion, ChannelAction
 from .selectors import DELIVERY_VIEW_PERMISSIONS
 
@@ -206,7 +206,7 @@ def _preview_action(
     try:
         subject, body = sender.render(profile_context(row))
     except RenderError as error:
-        shown.error = f"Cannot render: {error}"
+        shown.error = render_error_text(error)
         return shown
     message = OutboundMessage(
         delivery_id=PREVIEW_DELIVERY_ID, channel=action.channel, to="", subject=subject, body=body
