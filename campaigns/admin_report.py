@@ -63,10 +63,10 @@ def _nice_ceiling(value: int) -> int:
     if value <= 1:
         return 1
     power = 10 ** (len(str(value)) - 1)
-    for step in (1, 2, 5, 10):
+    for step in (1, 2, 5):
         if step * power >= value:
             return step * power
-    return 10 * power  # pragma: no cover - the loop always returns
+    return 10 * power
 
 
 def _short_time(at: dt.datetime, *, with_date: bool) -> str:
