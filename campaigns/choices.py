@@ -81,3 +81,35 @@ class DeliveryReason(models.TextChoices):
     PROVIDER_REFUSED = "provider_refused", "Refused by the provider"
     PROVIDER_ERROR = "provider_error", "Provider error, retrying"
     GAVE_UP = "gave_up", "Gave up after the maximum attempts"
+
+
+class CheckLevel(models.TextChoices):
+    """How much a review check weighs: an error blocks activation; a warning needs to be
+    acknowledged by its code."""
+
+    ERROR = "error", "Error"
+    WARNING = "warning", "Warning"
+
+
+class ReviewCode(models.TextChoices):
+    """The review's checks (``campaigns.review``), one stable code each: a client
+    acknowledges a warning by its code at every door."""
+
+    # Errors: the version cannot be activated.
+    NO_DRAFT = "no_draft", "No version to activate"
+    NO_SEGMENT = "no_segment", "No segment"
+    INVALID_RULES = "invalid_rules", "Invalid segment rules"
+    START_IN_PAST = "start_in_past", "Start time in the past"
+    NO_ACTION = "no_action", "No channel action"
+    PRESET_CHANNEL = "preset_channel", "Preset of another channel"
+    PRESET_INCOMPLETE = "preset_incomplete", "Preset without its sender"
+    EMPTY_BODY = "empty_body", "Empty body"
+    MISSING_SUBJECT = "missing_subject", "Email without a subject"
+    TEMPLATE_ERROR = "template_error", "Template error"
+    # Warnings: it can be activated once someone has acknowledged them.
+    EMPTY_AUDIENCE = "empty_audience", "Empty audience"
+    TINY_AUDIENCE = "tiny_audience", "Tiny audience"
+    UNKNOWN_VARIABLE = "unknown_variable", "Variable no profile provides"
+    SMS_SEGMENTS = "sms_segments", "SMS longer than one segment"
+    NO_UNSUBSCRIBE_LINK = "no_unsubscribe_link", "Marketing email without an unsubscribe link"
+    UNKNOWN_RULE_ATTRIBUTE = "unknown_rule_attribute", "Segment rule on an attribute no profile has"

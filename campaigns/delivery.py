@@ -90,7 +90,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Max, Sum
+from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
 from channels import ratelimit
@@ -147,6 +147,33 @@ ADDRESS_FIELD: dict[str, str] = {
     ChannelKind.SMS: "phone",
     ChannelKind.PUSH: "push_token",
 }
+
+
+def consent_column(channel: str, *, campaign_type: str) -> str | None:
+    """The consent column a recipient must have true for this channel: a marketing
+    campaign skips profiles opted out of a channel with consent; a transactional one (a
+    legal notice) sends regardless."""
+    if campaign_type == CampaignType.MARKETING and channel in ConsentChannel.values:
+        return consent_field(channel)
+    return None
+
+
+def reachable_profiles(*, channel: str, campaign_type: str, webhook_url: str = "") -> Q:
+    """The profiles this channel's sends are not skipped for (consent, no address), as one
+    condition the database counts: the rules of ``_ActionSender._prepare_one`` over a
+    whole audience. A webhook goes to the preset's URL, for every profile or none."""
+    condition = Q()
+    consent = consent_column(channel, campaign_type=campaign_type)
+    if consent:
+        condition &= Q(**{consent: True})
+    field = ADDRESS_FIELD.get(channel)
+    if field:
+        condition &= Q(**{f"{field}__isnull": False}) & ~Q(**{field: ""})
+    elif not webhook_url:
+        condition &= Q(pk__isnull=True)  # no profile: a condition every database can count
+    return condition
+
+
 # Columns read per recipient: identity, address, personalisation data and consent.
 PROFILE_VALUES = ("id", *PROFILE_DATA_FIELDS, *CONSENT_FIELDS)
 
@@ -802,9 +829,7 @@ class _ActionSender:
         self.channel = channel
         self.label = action.get_channel_display()
         self.marketing = campaign.type == CampaignType.MARKETING
-        self.consent = (
-            consent_field(channel) if self.marketing and channel in ConsentChannel.values else None
-        )
+        self.consent = consent_column(channel, campaign_type=campaign.type)
         self.opted_out = f"Opted out of {self.label} marketing."
         self.address_field = ADDRESS_FIELD.get(channel)
         self.no_address = f"No {self.label} address."

@@ -1,2 +1,25 @@
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
+
 class CampaignConflict(Exception):
     """The campaign's current state does not allow the operation (HTTP 409 at the API)."""
+
+
+class ActivationRefused(ValidationError):
+    """The review refuses the activation: it has errors, or warnings nobody acknowledged.
+
+    A ``ValidationError`` (400) whose messages are the errors, or else the warnings left
+    to acknowledge, each led by its code; ``review`` is the whole review
+    (``campaigns.review.CampaignReview``) and ``refused`` the checks that refused."""
+
+    def __init__(self, *, review: Any, refused: list[Any]) -> None:
+        self.review = review
+        self.refused = refused
+        errors = [check for check in refused if check.level == "error"]
+        if errors:
+            messages = [check.message for check in errors]
+        else:
+            messages = [f"Acknowledge “{check.code}”: {check.message}" for check in refused]
+        super().__init__(messages, code="activation_refused")

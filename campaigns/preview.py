@@ -35,7 +35,7 @@ from segments.selectors import profile_attribute_keys, profile_list
 from .choices import DeliveryStatus
 from .delivery import PROFILE_VALUES, _ActionSender, _Due, render_error_text
 from .models import Campaign, CampaignVersion, ChannelAction
-from .selectors import DELIVERY_VIEW_PERMISSIONS
+from .selectors import DELIVERY_VIEW_PERMISSIONS, version_actions
 
 # A preview shows a profile's data, as a delivery row does: it takes the same permissions.
 PREVIEW_PERMISSIONS = DELIVERY_VIEW_PERMISSIONS
@@ -216,7 +216,7 @@ def _preview_action(
 
 
 def preview_actions(*, version: CampaignVersion) -> QuerySet[ChannelAction]:
-    return ChannelAction.objects.filter(version=version).select_related("preset").order_by("pk")
+    return version_actions(version=version)
 
 
 def campaign_preview(

@@ -46,8 +46,10 @@ from .choices import (
     DEFAULT_VISIBLE_STATUSES,
     DELIVERY_TERMINAL_STATUSES,
     CampaignStatus,
+    CheckLevel,
     DeliveryStatus,
     ExecutionStatus,
+    ReviewCode,
 )
 from .models import (
     TIMELINE_BUCKET_S,
@@ -273,48 +275,121 @@ def campaign_transitions(*, campaign: Campaign) -> QuerySet[CampaignTransition]:
     return CampaignTransition.objects.filter(campaign=campaign).select_related("by", "version")
 
 
-def version_activation_problems(*, version: CampaignVersion | None, now: dt.datetime) -> list[str]:
-    """Every reason this version cannot be activated now; empty when it can."""
+@dataclass(frozen=True)
+class Check:
+    """One finding of a campaign's review: its weight, stable code, words, and the field
+    it is about (``segment``, ``start_at``, ``actions[1].body``; empty for the whole)."""
+
+    level: str  # CheckLevel
+    code: str  # ReviewCode
+    message: str
+    field: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "level": self.level,
+            "code": self.code,
+            "message": self.message,
+            "field": self.field,
+        }
+
+
+def _error(code: str, message: str, field: str = "") -> Check:
+    return Check(CheckLevel.ERROR, code, message, field)
+
+
+def version_actions(*, version: CampaignVersion) -> QuerySet[ChannelAction]:
+    """The version's actions in the order they were given: ``actions[i]`` at every door."""
+    return ChannelAction.objects.filter(version=version).select_related("preset").order_by("pk")
+
+
+def version_activation_errors(*, version: CampaignVersion | None, now: dt.datetime) -> list[Check]:
+    """Every reason this version cannot be activated now, as review errors; empty when it
+    can."""
     if version is None:
-        return ["There is no draft version to activate."]
-    problems = []
+        return [_error(ReviewCode.NO_DRAFT, "There is no draft version to activate.")]
+    errors = []
     segment = version.segment
     if segment is None:
-        problems.append("Choose a segment: the campaign has no audience.")
+        errors.append(
+            _error(
+                ReviewCode.NO_SEGMENT, "Choose a segment: the campaign has no audience.", "segment"
+            )
+        )
     elif segment.kind == SegmentKind.RULES:
         # A tree stored before today's checks would fail the planning of every batch.
-        problems.extend(
-            f"Segment “{segment.name}”, rules: {message}" for message in rule_errors(segment.rules)
+        errors.extend(
+            _error(
+                ReviewCode.INVALID_RULES, f"Segment “{segment.name}”, rules: {message}", "segment"
+            )
+            for message in rule_errors(segment.rules)
         )
     if version.start_at is not None and version.start_at <= now:
-        problems.append(
-            f"The start time {version.start_at.isoformat()} is in the past; "
-            "choose a future time or leave it empty to start now."
+        errors.append(
+            _error(
+                ReviewCode.START_IN_PAST,
+                f"The start time {version.start_at.isoformat()} is in the past; "
+                "choose a future time or leave it empty to start now.",
+                "start_at",
+            )
         )
-    actions = list(version.actions.select_related("preset"))
+    actions = list(version_actions(version=version))
     if not actions:
-        problems.append("Add at least one channel action.")
-    for action in actions:
+        errors.append(_error(ReviewCode.NO_ACTION, "Add at least one channel action.", "actions"))
+    for index, action in enumerate(actions):
+        where = f"actions[{index}]"
         channel = action.get_channel_display()
         preset = action.preset
         if preset.channel != action.channel:
-            problems.append(
-                f"{channel} action: preset “{preset.name}” is for "
-                f"{preset.get_channel_display()}, not {channel}."
+            errors.append(
+                _error(
+                    ReviewCode.PRESET_CHANNEL,
+                    f"{channel} action: preset “{preset.name}” is for "
+                    f"{preset.get_channel_display()}, not {channel}.",
+                    f"{where}.preset",
+                )
             )
         required = REQUIRED_SENDER_FIELD.get(preset.channel)
         if required and not getattr(preset, required):
-            problems.append(f"{channel} action: preset “{preset.name}” has no {required}.")
+            errors.append(
+                _error(
+                    ReviewCode.PRESET_INCOMPLETE,
+                    f"{channel} action: preset “{preset.name}” has no {required}.",
+                    f"{where}.preset",
+                )
+            )
         if not action.body.strip():
-            problems.append(f"{channel} action: the body is empty.")
+            errors.append(
+                _error(
+                    ReviewCode.EMPTY_BODY, f"{channel} action: the body is empty.", f"{where}.body"
+                )
+            )
         if action.channel == "email" and not action.subject.strip():
-            problems.append(f"{channel} action: an email needs a subject.")
+            errors.append(
+                _error(
+                    ReviewCode.MISSING_SUBJECT,
+                    f"{channel} action: an email needs a subject.",
+                    f"{where}.subject",
+                )
+            )
         try:
             validate_content(subject=action.subject, body=action.body)
         except TemplateContentError as error:
-            for field, messages in error.message_dict.items():
-                problems.extend(f"{channel} action, {field}: {message}" for message in messages)
-    return problems
+            errors.extend(
+                _error(
+                    ReviewCode.TEMPLATE_ERROR,
+                    f"{channel} action, {field}: {message}",
+                    f"{where}.{field}",
+                )
+                for field, messages in error.message_dict.items()
+                for message in messages
+            )
+    return errors
+
+
+def version_activation_problems(*, version: CampaignVersion | None, now: dt.datetime) -> list[str]:
+    """Every reason this version cannot be activated now; empty when it can."""
+    return [check.message for check in version_activation_errors(version=version, now=now)]
 
 
 def _state_allows(campaign: Campaign, name: str) -> bool:

@@ -32,9 +32,10 @@ from segments.models import Segment
 
 from .choices import CampaignStatus, CampaignType
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
-from .exceptions import CampaignConflict
+from .exceptions import ActivationRefused, CampaignConflict
 from .models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
 from .operations import ADD_CAMPAIGN, CHANGE_CAMPAIGN, LIFECYCLE, OPERATIONS, VIEW_CAMPAIGN
+from .review import activation_review
 from .selectors import Actor, version_activation_problems
 
 Status = CampaignStatus
@@ -306,16 +307,21 @@ def campaign_delete(*, campaign: Campaign, user: Actor | None) -> None:
 
 
 @transaction.atomic
-def campaign_activate(*, campaign: Campaign, user: Actor | None) -> Campaign:
-    """Draft → Activating (or a running campaign's open draft): the checks run now and again
-    in the activation task, which moves the campaign to Scheduled or Live."""
+def campaign_activate(
+    *, campaign: Campaign, user: Actor | None, acknowledge: Iterable[str] = ()
+) -> Campaign:
+    """Draft → Activating (or a running campaign's open draft), once the review
+    (``campaigns.review``) passes: no error, and every warning's code in `acknowledge`;
+    else ``ActivationRefused`` (400) naming what refused. The errors are checked again in
+    the activation task, which moves the campaign to Scheduled or Live."""
     _require_operation(user, "activate")
     campaign = _lock(campaign)
     if not can_proceed(campaign.activate):
         raise _refuse(campaign, "activate")
-    problems = version_activation_problems(version=campaign.draft_version, now=timezone.now())
-    if problems:
-        raise ValidationError(problems)
+    review = activation_review(campaign=campaign, sample=False)
+    refused = review.errors or review.unacknowledged(frozenset(acknowledge))
+    if refused:
+        raise ActivationRefused(review=review, refused=refused)
     _transition(campaign, "activate", user=user, version=campaign.draft_version)
 
     from .tasks import campaign_activation_task

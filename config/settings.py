@@ -329,6 +329,11 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --- Review before activation (issue 11) ---------------------------------------------
+# A campaign reaching fewer profiles than this asks for an acknowledgement of the
+# "tiny_audience" warning before it activates (a test list sent by mistake); 0: never.
+SALVO_REVIEW_TINY_AUDIENCE = env.int("SALVO_REVIEW_TINY_AUDIENCE", default=10)
+
 # --- Delivery (issue 4) ---------------------------------------------------------------
 # Recipients per batch task (Celery moves a few hundred tasks/s, so a task carries hundreds),
 # batches kept queued per action (a bounded window, not the whole audience at once), profile

@@ -56,7 +56,7 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -392,6 +392,28 @@ def rule_errors(tree: Node) -> list[str]:
     walk = _Walk(errors=[])
     _check(tree, "", 0, walk)
     return walk.errors
+
+
+def rule_conditions(tree: Node) -> Iterator[tuple[str, FieldRef]]:
+    """Every condition of a valid tree with the field it names, as ``(path, field)``:
+    ``("all[1].any[0]", FieldRef("attribute", "age", ("age",)))``."""
+
+    def walk(node: Node, path: str) -> Iterator[tuple[str, FieldRef]]:
+        if not isinstance(node, dict) or not node:
+            return
+        for key in ("all", "any"):
+            if isinstance(node.get(key), list):
+                for index, item in enumerate(node[key]):
+                    yield from walk(item, f"{_where(path, key)}[{index}]")
+                return
+        if "not" in node:
+            yield from walk(node["not"], _where(path, "not"))
+            return
+        field = parse_field(node.get("field"))
+        if isinstance(field, FieldRef):
+            yield path or "rules", field
+
+    return walk(tree, "")
 
 
 def validate_rules(tree: Node) -> None:

@@ -22,10 +22,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from campaigns import services
 from campaigns.choices import CampaignStatus
 from config.processes import child_process_env
-from tests.campaigns.factories import make_campaign
+from tests.campaigns.factories import activate_acknowledged, make_campaign
 from tests.conftest import BASE_DIR, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(300)]
@@ -140,7 +139,7 @@ def test_a_killed_worker_is_started_again_while_web_answers_and_ctrl_c_stops_all
 
     # The new worker does the work: an activation goes through it.
     campaign = make_campaign()
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     wait_until(
         lambda: campaign.transitions.filter(target=CampaignStatus.LIVE).exists(),
         timeout=60,

@@ -21,7 +21,7 @@ is how content says what to write when a profile lacks a value.
 """
 
 from .budget import RenderBudgetExceeded, RenderError, RenderLimits, render_limits
-from .checks import TemplateContentError, validate_content
+from .checks import TemplateContentError, content_profile_keys, validate_content
 from .profile import PROFILE_FIELDS, profile_context
 from .renderers import content_renderer, render_content, render_html
 from .sandbox import ALLOWED_FILTERS, ALLOWED_TAGS, REFUSED_FILTERS, REFUSED_TAGS
@@ -36,6 +36,7 @@ __all__ = [
     "RenderError",
     "RenderLimits",
     "TemplateContentError",
+    "content_profile_keys",
     "content_renderer",
     "profile_context",
     "render_content",

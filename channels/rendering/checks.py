@@ -54,7 +54,13 @@ from .sandbox import (
     render_in_full,
 )
 
-__all__ = ["ContentProblem", "TemplateContentError", "compiled", "validate_content"]
+__all__ = [
+    "ContentProblem",
+    "TemplateContentError",
+    "compiled",
+    "content_profile_keys",
+    "validate_content",
+]
 
 # How deep blocks may nest ({% if %} in {% for %} in …): real content nests a few levels;
 # Django renders each level a few Python calls deeper, so a few hundred would fail every
@@ -318,3 +324,29 @@ def validate_content(*, subject: str, body: str, html_body: str = "") -> None:
     # The HTML body is a message of its own (render_html); subject and body are one.
     _trial_render([item for item in ready if not item[2]], limits)
     _trial_render([item for item in ready if item[2]], limits)
+
+
+def content_profile_keys(source: str) -> list[str]:
+    """The profile keys the content reads, in the order first met: ``first_name`` for both
+    ``{{ profile.first_name }}`` and ``{{ profile.attributes.first_name }}``, ``email`` for
+    ``{{ profile.email }}``; empty for content that does not compile (``validate_content``
+    says why). Names the template binds itself (``{% for x in … %}``) are not the
+    profile's."""
+    try:
+        template = compiled(source, False)
+    except ContentProblem:
+        return []
+    keys: dict[str, None] = {}
+    for node in _walk(template.nodelist):
+        for expression in _expressions_of(node):
+            for variable in _variables_of(expression, input=True):
+                lookups = variable.lookups or ()
+                if len(lookups) < 2 or lookups[0] != "profile":
+                    continue
+                key = lookups[1]
+                if key == "attributes":
+                    if len(lookups) < 3:
+                        continue
+                    key = lookups[2]
+                keys[key] = None
+    return list(keys)

@@ -20,6 +20,7 @@ from channels.models import MessagePreset
 from segments.models import Segment
 from tests.campaigns.doors import ADD, add_data, change_data, change_url
 from tests.campaigns.factories import (
+    activate_acknowledged,
     make_campaign,
     make_live_campaign,
     make_scheduled_campaign,
@@ -78,7 +79,7 @@ def one_of_each() -> dict[str, Campaign]:
     completed = make_live_campaign(name="Completed one")
     services.campaign_complete(campaign=completed)
     activating = make_campaign(name="Activating one")
-    services.campaign_activate(campaign=activating, user=None)
+    activate_acknowledged(campaign=activating)
     made = {
         Status.DRAFT: make_campaign(name="Draft one"),
         Status.ACTIVATING: activating,
@@ -469,7 +470,7 @@ def test_form_is_read_only_without_an_editable_draft(admin_client, one_of_each, 
 def test_saving_a_page_whose_draft_was_activated_meanwhile(admin_client):
     campaign = make_campaign(name="Raced")
     data = change_data(campaign, name="Too late")
-    services.campaign_activate(campaign=campaign, user=None)  # another marketer, meanwhile
+    activate_acknowledged(campaign=campaign)  # another marketer, meanwhile
 
     response = admin_client.post(change_url(campaign), data, follow=True)
 
@@ -511,7 +512,7 @@ def test_change_page_shows_running_version_versions_and_log(admin_client):
 
 def test_activation_error_is_shown_prominently(admin_client):
     campaign = make_campaign(name="Will fail")
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     # The segment vanishes between the request and the activation task.
     CampaignVersion.objects.filter(campaign=campaign, number=1).update(segment=None)
     services.campaign_activation_complete(campaign_id=campaign.pk)

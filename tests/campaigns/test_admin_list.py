@@ -20,7 +20,13 @@ from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign
 from channels.models import MessagePreset
 from tests.campaigns.delivery_support import drive, make_segment, plan
-from tests.campaigns.factories import email_action, make_campaign, make_live_campaign, sms_action
+from tests.campaigns.factories import (
+    activate_acknowledged,
+    email_action,
+    make_campaign,
+    make_live_campaign,
+    sms_action,
+)
 from tests.campaigns.test_admin import _changelist_queries
 from tests.segments.factories import ProfileFactory
 from tests.settings_loader import refusal
@@ -88,7 +94,7 @@ def build_scenario() -> Scenario:
         segment=group_segment("broken", good=1),
         actions=[email_action(preset=preset)],
     )
-    services.campaign_activate(campaign=broken, user=None)
+    activate_acknowledged(campaign=broken)
     MessagePreset.objects.filter(pk=preset.pk).update(from_email="")
     broken = services.campaign_activation_complete(campaign_id=broken.pk)
     assert broken.status == Status.DRAFT
@@ -326,7 +332,7 @@ def _campaigns_with_figures(count: int) -> int:
         elif kind == 2:
             preset: MessagePreset = email_action()["preset"]
             broken = make_campaign(actions=[email_action(preset=preset)])
-            services.campaign_activate(campaign=broken, user=None)
+            activate_acknowledged(campaign=broken)
             MessagePreset.objects.filter(pk=preset.pk).update(from_email="")
             services.campaign_activation_complete(campaign_id=broken.pk)
         else:

@@ -16,7 +16,13 @@ from campaigns.models import Campaign
 from channels.models import MessagePreset
 from channels.sinks import RunningSinks
 from tests.campaigns.delivery_support import plan, send_all
-from tests.campaigns.factories import email_action, make_campaign, make_live_campaign, sms_action
+from tests.campaigns.factories import (
+    activate_acknowledged,
+    email_action,
+    make_campaign,
+    make_live_campaign,
+    sms_action,
+)
 from tests.segments.factories import ProfileFactory, SegmentFactory
 
 Status = CampaignStatus
@@ -28,7 +34,7 @@ def activation_failed(name: str) -> Campaign:
     """A campaign whose preset lost its sender address while its activation waited."""
     preset: MessagePreset = email_action()["preset"]
     campaign = make_campaign(name=name, actions=[email_action(preset=preset)])
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     MessagePreset.objects.filter(pk=preset.pk).update(from_email="")
     return services.campaign_activation_complete(campaign_id=campaign.pk)
 

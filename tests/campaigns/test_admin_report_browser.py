@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from campaigns import services
 from campaigns.choices import CampaignStatus, DeliveryReason
 from tests.campaigns.delivery_support import (
     make_profile,
@@ -16,7 +15,7 @@ from tests.campaigns.delivery_support import (
     wait_for_status,
 )
 from tests.campaigns.doors import change_url
-from tests.campaigns.factories import email_action, make_campaign, sms_action
+from tests.campaigns.factories import activate_acknowledged, email_action, make_campaign, sms_action
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import ProfileFactory
 
@@ -46,7 +45,7 @@ def test_the_report_refreshes_by_itself_from_live_to_completed(
     )
 
     with sinks_and_worker(celery_process_factory):
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
         wait_for_status(campaign, CampaignStatus.LIVE)
         page.goto(f"{live_server.url}{change_url(campaign)}")
         # A mark the page keeps only if it is never reloaded.

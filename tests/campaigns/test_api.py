@@ -17,6 +17,7 @@ from campaigns.choices import CampaignStatus as Status
 from campaigns.models import Campaign
 from tests.campaigns.doors import create_payload, url
 from tests.campaigns.factories import (
+    activate_acknowledged,
     email_action,
     make_campaign,
     make_campaign_in_status,
@@ -585,7 +586,7 @@ def test_versions_and_transitions_are_paginated_like_every_list(
     campaign = make_live_campaign()
     for _ in range(3):  # three new versions, each activated in turn
         services.campaign_modify(campaign=campaign, user=None)
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
         services.campaign_activation_complete(campaign_id=campaign.pk)
     monkeypatch.setattr(PageNumberPagination, "page_size", 2)
 

@@ -33,6 +33,7 @@ from campaigns.choices import CampaignStatus as Status
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign, CampaignVersion, Execution
 from tests.campaigns.factories import (
+    activate_acknowledged,
     make_campaign,
     make_campaign_in_status,
     make_live_campaign,
@@ -121,7 +122,7 @@ def stop(campaign: Campaign) -> Contender:
 
 
 def activate(campaign: Campaign) -> Contender:
-    return Contender("activate", lambda: services.campaign_activate(campaign=campaign, user=None))
+    return Contender("activate", lambda: activate_acknowledged(campaign=campaign))
 
 
 def activation_task(campaign: Campaign) -> Contender:

@@ -11,11 +11,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
-from campaigns import services
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign, ChannelAction
 from tests.campaigns.doors import ADD, add_data, change_data, change_url, create_payload, url
-from tests.campaigns.factories import make_campaign, sms_action
+from tests.campaigns.factories import activate_acknowledged, make_campaign, sms_action
 from tests.campaigns.lifecycle import snapshot
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import SegmentFactory
@@ -177,7 +176,7 @@ def test_activation_checks_refuse_stored_content(settings):
     campaign = stored_with('{{ profile.email|ljust:"50000000" }}')
 
     with pytest.raises(ValidationError) as error:
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
     assert any(
         "SMS action, body: " in m and "SALVO_RENDER_MAX_CHARS" in m for m in error.value.messages

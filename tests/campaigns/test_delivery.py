@@ -23,7 +23,13 @@ from tests.campaigns.delivery_support import (
     send_all,
     time_passes,
 )
-from tests.campaigns.factories import email_action, make_campaign, make_live_campaign, sms_action
+from tests.campaigns.factories import (
+    activate_acknowledged,
+    email_action,
+    make_campaign,
+    make_live_campaign,
+    sms_action,
+)
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import ProfileFactory
 
@@ -51,7 +57,7 @@ def test_activation_refuses_unsafe_or_broken_content(body, expected):
     ChannelAction.objects.filter(version__campaign=campaign).update(body=body)
 
     with pytest.raises(ValidationError) as error:
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
     assert any("SMS action, body" in m and expected in m for m in error.value.messages)
     campaign.refresh_from_db()

@@ -4,7 +4,7 @@ campaign goes on and completes."""
 import pytest
 from django.db import connection
 
-from campaigns import selectors, services
+from campaigns import selectors
 from campaigns.choices import CampaignStatus, DeliveryReason, DeliveryStatus
 from campaigns.models import Delivery
 from segments.models import Profile
@@ -14,7 +14,7 @@ from tests.campaigns.delivery_support import (
     sinks_and_worker,
     wait_for_status,
 )
-from tests.campaigns.factories import make_campaign, sms_action
+from tests.campaigns.factories import activate_acknowledged, make_campaign, sms_action
 from tests.segments.factories import ProfileFactory
 
 Status = CampaignStatus
@@ -58,7 +58,7 @@ def test_profiles_whose_data_cannot_be_read_or_walked_fail_alone(celery_process_
 
     with sinks_and_worker(celery_process_factory) as (sink, _, _):
         campaign = make_campaign(actions=[sms_action(body="Hi {{ profile.external_id }}")])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
         wait_for_status(campaign, Status.COMPLETED)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from campaigns import selectors, services
+from campaigns import selectors
 from campaigns.choices import CampaignStatus as Status
 from channels.sinks import running_sinks
 from tests.campaigns.delivery_support import SMALL_BATCHES, expected_report, wait_for_status
-from tests.campaigns.factories import make_campaign, push_action, sms_action
+from tests.campaigns.factories import activate_acknowledged, make_campaign, push_action, sms_action
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import ProfileFactory
 
@@ -64,7 +64,7 @@ def test_two_workers_keep_a_presets_rate_between_them_and_push_goes_out_beside(
                 push_action(preset=app, subject="Sale", body="Now on"),
             ]
         )
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
         wait_for_status(campaign, Status.COMPLETED, timeout=180)
         texts, pushes = sink.received("sms"), sink.received("push")

@@ -37,7 +37,13 @@ from tests.campaigns.delivery_support import (
     time_passes,
     wait_for_status,
 )
-from tests.campaigns.factories import email_action, make_campaign, make_live_campaign, sms_action
+from tests.campaigns.factories import (
+    activate_acknowledged,
+    email_action,
+    make_campaign,
+    make_live_campaign,
+    sms_action,
+)
 from tests.conftest import wait_until
 from tests.segments.factories import ProfileFactory
 
@@ -219,7 +225,7 @@ def test_the_batches_queued_never_exceed_the_window():
     take_queued_tasks()  # whatever earlier tests left behind
     with running_sinks() as sink, override_settings(**sink.provider_settings(email_api=True)):
         campaign = make_campaign(actions=[email_action(), sms_action()])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
         waiting = take_queued_tasks()
         most_waiting = Counter[int]()
@@ -259,7 +265,7 @@ def lose_every_queued_message() -> None:
 def planned_before_any_worker(campaign: Campaign) -> Execution:
     """Make the campaign Live and plan its audience in this process, before any worker
     runs: the batches that planning handed out wait in the broker."""
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     services.campaign_activation_complete(campaign_id=campaign.pk)
     execution = plan(campaign)
     assert execution.dispatched_through > 0
@@ -289,7 +295,7 @@ def test_an_execution_whose_task_messages_were_lost_resumes(celery_process_facto
 def test_an_activation_whose_task_message_was_lost_is_sent_again(celery_process_factory):
     profiles = ProfileFactory.create_batch(5)
     campaign = make_campaign(actions=[sms_action()])
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     lose_every_queued_message()
 
     with sinks_and_worker(

@@ -20,7 +20,7 @@ from campaigns.models import Campaign, Execution
 from campaigns.tasks import campaign_activation_task
 from segments.models import Segment
 from tests.campaigns.delivery_support import make_segment, sinks_and_worker
-from tests.campaigns.factories import make_campaign, sms_action
+from tests.campaigns.factories import activate_acknowledged, make_campaign, sms_action
 from tests.conftest import wait_until
 from tests.segments.factories import ProfileFactory
 
@@ -49,7 +49,7 @@ def test_a_planning_step_that_keeps_failing_stops_and_shows_its_error(
     campaign = make_campaign(segment=segment, actions=[sms_action()])
     # Live before any worker runs: the planning task waits in the queue; then the
     # segment's stored rules break, and every planning attempt raises.
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     services.campaign_activation_complete(campaign_id=campaign.pk)
     corrupt_rules(segment)
     execution = Execution.objects.get(campaign=campaign)
@@ -137,7 +137,7 @@ def executions_refused_by_the_database() -> Iterator[str]:
 @override_settings(SALVO_STEP_MAX_ATTEMPTS=3)
 def test_an_activation_that_keeps_failing_fails_with_its_error_instead_of_looping(admin_client):
     campaign = make_campaign()
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
 
     with executions_refused_by_the_database() as message:
         # Run in this process: each retry runs at once instead of after its back-off.
@@ -184,9 +184,9 @@ def test_a_lost_activation_is_sent_again_a_bounded_number_of_times(
     django_capture_on_commit_callbacks,
 ):
     lost = make_campaign()
-    services.campaign_activate(campaign=lost, user=None)
+    activate_acknowledged(campaign=lost)
     recent = make_campaign()
-    services.campaign_activate(campaign=recent, user=None)
+    activate_acknowledged(campaign=recent)
     age(lost, minutes=5)
     stale = dt.timedelta(minutes=1)
 
@@ -217,7 +217,7 @@ def test_a_lost_activation_is_sent_again_a_bounded_number_of_times(
 @override_settings(SALVO_STEP_MAX_ATTEMPTS=3)
 def test_an_activation_that_fails_once_and_then_succeeds_shows_no_error():
     campaign = make_campaign()
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     services.campaign_activation_failed(
         campaign_id=campaign.pk, error=ConnectionError("the database went away")
     )
@@ -234,7 +234,7 @@ def test_an_activation_that_fails_once_and_then_succeeds_shows_no_error():
 @override_settings(SALVO_STEP_MAX_ATTEMPTS=2)
 def test_an_activation_given_up_on_shows_the_last_error_it_met():
     campaign = make_campaign()
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     retry_in = services.campaign_activation_failed(
         campaign_id=campaign.pk, error=ConnectionError("the database went away")
     )

@@ -20,7 +20,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from campaigns import selectors, services
+from campaigns import selectors
 from campaigns.choices import CampaignStatus, ExecutionStatus
 from campaigns.models import Campaign, Execution
 from channels.sinks import RunningSinks
@@ -30,7 +30,7 @@ from tests.campaigns.delivery_support import (
     sent_delivery_ids,
     sinks_and_worker,
 )
-from tests.campaigns.factories import make_campaign, sms_action
+from tests.campaigns.factories import activate_acknowledged, make_campaign, sms_action
 from tests.conftest import wait_until
 from tests.segments.factories import ProfileFactory
 
@@ -117,7 +117,7 @@ def test_stop_does_not_wait_for_a_slow_provider_beyond_its_timeout(
         slow_s=12,
     ) as (sink, _, _):
         campaign = make_campaign(actions=[sms_action()])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
         seen = stop_and_edit(api_client, campaign, sink, after=5)
 
@@ -153,7 +153,7 @@ def test_stop_does_not_wait_for_a_slow_template_and_the_chunk_it_renders_is_not_
         },
     ) as (sink, _, _):
         campaign = make_campaign(actions=[sms_action(body=SLOW_BODY)])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
         stop_and_edit(api_client, campaign, sink, after=20)
 
@@ -174,7 +174,7 @@ def test_stop_is_not_starved_by_chunks_that_keep_starting(celery_process_factory
         _,
     ):
         campaign = make_campaign(actions=[sms_action()])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
         seen = stop_and_edit(api_client, campaign, sink, after=20)
 

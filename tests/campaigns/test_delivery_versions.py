@@ -17,7 +17,7 @@ from campaigns import selectors, services
 from campaigns.choices import CampaignStatus as Status
 from campaigns.models import Campaign, Delivery
 from tests.campaigns.delivery_support import SMALL_BATCHES, sinks_and_worker, wait_for_status
-from tests.campaigns.factories import make_campaign, sms_action
+from tests.campaigns.factories import activate_acknowledged, make_campaign, sms_action
 from tests.channels.factories import MessagePresetFactory
 from tests.conftest import wait_until
 from tests.segments.factories import ProfileFactory
@@ -46,7 +46,7 @@ def test_pending_deliveries_go_out_with_the_version_activated_mid_send(celery_pr
     with sinks_and_worker(celery_process_factory, env=DELIVERY_ENV) as (sink, _, _):
         limited = MessagePresetFactory(channel="sms", rate_limit_per_second=RATE_PER_S)
         campaign = make_campaign(actions=[sms_action(preset=limited, body=FIRST_BODY)])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
         sink.wait_for(6, channel="sms", timeout=120)
 
         services.campaign_modify(campaign=campaign, user=None)
@@ -55,7 +55,7 @@ def test_pending_deliveries_go_out_with_the_version_activated_mid_send(celery_pr
             user=None,
             data={"actions": [{"channel": "sms", "preset": limited, "body": SECOND_BODY}]},
         )
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
         # The activation has committed by the time this process sees version 2 running.
         wait_until(
             lambda: live_version_number(campaign) == 2,

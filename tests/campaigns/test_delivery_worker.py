@@ -26,7 +26,13 @@ from tests.campaigns.delivery_support import (
     sinks_and_worker,
     wait_for_status,
 )
-from tests.campaigns.factories import email_action, make_campaign, sms_action, webhook_action
+from tests.campaigns.factories import (
+    activate_acknowledged,
+    email_action,
+    make_campaign,
+    sms_action,
+    webhook_action,
+)
 from tests.channels.factories import MessagePresetFactory
 from tests.conftest import wait_for_workers_idle, wait_until
 from tests.segments.factories import ProfileFactory
@@ -60,7 +66,7 @@ def test_every_channel_reaches_every_eligible_profile_once_and_completes(
                 webhook_action(preset=hook),
             ],
         )
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
         wait_for_status(campaign, Status.COMPLETED)
 
@@ -103,7 +109,7 @@ def test_transactional_campaign_ignores_opt_outs_but_needs_an_address(celery_pro
     no_phone = make_profile(phone="")
     with sinks_and_worker(celery_process_factory) as (sink, _, _):
         campaign = make_campaign(type=CampaignType.TRANSACTIONAL, actions=[sms_action()])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
         wait_for_status(campaign, Status.COMPLETED)
 
@@ -122,7 +128,7 @@ def test_transient_failures_are_retried_then_sent_and_permanent_ones_recorded(
         celery_process_factory, flaky="retry", flaky_times=2, reject="invalid"
     ) as (sink, _, _):
         campaign = make_campaign(actions=[email_action()])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
         wait_for_status(campaign, Status.COMPLETED)
 
@@ -183,7 +189,7 @@ def test_workers_killed_with_a_chunk_in_flight_lose_nothing_and_the_provider_dro
     ) as (sink, first, env):
         hook = MessagePresetFactory(channel="webhook", webhook_url=sink.webhook_url)
         campaign = make_campaign(actions=[webhook_action(preset=hook, body="{{ profile.email }}")])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
         sink.wait_for(KILL_CHUNK, channel="webhook", timeout=60)
 
         _kill_with_a_chunk_in_flight(sink, campaign, first)
@@ -212,7 +218,7 @@ def test_stop_mid_campaign_sends_nothing_after_it_commits(celery_process_factory
     ProfileFactory.create_batch(200)
     with sinks_and_worker(celery_process_factory, slow=r"\+33", slow_s=0.2) as (sink, worker, _):
         campaign = make_campaign(actions=[sms_action()])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
         sink.wait_for(10)
         # Planning has gone past the first batch, so rows wait beyond what was sent.
         wait_until(
@@ -254,7 +260,7 @@ def test_two_workers_share_the_work_without_duplicates(celery_process_factory):
         for name in ("worker-a", "worker-b"):
             celery_process_factory("worker", extra_env={**env, "SALVO_SMS_API_KEY": name})
         campaign = make_campaign(actions=[email_action(), sms_action()])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
 
         wait_for_status(campaign, Status.COMPLETED)
 
@@ -301,7 +307,7 @@ def test_a_graceful_stop_mid_send_sends_nothing_twice_and_the_rest_resumes_at_on
         worker = celery_process_factory("worker", extra_env=env)
         hook = MessagePresetFactory(channel="webhook", webhook_url=sink.webhook_url)
         campaign = make_campaign(actions=[webhook_action(preset=hook, body="{{ profile.email }}")])
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
         sink.wait_for(3 * STOP_CHUNK, channel="webhook", timeout=60)
 
         received_at_signal = len(sink.attempts("webhook"))

@@ -11,11 +11,10 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from campaigns import services
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign, CampaignVersion, ChannelAction
 from tests.campaigns.delivery_support import wait_for_status
-from tests.campaigns.factories import make_campaign
+from tests.campaigns.factories import activate_acknowledged, make_campaign
 from tests.conftest import CeleryProcess, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(120)]
@@ -32,7 +31,7 @@ def _reached(campaign: Campaign, status: str) -> bool:
 def test_activate_now_goes_live_through_the_worker(celery_worker_process: CeleryProcess):
     campaign = make_campaign()
 
-    activating = services.campaign_activate(campaign=campaign, user=None)
+    activating = activate_acknowledged(campaign=campaign)
 
     assert activating.status == Status.ACTIVATING
     wait_until(lambda: _reached(campaign, Status.LIVE), message="campaign never went Live")
@@ -51,7 +50,7 @@ def test_scheduled_campaign_goes_live_at_its_start_time(
     # Far enough ahead that no worker, however slow, activates it after its start time.
     campaign = make_campaign(start_at=timezone.now() + dt.timedelta(hours=1))
 
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
 
     wait_until(lambda: _reached(campaign, Status.SCHEDULED), message="never Scheduled")
     assert not _reached(campaign, Status.LIVE)
@@ -80,7 +79,7 @@ def test_activation_that_fails_its_recheck_returns_to_draft_with_the_reason(
 
     # The task runs once this transaction commits, so it sees a version without actions.
     with transaction.atomic():
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
         ChannelAction.objects.filter(version__campaign=campaign).delete()
 
     wait_for_status(campaign, Status.DRAFT)

@@ -29,6 +29,7 @@ from tests.campaigns.delivery_support import (
     send_all,
 )
 from tests.campaigns.factories import (
+    activate_acknowledged,
     email_action,
     make_live_campaign,
     push_action,
@@ -137,7 +138,7 @@ def test_a_version_activated_midway_sends_what_is_left_and_skips_a_removed_chann
         user=None,
         data={"actions": [sms_action(body="new text {{ profile.external_id }}")]},
     )
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     services.campaign_activation_complete(campaign_id=campaign.pk)
     send_all(execution)
     delivery.execution_complete_if_done(execution_id=execution.pk)

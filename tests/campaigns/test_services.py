@@ -15,6 +15,7 @@ from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign, CampaignTransition, CampaignVersion
 from campaigns.operations import LIFECYCLE
 from tests.campaigns.factories import (
+    activate_acknowledged,
     email_action,
     make_campaign,
     make_campaign_in_status,
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.django_db
 
 def operation(name: str) -> Callable[[Campaign], object]:
     return {
-        "activate": lambda c: services.campaign_activate(campaign=c, user=None),
+        "activate": lambda c: activate_acknowledged(campaign=c),
         "stop": lambda c: services.campaign_stop(campaign=c, user=None),
         "archive": lambda c: services.campaign_archive(campaign=c, user=None),
         "modify": lambda c: services.campaign_modify(campaign=c, user=None),
@@ -156,7 +157,7 @@ def test_duplicate_name_is_refused():
 def test_activation_lists_every_failed_check_and_changes_nothing():
     campaign = make_campaign(segment=None, actions=[])
     with pytest.raises(ValidationError) as error:
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
     messages = error.value.messages
     assert any("segment" in m for m in messages)
     assert any("at least one channel action" in m for m in messages)
@@ -166,14 +167,14 @@ def test_activation_lists_every_failed_check_and_changes_nothing():
 def test_activation_checks_action_content():
     campaign = make_campaign(actions=[email_action(subject="", body=" ")])
     with pytest.raises(ValidationError) as error:
-        services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
     assert "Email action: the body is empty." in error.value.messages
     assert "Email action: an email needs a subject." in error.value.messages
 
 
 def test_activation_goes_live_now_and_freezes_the_version():
     campaign = make_campaign()
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     assert Campaign.objects.get(pk=campaign.pk).status == Status.ACTIVATING
 
     campaign = services.campaign_activation_complete(campaign_id=campaign.pk)
@@ -206,7 +207,7 @@ def test_a_start_time_that_passes_while_the_activation_waits_starts_the_campaign
     ahead then, and passed while the activation task waited in the queue, goes Live at once
     instead of being refused as "in the past"."""
     campaign = make_campaign(start_at=timezone.now() + dt.timedelta(hours=1))
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     # As if the task had waited two hours: asked an hour before the start, run an hour after.
     asked_at = timezone.now() - dt.timedelta(hours=2)
     CampaignTransition.objects.filter(campaign=campaign, name="activate").update(at=asked_at)
@@ -231,7 +232,7 @@ def test_activation_task_is_idempotent():
 
 def test_failed_recheck_returns_a_draft_to_draft_with_the_reason():
     campaign = make_campaign()
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     campaign.draft_version.actions.all().delete()  # changed behind the activation's back
 
     campaign = services.campaign_activation_complete(campaign_id=campaign.pk)
@@ -243,14 +244,14 @@ def test_failed_recheck_returns_a_draft_to_draft_with_the_reason():
     campaign.draft_version.actions.create(
         channel="email", preset=MessagePresetFactory(), subject="Hi", body="Hello"
     )
-    campaign = services.campaign_activate(campaign=campaign, user=None)
+    campaign = activate_acknowledged(campaign=campaign)
     assert campaign.activation_error == ""
 
 
 def test_failed_reactivation_of_a_live_campaign_keeps_it_live_with_its_draft():
     campaign = make_live_campaign()
     draft = services.campaign_modify(campaign=campaign, user=None)
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     draft.actions.all().delete()
 
     campaign = services.campaign_activation_complete(campaign_id=campaign.pk)
@@ -280,7 +281,7 @@ def test_modify_opens_a_copy_and_activating_it_replaces_the_running_version():
     # The running version did not move.
     assert campaign.live_version.actions.count() == 2
 
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     campaign = services.campaign_activation_complete(campaign_id=campaign.pk)
     assert campaign.status == Status.LIVE
     assert campaign.live_version == draft
@@ -294,7 +295,7 @@ def test_new_version_with_a_future_start_reschedules():
     services.campaign_modify(campaign=campaign, user=None)
     start_at = timezone.now() + dt.timedelta(days=2)
     services.campaign_update(campaign=campaign, user=None, data={"start_at": start_at})
-    services.campaign_activate(campaign=campaign, user=None)
+    activate_acknowledged(campaign=campaign)
     campaign = services.campaign_activation_complete(campaign_id=campaign.pk)
     assert campaign.status == Status.SCHEDULED
     assert campaign.live_version.start_at == start_at
@@ -390,11 +391,11 @@ def test_activate_needs_the_activate_permission():
         User.objects.create_user("editor"), "view_campaign", "change_campaign", "add_campaign"
     )
     with pytest.raises(PermissionDenied, match="activate_campaign"):
-        services.campaign_activate(campaign=campaign, user=editor)
+        activate_acknowledged(campaign=campaign, user=editor)
     assert Campaign.objects.get(pk=campaign.pk).status == Status.DRAFT
 
     marketer = grant(editor, "activate_campaign")
-    services.campaign_activate(campaign=campaign, user=marketer)
+    activate_acknowledged(campaign=campaign, user=marketer)
     assert Campaign.objects.get(pk=campaign.pk).status == Status.ACTIVATING
 
 

@@ -21,12 +21,11 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.urls import reverse
 
-from campaigns import services as campaign_services
 from segments import rules
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 from segments.services import audience_snapshot_create
-from tests.campaigns.factories import make_campaign
+from tests.campaigns.factories import activate_acknowledged, make_campaign
 from tests.segments.factories import ProfileFactory
 from tests.segments.rule_trees import LONGEST, cond
 
@@ -607,7 +606,7 @@ def test_a_campaign_on_a_stored_tree_it_cannot_evaluate_is_not_activated(
     segment, message = stored_before_the_limits
     campaign = make_campaign(segment=segment)
     with pytest.raises(ValidationError) as refused:
-        campaign_services.campaign_activate(campaign=campaign, user=None)
+        activate_acknowledged(campaign=campaign)
     assert any(message in problem for problem in refused.value.messages)
     campaign.refresh_from_db()
     assert campaign.status == "draft"

@@ -1,0 +1,330 @@
+"""The review of a campaign's version before it is activated: whom each channel reaches,
+when it starts, how long sending takes, what a sample recipient gets, and the checks.
+
+Every door shows this one review (the admin's review page, ``GET /api/campaigns/{id}/
+review/``, ``manage.py campaign review``) and ``campaign_activate`` enforces it: **errors**
+(``selectors.version_activation_errors``, the conditions the activation task checks
+again) block activation; **warnings** must be acknowledged by their code
+(``ReviewCode``), so that nobody sends to nobody, or a blank first name to everyone,
+without having been told.
+
+Nothing here restates the delivery engine's rules: the reach counts the audience with the
+engine's own condition per channel (``delivery.reachable_profiles``: consent, address) in
+one aggregate query, the sample is rendered by the preview (which runs the engine's
+sender), and an SMS is measured as the preview measures it (``channels.sms``). The cost is
+a fixed number of queries whatever the size of the audience or the number of actions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from channels.choices import ChannelKind
+from channels.rendering import PROFILE_FIELDS, content_profile_keys
+from channels.sms import sms_segments
+from config.permissions import require_perms
+from segments.models import Profile
+from segments.rules import RuleError, rule_conditions
+from segments.selectors import profile_attribute_keys, segment_profiles
+from segments.unsubscribe import unsubscribe_links
+
+from .choices import CampaignType, CheckLevel, ReviewCode
+from .delivery import reachable_profiles
+from .models import Campaign, CampaignVersion, ChannelAction
+from .operations import VIEW_CAMPAIGN
+from .preview import CampaignPreview, campaign_preview
+from .selectors import Actor, Check, version_actions, version_activation_errors
+
+__all__ = [
+    "CampaignReview",
+    "ChannelReach",
+    "Check",
+    "activation_review",
+    "campaign_review",
+    "tiny_audience",
+]
+
+# The profile fields content may read (``{{ profile.email }}``), and the container of the
+# attributes themselves.
+_PROVIDED_KEYS = frozenset({*PROFILE_FIELDS, "attributes"})
+
+
+def tiny_audience() -> int:
+    """An audience of fewer recipients than this is worth a second look
+    (``SALVO_REVIEW_TINY_AUDIENCE``); 0 turns the warning off."""
+    return int(settings.SALVO_REVIEW_TINY_AUDIENCE)
+
+
+@dataclass(frozen=True)
+class ChannelReach:
+    """One action's share of the review: how many profiles it reaches and, at its
+    preset's rate limit, how long sending them takes (None: no limit, as fast as the
+    workers go)."""
+
+    channel: str
+    channel_label: str
+    preset: str
+    reach: int
+    rate_per_s: float | None
+    seconds: float | None
+
+
+@dataclass
+class CampaignReview:
+    """What activating `version` would do. `recipients` counts the profiles at least one
+    channel reaches (the number a confirmation quotes); `audience` the segment's members
+    before any channel's exclusions; `estimate_s` the longest channel's sending time, the
+    channels sending side by side (None when none is rate-limited)."""
+
+    campaign: Campaign
+    version: CampaignVersion | None
+    audience: int
+    recipients: int
+    channels: list[ChannelReach]
+    start_at: dt.datetime | None
+    estimate_s: float | None
+    sample: CampaignPreview | None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def reach(self) -> dict[str, int]:
+        return {shown.channel: shown.reach for shown in self.channels}
+
+    @property
+    def errors(self) -> list[Check]:
+        return [check for check in self.checks if check.level == CheckLevel.ERROR]
+
+    @property
+    def warnings(self) -> list[Check]:
+        return [check for check in self.checks if check.level == CheckLevel.WARNING]
+
+    def unacknowledged(self, acknowledge: set[str] | frozenset[str]) -> list[Check]:
+        """The warnings whose code is not in `acknowledge`."""
+        return [check for check in self.warnings if check.code not in acknowledge]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reach": self.reach,
+            "recipients": self.recipients,
+            "audience": self.audience,
+            "schedule": {"start_at": self.start_at.isoformat() if self.start_at else None},
+            "estimate": {
+                "seconds": self.estimate_s,
+                "by_channel": {
+                    shown.channel: {"rate_per_s": shown.rate_per_s, "seconds": shown.seconds}
+                    for shown in self.channels
+                },
+            },
+            "checks": [check.as_dict() for check in self.checks],
+        }
+
+
+def _warning(code: str, message: str, field: str = "") -> Check:
+    return Check(CheckLevel.WARNING, code, message, field)
+
+
+def _count_reach(
+    campaign: Campaign, version: CampaignVersion, actions: list[ChannelAction]
+) -> tuple[int, int, list[int]]:
+    """(audience, recipients, reach per action), counted by the database in one query."""
+    if version.segment is None:
+        return 0, 0, [0 for _ in actions]
+    try:
+        members = segment_profiles(segment=version.segment)
+    except RuleError:  # an error of the review already
+        return 0, 0, [0 for _ in actions]
+    conditions = [
+        reachable_profiles(
+            channel=action.channel,
+            campaign_type=campaign.type,
+            webhook_url=action.preset.webhook_url,
+        )
+        for action in actions
+    ]
+    anyone = Q(pk__isnull=True)
+    for condition in conditions:
+        anyone |= condition
+    counts = members.aggregate(
+        audience=Count("pk"),
+        recipients=Count("pk", filter=anyone),
+        **{f"action_{i}": Count("pk", filter=c) for i, c in enumerate(conditions)},
+    )
+    return (
+        counts["audience"],
+        counts["recipients"],
+        [counts[f"action_{i}"] for i in range(len(actions))],
+    )
+
+
+def _channel_reach(action: ChannelAction, reach: int) -> ChannelReach:
+    rate = action.preset.rate_limit_per_second
+    return ChannelReach(
+        channel=action.channel,
+        channel_label=str(action.get_channel_display()),
+        preset=action.preset.name,
+        reach=reach,
+        rate_per_s=rate,
+        seconds=reach / rate if rate else None,
+    )
+
+
+def _audience_warnings(recipients: int) -> list[Check]:
+    if recipients == 0:
+        return [
+            _warning(
+                ReviewCode.EMPTY_AUDIENCE,
+                "No profile will receive this campaign: the segment is empty, or every "
+                "member is opted out or has no address for its channels.",
+                "segment",
+            )
+        ]
+    if recipients < tiny_audience():
+        return [
+            _warning(
+                ReviewCode.TINY_AUDIENCE,
+                f"Only {recipients:,} profile{'s' if recipients != 1 else ''} will receive "
+                f"this campaign (fewer than {tiny_audience():,}, SALVO_REVIEW_TINY_AUDIENCE).",
+                "segment",
+            )
+        ]
+    return []
+
+
+def _rule_warnings(version: CampaignVersion, known: set[str]) -> list[Check]:
+    segment = version.segment
+    if segment is None or segment.kind != "rules":
+        return []
+    return [
+        _warning(
+            ReviewCode.UNKNOWN_RULE_ATTRIBUTE,
+            f"Segment “{segment.name}”, {path}: no profile has the attribute "
+            f"“{ref.path[0]}”; is it misspelt?",
+            "segment",
+        )
+        for path, ref in rule_conditions(segment.rules)
+        if ref.kind == "attribute" and ref.path[0] not in known
+    ]
+
+
+def _content_warnings(
+    campaign: Campaign, actions: list[ChannelAction], known: set[str]
+) -> list[Check]:
+    warnings: list[Check] = []
+    for index, action in enumerate(actions):
+        where = f"actions[{index}]"
+        label = action.get_channel_display()
+        for name, source in (("subject", action.subject), ("body", action.body)):
+            warnings.extend(
+                _warning(
+                    ReviewCode.UNKNOWN_VARIABLE,
+                    f"{label} action, {name}: no profile field or known attribute provides "
+                    f"“profile.{key}”; it renders empty.",
+                    f"{where}.{name}",
+                )
+                for key in unknown_variables(source, known=known)
+            )
+        if action.channel == ChannelKind.SMS:
+            length = sms_segments(action.body)
+            if length.segments > 1:
+                warnings.append(
+                    _warning(
+                        ReviewCode.SMS_SEGMENTS,
+                        f"{label} action: the text takes {length.segments} segments "
+                        f"({length.characters} characters in {length.encoding}); each is "
+                        "charged as one message.",
+                        f"{where}.body",
+                    )
+                )
+        if (
+            action.channel == ChannelKind.EMAIL
+            and campaign.type == CampaignType.MARKETING
+            and unsubscribe_links() is None
+        ):
+            warnings.append(
+                _warning(
+                    ReviewCode.NO_UNSUBSCRIBE_LINK,
+                    f"{label} action: this marketing email goes out without an unsubscribe "
+                    "link (only a mailto): set SALVO_PUBLIC_URL so that recipients can "
+                    "unsubscribe in one click.",
+                    f"{where}.body",
+                )
+            )
+    return warnings
+
+
+def unknown_variables(source: str, *, known: set[str]) -> list[str]:
+    """The profile keys `source` reads that neither a profile field nor a known attribute
+    key (`known`) provides."""
+    return [key for key in content_profile_keys(source) if key not in _PROVIDED_KEYS | known]
+
+
+def _sample(
+    campaign: Campaign, version: CampaignVersion, user: Actor | None
+) -> CampaignPreview | None:
+    """The version rendered for the segment's first member, when there is one and the
+    user may see a profile's data."""
+    if version.segment is None:
+        return None
+    try:
+        profile: Profile | None = segment_profiles(segment=version.segment).order_by("pk").first()
+    except RuleError:
+        return None
+    if profile is None:
+        return None
+    try:
+        return campaign_preview(campaign=campaign, profile=profile, user=user, version=version)
+    except PermissionDenied:
+        return None
+
+
+def activation_review(
+    *, campaign: Campaign, user: Actor | None = None, sample: bool = True
+) -> CampaignReview:
+    """The review of the version activating would apply: the open draft. Reads only; a
+    fixed number of queries."""
+    version = (
+        CampaignVersion.objects.select_related("segment")
+        .filter(pk=campaign.draft_version_id)
+        .first()
+        if campaign.draft_version_id
+        else None
+    )
+    errors = version_activation_errors(version=version, now=timezone.now())
+    if version is None:
+        return CampaignReview(campaign, None, 0, 0, [], None, None, None, errors)
+    actions = list(version_actions(version=version))
+    audience, recipients, reaches = _count_reach(campaign, version, actions)
+    channels = [
+        _channel_reach(action, reach) for action, reach in zip(actions, reaches, strict=True)
+    ]
+    limited = [shown.seconds for shown in channels if shown.seconds is not None]
+    known = set(profile_attribute_keys())
+    warnings = [
+        *_audience_warnings(recipients),
+        *_rule_warnings(version, known),
+        *_content_warnings(campaign, actions, known),
+    ]
+    return CampaignReview(
+        campaign=campaign,
+        version=version,
+        audience=audience,
+        recipients=recipients,
+        channels=channels,
+        start_at=version.start_at,
+        estimate_s=max(limited) if limited else None,
+        sample=_sample(campaign, version, user) if sample else None,
+        checks=[*errors, *warnings],
+    )
+
+
+def campaign_review(*, campaign: Campaign, user: Actor | None) -> CampaignReview:
+    """The review every door shows (`PermissionDenied` as for viewing the campaign)."""
+    require_perms(user, VIEW_CAMPAIGN, to="review a campaign")
+    return activation_review(campaign=campaign, user=user)
