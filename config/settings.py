@@ -256,6 +256,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "CampaignStatusEnum": "campaigns.choices.CampaignStatus",
         "ChannelKindEnum": "channels.choices.ChannelKind",
+        "ReviewCodeEnum": "campaigns.choices.ReviewCode",
+        "CheckLevelEnum": "campaigns.choices.CheckLevel",
     },
 }
 

@@ -11,6 +11,7 @@ CAMPAIGN_PATHS = {
     "/api/campaigns/": {"get", "post"},
     "/api/campaigns/{id}/": {"get", "patch", "delete"},
     "/api/campaigns/{id}/activate/": {"post"},
+    "/api/campaigns/{id}/review/": {"get"},
     "/api/campaigns/{id}/stop/": {"post"},
     "/api/campaigns/{id}/archive/": {"post"},
     "/api/campaigns/{id}/duplicate/": {"post"},
@@ -62,6 +63,15 @@ def test_activate_documents_202_400_and_409(schema):
     responses = schema["document"]["paths"]["/api/campaigns/{id}/activate/"]["post"]["responses"]
 
     assert {"202", "400", "409"} <= set(responses)
+    body = schema["document"]["paths"]["/api/campaigns/{id}/activate/"]["post"]["requestBody"]
+    assert "acknowledge" in str(body) or body["content"]
+
+
+def test_review_documents_reach_checks_schedule_and_estimate(schema):
+    components = schema["document"]["components"]["schemas"]
+    review = components["CampaignReview"]["properties"]
+    assert {"reach", "recipients", "schedule", "estimate", "checks", "sample"} <= set(review)
+    assert set(components["ActivationRefused"]["properties"]) >= {"detail", "checks", "reach"}
 
 
 def test_schema_and_docs_are_served(api_client):

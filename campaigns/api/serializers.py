@@ -15,9 +15,11 @@ from rest_framework import serializers
 from campaigns.choices import (
     CampaignStatus,
     CampaignType,
+    CheckLevel,
     DeliveryReason,
     DeliveryStatus,
     ExecutionStatus,
+    ReviewCode,
 )
 from campaigns.models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
 from campaigns.operations import OPERATIONS
@@ -456,4 +458,87 @@ class CampaignPreviewSerializer(serializers.Serializer[Any]):
     actions = ActionPreviewSerializer(many=True)
     personalisation = PersonalisationSerializer(
         help_text="What content can insert: `{{ <name> }}`."
+    )
+
+
+# --- the review before activation (GET …/review/, POST …/activate/) --------------------
+
+
+class ReviewCheckSerializer(serializers.Serializer[Any]):
+    level = serializers.ChoiceField(choices=CheckLevel.choices)
+    code = serializers.ChoiceField(choices=ReviewCode.choices)
+    message = serializers.CharField()
+    field = serializers.CharField(
+        help_text="What it is about: segment, start_at, actions[i].preset|subject|body; "
+        "empty for the whole campaign."
+    )
+
+
+class ReviewScheduleSerializer(serializers.Serializer[Any]):
+    start_at = serializers.DateTimeField(
+        allow_null=True, help_text="When it starts (UTC); null: as soon as it is activated."
+    )
+
+
+class ChannelEstimateSerializer(serializers.Serializer[Any]):
+    rate_per_s = serializers.FloatField(
+        allow_null=True, help_text="The preset's rate limit; null: none."
+    )
+    seconds = serializers.FloatField(
+        allow_null=True, help_text="Sending time at that rate; null: as fast as workers go."
+    )
+
+
+class ReviewEstimateSerializer(serializers.Serializer[Any]):
+    seconds = serializers.FloatField(
+        allow_null=True,
+        help_text="The slowest channel's sending time (channels send side by side); null "
+        "when no channel is rate-limited.",
+    )
+    by_channel = serializers.DictField(child=ChannelEstimateSerializer())
+
+
+class CampaignReviewSerializer(serializers.Serializer[Any]):
+    """`GET …/review/`: what activating the open draft would do, and its checks. Errors
+    block activation; warnings must be acknowledged by code (`POST …/activate/` with
+    `{"acknowledge": [codes]}`)."""
+
+    reach = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="Per channel, the profiles it will send to: the segment's members less "
+        "those opted out (marketing) or without an address for it.",
+    )
+    recipients = serializers.IntegerField(help_text="Profiles at least one channel reaches.")
+    audience = serializers.IntegerField(help_text="The segment's members.")
+    schedule = ReviewScheduleSerializer()
+    estimate = ReviewEstimateSerializer()
+    checks = ReviewCheckSerializer(many=True)
+    sample = CampaignPreviewSerializer(
+        allow_null=True,
+        help_text="Each action rendered for the segment's first member; null when the "
+        "segment is empty or the user may not see profiles.",
+    )
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = dict(instance.as_dict())
+        data["sample"] = (
+            CampaignPreviewSerializer(instance.sample).data if instance.sample else None
+        )
+        return data
+
+
+class ActivationRefusedSerializer(CampaignReviewSerializer):
+    """A refused activation: the review, and why (`detail`); `unacknowledged` lists the
+    warning codes to acknowledge when there is no error."""
+
+    detail = serializers.CharField()
+    unacknowledged = serializers.ListField(child=serializers.ChoiceField(ReviewCode.choices))
+
+
+class ActivateInputSerializer(serializers.Serializer[Any]):
+    acknowledge = serializers.ListField(
+        child=serializers.ChoiceField(choices=ReviewCode.choices),
+        required=False,
+        default=list,
+        help_text="The codes of the review's warnings you have read and accept.",
     )

@@ -18,9 +18,8 @@ from drf_spectacular.utils import (
     OpenApiResponse,
     extend_schema,
     extend_schema_view,
-    inline_serializer,
 )
-from rest_framework import filters, permissions, serializers, status, viewsets
+from rest_framework import filters, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -29,6 +28,7 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from campaigns import services
+from campaigns.exceptions import ActivationRefused
 from campaigns.exports import deliveries_csv_response
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS
@@ -38,6 +38,7 @@ from campaigns.preview import (
     preview_profile,
     preview_version,
 )
+from campaigns.review import campaign_review
 from campaigns.selectors import (
     DELIVERY_VIEW_PERMISSIONS,
     campaign_deliveries,
@@ -51,9 +52,12 @@ from config.permissions import require_perms
 
 from .filtersets import CampaignFilterSet, DeliveryFilterSet
 from .serializers import (
+    ActivateInputSerializer,
+    ActivationRefusedSerializer,
     CampaignInputSerializer,
     CampaignPreviewSerializer,
     CampaignReportSerializer,
+    CampaignReviewSerializer,
     CampaignSerializer,
     CampaignTransitionSerializer,
     CampaignVersionDetailSerializer,
@@ -109,13 +113,6 @@ class CSVRenderer(BaseRenderer):
 
 
 CONFLICT = OpenApiResponse(ErrorSerializer, description="The current status does not allow it.")
-ACTIVATION_ERRORS = inline_serializer(
-    name="ActivationErrors",
-    fields={
-        "detail": serializers.CharField(),
-        "errors": serializers.ListField(child=serializers.CharField()),
-    },
-)
 INVALID = OpenApiResponse(description="Invalid input: field errors.")
 
 
@@ -190,19 +187,50 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
-        request=None,
+        request=ActivateInputSerializer,
         responses={
             202: CampaignSerializer,
-            400: OpenApiResponse(ACTIVATION_ERRORS, description="The checks it fails."),
+            400: OpenApiResponse(
+                ActivationRefusedSerializer,
+                description="The review refuses: its errors, or the warnings not acknowledged.",
+            ),
             409: CONFLICT,
         },
-        description="Draft (or a running campaign's open draft) → Activating. The checks run "
-        "now and again in the activation task, which moves it to Scheduled or Live.",
+        description="Draft (or a running campaign's open draft) → Activating, once the "
+        "review (`GET …/review/`) has no error and every warning's code is in "
+        "`acknowledge`. The errors are checked again in the activation task, which moves "
+        "it to Scheduled or Live.",
     )
     @action(detail=True, methods=["post"])
     def activate(self, request: Request, pk: str | None = None) -> Response:
-        campaign = services.campaign_activate(campaign=self.get_object(), user=request.user)
+        serializer = ActivateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            campaign = services.campaign_activate(
+                campaign=self.get_object(),
+                user=request.user,
+                acknowledge=serializer.validated_data["acknowledge"],
+            )
+        except ActivationRefused as refusal:
+            # The review's shape, so that a client can acknowledge what it lists.
+            body = {
+                "detail": " ".join(refusal.messages),
+                "unacknowledged": [c.code for c in refusal.refused if c.level == "warning"],
+                **CampaignReviewSerializer(refusal.review).data,
+            }
+            return Response(body, status.HTTP_400_BAD_REQUEST)
         return self._campaign_response(campaign, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        responses={200: CampaignReviewSerializer},
+        description="What activating the open draft would do: reach per channel, schedule, "
+        "estimated sending time at the presets' rates, each action rendered for a sample "
+        "profile, and the checks (errors block; warnings need acknowledging by code).",
+    )
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def review(self, request: Request, pk: str | None = None) -> Response:
+        review = campaign_review(campaign=self.get_object(), user=request.user)
+        return Response(CampaignReviewSerializer(review).data)
 
     @extend_schema(
         request=StopInputSerializer,

@@ -48,14 +48,19 @@ def make_campaign(**fields: Any) -> Campaign:
     return services.campaign_create(user=None, **fields)
 
 
+def review_warnings(campaign: Campaign) -> list[str]:
+    """The codes of the warnings the campaign's review lists now: what a user who read it
+    acknowledges (``{"acknowledge": …}`` at the API, ``--yes`` at the command)."""
+    current = Campaign.objects.get(pk=campaign.pk)  # the caller's copy may predate a draft
+    return [check.code for check in activation_review(campaign=current, sample=False).warnings]
+
+
 def activate_acknowledged(*, campaign: Campaign, user: Actor | None = None) -> Campaign:
     """Activate as a user who read the review: acknowledging every warning it lists (an
-    empty test segment, a demo text over one SMS segment), and no error, which still
-    refuses."""
-    current = Campaign.objects.get(pk=campaign.pk)  # the caller's copy may predate a draft
-    warnings = activation_review(campaign=current, sample=False).warnings
+    empty test segment, no unsubscribe link without SALVO_PUBLIC_URL), and no error, which
+    still refuses."""
     return services.campaign_activate(
-        campaign=campaign, user=user, acknowledge=[check.code for check in warnings]
+        campaign=campaign, user=user, acknowledge=review_warnings(campaign)
     )
 
 

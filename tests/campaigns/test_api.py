@@ -22,6 +22,7 @@ from tests.campaigns.factories import (
     make_campaign,
     make_campaign_in_status,
     make_live_campaign,
+    review_warnings,
 )
 from tests.campaigns.lifecycle import (
     ACTIONS,
@@ -47,7 +48,8 @@ def test_every_operation_from_every_state(api_client, operation, status, with_dr
     campaign = make_campaign_in_status(status, with_draft=with_draft)
     before = snapshot(campaign)
 
-    response = api_client.post(url(campaign, operation), format="json")
+    data = {"acknowledge": review_warnings(campaign)} if operation == "activate" else None
+    response = api_client.post(url(campaign, operation), data, format="json")
 
     if (status, with_draft) not in ALLOWED[operation]:
         assert response.status_code == 409, response.content
@@ -380,8 +382,9 @@ def test_patch_with_a_wrong_channel_preset_changes_nothing(api_client):
 
 def test_activate_answers_202_with_activating(api_client):
     campaign = make_campaign()
+    data = {"acknowledge": review_warnings(campaign)}
 
-    response = api_client.post(url(campaign, "activate"))
+    response = api_client.post(url(campaign, "activate"), data, format="json")
 
     assert response.status_code == 202
     assert response.json()["status"] == "activating"
@@ -400,8 +403,14 @@ def test_activation_400_lists_every_failed_check_and_changes_nothing(api_client)
     assert response.status_code == 400
     body = response.json()
     assert body["detail"]
-    assert len(body["errors"]) == 4
-    joined = " ".join(body["errors"])
+    errors = [check for check in body["checks"] if check["level"] == "error"]
+    assert [check["code"] for check in errors] == [
+        "no_segment",
+        "preset_incomplete",
+        "empty_body",
+        "missing_subject",
+    ]
+    joined = " ".join(check["message"] for check in errors)
     for words in ("segment", "no from_email", "body is empty", "needs a subject"):
         assert words in joined
     assert snapshot(campaign) == before
@@ -448,7 +457,9 @@ def test_activate_with_the_permission_is_accepted(api_client_for, user_with_perm
     campaign = make_campaign()
     user = user_with_perms("campaigns.view_campaign", "campaigns.activate_campaign")
 
-    response = api_client_for(user).post(url(campaign, "activate"))
+    data = {"acknowledge": review_warnings(campaign)}
+
+    response = api_client_for(user).post(url(campaign, "activate"), data, format="json")
 
     assert response.status_code == 202
     assert response.json()["allowed_operations"] == []
