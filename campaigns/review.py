@@ -48,6 +48,7 @@ __all__ = [
     "Check",
     "activation_review",
     "campaign_review",
+    "review_warning_codes",
     "tiny_audience",
 ]
 
@@ -328,3 +329,11 @@ def campaign_review(*, campaign: Campaign, user: Actor | None) -> CampaignReview
     """The review every door shows (`PermissionDenied` as for viewing the campaign)."""
     require_perms(user, VIEW_CAMPAIGN, to="review a campaign")
     return activation_review(campaign=campaign, user=user)
+
+
+def review_warning_codes(*, campaign: Campaign) -> list[str]:
+    """The codes of the warnings the review of the campaign's current row lists now: what
+    a caller that has read them acknowledges (``campaign activate --yes``, the demo data,
+    the benchmark)."""
+    current = Campaign.objects.get(pk=campaign.pk)  # a caller's copy may predate a draft
+    return [check.code for check in activation_review(campaign=current, sample=False).warnings]

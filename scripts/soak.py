@@ -256,7 +256,14 @@ def drive(options: argparse.Namespace, *, api: Api, base: str, sink: Any, var: P
         if status != 201:
             refused.append(f"create {n}: {status} {body}")
         else:
-            activated, answer = api.call("POST", f"/api/campaigns/{body['id']}/activate/")
+            # As a client does: read the review, acknowledge its warnings (the soak's
+            # content is known: no unsubscribe link without SALVO_PUBLIC_URL, say).
+            _, review = api.call("GET", f"/api/campaigns/{body['id']}/review/")
+            checks = review.get("checks", []) if isinstance(review, dict) else []
+            warnings = [c["code"] for c in checks if c["level"] == "warning"]
+            activated, answer = api.call(
+                "POST", f"/api/campaigns/{body['id']}/activate/", {"acknowledge": warnings}
+            )
             if activated == 202:
                 campaigns.append(body["id"])
             else:

@@ -4,7 +4,7 @@ from typing import Any
 
 from campaigns import services
 from campaigns.models import Campaign
-from campaigns.review import activation_review
+from campaigns.review import review_warning_codes
 from campaigns.selectors import Actor
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import SegmentFactory
@@ -51,8 +51,7 @@ def make_campaign(**fields: Any) -> Campaign:
 def review_warnings(campaign: Campaign) -> list[str]:
     """The codes of the warnings the campaign's review lists now: what a user who read it
     acknowledges (``{"acknowledge": …}`` at the API, ``--yes`` at the command)."""
-    current = Campaign.objects.get(pk=campaign.pk)  # the caller's copy may predate a draft
-    return [check.code for check in activation_review(campaign=current, sample=False).warnings]
+    return review_warning_codes(campaign=campaign)
 
 
 def activate_acknowledged(*, campaign: Campaign, user: Actor | None = None) -> Campaign:

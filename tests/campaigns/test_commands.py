@@ -24,7 +24,13 @@ from config.celery import app as celery_app
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 from segments.selectors import segment_estimate
-from tests.campaigns.factories import make_campaign, make_campaign_in_status, make_live_campaign
+from tests.campaigns.factories import (
+    email_action,
+    make_campaign,
+    make_campaign_in_status,
+    make_live_campaign,
+    sms_action,
+)
 from tests.campaigns.lifecycle import (
     ACTIONS,
     ALLOWED,
@@ -34,6 +40,7 @@ from tests.campaigns.lifecycle import (
     snapshot,
     version,
 )
+from tests.segments.factories import ProfileFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -61,13 +68,14 @@ def test_every_operation_from_every_state(operation, status, with_draft):
     campaign = make_campaign_in_status(status, with_draft=with_draft)
     before = snapshot(campaign)
     command = operation.replace("_", "-")
+    confirmed = ["--yes"] if operation == "activate" else []
 
     if (status, with_draft) not in ALLOWED[operation]:
-        message = refused(command, str(campaign.pk))
+        message = refused(command, str(campaign.pk), *confirmed)
         assert campaign.name in message
         assert snapshot(campaign) == before
         return
-    output = run(command, str(campaign.pk))
+    output = run(command, str(campaign.pk), *confirmed)
     campaign.refresh_from_db()
     if operation != "duplicate":
         assert f"Campaign {campaign.pk} “{campaign.name}”" in output
@@ -143,7 +151,7 @@ def test_activate_lists_every_failed_check_on_one_line():
 def test_activate_without_waiting_leaves_it_activating():
     campaign = make_campaign()
 
-    output = run("activate", str(campaign.pk))
+    output = run("activate", str(campaign.pk), "--yes")
 
     assert "now Activating" in output
     assert Campaign.objects.get(pk=campaign.pk).status == Status.ACTIVATING
@@ -153,7 +161,7 @@ def test_wait_gives_up_with_a_hint_when_no_worker_answers():
     # Inside a test transaction the activation task is never sent: nothing will answer.
     campaign = make_campaign()
 
-    message = refused("activate", str(campaign.pk), "--wait", "0.3")
+    message = refused("activate", str(campaign.pk), "--yes", "--wait", "0.3")
 
     assert message == (
         f"Campaign {campaign.pk} is still Activating after 0.3s: is a Celery worker running?"
@@ -173,7 +181,7 @@ def test_wait_says_it_was_activated_then_gives_up_on_a_campaign_not_finished(eag
     out = StringIO()
 
     with pytest.raises(CommandError) as error:
-        call_command("campaign", "activate", str(campaign.pk), "--wait", "0.5", stdout=out)
+        call_command("campaign", "activate", str(campaign.pk), "--yes", "--wait", "0.5", stdout=out)
 
     assert Campaign.objects.get(pk=campaign.pk).status == Status.SCHEDULED
     assert "activation requested; now Activating" in out.getvalue()
@@ -198,7 +206,7 @@ def test_wait_fails_with_the_reason_when_activation_returns_to_draft(eager_tasks
 
     monkeypatch.setattr(tasks, "campaign_activation_task", PresetEditedMeanwhile())
 
-    message = refused("activate", str(campaign.pk), "--wait", "10")
+    message = refused("activate", str(campaign.pk), "--yes", "--wait", "10")
 
     assert message.startswith(f"Activation of campaign {campaign.pk} failed; it is Draft again:")
     assert "no from_email" in message
@@ -223,7 +231,7 @@ def test_user_with_the_permission_is_recorded(user_with_perms):
     user = user_with_perms("campaigns.view_campaign", "campaigns.activate_campaign")
     campaign = make_campaign()
 
-    run("activate", str(campaign.pk), "--user", user.username)
+    run("activate", str(campaign.pk), "--yes", "--user", user.username)
 
     assert last_step(campaign).by == user
 
@@ -434,7 +442,7 @@ def test_the_demo_draft_ready_to_activate_can_be_activated():
     load_demo()
     ready = Campaign.objects.get(name="Demo · Spring sale")
 
-    run("activate", str(ready.pk))
+    run("activate", str(ready.pk), "--yes")
 
     assert Campaign.objects.get(pk=ready.pk).status == Status.ACTIVATING
 
@@ -447,3 +455,68 @@ def test_load_demo_twice_creates_nothing_new():
 
     assert demo_counts() == first
     assert "0 new profiles, 0 new campaigns" in output
+
+
+# --- review and confirmation -------------------------------------------------------------
+
+
+class Typed(StringIO):
+    """What a person types at a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_review_prints_reach_schedule_and_checks_with_their_codes():
+    ProfileFactory(external_id="first", consent_sms=False)
+    campaign = make_campaign(actions=[email_action(), sms_action(body="ж" * 80)])
+
+    output = run("review", str(campaign.pk))
+
+    assert re.search(r"Email via .*: 1 \(", output)
+    assert re.search(r"SMS via .*: 0 \(", output)
+    assert "starts: as soon as activated" in output
+    assert "sample, for profile first:" in output
+    assert "warning sms_segments [actions[1].body]" in output
+    assert "warning tiny_audience [segment]" in output
+
+
+def test_review_json_is_the_api_review():
+    campaign = make_campaign()
+    data = json.loads(run("review", str(campaign.pk), "--json"))
+    assert data["reach"] == {"email": 0, "sms": 0}
+    assert [c["code"] for c in data["checks"]] == ["empty_audience", "no_unsubscribe_link"]
+
+
+def test_activate_without_a_terminal_or_yes_refuses_in_one_line():
+    campaign = make_campaign()
+
+    message = refused("activate", str(campaign.pk))
+
+    assert "stdin is not a terminal; run with --yes" in message
+    assert "empty_audience, no_unsubscribe_link" in message
+    campaign.refresh_from_db()
+    assert campaign.status == Status.DRAFT
+
+
+def test_activate_asks_with_the_number_of_recipients_and_takes_yes():
+    for _ in range(2):
+        ProfileFactory()
+    campaign = make_campaign()
+    out = StringIO()
+
+    call_command("campaign", "activate", str(campaign.pk), stdout=out, stdin=Typed("y\n"))
+
+    assert "Activate: send to 2 profiles, acknowledging tiny_audience" in out.getvalue()
+    campaign.refresh_from_db()
+    assert campaign.status == Status.ACTIVATING
+
+
+def test_activate_answered_no_changes_nothing():
+    campaign = make_campaign()
+    with pytest.raises(CommandError, match="not activated"):
+        call_command(
+            "campaign", "activate", str(campaign.pk), stdout=StringIO(), stdin=Typed("n\n")
+        )
+    campaign.refresh_from_db()
+    assert campaign.status == Status.DRAFT

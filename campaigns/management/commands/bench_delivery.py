@@ -66,6 +66,7 @@ from django.utils import timezone
 from campaigns import services
 from campaigns.choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
 from campaigns.models import Campaign, Delivery, DeliveryCount, DeliveryTimeline, Execution
+from campaigns.review import review_warning_codes
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from channels.sinks import RunningSinks, count_duplicates, read_records, running_sinks
@@ -427,8 +428,11 @@ class Command(BaseCommand):
     ) -> tuple[float, dict[int, float]]:
         """Activate the campaign and wait for Completed: (the time of the activation, the
         peak RSS in MB of each of the worker's processes meanwhile)."""
+        # A benchmark's synthetic campaign: its warnings (no unsubscribe link…) are known;
+        # reviewing it (a count of the audience) is not part of the time measured.
+        acknowledge = review_warning_codes(campaign=campaign)
         activated_at = time.time()
-        services.campaign_activate(campaign=campaign, user=None)
+        services.campaign_activate(campaign=campaign, user=None, acknowledge=acknowledge)
         rss: dict[int, float] = {}
         last_report = time.monotonic()
         deadline = time.monotonic() + timeout

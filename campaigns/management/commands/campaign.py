@@ -6,7 +6,9 @@ refusal into a one-line error with a non-zero exit.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -16,12 +18,13 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django_fsm import TransitionNotAllowed
+from django_fsm import TransitionNotAllowed, can_proceed
 
 from campaigns import services
 from campaigns.api.serializers import (
     CampaignPreviewSerializer,
     CampaignReportSerializer,
+    CampaignReviewSerializer,
     CampaignSerializer,
     CampaignTransitionSerializer,
     CampaignVersionDetailSerializer,
@@ -36,6 +39,7 @@ from campaigns.preview import (
     preview_profile,
     preview_version,
 )
+from campaigns.review import CampaignReview, campaign_review
 from campaigns.selectors import (
     campaign_delivery_error,
     campaign_list,
@@ -79,12 +83,21 @@ def _seconds(value: float | None) -> str:
     return "unknown" if value is None else f"{value:g}s"
 
 
+def _duration(seconds: float | None) -> str:
+    """A sending time: "as fast as the workers go" when nothing limits it."""
+    if seconds is None:
+        return "as fast as the workers go"
+    return str(dt.timedelta(seconds=round(seconds)))
+
+
 def _status_label(value: str) -> str:
     return str(Status(value).label)
 
 
 class Command(BaseCommand):
     help = "List, show and drive campaigns through their lifecycle."
+    # `activate` reads its confirmation from here (tests hand it a text stream).
+    stealth_options = ("stdin",)
 
     def add_arguments(self, parser: CommandParser) -> None:
         common = CommandParser(add_help=False)
@@ -149,8 +162,25 @@ class Command(BaseCommand):
             "--json", action="store_true", help="The preview as POST …/preview/ returns it."
         )
 
+        review = commands.add_parser(
+            "review",
+            parents=[with_id],
+            help="What activating would do: reach per channel, schedule, estimate, a sample "
+            "rendering and the checks (errors block; warnings need acknowledging).",
+        )
+        review.add_argument(
+            "--json", action="store_true", help="The review as GET …/review/ returns it."
+        )
         activate = commands.add_parser(
-            "activate", parents=[with_id], help="Draft (or an open draft) → Activating."
+            "activate",
+            parents=[with_id],
+            help="Draft (or an open draft) → Activating, after printing the review and asking "
+            "for confirmation.",
+        )
+        activate.add_argument(
+            "--yes",
+            action="store_true",
+            help="Do not ask: confirm, acknowledging every warning of the review.",
         )
         activate.add_argument(
             "--wait",
@@ -182,6 +212,7 @@ class Command(BaseCommand):
             "show": self.show_campaign,
             "report": self.report_campaign,
             "preview": self.preview_campaign,
+            "review": self.review_campaign,
             "activate": self.activate_campaign,
             "stop": self.stop_campaign,
             "archive": self.archive_campaign,
@@ -409,10 +440,75 @@ class Command(BaseCommand):
 
     # --- lifecycle ----------------------------------------------------------------------
 
+    def review_campaign(self, *, user: Any, id: int, **options: Any) -> None:
+        review = campaign_review(campaign=self._campaign(id), user=user)
+        if options["json"]:
+            self._dump(CampaignReviewSerializer(review).data)
+            return
+        self._print_review(review)
+
+    def _print_review(self, review: CampaignReview) -> None:
+        out = self.stdout.write
+        campaign, version = review.campaign, review.version
+        number = f"version {version.number}" if version else "no version to activate"
+        out(f"Campaign {campaign.pk} “{campaign.name}”, {number}")
+        segment = version.segment if version else None
+        out(f"  segment: {segment.name if segment else '(none)'}: {review.audience:,} profiles")
+        for shown in review.channels:
+            rate = f"{shown.rate_per_s:g}/s" if shown.rate_per_s else "no rate limit"
+            took = _duration(shown.seconds)
+            out(f"  {shown.channel_label} via {shown.preset}: {shown.reach:,} ({rate}, {took})")
+        start = review.start_at.isoformat() if review.start_at else "as soon as activated"
+        out(f"  starts: {start}")
+        out(f"  sending takes: {_duration(review.estimate_s)}")
+        if review.sample is not None:
+            out(f"  sample, for profile {review.sample.profile.external_id}:")
+            for action in review.sample.actions:
+                text = action.error or (f"{action.subject} | " if action.subject else "") + (
+                    action.body
+                )
+                out(f"    {action.channel_label}: {' '.join(text.split())[:200]}")
+        for check in review.checks:
+            where = f" [{check.field}]" if check.field else ""
+            out(f"  {check.level} {check.code}{where}: {check.message}")
+        if not review.checks:
+            out("  checks: none")
+
+    def _confirmed(self, review: CampaignReview, *, yes: bool, stdin: Any) -> list[str]:
+        """The warnings acknowledged: all of them with --yes, else once the person at the
+        terminal confirms; a refusal (or no terminal to ask) is a CommandError."""
+        campaign = review.campaign
+        codes = [check.code for check in review.warnings]
+        if yes or review.errors or not can_proceed(campaign.activate):
+            return codes  # the service refuses errors and the state with their own words
+        if not stdin.isatty():
+            raise CommandError(
+                f"Campaign {campaign.pk} “{campaign.name}” not activated: confirmation needed "
+                "and stdin is not a terminal; run with --yes"
+                + (f" to acknowledge {', '.join(codes)}." if codes else ".")
+            )
+        acknowledged = f", acknowledging {', '.join(codes)}" if codes else ""
+        self.stdout.write(
+            f"Activate: send to {review.recipients:,} profiles{acknowledged}? [y/N] ", ending=""
+        )
+        self.stdout.flush()
+        if stdin.readline().strip().lower() not in ("y", "yes"):
+            raise CommandError(f"Campaign {campaign.pk} “{campaign.name}” not activated.")
+        return codes
+
     def activate_campaign(self, *, user: Any, id: int, wait: float | None, **options: Any) -> None:
+        operation = OPERATIONS["activate"]
+        require_perms(user, *operation.permissions, to=f"use “{operation.label}” on a campaign")
         campaign = self._campaign(id)
+        review = campaign_review(campaign=campaign, user=user)
+        self._print_review(review)
+        acknowledge = self._confirmed(
+            review, yes=options["yes"], stdin=options.get("stdin") or sys.stdin
+        )
         try:
-            campaign = services.campaign_activate(campaign=campaign, user=user)
+            campaign = services.campaign_activate(
+                campaign=campaign, user=user, acknowledge=acknowledge
+            )
         except ValidationError as error:
             raise CommandError(
                 f"Campaign {id} “{campaign.name}” cannot be {OPERATIONS['activate'].done}: "

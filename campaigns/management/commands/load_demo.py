@@ -22,6 +22,7 @@ from rest_framework.authtoken.models import Token
 from campaigns import services
 from campaigns.choices import CampaignType
 from campaigns.models import Campaign
+from campaigns.review import review_warning_codes
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from segments.choices import SegmentKind
@@ -392,7 +393,9 @@ def _leave(campaign: Campaign) -> None:
 
 
 def _activate(campaign: Campaign) -> Campaign:
-    services.campaign_activate(campaign=campaign, user=None)
+    # The demo's content is ours and reviewed: what it warns about is known and accepted.
+    acknowledge = review_warning_codes(campaign=campaign)
+    services.campaign_activate(campaign=campaign, user=None, acknowledge=acknowledge)
     return services.campaign_activation_complete(campaign_id=campaign.pk)
 
 
