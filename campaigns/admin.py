@@ -29,11 +29,13 @@ from django_fsm import ConcurrentTransition, TransitionNotAllowed
 from channels.choices import ChannelKind
 from config.admin_site import ListTitledAdmin
 from config.formats import short_datetime
+from config.permissions import require_perms
 
 from . import services
 from .admin_preview import preview_page
 from .admin_report import refresh_ms as report_refresh_ms
 from .admin_report import report_context, report_html
+from .admin_review import REVIEW_MAX_CAMPAIGNS, review_page, reviews_page, reviews_url
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
 from .exceptions import CampaignConflict
 from .forms import (
@@ -482,10 +484,9 @@ class CampaignAdmin(ListTitledAdmin):
             self.message_user(request, f"{done} {succeeded} {noun}.", messages.SUCCESS)
 
     @admin.action(description="Activate selected campaigns", permissions=["activate"])
-    def activate_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
-        self._apply_each(
-            request, queryset, operation=OPERATIONS["activate"], done="Started the activation of"
-        )
+    def activate_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> HttpResponse:
+        # Through the review page: each campaign's review and confirmation (admin_review).
+        return redirect(reviews_url(list(queryset.order_by("name")[: REVIEW_MAX_CAMPAIGNS + 1])))
 
     @admin.action(description="Stop selected campaigns", permissions=["stop"])
     def stop_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
@@ -668,6 +669,16 @@ class CampaignAdmin(ListTitledAdmin):
                 name="campaigns_campaign_lifecycle",
             ),
             path(
+                "<path:object_id>/review/",
+                self.admin_site.admin_view(self.review_view),
+                name="campaigns_campaign_review",
+            ),
+            path(
+                "review/",
+                self.admin_site.admin_view(self.reviews_view),
+                name="campaigns_campaign_reviews",
+            ),
+            path(
                 "<path:object_id>/report/",
                 self.admin_site.admin_view(self.report_view),
                 name="campaigns_campaign_report",
@@ -684,6 +695,14 @@ class CampaignAdmin(ListTitledAdmin):
             ),
             *super().get_urls(),
         ]
+
+    def review_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The campaign's review, and its confirmation: every activation goes through it."""
+        return review_page(self, request, object_id)
+
+    def reviews_view(self, request: HttpRequest) -> HttpResponse:
+        """The reviews of the campaigns the list action chose, each confirmed on its own."""
+        return reviews_page(self, request)
 
     def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The campaign's actions rendered for a chosen profile (`admin_preview`)."""
@@ -771,13 +790,14 @@ class CampaignAdmin(ListTitledAdmin):
         page = reverse("admin:campaigns_campaign_change", args=[campaign.pk])
         name = campaign.name
         try:
-            if operation == "activate":
-                services.campaign_activate(campaign=campaign, user=user)
-                done = (
-                    f"Activation of “{name}” started: its checks passed and it is Activating; "
-                    "it becomes Scheduled or Live in a moment."
-                )
-            elif operation == "modify":
+            if operation == "activate":  # the review page asks for the confirmation
+                step = OPERATIONS[operation]
+                require_perms(user, *step.permissions, to=f"use “{step.label}” on a campaign")
+                refusal = services.activation_refusal(campaign)
+                if refusal is not None:
+                    raise refusal
+                return redirect(reviews_url([campaign]))
+            if operation == "modify":
                 draft = services.campaign_modify(campaign=campaign, user=user)
                 done = (
                     f"Version {draft.number} of “{name}” is open as a draft: edit it below, then "

@@ -306,6 +306,12 @@ def campaign_delete(*, campaign: Campaign, user: Actor | None) -> None:
 # --- lifecycle ------------------------------------------------------------------------
 
 
+def activation_refusal(campaign: Campaign) -> TransitionNotAllowed | None:
+    """Why the campaign's state refuses activation now (as ``campaign_activate`` would
+    say), or None: for a door that reviews before it activates."""
+    return None if can_proceed(campaign.activate) else _refuse(campaign, "activate")
+
+
 @transaction.atomic
 def campaign_activate(
     *, campaign: Campaign, user: Actor | None, acknowledge: Iterable[str] = ()

@@ -22,6 +22,11 @@ def change_url(campaign: Campaign) -> str:
     return reverse("admin:campaigns_campaign_change", args=[campaign.pk])
 
 
+def review_url(campaign: Campaign) -> str:
+    """The admin's review page, where every activation is confirmed."""
+    return reverse("admin:campaigns_campaign_review", args=[campaign.pk])
+
+
 def action_rows(rows: list[dict[str, Any]], *, initial: int = 0) -> dict[str, Any]:
     data: dict[str, Any] = {
         "actions-TOTAL_FORMS": str(len(rows)),

@@ -18,12 +18,13 @@ from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign, CampaignVersion
 from channels.models import MessagePreset
 from segments.models import Segment
-from tests.campaigns.doors import ADD, add_data, change_data, change_url
+from tests.campaigns.doors import ADD, add_data, change_data, change_url, review_url
 from tests.campaigns.factories import (
     activate_acknowledged,
     make_campaign,
     make_live_campaign,
     make_scheduled_campaign,
+    review_warnings,
 )
 from tests.channels.factories import MessagePresetFactory
 from tests.segments.factories import SegmentFactory
@@ -265,14 +266,15 @@ def test_activate_action_lists_failed_checks(admin_client):
 
     response = run_action(admin_client, "activate_selected", [ready, empty])
 
+    # One review page: the ready one can be confirmed, the empty one lists its errors.
+    html = response.content.decode()
+    assert html.count('data-role="confirm"') == 1
+    assert "Choose a segment" in html
+    assert "Add at least one channel action" in html
+    admin_client.post(review_url(ready), {"acknowledge": review_warnings(ready)})
+    admin_client.post(review_url(empty), {"acknowledge": review_warnings(empty)})
     assert reload(ready).status == Status.ACTIVATING
     assert reload(empty).status == Status.DRAFT
-    texts = messages_of(response)
-    assert "Started the activation of 1 campaign." in texts
-    refused = [t for t in texts if "Empty" in t]
-    assert len(refused) == 1
-    assert "Choose a segment" in refused[0]
-    assert "Add at least one channel action" in refused[0]
 
 
 def test_activate_action_hidden_without_permission(client, user_with_perms):
@@ -548,7 +550,10 @@ def test_save_and_activate_saves_then_activates(admin_client):
     segment = new_segment()
     data = change_data(campaign, segment=segment.pk, _lifecycle="activate")
 
-    response = admin_client.post(change_url(campaign), data, follow=True)
+    reviewed = admin_client.post(change_url(campaign), data, follow=True)
+    assert reviewed.redirect_chain[-1][0] == review_url(campaign)
+    confirmed = {"acknowledge": review_warnings(campaign)}
+    response = admin_client.post(review_url(campaign), confirmed, follow=True)
 
     campaign = reload(campaign)
     assert campaign.status == Status.ACTIVATING
@@ -565,16 +570,20 @@ def test_activate_with_failed_checks_keeps_the_saved_edits(admin_client):
     campaign = reload(campaign)
     assert campaign.status == Status.DRAFT
     assert campaign.description == "saved anyway"
-    errors = [t for t in messages_of(response) if t.startswith("Cannot activate")]
-    assert len(errors) == 2
-    assert any("Choose a segment" in t for t in errors)
-    assert any("Add at least one channel action" in t for t in errors)
+    html = response.content.decode()  # the review page, with its errors and no confirmation
+    assert 'data-code="no_segment"' in html
+    assert "Choose a segment" in html
+    assert "Add at least one channel action" in html
+    assert 'data-role="confirm"' not in html
 
 
 def test_activate_button_as_a_separate_post(admin_client):
     campaign = make_campaign()
 
     response = admin_client.post(lifecycle_url(campaign, "activate"), follow=True)
+    assert response.redirect_chain[-1][0] == review_url(campaign)
+    confirmed = {"acknowledge": review_warnings(campaign)}
+    response = admin_client.post(review_url(campaign), confirmed, follow=True)
 
     assert response.redirect_chain[-1][0] == change_url(campaign)
     assert reload(campaign).status == Status.ACTIVATING
@@ -697,7 +706,9 @@ def test_with_activate_permission_the_button_is_offered(client, user_with_perms)
     campaign = make_campaign()
 
     assert "activate" in buttons(client, campaign)
-    client.post(lifecycle_url(campaign, "activate"))
+    response = client.post(lifecycle_url(campaign, "activate"))
+    assert response["Location"] == review_url(campaign)
+    client.post(review_url(campaign), {"acknowledge": review_warnings(campaign)})
     assert reload(campaign).status == Status.ACTIVATING
 
 

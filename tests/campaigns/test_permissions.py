@@ -19,8 +19,8 @@ from django.urls import reverse
 from campaigns.choices import CampaignStatus as Status
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS
-from tests.campaigns.doors import url
-from tests.campaigns.factories import make_campaign, make_campaign_in_status
+from tests.campaigns.doors import review_url, url
+from tests.campaigns.factories import make_campaign, make_campaign_in_status, review_warnings
 from tests.campaigns.lifecycle import ALLOWED, USER_OPERATIONS, snapshot
 
 pytestmark = pytest.mark.django_db
@@ -79,7 +79,9 @@ def everything(campaign: Campaign) -> tuple[Any, ...]:
 def api_call(client: Any, name: str, campaign: Campaign) -> Any:
     if name == "delete":
         return client.delete(url(campaign))
-    return client.post(url(campaign, name), {}, format="json")
+    exists = Campaign.objects.filter(pk=campaign.pk).exists()
+    data = {"acknowledge": review_warnings(campaign)} if name == "activate" and exists else {}
+    return client.post(url(campaign, name), data, format="json")
 
 
 @pytest.mark.parametrize(("name", "missing"), WITHOUT_ONE)
@@ -141,6 +143,12 @@ def lifecycle_url(campaign: Campaign, name: str) -> str:
     return reverse("admin:campaigns_campaign_lifecycle", args=[campaign.pk, name])
 
 
+def confirm_review(client: Any, campaign: Campaign) -> Any:
+    """Tick every warning of the admin's review page and confirm."""
+    acknowledged = {"acknowledge": review_warnings(campaign)}
+    return client.post(review_url(campaign), acknowledged, follow=True)
+
+
 def messages_of(response: Any) -> list[str]:
     return [str(m) for m in response.context["messages"]]
 
@@ -166,6 +174,8 @@ def test_admin_button_works_with_exactly_the_permissions(client, user_with_perms
     client.force_login(user_with_perms(*REQUIRED[name]))
 
     response = client.post(lifecycle_url(campaign, name), follow=True)
+    if name == "activate":  # the button leads to the review, which confirms
+        response = confirm_review(client, campaign)
 
     assert not [t for t in messages_of(response) if "permission" in t]
     assert everything(campaign) != before
@@ -235,6 +245,8 @@ def test_admin_list_action_works_with_exactly_the_permissions(client, user_with_
 
     assert f"{name}_selected" in offered_actions(client)
     run_list_action(client, name, campaign)
+    if name == "activate":  # the action leads to the review, which confirms
+        confirm_review(client, campaign)
 
     assert everything(campaign) != before
 
@@ -295,7 +307,8 @@ def test_command_user_with_exactly_the_permissions(user_with_perms, name):
     before = everything(campaign)
     user = user_with_perms(*REQUIRED[name])
 
-    command(name.replace("_", "-"), str(campaign.pk), "--user", user.username)
+    confirmed = ["--yes"] if name == "activate" else []
+    command(name.replace("_", "-"), str(campaign.pk), "--user", user.username, *confirmed)
 
     assert everything(campaign) != before
 
