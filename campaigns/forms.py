@@ -12,13 +12,17 @@ from django import forms
 from django.contrib.admin import widgets
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.forms.models import BaseInlineFormSet
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst
 
 from channels.choices import CHANNEL_FIELDS_SCRIPT, CHANNELS_WITH_SUBJECT, subject_refusal
 from channels.rendering import validate_content
 from segments.models import Segment
+from segments.selectors import profile_attribute_keys
 
 from .models import Campaign, ChannelAction
+from .review import unknown_variable_checks
 
 # What the campaign itself holds (the service's CAMPAIGN_FIELDS plus tags)…
 CAMPAIGN_FORM_FIELDS = ("name", "description", "type", "tags")
@@ -98,6 +102,28 @@ class PresetSelect(forms.Select):
         return option
 
 
+class WarnedWidget(forms.Widget):
+    """A content input that shows, right after itself, what saving accepted but the
+    review will ask about (``warnings``, set by the form): beside the field, not blocking."""
+
+    warnings: list[str]
+
+    def render(self, name: str, value: Any, attrs: Any = None, renderer: Any = None) -> Any:
+        html = super().render(name, value, attrs, renderer)
+        if not getattr(self, "warnings", None):
+            return html
+        notes = format_html_join("", "<li>{}</li>", ((w,) for w in self.warnings))
+        return format_html('{}<ul class="salvo-field-warnings" role="note">{}</ul>', html, notes)
+
+
+class WarnedTextarea(WarnedWidget, forms.Textarea):
+    pass
+
+
+class WarnedTextInput(WarnedWidget, forms.TextInput):
+    pass
+
+
 class ChannelActionForm(forms.ModelForm):
     """One channel action; ChannelAction.clean refuses a preset of another channel, and the
     form (as the services do) a subject on a channel without one."""
@@ -108,17 +134,20 @@ class ChannelActionForm(forms.ModelForm):
         widgets = {
             "channel": forms.Select(attrs={"data-channel-select": ""}),
             "preset": PresetSelect(attrs={"data-channel-options": ""}),
-            "subject": forms.TextInput(
+            "subject": WarnedTextInput(
                 attrs={"size": 24, "data-channels": " ".join(sorted(CHANNELS_WITH_SUBJECT))}
             ),
-            "body": forms.Textarea(attrs={"rows": 3, "cols": 36}),
+            "body": WarnedTextarea(attrs={"rows": 3, "cols": 36}),
         }
 
     class Media:
         js = (CHANNEL_FIELDS_SCRIPT,)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, known_attributes: set[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.known_attributes = known_attributes
+        if not self.is_bound and self.instance.pk:
+            self._warn(self.instance.subject, self.instance.body)
         # A table row of the inline has no <label>s, only column headers: name each input.
         for field in self.fields.values():
             # The admin wraps a relation's select (add/change links): name the select.
@@ -133,7 +162,20 @@ class ChannelActionForm(forms.ModelForm):
             return cleaned
         # The services check content too; checked here, a refusal lands on its field.
         validate_content(subject=cleaned.get("subject") or "", body=cleaned.get("body") or "")
+        self._warn(cleaned.get("subject") or "", cleaned.get("body") or "")
         return cleaned
+
+    def _warn(self, subject: str, body: str) -> None:
+        """Put the unknown-variable warnings beside the subject and body."""
+        if self.known_attributes is None:
+            return
+        checks = unknown_variable_checks(
+            label="This", where="", subject=subject, body=body, known=self.known_attributes
+        )
+        for name in ("subject", "body"):
+            widget = self.fields[name].widget
+            if isinstance(widget, WarnedWidget):
+                widget.warnings = [check.message for check in checks if check.field == name]
 
 
 class DraftActionFormSet(BaseInlineFormSet):
@@ -142,6 +184,14 @@ class DraftActionFormSet(BaseInlineFormSet):
     def __init__(self, *args: Any, service_errors: list[str] | None = None, **kwargs: Any):
         self.service_errors = service_errors or []
         super().__init__(*args, **kwargs)
+
+    @cached_property
+    def known_attributes(self) -> set[str]:
+        """The attribute keys content may read, read once for every row."""
+        return set(profile_attribute_keys())
+
+    def get_form_kwargs(self, index: int | None) -> dict[str, Any]:
+        return {**super().get_form_kwargs(index), "known_attributes": self.known_attributes}
 
     def add_fields(self, form: forms.Form, index: int | None) -> None:
         super().add_fields(form, index)

@@ -50,6 +50,8 @@ __all__ = [
     "campaign_review",
     "review_warning_codes",
     "tiny_audience",
+    "unknown_variable_checks",
+    "version_content_warnings",
 ]
 
 # The profile fields content may read (``{{ profile.email }}``), and the container of the
@@ -221,16 +223,11 @@ def _content_warnings(
     for index, action in enumerate(actions):
         where = f"actions[{index}]"
         label = action.get_channel_display()
-        for name, source in (("subject", action.subject), ("body", action.body)):
-            warnings.extend(
-                _warning(
-                    ReviewCode.UNKNOWN_VARIABLE,
-                    f"{label} action, {name}: no profile field or known attribute provides "
-                    f"“profile.{key}”; it renders empty.",
-                    f"{where}.{name}",
-                )
-                for key in unknown_variables(source, known=known)
+        warnings.extend(
+            unknown_variable_checks(
+                label=label, where=where, subject=action.subject, body=action.body, known=known
             )
+        )
         if action.channel == ChannelKind.SMS:
             length = sms_segments(action.body)
             if length.segments > 1:
@@ -258,6 +255,41 @@ def _content_warnings(
                 )
             )
     return warnings
+
+
+def unknown_variable_checks(
+    *, label: str, where: str, subject: str, body: str, known: set[str]
+) -> list[Check]:
+    """The `unknown_variable` warnings of one action's content (`where`: ``actions[i]``,
+    or empty for a form's own fields): at review, and when content is saved."""
+    prefix = f"{where}." if where else ""
+    return [
+        _warning(
+            ReviewCode.UNKNOWN_VARIABLE,
+            f"{label} action, {name}: no profile field or known attribute provides "
+            f"“profile.{key}”; it renders empty.",
+            f"{prefix}{name}",
+        )
+        for name, source in (("subject", subject), ("body", body))
+        for key in unknown_variables(source, known=known)
+    ]
+
+
+def version_content_warnings(*, version: CampaignVersion) -> list[Check]:
+    """What saving the version's content warns about without refusing it: variables no
+    profile provides (two queries: the actions, the attribute keys)."""
+    known = set(profile_attribute_keys())
+    return [
+        check
+        for index, action in enumerate(version_actions(version=version))
+        for check in unknown_variable_checks(
+            label=str(action.get_channel_display()),
+            where=f"actions[{index}]",
+            subject=action.subject,
+            body=action.body,
+            known=known,
+        )
+    ]
 
 
 def unknown_variables(source: str, *, known: set[str]) -> list[str]:

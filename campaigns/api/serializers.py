@@ -31,6 +31,7 @@ from campaigns.selectors import (
 )
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
+from channels.rendering import TemplateContentError, validate_content
 from segments.models import Segment
 
 
@@ -211,6 +212,24 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
     )
     schedule = ScheduleSerializer(required=False)
     actions = ChannelActionInputSerializer(many=True, required=False)
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Content that can never render is refused here, before the service, keyed by the
+        field that holds it (``actions[1].body``) as well as listed under ``actions`` as
+        the services word it."""
+        keyed: dict[str, list[str]] = {}
+        for index, action in enumerate(data.get("actions") or []):
+            try:
+                validate_content(subject=action.get("subject") or "", body=action.get("body") or "")
+            except TemplateContentError as error:
+                for field, messages in error.message_dict.items():
+                    keyed.setdefault(f"actions[{index}].{field}", []).extend(messages)
+        if keyed:
+            listed = [
+                f"{key}: {message}" for key, messages in keyed.items() for message in messages
+            ]
+            raise serializers.ValidationError({"actions": listed, **keyed})
+        return data
 
     def to_service_data(self) -> dict[str, Any]:
         """The validated input as the keyword arguments the services take."""
@@ -542,3 +561,13 @@ class ActivateInputSerializer(serializers.Serializer[Any]):
         default=list,
         help_text="The codes of the review's warnings you have read and accept.",
     )
+
+
+class CampaignSavedSerializer(CampaignSerializer):
+    """A campaign as `POST` and `PATCH` answer: saved, with what its content holds that
+    the review will ask to acknowledge (a variable no profile provides)."""
+
+    warnings = ReviewCheckSerializer(many=True, read_only=True)
+
+    class Meta(CampaignSerializer.Meta):
+        fields = [*CampaignSerializer.Meta.fields, "warnings"]

@@ -38,7 +38,7 @@ from campaigns.preview import (
     preview_profile,
     preview_version,
 )
-from campaigns.review import campaign_review
+from campaigns.review import campaign_review, version_content_warnings
 from campaigns.selectors import (
     DELIVERY_VIEW_PERMISSIONS,
     campaign_deliveries,
@@ -58,6 +58,7 @@ from .serializers import (
     CampaignPreviewSerializer,
     CampaignReportSerializer,
     CampaignReviewSerializer,
+    CampaignSavedSerializer,
     CampaignSerializer,
     CampaignTransitionSerializer,
     CampaignVersionDetailSerializer,
@@ -119,12 +120,12 @@ INVALID = OpenApiResponse(description="Invalid input: field errors.")
 @extend_schema_view(
     create=extend_schema(
         request=CampaignInputSerializer,
-        responses={201: CampaignSerializer, 400: INVALID},
+        responses={201: CampaignSavedSerializer, 400: INVALID},
         description="Create a Draft campaign with version 1.",
     ),
     partial_update=extend_schema(
         request=CampaignInputSerializer,
-        responses={200: CampaignSerializer, 400: INVALID, 409: CONFLICT},
+        responses={200: CampaignSavedSerializer, 400: INVALID, 409: CONFLICT},
         description="Edit the open draft version (only the keys given; `actions` replaces "
         "all actions). 409 when the campaign has no draft.",
     ),
@@ -171,7 +172,7 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         serializer = CampaignInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         campaign = services.campaign_create(user=request.user, **serializer.to_service_data())
-        return self._campaign_response(campaign, status.HTTP_201_CREATED)
+        return self._saved_response(campaign, status.HTTP_201_CREATED)
 
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         campaign = self.get_object()
@@ -180,7 +181,16 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         services.campaign_update(
             campaign=campaign, user=request.user, data=serializer.to_service_data()
         )
-        return self._campaign_response(campaign)
+        return self._saved_response(campaign)
+
+    def _saved_response(self, campaign: Campaign, code: int = status.HTTP_200_OK) -> Response:
+        """The campaign as saved, with `warnings`: what its draft's content holds that
+        saving accepts but the review will ask to acknowledge (unknown variables)."""
+        response = self._campaign_response(campaign, code)
+        draft = Campaign.objects.get(pk=campaign.pk).draft_version
+        warnings = version_content_warnings(version=draft) if draft else []
+        response.data["warnings"] = [check.as_dict() for check in warnings]
+        return response
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         services.campaign_delete(campaign=self.get_object(), user=request.user)
