@@ -81,7 +81,10 @@ def test_api_activate_refuses_stored_content_naming_the_field(api_client, body, 
     response = api_client.post(url(campaign, "activate"), format="json")
 
     assert response.status_code == 400, response.content
-    assert any("SMS action, body: " in e and expected in e for e in response.json()["errors"])
+    errors = [c for c in response.json()["checks"] if c["level"] == "error"]
+    assert [(c["code"], c["field"]) for c in errors] == [("template_error", "actions[0].body")]
+    assert "SMS action, body: " in errors[0]["message"]
+    assert expected in errors[0]["message"]
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.DRAFT
 
@@ -137,9 +140,13 @@ def test_admin_activate_refuses_stored_content_naming_the_field(admin_client):
         follow=True,
     )
 
-    text = " ".join(str(m) for m in response.context["messages"])
+    # The review page, whose error blocks the confirmation.
+    text = response.content.decode()
+    assert 'data-code="template_error"' in text
+    assert "(actions[0].body)" in text
     assert "SMS action, body: " in text
     assert "SALVO_RENDER_MAX_CHARS (100,000 characters)" in text
+    assert 'data-role="confirm"' not in text
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.DRAFT
 
