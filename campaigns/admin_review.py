@@ -121,10 +121,9 @@ def review_page(model_admin: Any, request: HttpRequest, object_id: str) -> HttpR
             campaign=campaign, user=request.user, acknowledge=acknowledge
         )
     except ActivationRefused as refusal:
-        unticked = [check.code for check in refusal.refused if check.level == "warning"]
         for message in refusal.messages:
             model_admin.message_user(request, f"Cannot activate: {message}", messages.ERROR)
-        entry = _entry(request, campaign, back=back, refused=unticked)
+        entry = _entry(request, campaign, back=back, refused=refusal.unacknowledged)
         return _render(model_admin, request, [entry], _title(campaign))
     except REFUSALS as error:
         text = " ".join(error.messages) if isinstance(error, ValidationError) else str(error)

@@ -2,6 +2,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
+from .choices import CheckLevel
+
 
 class CampaignConflict(Exception):
     """The campaign's current state does not allow the operation (HTTP 409 at the API)."""
@@ -17,9 +19,14 @@ class ActivationRefused(ValidationError):
     def __init__(self, *, review: Any, refused: list[Any]) -> None:
         self.review = review
         self.refused = refused
-        errors = [check for check in refused if check.level == "error"]
+        errors = [check for check in refused if check.level == CheckLevel.ERROR]
         if errors:
             messages = [check.message for check in errors]
         else:
             messages = [f"Acknowledge “{check.code}”: {check.message}" for check in refused]
         super().__init__(messages, code="activation_refused")
+
+    @property
+    def unacknowledged(self) -> list[str]:
+        """The codes of the warnings left to acknowledge (none while errors refuse)."""
+        return [check.code for check in self.refused if check.level == CheckLevel.WARNING]

@@ -30,6 +30,7 @@ from channels.choices import ChannelKind
 from channels.rendering import PROFILE_FIELDS, content_profile_keys
 from channels.sms import sms_segments
 from config.permissions import require_perms
+from segments.choices import SegmentKind
 from segments.models import Profile
 from segments.rules import RuleError, rule_conditions
 from segments.selectors import profile_attribute_keys, segment_profiles
@@ -202,7 +203,7 @@ def _audience_warnings(recipients: int) -> list[Check]:
 
 def _rule_warnings(version: CampaignVersion, known: set[str]) -> list[Check]:
     segment = version.segment
-    if segment is None or segment.kind != "rules":
+    if segment is None or segment.kind != SegmentKind.RULES:
         return []
     return [
         _warning(

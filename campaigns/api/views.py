@@ -225,7 +225,7 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
             # The review's shape, so that a client can acknowledge what it lists.
             body = {
                 "detail": " ".join(refusal.messages),
-                "unacknowledged": [c.code for c in refusal.refused if c.level == "warning"],
+                "unacknowledged": refusal.unacknowledged,
                 **CampaignReviewSerializer(refusal.review).data,
             }
             return Response(body, status.HTTP_400_BAD_REQUEST)
