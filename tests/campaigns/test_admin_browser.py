@@ -63,8 +63,13 @@ def test_marketer_drives_a_campaign_from_draft_to_archived(
     campaign = Campaign.objects.get(name="Summer sale")
     assert sorted(a.channel for a in campaign.draft_version.actions.all()) == ["email", "sms"]
 
-    # Activate: the campaign waits for its activation task.
+    # Activate: the review page, each warning ticked, confirmed; then the campaign waits
+    # for its activation task.
     page.click("button[data-operation=activate]")
+    page.wait_for_url(re.compile(r"/review/$"))
+    for box in page.locator('input[name="acknowledge"]').all():
+        box.check()
+    page.locator('[data-role="confirm"]').click()
     page.wait_for_selector(".messagelist .success")
     assert status_text(page) == "Activating"
     assert page.locator("button[data-operation=stop]").count() == 0
