@@ -119,7 +119,6 @@ def test_a_start_in_the_past_and_a_preset_of_another_channel_are_errors():
     ChannelAction.objects.filter(version=campaign.draft_version, channel="sms").update(
         preset=MessagePresetFactory(channel="push"), body="{% if profile.x %}open"
     )
-    later = timezone.now() + dt.timedelta(minutes=5)
     campaign.draft_version.start_at = timezone.now() - dt.timedelta(minutes=1)
     campaign.draft_version.save(update_fields=["start_at"])
 
@@ -129,7 +128,6 @@ def test_a_start_in_the_past_and_a_preset_of_another_channel_are_errors():
     assert errors["start_in_past"] == "start_at"
     assert errors["preset_channel"] == "actions[1].preset"
     assert errors["template_error"] == "actions[1].body"
-    assert later > timezone.now()
 
 
 def test_an_empty_audience_is_a_warning():
