@@ -483,7 +483,7 @@ class CampaignAdmin(ListTitledAdmin):
             noun = "campaign" if succeeded == 1 else "campaigns"
             self.message_user(request, f"{done} {succeeded} {noun}.", messages.SUCCESS)
 
-    @admin.action(description="Activate selected campaigns", permissions=["activate"])
+    @admin.action(description="Review and activate selected campaigns", permissions=["activate"])
     def activate_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> HttpResponse:
         # Through the review page: each campaign's review and confirmation (admin_review).
         return redirect(reviews_url(list(queryset.order_by("name")[: REVIEW_MAX_CAMPAIGNS + 1])))
