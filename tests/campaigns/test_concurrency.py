@@ -30,10 +30,10 @@ from django_fsm import TransitionNotAllowed
 
 from campaigns import services, tasks
 from campaigns.choices import CampaignStatus as Status
+from campaigns.choices import ReviewCode
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign, CampaignVersion, Execution
 from tests.campaigns.factories import (
-    activate_acknowledged,
     make_campaign,
     make_campaign_in_status,
     make_live_campaign,
@@ -122,7 +122,14 @@ def stop(campaign: Campaign) -> Contender:
 
 
 def activate(campaign: Campaign) -> Contender:
-    return Contender("activate", lambda: activate_acknowledged(campaign=campaign))
+    # The codes are named up front: a contender racing a "modify" cannot read the review of
+    # a draft that does not exist yet. What the factory's content warns about (an empty
+    # segment, no SALVO_PUBLIC_URL); anything else is refused and fails the race's test.
+    acknowledge = [ReviewCode.EMPTY_AUDIENCE, ReviewCode.NO_UNSUBSCRIBE_LINK]
+    return Contender(
+        "activate",
+        lambda: services.campaign_activate(campaign=campaign, user=None, acknowledge=acknowledge),
+    )
 
 
 def activation_task(campaign: Campaign) -> Contender:
