@@ -275,6 +275,11 @@ SALVO_PROFILE_ATTRIBUTE_KEY_MAX_LENGTH = env.int(
 )
 SALVO_JSON_MAX_DEPTH = env.int("SALVO_JSON_MAX_DEPTH", default=100)
 
+# The live estimate of unsaved segment rules (the rule builder in the admin, asked as the
+# marketer types): each estimate's queries stop after this many milliseconds, answered 503
+# with a message to narrow the rules, so a heavy tree cannot tie up the database.
+SALVO_SEGMENT_ESTIMATE_TIMEOUT_MS = env.int("SALVO_SEGMENT_ESTIMATE_TIMEOUT_MS", default=3000)
+
 # --- Celery -------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 # The embedded default's broker: kombu's filesystem transport made safe (a message is written

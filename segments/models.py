@@ -34,6 +34,14 @@ def consent_field(channel: str) -> str:
 
 
 CONSENT_FIELDS = tuple(consent_field(channel) for channel in ConsentChannel.values)
+# The Profile column holding each consent channel's address: a message of that channel goes
+# to that column's value, and a profile with it blank cannot be reached there (the delivery
+# engine skips it as "no address"; a segment's reach counts it out).
+ADDRESS_FIELDS: dict[str, str] = {
+    ConsentChannel.EMAIL: "email",
+    ConsentChannel.SMS: "phone",
+    ConsentChannel.PUSH: "push_token",
+}
 
 
 class Profile(models.Model):
