@@ -314,7 +314,8 @@ class SegmentAdmin(ListTitledAdmin):
         if segment is not None and self.has_view_or_change_permission(request, segment):
             extra_context = {
                 **(extra_context or {}),
-                **self._rule_builder_context(),
+                # A static segment has no rules to build.
+                **(self._rule_builder_context() if segment.kind == SegmentKind.RULES else {}),
                 "salvo_preview": self._preview(request, segment),
                 "salvo_preview_limit": selectors.PREVIEW_LIMIT,
             }

@@ -172,3 +172,30 @@ def test_catalogue_leaves_out_keys_no_rule_can_name():
     names = [f["name"] for f in rule_catalogue(attribute_keys=["ok", "bad key"])["fields"]]
     assert "attributes.ok" in names
     assert "attributes.bad key" not in names
+
+
+def test_a_static_segment_page_has_no_rule_builder(admin_client):
+    segment = Segment.objects.create(name="List", kind="static", rules={})
+    html = admin_client.get(reverse("admin:segments_segment_change", args=[segment.pk]))
+    assert 'id="rule-catalogue"' not in html.content.decode()
+
+
+@pytest.mark.parametrize("url_name", ["add", "change"])
+def test_segment_form_with_the_builder_costs_the_same_queries_whatever_the_data(
+    admin_client, url_name
+):
+    segment = Segment.objects.create(name="S", rules=FRENCH)
+    url = reverse(
+        f"admin:segments_segment_{url_name}", args=[] if url_name == "add" else [segment.pk]
+    )
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(url).status_code == 200
+        return len(captured)
+
+    ProfileFactory.create(attributes={"country": "FR", "k0": 0})
+    few = queries()
+    for n in range(30):
+        ProfileFactory.create(attributes={"country": "FR", f"k{n}": n})
+    assert queries() == few

@@ -54,6 +54,11 @@ def test_build_a_segment_with_the_keyboard_and_see_the_live_count(
     # Without "Edit as JSON" the raw field is out of the way.
     expect(page.locator("#id_rules")).to_be_hidden()
     page.locator("#id_name").fill("French-speaking VIPs")
+    # A static segment has no rules: the builder goes while that kind is chosen.
+    page.locator("#id_kind").select_option("static")
+    expect(page.locator("#rule-builder-panel")).to_be_hidden()
+    page.locator("#id_kind").select_option("rules")
+    expect(page.locator("#rule-builder-panel")).to_be_visible()
 
     # Add a condition from the keyboard: the focus lands on its field.
     press_on(page, "Add condition to the top group")
