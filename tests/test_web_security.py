@@ -165,6 +165,7 @@ def test_admin_api_and_docs_pages_work_under_the_policy(browser_page, live_serve
         f"/admin/campaigns/campaign/{campaign.pk}/change/",
         "/admin/segments/profile/",
         "/admin/segments/profile/import/",
+        "/admin/segments/segment/add/",
         f"/admin/segments/segment/{segment.pk}/change/",
         "/admin/channels/messagepreset/add/",
         "/api/",
