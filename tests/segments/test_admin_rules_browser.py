@@ -86,6 +86,9 @@ def test_build_a_segment_with_the_keyboard_and_see_the_live_count(
     # Condition 2 moved up from the keyboard: first now, so the focus goes to its "down".
     press_on(page, "Move up condition 2")
     assert focused_label(page) == "Move down condition 1"
+    # The focus is visible where it lands.
+    outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"
     assert page.get_by_label("Field of condition 1", exact=True).input_value() == "attributes.vip"
     expect(count).to_have_text("2")
     page.check_now()  # axe on the builder as built
@@ -129,8 +132,8 @@ def test_json_edited_by_hand_shows_in_the_builder(
         "attributes.country"
     )
     expect(page.get_by_label("Operator of condition 2", exact=True)).to_have_value("exists")
-    second = page.locator("li.rule-condition").nth(1)
-    expect(second.get_by_label("Not", exact=True)).to_be_checked()
+    expect(page.get_by_label("Not condition 2", exact=True)).to_be_checked()
+    expect(page.get_by_label("Not condition 1", exact=True)).not_to_be_checked()
     expect(page.locator("#rule-estimate [data-role=count]")).to_have_text("2")  # de, fr-3
 
     # JSON that does not parse is reported and leaves the builder as it was.

@@ -168,8 +168,8 @@
 
   function defaultValue(valueKind, previous) {
     if (previous !== undefined && fits(valueKind, previous)) { return previous; }
-    if (valueKind === "list" && previous !== undefined && previous !== null && !Array.isArray(previous) &&
-        typeof previous !== "object") {
+    if (valueKind === "list" && ["string", "number", "boolean"].indexOf(typeof previous) !== -1 &&
+        previous !== "") {
       return [previous];
     }
     return { text: "", moment: "", number: null, days: 30, boolean: true, scalar: "", list: [] }[valueKind];
@@ -257,12 +257,12 @@
 
   function negateBox(node, name) {
     var id = "rule-" + node.key + "-not";
-    var box = el("input", { type: "checkbox", id: id, "data-role": "not" });
+    // Named with its node: a screen reader's list of controls tells the "Not"s apart.
+    var box = el("input", { type: "checkbox", id: id, "data-role": "not", "aria-label": "Not " + name });
     box.checked = node.negate;
     return el("span", { className: "rule-not" }, [
       box,
-      el("label", { for: id, className: "vCheckboxLabel", text: "Not",
-                    title: "Match the profiles " + name + " does not match" }),
+      el("label", { for: id, className: "vCheckboxLabel", text: "Not" }),
     ]);
   }
 
