@@ -149,3 +149,44 @@ def test_json_edited_by_hand_shows_in_the_builder(
         'all[0].value: "gt" needs a number'
     )
     page.check_now()
+
+
+def test_the_live_count_is_asked_and_announced_once_the_typing_settles(
+    admin_page: Any, live_server: Any, people: None
+) -> None:
+    expect = _expect()
+    page = admin_page
+    # The page's timers run only when the test moves its clock: what happens between
+    # keystrokes does not depend on how fast this machine types.
+    page.clock.install()
+    page.goto(f"{live_server.url}{reverse('admin:segments_segment_add')}")
+    page.clock.run_for(1000)
+    count = page.locator("#rule-estimate [data-role=count]")
+    expect(count).to_have_text("5")
+    asked: list[str] = []
+    page.on(
+        "request",
+        lambda request: asked.append(request.url) if request.url.endswith("/estimate/") else None,
+    )
+    page.evaluate(
+        """() => {
+          window.estimateUpdates = 0;
+          new MutationObserver(() => { window.estimateUpdates += 1; })
+            .observe(document.getElementById("rule-estimate"), {childList: true, subtree: true});
+        }"""
+    )
+
+    press_on(page, "Add condition to the top group")
+    page.get_by_label("Field of condition 1", exact=True).select_option("attributes.country")
+    page.get_by_label("Operator of condition 1", exact=True).select_option("startswith")
+    page.get_by_label("Value of condition 1", exact=True).focus()
+    page.keyboard.type("FR")
+    page.clock.run_for(300)  # less than the pause the estimate waits for
+    assert asked == []
+    assert page.evaluate("() => window.estimateUpdates") == 0
+
+    page.clock.run_for(200)
+    expect(count).to_have_text("3")
+    assert len(asked) == 1
+    assert page.evaluate("() => window.estimateUpdates") == 1
+    assert page.locator("#rule-estimate").get_attribute("aria-live") == "polite"
