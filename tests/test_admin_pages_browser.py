@@ -75,5 +75,6 @@ def test_every_salvo_admin_page_passes_axe_in_both_themes(
 
     for url in urls:
         response = page.goto(f"{live_server.url}{url}")
-        assert response is not None and response.ok, f"{url}: {response and response.status}"
+        assert response is not None, url
+        assert response.ok, f"{url}: HTTP {response.status}"
         page.check()
