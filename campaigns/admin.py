@@ -58,6 +58,7 @@ from .selectors import (
     delivery_error_summary,
     version_change_notes,
     version_diff,
+    version_role,
 )
 
 Status = CampaignStatus
@@ -83,16 +84,6 @@ def _text_colour(background: str) -> str:
     linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
     luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
     return "#000" if (luminance + 0.05) / 0.05 > 1.05 / (luminance + 0.05) else "#fff"
-
-
-def live_version_role(campaign: Campaign) -> str:
-    """What the campaign's live version is to it now: running while it sends (or re-activates
-    with it), scheduled until it starts, its last run once the campaign has ended."""
-    if campaign.status == Status.SCHEDULED:
-        return "scheduled"
-    if campaign.status in (Status.LIVE, Status.ACTIVATING):
-        return "running"
-    return "last run"
 
 
 def status_badge_html(campaign: Campaign) -> SafeString:
@@ -852,7 +843,7 @@ class CampaignAdmin(ListTitledAdmin):
                 "salvo_buttons": self._lifecycle_buttons(request, campaign),
                 "salvo_editable": self.has_change_permission(request, campaign),
                 "salvo_live_version": by_pk.get(campaign.live_version_id),
-                "salvo_live_role": live_version_role(campaign),
+                "salvo_live_role": version_role(campaign).label,
                 # A draft the form cannot edit (being activated) is shown like the live one.
                 "salvo_readonly_draft": None if campaign_is_editable(campaign) else draft,
                 "salvo_versions": versions,

@@ -31,6 +31,16 @@ STATUS_COLOURS: dict[str, str] = {
 }
 
 
+class VersionRole(models.TextChoices):
+    """What one of a campaign's versions is to it now (`selectors.version_role`)."""
+
+    DRAFT = "draft", "draft"
+    SCHEDULED = "scheduled", "scheduled"  # the live version, before the campaign starts
+    RUNNING = "running", "running"  # the live version while the campaign sends
+    LAST_RUN = "last_run", "last run"  # the live version once the campaign has ended
+    PAST = "past", "past"
+
+
 class CampaignType(models.TextChoices):
     MARKETING = "marketing", "Marketing"
     TRANSACTIONAL = "transactional", "Transactional"

@@ -35,7 +35,7 @@ from segments.selectors import profile_attribute_keys, profile_list
 from .choices import DeliveryStatus
 from .delivery import PROFILE_VALUES, _ActionSender, _Due, render_error_text
 from .models import Campaign, CampaignVersion, ChannelAction
-from .selectors import DELIVERY_VIEW_PERMISSIONS
+from .selectors import DELIVERY_VIEW_PERMISSIONS, version_role
 
 # A preview shows a profile's data, as a delivery row does: it takes the same permissions.
 PREVIEW_PERMISSIONS = DELIVERY_VIEW_PERMISSIONS
@@ -97,14 +97,6 @@ def preview_version(*, campaign: Campaign, number: int | None = None) -> Campaig
     if version is None:
         raise ValidationError({"version": f"Campaign {campaign.pk} has no version."})
     return version
-
-
-def version_role(campaign: Campaign, version: CampaignVersion) -> str:
-    if version.pk == campaign.draft_version_id:
-        return "draft"
-    if version.pk == campaign.live_version_id:
-        return "running"
-    return "past"
 
 
 def preview_profile(*, pk: int | None = None, external_id: str | None = None) -> Profile:

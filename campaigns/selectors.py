@@ -48,6 +48,7 @@ from .choices import (
     CampaignStatus,
     DeliveryStatus,
     ExecutionStatus,
+    VersionRole,
 )
 from .models import (
     TIMELINE_BUCKET_S,
@@ -267,6 +268,22 @@ def campaign_versions(*, campaign: Campaign) -> QuerySet[CampaignVersion]:
         .prefetch_related("actions__preset")
         .order_by("-number")
     )
+
+
+def version_role(campaign: Campaign, version: CampaignVersion | None = None) -> VersionRole:
+    """What `version` (the live one unless given) is to the campaign now: its draft; the
+    live version scheduled until the campaign starts, running while it sends (or activates
+    with it), its last run once the campaign has ended; or a past version."""
+    version_id = campaign.live_version_id if version is None else version.pk
+    if version_id is not None and version_id == campaign.draft_version_id:
+        return VersionRole.DRAFT
+    if version_id != campaign.live_version_id:
+        return VersionRole.PAST
+    if campaign.status == CampaignStatus.SCHEDULED:
+        return VersionRole.SCHEDULED
+    if campaign.status in (CampaignStatus.LIVE, CampaignStatus.ACTIVATING):
+        return VersionRole.RUNNING
+    return VersionRole.LAST_RUN
 
 
 def campaign_transitions(*, campaign: Campaign) -> QuerySet[CampaignTransition]:

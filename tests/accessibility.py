@@ -47,8 +47,6 @@ KNOWN_ELSEWHERE: dict[tuple[str, str], str] = {
     (r"^/api/(?!docs/)", "color-contrast"): "DRF browsable API",
     # drf-spectacular's Swagger UI page.
     (r"^/api/docs/", "html-has-lang"): "drf-spectacular Swagger UI page",
-    # The profile import page's breadcrumbs (templates/admin/segments/profile/import.html).
-    (r"^/admin/segments/profile/import/", "link-in-text-block"): "profile import page",
 }
 
 

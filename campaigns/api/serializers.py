@@ -18,6 +18,7 @@ from campaigns.choices import (
     DeliveryReason,
     DeliveryStatus,
     ExecutionStatus,
+    VersionRole,
 )
 from campaigns.models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
 from campaigns.operations import OPERATIONS
@@ -449,8 +450,9 @@ class CampaignPreviewSerializer(serializers.Serializer[Any]):
     version = serializers.IntegerField(source="version.number", help_text="Version number.")
     version_role = serializers.ChoiceField(
         source="role",
-        choices=["draft", "running", "past"],
-        help_text="Which of the campaign's versions it is.",
+        choices=VersionRole.values,
+        help_text="What the version is to the campaign now: its draft; the live version "
+        "scheduled, running, or its last run once the campaign has ended; or a past version.",
     )
     profile = PreviewProfileSerializer()
     actions = ActionPreviewSerializer(many=True)
