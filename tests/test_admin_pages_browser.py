@@ -15,7 +15,7 @@ from django.contrib import admin
 from django.urls import NoReverseMatch, reverse
 
 from tests.campaigns.factories import make_campaign, make_campaign_in_status
-from tests.segments.factories import ProfileFactory
+from tests.segments.factories import ProfileFactory, SegmentFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -58,6 +58,8 @@ def test_every_salvo_admin_page_passes_axe_in_both_themes(
 ) -> None:
     page = admin_page
     ProfileFactory.create_batch(3, attributes={"plan": "pro"})
+    # A rule segment: its change page carries the rule builder, checked as it has drawn it.
+    SegmentFactory.create(rules={"all": [{"field": "attributes.plan", "op": "eq", "value": "pro"}]})
     make_campaign(name="Spring sale")
     live = make_campaign_in_status("live", with_draft=True, name="Winter sale")
 
@@ -77,4 +79,8 @@ def test_every_salvo_admin_page_passes_axe_in_both_themes(
         response = page.goto(f"{live_server.url}{url}")
         assert response is not None, url
         assert response.ok, f"{url}: HTTP {response.status}"
+        if "/segments/segment/" in url and not url.endswith("/segment/"):
+            # The rule builder draws itself and its live count after the load event.
+            page.locator("#rule-estimate [data-role=count]").wait_for()
+            page.check_now()
         page.check()
