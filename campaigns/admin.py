@@ -31,9 +31,11 @@ from config.admin_site import ListTitledAdmin
 from config.formats import short_datetime
 
 from . import services
+from .admin_approval import DECISIONS, approval_page
 from .admin_preview import preview_page
 from .admin_report import refresh_ms as report_refresh_ms
 from .admin_report import report_context, report_html
+from .approval import version_approval_text
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
 from .exceptions import CampaignConflict
 from .forms import (
@@ -219,6 +221,23 @@ class AlertListFilter(admin.SimpleListFilter):
         return queryset.filter(pk__in=chosen.values("pk"))
 
 
+class AwaitingApprovalListFilter(admin.SimpleListFilter):
+    """Campaigns whose open draft awaits an approval (or not)."""
+
+    title = "awaiting approval"
+    parameter_name = "awaiting_approval"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value not in ("yes", "no"):
+            return queryset
+        chosen = campaign_list(statuses=None, awaiting_approval=value == "yes")
+        return queryset.filter(pk__in=chosen.values("pk"))
+
+
 class ChannelListFilter(admin.SimpleListFilter):
     """Campaigns whose shown version (running, else draft) sends on the channel."""
 
@@ -373,6 +392,7 @@ class CampaignAdmin(ListTitledAdmin):
     list_filter = (
         StatusListFilter,
         AlertListFilter,
+        AwaitingApprovalListFilter,
         ChannelListFilter,
         StartDateRangeFilter,
         "type",
@@ -764,6 +784,12 @@ class CampaignAdmin(ListTitledAdmin):
             raise PermissionDenied
         if operation == "delete":
             return redirect(reverse("admin:campaigns_campaign_delete", args=[campaign.pk]))
+        if operation in DECISIONS:
+            try:
+                return approval_page(self, request, campaign, operation)
+            except REFUSALS as error:
+                self.message_user(request, refusal_text(error), messages.ERROR)
+                return redirect(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
         return self._run_operation(request, campaign, operation)
 
     def _run_operation(self, request: HttpRequest, campaign: Campaign, operation: str) -> Any:
@@ -792,6 +818,9 @@ class CampaignAdmin(ListTitledAdmin):
             elif operation == "archive":
                 services.campaign_archive(campaign=campaign, user=user)
                 done = f"“{name}” is archived."
+            elif operation == "request_approval":
+                services.campaign_request_approval(campaign=campaign, user=user)
+                done = f"Approval of “{name}” requested: an approver can now approve or reject it."
             elif operation == "duplicate":
                 copy = services.campaign_duplicate(campaign=campaign, user=user)
                 done = f"“{copy.name}” was created as a Draft copy of “{name}”."
@@ -859,6 +888,9 @@ class CampaignAdmin(ListTitledAdmin):
                 "salvo_transitions": list(campaign_transitions(campaign=campaign)[:100]),
                 "salvo_delivery_error": campaign_delivery_error(campaign=campaign),
                 "salvo_change_notes": version_change_notes(campaign=campaign),
+                "salvo_approval_text": (
+                    version_approval_text(campaign=campaign, version=draft) if draft else ""
+                ),
             }
             report = report_context(campaign=campaign, request=request)
             refresh = report_refresh_ms(campaign)
