@@ -204,38 +204,35 @@ class TagListFilter(admin.SimpleListFilter):
         return queryset.filter(tags__name=value) if value else queryset
 
 
-class AlertListFilter(admin.SimpleListFilter):
+class YesNoListFilter(admin.SimpleListFilter):
+    """A yes/no filter decided by one boolean argument of `selectors.campaign_list`."""
+
+    selector_argument = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value not in ("yes", "no"):
+            return queryset
+        wanted: dict[str, Any] = {self.selector_argument: value == "yes"}
+        chosen = campaign_list(statuses=None, **wanted)
+        return queryset.filter(pk__in=chosen.values("pk"))
+
+
+class AlertListFilter(YesNoListFilter):
     """Campaigns with or without an alert: the rules of `selectors.alert_rules`."""
 
     title = "has alerts"
-    parameter_name = "has_alerts"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", "Yes"), ("no", "No")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        if value not in ("yes", "no"):
-            return queryset
-        chosen = campaign_list(statuses=None, has_alerts=value == "yes")
-        return queryset.filter(pk__in=chosen.values("pk"))
+    parameter_name = selector_argument = "has_alerts"
 
 
-class AwaitingApprovalListFilter(admin.SimpleListFilter):
+class AwaitingApprovalListFilter(YesNoListFilter):
     """Campaigns whose open draft awaits an approval (or not)."""
 
     title = "awaiting approval"
-    parameter_name = "awaiting_approval"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", "Yes"), ("no", "No")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        if value not in ("yes", "no"):
-            return queryset
-        chosen = campaign_list(statuses=None, awaiting_approval=value == "yes")
-        return queryset.filter(pk__in=chosen.values("pk"))
+    parameter_name = selector_argument = "awaiting_approval"
 
 
 class ChannelListFilter(admin.SimpleListFilter):
