@@ -15,7 +15,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from campaigns import services
@@ -434,3 +436,24 @@ def test_command_refuses_own_edit_and_roles_without_the_permission(people):
     with pytest.raises(CommandError, match=r"campaigns\.activate_campaign"):
         command("activate", pk, "--user", "mia")
     assert approval_of(campaign) == ApprovalStatus.AWAITING
+
+
+def test_admin_approval_page_costs_the_same_queries_however_long_the_history(client, people):
+    client.force_login(people["ada"])
+
+    def page_queries(campaign: Campaign) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            page = client.post(lifecycle_url(campaign, "approve"))
+        assert page.status_code == 200
+        assert "Awaiting approval" in page.content.decode()
+        return len(captured)
+
+    short = make_campaign(approval_required=True)
+    services.campaign_request_approval(campaign=short, user=people["mia"])
+    long = make_campaign(approval_required=True)
+    for n in range(5):
+        services.campaign_request_approval(campaign=long, user=people["mia"])
+        services.campaign_reject(campaign=long, user=people["ada"], comment=f"Again {n}")
+    services.campaign_request_approval(campaign=long, user=people["max"])
+
+    assert page_queries(long) == page_queries(short)
