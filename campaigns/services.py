@@ -40,7 +40,13 @@ from .approval import (
 from .choices import ApprovalStatus, CampaignStatus, CampaignType
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
 from .exceptions import CampaignConflict
-from .models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
+from .models import (
+    Campaign,
+    CampaignTransition,
+    CampaignVersion,
+    ChannelAction,
+    approval_required_by_default,
+)
 from .operations import ADD_CAMPAIGN, CHANGE_CAMPAIGN, LIFECYCLE, OPERATIONS, VIEW_CAMPAIGN
 from .selectors import Actor, version_activation_problems
 
@@ -598,6 +604,8 @@ def campaign_duplicate(*, campaign: Campaign, user: Actor | None, name: str = ""
         name=name or _duplicate_name(campaign.name),
         description=campaign.description,
         type=campaign.type,
+        # A copy is no way around the policy: it needs an approval as the original does.
+        approval_required=campaign.approval_required or approval_required_by_default(),
         created_by=_actor(user),
     )
     copy.full_clean(exclude=["status", "live_version", "draft_version"])

@@ -258,6 +258,18 @@ def test_api_only_an_approver_turns_the_policy_off(api_client_for, people):
     assert turned_off.json()["approval_required"] is False
 
 
+def test_api_a_copy_requires_the_approval_its_original_does(api_client_for, people):
+    original = make_campaign(approval_required=True)
+
+    copy = api_client_for(people["mia"]).post(url(original, "duplicate"), {}, format="json")
+
+    assert copy.status_code == 201
+    assert copy.json()["approval_required"] is True
+    assert copy.json()["approval"]["last_edited_by"] == "mia"
+    refused = api_client_for(people["ada"]).post(url(copy.json()["id"], "activate"))
+    assert refused.status_code == 409
+
+
 def test_api_awaiting_approval_filter(api_client_for, people):
     waiting = make_campaign(approval_required=True)
     services.campaign_request_approval(campaign=waiting, user=people["mia"])
