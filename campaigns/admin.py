@@ -31,9 +31,11 @@ from config.admin_site import ListTitledAdmin
 from config.formats import short_datetime
 
 from . import services
+from .admin_approval import DECISIONS, approval_page
 from .admin_preview import preview_page
 from .admin_report import refresh_ms as report_refresh_ms
 from .admin_report import report_context, report_html
+from .approval import version_approval_text
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
 from .exceptions import CampaignConflict
 from .forms import (
@@ -193,11 +195,10 @@ class TagListFilter(admin.SimpleListFilter):
         return queryset.filter(tags__name=value) if value else queryset
 
 
-class AlertListFilter(admin.SimpleListFilter):
-    """Campaigns with or without an alert: the rules of `selectors.alert_rules`."""
+class YesNoListFilter(admin.SimpleListFilter):
+    """A yes/no filter decided by one boolean argument of `selectors.campaign_list`."""
 
-    title = "has alerts"
-    parameter_name = "has_alerts"
+    selector_argument = ""
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("yes", "Yes"), ("no", "No")]
@@ -206,8 +207,23 @@ class AlertListFilter(admin.SimpleListFilter):
         value = self.value()
         if value not in ("yes", "no"):
             return queryset
-        chosen = campaign_list(statuses=None, has_alerts=value == "yes")
+        wanted: dict[str, Any] = {self.selector_argument: value == "yes"}
+        chosen = campaign_list(statuses=None, **wanted)
         return queryset.filter(pk__in=chosen.values("pk"))
+
+
+class AlertListFilter(YesNoListFilter):
+    """Campaigns with or without an alert: the rules of `selectors.alert_rules`."""
+
+    title = "has alerts"
+    parameter_name = selector_argument = "has_alerts"
+
+
+class AwaitingApprovalListFilter(YesNoListFilter):
+    """Campaigns whose open draft awaits an approval (or not)."""
+
+    title = "awaiting approval"
+    parameter_name = selector_argument = "awaiting_approval"
 
 
 class ChannelListFilter(admin.SimpleListFilter):
@@ -364,6 +380,7 @@ class CampaignAdmin(ListTitledAdmin):
     list_filter = (
         StatusListFilter,
         AlertListFilter,
+        AwaitingApprovalListFilter,
         ChannelListFilter,
         StartDateRangeFilter,
         "type",
@@ -755,6 +772,12 @@ class CampaignAdmin(ListTitledAdmin):
             raise PermissionDenied
         if operation == "delete":
             return redirect(reverse("admin:campaigns_campaign_delete", args=[campaign.pk]))
+        if operation in DECISIONS:
+            try:
+                return approval_page(self, request, campaign, operation)
+            except REFUSALS as error:
+                self.message_user(request, refusal_text(error), messages.ERROR)
+                return redirect(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
         return self._run_operation(request, campaign, operation)
 
     def _run_operation(self, request: HttpRequest, campaign: Campaign, operation: str) -> Any:
@@ -783,6 +806,9 @@ class CampaignAdmin(ListTitledAdmin):
             elif operation == "archive":
                 services.campaign_archive(campaign=campaign, user=user)
                 done = f"“{name}” is archived."
+            elif operation == "request_approval":
+                services.campaign_request_approval(campaign=campaign, user=user)
+                done = f"Approval of “{name}” requested: an approver can now approve or reject it."
             elif operation == "duplicate":
                 copy = services.campaign_duplicate(campaign=campaign, user=user)
                 done = f"“{copy.name}” was created as a Draft copy of “{name}”."
@@ -850,6 +876,9 @@ class CampaignAdmin(ListTitledAdmin):
                 "salvo_transitions": list(campaign_transitions(campaign=campaign)[:100]),
                 "salvo_delivery_error": campaign_delivery_error(campaign=campaign),
                 "salvo_change_notes": version_change_notes(campaign=campaign),
+                "salvo_approval_text": (
+                    version_approval_text(campaign=campaign, version=draft) if draft else ""
+                ),
             }
             report = report_context(campaign=campaign, request=request)
             refresh = report_refresh_ms(campaign)

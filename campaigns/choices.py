@@ -46,6 +46,15 @@ class CampaignType(models.TextChoices):
     TRANSACTIONAL = "transactional", "Transactional"
 
 
+class ApprovalStatus(models.TextChoices):
+    """Where a version stands in the approval flow (see campaigns.approval)."""
+
+    NOT_REQUESTED = "not_requested", "Not requested"
+    AWAITING = "awaiting", "Awaiting approval"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
 class ExecutionStatus(models.TextChoices):
     RUNNING = "running", "Running"
     COMPLETED = "completed", "Completed"

@@ -21,7 +21,7 @@ from segments.models import Segment
 from .models import Campaign, ChannelAction
 
 # What the campaign itself holds (the service's CAMPAIGN_FIELDS plus tags)…
-CAMPAIGN_FORM_FIELDS = ("name", "description", "type", "tags")
+CAMPAIGN_FORM_FIELDS = ("name", "description", "type", "approval_required", "tags")
 # …and what its draft version holds besides the actions.
 VERSION_FORM_FIELDS = ("segment", "start_at")
 ACTION_FIELDS = ("channel", "preset", "subject", "body")

@@ -13,6 +13,7 @@ from taggit.managers import TaggableManager
 from channels.choices import ChannelKind
 
 from .choices import (
+    ApprovalStatus,
     CampaignStatus,
     CampaignType,
     DeliveryReason,
@@ -22,6 +23,11 @@ from .choices import (
 from .operations import step_label, transition_permission
 
 Status = CampaignStatus
+
+
+def approval_required_by_default() -> bool:
+    """A new campaign's approval policy: SALVO_APPROVAL_REQUIRED (see campaigns.approval)."""
+    return bool(settings.SALVO_APPROVAL_REQUIRED)
 
 
 def has_draft_version(campaign: Any) -> bool:
@@ -40,6 +46,11 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         help_text="Transactional campaigns (legal notices…) ignore marketing opt-outs.",
     )
     tags = TaggableManager(blank=True)
+    approval_required = models.BooleanField(
+        default=approval_required_by_default,
+        help_text="A version must be approved by someone other than its last editor before "
+        "it can be activated. New campaigns follow SALVO_APPROVAL_REQUIRED.",
+    )
     status = FSMField(
         max_length=16,
         choices=Status.choices,
@@ -72,7 +83,10 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        permissions = [("activate_campaign", "Can activate a campaign")]
+        permissions = [
+            ("activate_campaign", "Can activate a campaign"),
+            ("approve_campaign", "Can approve or reject a campaign version"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(status__in=Status.values), name="campaign_status_valid"
@@ -188,12 +202,38 @@ class CampaignVersion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Who wrote its content last (created, copied or edited it): the one person who may not
+    # approve it.
+    last_edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The approval flow (campaigns.approval): an edit puts an approved version back to
+    # "not requested"; the log keeps every request and decision with its comment.
+    approval_status = models.CharField(
+        max_length=16,
+        choices=ApprovalStatus.choices,
+        default=ApprovalStatus.NOT_REQUESTED,
+        db_index=True,
+    )
+    approval_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approval_requested_at = models.DateTimeField(null=True, blank=True)
+    approval_decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approval_decided_at = models.DateTimeField(null=True, blank=True)
+    approval_comment = models.TextField(blank=True)
 
     class Meta:
         ordering = ["campaign", "-number"]
         constraints = [
             models.UniqueConstraint(
                 fields=["campaign", "number"], name="campaign_version_number_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(approval_status__in=ApprovalStatus.values),
+                name="campaign_version_approval_status_valid",
             ),
         ]
 

@@ -41,10 +41,12 @@ from segments.choices import SegmentKind
 from segments.models import Profile
 from segments.rules import rule_errors
 
+from .approval import NEEDED_STATUS, approval_step_refusal
 from .choices import (
     ALL_STATUSES,
     DEFAULT_VISIBLE_STATUSES,
     DELIVERY_TERMINAL_STATUSES,
+    ApprovalStatus,
     CampaignStatus,
     DeliveryStatus,
     ExecutionStatus,
@@ -215,6 +217,14 @@ def _shown_version_has_channel(channels: list[str]) -> Exists:
     )
 
 
+# The people the open draft's approval names (campaigns.approval.campaign_approval).
+APPROVAL_PEOPLE = (
+    "draft_version__last_edited_by",
+    "draft_version__approval_requested_by",
+    "draft_version__approval_decided_by",
+)
+
+
 def campaign_list(
     *,
     statuses: Iterable[str] | None = DEFAULT_VISIBLE_STATUSES,
@@ -222,6 +232,7 @@ def campaign_list(
     tags: Iterable[str] = (),
     channels: Iterable[str] = (),
     has_alerts: bool | None = None,
+    awaiting_approval: bool | None = None,
     start_from: dt.date | None = None,
     start_to: dt.date | None = None,
     now: dt.datetime | None = None,
@@ -231,11 +242,12 @@ def campaign_list(
 
     `channels`: the version the row shows (running, else draft) sends on any of them;
     `has_alerts`: some rule of `alert_rules()` holds (True) or none does (False);
+    `awaiting_approval`: the open draft awaits an approval (True) or not (False);
     `start_from`/`start_to`: the day it went Live, or else is set to start, in the current
     time zone, both ends included.
     """
     queryset = Campaign.objects.select_related(
-        "live_version__segment", "draft_version__segment"
+        "live_version__segment", "draft_version__segment", *APPROVAL_PEOPLE
     ).prefetch_related(
         "tags", _FAILING_EXECUTIONS, "live_version__actions", "draft_version__actions"
     )
@@ -254,6 +266,11 @@ def campaign_list(
         queryset = queryset.filter(_any_alert())
     elif has_alerts is False:
         queryset = queryset.exclude(_any_alert())
+    awaiting = Q(draft_version__approval_status=ApprovalStatus.AWAITING)
+    if awaiting_approval is True:
+        queryset = queryset.filter(awaiting)
+    elif awaiting_approval is False:
+        queryset = queryset.exclude(awaiting)
     if start_from is not None:
         queryset = queryset.filter(Q(start_time__date__gte=start_from))
     if start_to is not None:
@@ -346,6 +363,8 @@ def _state_allows(campaign: Campaign, name: str) -> bool:
         return running and campaign.draft_version_id is not None
     if name == "delete":
         return campaign.status == Status.DRAFT
+    if name in NEEDED_STATUS:
+        return not approval_step_refusal(campaign, name)
     return name == "duplicate"
 
 

@@ -324,6 +324,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # How often the scheduler looks for Scheduled campaigns that are due, and how long a
 # campaign may sit in Activating before its activation task is sent again.
+# Whether a new campaign needs an approval before a version is activated (each campaign
+# keeps its own flag, set from this when it is created; see campaigns.approval).
+SALVO_APPROVAL_REQUIRED = env.bool("SALVO_APPROVAL_REQUIRED", default=False)
+
 SALVO_SCHEDULER_INTERVAL_S = env.float("SALVO_SCHEDULER_INTERVAL_S", default=2.0)
 SALVO_ACTIVATION_RETRY_AFTER_S = env.float("SALVO_ACTIVATION_RETRY_AFTER_S", default=60.0)
 CELERY_BEAT_SCHEDULE = {

@@ -51,6 +51,7 @@ from config.permissions import require_perms
 
 from .filtersets import CampaignFilterSet, DeliveryFilterSet
 from .serializers import (
+    ApprovalCommentSerializer,
     CampaignInputSerializer,
     CampaignPreviewSerializer,
     CampaignReportSerializer,
@@ -265,6 +266,43 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
     def discard_draft(self, request: Request, pk: str | None = None) -> Response:
         campaign = services.campaign_discard_draft(campaign=self.get_object(), user=request.user)
         return self._campaign_response(campaign)
+
+    def _approval_step(self, request: Request, service: Any) -> Response:
+        serializer = ApprovalCommentSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        campaign = service(
+            campaign=self.get_object(),
+            user=request.user,
+            comment=serializer.validated_data["comment"],
+        )
+        return self._campaign_response(campaign)
+
+    @extend_schema(
+        request=ApprovalCommentSerializer,
+        responses={200: CampaignSerializer, 409: CONFLICT},
+        description="Ask for the open draft's approval (the campaign requires one).",
+    )
+    @action(detail=True, methods=["post"], url_path="request-approval")
+    def request_approval(self, request: Request, pk: str | None = None) -> Response:
+        return self._approval_step(request, services.campaign_request_approval)
+
+    @extend_schema(
+        request=ApprovalCommentSerializer,
+        responses={200: CampaignSerializer, 403: None, 409: CONFLICT},
+        description="Approve the draft awaiting approval; 403 for its last editor.",
+    )
+    @action(detail=True, methods=["post"])
+    def approve(self, request: Request, pk: str | None = None) -> Response:
+        return self._approval_step(request, services.campaign_approve)
+
+    @extend_schema(
+        request=ApprovalCommentSerializer,
+        responses={200: CampaignSerializer, 400: INVALID, 403: None, 409: CONFLICT},
+        description="Reject the draft awaiting approval; `comment` says why (required).",
+    )
+    @action(detail=True, methods=["post"])
+    def reject(self, request: Request, pk: str | None = None) -> Response:
+        return self._approval_step(request, services.campaign_reject)
 
     def _page(self, rows: QuerySet[Any], serializer: type[BaseSerializer[Any]]) -> Response:
         """A page of rows in the shape of every list (count, next, previous, results)."""

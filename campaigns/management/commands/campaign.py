@@ -26,6 +26,7 @@ from campaigns.api.serializers import (
     CampaignTransitionSerializer,
     CampaignVersionDetailSerializer,
 )
+from campaigns.approval import version_approval_text
 from campaigns.choices import ALL_STATUSES, CampaignStatus, DeliveryReason
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
@@ -175,6 +176,17 @@ class Command(BaseCommand):
         commands.add_parser(
             "discard-draft", parents=[with_id], help="Drop a running campaign's open draft."
         )
+        for name, what in (
+            ("request-approval", "Ask for the open draft's approval."),
+            ("approve", "Approve the draft awaiting approval (not its last editor)."),
+            ("reject", "Reject the draft awaiting approval, saying why (--comment)."),
+        ):
+            step = commands.add_parser(name, parents=[with_id], help=what)
+            step.add_argument(
+                "--comment",
+                default="",
+                help="Kept in the transition log; required to reject.",
+            )
 
     def handle(self, *args: Any, **options: Any) -> None:
         handlers: dict[str, Callable[..., None]] = {
@@ -188,6 +200,9 @@ class Command(BaseCommand):
             "duplicate": self.duplicate_campaign,
             "modify": self.modify_campaign,
             "discard-draft": self.discard_draft_campaign,
+            "request-approval": self.approval_step,
+            "approve": self.approval_step,
+            "reject": self.approval_step,
         }
         user = self._user(options.pop("user"))
         try:
@@ -275,6 +290,8 @@ class Command(BaseCommand):
         out(f"Campaign {campaign.pk} “{campaign.name}”")
         out(f"  status:      {self._status_text(campaign)}")
         out(f"  type:        {campaign.type}")
+        approval = version_approval_text(campaign=campaign, version=campaign.draft_version)
+        out(f"  approval:    {approval}")
         out(f"  tags:        {', '.join(sorted(campaign.tags.names())) or '-'}")
         if campaign.description:
             out(f"  description: {campaign.description}")
@@ -482,3 +499,11 @@ class Command(BaseCommand):
     def discard_draft_campaign(self, *, user: Any, id: int, **options: Any) -> None:
         campaign = services.campaign_discard_draft(campaign=self._campaign(id), user=user)
         self._done(campaign, "draft discarded")
+
+    def approval_step(self, *, user: Any, id: int, comment: str, **options: Any) -> None:
+        name = options["operation"].replace("-", "_")
+        operation = OPERATIONS[name]
+        campaign = operation.service(campaign=self._campaign(id), user=user, comment=comment)
+        draft = campaign.draft_version
+        assert draft is not None  # the approval steps act on the open draft
+        self._done(campaign, f"version {draft.number} {operation.done}")
