@@ -32,6 +32,7 @@ from config.formats import short_datetime
 
 from . import services
 from .admin_preview import preview_page
+from .admin_proofs import proof_context, proof_request_view
 from .admin_report import refresh_ms as report_refresh_ms
 from .admin_report import report_context, report_html
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
@@ -669,6 +670,11 @@ class CampaignAdmin(ListTitledAdmin):
                 name="campaigns_campaign_preview",
             ),
             path(
+                "<path:object_id>/proof/",
+                self.admin_site.admin_view(self.proof_view),
+                name="campaigns_campaign_proof",
+            ),
+            path(
                 "<path:object_id>/versions/diff/",
                 self.admin_site.admin_view(self.version_diff_view),
                 name="campaigns_campaign_version_diff",
@@ -679,6 +685,10 @@ class CampaignAdmin(ListTitledAdmin):
     def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The campaign's actions rendered for a chosen profile (`admin_preview`)."""
         return preview_page(self, request, object_id)
+
+    def proof_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The "Send proof" button (`admin_proofs`)."""
+        return proof_request_view(self, request, object_id)
 
     def viewable_campaign(self, request: HttpRequest, object_id: str) -> Campaign:
         """The campaign a page of its own shows (diff, report, preview): 404 when there is
@@ -850,6 +860,7 @@ class CampaignAdmin(ListTitledAdmin):
                 "salvo_transitions": list(campaign_transitions(campaign=campaign)[:100]),
                 "salvo_delivery_error": campaign_delivery_error(campaign=campaign),
                 "salvo_change_notes": version_change_notes(campaign=campaign),
+                **proof_context(campaign=campaign, request=request),
             }
             report = report_context(campaign=campaign, request=request)
             refresh = report_refresh_ms(campaign)
