@@ -343,3 +343,21 @@ def test_admin_proofs_section_costs_the_same_queries_for_1_or_many_proofs(
     assert few == many
     page = admin_client.get(change_url(campaign)).content.decode()
     assert page.count("data-proof=") == proofs.RECENT_PROOF_SENDS
+
+
+def test_admin_proofs_refresh_answers_the_table_and_whether_one_is_pending(
+    admin_client: Any, local_sinks: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    ProfileFactory(external_id="ann", is_test=True)
+    campaign = make_campaign(actions=[email_action()])
+    url = f"/admin/campaigns/campaign/{campaign.pk}/proofs/"
+    with django_capture_on_commit_callbacks(execute=False):
+        sends = campaign_proof_request(campaign=campaign, user=None)
+    pending = admin_client.get(url).json()
+    assert pending["pending"] is True
+    assert 'data-status="pending"' in pending["html"]
+    proof_sends_send(proof_ids=[send.pk for send in sends])
+    done = admin_client.get(url).json()
+    assert done["pending"] is False
+    assert 'data-status="sent"' in done["html"]
+    assert admin_client.post(url).status_code == 405
