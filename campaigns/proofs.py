@@ -110,7 +110,11 @@ def proof_recipients(
         )
     if len(found) > limit:
         raise ValidationError(
-            {"profiles": _too_many(tests.count(), limit) + " Name the ones to send it to."}
+            {
+                "profiles": _too_many(tests.count(), limit)
+                + " Name the ones to send it to (the API's `external_ids`, the command's "
+                "`--profile`), or unflag the others."
+            }
         )
     return found
 

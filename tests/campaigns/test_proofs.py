@@ -310,6 +310,17 @@ def test_admin_refuses_a_proof_without_test_profiles_with_the_reason(admin_clien
     assert not ProofSend.objects.exists()
 
 
+@override_settings(SALVO_PROOF_MAX_RECIPIENTS=1)
+def test_admin_refuses_a_proof_past_the_limit_with_the_reason(admin_client: Any) -> None:
+    ProfileFactory.create_batch(2, is_test=True)
+    response = admin_client.post(proof_admin_url(make_campaign()), follow=True)
+    assert (
+        "Cannot send a proof: A proof goes to at most 1 test profiles "
+        "(SALVO_PROOF_MAX_RECIPIENTS); 2 were asked for."
+    ) in response.content.decode()
+    assert not ProofSend.objects.exists()
+
+
 def test_admin_hides_send_proof_from_a_user_without_the_permission(
     client: Any, user_with_perms: Any
 ) -> None:
