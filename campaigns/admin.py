@@ -33,6 +33,7 @@ from config.formats import short_datetime
 from . import services
 from .admin_approval import DECISIONS, approval_page
 from .admin_preview import preview_page
+from .admin_proofs import proof_context, proof_request_view, proofs_section_view
 from .admin_report import refresh_ms as report_refresh_ms
 from .admin_report import report_context, report_html
 from .approval import version_approval_text
@@ -686,6 +687,16 @@ class CampaignAdmin(ListTitledAdmin):
                 name="campaigns_campaign_preview",
             ),
             path(
+                "<path:object_id>/proof/",
+                self.admin_site.admin_view(self.proof_view),
+                name="campaigns_campaign_proof",
+            ),
+            path(
+                "<path:object_id>/proofs/",
+                self.admin_site.admin_view(self.proofs_view),
+                name="campaigns_campaign_proofs",
+            ),
+            path(
                 "<path:object_id>/versions/diff/",
                 self.admin_site.admin_view(self.version_diff_view),
                 name="campaigns_campaign_version_diff",
@@ -696,6 +707,14 @@ class CampaignAdmin(ListTitledAdmin):
     def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The campaign's actions rendered for a chosen profile (`admin_preview`)."""
         return preview_page(self, request, object_id)
+
+    def proof_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The "Send proof" button (`admin_proofs`)."""
+        return proof_request_view(self, request, object_id)
+
+    def proofs_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The proofs section's refresh (`admin_proofs`)."""
+        return proofs_section_view(self, request, object_id)
 
     def viewable_campaign(self, request: HttpRequest, object_id: str) -> Campaign:
         """The campaign a page of its own shows (diff, report, preview): 404 when there is
@@ -879,6 +898,7 @@ class CampaignAdmin(ListTitledAdmin):
                 "salvo_approval_text": (
                     version_approval_text(campaign=campaign, version=draft) if draft else ""
                 ),
+                **proof_context(campaign=campaign, request=request),
             }
             report = report_context(campaign=campaign, request=request)
             refresh = report_refresh_ms(campaign)

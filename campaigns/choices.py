@@ -100,3 +100,13 @@ class DeliveryReason(models.TextChoices):
     PROVIDER_REFUSED = "provider_refused", "Refused by the provider"
     PROVIDER_ERROR = "provider_error", "Provider error, retrying"
     GAVE_UP = "gave_up", "Gave up after the maximum attempts"
+
+
+class ProofStatus(models.TextChoices):
+    """What became of one proof message (see campaigns.proofs)."""
+
+    PENDING = "pending", "Sending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    # The engine would not send it to this profile (opted out, no address for the channel).
+    SKIPPED = "skipped", "Not sent"

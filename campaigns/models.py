@@ -19,6 +19,7 @@ from .choices import (
     DeliveryReason,
     DeliveryStatus,
     ExecutionStatus,
+    ProofStatus,
 )
 from .operations import step_label, transition_permission
 
@@ -549,3 +550,43 @@ class DeliveryTimeline(ExecutionActionCounter):
 
     def __str__(self) -> str:
         return f"{self.action} {self.status} @{self.bucket}: {self.count}"
+
+
+class ProofSend(models.Model):
+    """One proof message: an action of a version sent to one test profile when someone
+    asked for a proof (campaigns.proofs). Kept apart from `Delivery` on purpose: a proof
+    belongs to no execution, counts in no report and does not make a profile "already
+    sent" for the campaign's real sends."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="proof_sends")
+    version = models.ForeignKey(CampaignVersion, on_delete=models.CASCADE, related_name="+")
+    action = models.ForeignKey(ChannelAction, on_delete=models.CASCADE, related_name="+")
+    profile = models.ForeignKey("segments.Profile", on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(
+        max_length=16, choices=ProofStatus.choices, default=ProofStatus.PENDING
+    )
+    provider_message_id = models.CharField(max_length=255, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        # The permission to send one (held by the Marketer group): on this model rather
+        # than on Campaign, whose Meta the lifecycle's permissions live in.
+        permissions = [("send_proof", "Can send a proof of a campaign")]
+        indexes = [
+            # The campaign page's and the API's list: a campaign's newest proofs first.
+            models.Index(fields=["campaign", "-created_at", "-id"], name="proof_send_recent"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=ProofStatus.values), name="proof_send_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Proof of {self.action} → {self.profile_id}: {self.status}"

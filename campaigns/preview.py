@@ -145,7 +145,7 @@ def personalisation_fields() -> dict[str, list[str]]:
     }
 
 
-def _profile_row(profile: Profile) -> dict[str, Any]:
+def profile_row(profile: Profile) -> dict[str, Any]:
     """The profile's data as the engine reads it for a recipient (``PROFILE_VALUES``)."""
     return {name: getattr(profile, "pk" if name == "id" else name) for name in PROFILE_VALUES}
 
@@ -220,7 +220,7 @@ def campaign_preview(
     require_perms(user, *PREVIEW_PERMISSIONS, to="preview a campaign for a profile")
     if version is None:
         version = preview_version(campaign=campaign)
-    row = _profile_row(profile)
+    row = profile_row(profile)
     actions = [
         _preview_action(campaign, action, row) for action in preview_actions(version=version)
     ]

@@ -404,6 +404,12 @@ if not 0 <= SALVO_ALERT_FAILURE_RATE < 1:  # also false for NaN
 SALVO_RENDER_TIMEOUT_MS = env.int("SALVO_RENDER_TIMEOUT_MS", default=50)
 SALVO_RENDER_MAX_CHARS = env.int("SALVO_RENDER_MAX_CHARS", default=100_000)
 
+# --- Proofs (issue 11) ------------------------------------------------------------------
+# The most test profiles one proof goes to: a proof is a check by a colleague's eyes, and
+# a larger list is an audience that belongs in a segment. Asking for more is refused at
+# every door (campaigns.proofs).
+SALVO_PROOF_MAX_RECIPIENTS = env.int("SALVO_PROOF_MAX_RECIPIENTS", default=10)
+
 # --- Rate limits ---------------------------------------------------------------------
 # Where the token buckets of rate-limited presets live (channels.ratelimit), shared by every
 # worker process on every machine: "redis" (one atomic script per reservation, on Redis's

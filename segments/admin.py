@@ -102,7 +102,7 @@ class ProfileAdmin(ListTitledAdmin):
         *[f"consent_{c}" for c in ConsentChannel.values],
         "created_at",
     ]
-    list_filter = ["consent_email", "consent_sms", "consent_push", "created_at"]
+    list_filter = ["consent_email", "consent_sms", "consent_push", "is_test", "created_at"]
     search_fields = ["^external_id", "^email", "^phone"]
     readonly_fields = ["consent_history", "created_at", "updated_at"]
     fieldsets = [
@@ -112,6 +112,7 @@ class ProfileAdmin(ListTitledAdmin):
             "Consent (checked = may receive marketing)",
             {"fields": ["consent_email", "consent_sms", "consent_push", "consent_history"]},
         ),
+        ("Proofs", {"fields": ["is_test"]}),
         ("Dates", {"fields": ["created_at", "updated_at"]}),
     ]
     # Counting a million rows on every page load is what makes big changelists slow.

@@ -22,7 +22,13 @@ from campaigns.choices import (
     ExecutionStatus,
     VersionRole,
 )
-from campaigns.models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
+from campaigns.models import (
+    Campaign,
+    CampaignTransition,
+    CampaignVersion,
+    ChannelAction,
+    ProofSend,
+)
 from campaigns.operations import OPERATIONS
 from campaigns.selectors import (
     alert_rules,
@@ -500,3 +506,45 @@ class CampaignPreviewSerializer(serializers.Serializer[Any]):
     personalisation = PersonalisationSerializer(
         help_text="What content can insert: `{{ <name> }}`."
     )
+
+
+class ProofInputSerializer(serializers.Serializer[Any]):
+    """Whom a proof goes to: every test profile, or those named here (each must be one)."""
+
+    profiles = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        help_text="Ids of test profiles to send the proof to (default: every test profile).",
+    )
+    external_ids = serializers.ListField(
+        child=serializers.CharField(max_length=255),
+        required=False,
+        help_text="External ids of test profiles to send the proof to.",
+    )
+
+
+class ProofSendSerializer(serializers.ModelSerializer[ProofSend]):
+    version = serializers.IntegerField(source="version.number", read_only=True)
+    channel = serializers.CharField(source="action.channel", read_only=True)
+    external_id = serializers.CharField(source="profile.external_id", read_only=True)
+    requested_by = serializers.CharField(
+        source="requested_by.get_username", read_only=True, default=None
+    )
+
+    class Meta:
+        model = ProofSend
+        fields = [
+            "id",
+            "version",
+            "action",
+            "channel",
+            "profile",
+            "external_id",
+            "status",
+            "provider_message_id",
+            "error",
+            "requested_by",
+            "created_at",
+            "sent_at",
+        ]
+        read_only_fields = fields

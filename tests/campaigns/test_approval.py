@@ -30,7 +30,7 @@ from tests.campaigns.lifecycle import last_step, snapshot, version
 
 pytestmark = pytest.mark.django_db
 
-ROLES_MIGRATION = importlib.import_module("campaigns.migrations.0006_roles_and_approval")
+ROLES_MIGRATION = importlib.import_module("campaigns.migrations.0007_roles_and_approval")
 
 
 @pytest.fixture

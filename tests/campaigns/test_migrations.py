@@ -120,8 +120,8 @@ def test_rows_recorded_before_reasons_get_their_reason_version_counts_and_timeli
     )
 
 
-BEFORE_ROLES = [("campaigns", "0005_delivery_reasons_versions_and_timeline")]
-ROLES = [("campaigns", "0006_roles_and_approval")]
+BEFORE_ROLES = [("campaigns", "0006_proof_sends")]
+ROLES = [("campaigns", "0007_roles_and_approval")]
 VIEWER_PERMISSIONS = {
     "campaigns.view_campaign",
     "campaigns.view_campaignversion",
@@ -135,6 +135,7 @@ MARKETER_PERMISSIONS = VIEWER_PERMISSIONS | {
     "campaigns.add_campaign",
     "campaigns.change_campaign",
     "campaigns.delete_campaign",
+    "campaigns.send_proof",
     "segments.add_segment",
     "segments.change_segment",
     "segments.delete_segment",
@@ -186,7 +187,7 @@ def test_roles_migration_makes_the_groups_and_reverses_cleanly():
         viewer = Group.objects.get(name="Viewer")
         viewer.permissions.remove(Permission.objects.get(codename="view_segment"))
         viewer.permissions.add(Permission.objects.get(codename="view_delivery"))
-        importlib.import_module("campaigns.migrations.0006_roles_and_approval").create_groups(
+        importlib.import_module("campaigns.migrations.0007_roles_and_approval").create_groups(
             global_apps, None
         )
         assert group_permissions()["Viewer"] == VIEWER_PERMISSIONS | {"campaigns.view_delivery"}

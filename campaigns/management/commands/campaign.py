@@ -25,9 +25,10 @@ from campaigns.api.serializers import (
     CampaignSerializer,
     CampaignTransitionSerializer,
     CampaignVersionDetailSerializer,
+    ProofSendSerializer,
 )
 from campaigns.approval import version_approval_text
-from campaigns.choices import ALL_STATUSES, CampaignStatus, DeliveryReason
+from campaigns.choices import ALL_STATUSES, CampaignStatus, DeliveryReason, ProofStatus
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
@@ -37,6 +38,7 @@ from campaigns.preview import (
     preview_profile,
     preview_version,
 )
+from campaigns.proofs import campaign_proof_request, proof_sends_pending
 from campaigns.selectors import (
     campaign_delivery_error,
     campaign_list,
@@ -55,6 +57,8 @@ ACTIVATE_WAIT_DEFAULT_S = 3600.0
 # Where `activate --wait` stops waiting: the campaign finished, or its activation failed
 # back to Draft.
 WAIT_ENDS_AT = (Status.COMPLETED, Status.STOPPED, Status.ARCHIVED, Status.DRAFT)
+# `proof --wait` without a number of seconds waits this long for every proof's outcome.
+PROOF_WAIT_DEFAULT_S = 120.0
 
 
 class SystemUser(AnonymousUser):
@@ -150,6 +154,32 @@ class Command(BaseCommand):
             "--json", action="store_true", help="The preview as POST …/preview/ returns it."
         )
 
+        proof = commands.add_parser(
+            "proof",
+            parents=[with_id],
+            help="Send every action of the draft (else the running version) to the test "
+            "profiles, subjects prefixed [Proof].",
+        )
+        proof.add_argument(
+            "--profile",
+            action="append",
+            default=[],
+            metavar="EXTERNAL_ID",
+            help="Only this test profile (repeatable; default: every test profile).",
+        )
+        proof.add_argument(
+            "--wait",
+            type=float,
+            nargs="?",
+            const=PROOF_WAIT_DEFAULT_S,
+            metavar="SECONDS",
+            help="Wait for every proof's outcome (default: at most "
+            f"{PROOF_WAIT_DEFAULT_S:g}s) and print them; fail if one was not sent.",
+        )
+        proof.add_argument(
+            "--json", action="store_true", help="The proof sends as GET …/proofs/ lists them."
+        )
+
         activate = commands.add_parser(
             "activate", parents=[with_id], help="Draft (or an open draft) → Activating."
         )
@@ -194,6 +224,7 @@ class Command(BaseCommand):
             "show": self.show_campaign,
             "report": self.report_campaign,
             "preview": self.preview_campaign,
+            "proof": self.proof_campaign,
             "activate": self.activate_campaign,
             "stop": self.stop_campaign,
             "archive": self.archive_campaign,
@@ -423,6 +454,44 @@ class Command(BaseCommand):
             if shown.html is not None:
                 out("    html:")
                 out(textwrap.indent(shown.html, "      "))
+
+    def proof_campaign(
+        self, *, user: Any, id: int, profile: list[str], wait: float | None, **options: Any
+    ) -> None:
+        campaign = self._campaign(id)
+        sends = campaign_proof_request(campaign=campaign, user=user, external_ids=profile)
+        ids = [send.pk for send in sends]
+        if wait is not None:
+            deadline = time.monotonic() + wait
+            while proof_sends_pending(proof_ids=ids):
+                if time.monotonic() >= deadline:
+                    raise CommandError(
+                        f"The proof of campaign {id} is still being sent after {wait:g}s: "
+                        "is a Celery worker running?"
+                    )
+                time.sleep(WAIT_POLL_S)
+            for send in sends:
+                send.refresh_from_db()
+        if options["json"]:
+            self._dump(ProofSendSerializer(sends, many=True).data)
+        else:
+            done = "sent" if wait is not None else "queued"
+            profiles = len({send.profile_id for send in sends})
+            self.stdout.write(
+                f"Campaign {id} “{campaign.name}”: proof of version {sends[0].version.number} "
+                f"{done} to {profiles} test profile{'s' if profiles != 1 else ''}."
+            )
+            for send in sends:
+                detail = send.provider_message_id or send.error
+                self.stdout.write(
+                    f"  {send.action.get_channel_display()} → {send.profile.external_id}: "
+                    f"{send.get_status_display()}{f' ({detail})' if detail else ''}"
+                )
+        not_sent = [send for send in sends if wait is not None and send.status != ProofStatus.SENT]
+        if not_sent:
+            raise CommandError(
+                f"{len(not_sent)} of {len(sends)} proof messages were not sent: {not_sent[0].error}"
+            )
 
     # --- lifecycle ----------------------------------------------------------------------
 

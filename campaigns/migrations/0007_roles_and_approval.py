@@ -23,13 +23,14 @@ VIEWER = [
     "segments.view_profile",
     "channels.view_messagepreset",
 ]
-# Writing campaigns (and deleting Drafts), asking for approval (change_campaign), building
-# segments and keeping profiles (test profiles, imports).
+# Writing campaigns (and deleting Drafts), asking for approval (change_campaign), sending
+# proofs, building segments and keeping profiles (test profiles, imports).
 MARKETER = [
     *VIEWER,
     "campaigns.add_campaign",
     "campaigns.change_campaign",
     "campaigns.delete_campaign",
+    "campaigns.send_proof",
     "segments.add_segment",
     "segments.change_segment",
     "segments.delete_segment",
@@ -66,8 +67,8 @@ def remove_groups(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0005_delivery_reasons_versions_and_timeline'),
-        ('segments', '0007_profile_external_id_and_attributes_checked'),
+        ('campaigns', '0006_proof_sends'),
+        ('segments', '0008_profile_is_test'),
         ('channels', '0002_preset_backend_rate_limit'),
         ('auth', '0012_alter_user_first_name_max_length'),
         ('contenttypes', '0002_remove_content_type_name'),
