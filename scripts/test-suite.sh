@@ -55,6 +55,9 @@ part() {
     return "${PIPESTATUS[0]}"
 }
 
+# Through the labelling pipe pytest would think it writes to a file: keep a terminal's colours.
+[[ -t 1 ]] && pytest=("${pytest[0]}" --color=yes "${pytest[@]:1}")
+
 # Each part leads a process group of its own, so that Ctrl-C (or a CI timeout's SIGTERM)
 # reaching this script is passed on to both pytest processes and their children.
 set -m
