@@ -12,6 +12,7 @@ from django import forms
 from django.contrib.admin import widgets
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.forms.models import BaseInlineFormSet
+from django.utils import timezone
 from django.utils.text import capfirst
 
 from channels.choices import CHANNEL_FIELDS_SCRIPT, CHANNELS_WITH_SUBJECT, subject_refusal
@@ -63,6 +64,11 @@ class CampaignAdminForm(forms.ModelForm):
         date_input, time_input = self.fields["start_at"].widget.widgets
         date_input.attrs["aria-label"] = "Start date"
         time_input.attrs["aria-label"] = "Start time"
+        # Typed and shown in the user's own zone (campaigns.middleware), stored in UTC.
+        self.fields["start_at"].help_text = (
+            f"In your time zone, {timezone.get_current_timezone_name()}. "
+            f"{self.fields['start_at'].help_text}"
+        )
         version = self.instance.draft_version if self.instance.pk else None
         if version is not None:
             self.initial.setdefault("segment", version.segment_id)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from typing import Any
 
 from django.conf import settings
@@ -590,3 +591,33 @@ class ProofSend(models.Model):
 
     def __str__(self) -> str:
         return f"Proof of {self.action} → {self.profile_id}: {self.status}"
+
+
+def time_zone_choices() -> list[tuple[str, str]]:
+    """Every IANA time zone this machine knows (zoneinfo), by name: what a marketer may
+    choose as their own."""
+    return [(name, name.replace("_", " ")) for name in sorted(zoneinfo.available_timezones())]
+
+
+def site_time_zone() -> str:
+    return str(settings.TIME_ZONE)
+
+
+class UserPreference(models.Model):
+    """A user's own settings for the admin: the time zone every time is shown in and every
+    schedule they type is read in (campaigns.middleware.AdminTimeZoneMiddleware). A user
+    without one works in the site's TIME_ZONE."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preference"
+    )
+    time_zone = models.CharField(
+        max_length=64,
+        choices=time_zone_choices,
+        default=site_time_zone,
+        help_text="Times in the admin are shown in this zone, and schedules you type are "
+        "read in it.",
+    )
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.time_zone}"

@@ -108,6 +108,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    # Swagger UI's files, served from this server's static files (/api/docs/ works offline).
+    "drf_spectacular_sidecar",
     "taggit",
     "csp",
     "segments",
@@ -124,6 +126,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The admin in the signed-in user's own time zone (campaigns.preferences).
+    "campaigns.middleware.AdminTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -132,8 +136,10 @@ MIDDLEWARE = [
 # server, inline ones only with the page's nonce (templates write `nonce="{{ request.csp_nonce
 # }}"`), no plugins, no framing, forms post here only. Inline style attributes stay allowed:
 # the admin's status badges and DRF's browsable API use them, and they can neither run script
-# nor load anything the other directives refuse. The API docs page adds Swagger UI's origin
-# (config/urls.py).
+# nor load anything the other directives refuse. The API docs page is held to the same
+# policy: Swagger UI comes from this server's static files (drf-spectacular-sidecar), its
+# script from `/api/docs/?script`, and its one <style> carries the nonce
+# (templates/drf_spectacular/swagger_ui.html).
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
@@ -252,6 +258,10 @@ SPECTACULAR_SETTINGS = {
     # Every endpoint needs authentication, the schema and its docs too, unless published.
     "SERVE_PERMISSIONS": ["config.permissions.ApiDocsAccess"],
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from this server's static files, never a CDN (drf-spectacular-sidecar).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # One schema name per choice set, whichever field uses it (status, source, target…).
     "ENUM_NAME_OVERRIDES": {
         "CampaignStatusEnum": "campaigns.choices.CampaignStatus",
