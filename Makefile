@@ -99,9 +99,11 @@ fmt: venv
 test: lint test-suite
 
 # The tests alone, on whichever profile the environment selects (.ci/run uses it again with
-# DATABASE_URL and CELERY_BROKER_URL from `make services`).
+# DATABASE_URL and CELERY_BROKER_URL from `make services`): the browser and worker-process
+# tests in a second pytest process beside the rest, each with its own var/ corner, test
+# database and broker (scripts/test-suite.sh); it fails when either fails.
 test-suite: venv chromium
-	SALVO_VAR_DIR=$(TEST_VAR_DIR) $(BIN)/pytest --create-db $(PYTEST_ARGS)
+	TEST_VAR_DIR=$(TEST_VAR_DIR) scripts/test-suite.sh $(BIN)/pytest --create-db $(PYTEST_ARGS)
 
 # What .ci/run runs on the Pythons other than the newest: every test but those that drive
 # Chromium or start worker processes (tests/conftest.py marks them), lint and types aside.

@@ -32,10 +32,13 @@ from config.formats import short_datetime
 from config.permissions import require_perms
 
 from . import services
+from .admin_approval import DECISIONS, approval_page
 from .admin_preview import preview_page
+from .admin_proofs import proof_context, proof_request_view, proofs_section_view
 from .admin_report import refresh_ms as report_refresh_ms
 from .admin_report import report_context, report_html
 from .admin_review import REVIEW_MAX_CAMPAIGNS, review_page, reviews_page, reviews_url
+from .approval import require_approved_for_activation, version_approval_text
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
 from .exceptions import CampaignConflict
 from .forms import (
@@ -60,6 +63,7 @@ from .selectors import (
     delivery_error_summary,
     version_change_notes,
     version_diff,
+    version_role,
 )
 
 Status = CampaignStatus
@@ -85,16 +89,6 @@ def _text_colour(background: str) -> str:
     linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
     luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
     return "#000" if (luminance + 0.05) / 0.05 > 1.05 / (luminance + 0.05) else "#fff"
-
-
-def live_version_role(campaign: Campaign) -> str:
-    """What the campaign's live version is to it now: running while it sends (or re-activates
-    with it), scheduled until it starts, its last run once the campaign has ended."""
-    if campaign.status == Status.SCHEDULED:
-        return "scheduled"
-    if campaign.status in (Status.LIVE, Status.ACTIVATING):
-        return "running"
-    return "last run"
 
 
 def status_badge_html(campaign: Campaign) -> SafeString:
@@ -204,11 +198,10 @@ class TagListFilter(admin.SimpleListFilter):
         return queryset.filter(tags__name=value) if value else queryset
 
 
-class AlertListFilter(admin.SimpleListFilter):
-    """Campaigns with or without an alert: the rules of `selectors.alert_rules`."""
+class YesNoListFilter(admin.SimpleListFilter):
+    """A yes/no filter decided by one boolean argument of `selectors.campaign_list`."""
 
-    title = "has alerts"
-    parameter_name = "has_alerts"
+    selector_argument = ""
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("yes", "Yes"), ("no", "No")]
@@ -217,8 +210,23 @@ class AlertListFilter(admin.SimpleListFilter):
         value = self.value()
         if value not in ("yes", "no"):
             return queryset
-        chosen = campaign_list(statuses=None, has_alerts=value == "yes")
+        wanted: dict[str, Any] = {self.selector_argument: value == "yes"}
+        chosen = campaign_list(statuses=None, **wanted)
         return queryset.filter(pk__in=chosen.values("pk"))
+
+
+class AlertListFilter(YesNoListFilter):
+    """Campaigns with or without an alert: the rules of `selectors.alert_rules`."""
+
+    title = "has alerts"
+    parameter_name = selector_argument = "has_alerts"
+
+
+class AwaitingApprovalListFilter(YesNoListFilter):
+    """Campaigns whose open draft awaits an approval (or not)."""
+
+    title = "awaiting approval"
+    parameter_name = selector_argument = "awaiting_approval"
 
 
 class ChannelListFilter(admin.SimpleListFilter):
@@ -375,6 +383,7 @@ class CampaignAdmin(ListTitledAdmin):
     list_filter = (
         StatusListFilter,
         AlertListFilter,
+        AwaitingApprovalListFilter,
         ChannelListFilter,
         StartDateRangeFilter,
         "type",
@@ -689,6 +698,16 @@ class CampaignAdmin(ListTitledAdmin):
                 name="campaigns_campaign_preview",
             ),
             path(
+                "<path:object_id>/proof/",
+                self.admin_site.admin_view(self.proof_view),
+                name="campaigns_campaign_proof",
+            ),
+            path(
+                "<path:object_id>/proofs/",
+                self.admin_site.admin_view(self.proofs_view),
+                name="campaigns_campaign_proofs",
+            ),
+            path(
                 "<path:object_id>/versions/diff/",
                 self.admin_site.admin_view(self.version_diff_view),
                 name="campaigns_campaign_version_diff",
@@ -707,6 +726,14 @@ class CampaignAdmin(ListTitledAdmin):
     def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The campaign's actions rendered for a chosen profile (`admin_preview`)."""
         return preview_page(self, request, object_id)
+
+    def proof_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The "Send proof" button (`admin_proofs`)."""
+        return proof_request_view(self, request, object_id)
+
+    def proofs_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The proofs section's refresh (`admin_proofs`)."""
+        return proofs_section_view(self, request, object_id)
 
     def viewable_campaign(self, request: HttpRequest, object_id: str) -> Campaign:
         """The campaign a page of its own shows (diff, report, preview): 404 when there is
@@ -783,6 +810,12 @@ class CampaignAdmin(ListTitledAdmin):
             raise PermissionDenied
         if operation == "delete":
             return redirect(reverse("admin:campaigns_campaign_delete", args=[campaign.pk]))
+        if operation in DECISIONS:
+            try:
+                return approval_page(self, request, campaign, operation)
+            except REFUSALS as error:
+                self.message_user(request, refusal_text(error), messages.ERROR)
+                return redirect(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
         return self._run_operation(request, campaign, operation)
 
     def _run_operation(self, request: HttpRequest, campaign: Campaign, operation: str) -> Any:
@@ -796,6 +829,7 @@ class CampaignAdmin(ListTitledAdmin):
                 refusal = services.activation_refusal(campaign)
                 if refusal is not None:
                     raise refusal
+                require_approved_for_activation(campaign)  # before a review it cannot pass
                 return redirect(reviews_url([campaign]))
             if operation == "modify":
                 draft = services.campaign_modify(campaign=campaign, user=user)
@@ -812,6 +846,9 @@ class CampaignAdmin(ListTitledAdmin):
             elif operation == "archive":
                 services.campaign_archive(campaign=campaign, user=user)
                 done = f"“{name}” is archived."
+            elif operation == "request_approval":
+                services.campaign_request_approval(campaign=campaign, user=user)
+                done = f"Approval of “{name}” requested: an approver can now approve or reject it."
             elif operation == "duplicate":
                 copy = services.campaign_duplicate(campaign=campaign, user=user)
                 done = f"“{copy.name}” was created as a Draft copy of “{name}”."
@@ -872,13 +909,17 @@ class CampaignAdmin(ListTitledAdmin):
                 "salvo_buttons": self._lifecycle_buttons(request, campaign),
                 "salvo_editable": self.has_change_permission(request, campaign),
                 "salvo_live_version": by_pk.get(campaign.live_version_id),
-                "salvo_live_role": live_version_role(campaign),
+                "salvo_live_role": version_role(campaign).label,
                 # A draft the form cannot edit (being activated) is shown like the live one.
                 "salvo_readonly_draft": None if campaign_is_editable(campaign) else draft,
                 "salvo_versions": versions,
                 "salvo_transitions": list(campaign_transitions(campaign=campaign)[:100]),
                 "salvo_delivery_error": campaign_delivery_error(campaign=campaign),
                 "salvo_change_notes": version_change_notes(campaign=campaign),
+                "salvo_approval_text": (
+                    version_approval_text(campaign=campaign, version=draft) if draft else ""
+                ),
+                **proof_context(campaign=campaign, request=request),
             }
             report = report_context(campaign=campaign, request=request)
             refresh = report_refresh_ms(campaign)

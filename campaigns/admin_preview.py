@@ -28,9 +28,8 @@ from .preview import (
     preview_profile,
     preview_profile_matches,
     preview_version,
-    version_role,
 )
-from .selectors import campaign_versions
+from .selectors import campaign_versions, version_role
 
 SEARCH_VAR, PROFILE_VAR, VERSION_VAR = "q", "profile", "version"
 
@@ -89,7 +88,7 @@ def preview_page(model_admin: Any, request: HttpRequest, object_id: str) -> Http
         "salvo_campaign": campaign,
         "salvo_versions": versions,
         "salvo_version": version,
-        "salvo_version_role": version_role(campaign, version) if version else "",
+        "salvo_version_role": version_role(campaign, version).label if version else "",
         "salvo_search": search,
         "salvo_matches": matches,
         "salvo_matches_max": PREVIEW_PROFILE_MATCHES,

@@ -31,9 +31,28 @@ STATUS_COLOURS: dict[str, str] = {
 }
 
 
+class VersionRole(models.TextChoices):
+    """What one of a campaign's versions is to it now (`selectors.version_role`)."""
+
+    DRAFT = "draft", "draft"
+    SCHEDULED = "scheduled", "scheduled"  # the live version, before the campaign starts
+    RUNNING = "running", "running"  # the live version while the campaign sends
+    LAST_RUN = "last_run", "last run"  # the live version once the campaign has ended
+    PAST = "past", "past"
+
+
 class CampaignType(models.TextChoices):
     MARKETING = "marketing", "Marketing"
     TRANSACTIONAL = "transactional", "Transactional"
+
+
+class ApprovalStatus(models.TextChoices):
+    """Where a version stands in the approval flow (see campaigns.approval)."""
+
+    NOT_REQUESTED = "not_requested", "Not requested"
+    AWAITING = "awaiting", "Awaiting approval"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
 
 
 class ExecutionStatus(models.TextChoices):
@@ -113,3 +132,13 @@ class ReviewCode(models.TextChoices):
     SMS_SEGMENTS = "sms_segments", "SMS longer than one segment"
     NO_UNSUBSCRIBE_LINK = "no_unsubscribe_link", "Marketing email without an unsubscribe link"
     UNKNOWN_RULE_ATTRIBUTE = "unknown_rule_attribute", "Segment rule on an attribute no profile has"
+
+
+class ProofStatus(models.TextChoices):
+    """What became of one proof message (see campaigns.proofs)."""
+
+    PENDING = "pending", "Sending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    # The engine would not send it to this profile (opted out, no address for the channel).
+    SKIPPED = "skipped", "Not sent"

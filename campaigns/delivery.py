@@ -107,6 +107,7 @@ from channels.rendering import RenderError, content_renderer, profile_context, r
 from config.graceful_stop import stop_requested
 from segments.choices import ConsentChannel
 from segments.models import (
+    ADDRESS_FIELDS,
     CONSENT_FIELDS,
     PROFILE_DATA_FIELDS,
     AudienceMember,
@@ -142,11 +143,8 @@ R = DeliveryReason
 # While a new version is being activated, the running execution goes on with its own.
 SENDING_CAMPAIGN_STATUSES = (CampaignStatus.LIVE, CampaignStatus.ACTIVATING)
 
-ADDRESS_FIELD: dict[str, str] = {
-    ChannelKind.EMAIL: "email",
-    ChannelKind.SMS: "phone",
-    ChannelKind.PUSH: "push_token",
-}
+# The profile's address column for each channel that has one (a webhook goes to its preset).
+ADDRESS_FIELD: dict[str, str] = ADDRESS_FIELDS
 
 
 def consent_column(channel: str, *, campaign_type: str) -> str | None:

@@ -12,6 +12,7 @@ from django import forms
 from django.contrib.admin import widgets
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.forms.models import BaseInlineFormSet
+from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst
@@ -25,7 +26,7 @@ from .models import Campaign, ChannelAction
 from .review import unknown_variable_checks
 
 # What the campaign itself holds (the service's CAMPAIGN_FIELDS plus tags)…
-CAMPAIGN_FORM_FIELDS = ("name", "description", "type", "tags")
+CAMPAIGN_FORM_FIELDS = ("name", "description", "type", "approval_required", "tags")
 # …and what its draft version holds besides the actions.
 VERSION_FORM_FIELDS = ("segment", "start_at")
 ACTION_FIELDS = ("channel", "preset", "subject", "body")
@@ -67,6 +68,11 @@ class CampaignAdminForm(forms.ModelForm):
         date_input, time_input = self.fields["start_at"].widget.widgets
         date_input.attrs["aria-label"] = "Start date"
         time_input.attrs["aria-label"] = "Start time"
+        # Typed and shown in the user's own zone (campaigns.middleware), stored in UTC.
+        self.fields["start_at"].help_text = (
+            f"In your time zone, {timezone.get_current_timezone_name()}. "
+            f"{self.fields['start_at'].help_text}"
+        )
         version = self.instance.draft_version if self.instance.pk else None
         if version is not None:
             self.initial.setdefault("segment", version.segment_id)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from typing import Any
 
 from django.conf import settings
@@ -13,15 +14,22 @@ from taggit.managers import TaggableManager
 from channels.choices import ChannelKind
 
 from .choices import (
+    ApprovalStatus,
     CampaignStatus,
     CampaignType,
     DeliveryReason,
     DeliveryStatus,
     ExecutionStatus,
+    ProofStatus,
 )
 from .operations import step_label, transition_permission
 
 Status = CampaignStatus
+
+
+def approval_required_by_default() -> bool:
+    """A new campaign's approval policy: SALVO_APPROVAL_REQUIRED (see campaigns.approval)."""
+    return bool(settings.SALVO_APPROVAL_REQUIRED)
 
 
 def has_draft_version(campaign: Any) -> bool:
@@ -40,6 +48,11 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         help_text="Transactional campaigns (legal notices…) ignore marketing opt-outs.",
     )
     tags = TaggableManager(blank=True)
+    approval_required = models.BooleanField(
+        default=approval_required_by_default,
+        help_text="A version must be approved by someone other than its last editor before "
+        "it can be activated. New campaigns follow SALVO_APPROVAL_REQUIRED.",
+    )
     status = FSMField(
         max_length=16,
         choices=Status.choices,
@@ -72,7 +85,10 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        permissions = [("activate_campaign", "Can activate a campaign")]
+        permissions = [
+            ("activate_campaign", "Can activate a campaign"),
+            ("approve_campaign", "Can approve or reject a campaign version"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(status__in=Status.values), name="campaign_status_valid"
@@ -188,12 +204,38 @@ class CampaignVersion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Who wrote its content last (created, copied or edited it): the one person who may not
+    # approve it.
+    last_edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The approval flow (campaigns.approval): an edit puts an approved version back to
+    # "not requested"; the log keeps every request and decision with its comment.
+    approval_status = models.CharField(
+        max_length=16,
+        choices=ApprovalStatus.choices,
+        default=ApprovalStatus.NOT_REQUESTED,
+        db_index=True,
+    )
+    approval_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approval_requested_at = models.DateTimeField(null=True, blank=True)
+    approval_decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approval_decided_at = models.DateTimeField(null=True, blank=True)
+    approval_comment = models.TextField(blank=True)
 
     class Meta:
         ordering = ["campaign", "-number"]
         constraints = [
             models.UniqueConstraint(
                 fields=["campaign", "number"], name="campaign_version_number_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(approval_status__in=ApprovalStatus.values),
+                name="campaign_version_approval_status_valid",
             ),
         ]
 
@@ -509,3 +551,73 @@ class DeliveryTimeline(ExecutionActionCounter):
 
     def __str__(self) -> str:
         return f"{self.action} {self.status} @{self.bucket}: {self.count}"
+
+
+class ProofSend(models.Model):
+    """One proof message: an action of a version sent to one test profile when someone
+    asked for a proof (campaigns.proofs). Kept apart from `Delivery` on purpose: a proof
+    belongs to no execution, counts in no report and does not make a profile "already
+    sent" for the campaign's real sends."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="proof_sends")
+    version = models.ForeignKey(CampaignVersion, on_delete=models.CASCADE, related_name="+")
+    action = models.ForeignKey(ChannelAction, on_delete=models.CASCADE, related_name="+")
+    profile = models.ForeignKey("segments.Profile", on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(
+        max_length=16, choices=ProofStatus.choices, default=ProofStatus.PENDING
+    )
+    provider_message_id = models.CharField(max_length=255, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        # The permission to send one (held by the Marketer group): on this model rather
+        # than on Campaign, whose Meta the lifecycle's permissions live in.
+        permissions = [("send_proof", "Can send a proof of a campaign")]
+        indexes = [
+            # The campaign page's and the API's list: a campaign's newest proofs first.
+            models.Index(fields=["campaign", "-created_at", "-id"], name="proof_send_recent"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=ProofStatus.values), name="proof_send_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Proof of {self.action} → {self.profile_id}: {self.status}"
+
+
+def time_zone_choices() -> list[tuple[str, str]]:
+    """Every IANA time zone this machine knows (zoneinfo), by name: what a marketer may
+    choose as their own."""
+    return [(name, name.replace("_", " ")) for name in sorted(zoneinfo.available_timezones())]
+
+
+def site_time_zone() -> str:
+    return str(settings.TIME_ZONE)
+
+
+class UserPreference(models.Model):
+    """A user's own settings for the admin: the time zone every time is shown in and every
+    schedule they type is read in (campaigns.middleware.AdminTimeZoneMiddleware). A user
+    without one works in the site's TIME_ZONE."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preference"
+    )
+    time_zone = models.CharField(
+        max_length=64,
+        choices=time_zone_choices,
+        default=site_time_zone,
+        help_text="Times in the admin are shown in this zone, and schedules you type are "
+        "read in it.",
+    )
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.time_zone}"

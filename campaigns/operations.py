@@ -8,6 +8,11 @@ entry here, and one service.
 
 Every operation a person asks for shows or changes a campaign they must be able to see: its
 permissions include the view permission besides its own.
+
+Roles (the groups of migration 0006): a Marketer writes (add, change, delete a Draft,
+duplicate, modify) and asks for an approval; an Approver also approves or rejects, and
+controls the run: activate, stop and archive all need `activate_campaign`, since starting,
+halting and retiring what reaches the audience is one responsibility; a Viewer reads.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ ADD_CAMPAIGN = "campaigns.add_campaign"
 CHANGE_CAMPAIGN = "campaigns.change_campaign"
 DELETE_CAMPAIGN = "campaigns.delete_campaign"
 ACTIVATE_CAMPAIGN = "campaigns.activate_campaign"
+APPROVE_CAMPAIGN = "campaigns.approve_campaign"
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,27 @@ OPERATIONS: dict[str, Operation] = {
             "campaign_activate",
         ),
         Operation(
+            "request_approval",
+            "Request approval",
+            "sent for approval",
+            (VIEW_CAMPAIGN, CHANGE_CAMPAIGN),
+            "campaign_request_approval",
+        ),
+        Operation(
+            "approve",
+            "Approve",
+            "approved",
+            (VIEW_CAMPAIGN, APPROVE_CAMPAIGN),
+            "campaign_approve",
+        ),
+        Operation(
+            "reject",
+            "Reject",
+            "rejected",
+            (VIEW_CAMPAIGN, APPROVE_CAMPAIGN),
+            "campaign_reject",
+        ),
+        Operation(
             "modify", "Modify", "modified", (VIEW_CAMPAIGN, CHANGE_CAMPAIGN), "campaign_modify"
         ),
         Operation(
@@ -76,13 +103,13 @@ OPERATIONS: dict[str, Operation] = {
             "stop",
             "Stop",
             "stopped",
-            (VIEW_CAMPAIGN, CHANGE_CAMPAIGN),
+            (VIEW_CAMPAIGN, ACTIVATE_CAMPAIGN),
             "campaign_stop",
             confirmation="Stop this campaign? No delivery starts after this, and it can never "
             "run again.",
         ),
         Operation(
-            "archive", "Archive", "archived", (VIEW_CAMPAIGN, CHANGE_CAMPAIGN), "campaign_archive"
+            "archive", "Archive", "archived", (VIEW_CAMPAIGN, ACTIVATE_CAMPAIGN), "campaign_archive"
         ),
         Operation(
             "duplicate",
@@ -131,6 +158,10 @@ STEP_LABELS: dict[str, str] = {
     "modify": "Draft opened",
     "discard_draft": "Draft discarded",
     "activate": "Activation requested",
+    "request_approval": "Approval requested",
+    "approve": "Approved",
+    "reject": "Rejected",
+    "void_approval": "Approval voided by an edit",
     "activation_succeed": "Activated",
     "activation_fail": "Activation failed",
     "start": "Went live",

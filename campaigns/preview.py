@@ -35,7 +35,7 @@ from segments.selectors import profile_attribute_keys, profile_list
 from .choices import DeliveryStatus
 from .delivery import PROFILE_VALUES, _ActionSender, _Due, render_error_text
 from .models import Campaign, CampaignVersion, ChannelAction
-from .selectors import DELIVERY_VIEW_PERMISSIONS, version_actions
+from .selectors import DELIVERY_VIEW_PERMISSIONS, version_actions, version_role
 
 # A preview shows a profile's data, as a delivery row does: it takes the same permissions.
 PREVIEW_PERMISSIONS = DELIVERY_VIEW_PERMISSIONS
@@ -99,14 +99,6 @@ def preview_version(*, campaign: Campaign, number: int | None = None) -> Campaig
     return version
 
 
-def version_role(campaign: Campaign, version: CampaignVersion) -> str:
-    if version.pk == campaign.draft_version_id:
-        return "draft"
-    if version.pk == campaign.live_version_id:
-        return "running"
-    return "past"
-
-
 def preview_profile(*, pk: int | None = None, external_id: str | None = None) -> Profile:
     """The profile to preview for, by id or external id; `ValidationError` on the field
     given (`profile` or `external_id`) when none matches or neither is given."""
@@ -153,7 +145,7 @@ def personalisation_fields() -> dict[str, list[str]]:
     }
 
 
-def _profile_row(profile: Profile) -> dict[str, Any]:
+def profile_row(profile: Profile) -> dict[str, Any]:
     """The profile's data as the engine reads it for a recipient (``PROFILE_VALUES``)."""
     return {name: getattr(profile, "pk" if name == "id" else name) for name in PROFILE_VALUES}
 
@@ -228,7 +220,7 @@ def campaign_preview(
     require_perms(user, *PREVIEW_PERMISSIONS, to="preview a campaign for a profile")
     if version is None:
         version = preview_version(campaign=campaign)
-    row = _profile_row(profile)
+    row = profile_row(profile)
     actions = [
         _preview_action(campaign, action, row) for action in preview_actions(version=version)
     ]

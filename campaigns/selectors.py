@@ -41,15 +41,18 @@ from segments.choices import SegmentKind
 from segments.models import Profile
 from segments.rules import rule_errors
 
+from .approval import NEEDED_STATUS, approval_step_refusal
 from .choices import (
     ALL_STATUSES,
     DEFAULT_VISIBLE_STATUSES,
     DELIVERY_TERMINAL_STATUSES,
+    ApprovalStatus,
     CampaignStatus,
     CheckLevel,
     DeliveryStatus,
     ExecutionStatus,
     ReviewCode,
+    VersionRole,
 )
 from .models import (
     TIMELINE_BUCKET_S,
@@ -216,6 +219,14 @@ def _shown_version_has_channel(channels: list[str]) -> Exists:
     )
 
 
+# The people the open draft's approval names (campaigns.approval.campaign_approval).
+APPROVAL_PEOPLE = (
+    "draft_version__last_edited_by",
+    "draft_version__approval_requested_by",
+    "draft_version__approval_decided_by",
+)
+
+
 def campaign_list(
     *,
     statuses: Iterable[str] | None = DEFAULT_VISIBLE_STATUSES,
@@ -223,6 +234,7 @@ def campaign_list(
     tags: Iterable[str] = (),
     channels: Iterable[str] = (),
     has_alerts: bool | None = None,
+    awaiting_approval: bool | None = None,
     start_from: dt.date | None = None,
     start_to: dt.date | None = None,
     now: dt.datetime | None = None,
@@ -232,11 +244,12 @@ def campaign_list(
 
     `channels`: the version the row shows (running, else draft) sends on any of them;
     `has_alerts`: some rule of `alert_rules()` holds (True) or none does (False);
+    `awaiting_approval`: the open draft awaits an approval (True) or not (False);
     `start_from`/`start_to`: the day it went Live, or else is set to start, in the current
     time zone, both ends included.
     """
     queryset = Campaign.objects.select_related(
-        "live_version__segment", "draft_version__segment"
+        "live_version__segment", "draft_version__segment", *APPROVAL_PEOPLE
     ).prefetch_related(
         "tags", _FAILING_EXECUTIONS, "live_version__actions", "draft_version__actions"
     )
@@ -255,6 +268,11 @@ def campaign_list(
         queryset = queryset.filter(_any_alert())
     elif has_alerts is False:
         queryset = queryset.exclude(_any_alert())
+    awaiting = Q(draft_version__approval_status=ApprovalStatus.AWAITING)
+    if awaiting_approval is True:
+        queryset = queryset.filter(awaiting)
+    elif awaiting_approval is False:
+        queryset = queryset.exclude(awaiting)
     if start_from is not None:
         queryset = queryset.filter(Q(start_time__date__gte=start_from))
     if start_to is not None:
@@ -269,6 +287,22 @@ def campaign_versions(*, campaign: Campaign) -> QuerySet[CampaignVersion]:
         .prefetch_related("actions__preset")
         .order_by("-number")
     )
+
+
+def version_role(campaign: Campaign, version: CampaignVersion | None = None) -> VersionRole:
+    """What `version` (the live one unless given) is to the campaign now: its draft; the
+    live version scheduled until the campaign starts, running while it sends (or activates
+    with it), its last run once the campaign has ended; or a past version."""
+    version_id = campaign.live_version_id if version is None else version.pk
+    if version_id is not None and version_id == campaign.draft_version_id:
+        return VersionRole.DRAFT
+    if version_id != campaign.live_version_id:
+        return VersionRole.PAST
+    if campaign.status == CampaignStatus.SCHEDULED:
+        return VersionRole.SCHEDULED
+    if campaign.status in (CampaignStatus.LIVE, CampaignStatus.ACTIVATING):
+        return VersionRole.RUNNING
+    return VersionRole.LAST_RUN
 
 
 def campaign_transitions(*, campaign: Campaign) -> QuerySet[CampaignTransition]:
@@ -404,6 +438,8 @@ def _state_allows(campaign: Campaign, name: str) -> bool:
         return running and campaign.draft_version_id is not None
     if name == "delete":
         return campaign.status == Status.DRAFT
+    if name in NEEDED_STATUS:
+        return not approval_step_refusal(campaign, name)
     return name == "duplicate"
 
 

@@ -30,17 +30,30 @@ from channels.rendering import TemplateContentError, validate_content
 from config.permissions import require_perms
 from segments.models import Segment
 
-from .choices import CampaignStatus, CampaignType
+from .approval import (
+    approval_step_refusal,
+    clean_comment,
+    require_approved_for_activation,
+    require_not_last_editor,
+    require_policy_change_allowed,
+)
+from .choices import ApprovalStatus, CampaignStatus, CampaignType
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
 from .exceptions import ActivationRefused, CampaignConflict
-from .models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
+from .models import (
+    Campaign,
+    CampaignTransition,
+    CampaignVersion,
+    ChannelAction,
+    approval_required_by_default,
+)
 from .operations import ADD_CAMPAIGN, CHANGE_CAMPAIGN, LIFECYCLE, OPERATIONS, VIEW_CAMPAIGN
 from .review import activation_review
 from .selectors import Actor, version_activation_problems
 
 Status = CampaignStatus
 
-CAMPAIGN_FIELDS = ("name", "description", "type")
+CAMPAIGN_FIELDS = ("name", "description", "type", "approval_required")
 VERSION_FIELDS = ("segment", "start_at")
 
 
@@ -189,9 +202,15 @@ def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, An
     ChannelAction.objects.bulk_create(rows)
 
 
-def _copy_version(source: CampaignVersion, *, campaign: Campaign, number: int) -> CampaignVersion:
+def _copy_version(
+    source: CampaignVersion, *, campaign: Campaign, number: int, user: Actor | None
+) -> CampaignVersion:
     copy = CampaignVersion.objects.create(
-        campaign=campaign, number=number, segment=source.segment, start_at=source.start_at
+        campaign=campaign,
+        number=number,
+        segment=source.segment,
+        start_at=source.start_at,
+        last_edited_by=_actor(user),
     )
     ChannelAction.objects.bulk_create(
         ChannelAction(
@@ -225,15 +244,20 @@ def campaign_create(
     segment: Segment | None = None,
     start_at: dt.datetime | None = None,
     actions: Iterable[Mapping[str, Any]] = (),
+    approval_required: bool | None = None,
 ) -> Campaign:
-    """A new Draft campaign whose version 1 holds the given content."""
+    """A new Draft campaign whose version 1 holds the given content. `approval_required`
+    defaults to SALVO_APPROVAL_REQUIRED."""
     require_perms(user, ADD_CAMPAIGN, to="create a campaign")
     campaign = Campaign(name=name, description=description, type=type, created_by=_actor(user))
+    if approval_required is not None:
+        require_policy_change_allowed(campaign=None, required=approval_required, user=user)
+        campaign.approval_required = approval_required
     campaign.full_clean(exclude=["status", "live_version", "draft_version"])
     _validate_start_at(start_at)
     campaign.save()
     version = CampaignVersion.objects.create(
-        campaign=campaign, number=1, segment=segment, start_at=start_at
+        campaign=campaign, number=1, segment=segment, start_at=start_at, last_edited_by=_actor(user)
     )
     _replace_actions(version, actions)
     campaign.draft_version = version
@@ -266,6 +290,11 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
                 else f": a {_status_label(campaign.status)} campaign cannot change."
             )
         )
+    if "approval_required" in data:
+        require_policy_change_allowed(
+            campaign=campaign, required=data["approval_required"], user=user
+        )
+    written_before = _draft_content(campaign, version)
     if "type" in data and data["type"] != campaign.type and campaign.live_version_id is not None:
         raise ValidationError(
             {"type": "The type cannot change once the campaign has run; duplicate it instead."}
@@ -285,6 +314,8 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
     campaign.save()
     if "tags" in data:
         campaign.tags.set(list(data["tags"]))
+    if _draft_content(campaign, version) != written_before:
+        _version_edited(campaign, version, user=user)
     return campaign
 
 
@@ -324,6 +355,7 @@ def campaign_activate(
     campaign = _lock(campaign)
     if not can_proceed(campaign.activate):
         raise _refuse(campaign, "activate")
+    require_approved_for_activation(campaign)
     review = activation_review(campaign=campaign, sample=False)
     refused = review.errors or review.unacknowledged(frozenset(acknowledge))
     if refused:
@@ -531,7 +563,7 @@ def campaign_modify(*, campaign: Campaign, user: Actor | None) -> CampaignVersio
         )
     assert campaign.live_version is not None  # guaranteed by campaign_activated_has_live_version
     draft = _copy_version(
-        campaign.live_version, campaign=campaign, number=_next_version_number(campaign)
+        campaign.live_version, campaign=campaign, number=_next_version_number(campaign), user=user
     )
     campaign.draft_version = draft
     campaign.save()
@@ -584,6 +616,8 @@ def campaign_duplicate(*, campaign: Campaign, user: Actor | None, name: str = ""
         name=name or _duplicate_name(campaign.name),
         description=campaign.description,
         type=campaign.type,
+        # A copy is no way around the policy: it needs an approval as the original does.
+        approval_required=campaign.approval_required or approval_required_by_default(),
         created_by=_actor(user),
     )
     copy.full_clean(exclude=["status", "live_version", "draft_version"])
@@ -593,11 +627,120 @@ def campaign_duplicate(*, campaign: Campaign, user: Actor | None, name: str = ""
     except IntegrityError as error:
         raise ValidationError({"name": "A campaign with this name already exists."}) from error
     if source is not None:
-        version = _copy_version(source, campaign=copy, number=1)
+        version = _copy_version(source, campaign=copy, number=1, user=user)
     else:
-        version = CampaignVersion.objects.create(campaign=copy, number=1)
+        version = CampaignVersion.objects.create(
+            campaign=copy, number=1, last_edited_by=_actor(user)
+        )
     copy.draft_version = version
     copy.save(update_fields=["draft_version", "updated_at"])
     copy.tags.set(list(campaign.tags.names()))
     _log(copy, "duplicate", source=copy.status, user=user, reason=f"Copy of “{campaign.name}”.")
     return copy
+
+
+# --- approval (the policy's rules: campaigns.approval) ---------------------------------
+
+
+def _draft_content(campaign: Campaign, version: CampaignVersion) -> tuple[Any, ...]:
+    """What an approval approves: everything the draft sends, to whom and when. A save
+    that changes none of it (the admin's "Save and activate" of an untouched form) is no
+    edit."""
+    actions = version.actions.order_by("channel").values_list(
+        "channel", "preset_id", "subject", "body"
+    )
+    return (
+        campaign.name,
+        campaign.description,
+        campaign.type,
+        version.segment_id,
+        version.start_at,
+        list(actions),
+        sorted(campaign.tags.names()),
+    )
+
+
+def _version_edited(campaign: Campaign, version: CampaignVersion, *, user: Actor | None) -> None:
+    """Record who edited the draft last; an approval given before the edit is void."""
+    version.last_edited_by = _actor(user)
+    was_approved = version.approval_status == ApprovalStatus.APPROVED
+    if was_approved:
+        version.approval_status = ApprovalStatus.NOT_REQUESTED
+    version.save(update_fields=["last_edited_by", "approval_status"])
+    if not was_approved:
+        return
+    _log(
+        campaign,
+        "void_approval",
+        source=campaign.status,
+        user=user,
+        version=version,
+        reason=f"Version {version.number} changed after its approval; request a new one.",
+    )
+
+
+def _approval_step(campaign: Campaign, name: str, *, user: Actor | None) -> Campaign:
+    """The locked campaign, once the operation's permission and its state allow `name`."""
+    _require_operation(user, name)
+    campaign = _lock(campaign)
+    refusal = approval_step_refusal(campaign, name)
+    if refusal:
+        raise CampaignConflict(refusal)
+    return campaign
+
+
+@transaction.atomic
+def campaign_request_approval(
+    *, campaign: Campaign, user: Actor | None, comment: str = ""
+) -> Campaign:
+    """Ask for the open draft's approval (again, after a rejection)."""
+    campaign = _approval_step(campaign, "request_approval", user=user)
+    comment = clean_comment(comment, required=False)
+    version = campaign.draft_version
+    assert version is not None  # approval_step_refusal
+    version.approval_status = ApprovalStatus.AWAITING
+    version.approval_requested_by = _actor(user)
+    version.approval_requested_at = timezone.now()
+    version.approval_decided_by = None
+    version.approval_decided_at = None
+    version.approval_comment = ""
+    version.save()
+    _log(
+        campaign,
+        "request_approval",
+        source=campaign.status,
+        user=user,
+        version=version,
+        reason=comment,
+    )
+    return campaign
+
+
+def _decide(campaign: Campaign, name: str, *, user: Actor | None, comment: str) -> Campaign:
+    campaign = _approval_step(campaign, name, user=user)
+    version = campaign.draft_version
+    assert version is not None  # approval_step_refusal
+    require_not_last_editor(version, _actor(user))
+    comment = clean_comment(comment, required=name == "reject")
+    approved = name == "approve"
+    version.approval_status = ApprovalStatus.APPROVED if approved else ApprovalStatus.REJECTED
+    version.approval_decided_by = _actor(user)
+    version.approval_decided_at = timezone.now()
+    version.approval_comment = comment
+    version.save()
+    _log(campaign, name, source=campaign.status, user=user, version=version, reason=comment)
+    return campaign
+
+
+@transaction.atomic
+def campaign_approve(*, campaign: Campaign, user: Actor | None, comment: str = "") -> Campaign:
+    """Approve the draft awaiting approval, by someone other than its last editor; it may
+    then be activated."""
+    return _decide(campaign, "approve", user=user, comment=comment)
+
+
+@transaction.atomic
+def campaign_reject(*, campaign: Campaign, user: Actor | None, comment: str) -> Campaign:
+    """Reject the draft awaiting approval, saying why (`comment` is required); its author
+    edits it and asks again."""
+    return _decide(campaign, "reject", user=user, comment=comment)

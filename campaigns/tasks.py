@@ -12,7 +12,7 @@ from typing import TypeVar
 from celery import Task, shared_task
 from django.conf import settings
 
-from . import delivery, services
+from . import delivery, proofs, services
 
 T = TypeVar("T")
 
@@ -37,6 +37,12 @@ def scheduler_tick() -> None:
         older_than=dt.timedelta(seconds=settings.SALVO_ACTIVATION_RETRY_AFTER_S)
     )
     delivery.executions_resume_stalled()
+
+
+@shared_task(acks_late=True)
+def proof_send_task(proof_ids: list[int]) -> None:
+    """Send the proofs one request asked for (see campaigns.proofs)."""
+    proofs.proof_sends_send(proof_ids=proof_ids)
 
 
 # --- delivery (see campaigns.delivery) ---------------------------------------------------

@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 from django.utils.text import capfirst
 
+from campaigns.admin_preferences import preferences_page
 from campaigns.selectors import campaign_dashboard
 
 # The apps a marketer works in, in the order of their day; every other app's models go
@@ -54,6 +55,11 @@ class SalvoAdminSite(admin.AdminSite):
                 self.admin_view(self.settings_index),
                 name="settings_index",
             ),
+            path(
+                "preferences/",
+                self.admin_view(self.preferences),
+                name="preferences",
+            ),
             *super().get_urls(),
         ]
 
@@ -61,6 +67,10 @@ class SalvoAdminSite(admin.AdminSite):
         """The Settings section's page, like an app's page (404 to whoever sees none of
         its models)."""
         return self.app_index(request, SETTINGS_LABEL)
+
+    def preferences(self, request: HttpRequest) -> HttpResponse:
+        """The signed-in user's own preferences (campaigns.admin_preferences)."""
+        return preferences_page(self, request)
 
     def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         extra_context = dict(extra_context or {})

@@ -108,6 +108,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    # Swagger UI's files, served from this server's static files (/api/docs/ works offline).
+    "drf_spectacular_sidecar",
     "taggit",
     "csp",
     "segments",
@@ -124,6 +126,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The admin in the signed-in user's own time zone (campaigns.preferences).
+    "campaigns.middleware.AdminTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -132,8 +136,10 @@ MIDDLEWARE = [
 # server, inline ones only with the page's nonce (templates write `nonce="{{ request.csp_nonce
 # }}"`), no plugins, no framing, forms post here only. Inline style attributes stay allowed:
 # the admin's status badges and DRF's browsable API use them, and they can neither run script
-# nor load anything the other directives refuse. The API docs page adds Swagger UI's origin
-# (config/urls.py).
+# nor load anything the other directives refuse. The API docs page is held to the same
+# policy: Swagger UI comes from this server's static files (drf-spectacular-sidecar), its
+# script from `/api/docs/?script`, and its one <style> carries the nonce
+# (templates/drf_spectacular/swagger_ui.html).
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
@@ -252,6 +258,10 @@ SPECTACULAR_SETTINGS = {
     # Every endpoint needs authentication, the schema and its docs too, unless published.
     "SERVE_PERMISSIONS": ["config.permissions.ApiDocsAccess"],
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from this server's static files, never a CDN (drf-spectacular-sidecar).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # One schema name per choice set, whichever field uses it (status, source, target…).
     "ENUM_NAME_OVERRIDES": {
         "CampaignStatusEnum": "campaigns.choices.CampaignStatus",
@@ -276,6 +286,11 @@ SALVO_PROFILE_ATTRIBUTE_KEY_MAX_LENGTH = env.int(
     "SALVO_PROFILE_ATTRIBUTE_KEY_MAX_LENGTH", default=128
 )
 SALVO_JSON_MAX_DEPTH = env.int("SALVO_JSON_MAX_DEPTH", default=100)
+
+# The live estimate of unsaved segment rules (the rule builder in the admin, asked as the
+# marketer types): each estimate's queries stop after this many milliseconds, answered 503
+# with a message to narrow the rules, so a heavy tree cannot tie up the database.
+SALVO_SEGMENT_ESTIMATE_TIMEOUT_MS = env.int("SALVO_SEGMENT_ESTIMATE_TIMEOUT_MS", default=3000)
 
 # --- Celery -------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -321,6 +336,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # How often the scheduler looks for Scheduled campaigns that are due, and how long a
 # campaign may sit in Activating before its activation task is sent again.
+# Whether a new campaign needs an approval before a version is activated (each campaign
+# keeps its own flag, set from this when it is created; see campaigns.approval).
+SALVO_APPROVAL_REQUIRED = env.bool("SALVO_APPROVAL_REQUIRED", default=False)
+
 SALVO_SCHEDULER_INTERVAL_S = env.float("SALVO_SCHEDULER_INTERVAL_S", default=2.0)
 SALVO_ACTIVATION_RETRY_AFTER_S = env.float("SALVO_ACTIVATION_RETRY_AFTER_S", default=60.0)
 CELERY_BEAT_SCHEDULE = {
@@ -401,6 +420,12 @@ if not 0 <= SALVO_ALERT_FAILURE_RATE < 1:  # also false for NaN
 # characters is about where Gmail clips an email (102 KB); SMS and push carry far less.
 SALVO_RENDER_TIMEOUT_MS = env.int("SALVO_RENDER_TIMEOUT_MS", default=50)
 SALVO_RENDER_MAX_CHARS = env.int("SALVO_RENDER_MAX_CHARS", default=100_000)
+
+# --- Proofs (issue 11) ------------------------------------------------------------------
+# The most test profiles one proof goes to: a proof is a check by a colleague's eyes, and
+# a larger list is an audience that belongs in a segment. Asking for more is refused at
+# every door (campaigns.proofs).
+SALVO_PROOF_MAX_RECIPIENTS = env.int("SALVO_PROOF_MAX_RECIPIENTS", default=10)
 
 # --- Rate limits ---------------------------------------------------------------------
 # Where the token buckets of rate-limited presets live (channels.ratelimit), shared by every

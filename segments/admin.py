@@ -6,6 +6,7 @@ Every change goes through `segments.services`, every read of an audience through
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -26,8 +27,16 @@ from config.admin_site import ListTitledAdmin
 from . import selectors, services
 from .choices import ConsentChannel, ConsentSource, ImportFormat, SegmentKind
 from .models import CONSENT_FIELDS, PROFILE_DATA_FIELDS, Profile, Segment
-from .rules import rule_errors
+from .rules import rule_catalogue, rule_errors
 from .validators import JsonTooDeep, check_json_nesting, json_max_depth
+
+# The rule builder (segments/static/segments/): the page carries the catalogue of fields and
+# operators from `segments.rules` and asks `SegmentAdmin.rules_estimate_view` for the live
+# count; without script the rules stay a JSON text field.
+RULE_BUILDER_SCRIPT = "segments/rule_builder.js"
+RULE_BUILDER_STYLE = "segments/rule_builder.css"
+# How many matching profiles the builder's live preview lists.
+LIVE_PREVIEW_LIMIT = 5
 
 # --- profiles ---------------------------------------------------------------------------
 
@@ -93,7 +102,7 @@ class ProfileAdmin(ListTitledAdmin):
         *[f"consent_{c}" for c in ConsentChannel.values],
         "created_at",
     ]
-    list_filter = ["consent_email", "consent_sms", "consent_push", "created_at"]
+    list_filter = ["consent_email", "consent_sms", "consent_push", "is_test", "created_at"]
     search_fields = ["^external_id", "^email", "^phone"]
     readonly_fields = ["consent_history", "created_at", "updated_at"]
     fieldsets = [
@@ -103,6 +112,7 @@ class ProfileAdmin(ListTitledAdmin):
             "Consent (checked = may receive marketing)",
             {"fields": ["consent_email", "consent_sms", "consent_push", "consent_history"]},
         ),
+        ("Proofs", {"fields": ["is_test"]}),
         ("Dates", {"fields": ["created_at", "updated_at"]}),
     ]
     # Counting a million rows on every page load is what makes big changelists slow.
@@ -245,8 +255,13 @@ class SegmentAdmin(ListTitledAdmin):
     search_fields = ["name", "description"]
     readonly_fields = ["estimate"]
     actions = ["freeze_selected"]
-    # The members' sample is drawn below the fields, for the user looking (see change_view).
+    # The members' sample is drawn below the fields, for the user looking (see change_view),
+    # and the rule builder beside the rules (see `_rule_builder_context`).
     change_form_template = "admin/segments/segment/change_form.html"
+
+    class Media:
+        js = (RULE_BUILDER_SCRIPT,)
+        css = {"all": (RULE_BUILDER_STYLE,)}
 
     def get_fields(self, request: HttpRequest, obj: Segment | None = None) -> list[Any]:
         fields = ["name", "description", "kind", "rules"]
@@ -265,10 +280,12 @@ class SegmentAdmin(ListTitledAdmin):
             )
         return format_html("<strong>{}</strong> profiles match now", f"{count:,}")
 
-    def _preview(self, request: HttpRequest, segment: Segment) -> dict[str, Any]:
+    def _preview(
+        self, request: HttpRequest, segment: Segment, limit: int = selectors.PREVIEW_LIMIT
+    ) -> dict[str, Any]:
         """The first members as this user may see them: their data, or why not."""
         try:
-            sample = selectors.segment_preview(segment=segment, user=request.user)
+            sample = selectors.segment_preview(segment=segment, user=request.user, limit=limit)
         except PermissionDenied as refusal:
             return {"refusal": str(refusal)}
         except ValidationError:
@@ -298,10 +315,27 @@ class SegmentAdmin(ListTitledAdmin):
         if segment is not None and self.has_view_or_change_permission(request, segment):
             extra_context = {
                 **(extra_context or {}),
+                # A static segment has no rules to build.
+                **(self._rule_builder_context() if segment.kind == SegmentKind.RULES else {}),
                 "salvo_preview": self._preview(request, segment),
                 "salvo_preview_limit": selectors.PREVIEW_LIMIT,
             }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = {**(extra_context or {}), **self._rule_builder_context()}
+        return super().add_view(request, form_url, extra_context)
+
+    def _rule_builder_context(self) -> dict[str, Any]:
+        """What the rule builder reads from the page: the fields and operators rules may
+        hold (the attribute keys seen in the data among the fields), the channels whose
+        reach it shows and where to ask for the live estimate."""
+        catalogue = rule_catalogue(attribute_keys=selectors.profile_attribute_keys())
+        catalogue["estimate_url"] = reverse("admin:segments_segment_rules_estimate")
+        catalogue["channels"] = dict(ConsentChannel.choices)
+        return {"salvo_rule_catalogue": catalogue}
 
     def save_model(self, request: HttpRequest, obj: Segment, form: Any, change: bool) -> None:
         data = {name: form.cleaned_data[name] for name in ("name", "description", "rules")}
@@ -320,9 +354,47 @@ class SegmentAdmin(ListTitledAdmin):
                 "<int:pk>/estimate/",
                 self.admin_site.admin_view(self.estimate_view),
                 name="segments_segment_estimate",
-            )
+            ),
+            path(
+                "estimate/",
+                self.admin_site.admin_view(self.rules_estimate_view),
+                name="segments_segment_rules_estimate",
+            ),
         ]
         return custom + super().get_urls()
+
+    def rules_estimate_view(self, request: HttpRequest) -> JsonResponse:
+        """POST `{"rules": tree}` → the count, reach per channel and first members of the
+        profiles the unsaved tree matches, as the rule builder asks while it is edited:
+        `{"count", "reach": {channel: n}, "preview": {"profiles": [...]} or {"refusal"}}`.
+        An invalid tree answers 400 `{"detail", "errors": [every bad node]}`; the queries
+        stop after `SALVO_SEGMENT_ESTIMATE_TIMEOUT_MS` (503)."""
+        if not self.has_view_permission(request):
+            return JsonResponse({"detail": "Not allowed."}, status=403)
+        if request.method != "POST":
+            return JsonResponse({"detail": 'POST {"rules": <rule tree>}.'}, status=405)
+        try:
+            text = request.body.decode()
+            check_json_nesting(text)
+            body = json.loads(text)
+        except (UnicodeDecodeError, ValueError, JsonTooDeep):
+            return JsonResponse(
+                {"detail": f"Send a JSON object nested at most {json_max_depth()} levels deep."},
+                status=400,
+            )
+        if not isinstance(body, dict) or "rules" not in body:
+            return JsonResponse({"detail": 'Send {"rules": <rule tree>}.'}, status=400)
+        errors = rule_errors(body["rules"])
+        if errors:
+            return JsonResponse({"detail": "; ".join(errors), "errors": errors}, status=400)
+        unsaved = Segment(kind=SegmentKind.RULES, rules=body["rules"])
+        try:
+            with selectors.estimate_time_limit():
+                found = selectors.segment_reach(segment=unsaved)
+                found["preview"] = self._preview(request, unsaved, limit=LIVE_PREVIEW_LIMIT)
+        except selectors.EstimateTimeout as timeout:
+            return JsonResponse({"detail": str(timeout)}, status=503)
+        return JsonResponse(found)
 
     def estimate_view(self, request: HttpRequest, pk: int) -> JsonResponse:
         """`{"count": N}` for a segment: what a campaign form shows beside its segment."""

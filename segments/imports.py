@@ -70,6 +70,12 @@ TEXT_LIMITS = {
     "locale": 16,
     "time_zone": 64,
 }
+# Profile fields an import does not set, and why: a file names them and is told so,
+# rather than having them stored as free attributes of the same name.
+NOT_IMPORTED = {
+    "is_test": "an import does not flag test profiles; flag them on the profile's admin "
+    "page or with the API (`is_test`)",
+}
 TRUE_WORDS = {"true", "t", "yes", "y", "1"}
 FALSE_WORDS = {"false", "f", "no", "n", "0"}
 INTEGER = re.compile(r"^-?(0|[1-9]\d{0,17})$")
@@ -454,6 +460,9 @@ def _json_row(line: int, text: str, limits: AttributeLimits) -> Row:
         raise ValueError(f"invalid JSON: {error}") from error
     if not isinstance(data, dict):
         raise ValueError("each line must be a JSON object")
+    not_imported = sorted(set(data) & set(NOT_IMPORTED))
+    if not_imported:
+        raise ValueError(f"{not_imported[0]}: {NOT_IMPORTED[not_imported[0]]}")
     unknown = sorted(set(data) - JSON_KEYS)
     if unknown:
         raise ValueError(f'unknown field(s) {", ".join(unknown)}; put free data under "attributes"')
@@ -550,6 +559,8 @@ def _csv_columns(header: Sequence[str]) -> list[tuple[str, str]]:
     for raw in header:
         name = raw.strip()
         lowered = name.lower()
+        if lowered in NOT_IMPORTED:
+            raise ImportRefused(f"Column {name!r}: {NOT_IMPORTED[lowered]}.")
         if lowered in TEXT_LIMITS:
             column = ("field", lowered)
         elif lowered.replace(".", "_") in {f"consent_{c}" for c in CHANNELS}:

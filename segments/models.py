@@ -16,7 +16,8 @@ validate_e164 = RegexValidator(
     code="invalid_phone",
 )
 
-# A profile's own data: what an import or an API call sets and what a message can use.
+# A profile's own data: what the admin or an API call sets and what a message can use
+# (an import sets the same, less `is_test`: see segments.imports).
 PROFILE_DATA_FIELDS = (
     "external_id",
     "email",
@@ -25,6 +26,7 @@ PROFILE_DATA_FIELDS = (
     "locale",
     "time_zone",
     "attributes",
+    "is_test",
 )
 
 
@@ -34,6 +36,14 @@ def consent_field(channel: str) -> str:
 
 
 CONSENT_FIELDS = tuple(consent_field(channel) for channel in ConsentChannel.values)
+# The Profile column holding each consent channel's address: a message of that channel goes
+# to that column's value, and a profile with it blank cannot be reached there (the delivery
+# engine skips it as "no address"; a segment's reach counts it out).
+ADDRESS_FIELDS: dict[str, str] = {
+    ConsentChannel.EMAIL: "email",
+    ConsentChannel.SMS: "phone",
+    ConsentChannel.PUSH: "push_token",
+}
 
 
 class Profile(models.Model):
@@ -60,6 +70,14 @@ class Profile(models.Model):
     consent_email = models.BooleanField(default=True)
     consent_sms = models.BooleanField(default=True)
     consent_push = models.BooleanField(default=True)
+    # A colleague's own profile: a campaign's proofs go to these (campaigns.proofs).
+    is_test = models.BooleanField(
+        "test profile",
+        default=False,
+        # Also the database's default: an import writes profiles by SQL of its own.
+        db_default=False,
+        help_text="Receives the proofs of campaigns (“Send proof”), and real sends as usual.",
+    )
     # When and through which door each consent last changed (empty: never changed).
     consent_email_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
     consent_email_source = models.CharField(
@@ -93,6 +111,9 @@ class Profile(models.Model):
                 | models.Q(consent_push=False),
                 name="profile_opted_out",
             ),
+            # Test profiles are a handful among millions: a proof finds them through a
+            # partial index that every other row skips.
+            models.Index(fields=["id"], condition=models.Q(is_test=True), name="profile_is_test"),
             # The GIN index on `attributes` is PostgreSQL-only: see migration 0002.
         ]
         constraints = [

@@ -387,6 +387,110 @@ def _check_condition(node: dict[str, Any], path: str, walk: _Walk) -> None:
             )
 
 
+# --- the catalogue a rule editor is driven by ----------------------------------------------
+
+# How each operator reads in a sentence ("country is in FR, BE").
+OPERATOR_LABELS: dict[str, str] = {
+    "eq": "is",
+    "ne": "is not",
+    "in": "is one of",
+    "not_in": "is none of",
+    "gt": "is greater than",
+    "gte": "is at least",
+    "lt": "is less than",
+    "lte": "is at most",
+    "contains": "contains",
+    "startswith": "starts with",
+    "exists": "is present",
+    "empty": "is empty",
+    "before": "is before",
+    "after": "is after",
+    "within_days": "is within the last (days)",
+}
+FIELD_LABELS: dict[str, str] = {
+    "external_id": "External id",
+    "email": "Email",
+    "phone": "Phone",
+    "locale": "Locale",
+    "time_zone": "Time zone",
+    "created_at": "Created",
+    "updated_at": "Updated",
+}
+
+
+def _value_input(kind: str, op: str) -> str:
+    """The kind of value `_value_problem` accepts for `op` on a field of `kind`: "text",
+    "scalar" (a string, number or boolean), "list" (of text, or of scalars on an
+    attribute), "number", "boolean", "moment" (ISO date) or "days"."""
+    if op in ("eq", "ne"):
+        return {"consent": "boolean", "text": "text"}.get(kind, "scalar")
+    return {
+        "in": "list",
+        "not_in": "list",
+        "gt": "number",
+        "gte": "number",
+        "lt": "number",
+        "lte": "number",
+        "contains": "text",
+        "startswith": "text",
+        "exists": "boolean",
+        "empty": "boolean",
+        "before": "moment",
+        "after": "moment",
+        "within_days": "days",
+    }[op]
+
+
+def rule_catalogue(*, attribute_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """What a rule tree may hold, as data for an editor: the fields (the profile's own,
+    each consent channel, `attributes.<key>` for each of `attribute_keys`), the operators
+    each kind of field takes with the value each needs, the groups and the limits. Read
+    from the same tables `validate_rules` checks against, so an editor never offers what
+    the server refuses."""
+    fields = [
+        {"name": name, "label": FIELD_LABELS[name], "kind": parse_field_kind(name)}
+        for name in (*TEXT_FIELDS, *DATE_FIELDS)
+    ]
+    fields += [
+        {"name": f"consent.{channel}", "label": f"Consent: {label}", "kind": "consent"}
+        for channel, label in ConsentChannel.choices
+    ]
+    fields += [
+        {"name": f"attributes.{key}", "label": f"Attribute: {key}", "kind": "attribute"}
+        for key in attribute_keys
+        if isinstance(parse_field(f"attributes.{key}"), FieldRef)
+    ]
+    kinds = ("text", "date", "consent", "attribute")
+    return {
+        "fields": fields,
+        "attribute_prefix": "attributes.",
+        "attribute_key_pattern": ATTRIBUTE_KEY.pattern,
+        "operators": {
+            kind: [
+                {"op": op, "label": OPERATOR_LABELS[op], "value": _value_input(kind, op)}
+                for op in _operators_for(FieldRef(kind, ""))
+            ]
+            for kind in kinds
+        },
+        "groups": {"all": "All of", "any": "Any of", "not": "Not"},
+        "limits": {
+            "max_depth": MAX_DEPTH,
+            "max_nodes": MAX_NODES,
+            "max_list_values": MAX_LIST_VALUES,
+            "max_text_length": MAX_TEXT_LENGTH,
+            "max_within_days": MAX_WITHIN_DAYS,
+        },
+    }
+
+
+def parse_field_kind(name: str) -> str:
+    """The kind of a field name the catalogue lists ("text", "date", "consent",
+    "attribute")."""
+    field = parse_field(name)
+    assert isinstance(field, FieldRef), field
+    return field.kind
+
+
 def rule_errors(tree: Node) -> list[str]:
     """Every problem of the tree, each prefixed with the path of its node."""
     walk = _Walk(errors=[])

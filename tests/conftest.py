@@ -110,6 +110,25 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     )
 
 
+# --- a test database per pytest process --------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """`make test-suite` runs two pytest processes at once (scripts/test-suite.sh): the one
+    it gives SALVO_TEST_DATABASE_SUFFIX creates and drops a test database of its own on a
+    database server (`test_salvo_processes`, not `test_salvo`), as pytest-xdist's workers do.
+    On SQLite each process's SALVO_VAR_DIR already holds its own test database file."""
+    suffix = os.environ.get("SALVO_TEST_DATABASE_SUFFIX", "")
+    if not suffix:
+        return
+    for database in settings.DATABASES.values():
+        if database["ENGINE"] == "django.db.backends.sqlite3":
+            continue
+        test = database.setdefault("TEST", {})
+        test["NAME"] = f"{test.get('NAME') or 'test_' + database['NAME']}_{suffix}"
+
+
 # --- users and API clients --------------------------------------------------------------
 
 

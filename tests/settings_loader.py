@@ -27,11 +27,12 @@ PRODUCTION_REQUIRED = {
     "DJANGO_ALLOWED_HOSTS": "salvo.example.com",
 }
 
+# Reading a setting imports the settings module, as the first thing any Django process does
+# (django.setup() would then import every app as well: a second per case, for nothing the
+# settings decide).
 SHOW_SETTINGS = """
 import json
-import django
 from django.conf import settings
-django.setup()
 print(json.dumps({
     name: getattr(settings, name, None)
     for name in ("SALVO_EMBEDDED", "DEBUG", "SECRET_KEY", "SALVO_WEBHOOK_SECRET",

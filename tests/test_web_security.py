@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 import pytest
+from django.conf import settings
+from django.contrib.staticfiles import finders
 from django.test import override_settings
 
 from campaigns.choices import CampaignStatus
@@ -123,6 +125,31 @@ def test_schema_and_docs_can_be_published_on_purpose(client):
     assert client.get("/api/docs/").status_code == 200
 
 
+def test_the_docs_page_loads_only_this_servers_files_under_the_sites_policy(
+    client, user_with_perms
+):
+    client.force_login(user_with_perms())
+
+    response = client.get("/api/docs/")
+
+    html = response.content.decode()
+    files = re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]+)"', html)
+    assert len(files) == 5, files  # stylesheet, favicon, two bundles, start-up script
+    assert all(f.startswith("/") and not f.startswith("//") for f in files), files
+    static = [f for f in files if f.startswith(settings.STATIC_URL)]
+    assert len(static) == 4, files
+    for url in static:
+        assert finders.find(url.removeprefix(settings.STATIC_URL)), f"not served: {url}"
+    [start_up] = set(files) - set(static)
+    assert client.get(start_up)["Content-Type"].startswith("application/javascript")
+    # No other origin and no inline exception: the page's one <style> carries the nonce.
+    csp = policy(response)
+    assert not [s for sources in csp.values() for s in sources if "://" in s], csp
+    assert "'unsafe-inline'" not in csp["style-src"]
+    [nonce] = {s for s in csp["style-src"] if s.startswith("'nonce-")}
+    assert f'<style nonce="{nonce[7:-1]}">' in html
+
+
 # --- the pages in a real browser, under the policy ----------------------------------------
 
 
@@ -165,12 +192,11 @@ def test_admin_api_and_docs_pages_work_under_the_policy(browser_page, live_serve
         f"/admin/campaigns/campaign/{campaign.pk}/change/",
         "/admin/segments/profile/",
         "/admin/segments/profile/import/",
+        "/admin/segments/segment/add/",
         f"/admin/segments/segment/{segment.pk}/change/",
         "/admin/channels/messagepreset/add/",
         "/api/",
         "/api/campaigns/",
-        # Swagger UI comes from its CDN, which this machine may not reach: the requests may
-        # fail, but the policy must not be what blocks them.
         "/api/docs/",
         unsubscribe.removeprefix(live_server.url),
     ]:
@@ -201,4 +227,29 @@ def test_admin_api_and_docs_pages_work_under_the_policy(browser_page, live_serve
     page.wait_for_load_state()
     page.goto(f"{live_server.url}/api/campaigns/")
     assert page.locator(".navbar a", has_text="Log in").count() == 1
+    assert page.violations == []
+
+
+@pytest.mark.browser
+def test_swagger_ui_renders_the_operations_with_no_network_but_this_server(
+    browser_page, live_server
+):
+    page = browser_page
+    elsewhere: list[str] = []
+
+    def this_server_only(route: Any) -> None:
+        if route.request.url.startswith(live_server.url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", this_server_only)
+
+    page.goto(f"{live_server.url}/api/docs/")
+
+    operations = page.locator(".opblock-summary-path")
+    operations.filter(has_text="/api/campaigns/{id}/activate/").wait_for()
+    assert operations.count() > 20
+    assert elsewhere == []
     assert page.violations == []

@@ -77,6 +77,9 @@ class CampaignFilterSet(django_filters.FilterSet):
     has_alerts = django_filters.BooleanFilter(
         help_text="true: campaigns with at least one of `alerts`; false: those with none."
     )
+    awaiting_approval = django_filters.BooleanFilter(
+        help_text="true: campaigns whose open draft awaits approval; false: the others."
+    )
     start_after = django_filters.DateFilter(
         help_text="Campaigns that went Live, or are set to start, on this day or later "
         "(YYYY-MM-DD, the server's time zone)."
@@ -94,6 +97,7 @@ class CampaignFilterSet(django_filters.FilterSet):
             "type",
             "channel",
             "has_alerts",
+            "awaiting_approval",
             "start_after",
             "start_before",
         ]
@@ -106,6 +110,7 @@ class CampaignFilterSet(django_filters.FilterSet):
             tags=data.get("tag") or [],
             channels=data.get("channel") or [],
             has_alerts=data.get("has_alerts"),
+            awaiting_approval=data.get("awaiting_approval"),
             start_from=data.get("start_after"),
             start_to=data.get("start_before"),
         )

@@ -12,7 +12,9 @@ from django.db.models import Manager
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from campaigns.approval import APPROVAL_COMMENT_MAX_LENGTH, campaign_approval
 from campaigns.choices import (
+    ApprovalStatus,
     CampaignStatus,
     CampaignType,
     CheckLevel,
@@ -20,8 +22,15 @@ from campaigns.choices import (
     DeliveryStatus,
     ExecutionStatus,
     ReviewCode,
+    VersionRole,
 )
-from campaigns.models import Campaign, CampaignTransition, CampaignVersion, ChannelAction
+from campaigns.models import (
+    Campaign,
+    CampaignTransition,
+    CampaignVersion,
+    ChannelAction,
+    ProofSend,
+)
 from campaigns.operations import OPERATIONS
 from campaigns.selectors import (
     alert_rules,
@@ -116,6 +125,20 @@ def delivery_error_data(campaign: Campaign) -> dict[str, Any] | None:
     return None if error is None else DeliveryErrorSerializer(error).data
 
 
+class ApprovalSerializer(serializers.Serializer[Any]):
+    """The open draft's place in the approval flow (campaigns.approval)."""
+
+    version = serializers.IntegerField(allow_null=True, help_text="The draft's number.")
+    status = serializers.ChoiceField(choices=ApprovalStatus.choices, allow_null=True)
+    text = serializers.CharField(help_text="Where it stands, in words.")
+    last_edited_by = serializers.CharField(allow_null=True)
+    requested_by = serializers.CharField(allow_null=True)
+    requested_at = serializers.DateTimeField(allow_null=True)
+    decided_by = serializers.CharField(allow_null=True)
+    decided_at = serializers.DateTimeField(allow_null=True)
+    comment = serializers.CharField(allow_blank=True)
+
+
 class CampaignSerializer(serializers.ModelSerializer[Campaign]):
     status = serializers.ChoiceField(choices=CampaignStatus.choices, read_only=True)
     tags = TagListField(read_only=True)
@@ -134,6 +157,10 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
         help_text="Why the campaign deserves a look (the admin list's alert icon); empty "
         "while all is well."
     )
+    approval = serializers.SerializerMethodField(
+        help_text="The open draft's approval (see `approval_required`): where it stands (in "
+        "words too), who edited it last, who asked and who decided, with the comment."
+    )
 
     class Meta:
         model = Campaign
@@ -142,6 +169,8 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
             "name",
             "description",
             "type",
+            "approval_required",
+            "approval",
             "tags",
             "status",
             "has_open_draft",
@@ -166,6 +195,10 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
         if user is None:
             return []
         return campaign_operations(campaign=campaign, user=user)
+
+    @extend_schema_field(ApprovalSerializer())
+    def get_approval(self, campaign: Campaign) -> dict[str, Any]:
+        return ApprovalSerializer(campaign_approval(campaign)).data
 
     @extend_schema_field(AlertSerializer(many=True))
     def get_alerts(self, campaign: Campaign) -> list[dict[str, Any]]:
@@ -207,6 +240,11 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
     description = serializers.CharField(required=False, allow_blank=True)
     tags = TagListField(required=False)
     type = serializers.ChoiceField(choices=CampaignType.choices, required=False)
+    approval_required = serializers.BooleanField(
+        required=False,
+        help_text="A version needs an approval before activation; default "
+        "SALVO_APPROVAL_REQUIRED. Turning it off needs the approve permission.",
+    )
     segment = serializers.PrimaryKeyRelatedField(
         queryset=Segment.objects.all(), allow_null=True, required=False
     )
@@ -242,6 +280,16 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
 
 class StopInputSerializer(serializers.Serializer[Any]):
     reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ApprovalCommentSerializer(serializers.Serializer[Any]):
+    comment = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=APPROVAL_COMMENT_MAX_LENGTH,
+        help_text="Kept in the transition log; required to reject.",
+    )
 
 
 class DuplicateInputSerializer(serializers.Serializer[Any]):
@@ -470,8 +518,9 @@ class CampaignPreviewSerializer(serializers.Serializer[Any]):
     version = serializers.IntegerField(source="version.number", help_text="Version number.")
     version_role = serializers.ChoiceField(
         source="role",
-        choices=["draft", "running", "past"],
-        help_text="Which of the campaign's versions it is.",
+        choices=VersionRole.values,
+        help_text="What the version is to the campaign now: its draft; the live version "
+        "scheduled, running, or its last run once the campaign has ended; or a past version.",
     )
     profile = PreviewProfileSerializer()
     actions = ActionPreviewSerializer(many=True)
@@ -571,3 +620,45 @@ class CampaignSavedSerializer(CampaignSerializer):
 
     class Meta(CampaignSerializer.Meta):
         fields = [*CampaignSerializer.Meta.fields, "warnings"]
+
+
+class ProofInputSerializer(serializers.Serializer[Any]):
+    """Whom a proof goes to: every test profile, or those named here (each must be one)."""
+
+    profiles = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        help_text="Ids of test profiles to send the proof to (default: every test profile).",
+    )
+    external_ids = serializers.ListField(
+        child=serializers.CharField(max_length=255),
+        required=False,
+        help_text="External ids of test profiles to send the proof to.",
+    )
+
+
+class ProofSendSerializer(serializers.ModelSerializer[ProofSend]):
+    version = serializers.IntegerField(source="version.number", read_only=True)
+    channel = serializers.CharField(source="action.channel", read_only=True)
+    external_id = serializers.CharField(source="profile.external_id", read_only=True)
+    requested_by = serializers.CharField(
+        source="requested_by.get_username", read_only=True, default=None
+    )
+
+    class Meta:
+        model = ProofSend
+        fields = [
+            "id",
+            "version",
+            "action",
+            "channel",
+            "profile",
+            "external_id",
+            "status",
+            "provider_message_id",
+            "error",
+            "requested_by",
+            "created_at",
+            "sent_at",
+        ]
+        read_only_fields = fields

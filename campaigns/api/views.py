@@ -38,6 +38,7 @@ from campaigns.preview import (
     preview_profile,
     preview_version,
 )
+from campaigns.proofs import PROOF_PERMISSIONS, campaign_proof_request, campaign_proof_sends
 from campaigns.review import campaign_review, version_content_warnings
 from campaigns.selectors import (
     DELIVERY_VIEW_PERMISSIONS,
@@ -54,6 +55,7 @@ from .filtersets import CampaignFilterSet, DeliveryFilterSet
 from .serializers import (
     ActivateInputSerializer,
     ActivationRefusedSerializer,
+    ApprovalCommentSerializer,
     CampaignInputSerializer,
     CampaignPreviewSerializer,
     CampaignReportSerializer,
@@ -67,6 +69,8 @@ from .serializers import (
     DuplicateInputSerializer,
     ErrorSerializer,
     PreviewInputSerializer,
+    ProofInputSerializer,
+    ProofSendSerializer,
     StopInputSerializer,
 )
 
@@ -97,6 +101,20 @@ class PreviewPermission(permissions.BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         user = request.user
         return bool(user and user.is_authenticated and user.has_perms(PREVIEW_PERMISSIONS))
+
+
+class ProofPermission(permissions.BasePermission):
+    """Sending a proof needs ``campaigns.send_proof`` besides seeing the campaign; its
+    list, seeing the campaign. Checked before anything is looked up (the service checks
+    the sending too)."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        if request.method in permissions.SAFE_METHODS:
+            return bool(user.has_perm("campaigns.view_campaign"))
+        return bool(user.has_perms(PROOF_PERMISSIONS))
 
 
 class CSVRenderer(BaseRenderer):
@@ -304,6 +322,43 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         campaign = services.campaign_discard_draft(campaign=self.get_object(), user=request.user)
         return self._campaign_response(campaign)
 
+    def _approval_step(self, request: Request, service: Any) -> Response:
+        serializer = ApprovalCommentSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        campaign = service(
+            campaign=self.get_object(),
+            user=request.user,
+            comment=serializer.validated_data["comment"],
+        )
+        return self._campaign_response(campaign)
+
+    @extend_schema(
+        request=ApprovalCommentSerializer,
+        responses={200: CampaignSerializer, 409: CONFLICT},
+        description="Ask for the open draft's approval (the campaign requires one).",
+    )
+    @action(detail=True, methods=["post"], url_path="request-approval")
+    def request_approval(self, request: Request, pk: str | None = None) -> Response:
+        return self._approval_step(request, services.campaign_request_approval)
+
+    @extend_schema(
+        request=ApprovalCommentSerializer,
+        responses={200: CampaignSerializer, 403: None, 409: CONFLICT},
+        description="Approve the draft awaiting approval; 403 for its last editor.",
+    )
+    @action(detail=True, methods=["post"])
+    def approve(self, request: Request, pk: str | None = None) -> Response:
+        return self._approval_step(request, services.campaign_approve)
+
+    @extend_schema(
+        request=ApprovalCommentSerializer,
+        responses={200: CampaignSerializer, 400: INVALID, 403: None, 409: CONFLICT},
+        description="Reject the draft awaiting approval; `comment` says why (required).",
+    )
+    @action(detail=True, methods=["post"])
+    def reject(self, request: Request, pk: str | None = None) -> Response:
+        return self._approval_step(request, services.campaign_reject)
+
     def _page(self, rows: QuerySet[Any], serializer: type[BaseSerializer[Any]]) -> Response:
         """A page of rows in the shape of every list (count, next, previous, results)."""
         page = self.paginate_queryset(rows)
@@ -418,6 +473,46 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
             campaign=campaign, profile=profile, user=request.user, version=version
         )
         return Response(CampaignPreviewSerializer(preview).data)
+
+    @extend_schema(
+        request=ProofInputSerializer,
+        responses={
+            202: ProofSendSerializer(many=True),
+            400: OpenApiResponse(
+                description="No test profile, a named profile that is not one, more than "
+                "SALVO_PROOF_MAX_RECIPIENTS, or a version without actions."
+            ),
+        },
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        permission_classes=[ProofPermission],
+        pagination_class=None,
+        filter_backends=[],
+    )
+    def proof(self, request: Request, pk: str | None = None) -> Response:
+        """Send every action of the open draft (else the running version) to the test
+        profiles, or to those named, through the presets' real providers, subjects
+        prefixed `[Proof]`. Answers at once with the proof sends, pending: a worker sends
+        them (`GET …/proofs/` shows their outcome). Needs `campaigns.send_proof`."""
+        campaign = self.get_object()
+        serializer = ProofInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        chosen = serializer.validated_data
+        sends = campaign_proof_request(
+            campaign=campaign,
+            user=request.user,
+            profiles=chosen.get("profiles", ()),
+            external_ids=chosen.get("external_ids", ()),
+        )
+        return Response(ProofSendSerializer(sends, many=True).data, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=ProofSendSerializer(many=True))
+    @action(detail=True, methods=["get"], permission_classes=[ProofPermission], filter_backends=[])
+    def proofs(self, request: Request, pk: str | None = None) -> Response:
+        """The campaign's proof sends with their outcome, newest first, a page at a time."""
+        return self._page(campaign_proof_sends(campaign=self.get_object()), ProofSendSerializer)
 
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any

@@ -43,6 +43,7 @@ class ProfileSerializer(serializers.ModelSerializer):
             "locale",
             "time_zone",
             "attributes",
+            "is_test",
             "consent",
             "consent_changes",
             "created_at",

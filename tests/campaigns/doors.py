@@ -80,6 +80,8 @@ def change_data(campaign: Campaign, rows: list[dict[str, Any]] | None = None, **
         "start_at_0": start.strftime("%Y-%m-%d") if start else "",
         "start_at_1": start.strftime("%H:%M:%S") if start else "",
         "_continue": "Save",
+        # A checkbox: ticked is sent, unticked is absent.
+        **({"approval_required": "on"} if campaign.approval_required else {}),
         **action_rows(existing + (rows or []), initial=len(existing)),
         **fields,
     }

@@ -38,6 +38,10 @@ ACTIONS = ("activate", "stop", "archive", "modify", "discard_draft", "duplicate"
 # What a user may do from a state: the API's `allowed_operations`.
 USER_OPERATIONS = (*ACTIONS, "delete")
 
+# The approval flow's operations: open by the draft's approval state (and the campaign's
+# policy), not by the status alone; see tests/campaigns/test_approval.py.
+APPROVAL_OPERATIONS = ("request_approval", "approve", "reject")
+
 # What a successful operation leaves the campaign in.
 TARGET = {
     "stop": Status.STOPPED,

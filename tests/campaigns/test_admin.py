@@ -283,8 +283,10 @@ def test_activate_action_hidden_without_permission(client, user_with_perms):
     draft = make_campaign()
 
     response = client.get(CHANGELIST)
-    actions = [value for value, _ in response.context["action_form"].fields["action"].choices]
-    assert "stop_selected" in actions
+    # Stop and archive need the activate permission too: this user is offered no action.
+    form = response.context["action_form"]
+    actions = [value for value, _ in form.fields["action"].choices] if form else []
+    assert "stop_selected" not in actions
     assert "activate_selected" not in actions
     assert "delete_selected" not in actions
 
@@ -720,5 +722,5 @@ def test_view_only_user_gets_a_message_not_a_crash(client, user_with_perms):
     response = client.post(lifecycle_url(campaign, "stop"), follow=True)
 
     assert response.status_code == 200
-    assert any("campaigns.change_campaign" in t for t in messages_of(response))
+    assert any("campaigns.activate_campaign" in t for t in messages_of(response))
     assert reload(campaign).status == Status.LIVE

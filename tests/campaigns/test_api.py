@@ -471,7 +471,7 @@ def test_activate_with_the_permission_is_accepted(api_client_for, user_with_perm
         ("get", "", "campaigns.view_campaign"),
         ("patch", "", "campaigns.change_campaign"),
         ("delete", "", "campaigns.delete_campaign"),
-        ("post", "stop", "campaigns.change_campaign"),
+        ("post", "stop", "campaigns.activate_campaign"),
         ("post", "modify", "campaigns.change_campaign"),
         ("post", "duplicate", "campaigns.add_campaign"),
     ],

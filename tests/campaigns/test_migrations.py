@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 from collections.abc import Iterator
 
 import pytest
+from django.apps import apps as global_apps
+from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
@@ -82,6 +85,10 @@ def test_rows_recorded_before_reasons_get_their_reason_version_counts_and_timeli
     )
 
     MigrationExecutor(connection).migrate(REASONS)
+    # Today's models read the rows below: the later migrations (which leave deliveries
+    # alone) run too.
+    latest = MigrationExecutor(connection)
+    latest.migrate(latest.loader.graph.leaf_nodes())
 
     rows = Delivery.objects.filter(execution_id=execution.pk).order_by("profile_id")
     assert [(d.status, d.reason) for d in rows] == [(s, r) for s, _, _, r in RECORDED]
@@ -111,3 +118,85 @@ def test_rows_recorded_before_reasons_get_their_reason_version_counts_and_timeli
         (bucket, status, sum(1 for s, _ in finished if s == status))
         for status in ("sent", "failed", "skipped")
     )
+
+
+BEFORE_ROLES = [("campaigns", "0006_proof_sends")]
+ROLES = [("campaigns", "0007_roles_and_approval")]
+VIEWER_PERMISSIONS = {
+    "campaigns.view_campaign",
+    "campaigns.view_campaignversion",
+    "campaigns.view_channelaction",
+    "campaigns.view_campaigntransition",
+    "segments.view_segment",
+    "segments.view_profile",
+    "channels.view_messagepreset",
+}
+MARKETER_PERMISSIONS = VIEWER_PERMISSIONS | {
+    "campaigns.add_campaign",
+    "campaigns.change_campaign",
+    "campaigns.delete_campaign",
+    "campaigns.send_proof",
+    "segments.add_segment",
+    "segments.change_segment",
+    "segments.delete_segment",
+    "segments.add_profile",
+    "segments.change_profile",
+}
+APPROVER_PERMISSIONS = MARKETER_PERMISSIONS | {
+    "campaigns.approve_campaign",
+    "campaigns.activate_campaign",
+}
+
+
+def group_permissions() -> dict[str, set[str]]:
+    return {
+        group.name: {
+            f"{p.content_type.app_label}.{p.codename}"
+            for p in group.permissions.select_related("content_type")
+        }
+        for group in Group.objects.prefetch_related("permissions")
+    }
+
+
+def version_columns() -> set[str]:
+    with connection.cursor() as cursor:
+        described = connection.introspection.get_table_description(
+            cursor, "campaigns_campaignversion"
+        )
+    return {column.name for column in described}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_roles_migration_makes_the_groups_and_reverses_cleanly():
+    executor = MigrationExecutor(connection)
+    try:
+        executor.migrate(BEFORE_ROLES)
+        assert not {"Marketer", "Approver", "Viewer"} & set(group_permissions())
+        assert "approval_status" not in version_columns()
+
+        MigrationExecutor(connection).migrate(ROLES)
+
+        assert group_permissions() == {
+            "Marketer": MARKETER_PERMISSIONS,
+            "Approver": APPROVER_PERMISSIONS,
+            "Viewer": VIEWER_PERMISSIONS,
+        }
+        assert "approval_status" in version_columns()
+        # A second run (groups an administrator made or completed) adds what is missing and
+        # keeps what was added.
+        viewer = Group.objects.get(name="Viewer")
+        viewer.permissions.remove(Permission.objects.get(codename="view_segment"))
+        viewer.permissions.add(Permission.objects.get(codename="view_delivery"))
+        importlib.import_module("campaigns.migrations.0007_roles_and_approval").create_groups(
+            global_apps, None
+        )
+        assert group_permissions()["Viewer"] == VIEWER_PERMISSIONS | {"campaigns.view_delivery"}
+        assert len(group_permissions()) == 3
+
+        MigrationExecutor(connection).migrate(BEFORE_ROLES)
+
+        assert group_permissions() == {}
+        assert "approval_status" not in version_columns()
+    finally:
+        latest = MigrationExecutor(connection)
+        latest.migrate(latest.loader.graph.leaf_nodes())

@@ -16,12 +16,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
+from campaigns import services
 from campaigns.choices import CampaignStatus as Status
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS
 from tests.campaigns.doors import review_url, url
 from tests.campaigns.factories import make_campaign, make_campaign_in_status, review_warnings
-from tests.campaigns.lifecycle import ALLOWED, USER_OPERATIONS, snapshot
+from tests.campaigns.lifecycle import ALLOWED, APPROVAL_OPERATIONS, USER_OPERATIONS, snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -34,8 +35,13 @@ REQUIRED: dict[str, frozenset[str]] = {
         ("activate", "activate_campaign"),
         ("modify", "change_campaign"),
         ("discard_draft", "change_campaign"),
-        ("stop", "change_campaign"),
-        ("archive", "change_campaign"),
+        # Stopping and archiving decide what reaches the audience, as activating does: an
+        # Approver's, not a Marketer's.
+        ("stop", "activate_campaign"),
+        ("archive", "activate_campaign"),
+        ("request_approval", "change_campaign"),
+        ("approve", "approve_campaign"),
+        ("reject", "approve_campaign"),
         ("duplicate", "add_campaign"),
         ("delete", "delete_campaign"),
     )
@@ -43,7 +49,15 @@ REQUIRED: dict[str, frozenset[str]] = {
 EVERY_PERMISSION: frozenset[str] = frozenset().union(*REQUIRED.values())
 # A state each operation is allowed from (the first in the lifecycle table's order), so
 # that only the permissions can refuse it.
-ALLOWED_FROM: dict[str, tuple[str, bool]] = {name: min(ALLOWED[name]) for name in OPERATIONS}
+ALLOWED_FROM: dict[str, tuple[str, bool]] = {
+    name: min(ALLOWED[name]) for name in OPERATIONS if name not in APPROVAL_OPERATIONS
+}
+# What the approval steps take besides the campaign (a rejection says why).
+API_BODY = {name: {"comment": "Checked the copy."} for name in APPROVAL_OPERATIONS}
+COMMAND_ARGS = {
+    **{name: ["--comment", "Checked the copy."] for name in APPROVAL_OPERATIONS},
+    "activate": ["--yes"],  # acknowledging what its review warns about
+}
 API_SUCCESS = {"activate": 202, "modify": 201, "duplicate": 201, "delete": 204}
 # The admin's list actions: the operations it applies to selected campaigns.
 LIST_ACTIONS = ("activate", "stop", "archive")
@@ -58,12 +72,19 @@ WITHOUT_ONE = [
 
 
 def test_the_table_covers_every_operation_the_doors_offer_with_the_promised_permissions():
-    assert set(OPERATIONS) == set(USER_OPERATIONS) == set(REQUIRED)
+    assert set(OPERATIONS) == set(USER_OPERATIONS) | set(APPROVAL_OPERATIONS) == set(REQUIRED)
     for name, operation in OPERATIONS.items():
         assert set(operation.permissions) == REQUIRED[name], name
 
 
 def campaign_for(name: str) -> Campaign:
+    if name in APPROVAL_OPERATIONS:
+        # A Draft under the approval policy, written by the system (anyone may approve it),
+        # awaiting approval for the decisions.
+        campaign = make_campaign(approval_required=True)
+        if name != "request_approval":
+            services.campaign_request_approval(campaign=campaign, user=None)
+        return Campaign.objects.get(pk=campaign.pk)
     status, with_draft = ALLOWED_FROM[name]
     return make_campaign_in_status(status, with_draft=with_draft)
 
@@ -80,8 +101,11 @@ def api_call(client: Any, name: str, campaign: Campaign) -> Any:
     if name == "delete":
         return client.delete(url(campaign))
     exists = Campaign.objects.filter(pk=campaign.pk).exists()
-    data = {"acknowledge": review_warnings(campaign)} if name == "activate" and exists else {}
-    return client.post(url(campaign, name), data, format="json")
+    if name == "activate" and exists:  # acknowledging what its review warns about
+        return client.post(
+            url(campaign, name), {"acknowledge": review_warnings(campaign)}, format="json"
+        )
+    return client.post(url(campaign, name), API_BODY.get(name, {}), format="json")
 
 
 @pytest.mark.parametrize(("name", "missing"), WITHOUT_ONE)
@@ -161,7 +185,7 @@ def test_admin_button_refuses_without_each_permission_and_says_which(
     before = everything(campaign)
     client.force_login(user_with_perms(*(EVERY_PERMISSION - {missing})))
 
-    response = client.post(lifecycle_url(campaign, name), follow=True)
+    response = client.post(lifecycle_url(campaign, name), API_BODY.get(name, {}), follow=True)
 
     assert any(missing in text for text in messages_of(response)), messages_of(response)
     assert everything(campaign) == before
@@ -173,7 +197,7 @@ def test_admin_button_works_with_exactly_the_permissions(client, user_with_perms
     before = everything(campaign)
     client.force_login(user_with_perms(*REQUIRED[name]))
 
-    response = client.post(lifecycle_url(campaign, name), follow=True)
+    response = client.post(lifecycle_url(campaign, name), API_BODY.get(name, {}), follow=True)
     if name == "activate":  # the button leads to the review, which confirms
         response = confirm_review(client, campaign)
 
@@ -295,7 +319,13 @@ def test_command_user_needs_each_permission(user_with_perms, name, missing):
     user = user_with_perms(*(EVERY_PERMISSION - {missing}))
 
     with pytest.raises(CommandError) as refused:
-        command(name.replace("_", "-"), str(campaign.pk), "--user", user.username)
+        command(
+            name.replace("_", "-"),
+            str(campaign.pk),
+            "--user",
+            user.username,
+            *COMMAND_ARGS.get(name, []),
+        )
 
     assert missing in str(refused.value)
     assert everything(campaign) == before
@@ -307,8 +337,13 @@ def test_command_user_with_exactly_the_permissions(user_with_perms, name):
     before = everything(campaign)
     user = user_with_perms(*REQUIRED[name])
 
-    confirmed = ["--yes"] if name == "activate" else []
-    command(name.replace("_", "-"), str(campaign.pk), "--user", user.username, *confirmed)
+    command(
+        name.replace("_", "-"),
+        str(campaign.pk),
+        "--user",
+        user.username,
+        *COMMAND_ARGS.get(name, []),
+    )
 
     assert everything(campaign) != before
 

@@ -17,6 +17,7 @@ from segments.selectors import profile_attribute_keys
 from tests.campaigns.factories import (
     email_action,
     make_campaign,
+    make_campaign_in_status,
     make_live_campaign,
     push_action,
     sms_action,
@@ -233,6 +234,19 @@ def test_api_preview_by_id_and_version(api_client, ann):
     assert response.status_code == 200, response.content
     assert response.json()["version_role"] == "running"
     assert response.json()["actions"][0]["body"] == "v1 gold"
+
+
+@pytest.mark.parametrize(
+    ("status", "role"),
+    [("scheduled", "scheduled"), ("live", "running"), ("completed", "last_run")],
+)
+def test_the_live_versions_role_follows_the_campaign(api_client, ann, status, role):
+    """The role the preview gives the live version is the one its page shows: scheduled
+    until the campaign starts, running while it sends, its last run once it has ended."""
+    campaign = make_campaign_in_status(status, actions=[sms_action()])
+    response = api_client.post(preview_url(campaign), {"profile": ann.pk}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["version_role"] == role
 
 
 @pytest.mark.parametrize(

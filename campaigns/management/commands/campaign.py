@@ -28,8 +28,10 @@ from campaigns.api.serializers import (
     CampaignSerializer,
     CampaignTransitionSerializer,
     CampaignVersionDetailSerializer,
+    ProofSendSerializer,
 )
-from campaigns.choices import ALL_STATUSES, CampaignStatus, DeliveryReason
+from campaigns.approval import require_approved_for_activation, version_approval_text
+from campaigns.choices import ALL_STATUSES, CampaignStatus, DeliveryReason, ProofStatus
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
@@ -39,6 +41,7 @@ from campaigns.preview import (
     preview_profile,
     preview_version,
 )
+from campaigns.proofs import campaign_proof_request, proof_sends_pending
 from campaigns.review import CampaignReview, campaign_review
 from campaigns.selectors import (
     campaign_delivery_error,
@@ -58,6 +61,8 @@ ACTIVATE_WAIT_DEFAULT_S = 3600.0
 # Where `activate --wait` stops waiting: the campaign finished, or its activation failed
 # back to Draft.
 WAIT_ENDS_AT = (Status.COMPLETED, Status.STOPPED, Status.ARCHIVED, Status.DRAFT)
+# `proof --wait` without a number of seconds waits this long for every proof's outcome.
+PROOF_WAIT_DEFAULT_S = 120.0
 
 
 class SystemUser(AnonymousUser):
@@ -171,6 +176,32 @@ class Command(BaseCommand):
         review.add_argument(
             "--json", action="store_true", help="The review as GET …/review/ returns it."
         )
+        proof = commands.add_parser(
+            "proof",
+            parents=[with_id],
+            help="Send every action of the draft (else the running version) to the test "
+            "profiles, subjects prefixed [Proof].",
+        )
+        proof.add_argument(
+            "--profile",
+            action="append",
+            default=[],
+            metavar="EXTERNAL_ID",
+            help="Only this test profile (repeatable; default: every test profile).",
+        )
+        proof.add_argument(
+            "--wait",
+            type=float,
+            nargs="?",
+            const=PROOF_WAIT_DEFAULT_S,
+            metavar="SECONDS",
+            help="Wait for every proof's outcome (default: at most "
+            f"{PROOF_WAIT_DEFAULT_S:g}s) and print them; fail if one was not sent.",
+        )
+        proof.add_argument(
+            "--json", action="store_true", help="The proof sends as GET …/proofs/ lists them."
+        )
+
         activate = commands.add_parser(
             "activate",
             parents=[with_id],
@@ -205,6 +236,17 @@ class Command(BaseCommand):
         commands.add_parser(
             "discard-draft", parents=[with_id], help="Drop a running campaign's open draft."
         )
+        for name, what in (
+            ("request-approval", "Ask for the open draft's approval."),
+            ("approve", "Approve the draft awaiting approval (not its last editor)."),
+            ("reject", "Reject the draft awaiting approval, saying why (--comment)."),
+        ):
+            step = commands.add_parser(name, parents=[with_id], help=what)
+            step.add_argument(
+                "--comment",
+                default="",
+                help="Kept in the transition log; required to reject.",
+            )
 
     def handle(self, *args: Any, **options: Any) -> None:
         handlers: dict[str, Callable[..., None]] = {
@@ -213,12 +255,16 @@ class Command(BaseCommand):
             "report": self.report_campaign,
             "preview": self.preview_campaign,
             "review": self.review_campaign,
+            "proof": self.proof_campaign,
             "activate": self.activate_campaign,
             "stop": self.stop_campaign,
             "archive": self.archive_campaign,
             "duplicate": self.duplicate_campaign,
             "modify": self.modify_campaign,
             "discard-draft": self.discard_draft_campaign,
+            "request-approval": self.approval_step,
+            "approve": self.approval_step,
+            "reject": self.approval_step,
         }
         user = self._user(options.pop("user"))
         try:
@@ -306,6 +352,8 @@ class Command(BaseCommand):
         out(f"Campaign {campaign.pk} “{campaign.name}”")
         out(f"  status:      {self._status_text(campaign)}")
         out(f"  type:        {campaign.type}")
+        approval = version_approval_text(campaign=campaign, version=campaign.draft_version)
+        out(f"  approval:    {approval}")
         out(f"  tags:        {', '.join(sorted(campaign.tags.names())) or '-'}")
         if campaign.description:
             out(f"  description: {campaign.description}")
@@ -438,6 +486,44 @@ class Command(BaseCommand):
                 out("    html:")
                 out(textwrap.indent(shown.html, "      "))
 
+    def proof_campaign(
+        self, *, user: Any, id: int, profile: list[str], wait: float | None, **options: Any
+    ) -> None:
+        campaign = self._campaign(id)
+        sends = campaign_proof_request(campaign=campaign, user=user, external_ids=profile)
+        ids = [send.pk for send in sends]
+        if wait is not None:
+            deadline = time.monotonic() + wait
+            while proof_sends_pending(proof_ids=ids):
+                if time.monotonic() >= deadline:
+                    raise CommandError(
+                        f"The proof of campaign {id} is still being sent after {wait:g}s: "
+                        "is a Celery worker running?"
+                    )
+                time.sleep(WAIT_POLL_S)
+            for send in sends:
+                send.refresh_from_db()
+        if options["json"]:
+            self._dump(ProofSendSerializer(sends, many=True).data)
+        else:
+            done = "sent" if wait is not None else "queued"
+            profiles = len({send.profile_id for send in sends})
+            self.stdout.write(
+                f"Campaign {id} “{campaign.name}”: proof of version {sends[0].version.number} "
+                f"{done} to {profiles} test profile{'s' if profiles != 1 else ''}."
+            )
+            for send in sends:
+                detail = send.provider_message_id or send.error
+                self.stdout.write(
+                    f"  {send.action.get_channel_display()} → {send.profile.external_id}: "
+                    f"{send.get_status_display()}{f' ({detail})' if detail else ''}"
+                )
+        not_sent = [send for send in sends if wait is not None and send.status != ProofStatus.SENT]
+        if not_sent:
+            raise CommandError(
+                f"{len(not_sent)} of {len(sends)} proof messages were not sent: {not_sent[0].error}"
+            )
+
     # --- lifecycle ----------------------------------------------------------------------
 
     def review_campaign(self, *, user: Any, id: int, **options: Any) -> None:
@@ -500,6 +586,7 @@ class Command(BaseCommand):
         operation = OPERATIONS["activate"]
         require_perms(user, *operation.permissions, to=f"use “{operation.label}” on a campaign")
         campaign = self._campaign(id)
+        require_approved_for_activation(campaign)  # no confirmation asked for a refusal
         review = campaign_review(campaign=campaign, user=user)
         self._print_review(review)
         acknowledge = self._confirmed(
@@ -578,3 +665,11 @@ class Command(BaseCommand):
     def discard_draft_campaign(self, *, user: Any, id: int, **options: Any) -> None:
         campaign = services.campaign_discard_draft(campaign=self._campaign(id), user=user)
         self._done(campaign, "draft discarded")
+
+    def approval_step(self, *, user: Any, id: int, comment: str, **options: Any) -> None:
+        name = options["operation"].replace("-", "_")
+        operation = OPERATIONS[name]
+        campaign = operation.service(campaign=self._campaign(id), user=user, comment=comment)
+        draft = campaign.draft_version
+        assert draft is not None  # the approval steps act on the open draft
+        self._done(campaign, f"version {draft.number} {operation.done}")
