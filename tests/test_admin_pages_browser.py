@@ -60,7 +60,7 @@ def test_every_salvo_admin_page_passes_axe_in_both_themes(
     ProfileFactory.create_batch(3, attributes={"plan": "pro"})
     # A rule segment: its change page carries the rule builder, checked as it has drawn it.
     SegmentFactory.create(rules={"all": [{"field": "attributes.plan", "op": "eq", "value": "pro"}]})
-    make_campaign(name="Spring sale")
+    spring = make_campaign(name="Spring sale")
     live = make_campaign_in_status("live", with_draft=True, name="Winter sale")
 
     urls = admin_urls()
@@ -69,6 +69,9 @@ def test_every_salvo_admin_page_passes_axe_in_both_themes(
         reverse("admin:segments_profile_import"),
         reverse("admin:campaigns_campaign_preview", args=[live.pk]),
         reverse("admin:campaigns_campaign_version_diff", args=[live.pk]),
+        # The review page, with its checks and a warning to tick, for one and for several.
+        reverse("admin:campaigns_campaign_review", args=[spring.pk]),
+        reverse("admin:campaigns_campaign_reviews") + f"?id={spring.pk}&id={live.pk}",
         reverse("admin:campaigns_delivery_changelist") + f"?campaign={live.pk}",
     ]
     # Every registered model of the three apps was reached: a list, an add and a change.
