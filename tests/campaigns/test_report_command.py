@@ -114,7 +114,7 @@ def test_activate_wait_waits_for_a_real_worker_to_complete_and_prints_the_counts
     with sinks_and_worker(celery_process_factory) as (sink, _, _):
         campaign = make_campaign(actions=[email_action(), sms_action()])
 
-        output = run("activate", str(campaign.pk), "--wait")
+        output = run("activate", str(campaign.pk), "--yes", "--wait")
 
         assert Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.COMPLETED
         assert len(sink.received()) == 2 * len(people) + 1
@@ -141,7 +141,9 @@ def test_activate_wait_gives_up_with_one_line_while_it_still_sends(celery_proces
         campaign = make_campaign(actions=[sms_action(preset=limited)])
         out = StringIO()
         with pytest.raises(CommandError) as error:
-            call_command("campaign", "activate", str(campaign.pk), "--wait", "4", stdout=out)
+            call_command(
+                "campaign", "activate", str(campaign.pk), "--yes", "--wait", "4", stdout=out
+            )
         assert 0 < len(sink.received()) < 30
     message = str(error.value)
     assert "\n" not in message
