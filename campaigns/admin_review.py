@@ -33,6 +33,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django_fsm import ConcurrentTransition, TransitionNotAllowed, can_proceed
 
 from . import services
+from .approval import version_approval_text
 from .exceptions import ActivationRefused, CampaignConflict
 from .models import Campaign
 from .review import CampaignReview, campaign_review
@@ -75,6 +76,11 @@ def _entry(
             for code, texts in warnings.items()
         ],
         "confirm": confirm_label(review),
+        "approval": (
+            version_approval_text(campaign=campaign, version=review.version)
+            if campaign.approval_required
+            else ""
+        ),
         "url": reverse("admin:campaigns_campaign_review", args=[campaign.pk]),
         "back": back,
     }

@@ -77,18 +77,26 @@ def require_not_last_editor(version: CampaignVersion, user: Any) -> None:
         )
 
 
+def unapproved_text(*, campaign: Campaign, version: CampaignVersion | None) -> str:
+    """Why the approval policy keeps `version` from being activated, or "" when it does
+    not (no policy, or approved): the activation's refusal and the review's error."""
+    if not campaign.approval_required or version is None:
+        return ""
+    if version.approval_status == ApprovalStatus.APPROVED:
+        return ""
+    return (
+        f"Campaign “{campaign.name}” requires an approval and version {version.number} is "
+        f"{ApprovalStatus(version.approval_status).label.lower()}. Request an approval; "
+        "someone other than its last editor must approve it."
+    )
+
+
 def require_approved_for_activation(campaign: Campaign) -> None:
     """`campaign_activate`'s check: under the approval policy the draft must be approved.
     Raises the services' state refusal (HTTP 409) saying what to do."""
-    draft = campaign.draft_version
-    if not campaign.approval_required or draft is None:
-        return
-    if draft.approval_status != ApprovalStatus.APPROVED:
-        raise CampaignConflict(
-            f"Cannot activate campaign “{campaign.name}”: it requires an approval and version "
-            f"{draft.number} is {ApprovalStatus(draft.approval_status).label.lower()}. "
-            "Request an approval; someone other than its last editor must approve it."
-        )
+    refusal = unapproved_text(campaign=campaign, version=campaign.draft_version)
+    if refusal:
+        raise CampaignConflict(f"Cannot activate: {refusal}")
 
 
 def require_policy_change_allowed(*, campaign: Campaign | None, required: bool, user: Any) -> None:

@@ -125,6 +125,7 @@ class ReviewCode(models.TextChoices):
     EMPTY_BODY = "empty_body", "Empty body"
     MISSING_SUBJECT = "missing_subject", "Email without a subject"
     TEMPLATE_ERROR = "template_error", "Template error"
+    NOT_APPROVED = "not_approved", "Not approved"
     # Warnings: it can be activated once someone has acknowledged them.
     EMPTY_AUDIENCE = "empty_audience", "Empty audience"
     TINY_AUDIENCE = "tiny_audience", "Tiny audience"

@@ -36,6 +36,7 @@ from segments.rules import RuleError, rule_conditions
 from segments.selectors import profile_attribute_keys, segment_profiles
 from segments.unsubscribe import unsubscribe_links
 
+from .approval import unapproved_text
 from .choices import CampaignType, CheckLevel, ReviewCode
 from .delivery import reachable_profiles
 from .models import Campaign, CampaignVersion, ChannelAction
@@ -331,6 +332,9 @@ def activation_review(
         else None
     )
     errors = version_activation_errors(version=version, now=timezone.now())
+    unapproved = unapproved_text(campaign=campaign, version=version)
+    if unapproved:
+        errors.append(Check(CheckLevel.ERROR, ReviewCode.NOT_APPROVED, unapproved, "approval"))
     if version is None:
         return CampaignReview(campaign, None, 0, 0, [], None, None, None, errors)
     actions = list(version_actions(version=version))

@@ -57,6 +57,13 @@ def approval_of(campaign: Campaign) -> str:
     return version(Campaign.objects.get(pk=campaign.pk)).approval_status
 
 
+def review_errors(client: Any, campaign: Campaign) -> dict[str, str]:
+    """The review's errors, code → field, as `GET …/review/` lists them."""
+    review = client.get(url(campaign, "review"))
+    assert review.status_code == 200, review.content
+    return {c["code"]: c["field"] for c in review.json()["checks"] if c["level"] == "error"}
+
+
 def command(*args: str) -> str:
     out = StringIO()
     call_command("campaign", *args, stdout=out)
@@ -81,6 +88,7 @@ def test_api_request_then_approval_by_another_user_lets_the_version_activate(
     refused = approver.post(url(campaign, "activate"))
     assert refused.status_code == 409
     assert "requires an approval" in refused.json()["detail"]
+    assert review_errors(approver, campaign) == {"not_approved": "approval"}
 
     asked = marketer.post(url(campaign, "request_approval"), {}, format="json")
     assert asked.status_code == 200, asked.content
@@ -103,6 +111,7 @@ def test_api_request_then_approval_by_another_user_lets_the_version_activate(
         "Copy checked.",
     )
 
+    assert review_errors(approver, campaign) == {}
     acknowledged = {"acknowledge": review_warnings(campaign)}
     activated = approver.post(url(campaign, "activate"), acknowledged, format="json")
     assert activated.status_code == 202, activated.content
@@ -327,6 +336,10 @@ def test_admin_request_then_approve_with_a_comment_then_activate(client, people)
     assert last_step(campaign).reason == "Looks right."
     reviewed = client.post(lifecycle_url(campaign, "activate"), follow=True)
     assert reviewed.redirect_chain[-1][0] == review_url(campaign), messages_of(reviewed)
+    # The review says who approved it, and lists no approval error.
+    page = reviewed.content.decode()
+    assert 'data-role="approval">Approved by ada' in page
+    assert 'data-code="not_approved"' not in page
     acknowledged = {"acknowledge": review_warnings(campaign)}
     activated = client.post(review_url(campaign), acknowledged, follow=True)
     assert Campaign.objects.get(pk=campaign.pk).status == Status.ACTIVATING, messages_of(activated)
@@ -336,6 +349,10 @@ def test_admin_reject_without_a_comment_is_an_error_on_the_field(client, people)
     campaign = make_campaign(approval_required=True)
     services.campaign_request_approval(campaign=campaign, user=people["mia"])
     client.force_login(people["ada"])
+    # Its review, opened directly, shows the approval that is missing as an error.
+    review = client.get(review_url(campaign)).content.decode()
+    assert 'data-code="not_approved"' in review
+    assert 'data-role="approval">Awaiting approval: asked by mia' in review
     before = snapshot(campaign)
 
     page = client.post(lifecycle_url(campaign, "reject"), {"comment": ""})
