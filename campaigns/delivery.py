@@ -114,6 +114,7 @@ from segments.models import (
     Profile,
     consent_field,
 )
+from segments.selectors import reachable_on
 from segments.unsubscribe import unsubscribe_links
 
 from .choices import (
@@ -160,14 +161,8 @@ def reachable_profiles(*, channel: str, campaign_type: str, webhook_url: str = "
     """The profiles this channel's sends are not skipped for (consent, no address), as one
     condition the database counts: the rules of ``_ActionSender._prepare_one`` over a
     whole audience. A webhook goes to the preset's URL, for every profile or none."""
-    condition = Q()
-    consent = consent_column(channel, campaign_type=campaign_type)
-    if consent:
-        condition &= Q(**{consent: True})
-    field = ADDRESS_FIELD.get(channel)
-    if field:
-        condition &= Q(**{f"{field}__isnull": False}) & ~Q(**{field: ""})
-    elif not webhook_url:
+    condition = reachable_on(channel, consent_required=campaign_type == CampaignType.MARKETING)
+    if channel not in ADDRESS_FIELD and not webhook_url:
         condition &= Q(pk__isnull=True)  # no profile: a condition every database can count
     return condition
 

@@ -18,7 +18,7 @@ from django.db.models import Count, Max, Min, Q, QuerySet
 
 from config.permissions import require_perms
 
-from .choices import SegmentKind
+from .choices import ConsentChannel, SegmentKind
 from .models import (
     ADDRESS_FIELDS,
     AudienceMember,
@@ -61,14 +61,28 @@ def segment_estimate(*, segment: Segment) -> int:
     return segment_profiles(segment=segment).count()
 
 
+def reachable_on(channel: str, *, consent_required: bool) -> Q:
+    """The profiles a message on `channel` can reach, as one condition the database counts:
+    the channel's address present and, when consent is required (a marketing message on a
+    channel with consent), that consent given. What the delivery engine skips as "no
+    address" or "opted out" is what this leaves out; the engine and the reviews count
+    with it."""
+    condition = Q()
+    if consent_required and channel in ConsentChannel.values:
+        condition &= Q(**{consent_field(channel): True})
+    address = ADDRESS_FIELDS.get(channel)
+    if address:
+        condition &= Q(**{f"{address}__isnull": False}) & ~Q(**{address: ""})
+    return condition
+
+
 def segment_reach(*, segment: Segment) -> dict[str, Any]:
     """`{"count": N, "reach": {channel: n}}`: how many profiles the segment holds and, per
-    consent channel, how many of them a marketing message can reach there (consent given
-    and the channel's address present: what the delivery engine skips otherwise). One
-    aggregate over the same query as `segment_estimate`."""
+    consent channel, how many of them a marketing message can reach there
+    (`reachable_on`). One aggregate over the same query as `segment_estimate`."""
     reachable = {
-        channel: Count("id", filter=Q(**{consent_field(channel): True}) & ~Q(**{address: ""}))
-        for channel, address in ADDRESS_FIELDS.items()
+        channel: Count("id", filter=reachable_on(channel, consent_required=True))
+        for channel in ADDRESS_FIELDS
     }
     totals = segment_profiles(segment=segment).aggregate(count=Count("id"), **reachable)
     return {
