@@ -7,6 +7,7 @@ from typing import Any
 import django_filters
 from django import forms
 from django.core.exceptions import ValidationError
+from django.core.validators import ProhibitNullCharactersValidator
 from django.db.models import QuerySet
 from django_filters import fields
 
@@ -40,10 +41,16 @@ class StatusField(fields.MultipleChoiceField):
 
 
 class AnyValueField(fields.MultipleChoiceField):
-    """Repeatable free values (tag names are not a fixed list)."""
+    """Repeatable free values (tag names are not a fixed list), each refused as a text
+    field refuses it: with a NUL character, which PostgreSQL cannot compare."""
 
     def valid_value(self, value: Any) -> bool:
         return True
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        for item in value:
+            ProhibitNullCharactersValidator()(item)
 
 
 class StatusFilter(django_filters.MultipleChoiceFilter):
