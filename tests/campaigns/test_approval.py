@@ -6,6 +6,7 @@ refused what their role does not do, at the API, in the admin and in the command
 from __future__ import annotations
 
 import importlib
+import json
 from io import StringIO
 from typing import Any
 
@@ -442,6 +443,17 @@ def test_command_request_approve_activate(people):
 
     assert Campaign.objects.get(pk=campaign.pk).status == Status.ACTIVATING
     assert campaign.transitions.get(name="approve").reason == "Go"
+
+
+def test_command_lists_the_campaigns_awaiting_approval(people):
+    waiting = make_campaign(name="Waiting", approval_required=True)
+    make_campaign(name="Not asked", approval_required=True)
+    services.campaign_request_approval(campaign=waiting, user=people["mia"])
+
+    listed = json.loads(command("list", "--awaiting-approval", "--json", "--user", "vic"))
+
+    assert [row["name"] for row in listed] == ["Waiting"]
+    assert len(json.loads(command("list", "--json", "--user", "vic"))) == 2
 
 
 def test_command_reject_needs_a_comment(people):

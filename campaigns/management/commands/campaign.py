@@ -132,6 +132,11 @@ class Command(BaseCommand):
         listing.add_argument(
             "--tag", action="append", default=[], help="Repeatable: campaigns with any of them."
         )
+        listing.add_argument(
+            "--awaiting-approval",
+            action="store_true",
+            help="Only campaigns whose draft awaits an approval.",
+        )
         listing.add_argument("--json", action="store_true", help="JSON output.")
 
         show = commands.add_parser(
@@ -308,7 +313,12 @@ class Command(BaseCommand):
         require_perms(user, VIEW_CAMPAIGN, to="see campaigns")
         wanted = [ALL_STATUSES] if options["all"] else options["status"]
         statuses = campaign_statuses_from_query(wanted)
-        campaigns = campaign_list(statuses=statuses, search=options["search"], tags=options["tag"])
+        campaigns = campaign_list(
+            statuses=statuses,
+            search=options["search"],
+            tags=options["tag"],
+            awaiting_approval=True if options["awaiting_approval"] else None,
+        )
         if options["json"]:
             context = {"user": user or SystemUser()}
             self._dump(CampaignSerializer(campaigns, many=True, context=context).data)
