@@ -72,7 +72,6 @@ def test_the_approval_screen_is_reached_and_used_with_the_keyboard(
 
     tab_to(page, '[data-operation="approve"]')
     page.keyboard.press("Enter")
-    page.wait_for_load_state()
     comment = page.get_by_label("Comment")
     comment.focus()
     page.keyboard.type("Copy and audience checked.")
@@ -95,10 +94,11 @@ def test_the_unsubscribe_confirmation_works_with_the_keyboard(
         profile_id=profile.pk, external_id=profile.external_id, channel="email"
     )
     page.goto(f"{live_server.url}/unsubscribe/{token}/")
+    assert page.locator("h1").inner_text() == "Unsubscribe"
 
     tab_to(page, 'button[type="submit"]')
     page.keyboard.press("Enter")
-    page.wait_for_load_state()
+    page.get_by_role("heading", name="You are unsubscribed").wait_for()
 
     profile.refresh_from_db()
     assert profile.consent_email is False
