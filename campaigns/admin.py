@@ -40,7 +40,7 @@ from .admin_report import report_context, report_html
 from .admin_review import REVIEW_MAX_CAMPAIGNS, review_page, reviews_page, reviews_url
 from .approval import require_approved_for_activation, version_approval_text
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
-from .exceptions import CampaignConflict
+from .exceptions import REFUSALS, CampaignConflict, refusal_text
 from .forms import (
     ACTION_FIELDS,
     CAMPAIGN_FORM_FIELDS,
@@ -68,19 +68,10 @@ from .selectors import (
 
 Status = CampaignStatus
 
-# What the services raise when the campaign's state or the user refuses an operation.
-REFUSALS = (TransitionNotAllowed, ConcurrentTransition, CampaignConflict, PermissionDenied)
-
 
 def campaign_is_editable(campaign: Campaign) -> bool:
     """Whether the admin form edits this campaign: it has a draft that is not being activated."""
     return campaign.draft_version_id is not None and campaign.status != Status.ACTIVATING
-
-
-def refusal_text(error: Exception) -> str:
-    if isinstance(error, ValidationError):
-        return " ".join(error.messages)
-    return str(error) or error.__class__.__name__
 
 
 def _text_colour(background: str) -> str:

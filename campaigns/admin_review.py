@@ -24,28 +24,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from django_fsm import ConcurrentTransition, TransitionNotAllowed, can_proceed
+from django_fsm import can_proceed
 
 from . import services
 from .approval import version_approval_text
-from .exceptions import ActivationRefused, CampaignConflict
+from .exceptions import REFUSALS, ActivationRefused, refusal_text
 from .models import Campaign
 from .review import CampaignReview, campaign_review
 
-# What the service may answer besides the review's refusal: a message, back to the page.
-REFUSALS = (
-    TransitionNotAllowed,
-    ConcurrentTransition,
-    CampaignConflict,
-    PermissionDenied,
-    ValidationError,
-)
 # The list action reviews at most this many campaigns on one page.
 REVIEW_MAX_CAMPAIGNS = 20
 ACKNOWLEDGE_VAR, NEXT_VAR, ID_VAR = "acknowledge", "next", "id"
@@ -131,9 +123,8 @@ def review_page(model_admin: Any, request: HttpRequest, object_id: str) -> HttpR
             model_admin.message_user(request, f"Cannot activate: {message}", messages.ERROR)
         entry = _entry(request, campaign, back=back, refused=refusal.unacknowledged)
         return _render(model_admin, request, [entry], _title(campaign))
-    except REFUSALS as error:
-        text = " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
-        model_admin.message_user(request, text, messages.ERROR)
+    except (ValidationError, *REFUSALS) as error:  # besides the review's: a message, back
+        model_admin.message_user(request, refusal_text(error), messages.ERROR)
         return redirect(back)
     model_admin.message_user(
         request,

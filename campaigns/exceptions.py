@@ -1,12 +1,25 @@
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
+from django_fsm import ConcurrentTransition, TransitionNotAllowed
 
 from .choices import CheckLevel
 
 
 class CampaignConflict(Exception):
     """The campaign's current state does not allow the operation (HTTP 409 at the API)."""
+
+
+# What the services raise when the campaign's state or the user refuses an operation (a
+# refusal of bad input is a ValidationError besides).
+REFUSALS = (TransitionNotAllowed, ConcurrentTransition, CampaignConflict, PermissionDenied)
+
+
+def refusal_text(error: Exception) -> str:
+    """A refusal in words, for a page's message."""
+    if isinstance(error, ValidationError):
+        return " ".join(error.messages)
+    return str(error) or error.__class__.__name__
 
 
 class ActivationRefused(ValidationError):
