@@ -144,9 +144,6 @@ R = DeliveryReason
 # While a new version is being activated, the running execution goes on with its own.
 SENDING_CAMPAIGN_STATUSES = (CampaignStatus.LIVE, CampaignStatus.ACTIVATING)
 
-# The profile's address column for each channel that has one (a webhook goes to its preset).
-ADDRESS_FIELD: dict[str, str] = ADDRESS_FIELDS
-
 
 def consent_column(channel: str, *, campaign_type: str) -> str | None:
     """The consent column a recipient must have true for this channel: a marketing
@@ -162,7 +159,7 @@ def reachable_profiles(*, channel: str, campaign_type: str, webhook_url: str = "
     condition the database counts: the rules of ``_ActionSender._prepare_one`` over a
     whole audience. A webhook goes to the preset's URL, for every profile or none."""
     condition = reachable_on(channel, consent_required=campaign_type == CampaignType.MARKETING)
-    if channel not in ADDRESS_FIELD and not webhook_url:
+    if channel not in ADDRESS_FIELDS and not webhook_url:
         condition &= Q(pk__isnull=True)  # no profile: a condition every database can count
     return condition
 
@@ -824,7 +821,7 @@ class _ActionSender:
         self.marketing = campaign.type == CampaignType.MARKETING
         self.consent = consent_column(channel, campaign_type=campaign.type)
         self.opted_out = f"Opted out of {self.label} marketing."
-        self.address_field = ADDRESS_FIELD.get(channel)
+        self.address_field = ADDRESS_FIELDS.get(channel)
         self.no_address = f"No {self.label} address."
         self.backend: ProviderBackend | None = None
         self.policy = _delivery_policy()
@@ -1397,7 +1394,7 @@ def naive_send_one(*, execution_id: int, action_id: int, profile_id: int) -> Non
     save one row — one task, one connection and a handful of queries per recipient."""
     action = ChannelAction.objects.select_related("preset", "version__campaign").get(pk=action_id)
     profile = Profile.objects.get(pk=profile_id)
-    address_field = ADDRESS_FIELD.get(action.channel)
+    address_field = ADDRESS_FIELDS.get(action.channel)
     address = getattr(profile, address_field) if address_field else action.preset.webhook_url
     subject, body = render_content(
         subject=action.subject, body=action.body, profile=profile_context(profile)

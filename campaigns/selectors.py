@@ -38,7 +38,7 @@ from channels.models import REQUIRED_SENDER_FIELD
 from channels.rendering import TemplateContentError, validate_content
 from config.permissions import require_perms
 from segments.choices import SegmentKind
-from segments.models import Profile
+from segments.models import ADDRESS_FIELDS, Profile
 from segments.rules import rule_errors
 
 from .approval import NEEDED_STATUS, approval_step_refusal
@@ -705,13 +705,11 @@ def _profile_field(field: str) -> Subquery:
 
 def _delivery_address() -> Coalesce:
     """The address the delivery's channel reads: the profile's field for the channel, the
-    preset's URL for a webhook (see `campaigns.delivery.ADDRESS_FIELD`)."""
-    from .delivery import ADDRESS_FIELD
-
+    preset's URL for a webhook."""
     address = Case(
         *(
             When(action__channel=channel, then=_profile_field(field))
-            for channel, field in ADDRESS_FIELD.items()
+            for channel, field in ADDRESS_FIELDS.items()
         ),
         default=F("action__preset__webhook_url"),
         output_field=CharField(),
