@@ -185,19 +185,50 @@ def api_client(admin_user: Any, api_client_for: Callable[[Any], Any]) -> Any:
 # --- the admin in a real browser ---------------------------------------------------------
 
 
+class SharedChromium:
+    """One headless Chromium for every browser test of the session, launched again if it
+    went away (a crash): each test gets a context of its own (cookies, storage, pages), so
+    sharing the process isolates tests as well as a launch per test did, and saves one."""
+
+    def __init__(self, playwright: Any) -> None:
+        self._playwright = playwright
+        self._browser: Any = None
+
+    def new_context(self, **options: Any) -> Any:
+        if self._browser is None or not self._browser.is_connected():
+            self._browser = self._playwright.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            )
+        return self._browser.new_context(**options)
+
+    def close(self) -> None:
+        if self._browser is not None and self._browser.is_connected():
+            self._browser.close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[SharedChromium]:
+    """The session's headless Chromium (tests marked `browser`): `chromium.new_context()`."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        shared = SharedChromium(playwright)
+        try:
+            yield shared
+        finally:
+            shared.close()
+
+
 @pytest.fixture
-def admin_page(live_server: Any, admin_user: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+def admin_page(
+    live_server: Any, admin_user: Any, chromium: SharedChromium, request: pytest.FixtureRequest
+) -> Iterator[Any]:
     """The admin's campaign list, signed in as `admin_user`, in headless Chromium (tests
     marked `browser`). Every page it loads is checked with axe-core, and the test fails on
     a serious or critical accessibility violation (tests/accessibility.py)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
     from tests.accessibility import AxeCheckedPage
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(viewport={"width": 1360, "height": 900})
+    context = chromium.new_context(viewport={"width": 1360, "height": 900})
+    try:
         page = AxeCheckedPage(context.new_page())
         page.set_default_timeout(15_000)
         page.goto(f"{live_server.url}/admin/login/?next=/admin/campaigns/campaign/")
@@ -206,12 +237,10 @@ def admin_page(live_server: Any, admin_user: Any, request: pytest.FixtureRequest
         page.click("input[type=submit]")
         page.wait_for_url(re.compile(r"/admin/campaigns/campaign/$"))
         yield page
-        try:
-            if not _test_failed(request):
-                page.finish()
-        finally:
-            context.close()
-            browser.close()
+        if not _test_failed(request):
+            page.finish()
+    finally:
+        context.close()
 
 
 # --- real Celery processes ------------------------------------------------------------

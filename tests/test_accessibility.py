@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from tests.accessibility import AxeCheckedPage
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
@@ -35,24 +34,20 @@ PAGES = {"clean": CLEAN, "broken": BROKEN, "dark": DARK_ONLY}
 
 
 @pytest.fixture
-def browser_page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        page = browser.new_page()
-        # Pages served by the test itself: nothing leaves the machine.
-        page.route(
-            "http://a11y.test/**",
-            lambda route: route.fulfill(
-                content_type="text/html",
-                # Anything else (the broken page's image) is not found: an empty body.
-                body=PAGES.get(route.request.url.rsplit("/", 1)[-1], ""),
-            ),
-        )
-        yield page
-        browser.close()
+def browser_page(chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context()
+    page = context.new_page()
+    # Pages served by the test itself: nothing leaves the machine.
+    page.route(
+        "http://a11y.test/**",
+        lambda route: route.fulfill(
+            content_type="text/html",
+            # Anything else (the broken page's image) is not found: an empty body.
+            body=PAGES.get(route.request.url.rsplit("/", 1)[-1], ""),
+        ),
+    )
+    yield page
+    context.close()
 
 
 def test_a_page_with_critical_violations_fails_the_test(browser_page):
