@@ -119,6 +119,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's, the rule builder's, Swagger UI's) served by the web process
+    # itself, compressed and with far-future caching of their hashed names.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
     # Every error under /api/ is JSON, also those Django answers itself (config/api.py).
     "config.api.JsonErrorsUnderApi",
@@ -223,7 +226,16 @@ USE_TZ = True
 FORMAT_MODULE_PATH = ["config.formats"]
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `manage.py collectstatic` gathers the static files that whitenoise serves (make run
+# collects them before it starts; a deployment after each release, see the README).
+STATIC_ROOT = Path(env.str("SALVO_STATIC_ROOT", default=str(VAR_DIR / "static")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Each file under a name that carries a hash of its content, plus gzip and brotli copies:
+    # a browser caches it for good and fetches it again only when a release changes it.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # --- REST API -----------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -110,6 +110,22 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     )
 
 
+# --- static files ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _static_files_from_the_apps() -> Iterator[None]:
+    """Pages rendered in tests name static files by their plain names, served from the apps'
+    folders (the live server's static handler), as no `collectstatic` ran for the manifest
+    of hashed names that the real storage reads. Tests of the web server itself run
+    gunicorn on the real storage after collectstatic (tests/test_web_server.py)."""
+    from django.test import override_settings
+
+    plain = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    with override_settings(STORAGES={**settings.STORAGES, "staticfiles": plain}):
+        yield
+
+
 # --- a test database per pytest process --------------------------------------------------
 
 

@@ -1,0 +1,36 @@
+"""gunicorn's settings for Salvo's web process, in `make run` and in production:
+`gunicorn -c python:config.gunicorn` (the Procfile's web line, scripts/supervisord.conf).
+
+Workers are processes, each with threads (the gthread worker): a thread waiting on the
+database or on a slow client does not hold a whole process. On the embedded default's
+SQLite (WAL mode, IMMEDIATE transactions, a 30 s busy timeout: config/settings.py) the
+processes read side by side and take turns to write, so two of them with four threads each
+serve one machine's admin and API without "database is locked"; on PostgreSQL raise
+SALVO_WEB_WORKERS towards twice the machine's cores, keeping workers × threads within the
+database's connections (each thread holds one, CONN_MAX_AGE).
+"""
+
+import os
+
+wsgi_app = "config.wsgi:application"
+bind = f"{os.environ.get('SALVO_HOST', '127.0.0.1')}:{os.environ.get('SALVO_PORT', '8000')}"
+workers = int(os.environ.get("SALVO_WEB_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("SALVO_WEB_THREADS", "4"))
+# A request running longer than this is cut off and its worker restarted; the slowest
+# request Salvo serves by design is a segment estimate (SALVO_SEGMENT_ESTIMATE_TIMEOUT_MS).
+timeout = int(os.environ.get("SALVO_WEB_TIMEOUT_S", "30"))
+# On SIGTERM (Ctrl-C on make run, a deploy) requests in flight get this long to finish; the
+# process is gone within it, under supervisord's stopwaitsecs and Kubernetes' default grace.
+graceful_timeout = 5
+# Clients behind a keep-alive load balancer reuse their connection.
+keepalive = 5
+# One line per request on stdout, with the request's id (config/logging.py) to find its
+# application log lines.
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms id=%({x-request-id}o)s "%(a)s"'
+errorlog = "-"
+# gunicorn's runtime control socket sits at one path per user (~/.gunicorn/gunicorn.ctl):
+# two servers on a machine (make run beside the tests) would take it from each other, and
+# supervisord or the process manager already controls this one.
+control_socket_disable = True
