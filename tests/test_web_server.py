@@ -92,20 +92,28 @@ def _answers(server: WebServer) -> bool:
         return False
 
 
-def serve(env: dict[str, str], tmp_path: Path, headers: dict[str, str]) -> Iterator[WebServer]:
-    """collectstatic, then gunicorn as the Procfile starts it, with exactly `env`."""
-    port = _free_port()
-    static_root = tmp_path / "static"
-    env = {**env, "SALVO_STATIC_ROOT": str(static_root), "SALVO_PORT": str(port)}
-    collected = subprocess.run(
-        [str(PYTHON), "manage.py", "collectstatic", "--noinput", "-v0"],
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PYTHON), "manage.py", *args],
         cwd=BASE_DIR,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def serve(env: dict[str, str], tmp_path: Path, headers: dict[str, str]) -> Iterator[WebServer]:
+    """The README's release steps (collectstatic, check --deploy in the production profile),
+    then gunicorn as the Procfile starts it, with exactly `env`."""
+    port = _free_port()
+    static_root = tmp_path / "static"
+    env = {**env, "SALVO_STATIC_ROOT": str(static_root), "SALVO_PORT": str(port)}
+    collected = manage(env, "collectstatic", "--noinput", "-v0")
     assert collected.returncode == 0, collected.stderr
+    if "DATABASE_URL" in env:
+        checked = manage(env, "check", "--deploy", "--fail-level", "WARNING")
+        assert checked.returncode == 0, checked.stderr
     log_path = tmp_path / "gunicorn.log"
     with log_path.open("wb") as output:
         popen = subprocess.Popen(
@@ -133,7 +141,6 @@ def check_serves_site_static_files_and_probes(server: WebServer) -> None:
 
     login = server.get("/admin/login/")
     assert login.status == 200
-    assert "Traceback" not in login.text  # DEBUG off: no debug page could show one
     [css] = re.findall(r'href="(/static/admin/css/base\.[0-9a-f]{12}\.css)"', login.text)
     stylesheet = server.get(css, {"Accept-Encoding": "gzip"})
     assert stylesheet.status == 200
@@ -165,6 +172,7 @@ def check_request_ids_in_json_log_lines(server: WebServer) -> None:
     request_id = f"probe-{uuid.uuid4().hex}"
     missing = server.get("/no-such-page/", {"X-Request-ID": request_id})
     assert missing.status == 404
+    assert "DEBUG = True" not in missing.text  # Django's plain 404, not its debug page
     assert missing.headers["X-Request-ID"] == request_id
 
     def logged() -> list[dict[str, object]]:
