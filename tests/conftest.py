@@ -66,6 +66,14 @@ def wait_until(
         time.sleep(interval)
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now (for a server a test starts,
+    or, once the probe is closed, for a connection that must be refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 # --- markers --------------------------------------------------------------------------
 
 # `make test-fast` (what CI runs on the Pythons other than the newest) leaves out the tests

@@ -4,22 +4,17 @@
 from __future__ import annotations
 
 import re
-import socket
 
 import pytest
 from django.test import override_settings
+
+from tests.conftest import free_port
 
 # The production profile's HTTPS redirect and a host list that does not name the address a
 # load balancer probes: neither may turn a probe away.
 AS_BEHIND_A_LOAD_BALANCER = override_settings(
     SECURE_SSL_REDIRECT=True, ALLOWED_HOSTS=["salvo.example.com"]
 )
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])  # closed again when the block ends
 
 
 @AS_BEHIND_A_LOAD_BALANCER
@@ -47,7 +42,7 @@ def test_readyz_is_ready_when_database_broker_and_migrations_are(client):
 
 @pytest.mark.django_db
 def test_readyz_is_unavailable_naming_the_broker_when_it_cannot_be_reached(client):
-    broker = f"redis://127.0.0.1:{_closed_port()}/0"
+    broker = f"redis://127.0.0.1:{free_port()}/0"
     with override_settings(
         CELERY_BROKER_URL=broker,
         BROKER_IS_FILESYSTEM=False,

@@ -14,7 +14,6 @@ import json
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -27,7 +26,7 @@ import pytest
 from django.conf import settings
 
 from config.processes import child_process_env, stop_process
-from tests.conftest import BASE_DIR, wait_until
+from tests.conftest import BASE_DIR, free_port, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(240)]
 
@@ -79,12 +78,6 @@ class WebServer:
         return self.log_path.read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _answers(server: WebServer) -> bool:
     try:
         return server.get("/healthz").status == 200
@@ -106,7 +99,7 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def serve(env: dict[str, str], tmp_path: Path, headers: dict[str, str]) -> Iterator[WebServer]:
     """The README's release steps (collectstatic, check --deploy in the production profile),
     then gunicorn as the Procfile starts it, with exactly `env`."""
-    port = _free_port()
+    port = free_port()
     static_root = tmp_path / "static"
     env = {**env, "SALVO_STATIC_ROOT": str(static_root), "SALVO_PORT": str(port)}
     collected = manage(env, "collectstatic", "--noinput", "-v0")
