@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.db.migrations.recorder import MigrationRecorder
 from django.test import override_settings
 
+import config.health
 from tests.conftest import free_port
 
 # The production profile's HTTPS redirect and a host list that does not name the address a
@@ -90,3 +92,17 @@ def test_a_missing_or_insane_request_id_is_replaced_by_a_new_one(client, given):
 
     assert re.fullmatch(r"[0-9a-f]{32}", first)
     assert first != second
+
+
+@pytest.mark.django_db
+def test_readyz_is_unavailable_naming_the_migrations_while_one_is_unapplied(client, monkeypatch):
+    # As a process finds the database before `migrate` ran this release's migration (the
+    # row goes back when the test's transaction is rolled back).
+    MigrationRecorder.Migration.objects.filter(app="campaigns").latest("id").delete()
+    monkeypatch.setattr(config.health, "_migrations_applied", False)
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["failed"] == ["migrations"]
+    assert response.json()["checks"]["migrations"] == "1 unapplied"
