@@ -79,8 +79,9 @@ def readiness() -> dict[str, str]:
             continue
         try:
             results[name] = check()
-        except Exception:
-            logger.warning("readiness check %s failed", name, exc_info=True)
+        except Exception as error:
+            # One line per failed probe, no traceback: a load balancer asks every few seconds.
+            logger.warning("readiness check %s failed: %s: %s", name, type(error).__name__, error)
             results[name] = "unreachable"
     return results
 
