@@ -12,6 +12,8 @@ database's connections (each thread holds one, CONN_MAX_AGE).
 
 import os
 
+from config.logging import JSON_FORMATTER
+
 wsgi_app = "config.wsgi:application"
 bind = f"{os.environ.get('SALVO_HOST', '127.0.0.1')}:{os.environ.get('SALVO_PORT', '8000')}"
 workers = int(os.environ.get("SALVO_WEB_WORKERS", "2"))
@@ -34,3 +36,33 @@ errorlog = "-"
 # two servers on a machine (make run beside the tests) would take it from each other, and
 # supervisord or the process manager already controls this one.
 control_socket_disable = True
+
+# With SALVO_LOG_FORMAT=json (config/settings.py) gunicorn's lines are JSON too, so that a log
+# collector reads one format; an access line carries its request id as a field.
+if os.environ.get("SALVO_LOG_FORMAT") == "json":
+    logconfig_dict = {
+        "root": {"level": "INFO", "handlers": []},
+        "formatters": {"json": JSON_FORMATTER},
+        "filters": {
+            "no_request": {"()": "config.logging.RequestIdFilter"},
+            "access_request_id": {"()": "config.logging.AccessRequestIdFilter"},
+        },
+        "handlers": {
+            "access": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "filters": ["access_request_id"],
+                "stream": "ext://sys.stdout",
+            },
+            "error": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "filters": ["no_request"],
+                "stream": "ext://sys.stderr",
+            },
+        },
+        "loggers": {
+            "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+            "gunicorn.error": {"level": "INFO", "handlers": ["error"], "propagate": False},
+        },
+    }

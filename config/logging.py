@@ -27,6 +27,14 @@ NO_REQUEST = "-"
 
 current_request_id: ContextVar[str] = ContextVar("current_request_id", default=NO_REQUEST)
 
+# One JSON object per line (SALVO_LOG_FORMAT=json), for the application's lines
+# (config/settings.py) and for gunicorn's own (config/gunicorn.py) alike.
+JSON_FORMATTER = {
+    "()": "pythonjsonlogger.json.JsonFormatter",
+    "format": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
+    "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+}
+
 
 def request_id_of(request: HttpRequest) -> str:
     """The id the request came with when it is sane, else a new one."""
@@ -66,4 +74,14 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = current_request_id.get()
+        return True
+
+
+class AccessRequestIdFilter(logging.Filter):
+    """Adds `request_id` to gunicorn's access lines, written once the response is gone: the
+    X-Request-ID the response carried (gunicorn's "{x-request-id}o" atom)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args if isinstance(record.args, dict) else {}
+        record.request_id = atoms.get(f"{{{REQUEST_ID_HEADER.lower()}}}o", NO_REQUEST)
         return True

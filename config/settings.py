@@ -16,6 +16,8 @@ import environ
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
+from config.logging import JSON_FORMATTER as JSON_LOG_FORMATTER
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 
@@ -540,6 +542,7 @@ SALVO_WEBHOOK_SECRET = _secret("SALVO_WEBHOOK_SECRET")
 # a log collector. Either way every line written while serving a request carries the
 # request's id, also sent back as the X-Request-ID header (config/logging.py).
 SALVO_LOG_FORMAT = env.str("SALVO_LOG_FORMAT", default="text")
+# gunicorn's own lines follow the same choice: config/gunicorn.py.
 if SALVO_LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"SALVO_LOG_FORMAT is {SALVO_LOG_FORMAT!r}: choose text or json.")
 LOGGING = {
@@ -548,11 +551,7 @@ LOGGING = {
     "filters": {"request_id": {"()": "config.logging.RequestIdFilter"}},
     "formatters": {
         "text": {"format": "[%(asctime)s] %(levelname)s %(name)s [%(request_id)s] %(message)s"},
-        "json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "format": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
-        },
+        "json": JSON_LOG_FORMATTER,
     },
     "handlers": {
         "console": {
