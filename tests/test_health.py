@@ -1,9 +1,7 @@
-"""The load balancers' probes (config/health.py) and the request id on every response
-(config/logging.py), in the test process on whichever profile the environment selects."""
+"""The load balancers' probes (config/health.py), in the test process on whichever profile
+the environment selects."""
 
 from __future__ import annotations
-
-import re
 
 import pytest
 from django.db.migrations.recorder import MigrationRecorder
@@ -64,34 +62,6 @@ def test_readyz_is_unavailable_naming_the_broker_when_it_cannot_be_reached(clien
 @pytest.mark.django_db
 def test_a_probe_of_another_method_goes_on_to_the_site(client):
     assert client.post("/healthz").status_code == 404
-
-
-# --- the request id -----------------------------------------------------------------------
-
-
-def test_a_sane_request_id_is_kept_and_sent_back(client):
-    response = client.get("/healthz-is-not-here", HTTP_X_REQUEST_ID="lb-7f3a.2026:42_x")
-
-    assert response["X-Request-ID"] == "lb-7f3a.2026:42_x"
-
-
-@pytest.mark.parametrize(
-    "given",
-    [
-        "",
-        "two words",
-        "forged\nERROR line",
-        "x" * 129,
-        "<script>",
-    ],
-)
-def test_a_missing_or_insane_request_id_is_replaced_by_a_new_one(client, given):
-    headers = {"HTTP_X_REQUEST_ID": given} if given else {}
-    first = client.get("/healthz-is-not-here", **headers)["X-Request-ID"]
-    second = client.get("/healthz-is-not-here", **headers)["X-Request-ID"]
-
-    assert re.fullmatch(r"[0-9a-f]{32}", first)
-    assert first != second
 
 
 @pytest.mark.django_db
