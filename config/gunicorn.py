@@ -14,14 +14,24 @@ import os
 
 from config.logging import JSON_FORMATTER
 
+
+def _count(name: str, default: int) -> int:
+    """A whole number of at least 1 from the environment, or one line saying what is wrong
+    (gunicorn would otherwise stop with a traceback)."""
+    value = os.environ.get(name, str(default))
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"{name} is {value!r}: give a whole number of at least 1.")
+    return int(value)
+
+
 wsgi_app = "config.wsgi:application"
 bind = f"{os.environ.get('SALVO_HOST', '127.0.0.1')}:{os.environ.get('SALVO_PORT', '8000')}"
-workers = int(os.environ.get("SALVO_WEB_WORKERS", "2"))
+workers = _count("SALVO_WEB_WORKERS", 2)
 worker_class = "gthread"
-threads = int(os.environ.get("SALVO_WEB_THREADS", "4"))
+threads = _count("SALVO_WEB_THREADS", 4)
 # A request running longer than this is cut off and its worker restarted; the slowest
 # request Salvo serves by design is a segment estimate (SALVO_SEGMENT_ESTIMATE_TIMEOUT_MS).
-timeout = int(os.environ.get("SALVO_WEB_TIMEOUT_S", "30"))
+timeout = _count("SALVO_WEB_TIMEOUT_S", 30)
 # On SIGTERM (Ctrl-C on make run, a deploy) requests in flight get this long to finish; the
 # process is gone within it, under supervisord's stopwaitsecs and Kubernetes' default grace.
 graceful_timeout = 5

@@ -252,3 +252,22 @@ def test_the_production_profile_serves_from_the_environment_alone(production_ser
     assert "Strict-Transport-Security" in login.headers
 
     check_sigterm_stops_it_gracefully(production_server)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("SALVO_WEB_WORKERS", "two"), ("SALVO_WEB_THREADS", "0")]
+)
+def test_a_bad_count_stops_gunicorn_with_one_line_naming_it(tmp_path, name, value):
+    started = subprocess.run(
+        [str(GUNICORN), "-c", "python:config.gunicorn"],
+        cwd=BASE_DIR,
+        env={"PATH": "/usr/bin:/bin", "SALVO_VAR_DIR": str(tmp_path), name: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert started.returncode != 0
+    assert started.stderr.strip().splitlines()[-1] == (
+        f"{name} is {value!r}: give a whole number of at least 1."
+    )
