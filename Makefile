@@ -61,16 +61,18 @@ $(STAMP): pyproject.toml uv.lock | python
 venv: $(STAMP)
 
 # supervisord runs web, worker and beat (scripts/supervisord.conf): a program that dies is
-# started again while the others go on; Ctrl-C stops all three gracefully.
+# started again while the others go on; Ctrl-C stops all three gracefully. The web server is
+# gunicorn with DEBUG off, as in production, serving the static files collected here.
 run: venv
 	SALVO_VAR_DIR=$(RUN_VAR_DIR) $(PY) manage.py migrate --noinput
+	SALVO_VAR_DIR=$(RUN_VAR_DIR) $(PY) manage.py collectstatic --noinput -v0
 	SALVO_VAR_DIR=$(RUN_VAR_DIR) $(PY) manage.py load_demo --admin-url http://$(HOST):$(PORT)/admin/
 	@echo
 	@echo "  Salvo admin:  http://$(HOST):$(PORT)/admin/   (login printed above)"
 	@echo "  REST API:     http://$(HOST):$(PORT)/api/   docs: http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Ctrl-C stops the web server, the worker and the scheduler."
 	@echo
-	SALVO_VAR_DIR=$(RUN_VAR_DIR) SALVO_HOST=$(HOST) SALVO_PORT=$(PORT) \
+	SALVO_VAR_DIR=$(RUN_VAR_DIR) SALVO_HOST=$(HOST) SALVO_PORT=$(PORT) DJANGO_DEBUG=false \
 		exec $(BIN)/supervisord -c scripts/supervisord.conf
 
 # The stack of `make run` under a fast scheduler while campaigns activate through the API,

@@ -16,6 +16,8 @@ import environ
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
+from config.logging import JSON_FORMATTER as JSON_LOG_FORMATTER
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 
@@ -118,7 +120,15 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Load balancers' probes, answered before anything else reads the request: no host check
+    # (a probe names the machine's address), no HTTPS redirect, no session (config/health.py).
+    "config.health.HealthCheckMiddleware",
+    # Every request's id on its response and on every log line it writes (config/logging.py).
+    "config.logging.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's, the rule builder's, Swagger UI's) served by the web process
+    # itself, compressed and with far-future caching of their hashed names.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
     # Every error under /api/ is JSON, also those Django answers itself (config/api.py).
     "config.api.JsonErrorsUnderApi",
@@ -223,7 +233,16 @@ USE_TZ = True
 FORMAT_MODULE_PATH = ["config.formats"]
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `manage.py collectstatic` gathers the static files that whitenoise serves (make run
+# collects them before it starts; a deployment after each release, see the README).
+STATIC_ROOT = Path(env.str("SALVO_STATIC_ROOT", default=str(VAR_DIR / "static")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Each file under a name that carries a hash of its content, plus gzip and brotli copies:
+    # a browser caches it for good and fetches it again only when a release changes it.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # --- REST API -----------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -323,6 +342,10 @@ if BROKER_IS_FILESYSTEM:
     CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+
+# How long /readyz waits for the broker to accept a connection before it answers 503
+# (config/health.py): well under a load balancer's probe timeout.
+SALVO_READYZ_BROKER_TIMEOUT_S = env.float("SALVO_READYZ_BROKER_TIMEOUT_S", default=2.0)
 
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -515,10 +538,28 @@ SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool(
 # (required in production, see _secret above).
 SALVO_WEBHOOK_SECRET = _secret("SALVO_WEBHOOK_SECRET")
 
+# Log lines as text (the default) or as one JSON object per line (SALVO_LOG_FORMAT=json) for
+# a log collector. Either way every line written while serving a request carries the
+# request's id, also sent back as the X-Request-ID header (config/logging.py).
+SALVO_LOG_FORMAT = env.str("SALVO_LOG_FORMAT", default="text")
+# gunicorn's own lines follow the same choice: config/gunicorn.py.
+if SALVO_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"SALVO_LOG_FORMAT is {SALVO_LOG_FORMAT!r}: choose text or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"request_id": {"()": "config.logging.RequestIdFilter"}},
+    "formatters": {
+        "text": {"format": "[%(asctime)s] %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": JSON_LOG_FORMATTER,
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["request_id"],
+            "formatter": SALVO_LOG_FORMAT,
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("SALVO_LOG_LEVEL", default="INFO")},
     # httpx logs every request at INFO: a million lines per campaign.
     "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},

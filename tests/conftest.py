@@ -66,6 +66,14 @@ def wait_until(
         time.sleep(interval)
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now (for a server a test starts,
+    or, once the probe is closed, for a connection that must be refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 # --- markers --------------------------------------------------------------------------
 
 # `make test-fast` (what CI runs on the Pythons other than the newest) leaves out the tests
@@ -108,6 +116,22 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
         getattr(getattr(request.node, f"salvo_report_{when}", None), "failed", False)
         for when in ("setup", "call")
     )
+
+
+# --- static files ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _static_files_from_the_apps() -> Iterator[None]:
+    """Pages rendered in tests name static files by their plain names, served from the apps'
+    folders (the live server's static handler), as no `collectstatic` ran for the manifest
+    of hashed names that the real storage reads. Tests of the web server itself run
+    gunicorn on the real storage after collectstatic (tests/test_web_server.py)."""
+    from django.test import override_settings
+
+    plain = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    with override_settings(STORAGES={**settings.STORAGES, "staticfiles": plain}):
+        yield
 
 
 # --- a test database per pytest process --------------------------------------------------

@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,18 +24,12 @@ from django.conf import settings
 from campaigns.choices import CampaignStatus
 from config.processes import child_process_env
 from tests.campaigns.factories import activate_acknowledged, make_campaign
-from tests.conftest import BASE_DIR, wait_until
+from tests.conftest import BASE_DIR, free_port, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(300)]
 
 SUPERVISORD = BASE_DIR / ".venv" / "bin" / "supervisord"
 CONF = BASE_DIR / "scripts" / "supervisord.conf"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _answers(url: str) -> bool:
@@ -67,7 +60,7 @@ class Stack:
 
 @pytest.fixture
 def stack(transactional_db: None, tmp_path: Path) -> Iterator[Stack]:
-    port = _free_port()
+    port = free_port()
     var_dir = Path(settings.VAR_DIR)
     log = var_dir / "supervisord.log"
     log.unlink(missing_ok=True)
