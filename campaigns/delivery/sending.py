@@ -8,9 +8,9 @@ query, ``sql.due_lock`` or ``sql.due_claim``), skips the ineligible (``policy``)
 every outcome with one UPDATE and moves the per-status counters (``DeliveryCount``). On
 PostgreSQL several threads send chunks of one batch side by side.
 
-Either way the rows a killed worker was sending may have reached the provider before it
-died: the delivery id goes with every message as its idempotency key so that the provider
-can drop the repeat.
+However the database holds a chunk's rows (``sql``), the rows a killed worker was sending
+may have reached the provider before it died: the delivery id goes with every message as
+its idempotency key so that the provider can drop the repeat.
 
 Failures. Whatever goes wrong while preparing one recipient (reading its data, building
 its context, rendering, building headers) fails that recipient only, with the reason on

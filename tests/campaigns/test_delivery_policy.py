@@ -30,7 +30,7 @@ from channels.providers import (
 from segments.choices import ConsentChannel
 from segments.models import ADDRESS_FIELDS, CONSENT_FIELDS, Profile
 from segments.selectors import reachable_on
-from tests.segments.factories import ProfileFactory
+from tests.campaigns.delivery_support import make_profile
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=dt.UTC)
 POLICY = RetryPolicy(max_attempts=4, base_s=5.0, cap_s=60.0)
@@ -219,7 +219,7 @@ def test_the_engine_and_the_reviews_read_one_reach_rule(
     """The per-row check the engine makes over a recipient's values, and the condition the
     reviews and reach counts give the database, decide the same for one stored profile."""
     blank = address == "blank"
-    profile = ProfileFactory(
+    profile = make_profile(
         **dict.fromkeys(CONSENT_FIELDS, consent),
         **({column: "" for column in ADDRESS_FIELDS.values()} if blank else {}),
     )
