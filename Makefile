@@ -93,6 +93,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports
 
 fmt: venv
 	$(BIN)/ruff format .

@@ -3,7 +3,7 @@
 preview``).
 
 Nothing here renders on its own: each action goes through the delivery engine's own sender
-(``campaigns.delivery._ActionSender.prepare``), the very code a worker runs for one
+(``campaigns.delivery.ActionSender.prepare``), the very code a worker runs for one
 recipient — the same profile data, the same sandboxed templates within the same budgets,
 the same unsubscribe headers, the same refusals — and a webhook's JSON is what the preset's
 backend would post. A preview sends nothing and writes nothing.
@@ -33,7 +33,7 @@ from segments.models import Profile
 from segments.selectors import profile_attribute_keys, profile_list
 
 from .choices import DeliveryStatus
-from .delivery import PROFILE_VALUES, _ActionSender, _Due, render_error_text
+from .delivery import PROFILE_VALUES, action_sender, recipient_due, render_error_text
 from .models import Campaign, CampaignVersion, ChannelAction
 from .selectors import DELIVERY_VIEW_PERMISSIONS, version_actions, version_role
 
@@ -185,8 +185,8 @@ def _preview_action(
         channel_label=action.get_channel_display(),
         preset=action.preset.name,
     )
-    sender = _ActionSender(action=action, campaign=campaign, version_id=action.version_id)
-    prepared = sender.prepare([_Due(PREVIEW_DELIVERY_ID, 1, dict(row))])
+    sender = action_sender(action=action, campaign=campaign)
+    prepared = sender.prepare([recipient_due(PREVIEW_DELIVERY_ID, row)])
     if prepared.messages:
         _show_message(shown, action, prepared.messages[0][1])
         return shown

@@ -4,7 +4,7 @@
 proof``) takes the version a preview shows (the open draft, else the running version), and
 sends each of its actions to each test profile (``Profile.is_test``, flagged in the
 profile's admin, the API or an import) through the action's preset and its real provider
-backend, rendered by the delivery engine's own sender (``_ActionSender``, as the preview
+backend, rendered by the delivery engine's own sender (``delivery.action_sender``, as the preview
 does): the same data, templates, budgets, consent and unsubscribe headers as a delivery.
 A subject (an email's, a push's title, a webhook's) starts with ``[Proof]``.
 
@@ -42,8 +42,9 @@ from channels.choices import CHANNELS_WITH_SUBJECT
 from config.permissions import require_perms
 from segments.models import Profile
 
+from . import tasks
 from .choices import DeliveryStatus, ProofStatus
-from .delivery import _ActionSender, _Due
+from .delivery import action_sender, recipient_due
 from .models import Campaign, ProofSend
 from .operations import VIEW_CAMPAIGN
 from .preview import preview_actions, preview_version, profile_row
@@ -160,9 +161,7 @@ def campaign_proof_request(
         for profile in recipients
     )
     ids = [send.pk for send in sends]
-    from .tasks import proof_send_task
-
-    transaction.on_commit(lambda: proof_send_task.delay(ids))
+    transaction.on_commit(lambda: tasks.proof_send_task.delay(ids))
     return list(campaign_proof_sends(campaign=campaign).filter(pk__in=ids).order_by("pk"))
 
 
@@ -185,13 +184,11 @@ def proof_sends_send(*, proof_ids: Sequence[int]) -> int:
 def _send_action_proofs(proofs: list[ProofSend]) -> None:
     """One action's proofs in one provider call, through the engine's sender."""
     first = proofs[0]
-    sender = _ActionSender(
-        action=first.action, campaign=first.campaign, version_id=first.action.version_id
-    )
+    sender = action_sender(action=first.action, campaign=first.campaign)
     by_key = {-proof.pk: proof for proof in proofs}
     try:
         prepared = sender.prepare(
-            [_Due(-proof.pk, 1, profile_row(proof.profile)) for proof in proofs]
+            [recipient_due(-proof.pk, profile_row(proof.profile)) for proof in proofs]
         )
         messages = [
             (due, _proof_message(message, first.action.channel))

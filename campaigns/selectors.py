@@ -70,6 +70,14 @@ from .operations import OPERATIONS, VIEW_CAMPAIGN
 Status = CampaignStatus
 # Who asks: a person (admin, API, `--user`), or None in services for the system itself.
 Actor = AbstractUser | AnonymousUser
+# The statuses in which a campaign's execution sends. While a new version is being
+# activated, the running execution goes on with its own.
+SENDING_CAMPAIGN_STATUSES = (CampaignStatus.LIVE, CampaignStatus.ACTIVATING)
+
+
+def timeline_bucket(at: dt.datetime) -> int:
+    """The timeline bucket a moment falls in: its start, in seconds since the epoch."""
+    return int(at.timestamp()) // TIMELINE_BUCKET_S * TIMELINE_BUCKET_S
 
 
 def campaign_statuses_from_query(values: Iterable[str]) -> list[str] | None:
@@ -568,8 +576,6 @@ def _rate(
     channel and in all, and the time left at that rate, per channel and in all (None when
     it cannot be told: the campaign no longer sends, or a channel with deliveries left
     finished none lately); one query."""
-    from .delivery import SENDING_CAMPAIGN_STATUSES, timeline_bucket
-
     window_start = timeline_bucket(now) - REPORT_RATE_WINDOW_S + TIMELINE_BUCKET_S
     running = [e for e in executions if e.status == ExecutionStatus.RUNNING]
     per_channel: dict[str, float] = dict.fromkeys(pending, 0.0)

@@ -30,6 +30,7 @@ from channels.rendering import TemplateContentError, validate_content
 from config.permissions import require_perms
 from segments.models import Segment
 
+from . import tasks
 from .approval import (
     approval_step_refusal,
     clean_comment,
@@ -40,6 +41,18 @@ from .approval import (
 from .choices import ApprovalStatus, CampaignStatus, CampaignType
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
 from .exceptions import ActivationRefused, CampaignConflict
+from .lifecycle import (
+    campaign_complete as campaign_complete,  # the operations table names it here
+)
+from .lifecycle import (
+    draft_discard,
+    lock_campaign,
+    status_label,
+    transition_actor,
+    transition_apply,
+    transition_log,
+    transition_refusal,
+)
 from .models import (
     Campaign,
     CampaignTransition,
@@ -47,7 +60,7 @@ from .models import (
     ChannelAction,
     approval_required_by_default,
 )
-from .operations import ADD_CAMPAIGN, CHANGE_CAMPAIGN, LIFECYCLE, OPERATIONS, VIEW_CAMPAIGN
+from .operations import ADD_CAMPAIGN, CHANGE_CAMPAIGN, OPERATIONS, VIEW_CAMPAIGN
 from .review import activation_review
 from .selectors import Actor, version_activation_problems
 
@@ -64,81 +77,6 @@ def _require_operation(user: Actor | None, name: str) -> None:
     """The permissions of the operations table, checked for a person (None: the system)."""
     operation = OPERATIONS[name]
     require_perms(user, *operation.permissions, to=f"use “{operation.label}” on a campaign")
-
-
-def _actor(user: Actor | None) -> Any:
-    return user if user is not None and user.is_authenticated else None
-
-
-def _lock(campaign: Campaign | int) -> Campaign:
-    """The campaign's current row, locked until the transaction ends (call inside atomic)."""
-    pk = campaign if isinstance(campaign, int) else campaign.pk
-    return Campaign.objects.select_for_update().get(pk=pk)
-
-
-def _status_label(value: str) -> str:
-    return str(Status(value).label)
-
-
-def _sources_of(transition_name: str) -> list[str]:
-    method = getattr(Campaign, transition_name)
-    return [s for s in method._django_fsm.transitions if s in Status.values]
-
-
-def _refuse(campaign: Campaign, transition_name: str) -> TransitionNotAllowed:
-    step = LIFECYCLE[transition_name]
-    *others, last = [_status_label(s) for s in _sources_of(transition_name)]
-    sources = f"{', '.join(others)} or {last}" if others else last
-    message = (
-        f"Cannot {step.verb} campaign “{campaign.name}”: it is "
-        f"{_status_label(campaign.status)}; only a {sources} campaign can be {step.done}."
-    )
-    if transition_name == "activate" and campaign.status in (Status.SCHEDULED, Status.LIVE):
-        message = (
-            f"Cannot activate campaign “{campaign.name}”: it has no open draft version. "
-            "Use “modify” to open one."
-        )
-    return TransitionNotAllowed(message, object=campaign, method=transition_name)
-
-
-def _transition(
-    campaign: Campaign,
-    name: str,
-    *,
-    user: Actor | None,
-    reason: str = "",
-    version: CampaignVersion | None = None,
-    **kwargs: Any,
-) -> Campaign:
-    """Apply a lifecycle transition to a locked campaign, save it and log it."""
-    method = getattr(campaign, name)
-    if not can_proceed(method):
-        raise _refuse(campaign, name)
-    source = campaign.status
-    method(**kwargs)
-    campaign.save()
-    _log(campaign, name, source=source, user=user, reason=reason, version=version)
-    return campaign
-
-
-def _log(
-    campaign: Campaign,
-    name: str,
-    *,
-    source: str,
-    user: Actor | None,
-    reason: str = "",
-    version: CampaignVersion | None = None,
-) -> None:
-    CampaignTransition.objects.create(
-        campaign=campaign,
-        name=name,
-        source=source,
-        target=campaign.status,
-        by=_actor(user),
-        reason=reason,
-        version=version,
-    )
 
 
 def _validate_start_at(start_at: dt.datetime | None) -> None:
@@ -210,7 +148,7 @@ def _copy_version(
         number=number,
         segment=source.segment,
         start_at=source.start_at,
-        last_edited_by=_actor(user),
+        last_edited_by=transition_actor(user),
     )
     ChannelAction.objects.bulk_create(
         ChannelAction(
@@ -249,7 +187,9 @@ def campaign_create(
     """A new Draft campaign whose version 1 holds the given content. `approval_required`
     defaults to SALVO_APPROVAL_REQUIRED."""
     require_perms(user, ADD_CAMPAIGN, to="create a campaign")
-    campaign = Campaign(name=name, description=description, type=type, created_by=_actor(user))
+    campaign = Campaign(
+        name=name, description=description, type=type, created_by=transition_actor(user)
+    )
     if approval_required is not None:
         require_policy_change_allowed(campaign=None, required=approval_required, user=user)
         campaign.approval_required = approval_required
@@ -257,13 +197,17 @@ def campaign_create(
     _validate_start_at(start_at)
     campaign.save()
     version = CampaignVersion.objects.create(
-        campaign=campaign, number=1, segment=segment, start_at=start_at, last_edited_by=_actor(user)
+        campaign=campaign,
+        number=1,
+        segment=segment,
+        start_at=start_at,
+        last_edited_by=transition_actor(user),
     )
     _replace_actions(version, actions)
     campaign.draft_version = version
     campaign.save(update_fields=["draft_version", "updated_at"])
     campaign.tags.set(list(tags))
-    _log(campaign, "create", source=campaign.status, user=user, version=version)
+    transition_log(campaign, "create", source=campaign.status, user=user, version=version)
     return campaign
 
 
@@ -275,7 +219,7 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
     The edited campaign is shown to the editor: editing needs the view permission too.
     """
     require_perms(user, VIEW_CAMPAIGN, CHANGE_CAMPAIGN, to="edit a campaign")
-    campaign = _lock(campaign)
+    campaign = lock_campaign(campaign)
     if campaign.status == Status.ACTIVATING:
         raise CampaignConflict(
             f"Campaign “{campaign.name}” is being activated; edit it once activation ends."
@@ -287,7 +231,7 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
             + (
                 "; use “modify” to open one."
                 if campaign.status in (Status.SCHEDULED, Status.LIVE)
-                else f": a {_status_label(campaign.status)} campaign cannot change."
+                else f": a {status_label(campaign.status)} campaign cannot change."
             )
         )
     if "approval_required" in data:
@@ -323,10 +267,10 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
 def campaign_delete(*, campaign: Campaign, user: Actor | None) -> None:
     """Delete a Draft that never ran; anything else is stopped or archived instead."""
     _require_operation(user, "delete")
-    campaign = _lock(campaign)
+    campaign = lock_campaign(campaign)
     if campaign.status != Status.DRAFT:
         raise CampaignConflict(
-            f"Campaign “{campaign.name}” is {_status_label(campaign.status)}: only Draft campaigns "
+            f"Campaign “{campaign.name}” is {status_label(campaign.status)}: only Draft campaigns "
             "can be deleted; stop or archive it instead."
         )
     campaign.draft_version = None
@@ -340,7 +284,7 @@ def campaign_delete(*, campaign: Campaign, user: Actor | None) -> None:
 def activation_refusal(campaign: Campaign) -> TransitionNotAllowed | None:
     """Why the campaign's state refuses activation now (as ``campaign_activate`` would
     say), or None: for a door that reviews before it activates."""
-    return None if can_proceed(campaign.activate) else _refuse(campaign, "activate")
+    return None if can_proceed(campaign.activate) else transition_refusal(campaign, "activate")
 
 
 @transaction.atomic
@@ -352,20 +296,18 @@ def campaign_activate(
     else ``ActivationRefused`` (400) naming what refused. The errors are checked again in
     the activation task, which moves the campaign to Scheduled or Live."""
     _require_operation(user, "activate")
-    campaign = _lock(campaign)
+    campaign = lock_campaign(campaign)
     if not can_proceed(campaign.activate):
-        raise _refuse(campaign, "activate")
+        raise transition_refusal(campaign, "activate")
     require_approved_for_activation(campaign)
     review = activation_review(campaign=campaign, sample=False)
     refused = review.errors or review.unacknowledged(frozenset(acknowledge))
     if refused:
         raise ActivationRefused(review=review, refused=refused)
-    _transition(campaign, "activate", user=user, version=campaign.draft_version)
-
-    from .tasks import campaign_activation_task
+    transition_apply(campaign, "activate", user=user, version=campaign.draft_version)
 
     campaign_pk = campaign.pk
-    transaction.on_commit(lambda: campaign_activation_task.delay(campaign_pk))
+    transaction.on_commit(lambda: tasks.campaign_activation_task.delay(campaign_pk))
     return campaign
 
 
@@ -377,7 +319,7 @@ def _activation_request(campaign: Campaign) -> CampaignTransition | None:
 def _fail_activation(campaign: Campaign, *, reason: str) -> Campaign:
     """Activating → the status the activation began from, with `reason` shown."""
     request = _activation_request(campaign)
-    return _transition(
+    return transition_apply(
         campaign,
         "activation_fail",
         user=None,
@@ -401,7 +343,7 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
     (the running one keeps its audience).
     """
     hold_campaign_sends(campaign_id=campaign_id)
-    campaign = _lock(campaign_id)
+    campaign = lock_campaign(campaign_id)
     if campaign.status != Status.ACTIVATING:
         return campaign
     request = _activation_request(campaign)
@@ -419,7 +361,7 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
     version.save()
     campaign.live_version = version
     campaign.draft_version = None
-    _transition(
+    transition_apply(
         campaign,
         "activation_succeed",
         user=None,
@@ -445,11 +387,11 @@ def campaigns_start_due(*, now: dt.datetime | None = None) -> list[int]:
     started = []
     for pk in list(due):
         with transaction.atomic():
-            campaign = _lock(pk)
+            campaign = lock_campaign(pk)
             start_at = campaign.live_version.start_at if campaign.live_version else None
             if campaign.status != Status.SCHEDULED or (start_at and start_at > now):
                 continue
-            _transition(campaign, "start", user=None, reason="Start time reached.", now=now)
+            transition_apply(campaign, "start", user=None, reason="Start time reached.", now=now)
             execution_start(campaign=campaign)
             started.append(pk)
     return started
@@ -461,7 +403,7 @@ def campaign_activation_failed(*, campaign_id: int, error: BaseException) -> flo
     which to run it again, or None when it must not run again: the campaign is no longer
     Activating, or SALVO_STEP_MAX_ATTEMPTS runs were used and the activation fails back
     to the status it began from, with the error shown."""
-    campaign = _lock(campaign_id)
+    campaign = lock_campaign(campaign_id)
     if campaign.status != Status.ACTIVATING:
         return None
     policy = step_policy()
@@ -484,14 +426,12 @@ def campaigns_retry_stale_activations(*, older_than: dt.timedelta) -> list[int]:
     """Send the activation task again for campaigns stuck in Activating for `older_than`
     (its message was lost), each run counted: once SALVO_STEP_MAX_ATTEMPTS runs were sent,
     the activation fails instead. Returns the ids of the campaigns whose task was sent."""
-    from .tasks import campaign_activation_task
-
     cutoff = timezone.now() - older_than
     stale = Campaign.objects.filter(status=Status.ACTIVATING, updated_at__lt=cutoff)
     sent = []
     for pk in list(stale.values_list("pk", flat=True)):
         with transaction.atomic():
-            campaign = _lock(pk)
+            campaign = lock_campaign(pk)
             if campaign.status != Status.ACTIVATING or campaign.updated_at >= cutoff:
                 continue  # it moved on meanwhile
             attempts = campaign.activation_attempts
@@ -506,19 +446,9 @@ def campaigns_retry_stale_activations(*, older_than: dt.timedelta) -> list[int]:
             # Counted, and dated: the next tick does not send it again at once.
             campaign.activation_attempts = attempts + 1
             campaign.save(update_fields=["activation_attempts", "updated_at"])
-            transaction.on_commit(functools.partial(campaign_activation_task.delay, pk))
+            transaction.on_commit(functools.partial(tasks.campaign_activation_task.delay, pk))
             sent.append(pk)
     return sent
-
-
-@transaction.atomic
-def campaign_complete(*, campaign: Campaign | int, reason: str = "") -> Campaign:
-    """Live → Completed: called when the last delivery of the execution is done. An open
-    draft is discarded with it: a Completed campaign can never activate it."""
-    campaign = _lock(campaign)
-    _transition(campaign, "complete", user=None, reason=reason)
-    _discard_draft(campaign, user=None, why="the campaign completed")
-    return campaign
 
 
 @transaction.atomic
@@ -528,9 +458,9 @@ def campaign_stop(*, campaign: Campaign, user: Actor | None, reason: str = "") -
     _require_operation(user, "stop")
     # First wait for the chunks on their way to the provider, holding off new ones.
     hold_campaign_sends(campaign_id=campaign.pk)
-    campaign = _lock(campaign)
-    _transition(campaign, "stop", user=user, reason=reason)
-    _discard_draft(campaign, user=user, why="the campaign stopped")
+    campaign = lock_campaign(campaign)
+    transition_apply(campaign, "stop", user=user, reason=reason)
+    draft_discard(campaign, user=user, why="the campaign stopped")
     return campaign
 
 
@@ -538,8 +468,8 @@ def campaign_stop(*, campaign: Campaign, user: Actor | None, reason: str = "") -
 def campaign_archive(*, campaign: Campaign, user: Actor | None) -> Campaign:
     """Completed or Stopped → Archived."""
     _require_operation(user, "archive")
-    campaign = _lock(campaign)
-    return _transition(campaign, "archive", user=user)
+    campaign = lock_campaign(campaign)
+    return transition_apply(campaign, "archive", user=user)
 
 
 # --- versions -------------------------------------------------------------------------
@@ -549,11 +479,11 @@ def campaign_archive(*, campaign: Campaign, user: Actor | None) -> Campaign:
 def campaign_modify(*, campaign: Campaign, user: Actor | None) -> CampaignVersion:
     """Open a draft version of a Scheduled or Live campaign, a copy of the running one."""
     _require_operation(user, "modify")
-    campaign = _lock(campaign)
+    campaign = lock_campaign(campaign)
     if campaign.status not in (Status.SCHEDULED, Status.LIVE):
         raise CampaignConflict(
             f"Cannot modify campaign “{campaign.name}”: it is "
-            f"{_status_label(campaign.status)}; only a Scheduled or Live campaign can be modified"
+            f"{status_label(campaign.status)}; only a Scheduled or Live campaign can be modified"
             + (" (edit its draft directly)." if campaign.status == Status.DRAFT else ".")
         )
     if campaign.draft_version_id is not None:
@@ -567,7 +497,7 @@ def campaign_modify(*, campaign: Campaign, user: Actor | None) -> CampaignVersio
     )
     campaign.draft_version = draft
     campaign.save()
-    _log(campaign, "modify", source=campaign.status, user=user, version=draft)
+    transition_log(campaign, "modify", source=campaign.status, user=user, version=draft)
     return draft
 
 
@@ -575,28 +505,15 @@ def campaign_modify(*, campaign: Campaign, user: Actor | None) -> CampaignVersio
 def campaign_discard_draft(*, campaign: Campaign, user: Actor | None) -> Campaign:
     """Drop the open draft of a Scheduled or Live campaign; the running version stays."""
     _require_operation(user, "discard_draft")
-    campaign = _lock(campaign)
+    campaign = lock_campaign(campaign)
     draft = campaign.draft_version
     if campaign.status not in (Status.SCHEDULED, Status.LIVE) or draft is None:
         raise CampaignConflict(
             f"Campaign “{campaign.name}” has no open draft beside a running version to discard"
             + ("; delete the Draft campaign instead." if campaign.status == Status.DRAFT else ".")
         )
-    _discard_draft(campaign, user=user)
+    draft_discard(campaign, user=user)
     return campaign
-
-
-def _discard_draft(campaign: Campaign, *, user: Actor | None, why: str = "") -> None:
-    """Delete the locked campaign's open draft, if any, and log it (with `why` when the
-    system discards it)."""
-    draft = campaign.draft_version
-    if draft is None:
-        return
-    campaign.draft_version = None
-    campaign.save()
-    reason = f"Version {draft.number} discarded" + (f": {why}." if why else ".")
-    _log(campaign, "discard_draft", source=campaign.status, user=user, reason=reason)
-    draft.delete()
 
 
 def _duplicate_name(name: str) -> str:
@@ -618,7 +535,7 @@ def campaign_duplicate(*, campaign: Campaign, user: Actor | None, name: str = ""
         type=campaign.type,
         # A copy is no way around the policy: it needs an approval as the original does.
         approval_required=campaign.approval_required or approval_required_by_default(),
-        created_by=_actor(user),
+        created_by=transition_actor(user),
     )
     copy.full_clean(exclude=["status", "live_version", "draft_version"])
     try:
@@ -630,12 +547,14 @@ def campaign_duplicate(*, campaign: Campaign, user: Actor | None, name: str = ""
         version = _copy_version(source, campaign=copy, number=1, user=user)
     else:
         version = CampaignVersion.objects.create(
-            campaign=copy, number=1, last_edited_by=_actor(user)
+            campaign=copy, number=1, last_edited_by=transition_actor(user)
         )
     copy.draft_version = version
     copy.save(update_fields=["draft_version", "updated_at"])
     copy.tags.set(list(campaign.tags.names()))
-    _log(copy, "duplicate", source=copy.status, user=user, reason=f"Copy of “{campaign.name}”.")
+    transition_log(
+        copy, "duplicate", source=copy.status, user=user, reason=f"Copy of “{campaign.name}”."
+    )
     return copy
 
 
@@ -662,14 +581,14 @@ def _draft_content(campaign: Campaign, version: CampaignVersion) -> tuple[Any, .
 
 def _version_edited(campaign: Campaign, version: CampaignVersion, *, user: Actor | None) -> None:
     """Record who edited the draft last; an approval given before the edit is void."""
-    version.last_edited_by = _actor(user)
+    version.last_edited_by = transition_actor(user)
     was_approved = version.approval_status == ApprovalStatus.APPROVED
     if was_approved:
         version.approval_status = ApprovalStatus.NOT_REQUESTED
     version.save(update_fields=["last_edited_by", "approval_status"])
     if not was_approved:
         return
-    _log(
+    transition_log(
         campaign,
         "void_approval",
         source=campaign.status,
@@ -682,7 +601,7 @@ def _version_edited(campaign: Campaign, version: CampaignVersion, *, user: Actor
 def _approval_step(campaign: Campaign, name: str, *, user: Actor | None) -> Campaign:
     """The locked campaign, once the operation's permission and its state allow `name`."""
     _require_operation(user, name)
-    campaign = _lock(campaign)
+    campaign = lock_campaign(campaign)
     refusal = approval_step_refusal(campaign, name)
     if refusal:
         raise CampaignConflict(refusal)
@@ -699,13 +618,13 @@ def campaign_request_approval(
     version = campaign.draft_version
     assert version is not None  # approval_step_refusal
     version.approval_status = ApprovalStatus.AWAITING
-    version.approval_requested_by = _actor(user)
+    version.approval_requested_by = transition_actor(user)
     version.approval_requested_at = timezone.now()
     version.approval_decided_by = None
     version.approval_decided_at = None
     version.approval_comment = ""
     version.save()
-    _log(
+    transition_log(
         campaign,
         "request_approval",
         source=campaign.status,
@@ -720,15 +639,17 @@ def _decide(campaign: Campaign, name: str, *, user: Actor | None, comment: str) 
     campaign = _approval_step(campaign, name, user=user)
     version = campaign.draft_version
     assert version is not None  # approval_step_refusal
-    require_not_last_editor(version, _actor(user))
+    require_not_last_editor(version, transition_actor(user))
     comment = clean_comment(comment, required=name == "reject")
     approved = name == "approve"
     version.approval_status = ApprovalStatus.APPROVED if approved else ApprovalStatus.REJECTED
-    version.approval_decided_by = _actor(user)
+    version.approval_decided_by = transition_actor(user)
     version.approval_decided_at = timezone.now()
     version.approval_comment = comment
     version.save()
-    _log(campaign, name, source=campaign.status, user=user, version=version, reason=comment)
+    transition_log(
+        campaign, name, source=campaign.status, user=user, version=version, reason=comment
+    )
     return campaign
 
 

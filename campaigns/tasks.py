@@ -3,22 +3,28 @@
 A step that raises runs again after a back-off, a bounded number of times: the services
 say when (``delivery.execution_step_failed``, ``services.campaign_activation_failed``)
 and record the error; the task only schedules the retry.
+
+The services, the delivery engine and the proofs import this module to queue work, so it
+imports them inside the task bodies (HackSoft's rule), never at module level: no cycle.
 """
 
 import datetime as dt
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from celery import Task, shared_task
 from django.conf import settings
 
-from . import delivery, proofs, services
+if TYPE_CHECKING:
+    from .delivery import Batch
 
 T = TypeVar("T")
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None)
 def campaign_activation_task(self: Task, campaign_id: int) -> None:
+    from . import services
+
     try:
         services.campaign_activation_complete(campaign_id=campaign_id)
     except Exception as error:
@@ -32,6 +38,8 @@ def campaign_activation_task(self: Task, campaign_id: int) -> None:
 def scheduler_tick() -> None:
     """Run by the beat scheduler: start due campaigns, revive lost activations and stalled
     deliveries."""
+    from . import delivery, services
+
     services.campaigns_start_due()
     services.campaigns_retry_stale_activations(
         older_than=dt.timedelta(seconds=settings.SALVO_ACTIVATION_RETRY_AFTER_S)
@@ -42,6 +50,8 @@ def scheduler_tick() -> None:
 @shared_task(acks_late=True)
 def proof_send_task(proof_ids: list[int]) -> None:
     """Send the proofs one request asked for (see campaigns.proofs)."""
+    from . import proofs
+
     proofs.proof_sends_send(proof_ids=proof_ids)
 
 
@@ -49,11 +59,13 @@ def proof_send_task(proof_ids: list[int]) -> None:
 
 
 def _execution_step(
-    task: Task, *, execution_id: int, batch: delivery.Batch | None, work: Callable[[], T]
+    task: Task, *, execution_id: int, batch: "Batch | None", work: Callable[[], T]
 ) -> T | None:
     """Run a step of an execution (planning when `batch` is None); when it raises, have
     the engine record the error and run the task again after its back-off, or give up.
     Returns the step's result, or None once it gave up."""
+    from . import delivery
+
     attempt = task.request.retries + 1
     try:
         result = work()
@@ -73,6 +85,7 @@ def _execution_step(
 def execution_plan_task(self: Task, execution_id: int) -> None:
     """Plan one chunk of the audience; queue the next step while more remains (so that a
     long audience never holds a worker, and batches already queued go first)."""
+    from . import delivery
 
     def plan() -> bool:
         return delivery.execution_plan_step(execution_id=execution_id)
@@ -88,6 +101,8 @@ def delivery_batch_task(
     """Send one batch; run it again later while retries wait (at once when the worker is
     stopping: the rest goes to the next worker); then top up the window and complete the
     campaign when everything is done."""
+    from . import delivery
+
     batch = delivery.Batch(execution_id, action_id, first_profile_id, last_profile_id)
 
     def send() -> None:
@@ -102,10 +117,3 @@ def delivery_batch_task(
         delivery.execution_progress(execution_id=execution_id)
 
     _execution_step(self, execution_id=execution_id, batch=batch, work=send)
-
-
-@shared_task(acks_late=True)
-def naive_delivery_task(execution_id: int, action_id: int, profile_id: int) -> None:
-    """The design a Django user would write first, kept only as the benchmark's baseline:
-    one task per recipient that renders, sends and saves one row."""
-    delivery.naive_send_one(execution_id=execution_id, action_id=action_id, profile_id=profile_id)

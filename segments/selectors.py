@@ -8,8 +8,9 @@ freeze, snapshot) builds on it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -61,19 +62,50 @@ def segment_estimate(*, segment: Segment) -> int:
     return segment_profiles(segment=segment).count()
 
 
+@dataclass(frozen=True)
+class ReachRule:
+    """What a profile must hold for a message on a channel to reach it: the consent column
+    that must be true (None: no consent asked) and the address column that must not be
+    blank (None: the channel has no address column, e.g. a webhook goes to its preset's
+    URL). The one rule of reach, read two ways: as a condition the database counts
+    (``condition``, for reviews and reach counts) and over one recipient's values already
+    read (``consent_given``, ``address_of``, for the delivery engine's per-row check)."""
+
+    consent: str | None
+    address: str | None
+
+    def condition(self) -> Q:
+        condition = Q()
+        if self.consent:
+            condition &= Q(**{self.consent: True})
+        if self.address:
+            condition &= Q(**{f"{self.address}__isnull": False}) & ~Q(**{self.address: ""})
+        return condition
+
+    def consent_given(self, values: Mapping[str, Any]) -> bool:
+        return self.consent is None or bool(values[self.consent])
+
+    def address_of(self, values: Mapping[str, Any]) -> Any:
+        """The recipient's address on the channel (blank or None: none); None when the
+        channel has no address column."""
+        return values[self.address] if self.address else None
+
+
+def reach_rule(channel: str, *, consent_required: bool) -> ReachRule:
+    """The reach rule of a message on `channel`: the channel's address present and, when
+    consent is required (a marketing message on a channel with consent), that consent
+    given."""
+    consent = (
+        consent_field(channel) if consent_required and channel in ConsentChannel.values else None
+    )
+    return ReachRule(consent=consent, address=ADDRESS_FIELDS.get(channel))
+
+
 def reachable_on(channel: str, *, consent_required: bool) -> Q:
-    """The profiles a message on `channel` can reach, as one condition the database counts:
-    the channel's address present and, when consent is required (a marketing message on a
-    channel with consent), that consent given. What the delivery engine skips as "no
-    address" or "opted out" is what this leaves out; the engine and the reviews count
-    with it."""
-    condition = Q()
-    if consent_required and channel in ConsentChannel.values:
-        condition &= Q(**{consent_field(channel): True})
-    address = ADDRESS_FIELDS.get(channel)
-    if address:
-        condition &= Q(**{f"{address}__isnull": False}) & ~Q(**{address: ""})
-    return condition
+    """The profiles a message on `channel` can reach, as one condition the database counts
+    (``reach_rule``). What the delivery engine skips as "no address" or "opted out" is what
+    this leaves out: both read the same rule."""
+    return reach_rule(channel, consent_required=consent_required).condition()
 
 
 def segment_reach(*, segment: Segment) -> dict[str, Any]:

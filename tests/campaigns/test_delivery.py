@@ -80,7 +80,7 @@ def test_going_live_starts_one_execution_with_one_row_per_action_and_profile():
     assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.PENDING}
     # Planning again adds nothing, and the database refuses a second row for a recipient.
     assert execution.snapshot is not None
-    assert not delivery._insert_deliveries(execution, 1, execution.snapshot.size)
+    assert not delivery.sql.insert_deliveries(execution, 1, execution.snapshot.size)
     row = Delivery.objects.first()
     assert row is not None
     with pytest.raises(IntegrityError), transaction.atomic():

@@ -1,22 +1,36 @@
-"""The retry and back-off policy (campaigns.retries), by its parameters alone."""
+"""The delivery engine's pure policy (campaigns.delivery.policy), by its parameters alone:
+who is reached, when to try again, what a provider's answer means. And the one reach rule
+read both ways: the engine's per-row check agrees with the condition the reviews count,
+for every channel, campaign type, consent and address."""
 
 import datetime as dt
+import itertools
 
 import pytest
 
-from campaigns.choices import DeliveryStatus
-from campaigns.retries import (
+from campaigns.choices import CampaignType, DeliveryReason, DeliveryStatus
+from campaigns.delivery import PROFILE_VALUES
+from campaigns.delivery.policy import (
     RetryPolicy,
     backoff_delay,
+    consent_column,
     provider_answer_outcome,
+    reachable_profiles,
+    recipient_rule,
+    recipient_skip,
     retry_at,
 )
+from channels.choices import ChannelKind
 from channels.providers import (
     PermanentProviderError,
     ProviderError,
     SendResult,
     TransientProviderError,
 )
+from segments.choices import ConsentChannel
+from segments.models import ADDRESS_FIELDS, CONSENT_FIELDS, Profile
+from segments.selectors import reachable_on
+from tests.campaigns.delivery_support import make_profile
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=dt.UTC)
 POLICY = RetryPolicy(max_attempts=4, base_s=5.0, cap_s=60.0)
@@ -118,3 +132,115 @@ def test_an_error_the_backend_did_not_classify_is_retried():
 
     assert outcome.status == DeliveryStatus.PENDING
     assert outcome.next_attempt_at == NOW + dt.timedelta(seconds=5)
+
+
+# --- eligibility --------------------------------------------------------------------------
+
+WEBHOOK_URL = "https://hooks.example.com/salvo"
+MARKETING = CampaignType.MARKETING
+TRANSACTIONAL = CampaignType.TRANSACTIONAL
+
+
+def profile_values(*, consent: bool = True, address: str = "set") -> dict[str, object]:
+    """A recipient's values as the engine reads them: every consent `consent`, every
+    address column set (or blank)."""
+    values: dict[str, object] = dict.fromkeys(PROFILE_VALUES, "")
+    values.update(id=1, external_id="user-1", attributes="{}")
+    values.update(dict.fromkeys(CONSENT_FIELDS, consent))
+    for column in ADDRESS_FIELDS.values():
+        values[column] = f"{column}-value" if address == "set" else ""
+    return values
+
+
+@pytest.mark.parametrize(
+    ("channel", "campaign_type", "consent", "address", "webhook_url", "skip"),
+    [
+        (ChannelKind.EMAIL, MARKETING, True, "set", "", ""),
+        (ChannelKind.EMAIL, MARKETING, False, "set", "", DeliveryReason.OPTED_OUT),
+        (ChannelKind.EMAIL, TRANSACTIONAL, False, "set", "", ""),  # a legal notice
+        (ChannelKind.EMAIL, MARKETING, True, "blank", "", DeliveryReason.NO_ADDRESS),
+        (ChannelKind.EMAIL, TRANSACTIONAL, False, "blank", "", DeliveryReason.NO_ADDRESS),
+        # Opted out and no address: the opt-out is the reason shown.
+        (ChannelKind.SMS, MARKETING, False, "blank", "", DeliveryReason.OPTED_OUT),
+        (ChannelKind.SMS, MARKETING, True, "set", "", ""),
+        (ChannelKind.PUSH, MARKETING, False, "set", "", DeliveryReason.OPTED_OUT),
+        (ChannelKind.PUSH, TRANSACTIONAL, True, "blank", "", DeliveryReason.NO_ADDRESS),
+        # A webhook has no consent and no address column: the preset's URL decides.
+        (ChannelKind.WEBHOOK, MARKETING, False, "blank", WEBHOOK_URL, ""),
+        (ChannelKind.WEBHOOK, MARKETING, True, "set", "", DeliveryReason.NO_ADDRESS),
+    ],
+)
+def test_recipient_skip(channel, campaign_type, consent, address, webhook_url, skip):
+    rule = recipient_rule(channel, campaign_type=campaign_type)
+    values = profile_values(consent=consent, address=address)
+
+    assert recipient_skip(values, rule=rule, webhook_url=webhook_url) == skip
+
+
+@pytest.mark.parametrize("channel", ChannelKind.values)
+@pytest.mark.parametrize("campaign_type", CampaignType.values)
+def test_a_deleted_profile_is_skipped_on_every_channel(channel, campaign_type):
+    rule = recipient_rule(channel, campaign_type=campaign_type)
+
+    assert recipient_skip(None, rule=rule, webhook_url=WEBHOOK_URL) == (
+        DeliveryReason.PROFILE_DELETED
+    )
+
+
+@pytest.mark.parametrize(
+    ("channel", "campaign_type", "column"),
+    [
+        (ChannelKind.EMAIL, MARKETING, "consent_email"),
+        (ChannelKind.SMS, MARKETING, "consent_sms"),
+        (ChannelKind.PUSH, MARKETING, "consent_push"),
+        (ChannelKind.WEBHOOK, MARKETING, None),  # no consent to ask
+        (ChannelKind.EMAIL, TRANSACTIONAL, None),
+        (ChannelKind.SMS, TRANSACTIONAL, None),
+    ],
+)
+def test_consent_column(channel, campaign_type, column):
+    assert consent_column(channel, campaign_type=campaign_type) == column
+
+
+def _reach_cases():
+    # Every channel × campaign type × consent × address × webhook URL.
+    return itertools.product(
+        ChannelKind.values, CampaignType.values, (True, False), ("set", "blank"), ("", WEBHOOK_URL)
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("channel", "campaign_type", "consent", "address", "webhook_url"), list(_reach_cases())
+)
+def test_the_engine_and_the_reviews_read_one_reach_rule(
+    channel, campaign_type, consent, address, webhook_url
+):
+    """The per-row check the engine makes over a recipient's values, and the condition the
+    reviews and reach counts give the database, decide the same for one stored profile."""
+    blank = address == "blank"
+    profile = make_profile(
+        **dict.fromkeys(CONSENT_FIELDS, consent),
+        **({column: "" for column in ADDRESS_FIELDS.values()} if blank else {}),
+    )
+    (values,) = Profile.objects.filter(pk=profile.pk).values(*PROFILE_VALUES)
+    rule = recipient_rule(channel, campaign_type=campaign_type)
+    condition = reachable_profiles(
+        channel=channel, campaign_type=campaign_type, webhook_url=webhook_url
+    )
+
+    by_row = recipient_skip(values, rule=rule, webhook_url=webhook_url) == ""
+    by_database = Profile.objects.filter(condition, pk=profile.pk).exists()
+
+    assert by_row == by_database
+    # The segments' own reach (what a segment's reach counts) agrees too, where the
+    # channel has an address column (a webhook's reach is its preset's, not a profile's).
+    if channel in ADDRESS_FIELDS:
+        marketing = campaign_type == MARKETING
+        on_channel = reachable_on(channel, consent_required=marketing)
+        assert Profile.objects.filter(on_channel, pk=profile.pk).exists() == by_row
+    # Not a rule that admits everyone or no one: consent and address both matter.
+    expected = (not blank if channel in ADDRESS_FIELDS else bool(webhook_url)) and (
+        consent or campaign_type != MARKETING or channel not in ConsentChannel.values
+    )
+    assert by_row == expected
