@@ -5,7 +5,11 @@ import datetime as dt
 from django.core.validators import RegexValidator
 from django.db import models
 
-from .choices import ConsentChannel, ConsentSource, SegmentKind
+# The channel columns' facts live in choices (the channel registry reads them without the
+# models) and are re-exported here, where their readers have always found them.
+from .choices import ADDRESS_FIELDS as ADDRESS_FIELDS
+from .choices import CONSENT_FIELDS as CONSENT_FIELDS
+from .choices import ConsentChannel, ConsentSource, SegmentKind, consent_field
 from .validators import validate_attributes, validate_external_id
 
 E164_PATTERN = r"^\+[1-9]\d{6,14}$"
@@ -28,22 +32,6 @@ PROFILE_DATA_FIELDS = (
     "attributes",
     "is_test",
 )
-
-
-def consent_field(channel: str) -> str:
-    """The Profile column holding a channel's consent, e.g. "consent_email"."""
-    return f"consent_{ConsentChannel(channel).value}"
-
-
-CONSENT_FIELDS = tuple(consent_field(channel) for channel in ConsentChannel.values)
-# The Profile column holding each consent channel's address: a message of that channel goes
-# to that column's value, and a profile with it blank cannot be reached there (the delivery
-# engine skips it as "no address"; a segment's reach counts it out).
-ADDRESS_FIELDS: dict[str, str] = {
-    ConsentChannel.EMAIL: "email",
-    ConsentChannel.SMS: "phone",
-    ConsentChannel.PUSH: "push_token",
-}
 
 
 class Profile(models.Model):
