@@ -21,7 +21,7 @@ validate_e164 = RegexValidator(
 )
 
 # A profile's own data: what the admin or an API call sets and what a message can use
-# (an import sets the same, less `is_test`: see segments.imports).
+# (an import sets the same, less `is_test`: see segments.imports.reading).
 PROFILE_DATA_FIELDS = (
     "external_id",
     "email",
