@@ -46,7 +46,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
 from ..choices import ConsentChannel, ImportFormat
-from ..models import E164_PATTERN, validate_e164
+from ..models import E164_PATTERN, PROFILE_TEXT_FIELDS, profile_column, validate_e164
 from ..rules import ATTRIBUTE_KEY
 from ..validators import (
     EXTERNAL_ID_UNSAFE,
@@ -63,13 +63,9 @@ from ..validators import (
 MAX_LINE_BYTES = 1024 * 1024
 # Files are read and decoded this many bytes at a time (then completed to a whole line).
 BLOCK_BYTES = 256 * 1024
-TEXT_LIMITS = {
-    "external_id": 255,
-    "email": 254,
-    "phone": 32,
-    "push_token": 512,
-    "locale": 16,
-    "time_zone": 64,
+# Each text column's length limit, the model's.
+TEXT_LIMITS: dict[str, int] = {
+    name: int(profile_column(name).max_length or 0) for name in PROFILE_TEXT_FIELDS
 }
 # Profile fields an import does not set, and why: a file names them and is told so,
 # rather than having them stored as free attributes of the same name.

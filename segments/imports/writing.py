@@ -19,26 +19,21 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
-from ..choices import ConsentChannel, ConsentSource
-from ..models import Profile, Segment
+from ..choices import ConsentChannel, ConsentSource, consent_field
+from ..models import PROFILE_TEXT_FIELDS, Profile, Segment
 from ..validators import AttributeLimits, attributes_size, attributes_size_problem
 from .reading import CHANNELS, SPECIAL_CHARACTERS, Piece, Rejected, Row, RowBatch, join_rows
 
 STAGE = "salvo_profile_import"
+# The profile's text columns besides the key, as the model has them.
+TEXT_COLUMNS = tuple(name for name in PROFILE_TEXT_FIELDS if name != "external_id")
 STAGE_COLUMNS = (
     "external_id",
-    "email",
-    "phone",
-    "push_token",
-    "locale",
-    "time_zone",
+    *TEXT_COLUMNS,
     "attributes",
     "attribute_reset",
-    "consent_email",
-    "consent_sms",
-    "consent_push",
+    *(consent_field(channel) for channel in CHANNELS),
 )
-TEXT_COLUMNS = ("email", "phone", "push_token", "locale", "time_zone")
 
 
 def create_stage(cursor: Any, vendor: str) -> None:
@@ -46,11 +41,11 @@ def create_stage(cursor: Any, vendor: str) -> None:
     cursor.execute(f"DROP TABLE IF EXISTS {STAGE}")
     # The chunk's rows are distinct already; SQLite's UPDATE … FROM plans better with the key.
     key = "" if vendor == "postgresql" else " PRIMARY KEY"
+    texts = "".join(f"{name} text, " for name in TEXT_COLUMNS)
+    consents = ", ".join(f"{consent_field(channel)} boolean" for channel in CHANNELS)
     cursor.execute(
-        f"CREATE TEMPORARY TABLE {STAGE} (external_id varchar(255){key}, "
-        "email text, phone text, push_token text, locale text, time_zone text, "
-        f"attributes {json_type}, attribute_reset text, "
-        "consent_email boolean, consent_sms boolean, consent_push boolean)"
+        f"CREATE TEMPORARY TABLE {STAGE} (external_id varchar(255){key}, {texts}"
+        f"attributes {json_type}, attribute_reset text, {consents})"
     )
 
 
@@ -58,11 +53,7 @@ def _stage_values(row: Row) -> tuple[Any, ...]:
     values, consent = row.values, row.consent
     return (
         row.external_id,
-        values.get("email"),
-        values.get("phone"),
-        values.get("push_token"),
-        values.get("locale"),
-        values.get("time_zone"),
+        *(values.get(name) for name in TEXT_COLUMNS),
         row.attributes_json(),
         # SQLite's json_patch merges nested objects; removing the keys first makes a
         # file's attribute replace the stored one whole, as PostgreSQL's `||` does.
@@ -95,16 +86,10 @@ def _copy_text(rows: Iterable[Row]) -> str:
         values, consent = row.values, row.consent
         fields = (
             row.external_id,
-            values.get("email", ""),
-            values.get("phone", ""),
-            values.get("push_token", ""),
-            values.get("locale", ""),
-            values.get("time_zone", ""),
+            *(values.get(name, "") for name in TEXT_COLUMNS),
             row.attributes_json() or "",
             "",
-            COPY_BOOLEAN[consent.get("email")],
-            COPY_BOOLEAN[consent.get("sms")],
-            COPY_BOOLEAN[consent.get("push")],
+            *(COPY_BOOLEAN[consent.get(channel)] for channel in CHANNELS),
         )
         line = "\t".join(fields)
         if line.count("\t") != width - 1 or COPY_SPECIAL.search(line):
