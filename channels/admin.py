@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from config.admin_site import ListTitledAdmin
 
 from . import services
-from .choices import CHANNEL_FIELDS_SCRIPT, CHANNELS, SENDER_FIELDS
+from .choices import ALL_SENDER_FIELDS, CHANNEL_FIELDS_SCRIPT, CHANNELS, SENDER_FIELDS
 from .models import MessagePreset
 from .providers import backend_choices
 
@@ -26,7 +26,7 @@ class MessagePresetAdmin(ListTitledAdmin):
     search_fields = (
         "name",
         "description",
-        *(f for fields in SENDER_FIELDS.values() for f in fields),
+        *ALL_SENDER_FIELDS,
     )
     search_help_text = "Search names, descriptions and sender settings."
 

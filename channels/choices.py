@@ -116,6 +116,10 @@ CHANNELS_WITH_SUBJECT: frozenset[str] = frozenset(
 SENDER_FIELDS: dict[str, tuple[str, ...]] = {
     kind: channel.sender_fields for kind, channel in CHANNELS.items()
 }
+# Every channel's sender settings: the preset's columns a caller may set besides its own.
+ALL_SENDER_FIELDS: tuple[str, ...] = tuple(
+    name for channel in CHANNELS.values() for name in channel.sender_fields
+)
 
 # The sender setting each channel cannot go without (read as `channels.models.REQUIRED_SENDER_FIELD`
 # too, where the preset's check uses it).
