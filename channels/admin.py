@@ -12,19 +12,10 @@ from django.http import HttpRequest
 from config.admin_site import ListTitledAdmin
 
 from . import services
-from .choices import CHANNEL_FIELDS_SCRIPT, SENDER_FIELDS, ChannelKind
-from .models import REQUIRED_SENDER_FIELD, MessagePreset
+from .choices import ALL_SENDER_FIELDS, CHANNEL_FIELDS_SCRIPT, CHANNELS, SENDER_FIELDS
+from .models import MessagePreset
 from .providers import backend_choices
 
-SENDER_TITLES: dict[str, str] = {
-    ChannelKind.EMAIL: "Email sender",
-    ChannelKind.SMS: "SMS sender",
-    ChannelKind.PUSH: "Push application",
-    ChannelKind.WEBHOOK: "Webhook endpoint",
-}
-SENDER_FIELDSETS: dict[str, tuple[str, tuple[str, ...]]] = {
-    kind: (SENDER_TITLES[kind], fields) for kind, fields in SENDER_FIELDS.items()
-}
 DELIVERY_FIELDS = ("backend", "rate_limit_per_second")
 
 
@@ -35,7 +26,7 @@ class MessagePresetAdmin(ListTitledAdmin):
     search_fields = (
         "name",
         "description",
-        *(f for fields in SENDER_FIELDS.values() for f in fields),
+        *ALL_SENDER_FIELDS,
     )
     search_help_text = "Search names, descriptions and sender settings."
 
@@ -48,29 +39,29 @@ class MessagePresetAdmin(ListTitledAdmin):
 
     @admin.display(description="sender")
     def sender(self, obj: MessagePreset) -> str:
-        field = REQUIRED_SENDER_FIELD.get(obj.channel)
-        return (getattr(obj, field) if field else "") or "—"
+        channel = CHANNELS.get(obj.channel)
+        return (getattr(obj, channel.required_sender_field) if channel else "") or "—"
 
     def get_fieldsets(self, request: HttpRequest, obj: MessagePreset | None = None) -> Any:
         head: list[tuple[str | None, dict[str, Any]]] = [
             (None, {"fields": ("name", "channel", "description")})
         ]
         delivery = ("Delivery", {"fields": DELIVERY_FIELDS, "classes": ("collapse",)})
-        if obj is not None and obj.channel in SENDER_FIELDSETS:
-            title, fields = SENDER_FIELDSETS[obj.channel]
-            return [*head, (title, {"fields": fields}), delivery]
+        if obj is not None and obj.channel in CHANNELS:
+            channel = CHANNELS[obj.channel]
+            return [*head, (channel.sender_title, {"fields": channel.sender_fields}), delivery]
         # A new preset: every channel's settings; only the chosen channel's are used.
         return [
             *head,
             *(
                 (
-                    title,
+                    channel.sender_title,
                     {
-                        "fields": fields,
-                        "description": f"Only for {ChannelKind(kind).label} presets.",
+                        "fields": channel.sender_fields,
+                        "description": f"Only for {channel.label} presets.",
                     },
                 )
-                for kind, (title, fields) in SENDER_FIELDSETS.items()
+                for channel in CHANNELS.values()
             ),
             delivery,
         ]

@@ -1,4 +1,24 @@
+"""The channels and, in one registry, what each has: a new channel is one entry here.
+
+``CHANNELS`` is the registry (NetBox's ``Choice(value, label, color)`` grown to a channel's
+facts). It lives beside ``ChannelKind`` rather than in a module of its own because the
+names derived from it (``CHANNELS_WITH_SUBJECT``, ``SENDER_FIELDS``, ``subject_refusal``)
+are read from here by the services, forms and proofs; a registry module importing
+``ChannelKind`` from here could not be re-exported here without a cycle.
+
+The profile's columns of a channel (its address, its consent) are facts of the profile,
+which ``segments`` owns and must read without importing ``channels`` (the layers are
+config → campaigns → channels → segments): they are written once in ``segments.choices``
+and each entry here points at them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 from django.db import models
+
+from segments.choices import ADDRESS_FIELDS, ConsentChannel, consent_field
 
 
 class ChannelKind(models.TextChoices):
@@ -8,33 +28,111 @@ class ChannelKind(models.TextChoices):
     WEBHOOK = "webhook", "Webhook"
 
 
-# What each channel's message and preset have besides a body: read by the services (which
-# refuse what a channel has not), the admin forms (which show only the chosen channel's
-# fields) and the script that hides the others in the browser.
+@dataclass(frozen=True)
+class Channel:
+    """What one channel's messages, presets and recipients have besides a body."""
 
-# The static script that does it (channels/static/channels/channel_fields.js).
+    kind: ChannelKind
+    # Whether its message has a subject (an email's subject, a push's title, the "subject"
+    # of a webhook's JSON); the services refuse one on a channel without (an SMS is its
+    # body alone), and whether an action cannot go without one (an email).
+    has_subject: bool
+    subject_required: bool
+    # The preset's sender settings (who the message comes from), the one it cannot go
+    # without, and the title of their fieldset in the preset's admin.
+    sender_fields: tuple[str, ...]
+    required_sender_field: str
+    sender_title: str
+    # The environment variable naming the channel's default provider backend
+    # (``settings.SALVO_PROVIDER_BACKENDS[kind]``).
+    backend_setting: str
+
+    @property
+    def label(self) -> str:
+        return str(self.kind.label)
+
+    @property
+    def address_field(self) -> str | None:
+        """The Profile column a message goes to; None: the preset's URL (a webhook)."""
+        return ADDRESS_FIELDS.get(self.kind)
+
+    @property
+    def consent_field(self) -> str | None:
+        """The Profile column a marketing message needs true; None: no consent to ask."""
+        return consent_field(self.kind) if self.kind in ConsentChannel.values else None
+
+
+CHANNELS: dict[str, Channel] = {
+    channel.kind: channel
+    for channel in (
+        Channel(
+            kind=ChannelKind.EMAIL,
+            has_subject=True,
+            subject_required=True,
+            sender_fields=("from_name", "from_email", "reply_to"),
+            required_sender_field="from_email",
+            sender_title="Email sender",
+            backend_setting="SALVO_EMAIL_BACKEND",
+        ),
+        Channel(
+            kind=ChannelKind.SMS,
+            has_subject=False,
+            subject_required=False,
+            sender_fields=("sms_sender_id",),
+            required_sender_field="sms_sender_id",
+            sender_title="SMS sender",
+            backend_setting="SALVO_SMS_BACKEND",
+        ),
+        Channel(
+            kind=ChannelKind.PUSH,
+            has_subject=True,
+            subject_required=False,
+            sender_fields=("push_app_id",),
+            required_sender_field="push_app_id",
+            sender_title="Push application",
+            backend_setting="SALVO_PUSH_BACKEND",
+        ),
+        Channel(
+            kind=ChannelKind.WEBHOOK,
+            has_subject=True,
+            subject_required=False,
+            sender_fields=("webhook_url",),
+            required_sender_field="webhook_url",
+            sender_title="Webhook endpoint",
+            backend_setting="SALVO_WEBHOOK_BACKEND",
+        ),
+    )
+}
+
+# The static script that shows only the chosen channel's fields in the browser, reading the
+# facts below from the rendered form (channels/static/channels/channel_fields.js).
 CHANNEL_FIELDS_SCRIPT = "channels/channel_fields.js"
 
-# The channels whose message has a subject: an email's subject, a push's title, the
-# "subject" of a webhook's JSON. An SMS is its body alone.
+# Read by the services (which refuse what a channel has not), the admin forms (which show
+# only the chosen channel's fields) and that script.
 CHANNELS_WITH_SUBJECT: frozenset[str] = frozenset(
-    {ChannelKind.EMAIL, ChannelKind.PUSH, ChannelKind.WEBHOOK}
+    kind for kind, channel in CHANNELS.items() if channel.has_subject
+)
+SENDER_FIELDS: dict[str, tuple[str, ...]] = {
+    kind: channel.sender_fields for kind, channel in CHANNELS.items()
+}
+# Every channel's sender settings: the preset's columns a caller may set besides its own.
+ALL_SENDER_FIELDS: tuple[str, ...] = tuple(
+    name for channel in CHANNELS.values() for name in channel.sender_fields
 )
 
-# The sender settings of a preset of each channel (who the message comes from).
-SENDER_FIELDS: dict[str, tuple[str, ...]] = {
-    ChannelKind.EMAIL: ("from_name", "from_email", "reply_to"),
-    ChannelKind.SMS: ("sms_sender_id",),
-    ChannelKind.PUSH: ("push_app_id",),
-    ChannelKind.WEBHOOK: ("webhook_url",),
+# The sender setting each channel cannot go without (read as `channels.models.REQUIRED_SENDER_FIELD`
+# too, where the preset's check uses it).
+REQUIRED_SENDER_FIELD: dict[str, str] = {
+    kind: channel.required_sender_field for kind, channel in CHANNELS.items()
 }
 
 
 def subject_refusal(channel: str) -> str:
     """Why an action of ``channel`` cannot carry a subject ('' when it can)."""
-    if channel in CHANNELS_WITH_SUBJECT or channel not in ChannelKind.values:
+    if channel not in CHANNELS or CHANNELS[channel].has_subject:
         return ""
     return (
-        f"An {ChannelKind(channel).label} message has no subject; leave it empty "
+        f"An {CHANNELS[channel].label} message has no subject; leave it empty "
         "(only the body is sent)."
     )

@@ -2,15 +2,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
-from .choices import ChannelKind
-
-# The sender setting each channel cannot go without.
-REQUIRED_SENDER_FIELD: dict[str, str] = {
-    ChannelKind.EMAIL: "from_email",
-    ChannelKind.SMS: "sms_sender_id",
-    ChannelKind.PUSH: "push_app_id",
-    ChannelKind.WEBHOOK: "webhook_url",
-}
+from .choices import REQUIRED_SENDER_FIELD, ChannelKind
 
 
 class MessagePreset(models.Model):

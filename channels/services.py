@@ -18,6 +18,7 @@ from django.db.models import ProtectedError
 
 from config.permissions import require_perms
 
+from .choices import ALL_SENDER_FIELDS
 from .models import MessagePreset
 
 # What the services let a caller set; the rest (ids, times) is the database's.
@@ -25,12 +26,7 @@ PRESET_FIELDS = (
     "name",
     "channel",
     "description",
-    "from_name",
-    "from_email",
-    "reply_to",
-    "sms_sender_id",
-    "push_app_id",
-    "webhook_url",
+    *ALL_SENDER_FIELDS,
     "backend",
     "rate_limit_per_second",
 )

@@ -16,6 +16,7 @@ import environ
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
+from channels.choices import CHANNELS
 from config.logging import JSON_FORMATTER as JSON_LOG_FORMATTER
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -477,13 +478,10 @@ if SALVO_RATELIMIT_BACKEND == "redis" and not SALVO_RATELIMIT_REDIS_URL:
 # e.g. SALVO_EMAIL_BACKEND=channels.providers.email.EmailBackend (SMTP through Django's
 # email machinery, EMAIL_URL below) and SALVO_SMS_BACKEND=channels.providers.http.SmsBackend.
 # Tests and benchmarks point the real backends at the local sinks (channels/sinks.py).
+# Each channel's variable (SALVO_EMAIL_BACKEND…) is named by the channel registry.
 SALVO_PROVIDER_BACKENDS = {
-    "email": env.str("SALVO_EMAIL_BACKEND", default="channels.providers.console.ConsoleBackend"),
-    "sms": env.str("SALVO_SMS_BACKEND", default="channels.providers.console.ConsoleBackend"),
-    "push": env.str("SALVO_PUSH_BACKEND", default="channels.providers.console.ConsoleBackend"),
-    "webhook": env.str(
-        "SALVO_WEBHOOK_BACKEND", default="channels.providers.console.ConsoleBackend"
-    ),
+    str(kind): env.str(channel.backend_setting, default="channels.providers.console.ConsoleBackend")
+    for kind, channel in CHANNELS.items()
 }
 # Provider backends a preset may name besides the shipped ones and the defaults above: dotted
 # paths, comma-separated (e.g. myproject.providers.AcmeSmsBackend). Each class declares the

@@ -26,7 +26,14 @@ from config.admin_site import ListTitledAdmin
 
 from . import selectors, services
 from .choices import ConsentChannel, ConsentSource, ImportFormat, SegmentKind
-from .models import CONSENT_FIELDS, PROFILE_DATA_FIELDS, Profile, Segment
+from .models import (
+    CONSENT_FIELDS,
+    PROFILE_DATA_FIELDS,
+    PROFILE_TEXT_FIELDS,
+    Profile,
+    Segment,
+    consent_field,
+)
 from .rules import rule_catalogue, rule_errors
 from .validators import JsonTooDeep, check_json_nesting, json_max_depth
 
@@ -99,18 +106,18 @@ class ProfileAdmin(ListTitledAdmin):
         "email",
         "phone",
         "locale",
-        *[f"consent_{c}" for c in ConsentChannel.values],
+        *CONSENT_FIELDS,
         "created_at",
     ]
-    list_filter = ["consent_email", "consent_sms", "consent_push", "is_test", "created_at"]
+    list_filter = [*CONSENT_FIELDS, "is_test", "created_at"]
     search_fields = ["^external_id", "^email", "^phone"]
     readonly_fields = ["consent_history", "created_at", "updated_at"]
     fieldsets = [
-        (None, {"fields": ["external_id", "email", "phone", "push_token", "locale", "time_zone"]}),
+        (None, {"fields": list(PROFILE_TEXT_FIELDS)}),
         ("Attributes", {"fields": ["attributes"]}),
         (
             "Consent (checked = may receive marketing)",
-            {"fields": ["consent_email", "consent_sms", "consent_push", "consent_history"]},
+            {"fields": [*CONSENT_FIELDS, "consent_history"]},
         ),
         ("Proofs", {"fields": ["is_test"]}),
         ("Dates", {"fields": ["created_at", "updated_at"]}),
@@ -138,7 +145,7 @@ class ProfileAdmin(ListTitledAdmin):
             for name in PROFILE_DATA_FIELDS
             if name in form.cleaned_data
         }
-        consent = {c: form.cleaned_data[f"consent_{c}"] for c in ConsentChannel.values}
+        consent = {c: form.cleaned_data[consent_field(c)] for c in ConsentChannel.values}
         if change:
             saved = services.profile_update(
                 profile=obj, data=data, consent=consent, source=ConsentSource.ADMIN

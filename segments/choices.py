@@ -14,6 +14,27 @@ class ConsentChannel(models.TextChoices):
     PUSH = "push", "Push"
 
 
+# The Profile columns of each channel a profile is reached on, written here once (this app
+# owns the profile) and read by the channel registry (``channels.choices.CHANNELS``), which
+# segments must not import.
+
+
+def consent_field(channel: str) -> str:
+    """The Profile column holding a channel's consent, e.g. "consent_email"."""
+    return f"consent_{ConsentChannel(channel).value}"
+
+
+CONSENT_FIELDS = tuple(consent_field(channel) for channel in ConsentChannel.values)
+# The Profile column holding each consent channel's address: a message of that channel goes
+# to that column's value, and a profile with it blank cannot be reached there (the delivery
+# engine skips it as "no address"; a segment's reach counts it out).
+ADDRESS_FIELDS: dict[str, str] = {
+    ConsentChannel.EMAIL: "email",
+    ConsentChannel.SMS: "phone",
+    ConsentChannel.PUSH: "push_token",
+}
+
+
 class ConsentSource(models.TextChoices):
     """Where the last change of a consent came from (kept beside the change time)."""
 

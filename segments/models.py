@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.core.validators import RegexValidator
 from django.db import models
 
-from .choices import ConsentChannel, ConsentSource, SegmentKind
+# The channel columns' facts live in choices (the channel registry reads them without the
+# models) and are re-exported here, where their readers have always found them.
+from .choices import ADDRESS_FIELDS as ADDRESS_FIELDS
+from .choices import CONSENT_FIELDS as CONSENT_FIELDS
+from .choices import ConsentChannel, ConsentSource, SegmentKind, consent_field
 from .validators import validate_attributes, validate_external_id
 
 E164_PATTERN = r"^\+[1-9]\d{6,14}$"
@@ -15,35 +20,6 @@ validate_e164 = RegexValidator(
     "(e.g. +33612345678).",
     code="invalid_phone",
 )
-
-# A profile's own data: what the admin or an API call sets and what a message can use
-# (an import sets the same, less `is_test`: see segments.imports).
-PROFILE_DATA_FIELDS = (
-    "external_id",
-    "email",
-    "phone",
-    "push_token",
-    "locale",
-    "time_zone",
-    "attributes",
-    "is_test",
-)
-
-
-def consent_field(channel: str) -> str:
-    """The Profile column holding a channel's consent, e.g. "consent_email"."""
-    return f"consent_{ConsentChannel(channel).value}"
-
-
-CONSENT_FIELDS = tuple(consent_field(channel) for channel in ConsentChannel.values)
-# The Profile column holding each consent channel's address: a message of that channel goes
-# to that column's value, and a profile with it blank cannot be reached there (the delivery
-# engine skips it as "no address"; a segment's reach counts it out).
-ADDRESS_FIELDS: dict[str, str] = {
-    ConsentChannel.EMAIL: "email",
-    ConsentChannel.SMS: "phone",
-    ConsentChannel.PUSH: "push_token",
-}
 
 
 class Profile(models.Model):
@@ -144,6 +120,50 @@ class Profile(models.Model):
         setattr(self, f"{field}_changed_at", at)
         setattr(self, f"{field}_source", source)
         return True
+
+
+# A profile's columns by use, derived from the model so that a new column is one field: its
+# doors, imports, messages and rules follow (or an entry below says why not).
+#
+# A profile's own data: what the admin or an API call sets and what a message can use
+# (an import sets the same, less `is_test`: see `segments.imports.reading.NOT_IMPORTED`).
+# Every editable column but the key and those kept apart here, with why:
+NOT_PROFILE_DATA: dict[str, str] = {
+    **dict.fromkeys(
+        CONSENT_FIELDS,
+        "consent changes through `consent` ({channel: bool}), which records when and "
+        "through which door (Profile.set_consent)",
+    ),
+}
+PROFILE_DATA_FIELDS: tuple[str, ...] = tuple(
+    field.name
+    for field in Profile._meta.concrete_fields
+    if field.editable and not field.primary_key and field.name not in NOT_PROFILE_DATA
+)
+
+
+def profile_column(name: str) -> models.Field[Any, Any]:
+    """The Profile column called `name` (its label, length limit…)."""
+    field = Profile._meta.get_field(name)
+    if not isinstance(field, models.Field) or not field.concrete:
+        raise LookupError(f"Profile has no column {name!r}.")
+    return field
+
+
+# The data held as text: an import reads them as cells, each within its column's max_length.
+PROFILE_TEXT_FIELDS: tuple[str, ...] = tuple(
+    name for name in PROFILE_DATA_FIELDS if isinstance(profile_column(name), models.CharField)
+)
+# The data a message's content reads (``{{ profile.email }}``) and a segment's rules compare
+# as text, all of it but:
+NOT_CONTENT: dict[str, str] = {
+    "push_token": "a device's credential for the push provider, not the person's data",
+    "attributes": "read by their own keys (``profile.plan``, ``attributes.plan``)",
+    "is_test": "whether a colleague receives proofs, not the person's data",
+}
+PROFILE_CONTENT_FIELDS: tuple[str, ...] = tuple(
+    name for name in PROFILE_DATA_FIELDS if name not in NOT_CONTENT
+)
 
 
 class Segment(models.Model):

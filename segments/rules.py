@@ -65,13 +65,16 @@ from django.db import connection
 from django.db.models import BooleanField, Expression, Func, Q
 from django.db.models.fields.json import compile_json_path  # type: ignore[attr-defined]
 from django.utils import timezone
+from django.utils.text import capfirst
 
-from .choices import ConsentChannel
+from .choices import ConsentChannel, consent_field
+from .models import PROFILE_CONTENT_FIELDS, profile_column
 
 Node = Any
 Value = Any
 
-TEXT_FIELDS = ("external_id", "email", "phone", "locale", "time_zone")
+# The profile columns a rule compares as text: those a message can show.
+TEXT_FIELDS = PROFILE_CONTENT_FIELDS
 DATE_FIELDS = ("created_at", "updated_at")
 OPERATORS = (
     "eq",
@@ -192,7 +195,7 @@ def parse_field(name: Value) -> FieldRef | str:
             return f'unknown consent channel "{channel}"; use one of ' + ", ".join(
                 f"consent.{c}" for c in ConsentChannel.values
             )
-        return FieldRef("consent", f"consent_{channel}")
+        return FieldRef("consent", consent_field(channel))
     if name.startswith("attributes."):
         path = tuple(name.removeprefix("attributes.").split("."))
         for key in path:
@@ -408,11 +411,7 @@ OPERATOR_LABELS: dict[str, str] = {
     "within_days": "is within the last (days)",
 }
 FIELD_LABELS: dict[str, str] = {
-    "external_id": "External id",
-    "email": "Email",
-    "phone": "Phone",
-    "locale": "Locale",
-    "time_zone": "Time zone",
+    **{name: capfirst(str(profile_column(name).verbose_name)) for name in TEXT_FIELDS},
     "created_at": "Created",
     "updated_at": "Updated",
 }

@@ -14,14 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from segments.models import PROFILE_CONTENT_FIELDS
+
 if TYPE_CHECKING:
     from segments.models import Profile
 
 __all__ = ["PROFILE_FIELDS", "profile_context", "read_only"]
 
-# Profile fields exposed to content; attributes are added beside them (and under
-# ``attributes``), never over them.
-PROFILE_FIELDS = ("external_id", "email", "phone", "locale", "time_zone")
+# Profile fields exposed to content (the model's, less what segments.models.NOT_CONTENT keeps
+# back); attributes are added beside them (and under ``attributes``), never over them.
+PROFILE_FIELDS = PROFILE_CONTENT_FIELDS
 
 
 def _refuse_change(self: Any, *args: Any, **kwargs: Any) -> NoReturn:

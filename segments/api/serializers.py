@@ -11,7 +11,7 @@ from rest_framework import serializers
 
 from config.api import JSONField
 from segments.choices import ConsentChannel, ImportFormat, SegmentKind
-from segments.models import Profile, Segment
+from segments.models import PROFILE_DATA_FIELDS, Profile, Segment
 
 
 class ConsentSerializer(serializers.Serializer):
@@ -36,14 +36,7 @@ class ProfileSerializer(serializers.ModelSerializer):
         model = Profile
         fields = [
             "id",
-            "external_id",
-            "email",
-            "phone",
-            "push_token",
-            "locale",
-            "time_zone",
-            "attributes",
-            "is_test",
+            *PROFILE_DATA_FIELDS,
             "consent",
             "consent_changes",
             "created_at",

@@ -1,9 +1,8 @@
 """The column-wise CSV path against the row-by-row one, on generated files.
 
-A CSV batch is checked, typed and rendered a column at a time (`segments.imports`,
-`segments.services`); each row can also go alone through `_csv_row`. Both must keep the
-same rows with the same values, reject the same lines for the same reasons, and write the
-same text.
+A CSV batch is checked, typed and rendered a column at a time (`segments.imports`);
+each row can also go alone through `_csv_row`. Both must keep the same rows with the same
+values, reject the same lines for the same reasons, and write the same text.
 """
 
 import csv
@@ -14,8 +13,9 @@ import re
 
 import pytest
 
-from segments import imports, services
-from segments.imports import ImportRefused, Rejected, Row, RowBatch, read_rows
+from segments import services
+from segments.imports import ImportRefused, Rejected, Row, RowBatch, read_rows, writing
+from segments.imports import reading as imports
 from segments.models import Profile
 from tests.segments.factories import ProfileFactory
 
@@ -263,9 +263,9 @@ def test_batches_render_the_text_the_file_says(seed):
         records = file_records(text)
         for batch in column_wise(text, batch_rows=rng.choice([3, 10_000]))[2]:
             rows = batch.rows()
-            assert services._batch_copy_text(batch) == services._copy_text(rows), text
-            new_profiles = copy_rows(services._new_profiles_copy_text(batch), null="\\N")
-            staged = copy_rows(services._batch_copy_text(batch), null="")
+            assert writing._batch_copy_text(batch) == writing._copy_text(rows), text
+            new_profiles = copy_rows(writing._new_profiles_copy_text(batch), null="\\N")
+            staged = copy_rows(writing._batch_copy_text(batch), null="")
             expected = [expected_profile(records[r.external_id]) for r in rows]
             assert [new_profile_fields(fields) for fields in new_profiles] == expected, text
             assert [stage_fields(fields) for fields in staged] == expected, text

@@ -1,10 +1,11 @@
 """Reading profile files (CSV, JSON lines) with flat memory.
 
-This module only parses and checks rows; `services.profiles_import` writes them. JSON
-lines come one `Row` at a time. CSV rows come in `RowBatch`es checked column by column
-(each check one C-level pass over a column, which is what makes an import of 50,000
-rows a second possible in Python); a row a column check does not pass goes through the
-row-by-row checks, which reject it with its line number and reason or keep it.
+This module only parses and checks rows; `writing` writes them for
+`services.profiles_import`. JSON lines come one `Row` at a time. CSV rows come in
+`RowBatch`es checked column by column (each check one C-level pass over a column, which is
+what makes an import of 50,000 rows a second possible in Python); a row a column check
+does not pass goes through the row-by-row checks, which reject it with its line number and
+reason or keep it.
 
 File-level problems (binary data, not UTF-8, a line longer than `MAX_LINE_BYTES`, a CSV
 without an `external_id` column, an attribute column whose key is over the length limit, a
@@ -44,10 +45,10 @@ from typing import IO, Any, NamedTuple
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
-from .choices import ConsentChannel, ImportFormat
-from .models import E164_PATTERN, validate_e164
-from .rules import ATTRIBUTE_KEY
-from .validators import (
+from ..choices import ConsentChannel, ImportFormat
+from ..models import E164_PATTERN, PROFILE_TEXT_FIELDS, profile_column, validate_e164
+from ..rules import ATTRIBUTE_KEY
+from ..validators import (
     EXTERNAL_ID_UNSAFE,
     AttributeLimits,
     JsonTooDeep,
@@ -62,13 +63,9 @@ from .validators import (
 MAX_LINE_BYTES = 1024 * 1024
 # Files are read and decoded this many bytes at a time (then completed to a whole line).
 BLOCK_BYTES = 256 * 1024
-TEXT_LIMITS = {
-    "external_id": 255,
-    "email": 254,
-    "phone": 32,
-    "push_token": 512,
-    "locale": 16,
-    "time_zone": 64,
+# Each text column's length limit, the model's.
+TEXT_LIMITS: dict[str, int] = {
+    name: int(profile_column(name).max_length or 0) for name in PROFILE_TEXT_FIELDS
 }
 # Profile fields an import does not set, and why: a file names them and is told so,
 # rather than having them stored as free attributes of the same name.
