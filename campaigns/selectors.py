@@ -33,7 +33,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_fsm import can_proceed
 
-from channels.choices import ChannelKind
+from channels.choices import CHANNELS, ChannelKind
 from channels.models import REQUIRED_SENDER_FIELD
 from channels.rendering import TemplateContentError, validate_content
 from config.permissions import require_perms
@@ -406,7 +406,7 @@ def version_activation_errors(*, version: CampaignVersion | None, now: dt.dateti
                     ReviewCode.EMPTY_BODY, f"{channel} action: the body is empty.", f"{where}.body"
                 )
             )
-        if action.channel == "email" and not action.subject.strip():
+        if CHANNELS[action.channel].subject_required and not action.subject.strip():
             errors.append(
                 _error(
                     ReviewCode.MISSING_SUBJECT,
