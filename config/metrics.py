@@ -36,9 +36,10 @@ from django.conf import settings
 from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 
-# Multiprocess mode is chosen by this variable, read when a metric is created: set it first.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", settings.SALVO_METRICS_DIR)
-Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+# Multiprocess mode is chosen by this variable, read when a metric is created: set it first
+# (from the setting, never inherited from a parent process with another folder).
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = settings.SALVO_METRICS_DIR
+Path(settings.SALVO_METRICS_DIR).mkdir(parents=True, exist_ok=True)
 
 from prometheus_client import (  # noqa: E402
     CONTENT_TYPE_LATEST,
@@ -90,7 +91,7 @@ def worker_metrics_serve(**_: object) -> None:
     (the multiprocess folder) on SALVO_WORKER_METRICS_PORT, when set."""
     if settings.SALVO_WORKER_METRICS_PORT:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry, path=settings.SALVO_METRICS_DIR)
         start_http_server(
             settings.SALVO_WORKER_METRICS_PORT,
             addr=settings.SALVO_WORKER_METRICS_ADDRESS,
@@ -223,5 +224,5 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         )
     registry = CollectorRegistry()
     registry.register(SalvoCollector())
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry, path=settings.SALVO_METRICS_DIR)
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

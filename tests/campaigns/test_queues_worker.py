@@ -12,7 +12,7 @@ import pytest
 from campaigns.choices import CampaignStatus, DeliveryStatus
 from campaigns.models import Delivery, Execution
 from channels.sinks import running_sinks
-from config.metrics import queue_depths
+from config.metrics import queue_depths, scheduler_last_tick
 from tests.campaigns.delivery_support import SMALL_BATCHES, campaign_status, wait_for_status
 from tests.campaigns.factories import activate_acknowledged, make_campaign, webhook_action
 from tests.channels.factories import MessagePresetFactory
@@ -90,3 +90,14 @@ def test_a_batch_at_its_soft_time_limit_hands_back_the_rest_and_sends_nothing_tw
     assert [key for key, times in receptions.items() if times > 1] == []
     rows = Delivery.objects.filter(execution__campaign=campaign)
     assert set(rows.values_list("status", "attempts").distinct()) == {(DeliveryStatus.SENT, 1)}
+
+
+def test_the_schedulers_routine_ticks_log_nothing_at_info(celery_process_factory):
+    worker = celery_process_factory("worker")
+    beat = celery_process_factory("beat", extra_env={"SALVO_SCHEDULER_INTERVAL_S": "0.5"})
+    first = wait_until(lambda: scheduler_last_tick() or 0.0, message="no scheduler tick ran")
+    wait_until(lambda: (scheduler_last_tick() or 0.0) > first, message="only one tick ran")
+
+    assert "Sending due task" not in beat.log()
+    assert "Task salvo.campaigns.scheduler_tick[" not in worker.log()  # received, succeeded
+    assert "beat: Starting..." in beat.log()  # beat's other lines still show at INFO
