@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 
 @shared_task(
-    name="salvo.campaigns.activate",
+    name="campaigns.tasks.campaign_activation_task",
     bind=True,
     acks_late=True,
     max_retries=None,
@@ -36,7 +36,7 @@ def campaign_activation_task(self: Task, campaign_id: int) -> None:
 
 
 @shared_task(
-    name="salvo.campaigns.scheduler_tick",
+    name="campaigns.tasks.scheduler_tick",
     soft_time_limit=settings.SALVO_CONTROL_TASK_SOFT_LIMIT_S,
     time_limit=settings.SALVO_CONTROL_TASK_HARD_LIMIT_S,
 )
@@ -51,7 +51,7 @@ def scheduler_tick() -> None:
 
 
 @shared_task(
-    name="salvo.campaigns.send_proofs",
+    name="campaigns.tasks.proof_send_task",
     acks_late=True,
     soft_time_limit=settings.SALVO_CONTROL_TASK_SOFT_LIMIT_S,
     time_limit=settings.SALVO_CONTROL_TASK_HARD_LIMIT_S,
@@ -86,7 +86,7 @@ def _execution_step(
 
 
 @shared_task(
-    name="salvo.delivery.plan",
+    name="campaigns.tasks.execution_plan_task",
     bind=True,
     acks_late=True,
     max_retries=None,
@@ -105,7 +105,7 @@ def execution_plan_task(self: Task, execution_id: int) -> None:
 
 
 @shared_task(
-    name="salvo.delivery.send_batch",
+    name="campaigns.tasks.delivery_batch_task",
     bind=True,
     acks_late=True,
     max_retries=None,

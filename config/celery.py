@@ -23,7 +23,7 @@ signals.task_postrun.connect(graceful_stop.task_finished, weak=False)
 signals.beat_init.connect(graceful_stop.let_beat_finish_its_tick, weak=False)
 
 # Tasks that run every few seconds whatever happens: their lines say nothing new.
-ROUTINE_TASKS = frozenset({"salvo.campaigns.scheduler_tick"})
+ROUTINE_TASKS = frozenset({"campaigns.tasks.scheduler_tick"})
 
 
 class RoutineTasksAtDebug(logging.Filter):

@@ -61,7 +61,7 @@ _soft_limit_reached = False
 logger = logging.getLogger(__name__)
 
 #: Tasks that ask ``stop_requested()`` between chunks: their soft time limit stops them there.
-STOPS_CLEANLY_AT_SOFT_LIMIT = frozenset({"salvo.delivery.send_batch"})
+STOPS_CLEANLY_AT_SOFT_LIMIT = frozenset({"campaigns.tasks.delivery_batch_task"})
 
 
 def stop_requested() -> bool:

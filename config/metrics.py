@@ -52,8 +52,8 @@ from prometheus_client import (  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 from prometheus_client.registry import Collector  # noqa: E402
 
-SCHEDULER_TICK_TASK = "salvo.campaigns.scheduler_tick"
-DELIVERY_BATCH_TASK = "salvo.delivery.send_batch"
+SCHEDULER_TICK_TASK = "campaigns.tasks.scheduler_tick"
+DELIVERY_BATCH_TASK = "campaigns.tasks.delivery_batch_task"
 SCHEDULER_LAST_TICK_KEY = "salvo:scheduler:last-tick"
 
 BATCH_DURATION = Histogram(

@@ -338,13 +338,15 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # or the scheduler: `control` (the scheduler's tick, activation, planning, proofs: short
 # steps) and `delivery` (batches). Routed by task name; a task not listed goes to `control`.
 # A worker consumes both (`-Q control,delivery`, as `make run`'s), or one of them (README,
-# "Production"). The names are Salvo's own, not the modules': code can move freely.
+# "Production"). Each task's name is written in its decorator, the one it always had (where
+# it was defined): messages queued before an upgrade still find their task, and the code can
+# move to other modules without renaming anything in flight.
 CELERY_TASK_DEFAULT_QUEUE = "control"
 SALVO_DELIVERY_QUEUE = "delivery"
 SALVO_QUEUES = (CELERY_TASK_DEFAULT_QUEUE, SALVO_DELIVERY_QUEUE)
 # Declared, so that a worker started without -Q consumes both.
 CELERY_TASK_QUEUES = [Queue(name, Exchange(name), routing_key=name) for name in SALVO_QUEUES]
-CELERY_TASK_ROUTES = {"salvo.delivery.send_batch": {"queue": SALVO_DELIVERY_QUEUE}}
+CELERY_TASK_ROUTES = {"campaigns.tasks.delivery_batch_task": {"queue": SALVO_DELIVERY_QUEUE}}
 # Time limits per kind of task, in seconds (Celery's soft and hard limits). At the soft limit
 # a delivery batch finishes the chunk it is sending and puts the rest of the batch back in
 # the queue, as at a graceful stop (config/graceful_stop.py); a control step (activation,
@@ -383,7 +385,7 @@ SALVO_SCHEDULER_INTERVAL_S = env.float("SALVO_SCHEDULER_INTERVAL_S", default=2.0
 SALVO_ACTIVATION_RETRY_AFTER_S = env.float("SALVO_ACTIVATION_RETRY_AFTER_S", default=60.0)
 CELERY_BEAT_SCHEDULE = {
     "campaigns-scheduler-tick": {
-        "task": "salvo.campaigns.scheduler_tick",
+        "task": "campaigns.tasks.scheduler_tick",
         "schedule": SALVO_SCHEDULER_INTERVAL_S,
         "options": {"expires": SALVO_SCHEDULER_INTERVAL_S * 5},
     },

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from campaigns.choices import CampaignStatus, DeliveryStatus
-from campaigns.models import Delivery, Execution
+from campaigns.models import Campaign, Delivery, Execution
 from channels.sinks import running_sinks
 from config.metrics import queue_depths, scheduler_last_tick
 from tests.campaigns.delivery_support import SMALL_BATCHES, campaign_status, wait_for_status
@@ -24,6 +24,14 @@ pytestmark = [pytest.mark.worker, pytest.mark.timeout(180)]
 Status = CampaignStatus
 
 
+def wait_until_planned(campaign: Campaign) -> None:
+    wait_until(
+        lambda: Execution.objects.filter(campaign=campaign, planning_done=True).exists(),
+        timeout=60,
+        message="the control worker never activated and planned the campaign",
+    )
+
+
 def test_a_delivery_backlog_never_delays_an_activation(celery_process_factory):
     ProfileFactory.create_batch(60)
     # Every batch queued at once (no window): 6 batches of 10 wait in the delivery queue.
@@ -34,22 +42,14 @@ def test_a_delivery_backlog_never_delays_an_activation(celery_process_factory):
         celery_process_factory("worker", "-Q", "control", extra_env=env)
         first = make_campaign(actions=[webhook_action(preset=hook)])
         activate_acknowledged(campaign=first)
-        wait_until(
-            lambda: Execution.objects.filter(campaign=first, planning_done=True).exists(),
-            timeout=60,
-            message="the control worker never planned the campaign",
-        )
+        wait_until_planned(first)
         wait_until(lambda: queue_depths()["delivery"] == 6, message="batches not queued")
         assert campaign_status(first) == Status.LIVE
 
         # The backlog stays where it is, and the next campaign activates and plans anyway.
         second = make_campaign(actions=[webhook_action(preset=hook)])
         activate_acknowledged(campaign=second)
-        wait_until(
-            lambda: Execution.objects.filter(campaign=second, planning_done=True).exists(),
-            timeout=60,
-            message="the second campaign waited behind the first one's batches",
-        )
+        wait_until_planned(second)  # not waiting behind the first one's batches
         assert queue_depths() == {"control": 0, "delivery": 12}
         assert sink.received() == []
 
@@ -82,7 +82,7 @@ def test_a_batch_at_its_soft_time_limit_hands_back_the_rest_and_sends_nothing_tw
         wait_for_status(campaign, Status.COMPLETED, timeout=150)
 
         log = worker.log()
-        assert "salvo.delivery.send_batch reached its soft time limit (1 s)" in log
+        assert "campaigns.tasks.delivery_batch_task reached its soft time limit (1 s)" in log
         assert "SoftTimeLimitExceeded" not in log
         assert "ERROR" not in log
         receptions = Counter(r["delivery_id"] for r in sink.attempts("webhook") if r["accepted"])
@@ -99,5 +99,5 @@ def test_the_schedulers_routine_ticks_log_nothing_at_info(celery_process_factory
     wait_until(lambda: (scheduler_last_tick() or 0.0) > first, message="only one tick ran")
 
     assert "Sending due task" not in beat.log()
-    assert "Task salvo.campaigns.scheduler_tick[" not in worker.log()  # received, succeeded
+    assert "Task campaigns.tasks.scheduler_tick[" not in worker.log()  # received, succeeded
     assert "beat: Starting..." in beat.log()  # beat's other lines still show at INFO

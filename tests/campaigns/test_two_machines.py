@@ -19,7 +19,7 @@ from tests.segments.factories import ProfileFactory
 pytestmark = [pytest.mark.postgres, pytest.mark.worker, pytest.mark.timeout(300)]
 
 Status = CampaignStatus
-BATCH_SENT = re.compile(r"Task salvo\.delivery\.send_batch\[[0-9a-f-]+\] succeeded")
+BATCH_SENT = re.compile(r"Task campaigns\.tasks\.delivery_batch_task\[[0-9a-f-]+\] succeeded")
 
 
 def test_two_workers_and_two_schedulers_start_and_send_everything_once(celery_process_factory):
