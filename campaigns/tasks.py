@@ -21,7 +21,14 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@shared_task(bind=True, acks_late=True, max_retries=None)
+@shared_task(
+    name="campaigns.tasks.campaign_activation_task",
+    bind=True,
+    acks_late=True,
+    max_retries=None,
+    soft_time_limit=settings.SALVO_CONTROL_TASK_SOFT_LIMIT_S,
+    time_limit=settings.SALVO_CONTROL_TASK_HARD_LIMIT_S,
+)
 def campaign_activation_task(self: Task, campaign_id: int) -> None:
     from . import services
 
@@ -34,7 +41,11 @@ def campaign_activation_task(self: Task, campaign_id: int) -> None:
         raise self.retry(exc=error, countdown=retry_in) from error
 
 
-@shared_task
+@shared_task(
+    name="campaigns.tasks.scheduler_tick",
+    soft_time_limit=settings.SALVO_CONTROL_TASK_SOFT_LIMIT_S,
+    time_limit=settings.SALVO_CONTROL_TASK_HARD_LIMIT_S,
+)
 def scheduler_tick() -> None:
     """Run by the beat scheduler: start due campaigns, revive lost activations and stalled
     deliveries."""
@@ -47,7 +58,12 @@ def scheduler_tick() -> None:
     delivery.executions_resume_stalled()
 
 
-@shared_task(acks_late=True)
+@shared_task(
+    name="campaigns.tasks.proof_send_task",
+    acks_late=True,
+    soft_time_limit=settings.SALVO_CONTROL_TASK_SOFT_LIMIT_S,
+    time_limit=settings.SALVO_CONTROL_TASK_HARD_LIMIT_S,
+)
 def proof_send_task(proof_ids: list[int]) -> None:
     """Send the proofs one request asked for (see campaigns.proofs)."""
     from . import proofs
@@ -81,7 +97,14 @@ def _execution_step(
     return result
 
 
-@shared_task(bind=True, acks_late=True, max_retries=None)
+@shared_task(
+    name="campaigns.tasks.execution_plan_task",
+    bind=True,
+    acks_late=True,
+    max_retries=None,
+    soft_time_limit=settings.SALVO_CONTROL_TASK_SOFT_LIMIT_S,
+    time_limit=settings.SALVO_CONTROL_TASK_HARD_LIMIT_S,
+)
 def execution_plan_task(self: Task, execution_id: int) -> None:
     """Plan one chunk of the audience; queue the next step while more remains (so that a
     long audience never holds a worker, and batches already queued go first)."""
@@ -94,7 +117,14 @@ def execution_plan_task(self: Task, execution_id: int) -> None:
         execution_plan_task.delay(execution_id)
 
 
-@shared_task(bind=True, acks_late=True, max_retries=None)
+@shared_task(
+    name="campaigns.tasks.delivery_batch_task",
+    bind=True,
+    acks_late=True,
+    max_retries=None,
+    soft_time_limit=settings.SALVO_DELIVERY_TASK_SOFT_LIMIT_S,
+    time_limit=settings.SALVO_DELIVERY_TASK_HARD_LIMIT_S,
+)
 def delivery_batch_task(
     self: Task, execution_id: int, action_id: int, first_profile_id: int, last_profile_id: int
 ) -> None:

@@ -1,6 +1,8 @@
 """The Celery application: settings come from Django's, under the CELERY_ prefix."""
 
+import logging
 import os
+from typing import Any
 
 from celery import Celery, signals
 
@@ -19,3 +21,55 @@ signals.worker_shutting_down.connect(graceful_stop.request_stop, weak=False)
 signals.task_prerun.connect(graceful_stop.task_started, weak=False)
 signals.task_postrun.connect(graceful_stop.task_finished, weak=False)
 signals.beat_init.connect(graceful_stop.let_beat_finish_its_tick, weak=False)
+
+# Tasks that run every few seconds whatever happens: their lines say nothing new.
+ROUTINE_TASKS = frozenset({"campaigns.tasks.scheduler_tick"})
+
+
+class RoutineTasksAtDebug(logging.Filter):
+    """Logs beat's "Sending due task" and the worker's "received"/"succeeded" lines of a
+    routine task at DEBUG instead of INFO: they show with ``-l debug`` only, while every
+    other task's lines, and a routine task's failure, stay as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not self._is_routine(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+    @staticmethod
+    def _is_routine(record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, dict):  # the worker's lines: a context with the task's name
+            return args.get("name") in ROUTINE_TASKS
+        return isinstance(args, tuple) and any(arg in ROUTINE_TASKS for arg in args)
+
+
+# The loggers of beat's sending, the worker's "received", and the "succeeded" trace line.
+for _name in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_name).addFilter(RoutineTasksAtDebug())
+
+
+# Prometheus: batch durations and the scheduler's last tick (config/metrics.py), imported
+# when a worker runs, not when Django loads this package.
+def _metrics_task_started(**kwargs: Any) -> None:
+    from config import metrics
+
+    metrics.task_started(**kwargs)
+
+
+def _metrics_task_finished(**kwargs: Any) -> None:
+    from config import metrics
+
+    metrics.task_finished(**kwargs)
+
+
+def _metrics_worker_init(**kwargs: Any) -> None:
+    from config import metrics
+
+    metrics.worker_metrics_serve(**kwargs)
+
+
+signals.task_prerun.connect(_metrics_task_started, weak=False)
+signals.task_postrun.connect(_metrics_task_finished, weak=False)
+signals.worker_init.connect(_metrics_worker_init, weak=False)

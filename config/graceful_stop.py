@@ -24,6 +24,12 @@ queue and returns; the worker then acknowledges the message and exits. Wired in
   its first task (``task_prerun``), wrapping billiard's; the request ends with its task
   (``task_postrun``), so a pool process sent a stray SIGTERM goes on taking tasks.
 
+The soft time limit of a task that stops cleanly (``STOPS_CLEANLY_AT_SOFT_LIMIT``: a
+delivery batch) asks the same of that task alone: billiard signals the pool
+process (SIGUSR1) and, instead of raising ``SoftTimeLimitExceeded`` in the middle of a
+chunk, the task finishes the chunk in flight and puts the rest back in the queue. Any
+other task gets Celery's exception, as always.
+
 Beat too: Celery's own handler closes the schedule and raises ``SystemExit`` wherever beat
 is, often in the middle of sending a task to the broker (a half-read Redis answer, then a
 "closed shelf" error and exit status 1). ``beat_init`` replaces it with one that lets the
@@ -32,6 +38,7 @@ tick in progress finish: beat then leaves its loop and saves its schedule as usu
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import signal
@@ -48,6 +55,13 @@ _handler_installed_in = 0  # the pid whose SIGTERM handler is ours
 _previous_handler: Any = signal.SIG_DFL
 _task_running = False
 _terms_received = 0
+_soft_limit_handler: Any = None  # billiard's SIGUSR1 handler while ours is installed
+_soft_limit_reached = False
+
+logger = logging.getLogger(__name__)
+
+#: Tasks that ask ``stop_requested()`` between chunks: their soft time limit stops them there.
+STOPS_CLEANLY_AT_SOFT_LIMIT = frozenset({"campaigns.tasks.delivery_batch_task"})
 
 
 def stop_requested() -> bool:
@@ -68,18 +82,38 @@ def mark_pool_process(**_: object) -> None:
     _in_pool_process = True
 
 
-def task_started(**_: object) -> None:
-    global _task_running, _handler_installed_in, _previous_handler
+def task_started(sender: Any = None, **_: object) -> None:
+    global _task_running, _handler_installed_in, _previous_handler, _soft_limit_handler
     if _in_pool_process and _handler_installed_in != os.getpid():
         _previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
         _handler_installed_in = os.getpid()
+    if _in_pool_process and getattr(sender, "name", None) in STOPS_CLEANLY_AT_SOFT_LIMIT:
+        _soft_limit_handler = signal.signal(signal.SIGUSR1, _on_soft_limit)
     _task_running = True
 
 
-def task_finished(**_: object) -> None:
-    global _task_running
+def task_finished(sender: Any = None, **_: object) -> None:
+    global _task_running, _soft_limit_handler, _soft_limit_reached
+    if _soft_limit_reached:
+        logger.warning(
+            "%s reached its soft time limit (%g s): it finished the chunk in flight and put "
+            "the rest back in the queue.",
+            getattr(sender, "name", "A task"),
+            getattr(sender, "soft_time_limit", 0) or 0,
+        )
+        _soft_limit_reached = False
     _task_running = False
     _task_stop.clear()
+    if _soft_limit_handler is not None:
+        signal.signal(signal.SIGUSR1, _soft_limit_handler)  # billiard's, for the next task
+        _soft_limit_handler = None
+
+
+def _on_soft_limit(signum: int, frame: FrameType | None) -> None:
+    # No logging here: the signal may land while this thread holds the logging lock.
+    global _soft_limit_reached
+    _soft_limit_reached = True
+    _task_stop.set()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import environ
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 from channels.choices import CHANNELS
 from config.logging import JSON_FORMATTER as JSON_LOG_FORMATTER
@@ -357,6 +358,46 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Two queues, so that a million-recipient campaign never delays another campaign's activation
+# or the scheduler: `control` (the scheduler's tick, activation, planning, proofs: short
+# steps) and `delivery` (batches). Routed by task name; a task not listed goes to `control`.
+# A worker consumes both (`-Q control,delivery`, as `make run`'s), or one of them (README,
+# "Production"). Each task's name is written in its decorator, the one it always had (where
+# it was defined): messages queued before an upgrade still find their task, and the code can
+# move to other modules without renaming anything in flight.
+CELERY_TASK_DEFAULT_QUEUE = "control"
+SALVO_DELIVERY_QUEUE = "delivery"
+SALVO_QUEUES = (CELERY_TASK_DEFAULT_QUEUE, SALVO_DELIVERY_QUEUE)
+# Declared, so that a worker started without -Q consumes both.
+CELERY_TASK_QUEUES = [Queue(name, Exchange(name), routing_key=name) for name in SALVO_QUEUES]
+CELERY_TASK_ROUTES = {"campaigns.tasks.delivery_batch_task": {"queue": SALVO_DELIVERY_QUEUE}}
+# Time limits per kind of task, in seconds (Celery's soft and hard limits). At the soft limit
+# a delivery batch finishes the chunk it is sending and puts the rest of the batch back in
+# the queue, as at a graceful stop (config/graceful_stop.py); a control step (activation,
+# planning) raises and is run again after its back-off (SALVO_STEP_*). At the hard limit the
+# pool process is killed: the rows of its chunk come back after their lease, its message is
+# delivered again (acks_late). Keep the hard limit a provider timeout or more above the soft.
+SALVO_CONTROL_TASK_SOFT_LIMIT_S = env.float("SALVO_CONTROL_TASK_SOFT_LIMIT_S", default=120.0)
+SALVO_CONTROL_TASK_HARD_LIMIT_S = env.float("SALVO_CONTROL_TASK_HARD_LIMIT_S", default=180.0)
+SALVO_DELIVERY_TASK_SOFT_LIMIT_S = env.float("SALVO_DELIVERY_TASK_SOFT_LIMIT_S", default=300.0)
+SALVO_DELIVERY_TASK_HARD_LIMIT_S = env.float("SALVO_DELIVERY_TASK_HARD_LIMIT_S", default=360.0)
+for _soft, _hard in (
+    ("SALVO_CONTROL_TASK_SOFT_LIMIT_S", "SALVO_CONTROL_TASK_HARD_LIMIT_S"),
+    ("SALVO_DELIVERY_TASK_SOFT_LIMIT_S", "SALVO_DELIVERY_TASK_HARD_LIMIT_S"),
+):
+    if not 0 < globals()[_soft] < globals()[_hard]:
+        raise ImproperlyConfigured(f"{_soft} must be above 0 and below {_hard}.")
+
+# Prometheus metrics at /metrics (config/metrics.py): readable from these addresses, or by
+# a request with "Authorization: Bearer <SALVO_METRICS_TOKEN>" when a token is set. Worker
+# processes record batch durations in SALVO_METRICS_DIR (prometheus-client's multiprocess
+# mode), which /metrics reads when web runs on the same machine (`make run`); a worker
+# machine serves its own on SALVO_WORKER_METRICS_PORT at SALVO_WORKER_METRICS_ADDRESS (0: off).
+SALVO_METRICS_ALLOWED_IPS = env.list("SALVO_METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+SALVO_METRICS_TOKEN = env.str("SALVO_METRICS_TOKEN", default="")
+SALVO_METRICS_DIR = env.str("SALVO_METRICS_DIR", default=str(VAR_DIR / "metrics"))
+SALVO_WORKER_METRICS_PORT = env.int("SALVO_WORKER_METRICS_PORT", default=0)
+SALVO_WORKER_METRICS_ADDRESS = env.str("SALVO_WORKER_METRICS_ADDRESS", default="127.0.0.1")
 
 # How often the scheduler looks for Scheduled campaigns that are due, and how long a
 # campaign may sit in Activating before its activation task is sent again.

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from config.metrics import metrics_view
 from segments.views import unsubscribe
 
 admin.site.site_header = "Salvo"
@@ -19,4 +20,5 @@ urlpatterns = [
     path("api/docs/", api_docs, name="api-docs"),
     path("api-auth/", include("rest_framework.urls")),
     path("unsubscribe/<str:token>/", unsubscribe, name="unsubscribe"),
+    path("metrics", metrics_view, name="metrics"),
 ]

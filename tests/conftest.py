@@ -275,21 +275,15 @@ def _purge_broker() -> None:
     from config.celery import app
 
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(app.conf.task_default_queue)  # type: ignore[attr-defined]
+        for queue in settings.SALVO_QUEUES:
+            conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
 
 
 def _broker_queue_size() -> int:
-    """Messages waiting in the broker's default queue (not yet taken by a worker)."""
-    from config.celery import app
+    """Messages waiting in the broker's queues (not yet taken by a worker)."""
+    from config.metrics import queue_depths
 
-    with app.connection_for_write() as conn:
-        try:
-            declared = conn.default_channel.queue_declare(  # type: ignore[attr-defined]
-                queue=app.conf.task_default_queue, passive=True
-            )
-        except conn.channel_errors:  # Redis keeps no empty queue: it answers "not found"
-            return 0
-        return int(declared.message_count)
+    return sum(queue_depths().values())
 
 
 # "Task campaigns.tasks.x[<id>] received" / "… succeeded in" / "… raised" / "… retry:".

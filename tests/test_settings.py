@@ -132,3 +132,17 @@ def test_check_deploy_is_clean_with_the_required_variables(tmp_path):
 
     assert done.returncode == 0, done.stderr
     assert "no issues" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard"),
+    [
+        ("SALVO_DELIVERY_TASK_SOFT_LIMIT_S", "SALVO_DELIVERY_TASK_HARD_LIMIT_S"),
+        ("SALVO_CONTROL_TASK_SOFT_LIMIT_S", "SALVO_CONTROL_TASK_HARD_LIMIT_S"),
+    ],
+)
+def test_a_soft_time_limit_at_or_above_its_hard_limit_refuses_to_start(tmp_path, soft, hard):
+    line = refusal({soft: "60", hard: "60"}, tmp_path)
+
+    assert line.endswith(f"{soft} must be above 0 and below {hard}.")
+    assert load_settings({soft: "30", hard: "60"}, tmp_path)["SALVO_EMBEDDED"] is True  # starts

@@ -128,8 +128,16 @@ def executions_resume_stalled(*, now: dt.datetime | None = None) -> list[int]:
         if current and current_action is not None:
             batches.append(Batch(execution.pk, current_action, current[0], current[-1]))
         with transaction.atomic():
-            Execution.objects.filter(pk=execution.pk).update(last_progress_at=now)
-            batches_enqueue(batches)
+            # Claimed by moving its progress time on from what was read: a second scheduler
+            # that read the same stall finds it moved (on PostgreSQL, once the first commits)
+            # and leaves it, so two schedulers never resume an execution twice.
+            claimed = Execution.objects.filter(
+                pk=execution.pk, last_progress_at=execution.last_progress_at
+            ).update(last_progress_at=now)
+            if claimed:
+                batches_enqueue(batches)
+        if not claimed:
+            continue
         if not execution.planning_done:
             tasks.execution_plan_task.delay(execution.pk)
         execution_progress(execution_id=execution.pk)

@@ -290,6 +290,8 @@ STOP_ENV = {
 # No scheduler runs in these tests (so no stall check, whose timeout is left at its default
 # of 90 s anyway): what resumes the work must be what the stopped worker put back.
 RESUMED_WITHIN_S = 30.0
+# What `make run` (scripts/supervisord.conf's stopwaitsecs) and the issue promise.
+STOPPED_WITHIN_S = 10.0
 
 
 def raw_receptions(sink: RunningSinks, channel: str) -> Counter[str]:
@@ -311,7 +313,9 @@ def test_a_graceful_stop_mid_send_sends_nothing_twice_and_the_rest_resumes_at_on
         sink.wait_for(3 * STOP_CHUNK, channel="webhook", timeout=60)
 
         received_at_signal = len(sink.attempts("webhook"))
-        assert worker.stop(group=group) == 0, "the worker did not stop cleanly"
+        # Within the 10 s that supervisord (stopwaitsecs) and a deploy give it.
+        assert worker.stop(group=group, timeout=STOPPED_WITHIN_S) == 0, "not a clean stop"
+        assert "ERROR" not in worker.log()
         received_at_exit = len(sink.attempts("webhook"))
 
         # Each of the two pool processes finished at most the chunks it had in flight: one
