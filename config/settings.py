@@ -10,6 +10,7 @@ Two profiles, chosen by environment variables alone:
 Every value is read here and nowhere else; secrets come only from the environment.
 """
 
+import importlib.util
 from pathlib import Path
 
 import environ
@@ -120,6 +121,10 @@ INSTALLED_APPS = [
     "channels",
     "campaigns",
 ]
+# The development tools (local sinks, benchmarks: devtools/) are in the checkout, not in the
+# wheel: installed when importable, so an installed Salvo runs without them.
+if importlib.util.find_spec("devtools") is not None:
+    INSTALLED_APPS.append("devtools")
 
 MIDDLEWARE = [
     # Load balancers' probes, answered before anything else reads the request: no host check
@@ -518,7 +523,7 @@ if SALVO_RATELIMIT_BACKEND == "redis" and not SALVO_RATELIMIT_REDIS_URL:
 # The defaults only log, so the embedded default never reaches the internet. Production sets
 # e.g. SALVO_EMAIL_BACKEND=channels.providers.email.EmailBackend (SMTP through Django's
 # email machinery, EMAIL_URL below) and SALVO_SMS_BACKEND=channels.providers.http.SmsBackend.
-# Tests and benchmarks point the real backends at the local sinks (channels/sinks.py).
+# Tests and benchmarks point the real backends at the local sinks (devtools/sinks/).
 # Each channel's variable (SALVO_EMAIL_BACKEND…) is named by the channel registry.
 SALVO_PROVIDER_BACKENDS = {
     str(kind): env.str(channel.backend_setting, default="channels.providers.console.ConsoleBackend")
@@ -569,7 +574,7 @@ SALVO_EMAIL_API = {
 # call its own or its network's private services (checked when a preset is saved, and
 # after DNS resolution at each send: channels.destinations); on in the embedded default,
 # whose development sinks listen on loopback. Tests and benchmarks that run the production
-# profile against loopback sinks turn it on (channels.sinks provider settings).
+# profile against loopback sinks turn it on (devtools.sinks provider settings).
 SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool(
     "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=SALVO_EMBEDDED
 )

@@ -4,7 +4,7 @@ with the scheduler ticking fast while campaigns are created and activated throug
     .venv/bin/python scripts/soak.py [--seconds 180] [--every 2] [--profiles 100]
 
 Runs on the embedded default only (SQLite and the filesystem broker in ``var/soak``, fresh
-each run), with every channel sent to the local sinks (``channels/sinks.py``). For
+each run), with every channel sent to the local sinks (``devtools/sinks/``). For
 ``--seconds`` it creates a campaign every ``--every`` seconds through ``POST
 /api/campaigns/`` (email, SMS and webhook to ``--profiles`` profiles; every other one
 scheduled 30 s ahead, for the scheduler to start) and activates it through ``POST
@@ -199,8 +199,8 @@ def main() -> int:
         "PYTHONUNBUFFERED": "1",
     }
 
-    from channels.sinks import running_sinks
     from config.processes import stop_process
+    from devtools.sinks import running_sinks
 
     with running_sinks(record=var_dir / "sink.jsonl", content=False) as sink:
         env |= sink.provider_env()
@@ -291,7 +291,7 @@ def drive(options: argparse.Namespace, *, api: Api, base: str, sink: Any, var: P
 def report(figures: dict, *, stack_status: int, var_dir: Path, log_path: Path) -> int:
     from campaigns.choices import DeliveryStatus
     from campaigns.models import Delivery
-    from channels.sinks import count_duplicates
+    from devtools.sinks import count_duplicates
 
     broken: list[str] = []
     campaigns = figures["campaigns"]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from django.test import override_settings
 
-from channels.sinks import RunningSinks, running_sinks
+from devtools.sinks import RunningSinks, running_sinks
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from django.db.models import F
 
 from campaigns import delivery
 from campaigns.models import Campaign, ChannelAction, Delivery, Execution
-from channels.sinks import RunningSinks, running_sinks
+from devtools.sinks import RunningSinks, running_sinks
 from segments.models import Profile, Segment
 from tests.conftest import CeleryProcess, wait_until
 from tests.segments.factories import ProfileFactory, SegmentFactory

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from channels.sinks import RunningSinks
+from devtools.sinks import RunningSinks
 from tests.campaigns.delivery_support import drive
 from tests.campaigns.doors import change_url
 from tests.campaigns.factories import email_action, make_live_campaign, sms_action

@@ -14,7 +14,7 @@ from campaigns import services
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign
 from channels.models import MessagePreset
-from channels.sinks import RunningSinks
+from devtools.sinks import RunningSinks
 from tests.campaigns.delivery_support import plan, send_all
 from tests.campaigns.factories import (
     activate_acknowledged,

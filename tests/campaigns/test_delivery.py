@@ -14,7 +14,7 @@ from django.test import override_settings
 from campaigns import delivery, selectors, services
 from campaigns.choices import CampaignStatus, DeliveryStatus, ExecutionStatus
 from campaigns.models import ChannelAction, Delivery
-from channels.sinks import RunningSinks, running_sinks
+from devtools.sinks import RunningSinks, running_sinks
 from tests.campaigns.delivery_support import (
     drive,
     expected_report,

@@ -11,7 +11,7 @@ import pytest
 
 from campaigns import selectors
 from campaigns.choices import CampaignStatus as Status
-from channels.sinks import running_sinks
+from devtools.sinks import running_sinks
 from tests.campaigns.delivery_support import SMALL_BATCHES, expected_report, wait_for_status
 from tests.campaigns.factories import activate_acknowledged, make_campaign, push_action, sms_action
 from tests.channels.factories import MessagePresetFactory

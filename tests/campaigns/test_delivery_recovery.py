@@ -22,8 +22,8 @@ from campaigns import delivery, selectors, services
 from campaigns.choices import CampaignStatus, DeliveryStatus, ExecutionStatus
 from campaigns.models import Campaign, ChannelAction, Delivery, Execution
 from campaigns.tasks import delivery_batch_task
-from channels.sinks import RunningSinks, running_sinks
 from config.celery import app as celery_app
+from devtools.sinks import RunningSinks, running_sinks
 from segments.models import Profile
 from tests.campaigns.delivery_support import (
     campaign_status,

@@ -23,7 +23,7 @@ from django.db import connection
 from campaigns import selectors
 from campaigns.choices import CampaignStatus, ExecutionStatus
 from campaigns.models import Campaign, Execution
-from channels.sinks import RunningSinks
+from devtools.sinks import RunningSinks
 from tests.campaigns.delivery_support import (
     campaign_status,
     received_delivery_ids,

@@ -14,7 +14,7 @@ from django.db import connection
 from campaigns import selectors, services
 from campaigns.choices import CampaignStatus, CampaignType, DeliveryStatus, ExecutionStatus
 from campaigns.models import Campaign, Delivery, Execution
-from channels.sinks import RunningSinks, running_sinks
+from devtools.sinks import RunningSinks, running_sinks
 from segments.models import Profile
 from tests.campaigns.delivery_support import (
     SMALL_BATCHES,

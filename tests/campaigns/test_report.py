@@ -18,7 +18,7 @@ from django.test.utils import CaptureQueriesContext
 from campaigns import delivery, selectors, services
 from campaigns.choices import DeliveryReason, DeliveryStatus
 from campaigns.models import Delivery, Execution
-from channels.sinks import RunningSinks, running_sinks
+from devtools.sinks import RunningSinks, running_sinks
 from segments.models import Profile
 from tests.campaigns.delivery_support import (
     drive,

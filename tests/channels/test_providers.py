@@ -31,7 +31,7 @@ from channels.providers.http import (
     WebhookBackend,
     verify_webhook_signature,
 )
-from channels.sinks import running_sinks
+from devtools.sinks import running_sinks
 from tests.channels.factories import MessagePresetFactory
 
 # A slow recipient's answer comes long after the client gave up, however busy the machine;

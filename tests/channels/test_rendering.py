@@ -23,7 +23,7 @@ from channels.rendering import (
     validate_content,
 )
 from channels.rendering.budget import Budget, render_limits
-from channels.sinks import running_sinks
+from devtools.sinks import running_sinks
 from segments.models import Profile
 from tests.campaigns.delivery_support import plan, send_all
 from tests.campaigns.factories import make_live_campaign, sms_action

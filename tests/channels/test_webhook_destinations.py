@@ -16,7 +16,7 @@ from campaigns.models import Delivery
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from channels.providers import OutboundMessage, PermanentProviderError
-from channels.sinks import RunningSinks, running_sinks
+from devtools.sinks import RunningSinks, running_sinks
 from tests.campaigns.delivery_support import plan, send_all
 from tests.campaigns.factories import make_live_campaign, webhook_action
 from tests.channels.doors import preset_data

@@ -16,7 +16,7 @@ from django.urls import reverse
 
 from campaigns import delivery
 from campaigns.models import Execution
-from channels.sinks import running_sinks
+from devtools.sinks import running_sinks
 from segments import services
 from segments.imports import ImportRefused
 from segments.models import Profile

@@ -69,8 +69,8 @@ from campaigns.models import Campaign, Delivery, DeliveryCount, DeliveryTimeline
 from campaigns.review import review_warning_codes
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
-from channels.sinks import RunningSinks, count_duplicates, read_records, running_sinks
 from config.processes import stop_process
+from devtools.sinks import RunningSinks, count_duplicates, read_records, running_sinks
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 

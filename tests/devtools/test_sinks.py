@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from channels.sinks import FailureRules, count_duplicates, read_records, running_sinks
-from channels.sinks import rules_from_options as parse_rules
 from config.processes import stop_process
+from devtools.sinks import FailureRules, count_duplicates, read_records, running_sinks
+from devtools.sinks import rules_from_options as parse_rules
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from channels import sinks
+from devtools import sinks
 
 
 class Command(BaseCommand):

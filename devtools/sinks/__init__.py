@@ -1,0 +1,56 @@
+"""Local sink servers: where tests and benchmarks send real email and HTTP traffic.
+
+One process, one asyncio loop, two loopback servers:
+
+* an SMTP sink (aiosmtpd) for ``channels.providers.email.EmailBackend``;
+* an HTTP sink for the SMS, push and webhook backends (any ``POST /<channel>…``), with the
+  bulk endpoints of the SMS, push and email HTTP APIs (``POST /<channel>/batch`` with
+  ``{"messages": [...]}``, answered with one result per message: see
+  ``channels.providers.http``); each message of a bulk request is recorded, and failure
+  rules apply, on its own.
+
+Every attempt is appended to a JSON-lines record file (``channel``, ``delivery_id``, ``to``,
+``status``, ``accepted``, and with ``content`` the headers and body), so other processes can
+count what arrived and find duplicates by delivery id.
+
+The HTTP sink honours ``Idempotency-Key`` (per message ``idempotency_key`` in a bulk
+request) as real providers do: a key it has already accepted is answered with the first
+answer again and is not a new message. Such a repeat is still recorded, with
+``"repeat": true``: ``received()`` leaves repeats out (what the recipient got), while
+``repeats()`` and ``duplicates()`` count them (what was sent twice). The SMTP sink, like
+SMTP itself, has no idempotency key: a repeat there is a second email.
+
+The sinks can be told to fail, per recipient pattern (a regular expression searched in the
+address, phone, token or URL path):
+
+* ``reject``: HTTP 400 / SMTP 550 (permanent);
+* ``flaky`` (``PATTERN:K``): HTTP 503 / SMTP 451 for the first K attempts of each delivery;
+* ``throttle`` (``PATTERN:K:S``): HTTP 429 with ``Retry-After: S`` / SMTP 451, first K attempts;
+* ``slow`` (``PATTERN:S``): answer after S seconds (to trip client timeouts).
+
+Start it with ``manage.py run_sinks`` (or ``python -m devtools.sinks``), or in tests::
+
+    with running_sinks(reject="invalid") as sink:
+        with override_settings(**sink.provider_settings()):
+            ...
+        assert len(sink.received(channel="sms")) == 3
+
+The package needs neither Django nor a database, so the sink starts fast in its own process
+(``running`` imports ``config.processes`` only when it starts one).
+"""
+
+from .cli import add_arguments, rules_from_options, serve
+from .records import count_duplicates, read_records
+from .rules import FailureRules
+from .running import RunningSinks, running_sinks
+
+__all__ = [
+    "FailureRules",
+    "RunningSinks",
+    "add_arguments",
+    "count_duplicates",
+    "read_records",
+    "rules_from_options",
+    "running_sinks",
+    "serve",
+]

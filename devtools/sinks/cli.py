@@ -1,0 +1,99 @@
+"""The options of ``manage.py run_sinks`` and ``python -m devtools.sinks``, and serving
+until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .rules import FailureRules
+from .server import SinkServer
+
+if TYPE_CHECKING:
+    from django.core.management.base import OutputWrapper
+
+
+def _pattern_with_numbers(value: str, count: int) -> tuple[str, list[float]]:
+    """``PATTERN[:N[:M]]`` → pattern and up to ``count`` numbers (split from the right, so
+    the pattern itself may contain colons).
+    """
+    parts = value.rsplit(":", count)
+    numbers: list[float] = []
+    while len(parts) > 1:
+        try:
+            numbers.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    return ":".join(parts), numbers
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``manage.py run_sinks`` and ``python -m devtools.sinks``."""
+    env = os.environ.get
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--smtp-port", type=int, default=int(env("SALVO_SINK_SMTP_PORT", "1025")))
+    parser.add_argument("--http-port", type=int, default=int(env("SALVO_SINK_HTTP_PORT", "8025")))
+    parser.add_argument(
+        "--record",
+        default=env("SALVO_SINK_RECORD", "var/sink-received.jsonl"),
+        help="JSON-lines file that gets one line per attempt.",
+    )
+    parser.add_argument(
+        "--no-content", action="store_true", help="Record ids and status only (benchmarks)."
+    )
+    parser.add_argument("--reject", default=env("SALVO_SINK_REJECT", ""), metavar="PATTERN")
+    parser.add_argument("--flaky", default=env("SALVO_SINK_FLAKY", ""), metavar="PATTERN[:K]")
+    parser.add_argument(
+        "--throttle", default=env("SALVO_SINK_THROTTLE", ""), metavar="PATTERN[:K[:SECONDS]]"
+    )
+    parser.add_argument("--slow", default=env("SALVO_SINK_SLOW", ""), metavar="PATTERN[:SECONDS]")
+
+
+def rules_from_options(options: dict[str, Any]) -> FailureRules:
+    flaky, flaky_numbers = _pattern_with_numbers(options["flaky"] or "", 1)
+    throttle, throttle_numbers = _pattern_with_numbers(options["throttle"] or "", 2)
+    slow, slow_numbers = _pattern_with_numbers(options["slow"] or "", 1)
+    defaults = FailureRules()
+    return FailureRules(
+        reject=options["reject"] or "",
+        flaky=flaky,
+        flaky_times=int(flaky_numbers[0]) if flaky_numbers else defaults.flaky_times,
+        throttle=throttle,
+        throttle_times=int(throttle_numbers[0]) if throttle_numbers else defaults.throttle_times,
+        retry_after_s=throttle_numbers[1] if len(throttle_numbers) > 1 else defaults.retry_after_s,
+        slow=slow,
+        slow_s=slow_numbers[0] if slow_numbers else defaults.slow_s,
+    )
+
+
+def serve(options: dict[str, Any], *, announce: TextIO | OutputWrapper = sys.stdout) -> None:
+    """Run the sinks until SIGINT/SIGTERM; print one JSON line with the ports once ready."""
+
+    async def main() -> None:
+        sink = SinkServer(
+            record=Path(options["record"]),
+            rules=rules_from_options(options),
+            host=options["host"],
+            smtp_port=options["smtp_port"],
+            http_port=options["http_port"],
+            content=not options["no_content"],
+        )
+        await sink.start()
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopped.set)
+        ready = {"smtp_port": sink.smtp_port, "http_port": sink.http_port}
+        announce.write(json.dumps(ready | {"record": str(sink.record)}) + "\n")
+        announce.flush()
+        await stopped.wait()
+        await sink.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,175 @@
+"""The sinks run in a child process for the length of a ``with`` block: its ports, what it
+received, and the settings that send every channel to it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .records import count_duplicates, read_records
+from .rules import FailureRules
+
+SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+EMAIL_API_BACKEND = "channels.providers.email_api.BatchEmailBackend"
+# The checkout's root, where ``python -m devtools.sinks`` finds the package.
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningSinks:
+    """A sink process started by ``running_sinks``: its ports and what it received."""
+
+    host: str
+    smtp_port: int
+    http_port: int
+    record: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def webhook_url(self) -> str:
+        """A URL to give a webhook preset."""
+        return f"{self.http_url}/webhook"
+
+    def attempts(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """Every attempt, accepted or not."""
+        return [r for r in read_records(self.record) if channel in (None, r["channel"])]
+
+    def received(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """Accepted messages, each once: an HTTP repeat of an accepted idempotency key is
+        left out (the provider dropped it)."""
+        return [r for r in self.attempts(channel) if r["accepted"] and not r.get("repeat")]
+
+    def repeats(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """HTTP requests that repeated an idempotency key already accepted."""
+        return [r for r in self.attempts(channel) if r.get("repeat")]
+
+    def duplicates(self) -> int:
+        """Messages sent again after one was accepted (see ``count_duplicates``)."""
+        return count_duplicates(read_records(self.record))
+
+    def wait_for(self, count: int, *, channel: str | None = None, timeout: float = 10.0) -> list:
+        """The accepted messages once at least ``count`` arrived; raises ``TimeoutError``
+        when they have not after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            received = self.received(channel)
+            if len(received) >= count:
+                return received
+            if time.monotonic() > deadline:
+                where = f" on {channel}" if channel else ""
+                raise TimeoutError(
+                    f"The sink received {len(received)} of {count} messages{where} in {timeout:g}s."
+                )
+            time.sleep(0.02)
+
+    def provider_settings(self, *, email_api: bool = False) -> dict[str, Any]:
+        """Settings that send every channel to these sinks, for ``override_settings``; email
+        over SMTP, or with ``email_api`` through the HTTP batch email API."""
+        return {
+            "SALVO_PROVIDER_BACKENDS": {
+                "email": "channels.providers.email.EmailBackend",
+                "sms": "channels.providers.http.SmsBackend",
+                "push": "channels.providers.http.PushBackend",
+                "webhook": "channels.providers.http.WebhookBackend",
+            },
+            # pytest-django swaps EMAIL_BACKEND for locmem; the sink wants real SMTP.
+            "EMAIL_BACKEND": EMAIL_API_BACKEND if email_api else SMTP_BACKEND,
+            "EMAIL_HOST": self.host,
+            "EMAIL_PORT": self.smtp_port,
+            "EMAIL_HOST_USER": "",
+            "EMAIL_HOST_PASSWORD": "",
+            "EMAIL_USE_TLS": False,
+            "EMAIL_USE_SSL": False,
+            "SALVO_SMS_PROVIDER": {"url": f"{self.http_url}/sms", "api_key": "sink-key"},
+            "SALVO_PUSH_PROVIDER": {"url": f"{self.http_url}/push", "api_key": "sink-key"},
+            "SALVO_EMAIL_API": {"url": f"{self.http_url}/email", "api_key": "sink-key"},
+            # The sinks listen on loopback, which production refuses webhooks to.
+            "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": True,
+        }
+
+    def provider_env(self, *, email_api: bool = False) -> dict[str, str]:
+        """The same as environment variables, for worker processes started by tests."""
+        return {
+            "EMAIL_BACKEND": EMAIL_API_BACKEND if email_api else SMTP_BACKEND,
+            "SALVO_EMAIL_API_URL": f"{self.http_url}/email",
+            "SALVO_EMAIL_API_KEY": "sink-key",
+            "SALVO_EMAIL_BACKEND": "channels.providers.email.EmailBackend",
+            "SALVO_SMS_BACKEND": "channels.providers.http.SmsBackend",
+            "SALVO_PUSH_BACKEND": "channels.providers.http.PushBackend",
+            "SALVO_WEBHOOK_BACKEND": "channels.providers.http.WebhookBackend",
+            "EMAIL_URL": f"smtp://{self.host}:{self.smtp_port}",
+            "SALVO_SMS_API_URL": f"{self.http_url}/sms",
+            "SALVO_SMS_API_KEY": "sink-key",
+            "SALVO_PUSH_API_URL": f"{self.http_url}/push",
+            "SALVO_PUSH_API_KEY": "sink-key",
+            "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
+        }
+
+
+@contextlib.contextmanager
+def running_sinks(
+    *,
+    record: Path | str | None = None,
+    content: bool = True,
+    host: str = "127.0.0.1",
+    startup_timeout: float = 10.0,
+    **rules: Any,
+) -> Iterator[RunningSinks]:
+    """Run the sinks in a child process on free loopback ports until the block ends.
+
+    ``rules`` are ``FailureRules`` fields (``reject="bad"``, ``flaky="retry"``,
+    ``flaky_times=2``…). Without ``record`` the attempts go to a temporary file.
+    """
+    # Imported here: the sink's own process (``python -m devtools.sinks``) runs without
+    # Django, and importing ``config`` starts the Celery application.
+    from config.processes import stop_process
+
+    with contextlib.ExitStack() as stack:
+        if record is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="salvo-sink-"))
+            record = Path(folder) / "received.jsonl"
+        command = [sys.executable, "-m", "devtools.sinks", "--host", host, "--record", str(record)]
+        command += ["--smtp-port", "0", "--http-port", "0"]
+        command += FailureRules(**rules).as_args() + ([] if content else ["--no-content"])
+        process = subprocess.Popen(
+            command,
+            cwd=BASE_DIR,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            ready = _read_ready_line(process, startup_timeout)
+            yield RunningSinks(
+                host=host,
+                smtp_port=ready["smtp_port"],
+                http_port=ready["http_port"],
+                record=Path(record),
+            )
+        finally:
+            stop_process(process, grace_s=5)
+            if process.stdout:
+                process.stdout.close()
+
+
+def _read_ready_line(process: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    """The JSON line the child prints once both servers listen."""
+    assert process.stdout is not None
+    readable, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if readable else ""
+    if not line.endswith("\n"):
+        if process.poll() is not None:
+            raise RuntimeError(f"The sink process exited with status {process.returncode}.")
+        raise RuntimeError(f"The sink process did not start within {timeout:g}s.")
+    return json.loads(line)

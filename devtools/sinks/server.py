@@ -1,0 +1,336 @@
+"""The sink process's two loopback servers on one asyncio loop, sharing what they count
+and record: an SMTP sink (aiosmtpd) and an HTTP sink for the SMS, push, webhook and bulk
+APIs (see ``devtools.sinks`` for what each answers)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import IO, Any
+
+from .rules import FailureRules
+
+DELIVERY_ID_HEADER = "X-Salvo-Delivery-Id"
+HEALTH_PATH = "/_sink/health"
+# Keys of an HTTP JSON body that name the recipient, by channel convention.
+_RECIPIENT_KEYS = ("to", "token")
+_HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
+_HTTP_REASONS |= {431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+class Recorder:
+    """Appends one JSON line per attempt; every line is flushed so readers see it at once."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        dumps = json.JSONEncoder(separators=(",", ":")).encode
+        self._file.write("".join(dumps(record) + "\n" for record in records))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class SinkServer:
+    record: Path
+    rules: FailureRules = field(default_factory=FailureRules)
+    host: str = "127.0.0.1"
+    smtp_port: int = 0
+    http_port: int = 0
+    # Keep headers and bodies in the record (tests); off for benchmarks of millions.
+    content: bool = True
+    _attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # The first accepted answer per (channel, idempotency key), as a provider keeps it.
+    _accepted: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    _sequence: int = 0
+    _recorder: Recorder | None = None
+    _servers: list[asyncio.base_events.Server] = field(default_factory=list)
+
+    def _attempt(self, channel: str, key: str) -> int:
+        self._attempts[(channel, key)] += 1
+        return self._attempts[(channel, key)]
+
+    def _next_id(self) -> str:
+        self._sequence += 1
+        return f"sink-{os.getpid()}-{self._sequence}"
+
+    def _record(self, **record: Any) -> None:
+        assert self._recorder is not None
+        record["at"] = time.time()
+        self._recorder.write(record)
+
+    def _record_many(self, records: list[dict[str, Any]]) -> None:
+        assert self._recorder is not None
+        now = time.time()
+        for record in records:
+            record["at"] = now
+        self._recorder.write_many(records)
+
+    async def start(self) -> None:
+        from aiosmtpd.smtp import SMTP
+
+        self._recorder = Recorder(self.record)
+        handler = _SmtpHandler(self)
+        smtp = await asyncio.get_running_loop().create_server(
+            lambda: SMTP(handler, hostname="salvo-sink", ident="Salvo sink"),
+            self.host,
+            self.smtp_port,
+        )
+        http = await asyncio.start_server(self._serve_http, self.host, self.http_port)
+        self._servers = [smtp, http]
+        self.smtp_port = smtp.sockets[0].getsockname()[1]
+        self.http_port = http.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        if self._recorder is not None:
+            self._recorder.close()
+
+    # --- HTTP ------------------------------------------------------------------------
+
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await self._serve_one_request(reader, writer):
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went away, e.g. after its own timeout
+        except asyncio.CancelledError:
+            pass  # the sink is shutting down with this connection still open
+        finally:
+            writer.close()
+
+    async def _serve_one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return False
+        except asyncio.LimitOverrunError:
+            await self._write_response(writer, 431, {"error": "headers too large"}, {}, False)
+            return False
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")
+        method, target, version = request_line.split(" ", 2)
+        headers = {}
+        for line in header_lines:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length") or 0)
+        body = await reader.readexactly(length) if length else b""
+        keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
+        status, answer, extra_headers = await self._answer_http(method, target, headers, body, peer)
+        await self._write_response(writer, status, answer, extra_headers, keep_alive)
+        return keep_alive
+
+    async def _write_response(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        answer: dict[str, Any],
+        extra_headers: dict[str, str],
+        keep_alive: bool,
+    ) -> None:
+        payload = json.dumps(answer).encode()
+        lines = [
+            f"HTTP/1.1 {status} {_HTTP_REASONS.get(status, 'Status')}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(payload)}",
+            f"Connection: {'keep-alive' if keep_alive else 'close'}",
+            *(f"{name}: {value}" for name, value in extra_headers.items()),
+        ]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
+        await writer.drain()
+
+    async def _answer_http(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, peer: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        path = target.split("?", 1)[0]
+        if path == HEALTH_PATH:
+            return 200, {"ok": True}, {}
+        if method != "POST":
+            return 404, {"error": f"{method} {path} is not a sink endpoint"}, {}
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        data = data if isinstance(data, dict) else {}
+        channel = path.strip("/").split("/", 1)[0] or "http"
+        if path.rstrip("/").endswith("/batch") and isinstance(data.get("messages"), list):
+            return await self._answer_batch(channel, path, headers, data["messages"], peer)
+        recipient = next((str(data[k]) for k in _RECIPIENT_KEYS if data.get(k)), path)
+        delivery_id = headers.get("idempotency-key") or (
+            str(data["delivery_id"]) if "delivery_id" in data else None
+        )
+        attempt = self._attempt(channel, delivery_id or recipient)
+        delay = self.rules.delay_for(recipient)
+        if delay:
+            await asyncio.sleep(delay)
+        extra: dict[str, str] = {}
+        first_answer = self._accepted.get((channel, delivery_id)) if delivery_id else None
+        if first_answer is not None:
+            status, answer = 200, first_answer
+        elif self.rules.rejects(recipient):
+            status, answer = 400, {"error": f"Invalid recipient {recipient}"}
+        elif self.rules.fails(recipient, attempt):
+            status, answer = 503, {"error": "Service temporarily unavailable"}
+        elif self.rules.throttles(recipient, attempt):
+            status, answer = 429, {"error": "Too many requests"}
+            extra["Retry-After"] = f"{self.rules.retry_after_s:g}"
+        else:
+            status, answer = 200, {"id": self._next_id()}
+        record = self._attempt_record(channel, delivery_id, recipient, attempt, answer, status)
+        self._remember(channel, delivery_id, answer, record, repeat=first_answer is not None)
+        if self.content:
+            record |= {"path": path, "headers": headers, "raw": body.decode(errors="replace")}
+            # The client's address shows whether a batch reused one connection.
+            record["peer"] = peer
+            record["json"] = data
+        self._record(**record)
+        return status, answer, extra
+
+    @staticmethod
+    def _attempt_record(
+        channel: str,
+        delivery_id: str | None,
+        recipient: str,
+        attempt: int,
+        answer: dict[str, Any],
+        status: int,
+    ) -> dict[str, Any]:
+        """What the sink writes down for one message attempt, single or bulk."""
+        record: dict[str, Any] = {
+            "channel": channel,
+            "delivery_id": delivery_id,
+            "to": recipient,
+            "status": status,
+            "accepted": status == 200,
+            "attempt": attempt,
+        }
+        if status == 200:
+            record["message_id"] = answer["id"]
+        return record
+
+    def _remember(
+        self,
+        channel: str,
+        key: str | None,
+        answer: dict[str, Any],
+        record: dict[str, Any],
+        *,
+        repeat: bool,
+    ) -> None:
+        """Keep an accepted message's answer under its idempotency key; mark a repeat."""
+        if repeat:
+            record["repeat"] = True
+        elif key is not None and record["accepted"]:
+            self._accepted[(channel, key)] = answer
+
+    def _outcome(self, recipient: str, attempt: int) -> dict[str, Any]:
+        """One bulk message's result, by the same rules as a single request."""
+        if self.rules.rejects(recipient):
+            return {"status": 400, "error": f"Invalid recipient {recipient}"}
+        if self.rules.fails(recipient, attempt):
+            return {"status": 503, "error": "Service temporarily unavailable"}
+        if self.rules.throttles(recipient, attempt):
+            return {
+                "status": 429,
+                "error": "Too many requests",
+                "retry_after": self.rules.retry_after_s,
+            }
+        return {"status": 200, "id": self._next_id()}
+
+    async def _answer_batch(
+        self, channel: str, path: str, headers: dict[str, str], messages: list[Any], peer: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        items = [item if isinstance(item, dict) else {} for item in messages]
+        recipients = []
+        for item in items:
+            to = next((item[k] for k in _RECIPIENT_KEYS if item.get(k)), path)
+            recipients.append(",".join(map(str, to)) if isinstance(to, list) else str(to))
+        # A slow recipient holds up the whole request, as one slow provider call would.
+        delay = max((self.rules.delay_for(r) for r in recipients), default=0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        results, records = [], []
+        for item, recipient in zip(items, recipients, strict=True):
+            key = item.get("idempotency_key")
+            delivery_id = str(key) if key is not None else None
+            attempt = self._attempt(channel, delivery_id or recipient)
+            first = self._accepted.get((channel, delivery_id)) if delivery_id else None
+            result = first if first is not None else self._outcome(recipient, attempt)
+            status = result["status"]
+            record = self._attempt_record(channel, delivery_id, recipient, attempt, result, status)
+            self._remember(channel, delivery_id, result, record, repeat=first is not None)
+            if self.content:
+                record |= {"path": path, "headers": headers, "peer": peer, "json": item}
+            results.append(result)
+            records.append(record)
+        self._record_many(records)
+        return 200, {"results": results}, {}
+
+
+class _SmtpHandler:
+    """aiosmtpd handler hooks: refuse, delay or accept each message per the rules."""
+
+    def __init__(self, sink: SinkServer) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if self.sink.rules.rejects(address):
+            self.sink._record(
+                channel="email", delivery_id=None, to=address, status=550, accepted=False
+            )
+            return f"550 5.1.1 <{address}>: Recipient address rejected"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        content: bytes = envelope.content
+        headers = BytesHeaderParser(policy=default_policy).parsebytes(content)
+        delivery_id = headers.get(DELIVERY_ID_HEADER)
+        recipient = ",".join(envelope.rcpt_tos)
+        attempt = self.sink._attempt("email", delivery_id or recipient)
+        rules = self.sink.rules
+        delay = rules.delay_for(recipient)
+        if delay:
+            await asyncio.sleep(delay)
+        if rules.fails(recipient, attempt) or rules.throttles(recipient, attempt):
+            status, reply = 451, "451 4.3.0 Temporary failure, try again later"
+        else:
+            message_id = self.sink._next_id()
+            status, reply = 250, f"250 2.0.0 OK queued as {message_id}"
+        record: dict[str, Any] = {
+            "channel": "email",
+            "delivery_id": delivery_id,
+            "to": recipient,
+            "status": status,
+            "accepted": status == 250,
+            "attempt": attempt,
+        }
+        if self.sink.content:
+            record["peer"] = "{}:{}".format(*session.peer[:2])
+            record["mail_from"] = envelope.mail_from
+            record["headers"] = {name: str(value) for name, value in headers.items()}
+            record["raw"] = content.decode("utf-8", errors="replace")
+        self.sink._record(**record)
+        return reply
