@@ -580,7 +580,7 @@ class Command(BaseCommand):
     def _run_naive(
         self, n: int, channels: list[str], sink: RunningSinks, worker: int, timeout: float
     ) -> float:
-        from campaigns.tasks import naive_delivery_task
+        from devtools.tasks import naive_delivery_task
 
         campaign = self._campaign("naive-", n, channels, sink)
         version = campaign.draft_version

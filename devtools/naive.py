@@ -1,0 +1,43 @@
+"""The delivery benchmark's baseline: the design a Django user would write first.
+
+One Celery task per recipient and channel (``devtools.tasks.naive_delivery_task``) that
+loads, renders, sends and saves one row: a task, a provider connection and a handful of
+queries per recipient. ``manage.py bench_delivery`` measures the engine against it; nothing
+in the product calls it. It reads the product's public pieces only (models, rendering,
+provider backends), so it measures their cost and not a copy of them.
+"""
+
+from django.utils import timezone
+
+from campaigns.choices import DeliveryStatus
+from campaigns.models import ChannelAction, Delivery
+from channels.providers import OutboundMessage, get_backend
+from channels.rendering import profile_context, render_content
+from segments.models import ADDRESS_FIELDS, Profile
+
+
+def naive_send_one(*, execution_id: int, action_id: int, profile_id: int) -> None:
+    """Load, render, send and save one delivery of ``action_id`` to ``profile_id``."""
+    action = ChannelAction.objects.select_related("preset", "version__campaign").get(pk=action_id)
+    profile = Profile.objects.get(pk=profile_id)
+    address_field = ADDRESS_FIELDS.get(action.channel)
+    address = getattr(profile, address_field) if address_field else action.preset.webhook_url
+    subject, body = render_content(
+        subject=action.subject, body=action.body, profile=profile_context(profile)
+    )
+    delivery = Delivery.objects.create(
+        execution_id=execution_id,
+        action=action,
+        version_id=action.version_id,
+        profile_id=profile_id,
+        attempts=1,
+    )
+    message = OutboundMessage(
+        delivery_id=delivery.pk, channel=action.channel, to=address, subject=subject, body=body
+    )
+    with get_backend(action.preset) as backend:
+        result = backend.send(message)
+    delivery.status = DeliveryStatus.SENT
+    delivery.provider_message_id = result.provider_message_id
+    delivery.sent_at = timezone.now()
+    delivery.save()
