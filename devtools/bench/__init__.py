@@ -1,0 +1,46 @@
+"""The delivery benchmark, end to end, against the naive design in the same run.
+
+    manage.py bench_delivery --profiles 1000000 --channels email,sms [--workers 2]
+                             [--naive-profiles 5000] [--smtp-profiles 10000]
+
+Meant for PostgreSQL + Redis (`make services`); it runs on the embedded default too, slowly.
+It generates the profiles (kept between runs), starts the local sink servers and a worker
+with N processes, activates a campaign and measures, from activation to Completed:
+deliveries per second, time from Live to the first message at a sink, and the peak RSS of
+each worker process (sampled from /proc). Then, on a smaller audience, the naive design —
+one Celery task per recipient that renders, sends and saves one row — as a ratio. It counts
+messages accepted twice for one delivery id at the sinks.
+
+Email goes through the HTTP batch email API (``channels.providers.email_api``), as a
+high-volume sender's would; a separate run over SMTP on a smaller audience is printed as a
+human line (not in the JSON), so that both figures are known.
+
+Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/``, of its
+admin change page, ``GET /admin/campaigns/campaign/{id}/change/`` (with its live report),
+and of that page's refresh, ``GET /admin/campaigns/campaign/{id}/report/`` (JSON), once it
+has completed: each the median of a few requests through Django's request handler in this
+process, as a logged-in superuser (middleware, view, queries, templates; no network). The
+same pages of a campaign to 1,000 profiles × the same channels, which the same worker
+completes next, are timed with them (the `_1k` keys): the requests go round the pages in
+turn once the worker has stopped, both campaigns' rows in the tables, so a page whose time
+grows with the deliveries shows as a gap between the two sizes.
+
+And the CSV export of its deliveries, ``GET /api/campaigns/{id}/deliveries/?format=csv``,
+from a web process of its own (``manage.py runserver``, DEBUG off) over loopback: rows per
+second from the request to the last byte, and the peak RSS of that process while it
+streams (sampled from /proc).
+
+Human lines first; the last line is one JSON object with exactly the keys `profiles`,
+`channels`, `deliveries_per_s`, `first_message_s`, `worker_peak_rss_mb`,
+`naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`, `admin_page_ms`,
+`admin_report_ms`, `report_ms_1k`, `admin_page_ms_1k`, `admin_report_ms_1k`,
+`export_rows_per_s`, `export_peak_rss_mb`.
+
+``DeliveryBenchmark`` (``delivery``) runs it; ``data`` generates the profiles and campaigns,
+``processes`` starts and samples the worker and the web process, ``pages`` times the pages.
+"""
+
+from .delivery import DeliveryBenchmark
+from .errors import BenchmarkError
+
+__all__ = ["BenchmarkError", "DeliveryBenchmark"]

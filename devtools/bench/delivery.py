@@ -1,0 +1,224 @@
+"""The delivery benchmark's runs: the engine on the big audience, a small campaign whose
+pages are timed beside the big one's, the naive baseline, and email over SMTP; then one
+summary (see ``devtools.bench``)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+
+from campaigns import services
+from campaigns.choices import CampaignStatus, DeliveryStatus, ExecutionStatus
+from campaigns.models import Campaign, Delivery, Execution
+from campaigns.review import review_warning_codes
+from devtools.sinks import RunningSinks, count_duplicates, read_records, running_sinks
+from devtools.tasks import naive_delivery_task
+from segments.models import Profile
+
+from .data import campaign_create, earlier_runs_delete, profiles_ensure
+from .errors import BenchmarkError
+from .pages import pages_ms
+from .processes import broker_purge, children, csv_export_measure, rss_mb, running_worker
+
+# The small campaign whose pages are timed beside the big one's (the `_1k` keys).
+SMALL_PROFILES = 1000
+
+
+@dataclass
+class DeliveryBenchmark:
+    """One benchmark run: ``run`` says its human lines through ``say`` and returns the
+    summary (the JSON line's keys)."""
+
+    say: Callable[[str], None]
+    workers: int = 2
+    timeout: float = 3600.0
+
+    def run(
+        self, *, profiles: int, channels: list[str], naive_profiles: int, smtp_profiles: int
+    ) -> dict[str, Any]:
+        n = profiles
+        if connection.vendor != "postgresql" or not settings.CELERY_BROKER_URL.startswith("redis"):
+            self.say(
+                "warning: the targets are for PostgreSQL + Redis (eval $(make services-env)); "
+                f"running on {connection.vendor} + {settings.CELERY_BROKER_URL.split(':')[0]}."
+            )
+        earlier_runs_delete()
+        started = time.monotonic()
+        profiles_ensure("bench-", n, say=self.say)
+        profiles_ensure("small-", SMALL_PROFILES, say=self.say)
+        if naive_profiles:
+            profiles_ensure("naive-", naive_profiles, say=self.say)
+        if smtp_profiles:
+            profiles_ensure("smtp-", smtp_profiles, say=self.say)
+        self.say(f"profiles ready in {time.monotonic() - started:.1f}s")
+        broker_purge()
+        with tempfile.TemporaryDirectory(prefix="salvo-bench-") as folder:
+            record = Path(folder) / "sink.jsonl"
+            with (
+                running_sinks(record=record, content=False) as sink,
+                self._worker(sink, Path(folder), email_api=True) as worker,
+            ):
+                big, result = self._run_engine("bench-", n, channels, sink, worker)
+                small = self._run_small(channels, sink, worker)
+                naive = self._run_naive(naive_profiles, channels, sink) if naive_profiles else 0.0
+            # With the worker stopped, both campaigns' rows in the tables.
+            pages = pages_ms({"": big, "_1k": small}, say=self.say)
+            smtp: dict[str, float] = {}
+            if smtp_profiles:
+                with (
+                    running_sinks(record=record, content=False) as sink,
+                    self._worker(sink, Path(folder), email_api=False) as worker,
+                ):
+                    _, smtp = self._run_engine("smtp-", smtp_profiles, channels, sink, worker)
+            duplicates = count_duplicates(read_records(record))
+        self.say(f"naive design: {naive:.1f} deliveries/s on {naive_profiles} profiles")
+        if smtp:
+            self.say(
+                f"email over SMTP instead of the HTTP batch API: "
+                f"{smtp['deliveries_per_s']:.0f} deliveries/s on {smtp_profiles} profiles × "
+                f"{len(channels)} channels (first message {smtp['first_message_s']:.3f}s)"
+            )
+        self.say(f"duplicates at the sinks: {duplicates}")
+        return {
+            "profiles": n,
+            "channels": channels,
+            "deliveries_per_s": round(result["deliveries_per_s"], 1),
+            "first_message_s": round(result["first_message_s"], 3),
+            "worker_peak_rss_mb": round(result["rss_mb"], 1),
+            "naive_deliveries_per_s": round(naive, 1),
+            "naive_ratio": round(result["deliveries_per_s"] / naive, 1) if naive else None,
+            "duplicates": duplicates,
+            **{key: round(ms, 1) for key, ms in pages.items()},
+            "export_rows_per_s": round(result["export_rows_per_s"], 1),
+            "export_peak_rss_mb": round(result["export_rss_mb"], 1),
+        }
+
+    def _worker(
+        self, sink: RunningSinks, folder: Path, *, email_api: bool
+    ) -> AbstractContextManager[int]:
+        return running_worker(sink, self.workers, folder, email_api=email_api, say=self.say)
+
+    def _run_engine(
+        self, prefix: str, n: int, channels: list[str], sink: RunningSinks, worker: int
+    ) -> tuple[Campaign, dict[str, float]]:
+        campaign = campaign_create(prefix, n, channels, sink)
+        already = len(read_records(sink.record))
+        self.say(f"activating a campaign to {n} profiles × {len(channels)} channels…")
+        activated_at, rss = self._activate_until_completed(campaign, worker)
+        completed = campaign.transitions.get(name="complete").at.timestamp()
+        live = campaign.transitions.filter(target=CampaignStatus.LIVE).get().at.timestamp()
+        records = read_records(sink.record)[already:]
+        first = min((r["at"] for r in records if r["accepted"]), default=completed)
+        total = Delivery.objects.filter(execution__campaign=campaign).count()
+        elapsed = completed - activated_at
+        result = {
+            "deliveries_per_s": total / elapsed if elapsed > 0 else 0.0,
+            "first_message_s": first - live,
+            "rss_mb": max(rss.values(), default=0.0),
+        }
+        self.say(
+            f"engine ({prefix}): {total} deliveries in {elapsed:.1f}s = "
+            f"{result['deliveries_per_s']:.0f}/s; "
+            f"Live after {live - activated_at:.2f}s, first message "
+            f"{result['first_message_s']:.3f}s after Live; "
+            f"peak RSS per worker process {result['rss_mb']:.0f} MB "
+            f"({', '.join(f'{v:.0f}' for v in rss.values())})"
+        )
+        export = csv_export_measure(campaign, Path(tempfile.gettempdir()))
+        result["export_rows_per_s"], result["export_rss_mb"] = export
+        self.say(
+            f"CSV export of its {total} deliveries: {export[0]:.0f} rows/s, "
+            f"web process peak RSS {export[1]:.0f} MB"
+        )
+        return campaign, result
+
+    def _run_small(self, channels: list[str], sink: RunningSinks, worker: int) -> Campaign:
+        """A completed campaign to SMALL_PROFILES profiles, whose pages are timed."""
+        campaign = campaign_create("small-", SMALL_PROFILES, channels, sink)
+        self.say(
+            f"activating a campaign to {SMALL_PROFILES} profiles × {len(channels)} channels "
+            "(to time its pages)…"
+        )
+        self._activate_until_completed(campaign, worker)
+        return campaign
+
+    def _activate_until_completed(
+        self, campaign: Campaign, worker: int
+    ) -> tuple[float, dict[int, float]]:
+        """Activate the campaign and wait for Completed: (the time of the activation, the
+        peak RSS in MB of each of the worker's processes meanwhile)."""
+        # A benchmark's synthetic campaign: its warnings (no unsubscribe link…) are known;
+        # reviewing it (a count of the audience) is not part of the time measured.
+        acknowledge = review_warning_codes(campaign=campaign)
+        activated_at = time.time()
+        services.campaign_activate(campaign=campaign, user=None, acknowledge=acknowledge)
+        rss: dict[int, float] = {}
+        last_report = time.monotonic()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            for pid in children(worker):
+                rss[pid] = max(rss.get(pid, 0.0), rss_mb(pid))
+            status = Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
+            if status == CampaignStatus.COMPLETED:
+                break
+            if status not in (CampaignStatus.ACTIVATING, CampaignStatus.LIVE):
+                raise BenchmarkError(f"the campaign ended {status}")
+            if time.monotonic() > deadline:
+                raise BenchmarkError("the campaign did not complete in time")
+            if time.monotonic() - last_report > 10:
+                # The execution's cursors, not a count: counting millions of rows every few
+                # seconds would take CPU from what is measured.
+                cursor = Execution.objects.filter(campaign=campaign).values_list(
+                    "dispatched_through", "planned_through", "audience_max_profile_id"
+                )
+                dispatched, planned, top = next(iter(cursor), (0, 0, 0))
+                self.say(
+                    f"  … after {time.time() - activated_at:.0f}s: dispatched through profile "
+                    f"{dispatched}, planned through {planned} of {top}"
+                )
+                last_report = time.monotonic()
+            time.sleep(0.2)
+        return activated_at, rss
+
+    def _run_naive(self, n: int, channels: list[str], sink: RunningSinks) -> float:
+        """The naive design on n profiles (devtools.naive): one task per recipient and
+        channel, queued at once; deliveries per second until every row is sent."""
+        campaign = campaign_create("naive-", n, channels, sink)
+        version = campaign.draft_version
+        assert version is not None
+        execution = Execution.objects.create(
+            campaign=campaign,
+            version=version,
+            planning_done=True,
+            status=ExecutionStatus.COMPLETED,
+        )
+        profile_ids = list(
+            Profile.objects.filter(external_id__startswith="naive-")
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        actions = list(version.actions.values_list("pk", flat=True))
+        self.say(f"naive design: {len(profile_ids)} profiles × {len(actions)} channels…")
+        started = time.time()
+        for profile_id in profile_ids:
+            for action_id in actions:
+                naive_delivery_task.delay(execution.pk, action_id, profile_id)
+        expected = len(profile_ids) * len(actions)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            done = Delivery.objects.filter(execution=execution, status=DeliveryStatus.SENT).count()
+            if done >= expected:
+                break
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"the naive run did not finish in time ({done}/{expected})")
+            time.sleep(0.2)
+        elapsed = time.time() - started
+        return expected / elapsed

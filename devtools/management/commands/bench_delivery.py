@@ -1,0 +1,67 @@
+"""``manage.py bench_delivery``: the delivery benchmark (devtools.bench says what it
+measures); human lines first, the summary as one JSON line last."""
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from channels.choices import ChannelKind
+from devtools.bench import BenchmarkError, DeliveryBenchmark
+
+
+class Command(BaseCommand):
+    help = "Benchmark delivery end to end (and the naive one-task-per-recipient design)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--profiles", type=int, default=100_000)
+        parser.add_argument("--channels", default="email,sms")
+        parser.add_argument("--workers", type=int, default=2, help="Worker processes.")
+        parser.add_argument(
+            "--naive-profiles",
+            type=int,
+            default=None,
+            help="Audience of the naive run (default: 1%% of --profiles, 500 to 5000; 0 skips).",
+        )
+        parser.add_argument(
+            "--smtp-profiles",
+            type=int,
+            default=None,
+            help="Audience of the email-over-SMTP run (default: 1%% of --profiles, 1000 to "
+            "10000; 0 skips).",
+        )
+        parser.add_argument("--timeout", type=float, default=3600.0)
+
+    def say(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        n = options["profiles"]
+        channels = [c.strip() for c in options["channels"].split(",") if c.strip()]
+        unknown = sorted(set(channels) - set(ChannelKind.values))
+        if unknown or not channels:
+            raise CommandError(
+                f"--channels: unknown {', '.join(unknown) or 'none'}; "
+                f"choose from {', '.join(ChannelKind.values)}."
+            )
+        if n < 1 or options["workers"] < 1:
+            raise CommandError("--profiles and --workers must be at least 1.")
+        naive_n = options["naive_profiles"]
+        if naive_n is None:
+            naive_n = max(500, min(5000, n // 100))
+        smtp_n = options["smtp_profiles"]
+        if smtp_n is None:
+            smtp_n = max(1000, min(10_000, n // 100))
+        if ChannelKind.EMAIL not in channels:
+            smtp_n = 0
+        benchmark = DeliveryBenchmark(
+            say=self.say, workers=options["workers"], timeout=options["timeout"]
+        )
+        try:
+            summary = benchmark.run(
+                profiles=n, channels=channels, naive_profiles=naive_n, smtp_profiles=smtp_n
+            )
+        except BenchmarkError as error:
+            raise CommandError(str(error)) from error
+        self.say(json.dumps(summary))
