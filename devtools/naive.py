@@ -9,11 +9,26 @@ provider backends), so it measures their cost and not a copy of them.
 
 from django.utils import timezone
 
-from campaigns.choices import DeliveryStatus
-from campaigns.models import ChannelAction, Delivery
+from campaigns.choices import DeliveryStatus, ExecutionStatus
+from campaigns.models import Campaign, ChannelAction, Delivery, Execution
 from channels.providers import OutboundMessage, get_backend
 from channels.rendering import profile_context, render_content
 from segments.models import ADDRESS_FIELDS, Profile
+
+
+def naive_execution_create(*, campaign: Campaign) -> Execution:
+    """The execution a naive run's rows belong to: of the campaign's draft version, and
+    Completed from the start, so that the engine (planning, resuming stalled executions)
+    never takes it up."""
+    version = campaign.draft_version
+    if version is None:
+        raise ValueError(f"Campaign {campaign.pk} has no draft version to run naively.")
+    return Execution.objects.create(
+        campaign=campaign,
+        version=version,
+        planning_done=True,
+        status=ExecutionStatus.COMPLETED,
+    )
 
 
 def naive_send_one(*, execution_id: int, action_id: int, profile_id: int) -> None:

@@ -16,9 +16,10 @@ from django.conf import settings
 from django.db import connection
 
 from campaigns import services
-from campaigns.choices import CampaignStatus, DeliveryStatus, ExecutionStatus
+from campaigns.choices import CampaignStatus, DeliveryStatus
 from campaigns.models import Campaign, Delivery, Execution
 from campaigns.review import review_warning_codes
+from devtools.naive import naive_execution_create
 from devtools.sinks import RunningSinks, count_duplicates, read_records, running_sinks
 from devtools.tasks import naive_delivery_task
 from segments.models import Profile
@@ -192,20 +193,13 @@ class DeliveryBenchmark:
         """The naive design on n profiles (devtools.naive): one task per recipient and
         channel, queued at once; deliveries per second until every row is sent."""
         campaign = campaign_create("naive-", n, channels, sink)
-        version = campaign.draft_version
-        assert version is not None
-        execution = Execution.objects.create(
-            campaign=campaign,
-            version=version,
-            planning_done=True,
-            status=ExecutionStatus.COMPLETED,
-        )
+        execution = naive_execution_create(campaign=campaign)
         profile_ids = list(
             Profile.objects.filter(external_id__startswith="naive-")
             .order_by("pk")
             .values_list("pk", flat=True)
         )
-        actions = list(version.actions.values_list("pk", flat=True))
+        actions = list(execution.version.actions.values_list("pk", flat=True))
         self.say(f"naive design: {len(profile_ids)} profiles × {len(actions)} channels…")
         started = time.time()
         for profile_id in profile_ids:
