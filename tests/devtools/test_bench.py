@@ -1,0 +1,53 @@
+"""manage.py bench_delivery: a clear one-line refusal of bad options, and a small run of
+both designs end to end (the sinks, a real worker and web process on the test database)."""
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from config.processes import child_process_env
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--channels", "email,fax"], "--channels: unknown fax; choose from"),
+        (["--channels", ","], "--channels: unknown none; choose from"),
+        (["--profiles", "0"], "--profiles and --workers must be at least 1."),
+        (["--workers", "0"], "--profiles and --workers must be at least 1."),
+    ],
+)
+def test_bench_delivery_refuses_bad_options_in_one_line(options, error):
+    with pytest.raises(CommandError) as refused:
+        call_command("bench_delivery", *options, stdout=StringIO())
+    assert str(refused.value).startswith(error)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.worker
+@pytest.mark.timeout(600)
+def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_db, monkeypatch):
+    # The benchmark's worker and web process inherit this environment: the test database.
+    for name, value in child_process_env().items():
+        monkeypatch.setenv(name, value)
+    out = StringIO()
+
+    call_command(
+        "bench_delivery",
+        *("--profiles", "40", "--channels", "sms,webhook", "--workers", "1"),
+        *("--naive-profiles", "10", "--timeout", "300"),
+        stdout=out,
+    )
+
+    *lines, last = out.getvalue().splitlines()
+    summary = json.loads(last)
+    assert (summary["profiles"], summary["channels"]) == (40, ["sms", "webhook"])
+    assert summary["deliveries_per_s"] > 0
+    assert summary["naive_deliveries_per_s"] > 0
+    assert summary["naive_ratio"] > 0
+    assert summary["duplicates"] == 0
+    assert "naive design: 10 profiles × 2 channels…" in lines
+    # No email channel, so no run over SMTP.
+    assert not any(line.startswith("email over SMTP") for line in lines)
