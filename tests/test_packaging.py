@@ -115,6 +115,12 @@ def test_the_wheel_carries_every_template_and_migration(wheel):
     assert b"salvo-admin = config.manage:main" in entry_points
 
 
+def test_the_wheel_leaves_the_development_tools_out(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "campaigns/__init__.py" in names
+    assert [name for name in names if name.startswith("devtools/")] == []
+
+
 def test_the_installed_wheel_checks_and_migrates_a_sqlite_database(installed, tmp_path):
     env = {"SALVO_VAR_DIR": str(tmp_path / "var")}
 
