@@ -26,7 +26,7 @@ from segments.models import Profile
 
 from .data import campaign_create, earlier_runs_delete, profiles_ensure
 from .errors import BenchmarkError
-from .pages import pages_ms
+from .pages import pages_ms, static_files_collect
 from .processes import broker_purge, children, csv_export_measure, rss_mb, running_worker
 
 # The small campaign whose pages are timed beside the big one's (the `_1k` keys).
@@ -52,6 +52,7 @@ class DeliveryBenchmark:
                 f"running on {connection.vendor} + {settings.CELERY_BROKER_URL.split(':')[0]}."
             )
         earlier_runs_delete()
+        static_files_collect()
         started = time.monotonic()
         profiles_ensure("bench-", n, say=self.say)
         profiles_ensure("small-", SMALL_PROFILES, say=self.say)
