@@ -11,9 +11,10 @@ from django.utils import timezone
 
 from campaigns.choices import DeliveryStatus, ExecutionStatus
 from campaigns.models import Campaign, ChannelAction, Delivery, Execution
+from channels.choices import CHANNELS
 from channels.providers import OutboundMessage, get_backend
 from channels.rendering import profile_context, render_content
-from segments.models import ADDRESS_FIELDS, Profile
+from segments.models import Profile
 
 
 def naive_execution_create(*, campaign: Campaign) -> Execution:
@@ -35,7 +36,7 @@ def naive_send_one(*, execution_id: int, action_id: int, profile_id: int) -> Non
     """Load, render, send and save one delivery of ``action_id`` to ``profile_id``."""
     action = ChannelAction.objects.select_related("preset", "version__campaign").get(pk=action_id)
     profile = Profile.objects.get(pk=profile_id)
-    address_field = ADDRESS_FIELDS.get(action.channel)
+    address_field = CHANNELS[action.channel].address_field
     address = getattr(profile, address_field) if address_field else action.preset.webhook_url
     subject, body = render_content(
         subject=action.subject, body=action.body, profile=profile_context(profile)

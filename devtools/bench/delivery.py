@@ -205,7 +205,9 @@ class DeliveryBenchmark:
         started = time.time()
         for profile_id in profile_ids:
             for action_id in actions:
-                naive_delivery_task.delay(execution.pk, action_id, profile_id)
+                naive_delivery_task.apply_async(
+                    (execution.pk, action_id, profile_id), queue=settings.SALVO_DELIVERY_QUEUE
+                )
         expected = len(profile_ids) * len(actions)
         deadline = time.monotonic() + self.timeout
         while True:
