@@ -48,11 +48,12 @@ def children(pid: int) -> list[int]:
 
 
 def broker_purge() -> None:
-    """Drop the tasks an interrupted earlier run left in the broker's queue."""
+    """Drop the tasks an interrupted earlier run left in the broker's queues."""
     from config.celery import app
 
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(app.conf.task_default_queue)  # type: ignore[attr-defined]
+        for queue in settings.SALVO_QUEUES:
+            conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
 
 
 def _production_like_env() -> dict[str, str]:
