@@ -197,6 +197,8 @@ def main() -> int:
         "SALVO_PORT": str(port),
         "SALVO_SCHEDULER_INTERVAL_S": "0.2",
         "PYTHONUNBUFFERED": "1",
+        # As `make run` serves: DEBUG off, the static files collected for whitenoise.
+        "DJANGO_DEBUG": "false",
     }
 
     from config.processes import stop_process
@@ -206,12 +208,13 @@ def main() -> int:
         env |= sink.provider_env()
         os.environ.clear()
         os.environ.update(env)
-        subprocess.run(
-            [str(VENV_BIN / "python"), "manage.py", "migrate", "--noinput", "-v0"],
-            cwd=BASE_DIR,
-            env=env,
-            check=True,
-        )
+        for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
+            subprocess.run(
+                [str(VENV_BIN / "python"), "manage.py", *command, "-v0"],
+                cwd=BASE_DIR,
+                env=env,
+                check=True,
+            )
         token = setup_data(options.profiles)
         log_path = var_dir / "stack.log"
         with log_path.open("wb") as log:
