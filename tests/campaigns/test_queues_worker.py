@@ -11,8 +11,8 @@ import pytest
 
 from campaigns.choices import CampaignStatus, DeliveryStatus
 from campaigns.models import Campaign, Delivery, Execution
-from channels.sinks import running_sinks
 from config.metrics import queue_depths, scheduler_last_tick
+from devtools.sinks import running_sinks
 from tests.campaigns.delivery_support import SMALL_BATCHES, campaign_status, wait_for_status
 from tests.campaigns.factories import activate_acknowledged, make_campaign, webhook_action
 from tests.channels.factories import MessagePresetFactory

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from campaigns.choices import CampaignStatus, DeliveryStatus
 from campaigns.models import CampaignVersion, Delivery, Execution
-from channels.sinks import running_sinks
+from devtools.sinks import running_sinks
 from tests.campaigns.delivery_support import SMALL_BATCHES, wait_for_status
 from tests.campaigns.factories import activate_acknowledged, email_action, make_campaign, sms_action
 from tests.segments.factories import ProfileFactory
