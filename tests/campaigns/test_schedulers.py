@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from campaigns import delivery, selectors
+from campaigns import selectors
+from campaigns.delivery import completion
 from campaigns.models import Execution
 from tests.campaigns.delivery_support import planned_audience
 
@@ -22,11 +23,11 @@ def test_a_stalled_execution_is_resumed_by_one_scheduler_only(monkeypatch):
     # Both schedulers list the stalled executions before either resumes one.
     seen_by_second = list(selectors.stalled_executions(now=now))
     assert [e.pk for e in seen_by_second] == [execution.pk]
-    assert delivery.executions_resume_stalled(now=now) == [execution.pk]
+    assert completion.executions_resume_stalled(now=now) == [execution.pk]
 
-    monkeypatch.setattr(delivery, "stalled_executions", lambda now: seen_by_second)
+    monkeypatch.setattr(completion, "stalled_executions", lambda now: seen_by_second)
     later = now + dt.timedelta(seconds=1)
-    assert delivery.executions_resume_stalled(now=later) == []
+    assert completion.executions_resume_stalled(now=later) == []
     left = Execution.objects.values_list("last_progress_at", flat=True).get(pk=execution.pk)
     assert left is not None
     assert left < later  # the second scheduler wrote nothing
