@@ -26,8 +26,6 @@ T = TypeVar("T")
     bind=True,
     acks_late=True,
     max_retries=None,
-    soft_time_limit=settings.SALVO_CONTROL_TASK_SOFT_LIMIT_S,
-    time_limit=settings.SALVO_CONTROL_TASK_HARD_LIMIT_S,
 )
 def campaign_activation_task(self: Task, campaign_id: int) -> None:
     from . import services
@@ -43,8 +41,6 @@ def campaign_activation_task(self: Task, campaign_id: int) -> None:
 
 @shared_task(
     name="campaigns.tasks.scheduler_tick",
-    soft_time_limit=settings.SALVO_CONTROL_TASK_SOFT_LIMIT_S,
-    time_limit=settings.SALVO_CONTROL_TASK_HARD_LIMIT_S,
 )
 def scheduler_tick() -> None:
     """Run by the beat scheduler: start due campaigns, revive lost activations and stalled
@@ -61,8 +57,6 @@ def scheduler_tick() -> None:
 @shared_task(
     name="campaigns.tasks.proof_send_task",
     acks_late=True,
-    soft_time_limit=settings.SALVO_CONTROL_TASK_SOFT_LIMIT_S,
-    time_limit=settings.SALVO_CONTROL_TASK_HARD_LIMIT_S,
 )
 def proof_send_task(proof_ids: list[int]) -> None:
     """Send the proofs one request asked for (see campaigns.proofs)."""
@@ -102,8 +96,6 @@ def _execution_step(
     bind=True,
     acks_late=True,
     max_retries=None,
-    soft_time_limit=settings.SALVO_CONTROL_TASK_SOFT_LIMIT_S,
-    time_limit=settings.SALVO_CONTROL_TASK_HARD_LIMIT_S,
 )
 def execution_plan_task(self: Task, execution_id: int) -> None:
     """Plan one chunk of the audience; queue the next step while more remains (so that a

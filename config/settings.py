@@ -392,6 +392,9 @@ for _soft, _hard in (
 ):
     if not 0 < globals()[_soft] < globals()[_hard]:
         raise ImproperlyConfigured(f"{_soft} must be above 0 and below {_hard}.")
+# Every task is a control task unless its decorator says otherwise (the delivery batches do).
+CELERY_TASK_SOFT_TIME_LIMIT = SALVO_CONTROL_TASK_SOFT_LIMIT_S
+CELERY_TASK_TIME_LIMIT = SALVO_CONTROL_TASK_HARD_LIMIT_S
 
 # Prometheus metrics at /metrics (config/metrics.py): readable from these addresses, or by
 # a request with "Authorization: Bearer <SALVO_METRICS_TOKEN>" when a token is set. Worker
