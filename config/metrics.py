@@ -25,6 +25,7 @@ anyone else gets 403.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import time
@@ -103,9 +104,16 @@ def worker_metrics_serve(**_: object) -> None:
 
 
 def _redis() -> Any:
+    return _redis_client(settings.CELERY_BROKER_URL)
+
+
+@functools.cache
+def _redis_client(url: str) -> Any:
+    """One client (and connection pool) per URL for the process, as the rate limiter keeps
+    its own: a tick record or a scrape reuses a connection instead of opening one."""
     import redis
 
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return redis.Redis.from_url(url)
 
 
 def _last_tick_file() -> Path:
