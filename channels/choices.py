@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from django.db import models
 
-from segments.choices import ADDRESS_FIELDS, ConsentChannel, consent_field
+from segments.choices import ADDRESS_FIELDS, channel_consent_field
 
 
 class ChannelKind(models.TextChoices):
@@ -59,7 +59,7 @@ class Channel:
     @property
     def consent_field(self) -> str | None:
         """The Profile column a marketing message needs true; None: no consent to ask."""
-        return consent_field(self.kind) if self.kind in ConsentChannel.values else None
+        return channel_consent_field(self.kind)
 
 
 CHANNELS: dict[str, Channel] = {

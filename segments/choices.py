@@ -24,6 +24,12 @@ def consent_field(channel: str) -> str:
     return f"consent_{ConsentChannel(channel).value}"
 
 
+def channel_consent_field(channel: str) -> str | None:
+    """The consent column of a channel of any kind, or None for one without consent (a
+    webhook): what a marketing message on it needs true."""
+    return consent_field(channel) if channel in ConsentChannel.values else None
+
+
 CONSENT_FIELDS = tuple(consent_field(channel) for channel in ConsentChannel.values)
 # The Profile column holding each consent channel's address: a message of that channel goes
 # to that column's value, and a profile with it blank cannot be reached there (the delivery

@@ -19,14 +19,13 @@ from django.db.models import Count, Max, Min, Q, QuerySet
 
 from config.permissions import require_perms
 
-from .choices import ConsentChannel, SegmentKind
+from .choices import SegmentKind, channel_consent_field
 from .models import (
     ADDRESS_FIELDS,
     AudienceMember,
     AudienceSnapshot,
     Profile,
     Segment,
-    consent_field,
 )
 from .rules import compile_rules
 
@@ -95,9 +94,7 @@ def reach_rule(channel: str, *, consent_required: bool) -> ReachRule:
     """The reach rule of a message on `channel`: the channel's address present and, when
     consent is required (a marketing message on a channel with consent), that consent
     given."""
-    consent = (
-        consent_field(channel) if consent_required and channel in ConsentChannel.values else None
-    )
+    consent = channel_consent_field(channel) if consent_required else None
     return ReachRule(consent=consent, address=ADDRESS_FIELDS.get(channel))
 
 
