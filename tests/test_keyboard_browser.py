@@ -16,8 +16,8 @@ from campaigns.models import Campaign
 from segments.models import Profile
 from segments.unsubscribe import unsubscribe_token
 from tests.campaigns.doors import change_url, review_url
-from tests.campaigns.factories import make_campaign, sms_action
-from tests.segments.factories import ProfileFactory, SegmentFactory
+from tests.campaigns.factories import campaign_reaching_nobody, make_campaign
+from tests.segments.factories import ProfileFactory
 
 pytestmark = pytest.mark.browser
 
@@ -40,11 +40,7 @@ def tab_to(page: Any, selector: str, *, limit: int = 200) -> None:
 
 def test_review_and_activate_with_the_keyboard_alone(admin_page: Any, live_server: Any) -> None:
     page = admin_page
-    ProfileFactory.create(external_id="ann-1", attributes={"country": "FR"})
-    nobody = SegmentFactory.create(
-        rules={"all": [{"field": "attributes.country", "op": "eq", "value": "JP"}]}
-    )
-    campaign = make_campaign(name="Keyboard", segment=nobody, actions=[sms_action(body="Hi")])
+    campaign = campaign_reaching_nobody(name="Keyboard")
     page.goto(f"{live_server.url}{change_url(campaign)}")
 
     tab_to(page, 'button[data-operation="activate"]')

@@ -7,7 +7,7 @@ from campaigns.models import Campaign
 from campaigns.review import review_warning_codes
 from campaigns.selectors import Actor
 from tests.channels.factories import MessagePresetFactory
-from tests.segments.factories import SegmentFactory
+from tests.segments.factories import ProfileFactory, SegmentFactory
 
 _counter = {"n": 0}
 
@@ -46,6 +46,16 @@ def make_campaign(**fields: Any) -> Campaign:
     if "actions" not in fields:
         fields["actions"] = [email_action(), sms_action()]
     return services.campaign_create(user=None, **fields)
+
+
+def campaign_reaching_nobody(*, name: str) -> Campaign:
+    """A Draft SMS campaign whose segment matches none of the profiles stored (one in
+    France, the segment asks for Japan): its review warns `empty_audience`, nothing else."""
+    ProfileFactory.create(external_id="ann-1", attributes={"country": "FR"})
+    nobody = SegmentFactory.create(
+        rules={"all": [{"field": "attributes.country", "op": "eq", "value": "JP"}]}
+    )
+    return make_campaign(name=name, segment=nobody, actions=[sms_action(body="Hi")])
 
 
 def review_warnings(campaign: Campaign) -> list[str]:

@@ -12,8 +12,7 @@ import pytest
 from campaigns.choices import CampaignStatus
 from campaigns.models import Campaign
 from tests.campaigns.doors import change_url, review_url
-from tests.campaigns.factories import make_campaign, sms_action
-from tests.segments.factories import ProfileFactory, SegmentFactory
+from tests.campaigns.factories import campaign_reaching_nobody
 
 pytestmark = pytest.mark.browser
 
@@ -22,11 +21,7 @@ def test_review_acknowledge_the_empty_audience_and_activate(
     admin_page: Any, live_server: Any
 ) -> None:
     page = admin_page
-    ProfileFactory.create(external_id="ann-1", attributes={"country": "FR"})
-    nobody = SegmentFactory.create(
-        rules={"all": [{"field": "attributes.country", "op": "eq", "value": "JP"}]}
-    )
-    campaign = make_campaign(name="Nobody yet", segment=nobody, actions=[sms_action(body="Hi")])
+    campaign = campaign_reaching_nobody(name="Nobody yet")
 
     page.goto(f"{live_server.url}{change_url(campaign)}")
     page.get_by_role("button", name="Save and activate").click()
