@@ -366,6 +366,7 @@ class CampaignAdmin(ListTitledAdmin):
         "audience",
         "sent_of_total",
         "type",
+        "kind",
         "tag_list",
         "segment_name",
         "start_time",
@@ -378,6 +379,7 @@ class CampaignAdmin(ListTitledAdmin):
         ChannelListFilter,
         StartDateRangeFilter,
         "type",
+        "kind",
         TagListFilter,
     )
     search_fields = ("name", "description")
@@ -534,7 +536,7 @@ class CampaignAdmin(ListTitledAdmin):
                 ("Audience and schedule (version 1)", {"fields": VERSION_FORM_FIELDS}),
             ]
         if not self.has_change_permission(request, obj):
-            return [(None, {"fields": ("name", "description", "type", "tag_list")})]
+            return [(None, {"fields": ("name", "description", "type", "kind", "tag_list")})]
         draft = obj.draft_version
         assert draft is not None  # campaign_is_editable
         title = f"Draft version {draft.number}"
@@ -549,8 +551,8 @@ class CampaignAdmin(ListTitledAdmin):
         if obj is None:
             return ()
         if obj.live_version_id is not None:
-            # services.campaign_update refuses a type change once the campaign has run.
-            return ("tag_list", "type")
+            # services.campaign_update refuses a type or kind change once the campaign has run.
+            return ("tag_list", "type", "kind")
         return ("tag_list",)
 
     def get_inline_instances(self, request: HttpRequest, obj: Campaign | None = None) -> Any:

@@ -46,6 +46,16 @@ class CampaignType(models.TextChoices):
     TRANSACTIONAL = "transactional", "Transactional"
 
 
+class CampaignKind(models.TextChoices):
+    """How a campaign's sends are started, beside its type (marketing or transactional):
+    once for its segment (now or at a time), on a recurring schedule (one execution per
+    occurrence), or by developers through the trigger API (one execution per trigger)."""
+
+    ONE_SHOT = "one_shot", "One-shot"
+    RECURRING = "recurring", "Recurring"
+    API_TRIGGERED = "api_triggered", "API-triggered"
+
+
 class ApprovalStatus(models.TextChoices):
     """Where a version stands in the approval flow (see campaigns.approval)."""
 
@@ -92,6 +102,12 @@ class DeliveryReason(models.TextChoices):
     NO_ADDRESS = "no_address", "No address"
     PROFILE_DELETED = "profile_deleted", "Profile deleted"
     CHANNEL_REMOVED = "channel_removed", "Channel removed by a newer version"
+    # Skipped: the recipient had as many marketing messages as a frequency cap allows.
+    FREQUENCY_CAP = "frequency_cap", "Frequency cap reached"
+    # Pending, not tried yet: waiting for the recipient's local send time, or for the end
+    # of the quiet hours in the recipient's time zone.
+    RECIPIENT_TIME = "recipient_time", "Waiting for the recipient's local time"
+    QUIET_HOURS = "quiet_hours", "Waiting for quiet hours to end"
     # Failed before any provider saw it.
     BAD_PROFILE_DATA = "bad_profile_data", "Unreadable profile data"
     RENDER_ERROR = "render_error", "Content could not be rendered"

@@ -22,13 +22,13 @@ from channels.rendering import validate_content
 from segments.models import Segment
 from segments.selectors import profile_attribute_keys
 
-from .models import Campaign, ChannelAction
+from .models import Campaign, ChannelAction, time_zone_choices
 from .review import unknown_variable_checks
 
 # What the campaign itself holds (the service's CAMPAIGN_FIELDS plus tags)…
-CAMPAIGN_FORM_FIELDS = ("name", "description", "type", "approval_required", "tags")
+CAMPAIGN_FORM_FIELDS = ("name", "description", "type", "kind", "approval_required", "tags")
 # …and what its draft version holds besides the actions.
-VERSION_FORM_FIELDS = ("segment", "start_at")
+VERSION_FORM_FIELDS = ("segment", "start_at", "time_zone")
 ACTION_FIELDS = ("channel", "preset", "subject", "body")
 
 
@@ -54,6 +54,14 @@ class CampaignAdminForm(forms.ModelForm):
         help_text="Leave empty to start as soon as the campaign is activated.",
     )
 
+    time_zone = forms.ChoiceField(
+        choices=time_zone_choices,
+        required=False,
+        label="Schedule time zone",
+        help_text="The zone the schedule's clock times are read in, and the zone of "
+        "recipients who have none.",
+    )
+
     # Set by CampaignAdmin when the service refused input these forms had accepted (a race,
     # or a rule only the service knows): the form then shows the refusal as its own errors.
     service_error: ValidationError | None = None
@@ -77,6 +85,9 @@ class CampaignAdminForm(forms.ModelForm):
         if version is not None:
             self.initial.setdefault("segment", version.segment_id)
             self.initial.setdefault("start_at", version.start_at)
+            self.initial.setdefault("time_zone", version.time_zone)
+        else:
+            self.initial.setdefault("time_zone", timezone.get_current_timezone_name())
 
     def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean()
@@ -92,7 +103,8 @@ class CampaignAdminForm(forms.ModelForm):
         return {
             name: self.cleaned_data[name]
             for name in (*CAMPAIGN_FORM_FIELDS, *VERSION_FORM_FIELDS)
-            if name in self.cleaned_data
+            # A form posted without a zone (a script's) keeps the version's.
+            if name in self.cleaned_data and (name != "time_zone" or self.cleaned_data[name])
         }
 
 

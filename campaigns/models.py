@@ -15,6 +15,7 @@ from channels.choices import ChannelKind
 
 from .choices import (
     ApprovalStatus,
+    CampaignKind,
     CampaignStatus,
     CampaignType,
     DeliveryReason,
@@ -25,6 +26,16 @@ from .choices import (
 from .operations import step_label, transition_permission
 
 Status = CampaignStatus
+
+
+def time_zone_choices() -> list[tuple[str, str]]:
+    """Every IANA time zone this machine knows (zoneinfo), by name: what a marketer may
+    choose as their own."""
+    return [(name, name.replace("_", " ")) for name in sorted(zoneinfo.available_timezones())]
+
+
+def site_time_zone() -> str:
+    return str(settings.TIME_ZONE)
 
 
 def approval_required_by_default() -> bool:
@@ -46,6 +57,14 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         choices=CampaignType.choices,
         default=CampaignType.MARKETING,
         help_text="Transactional campaigns (legal notices…) ignore marketing opt-outs.",
+    )
+    kind = models.CharField(
+        max_length=16,
+        choices=CampaignKind.choices,
+        default=CampaignKind.ONE_SHOT,
+        help_text="One-shot: sent once to its segment, now or at a time. Recurring: sent to "
+        "its segment at every occurrence of its schedule. API-triggered: sent to the "
+        "recipients each trigger call names.",
     )
     tags = TaggableManager(blank=True)
     approval_required = models.BooleanField(
@@ -88,10 +107,15 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         permissions = [
             ("activate_campaign", "Can activate a campaign"),
             ("approve_campaign", "Can approve or reject a campaign version"),
+            ("exempt_campaign_from_caps", "Can exempt a campaign from frequency caps"),
+            ("trigger_campaign", "Can trigger an API-triggered campaign"),
         ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(status__in=Status.values), name="campaign_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=CampaignKind.values), name="campaign_kind_valid"
             ),
             models.CheckConstraint(
                 condition=Q(live_version__isnull=True)
@@ -198,6 +222,13 @@ class CampaignVersion(models.Model):
     )
     start_at = models.DateTimeField(
         null=True, blank=True, help_text="Leave empty to start as soon as it is activated."
+    )
+    time_zone = models.CharField(
+        max_length=64,
+        choices=time_zone_choices,
+        default=site_time_zone,
+        help_text="The zone the schedule's clock times (a recurrence's “at”, quiet hours) are "
+        "read in, and the zone of recipients who have none.",
     )
     activated_at = models.DateTimeField(null=True, blank=True, editable=False)
     activated_by = models.ForeignKey(
@@ -345,6 +376,9 @@ class Execution(models.Model):
     status = models.CharField(
         max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.RUNNING
     )
+    # The moment this run is for: a one-shot campaign's start, a recurring campaign's
+    # occurrence; sending in each recipient's time zone reads its date and clock time there.
+    scheduled_for = models.DateTimeField(null=True, blank=True)
     audience_max_profile_id = models.BigIntegerField(default=0)
     planned_through = models.BigIntegerField(
         default=0, help_text="Delivery rows exist for every audience profile id up to this."
@@ -591,16 +625,6 @@ class ProofSend(models.Model):
 
     def __str__(self) -> str:
         return f"Proof of {self.action} → {self.profile_id}: {self.status}"
-
-
-def time_zone_choices() -> list[tuple[str, str]]:
-    """Every IANA time zone this machine knows (zoneinfo), by name: what a marketer may
-    choose as their own."""
-    return [(name, name.replace("_", " ")) for name in sorted(zoneinfo.available_timezones())]
-
-
-def site_time_zone() -> str:
-    return str(settings.TIME_ZONE)
 
 
 class UserPreference(models.Model):

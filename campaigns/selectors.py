@@ -241,6 +241,7 @@ def campaign_list(
     search: str = "",
     tags: Iterable[str] = (),
     channels: Iterable[str] = (),
+    kind: str = "",
     has_alerts: bool | None = None,
     awaiting_approval: bool | None = None,
     start_from: dt.date | None = None,
@@ -250,6 +251,7 @@ def campaign_list(
     """Campaigns with what a list row shows (channels, audience, delivery counts, alerts),
     in a constant number of queries.
 
+    `kind`: one ``CampaignKind`` only (every kind when empty);
     `channels`: the version the row shows (running, else draft) sends on any of them;
     `has_alerts`: some rule of `alert_rules()` holds (True) or none does (False);
     `awaiting_approval`: the open draft awaits an approval (True) or not (False);
@@ -269,6 +271,8 @@ def campaign_list(
     tag_names = [t for t in tags if t]
     if tag_names:
         queryset = queryset.filter(tags__name__in=tag_names).distinct()
+    if kind:
+        queryset = queryset.filter(kind=kind)
     channel_names = [c for c in channels if c]
     if channel_names:
         queryset = queryset.filter(_shown_version_has_channel(channel_names))

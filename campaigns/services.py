@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import zoneinfo
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,7 +39,7 @@ from .approval import (
     require_not_last_editor,
     require_policy_change_allowed,
 )
-from .choices import ApprovalStatus, CampaignStatus, CampaignType
+from .choices import ApprovalStatus, CampaignKind, CampaignStatus, CampaignType
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
 from .exceptions import ActivationRefused, CampaignConflict
 from .lifecycle import (
@@ -59,6 +60,7 @@ from .models import (
     CampaignVersion,
     ChannelAction,
     approval_required_by_default,
+    site_time_zone,
 )
 from .operations import ADD_CAMPAIGN, CHANGE_CAMPAIGN, OPERATIONS, VIEW_CAMPAIGN
 from .review import activation_review
@@ -66,8 +68,8 @@ from .selectors import Actor, version_activation_problems
 
 Status = CampaignStatus
 
-CAMPAIGN_FIELDS = ("name", "description", "type", "approval_required")
-VERSION_FIELDS = ("segment", "start_at")
+CAMPAIGN_FIELDS = ("name", "description", "type", "kind", "approval_required")
+VERSION_FIELDS = ("segment", "start_at", "time_zone")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -84,6 +86,12 @@ def _validate_start_at(start_at: dt.datetime | None) -> None:
         raise ValidationError(
             {"start_at": "The start time is in the past; choose a future time or leave it empty."}
         )
+
+
+def _validate_time_zone(name: str) -> None:
+    """A schedule's zone is one of the IANA zones this machine knows ("" for the site's)."""
+    if name and name not in zoneinfo.available_timezones():
+        raise ValidationError({"time_zone": f"“{name}” is not a time zone name."})
 
 
 def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, Any]]) -> None:
@@ -148,6 +156,7 @@ def _copy_version(
         number=number,
         segment=source.segment,
         start_at=source.start_at,
+        time_zone=source.time_zone,
         last_edited_by=transition_actor(user),
     )
     ChannelAction.objects.bulk_create(
@@ -178,9 +187,11 @@ def campaign_create(
     name: str,
     description: str = "",
     type: str = CampaignType.MARKETING,
+    kind: str = CampaignKind.ONE_SHOT,
     tags: Iterable[str] = (),
     segment: Segment | None = None,
     start_at: dt.datetime | None = None,
+    time_zone: str = "",
     actions: Iterable[Mapping[str, Any]] = (),
     approval_required: bool | None = None,
 ) -> Campaign:
@@ -188,19 +199,25 @@ def campaign_create(
     defaults to SALVO_APPROVAL_REQUIRED."""
     require_perms(user, ADD_CAMPAIGN, to="create a campaign")
     campaign = Campaign(
-        name=name, description=description, type=type, created_by=transition_actor(user)
+        name=name,
+        description=description,
+        type=type,
+        kind=kind,
+        created_by=transition_actor(user),
     )
     if approval_required is not None:
         require_policy_change_allowed(campaign=None, required=approval_required, user=user)
         campaign.approval_required = approval_required
     campaign.full_clean(exclude=["status", "live_version", "draft_version"])
     _validate_start_at(start_at)
+    _validate_time_zone(time_zone)
     campaign.save()
     version = CampaignVersion.objects.create(
         campaign=campaign,
         number=1,
         segment=segment,
         start_at=start_at,
+        time_zone=time_zone or site_time_zone(),
         last_edited_by=transition_actor(user),
     )
     _replace_actions(version, actions)
@@ -239,16 +256,24 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
             campaign=campaign, required=data["approval_required"], user=user
         )
     written_before = _draft_content(campaign, version)
-    if "type" in data and data["type"] != campaign.type and campaign.live_version_id is not None:
-        raise ValidationError(
-            {"type": "The type cannot change once the campaign has run; duplicate it instead."}
-        )
+    if campaign.live_version_id is not None:
+        for fixed in ("type", "kind"):
+            if fixed in data and data[fixed] != getattr(campaign, fixed):
+                raise ValidationError(
+                    {
+                        fixed: f"The {fixed} cannot change once the campaign has run; "
+                        "duplicate it instead."
+                    }
+                )
     for field in CAMPAIGN_FIELDS:
         if field in data:
             setattr(campaign, field, data[field])
     campaign.full_clean(exclude=["status", "live_version", "draft_version"])
     if "start_at" in data:
         _validate_start_at(data["start_at"])
+    if "time_zone" in data:
+        _validate_time_zone(data["time_zone"])
+        data = {**data, "time_zone": data["time_zone"] or site_time_zone()}
     for field in VERSION_FIELDS:
         if field in data:
             setattr(version, field, data[field])
@@ -533,6 +558,7 @@ def campaign_duplicate(*, campaign: Campaign, user: Actor | None, name: str = ""
         name=name or _duplicate_name(campaign.name),
         description=campaign.description,
         type=campaign.type,
+        kind=campaign.kind,
         # A copy is no way around the policy: it needs an approval as the original does.
         approval_required=campaign.approval_required or approval_required_by_default(),
         created_by=transition_actor(user),
@@ -572,8 +598,10 @@ def _draft_content(campaign: Campaign, version: CampaignVersion) -> tuple[Any, .
         campaign.name,
         campaign.description,
         campaign.type,
+        campaign.kind,
         version.segment_id,
         version.start_at,
+        version.time_zone,
         list(actions),
         sorted(campaign.tags.names()),
     )

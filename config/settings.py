@@ -294,6 +294,7 @@ SPECTACULAR_SETTINGS = {
         "ChannelKindEnum": "channels.choices.ChannelKind",
         "ReviewCodeEnum": "campaigns.choices.ReviewCode",
         "CheckLevelEnum": "campaigns.choices.CheckLevel",
+        "CampaignKindEnum": "campaigns.choices.CampaignKind",
     },
 }
 

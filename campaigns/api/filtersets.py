@@ -13,6 +13,7 @@ from django_filters import fields
 
 from campaigns.choices import (
     ALL_STATUSES,
+    CampaignKind,
     CampaignStatus,
     CampaignType,
     DeliveryReason,
@@ -76,6 +77,7 @@ class CampaignFilterSet(django_filters.FilterSet):
     search = django_filters.CharFilter(help_text="Words in the name or description.")
     tag = TagFilter(field_name="tags__name", help_text="Repeatable: campaigns with any of them.")
     type = django_filters.ChoiceFilter(choices=CampaignType.choices)
+    kind = django_filters.ChoiceFilter(choices=CampaignKind.choices)
     channel = django_filters.MultipleChoiceFilter(
         choices=ChannelKind.choices,
         help_text="Repeatable: campaigns whose version shown (running, else draft) sends on "
@@ -102,6 +104,7 @@ class CampaignFilterSet(django_filters.FilterSet):
             "search",
             "tag",
             "type",
+            "kind",
             "channel",
             "has_alerts",
             "awaiting_approval",
@@ -116,6 +119,7 @@ class CampaignFilterSet(django_filters.FilterSet):
             search=data.get("search") or "",
             tags=data.get("tag") or [],
             channels=data.get("channel") or [],
+            kind=data.get("kind") or "",
             has_alerts=data.get("has_alerts"),
             awaiting_approval=data.get("awaiting_approval"),
             start_from=data.get("start_after"),

@@ -15,6 +15,7 @@ from rest_framework import serializers
 from campaigns.approval import APPROVAL_COMMENT_MAX_LENGTH, campaign_approval
 from campaigns.choices import (
     ApprovalStatus,
+    CampaignKind,
     CampaignStatus,
     CampaignType,
     CheckLevel,
@@ -30,6 +31,7 @@ from campaigns.models import (
     CampaignVersion,
     ChannelAction,
     ProofSend,
+    time_zone_choices,
 )
 from campaigns.operations import OPERATIONS
 from campaigns.selectors import (
@@ -63,6 +65,12 @@ class ScheduleSerializer(serializers.Serializer[Any]):
         allow_null=True,
         required=False,
         help_text="ISO time; null (the default) starts as soon as the campaign is activated.",
+    )
+    time_zone = serializers.ChoiceField(
+        choices=time_zone_choices(),
+        required=False,
+        help_text="The IANA zone the schedule's clock times are read in, and the zone of "
+        "recipients who have none; default the site's TIME_ZONE.",
     )
 
 
@@ -169,6 +177,7 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
             "name",
             "description",
             "type",
+            "kind",
             "approval_required",
             "approval",
             "tags",
@@ -240,6 +249,12 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
     description = serializers.CharField(required=False, allow_blank=True)
     tags = TagListField(required=False)
     type = serializers.ChoiceField(choices=CampaignType.choices, required=False)
+    kind = serializers.ChoiceField(
+        choices=CampaignKind.choices,
+        required=False,
+        help_text="one_shot (default), recurring or api_triggered; fixed once the campaign "
+        "has run.",
+    )
     approval_required = serializers.BooleanField(
         required=False,
         help_text="A version needs an approval before activation; default "
@@ -273,8 +288,8 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
         """The validated input as the keyword arguments the services take."""
         data = dict(self.validated_data)
         schedule = data.pop("schedule", None)
-        if schedule is not None and "start_at" in schedule:
-            data["start_at"] = schedule["start_at"]
+        if schedule is not None:
+            data.update(schedule)
         return data
 
 

@@ -28,7 +28,7 @@ from django.utils import timezone
 from campaigns import tasks
 from channels.choices import ChannelKind
 
-from ..choices import CampaignStatus, DeliveryStatus, ExecutionStatus
+from ..choices import CampaignKind, CampaignStatus, DeliveryStatus, ExecutionStatus
 from ..lifecycle import campaign_complete
 from ..models import Campaign, ChannelAction, Delivery, DeliveryCount, Execution
 from ..selectors import stalled_executions
@@ -77,7 +77,9 @@ def execution_complete_if_done(*, execution_id: int) -> bool:
         execution.status = ExecutionStatus.COMPLETED
         execution.finished_at = timezone.now()
         execution.save(update_fields=["status", "finished_at"])
-        if campaign.status == CampaignStatus.LIVE:
+        # Only a one-shot campaign ends with its execution: a recurring one runs again at
+        # its next occurrence, and an API-triggered one waits for the next trigger.
+        if campaign.status == CampaignStatus.LIVE and campaign.kind == CampaignKind.ONE_SHOT:
             campaign_complete(
                 campaign=campaign,
                 reason=f"Every delivery of version {execution.version.number} is done.",

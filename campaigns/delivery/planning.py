@@ -23,7 +23,7 @@ from segments.models import Profile
 from segments.selectors import segment_profiles
 from segments.services import audience_snapshot_create
 
-from ..choices import DeliveryStatus, ExecutionStatus
+from ..choices import CampaignKind, DeliveryStatus, ExecutionStatus
 from ..models import Campaign, ChannelAction, DeliveryCount, Execution
 from .completion import execution_halt, execution_progress
 from .sql import campaign_sending, counts_add, insert_deliveries, statistics_refresh
@@ -36,8 +36,12 @@ def execution_start(*, campaign: Campaign) -> Execution | None:
 
     Call it inside the transaction that makes the campaign Live; planning starts when that
     transaction commits. A running execution finishes with the version it began with, so a
-    new version activated while Live starts nothing.
+    new version activated while Live starts nothing. Only a one-shot campaign starts its
+    execution here: a recurring one starts one per occurrence, an API-triggered one one per
+    trigger.
     """
+    if campaign.kind != CampaignKind.ONE_SHOT:
+        return None
     if campaign.live_version_id is None or Execution.objects.filter(campaign=campaign).exists():
         return None
     now = timezone.now()

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -137,7 +138,7 @@ def test_create_makes_a_draft_with_version_one(api_client):
     draft = body["draft_version"]
     assert draft["number"] == 1
     assert draft["segment"] == payload["segment"]
-    assert draft["schedule"] == {"start_at": None}
+    assert draft["schedule"] == {"start_at": None, "time_zone": django_settings.TIME_ZONE}
     assert [(a["channel"], a["preset"]) for a in draft["actions"]] == [
         ("email", payload["actions"][0]["preset"]),
         ("sms", payload["actions"][1]["preset"]),

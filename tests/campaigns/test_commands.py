@@ -309,8 +309,8 @@ def test_list_table_shows_status_and_open_draft_mark():
 
     cells = [re.split(r"\s{2,}", line) for line in lines]
     assert cells == [
-        ["ID", "STATUS", "NAME", "TYPE", "TAGS"],
-        [str(campaign.pk), "Live + open draft", "Running", "marketing", "a, b"],
+        ["ID", "STATUS", "NAME", "TYPE", "KIND", "TAGS"],
+        [str(campaign.pk), "Live + open draft", "Running", "marketing", "one_shot", "a, b"],
     ]
 
 

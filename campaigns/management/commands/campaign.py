@@ -31,7 +31,13 @@ from campaigns.api.serializers import (
     ProofSendSerializer,
 )
 from campaigns.approval import require_approved_for_activation, version_approval_text
-from campaigns.choices import ALL_STATUSES, CampaignStatus, DeliveryReason, ProofStatus
+from campaigns.choices import (
+    ALL_STATUSES,
+    CampaignKind,
+    CampaignStatus,
+    DeliveryReason,
+    ProofStatus,
+)
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
@@ -131,6 +137,9 @@ class Command(BaseCommand):
         listing.add_argument("--search", default="", help="Words in the name or description.")
         listing.add_argument(
             "--tag", action="append", default=[], help="Repeatable: campaigns with any of them."
+        )
+        listing.add_argument(
+            "--kind", choices=CampaignKind.values, default="", help="Only campaigns of this kind."
         )
         listing.add_argument(
             "--awaiting-approval",
@@ -317,6 +326,7 @@ class Command(BaseCommand):
             statuses=statuses,
             search=options["search"],
             tags=options["tag"],
+            kind=options["kind"],
             awaiting_approval=True if options["awaiting_approval"] else None,
         )
         if options["json"]:
@@ -329,6 +339,7 @@ class Command(BaseCommand):
                 self._status_text(c),
                 c.name,
                 c.type,
+                c.kind,
                 ", ".join(sorted(t.name for t in c.tags.all())),
             )
             for c in campaigns
@@ -336,7 +347,7 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("No campaigns match.")
             return
-        header = ("ID", "STATUS", "NAME", "TYPE", "TAGS")
+        header = ("ID", "STATUS", "NAME", "TYPE", "KIND", "TAGS")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
             self.stdout.write(
@@ -362,6 +373,7 @@ class Command(BaseCommand):
         out(f"Campaign {campaign.pk} “{campaign.name}”")
         out(f"  status:      {self._status_text(campaign)}")
         out(f"  type:        {campaign.type}")
+        out(f"  kind:        {campaign.get_kind_display()}")
         approval = version_approval_text(campaign=campaign, version=campaign.draft_version)
         out(f"  approval:    {approval}")
         out(f"  tags:        {', '.join(sorted(campaign.tags.names())) or '-'}")
