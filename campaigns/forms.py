@@ -22,6 +22,7 @@ from channels.rendering import validate_content
 from segments.models import Segment
 from segments.selectors import profile_attribute_keys
 
+from .choices import CampaignKind
 from .models import Campaign, ChannelAction, time_zone_choices
 from .review import unknown_variable_checks
 
@@ -161,9 +162,17 @@ class ChannelActionForm(forms.ModelForm):
     class Media:
         js = (CHANNEL_FIELDS_SCRIPT,)
 
-    def __init__(self, *args: Any, known_attributes: set[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        known_attributes: set[str] | None = None,
+        trigger_context: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.known_attributes = known_attributes
+        # An API-triggered campaign's content may read {{ context.<key> }}.
+        self.trigger_context = trigger_context
         if not self.is_bound and self.instance.pk:
             self._warn(self.instance.subject, self.instance.body)
         # A table row of the inline has no <label>s, only column headers: name each input.
@@ -179,7 +188,11 @@ class ChannelActionForm(forms.ModelForm):
             self.add_error("subject", refusal)
             return cleaned
         # The services check content too; checked here, a refusal lands on its field.
-        validate_content(subject=cleaned.get("subject") or "", body=cleaned.get("body") or "")
+        validate_content(
+            subject=cleaned.get("subject") or "",
+            body=cleaned.get("body") or "",
+            trigger_context=self.trigger_context,
+        )
         self._warn(cleaned.get("subject") or "", cleaned.get("body") or "")
         return cleaned
 
@@ -188,7 +201,12 @@ class ChannelActionForm(forms.ModelForm):
         if self.known_attributes is None:
             return
         checks = unknown_variable_checks(
-            label="This", where="", subject=subject, body=body, known=self.known_attributes
+            label="This",
+            where="",
+            subject=subject,
+            body=body,
+            known=self.known_attributes,
+            trigger_context=self.trigger_context,
         )
         for name in ("subject", "body"):
             widget = self.fields[name].widget
@@ -208,8 +226,22 @@ class DraftActionFormSet(BaseInlineFormSet):
         """The attribute keys content may read, read once for every row."""
         return set(profile_attribute_keys())
 
+    @cached_property
+    def trigger_context(self) -> bool:
+        """Whether the content may read an API trigger's context: the kind the campaign's
+        form posts beside these rows (it may change while the campaign is a Draft), else
+        the campaign's."""
+        kind = self.data.get("kind") if self.is_bound else None
+        if not kind and self.instance.campaign_id:
+            kind = self.instance.campaign.kind
+        return kind == CampaignKind.API_TRIGGERED
+
     def get_form_kwargs(self, index: int | None) -> dict[str, Any]:
-        return {**super().get_form_kwargs(index), "known_attributes": self.known_attributes}
+        return {
+            **super().get_form_kwargs(index),
+            "known_attributes": self.known_attributes,
+            "trigger_context": self.trigger_context,
+        }
 
     def add_fields(self, form: forms.Form, index: int | None) -> None:
         super().add_fields(form, index)

@@ -645,3 +645,68 @@ class UserPreference(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user}: {self.time_zone}"
+
+
+# --- API triggers (campaigns.triggers) ------------------------------------------------
+
+
+class Trigger(models.Model):
+    """One call that triggered an API-triggered campaign for the recipients it named: it
+    owns one execution of the running version, whose delivery rows it wrote. The
+    idempotency key is unique per campaign, so a repeated call (even two racing) finds this
+    trigger instead of sending again."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="triggers")
+    execution = models.OneToOneField(
+        Execution, on_delete=models.CASCADE, related_name="trigger", editable=False
+    )
+    idempotency_key = models.CharField(max_length=255)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    recipients = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "idempotency_key"], name="trigger_once_per_idempotency_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Trigger {self.pk} of {self.campaign}"
+
+
+class TriggerRecipient(models.Model):
+    """The context one recipient of a trigger was given, read by each chunk of its
+    execution in one query (the unique index on (execution, profile) serves it) and shown
+    to content as ``{{ context.<key> }}``."""
+
+    execution = models.ForeignKey(
+        Execution,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    # History that outlives the profile, as a delivery does.
+    profile = models.ForeignKey(
+        "segments.Profile",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    context = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["execution", "profile"], name="trigger_recipient_once_per_execution"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.execution_id} → {self.profile_id}"

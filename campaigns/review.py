@@ -37,7 +37,7 @@ from segments.selectors import profile_attribute_keys, segment_profiles
 from segments.unsubscribe import unsubscribe_links
 
 from .approval import unapproved_text
-from .choices import CampaignType, CheckLevel, ReviewCode
+from .choices import CampaignKind, CampaignType, CheckLevel, ReviewCode
 from .delivery import reachable_profiles
 from .models import Campaign, CampaignVersion, ChannelAction
 from .operations import VIEW_CAMPAIGN
@@ -227,7 +227,12 @@ def _content_warnings(
         label = action.get_channel_display()
         warnings.extend(
             unknown_variable_checks(
-                label=label, where=where, subject=action.subject, body=action.body, known=known
+                label=label,
+                where=where,
+                subject=action.subject,
+                body=action.body,
+                known=known,
+                trigger_context=campaign.kind == CampaignKind.API_TRIGGERED,
             )
         )
         if action.channel == ChannelKind.SMS:
@@ -260,7 +265,13 @@ def _content_warnings(
 
 
 def unknown_variable_checks(
-    *, label: str, where: str, subject: str, body: str, known: set[str]
+    *,
+    label: str,
+    where: str,
+    subject: str,
+    body: str,
+    known: set[str],
+    trigger_context: bool = False,
 ) -> list[Check]:
     """The `unknown_variable` warnings of one action's content (`where`: ``actions[i]``,
     or empty for a form's own fields): at review, and when content is saved."""
@@ -273,13 +284,16 @@ def unknown_variable_checks(
             f"{prefix}{name}",
         )
         for name, source in (("subject", subject), ("body", body))
-        for key in unknown_variables(source, known=known)
+        for key in unknown_variables(source, known=known, trigger_context=trigger_context)
     ]
 
 
-def version_content_warnings(*, version: CampaignVersion) -> list[Check]:
+def version_content_warnings(
+    *, version: CampaignVersion, trigger_context: bool = False
+) -> list[Check]:
     """What saving the version's content warns about without refusing it: variables no
-    profile provides (two queries: the actions, the attribute keys)."""
+    profile provides (two queries: the actions, the attribute keys). With
+    `trigger_context` (an API-triggered campaign), ``context.<key>`` is given by the call."""
     known = set(profile_attribute_keys())
     return [
         check
@@ -290,14 +304,20 @@ def version_content_warnings(*, version: CampaignVersion) -> list[Check]:
             subject=action.subject,
             body=action.body,
             known=known,
+            trigger_context=trigger_context,
         )
     ]
 
 
-def unknown_variables(source: str, *, known: set[str]) -> list[str]:
+def unknown_variables(source: str, *, known: set[str], trigger_context: bool = False) -> list[str]:
     """The profile keys `source` reads that neither a profile field nor a known attribute
-    key (`known`) provides."""
-    return [key for key in content_profile_keys(source) if key not in _PROVIDED_KEYS | known]
+    key (`known`) provides. An API trigger's ``context.<key>`` is never one of them: the
+    call gives it (`trigger_context`, for an API-triggered campaign's content)."""
+    return [
+        key
+        for key in content_profile_keys(source, trigger_context=trigger_context)
+        if key not in _PROVIDED_KEYS | known
+    ]
 
 
 def _sample(
@@ -344,9 +364,11 @@ def activation_review(
     ]
     limited = [shown.seconds for shown in channels if shown.seconds is not None]
     known = set(profile_attribute_keys())
+    # An API-triggered campaign has no segment: each call names its recipients.
+    audience_checked = campaign.kind != CampaignKind.API_TRIGGERED
     warnings = [
-        *_audience_warnings(recipients),
-        *_rule_warnings(version, known),
+        *(_audience_warnings(recipients) if audience_checked else []),
+        *(_rule_warnings(version, known) if audience_checked else []),
         *_content_warnings(campaign, actions, known),
     ]
     return CampaignReview(

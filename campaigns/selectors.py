@@ -47,6 +47,7 @@ from .choices import (
     DEFAULT_VISIBLE_STATUSES,
     DELIVERY_TERMINAL_STATUSES,
     ApprovalStatus,
+    CampaignKind,
     CampaignStatus,
     CheckLevel,
     DeliveryStatus,
@@ -356,13 +357,15 @@ def version_activation_errors(*, version: CampaignVersion | None, now: dt.dateti
         return [_error(ReviewCode.NO_DRAFT, "There is no draft version to activate.")]
     errors = []
     segment = version.segment
-    if segment is None:
+    # An API-triggered campaign needs no segment: each trigger call names its recipients.
+    triggered = version.campaign.kind == CampaignKind.API_TRIGGERED
+    if segment is None and not triggered:
         errors.append(
             _error(
                 ReviewCode.NO_SEGMENT, "Choose a segment: the campaign has no audience.", "segment"
             )
         )
-    elif segment.kind == SegmentKind.RULES:
+    elif segment is not None and segment.kind == SegmentKind.RULES:
         # A tree stored before today's checks would fail the planning of every batch.
         errors.extend(
             _error(
@@ -419,7 +422,7 @@ def version_activation_errors(*, version: CampaignVersion | None, now: dt.dateti
                 )
             )
         try:
-            validate_content(subject=action.subject, body=action.body)
+            validate_content(subject=action.subject, body=action.body, trigger_context=triggered)
         except TemplateContentError as error:
             errors.extend(
                 _error(

@@ -65,6 +65,7 @@ from .models import (
 from .operations import ADD_CAMPAIGN, CHANGE_CAMPAIGN, OPERATIONS, VIEW_CAMPAIGN
 from .review import activation_review
 from .selectors import Actor, version_activation_problems
+from .triggers import trigger_executions_halt
 
 Status = CampaignStatus
 
@@ -125,7 +126,11 @@ def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, An
             errors.append(f"{where}.subject: {refusal}")
             continue
         try:
-            validate_content(subject=subject, body=body)
+            validate_content(
+                subject=subject,
+                body=body,
+                trigger_context=version.campaign.kind == CampaignKind.API_TRIGGERED,
+            )
         except TemplateContentError as error:
             errors.extend(
                 f"{where}.{field}: {message}"
@@ -485,6 +490,7 @@ def campaign_stop(*, campaign: Campaign, user: Actor | None, reason: str = "") -
     hold_campaign_sends(campaign_id=campaign.pk)
     campaign = lock_campaign(campaign)
     transition_apply(campaign, "stop", user=user, reason=reason)
+    trigger_executions_halt(campaign=campaign)
     draft_discard(campaign, user=user, why="the campaign stopped")
     return campaign
 

@@ -314,6 +314,12 @@ SALVO_PROFILE_ATTRIBUTE_KEY_MAX_LENGTH = env.int(
 )
 SALVO_JSON_MAX_DEPTH = env.int("SALVO_JSON_MAX_DEPTH", default=100)
 
+# --- API-triggered campaigns (issue 13, campaigns.triggers) ---------------------------
+# The most recipients one trigger call (API or `campaign trigger`) may name; a call over it
+# is refused whole. A recipient's context is held to the attributes' limits above (depth,
+# size, key length). The API's body also stays within DATA_UPLOAD_MAX_MEMORY_SIZE.
+SALVO_TRIGGER_MAX_RECIPIENTS = env.int("SALVO_TRIGGER_MAX_RECIPIENTS", default=10_000)
+
 # The live estimate of unsaved segment rules (the rule builder in the admin, asked as the
 # marketer types): each estimate's queries stop after this many milliseconds, answered 503
 # with a message to narrow the rules, so a heavy tree cannot tie up the database.

@@ -72,6 +72,8 @@ def _apply_profile(
     data: Mapping[str, Any],
     consent: Mapping[str, bool] | None,
     source: str,
+    *,
+    validate_unique: bool = True,
 ) -> None:
     unknown = sorted(set(data) - set(PROFILE_DATA_FIELDS))
     if unknown:
@@ -89,8 +91,22 @@ def _apply_profile(
         if not isinstance(allowed, bool):
             raise ValidationError({"consent": f"consent.{channel} must be true or false."})
         profile.set_consent(channel, allowed, source=source, at=now)
-    profile.full_clean()
+    profile.full_clean(validate_unique=validate_unique)
     _check_time_zone(profile)
+
+
+def profile_data_apply(
+    profile: Profile,
+    *,
+    data: Mapping[str, Any],
+    consent: Mapping[str, bool] | None = None,
+    source: str = ConsentSource.API,
+) -> None:
+    """Check `data` and `consent` as ``profile_create``/``profile_update`` do and set them
+    on `profile`, without saving it nor asking the database whether its external_id is
+    taken: for callers that write many profiles at once and know which ids exist (an API
+    trigger's recipients). Raises ``ValidationError`` keyed by field."""
+    _apply_profile(profile, data, consent, source, validate_unique=False)
 
 
 @transaction.atomic

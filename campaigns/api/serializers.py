@@ -271,9 +271,14 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
         field that holds it (``actions[1].body``) as well as listed under ``actions`` as
         the services word it."""
         keyed: dict[str, list[str]] = {}
+        kind = data.get("kind") or getattr(self.instance, "kind", CampaignKind.ONE_SHOT)
         for index, action in enumerate(data.get("actions") or []):
             try:
-                validate_content(subject=action.get("subject") or "", body=action.get("body") or "")
+                validate_content(
+                    subject=action.get("subject") or "",
+                    body=action.get("body") or "",
+                    trigger_context=kind == CampaignKind.API_TRIGGERED,
+                )
             except TemplateContentError as error:
                 for field, messages in error.message_dict.items():
                     keyed.setdefault(f"actions[{index}].{field}", []).extend(messages)

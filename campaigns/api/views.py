@@ -28,6 +28,7 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from campaigns import services
+from campaigns.choices import CampaignKind
 from campaigns.exceptions import ActivationRefused
 from campaigns.exports import deliveries_csv_response
 from campaigns.models import Campaign
@@ -73,6 +74,7 @@ from .serializers import (
     ProofSendSerializer,
     StopInputSerializer,
 )
+from .triggers import CampaignTriggerActions
 
 Row = TypeVar("Row")
 
@@ -151,7 +153,7 @@ INVALID = OpenApiResponse(description="Invalid input: field errors.")
         responses={204: None, 409: CONFLICT}, description="Delete a Draft campaign."
     ),
 )
-class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
+class CampaignViewSet(CampaignTriggerActions, viewsets.ModelViewSet[Campaign]):
     """Campaigns: list, create, edit the draft, and every lifecycle operation."""
 
     serializer_class = CampaignSerializer
@@ -206,7 +208,13 @@ class CampaignViewSet(viewsets.ModelViewSet[Campaign]):
         saving accepts but the review will ask to acknowledge (unknown variables)."""
         response = self._campaign_response(campaign, code)
         draft = Campaign.objects.get(pk=campaign.pk).draft_version
-        warnings = version_content_warnings(version=draft) if draft else []
+        warnings = (
+            version_content_warnings(
+                version=draft, trigger_context=campaign.kind == CampaignKind.API_TRIGGERED
+            )
+            if draft
+            else []
+        )
         response.data["warnings"] = [check.as_dict() for check in warnings]
         return response
 

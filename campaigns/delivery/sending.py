@@ -65,8 +65,8 @@ from config.graceful_stop import stop_requested
 from segments.choices import ConsentChannel
 from segments.unsubscribe import unsubscribe_links
 
-from ..choices import CampaignType, DeliveryReason, DeliveryStatus, ExecutionStatus
-from ..models import Campaign, CampaignVersion, ChannelAction, Execution
+from ..choices import CampaignKind, CampaignType, DeliveryReason, DeliveryStatus, ExecutionStatus
+from ..models import Campaign, CampaignVersion, ChannelAction, Execution, TriggerRecipient
 from .completion import execution_halt
 from .policy import (
     Batch,
@@ -184,6 +184,10 @@ class ActionSender:
         }
         self.backend: ProviderBackend | None = None
         self.policy = _delivery_policy()
+        # API triggers: each chunk's recipients' contexts (``campaigns.triggers``); empty
+        # outside an execution (the preview, the proofs).
+        self.triggered = campaign.kind == CampaignKind.API_TRIGGERED
+        self.contexts: dict[int, Any] = {}
         self.version_id = 0
         self.content: ChannelAction | None = None
         self.removed = ""
@@ -212,7 +216,9 @@ class ActionSender:
         if self.backend is not None and content.preset_id != self.preset.pk:
             self.close()  # the next send opens the new preset's backend
         self.preset = content.preset
-        self.render = content_renderer(subject=content.subject, body=content.body)
+        self.render = content_renderer(
+            subject=content.subject, body=content.body, trigger_context=self.triggered
+        )
         self.unsubscribe = (
             self.preset.reply_to or self.preset.from_email
             if self.marketing and self.channel == ChannelKind.EMAIL
@@ -281,7 +287,8 @@ class ActionSender:
             except (ValueError, RecursionError) as error:
                 text = f"Cannot read the profile's attributes: {type(error).__name__}: {error}"
                 return DeliveryOutcome(row.delivery_id, D.FAILED, text, reason=R.BAD_PROFILE_DATA)
-        subject, body = self.render(profile_context(profile))
+        trigger = self.contexts.get(profile["id"], {}) if self.triggered else None
+        subject, body = self.render(profile_context(profile), trigger)
         headers: dict[str, str] = {}
         if self.unsubscribe:
             headers.update(self._unsubscribe_headers(profile))
@@ -350,6 +357,7 @@ class ActionSender:
             due = due_lock(batch, limit=limit, now=timezone.now())
             if not due:
                 return False
+            self._read_contexts(batch, due)
             prepared = self.prepare(due)
             version_id = sending_version(self.campaign.pk, hold=True)
             if version_id is None:
@@ -383,6 +391,7 @@ class ActionSender:
         if not due:
             return False
         self.use_version(version_id)
+        self._read_contexts(batch, due)
         prepared = self.prepare(due)
         held: set[int] = set()
         while prepared.messages:
@@ -412,6 +421,17 @@ class ActionSender:
                 batch.execution_id, self.action, outcomes, version_id=self.version_id, now=now
             )
         return self._more_due(due, outcomes, limit=limit)
+
+    def _read_contexts(self, batch: Batch, due: Sequence[Due]) -> None:
+        """An API trigger's chunk: its recipients' contexts (``campaigns.triggers``), in one
+        query that the unique index on (execution, profile) serves."""
+        if self.triggered:
+            ids = [row.profile["id"] for row in due if row.profile is not None]
+            self.contexts = dict(
+                TriggerRecipient.objects.filter(
+                    execution_id=batch.execution_id, profile_id__in=ids
+                ).values_list("profile_id", "context")
+            )
 
     @staticmethod
     def _more_due(due: Sequence[Due], outcomes: Sequence[DeliveryOutcome], *, limit: int) -> bool:

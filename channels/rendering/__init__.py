@@ -8,8 +8,9 @@ read-only (``profile``).
 * ``validate_content`` runs when content is saved and when a campaign is activated
   (``checks``): whatever can never render — a syntax error, a tag that reaches outside the
   message (``{% load %}``, ``{% querystring %}``), a private attribute, a variable other
-  than ``profile``, a literal argument over a limit (``ljust:"50000000"``) — is refused with
-  a message naming the field and the problem.
+  than ``profile`` (and ``context``, an API trigger's, for an API-triggered campaign), a
+  literal argument over a limit (``ljust:"50000000"``) — is refused with a message naming
+  the field and the problem.
 * ``render_content`` / ``content_renderer`` render one recipient's subject and body within
   one message's budget (``budget``): ``SALVO_RENDER_TIMEOUT_MS`` of rendering and
   ``SALVO_RENDER_MAX_CHARS`` characters, enforced as the message renders, so a runaway
@@ -21,7 +22,7 @@ is how content says what to write when a profile lacks a value.
 """
 
 from .budget import RenderBudgetExceeded, RenderError, RenderLimits, render_limits
-from .checks import TemplateContentError, content_profile_keys, validate_content
+from .checks import TRIGGER_CONTEXT, TemplateContentError, content_profile_keys, validate_content
 from .profile import PROFILE_FIELDS, profile_context
 from .renderers import content_renderer, render_content, render_html
 from .sandbox import ALLOWED_FILTERS, ALLOWED_TAGS, REFUSED_FILTERS, REFUSED_TAGS
@@ -32,6 +33,7 @@ __all__ = [
     "PROFILE_FIELDS",
     "REFUSED_FILTERS",
     "REFUSED_TAGS",
+    "TRIGGER_CONTEXT",
     "RenderBudgetExceeded",
     "RenderError",
     "RenderLimits",

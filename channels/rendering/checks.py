@@ -55,6 +55,7 @@ from .sandbox import (
 )
 
 __all__ = [
+    "TRIGGER_CONTEXT",
     "ContentProblem",
     "TemplateContentError",
     "compiled",
@@ -69,6 +70,9 @@ MAX_NESTING = 50
 
 # Names that the template language resolves without the context.
 _LITERAL_NAMES = frozenset({"True", "False", "None"})
+# The variable an API-triggered campaign's content reads its trigger's context from
+# (``{{ context.order_id }}``): what the API call gave for that recipient.
+TRIGGER_CONTEXT = "context"
 # Node attributes that hold where a node came from, not what it computes.
 _PROVENANCE = frozenset({"token", "origin"})
 
@@ -182,10 +186,12 @@ def _check_sequence(node: Node) -> None:
                     )
 
 
-def _check_structure(template: Template) -> None:
+def _check_structure(template: Template, trigger_context: bool) -> None:
     _check_nesting(template)
     nodes = list(_walk(template.nodelist))
     allowed = {"profile", "forloop"} | _LITERAL_NAMES
+    if trigger_context:
+        allowed.add(TRIGGER_CONTEXT)
     for node in nodes:
         allowed |= _bound_names(node)
     for node in nodes:
@@ -216,15 +222,21 @@ def _check_structure(template: Template) -> None:
                 if root not in allowed:
                     raise ContentProblem(
                         f"Line {_line(node)}: unknown variable {root!r}. Message content can "
-                        "only use the profile's data, e.g. {{ profile.first_name }}."
+                        "only use the profile's data, e.g. {{ profile.first_name }}"
+                        + (
+                            ", and the trigger's context, e.g. {{ context.order_id }}."
+                            if trigger_context
+                            else "."
+                        )
                     )
 
 
 @functools.lru_cache(maxsize=256)
-def compiled(source: str, html: bool) -> Template:
+def compiled(source: str, html: bool, trigger_context: bool = False) -> Template:
     """The content parsed, checked and instrumented, once: a batch renders it for hundreds
     of recipients, and Django templates hold no per-render state, so one compiled template
-    serves every thread. Raises ``ContentProblem``."""
+    serves every thread. With `trigger_context` (an API-triggered campaign's content) the
+    variable ``context`` is allowed beside ``profile``. Raises ``ContentProblem``."""
     try:
         template = engine(html).from_string(source)
     except TagRefused as refused:
@@ -233,7 +245,7 @@ def compiled(source: str, html: bool) -> Template:
         raise ContentProblem(f"Template syntax error: {exc}") from None
     except RecursionError:  # Django's parser recurses once per nested block or "not"
         raise _too_deep() from None
-    _check_structure(template)
+    _check_structure(template, trigger_context)
     return instrument(template)
 
 
@@ -297,8 +309,11 @@ def _trial_render(fields: list[tuple[str, Template, bool]], limits: RenderLimits
             continue
 
 
-def validate_content(*, subject: str, body: str, html_body: str = "") -> None:
+def validate_content(
+    *, subject: str, body: str, html_body: str = "", trigger_context: bool = False
+) -> None:
     """Refuse content that can never render safely, naming the field and the problem.
+    With `trigger_context` (an API-triggered campaign) ``{{ context.<key> }}`` is allowed.
 
     Raises ``TemplateContentError`` (a ``ValidationError`` keyed by field name).
     """
@@ -313,7 +328,7 @@ def validate_content(*, subject: str, body: str, html_body: str = "") -> None:
         if not source:
             continue
         try:
-            template = compiled(source, html)
+            template = compiled(source, html, trigger_context)
             _check_arguments(template, limits)
         except ContentProblem as problem:
             errors[field] = [str(problem)]
@@ -326,14 +341,14 @@ def validate_content(*, subject: str, body: str, html_body: str = "") -> None:
     _trial_render([item for item in ready if item[2]], limits)
 
 
-def content_profile_keys(source: str) -> list[str]:
+def content_profile_keys(source: str, *, trigger_context: bool = False) -> list[str]:
     """The profile keys the content reads, in the order first met: ``first_name`` for both
     ``{{ profile.first_name }}`` and ``{{ profile.attributes.first_name }}``, ``email`` for
     ``{{ profile.email }}``; empty for content that does not compile (``validate_content``
     says why). Names the template binds itself (``{% for x in … %}``) are not the
     profile's."""
     try:
-        template = compiled(source, False)
+        template = compiled(source, False, trigger_context)
     except ContentProblem:
         return []
     keys: dict[str, None] = {}

@@ -490,7 +490,11 @@ def engine(html: bool) -> Engine:
     return _HTML_ENGINE if html else _TEXT_ENGINE
 
 
-def render_in_full(template: Template, profile: Any, *, html: bool) -> str:
+def render_in_full(template: Template, profile: Any, *, html: bool, context: Any = None) -> str:
     """Render a compiled, instrumented template for one recipient on a fresh context,
-    spending the budget the caller started."""
-    return template.render(Context({"profile": profile}, autoescape=html))
+    spending the budget the caller started; `context` is an API trigger's context for the
+    recipient (``{{ context.<key> }}``), when there is one."""
+    variables = {"profile": profile}
+    if context is not None:
+        variables["context"] = context
+    return template.render(Context(variables, autoescape=html))

@@ -58,6 +58,12 @@ from campaigns.selectors import (
     campaign_versions,
     delivery_error_summary,
 )
+from campaigns.triggers import (
+    TriggerRefused,
+    trigger_create,
+    trigger_file_read,
+    trigger_recipient_problems,
+)
 from config.permissions import require_perms
 
 Status = CampaignStatus
@@ -250,6 +256,24 @@ class Command(BaseCommand):
         commands.add_parser(
             "discard-draft", parents=[with_id], help="Drop a running campaign's open draft."
         )
+        trigger = commands.add_parser(
+            "trigger",
+            parents=[with_id],
+            help="Trigger a Live API-triggered campaign for the recipients of a JSON-lines "
+            "file, as POST …/trigger/ does.",
+        )
+        trigger.add_argument(
+            "--file",
+            required=True,
+            metavar="PATH",
+            help='One recipient per line: {"external_id", "profile": {…}, "context": {…}}.',
+        )
+        trigger.add_argument(
+            "--idempotency-key",
+            default="",
+            metavar="KEY",
+            help="Default: the file's SHA-256, so the same file never sends twice.",
+        )
         for name, what in (
             ("request-approval", "Ask for the open draft's approval."),
             ("approve", "Approve the draft awaiting approval (not its last editor)."),
@@ -276,6 +300,7 @@ class Command(BaseCommand):
             "duplicate": self.duplicate_campaign,
             "modify": self.modify_campaign,
             "discard-draft": self.discard_draft_campaign,
+            "trigger": self.trigger_campaign,
             "request-approval": self.approval_step,
             "approve": self.approval_step,
             "reject": self.approval_step,
@@ -695,3 +720,31 @@ class Command(BaseCommand):
         draft = campaign.draft_version
         assert draft is not None  # the approval steps act on the open draft
         self._done(campaign, f"version {draft.number} {operation.done}")
+
+    def trigger_campaign(
+        self, *, user: Any, id: int, file: str, idempotency_key: str, **options: Any
+    ) -> None:
+        campaign = self._campaign(id)
+        recipients = trigger_file_read(file)
+        if recipients.unreadable:
+            # Every bad line at once: those that are not JSON, and the others' problems.
+            problems = trigger_recipient_problems(recipients.items)
+            raise CommandError(recipients.refusal_text(problems))
+        try:
+            result = trigger_create(
+                campaign=campaign,
+                user=user,
+                recipients=recipients.items,
+                idempotency_key=idempotency_key or recipients.digest,
+            )
+        except TriggerRefused as refused:
+            text = recipients.refusal_text(refused.problems) if refused.problems else refused.detail
+            raise CommandError(text) from refused
+        trigger = result.trigger
+        if result.created:
+            what = f"{trigger.recipients:,} recipients, sending"
+        else:
+            what = f"already triggered with key “{trigger.idempotency_key}”; nothing sent again"
+        self.stdout.write(
+            f"Trigger {trigger.pk} of campaign {campaign.pk} “{campaign.name}”: {what}."
+        )
