@@ -38,6 +38,7 @@ from .admin_proofs import proof_context, proof_request_view, proofs_section_view
 from .admin_report import refresh_ms as report_refresh_ms
 from .admin_report import report_context, report_html
 from .admin_review import REVIEW_MAX_CAMPAIGNS, review_page, reviews_page, reviews_url
+from .admin_triggers import triggers_context
 from .approval import require_approved_for_activation, version_approval_text
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
 from .exceptions import REFUSALS, CampaignConflict, refusal_text
@@ -913,6 +914,7 @@ class CampaignAdmin(ListTitledAdmin):
                     version_approval_text(campaign=campaign, version=draft) if draft else ""
                 ),
                 **proof_context(campaign=campaign, request=request),
+                **triggers_context(campaign=campaign),
             }
             report = report_context(campaign=campaign, request=request)
             refresh = report_refresh_ms(campaign)

@@ -344,3 +344,24 @@ def test_the_command_names_bad_lines_and_exits_non_zero(tmp_path):
     assert "\n" not in message
     assert not Profile.objects.exists()
     assert not Trigger.objects.exists()
+
+
+# --- the admin ----------------------------------------------------------------------------
+
+
+def test_the_admin_shows_the_triggers_and_their_counts(admin_client):
+    campaign = live_triggered()
+    trigger = trigger_create(
+        campaign=campaign, user=None, recipients=recipients(3), idempotency_key="shop-42"
+    ).trigger
+    one_shot = make_live_campaign()
+
+    page = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    other = admin_client.get(f"/admin/campaigns/campaign/{one_shot.pk}/change/").content.decode()
+
+    assert 'id="triggers"' in page
+    assert f'data-trigger="{trigger.pk}"' in page
+    assert "shop-42" in page
+    assert '<td data-status="pending">6</td>' in page
+    assert "email: 3 pending" in page
+    assert 'id="triggers"' not in other
