@@ -426,9 +426,6 @@ def trigger_create(
             "segments.change_profile",
             to="create or update profiles by a trigger",
         )
-    # Checked once before the transaction (no lock held while a large call is read), and
-    # again inside it, where the profiles it changes are locked.
-    _check_recipients(recipients, lock=False)
     try:
         return _trigger_write(campaign=campaign, user=user, recipients=recipients, key=key)
     except IntegrityError:
@@ -467,8 +464,10 @@ def _trigger_write(*, campaign: Campaign, user: Any, recipients: Any, key: str) 
                 created_by=user if getattr(user, "pk", None) else None,
             )
     except IntegrityError:
-        transaction.set_rollback(True)
+        # Another call with the key committed first (its insert held this one's until
+        # then): its trigger, and nothing of this call (the execution made above goes).
         found = Trigger.objects.filter(campaign=campaign, idempotency_key=key).first()
+        transaction.set_rollback(True)
         if found is None:
             raise
         return TriggerResult(found, created=False)

@@ -365,3 +365,80 @@ def test_the_admin_shows_the_triggers_and_their_counts(admin_client):
     assert '<td data-status="pending">6</td>' in page
     assert "email: 3 pending" in page
     assert 'id="triggers"' not in other
+
+
+# --- two calls with one key, at the same instant (PostgreSQL) ------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_racing_calls_with_one_key_make_one_trigger():
+    """Both calls find no trigger with the key, then wait for the campaign's send lock,
+    which the test holds until both are waiting: they write at the same instant, and the
+    unique key lets one through; the other gets its trigger and writes nothing."""
+    import threading
+
+    from django.db import connection, connections, transaction
+
+    from campaigns.delivery import hold_campaign_sends
+    from tests.conftest import wait_until
+
+    campaign = live_triggered()
+    results: list[Any] = []
+
+    def call() -> None:
+        try:
+            results.append(
+                trigger_create(
+                    campaign=campaign, user=None, recipients=recipients(50), idempotency_key="r"
+                )
+            )
+        except Exception as error:  # the test reports it
+            results.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    with transaction.atomic():
+        hold_campaign_sends(campaign_id=campaign.pk)
+        for thread in threads:
+            thread.start()
+        # Another connection watches the two calls queue behind the held lock.
+        watcher = connections.create_connection("default")
+        try:
+            with watcher.cursor() as cursor:
+
+                def waiting() -> int:
+                    cursor.execute(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    )
+                    return int(cursor.fetchone()[0])
+
+                wait_until(lambda: waiting() == 2, timeout=30, interval=0.05, message="no race")
+        finally:
+            watcher.close()
+        assert connection.vendor == "postgresql"
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sorted(r.created for r in results) == [False, True]
+    assert results[0].trigger.pk == results[1].trigger.pk
+    assert Trigger.objects.count() == 1
+    assert Delivery.objects.count() == 100
+
+
+def test_the_preview_renders_an_empty_context(api_client):
+    campaign = make_campaign(
+        kind=CampaignKind.API_TRIGGERED,
+        segment=None,
+        actions=[sms_action(body="Order {{ context.order_id|default:'(your order)' }}")],
+    )
+    profile: Profile = ProfileFactory(external_id="viewer", phone="+33600000009")  # type: ignore[assignment]
+
+    response = api_client.post(
+        f"/api/campaigns/{campaign.pk}/preview/", {"profile": profile.pk}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    assert "Order (your order)" in json.dumps(response.json())
