@@ -136,13 +136,15 @@ services-env:
 
 # Against `make services` (started if needed); BENCH_PROFILES=10000 for a quick look.
 BENCH_PROFILES ?= 1000000
+BENCH_TRIGGER_RECIPIENTS ?= 200000
 bench: venv
 	@$(SERVICES) start >/dev/null
 	eval "$$($(SERVICES) env)" && $(PY) manage.py migrate --noinput \
 		&& $(PY) manage.py bench_audience --profiles $(BENCH_PROFILES) \
 		&& if $(PY) manage.py help bench_delivery >/dev/null 2>&1; then \
 			$(PY) manage.py bench_delivery --profiles $(BENCH_PROFILES) --channels email,sms; \
-		else echo "bench_delivery: not available yet"; fi
+		else echo "bench_delivery: not available yet"; fi \
+		&& $(PY) manage.py bench_triggers --recipients $(BENCH_TRIGGER_RECIPIENTS)
 
 clean:
 	rm -rf $(TEST_VAR_DIR) .pytest_cache .mypy_cache .ruff_cache build dist
