@@ -442,3 +442,27 @@ def test_the_preview_renders_an_empty_context(api_client):
 
     assert response.status_code == 200, response.content
     assert "Order (your order)" in json.dumps(response.json())
+
+
+@pytest.mark.parametrize(("kind", "accepted"), [("api_triggered", True), ("one_shot", False)])
+def test_the_admin_and_the_api_accept_context_in_content_for_the_api_triggered_kind_only(
+    admin_client, api_client, kind, accepted
+):
+    from tests.campaigns.doors import ADD, add_data, create_payload
+    from tests.channels.factories import MessagePresetFactory
+
+    sms = MessagePresetFactory.create(channel="sms")
+    row = {"channel": "sms", "preset": sms.pk, "subject": "", "body": "{{ context.code }}"}
+
+    page = admin_client.post(ADD, add_data(None, [row], name="Codes", kind=kind))
+    payload = create_payload(
+        kind=kind, actions=[{"channel": "sms", "preset": sms.pk, "body": "{{ context.code }}"}]
+    )
+    made = api_client.post("/api/campaigns/", payload, format="json")
+
+    assert Campaign.objects.filter(name="Codes").exists() is accepted
+    assert (page.status_code == 302) is accepted
+    assert (made.status_code == 201) is accepted, made.content
+    if not accepted:
+        assert "unknown variable" in page.content.decode()
+        assert "unknown variable" in json.dumps(made.json())
