@@ -47,6 +47,7 @@ from .choices import (
     DEFAULT_VISIBLE_STATUSES,
     DELIVERY_TERMINAL_STATUSES,
     ApprovalStatus,
+    CampaignKind,
     CampaignStatus,
     CheckLevel,
     DeliveryStatus,
@@ -66,6 +67,7 @@ from .models import (
     Execution,
 )
 from .operations import OPERATIONS, VIEW_CAMPAIGN
+from .recurrence import next_occurrences, recurrence_parse
 
 Status = CampaignStatus
 # Who asks: a person (admin, API, `--user`), or None in services for the system itself.
@@ -349,6 +351,32 @@ def version_actions(*, version: CampaignVersion) -> QuerySet[ChannelAction]:
     return ChannelAction.objects.filter(version=version).select_related("preset").order_by("pk")
 
 
+def _recurrence_errors(version: CampaignVersion, *, now: dt.datetime) -> list[Check]:
+    """A recurring campaign's version needs a valid recurrence with an occurrence to come."""
+    if version.campaign.kind != CampaignKind.RECURRING:
+        return []
+    if not version.recurrence:
+        return []  # a warning of the review (campaigns.review): it would send nothing
+    try:
+        rule = recurrence_parse(version.recurrence)
+    except ValidationError as error:
+        return [
+            _error(ReviewCode.INVALID_RECURRENCE, f"Recurrence, {key}: {message}", "recurrence")
+            for key, messages in error.message_dict.items()
+            for message in messages
+        ]
+    start = max(version.start_at or now, now)
+    if not next_occurrences(rule, zone=version.time_zone, start=start, end=version.end_at):
+        return [
+            _error(
+                ReviewCode.NO_OCCURRENCE,
+                "The recurrence has no occurrence to come before its end; move the end later.",
+                "end_at",
+            )
+        ]
+    return []
+
+
 def version_activation_errors(*, version: CampaignVersion | None, now: dt.datetime) -> list[Check]:
     """Every reason this version cannot be activated now, as review errors; empty when it
     can."""
@@ -370,7 +398,10 @@ def version_activation_errors(*, version: CampaignVersion | None, now: dt.dateti
             )
             for message in rule_errors(segment.rules)
         )
-    if version.start_at is not None and version.start_at <= now:
+    errors.extend(_recurrence_errors(version, now=now))
+    # A running recurring campaign's new version keeps the start it began with (past).
+    started = version.campaign.kind == CampaignKind.RECURRING and version.campaign.live_version_id
+    if version.start_at is not None and version.start_at <= now and not started:
         errors.append(
             _error(
                 ReviewCode.START_IN_PAST,
