@@ -656,7 +656,8 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
     `by_version` (per version number, how many were decided with its content, by status;
     pending ones are decided by no version yet), `timeline` (sent and failed per channel
     per `interval_s`), `rate` (finished per second lately, and the time left at that
-    rate) and `executions` (each run with its own counts, newest first)."""
+    rate) and `executions` (each run with its own counts, newest first; a recurring
+    campaign's with the occurrence it is for, skipped ones included)."""
     now = now or timezone.now()
     executions = list(
         Execution.objects.filter(campaign=campaign)
@@ -688,6 +689,8 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
                 "finished_at": execution.finished_at,
                 "audience_size": execution.audience_size,
                 "planning_done": execution.planning_done,
+                # A recurring campaign's occurrence this run is for (None for one-shot).
+                "scheduled_for": execution.scheduled_for,
                 **_counts(row for row in rows if row[0] == execution.pk),
                 "by_reason": _reasons(row for row in rows if row[0] == execution.pk),
             }

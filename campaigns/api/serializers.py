@@ -466,6 +466,11 @@ class ExecutionReportSerializer(serializers.Serializer[dict[str, Any]]):
     planning_done = serializers.BooleanField(
         help_text="Every profile of the audience has its delivery rows."
     )
+    scheduled_for = serializers.DateTimeField(
+        allow_null=True,
+        help_text="A recurring campaign's occurrence this run is for (status `skipped`: it "
+        "came later than SALVO_RECURRENCE_GRACE_S and never ran); null for other kinds.",
+    )
     total = serializers.IntegerField()
     by_status = serializers.DictField(child=serializers.IntegerField())
     by_channel = serializers.DictField(child=StatusCountsSerializer())

@@ -196,3 +196,28 @@ def test_a_recurrence_belongs_to_a_recurring_campaign_and_must_come_before_its_e
             start_at=at(6, 9, 1),
             end_at=at(7, 8, 59),
         )
+
+
+def test_the_report_lists_each_occurrence_with_its_time_and_counts(
+    settings, api_client, admin_client
+):
+    settings.SALVO_RECURRENCE_GRACE_S = 3600
+    make_profile(external_id="ann")
+    campaign = recurring()
+    [first] = tick(at(6, 8))
+    run(first)
+    [third] = tick(at(8, 8, 30))  # the 7th's occurrence is skipped
+    run(third)
+
+    report = api_client.get(f"/api/campaigns/{campaign.pk}/report/").json()
+    occurrences = [
+        (e["scheduled_for"], e["status"], e["total"], e["by_status"]["sent"])
+        for e in report["executions"]
+    ]
+    assert occurrences == [
+        ("2031-01-08T08:00:00Z", "completed", 1, 1),
+        ("2031-01-07T08:00:00Z", "skipped", 0, 0),
+        ("2031-01-06T08:00:00Z", "completed", 1, 1),
+    ]
+    page = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert page.count("Occurrence of") == 3
