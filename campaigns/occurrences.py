@@ -89,12 +89,11 @@ def occurrence_plan_next(*, campaign: Campaign, now: dt.datetime) -> None:
     if last is None:
         runs = version_next_runs(version=version, count=1, now=now)
     else:
-        runs = version_next_runs(
-            version=version,
-            count=1,
-            after=max(last, now - dt.timedelta(microseconds=1)),
-            now=now,
-        )
+        # From now on; but an occurrence already due that no tick has started yet stays
+        # due (the new rule's first one from its time): activating never loses one.
+        since = min(now, campaign.next_run_at) if campaign.next_run_at else now
+        after = max(last, since - dt.timedelta(microseconds=1))
+        runs = version_next_runs(version=version, count=1, after=after, now=now)
     campaign.next_run_at = runs[0] if runs else None
     campaign.save(update_fields=["next_run_at", "updated_at"])
 

@@ -221,3 +221,24 @@ def test_the_report_lists_each_occurrence_with_its_time_and_counts(
     ]
     page = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert page.count("Occurrence of") == 3
+
+
+def test_a_version_activated_while_an_occurrence_is_due_keeps_it(settings, tmp_path):
+    make_profile(external_id="ann")
+    campaign = recurring()
+    [first] = tick(at(6, 8))
+    run(first)
+    services.campaign_modify(campaign=campaign, user=None)
+    services.campaign_update(
+        campaign=campaign, user=None, data={"actions": [sms_action(body="Second edition")]}
+    )
+    services.campaign_activate(campaign=campaign, user=None, acknowledge=["tiny_audience"])
+    # Activated one second after the 7th's occurrence, before any tick started it.
+    settings.SALVO_TEST_CLOCK_FILE = str(tmp_path / "clock")
+    clock_set(tmp_path / "clock", ahead=at(7, 8) + dt.timedelta(seconds=1) - timezone.now())
+    services.campaign_activation_complete(campaign_id=campaign.pk)
+
+    campaign.refresh_from_db()
+    assert campaign.next_run_at == at(7, 8)
+    [second] = tick(at(7, 8, 0) + dt.timedelta(seconds=2))
+    assert run(second).version.number == 2
