@@ -463,6 +463,8 @@ class CampaignAdmin(ListTitledAdmin):
     @admin.display(description="start")
     def start_time(self, obj: Campaign) -> str:
         version = self._shown_version(obj)
+        if obj.next_run_at is not None and obj.status in (Status.SCHEDULED, Status.LIVE):
+            return f"Next run {short_datetime(obj.next_run_at)}"  # a recurring campaign
         if version and version.start_at:
             return short_datetime(version.start_at)
         if obj.started_at:

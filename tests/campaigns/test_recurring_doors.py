@@ -243,3 +243,5 @@ def test_the_admin_shows_a_running_recurring_campaigns_next_runs(admin_client):
 
     assert "every Monday at 09:00 (Europe/Paris)" in page
     assert "Next runs: Monday" in page
+    listed = admin_client.get("/admin/campaigns/campaign/").content.decode()
+    assert "Next run " in listed
