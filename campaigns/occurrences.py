@@ -32,7 +32,7 @@ from . import clock
 from .choices import CampaignKind, CampaignStatus, ExecutionStatus
 from .delivery import execution_create
 from .delivery.completion import LAST_OCCURRENCE_DONE, recurring_campaign_over
-from .lifecycle import campaign_complete, lock_campaign
+from .lifecycle import campaign_complete, lock_campaign, transition_log
 from .models import Campaign, CampaignVersion, Execution
 from .recurrence import (
     Recurrence,
@@ -102,6 +102,11 @@ def _occurrence_skip(campaign: Campaign, occurrence: dt.datetime, *, now: dt.dat
     """Record the occurrence as skipped: a Skipped execution the report lists, never run."""
     assert campaign.live_version_id is not None  # a Live campaign
     late = now - occurrence
+    why = (
+        f"The occurrence of {occurrence.isoformat()} is skipped: the scheduler reached it "
+        f"{_duration_words(late)} late, more than SALVO_RECURRENCE_GRACE_S "
+        f"({_duration_words(recurrence_grace())})."
+    )
     Execution.objects.create(
         campaign=campaign,
         version_id=campaign.live_version_id,
@@ -109,9 +114,10 @@ def _occurrence_skip(campaign: Campaign, occurrence: dt.datetime, *, now: dt.dat
         status=ExecutionStatus.SKIPPED,
         planning_done=True,
         finished_at=now,
-        error=f"Skipped: the scheduler reached it {_duration_words(late)} late, more than "
-        f"SALVO_RECURRENCE_GRACE_S ({_duration_words(recurrence_grace())}).",
+        error=why,
     )
+    # In the campaign's log too, where every door shows what happened to it and why.
+    transition_log(campaign, "skip_occurrence", source=campaign.status, user=None, reason=why)
     logger.warning(
         "Campaign %s: the occurrence of %s is skipped, %s late.",
         campaign.pk,

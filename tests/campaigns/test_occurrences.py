@@ -105,6 +105,10 @@ def test_a_missed_occurrence_runs_once_within_the_grace_and_is_skipped_beyond(se
     ]
     assert started == [executions.last().pk]
     assert "more than SALVO_RECURRENCE_GRACE_S" in executions.first().error
+    log = campaign.transitions.filter(name="skip_occurrence").order_by("at", "id")
+    assert [entry.reason.split(" is skipped")[0] for entry in log] == [
+        f"The occurrence of {moment.isoformat()}" for moment in (at(6, 8), at(7, 8), at(8, 8))
+    ]
     assert tick(at(9, 8, 31)) == []
     campaign.refresh_from_db()
     assert campaign.next_run_at == at(10, 8)
