@@ -40,11 +40,12 @@ from .admin_report import report_context, report_html
 from .admin_review import REVIEW_MAX_CAMPAIGNS, review_page, reviews_page, reviews_url
 from .admin_triggers import triggers_context
 from .approval import require_approved_for_activation, version_approval_text
-from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignStatus
+from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignKind, CampaignStatus
 from .exceptions import REFUSALS, CampaignConflict, refusal_text
 from .forms import (
     ACTION_FIELDS,
     CAMPAIGN_FORM_FIELDS,
+    RECURRENCE_FORM_FIELDS,
     VERSION_FORM_FIELDS,
     CampaignAdminForm,
     ChannelActionForm,
@@ -52,6 +53,7 @@ from .forms import (
     error_dict,
 )
 from .models import Campaign, CampaignVersion, ChannelAction
+from .occurrences import campaign_next_runs, run_words, version_schedule_words
 from .operations import OPERATIONS, Operation
 from .selectors import (
     campaign_alerts,
@@ -356,6 +358,26 @@ class ServiceRefusal(Exception):
         self.error = error
 
 
+def recurrence_fieldset(campaign: Campaign | None) -> tuple[str, dict[str, Any]]:
+    """The schedule widget's recurrence (recurring campaigns), saying the running schedule
+    and its next runs in words."""
+    lines = ["Recurring campaigns: when it repeats, read in the schedule time zone."]
+    version = campaign.live_version if campaign is not None else None
+    if campaign is not None and version is not None:
+        words = version_schedule_words(version)
+        if words:
+            lines.append(f"Running now: {words}.")
+        runs = [
+            run_words(moment, version=version) for moment in campaign_next_runs(campaign=campaign)
+        ]
+        if runs:
+            lines.append("Next runs: " + "; ".join(runs) + ".")
+    return (
+        "Recurrence",
+        {"fields": RECURRENCE_FORM_FIELDS, "description": " ".join(lines)},
+    )
+
+
 @admin.register(Campaign)
 class CampaignAdmin(ListTitledAdmin):
     form = CampaignAdminForm
@@ -442,11 +464,23 @@ class CampaignAdmin(ListTitledAdmin):
     @admin.display(description="start")
     def start_time(self, obj: Campaign) -> str:
         version = self._shown_version(obj)
+        if obj.next_run_at is not None and obj.status in (Status.SCHEDULED, Status.LIVE):
+            return f"Next run {short_datetime(obj.next_run_at)}"  # a recurring campaign
         if version and version.start_at:
             return short_datetime(version.start_at)
         if obj.started_at:
             return short_datetime(obj.started_at)
         return "On activation" if version else "—"
+
+    @admin.display(description="recurrence")
+    def recurrence_text(self, obj: Campaign) -> str:
+        version = obj.live_version or obj.draft_version
+        words = version_schedule_words(version) if version is not None else ""
+        runs = campaign_next_runs(campaign=obj)
+        if runs and obj.live_version is not None:
+            live = obj.live_version
+            words += ". Next runs: " + "; ".join(run_words(m, version=live) for m in runs)
+        return words or "—"
 
     @admin.display(description="updated", ordering="updated_at")
     def updated(self, obj: Campaign) -> str:
@@ -535,9 +569,13 @@ class CampaignAdmin(ListTitledAdmin):
             return [
                 (None, {"fields": CAMPAIGN_FORM_FIELDS}),
                 ("Audience and schedule (version 1)", {"fields": VERSION_FORM_FIELDS}),
+                recurrence_fieldset(None),
             ]
         if not self.has_change_permission(request, obj):
-            return [(None, {"fields": ("name", "description", "type", "kind", "tag_list")})]
+            shown: tuple[str, ...] = ("name", "description", "type", "kind", "tag_list")
+            if obj.kind == CampaignKind.RECURRING:
+                shown = (*shown, "recurrence_text")  # its schedule and next runs in words
+            return [(None, {"fields": shown})]
         draft = obj.draft_version
         assert draft is not None  # campaign_is_editable
         title = f"Draft version {draft.number}"
@@ -546,6 +584,7 @@ class CampaignAdmin(ListTitledAdmin):
         return [
             (None, {"fields": CAMPAIGN_FORM_FIELDS}),
             (title, {"fields": VERSION_FORM_FIELDS}),
+            recurrence_fieldset(obj),
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Campaign | None = None) -> Any:

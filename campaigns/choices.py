@@ -73,6 +73,9 @@ class ExecutionStatus(models.TextChoices):
     # A step (planning, a batch) kept failing: the engine stopped retrying it and the
     # execution shows the error; remaining deliveries stay pending.
     FAILED = "failed", "Failed"
+    # A recurring campaign's occurrence that came too late (the scheduler was down for
+    # longer than SALVO_RECURRENCE_GRACE_S): recorded, never run.
+    SKIPPED = "skipped", "Skipped"
 
 
 class DeliveryStatus(models.TextChoices):
@@ -142,6 +145,9 @@ class ReviewCode(models.TextChoices):
     MISSING_SUBJECT = "missing_subject", "Email without a subject"
     TEMPLATE_ERROR = "template_error", "Template error"
     NOT_APPROVED = "not_approved", "Not approved"
+    # Recurring campaigns (campaigns.recurrence).
+    INVALID_RECURRENCE = "invalid_recurrence", "Invalid recurrence"
+    NO_OCCURRENCE = "no_occurrence", "No occurrence before the end"
     # Warnings: it can be activated once someone has acknowledged them.
     EMPTY_AUDIENCE = "empty_audience", "Empty audience"
     TINY_AUDIENCE = "tiny_audience", "Tiny audience"
@@ -149,6 +155,7 @@ class ReviewCode(models.TextChoices):
     SMS_SEGMENTS = "sms_segments", "SMS longer than one segment"
     NO_UNSUBSCRIBE_LINK = "no_unsubscribe_link", "Marketing email without an unsubscribe link"
     UNKNOWN_RULE_ATTRIBUTE = "unknown_rule_attribute", "Segment rule on an attribute no profile has"
+    NO_RECURRENCE = "no_recurrence", "Recurring campaign without a recurrence"
 
 
 class ProofStatus(models.TextChoices):

@@ -24,6 +24,7 @@ from segments.selectors import profile_attribute_keys
 
 from .choices import CampaignKind
 from .models import Campaign, ChannelAction, time_zone_choices
+from .recurrence import EVERY, INTERVAL_MAX, WEEKDAYS, recurrence_parse
 from .review import unknown_variable_checks
 
 # What the campaign itself holds (the service's CAMPAIGN_FIELDS plus tags)…
@@ -31,6 +32,19 @@ CAMPAIGN_FORM_FIELDS = ("name", "description", "type", "kind", "approval_require
 # …and what its draft version holds besides the actions.
 VERSION_FORM_FIELDS = ("segment", "start_at", "time_zone")
 ACTION_FIELDS = ("channel", "preset", "subject", "body")
+# What the recurrence fields give the services.
+RECURRENCE_SERVICE_FIELDS = ("recurrence", "end_at", "once_per_profile")
+# A recurring campaign's schedule (campaigns.recurrence): one field per key of the
+# recurrence, then its end and "once per profile".
+RECURRENCE_FORM_FIELDS = (
+    "recurrence_every",
+    "recurrence_interval",
+    "recurrence_at",
+    "recurrence_weekdays",
+    "recurrence_month_days",
+    "end_at",
+    "once_per_profile",
+)
 
 
 def error_dict(error: ValidationError) -> dict[str, list[str]]:
@@ -63,6 +77,54 @@ class CampaignAdminForm(forms.ModelForm):
         "recipients who have none.",
     )
 
+    # --- the recurrence (recurring campaigns): plain fields, no script needed ------------
+    recurrence_every = forms.ChoiceField(
+        choices=[("", "Does not repeat"), *((every, f"Every {every}") for every in EVERY)],
+        required=False,
+        label="Repeats",
+        help_text="Recurring campaigns only: each occurrence sends to the segment as it is then.",
+    )
+    recurrence_interval = forms.IntegerField(
+        min_value=1,
+        max_value=INTERVAL_MAX,
+        initial=1,
+        required=False,
+        label="Interval",
+        help_text="Every how many days, weeks or months (1: every one).",
+    )
+    recurrence_at = forms.CharField(
+        max_length=5,
+        required=False,
+        label="At",
+        widget=forms.TextInput(attrs={"placeholder": "09:00", "size": 5}),
+        help_text="The clock time of each occurrence, HH:MM, in the schedule time zone.",
+    )
+    recurrence_weekdays = forms.MultipleChoiceField(
+        choices=[(day, day.capitalize()) for day in WEEKDAYS],
+        required=False,
+        label="On weekdays",
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Weekly recurrences: the days of the week it runs on.",
+    )
+    recurrence_month_days = forms.CharField(
+        required=False,
+        label="On days of the month",
+        widget=forms.TextInput(attrs={"placeholder": "1, 15"}),
+        help_text="Monthly recurrences: days from 1 to 31, separated by commas; a day a month "
+        "lacks (29–31) is skipped that month.",
+    )
+    end_at = forms.SplitDateTimeField(
+        required=False,
+        label="End at",
+        widget=widgets.AdminSplitDateTime,
+        help_text="The last occurrence is the last one before this time; empty: no end.",
+    )
+    once_per_profile = forms.BooleanField(
+        required=False,
+        label="Once per profile",
+        help_text="An occurrence leaves out whoever an earlier one reached on that channel.",
+    )
+
     # Set by CampaignAdmin when the service refused input these forms had accepted (a race,
     # or a rule only the service knows): the form then shows the refusal as its own errors.
     service_error: ValidationError | None = None
@@ -77,6 +139,9 @@ class CampaignAdminForm(forms.ModelForm):
         date_input, time_input = self.fields["start_at"].widget.widgets
         date_input.attrs["aria-label"] = "Start date"
         time_input.attrs["aria-label"] = "Start time"
+        end_date, end_time = self.fields["end_at"].widget.widgets
+        end_date.attrs["aria-label"] = "End date"
+        end_time.attrs["aria-label"] = "End time"
         # Typed and shown in the user's own zone (campaigns.middleware), stored in UTC.
         self.fields["start_at"].help_text = (
             f"In your time zone, {timezone.get_current_timezone_name()}. "
@@ -87,11 +152,51 @@ class CampaignAdminForm(forms.ModelForm):
             self.initial.setdefault("segment", version.segment_id)
             self.initial.setdefault("start_at", version.start_at)
             self.initial.setdefault("time_zone", version.time_zone)
+            self._recurrence_initial(version)
         else:
             self.initial.setdefault("time_zone", timezone.get_current_timezone_name())
 
+    def _recurrence_initial(self, version: Any) -> None:
+        self.initial.setdefault("end_at", version.end_at)
+        self.initial.setdefault("once_per_profile", version.once_per_profile)
+        rule = version.recurrence or {}
+        self.initial.setdefault("recurrence_every", rule.get("every", ""))
+        self.initial.setdefault("recurrence_interval", rule.get("interval", 1))
+        self.initial.setdefault("recurrence_at", rule.get("at", ""))
+        self.initial.setdefault("recurrence_weekdays", rule.get("weekdays", []))
+        days = rule.get("month_days", [])
+        self.initial.setdefault("recurrence_month_days", ", ".join(str(d) for d in days))
+
+    def _clean_recurrence(self, cleaned: dict[str, Any]) -> None:
+        """The recurrence fields as one recurrence (or None), each refusal on its field."""
+        every = cleaned.get("recurrence_every")
+        if not every:
+            cleaned["recurrence"] = None
+            return
+        text = cleaned.get("recurrence_month_days") or ""
+        try:
+            days = [int(part) for part in text.replace(" ", ",").split(",") if part]
+        except ValueError:
+            self.add_error("recurrence_month_days", "Days of the month are numbers from 1 to 31.")
+            return
+        data = {
+            "every": every,
+            "interval": cleaned.get("recurrence_interval") or 1,
+            "at": cleaned.get("recurrence_at") or "",
+            "weekdays": cleaned.get("recurrence_weekdays") or [],
+            "month_days": days,
+        }
+        try:
+            cleaned["recurrence"] = recurrence_parse(data).as_json()
+        except ValidationError as error:
+            for key, messages in error.message_dict.items():
+                field = f"recurrence_{key}"
+                self.add_error(field if field in self.fields else None, messages)
+
     def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean()
+        if cleaned is not None and "recurrence_every" in self.fields:
+            self._clean_recurrence(cleaned)
         if self.service_error is not None:
             for field, messages in error_dict(self.service_error).items():
                 if field == "actions":
@@ -103,7 +208,7 @@ class CampaignAdminForm(forms.ModelForm):
         """The validated input, keyed as campaign_create / campaign_update take it."""
         return {
             name: self.cleaned_data[name]
-            for name in (*CAMPAIGN_FORM_FIELDS, *VERSION_FORM_FIELDS)
+            for name in (*CAMPAIGN_FORM_FIELDS, *VERSION_FORM_FIELDS, *RECURRENCE_SERVICE_FIELDS)
             # A form posted without a zone (a script's) keeps the version's.
             if name in self.cleaned_data and (name != "time_zone" or self.cleaned_data[name])
         }

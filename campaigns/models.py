@@ -96,6 +96,10 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         "SALVO_STEP_MAX_ATTEMPTS.",
     )
     started_at = models.DateTimeField(null=True, blank=True, help_text="When it first went Live.")
+    # A recurring campaign's next occurrence (campaigns.occurrences): the scheduler starts
+    # it once this time has come and moves it on under the campaign's row lock, so two
+    # schedulers never start one occurrence twice. Empty once the last one has started.
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False, db_index=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -229,6 +233,20 @@ class CampaignVersion(models.Model):
         default=site_time_zone,
         help_text="The zone the schedule's clock times (a recurrence's “at”, quiet hours) are "
         "read in, and the zone of recipients who have none.",
+    )
+    # A recurring campaign's schedule (campaigns.recurrence, validated by the services):
+    # {"every", "interval", "at", "weekdays", "month_days"}, read in `time_zone`.
+    recurrence = models.JSONField(null=True, blank=True)
+    end_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="A recurring campaign's last occurrence is the last at or before this time; "
+        "empty: no end.",
+    )
+    once_per_profile = models.BooleanField(
+        default=False,
+        help_text="A recurring campaign sends each channel to a profile once: an occurrence "
+        "leaves out whoever an earlier one reached on that channel.",
     )
     activated_at = models.DateTimeField(null=True, blank=True, editable=False)
     activated_by = models.ForeignKey(
@@ -408,6 +426,12 @@ class Execution(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(status__in=ExecutionStatus.values), name="execution_status_valid"
+            ),
+            # One execution per occurrence of a recurring campaign, whatever the schedulers.
+            models.UniqueConstraint(
+                fields=["campaign", "scheduled_for"],
+                condition=Q(scheduled_for__isnull=False),
+                name="execution_once_per_occurrence",
             ),
         ]
 

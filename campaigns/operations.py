@@ -169,6 +169,8 @@ STEP_LABELS: dict[str, str] = {
     "stop": "Stopped",
     "archive": "Archived",
     "delete": "Deleted",
+    # A recurring campaign's occurrence found too late (campaigns.occurrences).
+    "skip_occurrence": "Occurrence skipped",
 }
 
 

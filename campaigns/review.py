@@ -40,6 +40,7 @@ from .approval import unapproved_text
 from .choices import CampaignKind, CampaignType, CheckLevel, ReviewCode
 from .delivery import reachable_profiles
 from .models import Campaign, CampaignVersion, ChannelAction
+from .occurrences import version_schedule_words
 from .operations import VIEW_CAMPAIGN
 from .preview import CampaignPreview, campaign_preview
 from .selectors import Actor, Check, version_actions, version_activation_errors
@@ -114,12 +115,21 @@ class CampaignReview:
         """The warnings whose code is not in `acknowledge`."""
         return [check for check in self.warnings if check.code not in acknowledge]
 
+    def _recurrence(self) -> dict[str, str]:
+        """A recurring campaign's recurrence in words (only theirs)."""
+        if self.version is None or self.campaign.kind != CampaignKind.RECURRING:
+            return {}
+        return {"recurrence": version_schedule_words(self.version)}
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "reach": self.reach,
             "recipients": self.recipients,
             "audience": self.audience,
-            "schedule": {"start_at": self.start_at.isoformat() if self.start_at else None},
+            "schedule": {
+                "start_at": self.start_at.isoformat() if self.start_at else None,
+                **self._recurrence(),
+            },
             "estimate": {
                 "seconds": self.estimate_s,
                 "by_channel": {
@@ -339,6 +349,21 @@ def _sample(
         return None
 
 
+def _recurrence_warnings(campaign: Campaign, version: CampaignVersion) -> list[Check]:
+    """A recurring campaign without a recurrence has no occurrence: it would go Live and
+    complete with nothing sent."""
+    if campaign.kind != CampaignKind.RECURRING or version.recurrence:
+        return []
+    return [
+        _warning(
+            ReviewCode.NO_RECURRENCE,
+            "A recurring campaign without a recurrence sends nothing: set every day, week or "
+            "month, at a time.",
+            "recurrence",
+        )
+    ]
+
+
 def activation_review(
     *, campaign: Campaign, user: Actor | None = None, sample: bool = True
 ) -> CampaignReview:
@@ -370,6 +395,7 @@ def activation_review(
         *(_audience_warnings(recipients) if audience_checked else []),
         *(_rule_warnings(version, known) if audience_checked else []),
         *_content_warnings(campaign, actions, known),
+        *_recurrence_warnings(campaign, version),
     ]
     return CampaignReview(
         campaign=campaign,

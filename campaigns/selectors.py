@@ -67,6 +67,7 @@ from .models import (
     Execution,
 )
 from .operations import OPERATIONS, VIEW_CAMPAIGN
+from .recurrence import next_occurrences, recurrence_parse
 
 Status = CampaignStatus
 # Who asks: a person (admin, API, `--user`), or None in services for the system itself.
@@ -350,6 +351,32 @@ def version_actions(*, version: CampaignVersion) -> QuerySet[ChannelAction]:
     return ChannelAction.objects.filter(version=version).select_related("preset").order_by("pk")
 
 
+def _recurrence_errors(version: CampaignVersion, *, now: dt.datetime) -> list[Check]:
+    """A recurring campaign's version needs a valid recurrence with an occurrence to come."""
+    if version.campaign.kind != CampaignKind.RECURRING:
+        return []
+    if not version.recurrence:
+        return []  # a warning of the review (campaigns.review): it would send nothing
+    try:
+        rule = recurrence_parse(version.recurrence)
+    except ValidationError as error:
+        return [
+            _error(ReviewCode.INVALID_RECURRENCE, f"Recurrence, {key}: {message}", "recurrence")
+            for key, messages in error.message_dict.items()
+            for message in messages
+        ]
+    start = max(version.start_at or now, now)
+    if not next_occurrences(rule, zone=version.time_zone, start=start, end=version.end_at):
+        return [
+            _error(
+                ReviewCode.NO_OCCURRENCE,
+                "The recurrence has no occurrence to come before its end; move the end later.",
+                "end_at",
+            )
+        ]
+    return []
+
+
 def version_activation_errors(*, version: CampaignVersion | None, now: dt.datetime) -> list[Check]:
     """Every reason this version cannot be activated now, as review errors; empty when it
     can."""
@@ -373,7 +400,10 @@ def version_activation_errors(*, version: CampaignVersion | None, now: dt.dateti
             )
             for message in rule_errors(segment.rules)
         )
-    if version.start_at is not None and version.start_at <= now:
+    errors.extend(_recurrence_errors(version, now=now))
+    # A running recurring campaign's new version keeps the start it began with (past).
+    started = version.campaign.kind == CampaignKind.RECURRING and version.campaign.live_version_id
+    if version.start_at is not None and version.start_at <= now and not started:
         errors.append(
             _error(
                 ReviewCode.START_IN_PAST,
@@ -628,7 +658,8 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
     `by_version` (per version number, how many were decided with its content, by status;
     pending ones are decided by no version yet), `timeline` (sent and failed per channel
     per `interval_s`), `rate` (finished per second lately, and the time left at that
-    rate) and `executions` (each run with its own counts, newest first)."""
+    rate) and `executions` (each run with its own counts, newest first; a recurring
+    campaign's with the occurrence it is for, skipped ones included)."""
     now = now or timezone.now()
     executions = list(
         Execution.objects.filter(campaign=campaign)
@@ -660,6 +691,8 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
                 "finished_at": execution.finished_at,
                 "audience_size": execution.audience_size,
                 "planning_done": execution.planning_done,
+                # A recurring campaign's occurrence this run is for (None for one-shot).
+                "scheduled_for": execution.scheduled_for,
                 **_counts(row for row in rows if row[0] == execution.pk),
                 "by_reason": _reasons(row for row in rows if row[0] == execution.pk),
             }

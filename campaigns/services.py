@@ -31,7 +31,7 @@ from channels.rendering import TemplateContentError, validate_content
 from config.permissions import require_perms
 from segments.models import Segment
 
-from . import tasks
+from . import clock, tasks
 from .approval import (
     approval_step_refusal,
     clean_comment,
@@ -62,7 +62,9 @@ from .models import (
     approval_required_by_default,
     site_time_zone,
 )
+from .occurrences import occurrence_plan_next
 from .operations import ADD_CAMPAIGN, CHANGE_CAMPAIGN, OPERATIONS, VIEW_CAMPAIGN
+from .recurrence import next_occurrences, recurrence_parse
 from .review import activation_review
 from .selectors import Actor, version_activation_problems
 from .triggers import trigger_executions_halt
@@ -71,6 +73,8 @@ Status = CampaignStatus
 
 CAMPAIGN_FIELDS = ("name", "description", "type", "kind", "approval_required")
 VERSION_FIELDS = ("segment", "start_at", "time_zone")
+# A recurring campaign's schedule (campaigns.recurrence, campaigns.occurrences).
+RECURRENCE_FIELDS = ("recurrence", "end_at", "once_per_profile")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -93,6 +97,38 @@ def _validate_time_zone(name: str) -> None:
     """A schedule's zone is one of the IANA zones this machine knows ("" for the site's)."""
     if name and name not in zoneinfo.available_timezones():
         raise ValidationError({"time_zone": f"“{name}” is not a time zone name."})
+
+
+def _validate_recurrence(campaign: Campaign, version: CampaignVersion) -> None:
+    """A recurrence is valid, belongs to a recurring campaign, and has an occurrence at or
+    before the end; the stored form is the parsed one (every key, weekdays by name)."""
+    if not version.recurrence:
+        version.recurrence = None
+        return
+    if campaign.kind != CampaignKind.RECURRING:
+        raise ValidationError(
+            {"recurrence": "Only a recurring campaign has a recurrence; set its kind first."}
+        )
+    try:
+        rule = recurrence_parse(version.recurrence)
+    except ValidationError as error:
+        raise ValidationError(
+            {
+                "recurrence": [
+                    f"{key}: {message}"
+                    for key, messages in error.message_dict.items()
+                    for message in messages
+                ]
+            }
+        ) from error
+    version.recurrence = rule.as_json()
+    start = version.start_at or clock.now()
+    if version.end_at is not None and not next_occurrences(
+        rule, zone=version.time_zone, start=start, end=version.end_at
+    ):
+        raise ValidationError(
+            {"end_at": "The recurrence has no occurrence between the start and this end."}
+        )
 
 
 def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, Any]]) -> None:
@@ -162,6 +198,9 @@ def _copy_version(
         segment=source.segment,
         start_at=source.start_at,
         time_zone=source.time_zone,
+        recurrence=source.recurrence,
+        end_at=source.end_at,
+        once_per_profile=source.once_per_profile,
         last_edited_by=transition_actor(user),
     )
     ChannelAction.objects.bulk_create(
@@ -199,6 +238,9 @@ def campaign_create(
     time_zone: str = "",
     actions: Iterable[Mapping[str, Any]] = (),
     approval_required: bool | None = None,
+    recurrence: Mapping[str, Any] | None = None,
+    end_at: dt.datetime | None = None,
+    once_per_profile: bool = False,
 ) -> Campaign:
     """A new Draft campaign whose version 1 holds the given content. `approval_required`
     defaults to SALVO_APPROVAL_REQUIRED."""
@@ -217,14 +259,19 @@ def campaign_create(
     _validate_start_at(start_at)
     _validate_time_zone(time_zone)
     campaign.save()
-    version = CampaignVersion.objects.create(
+    version = CampaignVersion(
         campaign=campaign,
         number=1,
         segment=segment,
         start_at=start_at,
         time_zone=time_zone or site_time_zone(),
+        recurrence=recurrence,
+        end_at=end_at,
+        once_per_profile=once_per_profile,
         last_edited_by=transition_actor(user),
     )
+    _validate_recurrence(campaign, version)
+    version.save()
     _replace_actions(version, actions)
     campaign.draft_version = version
     campaign.save(update_fields=["draft_version", "updated_at"])
@@ -279,9 +326,10 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
     if "time_zone" in data:
         _validate_time_zone(data["time_zone"])
         data = {**data, "time_zone": data["time_zone"] or site_time_zone()}
-    for field in VERSION_FIELDS:
+    for field in (*VERSION_FIELDS, *RECURRENCE_FIELDS):
         if field in data:
             setattr(version, field, data[field])
+    _validate_recurrence(campaign, version)
     version.save()
     if "actions" in data:
         _replace_actions(version, data["actions"])
@@ -379,7 +427,7 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
     request = _activation_request(campaign)
     requested_by = request.by if request else None
     version = campaign.draft_version
-    now = timezone.now()
+    now = clock.now()
     # The start time is judged at the moment the user activated: one still ahead then that
     # passed while this task waited in the queue starts the campaign now, not a refusal.
     asked_at = min(request.at, now) if request else now
@@ -405,12 +453,13 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
         campaign.save(update_fields=["started_at", "updated_at"])
     if campaign.status == Status.LIVE:
         execution_start(campaign=campaign)
+    occurrence_plan_next(campaign=campaign, now=now)
     return campaign
 
 
 def campaigns_start_due(*, now: dt.datetime | None = None) -> list[int]:
     """Scheduled → Live for every campaign whose start time has come; returns their ids."""
-    now = now or timezone.now()
+    now = now or clock.now()
     due = Campaign.objects.filter(
         status=Status.SCHEDULED, live_version__start_at__lte=now
     ).values_list("pk", flat=True)
@@ -489,6 +538,7 @@ def campaign_stop(*, campaign: Campaign, user: Actor | None, reason: str = "") -
     # First wait for the chunks on their way to the provider, holding off new ones.
     hold_campaign_sends(campaign_id=campaign.pk)
     campaign = lock_campaign(campaign)
+    campaign.next_run_at = None  # a recurring campaign's occurrences to come are cancelled
     transition_apply(campaign, "stop", user=user, reason=reason)
     trigger_executions_halt(campaign=campaign)
     draft_discard(campaign, user=user, why="the campaign stopped")
@@ -608,6 +658,9 @@ def _draft_content(campaign: Campaign, version: CampaignVersion) -> tuple[Any, .
         version.segment_id,
         version.start_at,
         version.time_zone,
+        version.recurrence,
+        version.end_at,
+        version.once_per_profile,
         list(actions),
         sorted(campaign.tags.names()),
     )

@@ -430,6 +430,20 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --- Recurring campaigns (issue 13) -----------------------------------------------------
+# An occurrence the scheduler finds late (it was down) still runs, once, when it is late by
+# less than this; a later one is recorded as skipped and never runs (campaigns.occurrences).
+SALVO_RECURRENCE_GRACE_S = env.float("SALVO_RECURRENCE_GRACE_S", default=3600.0)
+# Tests only: a file holding a number of seconds by which every scheduling decision's clock
+# runs ahead (campaigns.clock), so that a test can move a real scheduler and worker days on
+# without waiting. Refused unless DEBUG is on: a production process never reads it.
+SALVO_TEST_CLOCK_FILE = env.str("SALVO_TEST_CLOCK_FILE", default="")
+if SALVO_TEST_CLOCK_FILE and not DEBUG:
+    raise ImproperlyConfigured(
+        "SALVO_TEST_CLOCK_FILE moves the scheduler's clock and is for tests only: it needs "
+        "DJANGO_DEBUG=1. Unset it."
+    )
+
 # --- Review before activation (issue 11) ---------------------------------------------
 # A campaign reaching fewer profiles than this asks for an acknowledgement of the
 # "tiny_audience" warning before it activates (a test list sent by mistake); 0: never.

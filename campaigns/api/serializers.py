@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Manager
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -33,7 +34,9 @@ from campaigns.models import (
     ProofSend,
     time_zone_choices,
 )
+from campaigns.occurrences import campaign_next_runs, run_words, version_schedule_words
 from campaigns.operations import OPERATIONS
+from campaigns.recurrence import recurrence_parse
 from campaigns.selectors import (
     alert_rules,
     campaign_alerts,
@@ -60,6 +63,28 @@ class TagListField(serializers.ListField):
 # --- output --------------------------------------------------------------------------
 
 
+class RecurrenceField(serializers.JSONField):
+    """A recurrence, refused key by key (``schedule.recurrence.at``) as campaigns.recurrence
+    words it; stored with every key."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if data is None:
+            return None
+        try:
+            return recurrence_parse(data).as_json()
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.message_dict) from error
+
+
+# The schedule's keys of a recurrence, absent from the schedules of versions without one.
+RECURRENCE_KEYS = ("recurrence", "end_at", "once_per_profile", "recurrence_words")
+
+
+class NextRunSerializer(serializers.Serializer[Any]):
+    at = serializers.DateTimeField()
+    words = serializers.CharField(help_text="“Monday 4 January 2027 at 09:00”, in the zone.")
+
+
 class ScheduleSerializer(serializers.Serializer[Any]):
     start_at = serializers.DateTimeField(
         allow_null=True,
@@ -72,6 +97,41 @@ class ScheduleSerializer(serializers.Serializer[Any]):
         help_text="The IANA zone the schedule's clock times are read in, and the zone of "
         "recipients who have none; default the site's TIME_ZONE.",
     )
+    # A recurring campaign's schedule (campaigns.recurrence).
+    recurrence = RecurrenceField(
+        required=False,
+        allow_null=True,
+        help_text='Recurring campaigns: {"every": "day"|"week"|"month", "interval": n (1–99), '
+        '"at": "HH:MM" (in time_zone), "weekdays": ["monday", …] (week), "month_days": '
+        "[1–31] (month; a day a month lacks is skipped)}.",
+    )
+    end_at = serializers.DateTimeField(
+        allow_null=True,
+        required=False,
+        help_text="Recurring campaigns: the last occurrence is the last at or before it; "
+        "null: no end.",
+    )
+    once_per_profile = serializers.BooleanField(
+        required=False,
+        help_text="Recurring campaigns: an occurrence leaves out whoever an earlier one "
+        "reached on that channel.",
+    )
+    recurrence_words = serializers.SerializerMethodField(
+        help_text="The recurrence in words: “every Monday at 09:00 (Europe/Paris), until 31 "
+        "March 2027”; empty without one."
+    )
+
+    def get_recurrence_words(self, version: Any) -> str:
+        return version_schedule_words(version) if isinstance(version, CampaignVersion) else ""
+
+    def to_representation(self, instance: Any) -> Any:
+        """The recurrence's keys are shown for a version that has a recurrence only (a
+        recurring campaign's), so other campaigns' schedules read as they always did."""
+        data = super().to_representation(instance)
+        if isinstance(instance, CampaignVersion) and not instance.recurrence:
+            for key in RECURRENCE_KEYS:
+                data.pop(key, None)
+        return data
 
 
 class ChannelActionSerializer(serializers.ModelSerializer[ChannelAction]):
@@ -169,6 +229,14 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
         help_text="The open draft's approval (see `approval_required`): where it stands (in "
         "words too), who edited it last, who asked and who decided, with the comment."
     )
+    next_run_at = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text="A recurring campaign's next occurrence; null when none is to come.",
+    )
+    next_runs = serializers.SerializerMethodField(
+        help_text="A recurring campaign's next occurrences (up to 5), with their words."
+    )
 
     class Meta:
         model = Campaign
@@ -192,8 +260,21 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
             "created_at",
             "updated_at",
             "allowed_operations",
+            "next_run_at",
+            "next_runs",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(NextRunSerializer(many=True))
+    def get_next_runs(self, campaign: Campaign) -> list[dict[str, Any]]:
+        version = campaign.live_version
+        if version is None:
+            return []
+        runs = [
+            {"at": moment, "words": run_words(moment, version=version)}
+            for moment in campaign_next_runs(campaign=campaign)
+        ]
+        return list(NextRunSerializer(runs, many=True).data)
 
     @extend_schema_field(
         serializers.ListField(child=serializers.ChoiceField(choices=list(OPERATIONS)))
@@ -390,6 +471,11 @@ class ExecutionReportSerializer(serializers.Serializer[dict[str, Any]]):
     planning_done = serializers.BooleanField(
         help_text="Every profile of the audience has its delivery rows."
     )
+    scheduled_for = serializers.DateTimeField(
+        allow_null=True,
+        help_text="A recurring campaign's occurrence this run is for (status `skipped`: it "
+        "came later than SALVO_RECURRENCE_GRACE_S and never ran); null for other kinds.",
+    )
     total = serializers.IntegerField()
     by_status = serializers.DictField(child=serializers.IntegerField())
     by_channel = serializers.DictField(child=StatusCountsSerializer())
@@ -565,6 +651,10 @@ class ReviewCheckSerializer(serializers.Serializer[Any]):
 class ReviewScheduleSerializer(serializers.Serializer[Any]):
     start_at = serializers.DateTimeField(
         allow_null=True, help_text="When it starts (UTC); null: as soon as it is activated."
+    )
+    recurrence = serializers.CharField(
+        required=False,
+        help_text="A recurring campaign's recurrence in words; absent for other kinds.",
     )
 
 

@@ -30,7 +30,7 @@ from .completion import (
     step_name,
     step_policy,
 )
-from .planning import execution_plan_step, execution_start
+from .planning import execution_create, execution_plan_step, execution_start
 from .policy import (
     PLANNING_STEP,
     Batch,
@@ -53,6 +53,7 @@ __all__ = [
     "consent_column",
     "error_text",
     "execution_complete_if_done",
+    "execution_create",
     "execution_dispatch",
     "execution_plan_step",
     "execution_progress",

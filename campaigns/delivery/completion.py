@@ -84,7 +84,23 @@ def execution_complete_if_done(*, execution_id: int) -> bool:
                 campaign=campaign,
                 reason=f"Every delivery of version {execution.version.number} is done.",
             )
+        elif recurring_campaign_over(campaign):
+            campaign_complete(campaign=campaign, reason=LAST_OCCURRENCE_DONE)
     return True
+
+
+LAST_OCCURRENCE_DONE = "The last occurrence of its recurrence is done."
+
+
+def recurring_campaign_over(campaign: Campaign) -> bool:
+    """A Live recurring campaign is over once no occurrence is left to start (the scheduler
+    cleared its ``next_run_at``) and none is still running (see campaigns.occurrences)."""
+    return (
+        campaign.status == CampaignStatus.LIVE
+        and campaign.kind == CampaignKind.RECURRING
+        and campaign.next_run_at is None
+        and not Execution.objects.filter(campaign=campaign, status=ExecutionStatus.RUNNING).exists()
+    )
 
 
 def execution_progress(*, execution_id: int) -> None:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 
 from django.conf import settings
@@ -44,6 +45,15 @@ def execution_start(*, campaign: Campaign) -> Execution | None:
         return None
     if campaign.live_version_id is None or Execution.objects.filter(campaign=campaign).exists():
         return None
+    return execution_create(campaign=campaign)
+
+
+def execution_create(*, campaign: Campaign, scheduled_for: dt.datetime | None = None) -> Execution:
+    """A new execution of the campaign's running version, every counter at zero, planned
+    once the caller's transaction commits: one-shot campaigns through ``execution_start``,
+    each occurrence of a recurring one (`scheduled_for`) through
+    ``campaigns.occurrences``."""
+    assert campaign.live_version_id is not None  # only a running campaign has executions
     now = timezone.now()
     top = Profile.objects.aggregate(top=Max("pk"))["top"] or 0
     execution = Execution.objects.create(
@@ -51,6 +61,7 @@ def execution_start(*, campaign: Campaign) -> Execution | None:
         version_id=campaign.live_version_id,
         audience_max_profile_id=top,
         last_progress_at=now,
+        scheduled_for=scheduled_for,
     )
     # Every counter exists from the start: the engine then only ever updates them.
     DeliveryCount.objects.bulk_create(

@@ -121,6 +121,7 @@ def insert_deliveries(execution: Execution, first_key: int, last_key: int) -> Co
     snapshot_column = connection.ops.quote_name(member.get_field("snapshot").column)
     profile_column = connection.ops.quote_name(member.get_field("profile").column)
     key_column = connection.ops.quote_name(member.get_field("key").column)
+    once_sql, once_params = _once_per_profile_condition(execution, f"m.{profile_column}")
     # "WHERE" before ON CONFLICT also keeps SQLite from reading it as a join constraint.
     sql = (
         f"INSERT INTO {table_name(Delivery)} "
@@ -130,6 +131,7 @@ def insert_deliveries(execution: Execution, first_key: int, last_key: int) -> Co
         f"FROM {table_name(AudienceMember)} m CROSS JOIN {table_name(ChannelAction)} a "
         f"WHERE m.{snapshot_column} = %s AND m.{key_column} BETWEEN %s AND %s "
         "AND a.version_id = %s "
+        f"{once_sql}"
         "ON CONFLICT DO NOTHING RETURNING action_id"
     )
     params: list[Any] = [
@@ -139,10 +141,45 @@ def insert_deliveries(execution: Execution, first_key: int, last_key: int) -> Co
         first_key,
         last_key,
         execution.version_id,
+        *once_params,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return Counter(int(action_id) for (action_id,) in cursor.fetchall())
+
+
+def _once_per_profile_condition(execution: Execution, profile: str) -> tuple[str, list[Any]]:
+    """For a recurring campaign sending "once per profile": the condition that leaves out
+    a profile an earlier occurrence already sent the action's channel to, and its
+    parameters ("" when nothing is left out).
+
+    The earlier executions, and the earlier actions of each channel, are named by id: each
+    candidate row then costs probes of the delivery table's only index, (execution,
+    action, profile), with every column given, never a scan of past deliveries."""
+    if not execution.version.once_per_profile:
+        return "", []
+    earlier = list(
+        Execution.objects.filter(campaign_id=execution.campaign_id, scheduled_for__isnull=False)
+        .exclude(pk=execution.pk)
+        .values_list("pk", flat=True)
+    )
+    if not earlier:
+        return "", []
+    by_channel: dict[str, list[int]] = {}
+    for action_id, channel in ChannelAction.objects.filter(
+        version__campaign_id=execution.campaign_id
+    ).values_list("pk", "channel"):
+        by_channel.setdefault(channel, []).append(action_id)
+    sql, params = "", []
+    for channel, actions in sorted(by_channel.items()):
+        sql += (
+            f"AND (a.channel <> %s OR NOT EXISTS (SELECT 1 FROM {table_name(Delivery)} d "
+            f"WHERE d.execution_id IN ({', '.join(['%s'] * len(earlier))}) "
+            f"AND d.action_id IN ({', '.join(['%s'] * len(actions))}) "
+            f"AND d.profile_id = {profile} AND d.status = %s)) "
+        )
+        params += [channel, *earlier, *actions, D.SENT]
+    return sql, params
 
 
 # Columns read per recipient: identity, address, personalisation data and consent.

@@ -40,6 +40,7 @@ from campaigns.choices import (
 )
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
+from campaigns.occurrences import campaign_next_runs, run_words, version_schedule_words
 from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
 from campaigns.preview import (
     PREVIEW_PERMISSIONS,
@@ -421,11 +422,21 @@ class Command(BaseCommand):
             out(f"  version {version.number} ({role})")
             out(f"    segment:  {version.segment or '-'}")
             out(f"    start:    {start}")
+            recurrence = version_schedule_words(version)
+            if recurrence:
+                out(f"    repeats:  {recurrence}")
+                if version.once_per_profile:
+                    out("              once per profile")
             if version.activated_at:
                 out(f"    activated {version.activated_at.isoformat()}")
             for action in version.actions.all():
                 subject = f" “{action.subject}”" if action.subject else ""
                 out(f"    {action.channel} via {action.preset.name}{subject}")
+        next_runs = campaign_next_runs(campaign=campaign)
+        if next_runs and campaign.live_version is not None:
+            out("  next runs:")
+            for moment in next_runs:
+                out(f"    {run_words(moment, version=campaign.live_version)}")
         out("  transitions (newest first):")
         for entry in log:
             by = entry.by.get_username() if entry.by else "system"
