@@ -395,7 +395,8 @@ class Execution(models.Model):
         max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.RUNNING
     )
     # The moment this run is for: a one-shot campaign's start, a recurring campaign's
-    # occurrence; sending in each recipient's time zone reads its date and clock time there.
+    # occurrence (empty for a trigger's run: its trigger says when it came); sending in each
+    # recipient's time zone reads its date and clock time there.
     scheduled_for = models.DateTimeField(null=True, blank=True)
     audience_max_profile_id = models.BigIntegerField(default=0)
     planned_through = models.BigIntegerField(

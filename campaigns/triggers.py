@@ -451,7 +451,9 @@ def _trigger_write(*, campaign: Campaign, user: Any, recipients: Any, key: str) 
     execution = Execution.objects.create(
         campaign=campaign,
         version_id=version_id,
-        scheduled_for=now,
+        # No scheduled moment: the trigger says when it came. (A moment would also have
+        # to be unique per campaign, as a recurring campaign's occurrences are.)
+        scheduled_for=None,
         planning_done=True,
         last_progress_at=now,
     )
