@@ -20,6 +20,7 @@ from django.db.models import (
     Exists,
     ExpressionWrapper,
     F,
+    Max,
     OuterRef,
     Prefetch,
     Q,
@@ -49,6 +50,7 @@ from .choices import (
     ApprovalStatus,
     CampaignStatus,
     CheckLevel,
+    DeliveryReason,
     DeliveryStatus,
     ExecutionStatus,
     ReviewCode,
@@ -130,7 +132,13 @@ def stalled_executions(*, now: dt.datetime) -> QuerySet[Execution]:
     scheduler's stall check (`delivery.executions_resume_stalled`) resumes, and the list's
     "stuck" alert."""
     cutoff = now - dt.timedelta(seconds=settings.SALVO_DELIVERY_STALL_AFTER_S)
-    return Execution.objects.filter(status=ExecutionStatus.RUNNING, last_progress_at__lt=cutoff)
+    # One whose deliveries all wait for a later moment (the recipients' local time, quiet
+    # hours) is not stalled before that moment (``delivery.timing``).
+    return Execution.objects.filter(
+        Q(waiting_until__isnull=True) | Q(waiting_until__lt=cutoff),
+        status=ExecutionStatus.RUNNING,
+        last_progress_at__lt=cutoff,
+    )
 
 
 @dataclass(frozen=True)
@@ -648,6 +656,7 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
         by_version=dict(sorted(by_version.items(), key=lambda item: int(item[0]))),
         timeline=_timeline(campaign, executions, _channels(executions), now=now),
         rate=_rate(campaign, executions, pending, now=now),
+        waiting=campaign_waiting(executions, now=now),
         executions=[
             {
                 "id": execution.pk,
@@ -664,6 +673,37 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
         ],
     )
     return report
+
+
+def campaign_waiting(
+    executions: Iterable[Execution], *, now: dt.datetime
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """What still waits for a later moment (``delivery.timing``): per channel and reason
+    (``recipient_time``, ``quiet_hours``), how many deliveries and until when the last of
+    them waits (``{"count", "until"}``). Read from the running executions' pending rows,
+    one query, only while an execution runs: the counters count pending rows by none of
+    these reasons."""
+    running = [e.pk for e in executions if e.status == ExecutionStatus.RUNNING]
+    if not running:
+        return {}
+    rows = (
+        Delivery.objects.filter(
+            execution_id__in=running,
+            status=DeliveryStatus.PENDING,
+            reason__in=(DeliveryReason.RECIPIENT_TIME, DeliveryReason.QUIET_HOURS),
+            next_attempt_at__gt=now,
+        )
+        .values("action__channel", "reason")
+        .annotate(count=Count("id"), until=Max("next_attempt_at"))
+        .order_by("action__channel", "reason")
+    )
+    waiting: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        waiting.setdefault(row["action__channel"], {})[row["reason"]] = {
+            "count": row["count"],
+            "until": row["until"],
+        }
+    return waiting
 
 
 def _reasons(rows: Iterable[tuple[int, str, int, str, str, int]]) -> dict[str, dict[str, int]]:

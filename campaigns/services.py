@@ -21,12 +21,12 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed, can_proceed
 
 from channels.choices import ChannelKind, subject_refusal
-from channels.models import MessagePreset
+from channels.models import MessagePreset, quiet_hours_refusal
 from channels.rendering import TemplateContentError, validate_content
 from config.permissions import require_perms
 from segments.models import Segment
@@ -41,6 +41,7 @@ from .approval import (
 )
 from .choices import ApprovalStatus, CampaignKind, CampaignStatus, CampaignType
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
+from .delivery.timing import LOCAL_TIME_LEAD, go_live_at
 from .exceptions import ActivationRefused, CampaignConflict
 from .lifecycle import (
     campaign_complete as campaign_complete,  # the operations table names it here
@@ -70,6 +71,8 @@ Status = CampaignStatus
 
 CAMPAIGN_FIELDS = ("name", "description", "type", "kind", "approval_required")
 VERSION_FIELDS = ("segment", "start_at", "time_zone")
+# Sending in each recipient's local time, and quiet hours (``delivery.timing``).
+TIMING_FIELDS = ("in_recipient_time_zone", "quiet_hours_start", "quiet_hours_end")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -92,6 +95,27 @@ def _validate_time_zone(name: str) -> None:
     """A schedule's zone is one of the IANA zones this machine knows ("" for the site's)."""
     if name and name not in zoneinfo.available_timezones():
         raise ValidationError({"time_zone": f"“{name}” is not a time zone name."})
+
+
+def _validate_timing(
+    *, kind: str, start_at: dt.datetime | None, in_recipient_time_zone: bool, quiet: Any
+) -> None:
+    """Local time needs a clock time to read: a one-shot campaign's start (a recurring
+    one's occurrences have theirs); an API-triggered campaign sends when it is called.
+    Quiet hours come in pairs."""
+    errors = dict(quiet_hours_refusal(quiet.get("quiet_hours_start"), quiet.get("quiet_hours_end")))
+    if in_recipient_time_zone:
+        if kind == CampaignKind.API_TRIGGERED:
+            errors["in_recipient_time_zone"] = (
+                "An API-triggered campaign sends when it is triggered, not at a local time."
+            )
+        elif kind == CampaignKind.ONE_SHOT and start_at is None:
+            errors["in_recipient_time_zone"] = (
+                "Sending in each recipient's time zone needs a start: the date and clock "
+                "time to send at."
+            )
+    if errors:
+        raise ValidationError(errors)
 
 
 def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, Any]]) -> None:
@@ -157,6 +181,7 @@ def _copy_version(
         segment=source.segment,
         start_at=source.start_at,
         time_zone=source.time_zone,
+        **{field: getattr(source, field) for field in TIMING_FIELDS},
         last_edited_by=transition_actor(user),
     )
     ChannelAction.objects.bulk_create(
@@ -192,6 +217,9 @@ def campaign_create(
     segment: Segment | None = None,
     start_at: dt.datetime | None = None,
     time_zone: str = "",
+    in_recipient_time_zone: bool = False,
+    quiet_hours_start: dt.time | None = None,
+    quiet_hours_end: dt.time | None = None,
     actions: Iterable[Mapping[str, Any]] = (),
     approval_required: bool | None = None,
 ) -> Campaign:
@@ -211,6 +239,14 @@ def campaign_create(
     campaign.full_clean(exclude=["status", "live_version", "draft_version"])
     _validate_start_at(start_at)
     _validate_time_zone(time_zone)
+    timing = {
+        "in_recipient_time_zone": in_recipient_time_zone,
+        "quiet_hours_start": quiet_hours_start,
+        "quiet_hours_end": quiet_hours_end,
+    }
+    _validate_timing(
+        kind=kind, start_at=start_at, in_recipient_time_zone=in_recipient_time_zone, quiet=timing
+    )
     campaign.save()
     version = CampaignVersion.objects.create(
         campaign=campaign,
@@ -218,6 +254,7 @@ def campaign_create(
         segment=segment,
         start_at=start_at,
         time_zone=time_zone or site_time_zone(),
+        **timing,
         last_edited_by=transition_actor(user),
     )
     _replace_actions(version, actions)
@@ -274,9 +311,15 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
     if "time_zone" in data:
         _validate_time_zone(data["time_zone"])
         data = {**data, "time_zone": data["time_zone"] or site_time_zone()}
-    for field in VERSION_FIELDS:
+    for field in (*VERSION_FIELDS, *TIMING_FIELDS):
         if field in data:
             setattr(version, field, data[field])
+    _validate_timing(
+        kind=campaign.kind,
+        start_at=version.start_at,
+        in_recipient_time_zone=version.in_recipient_time_zone,
+        quiet={f: getattr(version, f) for f in TIMING_FIELDS},
+    )
     version.save()
     if "actions" in data:
         _replace_actions(version, data["actions"])
@@ -392,7 +435,7 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
         user=None,
         version=version,
         reason=f"Version {version.number} activated.",
-        start_at=version.start_at,
+        start_at=go_live_at(version),
         now=now,
     )
     if campaign.status == Status.LIVE and campaign.started_at is None:
@@ -407,13 +450,19 @@ def campaigns_start_due(*, now: dt.datetime | None = None) -> list[int]:
     """Scheduled → Live for every campaign whose start time has come; returns their ids."""
     now = now or timezone.now()
     due = Campaign.objects.filter(
-        status=Status.SCHEDULED, live_version__start_at__lte=now
+        # A version sent in the recipients' zones starts up to a day before its start.
+        Q(live_version__start_at__lte=now)
+        | Q(
+            live_version__in_recipient_time_zone=True,
+            live_version__start_at__lte=now + LOCAL_TIME_LEAD,
+        ),
+        status=Status.SCHEDULED,
     ).values_list("pk", flat=True)
     started = []
     for pk in list(due):
         with transaction.atomic():
             campaign = lock_campaign(pk)
-            start_at = campaign.live_version.start_at if campaign.live_version else None
+            start_at = go_live_at(campaign.live_version) if campaign.live_version else None
             if campaign.status != Status.SCHEDULED or (start_at and start_at > now):
                 continue
             transition_apply(campaign, "start", user=None, reason="Start time reached.", now=now)
@@ -602,6 +651,7 @@ def _draft_content(campaign: Campaign, version: CampaignVersion) -> tuple[Any, .
         version.segment_id,
         version.start_at,
         version.time_zone,
+        *(getattr(version, field) for field in TIMING_FIELDS),
         list(actions),
         sorted(campaign.tags.names()),
     )

@@ -51,6 +51,8 @@ def execution_start(*, campaign: Campaign) -> Execution | None:
         version_id=campaign.live_version_id,
         audience_max_profile_id=top,
         last_progress_at=now,
+        # The run is for its start (what a local-time version reads its clock time from).
+        scheduled_for=(campaign.live_version.start_at if campaign.live_version else None) or now,
     )
     # Every counter exists from the start: the engine then only ever updates them.
     DeliveryCount.objects.bulk_create(
