@@ -44,7 +44,7 @@ from .exceptions import REFUSALS, CampaignConflict, refusal_text
 from .forms import (
     ACTION_FIELDS,
     CAMPAIGN_FORM_FIELDS,
-    VERSION_FORM_FIELDS,
+    VERSION_FIELDSET,
     CampaignAdminForm,
     ChannelActionForm,
     DraftActionFormSet,
@@ -533,7 +533,7 @@ class CampaignAdmin(ListTitledAdmin):
         if obj is None:
             return [
                 (None, {"fields": CAMPAIGN_FORM_FIELDS}),
-                ("Audience and schedule (version 1)", {"fields": VERSION_FORM_FIELDS}),
+                ("Audience and schedule (version 1)", {"fields": VERSION_FIELDSET}),
             ]
         if not self.has_change_permission(request, obj):
             return [(None, {"fields": ("name", "description", "type", "kind", "tag_list")})]
@@ -544,7 +544,7 @@ class CampaignAdmin(ListTitledAdmin):
             title += " (replaces the running version once activated)"
         return [
             (None, {"fields": CAMPAIGN_FORM_FIELDS}),
-            (title, {"fields": VERSION_FORM_FIELDS}),
+            (title, {"fields": VERSION_FIELDSET}),
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Campaign | None = None) -> Any:

@@ -97,6 +97,8 @@ class CampaignReview:
     estimate_s: float | None
     sample: CampaignPreview | None
     checks: list[Check] = field(default_factory=list)
+    # The local time and quiet hours in words (campaigns.delivery.timing).
+    timing: list[str] = field(default_factory=list)
 
     @property
     def reach(self) -> dict[str, int]:
@@ -119,7 +121,10 @@ class CampaignReview:
             "reach": self.reach,
             "recipients": self.recipients,
             "audience": self.audience,
-            "schedule": {"start_at": self.start_at.isoformat() if self.start_at else None},
+            "schedule": {
+                "start_at": self.start_at.isoformat() if self.start_at else None,
+                "timing": self.timing,
+            },
             "estimate": {
                 "seconds": self.estimate_s,
                 "by_channel": {
@@ -359,6 +364,7 @@ def activation_review(
         estimate_s=max(limited) if limited else None,
         sample=_sample(campaign, version, user) if sample else None,
         checks=[*errors, *warnings],
+        timing=version.timing_words,
     )
 
 

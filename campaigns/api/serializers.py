@@ -72,6 +72,22 @@ class ScheduleSerializer(serializers.Serializer[Any]):
         help_text="The IANA zone the schedule's clock times are read in, and the zone of "
         "recipients who have none; default the site's TIME_ZONE.",
     )
+    # Local time and quiet hours (campaigns.delivery.timing).
+    in_recipient_time_zone = serializers.BooleanField(
+        required=False,
+        help_text="Send at start_at's date and clock time (read in time_zone) in each "
+        "recipient's own zone; needs start_at. The campaign goes Live when the earliest "
+        "zone reaches it (up to 26 h before the last).",
+    )
+    quiet_hours_start = serializers.TimeField(
+        allow_null=True,
+        required=False,
+        format="%H:%M",
+        help_text="HH:MM in the recipient's zone: marketing deliveries due from then until "
+        "quiet_hours_end wait for the end; replaces the presets' quiet hours. Both or "
+        "neither.",
+    )
+    quiet_hours_end = serializers.TimeField(allow_null=True, required=False, format="%H:%M")
 
 
 class ChannelActionSerializer(serializers.ModelSerializer[ChannelAction]):
@@ -394,6 +410,11 @@ class ExecutionReportSerializer(serializers.Serializer[dict[str, Any]]):
     )
 
 
+class WaitingSerializer(serializers.Serializer[dict[str, Any]]):
+    count = serializers.IntegerField()
+    until = serializers.DateTimeField(help_text="When the last of them is due.")
+
+
 class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):
     """What a campaign's deliveries came to (``campaigns.selectors.campaign_report``)."""
 
@@ -414,6 +435,12 @@ class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):
     rate = RateSerializer()
     executions = ExecutionReportSerializer(many=True, help_text="Newest first.")
     delivery_error = DeliveryErrorSerializer(allow_null=True)
+    waiting = serializers.DictField(
+        child=serializers.DictField(child=WaitingSerializer()),
+        help_text="Per channel and reason (recipient_time: the recipient's local send time; "
+        "quiet_hours: the end of the recipient's quiet hours), the deliveries still waiting "
+        "and until when the last of them waits.",
+    )
 
 
 class DeliverySerializer(serializers.Serializer[Any]):
@@ -560,6 +587,11 @@ class ReviewCheckSerializer(serializers.Serializer[Any]):
 class ReviewScheduleSerializer(serializers.Serializer[Any]):
     start_at = serializers.DateTimeField(
         allow_null=True, help_text="When it starts (UTC); null: as soon as it is activated."
+    )
+    timing = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="The local time and quiet hours in words, e.g. “Sent at 09:00 on 2026-12-01 "
+        "in each recipient's time zone … from … to … UTC.”",
     )
 
 
