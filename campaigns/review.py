@@ -123,7 +123,8 @@ class CampaignReview:
             "audience": self.audience,
             "schedule": {
                 "start_at": self.start_at.isoformat() if self.start_at else None,
-                "timing": self.timing,
+                # Only when the version sends in local time or keeps quiet hours.
+                **({"timing": self.timing} if self.timing else {}),
             },
             "estimate": {
                 "seconds": self.estimate_s,

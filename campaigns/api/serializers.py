@@ -75,9 +75,10 @@ class ScheduleSerializer(serializers.Serializer[Any]):
     # Local time and quiet hours (campaigns.delivery.timing).
     in_recipient_time_zone = serializers.BooleanField(
         required=False,
-        help_text="Send at start_at's date and clock time (read in time_zone) in each "
-        "recipient's own zone; needs start_at. The campaign goes Live when the earliest "
-        "zone reaches it (up to 26 h before the last).",
+        help_text="Shown when true (and the quiet hours when set). Send at start_at's date "
+        "and clock time (read in time_zone) in each recipient's own zone; needs start_at. "
+        "The campaign goes Live when the earliest zone reaches it (up to 26 h before the "
+        "last).",
     )
     quiet_hours_start = serializers.TimeField(
         allow_null=True,
@@ -88,6 +89,20 @@ class ScheduleSerializer(serializers.Serializer[Any]):
         "neither.",
     )
     quiet_hours_end = serializers.TimeField(allow_null=True, required=False, format="%H:%M")
+
+    # Shown only when set: a schedule that uses neither reads as it always did.
+    TIMING_DEFAULTS: dict[str, Any] = {
+        "in_recipient_time_zone": False,
+        "quiet_hours_start": None,
+        "quiet_hours_end": None,
+    }
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        for name, default in self.TIMING_DEFAULTS.items():
+            if data.get(name, default) == default:
+                data.pop(name, None)
+        return data
 
 
 class ChannelActionSerializer(serializers.ModelSerializer[ChannelAction]):
@@ -590,7 +605,9 @@ class ReviewScheduleSerializer(serializers.Serializer[Any]):
     )
     timing = serializers.ListField(
         child=serializers.CharField(),
-        help_text="The local time and quiet hours in words, e.g. “Sent at 09:00 on 2026-12-01 "
+        required=False,
+        help_text="Only when the version sends in local time or keeps quiet hours: those "
+        "in words, e.g. “Sent at 09:00 on 2026-12-01 "
         "in each recipient's time zone … from … to … UTC.”",
     )
 
