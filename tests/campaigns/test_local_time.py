@@ -3,6 +3,7 @@ the test process against the local sinks, on SQLite and PostgreSQL alike. The sa
 real worker process: test_local_time_worker.py."""
 
 import datetime as dt
+import zoneinfo
 from collections import Counter
 from collections.abc import Iterator
 
@@ -169,9 +170,10 @@ def test_stop_halts_the_rows_still_waiting(sinks):
     assert Delivery.objects.filter(execution=execution, status=DeliveryStatus.PENDING).count() == 3
 
 
-def quiet_until_seconds_from_now(seconds: float) -> dict[str, dt.time]:
-    """Quiet hours, in UTC clock times, that began an hour ago and end `seconds` from now."""
-    now = timezone.now().astimezone(UTC)
+def quiet_until_seconds_from_now(seconds: float, zone: str = "UTC") -> dict[str, dt.time]:
+    """Quiet hours, in `zone`'s clock times, that began an hour ago and end `seconds` from
+    now."""
+    now = timezone.now().astimezone(zoneinfo.ZoneInfo(zone))
     return {
         "quiet_hours_start": (now - dt.timedelta(hours=1)).time(),
         "quiet_hours_end": (now + dt.timedelta(seconds=seconds)).time(),
@@ -179,8 +181,10 @@ def quiet_until_seconds_from_now(seconds: float) -> dict[str, dt.time]:
 
 
 def test_quiet_hours_hold_a_marketing_delivery_until_they_end_then_send_it(sinks):
-    profile = make_profile(external_id="night-owl", time_zone="UTC")
-    quiet = quiet_until_seconds_from_now(3)
+    # Read in the recipient's zone, not the schedule's (the site's, UTC here).
+    tokyo = zoneinfo.ZoneInfo("Asia/Tokyo")
+    profile = make_profile(external_id="night-owl", time_zone="Asia/Tokyo")
+    quiet = quiet_until_seconds_from_now(3, zone="Asia/Tokyo")
     preset = MessagePresetFactory(channel="sms", **quiet)
     campaign = make_live_campaign(actions=[sms_action(preset=preset)])
     execution = plan(campaign)
@@ -193,9 +197,10 @@ def test_quiet_hours_hold_a_marketing_delivery_until_they_end_then_send_it(sinks
         DeliveryReason.QUIET_HOURS,
         0,
     )
-    end = dt.datetime.combine(timezone.now().astimezone(UTC).date(), quiet["quiet_hours_end"], UTC)
+    today = timezone.now().astimezone(tokyo).date()
+    end = dt.datetime.combine(today, quiet["quiet_hours_end"], tokyo).astimezone(UTC)
     if end < timezone.now() - dt.timedelta(hours=1):
-        end += dt.timedelta(days=1)  # the test began just before midnight UTC
+        end += dt.timedelta(days=1)  # the test began just before midnight in Tokyo
     assert row.next_attempt_at == end
     assert "Quiet hours" in row.error
     assert wait is not None
