@@ -656,7 +656,7 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
         by_version=dict(sorted(by_version.items(), key=lambda item: int(item[0]))),
         timeline=_timeline(campaign, executions, _channels(executions), now=now),
         rate=_rate(campaign, executions, pending, now=now),
-        waiting=campaign_waiting(executions, now=now),
+        waiting=campaign_waiting(campaign, executions, now=now),
         executions=[
             {
                 "id": execution.pk,
@@ -676,19 +676,34 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
 
 
 def campaign_waiting(
-    executions: Iterable[Execution], *, now: dt.datetime
+    campaign: Campaign, executions: Iterable[Execution], *, now: dt.datetime
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """What still waits for a later moment (``delivery.timing``): per channel and reason
     (``recipient_time``, ``quiet_hours``), how many deliveries and until when the last of
     them waits (``{"count", "until"}``). Read from the running executions' pending rows,
-    one query, only while an execution runs: the counters count pending rows by none of
-    these reasons."""
-    running = [e.pk for e in executions if e.status == ExecutionStatus.RUNNING]
-    if not running:
+    only while an execution runs whose version sends in local time or keeps quiet hours
+    (its own or its presets'): the counters count pending rows by none of these reasons,
+    so the rows are read (one scan of the execution's rows), and no other report pays
+    for it."""
+    running = [e for e in executions if e.status == ExecutionStatus.RUNNING]
+    timed = [
+        e.pk
+        for e in running
+        if e.version.in_recipient_time_zone or e.version.quiet_hours_start is not None
+    ]
+    if len(timed) < len(running):
+        # The running version's presets send the rest of the run (``delivery.sending``).
+        versions = {e.version_id for e in running} | {campaign.live_version_id}
+        quiet_presets = ChannelAction.objects.filter(
+            version_id__in=versions, preset__quiet_hours_start__isnull=False
+        )
+        if quiet_presets.exists():
+            timed = [e.pk for e in running]
+    if not timed:
         return {}
     rows = (
         Delivery.objects.filter(
-            execution_id__in=running,
+            execution_id__in=timed,
             status=DeliveryStatus.PENDING,
             reason__in=(DeliveryReason.RECIPIENT_TIME, DeliveryReason.QUIET_HOURS),
             next_attempt_at__gt=now,
