@@ -46,7 +46,7 @@ from .forms import (
     ACTION_FIELDS,
     CAMPAIGN_FORM_FIELDS,
     RECURRENCE_FORM_FIELDS,
-    VERSION_FORM_FIELDS,
+    VERSION_FIELDSET,
     CampaignAdminForm,
     ChannelActionForm,
     DraftActionFormSet,
@@ -568,7 +568,7 @@ class CampaignAdmin(ListTitledAdmin):
         if obj is None:
             return [
                 (None, {"fields": CAMPAIGN_FORM_FIELDS}),
-                ("Audience and schedule (version 1)", {"fields": VERSION_FORM_FIELDS}),
+                ("Audience and schedule (version 1)", {"fields": VERSION_FIELDSET}),
                 recurrence_fieldset(None),
             ]
         if not self.has_change_permission(request, obj):
@@ -583,7 +583,7 @@ class CampaignAdmin(ListTitledAdmin):
             title += " (replaces the running version once activated)"
         return [
             (None, {"fields": CAMPAIGN_FORM_FIELDS}),
-            (title, {"fields": VERSION_FORM_FIELDS}),
+            (title, {"fields": VERSION_FIELDSET}),
             recurrence_fieldset(obj),
         ]
 

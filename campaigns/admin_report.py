@@ -252,6 +252,18 @@ def report_context(*, campaign: Campaign, request: HttpRequest) -> dict[str, Any
         "hidden_executions": len(executions) - len(shown),
         "chart": _chart(report["timeline"], sorted(report["by_channel"])),
         "by_version": report["by_version"],
+        # What waits for the recipients' local time or the end of quiet hours.
+        "waiting": [
+            {
+                "channel": channel,
+                "channel_label": ChannelKind(channel).label,
+                "reason": reason,
+                "reason_label": DeliveryReason(reason).label,
+                **waiting,
+            }
+            for channel, reasons in report["waiting"].items()
+            for reason, waiting in reasons.items()
+        ],
     }
 
 

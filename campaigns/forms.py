@@ -45,6 +45,15 @@ RECURRENCE_FORM_FIELDS = (
     "end_at",
     "once_per_profile",
 )
+# Local time and quiet hours (campaigns.delivery.timing), and how the version's fieldset
+# lays them out: the local-time box beside the start, the quiet hours side by side.
+TIMING_FORM_FIELDS = ("in_recipient_time_zone", "quiet_hours_start", "quiet_hours_end")
+VERSION_FIELDSET = (
+    "segment",
+    ("start_at", "in_recipient_time_zone"),
+    "time_zone",
+    ("quiet_hours_start", "quiet_hours_end"),
+)
 
 
 def error_dict(error: ValidationError) -> dict[str, list[str]]:
@@ -125,6 +134,27 @@ class CampaignAdminForm(forms.ModelForm):
         help_text="An occurrence leaves out whoever an earlier one reached on that channel.",
     )
 
+    in_recipient_time_zone = forms.BooleanField(
+        required=False,
+        label="In each recipient's time zone",
+        help_text="Send at the start's date and clock time (read in the schedule's time zone) "
+        "in each recipient's own zone; needs a start. The campaign goes Live when the "
+        "earliest zone reaches it, up to 26 hours before the last.",
+    )
+    quiet_hours_start = forms.TimeField(
+        required=False,
+        label="Quiet hours from",
+        widget=widgets.AdminTimeWidget(attrs={"aria-label": "Quiet hours from"}),
+        help_text="In the recipient's time zone: marketing messages due between the two "
+        "times wait for the end (21:00 to 08:00 crosses midnight). Replaces the presets' "
+        "quiet hours. Both or neither.",
+    )
+    quiet_hours_end = forms.TimeField(
+        required=False,
+        label="to",
+        widget=widgets.AdminTimeWidget(attrs={"aria-label": "Quiet hours to"}),
+    )
+
     # Set by CampaignAdmin when the service refused input these forms had accepted (a race,
     # or a rule only the service knows): the form then shows the refusal as its own errors.
     service_error: ValidationError | None = None
@@ -153,6 +183,8 @@ class CampaignAdminForm(forms.ModelForm):
             self.initial.setdefault("start_at", version.start_at)
             self.initial.setdefault("time_zone", version.time_zone)
             self._recurrence_initial(version)
+            for name in TIMING_FORM_FIELDS:
+                self.initial.setdefault(name, getattr(version, name))
         else:
             self.initial.setdefault("time_zone", timezone.get_current_timezone_name())
 
@@ -208,7 +240,12 @@ class CampaignAdminForm(forms.ModelForm):
         """The validated input, keyed as campaign_create / campaign_update take it."""
         return {
             name: self.cleaned_data[name]
-            for name in (*CAMPAIGN_FORM_FIELDS, *VERSION_FORM_FIELDS, *RECURRENCE_SERVICE_FIELDS)
+            for name in (
+                *CAMPAIGN_FORM_FIELDS,
+                *VERSION_FORM_FIELDS,
+                *RECURRENCE_SERVICE_FIELDS,
+                *TIMING_FORM_FIELDS,
+            )
             # A form posted without a zone (a script's) keeps the version's.
             if name in self.cleaned_data and (name != "time_zone" or self.cleaned_data[name])
         }

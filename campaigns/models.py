@@ -12,6 +12,7 @@ from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transi
 from taggit.managers import TaggableManager
 
 from channels.choices import ChannelKind
+from channels.models import QUIET_HOURS_HELP, quiet_hours_pair_constraint
 
 from .choices import (
     ApprovalStatus,
@@ -248,6 +249,19 @@ class CampaignVersion(models.Model):
         help_text="A recurring campaign sends each channel to a profile once: an occurrence "
         "leaves out whoever an earlier one reached on that channel.",
     )
+    # Sending in each recipient's local time, and quiet hours (campaigns.delivery.timing).
+    in_recipient_time_zone = models.BooleanField(
+        default=False,
+        help_text="Send at the start's date and clock time (read in the schedule's time zone) "
+        "in each recipient's own time zone: the campaign goes Live when the earliest zone "
+        "reaches it, up to 26 hours before the last.",
+    )
+    quiet_hours_start = models.TimeField(
+        null=True,
+        blank=True,
+        help_text=QUIET_HOURS_HELP + " Set here, they replace the presets' quiet hours.",
+    )
+    quiet_hours_end = models.TimeField(null=True, blank=True)
     activated_at = models.DateTimeField(null=True, blank=True, editable=False)
     activated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -286,6 +300,7 @@ class CampaignVersion(models.Model):
                 condition=Q(approval_status__in=ApprovalStatus.values),
                 name="campaign_version_approval_status_valid",
             ),
+            quiet_hours_pair_constraint("campaign_version_quiet_hours_both_or_neither"),
         ]
 
     def __str__(self) -> str:
@@ -301,6 +316,13 @@ class CampaignVersion(models.Model):
     @property
     def is_frozen(self) -> bool:
         return self.activated_at is not None
+
+    @property
+    def timing_words(self) -> list[str]:
+        """Its local time and quiet hours in words (``delivery.timing.schedule_words``)."""
+        from .delivery.timing import schedule_words
+
+        return schedule_words(self)
 
 
 class ChannelAction(models.Model):
@@ -412,6 +434,9 @@ class Execution(models.Model):
         null=True, blank=True, help_text="Last time a batch finished or was handed out."
     )
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Set by the stall check when every unfinished delivery waits for a later time (the
+    # recipient's local time, the end of quiet hours): no progress is expected before it.
+    waiting_until = models.DateTimeField(null=True, blank=True)
     # The last failure of a step of this run (planning, a batch), kept until that step
     # succeeds; once a step used up SALVO_STEP_MAX_ATTEMPTS the execution is Failed and
     # these say why.

@@ -98,6 +98,8 @@ class CampaignReview:
     estimate_s: float | None
     sample: CampaignPreview | None
     checks: list[Check] = field(default_factory=list)
+    # The local time and quiet hours in words (campaigns.delivery.timing).
+    timing: list[str] = field(default_factory=list)
 
     @property
     def reach(self) -> dict[str, int]:
@@ -129,6 +131,8 @@ class CampaignReview:
             "schedule": {
                 "start_at": self.start_at.isoformat() if self.start_at else None,
                 **self._recurrence(),
+                # Only when the version sends in local time or keeps quiet hours.
+                **({"timing": self.timing} if self.timing else {}),
             },
             "estimate": {
                 "seconds": self.estimate_s,
@@ -407,6 +411,7 @@ def activation_review(
         estimate_s=max(limited) if limited else None,
         sample=_sample(campaign, version, user) if sample else None,
         checks=[*errors, *warnings],
+        timing=version.timing_words,
     )
 
 

@@ -20,6 +20,7 @@ from django.db.models import (
     Exists,
     ExpressionWrapper,
     F,
+    Max,
     OuterRef,
     Prefetch,
     Q,
@@ -50,6 +51,7 @@ from .choices import (
     CampaignKind,
     CampaignStatus,
     CheckLevel,
+    DeliveryReason,
     DeliveryStatus,
     ExecutionStatus,
     ReviewCode,
@@ -132,7 +134,13 @@ def stalled_executions(*, now: dt.datetime) -> QuerySet[Execution]:
     scheduler's stall check (`delivery.executions_resume_stalled`) resumes, and the list's
     "stuck" alert."""
     cutoff = now - dt.timedelta(seconds=settings.SALVO_DELIVERY_STALL_AFTER_S)
-    return Execution.objects.filter(status=ExecutionStatus.RUNNING, last_progress_at__lt=cutoff)
+    # One whose deliveries all wait for a later moment (the recipients' local time, quiet
+    # hours) is not stalled before that moment (``delivery.timing``).
+    return Execution.objects.filter(
+        Q(waiting_until__isnull=True) | Q(waiting_until__lt=cutoff),
+        status=ExecutionStatus.RUNNING,
+        last_progress_at__lt=cutoff,
+    )
 
 
 @dataclass(frozen=True)
@@ -682,6 +690,7 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
         by_version=dict(sorted(by_version.items(), key=lambda item: int(item[0]))),
         timeline=_timeline(campaign, executions, _channels(executions), now=now),
         rate=_rate(campaign, executions, pending, now=now),
+        waiting=campaign_waiting(campaign, executions, now=now),
         executions=[
             {
                 "id": execution.pk,
@@ -700,6 +709,52 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
         ],
     )
     return report
+
+
+def campaign_waiting(
+    campaign: Campaign, executions: Iterable[Execution], *, now: dt.datetime
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """What still waits for a later moment (``delivery.timing``): per channel and reason
+    (``recipient_time``, ``quiet_hours``), how many deliveries and until when the last of
+    them waits (``{"count", "until"}``). Read from the running executions' pending rows,
+    only while an execution runs whose version sends in local time or keeps quiet hours
+    (its own or its presets'): the counters count pending rows by none of these reasons,
+    so the rows are read (one scan of the execution's rows), and no other report pays
+    for it."""
+    running = [e for e in executions if e.status == ExecutionStatus.RUNNING]
+    timed = [
+        e.pk
+        for e in running
+        if e.version.in_recipient_time_zone or e.version.quiet_hours_start is not None
+    ]
+    if len(timed) < len(running):
+        # The running version's presets send the rest of the run (``delivery.sending``).
+        versions = {e.version_id for e in running} | {campaign.live_version_id}
+        quiet_presets = ChannelAction.objects.filter(
+            version_id__in=versions, preset__quiet_hours_start__isnull=False
+        )
+        if quiet_presets.exists():
+            timed = [e.pk for e in running]
+    if not timed:
+        return {}
+    rows = (
+        Delivery.objects.filter(
+            execution_id__in=timed,
+            status=DeliveryStatus.PENDING,
+            reason__in=(DeliveryReason.RECIPIENT_TIME, DeliveryReason.QUIET_HOURS),
+            next_attempt_at__gt=now,
+        )
+        .values("action__channel", "reason")
+        .annotate(count=Count("id"), until=Max("next_attempt_at"))
+        .order_by("action__channel", "reason")
+    )
+    waiting: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        waiting.setdefault(row["action__channel"], {})[row["reason"]] = {
+            "count": row["count"],
+            "until": row["until"],
+        }
+    return waiting
 
 
 def _reasons(rows: Iterable[tuple[int, str, int, str, str, int]]) -> dict[str, dict[str, int]]:

@@ -21,12 +21,12 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed, can_proceed
 
 from channels.choices import ChannelKind, subject_refusal
-from channels.models import MessagePreset
+from channels.models import MessagePreset, quiet_hours_refusal
 from channels.rendering import TemplateContentError, validate_content
 from config.permissions import require_perms
 from segments.models import Segment
@@ -41,6 +41,7 @@ from .approval import (
 )
 from .choices import ApprovalStatus, CampaignKind, CampaignStatus, CampaignType
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
+from .delivery.timing import LOCAL_TIME_LEAD, go_live_at
 from .exceptions import ActivationRefused, CampaignConflict
 from .lifecycle import (
     campaign_complete as campaign_complete,  # the operations table names it here
@@ -75,6 +76,8 @@ CAMPAIGN_FIELDS = ("name", "description", "type", "kind", "approval_required")
 VERSION_FIELDS = ("segment", "start_at", "time_zone")
 # A recurring campaign's schedule (campaigns.recurrence, campaigns.occurrences).
 RECURRENCE_FIELDS = ("recurrence", "end_at", "once_per_profile")
+# Sending in each recipient's local time, and quiet hours (``delivery.timing``).
+TIMING_FIELDS = ("in_recipient_time_zone", "quiet_hours_start", "quiet_hours_end")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -129,6 +132,27 @@ def _validate_recurrence(campaign: Campaign, version: CampaignVersion) -> None:
         raise ValidationError(
             {"end_at": "The recurrence has no occurrence between the start and this end."}
         )
+
+
+def _validate_timing(
+    *, kind: str, start_at: dt.datetime | None, in_recipient_time_zone: bool, quiet: Any
+) -> None:
+    """Local time needs a clock time to read: a one-shot campaign's start (a recurring
+    one's occurrences have theirs); an API-triggered campaign sends when it is called.
+    Quiet hours come in pairs."""
+    errors = dict(quiet_hours_refusal(quiet.get("quiet_hours_start"), quiet.get("quiet_hours_end")))
+    if in_recipient_time_zone:
+        if kind == CampaignKind.API_TRIGGERED:
+            errors["in_recipient_time_zone"] = (
+                "An API-triggered campaign sends when it is triggered, not at a local time."
+            )
+        elif kind == CampaignKind.ONE_SHOT and start_at is None:
+            errors["in_recipient_time_zone"] = (
+                "Sending in each recipient's time zone needs a start: the date and clock "
+                "time to send at."
+            )
+    if errors:
+        raise ValidationError(errors)
 
 
 def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, Any]]) -> None:
@@ -201,6 +225,7 @@ def _copy_version(
         recurrence=source.recurrence,
         end_at=source.end_at,
         once_per_profile=source.once_per_profile,
+        **{field: getattr(source, field) for field in TIMING_FIELDS},
         last_edited_by=transition_actor(user),
     )
     ChannelAction.objects.bulk_create(
@@ -236,6 +261,9 @@ def campaign_create(
     segment: Segment | None = None,
     start_at: dt.datetime | None = None,
     time_zone: str = "",
+    in_recipient_time_zone: bool = False,
+    quiet_hours_start: dt.time | None = None,
+    quiet_hours_end: dt.time | None = None,
     actions: Iterable[Mapping[str, Any]] = (),
     approval_required: bool | None = None,
     recurrence: Mapping[str, Any] | None = None,
@@ -258,6 +286,14 @@ def campaign_create(
     campaign.full_clean(exclude=["status", "live_version", "draft_version"])
     _validate_start_at(start_at)
     _validate_time_zone(time_zone)
+    timing = {
+        "in_recipient_time_zone": in_recipient_time_zone,
+        "quiet_hours_start": quiet_hours_start,
+        "quiet_hours_end": quiet_hours_end,
+    }
+    _validate_timing(
+        kind=kind, start_at=start_at, in_recipient_time_zone=in_recipient_time_zone, quiet=timing
+    )
     campaign.save()
     version = CampaignVersion(
         campaign=campaign,
@@ -268,6 +304,7 @@ def campaign_create(
         recurrence=recurrence,
         end_at=end_at,
         once_per_profile=once_per_profile,
+        **timing,
         last_edited_by=transition_actor(user),
     )
     _validate_recurrence(campaign, version)
@@ -326,10 +363,16 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
     if "time_zone" in data:
         _validate_time_zone(data["time_zone"])
         data = {**data, "time_zone": data["time_zone"] or site_time_zone()}
-    for field in (*VERSION_FIELDS, *RECURRENCE_FIELDS):
+    for field in (*VERSION_FIELDS, *RECURRENCE_FIELDS, *TIMING_FIELDS):
         if field in data:
             setattr(version, field, data[field])
     _validate_recurrence(campaign, version)
+    _validate_timing(
+        kind=campaign.kind,
+        start_at=version.start_at,
+        in_recipient_time_zone=version.in_recipient_time_zone,
+        quiet={f: getattr(version, f) for f in TIMING_FIELDS},
+    )
     version.save()
     if "actions" in data:
         _replace_actions(version, data["actions"])
@@ -445,7 +488,7 @@ def campaign_activation_complete(*, campaign_id: int) -> Campaign:
         user=None,
         version=version,
         reason=f"Version {version.number} activated.",
-        start_at=version.start_at,
+        start_at=go_live_at(version),
         now=now,
     )
     if campaign.status == Status.LIVE and campaign.started_at is None:
@@ -461,13 +504,19 @@ def campaigns_start_due(*, now: dt.datetime | None = None) -> list[int]:
     """Scheduled → Live for every campaign whose start time has come; returns their ids."""
     now = now or clock.now()
     due = Campaign.objects.filter(
-        status=Status.SCHEDULED, live_version__start_at__lte=now
+        # A version sent in the recipients' zones starts up to a day before its start.
+        Q(live_version__start_at__lte=now)
+        | Q(
+            live_version__in_recipient_time_zone=True,
+            live_version__start_at__lte=now + LOCAL_TIME_LEAD,
+        ),
+        status=Status.SCHEDULED,
     ).values_list("pk", flat=True)
     started = []
     for pk in list(due):
         with transaction.atomic():
             campaign = lock_campaign(pk)
-            start_at = campaign.live_version.start_at if campaign.live_version else None
+            start_at = go_live_at(campaign.live_version) if campaign.live_version else None
             if campaign.status != Status.SCHEDULED or (start_at and start_at > now):
                 continue
             transition_apply(campaign, "start", user=None, reason="Start time reached.", now=now)
@@ -661,6 +710,7 @@ def _draft_content(campaign: Campaign, version: CampaignVersion) -> tuple[Any, .
         version.recurrence,
         version.end_at,
         version.once_per_profile,
+        *(getattr(version, field) for field in TIMING_FIELDS),
         list(actions),
         sorted(campaign.tags.names()),
     )

@@ -17,6 +17,8 @@ from .models import MessagePreset
 from .providers import backend_choices
 
 DELIVERY_FIELDS = ("backend", "rate_limit_per_second")
+# Read in each recipient's time zone by campaigns.delivery.timing.
+QUIET_HOURS_FIELDS = ("quiet_hours_start", "quiet_hours_end")
 
 
 @admin.register(MessagePreset)
@@ -47,9 +49,11 @@ class MessagePresetAdmin(ListTitledAdmin):
             (None, {"fields": ("name", "channel", "description")})
         ]
         delivery = ("Delivery", {"fields": DELIVERY_FIELDS, "classes": ("collapse",)})
+        quiet = ("Quiet hours", {"fields": [QUIET_HOURS_FIELDS]})
         if obj is not None and obj.channel in CHANNELS:
             channel = CHANNELS[obj.channel]
-            return [*head, (channel.sender_title, {"fields": channel.sender_fields}), delivery]
+            sender = (channel.sender_title, {"fields": channel.sender_fields})
+            return [*head, sender, delivery, quiet]
         # A new preset: every channel's settings; only the chosen channel's are used.
         return [
             *head,
@@ -64,6 +68,7 @@ class MessagePresetAdmin(ListTitledAdmin):
                 for channel in CHANNELS.values()
             ),
             delivery,
+            quiet,
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: MessagePreset | None = None) -> Any:

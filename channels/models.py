@@ -1,8 +1,39 @@
+import datetime as dt
+
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
 from .choices import REQUIRED_SENDER_FIELD, ChannelKind
+
+# --- quiet hours (read by campaigns.delivery.timing) ---------------------------------------
+
+
+def quiet_hours_refusal(start: dt.time | None, end: dt.time | None) -> dict[str, str]:
+    """What is wrong with a pair of quiet hours, by field: both or neither, and not the
+    same time (a window of no length, or of the whole day, is not quiet hours)."""
+    if (start is None) != (end is None):
+        missing = "quiet_hours_end" if end is None else "quiet_hours_start"
+        return {missing: "Quiet hours need both a start and an end, or neither."}
+    if start is not None and start == end:
+        return {"quiet_hours_end": "Quiet hours must end at another time than they start."}
+    return {}
+
+
+def quiet_hours_pair_constraint(name: str) -> models.CheckConstraint:
+    """The database's own check of a pair of quiet hours: both or neither."""
+    return models.CheckConstraint(
+        condition=models.Q(quiet_hours_start__isnull=True, quiet_hours_end__isnull=True)
+        | models.Q(quiet_hours_start__isnull=False, quiet_hours_end__isnull=False),
+        name=name,
+    )
+
+
+QUIET_HOURS_HELP = (
+    "Marketing messages that fall due between these times in the recipient's time zone wait "
+    "until the end (e.g. 21:00 to 08:00, across midnight); transactional ones are sent. "
+    "Both or neither."
+)
 
 
 class MessagePreset(models.Model):
@@ -32,6 +63,8 @@ class MessagePreset(models.Model):
         help_text="Most messages per second through this preset, shared by all workers; "
         "empty means no limit.",
     )
+    quiet_hours_start = models.TimeField(null=True, blank=True, help_text=QUIET_HOURS_HELP)
+    quiet_hours_end = models.TimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -46,12 +79,16 @@ class MessagePreset(models.Model):
                 | models.Q(rate_limit_per_second__gt=0),
                 name="preset_rate_limit_positive",
             ),
+            quiet_hours_pair_constraint("preset_quiet_hours_both_or_neither"),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_channel_display()})"
 
     def clean(self) -> None:
+        quiet = quiet_hours_refusal(self.quiet_hours_start, self.quiet_hours_end)
+        if quiet:
+            raise ValidationError(quiet)
         required = REQUIRED_SENDER_FIELD.get(self.channel)
         if required and not getattr(self, required):
             label = required.replace("_", " ")

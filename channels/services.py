@@ -29,6 +29,9 @@ PRESET_FIELDS = (
     *ALL_SENDER_FIELDS,
     "backend",
     "rate_limit_per_second",
+    # Quiet hours in the recipient's time zone (campaigns.delivery.timing).
+    "quiet_hours_start",
+    "quiet_hours_end",
 )
 
 

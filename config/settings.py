@@ -472,6 +472,10 @@ SALVO_DELIVERY_RATE_WAIT_MAX_S = env.float("SALVO_DELIVERY_RATE_WAIT_MAX_S", def
 # unfinished batches sent again (lost task messages).
 SALVO_DELIVERY_SENDING_TIMEOUT_S = env.float("SALVO_DELIVERY_SENDING_TIMEOUT_S", default=60.0)
 SALVO_DELIVERY_STALL_AFTER_S = env.float("SALVO_DELIVERY_STALL_AFTER_S", default=90.0)
+# A batch whose rows wait (the recipient's local time, quiet hours, a retry) is queued again
+# with a countdown of at most this long, and looks again then: a broker holds a delayed
+# message only so long (Redis's visibility timeout, 3600 s, would hand it out twice).
+SALVO_DELIVERY_WAIT_MAX_S = env.float("SALVO_DELIVERY_WAIT_MAX_S", default=900.0)
 # Transient provider errors: exponential back-off from the base, capped, then "failed".
 SALVO_DELIVERY_RETRY_BASE_S = env.float("SALVO_DELIVERY_RETRY_BASE_S", default=5.0)
 SALVO_DELIVERY_RETRY_CAP_S = env.float("SALVO_DELIVERY_RETRY_CAP_S", default=600.0)

@@ -124,13 +124,42 @@ class ScheduleSerializer(serializers.Serializer[Any]):
     def get_recurrence_words(self, version: Any) -> str:
         return version_schedule_words(version) if isinstance(version, CampaignVersion) else ""
 
-    def to_representation(self, instance: Any) -> Any:
+    # Local time and quiet hours (campaigns.delivery.timing).
+    in_recipient_time_zone = serializers.BooleanField(
+        required=False,
+        help_text="Shown when true (and the quiet hours when set). Send at start_at's date "
+        "and clock time (read in time_zone) in each recipient's own zone; needs start_at. "
+        "The campaign goes Live when the earliest zone reaches it (up to 26 h before the "
+        "last).",
+    )
+    quiet_hours_start = serializers.TimeField(
+        allow_null=True,
+        required=False,
+        format="%H:%M",
+        help_text="HH:MM in the recipient's zone: marketing deliveries due from then until "
+        "quiet_hours_end wait for the end; replaces the presets' quiet hours. Both or "
+        "neither.",
+    )
+    quiet_hours_end = serializers.TimeField(allow_null=True, required=False, format="%H:%M")
+
+    # Shown only when set: a schedule that uses neither reads as it always did.
+    TIMING_DEFAULTS: dict[str, Any] = {
+        "in_recipient_time_zone": False,
+        "quiet_hours_start": None,
+        "quiet_hours_end": None,
+    }
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
         """The recurrence's keys are shown for a version that has a recurrence only (a
-        recurring campaign's), so other campaigns' schedules read as they always did."""
+        recurring campaign's), and local time and quiet hours only when set, so other
+        campaigns' schedules read as they always did."""
         data = super().to_representation(instance)
         if isinstance(instance, CampaignVersion) and not instance.recurrence:
             for key in RECURRENCE_KEYS:
                 data.pop(key, None)
+        for name, default in self.TIMING_DEFAULTS.items():
+            if data.get(name, default) == default:
+                data.pop(name, None)
         return data
 
 
@@ -485,6 +514,11 @@ class ExecutionReportSerializer(serializers.Serializer[dict[str, Any]]):
     )
 
 
+class WaitingSerializer(serializers.Serializer[dict[str, Any]]):
+    count = serializers.IntegerField()
+    until = serializers.DateTimeField(help_text="When the last of them is due.")
+
+
 class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):
     """What a campaign's deliveries came to (``campaigns.selectors.campaign_report``)."""
 
@@ -505,6 +539,12 @@ class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):
     rate = RateSerializer()
     executions = ExecutionReportSerializer(many=True, help_text="Newest first.")
     delivery_error = DeliveryErrorSerializer(allow_null=True)
+    waiting = serializers.DictField(
+        child=serializers.DictField(child=WaitingSerializer()),
+        help_text="Per channel and reason (recipient_time: the recipient's local send time; "
+        "quiet_hours: the end of the recipient's quiet hours), the deliveries still waiting "
+        "and until when the last of them waits.",
+    )
 
 
 class DeliverySerializer(serializers.Serializer[Any]):
@@ -655,6 +695,13 @@ class ReviewScheduleSerializer(serializers.Serializer[Any]):
     recurrence = serializers.CharField(
         required=False,
         help_text="A recurring campaign's recurrence in words; absent for other kinds.",
+    )
+    timing = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Only when the version sends in local time or keeps quiet hours: those "
+        "in words, e.g. “Sent at 09:00 on 2026-12-01 "
+        "in each recipient's time zone … from … to … UTC.”",
     )
 
 

@@ -22,7 +22,7 @@ import logging
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Min, Sum
 from django.utils import timezone
 
 from campaigns import tasks
@@ -34,7 +34,7 @@ from ..models import Campaign, ChannelAction, Delivery, DeliveryCount, Execution
 from ..selectors import stalled_executions
 from .policy import PLANNING_STEP, Batch, RetryPolicy, error_text
 from .sql import campaign_sending
-from .window import batches_enqueue, dispatch_window
+from .window import WAITING_REASONS, batches_enqueue, dispatch_window
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,8 @@ def executions_resume_stalled(*, now: dt.datetime | None = None) -> list[int]:
         if not campaign_sending(execution.campaign_id):
             execution_halt(execution.pk, now=now)
             continue
+        if execution_wait(execution, now=now):
+            continue
         rows = (
             Delivery.objects.filter(
                 execution_id=execution.pk,
@@ -167,6 +169,24 @@ def executions_resume_stalled(*, now: dt.datetime | None = None) -> list[int]:
         )
         resumed.append(execution.pk)
     return resumed
+
+
+def execution_wait(execution: Execution, *, now: dt.datetime) -> bool:
+    """Whether every unfinished delivery of the execution waits for a later moment (its
+    recipient's local time, the end of quiet hours: ``timing``): then it is not stalled,
+    and is left alone until the soonest of them (``waiting_until``). Its batches are
+    queued with their countdown; should those be lost, the stall check sends them again
+    once that moment is past."""
+    pending = Delivery.objects.filter(execution_id=execution.pk, status=D.PENDING)
+    if pending.exclude(reason__in=WAITING_REASONS, next_attempt_at__gt=now).exists():
+        return False
+    soonest = pending.aggregate(soonest=Min("next_attempt_at"))["soonest"]
+    if soonest is None:
+        return False
+    Execution.objects.filter(pk=execution.pk, last_progress_at=execution.last_progress_at).update(
+        waiting_until=soonest
+    )
+    return True
 
 
 def step_name(batch: Batch | None) -> str:

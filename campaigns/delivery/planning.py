@@ -45,7 +45,10 @@ def execution_start(*, campaign: Campaign) -> Execution | None:
         return None
     if campaign.live_version_id is None or Execution.objects.filter(campaign=campaign).exists():
         return None
-    return execution_create(campaign=campaign)
+    # The run is for its start (what a local-time version reads its clock time from).
+    version = campaign.live_version
+    start = version.start_at if version is not None else None
+    return execution_create(campaign=campaign, scheduled_for=start or timezone.now())
 
 
 def execution_create(*, campaign: Campaign, scheduled_for: dt.datetime | None = None) -> Execution:

@@ -92,6 +92,7 @@ from .sql import (
     sending_version,
     timeline_add,
 )
+from .timing import QuietHoursRule, quiet_hours_hold, quiet_hours_rule
 from .window import range_wait
 
 logger = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class ActionSender:
         self.version_id = 0
         self.content: ChannelAction | None = None
         self.removed = ""
+        self._quiet_hours: tuple[int, QuietHoursRule | None] = (0, None)
         self.use_version(version_id)
 
     def use_version(self, version_id: int) -> None:
@@ -225,6 +227,15 @@ class ActionSender:
             else None
         )
         self.unsubscribe_link = unsubscribe_links() if self.unsubscribe else None
+
+    def quiet_hours(self) -> QuietHoursRule | None:
+        """The running version's quiet hours (``timing``), read once per version."""
+        if self._quiet_hours[0] != self.version_id:
+            rule = quiet_hours_rule(
+                campaign_type=self.campaign.type, version_id=self.version_id, preset=self.preset
+            )
+            self._quiet_hours = (self.version_id, rule)
+        return self._quiet_hours[1]
 
     def close(self) -> None:
         if self.backend is not None:
@@ -358,13 +369,14 @@ class ActionSender:
             if not due:
                 return False
             self._read_contexts(batch, due)
-            prepared = self.prepare(due)
+            go = quiet_hours_hold(due, rule=self.quiet_hours(), now=timezone.now())
+            prepared = self.prepare(go)
             version_id = sending_version(self.campaign.pk, hold=True)
             if version_id is None:
                 return None
             if version_id != self.version_id:
                 self.use_version(version_id)
-                prepared = self.prepare(due)
+                prepared = self.prepare(go)
             outcomes = prepared.outcomes
             if prepared.messages:
                 outcomes += self.send(prepared.messages)
@@ -392,7 +404,8 @@ class ActionSender:
             return False
         self.use_version(version_id)
         self._read_contexts(batch, due)
-        prepared = self.prepare(due)
+        go = quiet_hours_hold(due, rule=self.quiet_hours(), now=timezone.now(), claim=claim)
+        prepared = self.prepare(go)
         held: set[int] = set()
         while prepared.messages:
             with transaction.atomic():
@@ -408,7 +421,7 @@ class ActionSender:
                     )
                     break
             self.use_version(version_id)
-            prepared = self.prepare(due)
+            prepared = self.prepare(go)
         outcomes = prepared.outcomes
         messages = [(row, m) for row, m in prepared.messages if row.delivery_id in held]
         if messages:

@@ -42,15 +42,16 @@ import datetime as dt
 import json
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from segments.models import CONSENT_FIELDS, PROFILE_DATA_FIELDS, AudienceMember, Profile
 
-from ..choices import DeliveryStatus
+from ..choices import DeliveryReason, DeliveryStatus
 from ..models import Campaign, ChannelAction, Delivery, DeliveryCount, DeliveryTimeline, Execution
 from ..selectors import SENDING_CAMPAIGN_STATUSES, timeline_bucket
 from .policy import Batch, DeliveryOutcome, Due
@@ -114,35 +115,62 @@ def hold_campaign_sends(*, campaign_id: int) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _send_lock_key(campaign_id))
 
 
-def insert_deliveries(execution: Execution, first_key: int, last_key: int) -> Counter[int]:
+def insert_deliveries(
+    execution: Execution, first_key: int, last_key: int, *, now: dt.datetime | None = None
+) -> Counter[int]:
     """One pending row per (action, audience member) for the snapshot's members with keys
-    in [first_key, last_key]; idempotent. Returns how many rows each action got."""
+    in [first_key, last_key]; idempotent. Returns how many rows each action got.
+
+    A version sent in each recipient's time zone gives each row its due time in the same
+    statement (``timing.execution_due_times``): the profile's zone joined with a table of
+    one due time per zone (a JSON parameter), ``next_attempt_at`` and the reason
+    ``recipient_time`` for a moment still ahead, nothing for one already passed."""
+    from .timing import execution_due_times
+
     member = AudienceMember._meta
     snapshot_column = connection.ops.quote_name(member.get_field("snapshot").column)
     profile_column = connection.ops.quote_name(member.get_field("profile").column)
     key_column = connection.ops.quote_name(member.get_field("key").column)
     once_sql, once_params = _once_per_profile_condition(execution, f"m.{profile_column}")
+    due_times = execution_due_times(execution, now=now or timezone.now())
+    params: list[Any] = [execution.pk, D.PENDING]
+    due_columns = due_values = due_join = ""
+    if due_times is not None:
+        zone = connection.ops.quote_name(Profile._meta.get_field("time_zone").column)
+        if on_postgres():
+            zones = (
+                "(SELECT e->>0 AS name, (e->>1)::timestamptz AS due "
+                "FROM jsonb_array_elements(%s::jsonb) AS e)"
+            )
+        else:
+            zones = "(SELECT value->>0 AS name, value->>1 AS due FROM json_each(%s))"
+        due = "(CASE WHEN z.name IS NULL THEN %s ELSE z.due END)"
+        due_columns = ", next_attempt_at"
+        due_values = f", CASE WHEN {due} IS NULL THEN '' ELSE %s END, {due}"
+        due_join = (
+            f"LEFT JOIN {table_name(Profile)} p ON p.id = m.{profile_column} "
+            f"LEFT JOIN {zones} z ON z.name = p.{zone} "
+        )
+        default = db_time(due_times.default) if due_times.default else None
+        params += [default, DeliveryReason.RECIPIENT_TIME, default]
+        params.append(due_times.as_json(db_time))
+        reason = ""
+    else:
+        reason = ", ''"
     # "WHERE" before ON CONFLICT also keeps SQLite from reading it as a join constraint.
     sql = (
         f"INSERT INTO {table_name(Delivery)} "
         "(execution_id, action_id, profile_id, status, attempts, provider_message_id, error, "
-        "reason) "
-        f"SELECT %s, a.id, m.{profile_column}, %s, 0, '', '', '' "
+        f"reason{due_columns}) "
+        f"SELECT %s, a.id, m.{profile_column}, %s, 0, '', ''{reason}{due_values} "
         f"FROM {table_name(AudienceMember)} m CROSS JOIN {table_name(ChannelAction)} a "
+        f"{due_join}"
         f"WHERE m.{snapshot_column} = %s AND m.{key_column} BETWEEN %s AND %s "
         "AND a.version_id = %s "
         f"{once_sql}"
         "ON CONFLICT DO NOTHING RETURNING action_id"
     )
-    params: list[Any] = [
-        execution.pk,
-        D.PENDING,
-        execution.snapshot_id,
-        first_key,
-        last_key,
-        execution.version_id,
-        *once_params,
-    ]
+    params += [execution.snapshot_id, first_key, last_key, execution.version_id, *once_params]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return Counter(int(action_id) for (action_id,) in cursor.fetchall())
@@ -180,6 +208,46 @@ def _once_per_profile_condition(execution: Execution, profile: str) -> tuple[str
         )
         params += [channel, *earlier, *actions, D.SENT]
     return sql, params
+
+
+def waiting_record(
+    held: Sequence[tuple[int, dt.datetime]],
+    *,
+    reason: str,
+    text: Callable[[dt.datetime], str],
+    claim: uuid.UUID | None = None,
+) -> None:
+    """Put pending rows back to wait, each until its moment, with `reason` and
+    `text(moment)`, without counting an attempt; with `claim` (SQLite), only rows that
+    still carry it, whose claim is then released. One UPDATE for all of them."""
+    table = table_name(Delivery)
+    document = json.dumps(
+        [[delivery_id, db_time(until), text(until)] for delivery_id, until in held],
+        separators=(",", ":"),
+        default=str,
+    )
+    if on_postgres():
+        source = (
+            "(SELECT (e->>0)::bigint AS id, (e->>1)::timestamptz AS due, e->>2 AS text "
+            "FROM jsonb_array_elements(%s::jsonb) AS e) AS v"
+        )
+    else:
+        source = (
+            "(SELECT value->>0 AS id, value->>1 AS due, value->>2 AS text FROM json_each(%s)) AS v"
+        )
+    params: list[Any] = [reason, document, D.PENDING]
+    where = f"{table}.id = v.id AND {table}.status = %s"
+    clear_claim = ""
+    if claim is not None:
+        where += f" AND {table}.claim = %s"
+        params.append(_claim_value(claim))
+        clear_claim = ", claim = NULL"
+    sql = (
+        f"UPDATE {table} SET next_attempt_at = v.due, reason = %s, error = v.text{clear_claim} "
+        f"FROM {source} WHERE {where}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 # Columns read per recipient: identity, address, personalisation data and consent.

@@ -21,12 +21,15 @@ from django.utils import timezone
 
 from campaigns import tasks
 
-from ..choices import DeliveryStatus, ExecutionStatus
+from ..choices import DeliveryReason, DeliveryStatus, ExecutionStatus
 from ..models import ChannelAction, Delivery, Execution
 from .policy import Batch
 from .sql import on_postgres
 
 D = DeliveryStatus
+
+# Pending rows that wait for a moment rather than for a worker (see ``timing``).
+WAITING_REASONS = (DeliveryReason.RECIPIENT_TIME, DeliveryReason.QUIET_HOURS)
 
 
 def batches_enqueue(batches: Sequence[Batch]) -> None:
@@ -85,7 +88,10 @@ def dispatch_window(execution_id: int) -> tuple[list[Batch], bool]:
             ]
         )
         # One count per action: each is a range of the unique index, where an IN list
-        # over the actions makes PostgreSQL scan the whole table.
+        # over the actions makes PostgreSQL scan the whole table. Rows waiting for a later
+        # time (the recipient's local time, quiet hours: ``timing``) are not work in the
+        # queue: their batches come back by themselves, and the rows behind them, due
+        # sooner in another zone, must not wait for them.
         in_flight = [
             Delivery.objects.filter(
                 execution_id=execution.pk,
@@ -93,7 +99,9 @@ def dispatch_window(execution_id: int) -> tuple[list[Batch], bool]:
                 status=D.PENDING,
                 profile_id__gt=floor[0] if floor else 0,
                 profile_id__lte=execution.dispatched_through,
-            ).count()
+            )
+            .exclude(reason__in=WAITING_REASONS, next_attempt_at__gt=timezone.now())
+            .count()
             for action_id in action_ids
         ]
         # The next id range holds at most one batch of each action: queue it only if it
@@ -140,9 +148,11 @@ def dispatch_window(execution_id: int) -> tuple[list[Batch], bool]:
 def range_wait(batch: Batch, *, now: dt.datetime) -> float | None:
     """Seconds until the batch must run again; None when every row of it is finished.
 
-    A pending row is due at its retry time. One that is due now was held by another worker
-    (a second copy of the batch): look again after SALVO_DELIVERY_SENDING_TIMEOUT_S, by
-    which time that worker has finished it, or died and released it."""
+    A pending row is due at its retry time (or its recipient's local time, or the end of
+    its quiet hours), looked at again after SALVO_DELIVERY_WAIT_MAX_S at most. One that
+    is due now was held by another worker (a second copy of the batch): look again after
+    SALVO_DELIVERY_SENDING_TIMEOUT_S, by which time that worker has finished it, or died
+    and released it."""
     retry_times = Delivery.objects.filter(
         execution_id=batch.execution_id,
         action_id=batch.action_id,
@@ -157,4 +167,4 @@ def range_wait(batch: Batch, *, now: dt.datetime) -> float | None:
         soonest = when if soonest is None else min(soonest, when)
     if soonest is None:
         return None
-    return max(0.1, (soonest - now).total_seconds())
+    return max(0.1, min((soonest - now).total_seconds(), settings.SALVO_DELIVERY_WAIT_MAX_S))

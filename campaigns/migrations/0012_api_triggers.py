@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0009_campaign_kind_and_schedule_zone'),
+        ('campaigns', '0010_local_time_and_quiet_hours'),
         ('segments', '0008_profile_is_test'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

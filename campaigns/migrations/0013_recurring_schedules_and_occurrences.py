@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0009_campaign_kind_and_schedule_zone'),
+        ('campaigns', '0012_api_triggers'),
         ('segments', '0008_profile_is_test'),
     ]
 

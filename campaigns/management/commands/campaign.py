@@ -427,6 +427,8 @@ class Command(BaseCommand):
                 out(f"    repeats:  {recurrence}")
                 if version.once_per_profile:
                     out("              once per profile")
+            for line in version.timing_words:
+                out(f"    timing:   {line}")
             if version.activated_at:
                 out(f"    activated {version.activated_at.isoformat()}")
             for action in version.actions.all():
@@ -499,6 +501,13 @@ class Command(BaseCommand):
             f"  rate: {rate['per_s']:g}/s over the last {rate['window_s']}s; time left: "
             f"{_seconds(rate['time_left_s'])}"
         )
+        for channel, reasons in report["waiting"].items():
+            for reason, waiting in reasons.items():
+                out(
+                    f"  {channel} waiting: {waiting['count']} "
+                    f"({DeliveryReason(reason).label.lower()}), the last until "
+                    f"{waiting['until'].isoformat()}"
+                )
 
     def preview_campaign(
         self, *, user: Any, id: int, profile: str, version: int | None, **options: Any
@@ -604,6 +613,8 @@ class Command(BaseCommand):
             out(f"  {shown.channel_label} via {shown.preset}: {shown.reach:,} ({rate}, {took})")
         start = review.start_at.isoformat() if review.start_at else "as soon as activated"
         out(f"  starts: {start}")
+        for line in review.timing:
+            out(f"  timing: {line}")
         out(f"  sending takes: {_duration(review.estimate_s)}")
         if review.sample is not None:
             out(f"  sample, for profile {review.sample.profile.external_id}:")
