@@ -41,6 +41,7 @@ from .admin_review import REVIEW_MAX_CAMPAIGNS, review_page, reviews_page, revie
 from .admin_triggers import triggers_context
 from .approval import require_approved_for_activation, version_approval_text
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignKind, CampaignStatus
+from .delivery.timing import schedule_words
 from .exceptions import REFUSALS, CampaignConflict, refusal_text
 from .forms import (
     ACTION_FIELDS,
@@ -933,6 +934,8 @@ class CampaignAdmin(ListTitledAdmin):
             # Newest first: each row links to the changes from the version before it.
             for newer, older in pairwise(versions):
                 newer.previous_number = older.number  # type: ignore[attr-defined]
+            for version in versions:
+                version.timing_words = schedule_words(version)  # type: ignore[attr-defined]
             by_pk = {version.pk: version for version in versions}
             draft = by_pk.get(campaign.draft_version_id)
             extra_context = {

@@ -317,13 +317,6 @@ class CampaignVersion(models.Model):
     def is_frozen(self) -> bool:
         return self.activated_at is not None
 
-    @property
-    def timing_words(self) -> list[str]:
-        """Its local time and quiet hours in words (``delivery.timing.schedule_words``)."""
-        from .delivery.timing import schedule_words
-
-        return schedule_words(self)
-
 
 class ChannelAction(models.Model):
     """One channel of a version: what goes out, from which preset."""

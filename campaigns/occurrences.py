@@ -15,6 +15,9 @@ report. Once the last occurrence at or before ``end_at`` has started and finishe
 campaign completes (``delivery.completion.recurring_campaign_over``). A stop cancels the
 occurrences to come.
 
+An occurrence sent in each recipient's time zone (``delivery.timing``) begins when the
+earliest zone on earth reaches its clock time, and its recipients are due zone by zone.
+
 Every time here is read from ``campaigns.clock``, which a test may move on.
 """
 
@@ -32,6 +35,7 @@ from . import clock
 from .choices import CampaignKind, CampaignStatus, ExecutionStatus
 from .delivery import execution_create
 from .delivery.completion import LAST_OCCURRENCE_DONE, recurring_campaign_over
+from .delivery.timing import LOCAL_TIME_LEAD, run_starts_at
 from .lifecycle import campaign_complete, lock_campaign, transition_log
 from .models import Campaign, CampaignVersion, Execution
 from .recurrence import (
@@ -65,14 +69,25 @@ def version_next_runs(
     now: dt.datetime | None = None,
 ) -> list[dt.datetime]:
     """The version's next `count` occurrences: from its start (or `now` when it has none),
-    and after `after` when given."""
+    and after `after` when given. Sent in each recipient's zone, an occurrence whose run
+    would begin before the start (``run_starts_at``: up to a day before its clock time) is
+    not one: the campaign begins at its start."""
     rule = version_recurrence(version)
     if rule is None:
         return []
     start = version.start_at or now or clock.now()
-    return next_occurrences(
-        rule, zone=version.time_zone, start=start, end=version.end_at, after=after, count=count
+    # A run begins at most LOCAL_TIME_LEAD before its occurrence: at most that many days'
+    # occurrences can fall before the start, however often it recurs.
+    extra = LOCAL_TIME_LEAD.days + 2 if version.in_recipient_time_zone else 0
+    runs = next_occurrences(
+        rule,
+        zone=version.time_zone,
+        start=start,
+        end=version.end_at,
+        after=after,
+        count=count + extra,
     )
+    return [run for run in runs if run_starts_at(version, run) >= start][:count]
 
 
 def occurrence_plan_next(*, campaign: Campaign, now: dt.datetime) -> None:
@@ -145,10 +160,12 @@ def _start_due(campaign_id: int, *, now: dt.datetime) -> list[int]:
             campaign.status == Status.LIVE
             and version is not None
             and campaign.next_run_at is not None
-            and campaign.next_run_at <= now
+            # Sent in each recipient's zone, an occurrence begins when the earliest zone
+            # reaches its clock time, up to LOCAL_TIME_LEAD before it.
+            and run_starts_at(version, campaign.next_run_at) <= now
         ):
             occurrence = campaign.next_run_at
-            if now - occurrence <= recurrence_grace():
+            if now - run_starts_at(version, occurrence) <= recurrence_grace():
                 started.append(execution_create(campaign=campaign, scheduled_for=occurrence).pk)
             else:
                 _occurrence_skip(campaign, occurrence, now=now)
@@ -166,7 +183,9 @@ def occurrences_start_due(*, now: dt.datetime | None = None) -> list[int]:
     occurrence is done. Returns the ids of the executions started."""
     now = now or clock.now()
     live = Campaign.objects.filter(kind=CampaignKind.RECURRING, status=Status.LIVE)
-    due = live.filter(next_run_at__lte=now) | live.filter(next_run_at__isnull=True)
+    due = live.filter(next_run_at__lte=now + LOCAL_TIME_LEAD) | live.filter(
+        next_run_at__isnull=True
+    )
     started = []
     for pk in list(due.values_list("pk", flat=True)):
         started += _start_due(pk, now=now)

@@ -39,6 +39,7 @@ from segments.unsubscribe import unsubscribe_links
 from .approval import unapproved_text
 from .choices import CampaignKind, CampaignType, CheckLevel, ReviewCode
 from .delivery import reachable_profiles
+from .delivery.timing import schedule_words
 from .models import Campaign, CampaignVersion, ChannelAction
 from .occurrences import version_schedule_words
 from .operations import VIEW_CAMPAIGN
@@ -411,7 +412,7 @@ def activation_review(
         estimate_s=max(limited) if limited else None,
         sample=_sample(campaign, version, user) if sample else None,
         checks=[*errors, *warnings],
-        timing=version.timing_words,
+        timing=schedule_words(version),
     )
 
 

@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..choices import CampaignType, DeliveryReason
+from ..choices import CampaignKind, CampaignType, DeliveryReason
 
 if TYPE_CHECKING:
     from ..models import CampaignVersion, Execution
@@ -132,17 +132,33 @@ def earliest_local(wall: dt.datetime) -> dt.datetime:
     return min(due_in_zone(wall, zoneinfo.ZoneInfo(name)) for name in known_zones())
 
 
+def run_starts_at(version: CampaignVersion, moment: dt.datetime) -> dt.datetime:
+    """When the version's run for `moment` (a start, an occurrence) begins: at `moment`,
+    or, sending in the recipients' zones, when the earliest zone on earth reaches the
+    clock time `moment` shows in the version's zone."""
+    if not version.in_recipient_time_zone:
+        return moment
+    return earliest_local(wall_clock(moment, version.time_zone))
+
+
+def _one_shot(version: CampaignVersion) -> bool:
+    return bool(version.campaign.kind == CampaignKind.ONE_SHOT)
+
+
 def go_live_at(version: CampaignVersion) -> dt.datetime | None:
-    """When a one-shot version's run starts: its start, or, sending in the recipients'
-    zones, the moment the earliest zone on earth reaches the start's clock time."""
-    if version.start_at is None or not version.in_recipient_time_zone:
+    """When a version's campaign goes Live, if it has a start: a one-shot version's run
+    starts then (``run_starts_at`` its start); a recurring campaign goes Live at its start,
+    and each occurrence's run begins at its own ``run_starts_at``."""
+    if version.start_at is None:
+        return None
+    if not _one_shot(version):
         return version.start_at
-    return earliest_local(wall_clock(version.start_at, version.time_zone))
+    return run_starts_at(version, version.start_at)
 
 
 def latest_local(version: CampaignVersion) -> dt.datetime | None:
-    """When the last zone reaches a local-time version's start (None otherwise)."""
-    if version.start_at is None or not version.in_recipient_time_zone:
+    """When the last zone reaches a local-time one-shot version's start (None otherwise)."""
+    if version.start_at is None or not version.in_recipient_time_zone or not _one_shot(version):
         return None
     wall = wall_clock(version.start_at, version.time_zone)
     return max(due_in_zone(wall, zoneinfo.ZoneInfo(name)) for name in known_zones())

@@ -246,3 +246,31 @@ def test_a_version_activated_while_an_occurrence_is_due_keeps_it(settings, tmp_p
     assert campaign.next_run_at == at(7, 8)
     [second] = tick(at(7, 8, 0) + dt.timedelta(seconds=2))
     assert run(second).version.number == 2
+
+
+def test_an_occurrence_in_recipient_time_begins_when_the_earliest_zone_reaches_it():
+    """Daily at 09:00 in each recipient's zone: the 7th's run begins when Kiritimati
+    (UTC+14) shows 09:00 on the 7th (19:00 UTC on the 6th), each recipient is due at 09:00
+    on the 7th in their own zone, and the first occurrence is the first whose run begins
+    after the campaign's start."""
+    kiritimati = make_profile(external_id="kir", time_zone="Pacific/Kiritimati")
+    paris = make_profile(external_id="par", time_zone="Europe/Paris")
+    angeles = make_profile(external_id="lax", time_zone="America/Los_Angeles")
+    campaign = recurring(in_recipient_time_zone=True)
+    # The 6th's run would have begun on the 5th, before the start: the 7th's is the first.
+    assert campaign.next_run_at == at(7, 8)
+
+    tick(at(6, 7))
+    assert status(campaign) == CampaignStatus.LIVE  # at its start, not a day before
+    assert tick(at(6, 18, 59)) == []
+    [run_id] = tick(at(6, 19))
+    while delivery.execution_plan_step(execution_id=run_id):
+        pass
+    due = dict(
+        Delivery.objects.filter(execution_id=run_id).values_list("profile_id", "next_attempt_at")
+    )
+    assert due == {
+        kiritimati.pk: at(6, 19),  # 09:00 there: the run's first moment
+        paris.pk: at(7, 8),
+        angeles.pk: at(7, 17),
+    }

@@ -38,6 +38,7 @@ from campaigns.choices import (
     DeliveryReason,
     ProofStatus,
 )
+from campaigns.delivery.timing import schedule_words
 from campaigns.exceptions import CampaignConflict
 from campaigns.models import Campaign
 from campaigns.occurrences import campaign_next_runs, run_words, version_schedule_words
@@ -427,7 +428,7 @@ class Command(BaseCommand):
                 out(f"    repeats:  {recurrence}")
                 if version.once_per_profile:
                     out("              once per profile")
-            for line in version.timing_words:
+            for line in schedule_words(version):
                 out(f"    timing:   {line}")
             if version.activated_at:
                 out(f"    activated {version.activated_at.isoformat()}")
