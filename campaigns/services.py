@@ -39,6 +39,7 @@ from .approval import (
     require_not_last_editor,
     require_policy_change_allowed,
 )
+from .caps import require_exemption_change_allowed
 from .choices import ApprovalStatus, CampaignKind, CampaignStatus, CampaignType
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
 from .exceptions import ActivationRefused, CampaignConflict
@@ -68,7 +69,9 @@ from .selectors import Actor, version_activation_problems
 
 Status = CampaignStatus
 
-CAMPAIGN_FIELDS = ("name", "description", "type", "kind", "approval_required")
+CAMPAIGN_FIELDS: tuple[str, ...] = ("name", "description", "type", "kind", "approval_required")
+# Frequency caps: the exemption is the campaign's own, changed only with its permission.
+CAMPAIGN_FIELDS += ("frequency_cap_exempt",)
 VERSION_FIELDS = ("segment", "start_at", "time_zone")
 
 
@@ -194,6 +197,7 @@ def campaign_create(
     time_zone: str = "",
     actions: Iterable[Mapping[str, Any]] = (),
     approval_required: bool | None = None,
+    frequency_cap_exempt: bool = False,
 ) -> Campaign:
     """A new Draft campaign whose version 1 holds the given content. `approval_required`
     defaults to SALVO_APPROVAL_REQUIRED."""
@@ -208,6 +212,8 @@ def campaign_create(
     if approval_required is not None:
         require_policy_change_allowed(campaign=None, required=approval_required, user=user)
         campaign.approval_required = approval_required
+    require_exemption_change_allowed(campaign=None, exempt=frequency_cap_exempt, user=user)
+    campaign.frequency_cap_exempt = frequency_cap_exempt
     campaign.full_clean(exclude=["status", "live_version", "draft_version"])
     _validate_start_at(start_at)
     _validate_time_zone(time_zone)
@@ -254,6 +260,10 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
     if "approval_required" in data:
         require_policy_change_allowed(
             campaign=campaign, required=data["approval_required"], user=user
+        )
+    if "frequency_cap_exempt" in data:
+        require_exemption_change_allowed(
+            campaign=campaign, exempt=data["frequency_cap_exempt"], user=user
         )
     written_before = _draft_content(campaign, version)
     if campaign.live_version_id is not None:

@@ -67,6 +67,7 @@ from segments.unsubscribe import unsubscribe_links
 
 from ..choices import CampaignType, DeliveryReason, DeliveryStatus, ExecutionStatus
 from ..models import Campaign, CampaignVersion, ChannelAction, Execution
+from .caps import CapCheck
 from .completion import execution_halt
 from .policy import (
     Batch,
@@ -188,6 +189,7 @@ class ActionSender:
         self.content: ChannelAction | None = None
         self.removed = ""
         self.use_version(version_id)
+        self.caps = CapCheck(channel=channel, campaign=campaign)  # frequency caps
 
     def use_version(self, version_id: int) -> None:
         """Send the content of this version's action of the channel from now on. When the
@@ -350,18 +352,20 @@ class ActionSender:
             due = due_lock(batch, limit=limit, now=timezone.now())
             if not due:
                 return False
-            prepared = self.prepare(due)
+            sendable, capped = self.caps.reserve(due, now=timezone.now())
+            prepared = self.prepare(sendable)
             version_id = sending_version(self.campaign.pk, hold=True)
             if version_id is None:
                 return None
             if version_id != self.version_id:
                 self.use_version(version_id)
-                prepared = self.prepare(due)
-            outcomes = prepared.outcomes
+                prepared = self.prepare(sendable)
+            outcomes = capped + prepared.outcomes
             if prepared.messages:
                 outcomes += self.send(prepared.messages)
             now = timezone.now()
             outcomes_record(outcomes, now=now, version_id=self.version_id)
+            self.caps.release(outcomes)
             _record_counts(
                 batch.execution_id, self.action, outcomes, version_id=self.version_id, now=now
             )
@@ -380,16 +384,18 @@ class ActionSender:
             if version_id is None:
                 return None
             due = due_claim(batch, limit=limit, now=timezone.now(), claim=claim)
+            sendable, capped = self.caps.reserve(due, now=timezone.now())
         if not due:
             return False
         self.use_version(version_id)
-        prepared = self.prepare(due)
+        prepared = self.prepare(sendable)
         held: set[int] = set()
         while prepared.messages:
             with transaction.atomic():
                 version_id = sending_version(self.campaign.pk)
                 if version_id is None:
                     claim_release([row.delivery_id for row in due], claim=claim)
+                    self.caps.forget([row.delivery_id for row in due])
                     return None
                 if version_id == self.version_id:
                     held = claim_renew(
@@ -399,8 +405,8 @@ class ActionSender:
                     )
                     break
             self.use_version(version_id)
-            prepared = self.prepare(due)
-        outcomes = prepared.outcomes
+            prepared = self.prepare(sendable)
+        outcomes = capped + prepared.outcomes
         messages = [(row, m) for row, m in prepared.messages if row.delivery_id in held]
         if messages:
             outcomes += self.send(messages)
@@ -408,6 +414,7 @@ class ActionSender:
             now = timezone.now()
             recorded = outcomes_record(outcomes, now=now, version_id=self.version_id, claim=claim)
             outcomes = [o for o in outcomes if o.delivery_id in recorded]
+            self.caps.release(outcomes)
             _record_counts(
                 batch.execution_id, self.action, outcomes, version_id=self.version_id, now=now
             )

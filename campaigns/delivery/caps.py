@@ -1,0 +1,221 @@
+"""Frequency caps at send time: a marketing delivery whose profile already had as many
+marketing messages as an active rule allows within its period is skipped
+(``frequency_cap``), across every campaign and every worker at once.
+
+The ledger. Every marketing message a worker is about to send is first *reserved*: a
+``MarketingSend`` row (profile, channel, time, delivery id). The check counts these rows,
+never the deliveries (no index by profile there), through the index on (profile, time).
+A reservation whose message was not sent (skipped, failed, waiting for a retry) is
+released when the chunk records its outcomes, so only sent messages stay counted.
+
+Two campaigns sending to one person at the same moment cannot both pass a cap of 1, since
+counting and reserving are serialised per profile:
+
+* PostgreSQL: the chunk's transaction takes a transaction-level advisory lock per profile
+  of the chunk (in id order, so two chunks never deadlock), then counts and reserves. The
+  locks and the uncommitted reservations last until the chunk commits its outcomes (the
+  transaction that spans the provider call, see ``sql``): a second chunk reaching the same
+  profile waits for it, then counts its committed reservation. A killed worker's
+  transaction rolls back with its reservations.
+* SQLite: the reservation is made in the short transaction that claims the chunk's rows
+  (one writer at a time). A killed worker's reservations stay, under their delivery ids:
+  the row is sent again once its claim expires, finds its own reservation and is not
+  counted twice.
+
+Cost. Transactional campaigns, and every chunk while no rule is active, run no statement
+at all: the rules are read once per batch (one small query). Otherwise a chunk costs one
+lock statement (PostgreSQL), one grouped count, one insert of its reservations and, when
+some were not sent, one delete; a chunk on a channel no active rule covers only records
+its sends (the insert), so that a rule added later counts them.
+
+Sends of a campaign exempt from the caps are recorded (they count for the others) but
+never checked. Sends made while no rule at all was active were not recorded: the first
+rule counts from when it became active.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import connection
+
+from ..caps import active_frequency_caps
+from ..choices import CAP_PERIOD_SECONDS, CampaignType, CapPeriod, DeliveryReason, DeliveryStatus
+from ..models import Campaign, FrequencyCap, MarketingSend
+from .policy import DeliveryOutcome, Due
+from .sql import db_time, on_postgres, table_name
+
+# The key space of the caps' per-profile locks among PostgreSQL advisory locks ("SCAP").
+CAP_LOCK_SPACE = 0x53434150
+
+PERIOD_WORDS: dict[str, str] = {
+    CapPeriod.DAY: "24 hours",
+    CapPeriod.WEEK: "7 days",
+    CapPeriod.MONTH: "30 days",
+}
+CAPPED_TEXT = (
+    "The profile had {limit} {scope} marketing message(s) in the last {period} (“{name}”)."
+)
+
+
+def _ids_condition(column: str, ids: Sequence[int]) -> tuple[str, Any]:
+    """``column`` among `ids`, as one parameter on either database."""
+    if on_postgres():
+        return f"{column} = ANY(%s)", list(ids)
+    return f"{column} IN (SELECT value FROM json_each(%s))", json.dumps(list(ids))
+
+
+class CapCheck:
+    """The caps of one action's batch: which of a chunk's recipients may be sent, and the
+    reservations of those that may."""
+
+    def __init__(self, *, channel: str, campaign: Campaign) -> None:
+        self.channel = channel
+        marketing = campaign.type == CampaignType.MARKETING
+        rules = active_frequency_caps() if marketing else []
+        # Marketing sends are recorded while any rule is active; none: nothing runs.
+        self.recording = bool(rules)
+        # The rules that cap this channel's sends, unless the campaign is exempt.
+        self.rules: list[FrequencyCap] = (
+            [r for r in rules if r.channel in ("", channel)]
+            if not campaign.frequency_cap_exempt
+            else []
+        )
+        self.reserved: set[int] = set()
+
+    def reserve(
+        self, due: Sequence[Due], *, now: dt.datetime
+    ) -> tuple[list[Due], list[DeliveryOutcome]]:
+        """Split the chunk into the rows that may be sent, each now holding its reservation,
+        and the outcomes of those a cap skips. Call inside the transaction that holds the
+        rows (PostgreSQL: the chunk's; SQLite: the claim's)."""
+        if not self.recording:
+            return list(due), []
+        present = [row for row in due if row.profile is not None]
+        if not present:
+            return list(due), []
+        profile_ids = sorted({int(row.profile["id"]) for row in present})  # type: ignore[index]
+        delivery_ids = [row.delivery_id for row in present]
+        own = self._held(profile_ids, delivery_ids)
+        counts = self._counts(profile_ids, delivery_ids, now=now) if self.rules else {}
+        sendable: list[Due] = []
+        capped: list[DeliveryOutcome] = []
+        reservations: list[MarketingSend] = []
+        for row in due:
+            if row.profile is None or row.delivery_id in own:
+                sendable.append(row)  # a deleted profile is skipped by prepare; own: resent
+                continue
+            reached = self._reached(counts.get(int(row.profile["id"])))
+            if reached is not None:
+                capped.append(self._capped(row, reached))
+                continue
+            sendable.append(row)
+            reservations.append(
+                MarketingSend(
+                    profile_id=row.profile["id"],
+                    channel=self.channel,
+                    at=now,
+                    delivery_id=row.delivery_id,
+                )
+            )
+        MarketingSend.objects.bulk_create(reservations, ignore_conflicts=True)
+        self.reserved.update(own)
+        self.reserved.update(r.delivery_id for r in reservations)
+        return sendable, capped
+
+    def release(self, outcomes: Sequence[DeliveryOutcome]) -> None:
+        """Drop the reservations of the chunk's messages that were not sent (skipped,
+        failed, or waiting for a retry): only sent messages stay counted. In the
+        transaction that records the outcomes."""
+        if not self.reserved:
+            return
+        unsent = [
+            o.delivery_id
+            for o in outcomes
+            if o.status != DeliveryStatus.SENT and o.delivery_id in self.reserved
+        ]
+        self.reserved.difference_update(o.delivery_id for o in outcomes)
+        if unsent:
+            MarketingSend.objects.filter(delivery_id__in=unsent).delete()
+
+    def forget(self, delivery_ids: Sequence[int]) -> None:
+        """Drop the reservations of rows let go unsent (the campaign was stopped)."""
+        held = [i for i in delivery_ids if i in self.reserved]
+        self.reserved.difference_update(held)
+        if held:
+            MarketingSend.objects.filter(delivery_id__in=held).delete()
+
+    # --- the statements ----------------------------------------------------------------
+
+    def _held(self, profile_ids: Sequence[int], delivery_ids: Sequence[int]) -> set[int]:
+        """The chunk's rows that hold a reservation already: a row a killed worker had
+        reserved (SQLite), sent again. Locks the profiles first on PostgreSQL."""
+        if on_postgres():
+            if not self.rules:
+                return set()  # nothing to count: no lock needed to record
+            with connection.cursor() as cursor:
+                # One statement, the locks taken in id order: two chunks never deadlock.
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(%s, k) FROM "
+                    "(SELECT DISTINCT (p & 2147483647)::int AS k FROM unnest(%s::bigint[]) AS p "
+                    "ORDER BY 1) AS keys",
+                    [CAP_LOCK_SPACE, list(profile_ids)],
+                )
+            return set()  # a killed worker's reservations rolled back with it
+        condition, param = _ids_condition("delivery_id", delivery_ids)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT delivery_id FROM {table_name(MarketingSend)} WHERE {condition}", [param]
+            )
+            return {int(delivery_id) for (delivery_id,) in cursor.fetchall()}
+
+    def _counts(
+        self, profile_ids: Sequence[int], delivery_ids: Sequence[int], *, now: dt.datetime
+    ) -> dict[int, list[int]]:
+        """Per profile of the chunk, its recorded sends within each rule's period and on
+        its channel(s), besides the chunk's own reservations: one grouped query through
+        the index on (profile, time)."""
+        columns = []
+        params: list[Any] = []
+        for rule in self.rules:
+            since = db_time(now - dt.timedelta(seconds=CAP_PERIOD_SECONDS[rule.period]))
+            if rule.channel:
+                columns.append("SUM(CASE WHEN at >= %s AND channel = %s THEN 1 ELSE 0 END)")
+                params += [since, rule.channel]
+            else:
+                columns.append("SUM(CASE WHEN at >= %s THEN 1 ELSE 0 END)")
+                params.append(since)
+        longest = max(CAP_PERIOD_SECONDS[rule.period] for rule in self.rules)
+        profiles, profiles_param = _ids_condition("profile_id", profile_ids)
+        own, own_param = _ids_condition("delivery_id", delivery_ids)
+        sql = (
+            f"SELECT profile_id, {', '.join(columns)} FROM {table_name(MarketingSend)} "
+            f"WHERE {profiles} AND at >= %s AND NOT ({own}) GROUP BY profile_id"
+        )
+        params += [profiles_param, db_time(now - dt.timedelta(seconds=longest)), own_param]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return {int(pid): [int(n or 0) for n in sums] for pid, *sums in cursor.fetchall()}
+
+    def _reached(self, counts: list[int] | None) -> FrequencyCap | None:
+        """The first rule whose limit the profile's counted sends reach, if any."""
+        if counts is None:
+            return None
+        for rule, count in zip(self.rules, counts, strict=True):
+            if count >= rule.limit:
+                return rule
+        return None
+
+    def _capped(self, row: Due, rule: FrequencyCap) -> DeliveryOutcome:
+        text = CAPPED_TEXT.format(
+            limit=rule.limit,
+            scope=rule.get_channel_display() if rule.channel else "all-channel",
+            period=PERIOD_WORDS[rule.period],
+            name=rule.name,
+        )
+        return DeliveryOutcome(
+            row.delivery_id, DeliveryStatus.SKIPPED, text, reason=DeliveryReason.FREQUENCY_CAP
+        )
