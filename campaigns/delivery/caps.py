@@ -11,8 +11,12 @@ released when the chunk records its outcomes, so only sent messages stay counted
 Two campaigns sending to one person at the same moment cannot both pass a cap of 1, since
 counting and reserving are serialised per profile:
 
-* PostgreSQL: the chunk's transaction takes a transaction-level advisory lock per profile
-  of the chunk (in id order, so two chunks never deadlock), then counts and reserves. The
+* PostgreSQL: the chunk's transaction takes a transaction-level advisory lock per group of
+  CAP_LOCK_PROFILES consecutive profile ids of the chunk (in order, so two chunks never
+  deadlock), then counts and reserves. Grouping bounds the locks a chunk holds (a chunk of
+  500 consecutive profiles takes 32, a scattered one at most 500; PostgreSQL's lock table
+  holds max_locks_per_transaction × max_connections of them in all) at the price of
+  serialising the chunks of different campaigns that reach neighbouring profiles. The
   locks and the uncommitted reservations last until the chunk commits its outcomes (the
   transaction that spans the provider call, see ``sql``): a second chunk reaching the same
   profile waits for it, then counts its committed reservation. A killed worker's
@@ -48,8 +52,10 @@ from ..models import Campaign, FrequencyCap, MarketingSend
 from .policy import DeliveryOutcome, Due
 from .sql import db_time, on_postgres, table_name
 
-# The key space of the caps' per-profile locks among PostgreSQL advisory locks ("SCAP").
+# The key space of the caps' per-profile locks among PostgreSQL advisory locks ("SCAP"),
+# and how many consecutive profile ids share one lock.
 CAP_LOCK_SPACE = 0x53434150
+CAP_LOCK_PROFILES = 16
 
 PERIOD_WORDS: dict[str, str] = {
     CapPeriod.DAY: "24 hours",
@@ -160,9 +166,9 @@ class CapCheck:
                 # One statement, the locks taken in id order: two chunks never deadlock.
                 cursor.execute(
                     "SELECT pg_advisory_xact_lock(%s, k) FROM "
-                    "(SELECT DISTINCT (p & 2147483647)::int AS k FROM unnest(%s::bigint[]) AS p "
-                    "ORDER BY 1) AS keys",
-                    [CAP_LOCK_SPACE, list(profile_ids)],
+                    "(SELECT DISTINCT ((p / %s) & 2147483647)::int AS k "
+                    "FROM unnest(%s::bigint[]) AS p ORDER BY 1) AS keys",
+                    [CAP_LOCK_SPACE, CAP_LOCK_PROFILES, list(profile_ids)],
                 )
             return set()  # a killed worker's reservations rolled back with it
         condition, param = _ids_condition("delivery_id", delivery_ids)
