@@ -356,6 +356,7 @@ class ActionSender:
             prepared = self.prepare(sendable)
             version_id = sending_version(self.campaign.pk, hold=True)
             if version_id is None:
+                self.caps.forget([row.delivery_id for row in sendable])
                 return None
             if version_id != self.version_id:
                 self.use_version(version_id)
