@@ -13,14 +13,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from campaigns import caps
 from campaigns.api.caps import FrequencyCapSerializer
 from campaigns.choices import FREQUENCY_CAP_MAX_LIMIT, CapPeriod
+
+# One refusal in one line, worded as the campaign command words it.
+from campaigns.management.commands.campaign import _one_line
 from campaigns.models import Campaign, FrequencyCap
 from channels.choices import ChannelKind
-
-
-def _one_line(error: ValidationError) -> str:
-    if hasattr(error, "error_dict"):
-        return " ".join(f"{field}: {' '.join(m)}" for field, m in error.message_dict.items())
-    return " ".join(error.messages)
 
 
 class Command(BaseCommand):
