@@ -94,7 +94,9 @@ def test_a_channel_rule_caps_its_channel_only_and_an_all_channel_rule_every_chan
     assert outcomes(third, "sms") == {profile.pk: CAPPED}
 
 
-@pytest.mark.django_db
+# Committed, as a worker's batch is: on PostgreSQL the reservations take their own
+# short transaction on a second connection.
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("period", "age", "expected"),
     [
@@ -147,7 +149,9 @@ def test_an_exempt_campaign_is_never_capped_and_its_sends_count_for_the_others(s
     assert outcomes(other, "email") == {profile.pk: CAPPED}
 
 
-@pytest.mark.django_db
+# Committed, as a worker's batch is: on PostgreSQL the reservations take their own
+# short transaction on a second connection.
+@pytest.mark.django_db(transaction=True)
 def test_a_message_not_sent_gives_its_reservation_back(sinks):
     refused = make_profile(email="invalid@example.com")
     rule(limit=1)
@@ -160,7 +164,9 @@ def test_a_message_not_sent_gives_its_reservation_back(sinks):
     assert outcomes(second, "sms") == {refused.pk: SENT}
 
 
-@pytest.mark.django_db
+# Committed, as a worker's batch is: on PostgreSQL the reservations take their own
+# short transaction on a second connection.
+@pytest.mark.django_db(transaction=True)
 def test_a_delivery_sent_again_after_a_crash_finds_its_own_reservation(sinks):
     profile = make_profile()
     rule(limit=1)

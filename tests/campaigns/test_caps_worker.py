@@ -24,7 +24,7 @@ from tests.segments.factories import ProfileFactory
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(180)]
 
-AUDIENCE = 60
+AUDIENCE = 400
 
 
 def test_two_campaigns_racing_for_the_same_people_under_a_cap_of_one_send_one_each(
