@@ -374,7 +374,8 @@ def test_only_a_user_with_the_permission_exempts_a_campaign_in_the_admin(client,
     }
     url = f"/admin/campaigns/campaign/{draft.pk}/change/"
     client.force_login(user_with_perms(*MARKETER))
-    client.post(url, form, follow=True)
+    refused = client.post(url, form, follow=True).content.decode()
+    assert "campaigns.exempt_campaign_from_caps" in refused
     draft.refresh_from_db()
     assert draft.frequency_cap_exempt is False
 
