@@ -210,6 +210,9 @@ class CapCheck:
         side.set_autocommit(False)
         try:
             with side.cursor() as cursor:
+                # No WAL flush of its own: the chunk's commit, later, flushes the log up to
+                # and past this one, before any outcome of it is recorded.
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
                 yield cursor
             side.commit()
         except BaseException:
