@@ -969,5 +969,5 @@ class CampaignAdmin(ListTitledAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
 
-# Registered by importing it: the deliveries page lives in its own module.
-from . import admin_deliveries  # noqa: E402, F401
+# Registered by importing them: the deliveries page and the frequency caps' rules.
+from . import admin_caps, admin_deliveries  # noqa: E402, F401

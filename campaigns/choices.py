@@ -166,3 +166,25 @@ class ProofStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     # The engine would not send it to this profile (opted out, no address for the channel).
     SKIPPED = "skipped", "Not sent"
+
+
+# --- frequency caps (campaigns.caps) ------------------------------------------------------
+
+
+class CapPeriod(models.TextChoices):
+    """The rolling window a frequency cap counts in: the last 24 hours, 7 days or 30 days
+    before each send (not calendar days, weeks or months)."""
+
+    DAY = "day", "Day (rolling 24 hours)"
+    WEEK = "week", "Week (rolling 7 days)"
+    MONTH = "month", "Month (rolling 30 days)"
+
+
+CAP_PERIOD_SECONDS: dict[str, int] = {
+    CapPeriod.DAY: 24 * 3600,
+    CapPeriod.WEEK: 7 * 24 * 3600,
+    CapPeriod.MONTH: 30 * 24 * 3600,
+}
+# A cap allows from 1 to this many marketing messages per period: a larger number caps
+# nothing a person would notice, and each check counts up to this many sends per profile.
+FREQUENCY_CAP_MAX_LIMIT = 1000

@@ -28,7 +28,16 @@ from .recurrence import EVERY, INTERVAL_MAX, WEEKDAYS, recurrence_parse
 from .review import unknown_variable_checks
 
 # What the campaign itself holds (the service's CAMPAIGN_FIELDS plus tags)…
-CAMPAIGN_FORM_FIELDS = ("name", "description", "type", "kind", "approval_required", "tags")
+CAMPAIGN_FORM_FIELDS: tuple[str, ...] = (
+    "name",
+    "description",
+    "type",
+    "kind",
+    "approval_required",
+    "tags",
+)
+# Frequency caps: the exemption (only a user with its permission may change it).
+CAMPAIGN_FORM_FIELDS += ("frequency_cap_exempt",)
 # …and what its draft version holds besides the actions.
 VERSION_FORM_FIELDS = ("segment", "start_at", "time_zone")
 ACTION_FIELDS = ("channel", "preset", "subject", "body")

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transition
@@ -15,10 +16,12 @@ from channels.choices import ChannelKind
 from channels.models import QUIET_HOURS_HELP, quiet_hours_pair_constraint
 
 from .choices import (
+    FREQUENCY_CAP_MAX_LIMIT,
     ApprovalStatus,
     CampaignKind,
     CampaignStatus,
     CampaignType,
+    CapPeriod,
     DeliveryReason,
     DeliveryStatus,
     ExecutionStatus,
@@ -101,6 +104,14 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
     # it once this time has come and moves it on under the campaign's row lock, so two
     # schedulers never start one occurrence twice. Empty once the last one has started.
     next_run_at = models.DateTimeField(null=True, blank=True, editable=False, db_index=True)
+    # Frequency caps (campaigns.caps): set only by a user holding
+    # campaigns.exempt_campaign_from_caps.
+    frequency_cap_exempt = models.BooleanField(
+        default=False,
+        help_text="Its marketing messages go out whatever the frequency caps say (they still "
+        "count towards the caps of other campaigns). Needs the “exempt from frequency caps” "
+        "permission.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -753,3 +764,74 @@ class TriggerRecipient(models.Model):
 
     def __str__(self) -> str:
         return f"{self.execution_id} → {self.profile_id}"
+
+
+# --- frequency caps (campaigns.caps, campaigns.delivery.caps) ------------------------------
+
+
+class FrequencyCap(models.Model):
+    """A rule: at most `limit` marketing messages per profile within a rolling `period`, on
+    one channel or on all channels. Transactional campaigns are neither capped nor counted."""
+
+    name = models.CharField(max_length=200, unique=True)
+    channel = models.CharField(
+        max_length=16,
+        choices=ChannelKind.choices,
+        blank=True,
+        help_text="The channel whose messages it counts and caps; empty: all channels together.",
+    )
+    limit = models.PositiveIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(FREQUENCY_CAP_MAX_LIMIT)],
+        help_text=f"At most this many marketing messages per profile within the period "
+        f"(1 to {FREQUENCY_CAP_MAX_LIMIT:,}).",
+    )
+    period = models.CharField(
+        max_length=8,
+        choices=CapPeriod.choices,
+        help_text="A rolling window before each send: day = the last 24 hours, week = the "
+        "last 7 days, month = the last 30 days.",
+    )
+    active = models.BooleanField(default=True, help_text="Only active rules cap anything.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(limit__gte=1, limit__lte=FREQUENCY_CAP_MAX_LIMIT),
+                name="frequency_cap_limit_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(period__in=CapPeriod.values), name="frequency_cap_period_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(channel__in=["", *ChannelKind.values]),
+                name="frequency_cap_channel_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class MarketingSend(models.Model):
+    """The caps' ledger: one row per marketing message sent, or reserved by a worker about
+    to send it (``campaigns.delivery.caps``). The caps count these rows, never the
+    deliveries (which have no index by profile).
+
+    The index on (profile, at) serves the count of one profile's sends within a period; the
+    unique delivery id lets a delivery find its own reservation (a crashed worker's row sent
+    again counts once). No foreign keys: rows are written in every chunk, and a send stays
+    counted after its profile or campaign is gone."""
+
+    profile_id = models.BigIntegerField()
+    channel = models.CharField(max_length=16)
+    at = models.DateTimeField()
+    delivery_id = models.BigIntegerField(unique=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["profile_id", "at"], name="marketing_send_profile_at")]
+
+    def __str__(self) -> str:
+        return f"{self.channel} to profile {self.profile_id} at {self.at}"

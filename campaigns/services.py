@@ -39,6 +39,7 @@ from .approval import (
     require_not_last_editor,
     require_policy_change_allowed,
 )
+from .caps import require_exemption_change_allowed
 from .choices import ApprovalStatus, CampaignKind, CampaignStatus, CampaignType
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
 from .delivery.timing import LOCAL_TIME_LEAD, go_live_at
@@ -72,7 +73,9 @@ from .triggers import trigger_executions_halt
 
 Status = CampaignStatus
 
-CAMPAIGN_FIELDS = ("name", "description", "type", "kind", "approval_required")
+CAMPAIGN_FIELDS: tuple[str, ...] = ("name", "description", "type", "kind", "approval_required")
+# Frequency caps: the exemption is the campaign's own, changed only with its permission.
+CAMPAIGN_FIELDS += ("frequency_cap_exempt",)
 VERSION_FIELDS = ("segment", "start_at", "time_zone")
 # A recurring campaign's schedule (campaigns.recurrence, campaigns.occurrences).
 RECURRENCE_FIELDS = ("recurrence", "end_at", "once_per_profile")
@@ -269,6 +272,7 @@ def campaign_create(
     recurrence: Mapping[str, Any] | None = None,
     end_at: dt.datetime | None = None,
     once_per_profile: bool = False,
+    frequency_cap_exempt: bool = False,
 ) -> Campaign:
     """A new Draft campaign whose version 1 holds the given content. `approval_required`
     defaults to SALVO_APPROVAL_REQUIRED."""
@@ -283,6 +287,8 @@ def campaign_create(
     if approval_required is not None:
         require_policy_change_allowed(campaign=None, required=approval_required, user=user)
         campaign.approval_required = approval_required
+    require_exemption_change_allowed(campaign=None, exempt=frequency_cap_exempt, user=user)
+    campaign.frequency_cap_exempt = frequency_cap_exempt
     campaign.full_clean(exclude=["status", "live_version", "draft_version"])
     _validate_start_at(start_at)
     _validate_time_zone(time_zone)
@@ -343,6 +349,10 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
     if "approval_required" in data:
         require_policy_change_allowed(
             campaign=campaign, required=data["approval_required"], user=user
+        )
+    if "frequency_cap_exempt" in data:
+        require_exemption_change_allowed(
+            campaign=campaign, exempt=data["frequency_cap_exempt"], user=user
         )
     written_before = _draft_content(campaign, version)
     if campaign.live_version_id is not None:

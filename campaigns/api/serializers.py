@@ -292,6 +292,8 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
             "next_run_at",
             "next_runs",
         ]
+        # Frequency caps (campaigns.caps).
+        fields += ["frequency_cap_exempt"]
         read_only_fields = fields
 
     @extend_schema_field(NextRunSerializer(many=True))
@@ -372,6 +374,12 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
     )
     segment = serializers.PrimaryKeyRelatedField(
         queryset=Segment.objects.all(), allow_null=True, required=False
+    )
+    # Frequency caps (campaigns.caps).
+    frequency_cap_exempt = serializers.BooleanField(
+        required=False,
+        help_text="Never capped by the frequency caps (its sends still count for the others). "
+        "Changing it needs the campaigns.exempt_campaign_from_caps permission.",
     )
     schedule = ScheduleSerializer(required=False)
     actions = ChannelActionInputSerializer(many=True, required=False)

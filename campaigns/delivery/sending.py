@@ -67,6 +67,7 @@ from segments.unsubscribe import unsubscribe_links
 
 from ..choices import CampaignKind, CampaignType, DeliveryReason, DeliveryStatus, ExecutionStatus
 from ..models import Campaign, CampaignVersion, ChannelAction, Execution, TriggerRecipient
+from .caps import CapCheck
 from .completion import execution_halt
 from .policy import (
     Batch,
@@ -194,6 +195,7 @@ class ActionSender:
         self.removed = ""
         self._quiet_hours: tuple[int, QuietHoursRule | None] = (0, None)
         self.use_version(version_id)
+        self.caps = CapCheck(channel=channel, campaign=campaign)  # frequency caps
 
     def use_version(self, version_id: int) -> None:
         """Send the content of this version's action of the channel from now on. When the
@@ -370,18 +372,21 @@ class ActionSender:
                 return False
             self._read_contexts(batch, due)
             go = quiet_hours_hold(due, rule=self.quiet_hours(), now=timezone.now())
-            prepared = self.prepare(go)
+            sendable, capped = self.caps.reserve(go, now=timezone.now())
+            prepared = self.prepare(sendable)
             version_id = sending_version(self.campaign.pk, hold=True)
             if version_id is None:
+                self.caps.forget([row.delivery_id for row in sendable])
                 return None
             if version_id != self.version_id:
                 self.use_version(version_id)
-                prepared = self.prepare(go)
-            outcomes = prepared.outcomes
+                prepared = self.prepare(sendable)
+            outcomes = capped + prepared.outcomes
             if prepared.messages:
                 outcomes += self.send(prepared.messages)
             now = timezone.now()
             outcomes_record(outcomes, now=now, version_id=self.version_id)
+            self.caps.release(outcomes)
             _record_counts(
                 batch.execution_id, self.action, outcomes, version_id=self.version_id, now=now
             )
@@ -404,14 +409,19 @@ class ActionSender:
             return False
         self.use_version(version_id)
         self._read_contexts(batch, due)
-        go = quiet_hours_hold(due, rule=self.quiet_hours(), now=timezone.now(), claim=claim)
-        prepared = self.prepare(go)
+        # Rows in their quiet hours wait (and count towards no cap); the others are
+        # reserved under the caps in one write transaction, which SQLite runs one at a time.
+        with transaction.atomic():
+            go = quiet_hours_hold(due, rule=self.quiet_hours(), now=timezone.now(), claim=claim)
+            sendable, capped = self.caps.reserve(go, now=timezone.now())
+        prepared = self.prepare(sendable)
         held: set[int] = set()
         while prepared.messages:
             with transaction.atomic():
                 version_id = sending_version(self.campaign.pk)
                 if version_id is None:
                     claim_release([row.delivery_id for row in due], claim=claim)
+                    self.caps.forget([row.delivery_id for row in due])
                     return None
                 if version_id == self.version_id:
                     held = claim_renew(
@@ -421,8 +431,8 @@ class ActionSender:
                     )
                     break
             self.use_version(version_id)
-            prepared = self.prepare(go)
-        outcomes = prepared.outcomes
+            prepared = self.prepare(sendable)
+        outcomes = capped + prepared.outcomes
         messages = [(row, m) for row, m in prepared.messages if row.delivery_id in held]
         if messages:
             outcomes += self.send(messages)
@@ -430,6 +440,7 @@ class ActionSender:
             now = timezone.now()
             recorded = outcomes_record(outcomes, now=now, version_id=self.version_id, claim=claim)
             outcomes = [o for o in outcomes if o.delivery_id in recorded]
+            self.caps.release(outcomes)
             _record_counts(
                 batch.execution_id, self.action, outcomes, version_id=self.version_id, now=now
             )

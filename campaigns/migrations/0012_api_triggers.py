@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0010_local_time_and_quiet_hours'),
+        ('campaigns', '0011_frequency_caps'),
         ('segments', '0008_profile_is_test'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

@@ -122,8 +122,16 @@ def _segment(prefix: str, n: int) -> Segment:
     return segment
 
 
-def campaign_create(prefix: str, n: int, channels: list[str], sink: RunningSinks) -> Campaign:
-    """A Draft campaign to the n prefix… profiles on each channel, webhooks to the sink."""
+def campaign_create(
+    prefix: str,
+    n: int,
+    channels: list[str],
+    sink: RunningSinks,
+    *,
+    campaign_type: str = CampaignType.TRANSACTIONAL,
+) -> Campaign:
+    """A Draft campaign to the n prefix… profiles on each channel, webhooks to the sink;
+    transactional unless said otherwise (the frequency caps' runs are marketing)."""
     actions = []
     for channel in channels:
         fields = dict(PRESET_FIELDS[channel])
@@ -137,7 +145,7 @@ def campaign_create(prefix: str, n: int, channels: list[str], sink: RunningSinks
     return services.campaign_create(
         user=None,
         name=f"{CAMPAIGN_PREFIX}{prefix}{n} {timezone.now().isoformat()}",
-        type=CampaignType.TRANSACTIONAL,
+        type=campaign_type,
         segment=_segment(prefix, n),
         actions=actions,
     )

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 
 from campaigns import services
-from campaigns.choices import CampaignStatus, DeliveryStatus
+from campaigns.choices import CampaignStatus, CampaignType, DeliveryStatus
 from campaigns.models import Campaign, Delivery, Execution
 from campaigns.review import review_warning_codes
 from devtools.naive import naive_execution_create
@@ -24,6 +24,7 @@ from devtools.sinks import RunningSinks, count_duplicates, read_records, running
 from devtools.tasks import naive_delivery_task
 from segments.models import Profile
 
+from .caps import cap_cost, cap_ledger_delete
 from .data import campaign_create, earlier_runs_delete, profiles_ensure
 from .errors import BenchmarkError
 from .pages import pages_ms, static_files_collect
@@ -41,6 +42,9 @@ class DeliveryBenchmark:
     say: Callable[[str], None]
     workers: int = 2
     timeout: float = 3600.0
+    # The frequency caps' runs (devtools.bench.caps): two marketing campaigns to the same
+    # audience, without and with one cap rule.
+    cap_runs: bool = True
 
     def run(
         self, *, profiles: int, channels: list[str], naive_profiles: int, smtp_profiles: int
@@ -51,6 +55,7 @@ class DeliveryBenchmark:
                 "warning: the targets are for PostgreSQL + Redis (eval $(make services-env)); "
                 f"running on {connection.vendor} + {settings.CELERY_BROKER_URL.split(':')[0]}."
             )
+        cap_ledger_delete()
         earlier_runs_delete()
         static_files_collect()
         started = time.monotonic()
@@ -69,6 +74,14 @@ class DeliveryBenchmark:
                 self._worker(sink, Path(folder), email_api=True) as worker,
             ):
                 big, result = self._run_engine("bench-", n, channels, sink, worker)
+                capped: dict[str, float] = {}
+                if self.cap_runs:
+
+                    def marketing_run(label: str) -> tuple[Campaign, dict[str, float]]:
+                        self.say(f"frequency caps: {label}")
+                        return self._run_engine("bench-", n, channels, sink, worker, marketing=True)
+
+                    capped = cap_cost(marketing_run, self.say)
                 small = self._run_small(channels, sink, worker)
                 naive = self._run_naive(naive_profiles, channels, sink) if naive_profiles else 0.0
             # With the worker stopped, both campaigns' rows in the tables.
@@ -101,6 +114,7 @@ class DeliveryBenchmark:
             **{key: round(ms, 1) for key, ms in pages.items()},
             "export_rows_per_s": round(result["export_rows_per_s"], 1),
             "export_peak_rss_mb": round(result["export_rss_mb"], 1),
+            **capped,
         }
 
     def _worker(
@@ -109,9 +123,20 @@ class DeliveryBenchmark:
         return running_worker(sink, self.workers, folder, email_api=email_api, say=self.say)
 
     def _run_engine(
-        self, prefix: str, n: int, channels: list[str], sink: RunningSinks, worker: int
+        self,
+        prefix: str,
+        n: int,
+        channels: list[str],
+        sink: RunningSinks,
+        worker: int,
+        *,
+        marketing: bool = False,
     ) -> tuple[Campaign, dict[str, float]]:
-        campaign = campaign_create(prefix, n, channels, sink)
+        """A campaign to the n prefix… profiles, activated until Completed, with its rates;
+        a transactional one, whose CSV export is measured too, unless `marketing` (the
+        frequency caps' runs, only timed)."""
+        kind = CampaignType.MARKETING if marketing else CampaignType.TRANSACTIONAL
+        campaign = campaign_create(prefix, n, channels, sink, campaign_type=kind)
         already = len(read_records(sink.record))
         self.say(f"activating a campaign to {n} profiles × {len(channels)} channels…")
         activated_at, rss = self._activate_until_completed(campaign, worker)
@@ -134,6 +159,8 @@ class DeliveryBenchmark:
             f"peak RSS per worker process {result['rss_mb']:.0f} MB "
             f"({', '.join(f'{v:.0f}' for v in rss.values())})"
         )
+        if marketing:
+            return campaign, result
         export = csv_export_measure(campaign, Path(tempfile.gettempdir()))
         result["export_rows_per_s"], result["export_rss_mb"] = export
         self.say(

@@ -48,6 +48,11 @@ def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_d
     assert summary["naive_deliveries_per_s"] > 0
     assert summary["naive_ratio"] > 0
     assert summary["duplicates"] == 0
+    # The frequency caps' runs: both rates, from the same run.
+    assert summary["deliveries_per_s_marketing"] > 0
+    assert summary["deliveries_per_s_with_cap"] > 0
+    assert "cap_cost_pct" in summary
+    assert any(line.startswith("frequency cap check: ") for line in lines)
     assert "naive design: 10 profiles × 2 channels…" in lines
     # No email channel, so no run over SMTP.
     assert not any(line.startswith("email over SMTP") for line in lines)

@@ -31,6 +31,11 @@ class Command(BaseCommand):
             "10000; 0 skips).",
         )
         parser.add_argument("--timeout", type=float, default=3600.0)
+        parser.add_argument(
+            "--no-cap-runs",
+            action="store_true",
+            help="Skip the frequency caps' two marketing runs (without and with one rule).",
+        )
 
     def say(self, text: str) -> None:
         self.stdout.write(text)
@@ -56,7 +61,10 @@ class Command(BaseCommand):
         if ChannelKind.EMAIL not in channels:
             smtp_n = 0
         benchmark = DeliveryBenchmark(
-            say=self.say, workers=options["workers"], timeout=options["timeout"]
+            say=self.say,
+            workers=options["workers"],
+            timeout=options["timeout"],
+            cap_runs=not options["no_cap_runs"],
         )
         try:
             summary = benchmark.run(
