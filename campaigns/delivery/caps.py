@@ -113,20 +113,32 @@ class CapCheck:
 
     def __init__(self, *, channel: str, campaign: Campaign) -> None:
         self.channel = channel
-        marketing = campaign.type == CampaignType.MARKETING
-        rules = active_frequency_caps() if marketing else []
-        # Marketing sends are recorded while any rule is active; none: nothing runs.
-        self.recording = bool(rules)
-        # The rules that cap this channel's sends, unless the campaign is exempt.
-        self.rules: list[FrequencyCap] = (
-            [r for r in rules if r.channel in ("", channel)]
-            if not campaign.frequency_cap_exempt
-            else []
-        )
+        self.campaign = campaign
+        self._rules: tuple[bool, list[FrequencyCap]] | None = None
         self.reserved: set[int] = set()
         # PostgreSQL, with no caller's transaction around the batch: reserve in a short
         # transaction of its own (``_transaction``).
         self.separate = on_postgres() and not connection.in_atomic_block
+
+    def _read_rules(self) -> tuple[bool, list[FrequencyCap]]:
+        """Read once, when the first chunk needs them (a preview or a review that builds a
+        sender for each action never does): whether marketing sends are recorded (while any
+        rule is active; none: nothing runs), and the rules that cap this channel's sends,
+        unless the campaign is exempt."""
+        if self._rules is None:
+            marketing = self.campaign.type == CampaignType.MARKETING
+            rules = active_frequency_caps() if marketing else []
+            mine = [r for r in rules if r.channel in ("", self.channel)]
+            self._rules = (bool(rules), [] if self.campaign.frequency_cap_exempt else mine)
+        return self._rules
+
+    @property
+    def recording(self) -> bool:
+        return self._read_rules()[0]
+
+    @property
+    def rules(self) -> list[FrequencyCap]:
+        return self._read_rules()[1]
 
     def reserve(
         self, due: Sequence[Due], *, now: dt.datetime
