@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -40,6 +39,7 @@ from campaigns.choices import (
 )
 from campaigns.delivery.timing import schedule_words
 from campaigns.exceptions import CampaignConflict
+from campaigns.management.doors import command_user, one_line
 from campaigns.models import Campaign
 from campaigns.occurrences import campaign_next_runs, run_words, version_schedule_words
 from campaigns.operations import OPERATIONS, VIEW_CAMPAIGN
@@ -87,14 +87,6 @@ class SystemUser(AnonymousUser):
 
     def has_perm(self, perm: str, obj: object = None) -> bool:
         return True
-
-
-def _one_line(error: ValidationError) -> str:
-    if hasattr(error, "error_dict"):
-        return " ".join(
-            f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items()
-        )
-    return " ".join(error.messages)
 
 
 def _seconds(value: float | None) -> str:
@@ -307,23 +299,15 @@ class Command(BaseCommand):
             "approve": self.approval_step,
             "reject": self.approval_step,
         }
-        user = self._user(options.pop("user"))
+        user = command_user(options.pop("user"))
         try:
             handlers[options["operation"]](user=user, **options)
         except (TransitionNotAllowed, CampaignConflict, PermissionDenied) as error:
             raise CommandError(str(error)) from error
         except ValidationError as error:
-            raise CommandError(_one_line(error)) from error
+            raise CommandError(one_line(error)) from error
 
     # --- helpers ------------------------------------------------------------------------
-
-    def _user(self, username: str | None) -> Any:
-        if username is None:
-            return None
-        try:
-            return get_user_model().objects.get(username=username)
-        except get_user_model().DoesNotExist:
-            raise CommandError(f"User “{username}” does not exist.") from None
 
     def _campaign(self, pk: int) -> Campaign:
         try:
@@ -669,7 +653,7 @@ class Command(BaseCommand):
         except ValidationError as error:
             raise CommandError(
                 f"Campaign {id} “{campaign.name}” cannot be {OPERATIONS['activate'].done}: "
-                f"{_one_line(error)}"
+                f"{one_line(error)}"
             ) from error
         self._done(campaign, "activation requested")
         if wait is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -15,9 +14,10 @@ from campaigns.api.caps import FrequencyCapSerializer
 from campaigns.choices import FREQUENCY_CAP_MAX_LIMIT, CapPeriod
 
 # One refusal in one line, worded as the campaign command words it.
-from campaigns.management.commands.campaign import _one_line
+from campaigns.management.doors import command_user, one_line
 from campaigns.models import Campaign, FrequencyCap
 from channels.choices import ChannelKind
+from config.permissions import require_perms
 
 
 class Command(BaseCommand):
@@ -66,26 +66,17 @@ class Command(BaseCommand):
         exempt.add_argument("--off", action="store_true", help="End its exemption instead.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        user = self._user(options.pop("user"))
+        user = command_user(options.pop("user"))
         operation = options.pop("operation")
         try:
             getattr(self, f"{operation}_rules")(user=user, **options)
         except PermissionDenied as error:
             raise CommandError(str(error)) from error
         except ValidationError as error:
-            raise CommandError(_one_line(error)) from error
-
-    def _user(self, username: str | None) -> Any:
-        if username is None:
-            return None
-        try:
-            return get_user_model().objects.get(username=username)
-        except get_user_model().DoesNotExist:
-            raise CommandError(f"User “{username}” does not exist.") from None
+            raise CommandError(one_line(error)) from error
 
     def list_rules(self, *, user: Any, json: bool = False, **options: Any) -> None:
-        if user is not None and not user.has_perm(caps.VIEW_CAP):
-            raise PermissionDenied(f"You need the “{caps.VIEW_CAP}” permission to list caps.")
+        require_perms(user, caps.VIEW_CAP, to="list caps")
         rules = caps.frequency_cap_list()
         if json:
             self.stdout.write(_json(FrequencyCapSerializer(rules, many=True).data))
