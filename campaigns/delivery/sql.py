@@ -210,6 +210,16 @@ def _once_per_profile_condition(execution: Execution, profile: str) -> tuple[str
     return sql, params
 
 
+def _pending_rows_of(table: str, claim: uuid.UUID | None, params: list[Any]) -> tuple[str, str]:
+    """The condition of an UPDATE … FROM v that writes pending rows by the ids in `v`, and
+    its SET clause's claim part: with `claim` (SQLite), only the rows that still carry it,
+    whose claim it clears. Appends the claim's parameter to `params`."""
+    if claim is None:
+        return f"{table}.id = v.id AND {table}.status = %s", ""
+    params.append(_claim_value(claim))
+    return f"{table}.id = v.id AND {table}.status = %s AND {table}.claim = %s", ", claim = NULL"
+
+
 def waiting_record(
     held: Sequence[tuple[int, dt.datetime]],
     *,
@@ -236,12 +246,7 @@ def waiting_record(
             "(SELECT value->>0 AS id, value->>1 AS due, value->>2 AS text FROM json_each(%s)) AS v"
         )
     params: list[Any] = [reason, document, D.PENDING]
-    where = f"{table}.id = v.id AND {table}.status = %s"
-    clear_claim = ""
-    if claim is not None:
-        where += f" AND {table}.claim = %s"
-        params.append(_claim_value(claim))
-        clear_claim = ", claim = NULL"
+    where, clear_claim = _pending_rows_of(table, claim, params)
     sql = (
         f"UPDATE {table} SET next_attempt_at = v.due, reason = %s, error = v.text{clear_claim} "
         f"FROM {source} WHERE {where}"
@@ -410,12 +415,7 @@ def outcomes_record(
             "(SELECT value->>0 AS id, value->>1 AS status, value->>2 AS text, "
             "value->>3 AS due, value->>4 AS reason FROM json_each(%s)) AS v"
         )
-    where = f"{table}.id = v.id AND {table}.status = %s"
-    clear_claim = ""
-    if claim is not None:
-        where += f" AND {table}.claim = %s"
-        params.append(_claim_value(claim))
-        clear_claim = ", claim = NULL"
+    where, clear_claim = _pending_rows_of(table, claim, params)
     sql = (
         f"UPDATE {table} SET status = v.status, attempts = {table}.attempts + 1, "
         "provider_message_id = CASE WHEN v.status = %s THEN v.text ELSE '' END, "
