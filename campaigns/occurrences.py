@@ -160,12 +160,14 @@ def _start_due(campaign_id: int, *, now: dt.datetime) -> list[int]:
             campaign.status == Status.LIVE
             and version is not None
             and campaign.next_run_at is not None
-            # Sent in each recipient's zone, an occurrence begins when the earliest zone
-            # reaches its clock time, up to LOCAL_TIME_LEAD before it.
-            and run_starts_at(version, campaign.next_run_at) <= now
         ):
             occurrence = campaign.next_run_at
-            if now - run_starts_at(version, occurrence) <= recurrence_grace():
+            # Sent in each recipient's zone, an occurrence begins when the earliest zone
+            # reaches its clock time, up to LOCAL_TIME_LEAD before it.
+            begins = run_starts_at(version, occurrence)
+            if begins > now:
+                break
+            if now - begins <= recurrence_grace():
                 started.append(execution_create(campaign=campaign, scheduled_for=occurrence).pk)
             else:
                 _occurrence_skip(campaign, occurrence, now=now)
