@@ -48,6 +48,7 @@ from kombu.transport import filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
+from kombu.utils.scheduling import FairCycle
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,19 @@ def _try_lock(file: IO[bytes]) -> bool:
     return True
 
 
+class QueuesInOrder(FairCycle):
+    """Each poll tries the queues from the first, in the order they were consumed: a message
+    of an earlier queue always goes before those of later ones (kombu's Redis transport
+    does the same with ``queue_order_strategy="priority"``)."""
+
+    def get(self, callback: Any, **kwargs: Any) -> Any:
+        self.pos = 0
+        return super().get(callback, **kwargs)
+
+
 class Channel(filesystem.Channel):
-    """kombu's filesystem channel, writing by rename and claiming what it reads."""
+    """kombu's filesystem channel, writing by rename and claiming what it reads; with the
+    transport option ``queue_order_strategy="priority"``, it reads its queues in order."""
 
     _owner: str | None = None
     _owner_pid = 0
@@ -92,6 +104,12 @@ class Channel(filesystem.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._claims = {}
         super().__init__(*args, **kwargs)
+
+    def _reset_cycle(self) -> None:
+        if self.transport_options.get("queue_order_strategy") == "priority":
+            self._cycle = QueuesInOrder(self._get_and_deliver, self._active_queues, Empty)
+        else:
+            super()._reset_cycle()
 
     # --- folders ------------------------------------------------------------------------
 
@@ -305,6 +323,7 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     """``filesystem://`` with the safe channel above; same transport options, plus
-    ``staging_folder``, ``claims_folder`` and ``quarantine_folder``."""
+    ``staging_folder``, ``claims_folder``, ``quarantine_folder`` and
+    ``queue_order_strategy`` ("round_robin", kombu's default, or "priority")."""
 
     Channel = Channel

@@ -22,6 +22,26 @@ signals.task_prerun.connect(graceful_stop.task_started, weak=False)
 signals.task_postrun.connect(graceful_stop.task_finished, weak=False)
 signals.beat_init.connect(graceful_stop.let_beat_finish_its_tick, weak=False)
 
+
+def consume_in_salvo_order(sender: str, instance: Any, **kwargs: Any) -> None:
+    """Before a worker starts consuming: a worker that consumes the delivery queue consumes
+    the first batches' queue too (so a worker started as ``-Q delivery``, as before that
+    queue existed, misses no first batch), and its queues are read in Salvo's order
+    (settings.SALVO_QUEUES: control, first batches, delivery; any other queue after them)
+    whatever order -Q names them in: with the "priority" queue order a delivery backlog
+    then never holds up the scheduler's tick or an activation."""
+    from django.conf import settings
+
+    queues = instance.app.amqp.queues
+    names = list(queues.consume_from)
+    if settings.SALVO_DELIVERY_QUEUE in names and settings.SALVO_FIRST_BATCH_QUEUE not in names:
+        names.append(settings.SALVO_FIRST_BATCH_QUEUE)
+    rank = {name: position for position, name in enumerate(settings.SALVO_QUEUES)}
+    queues.select(sorted(names, key=lambda name: rank.get(name, len(rank))))
+
+
+signals.celeryd_after_setup.connect(consume_in_salvo_order, weak=False)
+
 # Tasks that run every few seconds whatever happens: their lines say nothing new.
 ROUTINE_TASKS = frozenset({"campaigns.tasks.scheduler_tick"})
 

@@ -350,12 +350,16 @@ if BROKER_IS_FILESYSTEM:
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
+        "queue_order_strategy": "priority",
     }
     # Broadcast control needs a fanout exchange that the folder transport does not keep
     # reliably; nothing in Salvo depends on remote control.
     CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 3600,
+        "queue_order_strategy": "priority",
+    }
 
 # How long /readyz waits for the broker to accept a connection before it answers 503
 # (config/health.py): well under a load balancer's probe timeout.
@@ -370,17 +374,24 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-# Two queues, so that a million-recipient campaign never delays another campaign's activation
-# or the scheduler: `control` (the scheduler's tick, activation, planning, proofs: short
-# steps) and `delivery` (batches). Routed by task name; a task not listed goes to `control`.
-# A worker consumes both (`-Q control,delivery`, as `make run`'s), or one of them (README,
-# "Production"). Each task's name is written in its decorator, the one it always had (where
-# it was defined): messages queued before an upgrade still find their task, and the code can
-# move to other modules without renaming anything in flight.
+# Three queues, so that a million-recipient campaign never delays another campaign's
+# activation or the scheduler, and no run's first message waits behind another run's
+# backlog: `control` (the scheduler's tick, activation, planning, proofs: short steps),
+# `delivery_first` (the first, small batch of each run: ``delivery.window``) and `delivery`
+# (every other batch). A worker takes a message from the first of its queues in this order
+# that holds one (kombu's "priority" queue order, on Redis and on the embedded broker; on
+# RabbitMQ the queues share the worker fairly), whatever order its -Q names them in, and a
+# worker consuming `delivery` consumes `delivery_first` too (config.celery). Routed by task
+# name (a task not listed goes to `control`) and, for the first batches, by the dispatch.
+# A worker consumes them all (`-Q control,delivery`, as `make run`'s), or control or
+# delivery (README, "Production"). Each task's name is written in its decorator, the one
+# it always had (where it was defined): messages queued before an upgrade still find their
+# task, and the code can move to other modules without renaming anything in flight.
 CELERY_TASK_DEFAULT_QUEUE = "control"
 SALVO_DELIVERY_QUEUE = "delivery"
-SALVO_QUEUES = (CELERY_TASK_DEFAULT_QUEUE, SALVO_DELIVERY_QUEUE)
-# Declared, so that a worker started without -Q consumes both.
+SALVO_FIRST_BATCH_QUEUE = "delivery_first"
+SALVO_QUEUES = (CELERY_TASK_DEFAULT_QUEUE, SALVO_FIRST_BATCH_QUEUE, SALVO_DELIVERY_QUEUE)
+# Declared, so that a worker started without -Q consumes them all.
 CELERY_TASK_QUEUES = [Queue(name, Exchange(name), routing_key=name) for name in SALVO_QUEUES]
 CELERY_TASK_ROUTES = {"campaigns.tasks.delivery_batch_task": {"queue": SALVO_DELIVERY_QUEUE}}
 # Time limits per kind of task, in seconds (Celery's soft and hard limits). At the soft limit
@@ -455,6 +466,13 @@ SALVO_REVIEW_TINY_AUDIENCE = env.int("SALVO_REVIEW_TINY_AUDIENCE", default=10)
 # ids snapshotted per planning step, and messages sent between two progress writes (also the
 # most a worker killed mid-send can leave undecided).
 SALVO_DELIVERY_BATCH_SIZE = env.int("SALVO_DELIVERY_BATCH_SIZE", default=2000)
+# The first batch of each run (a one-shot campaign's, an occurrence's, a trigger's) holds at
+# most this many recipients and goes to SALVO_FIRST_BATCH_QUEUE, ahead of the batches
+# queued before it: its first message goes out as soon as a worker process is free.
+SALVO_DELIVERY_FIRST_BATCH_SIZE = env.int("SALVO_DELIVERY_FIRST_BATCH_SIZE", default=100)
+for _size in ("SALVO_DELIVERY_BATCH_SIZE", "SALVO_DELIVERY_FIRST_BATCH_SIZE"):
+    if globals()[_size] < 1:
+        raise ImproperlyConfigured(f"{_size} must be at least 1.")
 SALVO_DELIVERY_WINDOW = env.int("SALVO_DELIVERY_WINDOW", default=8)
 SALVO_DELIVERY_PLAN_CHUNK = env.int("SALVO_DELIVERY_PLAN_CHUNK", default=100_000)
 SALVO_DELIVERY_SEND_CHUNK = env.int("SALVO_DELIVERY_SEND_CHUNK", default=500)

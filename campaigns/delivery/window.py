@@ -32,14 +32,16 @@ D = DeliveryStatus
 WAITING_REASONS = (DeliveryReason.RECIPIENT_TIME, DeliveryReason.QUIET_HOURS)
 
 
-def batches_enqueue(batches: Sequence[Batch]) -> None:
-    """Queue the batches for the workers once the current transaction commits."""
+def batches_enqueue(batches: Sequence[Batch], *, first: bool = False) -> None:
+    """Queue the batches for the workers once the current transaction commits; `first`:
+    a run's first batches, to the queue workers read before the other batches'."""
     if not batches:
         return
+    queue = settings.SALVO_FIRST_BATCH_QUEUE if first else settings.SALVO_DELIVERY_QUEUE
 
     def send() -> None:
         for batch in batches:
-            tasks.delivery_batch_task.delay(*batch.as_args())
+            tasks.delivery_batch_task.apply_async(batch.as_args(), queue=queue)
 
     transaction.on_commit(send)
 
@@ -52,7 +54,12 @@ def execution_dispatch(*, execution_id: int) -> list[Batch]:
 
 def dispatch_window(execution_id: int) -> tuple[list[Batch], bool]:
     """``execution_dispatch``, also telling whether every batch has now been handed out
-    (planning is over and no delivery lies beyond the dispatch cursor)."""
+    (planning is over and no delivery lies beyond the dispatch cursor).
+
+    A run's first batches (nothing dispatched yet) hold at most
+    SALVO_DELIVERY_FIRST_BATCH_SIZE recipients and go to the first batches' queue: the run's
+    first messages go out ahead of the batches other runs queued before it (a trigger
+    behind the backlog of a hundred others), and the rest follows in its turn."""
     size = settings.SALVO_DELIVERY_BATCH_SIZE
     with transaction.atomic():
         # On PostgreSQL, a worker that finds the execution locked (a planning step or
@@ -109,7 +116,10 @@ def dispatch_window(execution_id: int) -> tuple[list[Batch], bool]:
         # waiting, however far ahead the others are.
         window = settings.SALVO_DELIVERY_WINDOW * size
         batches: list[Batch] = []
+        first_batches: list[Batch] = []
         while max(in_flight) + size <= window:
+            first = execution.dispatched_through == 0
+            take = min(settings.SALVO_DELIVERY_FIRST_BATCH_SIZE, size) if first else size
             ahead = Delivery.objects.filter(
                 execution_id=execution.pk,
                 action_id=action_ids[0],
@@ -117,7 +127,7 @@ def dispatch_window(execution_id: int) -> tuple[list[Batch], bool]:
                 profile_id__lte=execution.planned_through,
             )
             found = list(
-                ahead.order_by("profile_id").values_list("profile_id", flat=True)[size - 1 : size]
+                ahead.order_by("profile_id").values_list("profile_id", flat=True)[take - 1 : take]
             )
             if found:
                 last = int(found[0])
@@ -127,12 +137,15 @@ def dispatch_window(execution_id: int) -> tuple[list[Batch], bool]:
                     break
             else:
                 break  # wait for planning to produce a whole batch
-            first = execution.dispatched_through + 1
-            batches.extend(Batch(execution.pk, a, first, last) for a in action_ids)
-            in_flight = [count + size for count in in_flight]
+            taken = [
+                Batch(execution.pk, a, execution.dispatched_through + 1, last) for a in action_ids
+            ]
+            (first_batches if first else batches).extend(taken)
+            in_flight = [count + take for count in in_flight]
             execution.dispatched_through = last
         execution.last_progress_at = timezone.now()
         execution.save(update_fields=["dispatched_through", "last_progress_at"])
+        batches_enqueue(first_batches, first=True)
         batches_enqueue(batches)
         exhausted = (
             execution.planning_done
@@ -142,7 +155,7 @@ def dispatch_window(execution_id: int) -> tuple[list[Batch], bool]:
                 profile_id__gt=execution.dispatched_through,
             ).exists()
         )
-    return batches, exhausted
+    return first_batches + batches, exhausted
 
 
 def range_wait(batch: Batch, *, now: dt.datetime) -> float | None:

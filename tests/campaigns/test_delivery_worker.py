@@ -283,6 +283,9 @@ STOP_CHUNK = 50
 STOP_ENV = {
     "SALVO_DELIVERY_SEND_THREADS": "2",
     "SALVO_DELIVERY_BATCH_SIZE": "400",
+    # The first batch as big as the others: both pool processes are then in the middle of
+    # a batch at the stop (an idle one just exits, and billiard logs that as an error).
+    "SALVO_DELIVERY_FIRST_BATCH_SIZE": "400",
     "SALVO_DELIVERY_WINDOW": "2",
     "SALVO_DELIVERY_PLAN_CHUNK": "1000",
     "SALVO_DELIVERY_SEND_CHUNK": str(STOP_CHUNK),

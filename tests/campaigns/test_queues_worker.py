@@ -32,9 +32,12 @@ def wait_until_planned(campaign: Campaign) -> None:
     )
 
 
-def test_a_delivery_backlog_never_delays_an_activation(celery_process_factory):
+def test_a_delivery_backlog_never_delays_an_activation_nor_the_next_campaigns_first_batch(
+    celery_process_factory,
+):
     ProfileFactory.create_batch(60)
-    # Every batch queued at once (no window): 6 batches of 10 wait in the delivery queue.
+    # Every batch queued at once (no window): the first batch of 10 in the first batches'
+    # queue, 5 more of 10 in the delivery queue.
     env = {**SMALL_BATCHES, "SALVO_DELIVERY_WINDOW": "100"}
     with running_sinks() as sink:
         env = {**sink.provider_env(), **env}
@@ -43,7 +46,10 @@ def test_a_delivery_backlog_never_delays_an_activation(celery_process_factory):
         first = make_campaign(actions=[webhook_action(preset=hook)])
         activate_acknowledged(campaign=first)
         wait_until_planned(first)
-        wait_until(lambda: queue_depths()["delivery"] == 6, message="batches not queued")
+        wait_until(
+            lambda: queue_depths() == {"control": 0, "delivery_first": 1, "delivery": 5},
+            message="batches not queued",
+        )
         assert campaign_status(first) == Status.LIVE
 
         # The backlog stays where it is, and the next campaign activates and plans anyway.
@@ -52,16 +58,24 @@ def test_a_delivery_backlog_never_delays_an_activation(celery_process_factory):
         wait_until_planned(second)  # not waiting behind the first one's batches
         # Planning hands out the last batches just after it marks itself done.
         wait_until(
-            lambda: queue_depths() == {"control": 0, "delivery": 12},
+            lambda: queue_depths() == {"control": 0, "delivery_first": 2, "delivery": 10},
             message="the second campaign's batches not queued",
         )
         assert sink.received() == []
 
-        celery_process_factory("worker", "-Q", "delivery", extra_env=env)
+        # One process, started as before the first batches had a queue: it takes that
+        # queue too, and first: the second campaign's first messages go out before the
+        # first campaign's backlog.
+        celery_process_factory("worker", "-Q", "delivery", "--concurrency", "1", extra_env=env)
         wait_for_status(first, Status.COMPLETED)
         wait_for_status(second, Status.COMPLETED)
         assert sink.duplicates() == 0
-        assert len(sink.received("webhook")) == 120
+        received = sorted(sink.received("webhook"), key=lambda record: record["at"])
+        assert len(received) == 120
+        campaign_of = dict(Delivery.objects.values_list("pk", "execution__campaign_id").iterator())
+        in_turn = [campaign_of[int(record["delivery_id"])] for record in received]
+        assert in_turn[:20] == [first.pk] * 10 + [second.pk] * 10
+        assert Counter(in_turn[20:]) == {first.pk: 50, second.pk: 50}
 
 
 def test_a_batch_at_its_soft_time_limit_hands_back_the_rest_and_sends_nothing_twice(
