@@ -2,7 +2,7 @@
 by real workers to the sinks.
 
     manage.py bench_triggers [--recipients 200000] [--per-call 1000] [--clients 8]
-                             [--workers 2]
+                             [--workers 2] [--rate 0]
 
 Meant for PostgreSQL + Redis (`make services`). It generates the recipients' profiles
 (``trig-…``, kept between runs), starts the sinks, a Celery worker with `--workers`
@@ -10,7 +10,10 @@ processes sending to them, and the web server as production runs it (gunicorn wi
 ``config.gunicorn``, DEBUG off), makes a Live API-triggered campaign (email + SMS, reading
 ``{{ context.order_id }}``), then `--clients` threads POST ``/api/campaigns/{id}/trigger/``
 with `--per-call` existing recipients each, a context apiece, until every recipient is
-triggered, and waits for every delivery to finish.
+triggered, and waits for every delivery to finish. ``--rate R`` offers R recipients a second
+(call k leaves at k × per-call / R seconds, or as soon as a client is free after that)
+instead of sending each call as soon as a client is free: latency is then measured at a
+known load, not at whatever backlog a closed loop builds on a saturated machine.
 
 It prints one JSON line with
 * ``recipients_per_s``: recipients accepted (202) per second, from the first request to
@@ -18,6 +21,8 @@ It prints one JSON line with
 * ``first_message_ms_p50`` / ``_p99``: per call, from the moment its request left the
   client (on this machine: its arrival, give or take the loopback) to the first provider
   call of its deliveries at a sink (the sinks record each delivery id and time);
+* ``answer_ms_p50`` / ``_p99``: per call, from its request leaving the client to its 202
+  answer (the part of the first message's wait spent in the web server);
 * ``deliveries_per_s``: deliveries finished per second, from the first request to the
   last message at a sink;
 * ``duplicates``: messages the sinks accepted twice for one delivery id (0).
@@ -117,6 +122,7 @@ class Call:
 
     first: int
     count: int
+    due_at: float = 0.0  # with an offered rate: when to send it (0: at once)
     sent_at: float = 0.0
     answered_at: float = 0.0
     trigger_id: int = 0
@@ -131,7 +137,9 @@ class TriggerBenchmark:
     workers: int = 2
     timeout: float = 3600.0
 
-    def run(self, *, recipients: int, per_call: int, clients: int) -> dict[str, Any]:
+    def run(
+        self, *, recipients: int, per_call: int, clients: int, rate: float = 0.0
+    ) -> dict[str, Any]:
         if connection.vendor != "postgresql" or not settings.CELERY_BROKER_URL.startswith("redis"):
             self.say(
                 "warning: the targets are for PostgreSQL + Redis (eval $(make services-env)); "
@@ -156,17 +164,22 @@ class TriggerBenchmark:
                     Call(first, min(per_call, recipients - first))
                     for first in range(0, recipients, per_call)
                 ]
+                pace = f", {rate:,.0f} recipients/s offered" if rate else ", as fast as answered"
                 self.say(
                     f"triggering {recipients:,} recipients in {len(calls)} calls of "
-                    f"{per_call:,} by {clients} clients…"
+                    f"{per_call:,} by {clients} clients{pace}…"
                 )
                 started = time.time()
+                if rate:
+                    for call in calls:
+                        call.due_at = started + call.first / rate
                 self._trigger_all(url, token.key, campaign, calls, clients)
                 accepted_in = max(call.answered_at for call in calls) - started
                 self.say(f"every call answered in {accepted_in:.1f}s; waiting for delivery…")
                 self._wait_until_sent(campaign)
             records = read_records(record)
-        return self._summary(campaign, calls, records, started, accepted_in, recipients)
+        summary = self._summary(campaign, calls, records, started, accepted_in, recipients)
+        return {"offered_recipients_per_s": rate or None, **summary}
 
     def _earlier_runs_stop(self) -> None:
         """Stop the campaigns earlier runs left Live, so their batches send nothing."""
@@ -225,6 +238,7 @@ class TriggerBenchmark:
                     call = todo.get_nowait()
                 except queue.Empty:
                     return
+                time.sleep(max(0.0, call.due_at - time.time()))
                 body = json.dumps(
                     {
                         "idempotency_key": f"bench-{run}-{call.first}",
@@ -301,6 +315,7 @@ class TriggerBenchmark:
         waits = [
             (first_at[c.trigger_id] - c.sent_at) * 1000 for c in calls if c.trigger_id in first_at
         ]
+        answers = [(c.answered_at - c.sent_at) * 1000 for c in calls]
         finished = Delivery.objects.filter(execution__campaign=campaign).exclude(
             status=DeliveryStatus.PENDING
         )
@@ -315,6 +330,8 @@ class TriggerBenchmark:
             "recipients_per_s": round(recipients / accepted_in, 1) if accepted_in > 0 else 0.0,
             "first_message_ms_p50": round(_percentile(waits, 0.5), 1),
             "first_message_ms_p99": round(_percentile(waits, 0.99), 1),
+            "answer_ms_p50": round(_percentile(answers, 0.5), 1),
+            "answer_ms_p99": round(_percentile(answers, 0.99), 1),
             "deliveries_per_s": round(total / (last - started), 1) if last > started else 0.0,
             "duplicates": duplicates,
         }

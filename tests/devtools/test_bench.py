@@ -26,6 +26,21 @@ def test_bench_delivery_refuses_bad_options_in_one_line(options, error):
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--recipients", "0"], "--recipients, --per-call and --clients must be at least 1."),
+        (["--clients", "0"], "--recipients, --per-call and --clients must be at least 1."),
+        (["--rate", "-5"], "--rate must be 0 (as fast as answered) or more."),
+        (["--workers", "0"], "--workers must be at least 1."),
+    ],
+)
+def test_bench_triggers_refuses_bad_options_in_one_line(options, error):
+    with pytest.raises(CommandError) as refused:
+        call_command("bench_triggers", *options, stdout=StringIO())
+    assert str(refused.value) == error
+
+
 @pytest.mark.worker
 @pytest.mark.timeout(600)
 def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_db, monkeypatch):
