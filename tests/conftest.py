@@ -74,6 +74,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+# --- speed ------------------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hash the test users' passwords with a fast hasher, as Django's testing guide advises:
+    the production one costs 0.4 s a user by design, which the suite's thousand users would
+    spend over and over. Users are made in this process and logged in here (the test
+    client, pytest-django's live server), never by a server in a process of its own, which
+    would not know this hasher; the production settings keep theirs."""
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        *settings.PASSWORD_HASHERS,
+    ]
+
+
 # --- markers --------------------------------------------------------------------------
 
 # `make test-fast` (what CI runs on the Pythons other than the newest) leaves out the tests
@@ -100,6 +115,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_postgres)
         if item.get_closest_marker("browser") and not CHROMIUM.exists():
             item.add_marker(skip_browser)
+    _keep_one_side_of_a_folder(config, items)
+
+
+def _keep_one_side_of_a_folder(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """SALVO_TEST_UNDER=tests/campaigns keeps the tests under that folder, and
+    "!tests/campaigns" the others: how scripts/test-suite.sh splits the tests that keep the
+    CPU busy into two processes, whatever paths and arguments the run was given."""
+    under = os.environ.get("SALVO_TEST_UNDER", "")
+    if not under:
+        return
+    keep_inside = not under.startswith("!")
+    folder = (Path(config.rootpath) / under.lstrip("!")).resolve()
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        (kept if item.path.is_relative_to(folder) == keep_inside else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
