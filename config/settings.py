@@ -350,16 +350,15 @@ if BROKER_IS_FILESYSTEM:
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
-        "queue_order_strategy": "priority",
     }
     # Broadcast control needs a fanout exchange that the folder transport does not keep
     # reliably; nothing in Salvo depends on remote control.
     CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": 3600,
-        "queue_order_strategy": "priority",
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# A worker reads its queues in order, the first that holds a message first (SALVO_QUEUES,
+# below): kombu's Redis transport and the embedded broker both take this option.
+CELERY_BROKER_TRANSPORT_OPTIONS["queue_order_strategy"] = "priority"
 
 # How long /readyz waits for the broker to accept a connection before it answers 503
 # (config/health.py): well under a load balancer's probe timeout.

@@ -89,14 +89,14 @@ status_of() {
     done
 }
 statuses=()
-summary=()
+summary=""
 for i in "${!LABELS[@]}"; do
     status_of "${pids[$i]}"
     statuses+=($?)
-    summary+=("[${LABELS[$i]}] exit ${statuses[$i]}")
+    summary+="[${LABELS[$i]}] exit ${statuses[$i]}, "
 done
 
-echo "test-suite: $(IFS=,; echo "${summary[*]}" | sed 's/,/, /g'), $((SECONDS - started)) s in all"
+echo "test-suite: $summary$((SECONDS - started)) s in all"
 for status in "${statuses[@]}"; do
     [[ $status != 0 && $status != "$NO_TESTS_COLLECTED" ]] && exit "$status"
 done

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -37,11 +38,12 @@ def batches_enqueue(batches: Sequence[Batch], *, first: bool = False) -> None:
     a run's first batches, to the queue workers read before the other batches'."""
     if not batches:
         return
-    queue = settings.SALVO_FIRST_BATCH_QUEUE if first else settings.SALVO_DELIVERY_QUEUE
+    # The other batches go where the task's route sends them (CELERY_TASK_ROUTES).
+    route: dict[str, Any] = {"queue": settings.SALVO_FIRST_BATCH_QUEUE} if first else {}
 
     def send() -> None:
         for batch in batches:
-            tasks.delivery_batch_task.apply_async(batch.as_args(), queue=queue)
+            tasks.delivery_batch_task.apply_async(batch.as_args(), **route)
 
     transaction.on_commit(send)
 
