@@ -107,6 +107,8 @@ class DeliveryReason(models.TextChoices):
     CHANNEL_REMOVED = "channel_removed", "Channel removed by a newer version"
     # Skipped: the recipient had as many marketing messages as a frequency cap allows.
     FREQUENCY_CAP = "frequency_cap", "Frequency cap reached"
+    # Skipped: the address is on the channel's suppression list (channels.Suppression).
+    SUPPRESSED = "suppressed", "Suppressed address"
     # Pending, not tried yet: waiting for the recipient's local send time, or for the end
     # of the quiet hours in the recipient's time zone.
     RECIPIENT_TIME = "recipient_time", "Waiting for the recipient's local time"
@@ -119,6 +121,21 @@ class DeliveryReason(models.TextChoices):
     PROVIDER_REFUSED = "provider_refused", "Refused by the provider"
     PROVIDER_ERROR = "provider_error", "Provider error, retrying"
     GAVE_UP = "gave_up", "Gave up after the maximum attempts"
+
+
+class EventKind(models.TextChoices):
+    """What a provider (or Salvo's own tracking) reported about a message after it was
+    sent: one vocabulary for every ESP (anymail's normalized events), Twilio and FCM."""
+
+    DELIVERED = "delivered", "Delivered"
+    DEFERRED = "deferred", "Deferred"
+    SOFT_BOUNCED = "soft_bounced", "Soft bounce"
+    BOUNCED = "bounced", "Hard bounce"
+    REJECTED = "rejected", "Rejected"
+    COMPLAINED = "complained", "Complained"
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+    OPENED = "opened", "Opened"
+    CLICKED = "clicked", "Clicked"
 
 
 class CheckLevel(models.TextChoices):

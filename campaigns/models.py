@@ -24,6 +24,7 @@ from .choices import (
     CapPeriod,
     DeliveryReason,
     DeliveryStatus,
+    EventKind,
     ExecutionStatus,
     ProofStatus,
 )
@@ -329,6 +330,11 @@ class CampaignVersion(models.Model):
         return self.activated_at is not None
 
 
+# The content of an action (and of each of its variants): what a marketer writes, every
+# door edits, a version copies and the engine renders. Read from here everywhere.
+ACTION_CONTENT_FIELDS: tuple[str, ...] = ("subject", "body")
+
+
 class ChannelAction(models.Model):
     """One channel of a version: what goes out, from which preset."""
 
@@ -549,6 +555,50 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} → {self.profile_id}: {self.status}"
+
+
+class DeliveryEvent(models.Model):
+    """One thing a provider, or Salvo's own tracking, reported about a sent message: kept
+    once per provider event (``event_id``: the provider's own id of the event, or a digest
+    of what makes it unique), so that a provider sending it twice records it once.
+
+    ``delivery`` is found from what the message carried (Salvo's delivery id, which goes
+    out with every message as its idempotency key and metadata) or, failing that, from
+    ``provider_message_id``; an event that arrives before its send's outcome is recorded
+    keeps the message id and is attached once the delivery knows it. No database
+    constraint ties it to the delivery: a foreign key's check would wait on the row lock
+    of the chunk that is sending it."""
+
+    provider = models.CharField(max_length=32)
+    event_id = models.CharField(max_length=255)
+    kind = models.CharField(max_length=16, choices=EventKind.choices)
+    delivery = models.ForeignKey(
+        Delivery,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="events",
+    )
+    provider_message_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    recipient = models.CharField(max_length=320, blank=True, default="")
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    # What the provider said (a bounce's reply), or the link a click followed.
+    detail = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "event_id"], name="delivery_event_once"),
+            models.CheckConstraint(
+                condition=Q(kind__in=EventKind.values), name="delivery_event_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} · {self.recipient or self.provider_message_id}"
 
 
 class ExecutionActionCounter(models.Model):

@@ -136,3 +136,42 @@ def subject_refusal(channel: str) -> str:
         f"An {CHANNELS[channel].label} message has no subject; leave it empty "
         "(only the body is sent)."
     )
+
+
+# --- suppression ------------------------------------------------------------------------
+
+
+class SuppressionReason(models.TextChoices):
+    """Why an address gets no more messages on its channel."""
+
+    HARD_BOUNCE = "hard_bounce", "Hard bounce"
+    INVALID_ADDRESS = "invalid_address", "Invalid or unreachable address"
+    COMPLAINT = "complaint", "Spam complaint"
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed at the provider"
+    MANUAL = "manual", "Added by hand"
+
+
+# The reasons that stop transactional messages too: an address that does not exist is not
+# reached by a receipt either, and mailing it again costs the sender's reputation. A
+# complaint or an unsubscribe is about marketing, which a receipt is not.
+SUPPRESSES_TRANSACTIONAL: frozenset[str] = frozenset(
+    {SuppressionReason.HARD_BOUNCE, SuppressionReason.INVALID_ADDRESS}
+)
+
+
+class SuppressionSource(models.TextChoices):
+    """Which door or provider put an address on the list."""
+
+    PROVIDER = "provider", "Provider event"
+    ADMIN = "admin", "Admin"
+    API = "api", "API"
+    IMPORT = "import", "Import"
+    COMMAND = "command", "Command"
+
+
+def normalized_address(channel: str, address: str) -> str:
+    """The form an address is suppressed and looked up in: an email address compared
+    without case (every mailbox provider Salvo sends to treats it so), any other address
+    as written, without surrounding blanks."""
+    address = address.strip()
+    return address.lower() if channel == ChannelKind.EMAIL else address

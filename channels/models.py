@@ -1,10 +1,12 @@
 import datetime as dt
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.utils import timezone
 
-from .choices import REQUIRED_SENDER_FIELD, ChannelKind
+from .choices import REQUIRED_SENDER_FIELD, ChannelKind, SuppressionReason, SuppressionSource
 
 # --- quiet hours (read by campaigns.delivery.timing) ---------------------------------------
 
@@ -125,3 +127,38 @@ class RateLimitBucket(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class Suppression(models.Model):
+    """An address that gets no more messages on its channel: it bounced hard, complained,
+    unsubscribed at the provider, or was added by hand. Every campaign skips it with the
+    reason ``suppressed`` (transactional ones only for ``SUPPRESSES_TRANSACTIONAL``).
+
+    ``address`` is stored as ``normalized_address`` gives it, so that one unique index
+    both refuses a second entry and answers a chunk's lookup."""
+
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    address = models.CharField(max_length=320)
+    reason = models.CharField(max_length=32, choices=SuppressionReason.choices)
+    source = models.CharField(max_length=16, choices=SuppressionSource.choices)
+    detail = models.TextField(
+        blank=True, help_text="What the provider said, or why it was added by hand."
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "address"], name="suppression_one_per_address"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(channel__in=ChannelKind.values), name="suppression_channel_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.get_channel_display()}, {self.get_reason_display()})"

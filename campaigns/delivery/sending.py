@@ -61,6 +61,7 @@ from channels.providers import (
     get_backend,
 )
 from channels.rendering import RenderError, content_renderer, profile_context
+from channels.suppression import suppressed_addresses
 from config.graceful_stop import stop_requested
 from segments.choices import ConsentChannel
 from segments.unsubscribe import unsubscribe_links
@@ -183,7 +184,9 @@ class ActionSender:
             R.PROFILE_DELETED: "The profile no longer exists.",
             R.OPTED_OUT: f"Opted out of {self.label} marketing.",
             R.NO_ADDRESS: f"No {self.label} address.",
+            R.SUPPRESSED: f"The {self.label} address is on the suppression list.",
         }
+        self.suppressed: frozenset[str] = frozenset()  # the chunk's (``prepare``)
         self.backend: ProviderBackend | None = None
         self.policy = _delivery_policy()
         # API triggers: each chunk's recipients' contexts (``campaigns.triggers``); empty
@@ -269,6 +272,7 @@ class ActionSender:
                 for row in due
             ]
             return prepared
+        self.suppressed = self._suppressed(due)
         for row in due:
             try:
                 decided = self._prepare_one(row)
@@ -293,6 +297,9 @@ class ActionSender:
             return DeliveryOutcome(row.delivery_id, D.SKIPPED, self.skip_texts[skip], reason=skip)
         assert profile is not None  # recipient_skip skips a deleted profile
         address = recipient_address(profile, rule=self.rule, webhook_url=webhook_url)
+        if address in self.suppressed:
+            text = self.skip_texts[R.SUPPRESSED]
+            return DeliveryOutcome(row.delivery_id, D.SKIPPED, text, reason=R.SUPPRESSED)
         attributes = profile["attributes"]
         if isinstance(attributes, str):
             try:
@@ -316,6 +323,21 @@ class ActionSender:
             body=body,
             headers=headers,
             payload=payload,
+        )
+
+    def _suppressed(self, due: Sequence[Due]) -> frozenset[str]:
+        """The chunk's addresses on the channel's suppression list: one query per chunk.
+        A transactional campaign skips only the addresses that cannot be reached."""
+        if self.rule.address is None:
+            return frozenset()
+        return suppressed_addresses(
+            channel=self.channel,
+            addresses=[
+                str(self.rule.address_of(row.profile) or "")
+                for row in due
+                if row.profile is not None
+            ],
+            marketing=self.marketing,
         )
 
     def send(self, messages: Sequence[tuple[Due, OutboundMessage]]) -> list[DeliveryOutcome]:
