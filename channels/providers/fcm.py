@@ -44,7 +44,7 @@ from . import (
     SendResult,
     TransientProviderError,
 )
-from .http import MAX_REASON_CHARS, parse_retry_after
+from .http import MAX_REASON_CHARS, parse_retry_after, request_failure
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 # FCM's error codes that say the token reaches no device any more.
@@ -157,12 +157,8 @@ class FcmPushBackend(ProviderBackend):
                 json=self.payload_for(message),
                 timeout=settings.SALVO_PROVIDER_TIMEOUT_S,
             )
-        except requests.Timeout as error:
-            raise TransientProviderError(
-                f"No answer from FCM within {settings.SALVO_PROVIDER_TIMEOUT_S:g}s."
-            ) from error
         except requests.RequestException as error:
-            raise TransientProviderError(f"Cannot reach FCM: {error}") from error
+            raise request_failure("FCM", error) from error
         except google.auth.exceptions.GoogleAuthError as error:
             raise TransientProviderError(f"No FCM access token: {error}") from error
         finally:

@@ -38,7 +38,7 @@ from . import (
     SendResult,
     TransientProviderError,
 )
-from .http import MAX_REASON_CHARS, parse_retry_after
+from .http import MAX_REASON_CHARS, parse_retry_after, request_failure
 
 # Twilio error codes that say the number cannot be messaged, synchronous (the Messages API
 # refused it) or asynchronous (a status callback's ErrorCode): what each puts on the
@@ -130,12 +130,8 @@ class TwilioSmsBackend(ProviderBackend):
             created = self.client.messages.create(**options)
         except (TwilioRestException, TwilioServiceException) as error:
             raise self._refusal(error) from error
-        except requests.Timeout as error:
-            raise TransientProviderError(
-                f"No answer from Twilio within {settings.SALVO_PROVIDER_TIMEOUT_S:g}s."
-            ) from error
         except requests.RequestException as error:
-            raise TransientProviderError(f"Cannot reach Twilio: {error}") from error
+            raise request_failure("Twilio", error) from error
         finally:
             if opened_here:
                 self.close()

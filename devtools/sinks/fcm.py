@@ -34,6 +34,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from .emulated import record_attempt
+
 if TYPE_CHECKING:
     from .server import SinkServer
 
@@ -216,20 +218,16 @@ class FcmEmulation:
         else:
             message_id = f"0:{time.time_ns()}%{secrets.token_hex(8)}"
             status, answer = 200, {"name": f"projects/{PROJECT_ID}/messages/{message_id}"}
-        record: dict[str, Any] = {
-            "channel": "push",
-            "provider": "fcm",
-            "delivery_id": delivery_id,
-            "to": token,
-            "status": status,
-            "accepted": status == 200,
-            "attempt": attempt,
-        }
-        if status == 200:
-            record["message_id"] = answer["name"]
-        else:
-            record["error_code"] = answer["error"]["details"][0]["errorCode"]
-        if self.sink.content:
-            record |= {"path": path, "headers": headers, "peer": peer, "json": data}
-        self.sink._record(**record)
+        record_attempt(
+            self.sink,
+            channel="push",
+            provider="fcm",
+            delivery_id=delivery_id,
+            to=token,
+            attempt=attempt,
+            status=status,
+            message_id=answer["name"] if status == 200 else None,
+            error_code=None if status == 200 else answer["error"]["details"][0]["errorCode"],
+            content={"path": path, "headers": headers, "peer": peer, "json": data},
+        )
         return status, answer, extra

@@ -23,6 +23,8 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from .emulated import record_attempt
+
 if TYPE_CHECKING:
     from .server import SinkServer
 
@@ -106,22 +108,18 @@ class TwilioEmulation:
             extra["Retry-After"] = f"{rules.retry_after_s:g}"
         else:
             status, answer = 201, self._message(sid, form)
-        record: dict[str, Any] = {
-            "channel": "sms",
-            "provider": "twilio",
-            "delivery_id": delivery_id,
-            "to": to,
-            "status": status,
-            "accepted": status == 201,
-            "attempt": attempt,
-        }
-        if status == 201:
-            record["message_id"] = answer["sid"]
-        else:
-            record["error_code"] = answer["code"]
-        if self.sink.content:
-            record |= {"path": path, "headers": headers, "peer": peer, "form": form}
-        self.sink._record(**record)
+        record_attempt(
+            self.sink,
+            channel="sms",
+            provider="twilio",
+            delivery_id=delivery_id,
+            to=to,
+            attempt=attempt,
+            status=status,
+            message_id=answer["sid"] if status == 201 else None,
+            error_code=answer.get("code"),
+            content={"path": path, "headers": headers, "peer": peer, "form": form},
+        )
         return status, answer, extra
 
     @staticmethod

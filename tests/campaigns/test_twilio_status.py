@@ -81,6 +81,11 @@ def sent_records(sink: RunningSinks) -> dict[str, dict]:
     return {r["to"]: r for r in sink.received("sms")}
 
 
+def outcomes(campaign: Campaign) -> dict[int, tuple[str, str]]:
+    rows = Delivery.objects.filter(execution__campaign=campaign)
+    return {row.profile_id: (row.status, row.reason) for row in rows}
+
+
 def events() -> list[tuple[int | None, str, str, str]]:
     return sorted(
         DeliveryEvent.objects.values_list("delivery_id", "kind", "provider", "provider_message_id")
@@ -237,11 +242,7 @@ def test_an_unreachable_or_opted_out_number_is_suppressed_and_skipped_next_time(
     next_campaign = twilio_campaign()
     drive(next_campaign)
 
-    outcomes = {
-        d.profile_id: (d.status, d.reason)
-        for d in Delivery.objects.filter(execution__campaign=next_campaign)
-    }
-    assert outcomes == {
+    assert outcomes(next_campaign) == {
         unreachable.pk: (DeliveryStatus.SKIPPED, DeliveryReason.SUPPRESSED),
         kept.pk: (DeliveryStatus.SENT, ""),
     }
@@ -259,11 +260,7 @@ def test_an_invalid_number_stops_receipts_too_an_opt_out_only_marketing(client, 
     receipt = twilio_campaign(type=CampaignType.TRANSACTIONAL)
     drive(receipt)
 
-    outcomes = {
-        d.profile_id: (d.status, d.reason)
-        for d in Delivery.objects.filter(execution__campaign=receipt)
-    }
-    assert outcomes == {
+    assert outcomes(receipt) == {
         invalid.pk: (DeliveryStatus.SKIPPED, DeliveryReason.SUPPRESSED),
         opted_out.pk: (DeliveryStatus.SENT, ""),
     }
