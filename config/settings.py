@@ -614,6 +614,23 @@ SALVO_EMAIL_API = {
     "url": env.str("SALVO_EMAIL_API_URL", default="http://127.0.0.1:8025/email"),
     "api_key": env.str("SALVO_EMAIL_API_KEY", default=""),
 }
+# SMS through Twilio (channels.providers.twilio.TwilioSmsBackend): the account's credentials
+# under Twilio's own variable names, an optional Messaging Service, and the REST API's base
+# URL (the local sink's in tests). The auth token also verifies Twilio's status callbacks.
+SALVO_TWILIO = {
+    "account_sid": env.str("TWILIO_ACCOUNT_SID", default=""),
+    "auth_token": env.str("TWILIO_AUTH_TOKEN", default=""),
+    "messaging_service_sid": env.str("TWILIO_MESSAGING_SERVICE_SID", default=""),
+    "api_url": env.str("SALVO_TWILIO_API_URL", default="https://api.twilio.com"),
+}
+# Push through FCM HTTP v1 (channels.providers.fcm.FcmPushBackend): the service account's
+# key file (its token_uri says where OAuth tokens come from), the Firebase project (the
+# key's own when empty) and the API's base URL.
+SALVO_FCM = {
+    "credentials_file": env.str("SALVO_FCM_CREDENTIALS_FILE", default=""),
+    "project_id": env.str("SALVO_FCM_PROJECT_ID", default=""),
+    "api_url": env.str("SALVO_FCM_API_URL", default="https://fcm.googleapis.com"),
+}
 # Whether webhook URLs may target loopback, private, link-local, multicast and reserved
 # addresses. Off in production, so that whoever edits a preset cannot make this server
 # call its own or its network's private services (checked when a preset is saved, and
@@ -651,5 +668,10 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env.str("SALVO_LOG_LEVEL", default="INFO")},
     # httpx logs every request at INFO: a million lines per campaign.
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        # Twilio's client logs every request and answer at INFO: thousands a second.
+        "twilio.http_client": {"level": "WARNING"},
+    },
 }

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from campaigns.webhooks.twilio import twilio_status
 from config.metrics import metrics_view
 from segments.views import unsubscribe
 
@@ -21,4 +22,5 @@ urlpatterns = [
     path("api-auth/", include("rest_framework.urls")),
     path("unsubscribe/<str:token>/", unsubscribe, name="unsubscribe"),
     path("metrics", metrics_view, name="metrics"),
+    path("webhooks/twilio/status/", twilio_status, name="twilio-status"),
 ]

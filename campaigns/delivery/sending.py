@@ -54,10 +54,12 @@ from channels import ratelimit
 from channels.choices import ChannelKind
 from channels.providers import (
     OutboundMessage,
+    PermanentProviderError,
     ProviderBackend,
     ProviderError,
     SendResult,
     TransientProviderError,
+    backend_path,
     get_backend,
 )
 from channels.rendering import RenderError, content_renderer, profile_context
@@ -66,7 +68,15 @@ from config.graceful_stop import stop_requested
 from segments.choices import ConsentChannel
 from segments.unsubscribe import unsubscribe_links
 
-from ..choices import CampaignKind, CampaignType, DeliveryReason, DeliveryStatus, ExecutionStatus
+from ..choices import (
+    CampaignKind,
+    CampaignType,
+    DeliveryReason,
+    DeliveryStatus,
+    EventKind,
+    ExecutionStatus,
+)
+from ..events import ProviderEvent, events_record
 from ..models import Campaign, CampaignVersion, ChannelAction, Execution, TriggerRecipient
 from .caps import CapCheck
 from .completion import execution_halt
@@ -357,6 +367,7 @@ class ActionSender:
             logger.exception("Provider backend failed on a chunk of %d messages", len(messages))
             answers = [TransientProviderError(f"{type(error).__name__}: {error}")] * len(messages)
         now = timezone.now()
+        self._record_refusals(messages, answers, now=now)
         outcomes = []
         for (row, _), answer in zip(messages, answers, strict=True):
             decided = provider_answer_outcome(
@@ -372,6 +383,35 @@ class ActionSender:
                 )
             )
         return outcomes
+
+    def _record_refusals(
+        self,
+        messages: Sequence[tuple[Due, OutboundMessage]],
+        answers: Sequence[SendResult | ProviderError],
+        *,
+        now: dt.datetime,
+    ) -> None:
+        """A refusal that says something of the address (``PermanentProviderError.suppress``:
+        a number that does not exist, a token no app holds) is a ``rejected`` event of the
+        delivery, which puts the address on the suppression list for the next campaigns."""
+        provider = (self.backend and self.backend.provider) or backend_path(self.preset)
+        events = [
+            ProviderEvent(
+                provider=provider,
+                event_id=f"refused:{message.delivery_id}",
+                kind=EventKind.REJECTED,
+                channel=message.channel,
+                occurred_at=now,
+                delivery_id=message.delivery_id,
+                recipient=message.to,
+                detail=answer.reason,
+                suppress=answer.suppress,
+            )
+            for (_, message), answer in zip(messages, answers, strict=True)
+            if isinstance(answer, PermanentProviderError) and answer.suppress
+        ]
+        if events:
+            events_record(events=events)
 
     def send_chunk(self, batch: Batch, *, limit: int) -> bool | None:
         """Send the next chunk of the batch and record its outcomes and counts. Returns

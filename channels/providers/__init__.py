@@ -95,7 +95,16 @@ class TransientProviderError(ProviderError):
 
 
 class PermanentProviderError(ProviderError):
-    """Retrying cannot help: invalid address, refused recipient, other 4xx."""
+    """Retrying cannot help: invalid address, refused recipient, other 4xx.
+
+    ``suppress`` is the ``channels.choices.SuppressionReason`` the refusal says of the
+    address itself ('' when it says nothing): a number that does not exist, a push token
+    the app no longer has, a recipient who opted out at the provider. The delivery engine
+    records it as a ``rejected`` delivery event, which puts the address on the list."""
+
+    def __init__(self, reason: str, *, suppress: str = "") -> None:
+        super().__init__(reason)
+        self.suppress = suppress
 
 
 class ProviderBackend:
@@ -107,6 +116,8 @@ class ProviderBackend:
     """
 
     channels: ClassVar[frozenset[str]] = frozenset()
+    # The provider's name on the delivery events its refusals imply ('' : the class name).
+    provider: ClassVar[str] = ""
 
     def __init__(self, preset: MessagePreset) -> None:
         self.preset = preset
@@ -152,6 +163,8 @@ SHIPPED_BACKENDS: tuple[str, ...] = (
     "channels.providers.http.SmsBackend",
     "channels.providers.http.PushBackend",
     "channels.providers.http.WebhookBackend",
+    "channels.providers.twilio.TwilioSmsBackend",
+    "channels.providers.fcm.FcmPushBackend",
 )
 
 

@@ -34,6 +34,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import requests
 from django.conf import settings
 
 from channels.choices import ChannelKind
@@ -185,6 +186,16 @@ class ConnectionPool:
     def close(self) -> None:
         for key in list(self._connections):
             self._discard(key)
+
+
+def request_failure(provider: str, error: requests.RequestException) -> TransientProviderError:
+    """A ``requests`` call to ``provider`` that got no answer (timeout, refused or dropped
+    connection): worth retrying."""
+    if isinstance(error, requests.Timeout):
+        return TransientProviderError(
+            f"No answer from {provider} within {settings.SALVO_PROVIDER_TIMEOUT_S:g}s."
+        )
+    return TransientProviderError(f"Cannot reach {provider}: {error}")
 
 
 def webhook_signature(*, secret: str, timestamp: str, body: bytes) -> str:

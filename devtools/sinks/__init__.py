@@ -7,7 +7,11 @@ One process, one asyncio loop, two loopback servers:
   bulk endpoints of the SMS, push and email HTTP APIs (``POST /<channel>/batch`` with
   ``{"messages": [...]}``, answered with one result per message: see
   ``channels.providers.http``); each message of a bulk request is recorded, and failure
-  rules apply, on its own.
+  rules apply, on its own;
+* on the same HTTP server, emulations of providers' own APIs, for the backends that drive
+  them with the providers' own client libraries: Twilio's Messages API
+  (``devtools.sinks.twilio``) and FCM HTTP v1 with its OAuth token endpoint
+  (``devtools.sinks.fcm``).
 
 Every attempt is appended to a JSON-lines record file (``channel``, ``delivery_id``, ``to``,
 ``status``, ``accepted``, and with ``content`` the headers and body), so other processes can

@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON-lines file that gets one line per attempt.",
     )
     parser.add_argument(
+        "--fcm-key-file",
+        default=env("SALVO_SINK_FCM_KEY_FILE", "var/sink-fcm-key.json"),
+        help="Where the FCM emulation writes its service account's key file.",
+    )
+    parser.add_argument(
         "--no-content", action="store_true", help="Record ids and status only (benchmarks)."
     )
     parser.add_argument("--reject", default=env("SALVO_SINK_REJECT", ""), metavar="PATTERN")
@@ -84,6 +89,7 @@ def serve(options: dict[str, Any], *, announce: TextIO | OutputWrapper = sys.std
             smtp_port=options["smtp_port"],
             http_port=options["http_port"],
             content=not options["no_content"],
+            fcm_key_file=Path(options["fcm_key_file"]),
         )
         await sink.start()
         stopped = asyncio.Event()
@@ -91,7 +97,8 @@ def serve(options: dict[str, Any], *, announce: TextIO | OutputWrapper = sys.std
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopped.set)
         ready = {"smtp_port": sink.smtp_port, "http_port": sink.http_port}
-        announce.write(json.dumps(ready | {"record": str(sink.record)}) + "\n")
+        files = {"record": str(sink.record), "fcm_key_file": str(sink.fcm_key_file)}
+        announce.write(json.dumps(ready | files) + "\n")
         announce.flush()
         await stopped.wait()
         await sink.stop()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import twilio
 from .records import count_duplicates, read_records
 from .rules import FailureRules
 
@@ -32,6 +33,8 @@ class RunningSinks:
     smtp_port: int
     http_port: int
     record: Path
+    # The FCM emulation's service-account key (devtools.sinks.fcm).
+    fcm_key_file: Path
 
     @property
     def http_url(self) -> str:
@@ -97,6 +100,18 @@ class RunningSinks:
             "SALVO_EMAIL_API": {"url": f"{self.http_url}/email", "api_key": "sink-key"},
             # The sinks listen on loopback, which production refuses webhooks to.
             "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": True,
+            # Presets that name the Twilio or FCM backend reach the sink's emulations.
+            "SALVO_TWILIO": {
+                "account_sid": twilio.ACCOUNT_SID,
+                "auth_token": twilio.AUTH_TOKEN,
+                "messaging_service_sid": "",
+                "api_url": self.http_url,
+            },
+            "SALVO_FCM": {
+                "credentials_file": str(self.fcm_key_file),
+                "project_id": "",
+                "api_url": self.http_url,
+            },
         }
 
     def provider_env(self, *, email_api: bool = False) -> dict[str, str]:
@@ -115,6 +130,11 @@ class RunningSinks:
             "SALVO_PUSH_API_URL": f"{self.http_url}/push",
             "SALVO_PUSH_API_KEY": "sink-key",
             "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
+            "TWILIO_ACCOUNT_SID": twilio.ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": twilio.AUTH_TOKEN,
+            "SALVO_TWILIO_API_URL": self.http_url,
+            "SALVO_FCM_CREDENTIALS_FILE": str(self.fcm_key_file),
+            "SALVO_FCM_API_URL": self.http_url,
         }
 
 
@@ -137,11 +157,11 @@ def running_sinks(
     from config.processes import stop_process
 
     with contextlib.ExitStack() as stack:
-        if record is None:
-            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="salvo-sink-"))
-            record = Path(folder) / "received.jsonl"
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="salvo-sink-")))
+        record = folder / "received.jsonl" if record is None else record
+        fcm_key_file = folder / "fcm-service-account.json"
         command = [sys.executable, "-m", "devtools.sinks", "--host", host, "--record", str(record)]
-        command += ["--smtp-port", "0", "--http-port", "0"]
+        command += ["--smtp-port", "0", "--http-port", "0", "--fcm-key-file", str(fcm_key_file)]
         command += FailureRules(**rules).as_args() + ([] if content else ["--no-content"])
         process = subprocess.Popen(
             command,
@@ -156,6 +176,7 @@ def running_sinks(
                 smtp_port=ready["smtp_port"],
                 http_port=ready["http_port"],
                 record=Path(record),
+                fcm_key_file=fcm_key_file,
             )
         finally:
             stop_process(process, grace_s=5)

@@ -15,13 +15,16 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import IO, Any
 
+from .fcm import FcmEmulation
 from .rules import FailureRules
+from .twilio import TwilioEmulation
 
 DELIVERY_ID_HEADER = "X-Salvo-Delivery-Id"
 HEALTH_PATH = "/_sink/health"
 # Keys of an HTTP JSON body that name the recipient, by channel convention.
 _RECIPIENT_KEYS = ("to", "token")
-_HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
+_HTTP_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized"}
+_HTTP_REASONS |= {403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}
 _HTTP_REASONS |= {431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
@@ -54,12 +57,16 @@ class SinkServer:
     http_port: int = 0
     # Keep headers and bodies in the record (tests); off for benchmarks of millions.
     content: bool = True
+    # Where the FCM emulation writes its service account's key file (None: no FCM).
+    fcm_key_file: Path | None = None
     _attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
     # The first accepted answer per (channel, idempotency key), as a provider keeps it.
     _accepted: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _sequence: int = 0
     _recorder: Recorder | None = None
     _servers: list[asyncio.base_events.Server] = field(default_factory=list)
+    # Providers' own APIs, each answering the paths it serves (devtools.sinks.twilio, .fcm).
+    _emulations: list[TwilioEmulation | FcmEmulation] = field(default_factory=list)
 
     def _attempt(self, channel: str, key: str) -> int:
         self._attempts[(channel, key)] += 1
@@ -95,6 +102,11 @@ class SinkServer:
         self._servers = [smtp, http]
         self.smtp_port = smtp.sockets[0].getsockname()[1]
         self.http_port = http.sockets[0].getsockname()[1]
+        self._emulations = [TwilioEmulation(self)]
+        if self.fcm_key_file is not None:
+            fcm = FcmEmulation(self, key_file=self.fcm_key_file)
+            fcm.write_service_account()
+            self._emulations.append(fcm)
 
     async def stop(self) -> None:
         for server in self._servers:
@@ -165,6 +177,9 @@ class SinkServer:
         path = target.split("?", 1)[0]
         if path == HEALTH_PATH:
             return 200, {"ok": True}, {}
+        for emulation in self._emulations:
+            if emulation.serves(path):
+                return await emulation.answer(method, path, headers, body, peer)
         if method != "POST":
             return 404, {"error": f"{method} {path} is not a sink endpoint"}, {}
         try:

@@ -34,6 +34,8 @@ SHIPPED: dict[str, set[str]] = {
     "channels.providers.http.SmsBackend": {ChannelKind.SMS},
     "channels.providers.http.PushBackend": {ChannelKind.PUSH},
     "channels.providers.http.WebhookBackend": {ChannelKind.WEBHOOK},
+    "channels.providers.twilio.TwilioSmsBackend": {ChannelKind.SMS},
+    "channels.providers.fcm.FcmPushBackend": {ChannelKind.PUSH},
 }
 
 

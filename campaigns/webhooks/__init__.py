@@ -1,0 +1,1 @@
+"""Providers' callbacks: what each reports after a send, turned into delivery events."""
