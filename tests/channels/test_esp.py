@@ -20,19 +20,19 @@ from channels.providers import (
     TransientProviderError,
     get_backend,
 )
-from channels.providers.esp import PostmarkBackend, SendGridBackend
+from channels.providers.esp import (
+    SENDGRID_SUBSTITUTIONS_MAX_BYTES,
+    PostmarkBackend,
+    SendGridBackend,
+)
 from devtools.sinks import RunningSinks, running_sinks
 from devtools.sinks.running import ESP_BACKENDS
 from tests.campaigns.delivery_support import drive, make_profile, time_passes
 from tests.campaigns.factories import email_action, make_live_campaign
 from tests.channels.factories import MessagePresetFactory
-from tests.channels.test_providers import free_port
+from tests.channels.test_providers import CLIENT_TIMEOUT_S, SLOW_ANSWER_S, free_port
 
 ESPS = pytest.mark.parametrize("esp", ["postmark", "sendgrid"])
-# A slow recipient's answer comes long after anymail's request timeout, however busy the
-# machine.
-SLOW_ANSWER_S = 5.0
-CLIENT_TIMEOUT_S = 1.0
 # What each ESP says of a refused recipient, kept as the delivery's error.
 ESP_REFUSAL = {
     "postmark": "marked as inactive.",
@@ -306,3 +306,29 @@ def test_the_admin_offers_the_esp_backends_for_an_email_preset(admin_client):
     choices = [value for value, _ in page.context["adminform"].form.fields["backend"].choices]
     assert set(ESP_BACKENDS.values()) <= set(choices)
     assert "channels.providers.esp.MailgunBackend" in choices
+
+
+def test_one_address_twice_in_a_chunk_goes_in_two_calls_and_both_arrive(sink):
+    # Two profiles may share an address; an ESP's batch call names each address once.
+    first, again = message("pm-shared@example.com"), message("pm-shared@example.com")
+
+    with override_settings(**sink.provider_settings(esp="postmark")):
+        outcomes = get_backend(sender("postmark")).send_batch([first, again])
+
+    records = received_by(sink, first, again)
+    assert [r["path"] for r in records] == ["/postmark/email", "/postmark/email"]
+    assert outcomes == [SendResult(provider_message_id=r["message_id"]) for r in records]
+
+
+def test_sendgrid_sends_content_past_its_substitution_limit_alone(sink):
+    big = message("sg-big@example.com", "Big", "x" * (SENDGRID_SUBSTITUTIONS_MAX_BYTES + 1))
+    small = [message(f"sg-small-{n}@example.com", f"Hi {n}") for n in range(2)]
+
+    with override_settings(**sink.provider_settings(esp="sendgrid")):
+        get_backend(sender("sendgrid")).send_batch([small[0], big, small[1]])
+
+    records = received_by(sink, small[0], big, small[1])
+    assert [r["to"] for r in records] == [small[0].to, big.to, small[1].to]
+    assert records[1]["text"] == big.body
+    # One request per X-Message-Id: the small ones share theirs, the big one has its own.
+    assert records[0]["message_id"] == records[2]["message_id"] != records[1]["message_id"]
