@@ -18,9 +18,16 @@ metadata and headers (``merge_metadata``, ``merge_headers``), but the same subje
 body: anymail carries per-recipient content only as merge fields of a template stored at
 the ESP. So messages whose rendered content is the same go as one batch call (of at most
 ``batch_size`` recipients, each address once); a personalised message, the common case,
-goes alone, over the same kept-alive connection. A batch the ESP refuses as a whole for
-a reason that retrying cannot cure (SendGrid answers 400 when one address is invalid) is
-sent again one message at a time, so only the refused recipients fail.
+goes alone, over the same kept-alive connection; except with SendGrid, which substitutes
+merge fields without a stored template, so that its batch carries personalised content
+too (``SendGridBackend``). Measured to the local sink (``bench_delivery``, 20,000
+profiles × email + SMS on PostgreSQL, 2 workers): 745 deliveries/s with Postmark (a request
+per email), 3,503/s with SendGrid (a request per 1,000 emails at most), beside 4,920/s and
+4,474/s through Salvo's generic HTTP batch API in the same runs.
+
+A batch the ESP refuses as a whole for a reason that retrying cannot cure (SendGrid answers
+400 when one address is invalid) is sent again one message at a time, so only the refused
+recipients fail.
 
 Outcomes: a recipient anymail reports ``sent`` or ``queued`` is sent (its message id kept);
 ``rejected``, ``invalid`` or ``failed`` is a ``PermanentProviderError`` with the ESP's
