@@ -8,8 +8,8 @@ One process, one asyncio loop, two loopback servers:
   ``{"messages": [...]}``, answered with one result per message: see
   ``channels.providers.http``); each message of a bulk request is recorded, and failure
   rules apply, on its own;
-* on the same HTTP port, the send APIs of two email service providers, Postmark and
-  SendGrid, as django-anymail calls them (``devtools.sinks.esp``).
+* on the same HTTP port, the send APIs of three email service providers, Mailgun,
+  Postmark and SendGrid, as django-anymail calls them (``devtools.sinks.esp``).
 
 Every attempt is appended to a JSON-lines record file (``channel``, ``delivery_id``, ``to``,
 ``status``, ``accepted``, and with ``content`` the headers and body), so other processes can

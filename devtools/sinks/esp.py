@@ -1,4 +1,4 @@
-"""The HTTP sink's emulation of two email service providers' send APIs, as django-anymail
+"""The HTTP sink's emulation of three email service providers' send APIs, as django-anymail
 calls them (``channels.providers.esp``), so tests and benchmarks run anymail's real code:
 
 * Postmark under ``/postmark/`` (``POSTMARK_API_URL=<sink>/postmark/``): ``POST email``
@@ -7,7 +7,13 @@ calls them (``channels.providers.esp``), so tests and benchmarks run anymail's r
 * SendGrid v3 under ``/sendgrid/v3/`` (``SENDGRID_API_URL=<sink>/sendgrid/v3/``):
   ``POST mail/send`` with one personalization per recipient (its ``substitutions``
   applied to the subject, content and headers, as SendGrid does), authenticated by
-  ``Authorization: Bearer``; 202 with an ``X-Message-Id`` header, no body.
+  ``Authorization: Bearer``; 202 with an ``X-Message-Id`` header, no body;
+* Mailgun under ``/mailgun/v3/`` (``MAILGUN_API_URL=<sink>/mailgun/v3``): ``POST
+  <domain>/messages``, a multipart/form-data or URL-encoded form (repeated ``to``;
+  ``recipient-variables`` substituted as ``%recipient.<name>%`` in the subject, bodies,
+  ``h:`` headers and ``v:`` variables, each recipient's own), authenticated by HTTP basic
+  ``api:<key>``; 200 with ``{"id": "<…@domain>", "message": "Queued. Thank you."}``, 400
+  ``{"message": …}`` for a bad request or an invalid address, 401 for a wrong key.
 
 Each recipient is recorded as the other sinks record a message (channel ``email``, its
 delivery id from the ``X-Salvo-Delivery-Id`` header or the ``salvo_delivery_id``
@@ -16,17 +22,22 @@ when the sink keeps content. Like SMTP and unlike the sink's own API, these ESPs
 idempotency key: a message sent twice is delivered twice, and ``duplicates()`` counts it.
 
 The failure rules answer as each ESP does: a rejected recipient is Postmark's "inactive
-recipient" (error 406: HTTP 422 alone, or its result in a batch) and SendGrid's 400 for the
-whole request; a flaky or throttled recipient fails its whole request (503, or 429 with
+recipient" (error 406: HTTP 422 alone, or its result in a batch), SendGrid's and Mailgun's
+400 for the whole request; a flaky or throttled recipient fails its whole request (503, or 429 with
 ``Retry-After``), since neither API reports a retryable error per message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import email.parser
+import email.policy
+import email.utils
 import json
 import re
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -40,12 +51,15 @@ DELIVERY_ID_HEADER = "X-Salvo-Delivery-Id"
 DELIVERY_ID_METADATA = "salvo_delivery_id"
 POSTMARK_PREFIX = "/postmark/"
 SENDGRID_PREFIX = "/sendgrid/v3/"
+MAILGUN_PREFIX = "/mailgun/v3/"
+# Mailgun's limit on the recipients of one batch call.
+MAILGUN_BATCH_MAX_RECIPIENTS = 1000
 
 # (status, JSON answer or None for no body, extra response headers)
 Answer = tuple[int, Any, dict[str, str]]
 
 
-def _json(body: bytes) -> Any:
+def _json(body: bytes | str) -> Any:
     try:
         return json.loads(body)
     except ValueError:
@@ -234,6 +248,97 @@ async def sendgrid(sink: SinkServer, path: str, headers: dict[str, str], body: b
     return 202, None, {"X-Message-Id": message_id}
 
 
+def _form(headers: Mapping[str, str], body: bytes) -> list[tuple[str, str]] | None:
+    """The fields of a form as Mailgun reads it, multipart/form-data or URL-encoded (anymail
+    posts the latter unless there are attachments), each repeated field in order."""
+    content_type = headers.get("content-type", "")
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        return urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
+    if not content_type.startswith("multipart/form-data"):
+        return None
+    parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    if not parsed.is_multipart():
+        return None
+    fields = []
+    for part in parsed.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str) and part.get_filename() is None:
+            fields.append((name, part.get_content()))
+    return fields
+
+
+_RECIPIENT_VARIABLE = re.compile(r"%recipient\.([^%]+)%")
+
+
+def _mailgun_messages(fields: list[tuple[str, str]]) -> list[tuple[str, dict[str, Any]]]:
+    """(recipient, content as delivered) for every ``to``: with ``recipient-variables`` (a
+    batch) each recipient's ``%recipient.<name>%`` replaced by its own value (an unknown
+    name by nothing), as Mailgun does in the subject, the bodies, ``h:`` headers and ``v:``
+    variables."""
+    single: dict[str, str] = {}
+    for name, value in fields:
+        single.setdefault(name, value)
+    variables = _json(single.get("recipient-variables", "")) or {}
+    received = []
+    for to in (value for name, value in fields if name == "to"):
+        address = email.utils.parseaddr(to)[1]
+        own = variables.get(address) or {}
+
+        def sub(text: str, own: Mapping[str, Any] = own) -> str:
+            return _RECIPIENT_VARIABLE.sub(lambda match: str(own.get(match.group(1), "")), text)
+
+        headers = {name[2:]: sub(value) for name, value in single.items() if name[:2] == "h:"}
+        received.append(
+            (
+                address,
+                {
+                    "from": single.get("from", ""),
+                    "subject": sub(single.get("subject", "")),
+                    "text": sub(single.get("text", "")),
+                    "html": sub(single.get("html", "")),
+                    "reply_to": headers.pop("Reply-To", ""),
+                    "headers": headers,
+                    "metadata": {
+                        name[2:]: sub(value) for name, value in single.items() if name[:2] == "v:"
+                    },
+                },
+            )
+        )
+    return received
+
+
+async def mailgun(sink: SinkServer, path: str, headers: dict[str, str], body: bytes) -> Answer:
+    expected = base64.b64encode(f"api:{SINK_API_KEY}".encode()).decode()
+    if headers.get("authorization") != f"Basic {expected}":
+        return 401, {"message": "Invalid private key"}, {}
+    domain, _, endpoint = path.removeprefix(MAILGUN_PREFIX).partition("/")
+    if endpoint.rstrip("/") != "messages" or not domain:
+        return 404, {"message": "Not Found"}, {}
+    fields = _form(headers, body)
+    if fields is None:
+        return 400, {"message": "Expected a multipart/form-data or URL-encoded form"}, {}
+    received = _mailgun_messages(fields)
+    if not received:
+        return 400, {"message": "'to' parameter is missing"}, {}
+    if len(received) > MAILGUN_BATCH_MAX_RECIPIENTS:
+        return 400, {"message": "Too many recipients"}, {}
+    recipients = [recipient for recipient, _ in received]
+    await _delay(sink, recipients)
+    failure = _whole_request_failure(sink, received)
+    if failure is None and any(sink.rules.rejects(recipient) for recipient in recipients):
+        message = "to parameter is not a valid address. please check documentation"
+        failure = 400, {"message": message}, {}
+    if failure is not None:
+        _record(sink, "mailgun", path, [(r, c, failure[0], "") for r, c in received])
+        return failure
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
+    message_id = f"<{now}.{uuid.uuid4().hex[:16]}@{domain}>"
+    _record(sink, "mailgun", path, [(r, c, 200, message_id) for r, c in received])
+    return 200, {"id": message_id, "message": "Queued. Thank you."}, {}
+
+
 async def _delay(sink: SinkServer, recipients: list[str]) -> None:
     # A slow recipient holds up the whole request, as one slow provider call would.
     delay = max((sink.rules.delay_for(recipient) for recipient in recipients), default=0.0)
@@ -245,6 +350,7 @@ EspApi = Callable[["SinkServer", str, dict[str, str], bytes], Awaitable[Answer]]
 ESP_APIS: dict[str, EspApi] = {
     POSTMARK_PREFIX: postmark,
     SENDGRID_PREFIX: sendgrid,
+    MAILGUN_PREFIX: mailgun,
 }
 
 
@@ -260,4 +366,6 @@ def anymail_settings(http_url: str) -> dict[str, str]:
         "POSTMARK_API_URL": f"{http_url}{POSTMARK_PREFIX}",
         "SENDGRID_API_KEY": SINK_API_KEY,
         "SENDGRID_API_URL": f"{http_url}{SENDGRID_PREFIX}",
+        "MAILGUN_API_KEY": SINK_API_KEY,
+        "MAILGUN_API_URL": f"{http_url}{MAILGUN_PREFIX}",
     }

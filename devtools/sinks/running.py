@@ -23,6 +23,7 @@ SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 EMAIL_API_BACKEND = "channels.providers.email_api.BatchEmailBackend"
 # The email service providers the HTTP sink emulates, and the backend that sends to each.
 ESP_BACKENDS = {
+    "mailgun": "channels.providers.esp.MailgunBackend",
     "postmark": "channels.providers.esp.PostmarkBackend",
     "sendgrid": "channels.providers.esp.SendGridBackend",
 }
@@ -83,7 +84,7 @@ class RunningSinks:
     def provider_settings(self, *, email_api: bool = False, esp: str = "") -> dict[str, Any]:
         """Settings that send every channel to these sinks, for ``override_settings``; email
         over SMTP, with ``email_api`` through the HTTP batch email API, or with ``esp``
-        (``postmark``, ``sendgrid``) through anymail to that ESP's emulated API."""
+        (``mailgun``, ``postmark``, ``sendgrid``) through anymail to that ESP's emulated API."""
         return {
             "SALVO_PROVIDER_BACKENDS": {
                 "email": ESP_BACKENDS[esp] if esp else "channels.providers.email.EmailBackend",

@@ -1,12 +1,14 @@
-"""Email through django-anymail's own ESP backends, to the sink's emulation of Postmark's and
-SendGrid's HTTP APIs over real sockets: what each ESP received, batch calls, refusals,
-retries, and a whole campaign sent through a preset that chooses an ESP."""
+"""Email through django-anymail's own ESP backends, to the sink's emulation of Mailgun's,
+Postmark's and SendGrid's HTTP APIs over real sockets: what each ESP received, batch calls,
+refusals, retries, and a whole campaign sent through a preset that chooses an ESP."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
+import requests
 from django.test import override_settings
 from django.urls import reverse
 
@@ -22,19 +24,22 @@ from channels.providers import (
 )
 from channels.providers.esp import (
     SENDGRID_SUBSTITUTIONS_MAX_BYTES,
+    MailgunBackend,
     PostmarkBackend,
     SendGridBackend,
 )
 from devtools.sinks import RunningSinks, running_sinks
+from devtools.sinks.esp import SINK_API_KEY
 from devtools.sinks.running import ESP_BACKENDS
 from tests.campaigns.delivery_support import drive, make_profile, time_passes
 from tests.campaigns.factories import email_action, make_live_campaign
 from tests.channels.factories import MessagePresetFactory
 from tests.channels.test_providers import CLIENT_TIMEOUT_S, SLOW_ANSWER_S, free_port
 
-ESPS = pytest.mark.parametrize("esp", ["postmark", "sendgrid"])
+ESPS = pytest.mark.parametrize("esp", ["mailgun", "postmark", "sendgrid"])
 # What each ESP says of a refused recipient, kept as the delivery's error.
 ESP_REFUSAL = {
+    "mailgun": 'Mailgun answered 400: {"message": "to parameter is not a valid address.',
     "postmark": "marked as inactive.",
     "sendgrid": 'SendGrid answered 400: {"errors": [{"message": "Does not contain a valid',
 }
@@ -147,6 +152,64 @@ def test_sendgrid_carries_personalised_messages_in_one_request(sink):
         assert record["from"] == "news@example.com"
 
 
+def test_mailgun_carries_personalised_messages_in_one_request_with_each_recipients_headers(sink):
+    messages = [
+        message(f"mg-{n}@example.com", f"Hello {n} % 100%", f"Text {n}",
+                html_body=f"<p>{n}</p>", headers=UNSUBSCRIBE)
+        for n in range(3)
+    ]  # fmt: skip
+    # Without List-Unsubscribe (a transactional message): in a call of its own, so that
+    # no recipient of the batch gets an empty List-Unsubscribe.
+    plain = message("mg-plain@example.com", "Receipt", "Paid", html_body="<p>Paid</p>")
+
+    with (
+        override_settings(**sink.provider_settings(esp="mailgun")),
+        get_backend(sender("mailgun")) as backend,
+    ):
+        assert isinstance(backend, MailgunBackend)
+        outcomes = backend.send_batch([messages[0], plain, *messages[1:]])
+
+    records = received_by(sink, *messages, plain)
+    batch, alone = records[:3], records[3]
+    # One request: Mailgun's id is the request's, shared by its recipients.
+    assert len({r["message_id"] for r in batch}) == 1
+    assert alone["message_id"] not in {r["message_id"] for r in batch}
+    assert {r["path"] for r in records} == {"/mailgun/v3/example.com/messages"}
+    assert outcomes == [
+        SendResult(provider_message_id=r["message_id"]) for r in (batch[0], alone, *batch[1:])
+    ]
+    for n, (sent, record) in enumerate(zip(messages, batch, strict=True)):
+        assert record["to"] == sent.to
+        assert (record["subject"], record["text"], record["html"]) == (
+            f"Hello {n} % 100%",
+            f"Text {n}",
+            f"<p>{n}</p>",
+        )
+        assert record["headers"] == {**UNSUBSCRIBE, "X-Salvo-Delivery-Id": str(sent.delivery_id)}
+        assert record["metadata"] == {"salvo_delivery_id": str(sent.delivery_id)}
+        assert (record["from"], record["reply_to"]) == (
+            "News <news@example.com>",
+            "help@example.com",
+        )
+    assert (alone["subject"], alone["text"], alone["html"]) == ("Receipt", "Paid", "<p>Paid</p>")
+    assert alone["headers"] == {"X-Salvo-Delivery-Id": str(plain.delivery_id)}
+    assert alone["metadata"] == {"salvo_delivery_id": str(plain.delivery_id)}
+
+
+def test_a_mailgun_batch_holds_at_most_its_bytes_of_content(sink, monkeypatch):
+    monkeypatch.setattr(MailgunBackend, "batch_max_bytes", 2 * len(b"Hello 0Text 0"))
+    messages = [message(f"mg-bytes-{n}@example.com", f"Hello {n}", f"Text {n}") for n in range(3)]
+
+    with override_settings(**sink.provider_settings(esp="mailgun")):
+        outcomes = get_backend(sender("mailgun")).send_batch(messages)
+
+    records = received_by(sink, *messages)
+    assert [r["text"] for r in records] == ["Text 0", "Text 1", "Text 2"]
+    first, second, third = (r["message_id"] for r in records)
+    assert first == second != third
+    assert all(isinstance(outcome, SendResult) for outcome in outcomes)
+
+
 @ESPS
 def test_a_refused_recipient_fails_with_the_esps_message_and_the_others_are_sent(sink, esp):
     good = [message(f"{esp}-ok-{n}@example.com") for n in range(2)]
@@ -162,6 +225,7 @@ def test_a_refused_recipient_fails_with_the_esps_message_and_the_others_are_sent
     assert isinstance(second, SendResult)
     assert isinstance(bad, PermanentProviderError)
     says = {
+        "mailgun": 'Mailgun answered 400: {"message": "to parameter is not a valid address.',
         "postmark": "marked as inactive",
         "sendgrid": 'SendGrid answered 400: {"errors": [{"message": "Does not contain a valid',
     }[esp]
@@ -215,7 +279,11 @@ def test_a_timeout_is_transient(sink, esp):
 @ESPS
 def test_an_unreachable_esp_is_transient_for_every_message(sink, esp):
     settings = sink.provider_settings(esp=esp)
-    url_setting = {"postmark": "POSTMARK_API_URL", "sendgrid": "SENDGRID_API_URL"}[esp]
+    url_setting = {
+        "mailgun": "MAILGUN_API_URL",
+        "postmark": "POSTMARK_API_URL",
+        "sendgrid": "SENDGRID_API_URL",
+    }[esp]
     settings["ANYMAIL"] = settings["ANYMAIL"] | {url_setting: f"http://127.0.0.1:{free_port()}/"}
     messages = [message(f"{esp}-nowhere-{n}@example.com", f"Hi {n}") for n in range(2)]
 
@@ -228,7 +296,11 @@ def test_an_unreachable_esp_is_transient_for_every_message(sink, esp):
 @ESPS
 def test_the_esp_refuses_a_wrong_key_and_nothing_is_delivered(sink, esp):
     settings = sink.provider_settings(esp=esp)
-    key = {"postmark": "POSTMARK_SERVER_TOKEN", "sendgrid": "SENDGRID_API_KEY"}[esp]
+    key = {
+        "mailgun": "MAILGUN_API_KEY",
+        "postmark": "POSTMARK_SERVER_TOKEN",
+        "sendgrid": "SENDGRID_API_KEY",
+    }[esp]
     settings["ANYMAIL"] = settings["ANYMAIL"] | {key: "not-the-key"}
     sent = message(f"{esp}-wrong-key@example.com")
 
@@ -332,3 +404,56 @@ def test_sendgrid_sends_content_past_its_substitution_limit_alone(sink):
     assert records[1]["text"] == big.body
     # One request per X-Message-Id: the small ones share theirs, the big one has its own.
     assert records[0]["message_id"] == records[2]["message_id"] != records[1]["message_id"]
+
+
+def test_the_mailgun_emulation_reads_a_multipart_form_and_answers_as_mailgun(sink):
+    # anymail posts URL-encoded fields unless there are attachments; Mailgun's own
+    # examples (curl -F) post multipart/form-data, which the emulation reads the same.
+    url = f"{sink.http_url}/mailgun/v3/example.com/messages"
+    fields = [
+        ("from", "News <news@example.com>"),
+        ("to", "Ana <mg-form-a@example.com>"),
+        ("to", "mg-form-b@example.com"),
+        ("subject", "Hi %recipient.name%"),
+        ("text", "Your code: %recipient.code%"),
+        ("h:X-Salvo-Delivery-Id", "%recipient.id%"),
+        ("v:campaign", "spring"),
+        ("recipient-variables", json.dumps({
+            "mg-form-a@example.com": {"name": "Ana", "code": "A1", "id": "7000001"},
+            "mg-form-b@example.com": {"name": "Bo", "code": "B2", "id": "7000002"},
+        })),
+    ]  # fmt: skip
+    multipart = [(name, (None, value)) for name, value in fields]
+
+    refused = requests.post(url, files=multipart, auth=("api", "not-the-key"), timeout=5)
+    answer = requests.post(url, files=multipart, auth=("api", SINK_API_KEY), timeout=5)
+
+    assert refused.status_code == 401
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "application/json"
+    queued = answer.json()
+    assert queued["message"] == "Queued. Thank you."
+    assert queued["id"].startswith("<")
+    assert queued["id"].endswith("@example.com>")
+    records = {
+        r["to"]: r for r in sink.received("email") if r["delivery_id"] in {"7000001", "7000002"}
+    }
+    assert set(records) == {"mg-form-a@example.com", "mg-form-b@example.com"}
+    ana, bo = records["mg-form-a@example.com"], records["mg-form-b@example.com"]
+    assert (ana["subject"], ana["text"]) == ("Hi Ana", "Your code: A1")
+    assert (bo["subject"], bo["text"]) == ("Hi Bo", "Your code: B2")
+    assert ana["metadata"] == bo["metadata"] == {"campaign": "spring"}
+    assert ana["message_id"] == bo["message_id"] == queued["id"]
+
+
+def test_the_mailgun_emulation_refuses_a_body_that_is_not_a_form(sink):
+    answer = requests.post(
+        f"{sink.http_url}/mailgun/v3/example.com/messages",
+        json={"to": "mg-json@example.com"},
+        auth=("api", SINK_API_KEY),
+        timeout=5,
+    )
+
+    assert answer.status_code == 400
+    assert "form" in answer.json()["message"]
+    assert not [r for r in sink.attempts("email") if r["to"] == "mg-json@example.com"]
