@@ -13,21 +13,22 @@ alive) and sends every message of every chunk over it. Each message carries:
 * the message's own headers (``List-Unsubscribe``, ``List-Unsubscribe-Post``).
 
 Batch sending: anymail sends one message with several ``to`` as the ESP's batch call
-(Postmark's ``/email/batch``, SendGrid's personalizations), each recipient getting its own
-metadata and headers (``merge_metadata``, ``merge_headers``), but the same subject and
-body: anymail carries per-recipient content only as merge fields of a template stored at
-the ESP. So messages whose rendered content is the same go as one batch call (of at most
-``batch_size`` recipients, each address once); a personalised message, the common case,
-goes alone, over the same kept-alive connection; except with SendGrid, which substitutes
-merge fields without a stored template, so that its batch carries personalised content
-too (``SendGridBackend``). Measured to the local sink (``bench_delivery``, 20,000
-profiles × email + SMS on PostgreSQL, 2 workers): 745 deliveries/s with Postmark (a request
-per email), 3,503/s with SendGrid (a request per 1,000 emails at most), beside 4,920/s and
-4,474/s through Salvo's generic HTTP batch API in the same runs.
+(Postmark's ``/email/batch``, SendGrid's personalizations, Mailgun's recipient variables),
+each recipient getting its own metadata and headers (``merge_metadata``, ``merge_headers``).
+Per-recipient content needs the ESP to substitute merge fields without a stored template:
+Mailgun (``%recipient.<name>%``) and SendGrid (``-<name>-``) do, so their batch carries
+each recipient's rendered subject, text and HTML as merge data (``MailgunBackend``,
+``SendGridBackend``). With the others only messages whose rendered content is the same go
+as one batch call; a personalised message, the common case, goes alone, over the same
+kept-alive connection. A batch never holds one address twice, nor messages with different
+header names. Measured to the local sink (``bench_delivery``, 20,000 profiles × email + SMS
+on PostgreSQL, 2 workers): 745 deliveries/s with Postmark (a request per email), 3,503/s
+with SendGrid (a request per 1,000 emails at most), beside 4,920/s and 4,474/s through
+Salvo's generic HTTP batch API in the same runs.
 
-A batch the ESP refuses as a whole for a reason that retrying cannot cure (SendGrid answers
-400 when one address is invalid) is sent again one message at a time, so only the refused
-recipients fail.
+A batch the ESP refuses as a whole for a reason that retrying cannot cure (SendGrid and
+Mailgun answer 400 when one address is invalid) is sent again one message at a time, so
+only the refused recipients fail.
 
 Outcomes: a recipient anymail reports ``sent`` or ``queued`` is sent (its message id kept);
 ``rejected``, ``invalid`` or ``failed`` is a ``PermanentProviderError`` with the ESP's
@@ -77,8 +78,15 @@ __all__ = [
 DELIVERY_ID_METADATA = "salvo_delivery_id"
 # SendGrid's limit on the substitutions of one personalization (its documented maximum).
 SENDGRID_SUBSTITUTIONS_MAX_BYTES = 10_000
+# The rendered content of one Mailgun batch call, all recipients together: well under the
+# 25 MB Mailgun accepts per message, leaving room for the JSON of the recipient variables.
+MAILGUN_BATCH_MAX_BYTES = 10_000_000
 # anymail's recipient statuses that mean the ESP took the message.
 _ACCEPTED = frozenset({"sent", "queued"})
+
+
+def _content_bytes(message: OutboundMessage) -> int:
+    return sum(len(part.encode()) for part in (message.subject, message.body, message.html_body))
 
 
 def _reason(text: str) -> str:
@@ -123,6 +131,13 @@ class EspBackend(ProviderBackend):
     anymail_backend: ClassVar[str] = ""
     # Recipients of one batch call; 1: anymail's batch send is not used for this ESP.
     batch_size: ClassVar[int] = 1
+    # The ESP's syntax for a per-recipient substitution in a batch call without a stored
+    # template ("-{}-" for SendGrid), empty when it has none: batches then share one content.
+    substitution: ClassVar[str] = ""
+    # A message whose content passes this many bytes does not go by substitution.
+    substitution_max_bytes: ClassVar[int] = 0
+    # The rendered content one batch call may carry by substitution, all recipients together.
+    batch_max_bytes: ClassVar[int | None] = None
 
     connection: BaseEmailBackend | None = None
 
@@ -152,16 +167,37 @@ class EspBackend(ProviderBackend):
         return preset_sender(self.preset)
 
     def content_key(self, message: OutboundMessage) -> tuple[str, ...]:
-        """Messages of one key may share a batch call: by default, one rendered content."""
-        return (message.subject, message.body, message.html_body)
+        """Messages of one key may share a batch call: one rendered content (any content
+        where the ESP substitutes it per recipient, unless too big for that), one set of
+        header names (so that no recipient gets another's header as an empty one)."""
+        headers = tuple(sorted(name.lower() for name in message.headers))
+        if self.substitution and _content_bytes(message) <= self.substitution_max_bytes:
+            return ("substituted", "html" if message.html_body else "", *headers)
+        return (message.subject, message.body, message.html_body, *headers)
 
     def batch_email(self, messages: Sequence[OutboundMessage]) -> AnymailMessage:
         """One anymail message to every recipient of ``messages`` (of one content key),
-        with its content; recipients, headers and metadata are added by the caller."""
+        with its content; recipients, headers and metadata are added by the caller. With
+        several recipients and an ESP that substitutes, the content is made of merge
+        fields and each recipient's rendered content is its merge data."""
         first = messages[0]
-        email = AnymailMessage(subject=first.subject, body=first.body)
+        if len(messages) == 1 or not self.substitution:
+            email = AnymailMessage(subject=first.subject, body=first.body)
+            if first.html_body:
+                email.attach_alternative(first.html_body, "text/html")
+            return email
+        field = self.substitution.format
+        email = AnymailMessage(subject=field("salvo_subject"), body=field("salvo_text"))
         if first.html_body:
-            email.attach_alternative(first.html_body, "text/html")
+            email.attach_alternative(field("salvo_html"), "text/html")
+        email.merge_data = {
+            message.to: {
+                "salvo_subject": message.subject,
+                "salvo_text": message.body,
+                **({"salvo_html": message.html_body} if message.html_body else {}),
+            }
+            for message in messages
+        }
         return email
 
     def _email(self, messages: Sequence[OutboundMessage]) -> AnymailMessage:
@@ -228,19 +264,28 @@ class EspBackend(ProviderBackend):
 
     def _batches(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
         """Positions of ``messages`` grouped into batch calls: one content key, each
-        address once, at most ``batch_size``; in the order of their first message."""
+        address once, at most ``batch_size`` recipients and ``batch_max_bytes`` of
+        substituted content; in the order of their first message."""
         batches: list[list[int]] = []
-        open_batch: dict[tuple[str, ...], tuple[list[int], set[str]]] = {}
+        # content key -> (positions, addresses, bytes of content)
+        open_batch: dict[tuple[str, ...], tuple[list[int], set[str], list[int]]] = {}
         for position, message in enumerate(messages):
             content = self.content_key(message)
             address = message.to.lower()
+            size = _content_bytes(message) if self.batch_max_bytes else 0
             batch = open_batch.get(content)
-            if batch is None or address in batch[1] or len(batch[0]) >= self.batch_size:
-                batch = ([], set())
+            if (
+                batch is None
+                or address in batch[1]
+                or len(batch[0]) >= self.batch_size
+                or (self.batch_max_bytes and batch[2][0] + size > self.batch_max_bytes)
+            ):
+                batch = ([], set(), [0])
                 open_batch[content] = batch
                 batches.append(batch[0])
             batch[0].append(position)
             batch[1].add(address)
+            batch[2][0] += size
         return batches
 
     def send(self, message: OutboundMessage) -> SendResult:
@@ -282,47 +327,48 @@ class SendGridBackend(EspBackend):
     headers without a stored template, so personalised messages share a batch too: the
     content is ``-salvo_subject-``, ``-salvo_text-`` (``-salvo_html-``) and each
     recipient's rendered content is its merge data. A message whose content passes
-    SendGrid's 10,000 bytes of substitutions per personalization goes alone."""
+    SendGrid's 10,000 bytes of substitutions per personalization goes alone. anymail 15
+    no longer supports SendGrid officially (it warns ``AnymailNotSupportedWarning`` when
+    the connection opens); Mailgun does the same batching with official support."""
 
     channels = frozenset({ChannelKind.EMAIL})
     anymail_backend = "anymail.backends.sendgrid.EmailBackend"
     batch_size = 1000
-
-    def content_key(self, message: OutboundMessage) -> tuple[str, ...]:
-        size = sum(
-            len(part.encode()) for part in (message.subject, message.body, message.html_body)
-        )
-        if size > SENDGRID_SUBSTITUTIONS_MAX_BYTES:
-            return super().content_key(message)
-        return ("substituted", "html" if message.html_body else "")
+    substitution = "-{}-"
+    substitution_max_bytes = SENDGRID_SUBSTITUTIONS_MAX_BYTES
 
     def batch_email(self, messages: Sequence[OutboundMessage]) -> AnymailMessage:
-        if len(messages) == 1:
-            return super().batch_email(messages)
-        email = AnymailMessage(subject="-salvo_subject-", body="-salvo_text-")
-        if messages[0].html_body:
-            email.attach_alternative("-salvo_html-", "text/html")
-        email.merge_data = {
-            message.to: {
-                "salvo_subject": message.subject,
-                "salvo_text": message.body,
-                **({"salvo_html": message.html_body} if message.html_body else {}),
-            }
-            for message in messages
-        }
-        email.esp_extra = {"merge_field_format": "-{}-"}
+        email = super().batch_email(messages)
+        if email.merge_data:
+            email.esp_extra = {"merge_field_format": self.substitution}
         return email
+
+
+class MailgunBackend(EspBackend):
+    """Mailgun (``MAILGUN_API_KEY``, ``MAILGUN_API_URL``, ``MAILGUN_SENDER_DOMAIN``, else
+    the domain of the preset's sender): a batch is one ``/<domain>/messages`` to at most
+    1000 recipients (Mailgun's limit) with ``recipient-variables``.
+
+    Mailgun substitutes ``%recipient.<name>%`` anywhere in a batch message, so personalised
+    messages share a batch: the content is ``%recipient.salvo_subject%``… and each
+    recipient's rendered content is its merge data (anymail's ``merge_data``); its
+    ``salvo_delivery_id`` (``merge_metadata``) and its headers (``merge_headers``) reach
+    Mailgun the same way, as ``v:`` and ``h:`` fields whose values are recipient
+    variables, so each recipient gets its own ``X-Salvo-Delivery-Id`` and
+    ``List-Unsubscribe``. A batch carries at most ``MAILGUN_BATCH_MAX_BYTES`` of rendered
+    content (Mailgun accepts messages up to 25 MB; the recipient variables are JSON, whose
+    escapes may double non-ASCII text), and a bigger message goes alone."""
+
+    channels = frozenset({ChannelKind.EMAIL})
+    anymail_backend = "anymail.backends.mailgun.EmailBackend"
+    batch_size = 1000
+    substitution = "%recipient.{}%"
+    substitution_max_bytes = MAILGUN_BATCH_MAX_BYTES
+    batch_max_bytes = MAILGUN_BATCH_MAX_BYTES
 
 
 # ESPs sent one message per recipient: anymail's batch send is there for them too, but no
 # local emulation of their API checks it, so Salvo does not rely on it.
-class MailgunBackend(EspBackend):
-    """Mailgun (``MAILGUN_API_KEY``, ``MAILGUN_API_URL``, ``MAILGUN_SENDER_DOMAIN``)."""
-
-    channels = frozenset({ChannelKind.EMAIL})
-    anymail_backend = "anymail.backends.mailgun.EmailBackend"
-
-
 class SparkPostBackend(EspBackend):
     """SparkPost (``SPARKPOST_API_KEY``, ``SPARKPOST_API_URL``)."""
 
