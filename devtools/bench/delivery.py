@@ -48,7 +48,7 @@ class DeliveryBenchmark:
     cap_runs: bool = True
     # The ESP whose emulated API the run with email through anymail sends to (a key of
     # devtools.sinks.running.ESP_BACKENDS).
-    esp: str = "sendgrid"
+    esp: str = "mailgun"
 
     def run(
         self,

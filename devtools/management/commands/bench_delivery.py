@@ -34,7 +34,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--esp",
             choices=[*ESP_BACKENDS, "none"],
-            default="sendgrid",
+            default="mailgun",
             help="The ESP whose emulated API a run with email through anymail sends to "
             "(none skips it).",
         )
