@@ -117,6 +117,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "taggit",
     "csp",
+    "anymail",
     "segments",
     "channels",
     "campaigns",
@@ -631,6 +632,20 @@ SALVO_FCM = {
     "project_id": env.str("SALVO_FCM_PROJECT_ID", default=""),
     "api_url": env.str("SALVO_FCM_API_URL", default="https://fcm.googleapis.com"),
 }
+# Email service providers through django-anymail (channels.providers.esp: a preset's backend
+# or SALVO_EMAIL_BACKEND=channels.providers.esp.PostmarkBackend…): anymail's settings, each
+# from the environment variable of the same name when set (never from the database), e.g.
+# POSTMARK_SERVER_TOKEN, SENDGRID_API_KEY; *_API_URL points an ESP elsewhere (the local sink).
+_ANYMAIL_ENV = (
+    "POSTMARK_SERVER_TOKEN", "POSTMARK_API_URL",
+    "SENDGRID_API_KEY", "SENDGRID_API_URL",
+    "MAILGUN_API_KEY", "MAILGUN_API_URL", "MAILGUN_SENDER_DOMAIN",
+    "SPARKPOST_API_KEY", "SPARKPOST_API_URL",
+    "BREVO_API_KEY", "BREVO_API_URL",
+    "RESEND_API_KEY", "RESEND_API_URL",
+)  # fmt: skip
+ANYMAIL = {name: env.str(name) for name in _ANYMAIL_ENV if env.str(name, default="")}
+ANYMAIL["REQUESTS_TIMEOUT"] = SALVO_PROVIDER_TIMEOUT_S
 # Whether webhook URLs may target loopback, private, link-local, multicast and reserved
 # addresses. Off in production, so that whoever edits a preset cannot make this server
 # call its own or its network's private services (checked when a preset is saved, and

@@ -17,6 +17,7 @@ import functools
 import smtplib
 from collections.abc import Sequence
 from email.utils import formataddr, make_msgid
+from typing import TYPE_CHECKING
 
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
@@ -32,6 +33,9 @@ from . import (
     TransientProviderError,
 )
 
+if TYPE_CHECKING:
+    from channels.models import MessagePreset
+
 DELIVERY_ID_HEADER = "X-Salvo-Delivery-Id"
 
 
@@ -45,6 +49,13 @@ def _classify(code: int | None, reason: str) -> TransientProviderError | Permane
     if code is not None and 400 <= code < 500:
         return TransientProviderError(reason)
     return PermanentProviderError(reason)
+
+
+def preset_sender(preset: MessagePreset) -> str:
+    """The preset's From: its address, with its display name when it has one."""
+    if preset.from_name:
+        return formataddr((preset.from_name, preset.from_email))
+    return preset.from_email
 
 
 class EmailBackend(ProviderBackend):
@@ -76,9 +87,7 @@ class EmailBackend(ProviderBackend):
             connection.close()
 
     def _sender(self) -> str:
-        if self.preset.from_name:
-            return formataddr((self.preset.from_name, self.preset.from_email))
-        return self.preset.from_email
+        return preset_sender(self.preset)
 
     @functools.cached_property
     def _sender_text(self) -> str:

@@ -2,6 +2,7 @@
 
     manage.py bench_delivery --profiles 1000000 --channels email,sms [--workers 2]
                              [--naive-profiles 5000] [--smtp-profiles 10000]
+                             [--esp mailgun|postmark|sendgrid|none] [--esp-profiles N]
 
 Meant for PostgreSQL + Redis (`make services`); it runs on the embedded default too, slowly.
 It generates the profiles (kept between runs), starts the local sink servers and a worker
@@ -13,7 +14,12 @@ messages accepted twice for one delivery id at the sinks.
 
 Email goes through the HTTP batch email API (``channels.providers.email_api``), as a
 high-volume sender's would; a separate run over SMTP on a smaller audience is printed as a
-human line (not in the JSON), so that both figures are known.
+human line (not in the JSON), so that both figures are known. And the same audience once
+more (``--esp-profiles``, default ``--profiles``) with email through django-anymail's own
+backend for an ESP (``--esp``, default Mailgun, whose batch call carries personalised
+content, as SendGrid's does; Postmark's carries one content only) to the sink's emulation
+of that ESP's API (``devtools.sinks.esp``), printed beside the generic HTTP figure of the
+same run and added to the JSON as `esp`, `esp_deliveries_per_s` and `esp_worker_peak_rss_mb`.
 
 Then the server time of the campaign's report, ``GET /api/campaigns/{id}/report/``, of its
 admin change page, ``GET /admin/campaigns/campaign/{id}/change/`` (with its live report),

@@ -1,6 +1,7 @@
 """The delivery benchmark's runs: the engine on the big audience, a small campaign whose
-pages are timed beside the big one's, the naive baseline, and email over SMTP; then one
-summary (see ``devtools.bench``)."""
+pages are timed beside the big one's, the naive baseline, email over SMTP, and the big
+audience again with email through anymail to an emulated ESP; then one summary (see
+``devtools.bench``)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,18 @@ class DeliveryBenchmark:
     # The frequency caps' runs (devtools.bench.caps): two marketing campaigns to the same
     # audience, without and with one cap rule.
     cap_runs: bool = True
+    # The ESP whose emulated API the run with email through anymail sends to (a key of
+    # devtools.sinks.running.ESP_BACKENDS).
+    esp: str = "mailgun"
 
     def run(
-        self, *, profiles: int, channels: list[str], naive_profiles: int, smtp_profiles: int
+        self,
+        *,
+        profiles: int,
+        channels: list[str],
+        naive_profiles: int,
+        smtp_profiles: int,
+        esp_profiles: int = 0,
     ) -> dict[str, Any]:
         n = profiles
         if connection.vendor != "postgresql" or not settings.CELERY_BROKER_URL.startswith("redis"):
@@ -93,6 +103,16 @@ class DeliveryBenchmark:
                     self._worker(sink, Path(folder), email_api=False) as worker,
                 ):
                     _, smtp = self._run_engine("smtp-", smtp_profiles, channels, sink, worker)
+            through_esp: dict[str, float] = {}
+            if esp_profiles:
+                with (
+                    running_sinks(record=record, content=False) as sink,
+                    self._worker(sink, Path(folder), email_api=False, esp=self.esp) as worker,
+                ):
+                    self.say(f"email through anymail to the emulated {self.esp} API:")
+                    _, through_esp = self._run_engine(
+                        "bench-", esp_profiles, channels, sink, worker, measure_export=False
+                    )
             duplicates = count_duplicates(read_records(record))
         self.say(f"naive design: {naive:.1f} deliveries/s on {naive_profiles} profiles")
         if smtp:
@@ -101,6 +121,19 @@ class DeliveryBenchmark:
                 f"{smtp['deliveries_per_s']:.0f} deliveries/s on {smtp_profiles} profiles × "
                 f"{len(channels)} channels (first message {smtp['first_message_s']:.3f}s)"
             )
+        esp_figures: dict[str, Any] = {}
+        if through_esp:
+            self.say(
+                f"email through anymail ({self.esp}): {through_esp['deliveries_per_s']:.0f} "
+                f"deliveries/s on {esp_profiles} profiles × {len(channels)} channels, beside "
+                f"{result['deliveries_per_s']:.0f}/s through the generic HTTP batch API "
+                f"(first message {through_esp['first_message_s']:.3f}s)"
+            )
+            esp_figures = {
+                "esp": self.esp,
+                "esp_deliveries_per_s": round(through_esp["deliveries_per_s"], 1),
+                "esp_worker_peak_rss_mb": round(through_esp["rss_mb"], 1),
+            }
         self.say(f"duplicates at the sinks: {duplicates}")
         return {
             "profiles": n,
@@ -115,12 +148,15 @@ class DeliveryBenchmark:
             "export_rows_per_s": round(result["export_rows_per_s"], 1),
             "export_peak_rss_mb": round(result["export_rss_mb"], 1),
             **capped,
+            **esp_figures,
         }
 
     def _worker(
-        self, sink: RunningSinks, folder: Path, *, email_api: bool
+        self, sink: RunningSinks, folder: Path, *, email_api: bool, esp: str = ""
     ) -> AbstractContextManager[int]:
-        return running_worker(sink, self.workers, folder, email_api=email_api, say=self.say)
+        return running_worker(
+            sink, self.workers, folder, email_api=email_api, esp=esp, say=self.say
+        )
 
     def _run_engine(
         self,
@@ -131,10 +167,11 @@ class DeliveryBenchmark:
         worker: int,
         *,
         marketing: bool = False,
+        measure_export: bool = True,
     ) -> tuple[Campaign, dict[str, float]]:
         """A campaign to the n prefix… profiles, activated until Completed, with its rates;
         a transactional one, whose CSV export is measured too, unless `marketing` (the
-        frequency caps' runs, only timed)."""
+        frequency caps' runs) or not `measure_export` (the run through an ESP): only timed."""
         kind = CampaignType.MARKETING if marketing else CampaignType.TRANSACTIONAL
         campaign = campaign_create(prefix, n, channels, sink, campaign_type=kind)
         already = len(read_records(sink.record))
@@ -159,7 +196,7 @@ class DeliveryBenchmark:
             f"peak RSS per worker process {result['rss_mb']:.0f} MB "
             f"({', '.join(f'{v:.0f}' for v in rss.values())})"
         )
-        if marketing:
+        if marketing or not measure_export:
             return campaign, result
         export = csv_export_measure(campaign, Path(tempfile.gettempdir()))
         result["export_rows_per_s"], result["export_rss_mb"] = export

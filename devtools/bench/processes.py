@@ -74,13 +74,15 @@ def running_worker(
     *,
     email_api: bool,
     say: Callable[[str], None],
+    esp: str = "",
 ) -> Iterator[int]:
     """A Celery worker with `processes` pool processes sending every channel to the sink
-    (email through the HTTP batch API, or over SMTP), until the block ends: its pid."""
-    log = folder / f"worker-{'api' if email_api else 'smtp'}.log"
+    (email through the HTTP batch API, over SMTP, or with `esp` through anymail to that
+    ESP's emulated API), until the block ends: its pid."""
+    log = folder / f"worker-{esp or ('api' if email_api else 'smtp')}.log"
     env = {
         **_production_like_env(),
-        **sink.provider_env(email_api=email_api),
+        **sink.provider_env(email_api=email_api, esp=esp),
         "PYTHONUNBUFFERED": "1",
     }
     command = [

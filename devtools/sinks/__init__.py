@@ -12,6 +12,8 @@ One process, one asyncio loop, two loopback servers:
   them with the providers' own client libraries: Twilio's Messages API
   (``devtools.sinks.twilio``) and FCM HTTP v1 with its OAuth token endpoint
   (``devtools.sinks.fcm``).
+* on the same HTTP port, the send APIs of three email service providers, Mailgun,
+  Postmark and SendGrid, as django-anymail calls them (``devtools.sinks.esp``).
 
 Every attempt is appended to a JSON-lines record file (``channel``, ``delivery_id``, ``to``,
 ``status``, ``accepted``, and with ``content`` the headers and body), so other processes can

@@ -16,11 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from . import twilio
+from .esp import anymail_settings
 from .records import count_duplicates, read_records
 from .rules import FailureRules
 
 SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 EMAIL_API_BACKEND = "channels.providers.email_api.BatchEmailBackend"
+# The email service providers the HTTP sink emulates, and the backend that sends to each.
+ESP_BACKENDS = {
+    "mailgun": "channels.providers.esp.MailgunBackend",
+    "postmark": "channels.providers.esp.PostmarkBackend",
+    "sendgrid": "channels.providers.esp.SendGridBackend",
+}
 # The checkout's root, where ``python -m devtools.sinks`` finds the package.
 BASE_DIR = Path(__file__).resolve().parents[2]
 
@@ -77,12 +84,13 @@ class RunningSinks:
                 )
             time.sleep(0.02)
 
-    def provider_settings(self, *, email_api: bool = False) -> dict[str, Any]:
+    def provider_settings(self, *, email_api: bool = False, esp: str = "") -> dict[str, Any]:
         """Settings that send every channel to these sinks, for ``override_settings``; email
-        over SMTP, or with ``email_api`` through the HTTP batch email API."""
+        over SMTP, with ``email_api`` through the HTTP batch email API, or with ``esp``
+        (``mailgun``, ``postmark``, ``sendgrid``) through anymail to that ESP's emulated API."""
         return {
             "SALVO_PROVIDER_BACKENDS": {
-                "email": "channels.providers.email.EmailBackend",
+                "email": ESP_BACKENDS[esp] if esp else "channels.providers.email.EmailBackend",
                 "sms": "channels.providers.http.SmsBackend",
                 "push": "channels.providers.http.PushBackend",
                 "webhook": "channels.providers.http.WebhookBackend",
@@ -98,6 +106,7 @@ class RunningSinks:
             "SALVO_SMS_PROVIDER": {"url": f"{self.http_url}/sms", "api_key": "sink-key"},
             "SALVO_PUSH_PROVIDER": {"url": f"{self.http_url}/push", "api_key": "sink-key"},
             "SALVO_EMAIL_API": {"url": f"{self.http_url}/email", "api_key": "sink-key"},
+            "ANYMAIL": anymail_settings(self.http_url) | {"REQUESTS_TIMEOUT": 10.0},
             # The sinks listen on loopback, which production refuses webhooks to.
             "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": True,
             # Presets that name the Twilio or FCM backend reach the sink's emulations.
@@ -114,13 +123,16 @@ class RunningSinks:
             },
         }
 
-    def provider_env(self, *, email_api: bool = False) -> dict[str, str]:
+    def provider_env(self, *, email_api: bool = False, esp: str = "") -> dict[str, str]:
         """The same as environment variables, for worker processes started by tests."""
         return {
             "EMAIL_BACKEND": EMAIL_API_BACKEND if email_api else SMTP_BACKEND,
             "SALVO_EMAIL_API_URL": f"{self.http_url}/email",
             "SALVO_EMAIL_API_KEY": "sink-key",
-            "SALVO_EMAIL_BACKEND": "channels.providers.email.EmailBackend",
+            **anymail_settings(self.http_url),
+            "SALVO_EMAIL_BACKEND": (
+                ESP_BACKENDS[esp] if esp else "channels.providers.email.EmailBackend"
+            ),
             "SALVO_SMS_BACKEND": "channels.providers.http.SmsBackend",
             "SALVO_PUSH_BACKEND": "channels.providers.http.PushBackend",
             "SALVO_WEBHOOK_BACKEND": "channels.providers.http.WebhookBackend",

@@ -15,6 +15,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import IO, Any
 
+from .esp import esp_api
 from .fcm import FcmEmulation
 from .rules import FailureRules
 from .twilio import TwilioEmulation
@@ -23,8 +24,14 @@ DELIVERY_ID_HEADER = "X-Salvo-Delivery-Id"
 HEALTH_PATH = "/_sink/health"
 # Keys of an HTTP JSON body that name the recipient, by channel convention.
 _RECIPIENT_KEYS = ("to", "token")
-_HTTP_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized"}
-_HTTP_REASONS |= {403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}
+_HTTP_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request"}
+_HTTP_REASONS |= {
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    422: "Unprocessable Entity",
+}
+_HTTP_REASONS |= {429: "Too Many Requests"}
 _HTTP_REASONS |= {431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
@@ -156,11 +163,11 @@ class SinkServer:
         self,
         writer: asyncio.StreamWriter,
         status: int,
-        answer: dict[str, Any],
+        answer: Any,
         extra_headers: dict[str, str],
         keep_alive: bool,
     ) -> None:
-        payload = json.dumps(answer).encode()
+        payload = b"" if answer is None else json.dumps(answer).encode()
         lines = [
             f"HTTP/1.1 {status} {_HTTP_REASONS.get(status, 'Status')}",
             "Content-Type: application/json",
@@ -173,7 +180,7 @@ class SinkServer:
 
     async def _answer_http(
         self, method: str, target: str, headers: dict[str, str], body: bytes, peer: str
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+    ) -> tuple[int, Any, dict[str, str]]:
         path = target.split("?", 1)[0]
         if path == HEALTH_PATH:
             return 200, {"ok": True}, {}
@@ -182,6 +189,9 @@ class SinkServer:
                 return await emulation.answer(method, path, headers, body, peer)
         if method != "POST":
             return 404, {"error": f"{method} {path} is not a sink endpoint"}, {}
+        esp = esp_api(path)
+        if esp is not None:  # an email service provider's own API (devtools.sinks.esp)
+            return await esp(self, path, headers, body)
         try:
             data = json.loads(body) if body else None
         except ValueError:

@@ -31,6 +31,10 @@ SHIPPED: dict[str, set[str]] = {
     "channels.providers.console.ConsoleBackend": set(ChannelKind.values),
     "channels.providers.locmem.LocmemBackend": set(ChannelKind.values),
     "channels.providers.email.EmailBackend": {ChannelKind.EMAIL},
+    **{
+        f"channels.providers.esp.{name}Backend": {ChannelKind.EMAIL}
+        for name in ("Postmark", "SendGrid", "Mailgun", "SparkPost", "Brevo", "Resend")
+    },
     "channels.providers.http.SmsBackend": {ChannelKind.SMS},
     "channels.providers.http.PushBackend": {ChannelKind.PUSH},
     "channels.providers.http.WebhookBackend": {ChannelKind.WEBHOOK},
@@ -117,6 +121,7 @@ def test_api_refuses_an_import_with_a_side_effect_of_the_standard_library(api_cl
         pytest.param("channels.providers.http.HttpProviderBackend", "sms", id="abstract-http"),
         pytest.param("channels.providers.http.SmsBackend", "email", id="other-channel"),
         pytest.param("channels.providers.email.EmailBackend", "sms", id="email-for-sms"),
+        pytest.param("channels.providers.esp.PostmarkBackend", "push", id="esp-for-push"),
         pytest.param("channels.models.MessagePreset", "sms", id="not-a-backend"),
         pytest.param("os.system", "sms", id="a-function"),
     ],

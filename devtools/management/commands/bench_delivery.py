@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from channels.choices import ChannelKind
 from devtools.bench import BenchmarkError, DeliveryBenchmark
+from devtools.sinks.running import ESP_BACKENDS
 
 
 class Command(BaseCommand):
@@ -29,6 +30,19 @@ class Command(BaseCommand):
             default=None,
             help="Audience of the email-over-SMTP run (default: 1%% of --profiles, 1000 to "
             "10000; 0 skips).",
+        )
+        parser.add_argument(
+            "--esp",
+            choices=[*ESP_BACKENDS, "none"],
+            default="mailgun",
+            help="The ESP whose emulated API a run with email through anymail sends to "
+            "(none skips it).",
+        )
+        parser.add_argument(
+            "--esp-profiles",
+            type=int,
+            default=None,
+            help="Audience of the run with email through anymail (default: --profiles; 0 skips).",
         )
         parser.add_argument("--timeout", type=float, default=3600.0)
         parser.add_argument(
@@ -58,17 +72,25 @@ class Command(BaseCommand):
         smtp_n = options["smtp_profiles"]
         if smtp_n is None:
             smtp_n = max(1000, min(10_000, n // 100))
+        esp_n = n if options["esp_profiles"] is None else options["esp_profiles"]
         if ChannelKind.EMAIL not in channels:
-            smtp_n = 0
+            smtp_n = esp_n = 0
+        if options["esp"] == "none":
+            esp_n = 0
         benchmark = DeliveryBenchmark(
             say=self.say,
             workers=options["workers"],
             timeout=options["timeout"],
             cap_runs=not options["no_cap_runs"],
+            esp=options["esp"],
         )
         try:
             summary = benchmark.run(
-                profiles=n, channels=channels, naive_profiles=naive_n, smtp_profiles=smtp_n
+                profiles=n,
+                channels=channels,
+                naive_profiles=naive_n,
+                smtp_profiles=smtp_n,
+                esp_profiles=esp_n,
             )
         except BenchmarkError as error:
             raise CommandError(str(error)) from error

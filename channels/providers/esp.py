@@ -1,0 +1,391 @@
+"""Email through an email service provider's HTTP API, by django-anymail's own backends.
+
+One class per ESP (``PostmarkBackend``, ``SendGridBackend``…), each naming anymail's
+backend for it; a preset chooses one in its ``backend`` field, or ``SALVO_EMAIL_BACKEND``
+makes one the default. Credentials and API URLs are anymail's settings (``ANYMAIL``,
+filled from the environment in ``config.settings``), never the database.
+
+A batch opens one anymail connection (one ``requests`` session, its connections kept
+alive) and sends every message of every chunk over it. Each message carries:
+
+* anymail metadata ``salvo_delivery_id`` (the tracking webhooks give it back);
+* the ``X-Salvo-Delivery-Id`` header, the idempotency key every Salvo email carries;
+* the message's own headers (``List-Unsubscribe``, ``List-Unsubscribe-Post``).
+
+Batch sending: anymail sends one message with several ``to`` as the ESP's batch call
+(Postmark's ``/email/batch``, SendGrid's personalizations, Mailgun's recipient variables),
+each recipient getting its own metadata and headers (``merge_metadata``, ``merge_headers``).
+Per-recipient content needs the ESP to substitute merge fields without a stored template:
+Mailgun (``%recipient.<name>%``) and SendGrid (``-<name>-``) do, so their batch carries
+each recipient's rendered subject, text and HTML as merge data (``MailgunBackend``,
+``SendGridBackend``). With the others only messages whose rendered content is the same go
+as one batch call; a personalised message, the common case, goes alone, over the same
+kept-alive connection. A batch never holds one address twice, nor messages with different
+header names. Measured to the local sink (``bench_delivery``, 20,000 profiles × email + SMS
+on PostgreSQL, 2 workers; each figure beside Salvo's generic HTTP batch API in the same run,
+as the machine's load varies between runs): 7,312 deliveries/s with Mailgun (9,538/s),
+4,636/s with SendGrid (7,141/s), both a request per 1,000 emails at most; 745/s with
+Postmark, a request per personalised email (4,920/s).
+
+A batch the ESP refuses as a whole for a reason that retrying cannot cure (SendGrid and
+Mailgun answer 400 when one address is invalid) is sent again one message at a time, so
+only the refused recipients fail.
+
+Outcomes: a recipient anymail reports ``sent`` or ``queued`` is sent (its message id kept);
+``rejected``, ``invalid`` or ``failed`` is a ``PermanentProviderError`` with the ESP's
+answer; a timeout, a connection error, 408, 429 and 5xx are ``TransientProviderError``
+(``Retry-After`` honoured). Amazon SES needs boto3, which Salvo does not install: it is
+not registered here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from typing import ClassVar
+
+import requests
+from anymail.exceptions import AnymailError, AnymailRequestsAPIError
+from anymail.message import AnymailMessage
+from django.core.mail import get_connection
+from django.core.mail.backends.base import BaseEmailBackend
+
+from channels.choices import ChannelKind
+
+from . import (
+    OutboundMessage,
+    PermanentProviderError,
+    ProviderBackend,
+    ProviderError,
+    SendResult,
+    TransientProviderError,
+)
+from .email import DELIVERY_ID_HEADER, preset_sender
+from .http import MAX_REASON_CHARS, classify_status, parse_retry_after
+
+__all__ = [
+    "DELIVERY_ID_METADATA",
+    "BrevoBackend",
+    "EspBackend",
+    "MailgunBackend",
+    "PostmarkBackend",
+    "ResendBackend",
+    "SendGridBackend",
+    "SparkPostBackend",
+]
+
+# The anymail metadata key that carries the delivery id (read back from tracking webhooks).
+DELIVERY_ID_METADATA = "salvo_delivery_id"
+# SendGrid's limit on the substitutions of one personalization (its documented maximum).
+SENDGRID_SUBSTITUTIONS_MAX_BYTES = 10_000
+# The rendered content of one Mailgun batch call, all recipients together: well under the
+# 25 MB Mailgun accepts per message, leaving room for the JSON of the recipient variables.
+MAILGUN_BATCH_MAX_BYTES = 10_000_000
+# anymail's recipient statuses that mean the ESP took the message.
+_ACCEPTED = frozenset({"sent", "queued"})
+
+
+def _content_bytes(message: OutboundMessage) -> int:
+    return sum(len(part.encode()) for part in (message.subject, message.body, message.html_body))
+
+
+def _reason(text: str) -> str:
+    return " ".join(text.split())[:MAX_REASON_CHARS]
+
+
+def _api_error(error: AnymailRequestsAPIError, esp: str) -> ProviderError:
+    """A refused or failed request: the ESP's status and answer, classified for retry."""
+    response = error.response
+    if response is None or error.status_code is None:  # timeout, connection refused…
+        cause = error.__cause__ or error
+        return TransientProviderError(_reason(f"{esp} cannot be reached: {cause}"))
+    return classify_status(
+        response.status_code,
+        _reason(f"{esp} answered {response.status_code}: {response.text}"),
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+    )
+
+
+def _said_about(answer: requests.Response | None, address: str) -> str:
+    """What the ESP's answer says about ``address``: its own result in a batch answer
+    (Postmark's list of results), else the whole answer."""
+    if answer is None:
+        return ""
+    try:
+        results = answer.json()
+    except ValueError:
+        return answer.text
+    if isinstance(results, list):
+        for result in results:
+            said = json.dumps(result)
+            if address.lower() in said.lower():
+                return str(result.get("Message", said)) if isinstance(result, dict) else said
+    return answer.text
+
+
+class EspBackend(ProviderBackend):
+    """Sends email through anymail's backend for one ESP (``anymail_backend``); each
+    concrete subclass names its ESP and serves email."""
+
+    # anymail's email backend for the ESP, e.g. "anymail.backends.postmark.EmailBackend".
+    anymail_backend: ClassVar[str] = ""
+    # Recipients of one batch call; 1: anymail's batch send is not used for this ESP.
+    batch_size: ClassVar[int] = 1
+    # The ESP's syntax for a per-recipient substitution in a batch call without a stored
+    # template ("-{}-" for SendGrid), empty when it has none: batches then share one content.
+    substitution: ClassVar[str] = ""
+    # A message whose content passes this many bytes does not go by substitution.
+    substitution_max_bytes: ClassVar[int] = 0
+    # The rendered content one batch call may carry by substitution, all recipients together.
+    batch_max_bytes: ClassVar[int | None] = None
+
+    connection: BaseEmailBackend | None = None
+
+    @property
+    def esp(self) -> str:
+        return type(self).__name__.removesuffix("Backend")
+
+    def open(self) -> None:
+        """Start the batch's HTTP session (missing credentials raise
+        ``ImproperlyConfigured``: anymail reads them when the connection is made)."""
+        if self.connection is not None:
+            return
+        # Each recipient's status is read here, so anymail must not raise when all refuse.
+        connection = get_connection(
+            self.anymail_backend, fail_silently=False, ignore_recipient_status=True
+        )
+        connection.open()
+        self.connection = connection
+
+    def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
+
+    @functools.cached_property
+    def _sender(self) -> str:
+        return preset_sender(self.preset)
+
+    def content_key(self, message: OutboundMessage) -> tuple[str, ...]:
+        """Messages of one key may share a batch call: one rendered content (any content
+        where the ESP substitutes it per recipient, unless too big for that), one set of
+        header names (so that no recipient gets another's header as an empty one)."""
+        headers = tuple(sorted(name.lower() for name in message.headers))
+        if self.substitution and _content_bytes(message) <= self.substitution_max_bytes:
+            return ("substituted", "html" if message.html_body else "", *headers)
+        return (message.subject, message.body, message.html_body, *headers)
+
+    def batch_email(self, messages: Sequence[OutboundMessage]) -> AnymailMessage:
+        """One anymail message to every recipient of ``messages`` (of one content key),
+        with its content; recipients, headers and metadata are added by the caller. With
+        several recipients and an ESP that substitutes, the content is made of merge
+        fields and each recipient's rendered content is its merge data."""
+        first = messages[0]
+        if len(messages) == 1 or not self.substitution:
+            email = AnymailMessage(subject=first.subject, body=first.body)
+            if first.html_body:
+                email.attach_alternative(first.html_body, "text/html")
+            return email
+        field = self.substitution.format
+        email = AnymailMessage(subject=field("salvo_subject"), body=field("salvo_text"))
+        if first.html_body:
+            email.attach_alternative(field("salvo_html"), "text/html")
+        email.merge_data = {
+            message.to: {
+                "salvo_subject": message.subject,
+                "salvo_text": message.body,
+                **({"salvo_html": message.html_body} if message.html_body else {}),
+            }
+            for message in messages
+        }
+        return email
+
+    def _email(self, messages: Sequence[OutboundMessage]) -> AnymailMessage:
+        email = self.batch_email(messages)
+        email.from_email = self._sender
+        email.to = [message.to for message in messages]
+        email.reply_to = [self.preset.reply_to] if self.preset.reply_to else []
+        headers = {
+            message.to: {**message.headers, DELIVERY_ID_HEADER: str(message.delivery_id)}
+            for message in messages
+        }
+        metadata = {
+            message.to: {DELIVERY_ID_METADATA: str(message.delivery_id)} for message in messages
+        }
+        if len(messages) == 1:
+            email.extra_headers = headers[messages[0].to]
+            email.metadata = metadata[messages[0].to]
+        else:
+            email.merge_headers = headers
+            email.merge_metadata = metadata
+        return email
+
+    def _send_email(self, messages: Sequence[OutboundMessage]) -> list[SendResult | ProviderError]:
+        """Send one anymail message to ``messages``' recipients: each one's outcome."""
+        if self.connection is None:
+            self.open()
+        assert self.connection is not None
+        try:
+            email = self._email(messages)
+            self.connection.send_messages([email])
+        except AnymailRequestsAPIError as error:
+            outcome = _api_error(error, self.esp)
+            if len(messages) > 1 and isinstance(outcome, PermanentProviderError):
+                # Refused as a whole: alone, only the refused recipients fail.
+                return [self._send_email([message])[0] for message in messages]
+            return [outcome] * len(messages)
+        except (AnymailError, ValueError) as error:  # an address or header anymail refuses
+            return [PermanentProviderError(_reason(f"Cannot build the email: {error}"))] * len(
+                messages
+            )
+        except requests.RequestException as error:
+            return [TransientProviderError(_reason(f"{self.esp} cannot be reached: {error}"))] * (
+                len(messages)
+            )
+        statuses = email.anymail_status.recipients
+        answer = email.anymail_status.esp_response
+        outcomes: list[SendResult | ProviderError] = []
+        for message in messages:
+            status = statuses.get(message.to)
+            if status is not None and status.status in _ACCEPTED:
+                outcomes.append(SendResult(provider_message_id=str(status.message_id or "")))
+            elif status is None or status.status == "unknown":
+                outcomes.append(
+                    TransientProviderError(f"{self.esp} gave no status for {message.to}.")
+                )
+            else:
+                said = _said_about(answer, message.to)
+                outcomes.append(
+                    PermanentProviderError(
+                        _reason(f"{self.esp}: {message.to} {status.status}: {said}")
+                    )
+                )
+        return outcomes
+
+    def _batches(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
+        """Positions of ``messages`` grouped into batch calls: one content key, each
+        address once, at most ``batch_size`` recipients and ``batch_max_bytes`` of
+        substituted content; in the order of their first message."""
+        batches: list[list[int]] = []
+        # content key -> (positions, addresses, bytes of content)
+        open_batch: dict[tuple[str, ...], tuple[list[int], set[str], list[int]]] = {}
+        for position, message in enumerate(messages):
+            content = self.content_key(message)
+            address = message.to.lower()
+            size = _content_bytes(message) if self.batch_max_bytes else 0
+            batch = open_batch.get(content)
+            if (
+                batch is None
+                or address in batch[1]
+                or len(batch[0]) >= self.batch_size
+                or (self.batch_max_bytes and batch[2][0] + size > self.batch_max_bytes)
+            ):
+                batch = ([], set(), [0])
+                open_batch[content] = batch
+                batches.append(batch[0])
+            batch[0].append(position)
+            batch[1].add(address)
+            batch[2][0] += size
+        return batches
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        outcome = self.send_batch([message])[0]
+        if isinstance(outcome, ProviderError):
+            raise outcome
+        return outcome
+
+    def send_batch(self, messages: Sequence[OutboundMessage]) -> list[SendResult | ProviderError]:
+        outcomes: list[SendResult | ProviderError | None] = [None] * len(messages)
+        opened_here = self.connection is None
+        if opened_here and messages:
+            self.open()
+        try:
+            for batch in self._batches(messages):
+                sent = self._send_email([messages[position] for position in batch])
+                for position, outcome in zip(batch, sent, strict=True):
+                    outcomes[position] = outcome
+        finally:
+            if opened_here:
+                self.close()
+        return [outcome for outcome in outcomes if outcome is not None]
+
+
+class PostmarkBackend(EspBackend):
+    """Postmark (``ANYMAIL["POSTMARK_SERVER_TOKEN"]``, ``POSTMARK_API_URL``); a batch of
+    one content goes to ``/email/batch``, at most 500 messages per call (Postmark's limit)."""
+
+    channels = frozenset({ChannelKind.EMAIL})
+    anymail_backend = "anymail.backends.postmark.EmailBackend"
+    batch_size = 500
+
+
+class SendGridBackend(EspBackend):
+    """SendGrid v3 (``SENDGRID_API_KEY``, ``SENDGRID_API_URL``): a batch is one
+    ``/mail/send`` with a personalization per recipient, at most 1000 (SendGrid's limit).
+
+    SendGrid substitutes per-personalization values in the subject, the content and the
+    headers without a stored template, so personalised messages share a batch too: the
+    content is ``-salvo_subject-``, ``-salvo_text-`` (``-salvo_html-``) and each
+    recipient's rendered content is its merge data. A message whose content passes
+    SendGrid's 10,000 bytes of substitutions per personalization goes alone. anymail 15
+    no longer supports SendGrid officially (it warns ``AnymailNotSupportedWarning`` when
+    the connection opens); Mailgun does the same batching with official support."""
+
+    channels = frozenset({ChannelKind.EMAIL})
+    anymail_backend = "anymail.backends.sendgrid.EmailBackend"
+    batch_size = 1000
+    substitution = "-{}-"
+    substitution_max_bytes = SENDGRID_SUBSTITUTIONS_MAX_BYTES
+
+    def batch_email(self, messages: Sequence[OutboundMessage]) -> AnymailMessage:
+        email = super().batch_email(messages)
+        if email.merge_data:
+            email.esp_extra = {"merge_field_format": self.substitution}
+        return email
+
+
+class MailgunBackend(EspBackend):
+    """Mailgun (``MAILGUN_API_KEY``, ``MAILGUN_API_URL``, ``MAILGUN_SENDER_DOMAIN``, else
+    the domain of the preset's sender): a batch is one ``/<domain>/messages`` to at most
+    1000 recipients (Mailgun's limit) with ``recipient-variables``.
+
+    Mailgun substitutes ``%recipient.<name>%`` anywhere in a batch message, so personalised
+    messages share a batch: the content is ``%recipient.salvo_subject%``… and each
+    recipient's rendered content is its merge data (anymail's ``merge_data``); its
+    ``salvo_delivery_id`` (``merge_metadata``) and its headers (``merge_headers``) reach
+    Mailgun the same way, as ``v:`` and ``h:`` fields whose values are recipient
+    variables, so each recipient gets its own ``X-Salvo-Delivery-Id`` and
+    ``List-Unsubscribe``. A batch carries at most ``MAILGUN_BATCH_MAX_BYTES`` of rendered
+    content (Mailgun accepts messages up to 25 MB; the recipient variables are JSON, whose
+    escapes may double non-ASCII text), and a bigger message goes alone."""
+
+    channels = frozenset({ChannelKind.EMAIL})
+    anymail_backend = "anymail.backends.mailgun.EmailBackend"
+    batch_size = 1000
+    substitution = "%recipient.{}%"
+    substitution_max_bytes = MAILGUN_BATCH_MAX_BYTES
+    batch_max_bytes = MAILGUN_BATCH_MAX_BYTES
+
+
+# ESPs sent one message per recipient: anymail's batch send is there for them too, but no
+# local emulation of their API checks it, so Salvo does not rely on it.
+class SparkPostBackend(EspBackend):
+    """SparkPost (``SPARKPOST_API_KEY``, ``SPARKPOST_API_URL``)."""
+
+    channels = frozenset({ChannelKind.EMAIL})
+    anymail_backend = "anymail.backends.sparkpost.EmailBackend"
+
+
+class BrevoBackend(EspBackend):
+    """Brevo, formerly Sendinblue (``BREVO_API_KEY``, ``BREVO_API_URL``)."""
+
+    channels = frozenset({ChannelKind.EMAIL})
+    anymail_backend = "anymail.backends.brevo.EmailBackend"
+
+
+class ResendBackend(EspBackend):
+    """Resend (``RESEND_API_KEY``, ``RESEND_API_URL``)."""
+
+    channels = frozenset({ChannelKind.EMAIL})
+    anymail_backend = "anymail.backends.resend.EmailBackend"
