@@ -196,7 +196,9 @@ class ActionSender:
             R.NO_ADDRESS: f"No {self.label} address.",
             R.SUPPRESSED: f"The {self.label} address is on the suppression list.",
         }
-        self.suppressed: frozenset[str] = frozenset()  # the chunk's (``prepare``)
+        # The chunk's addresses on the suppression list, read by ``send_chunk`` before it
+        # prepares (the preview and the proofs check none: a proof goes where it is asked).
+        self.suppressed: frozenset[str] = frozenset()
         self.backend: ProviderBackend | None = None
         self.policy = _delivery_policy()
         # API triggers: each chunk's recipients' contexts (``campaigns.triggers``); empty
@@ -282,7 +284,6 @@ class ActionSender:
                 for row in due
             ]
             return prepared
-        self.suppressed = self._suppressed(due)
         for row in due:
             try:
                 decided = self._prepare_one(row)
@@ -435,6 +436,7 @@ class ActionSender:
             self._read_contexts(batch, due)
             go = quiet_hours_hold(due, rule=self.quiet_hours(), now=timezone.now())
             sendable, capped = self.caps.reserve(go, now=timezone.now())
+            self.suppressed = self._suppressed(sendable)
             prepared = self.prepare(sendable)
             version_id = sending_version(self.campaign.pk, hold=True)
             if version_id is None:
@@ -476,6 +478,7 @@ class ActionSender:
         with transaction.atomic():
             go = quiet_hours_hold(due, rule=self.quiet_hours(), now=timezone.now(), claim=claim)
             sendable, capped = self.caps.reserve(go, now=timezone.now())
+        self.suppressed = self._suppressed(sendable)
         prepared = self.prepare(sendable)
         held: set[int] = set()
         while prepared.messages:
