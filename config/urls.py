@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from campaigns.views import tracking_click, tracking_open
 from config.metrics import metrics_view
 from segments.views import unsubscribe
 
@@ -21,4 +22,7 @@ urlpatterns = [
     path("api-auth/", include("rest_framework.urls")),
     path("unsubscribe/<str:token>/", unsubscribe, name="unsubscribe"),
     path("metrics", metrics_view, name="metrics"),
+    # Own open and click tracking (campaigns.tracking).
+    path("t/o/<str:token>.gif", tracking_open, name="tracking-open"),
+    path("t/c/<str:token>", tracking_click, name="tracking-click"),
 ]
