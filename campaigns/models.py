@@ -932,3 +932,48 @@ class MarketingSend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} to profile {self.profile_id} at {self.at}"
+
+
+class Conversion(models.Model):
+    """A conversion (a purchase, a sign-up…) a client reported for a profile, attributed to
+    the campaign delivery that reached the profile last within the attribution window
+    (``campaigns.conversions``). The delivery says which channel and version converted.
+
+    ``idempotency_key`` makes a reported conversion count once however often the client
+    sends it. The delivery is no database foreign key, as for events: a delivery row is
+    history written by the million, and a constraint check would wait on its row lock."""
+
+    profile = models.ForeignKey(
+        "segments.Profile", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="conversions")
+    delivery = models.ForeignKey(
+        Delivery,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    value = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    currency = models.CharField(max_length=3, blank=True, default="", help_text="ISO 4217.")
+    occurred_at = models.DateTimeField()
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="conversion_once_per_idempotency_key",
+            ),
+            models.CheckConstraint(condition=Q(value__gte=0), name="conversion_value_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} · {self.value} {self.currency}".strip()

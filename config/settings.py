@@ -604,6 +604,9 @@ if (not SALVO_EMBEDDED or SALVO_PUBLIC_URL) and (
         "SALVO_TRACKING_SECRET is a public value of the embedded default: anyone could "
         f"forge tracked links with it. {_MAKE_ONE}"
     )
+# A conversion is attributed to the last campaign delivery sent to its profile within
+# this many days before it (campaigns.conversions).
+SALVO_CONVERSION_WINDOW_DAYS = env.int("SALVO_CONVERSION_WINDOW_DAYS", default=7)
 # The Django email backend under channels.providers.email.EmailBackend: SMTP (EMAIL_URL
 # below), or for high volume an HTTP batch API, channels.providers.email_api.BatchEmailBackend
 # (SALVO_EMAIL_API below).
