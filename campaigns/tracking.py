@@ -135,14 +135,12 @@ class MessageTracker:
                     link = links[url] = f"{self._click_head}{_encode(token)}{self._click_tail}"
                 return link
 
-            text = _TEXT_LINK.sub(lambda m: tracked(m.group(0)), text)
-            if html:
-                html = _HREF.sub(
-                    lambda m: (
-                        f"{m.group(1)}{m.group(2)}{_html_link(tracked(_unescape(m.group(3))))}{m.group(2)}"
-                    ),
-                    html,
-                )
+            def tracked_href(match: re.Match[str]) -> str:
+                attribute, quote, url = match.groups()
+                return f"{attribute}{quote}{_html_link(tracked(_unescape(url)))}{quote}"
+
+            text = _TEXT_LINK.sub(lambda match: tracked(match.group(0)), text)
+            html = _HREF.sub(tracked_href, html) if html else html
         if self.opens and html:
             token = _encode(self._sign(str(delivery_id)))
             pixel = (
@@ -150,9 +148,7 @@ class MessageTracker:
                 'alt="" style="display:block;border:0;width:1px;height:1px">'
             )
             closing = html.lower().rfind("</body>")
-            html = (
-                pixel.join((html, "")) if closing < 0 else html[:closing] + pixel + html[closing:]
-            )
+            html = html + pixel if closing < 0 else html[:closing] + pixel + html[closing:]
         return text, html
 
 
@@ -242,7 +238,7 @@ def _recipient(delivery_id: int) -> tuple[str, bool]:
 
 def _event_id(delivery_id: int, kind: str, bucket_s: int, now: dt.datetime, extra: str = "") -> str:
     bucket = int(now.timestamp()) // bucket_s
-    digest = hashlib.blake2b(f"{extra}".encode(), digest_size=8).hexdigest() if extra else ""
+    digest = hashlib.blake2b(extra.encode(), digest_size=8).hexdigest() if extra else ""
     return f"{kind}:{delivery_id}:{bucket}:{digest}".rstrip(":")
 
 
