@@ -970,4 +970,4 @@ class CampaignAdmin(ListTitledAdmin):
 
 
 # Registered by importing them: the deliveries page and the frequency caps' rules.
-from . import admin_caps, admin_deliveries  # noqa: E402, F401
+from . import admin_caps, admin_conversions, admin_deliveries  # noqa: E402, F401

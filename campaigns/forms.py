@@ -17,13 +17,24 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst
 
-from channels.choices import CHANNEL_FIELDS_SCRIPT, CHANNELS_WITH_SUBJECT, subject_refusal
+from channels.choices import (
+    CHANNEL_FIELDS_SCRIPT,
+    CHANNELS_WITH_SUBJECT,
+    ChannelKind,
+    subject_refusal,
+)
 from channels.rendering import validate_content
 from segments.models import Segment
 from segments.selectors import profile_attribute_keys
 
 from .choices import CampaignKind
-from .models import Campaign, ChannelAction, time_zone_choices
+from .models import (
+    ACTION_CONTENT_FIELDS,
+    Campaign,
+    ChannelAction,
+    html_body_refusal,
+    time_zone_choices,
+)
 from .recurrence import EVERY, INTERVAL_MAX, WEEKDAYS, recurrence_parse
 from .review import unknown_variable_checks
 
@@ -38,9 +49,11 @@ CAMPAIGN_FORM_FIELDS: tuple[str, ...] = (
 )
 # Frequency caps: the exemption (only a user with its permission may change it).
 CAMPAIGN_FORM_FIELDS += ("frequency_cap_exempt",)
+# Own open and click tracking (campaigns.tracking).
+CAMPAIGN_FORM_FIELDS += ("track_opens", "track_clicks")
 # …and what its draft version holds besides the actions.
 VERSION_FORM_FIELDS = ("segment", "start_at", "time_zone")
-ACTION_FIELDS = ("channel", "preset", "subject", "body")
+ACTION_FIELDS = ("channel", "preset", *ACTION_CONTENT_FIELDS)
 # What the recurrence fields give the services.
 RECURRENCE_SERVICE_FIELDS = ("recurrence", "end_at", "once_per_profile")
 # A recurring campaign's schedule (campaigns.recurrence): one field per key of the
@@ -308,6 +321,9 @@ class ChannelActionForm(forms.ModelForm):
                 attrs={"size": 24, "data-channels": " ".join(sorted(CHANNELS_WITH_SUBJECT))}
             ),
             "body": WarnedTextarea(attrs={"rows": 3, "cols": 36}),
+            "html_body": forms.Textarea(
+                attrs={"rows": 3, "cols": 36, "data-channels": ChannelKind.EMAIL}
+            ),
         }
 
     class Media:
@@ -338,10 +354,15 @@ class ChannelActionForm(forms.ModelForm):
         if refusal:
             self.add_error("subject", refusal)
             return cleaned
+        html_refusal = (
+            html_body_refusal(cleaned.get("channel") or "") if cleaned.get("html_body") else ""
+        )
+        if html_refusal:
+            self.add_error("html_body", html_refusal)
+            return cleaned
         # The services check content too; checked here, a refusal lands on its field.
         validate_content(
-            subject=cleaned.get("subject") or "",
-            body=cleaned.get("body") or "",
+            **{field: cleaned.get(field) or "" for field in ACTION_CONTENT_FIELDS},
             trigger_context=self.trigger_context,
         )
         self._warn(cleaned.get("subject") or "", cleaned.get("body") or "")

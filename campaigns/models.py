@@ -52,6 +52,13 @@ def has_draft_version(campaign: Any) -> bool:
     return campaign.draft_version_id is not None
 
 
+TRACKING_HELP = (
+    "Marketing email only: {what}. Effective only when SALVO_PUBLIC_URL (where recipients "
+    "reach Salvo) and SALVO_TRACKING_SECRET are set; transactional messages and other "
+    "channels are never tracked."
+)
+
+
 class Campaign(ConcurrentTransitionMixin, models.Model):
     """A campaign's identity and lifecycle; its content lives in versions."""
 
@@ -112,6 +119,21 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
         help_text="Its marketing messages go out whatever the frequency caps say (they still "
         "count towards the caps of other campaigns). Needs the “exempt from frequency caps” "
         "permission.",
+    )
+    # Own tracking (campaigns.tracking): the campaign's, not a version's, so that every
+    # version of a campaign is measured alike and their open and click rates compare.
+    track_opens = models.BooleanField(
+        default=False,
+        help_text=TRACKING_HELP.format(
+            what="an invisible image that records when an email is opened (images shown)"
+        ),
+    )
+    track_clicks = models.BooleanField(
+        default=False,
+        help_text=TRACKING_HELP.format(
+            what="links rewritten to pass through Salvo, which "
+            "records the click and sends the reader on"
+        ),
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -333,6 +355,18 @@ class CampaignVersion(models.Model):
 # The content of an action (and of each of its variants): what a marketer writes, every
 # door edits, a version copies and the engine renders. Read from here everywhere.
 ACTION_CONTENT_FIELDS: tuple[str, ...] = ("subject", "body")
+# An email's optional HTML part, sent beside the text body (multipart/alternative).
+ACTION_CONTENT_FIELDS += ("html_body",)
+
+
+def html_body_refusal(channel: str) -> str:
+    """Why an action of ``channel`` cannot carry an HTML part ('' when it can)."""
+    if channel == ChannelKind.EMAIL or channel not in ChannelKind.values:
+        return ""  # an unknown channel is refused as such
+    return (
+        f"Only an email has an HTML part; a {ChannelKind(channel).label} message sends its "
+        "body only. Leave it empty."
+    )
 
 
 class ChannelAction(models.Model):
@@ -347,10 +381,21 @@ class ChannelAction(models.Model):
         max_length=255, blank=True, help_text="Email subject or push title; ignored by SMS."
     )
     body = models.TextField()
+    html_body = models.TextField(
+        "HTML body",
+        blank=True,
+        default="",
+        help_text="Email only, optional: an HTML version of the body, sent beside it (mail "
+        "programs show one or the other). Profile values are HTML-escaped.",
+    )
 
     class Meta:
         ordering = ["version", "channel"]
         constraints = [
+            models.CheckConstraint(
+                condition=Q(html_body="") | Q(channel=ChannelKind.EMAIL),
+                name="channel_action_html_body_email_only",
+            ),
             models.UniqueConstraint(
                 fields=["version", "channel"], name="channel_action_one_per_channel"
             ),
@@ -368,6 +413,8 @@ class ChannelAction(models.Model):
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
+        if self.html_body and html_body_refusal(self.channel):
+            raise ValidationError({"html_body": html_body_refusal(self.channel)})
         if self.preset_id is not None and self.preset.channel != self.channel:
             preset_kind = self.preset.get_channel_display()
             raise ValidationError(
@@ -885,3 +932,48 @@ class MarketingSend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} to profile {self.profile_id} at {self.at}"
+
+
+class Conversion(models.Model):
+    """A conversion (a purchase, a sign-up…) a client reported for a profile, attributed to
+    the campaign delivery that reached the profile last within the attribution window
+    (``campaigns.conversions``). The delivery says which channel and version converted.
+
+    ``idempotency_key`` makes a reported conversion count once however often the client
+    sends it. The delivery is no database foreign key, as for events: a delivery row is
+    history written by the million, and a constraint check would wait on its row lock."""
+
+    profile = models.ForeignKey(
+        "segments.Profile", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="conversions")
+    delivery = models.ForeignKey(
+        Delivery,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    value = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    currency = models.CharField(max_length=3, blank=True, default="", help_text="ISO 4217.")
+    occurred_at = models.DateTimeField()
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="conversion_once_per_idempotency_key",
+            ),
+            models.CheckConstraint(condition=Q(value__gte=0), name="conversion_value_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} · {self.value} {self.currency}".strip()

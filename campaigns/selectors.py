@@ -32,6 +32,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.text import capfirst
 from django_fsm import can_proceed
 
 from channels.choices import CHANNELS, ChannelKind
@@ -58,6 +59,7 @@ from .choices import (
     VersionRole,
 )
 from .models import (
+    ACTION_CONTENT_FIELDS,
     TIMELINE_BUCKET_S,
     Campaign,
     CampaignTransition,
@@ -67,6 +69,7 @@ from .models import (
     DeliveryCount,
     DeliveryTimeline,
     Execution,
+    html_body_refusal,
 )
 from .operations import OPERATIONS, VIEW_CAMPAIGN
 from .recurrence import next_occurrences, recurrence_parse
@@ -460,7 +463,10 @@ def version_activation_errors(*, version: CampaignVersion | None, now: dt.dateti
                 )
             )
         try:
-            validate_content(subject=action.subject, body=action.body, trigger_context=triggered)
+            validate_content(
+                **{field: getattr(action, field) for field in ACTION_CONTENT_FIELDS},
+                trigger_context=triggered,
+            )
         except TemplateContentError as error:
             errors.extend(
                 _error(
@@ -960,7 +966,7 @@ def version_change_notes(*, campaign: Campaign) -> list[str]:
         if any(
             getattr(actions[(live.pk, channel)], field)
             != getattr(actions[(draft.pk, channel)], field)
-            for field in ("preset_id", "subject", "body")
+            for field in ("preset_id", *ACTION_CONTENT_FIELDS)
         )
     ]
     if changed:
@@ -1101,7 +1107,7 @@ def _start_text(version: CampaignVersion) -> str:
 
 def version_diff(*, old: CampaignVersion, new: CampaignVersion) -> list[SectionDiff]:
     """What changed from `old` to `new` of one campaign: the segment, the start time and
-    each channel's action (preset, subject, body, compared line by line). Two queries."""
+    each channel's action (preset and content fields, compared line by line). Two queries."""
     old_actions, new_actions = (
         {action.channel: action for action in version.actions.select_related("preset")}
         for version in (old, new)
@@ -1128,8 +1134,16 @@ def version_diff(*, old: CampaignVersion, new: CampaignVersion) -> list[SectionD
                 before.preset.name if before else "",
                 after.preset.name if after else "",
             ),
-            _text_diff("Subject", before.subject if before else "", after.subject if after else ""),
-            _text_diff("Body", before.body if before else "", after.body if after else ""),
+            *(
+                _text_diff(
+                    capfirst(getattr(ChannelAction._meta.get_field(field), "verbose_name", field)),
+                    getattr(before, field) if before else "",
+                    getattr(after, field) if after else "",
+                )
+                for field in ACTION_CONTENT_FIELDS
+                # Only an email has an HTML part: no empty row for the other channels.
+                if field != "html_body" or not html_body_refusal(channel)
+            ),
         ]
         if before is None:
             state = "added"

@@ -57,11 +57,13 @@ from .lifecycle import (
     transition_refusal,
 )
 from .models import (
+    ACTION_CONTENT_FIELDS,
     Campaign,
     CampaignTransition,
     CampaignVersion,
     ChannelAction,
     approval_required_by_default,
+    html_body_refusal,
     site_time_zone,
 )
 from .occurrences import occurrence_plan_next
@@ -76,6 +78,8 @@ Status = CampaignStatus
 CAMPAIGN_FIELDS: tuple[str, ...] = ("name", "description", "type", "kind", "approval_required")
 # Frequency caps: the exemption is the campaign's own, changed only with its permission.
 CAMPAIGN_FIELDS += ("frequency_cap_exempt",)
+# Own open and click tracking (campaigns.tracking): the campaign's, like its type.
+CAMPAIGN_FIELDS += ("track_opens", "track_clicks")
 VERSION_FIELDS = ("segment", "start_at", "time_zone")
 # A recurring campaign's schedule (campaigns.recurrence, campaigns.occurrences).
 RECURRENCE_FIELDS = ("recurrence", "end_at", "once_per_profile")
@@ -183,16 +187,18 @@ def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, An
                 f"not {ChannelKind(channel).label}."
             )
             continue
-        subject, body = spec.get("subject") or "", spec.get("body") or ""
-        refusal = subject_refusal(channel) if subject else ""
+        content = {field: spec.get(field) or "" for field in ACTION_CONTENT_FIELDS}
+        refusal = subject_refusal(channel) if content["subject"] else ""
         if refusal:
             errors.append(f"{where}.subject: {refusal}")
             continue
+        refusal = html_body_refusal(channel) if content["html_body"] else ""
+        if refusal:
+            errors.append(f"{where}.html_body: {refusal}")
+            continue
         try:
             validate_content(
-                subject=subject,
-                body=body,
-                trigger_context=version.campaign.kind == CampaignKind.API_TRIGGERED,
+                **content, trigger_context=version.campaign.kind == CampaignKind.API_TRIGGERED
             )
         except TemplateContentError as error:
             errors.extend(
@@ -201,15 +207,7 @@ def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, An
                 for message in messages
             )
             continue
-        rows.append(
-            ChannelAction(
-                version=version,
-                channel=channel,
-                preset=preset,
-                subject=subject,
-                body=body,
-            )
-        )
+        rows.append(ChannelAction(version=version, channel=channel, preset=preset, **content))
     if errors:
         raise ValidationError({"actions": errors})
     version.actions.all().delete()
@@ -236,8 +234,7 @@ def _copy_version(
             version=copy,
             channel=a.channel,
             preset_id=a.preset_id,
-            subject=a.subject,
-            body=a.body,
+            **{field: getattr(a, field) for field in ACTION_CONTENT_FIELDS},
         )
         for a in source.actions.all()
     )
@@ -273,6 +270,8 @@ def campaign_create(
     end_at: dt.datetime | None = None,
     once_per_profile: bool = False,
     frequency_cap_exempt: bool = False,
+    track_opens: bool = False,
+    track_clicks: bool = False,
 ) -> Campaign:
     """A new Draft campaign whose version 1 holds the given content. `approval_required`
     defaults to SALVO_APPROVAL_REQUIRED."""
@@ -282,6 +281,8 @@ def campaign_create(
         description=description,
         type=type,
         kind=kind,
+        track_opens=track_opens,
+        track_clicks=track_clicks,
         created_by=transition_actor(user),
     )
     if approval_required is not None:
@@ -674,6 +675,8 @@ def campaign_duplicate(*, campaign: Campaign, user: Actor | None, name: str = ""
         description=campaign.description,
         type=campaign.type,
         kind=campaign.kind,
+        track_opens=campaign.track_opens,
+        track_clicks=campaign.track_clicks,
         # A copy is no way around the policy: it needs an approval as the original does.
         approval_required=campaign.approval_required or approval_required_by_default(),
         created_by=transition_actor(user),
@@ -707,13 +710,15 @@ def _draft_content(campaign: Campaign, version: CampaignVersion) -> tuple[Any, .
     that changes none of it (the admin's "Save and activate" of an untouched form) is no
     edit."""
     actions = version.actions.order_by("channel").values_list(
-        "channel", "preset_id", "subject", "body"
+        "channel", "preset_id", *ACTION_CONTENT_FIELDS
     )
     return (
         campaign.name,
         campaign.description,
         campaign.type,
         campaign.kind,
+        campaign.track_opens,
+        campaign.track_clicks,
         version.segment_id,
         version.start_at,
         version.time_zone,

@@ -42,6 +42,7 @@ _EMBEDDED_SECRETS = {
     "DJANGO_SECRET_KEY": "embedded-default-insecure-key-set-DJANGO_SECRET_KEY-in-production",
     "SALVO_WEBHOOK_SECRET": "embedded-default-webhook-secret",
     "SALVO_UNSUBSCRIBE_SECRET": "embedded-default-unsubscribe-secret",
+    "SALVO_TRACKING_SECRET": "embedded-default-tracking-secret",
 }
 
 
@@ -590,6 +591,23 @@ if SALVO_PUBLIC_URL and SALVO_UNSUBSCRIBE_SECRET in _EMBEDDED_SECRETS.values():
         "Set SALVO_UNSUBSCRIBE_SECRET: SALVO_PUBLIC_URL puts unsubscribe links in mail, and the "
         f"embedded default's key is public. {_MAKE_ONE}"
     )
+# Own open and click tracking (campaigns.tracking) signs its links with a key of its own,
+# for the reasons the unsubscribe key has one. Links go out only with SALVO_PUBLIC_URL: then
+# without this key nothing is tracked (and the tracking views follow no link), and the
+# embedded default's public value is refused, as it is outside the embedded default.
+SALVO_TRACKING_SECRET = env.str("SALVO_TRACKING_SECRET", default="") or (
+    _EMBEDDED_SECRETS["SALVO_TRACKING_SECRET"] if SALVO_EMBEDDED and not SALVO_PUBLIC_URL else ""
+)
+if (not SALVO_EMBEDDED or SALVO_PUBLIC_URL) and (
+    SALVO_TRACKING_SECRET in _EMBEDDED_SECRETS.values()
+):
+    raise ImproperlyConfigured(
+        "SALVO_TRACKING_SECRET is a public value of the embedded default: anyone could "
+        f"forge tracked links with it. {_MAKE_ONE}"
+    )
+# A conversion is attributed to the last campaign delivery sent to its profile within
+# this many days before it (campaigns.conversions).
+SALVO_CONVERSION_WINDOW_DAYS = env.int("SALVO_CONVERSION_WINDOW_DAYS", default=7)
 # The Django email backend under channels.providers.email.EmailBackend: SMTP (EMAIL_URL
 # below), or for high volume an HTTP batch API, channels.providers.email_api.BatchEmailBackend
 # (SALVO_EMAIL_API below).

@@ -28,11 +28,13 @@ from campaigns.choices import (
     VersionRole,
 )
 from campaigns.models import (
+    ACTION_CONTENT_FIELDS,
     Campaign,
     CampaignTransition,
     CampaignVersion,
     ChannelAction,
     ProofSend,
+    html_body_refusal,
 )
 from campaigns.occurrences import campaign_next_runs, run_words, version_schedule_words
 from campaigns.operations import OPERATIONS
@@ -173,7 +175,7 @@ class ScheduleSerializer(serializers.Serializer[Any]):
 class ChannelActionSerializer(serializers.ModelSerializer[ChannelAction]):
     class Meta:
         model = ChannelAction
-        fields = ["id", "channel", "preset", "subject", "body"]
+        fields = ["id", "channel", "preset", *ACTION_CONTENT_FIELDS]
         read_only_fields = fields
 
 
@@ -301,6 +303,8 @@ class CampaignSerializer(serializers.ModelSerializer[Campaign]):
         ]
         # Frequency caps (campaigns.caps).
         fields += ["frequency_cap_exempt"]
+        # Own tracking (campaigns.tracking).
+        fields += ["track_opens", "track_clicks"]
         read_only_fields = fields
 
     @extend_schema_field(NextRunSerializer(many=True))
@@ -359,6 +363,15 @@ class ChannelActionInputSerializer(serializers.Serializer[Any]):
     preset = serializers.PrimaryKeyRelatedField(queryset=MessagePreset.objects.all())
     subject = serializers.CharField(max_length=255, required=False, allow_blank=True)
     body = serializers.CharField(allow_blank=True)
+    html_body = serializers.CharField(
+        required=False, allow_blank=True, help_text=ChannelAction.html_body.field.help_text
+    )
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        refusal = html_body_refusal(data["channel"]) if data.get("html_body") else ""
+        if refusal:
+            raise serializers.ValidationError({"html_body": refusal})
+        return data
 
 
 class CampaignInputSerializer(serializers.Serializer[Any]):
@@ -388,6 +401,12 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
         help_text="Never capped by the frequency caps (its sends still count for the others). "
         "Changing it needs the campaigns.exempt_campaign_from_caps permission.",
     )
+    track_opens = serializers.BooleanField(
+        required=False, help_text=Campaign.track_opens.field.help_text
+    )
+    track_clicks = serializers.BooleanField(
+        required=False, help_text=Campaign.track_clicks.field.help_text
+    )
     schedule = ScheduleSerializer(required=False)
     actions = ChannelActionInputSerializer(many=True, required=False)
 
@@ -400,8 +419,7 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
         for index, action in enumerate(data.get("actions") or []):
             try:
                 validate_content(
-                    subject=action.get("subject") or "",
-                    body=action.get("body") or "",
+                    **{field: action.get(field) or "" for field in ACTION_CONTENT_FIELDS},
                     trigger_context=kind == CampaignKind.API_TRIGGERED,
                 )
             except TemplateContentError as error:

@@ -62,7 +62,7 @@ from channels.providers import (
     backend_path,
     get_backend,
 )
-from channels.rendering import RenderError, content_renderer, profile_context
+from channels.rendering import RenderError, content_renderer, html_renderer, profile_context
 from channels.suppression import suppressed_addresses
 from config.graceful_stop import stop_requested
 from segments.choices import ConsentChannel
@@ -78,6 +78,7 @@ from ..choices import (
 )
 from ..events import ProviderEvent, events_record
 from ..models import Campaign, CampaignVersion, ChannelAction, Execution, TriggerRecipient
+from ..tracking import message_tracker
 from .caps import CapCheck
 from .completion import execution_halt
 from .policy import (
@@ -157,8 +158,12 @@ def _delivery_policy() -> RetryPolicy:
 
 def action_sender(*, action: ChannelAction, campaign: Campaign) -> ActionSender:
     """The engine's sender for one action's own content, outside any execution: the
-    preview shows, and the proofs send, what a worker would. Close it when done."""
-    return ActionSender(action=action, campaign=campaign, version_id=action.version_id)
+    preview shows, and the proofs send, what a worker would. Close it when done.
+
+    Untracked: their messages are no deliveries that an open or a click could count for."""
+    sender = ActionSender(action=action, campaign=campaign, version_id=action.version_id)
+    sender.tracker = None
+    return sender
 
 
 def recipient_due(key: int, profile: Mapping[str, Any]) -> Due:
@@ -209,6 +214,9 @@ class ActionSender:
         self.content: ChannelAction | None = None
         self.removed = ""
         self._quiet_hours: tuple[int, QuietHoursRule | None] = (0, None)
+        # Own open and click tracking (campaigns.tracking): a campaign's switches, the same
+        # for every version.
+        self.tracker = message_tracker(campaign, channel=channel)
         self.use_version(version_id)
         self.caps = CapCheck(channel=channel, campaign=campaign)  # frequency caps
 
@@ -237,6 +245,10 @@ class ActionSender:
         self.preset = content.preset
         self.render = content_renderer(
             subject=content.subject, body=content.body, trigger_context=self.triggered
+        )
+        # An email's HTML part (optional).
+        self.render_html = html_renderer(
+            html_body=content.html_body, trigger_context=self.triggered
         )
         self.unsubscribe = (
             self.preset.reply_to or self.preset.from_email
@@ -319,7 +331,11 @@ class ActionSender:
                 text = f"Cannot read the profile's attributes: {type(error).__name__}: {error}"
                 return DeliveryOutcome(row.delivery_id, D.FAILED, text, reason=R.BAD_PROFILE_DATA)
         trigger = self.contexts.get(profile["id"], {}) if self.triggered else None
-        subject, body = self.render(profile_context(profile), trigger)
+        data = profile_context(profile)
+        subject, body = self.render(data, trigger)
+        html_body = self.render_html(data, trigger)
+        if self.tracker is not None:
+            body, html_body = self.tracker.track(row.delivery_id, body, html_body)
         headers: dict[str, str] = {}
         if self.unsubscribe:
             headers.update(self._unsubscribe_headers(profile))
@@ -332,6 +348,7 @@ class ActionSender:
             to=str(address),
             subject=subject,
             body=body,
+            html_body=html_body,
             headers=headers,
             payload=payload,
         )

@@ -24,7 +24,7 @@ is how content says what to write when a profile lacks a value.
 from .budget import RenderBudgetExceeded, RenderError, RenderLimits, render_limits
 from .checks import TRIGGER_CONTEXT, TemplateContentError, content_profile_keys, validate_content
 from .profile import PROFILE_FIELDS, profile_context
-from .renderers import content_renderer, render_content, render_html
+from .renderers import content_renderer, html_renderer, render_content, render_html
 from .sandbox import ALLOWED_FILTERS, ALLOWED_TAGS, REFUSED_FILTERS, REFUSED_TAGS
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "TemplateContentError",
     "content_profile_keys",
     "content_renderer",
+    "html_renderer",
     "profile_context",
     "render_content",
     "render_html",

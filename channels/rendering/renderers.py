@@ -13,7 +13,7 @@ from .checks import ContentProblem, compiled
 from .profile import read_only
 from .sandbox import render_in_full
 
-__all__ = ["content_renderer", "render_content", "render_html"]
+__all__ = ["content_renderer", "html_renderer", "render_content", "render_html"]
 
 # Renders one field for a recipient's profile data, an API trigger's context (or None),
 # spending the budget.
@@ -147,10 +147,30 @@ def render_content(*, subject: str, body: str, profile: Mapping[str, Any]) -> tu
     return content_renderer(subject=subject, body=body)(profile)
 
 
+def html_renderer(*, html_body: str, trigger_context: bool = False) -> Callable[..., str]:
+    """``render_html`` for many recipients of the same HTML part: the template is looked up
+    once, then each call renders one recipient's HTML part (autoescaped) as a message of
+    its own budget, '' when there is none; its arguments are those of a
+    ``content_renderer``'s call. Use a renderer in one thread."""
+    html_of = _field_renderer(
+        html_body, field="html_body", html=True, trigger_context=trigger_context
+    )
+    budget = Budget(render_limits())
+
+    def render(profile: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> str:
+        if not html_body:
+            return ""
+        try:
+            data = read_only(profile)
+            trigger = None if context is None else read_only(context)
+        except Exception as exc:  # data too deep to copy: this recipient's failure
+            raise RenderError(f"The profile's data: {type(exc).__name__}: {exc}") from exc
+        return html_of(data, trigger, budget.start())
+
+    return render
+
+
 def render_html(*, html_body: str, profile: Mapping[str, Any]) -> str:
     """Render an HTML body (autoescaped) for one recipient, as a message of its own budget;
     raises ``RenderError``."""
-    budget = Budget(render_limits()).start()
-    return _field_renderer(html_body, field="html_body", html=True)(
-        read_only(profile), None, budget
-    )
+    return html_renderer(html_body=html_body)(profile)

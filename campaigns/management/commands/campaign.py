@@ -60,6 +60,7 @@ from campaigns.selectors import (
     campaign_versions,
     delivery_error_summary,
 )
+from campaigns.tracking import tracking_words
 from campaigns.triggers import (
     TriggerRefused,
     trigger_create,
@@ -385,6 +386,7 @@ class Command(BaseCommand):
         out(f"  status:      {self._status_text(campaign)}")
         out(f"  type:        {campaign.type}")
         out(f"  kind:        {campaign.get_kind_display()}")
+        out(f"  tracking:    {tracking_words(campaign)}")
         approval = version_approval_text(campaign=campaign, version=campaign.draft_version)
         out(f"  approval:    {approval}")
         out(f"  tags:        {', '.join(sorted(campaign.tags.names())) or '-'}")
@@ -418,7 +420,8 @@ class Command(BaseCommand):
                 out(f"    activated {version.activated_at.isoformat()}")
             for action in version.actions.all():
                 subject = f" “{action.subject}”" if action.subject else ""
-                out(f"    {action.channel} via {action.preset.name}{subject}")
+                html = " (with an HTML part)" if action.html_body else ""
+                out(f"    {action.channel} via {action.preset.name}{subject}{html}")
         next_runs = campaign_next_runs(campaign=campaign)
         if next_runs and campaign.live_version is not None:
             out("  next runs:")
