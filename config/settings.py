@@ -117,6 +117,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "taggit",
     "csp",
+    "anymail",
     "segments",
     "channels",
     "campaigns",
@@ -626,6 +627,10 @@ SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool(
 # Webhook receivers verify X-Salvo-Signature (HMAC-SHA256 of the body) with this secret
 # (required in production, see _secret above).
 SALVO_WEBHOOK_SECRET = _secret("SALVO_WEBHOOK_SECRET")
+# anymail's tracking webhooks (/anymail/<esp>/tracking/) check HTTP basic auth "user:password"
+# against these (comma-separated, so that a rotation can accept two). anymail would accept
+# anyone's post without one; Salvo refuses every post instead (campaigns/webhooks/urls.py).
+ANYMAIL_WEBHOOK_SECRET = env.list("ANYMAIL_WEBHOOK_SECRET", default=[])
 
 # Log lines as text (the default) or as one JSON object per line (SALVO_LOG_FORMAT=json) for
 # a log collector. Either way every line written while serving a request carries the

@@ -21,4 +21,6 @@ urlpatterns = [
     path("api-auth/", include("rest_framework.urls")),
     path("unsubscribe/<str:token>/", unsubscribe, name="unsubscribe"),
     path("metrics", metrics_view, name="metrics"),
+    # Providers' tracking webhooks (anymail's views, refused without a secret to check).
+    path("anymail/", include("campaigns.webhooks.urls")),
 ]
