@@ -166,14 +166,9 @@ def suppression_add(
     entry = suppression_clean(channel=channel, address=address, reason=reason, detail=detail)
     try:
         with transaction.atomic():
-            return Suppression.objects.create(
-                channel=entry.channel,
-                address=entry.address,
-                reason=entry.reason,
-                source=source,
-                detail=entry.detail,
-                created_by=user,
-            )
+            row = _entry_row(entry, source=source, user=user, at=timezone.now())
+            row.save(force_insert=True)
+            return row
     except IntegrityError as error:
         raise AlreadySuppressed(
             f"{entry.address} is already on the {ChannelKind(entry.channel).label} "
@@ -201,22 +196,23 @@ def suppressions_import(*, user: Any, stream: IO[bytes], source: str) -> Suppres
         already = _already_listed(entries)
         now = timezone.now()
         Suppression.objects.bulk_create(
-            [
-                Suppression(
-                    channel=entry.channel,
-                    address=entry.address,
-                    reason=entry.reason,
-                    source=source,
-                    detail=entry.detail,
-                    created_at=now,
-                    created_by=user,
-                )
-                for entry in entries
-            ],
+            [_entry_row(entry, source=source, user=user, at=now) for entry in entries],
             ignore_conflicts=True,
             batch_size=2000,
         )
     return SuppressionsImported(rows=len(entries), added=len(entries) - already, already=already)
+
+
+def _entry_row(entry: SuppressionEntry, *, source: str, user: Any, at: Any) -> Suppression:
+    return Suppression(
+        channel=entry.channel,
+        address=entry.address,
+        reason=entry.reason,
+        source=source,
+        detail=entry.detail,
+        created_at=at,
+        created_by=user,
+    )
 
 
 def _already_listed(entries: Sequence[SuppressionEntry]) -> int:

@@ -5,14 +5,19 @@ authentication (HTTP basic auth with ``ANYMAIL_WEBHOOK_SECRET``, plus the signat
 the ESP signs its posts and its key is set), and normalizes what it received into
 ``AnymailTrackingEvent`` values, sent one by one on ``anymail.signals.tracking``.
 ``tracking_received`` (connected in ``CampaignsConfig.ready``) maps each to a
-``ProviderEvent`` and records it through ``events_record``, the one writer of events.
-A failure to record answers 500, which every ESP retries later; the retried event is
-then recorded once.
+``ProviderEvent``; the events of one post (SendGrid, Mailgun and others post batches) are
+recorded together through ``events_record``, the one writer of events, in one
+transaction once anymail has parsed them all (``events_collected``, around each webhook
+view: ``campaigns.webhooks.urls``). A failure to record answers 500, which every ESP
+retries later; the retried events are then recorded once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 from anymail.signals import AnymailTrackingEvent, EventType, RejectReason
@@ -94,11 +99,36 @@ def provider_event(event: AnymailTrackingEvent, *, provider: str) -> ProviderEve
     )
 
 
+# The events of the post being answered, while ``events_collected`` runs.
+_collected: contextvars.ContextVar[list[ProviderEvent] | None] = contextvars.ContextVar(
+    "salvo_anymail_events", default=None
+)
+
+
+@contextlib.contextmanager
+def events_collected() -> Iterator[None]:
+    """Record the events received inside the block together, when it ends without error."""
+    collected: list[ProviderEvent] = []
+    token = _collected.set(collected)
+    try:
+        yield
+    finally:
+        _collected.reset(token)
+    if collected:
+        events_record(events=collected)
+
+
 def tracking_received(sender: Any, event: AnymailTrackingEvent, esp_name: str, **_: Any) -> None:
-    """``anymail.signals.tracking``'s receiver: record the event (once)."""
-    recorded = provider_event(event, provider=provider_name(esp_name))
-    if recorded is not None:
-        events_record(events=[recorded])
+    """``anymail.signals.tracking``'s receiver: the event, recorded once (with the rest of
+    its post inside ``events_collected``, at once outside it)."""
+    received = provider_event(event, provider=provider_name(esp_name))
+    if received is None:
+        return
+    collected = _collected.get()
+    if collected is None:
+        events_record(events=[received])
+    else:
+        collected.append(received)
 
 
 def _event_digest(provider: str, message_id: str, event_type: str, when: Any, to: str) -> str:

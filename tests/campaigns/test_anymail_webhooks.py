@@ -23,6 +23,7 @@ from campaigns.models import Campaign, Delivery, DeliveryEvent
 from channels.choices import SuppressionReason, SuppressionSource
 from channels.models import Suppression
 from devtools.sinks import RunningSinks, running_sinks
+from segments.models import Profile
 from tests.campaigns.delivery_support import drive, make_profile, plan, send_all
 from tests.campaigns.factories import email_action, make_live_campaign
 
@@ -137,6 +138,14 @@ def email_rows(campaign: Campaign) -> dict[str, Delivery]:
     return {row.profile.email: row for row in rows}
 
 
+def one_sent() -> tuple[Profile, Delivery]:
+    """A profile and its delivery of an email campaign that sent it."""
+    profile = make_profile()
+    campaign = make_live_campaign(actions=[email_action()])
+    drive(campaign)
+    return profile, email_rows(campaign)[profile.email]
+
+
 def kinds(row: Delivery) -> list[str]:
     return sorted(DeliveryEvent.objects.filter(delivery=row).values_list("kind", flat=True))
 
@@ -181,10 +190,7 @@ def test_postmark_events_attach_to_their_delivery_suppress_and_count_once(sinks)
 
 @pytest.mark.django_db
 def test_a_soft_bounce_is_kept_as_one_and_suppresses_nothing(sinks):
-    profile = make_profile()
-    campaign = make_live_campaign(actions=[email_action()])
-    drive(campaign)
-    row = email_rows(campaign)[profile.email]
+    profile, row = one_sent()
     assert (
         post(POSTMARK, postmark_bounce(row, profile.email, bounce_id=9, kind="SoftBounce")) == 200
     )
@@ -195,10 +201,7 @@ def test_a_soft_bounce_is_kept_as_one_and_suppresses_nothing(sinks):
 @pytest.mark.django_db
 @pytest.mark.parametrize("auth", [None, "postmark-hook:wrong", "someone:" + SECRET.split(":")[1]])
 def test_a_post_without_the_webhook_credentials_is_refused_and_records_nothing(sinks, auth):
-    profile = make_profile()
-    campaign = make_live_campaign(actions=[email_action()])
-    drive(campaign)
-    row = email_rows(campaign)[profile.email]
+    profile, row = one_sent()
     assert post(POSTMARK, postmark_bounce(row, profile.email, bounce_id=1), auth=auth) == 400
     assert post(SENDGRID, sendgrid_events(row, profile.email), auth=auth) == 400
     assert not DeliveryEvent.objects.exists()
@@ -207,10 +210,7 @@ def test_a_post_without_the_webhook_credentials_is_refused_and_records_nothing(s
 
 @pytest.mark.django_db
 def test_without_a_secret_set_every_post_is_refused(sinks):
-    profile = make_profile()
-    campaign = make_live_campaign(actions=[email_action()])
-    drive(campaign)
-    row = email_rows(campaign)[profile.email]
+    profile, row = one_sent()
     with override_settings(ANYMAIL_WEBHOOK_SECRET=[]):
         assert post(POSTMARK, postmark_bounce(row, profile.email, bounce_id=1), auth=None) == 400
     assert not DeliveryEvent.objects.exists()
@@ -240,10 +240,7 @@ def test_a_bounce_that_arrives_before_the_send_is_recorded_is_attached_and_count
 
 @pytest.mark.django_db
 def test_sendgrid_batches_record_each_event_once_and_a_complaint_suppresses(sinks):
-    profile = make_profile()
-    campaign = make_live_campaign(actions=[email_action()])
-    drive(campaign)
-    row = email_rows(campaign)[profile.email]
+    profile, row = one_sent()
     batch = sendgrid_events(row, profile.email)
     assert post(SENDGRID, batch) == 200
     assert post(SENDGRID, batch[::-1]) == 200  # the same batch again, out of order
@@ -257,7 +254,9 @@ def test_sendgrid_batches_record_each_event_once_and_a_complaint_suppresses(sink
         "https://example.com/offer",
     )
     assert Suppression.objects.get().reason == SuppressionReason.COMPLAINT
-    email = selectors.campaign_report(campaign=campaign)["engagement"]["by_channel"]["email"]
+    email = selectors.campaign_report(campaign=row.execution.campaign)["engagement"]["by_channel"][
+        "email"
+    ]
     assert (email["clicked"], email["complained"]) == (
         {"count": 1, "rate": 1.0},
         {"count": 1, "rate": 1.0},

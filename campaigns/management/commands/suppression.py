@@ -10,7 +10,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from campaigns.management.doors import command_user, one_line
+from campaigns.management.doors import acting_user_options, command_user, one_line
 from channels import suppression
 from channels.api.filtersets import SuppressionFilterSet
 from channels.api.serializers import SuppressionSerializer
@@ -27,12 +27,7 @@ class Command(BaseCommand):
     help = "List, add, remove and import suppressed addresses."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        common = CommandParser(add_help=False)
-        common.add_argument(
-            "--user",
-            metavar="USERNAME",
-            help="Act as this user (their permissions apply); default: the system.",
-        )
+        common = acting_user_options()
         commands = parser.add_subparsers(dest="operation", required=True, metavar="OPERATION")
         listing = commands.add_parser("list", parents=[common], help="Entries, newest first.")
         listing.add_argument("--channel", choices=CHANNELS)
