@@ -293,3 +293,14 @@ def test_the_admin_the_api_and_the_command_show_the_same_engagement(
         "email after the send: delivered 1 (50.0%), bounced 1 (50.0%), complained 0 (0.0%), "
         "unsubscribed 0 (0.0%), opened 1 (50.0%), clicked 0 (0.0%)"
     ) in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_the_deliveries_page_shows_each_deliverys_events(sinks, admin_client):
+    profile, row = one_sent()
+    post(POSTMARK, postmark_delivery(row, profile.email))
+    for at in ("2026-11-30T12:40:00Z", "2026-11-30T12:41:00Z", "2026-11-30T12:42:00Z"):
+        post(POSTMARK, postmark_open(row, profile.email, at))
+    url = f"/admin/campaigns/delivery/?campaign={row.execution.campaign_id}"
+    page = admin_client.get(url).content.decode()
+    assert '<td class="field-events_text">Delivered · Opened ×3</td>' in page
