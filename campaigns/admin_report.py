@@ -22,7 +22,8 @@ from django.utils.formats import date_format, number_format
 from channels.choices import ChannelKind
 from config.formats import short_datetime
 
-from .choices import CampaignStatus, DeliveryReason, DeliveryStatus, ExecutionStatus
+from .choices import CampaignStatus, DeliveryReason, DeliveryStatus, EventKind, ExecutionStatus
+from .engagement import ENGAGEMENT_KINDS
 from .models import Campaign
 from .selectors import DELIVERY_VIEW_PERMISSIONS, campaign_report, progress_percent
 
@@ -252,6 +253,8 @@ def report_context(*, campaign: Campaign, request: HttpRequest) -> dict[str, Any
         "hidden_executions": len(executions) - len(shown),
         "chart": _chart(report["timeline"], sorted(report["by_channel"])),
         "by_version": report["by_version"],
+        # What recipients did after the send (campaigns.engagement), per channel and version.
+        "engagement": _engagement_rows(report["engagement"]),
         # What waits for the recipients' local time or the end of quiet hours.
         "waiting": [
             {
@@ -264,6 +267,37 @@ def report_context(*, campaign: Campaign, request: HttpRequest) -> dict[str, Any
             for channel, reasons in report["waiting"].items()
             for reason, waiting in reasons.items()
         ],
+    }
+
+
+def _engagement_rows(engagement: dict[str, Any]) -> dict[str, Any] | None:
+    """The engagement table's columns and rows: per channel, then per version when there
+    are several; None while no channel sent anything nor had an event."""
+    if not engagement["by_channel"]:
+        return None
+
+    def cells(counts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "kind": kind,
+                "count": shown["count"],
+                "percent": None if shown["rate"] is None else round(100 * shown["rate"], 1),
+            }
+            for kind, shown in counts.items()
+        ]
+
+    channels = [
+        {"key": channel, "label": CHANNEL_LABELS.get(channel, channel), "cells": cells(counts)}
+        for channel, counts in engagement["by_channel"].items()
+    ]
+    versions = [
+        {"key": number, "label": f"Version {number}", "cells": cells(counts)}
+        for number, counts in engagement["by_version"].items()
+    ]
+    return {
+        "columns": [EventKind(kind).label for kind in ENGAGEMENT_KINDS],
+        "channels": channels,
+        "versions": versions if len(versions) > 1 else [],
     }
 
 

@@ -58,6 +58,7 @@ from .choices import (
     ReviewCode,
     VersionRole,
 )
+from .engagement import campaign_engagement
 from .models import (
     ACTION_CONTENT_FIELDS,
     TIMELINE_BUCKET_S,
@@ -697,6 +698,12 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
         timeline=_timeline(campaign, executions, _channels(executions), now=now),
         rate=_rate(campaign, executions, pending, now=now),
         waiting=campaign_waiting(campaign, executions, now=now),
+        # Delivered, bounced, complained, unsubscribed, opened, clicked (campaigns.engagement).
+        engagement=campaign_engagement(
+            campaign=campaign,
+            sent_by_channel={c: n[DeliveryStatus.SENT] for c, n in report["by_channel"].items()},
+            sent_by_version={v: n[DeliveryStatus.SENT] for v, n in by_version.items()},
+        ),
         executions=[
             {
                 "id": execution.pk,

@@ -1,19 +1,31 @@
-"""Message presets in the admin: one fieldset of sender settings per channel."""
+"""Message presets in the admin: one fieldset of sender settings per channel; the
+suppression list: searched, added to, removed from, imported."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
-from django.http import HttpRequest
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
 
 from config.admin_site import ListTitledAdmin
 
-from . import services
-from .choices import ALL_SENDER_FIELDS, CHANNEL_FIELDS_SCRIPT, CHANNELS, SENDER_FIELDS
-from .models import MessagePreset
+from . import services, suppression
+from .choices import (
+    ALL_SENDER_FIELDS,
+    CHANNEL_FIELDS_SCRIPT,
+    CHANNELS,
+    SENDER_FIELDS,
+    ChannelKind,
+    SuppressionSource,
+)
+from .models import MessagePreset, Suppression
 from .providers import backend_choices
 
 DELIVERY_FIELDS = ("backend", "rate_limit_per_second")
@@ -123,3 +135,127 @@ class MessagePresetAdmin(ListTitledAdmin):
 
     def delete_model(self, request: HttpRequest, obj: MessagePreset) -> None:
         services.preset_delete(preset=obj, user=request.user)
+
+
+# --- the suppression list ------------------------------------------------------------------
+
+
+class SuppressionAddForm(forms.ModelForm):
+    channel = forms.ChoiceField(
+        choices=[
+            (c, ChannelKind(c).label)
+            for c in ChannelKind.values
+            if c in suppression.SUPPRESSIBLE_CHANNELS
+        ]
+    )
+
+    class Meta:
+        model = Suppression
+        fields = ["channel", "address", "reason", "detail"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors:
+            return data
+        try:
+            entry = suppression.suppression_clean(
+                channel=data["channel"],
+                address=data["address"],
+                reason=data["reason"],
+                detail=data.get("detail", ""),
+            )
+        except ValidationError as error:
+            raise ValidationError(error.message_dict) from error
+        if Suppression.objects.filter(channel=entry.channel, address=entry.address).exists():
+            self.add_error("address", f"{entry.address} is on this channel's list already.")
+        return data
+
+
+class SuppressionImportForm(forms.Form):
+    file = forms.FileField(
+        help_text="CSV in UTF-8 with a header line: channel,address and optionally reason, "
+        f"detail; at most {suppression.SUPPRESSION_IMPORT_MAX_ROWS:,} rows."
+    )
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(ListTitledAdmin):
+    list_display = ("address", "channel", "reason", "source", "created_at", "created_by")
+    list_filter = ("channel", "reason", "source")
+    search_fields = ("address",)
+    search_help_text = "Search addresses."
+    list_select_related = ("created_by",)
+    show_full_result_count = False
+    change_list_template = "admin/channels/suppression/change_list.html"
+    form = SuppressionAddForm
+    readonly_fields = ("source", "created_at", "created_by")
+
+    def has_change_permission(self, request: HttpRequest, obj: Suppression | None = None) -> bool:
+        # An entry is added or removed, never edited: its page only shows it.
+        return False
+
+    def get_fields(self, request: HttpRequest, obj: Suppression | None = None) -> Any:
+        if obj is None:
+            return ["channel", "address", "reason", "detail"]
+        return ["channel", "address", "reason", "detail", "source", "created_at", "created_by"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Suppression | None = None) -> Any:
+        return () if obj is None else self.get_fields(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: Suppression, form: Any, change: bool) -> None:
+        # The form ran the same checks; the service runs them again with the permission.
+        saved = suppression.suppression_add(
+            user=request.user,
+            source=SuppressionSource.ADMIN,
+            **{
+                name: form.cleaned_data[name] for name in ("channel", "address", "reason", "detail")
+            },
+        )
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: Suppression) -> None:
+        suppression.suppressions_remove(user=request.user, suppressions=[obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Suppression]) -> None:
+        suppression.suppressions_remove(user=request.user, suppressions=queryset)
+
+    def get_urls(self) -> list[URLPattern]:
+        custom = [
+            path(
+                "import/",
+                self.admin_site.admin_view(self.import_view),
+                name="channels_suppression_import",
+            )
+        ]
+        return custom + super().get_urls()
+
+    def import_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        summary = None
+        form = SuppressionImportForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                result = suppression.suppressions_import(
+                    user=request.user, stream=upload.file, source=SuppressionSource.IMPORT
+                )
+            except ValidationError as error:
+                form.add_error("file", error.messages)
+            else:
+                summary = result.as_dict()
+                self.message_user(
+                    request,
+                    f"Imported {upload.name}: {result.added} added, {result.already} on the "
+                    "list already.",
+                    messages.SUCCESS,
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Import suppressions",
+            "form": form,
+            "summary": summary,
+        }
+        return TemplateResponse(request, "admin/channels/suppression/import.html", context)

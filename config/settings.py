@@ -658,9 +658,11 @@ _ANYMAIL_ENV = (
     "POSTMARK_SERVER_TOKEN", "POSTMARK_API_URL",
     "SENDGRID_API_KEY", "SENDGRID_API_URL",
     "MAILGUN_API_KEY", "MAILGUN_API_URL", "MAILGUN_SENDER_DOMAIN",
+    # Mailgun signs its tracking webhooks with this key (HMAC), on top of the basic auth.
+    "MAILGUN_WEBHOOK_SIGNING_KEY",
     "SPARKPOST_API_KEY", "SPARKPOST_API_URL",
     "BREVO_API_KEY", "BREVO_API_URL",
-    "RESEND_API_KEY", "RESEND_API_URL",
+    "RESEND_API_KEY", "RESEND_API_URL", "RESEND_SIGNING_SECRET",
 )  # fmt: skip
 ANYMAIL = {name: env.str(name) for name in _ANYMAIL_ENV if env.str(name, default="")}
 ANYMAIL["REQUESTS_TIMEOUT"] = SALVO_PROVIDER_TIMEOUT_S
@@ -676,6 +678,10 @@ SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool(
 # Webhook receivers verify X-Salvo-Signature (HMAC-SHA256 of the body) with this secret
 # (required in production, see _secret above).
 SALVO_WEBHOOK_SECRET = _secret("SALVO_WEBHOOK_SECRET")
+# anymail's tracking webhooks (/anymail/<esp>/tracking/) check HTTP basic auth "user:password"
+# against these (comma-separated, so that a rotation can accept two). anymail would accept
+# anyone's post without one; Salvo refuses every post instead (campaigns/webhooks/urls.py).
+ANYMAIL_WEBHOOK_SECRET = env.list("ANYMAIL_WEBHOOK_SECRET", default=[])
 
 # Log lines as text (the default) or as one JSON object per line (SALVO_LOG_FORMAT=json) for
 # a log collector. Either way every line written while serving a request carries the

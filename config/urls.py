@@ -27,4 +27,6 @@ urlpatterns = [
     # Own open and click tracking (campaigns.tracking).
     path("t/o/<str:token>.gif", tracking_open, name="tracking-open"),
     path("t/c/<str:token>", tracking_click, name="tracking-click"),
+    # Providers' tracking webhooks (anymail's views, refused without a secret to check).
+    path("anymail/", include("campaigns.webhooks.urls")),
 ]

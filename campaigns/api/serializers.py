@@ -27,6 +27,7 @@ from campaigns.choices import (
     ReviewCode,
     VersionRole,
 )
+from campaigns.engagement import ENGAGEMENT_KINDS
 from campaigns.models import (
     ACTION_CONTENT_FIELDS,
     Campaign,
@@ -552,6 +553,26 @@ class WaitingSerializer(serializers.Serializer[dict[str, Any]]):
     until = serializers.DateTimeField(help_text="When the last of them is due.")
 
 
+class EngagementCountSerializer(serializers.Serializer[dict[str, Any]]):
+    count = serializers.IntegerField(help_text="Deliveries with at least one such event.")
+    rate = serializers.FloatField(
+        allow_null=True, help_text="count over the deliveries sent; null when none was sent."
+    )
+
+
+class EngagementSerializer(serializers.Serializer[dict[str, Any]]):
+    """What recipients did, from providers' events (``campaigns.engagement``)."""
+
+    by_channel = serializers.DictField(
+        child=serializers.DictField(child=EngagementCountSerializer()),
+        help_text="Per channel, per kind: " + ", ".join(ENGAGEMENT_KINDS) + ".",
+    )
+    by_version = serializers.DictField(
+        child=serializers.DictField(child=EngagementCountSerializer()),
+        help_text="Per version number, per kind.",
+    )
+
+
 class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):
     """What a campaign's deliveries came to (``campaigns.selectors.campaign_report``)."""
 
@@ -578,6 +599,7 @@ class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):
         "quiet_hours: the end of the recipient's quiet hours), the deliveries still waiting "
         "and until when the last of them waits.",
     )
+    engagement = EngagementSerializer()
 
 
 class DeliverySerializer(serializers.Serializer[Any]):

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 
 
 def command_user(username: str | None) -> Any:
@@ -27,3 +27,14 @@ def one_line(error: ValidationError) -> str:
             f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items()
         )
     return " ".join(error.messages)
+
+
+def acting_user_options() -> CommandParser:
+    """The ``--user`` option of every subcommand (a parent parser, ``parents=[…]``)."""
+    options = CommandParser(add_help=False)
+    options.add_argument(
+        "--user",
+        metavar="USERNAME",
+        help="Act as this user (their permissions apply); default: the system.",
+    )
+    return options

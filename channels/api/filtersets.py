@@ -1,7 +1,10 @@
-import django_filters
+from typing import Any
 
-from channels.choices import ChannelKind
-from channels.models import MessagePreset
+import django_filters
+from django.db.models import QuerySet
+
+from channels.choices import ChannelKind, SuppressionReason, SuppressionSource
+from channels.models import MessagePreset, Suppression
 
 
 class MessagePresetFilterSet(django_filters.FilterSet):
@@ -10,3 +13,25 @@ class MessagePresetFilterSet(django_filters.FilterSet):
     class Meta:
         model = MessagePreset
         fields = ["channel"]
+
+
+class SuppressionFilterSet(django_filters.FilterSet):
+    """The suppression list's filters, at the API (the admin offers the same choices)."""
+
+    channel = django_filters.ChoiceFilter(choices=ChannelKind.choices)
+    reason = django_filters.ChoiceFilter(choices=SuppressionReason.choices)
+    source = django_filters.ChoiceFilter(choices=SuppressionSource.choices)
+    address = django_filters.CharFilter(
+        method="filter_address", help_text="The address, in any case for an email address."
+    )
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Suppression
+        fields = ["channel", "reason", "source", "address"]
+
+    def filter_address(self, queryset: QuerySet[Suppression], name: str, value: str) -> Any:
+        # Stored normalized: an email address in lower case, anything else as written.
+        value = value.strip()
+        return queryset.filter(address__in={value, value.lower()})

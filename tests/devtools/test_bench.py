@@ -71,3 +71,48 @@ def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_d
     assert "naive design: 10 profiles × 2 channels…" in lines
     # No email channel, so no run over SMTP.
     assert not any(line.startswith("email over SMTP") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--events", "0"], "--events, --clients and --per-post must be at least 1."),
+        (["--per-post", "0"], "--events, --clients and --per-post must be at least 1."),
+        (["--duplicates", "1"], "--duplicates must be from 0 to below 1."),
+    ],
+)
+def test_bench_events_refuses_bad_options_in_one_line(options, error):
+    with pytest.raises(CommandError) as refused:
+        call_command("bench_events", *options, stdout=StringIO())
+    assert str(refused.value) == error
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("format", "per_post"), [("postmark", "1"), ("sendgrid", "7")])
+def test_bench_events_posts_to_the_web_server_and_counts_what_it_ignored(
+    transactional_db, monkeypatch, format, per_post
+):
+    for name, value in child_process_env().items():
+        monkeypatch.setenv(name, value)
+    out = StringIO()
+
+    call_command(
+        "bench_events",
+        *("--events", "60", "--clients", "3", "--format", format, "--per-post", per_post),
+        *("--duplicates", "0.3"),
+        stdout=out,
+    )
+
+    summary = json.loads(out.getvalue().splitlines()[-1])
+    assert summary["events"] > 60
+    assert summary["duplicates_ignored"] == summary["events"] - 60
+    assert summary["events_per_s"] > 0
+    assert summary["web_peak_rss_mb"] > 0
+    assert summary["format"].startswith("Postmark" if format == "postmark" else "SendGrid")
+    from campaigns.models import DeliveryEvent
+    from channels.models import Suppression
+
+    assert DeliveryEvent.objects.count() == 60
+    assert Suppression.objects.filter(source="provider").exists() == (
+        DeliveryEvent.objects.filter(kind__in=["bounced", "complained", "unsubscribed"]).exists()
+    )

@@ -38,6 +38,7 @@ from campaigns.choices import (
     ProofStatus,
 )
 from campaigns.delivery.timing import schedule_words
+from campaigns.engagement import engagement_summary
 from campaigns.exceptions import CampaignConflict
 from campaigns.management.doors import command_user, one_line
 from campaigns.models import Campaign
@@ -489,6 +490,8 @@ class Command(BaseCommand):
             f"  rate: {rate['per_s']:g}/s over the last {rate['window_s']}s; time left: "
             f"{_seconds(rate['time_left_s'])}"
         )
+        for channel, engagement in report["engagement"]["by_channel"].items():
+            out(f"  {channel} after the send: {engagement_summary(engagement)}")
         for channel, reasons in report["waiting"].items():
             for reason, waiting in reasons.items():
                 out(

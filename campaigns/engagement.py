@@ -1,0 +1,90 @@
+"""What recipients did with a campaign's messages, read from the delivery events providers
+reported (``campaigns.events``): per channel and per version, how many deliveries were
+delivered, bounced (hard), complained, unsubscribed, opened and clicked, and each as a rate
+of the deliveries sent.
+
+Each count is of deliveries, not of events: a message opened five times is one opened
+delivery, a bounce reported twice one bounced delivery. One query, grouped in the
+database: the events of the campaign's executions (joined to their deliveries by primary
+key, and from there only to the small action and version tables), counted by distinct
+delivery per (action, version, kind). Events not attached to a delivery count nowhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.db.models import Count
+
+from .choices import EventKind
+from .models import Campaign, DeliveryEvent
+
+# The kinds a report counts, in the order it shows them.
+ENGAGEMENT_KINDS: tuple[str, ...] = (
+    EventKind.DELIVERED,
+    EventKind.BOUNCED,
+    EventKind.COMPLAINED,
+    EventKind.UNSUBSCRIBED,
+    EventKind.OPENED,
+    EventKind.CLICKED,
+)
+
+
+def engagement_counts(*, campaign: Campaign) -> list[tuple[str, int, str, int]]:
+    """(channel, version number, kind, deliveries) for every kind of ``ENGAGEMENT_KINDS``
+    that some delivery of the campaign had."""
+    rows = (
+        DeliveryEvent.objects.filter(
+            delivery__execution__campaign=campaign, kind__in=ENGAGEMENT_KINDS
+        )
+        .values_list("delivery__action__channel", "delivery__version__number", "kind")
+        .annotate(deliveries=Count("delivery_id", distinct=True))
+        .order_by()
+    )
+    return [(channel, int(version), kind, int(n)) for channel, version, kind, n in rows]
+
+
+def campaign_engagement(
+    *,
+    campaign: Campaign,
+    sent_by_channel: Mapping[str, int],
+    sent_by_version: Mapping[str, int],
+) -> dict[str, Any]:
+    """``{"by_channel": {channel: {kind: {"count", "rate"}}}, "by_version": {number: …}}``
+    for the channels and versions that sent something or had events; ``rate`` is the count
+    over the deliveries sent (None when none was sent)."""
+    by_channel: dict[str, dict[str, int]] = {c: {} for c, n in sent_by_channel.items() if n}
+    by_version: dict[str, dict[str, int]] = {v: {} for v, n in sent_by_version.items() if n}
+    for channel, version, kind, deliveries in engagement_counts(campaign=campaign):
+        for counts in (by_channel.setdefault(channel, {}), by_version.setdefault(str(version), {})):
+            counts[kind] = counts.get(kind, 0) + deliveries
+    return {
+        "by_channel": {
+            channel: _rates(counts, sent_by_channel.get(channel, 0))
+            for channel, counts in sorted(by_channel.items())
+        },
+        "by_version": {
+            version: _rates(counts, sent_by_version.get(version, 0))
+            for version, counts in sorted(by_version.items(), key=lambda item: int(item[0]))
+        },
+    }
+
+
+def _rates(counts: Mapping[str, int], sent: int) -> dict[str, dict[str, Any]]:
+    return {
+        kind: {
+            "count": counts.get(kind, 0),
+            "rate": round(counts.get(kind, 0) / sent, 4) if sent else None,
+        }
+        for kind in ENGAGEMENT_KINDS
+    }
+
+
+def engagement_summary(counts: Mapping[str, Mapping[str, Any]]) -> str:
+    """One channel's or version's engagement as a line: "delivered 980 (98%), …"."""
+    return ", ".join(
+        f"{kind} {shown['count']}"
+        + (f" ({shown['rate']:.1%})" if shown["rate"] is not None else "")
+        for kind, shown in counts.items()
+    )
