@@ -22,8 +22,8 @@ from django.utils.formats import date_format, number_format
 from channels.choices import ChannelKind
 from config.formats import short_datetime
 
-from .choices import CampaignStatus, DeliveryReason, DeliveryStatus, EventKind, ExecutionStatus
-from .engagement import ENGAGEMENT_KINDS
+from .choices import CampaignStatus, DeliveryReason, DeliveryStatus, ExecutionStatus
+from .engagement import OUTCOME_LABELS
 from .models import Campaign
 from .selectors import DELIVERY_VIEW_PERMISSIONS, campaign_report, progress_percent
 
@@ -295,7 +295,7 @@ def _engagement_rows(engagement: dict[str, Any]) -> dict[str, Any] | None:
         for number, counts in engagement["by_version"].items()
     ]
     return {
-        "columns": [EventKind(kind).label for kind in ENGAGEMENT_KINDS],
+        "columns": list(OUTCOME_LABELS.values()),
         "channels": channels,
         "versions": versions if len(versions) > 1 else [],
     }

@@ -202,11 +202,13 @@ class ConversionCount:
 
 def campaign_conversions(*, campaign: Campaign) -> dict[str, dict[Any, ConversionCount]]:
     """The report's conversions of a campaign: ``{"by_channel": {channel: …},
-    "by_version": {version number: …}}``, each a count and a total value (one query)."""
+    "by_version": {version number: …}}``, each the deliveries that converted (as the
+    report counts every outcome: a rate over the deliveries sent) and the total value of
+    their conversions (one query)."""
     rows = (
         Conversion.objects.filter(campaign=campaign)
         .values("delivery__action__channel", "delivery__version__number")
-        .annotate(converted=Count("pk"), total=Sum("value"))
+        .annotate(converted=Count("delivery_id", distinct=True), total=Sum("value"))
         .order_by()
     )
     by_channel: dict[Any, list[Any]] = defaultdict(lambda: [0, Decimal(0)])

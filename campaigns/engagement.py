@@ -1,7 +1,8 @@
 """What recipients did with a campaign's messages, read from the delivery events providers
 reported (``campaigns.events``): per channel and per version, how many deliveries were
 delivered, bounced (hard), complained, unsubscribed, opened and clicked, and each as a rate
-of the deliveries sent.
+of the deliveries sent; and how many conversions were attributed to it, with their value
+(``campaigns.conversions``).
 
 Each count is of deliveries, not of events: a message opened five times is one opened
 delivery, a bounce reported twice one bounced delivery. One query, grouped in the
@@ -18,6 +19,7 @@ from typing import Any
 from django.db.models import Count
 
 from .choices import EventKind
+from .conversions import campaign_conversions
 from .models import Campaign, DeliveryEvent
 
 # The kinds a report counts, in the order it shows them.
@@ -29,6 +31,14 @@ ENGAGEMENT_KINDS: tuple[str, ...] = (
     EventKind.OPENED,
     EventKind.CLICKED,
 )
+
+# Conversions (``campaigns.conversions``) are counted beside the events, with their value.
+CONVERTED = "converted"
+# What a report shows after the send, in order, with each column's label.
+OUTCOME_LABELS: dict[str, str] = {
+    **{kind: str(EventKind(kind).label) for kind in ENGAGEMENT_KINDS},
+    CONVERTED: "Converted",
+}
 
 
 def engagement_counts(*, campaign: Campaign) -> list[tuple[str, int, str, int]]:
@@ -51,14 +61,20 @@ def campaign_engagement(
     sent_by_channel: Mapping[str, int],
     sent_by_version: Mapping[str, int],
 ) -> dict[str, Any]:
-    """``{"by_channel": {channel: {kind: {"count", "rate"}}}, "by_version": {number: …}}``
-    for the channels and versions that sent something or had events; ``rate`` is the count
-    over the deliveries sent (None when none was sent)."""
-    by_channel: dict[str, dict[str, int]] = {c: {} for c, n in sent_by_channel.items() if n}
-    by_version: dict[str, dict[str, int]] = {v: {} for v, n in sent_by_version.items() if n}
+    """``{"by_channel": {channel: {outcome: {"count", "rate"}}}, "by_version": {number: …}}``
+    for the channels and versions that sent something or had events, the outcomes of
+    ``OUTCOME_LABELS``; ``rate`` is the count over the deliveries sent (None when none was
+    sent), and ``converted`` also has its ``value`` (the conversions' total, as a string)."""
+    by_channel: dict[str, dict[str, Any]] = {c: {} for c, n in sent_by_channel.items() if n}
+    by_version: dict[str, dict[str, Any]] = {v: {} for v, n in sent_by_version.items() if n}
     for channel, version, kind, deliveries in engagement_counts(campaign=campaign):
         for counts in (by_channel.setdefault(channel, {}), by_version.setdefault(str(version), {})):
             counts[kind] = counts.get(kind, 0) + deliveries
+    conversions = campaign_conversions(campaign=campaign)
+    for table, groups in (("by_channel", by_channel), ("by_version", by_version)):
+        for group, converted in conversions[table].items():
+            if group is not None:  # None: attributed to no delivery of the campaign
+                groups.setdefault(str(group), {})[CONVERTED] = converted
     return {
         "by_channel": {
             channel: _rates(counts, sent_by_channel.get(channel, 0))
@@ -71,14 +87,15 @@ def campaign_engagement(
     }
 
 
-def _rates(counts: Mapping[str, int], sent: int) -> dict[str, dict[str, Any]]:
-    return {
-        kind: {
-            "count": counts.get(kind, 0),
-            "rate": round(counts.get(kind, 0) / sent, 4) if sent else None,
-        }
-        for kind in ENGAGEMENT_KINDS
-    }
+def _rates(counts: Mapping[str, Any], sent: int) -> dict[str, dict[str, Any]]:
+    shown: dict[str, dict[str, Any]] = {}
+    for outcome in OUTCOME_LABELS:
+        found = counts.get(outcome)
+        count = (found.converted if outcome == CONVERTED else found) if found else 0
+        shown[outcome] = {"count": count, "rate": round(count / sent, 4) if sent else None}
+    value = counts[CONVERTED].value if CONVERTED in counts else 0
+    shown[CONVERTED]["value"] = f"{value:.2f}"  # as the API's decimals are written
+    return shown
 
 
 def engagement_summary(counts: Mapping[str, Mapping[str, Any]]) -> str:
@@ -86,5 +103,6 @@ def engagement_summary(counts: Mapping[str, Mapping[str, Any]]) -> str:
     return ", ".join(
         f"{kind} {shown['count']}"
         + (f" ({shown['rate']:.1%})" if shown["rate"] is not None else "")
+        + (f", worth {shown['value']}" if kind == CONVERTED else "")
         for kind, shown in counts.items()
     )

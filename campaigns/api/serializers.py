@@ -27,7 +27,7 @@ from campaigns.choices import (
     ReviewCode,
     VersionRole,
 )
-from campaigns.engagement import ENGAGEMENT_KINDS
+from campaigns.engagement import OUTCOME_LABELS
 from campaigns.models import (
     ACTION_CONTENT_FIELDS,
     Campaign,
@@ -554,9 +554,17 @@ class WaitingSerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class EngagementCountSerializer(serializers.Serializer[dict[str, Any]]):
-    count = serializers.IntegerField(help_text="Deliveries with at least one such event.")
+    count = serializers.IntegerField(
+        help_text="Deliveries with at least one such event; for converted, the conversions."
+    )
     rate = serializers.FloatField(
         allow_null=True, help_text="count over the deliveries sent; null when none was sent."
+    )
+    value = serializers.DecimalField(
+        max_digits=16,
+        decimal_places=2,
+        required=False,
+        help_text="converted only: the conversions' total value.",
     )
 
 
@@ -565,7 +573,7 @@ class EngagementSerializer(serializers.Serializer[dict[str, Any]]):
 
     by_channel = serializers.DictField(
         child=serializers.DictField(child=EngagementCountSerializer()),
-        help_text="Per channel, per kind: " + ", ".join(ENGAGEMENT_KINDS) + ".",
+        help_text="Per channel, per outcome: " + ", ".join(OUTCOME_LABELS) + ".",
     )
     by_version = serializers.DictField(
         child=serializers.DictField(child=EngagementCountSerializer()),

@@ -183,6 +183,7 @@ def test_postmark_events_attach_to_their_delivery_suppress_and_count_once(sinks)
     email = engagement["by_channel"]["email"]
     assert {kind: email[kind]["count"] for kind in email} == {
         "delivered": 1, "bounced": 1, "complained": 0, "unsubscribed": 0, "opened": 1, "clicked": 0,
+        "converted": 0,
     }  # fmt: skip
     assert email["opened"]["rate"] == 0.5  # one of the two sent
     assert engagement["by_version"]["1"]["bounced"] == {"count": 1, "rate": 0.5}
@@ -284,7 +285,7 @@ def test_the_admin_the_api_and_the_command_show_the_same_engagement(
     cells = dict(re.findall(r'data-event="(\w+)"><span data-figure="count">(\d+)</span>', section))
     assert cells == {
         "delivered": "1", "bounced": "1", "complained": "0", "unsubscribed": "0",
-        "opened": "1", "clicked": "0",
+        "opened": "1", "clicked": "0", "converted": "0",
     }  # fmt: skip
 
     out = StringIO()

@@ -5,10 +5,12 @@ to, and records one idempotency key once; the report's counts; the admin's list.
 from __future__ import annotations
 
 import datetime as dt
+import io
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from campaigns.conversions import ConversionCount, campaign_conversions
@@ -152,7 +154,9 @@ def test_recording_a_conversion_needs_its_permission(api_client_for, user_with_p
     assert adder.post(URL, {"profile": "ann"}, format="json").status_code == 201
 
 
-def test_the_report_counts_conversions_and_value_per_channel_and_version(ann):
+def test_the_report_counts_conversions_and_value_per_channel_and_version(
+    ann, admin_client, api_client
+):
     campaign = make_live_campaign(actions=[email_action(), sms_action()])
     email = sent_days_ago(campaign, 1)
     sms = Delivery.objects.get(execution__campaign=campaign, action__channel="sms")
@@ -164,10 +168,20 @@ def test_the_report_counts_conversions_and_value_per_channel_and_version(ann):
 
     report = campaign_conversions(campaign=campaign)
     assert report["by_channel"] == {
-        "email": ConversionCount(2, Decimal("12.50")),
+        "email": ConversionCount(1, Decimal("12.50")),  # one delivery converted twice
         "sms": ConversionCount(1, Decimal("1")),
     }
-    assert report["by_version"] == {1: ConversionCount(3, Decimal("13.50"))}
+    assert report["by_version"] == {1: ConversionCount(2, Decimal("13.50"))}
+
+    # The same at every door: the API's report, the command's and the admin's.
+    api = api_client.get(f"/api/campaigns/{campaign.pk}/report/").json()["engagement"]
+    assert api["by_channel"]["email"]["converted"] == {"count": 1, "rate": 1.0, "value": "12.50"}
+    assert api["by_version"]["1"]["converted"]["value"] == "13.50"
+    out = io.StringIO()
+    call_command("campaign", "report", str(campaign.pk), stdout=out)
+    assert "converted 1 (100.0%), worth 12.50" in out.getvalue()
+    page = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert 'data-event="converted"><span data-figure="count">1</span>' in page
 
 
 def test_the_admin_lists_conversions_read_only(admin_client, ann):
