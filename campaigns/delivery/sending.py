@@ -66,7 +66,15 @@ from config.graceful_stop import stop_requested
 from segments.choices import ConsentChannel
 from segments.unsubscribe import unsubscribe_links
 
-from ..choices import CampaignKind, CampaignType, DeliveryReason, DeliveryStatus, ExecutionStatus
+from ..choices import (
+    HOLDOUT_GROUP,
+    CampaignKind,
+    CampaignType,
+    DeliveryReason,
+    DeliveryStatus,
+    ExecutionStatus,
+)
+from ..experiments import VariantRenderers, campaign_has_assignments, experiment_groups
 from ..models import Campaign, CampaignVersion, ChannelAction, Execution, TriggerRecipient
 from .caps import CapCheck
 from .completion import execution_halt
@@ -185,7 +193,13 @@ class ActionSender:
             R.OPTED_OUT: f"Opted out of {self.label} marketing.",
             R.NO_ADDRESS: f"No {self.label} address.",
             R.SUPPRESSED: f"The {self.label} address is on the suppression list.",
+            R.HOLDOUT: "In the experiment's holdout: no message of this campaign.",
         }
+        # Experiments (campaigns.experiments): each chunk's recipients' groups, read by the
+        # workers' chunks only (the preview and the proofs show the action's own content).
+        self.experiment = False
+        self.groups: dict[int, str] = {}
+        self.variants = VariantRenderers({})
         self.suppressed: frozenset[str] = frozenset()  # the chunk's (``prepare``)
         self.backend: ProviderBackend | None = None
         self.policy = _delivery_policy()
@@ -226,6 +240,7 @@ class ActionSender:
         self.render = content_renderer(
             subject=content.subject, body=content.body, trigger_context=self.triggered
         )
+        self.variants = VariantRenderers.of(content, trigger_context=self.triggered)
         self.unsubscribe = (
             self.preset.reply_to or self.preset.from_email
             if self.marketing and self.channel == ChannelKind.EMAIL
@@ -307,8 +322,14 @@ class ActionSender:
             except (ValueError, RecursionError) as error:
                 text = f"Cannot read the profile's attributes: {type(error).__name__}: {error}"
                 return DeliveryOutcome(row.delivery_id, D.FAILED, text, reason=R.BAD_PROFILE_DATA)
+        group = self.groups.get(profile["id"])
+        if group == HOLDOUT_GROUP:
+            return DeliveryOutcome(
+                row.delivery_id, D.SKIPPED, self.skip_texts[R.HOLDOUT], reason=R.HOLDOUT
+            )
+        render = self.variants.renderer(group, self.render)
         trigger = self.contexts.get(profile["id"], {}) if self.triggered else None
-        subject, body = self.render(profile_context(profile), trigger)
+        subject, body = render(profile_context(profile), trigger)
         headers: dict[str, str] = {}
         if self.unsubscribe:
             headers.update(self._unsubscribe_headers(profile))
@@ -470,7 +491,11 @@ class ActionSender:
 
     def _read_contexts(self, batch: Batch, due: Sequence[Due]) -> None:
         """An API trigger's chunk: its recipients' contexts (``campaigns.triggers``), in one
-        query that the unique index on (execution, profile) serves."""
+        query that the unique index on (execution, profile) serves; and an experiment's
+        chunk: its recipients' groups, in one query likewise."""
+        if self.experiment:
+            ids = [row.profile["id"] for row in due if row.profile is not None]
+            self.groups = experiment_groups(self.campaign.pk, ids)
         if self.triggered:
             ids = [row.profile["id"] for row in due if row.profile is not None]
             self.contexts = dict(
@@ -522,6 +547,7 @@ def _send_chunks(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> 
     sender = ActionSender(
         action=action, campaign=campaign, version_id=campaign.live_version_id or action.version_id
     )
+    sender.experiment = campaign_has_assignments(campaign.pk)
     try:
         while True:
             if stop_requested():

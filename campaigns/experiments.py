@@ -1,0 +1,425 @@
+"""Content experiments: variants of an action's content, a holdout, and their results.
+
+Variants. An action's own content is variant A; up to ``EXPERIMENT_MAX_VARIANTS - 1``
+``Variant`` rows (B, C, …) each take a share (percent) of the tested audience, and A keeps
+the rest, so the shares always add up to 100 and an action without variants is simply
+"A, 100 %". Keeping A as the action's own content means everything that reads an action
+(the preview, the reviews, the proofs, a version's copy) still reads its main content,
+and adding a variant to a running campaign's draft never leaves an action without one.
+
+One split per campaign. A profile is in one group for the whole campaign, whatever the
+channel: every action of a version that has variants must split the same way (the same
+labels and shares), which ``variants_refusals`` checks when the actions are saved. An
+action without variants sends its own content to every group but the holdout.
+
+Holdout. ``CampaignVersion.holdout_share`` percent of the audience get no message of the
+campaign. Their delivery rows are planned like everyone's and skipped with the reason
+``holdout`` (one skip per row, as for any other reason), so the report's ``by_reason``
+shows the holdout's size per channel with no new counter, and the holdout's profiles stay
+known (``Assignment``) for the conversions measured against them.
+
+Assignment. A stable hash of (campaign id, profile id) gives a bucket 0..9,999: the first
+``holdout_share`` × 100 buckets are the holdout, the rest are spread over the variants by
+their shares. Planning stores each chunk's groups in bulk (``assignments_plan``: one
+SELECT of the chunk's members and batched INSERTs, never a query per profile); a group
+once stored is kept (re-planning, another run, an occurrence find the same one), and every
+chunk the workers send reads its recipients' groups in one query (``experiment_groups``).
+
+Results. ``experiment_results`` compares the groups on a metric (``EXPERIMENT_METRICS``)
+with a two-sided two-proportion z-test (``SALVO_EXPERIMENT_ALPHA``): the best group
+against the runner-up, and a winner only when that difference is significant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.utils import timezone
+
+from channels.rendering import content_renderer
+from channels.rendering.renderers import ContentRenderer
+
+from .choices import (
+    EXPERIMENT_MAX_HOLDOUT_SHARE,
+    EXPERIMENT_MAX_VARIANTS,
+    HOLDOUT_GROUP,
+    VARIANT_LABELS,
+    EventKind,
+)
+from .models import Assignment, Campaign, ChannelAction, DeliveryEvent, Execution, Variant
+
+# Buckets of the assignment hash: shares are whole percents, so 100 buckets per percent.
+BUCKETS = 10_000
+# Assignments written per INSERT while planning.
+ASSIGNMENT_INSERT_BATCH = 5_000
+
+# (label, share) of every group but the holdout, A first.
+Split = tuple[tuple[str, int], ...]
+
+
+# --- the split --------------------------------------------------------------------------
+
+
+def split_of(variant_shares: Iterable[int]) -> Split:
+    """The groups of an action whose variants B, C, … have these shares: A keeps the rest."""
+    shares = list(variant_shares)
+    return (("A", 100 - sum(shares)), *zip(VARIANT_LABELS[1:], shares, strict=False))
+
+
+def split_words(split: Split) -> str:
+    """ "A 50 %, B 50 %": a split as the error messages and the command show it."""
+    return ", ".join(f"{label} {share} %" for label, share in split)
+
+
+def holdout_refusal(value: Any) -> str:
+    """Why `value` is no holdout share, or ""."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "Enter a whole percent."
+    if not 0 <= value <= EXPERIMENT_MAX_HOLDOUT_SHARE:
+        return f"The holdout is a percent from 0 to {EXPERIMENT_MAX_HOLDOUT_SHARE}, not {value}."
+    return ""
+
+
+def variants_refusals(variants: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """What is wrong with an action's variants (each ``{share, subject, body}``, labelled
+    B, C, … in order), keyed ``variants`` or ``variants[i].share``; empty when nothing.
+    The content itself is checked as the action's is, by the caller."""
+    errors: dict[str, list[str]] = {}
+    if len(variants) > EXPERIMENT_MAX_VARIANTS - 1:
+        errors["variants"] = [
+            f"At most {EXPERIMENT_MAX_VARIANTS} variants per action: A (the action's own "
+            f"content) and {EXPERIMENT_MAX_VARIANTS - 1} more, not {len(variants) + 1}."
+        ]
+        return errors
+    shares = []
+    for index, variant in enumerate(variants):
+        share = variant.get("share")
+        if isinstance(share, bool) or not isinstance(share, int) or not 1 <= share <= 99:
+            errors[f"variants[{index}].share"] = [
+                f"Variant {VARIANT_LABELS[index + 1]}'s share is a percent from 1 to 99, "
+                f"not {share!r}."
+            ]
+        else:
+            shares.append(share)
+    if not errors and sum(shares) >= 100:
+        errors["variants"] = [
+            f"The variants' shares add up to {sum(shares)} %: they must add up to 100 % with "
+            "variant A (the action's own content), which needs at least 1 %, so at most 99 %."
+        ]
+    return errors
+
+
+def version_split_refusal(splits: Sequence[tuple[str, Split]]) -> str:
+    """Why the actions' splits (each with its channel's name) cannot run in one campaign,
+    or "": every action with variants must split the audience the same way."""
+    tested = [(name, split) for name, split in splits if len(split) > 1]
+    if any(split != tested[0][1] for _, split in tested):
+        listed = "; ".join(f"{name}: {split_words(split)}" for name, split in tested)
+        return (
+            "Every action with variants must split the audience the same way (a profile is "
+            f"in one group for the whole campaign): {listed}."
+        )
+    return ""
+
+
+def version_split(version_id: int) -> Split:
+    """The version's groups and their shares (A 100 % when no action has variants)."""
+    shares: dict[int, list[int]] = {}
+    for action_id, share in (
+        Variant.objects.filter(action__version_id=version_id)
+        .order_by("action__channel", "label")
+        .values_list("action_id", "share")
+    ):
+        shares.setdefault(action_id, []).append(share)
+    return split_of(next(iter(shares.values()), []))
+
+
+# --- assignment -------------------------------------------------------------------------
+
+
+def bucket_of(campaign_id: int, profile_id: int) -> int:
+    """The profile's bucket in the campaign, 0..BUCKETS-1: the same on every machine, in
+    every run (a keyed digest, never Python's salted ``hash``)."""
+    digest = hashlib.blake2b(f"{campaign_id}:{profile_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def group_of(bucket: int, *, holdout_share: int, split: Split) -> str:
+    """The group of a bucket: the holdout's buckets first, then each variant's, in label
+    order, in proportion to their shares of what is left."""
+    held = holdout_share * BUCKETS // 100
+    if bucket < held:
+        return HOLDOUT_GROUP
+    # The buckets past the holdout, scaled back to 0..BUCKETS-1 and cut by the shares.
+    scaled = (bucket - held) * BUCKETS // (BUCKETS - held)
+    edge = 0
+    for label, share in split:
+        edge += share * BUCKETS // 100
+        if scaled < edge:
+            return label
+    return split[-1][0]
+
+
+def has_experiment(*, holdout_share: int, split: Split) -> bool:
+    return holdout_share > 0 or len(split) > 1
+
+
+def assignments_store(
+    *, campaign_id: int, holdout_share: int, split: Split, profile_ids: Iterable[int]
+) -> None:
+    """Store the groups of these profiles in the campaign, keeping any stored before: a
+    few batched INSERTs that ignore the profiles already assigned."""
+    now = timezone.now()
+    Assignment.objects.bulk_create(
+        (
+            Assignment(
+                campaign_id=campaign_id,
+                profile_id=profile_id,
+                group=group_of(
+                    bucket_of(campaign_id, profile_id), holdout_share=holdout_share, split=split
+                ),
+                assigned_at=now,
+            )
+            for profile_id in profile_ids
+        ),
+        batch_size=ASSIGNMENT_INSERT_BATCH,
+        ignore_conflicts=True,
+    )
+
+
+def assignments_plan(execution: Execution, first_key: int, last_key: int) -> None:
+    """While planning a chunk: store the groups of the snapshot's members with keys in
+    [first_key, last_key], when the execution's version runs an experiment."""
+    version = execution.version
+    split = version_split(version.pk)
+    if not has_experiment(holdout_share=version.holdout_share, split=split):
+        return
+    members = execution.snapshot.members if execution.snapshot else None
+    if members is None:
+        return
+    profile_ids = members.filter(key__range=(first_key, last_key)).values_list(
+        "profile_id", flat=True
+    )
+    assignments_store(
+        campaign_id=execution.campaign_id,
+        holdout_share=version.holdout_share,
+        split=split,
+        profile_ids=profile_ids.iterator(chunk_size=ASSIGNMENT_INSERT_BATCH),
+    )
+
+
+def campaign_has_assignments(campaign_id: int) -> bool:
+    return Assignment.objects.filter(campaign_id=campaign_id).exists()
+
+
+def experiment_groups(campaign_id: int, profile_ids: Sequence[int]) -> dict[int, str]:
+    """The stored groups of these profiles in the campaign: one query, which the unique
+    index on (campaign, profile) serves."""
+    return dict(
+        Assignment.objects.filter(campaign_id=campaign_id, profile_id__in=profile_ids)
+        .values_list("profile_id", "group")
+        .iterator(chunk_size=len(profile_ids) or 1)
+    )
+
+
+# --- sending ------------------------------------------------------------------------------
+
+
+@dataclass
+class VariantRenderers:
+    """The renderers of an action's variants B, C, … (compiled once per batch and
+    version): what the sender renders a recipient's group with; A, and a group the action
+    has no variant for, render the action's own content."""
+
+    renderers: dict[str, ContentRenderer]
+
+    @classmethod
+    def of(cls, action: ChannelAction, *, trigger_context: bool) -> VariantRenderers:
+        return cls(
+            {
+                variant.label: content_renderer(
+                    subject=variant.subject, body=variant.body, trigger_context=trigger_context
+                )
+                for variant in Variant.objects.filter(action=action)
+            }
+        )
+
+    def renderer(self, group: str | None, default: ContentRenderer) -> ContentRenderer:
+        return self.renderers.get(group or "", default)
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+def _group_of_profile(campaign_id: int, profile_column: str) -> Subquery:
+    return Subquery(
+        Assignment.objects.filter(campaign_id=campaign_id, profile_id=OuterRef(profile_column))
+        .order_by()
+        .values("group")[:1]
+    )
+
+
+def _event_metric(kind: str) -> Callable[[int], dict[str, int]]:
+    """Per group, the profiles with at least one event of `kind` on a delivery of the
+    campaign."""
+
+    def count(campaign_id: int) -> dict[str, int]:
+        events: QuerySet[DeliveryEvent] = DeliveryEvent.objects.filter(
+            kind=kind, delivery__execution__campaign_id=campaign_id
+        )
+        rows = (
+            events.annotate(group=_group_of_profile(campaign_id, "delivery__profile_id"))
+            .values("group")
+            .annotate(n=Count("delivery__profile_id", distinct=True))
+            .order_by()
+        )
+        return {row["group"]: row["n"] for row in rows if row["group"]}
+
+    return count
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What an experiment can be compared on: its words, how it is counted per group
+    (profiles with at least one), and whether the holdout can have it at all (no message,
+    no open; a conversion needs none)."""
+
+    label: str
+    count: Callable[[int], dict[str, int]]
+    holdout_measured: bool
+
+
+# The metrics the results compare on. A new source (conversions) is one entry: a function
+# of the campaign id returning, per group (variant label or "holdout"), how many profiles
+# converted, with `holdout_measured=True`.
+EXPERIMENT_METRICS: dict[str, Metric] = {
+    "opened": Metric("Opens", _event_metric(EventKind.OPENED), holdout_measured=False),
+    "clicked": Metric("Clicks", _event_metric(EventKind.CLICKED), holdout_measured=False),
+}
+DEFAULT_EXPERIMENT_METRIC = "opened"
+
+
+@dataclass(frozen=True)
+class ZTest:
+    z: float
+    p_value: float
+
+
+def two_proportion_z_test(x1: int, n1: int, x2: int, n2: int) -> ZTest | None:
+    """The two-sided two-proportion z-test of x1/n1 against x2/n2 (pooled standard error);
+    None when it cannot be computed (an empty group, or no variation at all)."""
+    if n1 <= 0 or n2 <= 0:
+        return None
+    pooled = (x1 + x2) / (n1 + n2)
+    error = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if error == 0:
+        return None
+    z = (x1 / n1 - x2 / n2) / error
+    return ZTest(z=z, p_value=2 * (1 - NormalDist().cdf(abs(z))))
+
+
+def experiment_results(*, campaign: Campaign, metric: str = "") -> dict[str, Any] | None:
+    """The campaign's experiment compared on `metric` (a key of ``EXPERIMENT_METRICS``),
+    or None when it runs none: per group its size `n` (profiles assigned to it), `count`
+    (of them, those with the metric), `rate`, and against the holdout (when the metric
+    can be measured on it) `lift` and `p_value`; `comparison` is the best group against
+    the runner-up, and `winner` the best one only when that difference is significant at
+    SALVO_EXPERIMENT_ALPHA."""
+    metric = metric or DEFAULT_EXPERIMENT_METRIC
+    if metric not in EXPERIMENT_METRICS:
+        raise ValueError(
+            f"Unknown experiment metric {metric!r}: choose one of {', '.join(EXPERIMENT_METRICS)}."
+        )
+    sizes = dict(
+        Assignment.objects.filter(campaign=campaign)
+        .values("group")
+        .annotate(n=Count("id"))
+        .order_by()
+        .values_list("group", "n")
+    )
+    if not sizes:
+        return None
+    alpha = float(settings.SALVO_EXPERIMENT_ALPHA)
+    source = EXPERIMENT_METRICS[metric]
+    counted = source.count(campaign.pk)
+    holdout_n = sizes.get(HOLDOUT_GROUP, 0)
+    holdout_x = counted.get(HOLDOUT_GROUP, 0)
+    measured = source.holdout_measured and holdout_n > 0
+    groups = []
+    for label in VARIANT_LABELS:
+        n = sizes.get(label, 0)
+        if not n:
+            continue
+        x = counted.get(label, 0)
+        row: dict[str, Any] = {"group": label, "n": n, "count": x, "rate": x / n}
+        if measured:
+            against = two_proportion_z_test(x, n, holdout_x, holdout_n)
+            holdout_rate = holdout_x / holdout_n
+            row["lift"] = (x / n - holdout_rate) / holdout_rate if holdout_rate else None
+            row["p_value"] = against.p_value if against else None
+        else:
+            row["lift"] = row["p_value"] = None
+        groups.append(row)
+    ranked = sorted(groups, key=lambda row: row["rate"], reverse=True)
+    comparison = None
+    winner = None
+    if len(ranked) >= 2:
+        best, runner_up = ranked[0], ranked[1]
+        test = two_proportion_z_test(best["count"], best["n"], runner_up["count"], runner_up["n"])
+        significant = test is not None and test.p_value < alpha
+        comparison = {
+            "best": best["group"],
+            "runner_up": runner_up["group"],
+            "z": test.z if test else None,
+            "p_value": test.p_value if test else None,
+            "significant": significant,
+        }
+        winner = best["group"] if significant else None
+    holdout = None
+    if holdout_n:
+        holdout = {
+            "n": holdout_n,
+            "count": holdout_x if source.holdout_measured else None,
+            "rate": holdout_x / holdout_n if source.holdout_measured else None,
+        }
+    return {
+        "metric": metric,
+        "metric_label": source.label,
+        "alpha": alpha,
+        "groups": groups,
+        "holdout": holdout,
+        "holdout_measured": source.holdout_measured,
+        "note": ""
+        if source.holdout_measured
+        else f"{source.label} need a message: the holdout gets none, so it has no "
+        f"{source.label.lower()} to compare with.",
+        "comparison": comparison,
+        "winner": winner,
+    }
+
+
+def winner_words(results: Mapping[str, Any]) -> str:
+    """The verdict in words, as the admin and the command show it."""
+    comparison = results["comparison"]
+    if comparison is None:
+        return "Nothing to compare: the experiment has one variant."
+    p_value = comparison["p_value"]
+    tested = (
+        f"{comparison['best']} against {comparison['runner_up']}: "
+        + (f"p = {p_value:.4f}" if p_value is not None else "no test possible yet")
+        + f", α = {results['alpha']:g}"
+    )
+    if results["winner"]:
+        return f"Winner: variant {results['winner']} ({tested})."
+    return f"No winner yet: the difference is not significant ({tested})."
+
+
+def rate_words(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
