@@ -271,7 +271,10 @@ def campaign_list(
     queryset = Campaign.objects.select_related(
         "live_version__segment", "draft_version__segment", *APPROVAL_PEOPLE
     ).prefetch_related(
-        "tags", _FAILING_EXECUTIONS, "live_version__actions", "draft_version__actions"
+        "tags",
+        _FAILING_EXECUTIONS,
+        "live_version__actions__variants",
+        "draft_version__actions__variants",
     )
     queryset = _with_list_figures(queryset, now=now or timezone.now())
     if statuses is not None:
@@ -306,7 +309,7 @@ def campaign_versions(*, campaign: Campaign) -> QuerySet[CampaignVersion]:
     return (
         CampaignVersion.objects.filter(campaign=campaign)
         .select_related("segment", "activated_by")
-        .prefetch_related("actions__preset")
+        .prefetch_related("actions__preset", "actions__variants")
         .order_by("-number")
     )
 

@@ -16,6 +16,8 @@ from rest_framework import serializers
 
 from campaigns.approval import APPROVAL_COMMENT_MAX_LENGTH, campaign_approval
 from campaigns.choices import (
+    EXPERIMENT_MAX_HOLDOUT_SHARE,
+    EXPERIMENT_MAX_VARIANTS,
     ApprovalStatus,
     CampaignKind,
     CampaignStatus,
@@ -27,12 +29,14 @@ from campaigns.choices import (
     ReviewCode,
     VersionRole,
 )
+from campaigns.experiments import holdout_refusal, variants_refusals
 from campaigns.models import (
     Campaign,
     CampaignTransition,
     CampaignVersion,
     ChannelAction,
     ProofSend,
+    Variant,
 )
 from campaigns.occurrences import campaign_next_runs, run_words, version_schedule_words
 from campaigns.operations import OPERATIONS
@@ -170,10 +174,24 @@ class ScheduleSerializer(serializers.Serializer[Any]):
         return data
 
 
+class VariantSerializer(serializers.ModelSerializer[Variant]):
+    class Meta:
+        model = Variant
+        fields = ["label", "share", "subject", "body"]
+        read_only_fields = fields
+
+
 class ChannelActionSerializer(serializers.ModelSerializer[ChannelAction]):
+    variants = VariantSerializer(
+        many=True,
+        read_only=True,
+        help_text="Variants B, C, … of the content (campaigns.experiments); the action's own "
+        "content is variant A and keeps the share they leave.",
+    )
+
     class Meta:
         model = ChannelAction
-        fields = ["id", "channel", "preset", "subject", "body"]
+        fields = ["id", "channel", "preset", "subject", "body", "variants"]
         read_only_fields = fields
 
 
@@ -183,7 +201,16 @@ class CampaignVersionSerializer(serializers.ModelSerializer[CampaignVersion]):
 
     class Meta:
         model = CampaignVersion
-        fields = ["id", "number", "segment", "schedule", "actions", "activated_at", "created_at"]
+        fields = [
+            "id",
+            "number",
+            "segment",
+            "schedule",
+            "holdout_share",
+            "actions",
+            "activated_at",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -354,11 +381,26 @@ class CampaignTransitionSerializer(serializers.ModelSerializer[CampaignTransitio
 # --- input ---------------------------------------------------------------------------
 
 
+class VariantInputSerializer(serializers.Serializer[Any]):
+    share = serializers.IntegerField(
+        help_text="Percent of the tested audience (1–99); variant A keeps what they leave."
+    )
+    subject = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    body = serializers.CharField(allow_blank=True)
+
+
 class ChannelActionInputSerializer(serializers.Serializer[Any]):
     channel = serializers.ChoiceField(choices=ChannelKind.choices)
     preset = serializers.PrimaryKeyRelatedField(queryset=MessagePreset.objects.all())
     subject = serializers.CharField(max_length=255, required=False, allow_blank=True)
     body = serializers.CharField(allow_blank=True)
+    variants = VariantInputSerializer(
+        many=True,
+        required=False,
+        help_text=f"Variants B, C, … in order (at most {EXPERIMENT_MAX_VARIANTS - 1}: the "
+        f"action's own content is variant A); their shares add up to 99 % at most. Every "
+        "action with variants splits the same way.",
+    )
 
 
 class CampaignInputSerializer(serializers.Serializer[Any]):
@@ -389,7 +431,18 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
         "Changing it needs the campaigns.exempt_campaign_from_caps permission.",
     )
     schedule = ScheduleSerializer(required=False)
+    holdout_share = serializers.IntegerField(
+        required=False,
+        help_text=f"Percent of the audience held back from the campaign as the experiment's "
+        f"holdout (0–{EXPERIMENT_MAX_HOLDOUT_SHARE}).",
+    )
     actions = ChannelActionInputSerializer(many=True, required=False)
+
+    def validate_holdout_share(self, value: int) -> int:
+        refusal = holdout_refusal(value)
+        if refusal:
+            raise serializers.ValidationError(refusal)
+        return value
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         """Content that can never render is refused here, before the service, keyed by the
@@ -398,15 +451,23 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
         keyed: dict[str, list[str]] = {}
         kind = data.get("kind") or getattr(self.instance, "kind", CampaignKind.ONE_SHOT)
         for index, action in enumerate(data.get("actions") or []):
-            try:
-                validate_content(
-                    subject=action.get("subject") or "",
-                    body=action.get("body") or "",
-                    trigger_context=kind == CampaignKind.API_TRIGGERED,
-                )
-            except TemplateContentError as error:
-                for field, messages in error.message_dict.items():
-                    keyed.setdefault(f"actions[{index}].{field}", []).extend(messages)
+            variants = action.get("variants") or []
+            for key, messages in variants_refusals(variants).items():
+                keyed.setdefault(f"actions[{index}].{key}", []).extend(messages)
+            contents = [(f"actions[{index}]", action)] + [
+                (f"actions[{index}].variants[{number}]", variant)
+                for number, variant in enumerate(variants)
+            ]
+            for where, content in contents:
+                try:
+                    validate_content(
+                        subject=content.get("subject") or "",
+                        body=content.get("body") or "",
+                        trigger_context=kind == CampaignKind.API_TRIGGERED,
+                    )
+                except TemplateContentError as error:
+                    for field, messages in error.message_dict.items():
+                        keyed.setdefault(f"{where}.{field}", []).extend(messages)
         if keyed:
             listed = [
                 f"{key}: {message}" for key, messages in keyed.items() for message in messages
@@ -554,6 +615,14 @@ class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):
     rate = RateSerializer()
     executions = ExecutionReportSerializer(many=True, help_text="Newest first.")
     delivery_error = DeliveryErrorSerializer(allow_null=True)
+    experiment = serializers.JSONField(
+        allow_null=True,
+        required=False,
+        help_text="The content experiment compared on ?metric= (opened, clicked): metric, "
+        "alpha, groups [{group, n, count, rate, lift, p_value}], holdout {n, count, rate}, "
+        "holdout_measured, note, comparison {best, runner_up, z, p_value, significant}, "
+        "winner (only when significant); null when the campaign runs none.",
+    )
     waiting = serializers.DictField(
         child=serializers.DictField(child=WaitingSerializer()),
         help_text="Per channel and reason (recipient_time: the recipient's local send time; "
