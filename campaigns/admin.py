@@ -315,7 +315,7 @@ class DraftActionInline(admin.TabularInline):
     model = ChannelAction
     form = ChannelActionForm
     formset = DraftActionFormSet
-    fields = ACTION_FIELDS
+    fields = (*ACTION_FIELDS, "variants")
     extra = 0
     max_num = len(ChannelAction._meta.get_field("channel").choices or ())
     verbose_name = "channel action"

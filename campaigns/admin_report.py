@@ -23,6 +23,7 @@ from channels.choices import ChannelKind
 from config.formats import short_datetime
 
 from .choices import CampaignStatus, DeliveryReason, DeliveryStatus, ExecutionStatus
+from .experiments import experiment_comparisons
 from .models import Campaign
 from .selectors import DELIVERY_VIEW_PERMISSIONS, campaign_report, progress_percent
 
@@ -252,6 +253,7 @@ def report_context(*, campaign: Campaign, request: HttpRequest) -> dict[str, Any
         "hidden_executions": len(executions) - len(shown),
         "chart": _chart(report["timeline"], sorted(report["by_channel"])),
         "by_version": report["by_version"],
+        "experiments": experiment_comparisons(campaign=campaign),
         # What waits for the recipients' local time or the end of quiet hours.
         "waiting": [
             {

@@ -141,6 +141,56 @@ def version_split(version_id: int) -> Split:
     return split_of(next(iter(shares.values()), []))
 
 
+# --- the admin's text form of an action's variants -----------------------------------------
+
+# How the admin's action row writes its variants: one block per variant, blocks apart by a
+# line holding only VARIANT_SEPARATOR; in each, "share: 30", then "subject: …" (channels
+# with a subject), then the body on the lines after.
+VARIANT_SEPARATOR = "---"
+VARIANTS_TEXT_HELP = (
+    "Variants B, C, … of this content (this row's own content is variant A, which keeps "
+    "the share they leave): one block per variant, apart by a line “---”; each starts "
+    "with “share: 30” (percent), then “subject: …” (email, push), then the body on the "
+    "lines after. Every action with variants must split the same way."
+)
+
+
+def variants_parse(text: str) -> list[dict[str, Any]]:
+    """The variants written as ``VARIANTS_TEXT_HELP`` says; ValueError naming the block
+    that is not."""
+    variants: list[dict[str, Any]] = []
+    blocks = [block.strip("\n") for block in text.replace("\r\n", "\n").split("\n---\n")]
+    for number, block in enumerate(blocks, start=2):
+        if not block.strip():
+            continue
+        label = VARIANT_LABELS[number - 1] if number - 1 < len(VARIANT_LABELS) else f"#{number}"
+        lines = block.split("\n")
+        head, _, value = lines[0].partition(":")
+        if head.strip().lower() != "share" or not value.strip().isdigit():
+            raise ValueError(
+                f"Variant {label} must start with a line “share: <percent>”, not “{lines[0]}”."
+            )
+        variant: dict[str, Any] = {"share": int(value.strip()), "subject": ""}
+        rest = lines[1:]
+        if rest and rest[0].lower().startswith("subject:"):
+            variant["subject"] = rest[0].partition(":")[2].strip()
+            rest = rest[1:]
+        variant["body"] = "\n".join(rest).strip("\n")
+        variants.append(variant)
+    return variants
+
+
+def variants_text(variants: Iterable[Variant]) -> str:
+    """Stored variants written as the admin's action row shows them."""
+    blocks = []
+    for variant in variants:
+        lines = [f"share: {variant.share}"]
+        if variant.subject:
+            lines.append(f"subject: {variant.subject}")
+        blocks.append("\n".join([*lines, variant.body]))
+    return f"\n{VARIANT_SEPARATOR}\n".join(blocks)
+
+
 # --- assignment -------------------------------------------------------------------------
 
 
@@ -423,3 +473,28 @@ def winner_words(results: Mapping[str, Any]) -> str:
 
 def rate_words(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.1%}"
+
+
+def experiment_comparisons(*, campaign: Campaign) -> list[dict[str, Any]]:
+    """The experiment compared on every metric, each with its rates and verdict in words:
+    what the admin's report shows; empty when the campaign runs no experiment."""
+    shown = []
+    for metric in EXPERIMENT_METRICS:
+        results = experiment_results(campaign=campaign, metric=metric)
+        if results is None:
+            return []
+        rows = [
+            {
+                **row,
+                "rate_text": rate_words(row["rate"]),
+                "lift_text": "-" if row["lift"] is None else f"{row['lift']:+.1%}",
+            }
+            for row in results["groups"]
+        ]
+        holdout = results["holdout"]
+        if holdout is not None:
+            holdout = {**holdout, "rate_text": rate_words(holdout["rate"])}
+        shown.append(
+            {**results, "rows": rows, "holdout": holdout, "verdict": winner_words(results)}
+        )
+    return shown

@@ -216,3 +216,87 @@ def test_the_report_shows_the_experiment_at_the_api_and_the_command(api_client, 
     assert "holdout:  20 % get nothing" in shown
     assert "variants: A 50 %, B 50 %" in shown
     assert "B: “B” 'Hi B'" in shown
+
+
+# --- the admin ----------------------------------------------------------------------------
+
+VARIANTS_TEXT = "share: 30\nsubject: Spring B\nHi B\nsecond line\n---\nshare: 20\nHi C"
+
+
+def admin_rows(variants: str) -> list[dict[str, Any]]:
+    from tests.channels.factories import MessagePresetFactory
+
+    preset = MessagePresetFactory.create(channel="email")
+    return [
+        {
+            "channel": "email",
+            "preset": preset.pk,
+            "subject": "Spring",
+            "body": "Hi",
+            "variants": variants,
+        }
+    ]
+
+
+def test_the_admin_saves_variants_on_the_action_row_and_the_holdout(admin_client):
+    from tests.campaigns.doors import ADD, add_data, change_url
+    from tests.segments.factories import SegmentFactory
+
+    data = add_data(SegmentFactory(), admin_rows(VARIANTS_TEXT), holdout_share="10")
+    response = admin_client.post(ADD, data)
+    assert response.status_code == 302, response.context["errors"] if response.context else ""
+    from campaigns.models import Campaign
+
+    campaign = Campaign.objects.get(name="Spring sale")
+    assert campaign.draft_version is not None
+    assert campaign.draft_version.holdout_share == 10
+    stored = Variant.objects.filter(action__version=campaign.draft_version)
+    assert list(stored.values_list("label", "share", "subject", "body")) == [
+        ("B", 30, "Spring B", "Hi B\nsecond line"),
+        ("C", 20, "", "Hi C"),
+    ]
+    page = admin_client.get(change_url(campaign)).content.decode()
+    assert "share: 30\nsubject: Spring B\nHi B\nsecond line\n---\nshare: 20\nHi C" in page
+    assert 'name="holdout_share" value="10"' in page
+
+
+@pytest.mark.parametrize(
+    ("variants", "fields", "field", "words"),
+    [
+        ("\n---\n".join(["share: 10\nB"] * 5), {}, "variants", "At most 5 variants per action"),
+        ("share: 60\nB\n---\nshare: 40\nC", {}, "variants", "add up to 100 %"),
+        ("B without a share", {}, "variants", "must start with a line “share: <percent>”"),
+        ("", {"holdout_share": "51"}, "holdout_share", "less than or equal to 50"),
+    ],
+    ids=["six-variants", "shares-to-100", "no-share", "holdout"],
+)
+def test_the_admin_refuses_bad_variants_and_holdout_on_the_field(
+    admin_client, variants, fields, field, words
+):
+    from tests.campaigns.doors import ADD, add_data
+    from tests.segments.factories import SegmentFactory
+
+    response = admin_client.post(ADD, add_data(SegmentFactory(), admin_rows(variants), **fields))
+    assert response.status_code == 200
+    if field == "variants":
+        errors = response.context["inline_admin_formsets"][0].formset.forms[0].errors
+    else:
+        errors = response.context["adminform"].form.errors
+    assert any(words in message for message in errors[field]), errors
+    assert not Variant.objects.exists()
+
+
+def test_the_admin_report_compares_the_groups(admin_client, settings):
+    from devtools.sinks import running_sinks
+    from tests.campaigns.report_page import report_url
+
+    with running_sinks() as sink:
+        for name, value in sink.provider_settings().items():
+            setattr(settings, name, value)
+        campaign = a_finished_ab_test()
+    html = admin_client.get(report_url(campaign)).json()["html"]
+    assert "Experiment: opens" in html
+    assert "Experiment: clicks" in html
+    assert 'data-group="holdout"' in html
+    assert "the holdout gets none" in html
+    assert "No winner yet" in html
