@@ -244,25 +244,29 @@ def assignments_store(
     )
 
 
-def assignments_plan(execution: Execution, first_key: int, last_key: int) -> None:
-    """While planning a chunk: store the groups of the snapshot's members with keys in
-    [first_key, last_key], when the execution's version runs an experiment."""
+def execution_assign(execution: Execution, profile_ids: Iterable[int]) -> None:
+    """Store the groups of these recipients of the execution, when its version runs an
+    experiment: planning's chunks (``assignments_plan``) and a trigger's recipients."""
     version = execution.version
     split = version_split(version.pk)
     if not has_experiment(holdout_share=version.holdout_share, split=split):
         return
-    members = execution.snapshot.members if execution.snapshot else None
-    if members is None:
-        return
-    profile_ids = members.filter(key__range=(first_key, last_key)).values_list(
-        "profile_id", flat=True
-    )
     assignments_store(
         campaign_id=execution.campaign_id,
         holdout_share=version.holdout_share,
         split=split,
-        profile_ids=profile_ids.iterator(chunk_size=ASSIGNMENT_INSERT_BATCH),
+        profile_ids=profile_ids,
     )
+
+
+def assignments_plan(execution: Execution, first_key: int, last_key: int) -> None:
+    """While planning a chunk: store the groups of the snapshot's members with keys in
+    [first_key, last_key] (one SELECT, read in batches)."""
+    if execution.snapshot is None:
+        return
+    members = execution.snapshot.members.filter(key__range=(first_key, last_key))
+    profile_ids = members.values_list("profile_id", flat=True)
+    execution_assign(execution, profile_ids.iterator(chunk_size=ASSIGNMENT_INSERT_BATCH))
 
 
 def campaign_has_assignments(campaign_id: int) -> bool:

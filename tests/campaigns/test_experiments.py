@@ -265,3 +265,33 @@ def test_a_campaign_without_an_experiment_has_no_results_and_no_assignments(sink
     assert not Assignment.objects.exists()
     assert experiment_results(campaign=campaign) is None
     assert len(sinks.received("email")) == 5
+
+
+@pytest.mark.django_db
+def test_a_triggered_campaigns_recipients_are_assigned_and_get_their_variant(sinks):
+    from campaigns.choices import CampaignKind
+    from campaigns.triggers import trigger_create
+    from tests.campaigns.delivery_support import send_all
+
+    campaign = make_live_campaign(
+        kind=CampaignKind.API_TRIGGERED,
+        segment=None,
+        holdout_share=30,
+        actions=[sms_action(body="SMS A", variants=[{"share": 50, "body": "SMS B"}])],
+    )
+    result = trigger_create(
+        campaign=campaign,
+        user=None,
+        recipients=[
+            {"external_id": f"buyer-{i}", "profile": {"phone": f"+3361234{i:04d}"}}
+            for i in range(30)
+        ],
+        idempotency_key="k",
+    )
+    send_all(result.trigger.execution)
+    assigned = groups(campaign)
+    assert len(assigned) == 30
+    expected = Counter(g for g in assigned.values() if g != "holdout")
+    bodies = Counter(m["json"]["text"] for m in sinks.received("sms"))
+    assert bodies == {f"SMS {group}": n for group, n in expected.items()}
+    assert sum(bodies.values()) == 30 - Counter(assigned.values())["holdout"]
