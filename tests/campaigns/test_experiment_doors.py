@@ -12,15 +12,13 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
-from django.utils import timezone
 
 from campaigns import services
-from campaigns.choices import EventKind
-from campaigns.events import ProviderEvent, events_record
 from campaigns.models import Assignment, Delivery, Variant
 from tests.campaigns.delivery_support import drive, make_profile
 from tests.campaigns.doors import create_payload, url
 from tests.campaigns.factories import email_action, make_campaign, make_live_campaign, sms_action
+from tests.campaigns.test_experiments import opened
 
 pytestmark = pytest.mark.django_db
 
@@ -160,22 +158,10 @@ def a_finished_ab_test() -> Any:
         actions=[email_action(variants=[variant(50, "Hi B", subject="B")]), sms_action()],
     )
     drive(campaign)
-    opened_by = Delivery.objects.filter(
+    sent = Delivery.objects.filter(
         execution__campaign=campaign, action__channel="email", status="sent"
     )
-    events_record(
-        events=[
-            ProviderEvent(
-                provider="salvo",
-                event_id=f"o{row.pk}",
-                kind=EventKind.OPENED,
-                channel="email",
-                occurred_at=timezone.now(),
-                delivery_id=row.pk,
-            )
-            for row in opened_by[:5]
-        ]
-    )
+    opened(campaign, list(sent.values_list("profile_id", flat=True)[:5]))
     return campaign
 
 
