@@ -115,6 +115,8 @@ class DeliveryReason(models.TextChoices):
     # of the quiet hours in the recipient's time zone.
     RECIPIENT_TIME = "recipient_time", "Waiting for the recipient's local time"
     QUIET_HOURS = "quiet_hours", "Waiting for quiet hours to end"
+    # Pending: "test, then send the winner"; the rest of the audience waits for the winner.
+    WINNER_WAIT = "winner_wait", "Waiting for the experiment's winner"
     # Failed before any provider saw it.
     BAD_PROFILE_DATA = "bad_profile_data", "Unreadable profile data"
     RENDER_ERROR = "render_error", "Content could not be rendered"
@@ -218,3 +220,14 @@ VARIANT_LABELS: tuple[str, ...] = ("A", "B", "C", "D", "E")[:EXPERIMENT_MAX_VARI
 EXPERIMENT_MAX_HOLDOUT_SHARE = 50
 # The group of an assignment held back from every message of the campaign.
 HOLDOUT_GROUP = "holdout"
+# "Test, then send the winner": the group of the audience that waits for the winner.
+REST_GROUP = "rest"
+# The longest a test may run before its winner goes to the rest.
+EXPERIMENT_WINNER_AFTER_MAX_DAYS = 30
+
+
+class ExperimentMetric(models.TextChoices):
+    """What an experiment's variants are compared on (campaigns.experiments counts each)."""
+
+    OPENED = "opened", "Opens"
+    CLICKED = "clicked", "Clicks"

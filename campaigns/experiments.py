@@ -32,6 +32,7 @@ against the runner-up, and a winner only when that difference is significant.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,11 +50,27 @@ from channels.rendering.renderers import ContentRenderer
 from .choices import (
     EXPERIMENT_MAX_HOLDOUT_SHARE,
     EXPERIMENT_MAX_VARIANTS,
+    EXPERIMENT_WINNER_AFTER_MAX_DAYS,
     HOLDOUT_GROUP,
+    REST_GROUP,
     VARIANT_LABELS,
+    CampaignKind,
+    DeliveryReason,
+    DeliveryStatus,
     EventKind,
+    ExecutionStatus,
+    ExperimentMetric,
 )
-from .models import Assignment, Campaign, ChannelAction, DeliveryEvent, Execution, Variant
+from .models import (
+    Assignment,
+    Campaign,
+    ChannelAction,
+    Delivery,
+    DeliveryEvent,
+    Execution,
+    ExperimentWinner,
+    Variant,
+)
 
 # Buckets of the assignment hash: shares are whole percents, so 100 buckets per percent.
 BUCKETS = 10_000
@@ -201,14 +218,21 @@ def bucket_of(campaign_id: int, profile_id: int) -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 
-def group_of(bucket: int, *, holdout_share: int, split: Split) -> str:
+def group_of(bucket: int, *, holdout_share: int, split: Split, test_share: int = 0) -> str:
     """The group of a bucket: the holdout's buckets first, then each variant's, in label
-    order, in proportion to their shares of what is left."""
+    order, in proportion to their shares of what is left. With a `test_share` ("test,
+    then send the winner"), only that percent of what is left is split among the
+    variants; the rest waits for the winner (``REST_GROUP``)."""
     held = holdout_share * BUCKETS // 100
     if bucket < held:
         return HOLDOUT_GROUP
     # The buckets past the holdout, scaled back to 0..BUCKETS-1 and cut by the shares.
     scaled = (bucket - held) * BUCKETS // (BUCKETS - held)
+    if test_share:
+        tested = test_share * BUCKETS // 100
+        if scaled >= tested:
+            return REST_GROUP
+        scaled = scaled * BUCKETS // tested
     edge = 0
     for label, share in split:
         edge += share * BUCKETS // 100
@@ -222,7 +246,12 @@ def has_experiment(*, holdout_share: int, split: Split) -> bool:
 
 
 def assignments_store(
-    *, campaign_id: int, holdout_share: int, split: Split, profile_ids: Iterable[int]
+    *,
+    campaign_id: int,
+    holdout_share: int,
+    split: Split,
+    profile_ids: Iterable[int],
+    test_share: int = 0,
 ) -> None:
     """Store the groups of these profiles in the campaign, keeping any stored before: a
     few batched INSERTs that ignore the profiles already assigned."""
@@ -233,7 +262,10 @@ def assignments_store(
                 campaign_id=campaign_id,
                 profile_id=profile_id,
                 group=group_of(
-                    bucket_of(campaign_id, profile_id), holdout_share=holdout_share, split=split
+                    bucket_of(campaign_id, profile_id),
+                    holdout_share=holdout_share,
+                    split=split,
+                    test_share=test_share,
                 ),
                 assigned_at=now,
             )
@@ -256,6 +288,7 @@ def execution_assign(execution: Execution, profile_ids: Iterable[int]) -> None:
         holdout_share=version.holdout_share,
         split=split,
         profile_ids=profile_ids,
+        test_share=version.test_share,
     )
 
 
@@ -267,6 +300,27 @@ def assignments_plan(execution: Execution, first_key: int, last_key: int) -> Non
     members = execution.snapshot.members.filter(key__range=(first_key, last_key))
     profile_ids = members.values_list("profile_id", flat=True)
     execution_assign(execution, profile_ids.iterator(chunk_size=ASSIGNMENT_INSERT_BATCH))
+
+
+def winner_wait_plan(execution: Execution, first_profile_id: int, last_profile_id: int) -> None:
+    """While planning a chunk of a "test, then send the winner" version: the rest's rows
+    (``REST_GROUP``) wait until the test ends (one UPDATE of the chunk's pending rows), so
+    the engine's own due times hold them and the batches come back for them then."""
+    version = execution.version
+    if not version.test_share or version.winner_after is None:
+        return
+    rest = Assignment.objects.filter(campaign_id=execution.campaign_id, group=REST_GROUP)
+    Delivery.objects.filter(
+        execution=execution,
+        profile_id__gte=first_profile_id,
+        profile_id__lte=last_profile_id,
+        status=DeliveryStatus.PENDING,
+        profile_id__in=rest.values("profile_id"),
+    ).update(
+        next_attempt_at=execution.started_at + version.winner_after,
+        reason=DeliveryReason.WINNER_WAIT,
+        error="Waiting for the experiment's winner.",
+    )
 
 
 def campaign_has_assignments(campaign_id: int) -> bool:
@@ -354,10 +408,14 @@ class Metric:
 # of the campaign id returning, per group (variant label or "holdout"), how many profiles
 # converted, with `holdout_measured=True`.
 EXPERIMENT_METRICS: dict[str, Metric] = {
-    "opened": Metric("Opens", _event_metric(EventKind.OPENED), holdout_measured=False),
-    "clicked": Metric("Clicks", _event_metric(EventKind.CLICKED), holdout_measured=False),
+    ExperimentMetric.OPENED: Metric(
+        "Opens", _event_metric(EventKind.OPENED), holdout_measured=False
+    ),
+    ExperimentMetric.CLICKED: Metric(
+        "Clicks", _event_metric(EventKind.CLICKED), holdout_measured=False
+    ),
 }
-DEFAULT_EXPERIMENT_METRIC = "opened"
+DEFAULT_EXPERIMENT_METRIC: str = ExperimentMetric.OPENED
 
 
 @dataclass(frozen=True)
@@ -443,9 +501,20 @@ def experiment_results(*, campaign: Campaign, metric: str = "") -> dict[str, Any
             "count": holdout_x if source.holdout_measured else None,
             "rate": holdout_x / holdout_n if source.holdout_measured else None,
         }
+    decided = ExperimentWinner.objects.filter(campaign=campaign).first()
     return {
         "metric": metric,
         "metric_label": source.label,
+        # "Test, then send the winner": the rest of the audience, and what it got.
+        "rest": {
+            "n": sizes.get(REST_GROUP, 0),
+            "winner": decided.group if decided else None,
+            "decided_on": decided.metric if decided else None,
+            "significant": decided.significant if decided else None,
+            "decided_at": decided.decided_at.isoformat() if decided else None,
+        }
+        if REST_GROUP in sizes
+        else None,
         "alpha": alpha,
         "groups": groups,
         "holdout": holdout,
@@ -471,8 +540,20 @@ def winner_words(results: Mapping[str, Any]) -> str:
         + f", α = {results['alpha']:g}"
     )
     if results["winner"]:
-        return f"Winner: variant {results['winner']} ({tested})."
-    return f"No winner yet: the difference is not significant ({tested})."
+        verdict = f"Winner: variant {results['winner']} ({tested})."
+    else:
+        verdict = f"No winner yet: the difference is not significant ({tested})."
+    rest = results.get("rest")
+    if rest is not None:
+        if rest["winner"] is None:
+            verdict += f" The rest ({rest['n']}) waits for the winner."
+        else:
+            how = "significant" if rest["significant"] else "best observed, not significant"
+            verdict += (
+                f" The rest ({rest['n']}) got variant {rest['winner']} "
+                f"(on {rest['decided_on']}, {how})."
+            )
+    return verdict
 
 
 def rate_words(rate: float | None) -> str:
@@ -502,3 +583,89 @@ def experiment_comparisons(*, campaign: Campaign) -> list[dict[str, Any]]:
             {**results, "rows": rows, "holdout": holdout, "verdict": winner_words(results)}
         )
     return shown
+
+
+# --- test, then send the winner -------------------------------------------------------------
+
+
+def test_then_winner_refusals(
+    *,
+    kind: str,
+    test_share: Any,
+    winner_after: Any,
+    in_recipient_time_zone: bool,
+) -> dict[str, str]:
+    """What keeps a version's "test, then send the winner" settings from running, by
+    field; empty when nothing (or when it is off: no test share and no time)."""
+    if not test_share and winner_after is None:
+        return {}
+    errors: dict[str, str] = {}
+    if isinstance(test_share, bool) or not isinstance(test_share, int) or not 1 <= test_share <= 99:
+        errors["test_share"] = (
+            f"A test share is a percent from 1 to 99 (0 with no time: no test), not {test_share!r}."
+        )
+    limit = dt.timedelta(days=EXPERIMENT_WINNER_AFTER_MAX_DAYS)
+    if not isinstance(winner_after, dt.timedelta) or not dt.timedelta(0) < winner_after <= limit:
+        errors["winner_after"] = (
+            f"Say how long the test runs before the winner goes to the rest: more than 0 and "
+            f"at most {EXPERIMENT_WINNER_AFTER_MAX_DAYS} days."
+        )
+    if kind != CampaignKind.ONE_SHOT:
+        errors["test_share"] = "Only a one-shot campaign can test, then send the winner."
+    elif in_recipient_time_zone:
+        errors["test_share"] = (
+            "A campaign sent in each recipient's time zone cannot also hold the rest of its "
+            "audience for the winner."
+        )
+    return errors
+
+
+def experiment_decide(*, campaign_id: int) -> ExperimentWinner:
+    """The winner the rest of a "test, then send the winner" campaign gets: decided once on
+    the running version's metric and kept. The best variant when the z-test finds it
+    significantly better than the runner-up; otherwise the best observed rate (a tie goes
+    to the earlier letter, so A when nothing was measured)."""
+    found = ExperimentWinner.objects.filter(campaign_id=campaign_id).first()
+    if found is not None:
+        return found
+    campaign = Campaign.objects.select_related("live_version").get(pk=campaign_id)
+    version = campaign.live_version
+    metric = version.winner_metric if version is not None else DEFAULT_EXPERIMENT_METRIC
+    results = experiment_results(campaign=campaign, metric=metric)
+    group, significant, p_value = "A", False, None
+    if results is not None and results["groups"]:
+        ranked = sorted(results["groups"], key=lambda row: row["rate"], reverse=True)
+        group = results["winner"] or ranked[0]["group"]
+        significant = results["winner"] is not None
+        if results["comparison"] is not None:
+            p_value = results["comparison"]["p_value"]
+    winner, _ = ExperimentWinner.objects.get_or_create(
+        campaign_id=campaign_id,
+        defaults={
+            "group": group,
+            "metric": metric,
+            "significant": significant,
+            "p_value": p_value,
+            "decided_at": timezone.now(),
+        },
+    )
+    return winner
+
+
+def experiments_decide_due(*, now: dt.datetime | None = None) -> list[int]:
+    """The scheduler's tick: decide the winner of every running test whose time is up
+    (the rest's rows fall due then; a worker reaching them first decides the same way).
+    Returns the campaigns decided."""
+    now = now or timezone.now()
+    decided = []
+    for execution in Execution.objects.filter(
+        status=ExecutionStatus.RUNNING,
+        version__test_share__gt=0,
+        version__winner_after__isnull=False,
+        campaign__experiment_winner__isnull=True,
+    ).select_related("version"):
+        assert execution.version.winner_after is not None
+        if execution.started_at + execution.version.winner_after <= now:
+            experiment_decide(campaign_id=execution.campaign_id)
+            decided.append(execution.campaign_id)
+    return decided

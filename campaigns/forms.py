@@ -22,7 +22,13 @@ from channels.rendering import validate_content
 from segments.models import Segment
 from segments.selectors import profile_attribute_keys
 
-from .choices import EXPERIMENT_MAX_HOLDOUT_SHARE, VARIANT_LABELS, CampaignKind
+from .choices import (
+    EXPERIMENT_MAX_HOLDOUT_SHARE,
+    EXPERIMENT_WINNER_AFTER_MAX_DAYS,
+    VARIANT_LABELS,
+    CampaignKind,
+    ExperimentMetric,
+)
 from .experiments import VARIANTS_TEXT_HELP, variants_parse, variants_refusals, variants_text
 from .models import Campaign, ChannelAction, time_zone_choices
 from .recurrence import EVERY, INTERVAL_MAX, WEEKDAYS, recurrence_parse
@@ -59,13 +65,14 @@ RECURRENCE_FORM_FIELDS = (
 # lays them out: the local-time box beside the start, the quiet hours side by side.
 TIMING_FORM_FIELDS = ("in_recipient_time_zone", "quiet_hours_start", "quiet_hours_end")
 # Content experiments (campaigns.experiments): the holdout; the variants are on each action.
-EXPERIMENT_FORM_FIELDS = ("holdout_share",)
+EXPERIMENT_FORM_FIELDS = ("holdout_share", "test_share", "winner_after", "winner_metric")
 VERSION_FIELDSET = (
     "segment",
     ("start_at", "in_recipient_time_zone"),
     "time_zone",
     ("quiet_hours_start", "quiet_hours_end"),
     "holdout_share",
+    ("test_share", "winner_after", "winner_metric"),
 )
 
 
@@ -179,6 +186,29 @@ class CampaignAdminForm(forms.ModelForm):
         "variants against them.",
     )
 
+    test_share = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=99,
+        label="Test, then send the winner: test share (%)",
+        help_text="Percent of the audience (besides the holdout) that gets the variants "
+        "first; the rest gets the winner when the test ends. Empty or 0: everyone at once.",
+    )
+    winner_after = forms.DurationField(
+        required=False,
+        label="after",
+        widget=forms.TextInput(attrs={"placeholder": "04:00:00", "size": 10}),
+        help_text=f"How long the test runs (HH:MM:SS, or “2 00:00:00” for two days; at most "
+        f"{EXPERIMENT_WINNER_AFTER_MAX_DAYS} days).",
+    )
+    winner_metric = forms.ChoiceField(
+        choices=ExperimentMetric.choices,
+        required=False,
+        label="on",
+        help_text="The winner is the variant significantly best on this; without a "
+        "significant difference, the best observed rate (a tie: the earlier letter, A first).",
+    )
+
     # Set by CampaignAdmin when the service refused input these forms had accepted (a race,
     # or a rule only the service knows): the form then shows the refusal as its own errors.
     service_error: ValidationError | None = None
@@ -214,6 +244,12 @@ class CampaignAdminForm(forms.ModelForm):
 
     def clean_holdout_share(self) -> int:
         return self.cleaned_data.get("holdout_share") or 0  # empty: no holdout
+
+    def clean_test_share(self) -> int:
+        return self.cleaned_data.get("test_share") or 0  # empty: no test first
+
+    def clean_winner_metric(self) -> str:
+        return self.cleaned_data.get("winner_metric") or ExperimentMetric.OPENED
 
     def _recurrence_initial(self, version: Any) -> None:
         self.initial.setdefault("end_at", version.end_at)

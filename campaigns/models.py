@@ -17,6 +17,7 @@ from channels.models import QUIET_HOURS_HELP, quiet_hours_pair_constraint
 
 from .choices import (
     EXPERIMENT_MAX_HOLDOUT_SHARE,
+    EXPERIMENT_WINNER_AFTER_MAX_DAYS,
     FREQUENCY_CAP_MAX_LIMIT,
     VARIANT_LABELS,
     ApprovalStatus,
@@ -28,6 +29,7 @@ from .choices import (
     DeliveryStatus,
     EventKind,
     ExecutionStatus,
+    ExperimentMetric,
     ProofStatus,
 )
 from .operations import step_label, transition_permission
@@ -283,6 +285,26 @@ class CampaignVersion(models.Model):
         help_text=f"Percent of the audience held back (0 to {EXPERIMENT_MAX_HOLDOUT_SHARE}): "
         "they get no message of this campaign, and the experiment measures the variants "
         "against them.",
+    )
+    test_share = models.PositiveSmallIntegerField(
+        default=0,
+        validators=[MaxValueValidator(99)],
+        help_text="Test, then send the winner: percent of the audience (besides the holdout) "
+        "that gets the variants first; the rest gets the winner once the test ends. 0: "
+        "everyone gets the variants at once.",
+    )
+    winner_after = models.DurationField(
+        null=True,
+        blank=True,
+        help_text=f"How long the test runs before its winner goes to the rest (at most "
+        f"{EXPERIMENT_WINNER_AFTER_MAX_DAYS} days).",
+    )
+    winner_metric = models.CharField(
+        max_length=16,
+        choices=ExperimentMetric.choices,
+        default=ExperimentMetric.OPENED,
+        help_text="What picks the winner. Without a significant difference the best observed "
+        "rate wins (a tie: the earlier letter, so A before B).",
     )
     activated_at = models.DateTimeField(null=True, blank=True, editable=False)
     activated_by = models.ForeignKey(
@@ -972,3 +994,23 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign_id} → {self.profile_id}: {self.group}"
+
+
+class ExperimentWinner(models.Model):
+    """The variant a "test, then send the winner" campaign sent to the rest of its
+    audience: decided once, when the test ended (campaigns.experiments.experiment_decide),
+    and kept, so every worker sends the same one."""
+
+    campaign = models.OneToOneField(
+        Campaign, on_delete=models.CASCADE, related_name="experiment_winner"
+    )
+    group = models.CharField(max_length=1)
+    metric = models.CharField(max_length=16, choices=ExperimentMetric.choices)
+    # Whether the test showed it significantly better than the runner-up; if not it won by
+    # the best observed rate.
+    significant = models.BooleanField(default=False)
+    p_value = models.FloatField(null=True, blank=True)
+    decided_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}: variant {self.group}"

@@ -40,11 +40,25 @@ from .approval import (
     require_policy_change_allowed,
 )
 from .caps import require_exemption_change_allowed
-from .choices import VARIANT_LABELS, ApprovalStatus, CampaignKind, CampaignStatus, CampaignType
+from .choices import (
+    VARIANT_LABELS,
+    ApprovalStatus,
+    CampaignKind,
+    CampaignStatus,
+    CampaignType,
+    ExperimentMetric,
+)
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
 from .delivery.timing import LOCAL_TIME_LEAD, go_live_at
 from .exceptions import ActivationRefused, CampaignConflict
-from .experiments import Split, holdout_refusal, split_of, variants_refusals, version_split_refusal
+from .experiments import (
+    Split,
+    holdout_refusal,
+    split_of,
+    test_then_winner_refusals,
+    variants_refusals,
+    version_split_refusal,
+)
 from .lifecycle import (
     campaign_complete as campaign_complete,  # the operations table names it here
 )
@@ -84,7 +98,7 @@ RECURRENCE_FIELDS = ("recurrence", "end_at", "once_per_profile")
 # Sending in each recipient's local time, and quiet hours (``delivery.timing``).
 TIMING_FIELDS = ("in_recipient_time_zone", "quiet_hours_start", "quiet_hours_end")
 # Content experiments (campaigns.experiments); an action's variants come with its actions.
-EXPERIMENT_FIELDS = ("holdout_share",)
+EXPERIMENT_FIELDS = ("holdout_share", "test_share", "winner_after", "winner_metric")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -204,6 +218,20 @@ def _validate_holdout(value: Any) -> None:
     refusal = holdout_refusal(value)
     if refusal:
         raise ValidationError({"holdout_share": refusal})
+
+
+def _validate_test_then_winner(campaign: Campaign, version: CampaignVersion) -> None:
+    """ "Test, then send the winner" needs a share and a time, on a one-shot campaign."""
+    errors = test_then_winner_refusals(
+        kind=campaign.kind,
+        test_share=version.test_share,
+        winner_after=version.winner_after,
+        in_recipient_time_zone=version.in_recipient_time_zone,
+    )
+    if version.winner_metric not in ExperimentMetric.values:
+        errors["winner_metric"] = f"Choose one of {', '.join(ExperimentMetric.values)}."
+    if errors:
+        raise ValidationError(errors)
 
 
 def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, Any]]) -> None:
@@ -337,6 +365,9 @@ def campaign_create(
     once_per_profile: bool = False,
     frequency_cap_exempt: bool = False,
     holdout_share: int = 0,
+    test_share: int = 0,
+    winner_after: dt.timedelta | None = None,
+    winner_metric: str = ExperimentMetric.OPENED,
 ) -> Campaign:
     """A new Draft campaign whose version 1 holds the given content. `approval_required`
     defaults to SALVO_APPROVAL_REQUIRED."""
@@ -377,9 +408,13 @@ def campaign_create(
         once_per_profile=once_per_profile,
         **timing,
         holdout_share=holdout_share,
+        test_share=test_share,
+        winner_after=winner_after,
+        winner_metric=winner_metric,
         last_edited_by=transition_actor(user),
     )
     _validate_recurrence(campaign, version)
+    _validate_test_then_winner(campaign, version)
     version.save()
     _replace_actions(version, actions)
     campaign.draft_version = version
@@ -445,6 +480,7 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
         if field in data:
             setattr(version, field, data[field])
     _validate_recurrence(campaign, version)
+    _validate_test_then_winner(campaign, version)
     _validate_timing(
         kind=campaign.kind,
         start_at=version.start_at,

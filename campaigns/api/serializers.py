@@ -18,6 +18,7 @@ from campaigns.approval import APPROVAL_COMMENT_MAX_LENGTH, campaign_approval
 from campaigns.choices import (
     EXPERIMENT_MAX_HOLDOUT_SHARE,
     EXPERIMENT_MAX_VARIANTS,
+    EXPERIMENT_WINNER_AFTER_MAX_DAYS,
     ApprovalStatus,
     CampaignKind,
     CampaignStatus,
@@ -26,6 +27,7 @@ from campaigns.choices import (
     DeliveryReason,
     DeliveryStatus,
     ExecutionStatus,
+    ExperimentMetric,
     ReviewCode,
     VersionRole,
 )
@@ -207,6 +209,9 @@ class CampaignVersionSerializer(serializers.ModelSerializer[CampaignVersion]):
             "segment",
             "schedule",
             "holdout_share",
+            "test_share",
+            "winner_after",
+            "winner_metric",
             "actions",
             "activated_at",
             "created_at",
@@ -437,6 +442,21 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
         f"holdout (0–{EXPERIMENT_MAX_HOLDOUT_SHARE}).",
     )
     actions = ChannelActionInputSerializer(many=True, required=False)
+
+    test_share = serializers.IntegerField(
+        required=False,
+        help_text="Test, then send the winner: percent (1–99) of the audience besides the "
+        "holdout that gets the variants first; 0 (default): everyone at once.",
+    )
+    winner_after = serializers.DurationField(
+        required=False,
+        allow_null=True,
+        help_text=f'How long the test runs (e.g. "04:00:00"; at most '
+        f"{EXPERIMENT_WINNER_AFTER_MAX_DAYS} days) before the rest gets the winner: the "
+        "variant significantly best on winner_metric, else the best observed (a tie: the "
+        "earlier letter).",
+    )
+    winner_metric = serializers.ChoiceField(choices=ExperimentMetric.choices, required=False)
 
     def validate_holdout_share(self, value: int) -> int:
         refusal = holdout_refusal(value)

@@ -68,13 +68,19 @@ from segments.unsubscribe import unsubscribe_links
 
 from ..choices import (
     HOLDOUT_GROUP,
+    REST_GROUP,
     CampaignKind,
     CampaignType,
     DeliveryReason,
     DeliveryStatus,
     ExecutionStatus,
 )
-from ..experiments import VariantRenderers, campaign_has_assignments, experiment_groups
+from ..experiments import (
+    VariantRenderers,
+    campaign_has_assignments,
+    experiment_decide,
+    experiment_groups,
+)
 from ..models import Campaign, CampaignVersion, ChannelAction, Execution, TriggerRecipient
 from .caps import CapCheck
 from .completion import execution_halt
@@ -200,6 +206,7 @@ class ActionSender:
         self.experiment = False
         self.groups: dict[int, str] = {}
         self.variants = VariantRenderers({})
+        self._winner: str | None = None
         self.suppressed: frozenset[str] = frozenset()  # the chunk's (``prepare``)
         self.backend: ProviderBackend | None = None
         self.policy = _delivery_policy()
@@ -327,6 +334,8 @@ class ActionSender:
             return DeliveryOutcome(
                 row.delivery_id, D.SKIPPED, self.skip_texts[R.HOLDOUT], reason=R.HOLDOUT
             )
+        if group == REST_GROUP:  # "test, then send the winner": the rest gets the winner
+            group = self.winner()
         render = self.variants.renderer(group, self.render)
         trigger = self.contexts.get(profile["id"], {}) if self.triggered else None
         subject, body = render(profile_context(profile), trigger)
@@ -488,6 +497,13 @@ class ActionSender:
                 batch.execution_id, self.action, outcomes, version_id=self.version_id, now=now
             )
         return self._more_due(due, outcomes, limit=limit)
+
+    def winner(self) -> str:
+        """The experiment's winner, decided once (by the scheduler's tick when the test
+        ends, or here if a chunk reaches the rest first) and read once per batch."""
+        if self._winner is None:
+            self._winner = experiment_decide(campaign_id=self.campaign.pk).group
+        return self._winner
 
     def _read_contexts(self, batch: Batch, due: Sequence[Due]) -> None:
         """An API trigger's chunk: its recipients' contexts (``campaigns.triggers``), in one

@@ -433,6 +433,13 @@ class Command(BaseCommand):
                 out(f"    activated {version.activated_at.isoformat()}")
             if version.holdout_share:
                 out(f"    holdout:  {version.holdout_share} % get nothing")
+            if version.test_share and version.winner_after is not None:
+                out(
+                    f"    test:     {version.test_share} % get the variants first; after "
+                    f"{version.winner_after} the rest gets the winner on "
+                    f"{version.get_winner_metric_display().lower()} (significant, else the "
+                    "best observed)"
+                )
             for action in version.actions.all():
                 subject = f" “{action.subject}”" if action.subject else ""
                 out(f"    {action.channel} via {action.preset.name}{subject}")
