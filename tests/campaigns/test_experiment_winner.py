@@ -174,3 +174,63 @@ def test_the_doors_take_and_show_the_test_and_refuse_it_on_the_field(api_client,
     version = Campaign.objects.get(name="Admin test").draft_version
     assert version is not None
     assert (version.test_share, version.winner_after) == (30, dt.timedelta(hours=1))
+
+
+# --- through a real worker and its scheduler -----------------------------------------------
+
+
+@pytest.mark.worker
+@pytest.mark.timeout(180)
+def test_a_worker_and_its_tick_send_the_winner_to_the_rest(celery_process_factory):
+    """The test moves the clock of the test (the execution's start and the rest's due
+    times) instead of waiting an hour; the beat's tick decides and the worker sends."""
+    from django.db.models import F
+
+    from campaigns.choices import CampaignStatus
+    from campaigns.models import Execution
+    from tests.campaigns.delivery_support import sinks_and_worker, wait_for_status
+    from tests.campaigns.factories import activate_acknowledged
+    from tests.conftest import wait_until
+
+    env = {"SALVO_DELIVERY_WAIT_MAX_S": "1"}
+    with sinks_and_worker(celery_process_factory, env=env, beat=True) as (sink, _, _):
+        audience("wkr-", 120)
+        campaign = make_campaign(
+            segment=segment_of("wkr-"),
+            holdout_share=10,
+            test_share=50,
+            winner_after=dt.timedelta(hours=1),
+            actions=[
+                email_action(
+                    subject="Subject A",
+                    body="A",
+                    variants=[{"share": 50, "subject": "Subject B", "body": "B"}],
+                )
+            ],
+        )
+        activate_acknowledged(campaign=campaign)
+        wait_until(
+            lambda: Execution.objects.filter(campaign=campaign, planning_done=True).exists(),
+            timeout=60,
+            message="the audience was never planned",
+        )
+        execution = Execution.objects.get(campaign=campaign)
+        assigned = groups(campaign)
+        counts = Counter(assigned.values())
+        tested = counts["A"] + counts["B"]
+        sink.wait_for(tested, channel="email", timeout=60)
+        b = [p for p, g in assigned.items() if g == "B"]
+        opened(campaign, b)  # every B opened: B wins, whatever A did
+
+        # The test's hour is up: move its start and the rest's due time an hour back.
+        hour = dt.timedelta(hours=1)
+        Execution.objects.filter(pk=execution.pk).update(started_at=F("started_at") - hour)
+        Delivery.objects.filter(
+            execution=execution, reason=DeliveryReason.WINNER_WAIT, status="pending"
+        ).update(next_attempt_at=F("next_attempt_at") - hour)
+
+        wait_for_status(campaign, CampaignStatus.COMPLETED)
+        winner = ExperimentWinner.objects.get(campaign=campaign)
+        assert winner.group == "B"
+        received = Counter(m["headers"]["Subject"] for m in sink.received("email"))
+        assert received == {"Subject A": counts["A"], "Subject B": counts["B"] + counts["rest"]}
