@@ -205,7 +205,7 @@ class ActionSender:
         # workers' chunks only (the preview and the proofs show the action's own content).
         self.experiment = False
         self.groups: dict[int, str] = {}
-        self.variants = VariantRenderers({})
+        self.variants: VariantRenderers | None = None  # the version's, once a group needs them
         self._winner: str | None = None
         self.suppressed: frozenset[str] = frozenset()  # the chunk's (``prepare``)
         self.backend: ProviderBackend | None = None
@@ -247,7 +247,7 @@ class ActionSender:
         self.render = content_renderer(
             subject=content.subject, body=content.body, trigger_context=self.triggered
         )
-        self.variants = VariantRenderers.of(content, trigger_context=self.triggered)
+        self.variants = None
         self.unsubscribe = (
             self.preset.reply_to or self.preset.from_email
             if self.marketing and self.channel == ChannelKind.EMAIL
@@ -336,7 +336,9 @@ class ActionSender:
             )
         if group == REST_GROUP:  # "test, then send the winner": the rest gets the winner
             group = self.winner()
-        render = self.variants.renderer(group, self.render)
+        if group is not None and self.variants is None and self.content is not None:
+            self.variants = VariantRenderers.of(self.content, trigger_context=self.triggered)
+        render = self.variants.renderer(group, self.render) if self.variants else self.render
         trigger = self.contexts.get(profile["id"], {}) if self.triggered else None
         subject, body = render(profile_context(profile), trigger)
         headers: dict[str, str] = {}
