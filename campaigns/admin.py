@@ -43,6 +43,7 @@ from .approval import require_approved_for_activation, version_approval_text
 from .choices import ALL_STATUSES, STATUS_COLOURS, CampaignKind, CampaignStatus
 from .delivery.timing import schedule_words
 from .exceptions import REFUSALS, CampaignConflict, refusal_text
+from .experiments import variants_text
 from .forms import (
     ACTION_FIELDS,
     CAMPAIGN_FORM_FIELDS,
@@ -315,7 +316,7 @@ class DraftActionInline(admin.TabularInline):
     model = ChannelAction
     form = ChannelActionForm
     formset = DraftActionFormSet
-    fields = ACTION_FIELDS
+    fields = (*ACTION_FIELDS, "variants")
     extra = 0
     max_num = len(ChannelAction._meta.get_field("channel").choices or ())
     verbose_name = "channel action"
@@ -324,6 +325,11 @@ class DraftActionInline(admin.TabularInline):
     def __init__(self, parent_model: type[Any], admin_site: admin.AdminSite) -> None:
         super().__init__(parent_model, admin_site)
         self.parent_model = CampaignVersion
+
+    @admin.display(description="variants")
+    def variants(self, action: ChannelAction) -> str:
+        """The row's variants as text, for whoever sees the actions read-only."""
+        return variants_text(action.variants.all())
 
     def get_extra(self, request: HttpRequest, obj: Campaign | None = None, **kwargs: Any) -> int:
         # One empty row on a new campaign; an existing draft adds rows with "Add another".

@@ -24,6 +24,7 @@ from config.formats import short_datetime
 
 from .choices import CampaignStatus, DeliveryReason, DeliveryStatus, ExecutionStatus
 from .engagement import OUTCOME_LABELS
+from .experiments import experiment_comparisons
 from .models import Campaign
 from .selectors import DELIVERY_VIEW_PERMISSIONS, campaign_report, progress_percent
 
@@ -255,6 +256,7 @@ def report_context(*, campaign: Campaign, request: HttpRequest) -> dict[str, Any
         "by_version": report["by_version"],
         # What recipients did after the send (campaigns.engagement), per channel and version.
         "engagement": _engagement_rows(report["engagement"]),
+        "experiments": experiment_comparisons(campaign=campaign),
         # What waits for the recipients' local time or the end of quiet hours.
         "waiting": [
             {

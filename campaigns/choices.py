@@ -109,10 +109,14 @@ class DeliveryReason(models.TextChoices):
     FREQUENCY_CAP = "frequency_cap", "Frequency cap reached"
     # Skipped: the address is on the channel's suppression list (channels.Suppression).
     SUPPRESSED = "suppressed", "Suppressed address"
+    # Skipped: the recipient is in the campaign's experiment holdout (campaigns.experiments).
+    HOLDOUT = "holdout", "Experiment holdout"
     # Pending, not tried yet: waiting for the recipient's local send time, or for the end
     # of the quiet hours in the recipient's time zone.
     RECIPIENT_TIME = "recipient_time", "Waiting for the recipient's local time"
     QUIET_HOURS = "quiet_hours", "Waiting for quiet hours to end"
+    # Pending: "test, then send the winner"; the rest of the audience waits for the winner.
+    WINNER_WAIT = "winner_wait", "Waiting for the experiment's winner"
     # Failed before any provider saw it.
     BAD_PROFILE_DATA = "bad_profile_data", "Unreadable profile data"
     RENDER_ERROR = "render_error", "Content could not be rendered"
@@ -205,3 +209,25 @@ CAP_PERIOD_SECONDS: dict[str, int] = {
 # A cap allows from 1 to this many marketing messages per period: a larger number caps
 # nothing a person would notice, and each check counts up to this many sends per profile.
 FREQUENCY_CAP_MAX_LIMIT = 1000
+
+
+# Content experiments (campaigns.experiments): an action's own content is variant A, and up
+# to EXPERIMENT_MAX_VARIANTS - 1 more variants (B, C, …) each take a share of the audience;
+# A keeps the rest. The labels are letters, so the limit is also the number of letters.
+EXPERIMENT_MAX_VARIANTS = 5
+VARIANT_LABELS: tuple[str, ...] = ("A", "B", "C", "D", "E")[:EXPERIMENT_MAX_VARIANTS]
+# A version may hold back at most this share (%) of its audience as the holdout.
+EXPERIMENT_MAX_HOLDOUT_SHARE = 50
+# The group of an assignment held back from every message of the campaign.
+HOLDOUT_GROUP = "holdout"
+# "Test, then send the winner": the group of the audience that waits for the winner.
+REST_GROUP = "rest"
+# The longest a test may run before its winner goes to the rest.
+EXPERIMENT_WINNER_AFTER_MAX_DAYS = 30
+
+
+class ExperimentMetric(models.TextChoices):
+    """What an experiment's variants are compared on (campaigns.experiments counts each)."""
+
+    OPENED = "opened", "Opens"
+    CLICKED = "clicked", "Clicks"

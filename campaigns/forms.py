@@ -27,7 +27,20 @@ from channels.rendering import validate_content
 from segments.models import Segment
 from segments.selectors import profile_attribute_keys
 
-from .choices import CampaignKind
+from .choices import (
+    EXPERIMENT_MAX_HOLDOUT_SHARE,
+    EXPERIMENT_WINNER_AFTER_MAX_DAYS,
+    VARIANT_LABELS,
+    CampaignKind,
+    ExperimentMetric,
+)
+from .experiments import (
+    VARIANTS_TEXT_HELP,
+    VARIANTS_WITH_HTML_REFUSAL,
+    variants_parse,
+    variants_refusals,
+    variants_text,
+)
 from .models import (
     ACTION_CONTENT_FIELDS,
     Campaign,
@@ -70,11 +83,15 @@ RECURRENCE_FORM_FIELDS = (
 # Local time and quiet hours (campaigns.delivery.timing), and how the version's fieldset
 # lays them out: the local-time box beside the start, the quiet hours side by side.
 TIMING_FORM_FIELDS = ("in_recipient_time_zone", "quiet_hours_start", "quiet_hours_end")
+# Content experiments (campaigns.experiments): the holdout; the variants are on each action.
+EXPERIMENT_FORM_FIELDS = ("holdout_share", "test_share", "winner_after", "winner_metric")
 VERSION_FIELDSET = (
     "segment",
     ("start_at", "in_recipient_time_zone"),
     "time_zone",
     ("quiet_hours_start", "quiet_hours_end"),
+    "holdout_share",
+    ("test_share", "winner_after", "winner_metric"),
 )
 
 
@@ -177,6 +194,40 @@ class CampaignAdminForm(forms.ModelForm):
         widget=widgets.AdminTimeWidget(attrs={"aria-label": "Quiet hours to"}),
     )
 
+    holdout_share = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=EXPERIMENT_MAX_HOLDOUT_SHARE,
+        initial=0,
+        label="Experiment holdout (%)",
+        help_text=f"Percent of the audience (0 to {EXPERIMENT_MAX_HOLDOUT_SHARE}) held back: "
+        "they get no message of this campaign, and the experiment's results measure the "
+        "variants against them.",
+    )
+
+    test_share = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=99,
+        label="Test, then send the winner: test share (%)",
+        help_text="Percent of the audience (besides the holdout) that gets the variants "
+        "first; the rest gets the winner when the test ends. Empty or 0: everyone at once.",
+    )
+    winner_after = forms.DurationField(
+        required=False,
+        label="after",
+        widget=forms.TextInput(attrs={"placeholder": "04:00:00", "size": 10}),
+        help_text=f"How long the test runs (HH:MM:SS, or “2 00:00:00” for two days; at most "
+        f"{EXPERIMENT_WINNER_AFTER_MAX_DAYS} days).",
+    )
+    winner_metric = forms.ChoiceField(
+        choices=ExperimentMetric.choices,
+        required=False,
+        label="on",
+        help_text="The winner is the variant significantly best on this; without a "
+        "significant difference, the best observed rate (a tie: the earlier letter, A first).",
+    )
+
     # Set by CampaignAdmin when the service refused input these forms had accepted (a race,
     # or a rule only the service knows): the form then shows the refusal as its own errors.
     service_error: ValidationError | None = None
@@ -205,10 +256,19 @@ class CampaignAdminForm(forms.ModelForm):
             self.initial.setdefault("start_at", version.start_at)
             self.initial.setdefault("time_zone", version.time_zone)
             self._recurrence_initial(version)
-            for name in TIMING_FORM_FIELDS:
+            for name in (*TIMING_FORM_FIELDS, *EXPERIMENT_FORM_FIELDS):
                 self.initial.setdefault(name, getattr(version, name))
         else:
             self.initial.setdefault("time_zone", timezone.get_current_timezone_name())
+
+    def clean_holdout_share(self) -> int:
+        return self.cleaned_data.get("holdout_share") or 0  # empty: no holdout
+
+    def clean_test_share(self) -> int:
+        return self.cleaned_data.get("test_share") or 0  # empty: no test first
+
+    def clean_winner_metric(self) -> str:
+        return self.cleaned_data.get("winner_metric") or ExperimentMetric.OPENED
 
     def _recurrence_initial(self, version: Any) -> None:
         self.initial.setdefault("end_at", version.end_at)
@@ -267,6 +327,7 @@ class CampaignAdminForm(forms.ModelForm):
                 *VERSION_FORM_FIELDS,
                 *RECURRENCE_SERVICE_FIELDS,
                 *TIMING_FORM_FIELDS,
+                *EXPERIMENT_FORM_FIELDS,
             )
             # A form posted without a zone (a script's) keeps the version's.
             if name in self.cleaned_data and (name != "time_zone" or self.cleaned_data[name])
@@ -311,6 +372,12 @@ class ChannelActionForm(forms.ModelForm):
     """One channel action; ChannelAction.clean refuses a preset of another channel, and the
     form (as the services do) a subject on a channel without one."""
 
+    variants = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 30}),
+        help_text=VARIANTS_TEXT_HELP,
+    )
+
     class Meta:
         model = ChannelAction
         fields = ACTION_FIELDS
@@ -342,6 +409,7 @@ class ChannelActionForm(forms.ModelForm):
         self.trigger_context = trigger_context
         if not self.is_bound and self.instance.pk:
             self._warn(self.instance.subject, self.instance.body)
+            self.initial["variants"] = variants_text(self.instance.variants.all())
         # A table row of the inline has no <label>s, only column headers: name each input.
         for field in self.fields.values():
             # The admin wraps a relation's select (add/change links): name the select.
@@ -366,7 +434,31 @@ class ChannelActionForm(forms.ModelForm):
             trigger_context=self.trigger_context,
         )
         self._warn(cleaned.get("subject") or "", cleaned.get("body") or "")
+        self._clean_variants(cleaned)
         return cleaned
+
+    def _clean_variants(self, cleaned: dict[str, Any]) -> None:
+        """The variants' text as the services take it, its refusals on the field."""
+        try:
+            variants = variants_parse(cleaned.get("variants") or "")
+        except ValueError as error:
+            self.add_error("variants", str(error))
+            return
+        problems = [m for messages in variants_refusals(variants).values() for m in messages]
+        for number, variant in enumerate(variants, start=1):
+            try:
+                validate_content(
+                    subject=variant["subject"],
+                    body=variant["body"],
+                    trigger_context=self.trigger_context,
+                )
+            except ValidationError as error:
+                problems += [f"Variant {VARIANT_LABELS[number]}: {m}" for m in error.messages]
+        if variants and cleaned.get("html_body"):
+            problems.append(VARIANTS_WITH_HTML_REFUSAL)
+        if problems:
+            self.add_error("variants", problems)
+        cleaned["variants"] = variants
 
     def _warn(self, subject: str, body: str) -> None:
         """Put the unknown-variable warnings beside the subject and body."""
@@ -445,7 +537,7 @@ class DraftActionFormSet(BaseInlineFormSet):
     def action_specs(self) -> list[dict[str, Any]]:
         """The actions to keep, as the services take them: [{channel, preset, subject, body}]."""
         return [
-            {name: form.cleaned_data.get(name) for name in ACTION_FIELDS}
+            {name: form.cleaned_data.get(name) for name in (*ACTION_FIELDS, "variants")}
             for form in self.forms
             if form.cleaned_data and not self._deleted(form)
         ]

@@ -16,7 +16,10 @@ from channels.choices import ChannelKind
 from channels.models import QUIET_HOURS_HELP, quiet_hours_pair_constraint
 
 from .choices import (
+    EXPERIMENT_MAX_HOLDOUT_SHARE,
+    EXPERIMENT_WINNER_AFTER_MAX_DAYS,
     FREQUENCY_CAP_MAX_LIMIT,
+    VARIANT_LABELS,
     ApprovalStatus,
     CampaignKind,
     CampaignStatus,
@@ -26,6 +29,7 @@ from .choices import (
     DeliveryStatus,
     EventKind,
     ExecutionStatus,
+    ExperimentMetric,
     ProofStatus,
 )
 from .operations import step_label, transition_permission
@@ -296,6 +300,34 @@ class CampaignVersion(models.Model):
         help_text=QUIET_HOURS_HELP + " Set here, they replace the presets' quiet hours.",
     )
     quiet_hours_end = models.TimeField(null=True, blank=True)
+    # Content experiments (campaigns.experiments).
+    holdout_share = models.PositiveSmallIntegerField(
+        default=0,
+        validators=[MaxValueValidator(EXPERIMENT_MAX_HOLDOUT_SHARE)],
+        help_text=f"Percent of the audience held back (0 to {EXPERIMENT_MAX_HOLDOUT_SHARE}): "
+        "they get no message of this campaign, and the experiment measures the variants "
+        "against them.",
+    )
+    test_share = models.PositiveSmallIntegerField(
+        default=0,
+        validators=[MaxValueValidator(99)],
+        help_text="Test, then send the winner: percent of the audience (besides the holdout) "
+        "that gets the variants first; the rest gets the winner once the test ends. 0: "
+        "everyone gets the variants at once.",
+    )
+    winner_after = models.DurationField(
+        null=True,
+        blank=True,
+        help_text=f"How long the test runs before its winner goes to the rest (at most "
+        f"{EXPERIMENT_WINNER_AFTER_MAX_DAYS} days).",
+    )
+    winner_metric = models.CharField(
+        max_length=16,
+        choices=ExperimentMetric.choices,
+        default=ExperimentMetric.OPENED,
+        help_text="What picks the winner. Without a significant difference the best observed "
+        "rate wins (a tie: the earlier letter, so A before B).",
+    )
     activated_at = models.DateTimeField(null=True, blank=True, editable=False)
     activated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -335,6 +367,10 @@ class CampaignVersion(models.Model):
                 name="campaign_version_approval_status_valid",
             ),
             quiet_hours_pair_constraint("campaign_version_quiet_hours_both_or_neither"),
+            models.CheckConstraint(
+                condition=Q(holdout_share__lte=EXPERIMENT_MAX_HOLDOUT_SHARE),
+                name="campaign_version_holdout_share_range",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -423,6 +459,44 @@ class ChannelAction(models.Model):
                     f"this action is {self.get_channel_display()}."
                 }
             )
+
+
+class Variant(models.Model):
+    """Another content of an action, sent to the share of the audience assigned its label
+    (campaigns.experiments). The action's own content is variant A, which keeps the share
+    the other variants leave; a version's variants are copied with it and frozen with it."""
+
+    action = models.ForeignKey(ChannelAction, on_delete=models.CASCADE, related_name="variants")
+    label = models.CharField(max_length=1, choices=[(label, label) for label in VARIANT_LABELS[1:]])
+    share = models.PositiveSmallIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(99)],
+        help_text="Percent of the tested audience that gets this variant; variant A (the "
+        "action's own content) gets what the others leave.",
+    )
+    subject = models.CharField(max_length=255, blank=True)
+    body = models.TextField()
+
+    class Meta:
+        ordering = ["action", "label"]
+        constraints = [
+            models.UniqueConstraint(fields=["action", "label"], name="variant_label_per_action"),
+            models.CheckConstraint(
+                condition=Q(label__in=VARIANT_LABELS[1:]), name="variant_label_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(share__gte=1, share__lte=99), name="variant_share_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Variant {self.label} of {self.action}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if ChannelAction.objects.filter(
+            pk=self.action_id, version__activated_at__isnull=False
+        ).exists():
+            raise ValidationError("The version is activated; its variants cannot change.")
+        super().save(*args, **kwargs)
 
 
 class CampaignTransition(models.Model):
@@ -977,3 +1051,58 @@ class Conversion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} · {self.value} {self.currency}".strip()
+
+
+# --- content experiments (campaigns.experiments) --------------------------------------
+
+
+class Assignment(models.Model):
+    """The experiment group of one profile in one campaign: a variant's label, or the
+    holdout. Decided once from a stable hash of (campaign, profile) and kept, so every
+    re-run, re-plan and occurrence finds the same group, and the results join it to the
+    deliveries and their events. Written in bulk by planning; the unique index serves the
+    sender's one lookup per chunk."""
+
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    # History that outlives the profile, as a delivery does.
+    profile = models.ForeignKey(
+        "segments.Profile",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    group = models.CharField(max_length=8)
+    assigned_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "profile"], name="assignment_once_per_profile"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} → {self.profile_id}: {self.group}"
+
+
+class ExperimentWinner(models.Model):
+    """The variant a "test, then send the winner" campaign sent to the rest of its
+    audience: decided once, when the test ended (campaigns.experiments.experiment_decide),
+    and kept, so every worker sends the same one."""
+
+    campaign = models.OneToOneField(
+        Campaign, on_delete=models.CASCADE, related_name="experiment_winner"
+    )
+    group = models.CharField(max_length=1)
+    metric = models.CharField(max_length=16, choices=ExperimentMetric.choices)
+    # Whether the test showed it significantly better than the runner-up; if not it won by
+    # the best observed rate.
+    significant = models.BooleanField(default=False)
+    p_value = models.FloatField(null=True, blank=True)
+    decided_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}: variant {self.group}"

@@ -275,7 +275,10 @@ def campaign_list(
     queryset = Campaign.objects.select_related(
         "live_version__segment", "draft_version__segment", *APPROVAL_PEOPLE
     ).prefetch_related(
-        "tags", _FAILING_EXECUTIONS, "live_version__actions", "draft_version__actions"
+        "tags",
+        _FAILING_EXECUTIONS,
+        "live_version__actions__variants",
+        "draft_version__actions__variants",
     )
     queryset = _with_list_figures(queryset, now=now or timezone.now())
     if statuses is not None:
@@ -310,7 +313,7 @@ def campaign_versions(*, campaign: Campaign) -> QuerySet[CampaignVersion]:
     return (
         CampaignVersion.objects.filter(campaign=campaign)
         .select_related("segment", "activated_by")
-        .prefetch_related("actions__preset")
+        .prefetch_related("actions__preset", "actions__variants")
         .order_by("-number")
     )
 
@@ -727,18 +730,21 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
 def campaign_waiting(
     campaign: Campaign, executions: Iterable[Execution], *, now: dt.datetime
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """What still waits for a later moment (``delivery.timing``): per channel and reason
-    (``recipient_time``, ``quiet_hours``), how many deliveries and until when the last of
-    them waits (``{"count", "until"}``). Read from the running executions' pending rows,
-    only while an execution runs whose version sends in local time or keeps quiet hours
-    (its own or its presets'): the counters count pending rows by none of these reasons,
+    """What still waits for a later moment (``delivery.timing``, an experiment's winner):
+    per channel and reason (``recipient_time``, ``quiet_hours``, ``winner_wait``), how many
+    deliveries and until when the last of them waits (``{"count", "until"}``). Read from
+    the running executions' pending rows, only while an execution runs whose version sends
+    in local time, keeps quiet hours (its own or its presets') or tests before sending the
+    winner: the counters count pending rows by none of these reasons,
     so the rows are read (one scan of the execution's rows), and no other report pays
     for it."""
     running = [e for e in executions if e.status == ExecutionStatus.RUNNING]
     timed = [
         e.pk
         for e in running
-        if e.version.in_recipient_time_zone or e.version.quiet_hours_start is not None
+        if e.version.in_recipient_time_zone
+        or e.version.quiet_hours_start is not None
+        or e.version.test_share  # the rest waits for the experiment's winner
     ]
     if len(timed) < len(running):
         # The running version's presets send the rest of the run (``delivery.sending``).
@@ -754,7 +760,11 @@ def campaign_waiting(
         Delivery.objects.filter(
             execution_id__in=timed,
             status=DeliveryStatus.PENDING,
-            reason__in=(DeliveryReason.RECIPIENT_TIME, DeliveryReason.QUIET_HOURS),
+            reason__in=(
+                DeliveryReason.RECIPIENT_TIME,
+                DeliveryReason.QUIET_HOURS,
+                DeliveryReason.WINNER_WAIT,
+            ),
             next_attempt_at__gt=now,
         )
         .values("action__channel", "reason")

@@ -40,10 +40,26 @@ from .approval import (
     require_policy_change_allowed,
 )
 from .caps import require_exemption_change_allowed
-from .choices import ApprovalStatus, CampaignKind, CampaignStatus, CampaignType
+from .choices import (
+    VARIANT_LABELS,
+    ApprovalStatus,
+    CampaignKind,
+    CampaignStatus,
+    CampaignType,
+    ExperimentMetric,
+)
 from .delivery import error_text, execution_start, hold_campaign_sends, step_policy
 from .delivery.timing import LOCAL_TIME_LEAD, go_live_at
 from .exceptions import ActivationRefused, CampaignConflict
+from .experiments import (
+    VARIANTS_WITH_HTML_REFUSAL,
+    Split,
+    holdout_refusal,
+    split_of,
+    test_then_winner_refusals,
+    variants_refusals,
+    version_split_refusal,
+)
 from .lifecycle import (
     campaign_complete as campaign_complete,  # the operations table names it here
 )
@@ -62,6 +78,7 @@ from .models import (
     CampaignTransition,
     CampaignVersion,
     ChannelAction,
+    Variant,
     approval_required_by_default,
     html_body_refusal,
     site_time_zone,
@@ -85,6 +102,8 @@ VERSION_FIELDS = ("segment", "start_at", "time_zone")
 RECURRENCE_FIELDS = ("recurrence", "end_at", "once_per_profile")
 # Sending in each recipient's local time, and quiet hours (``delivery.timing``).
 TIMING_FIELDS = ("in_recipient_time_zone", "quiet_hours_start", "quiet_hours_end")
+# Content experiments (campaigns.experiments); an action's variants come with its actions.
+EXPERIMENT_FIELDS = ("holdout_share", "test_share", "winner_after", "winner_metric")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -162,11 +181,77 @@ def _validate_timing(
         raise ValidationError(errors)
 
 
+def _content_errors(
+    where: str, channel: str, content: Mapping[str, Any], *, trigger_context: bool
+) -> list[str]:
+    """What keeps an action's (or a variant's) content from ever rendering, or from going
+    on its channel (a subject on an SMS, an HTML part on anything but an email)."""
+    content = {field: content.get(field) or "" for field in ACTION_CONTENT_FIELDS}
+    refusal = subject_refusal(channel) if content["subject"] else ""
+    if refusal:
+        return [f"{where}.subject: {refusal}"]
+    refusal = html_body_refusal(channel) if content["html_body"] else ""
+    if refusal:
+        return [f"{where}.html_body: {refusal}"]
+    try:
+        validate_content(**content, trigger_context=trigger_context)
+    except TemplateContentError as error:
+        return [
+            f"{where}.{field}: {message}"
+            for field, messages in error.message_dict.items()
+            for message in messages
+        ]
+    return []
+
+
+def _variant_errors(where: str, channel: str, variants: Any, *, trigger_context: bool) -> list[str]:
+    """What is wrong with an action's variants: their number and shares
+    (``experiments.variants_refusals``), and each one's content."""
+    if not isinstance(variants, list | tuple):
+        return [f"{where}.variants: a list of variants, each with its share, subject and body."]
+    if not all(isinstance(variant, Mapping) for variant in variants):
+        return [f"{where}.variants: each variant is an object with its share, subject and body."]
+    errors = [
+        f"{where}.{key}: {message}"
+        for key, messages in variants_refusals(variants).items()
+        for message in messages
+    ]
+    for index, variant in enumerate(variants):
+        errors += _content_errors(
+            f"{where}.variants[{index}]", channel, variant, trigger_context=trigger_context
+        )
+    return errors
+
+
+def _validate_holdout(value: Any) -> None:
+    refusal = holdout_refusal(value)
+    if refusal:
+        raise ValidationError({"holdout_share": refusal})
+
+
+def _validate_test_then_winner(campaign: Campaign, version: CampaignVersion) -> None:
+    """ "Test, then send the winner" needs a share and a time, on a one-shot campaign."""
+    errors = test_then_winner_refusals(
+        kind=campaign.kind,
+        test_share=version.test_share,
+        winner_after=version.winner_after,
+        in_recipient_time_zone=version.in_recipient_time_zone,
+    )
+    if version.winner_metric not in ExperimentMetric.values:
+        errors["winner_metric"] = f"Choose one of {', '.join(ExperimentMetric.values)}."
+    if errors:
+        raise ValidationError(errors)
+
+
 def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, Any]]) -> None:
-    """Make the version's channel actions exactly `actions`, validating each."""
+    """Make the version's channel actions (and their variants) exactly `actions`,
+    validating each."""
     errors: list[str] = []
     seen: set[str] = set()
     rows = []
+    variants: list[list[Mapping[str, Any]]] = []
+    splits: list[tuple[str, Split]] = []
+    trigger_context = version.campaign.kind == CampaignKind.API_TRIGGERED
     for index, spec in enumerate(actions):
         channel = spec.get("channel")
         preset = spec.get("preset")
@@ -187,31 +272,43 @@ def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, An
                 f"not {ChannelKind(channel).label}."
             )
             continue
-        content = {field: spec.get(field) or "" for field in ACTION_CONTENT_FIELDS}
-        refusal = subject_refusal(channel) if content["subject"] else ""
-        if refusal:
-            errors.append(f"{where}.subject: {refusal}")
+        found = _content_errors(where, channel, spec, trigger_context=trigger_context)
+        found += _variant_errors(
+            where, channel, spec.get("variants") or [], trigger_context=trigger_context
+        )
+        if spec.get("variants") and spec.get("html_body"):
+            found.append(f"{where}.variants: {VARIANTS_WITH_HTML_REFUSAL}")
+        if found:
+            errors.extend(found)
             continue
-        refusal = html_body_refusal(channel) if content["html_body"] else ""
-        if refusal:
-            errors.append(f"{where}.html_body: {refusal}")
-            continue
-        try:
-            validate_content(
-                **content, trigger_context=version.campaign.kind == CampaignKind.API_TRIGGERED
+        rows.append(
+            ChannelAction(
+                version=version,
+                channel=channel,
+                preset=preset,
+                **{field: spec.get(field) or "" for field in ACTION_CONTENT_FIELDS},
             )
-        except TemplateContentError as error:
-            errors.extend(
-                f"{where}.{field}: {message}"
-                for field, messages in error.message_dict.items()
-                for message in messages
-            )
-            continue
-        rows.append(ChannelAction(version=version, channel=channel, preset=preset, **content))
+        )
+        variants.append(list(spec.get("variants") or []))
+        splits.append((ChannelKind(channel).label, split_of(v["share"] for v in variants[-1])))
+    refusal = "" if errors else version_split_refusal(splits)
+    if refusal:
+        errors.append(f"actions: {refusal}")
     if errors:
         raise ValidationError({"actions": errors})
     version.actions.all().delete()
     ChannelAction.objects.bulk_create(rows)
+    Variant.objects.bulk_create(
+        Variant(
+            action=action,
+            label=label,
+            share=variant["share"],
+            subject=variant.get("subject") or "",
+            body=variant.get("body") or "",
+        )
+        for action, specs in zip(rows, variants, strict=True)
+        for label, variant in zip(VARIANT_LABELS[1:], specs, strict=False)
+    )
 
 
 def _copy_version(
@@ -226,17 +323,23 @@ def _copy_version(
         recurrence=source.recurrence,
         end_at=source.end_at,
         once_per_profile=source.once_per_profile,
-        **{field: getattr(source, field) for field in TIMING_FIELDS},
+        **{field: getattr(source, field) for field in (*TIMING_FIELDS, *EXPERIMENT_FIELDS)},
         last_edited_by=transition_actor(user),
     )
-    ChannelAction.objects.bulk_create(
+    sources = list(source.actions.prefetch_related("variants"))
+    copies = ChannelAction.objects.bulk_create(
         ChannelAction(
             version=copy,
             channel=a.channel,
             preset_id=a.preset_id,
             **{field: getattr(a, field) for field in ACTION_CONTENT_FIELDS},
         )
-        for a in source.actions.all()
+        for a in sources
+    )
+    Variant.objects.bulk_create(
+        Variant(action=action, label=v.label, share=v.share, subject=v.subject, body=v.body)
+        for action, a in zip(copies, sources, strict=True)
+        for v in a.variants.all()
     )
     return copy
 
@@ -272,6 +375,10 @@ def campaign_create(
     frequency_cap_exempt: bool = False,
     track_opens: bool = False,
     track_clicks: bool = False,
+    holdout_share: int = 0,
+    test_share: int = 0,
+    winner_after: dt.timedelta | None = None,
+    winner_metric: str = ExperimentMetric.OPENED,
 ) -> Campaign:
     """A new Draft campaign whose version 1 holds the given content. `approval_required`
     defaults to SALVO_APPROVAL_REQUIRED."""
@@ -301,6 +408,7 @@ def campaign_create(
     _validate_timing(
         kind=kind, start_at=start_at, in_recipient_time_zone=in_recipient_time_zone, quiet=timing
     )
+    _validate_holdout(holdout_share)
     campaign.save()
     version = CampaignVersion(
         campaign=campaign,
@@ -312,9 +420,14 @@ def campaign_create(
         end_at=end_at,
         once_per_profile=once_per_profile,
         **timing,
+        holdout_share=holdout_share,
+        test_share=test_share,
+        winner_after=winner_after,
+        winner_metric=winner_metric,
         last_edited_by=transition_actor(user),
     )
     _validate_recurrence(campaign, version)
+    _validate_test_then_winner(campaign, version)
     version.save()
     _replace_actions(version, actions)
     campaign.draft_version = version
@@ -374,10 +487,13 @@ def campaign_update(*, campaign: Campaign, user: Actor | None, data: Mapping[str
     if "time_zone" in data:
         _validate_time_zone(data["time_zone"])
         data = {**data, "time_zone": data["time_zone"] or site_time_zone()}
-    for field in (*VERSION_FIELDS, *RECURRENCE_FIELDS, *TIMING_FIELDS):
+    if "holdout_share" in data:
+        _validate_holdout(data["holdout_share"])
+    for field in (*VERSION_FIELDS, *RECURRENCE_FIELDS, *TIMING_FIELDS, *EXPERIMENT_FIELDS):
         if field in data:
             setattr(version, field, data[field])
     _validate_recurrence(campaign, version)
+    _validate_test_then_winner(campaign, version)
     _validate_timing(
         kind=campaign.kind,
         start_at=version.start_at,
@@ -712,6 +828,7 @@ def _draft_content(campaign: Campaign, version: CampaignVersion) -> tuple[Any, .
     actions = version.actions.order_by("channel").values_list(
         "channel", "preset_id", *ACTION_CONTENT_FIELDS
     )
+    variants = Variant.objects.filter(action__version=version).order_by("action__channel", "label")
     return (
         campaign.name,
         campaign.description,
@@ -725,8 +842,9 @@ def _draft_content(campaign: Campaign, version: CampaignVersion) -> tuple[Any, .
         version.recurrence,
         version.end_at,
         version.once_per_profile,
-        *(getattr(version, field) for field in TIMING_FIELDS),
+        *(getattr(version, field) for field in (*TIMING_FIELDS, *EXPERIMENT_FIELDS)),
         list(actions),
+        list(variants.values_list("action__channel", "label", "share", "subject", "body")),
         sorted(campaign.tags.names()),
     )
 

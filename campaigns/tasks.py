@@ -45,10 +45,11 @@ def campaign_activation_task(self: Task, campaign_id: int) -> None:
 def scheduler_tick() -> None:
     """Run by the beat scheduler: start due campaigns and due occurrences of recurring ones,
     revive lost activations and stalled deliveries."""
-    from . import delivery, occurrences, services
+    from . import delivery, experiments, occurrences, services
 
     services.campaigns_start_due()
     occurrences.occurrences_start_due()
+    experiments.experiments_decide_due()
     services.campaigns_retry_stale_activations(
         older_than=dt.timedelta(seconds=settings.SALVO_ACTIVATION_RETRY_AFTER_S)
     )

@@ -67,6 +67,7 @@ from .choices import CampaignKind, DeliveryStatus, ExecutionStatus
 from .delivery.sql import sending_version, table_name
 from .delivery.window import execution_dispatch
 from .exceptions import CampaignConflict
+from .experiments import execution_assign
 from .models import (
     Campaign,
     ChannelAction,
@@ -490,6 +491,7 @@ def _trigger_write(*, campaign: Campaign, user: Any, recipients: Any, key: str) 
     ]
     _insert_recipients(execution, rows)
     per_action = _insert_deliveries(execution)
+    execution_assign(execution, [profile_id for profile_id, _ in rows])
     size = len(rows)
     execution.audience_size = size
     execution.audience_max_profile_id = max(row[0] for row in rows)

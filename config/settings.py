@@ -431,6 +431,12 @@ SALVO_WORKER_METRICS_ADDRESS = env.str("SALVO_WORKER_METRICS_ADDRESS", default="
 # Whether a new campaign needs an approval before a version is activated (each campaign
 # keeps its own flag, set from this when it is created; see campaigns.approval).
 SALVO_APPROVAL_REQUIRED = env.bool("SALVO_APPROVAL_REQUIRED", default=False)
+# Content experiments (campaigns.experiments): the significance level of the two-sided
+# two-proportion z-test that names a winner (the limits on variants and the holdout are
+# constants in campaigns.choices, checked by the database too).
+SALVO_EXPERIMENT_ALPHA = env.float("SALVO_EXPERIMENT_ALPHA", default=0.05)
+if not 0 < SALVO_EXPERIMENT_ALPHA < 1:
+    raise ImproperlyConfigured("SALVO_EXPERIMENT_ALPHA must be between 0 and 1.")
 
 SALVO_SCHEDULER_INTERVAL_S = env.float("SALVO_SCHEDULER_INTERVAL_S", default=2.0)
 SALVO_ACTIVATION_RETRY_AFTER_S = env.float("SALVO_ACTIVATION_RETRY_AFTER_S", default=60.0)

@@ -16,6 +16,9 @@ from rest_framework import serializers
 
 from campaigns.approval import APPROVAL_COMMENT_MAX_LENGTH, campaign_approval
 from campaigns.choices import (
+    EXPERIMENT_MAX_HOLDOUT_SHARE,
+    EXPERIMENT_MAX_VARIANTS,
+    EXPERIMENT_WINNER_AFTER_MAX_DAYS,
     ApprovalStatus,
     CampaignKind,
     CampaignStatus,
@@ -24,10 +27,16 @@ from campaigns.choices import (
     DeliveryReason,
     DeliveryStatus,
     ExecutionStatus,
+    ExperimentMetric,
     ReviewCode,
     VersionRole,
 )
 from campaigns.engagement import OUTCOME_LABELS
+from campaigns.experiments import (
+    VARIANTS_WITH_HTML_REFUSAL,
+    holdout_refusal,
+    variants_refusals,
+)
 from campaigns.models import (
     ACTION_CONTENT_FIELDS,
     Campaign,
@@ -35,6 +44,7 @@ from campaigns.models import (
     CampaignVersion,
     ChannelAction,
     ProofSend,
+    Variant,
     html_body_refusal,
 )
 from campaigns.occurrences import campaign_next_runs, run_words, version_schedule_words
@@ -173,10 +183,24 @@ class ScheduleSerializer(serializers.Serializer[Any]):
         return data
 
 
+class VariantSerializer(serializers.ModelSerializer[Variant]):
+    class Meta:
+        model = Variant
+        fields = ["label", "share", "subject", "body"]
+        read_only_fields = fields
+
+
 class ChannelActionSerializer(serializers.ModelSerializer[ChannelAction]):
+    variants = VariantSerializer(
+        many=True,
+        read_only=True,
+        help_text="Variants B, C, … of the content (campaigns.experiments); the action's own "
+        "content is variant A and keeps the share they leave.",
+    )
+
     class Meta:
         model = ChannelAction
-        fields = ["id", "channel", "preset", *ACTION_CONTENT_FIELDS]
+        fields = ["id", "channel", "preset", *ACTION_CONTENT_FIELDS, "variants"]
         read_only_fields = fields
 
 
@@ -186,7 +210,19 @@ class CampaignVersionSerializer(serializers.ModelSerializer[CampaignVersion]):
 
     class Meta:
         model = CampaignVersion
-        fields = ["id", "number", "segment", "schedule", "actions", "activated_at", "created_at"]
+        fields = [
+            "id",
+            "number",
+            "segment",
+            "schedule",
+            "holdout_share",
+            "test_share",
+            "winner_after",
+            "winner_metric",
+            "actions",
+            "activated_at",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -359,6 +395,14 @@ class CampaignTransitionSerializer(serializers.ModelSerializer[CampaignTransitio
 # --- input ---------------------------------------------------------------------------
 
 
+class VariantInputSerializer(serializers.Serializer[Any]):
+    share = serializers.IntegerField(
+        help_text="Percent of the tested audience (1–99); variant A keeps what they leave."
+    )
+    subject = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    body = serializers.CharField(allow_blank=True)
+
+
 class ChannelActionInputSerializer(serializers.Serializer[Any]):
     channel = serializers.ChoiceField(choices=ChannelKind.choices)
     preset = serializers.PrimaryKeyRelatedField(queryset=MessagePreset.objects.all())
@@ -368,10 +412,20 @@ class ChannelActionInputSerializer(serializers.Serializer[Any]):
         required=False, allow_blank=True, help_text=ChannelAction.html_body.field.help_text
     )
 
+    variants = VariantInputSerializer(
+        many=True,
+        required=False,
+        help_text=f"Variants B, C, … in order (at most {EXPERIMENT_MAX_VARIANTS - 1}: the "
+        f"action's own content is variant A); their shares add up to 99 % at most. Every "
+        "action with variants splits the same way. Not with an HTML part.",
+    )
+
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         refusal = html_body_refusal(data["channel"]) if data.get("html_body") else ""
         if refusal:
             raise serializers.ValidationError({"html_body": refusal})
+        if data.get("variants") and data.get("html_body"):
+            raise serializers.ValidationError({"variants": VARIANTS_WITH_HTML_REFUSAL})
         return data
 
 
@@ -409,7 +463,33 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
         required=False, help_text=Campaign.track_clicks.field.help_text
     )
     schedule = ScheduleSerializer(required=False)
+    holdout_share = serializers.IntegerField(
+        required=False,
+        help_text=f"Percent of the audience held back from the campaign as the experiment's "
+        f"holdout (0–{EXPERIMENT_MAX_HOLDOUT_SHARE}).",
+    )
     actions = ChannelActionInputSerializer(many=True, required=False)
+
+    test_share = serializers.IntegerField(
+        required=False,
+        help_text="Test, then send the winner: percent (1–99) of the audience besides the "
+        "holdout that gets the variants first; 0 (default): everyone at once.",
+    )
+    winner_after = serializers.DurationField(
+        required=False,
+        allow_null=True,
+        help_text=f'How long the test runs (e.g. "04:00:00"; at most '
+        f"{EXPERIMENT_WINNER_AFTER_MAX_DAYS} days) before the rest gets the winner: the "
+        "variant significantly best on winner_metric, else the best observed (a tie: the "
+        "earlier letter).",
+    )
+    winner_metric = serializers.ChoiceField(choices=ExperimentMetric.choices, required=False)
+
+    def validate_holdout_share(self, value: int) -> int:
+        refusal = holdout_refusal(value)
+        if refusal:
+            raise serializers.ValidationError(refusal)
+        return value
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         """Content that can never render is refused here, before the service, keyed by the
@@ -418,14 +498,22 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
         keyed: dict[str, list[str]] = {}
         kind = data.get("kind") or getattr(self.instance, "kind", CampaignKind.ONE_SHOT)
         for index, action in enumerate(data.get("actions") or []):
-            try:
-                validate_content(
-                    **{field: action.get(field) or "" for field in ACTION_CONTENT_FIELDS},
-                    trigger_context=kind == CampaignKind.API_TRIGGERED,
-                )
-            except TemplateContentError as error:
-                for field, messages in error.message_dict.items():
-                    keyed.setdefault(f"actions[{index}].{field}", []).extend(messages)
+            variants = action.get("variants") or []
+            for key, messages in variants_refusals(variants).items():
+                keyed.setdefault(f"actions[{index}].{key}", []).extend(messages)
+            contents = [(f"actions[{index}]", action)] + [
+                (f"actions[{index}].variants[{number}]", variant)
+                for number, variant in enumerate(variants)
+            ]
+            for where, content in contents:
+                try:
+                    validate_content(
+                        **{field: content.get(field) or "" for field in ACTION_CONTENT_FIELDS},
+                        trigger_context=kind == CampaignKind.API_TRIGGERED,
+                    )
+                except TemplateContentError as error:
+                    for field, messages in error.message_dict.items():
+                        keyed.setdefault(f"{where}.{field}", []).extend(messages)
         if keyed:
             listed = [
                 f"{key}: {message}" for key, messages in keyed.items() for message in messages
@@ -601,6 +689,14 @@ class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):
     rate = RateSerializer()
     executions = ExecutionReportSerializer(many=True, help_text="Newest first.")
     delivery_error = DeliveryErrorSerializer(allow_null=True)
+    experiment = serializers.JSONField(
+        allow_null=True,
+        required=False,
+        help_text="The content experiment compared on ?metric= (opened, clicked): metric, "
+        "alpha, groups [{group, n, count, rate, lift, p_value}], holdout {n, count, rate}, "
+        "holdout_measured, note, comparison {best, runner_up, z, p_value, significant}, "
+        "winner (only when significant); null when the campaign runs none.",
+    )
     waiting = serializers.DictField(
         child=serializers.DictField(child=WaitingSerializer()),
         help_text="Per channel and reason (recipient_time: the recipient's local send time; "

@@ -30,6 +30,7 @@ from rest_framework.views import APIView
 from campaigns import services
 from campaigns.choices import CampaignKind
 from campaigns.exceptions import ActivationRefused
+from campaigns.experiments import EXPERIMENT_METRICS, experiment_results
 from campaigns.exports import deliveries_csv_response
 from campaigns.models import Campaign
 from campaigns.operations import OPERATIONS
@@ -389,15 +390,31 @@ class CampaignViewSet(CampaignTriggerActions, viewsets.ModelViewSet[Campaign]):
             campaign_transitions(campaign=self.get_object()), CampaignTransitionSerializer
         )
 
-    @extend_schema(responses=CampaignReportSerializer)
+    @extend_schema(
+        responses=CampaignReportSerializer,
+        parameters=[
+            OpenApiParameter(
+                "metric",
+                str,
+                enum=list(EXPERIMENT_METRICS),
+                description="What the experiment block compares the variants on (default opened).",
+            )
+        ],
+    )
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def report(self, request: Request, pk: str | None = None) -> Response:
         """Delivery counts by channel, status, reason and version, a timeline of sends,
         the current rate and the time left, and each execution's counts."""
         campaign = self.get_object()
+        metric = request.query_params.get("metric", "")
+        if metric and metric not in EXPERIMENT_METRICS:
+            raise ValidationError(
+                {"metric": f"Choose one of {', '.join(EXPERIMENT_METRICS)}, not {metric!r}."}
+            )
         report = {
             **campaign_report(campaign=campaign),
             "delivery_error": campaign_delivery_error(campaign=campaign),
+            "experiment": experiment_results(campaign=campaign, metric=metric),
         }
         return Response(CampaignReportSerializer(report).data)
 

@@ -25,6 +25,7 @@ from segments.selectors import segment_profiles
 from segments.services import audience_snapshot_create
 
 from ..choices import CampaignKind, DeliveryStatus, ExecutionStatus
+from ..experiments import assignments_plan, winner_wait_plan
 from ..models import Campaign, ChannelAction, DeliveryCount, Execution
 from .completion import execution_halt, execution_progress
 from .sql import campaign_sending, counts_add, insert_deliveries, statistics_refresh
@@ -139,6 +140,8 @@ def execution_plan_step(*, execution_id: int) -> bool:
             execution.save(update_fields=["snapshot"])
             # The slice's members are the keys the snapshot gained.
             per_action = insert_deliveries(execution, keys_before + 1, snapshot.size)
+            assignments_plan(execution, keys_before + 1, snapshot.size)
+            winner_wait_plan(execution, first, last)
             statistics_refresh(first_profile_id=first, inserted=sum(per_action.values()))
             execution.audience_size += max(per_action.values(), default=0)
         execution.planned_through = max(last, execution.planned_through)

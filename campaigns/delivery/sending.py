@@ -69,6 +69,8 @@ from segments.choices import ConsentChannel
 from segments.unsubscribe import unsubscribe_links
 
 from ..choices import (
+    HOLDOUT_GROUP,
+    REST_GROUP,
     CampaignKind,
     CampaignType,
     DeliveryReason,
@@ -77,6 +79,12 @@ from ..choices import (
     ExecutionStatus,
 )
 from ..events import ProviderEvent, events_record
+from ..experiments import (
+    VariantRenderers,
+    campaign_has_assignments,
+    experiment_decide,
+    experiment_groups,
+)
 from ..models import Campaign, CampaignVersion, ChannelAction, Execution, TriggerRecipient
 from ..tracking import message_tracker
 from .caps import CapCheck
@@ -200,10 +208,17 @@ class ActionSender:
             R.OPTED_OUT: f"Opted out of {self.label} marketing.",
             R.NO_ADDRESS: f"No {self.label} address.",
             R.SUPPRESSED: f"The {self.label} address is on the suppression list.",
+            R.HOLDOUT: "In the experiment's holdout: no message of this campaign.",
         }
         # The chunk's addresses on the suppression list, read by ``send_chunk`` before it
         # prepares (the preview and the proofs check none: a proof goes where it is asked).
         self.suppressed: frozenset[str] = frozenset()
+        # Experiments (campaigns.experiments): each chunk's recipients' groups, read by the
+        # workers' chunks only (the preview and the proofs show the action's own content).
+        self.experiment = False
+        self.groups: dict[int, str] = {}
+        self.variants: VariantRenderers | None = None  # the version's, once a group needs them
+        self._winner: str | None = None
         self.backend: ProviderBackend | None = None
         self.policy = _delivery_policy()
         # API triggers: each chunk's recipients' contexts (``campaigns.triggers``); empty
@@ -250,6 +265,7 @@ class ActionSender:
         self.render_html = html_renderer(
             html_body=content.html_body, trigger_context=self.triggered
         )
+        self.variants = None
         self.unsubscribe = (
             self.preset.reply_to or self.preset.from_email
             if self.marketing and self.channel == ChannelKind.EMAIL
@@ -330,9 +346,21 @@ class ActionSender:
             except (ValueError, RecursionError) as error:
                 text = f"Cannot read the profile's attributes: {type(error).__name__}: {error}"
                 return DeliveryOutcome(row.delivery_id, D.FAILED, text, reason=R.BAD_PROFILE_DATA)
+        group = self.groups.get(profile["id"])
+        if group == HOLDOUT_GROUP:
+            return DeliveryOutcome(
+                row.delivery_id, D.SKIPPED, self.skip_texts[R.HOLDOUT], reason=R.HOLDOUT
+            )
+        if group == REST_GROUP:  # "test, then send the winner": the rest gets the winner
+            group = self.winner()
+        if group is not None and self.variants is None and self.content is not None:
+            self.variants = VariantRenderers.of(self.content, trigger_context=self.triggered)
+        render = self.variants.renderer(group, self.render) if self.variants else self.render
         trigger = self.contexts.get(profile["id"], {}) if self.triggered else None
         data = profile_context(profile)
-        subject, body = self.render(data, trigger)
+        subject, body = render(data, trigger)
+        # An experiment varies the subject and the text; an email with an HTML part has no
+        # variants (refused where they are saved: campaigns.experiments).
         html_body = self.render_html(data, trigger)
         if self.tracker is not None:
             body, html_body = self.tracker.track(row.delivery_id, body, html_body)
@@ -528,9 +556,20 @@ class ActionSender:
             )
         return self._more_due(due, outcomes, limit=limit)
 
+    def winner(self) -> str:
+        """The experiment's winner, decided once (by the scheduler's tick when the test
+        ends, or here if a chunk reaches the rest first) and read once per batch."""
+        if self._winner is None:
+            self._winner = experiment_decide(campaign_id=self.campaign.pk).group
+        return self._winner
+
     def _read_contexts(self, batch: Batch, due: Sequence[Due]) -> None:
         """An API trigger's chunk: its recipients' contexts (``campaigns.triggers``), in one
-        query that the unique index on (execution, profile) serves."""
+        query that the unique index on (execution, profile) serves; and an experiment's
+        chunk: its recipients' groups, in one query likewise."""
+        if self.experiment:
+            ids = [row.profile["id"] for row in due if row.profile is not None]
+            self.groups = experiment_groups(self.campaign.pk, ids)
         if self.triggered:
             ids = [row.profile["id"] for row in due if row.profile is not None]
             self.contexts = dict(
@@ -582,6 +621,7 @@ def _send_chunks(batch: Batch, *, action: ChannelAction, campaign: Campaign) -> 
     sender = ActionSender(
         action=action, campaign=campaign, version_id=campaign.live_version_id or action.version_id
     )
+    sender.experiment = campaign_has_assignments(campaign.pk)
     try:
         while True:
             if stop_requested():

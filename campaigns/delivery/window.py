@@ -29,8 +29,13 @@ from .sql import on_postgres
 
 D = DeliveryStatus
 
-# Pending rows that wait for a moment rather than for a worker (see ``timing``).
-WAITING_REASONS = (DeliveryReason.RECIPIENT_TIME, DeliveryReason.QUIET_HOURS)
+# Pending rows that wait for a moment rather than for a worker (see ``timing``, and
+# ``campaigns.experiments`` for the rest of a test waiting for its winner).
+WAITING_REASONS = (
+    DeliveryReason.RECIPIENT_TIME,
+    DeliveryReason.QUIET_HOURS,
+    DeliveryReason.WINNER_WAIT,
+)
 
 
 def batches_enqueue(batches: Sequence[Batch], *, first: bool = False) -> None:

@@ -40,6 +40,15 @@ from campaigns.choices import (
 from campaigns.delivery.timing import schedule_words
 from campaigns.engagement import engagement_summary
 from campaigns.exceptions import CampaignConflict
+from campaigns.experiments import (
+    DEFAULT_EXPERIMENT_METRIC,
+    EXPERIMENT_METRICS,
+    experiment_results,
+    rate_words,
+    split_of,
+    split_words,
+    winner_words,
+)
 from campaigns.management.doors import command_user, one_line
 from campaigns.models import Campaign
 from campaigns.occurrences import campaign_next_runs, run_words, version_schedule_words
@@ -163,6 +172,12 @@ class Command(BaseCommand):
         )
         report.add_argument(
             "--json", action="store_true", help="The report as GET …/report/ returns it."
+        )
+        report.add_argument(
+            "--metric",
+            choices=list(EXPERIMENT_METRICS),
+            default=DEFAULT_EXPERIMENT_METRIC,
+            help="What the experiment's variants are compared on.",
         )
 
         preview = commands.add_parser(
@@ -419,10 +434,26 @@ class Command(BaseCommand):
                 out(f"    timing:   {line}")
             if version.activated_at:
                 out(f"    activated {version.activated_at.isoformat()}")
+            if version.holdout_share:
+                out(f"    holdout:  {version.holdout_share} % get nothing")
+            if version.test_share and version.winner_after is not None:
+                out(
+                    f"    test:     {version.test_share} % get the variants first; after "
+                    f"{version.winner_after} the rest gets the winner on "
+                    f"{version.get_winner_metric_display().lower()} (significant, else the "
+                    "best observed)"
+                )
             for action in version.actions.all():
                 subject = f" “{action.subject}”" if action.subject else ""
                 html = " (with an HTML part)" if action.html_body else ""
                 out(f"    {action.channel} via {action.preset.name}{subject}{html}")
+                variants = list(action.variants.all())
+                if variants:
+                    split = split_of(variant.share for variant in variants)
+                    out(f"      variants: {split_words(split)}")
+                    for variant in variants:
+                        shown = f"“{variant.subject}” " if variant.subject else ""
+                        out(f"      {variant.label}: {shown}{variant.body[:60]!r}")
         next_runs = campaign_next_runs(campaign=campaign)
         if next_runs and campaign.live_version is not None:
             out("  next runs:")
@@ -444,10 +475,33 @@ class Command(BaseCommand):
             report = {
                 **campaign_report(campaign=campaign),
                 "delivery_error": campaign_delivery_error(campaign=campaign),
+                "experiment": experiment_results(campaign=campaign, metric=options["metric"]),
             }
             self._dump(CampaignReportSerializer(report).data)
             return
         self._print_report(campaign)
+        self._print_experiment(campaign, metric=options["metric"])
+
+    def _print_experiment(self, campaign: Campaign, *, metric: str) -> None:
+        """The experiment's groups compared on `metric`, and the verdict."""
+        results = experiment_results(campaign=campaign, metric=metric)
+        if results is None:
+            return
+        out = self.stdout.write
+        out(f"  experiment on {results['metric_label'].lower()}:")
+        for row in results["groups"]:
+            lift = "" if row["lift"] is None else f", lift vs holdout {row['lift']:+.1%}"
+            out(
+                f"    {row['group']}: n {row['n']}, {row['count']} "
+                f"({rate_words(row['rate'])}){lift}"
+            )
+        holdout = results["holdout"]
+        if holdout is not None:
+            counted = "" if holdout["count"] is None else f", {holdout['count']}"
+            out(f"    holdout: n {holdout['n']}{counted} ({rate_words(holdout['rate'])})")
+        if results["note"]:
+            out(f"    {results['note']}")
+        out(f"    {winner_words(results)}")
 
     def _print_report(self, campaign: Campaign) -> None:
         """The report as a table, one row per channel, then why deliveries were not sent
