@@ -424,8 +424,6 @@ class ChannelActionInputSerializer(serializers.Serializer[Any]):
         refusal = html_body_refusal(data["channel"]) if data.get("html_body") else ""
         if refusal:
             raise serializers.ValidationError({"html_body": refusal})
-        if data.get("variants") and data.get("html_body"):
-            raise serializers.ValidationError({"variants": VARIANTS_WITH_HTML_REFUSAL})
         return data
 
 
@@ -501,6 +499,10 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
             variants = action.get("variants") or []
             for key, messages in variants_refusals(variants).items():
                 keyed.setdefault(f"actions[{index}].{key}", []).extend(messages)
+            if variants and action.get("html_body"):
+                keyed.setdefault(f"actions[{index}].variants", []).append(
+                    VARIANTS_WITH_HTML_REFUSAL
+                )
             contents = [(f"actions[{index}]", action)] + [
                 (f"actions[{index}].variants[{number}]", variant)
                 for number, variant in enumerate(variants)
