@@ -140,6 +140,10 @@ BENCH_TRIGGER_RECIPIENTS ?= 200000
 # The trigger benchmark twice: its clients as fast as answered (what the machine accepts),
 # then offering this many recipients a second (the first message's wait at a known load).
 BENCH_TRIGGER_RATE ?= 8000
+# Tracking webhooks posted to the web server: in SendGrid's batches (100 events a post), then
+# one event a post as Postmark sends them (fewer: it is the web server's request rate).
+BENCH_EVENTS ?= 1000000
+BENCH_EVENTS_ONE_PER_POST ?= 50000
 bench: venv
 	@$(SERVICES) start >/dev/null
 	eval "$$($(SERVICES) env)" && $(PY) manage.py migrate --noinput \
@@ -149,7 +153,9 @@ bench: venv
 		else echo "bench_delivery: not available yet"; fi \
 		&& $(PY) manage.py bench_triggers --recipients $(BENCH_TRIGGER_RECIPIENTS) \
 		&& $(PY) manage.py bench_triggers --recipients $(BENCH_TRIGGER_RECIPIENTS) \
-			--rate $(BENCH_TRIGGER_RATE)
+			--rate $(BENCH_TRIGGER_RATE) \
+		&& $(PY) manage.py bench_events --events $(BENCH_EVENTS) --format sendgrid \
+		&& $(PY) manage.py bench_events --events $(BENCH_EVENTS_ONE_PER_POST) --format postmark
 
 clean:
 	rm -rf $(TEST_VAR_DIR) .pytest_cache .mypy_cache .ruff_cache build dist
