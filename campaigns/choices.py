@@ -231,3 +231,4 @@ class ExperimentMetric(models.TextChoices):
 
     OPENED = "opened", "Opens"
     CLICKED = "clicked", "Clicks"
+    CONVERTED = "converted", "Conversions"

@@ -5,7 +5,10 @@ Attribution (last touch). A conversion at time T of profile P goes to the delive
 P last within ``SALVO_CONVERSION_WINDOW_DAYS`` before T, of any campaign, or of the
 campaign the client names; a client that names the delivery gets that one, if it was sent
 to P within the window. Nothing sent within the window is a refusal (400), never a
-conversion attributed to nothing.
+conversion attributed to nothing. A profile an experiment held out (its delivery skipped with
+the reason ``holdout``) was reached by the campaign as much as the others: its conversion
+goes to that campaign, which measures its variants against it (``campaigns.experiments``),
+and counts for no channel in the report.
 
 Cost. Deliveries have no index by profile (their writes must stay cheap), so the look-up
 first lists the executions that ran within the window (few) and their actions, then asks
@@ -29,12 +32,13 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config.permissions import require_perms
 from segments.models import Profile
 
-from .choices import DeliveryStatus
+from .choices import DeliveryReason, DeliveryStatus
 from .exceptions import CampaignConflict
 from .models import Campaign, ChannelAction, Conversion, Delivery, Execution
 
@@ -56,10 +60,30 @@ def _window_text() -> str:
     return f"the {days} day{'s' if days != 1 else ''} before it (SALVO_CONVERSION_WINDOW_DAYS)"
 
 
+def _reached(since: dt.datetime, until: dt.datetime) -> Q:
+    """A delivery that reached its profile within [since, until]: sent then, or held out
+    then (an experiment's holdout is measured against the rest: its conversions count)."""
+    return Q(status=DeliveryStatus.SENT, sent_at__gte=since, sent_at__lte=until) | Q(
+        status=DeliveryStatus.SKIPPED,
+        reason=DeliveryReason.HOLDOUT,
+        updated_at__gte=since,
+        updated_at__lte=until,
+    )
+
+
+def _reached_at(delivery: Delivery) -> dt.datetime | None:
+    if delivery.status == DeliveryStatus.SENT:
+        return delivery.sent_at
+    if delivery.status == DeliveryStatus.SKIPPED and delivery.reason == DeliveryReason.HOLDOUT:
+        return delivery.updated_at
+    return None
+
+
 def _last_delivery(
     *, profile_id: int, campaign: Campaign | None, since: dt.datetime, until: dt.datetime
 ) -> Delivery | None:
-    """The delivery sent to the profile last within [since, until], of `campaign` or any."""
+    """The delivery that reached the profile last within [since, until] (``_reached``), of
+    `campaign` or any."""
     executions = Execution.objects.filter(started_at__lte=until).filter(
         Q(finished_at__isnull=True) | Q(finished_at__gte=since)
     )
@@ -76,12 +100,10 @@ def _last_delivery(
             execution_id__in=list(runs),
             action_id__in=list(actions),
             profile_id=profile_id,
-            status=DeliveryStatus.SENT,
-            sent_at__gte=since,
-            sent_at__lte=until,
         )
+        .filter(_reached(since, until))
         .select_related("execution")
-        .order_by("-sent_at", "-pk")
+        .order_by(Coalesce("sent_at", "updated_at").desc(), "-pk")
         .first()
     )
 
@@ -106,8 +128,8 @@ def _attribution(
             raise ValidationError(
                 {"delivery": f"Delivery {delivery_id} is not of campaign “{campaign.name}”."}
             )
-        sent = delivery.sent_at
-        if delivery.status != DeliveryStatus.SENT or sent is None:
+        sent = _reached_at(delivery)
+        if sent is None:
             raise ValidationError({"delivery": f"Delivery {delivery_id} was not sent."})
         if not since <= sent <= occurred_at:
             raise ValidationError(
@@ -206,7 +228,10 @@ def campaign_conversions(*, campaign: Campaign) -> dict[str, dict[Any, Conversio
     report counts every outcome: a rate over the deliveries sent) and the total value of
     their conversions (one query)."""
     rows = (
+        # A held-out profile's conversions are the experiment's (its holdout), not a
+        # channel's: the channel sent it nothing.
         Conversion.objects.filter(campaign=campaign)
+        .exclude(delivery__status=DeliveryStatus.SKIPPED)
         .values("delivery__action__channel", "delivery__version__number")
         .annotate(converted=Count("delivery_id", distinct=True), total=Sum("value"))
         .order_by()

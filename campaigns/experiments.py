@@ -65,6 +65,7 @@ from .models import (
     Assignment,
     Campaign,
     ChannelAction,
+    Conversion,
     Delivery,
     DeliveryEvent,
     Execution,
@@ -399,6 +400,20 @@ def _event_metric(kind: str) -> Callable[[int], dict[str, int]]:
     return count
 
 
+def _conversion_metric(campaign_id: int) -> dict[str, int]:
+    """Per group, the profiles with at least one conversion attributed to the campaign:
+    the holdout's too (``campaigns.conversions`` attributes a held-out profile's conversion
+    to the campaign that held it out)."""
+    rows = (
+        Conversion.objects.filter(campaign_id=campaign_id, profile_id__isnull=False)
+        .annotate(group=_group_of_profile(campaign_id, "profile_id"))
+        .values("group")
+        .annotate(n=Count("profile_id", distinct=True))
+        .order_by()
+    )
+    return {row["group"]: row["n"] for row in rows if row["group"]}
+
+
 @dataclass(frozen=True)
 class Metric:
     """What an experiment can be compared on: its words, how it is counted per group
@@ -410,9 +425,8 @@ class Metric:
     holdout_measured: bool
 
 
-# The metrics the results compare on. A new source (conversions) is one entry: a function
-# of the campaign id returning, per group (variant label or "holdout"), how many profiles
-# converted, with `holdout_measured=True`.
+# The metrics the results compare on: per metric, a function of the campaign id returning,
+# per group (variant label or "holdout"), how many profiles had it.
 EXPERIMENT_METRICS: dict[str, Metric] = {
     ExperimentMetric.OPENED: Metric(
         "Opens", _event_metric(EventKind.OPENED), holdout_measured=False
@@ -420,6 +434,7 @@ EXPERIMENT_METRICS: dict[str, Metric] = {
     ExperimentMetric.CLICKED: Metric(
         "Clicks", _event_metric(EventKind.CLICKED), holdout_measured=False
     ),
+    ExperimentMetric.CONVERTED: Metric("Conversions", _conversion_metric, holdout_measured=True),
 }
 DEFAULT_EXPERIMENT_METRIC: str = ExperimentMetric.OPENED
 

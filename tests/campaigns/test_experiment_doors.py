@@ -205,6 +205,49 @@ def test_the_report_shows_the_experiment_at_the_api_and_the_command(api_client, 
     assert "B: “B” 'Hi B'" in shown
 
 
+def test_conversions_compare_the_groups_against_the_holdout_at_the_api_and_command(
+    api_client, settings
+):
+    from devtools.sinks import running_sinks
+    from segments.models import Profile
+
+    with running_sinks() as sink:
+        for name, value in sink.provider_settings().items():
+            setattr(settings, name, value)
+        campaign = a_finished_ab_test()
+    members: dict[str, list[str]] = {}
+    for profile_id, group in Assignment.objects.filter(campaign=campaign).values_list(
+        "profile_id", "group"
+    ):
+        external_id = Profile.objects.get(pk=profile_id).external_id
+        members.setdefault(group, []).append(external_id)
+    converting = [members["holdout"][0], *members["A"][:2]]
+    for number, external_id in enumerate(converting):
+        answer = api_client.post(
+            "/api/conversions/",
+            {"profile": external_id, "value": "10", "idempotency_key": f"order-{number}"},
+            format="json",
+        )
+        assert answer.status_code == 201, answer.content  # a held-out profile's too
+
+    experiment = api_client.get(url(campaign, "report") + "?metric=converted").json()["experiment"]
+    assert experiment["metric"] == "converted"
+    assert experiment["holdout"] == {
+        "n": len(members["holdout"]),
+        "count": 1,
+        "rate": 1 / len(members["holdout"]),
+    }
+    group_a = next(row for row in experiment["groups"] if row["group"] == "A")
+    assert group_a["count"] == 2
+    assert group_a["lift"] == pytest.approx(
+        (2 / len(members["A"])) / (1 / len(members["holdout"])) - 1
+    )
+    # The channels count the conversions of what they sent: not the held-out one's.
+    engagement = api_client.get(url(campaign, "report")).json()["engagement"]["by_channel"]
+    assert sum(counts["converted"]["count"] for counts in engagement.values()) == 2
+    assert "experiment on conversions:" in run("report", str(campaign.pk), "--metric", "converted")
+
+
 # --- the admin ----------------------------------------------------------------------------
 
 VARIANTS_TEXT = "share: 30\nsubject: Spring B\nHi B\nsecond line\n---\nshare: 20\nHi C"
