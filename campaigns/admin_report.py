@@ -22,7 +22,14 @@ from django.utils.formats import date_format, number_format
 from channels.choices import ChannelKind
 from config.formats import short_datetime
 
-from .choices import CampaignStatus, DeliveryReason, DeliveryStatus, ExecutionStatus
+from .choices import (
+    HOLDOUT_GROUP,
+    REST_GROUP,
+    CampaignStatus,
+    DeliveryReason,
+    DeliveryStatus,
+    ExecutionStatus,
+)
 from .engagement import OUTCOME_LABELS
 from .experiments import experiment_comparisons
 from .models import Campaign
@@ -296,11 +303,25 @@ def _engagement_rows(engagement: dict[str, Any]) -> dict[str, Any] | None:
         {"key": number, "label": f"Version {number}", "cells": cells(counts)}
         for number, counts in engagement["by_version"].items()
     ]
+    variants = [
+        {"key": group, "label": _group_label(group), "cells": cells(counts)}
+        for group, counts in engagement["by_variant"].items()
+    ]
     return {
         "columns": list(OUTCOME_LABELS.values()),
         "channels": channels,
         "versions": versions if len(versions) > 1 else [],
+        "variants": sorted(variants, key=lambda row: (len(row["key"]) > 1, row["key"])),
     }
+
+
+def _group_label(group: str) -> str:
+    """An experiment group's row label: its variant, the holdout, or the rest."""
+    if group == HOLDOUT_GROUP:
+        return "Holdout (profiles)"
+    if group == REST_GROUP:
+        return "Rest, sent the winner (profiles)"
+    return f"Variant {group} (profiles)"
 
 
 def report_html(*, campaign: Campaign, request: HttpRequest) -> str:

@@ -20,6 +20,7 @@ from django.db.models import Count
 
 from .choices import EventKind
 from .conversions import campaign_conversions
+from .experiments import experiment_engagement
 from .models import Campaign, DeliveryEvent
 
 # The kinds a report counts, in the order it shows them.
@@ -61,8 +62,9 @@ def campaign_engagement(
     sent_by_channel: Mapping[str, int],
     sent_by_version: Mapping[str, int],
 ) -> dict[str, Any]:
-    """``{"by_channel": {channel: {outcome: {"count", "rate"}}}, "by_version": {number: …}}``
-    for the channels and versions that sent something or had events, the outcomes of
+    """``{"by_channel": {channel: {outcome: {"count", "rate"}}}, "by_version": {number: …},
+    "by_variant": {group: …}}`` for the channels and versions that sent something or had
+    events, and the groups of the campaign's experiment (none without one), the outcomes of
     ``OUTCOME_LABELS``; ``rate`` is the count over the deliveries sent (None when none was
     sent), and ``converted`` also has its ``value`` (the conversions' total, as a string)."""
     by_channel: dict[str, dict[str, Any]] = {c: {} for c, n in sent_by_channel.items() if n}
@@ -75,11 +77,15 @@ def campaign_engagement(
         for group, converted in conversions[table].items():
             if group is not None:  # None: attributed to no delivery of the campaign
                 groups.setdefault(str(group), {})[CONVERTED] = converted
+    groups = experiment_engagement(campaign=campaign, kinds=ENGAGEMENT_KINDS)
     return {
         "by_channel": {
             channel: _rates(counts, sent_by_channel.get(channel, 0))
             for channel, counts in sorted(by_channel.items())
         },
+        # An experiment's groups: profiles, not deliveries (a profile is in one group on
+        # every channel), each a rate of the group's profiles.
+        "by_variant": {group: _rates(counts, counts["n"]) for group, counts in groups.items()},
         "by_version": {
             version: _rates(counts, sent_by_version.get(version, 0))
             for version, counts in sorted(by_version.items(), key=lambda item: int(item[0]))

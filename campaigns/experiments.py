@@ -37,11 +37,12 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from statistics import NormalDist
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from channels.rendering import content_renderer
@@ -61,6 +62,7 @@ from .choices import (
     ExecutionStatus,
     ExperimentMetric,
 )
+from .conversions import ConversionCount
 from .models import (
     Assignment,
     Campaign,
@@ -412,6 +414,48 @@ def _conversion_metric(campaign_id: int) -> dict[str, int]:
         .order_by()
     )
     return {row["group"]: row["n"] for row in rows if row["group"]}
+
+
+def experiment_engagement(*, campaign: Campaign, kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per group of the campaign's experiment (a variant's label, the holdout, or the rest
+    that a "test, then send the winner" campaign sends the winner to), ``n``
+    (its profiles), per event kind of `kinds` the profiles with at least one such event on
+    a delivery of the campaign, and under ``converted`` a ``ConversionCount`` of the
+    profiles that converted and their value; {} when the campaign runs no experiment.
+    Three queries, whatever the number of groups."""
+    sizes = dict(
+        Assignment.objects.filter(campaign=campaign)
+        .values("group")
+        .annotate(n=Count("id"))
+        .order_by()
+        .values_list("group", "n")
+    )
+    groups: dict[str, dict[str, Any]] = {group: {"n": n} for group, n in sizes.items()}
+    if not groups:
+        return {}
+    events = (
+        DeliveryEvent.objects.filter(delivery__execution__campaign=campaign, kind__in=kinds)
+        .annotate(group=_group_of_profile(campaign.pk, "delivery__profile_id"))
+        .values("group", "kind")
+        .annotate(n=Count("delivery__profile_id", distinct=True))
+        .order_by()
+    )
+    for row in events:
+        if row["group"] in groups:
+            groups[row["group"]][row["kind"]] = row["n"]
+    conversions = (
+        Conversion.objects.filter(campaign=campaign, profile_id__isnull=False)
+        .annotate(group=_group_of_profile(campaign.pk, "profile_id"))
+        .values("group")
+        .annotate(n=Count("profile_id", distinct=True), total=Sum("value"))
+        .order_by()
+    )
+    for row in conversions:
+        if row["group"] in groups:
+            groups[row["group"]]["converted"] = ConversionCount(
+                row["n"], row["total"] or Decimal(0)
+            )
+    return groups
 
 
 @dataclass(frozen=True)

@@ -669,6 +669,11 @@ class EngagementSerializer(serializers.Serializer[dict[str, Any]]):
         child=serializers.DictField(child=EngagementCountSerializer()),
         help_text="Per version number, per kind.",
     )
+    by_variant = serializers.DictField(
+        child=serializers.DictField(child=EngagementCountSerializer()),
+        help_text="Per group of the campaign's experiment (variant label, holdout, rest), per "
+        "kind: profiles, not deliveries, and rates of the group's profiles; empty without one.",
+    )
 
 
 class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):

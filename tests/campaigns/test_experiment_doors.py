@@ -248,6 +248,43 @@ def test_conversions_compare_the_groups_against_the_holdout_at_the_api_and_comma
     assert "experiment on conversions:" in run("report", str(campaign.pk), "--metric", "converted")
 
 
+def test_the_report_counts_every_outcome_per_variant_at_every_door(
+    api_client, admin_client, settings
+):
+    from devtools.sinks import running_sinks
+
+    with running_sinks() as sink:
+        for name, value in sink.provider_settings().items():
+            setattr(settings, name, value)
+        campaign = a_finished_ab_test()  # five profiles opened their email
+    groups = dict(Assignment.objects.filter(campaign=campaign).values_list("profile_id", "group"))
+    sizes = Counter(groups.values())
+    opened_by_group = Counter(
+        groups[profile_id]
+        for profile_id in Delivery.objects.filter(
+            execution__campaign=campaign, events__kind="opened"
+        ).values_list("profile_id", flat=True)
+    )
+
+    by_variant = api_client.get(url(campaign, "report")).json()["engagement"]["by_variant"]
+    assert set(by_variant) == set(sizes)
+    for group, n in sizes.items():
+        assert by_variant[group]["opened"] == {
+            "count": opened_by_group[group],
+            "rate": round(opened_by_group[group] / n, 4),
+        }
+        assert by_variant[group]["bounced"]["count"] == 0
+    assert by_variant["holdout"]["opened"]["count"] == 0
+
+    text = run("report", str(campaign.pk))
+    assert "A (profiles) after the send: delivered 0 (0.0%), bounced 0" in text
+    page = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    row = page[page.index('<tr data-group="A">') :]
+    row = row[: row.index("</tr>")]
+    assert f'data-event="opened"><span data-figure="count">{opened_by_group["A"]}</span>' in row
+    assert "Holdout (profiles)" in page
+
+
 # --- the admin ----------------------------------------------------------------------------
 
 VARIANTS_TEXT = "share: 30\nsubject: Spring B\nHi B\nsecond line\n---\nshare: 20\nHi C"

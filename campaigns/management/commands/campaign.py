@@ -546,6 +546,8 @@ class Command(BaseCommand):
         )
         for channel, engagement in report["engagement"]["by_channel"].items():
             out(f"  {channel} after the send: {engagement_summary(engagement)}")
+        for group, engagement in report["engagement"]["by_variant"].items():
+            out(f"  {group} (profiles) after the send: {engagement_summary(engagement)}")
         for channel, reasons in report["waiting"].items():
             for reason, waiting in reasons.items():
                 out(
