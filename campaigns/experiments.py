@@ -416,6 +416,17 @@ def _conversion_metric(campaign_id: int) -> dict[str, int]:
     return {row["group"]: row["n"] for row in rows if row["group"]}
 
 
+def group_sizes(campaign: Campaign) -> dict[str, int]:
+    """How many profiles each group of the campaign's experiment holds (one query)."""
+    return dict(
+        Assignment.objects.filter(campaign=campaign)
+        .values("group")
+        .annotate(n=Count("id"))
+        .order_by()
+        .values_list("group", "n")
+    )
+
+
 def experiment_engagement(*, campaign: Campaign, kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per group of the campaign's experiment (a variant's label, the holdout, or the rest
     that a "test, then send the winner" campaign sends the winner to), ``n``
@@ -423,13 +434,7 @@ def experiment_engagement(*, campaign: Campaign, kinds: Sequence[str]) -> dict[s
     a delivery of the campaign, and under ``converted`` a ``ConversionCount`` of the
     profiles that converted and their value; {} when the campaign runs no experiment.
     Three queries, whatever the number of groups."""
-    sizes = dict(
-        Assignment.objects.filter(campaign=campaign)
-        .values("group")
-        .annotate(n=Count("id"))
-        .order_by()
-        .values_list("group", "n")
-    )
+    sizes = group_sizes(campaign)
     groups: dict[str, dict[str, Any]] = {group: {"n": n} for group, n in sizes.items()}
     if not groups:
         return {}
@@ -514,13 +519,7 @@ def experiment_results(*, campaign: Campaign, metric: str = "") -> dict[str, Any
         raise ValueError(
             f"Unknown experiment metric {metric!r}: choose one of {', '.join(EXPERIMENT_METRICS)}."
         )
-    sizes = dict(
-        Assignment.objects.filter(campaign=campaign)
-        .values("group")
-        .annotate(n=Count("id"))
-        .order_by()
-        .values_list("group", "n")
-    )
+    sizes = group_sizes(campaign)
     if not sizes:
         return None
     alpha = float(settings.SALVO_EXPERIMENT_ALPHA)
