@@ -5,6 +5,7 @@ from django.db.models import QuerySet
 
 from channels.choices import ChannelKind, SuppressionReason, SuppressionSource
 from channels.models import MessagePreset, Suppression
+from segments.api.filtersets import UtcIsoDateTimeFilter
 
 
 class MessagePresetFilterSet(django_filters.FilterSet):
@@ -24,8 +25,9 @@ class SuppressionFilterSet(django_filters.FilterSet):
     address = django_filters.CharFilter(
         method="filter_address", help_text="The address, in any case for an email address."
     )
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    # Any ISO 8601 offset, read as the moment it names (PostgreSQL holds offsets < 16 h).
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Suppression
