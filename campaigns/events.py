@@ -74,6 +74,7 @@ def events_record(*, events: Sequence[ProviderEvent]) -> EventsRecorded:
     A webhook's post costs that statement, the suppressions' (only for events that imply
     one) and the commit."""
     unique = {(event.provider, event.event_id[:255]): event for event in events}
+    received_at = timezone.now()
     rows = [
         DeliveryEvent(
             provider=provider,
@@ -84,7 +85,7 @@ def events_record(*, events: Sequence[ProviderEvent]) -> EventsRecorded:
             channel=event.channel,
             recipient=event.recipient[:320],
             occurred_at=event.occurred_at,
-            received_at=timezone.now(),
+            received_at=received_at,
             detail=event.detail[:EVENT_DETAIL_MAX_CHARS],
         )
         for (provider, event_id), event in unique.items()

@@ -383,37 +383,56 @@ def _group_of_profile(campaign_id: int, profile_column: str) -> Subquery:
     )
 
 
+def _events_by_group(campaign_id: int, kinds: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per group, per event kind of `kinds`, the profiles with at least one such event on a
+    delivery of the campaign (one query)."""
+    events: QuerySet[DeliveryEvent] = DeliveryEvent.objects.filter(
+        kind__in=kinds, delivery__execution__campaign_id=campaign_id
+    )
+    rows = (
+        events.annotate(group=_group_of_profile(campaign_id, "delivery__profile_id"))
+        .values("group", "kind")
+        .annotate(n=Count("delivery__profile_id", distinct=True))
+        .order_by()
+    )
+    counted: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row["group"]:
+            counted.setdefault(row["group"], {})[row["kind"]] = row["n"]
+    return counted
+
+
+def _conversions_by_group(campaign_id: int) -> dict[str, ConversionCount]:
+    """Per group, the profiles with at least one conversion attributed to the campaign and
+    their value: the holdout's too (``campaigns.conversions`` attributes a held-out
+    profile's conversion to the campaign that held it out). One query."""
+    rows = (
+        Conversion.objects.filter(campaign_id=campaign_id, profile_id__isnull=False)
+        .annotate(group=_group_of_profile(campaign_id, "profile_id"))
+        .values("group")
+        .annotate(n=Count("profile_id", distinct=True), total=Sum("value"))
+        .order_by()
+    )
+    return {
+        row["group"]: ConversionCount(row["n"], row["total"] or Decimal(0))
+        for row in rows
+        if row["group"]
+    }
+
+
 def _event_metric(kind: str) -> Callable[[int], dict[str, int]]:
-    """Per group, the profiles with at least one event of `kind` on a delivery of the
-    campaign."""
+    """Per group, the profiles with at least one event of `kind`."""
 
     def count(campaign_id: int) -> dict[str, int]:
-        events: QuerySet[DeliveryEvent] = DeliveryEvent.objects.filter(
-            kind=kind, delivery__execution__campaign_id=campaign_id
-        )
-        rows = (
-            events.annotate(group=_group_of_profile(campaign_id, "delivery__profile_id"))
-            .values("group")
-            .annotate(n=Count("delivery__profile_id", distinct=True))
-            .order_by()
-        )
-        return {row["group"]: row["n"] for row in rows if row["group"]}
+        counted = _events_by_group(campaign_id, [kind])
+        return {group: kinds[kind] for group, kinds in counted.items()}
 
     return count
 
 
 def _conversion_metric(campaign_id: int) -> dict[str, int]:
-    """Per group, the profiles with at least one conversion attributed to the campaign:
-    the holdout's too (``campaigns.conversions`` attributes a held-out profile's conversion
-    to the campaign that held it out)."""
-    rows = (
-        Conversion.objects.filter(campaign_id=campaign_id, profile_id__isnull=False)
-        .annotate(group=_group_of_profile(campaign_id, "profile_id"))
-        .values("group")
-        .annotate(n=Count("profile_id", distinct=True))
-        .order_by()
-    )
-    return {row["group"]: row["n"] for row in rows if row["group"]}
+    """Per group, the profiles that converted."""
+    return {group: c.converted for group, c in _conversions_by_group(campaign_id).items()}
 
 
 def group_sizes(campaign: Campaign) -> dict[str, int]:
@@ -438,28 +457,12 @@ def experiment_engagement(*, campaign: Campaign, kinds: Sequence[str]) -> dict[s
     groups: dict[str, dict[str, Any]] = {group: {"n": n} for group, n in sizes.items()}
     if not groups:
         return {}
-    events = (
-        DeliveryEvent.objects.filter(delivery__execution__campaign=campaign, kind__in=kinds)
-        .annotate(group=_group_of_profile(campaign.pk, "delivery__profile_id"))
-        .values("group", "kind")
-        .annotate(n=Count("delivery__profile_id", distinct=True))
-        .order_by()
-    )
-    for row in events:
-        if row["group"] in groups:
-            groups[row["group"]][row["kind"]] = row["n"]
-    conversions = (
-        Conversion.objects.filter(campaign=campaign, profile_id__isnull=False)
-        .annotate(group=_group_of_profile(campaign.pk, "profile_id"))
-        .values("group")
-        .annotate(n=Count("profile_id", distinct=True), total=Sum("value"))
-        .order_by()
-    )
-    for row in conversions:
-        if row["group"] in groups:
-            groups[row["group"]]["converted"] = ConversionCount(
-                row["n"], row["total"] or Decimal(0)
-            )
+    for group, counted in _events_by_group(campaign.pk, kinds).items():
+        if group in groups:
+            groups[group].update(counted)
+    for group, converted in _conversions_by_group(campaign.pk).items():
+        if group in groups:
+            groups[group]["converted"] = converted
     return groups
 
 
