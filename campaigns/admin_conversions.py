@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
 from config.admin_site import ListTitledAdmin
 
+from .admin_deliveries import ReadOnlyAdmin
 from .models import Conversion
 
 
 @admin.register(Conversion)
-class ConversionAdmin(ListTitledAdmin):
+class ConversionAdmin(ReadOnlyAdmin, ListTitledAdmin):
     list_display = ("occurred_at", "campaign", "profile", "value", "currency", "delivery_id")
     list_filter = ("campaign",)
     search_fields = ("profile__external_id", "idempotency_key")
@@ -32,12 +30,3 @@ class ConversionAdmin(ListTitledAdmin):
         "created_at",
     )
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -114,8 +114,22 @@ def _with_events(rows: list[Any]) -> None:
         )
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that only the system writes (deliveries, conversions): listed and shown, never
+    added, changed or deleted by hand, whatever the user's model permissions."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Delivery)
-class DeliveryAdmin(admin.ModelAdmin):
+class DeliveryAdmin(ReadOnlyAdmin):
     list_display = (
         "profile_text",
         "address",
@@ -147,15 +161,6 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         # Reached from a campaign's page, never listed on its own.
-        return False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
     # --- rows ----------------------------------------------------------------------------
