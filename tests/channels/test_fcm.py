@@ -16,22 +16,15 @@ from channels.providers import (
     SendResult,
     TransientProviderError,
     backend_choices,
-    get_backend,
 )
 from channels.providers.fcm import FcmPushBackend
 from devtools.sinks import fcm as fcm_sink
-from devtools.sinks import running_sinks
-from tests.channels.factories import MessagePresetFactory
+from tests.channels.provider_support import module_sink, outbound, preset_backend
 
 FCM = "channels.providers.fcm.FcmPushBackend"
 
 
-@pytest.fixture(scope="module")
-def sink():
-    with running_sinks(
-        reject="uninstalled", flaky="flaky", throttle="throttled", throttle_times=5, retry_after_s=7
-    ) as running:
-        yield running
+sink = module_sink(reject="uninstalled")
 
 
 @pytest.fixture
@@ -40,19 +33,12 @@ def sink_settings(sink):
         yield sink
 
 
-_ids = iter(range(5_000_000, 6_000_000))
-
-
 def push(token: str, title: str = "Hello", body: str = "Hi") -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=next(_ids), channel=ChannelKind.PUSH, to=token, subject=title, body=body
-    )
+    return outbound(ChannelKind.PUSH, token, subject=title, body=body)
 
 
 def fcm_backend() -> FcmPushBackend:
-    backend = get_backend(MessagePresetFactory.build(channel="push", backend=FCM))
-    assert isinstance(backend, FcmPushBackend)
-    return backend
+    return preset_backend("push", FCM, FcmPushBackend)
 
 
 def grants(sink) -> list[dict]:

@@ -13,22 +13,15 @@ from channels.providers import (
     SendResult,
     TransientProviderError,
     backend_choices,
-    get_backend,
 )
 from channels.providers.twilio import TwilioSmsBackend
-from devtools.sinks import running_sinks
 from devtools.sinks import twilio as twilio_sink
-from tests.channels.factories import MessagePresetFactory
+from tests.channels.provider_support import module_sink, outbound, preset_backend
 
 TWILIO = "channels.providers.twilio.TwilioSmsBackend"
 
 
-@pytest.fixture(scope="module")
-def sink():
-    with running_sinks(
-        reject="invalid", flaky="flaky", throttle="throttled", throttle_times=5, retry_after_s=7
-    ) as running:
-        yield running
+sink = module_sink(reject="invalid")
 
 
 @pytest.fixture
@@ -37,20 +30,12 @@ def sink_settings(sink):
         yield sink
 
 
-_ids = iter(range(3_000_000, 4_000_000))
-
-
 def sms(to: str, body: str = "Hello") -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=next(_ids), channel=ChannelKind.SMS, to=to, subject="", body=body
-    )
+    return outbound(ChannelKind.SMS, to, body=body)
 
 
 def twilio_backend(**preset_fields) -> TwilioSmsBackend:
-    preset = MessagePresetFactory.build(channel="sms", backend=TWILIO, **preset_fields)
-    backend = get_backend(preset)
-    assert isinstance(backend, TwilioSmsBackend)
-    return backend
+    return preset_backend("sms", TWILIO, TwilioSmsBackend, **preset_fields)
 
 
 def test_the_twilio_backend_is_registered_for_sms_only():
