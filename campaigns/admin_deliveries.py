@@ -28,9 +28,10 @@ from django.urls import URLPattern, path, reverse
 from channels.choices import ChannelKind
 
 from .api.filtersets import DeliveryFilterSet
-from .choices import DeliveryReason, DeliveryStatus, EventKind
+from .choices import DeliveryReason, DeliveryStatus
+from .engagement import events_by_delivery, events_summary
 from .exports import deliveries_csv_response
-from .models import Campaign, CampaignVersion, Delivery, DeliveryEvent
+from .models import Campaign, CampaignVersion, Delivery
 from .selectors import DELIVERY_VIEW_PERMISSIONS, campaign_deliveries
 
 CAMPAIGN_VAR = "campaign"
@@ -95,23 +96,11 @@ def _campaign_of(request: HttpRequest) -> Campaign | None:
 
 
 def _with_events(rows: list[Any]) -> None:
-    """The page's deliveries, each with what providers reported about it in one line
-    ("Delivered · Opened ×3 · Clicked", in the order they first happened): one query for
-    the page, on the events' delivery index."""
-    kinds: dict[int, dict[str, int]] = {row.pk: {} for row in rows}
-    events = (
-        DeliveryEvent.objects.filter(delivery_id__in=kinds)
-        .order_by("occurred_at", "id")
-        .values_list("delivery_id", "kind")
-    )
-    for delivery_id, kind in events:
-        counts = kinds[delivery_id]
-        counts[kind] = counts.get(kind, 0) + 1
+    """The page's deliveries, each with what providers reported about it in one line: one
+    query for the page."""
+    events = events_by_delivery(row.pk for row in rows)
     for row in rows:
-        row.events_summary = " · ".join(
-            str(EventKind(kind).label) + (f" ×{n}" if n > 1 else "")
-            for kind, n in kinds[row.pk].items()
-        )
+        row.events_summary = events_summary(events[row.pk])
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -13,7 +13,7 @@ delivery per (action, version, kind). Events not attached to a delivery count no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.db.models import Count
@@ -111,4 +111,27 @@ def engagement_summary(counts: Mapping[str, Mapping[str, Any]]) -> str:
         + (f" ({shown['rate']:.1%})" if shown["rate"] is not None else "")
         + (f", worth {shown['value']}" if kind == CONVERTED else "")
         for kind, shown in counts.items()
+    )
+
+
+def events_by_delivery(delivery_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """What providers reported about each of these deliveries: ``{delivery id: {kind:
+    events}}``, the kinds in the order they first happened (a delivery without events
+    maps to ``{}``). One query on the events' delivery index, for a page of deliveries."""
+    kinds: dict[int, dict[str, int]] = {delivery_id: {} for delivery_id in delivery_ids}
+    events = (
+        DeliveryEvent.objects.filter(delivery_id__in=kinds)
+        .order_by("occurred_at", "id")
+        .values_list("delivery_id", "kind")
+    )
+    for delivery_id, kind in events:
+        counts = kinds[delivery_id]
+        counts[kind] = counts.get(kind, 0) + 1
+    return kinds
+
+
+def events_summary(counts: Mapping[str, int]) -> str:
+    """One delivery's events as a line: "Delivered · Opened ×3 · Clicked"."""
+    return " · ".join(
+        str(EventKind(kind).label) + (f" ×{n}" if n > 1 else "") for kind, n in counts.items()
     )

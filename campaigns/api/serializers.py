@@ -26,6 +26,7 @@ from campaigns.choices import (
     CheckLevel,
     DeliveryReason,
     DeliveryStatus,
+    EventKind,
     ExecutionStatus,
     ExperimentMetric,
     ReviewCode,
@@ -714,8 +715,9 @@ class CampaignReportSerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class DeliverySerializer(serializers.Serializer[Any]):
-    """One row of a campaign's deliveries (`campaign_deliveries`' annotations: no query
-    per row); the CSV export has the same columns in the same order."""
+    """One row of a campaign's deliveries (`campaign_deliveries`' annotations, and the
+    page's events in one query: no query per row); the CSV export has the same columns in
+    the same order but `events`, which the report counts for the whole campaign."""
 
     profile_external_id = serializers.CharField(
         help_text="Empty when the profile was deleted since."
@@ -732,6 +734,12 @@ class DeliverySerializer(serializers.Serializer[Any]):
     )
     sent_at = serializers.DateTimeField(allow_null=True)
     updated_at = serializers.DateTimeField(allow_null=True)
+    events = serializers.DictField(
+        source="event_counts",
+        child=serializers.IntegerField(),
+        help_text="What providers reported about it: how many events of each kind "
+        f"({', '.join(EventKind.values)}), in the order they first happened; {{}} when none.",
+    )
 
 
 # --- preview ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from rest_framework.views import APIView
 
 from campaigns import services
 from campaigns.choices import CampaignKind
+from campaigns.engagement import events_by_delivery
 from campaigns.exceptions import ActivationRefused
 from campaigns.experiments import EXPERIMENT_METRICS, experiment_results
 from campaigns.exports import deliveries_csv_response
@@ -458,7 +459,12 @@ class CampaignViewSet(CampaignTriggerActions, viewsets.ModelViewSet[Campaign]):
         rows = campaign_deliveries(campaign=campaign, user=request.user, **query.selector_filters())
         if isinstance(request.accepted_renderer, CSVRenderer):
             return deliveries_csv_response(campaign=campaign, rows=rows)
-        return self._page(rows, DeliverySerializer)
+        page = self.paginate_queryset(rows)
+        assert page is not None  # the project's pagination class is set
+        events = events_by_delivery(row.pk for row in page)
+        for row in page:
+            row.event_counts = events[row.pk]
+        return self.get_paginated_response(DeliverySerializer(page, many=True).data)
 
     @extend_schema(
         request=PreviewInputSerializer,

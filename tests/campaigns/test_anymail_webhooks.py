@@ -297,7 +297,7 @@ def test_the_admin_the_api_and_the_command_show_the_same_engagement(
 
 
 @pytest.mark.django_db
-def test_the_deliveries_page_shows_each_deliverys_events(sinks, admin_client):
+def test_the_deliveries_page_and_the_api_show_each_deliverys_events(sinks, admin_client):
     profile, row = one_sent()
     post(POSTMARK, postmark_delivery(row, profile.email))
     for at in ("2026-11-30T12:40:00Z", "2026-11-30T12:41:00Z", "2026-11-30T12:42:00Z"):
@@ -305,3 +305,6 @@ def test_the_deliveries_page_shows_each_deliverys_events(sinks, admin_client):
     url = f"/admin/campaigns/delivery/?campaign={row.execution.campaign_id}"
     page = admin_client.get(url).content.decode()
     assert '<td class="field-events_text">Delivered · Opened ×3</td>' in page
+
+    api = admin_client.get(f"/api/campaigns/{row.execution.campaign_id}/deliveries/").json()
+    assert [result["events"] for result in api["results"]] == [{"delivered": 1, "opened": 3}]
