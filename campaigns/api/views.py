@@ -7,7 +7,7 @@ them into 409 / 400 / 403 responses.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
@@ -459,7 +459,7 @@ class CampaignViewSet(CampaignTriggerActions, viewsets.ModelViewSet[Campaign]):
         rows = campaign_deliveries(campaign=campaign, user=request.user, **query.selector_filters())
         if isinstance(request.accepted_renderer, CSVRenderer):
             return deliveries_csv_response(campaign=campaign, rows=rows)
-        page = self.paginate_queryset(rows)
+        page: list[Any] | None = self.paginate_queryset(cast(QuerySet[Any], rows))
         assert page is not None  # the project's pagination class is set
         events = events_by_delivery(row.pk for row in page)
         for row in page:
