@@ -11,7 +11,14 @@ and calls ``events_record``, which
   the status callback's URL, the tracking link), which exists from planning on, so an
   event is attached whether it arrives before or after the send's outcome commits;
 - puts the address on the channel's suppression list for a hard bounce, a complaint, an
-  unsubscribe, or the reason the source names (``suppress``).
+  unsubscribe, or the reason the source names (``suppress``);
+- for an unsubscribe or a complaint attached to a delivery, withdraws that delivery's
+  profile's marketing consent for the channel (source ``provider``): the person said no,
+  and the profile shows it wherever consent is read, whatever its address becomes.
+
+A person may also text a keyword to a sending number (STOP, START…: Twilio's inbound
+webhook): ``sms_keyword_record`` suppresses or lifts the number and sets the consent of
+every profile with it.
 """
 
 from __future__ import annotations
@@ -23,11 +30,17 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 from django.utils import timezone
 
-from channels.choices import SuppressionReason, SuppressionSource
-from channels.suppression import SuppressionEntry, suppressions_record
+from channels.choices import ChannelKind, SuppressionReason, SuppressionSource
+from channels.suppression import (
+    SuppressionEntry,
+    suppression_lift_unsubscribed,
+    suppressions_record,
+)
+from segments.choices import ConsentChannel, ConsentSource
+from segments.services import consent_keyword_apply, consent_withdraw
 
 from .choices import EventKind
-from .models import DeliveryEvent
+from .models import Delivery, DeliveryEvent
 
 # What each kind of event puts on the suppression list, unless its source says otherwise.
 SUPPRESSION_BY_KIND: dict[str, str] = {
@@ -35,6 +48,10 @@ SUPPRESSION_BY_KIND: dict[str, str] = {
     EventKind.COMPLAINED: SuppressionReason.COMPLAINT,
     EventKind.UNSUBSCRIBED: SuppressionReason.UNSUBSCRIBED,
 }
+
+# The events by which the person opted out at the provider: besides the suppression, they
+# withdraw the marketing consent of their delivery's profile.
+WITHDRAWS_CONSENT: frozenset[str] = frozenset({EventKind.UNSUBSCRIBED, EventKind.COMPLAINED})
 
 # A provider's text beyond this is cut.
 EVENT_DETAIL_MAX_CHARS = 2000
@@ -72,7 +89,9 @@ def events_record(*, events: Sequence[ProviderEvent]) -> EventsRecorded:
     writes the new events and names them: the unique index decides, so two requests
     carrying the same event at once record it once and only one of them counts it new.
     A webhook's post costs that statement, the suppressions' (only for events that imply
-    one) and the commit."""
+    one), the consents' (only for new unsubscribes and complaints attached to a delivery:
+    one UPDATE a channel, its profiles found by a subquery on the deliveries) and the
+    commit."""
     unique = {(event.provider, event.event_id[:255]): event for event in events}
     received_at = timezone.now()
     rows = [
@@ -106,6 +125,20 @@ def events_record(*, events: Sequence[ProviderEvent]) -> EventsRecorded:
             ],
             source=SuppressionSource.PROVIDER,
         )
+        withdrawn: dict[str, list[int]] = {}
+        for event in new:
+            if (
+                event.kind in WITHDRAWS_CONSENT
+                and event.delivery_id is not None
+                and event.channel in ConsentChannel.values
+            ):
+                withdrawn.setdefault(event.channel, []).append(event.delivery_id)
+        for channel, delivery_ids in withdrawn.items():
+            consent_withdraw(
+                profile_ids=Delivery.objects.filter(pk__in=delivery_ids).values("profile_id"),
+                channel=channel,
+                source=ConsentSource.PROVIDER,
+            )
     return EventsRecorded(recorded=len(new), duplicates=len(events) - len(new))
 
 
@@ -136,3 +169,41 @@ def _insert_new(rows: Sequence[DeliveryEvent]) -> set[tuple[str, str]]:
             )
             inserted.update((provider, event_id) for provider, event_id in cursor.fetchall())
     return inserted
+
+
+def sms_keyword_record(
+    *, provider: str, message_id: str, phone: str, keyword: str, opt_out: bool
+) -> bool:
+    """What a person's keyword text to a sending number asks, done once per message (the
+    provider's ``message_id``) in one transaction; whether it was new.
+
+    An opt-out (STOP…) puts the number on the SMS suppression list as ``unsubscribed`` and
+    withdraws the SMS consent of every profile with it; an opt-in (START…) takes only an
+    ``unsubscribed`` entry of the number off the list (an invalid number or a bounce stays
+    suppressed) and gives their consent back. A retried webhook changes nothing again."""
+    with transaction.atomic():
+        applied = consent_keyword_apply(
+            provider=provider,
+            message_id=message_id,
+            channel=ConsentChannel.SMS,
+            address=phone,
+            keyword=keyword,
+            allowed=not opt_out,
+        )
+        if applied is None:
+            return False
+        if opt_out:
+            suppressions_record(
+                entries=[
+                    SuppressionEntry(
+                        channel=ChannelKind.SMS,
+                        address=applied.address,
+                        reason=SuppressionReason.UNSUBSCRIBED,
+                        detail=f"{provider}: {keyword} texted to the sending number",
+                    )
+                ],
+                source=SuppressionSource.PROVIDER,
+            )
+        else:
+            suppression_lift_unsubscribed(channel=ChannelKind.SMS, address=applied.address)
+    return True

@@ -106,6 +106,18 @@ def suppressed_addresses(
     )
 
 
+def suppression_lift_unsubscribed(*, channel: str, address: str) -> int:
+    """Take an address's ``unsubscribed`` entry off the list, as the person who opted out
+    asked to receive again (an SMS opt-in keyword): an entry for any other reason (an
+    invalid number, a bounce, a complaint, one added by hand) stays. How many (0 or 1)."""
+    removed, _ = Suppression.objects.filter(
+        channel=channel,
+        address=normalized_address(channel, address),
+        reason=SuppressionReason.UNSUBSCRIBED,
+    ).delete()
+    return removed
+
+
 # --- people's doors: the admin, the API, the command, an import ------------------------------
 
 

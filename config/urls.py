@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from campaigns.views import tracking_click, tracking_open
-from campaigns.webhooks.twilio import twilio_status
+from campaigns.webhooks.twilio import twilio_inbound, twilio_status
 from config.metrics import metrics_view
 from segments.views import unsubscribe
 
@@ -24,6 +24,7 @@ urlpatterns = [
     path("unsubscribe/<str:token>/", unsubscribe, name="unsubscribe"),
     path("metrics", metrics_view, name="metrics"),
     path("webhooks/twilio/status/", twilio_status, name="twilio-status"),
+    path("webhooks/twilio/inbound/", twilio_inbound, name="twilio-inbound"),
     # Own open and click tracking (campaigns.tracking).
     path("t/o/<str:token>.gif", tracking_open, name="tracking-open"),
     path("t/c/<str:token>", tracking_click, name="tracking-click"),

@@ -133,7 +133,8 @@ class ProfileAdmin(ListTitledAdmin):
         for channel in ConsentChannel.values:
             at = getattr(obj, f"consent_{channel}_changed_at")
             source = getattr(obj, f"consent_{channel}_source")
-            rows.append((ConsentChannel(channel).label, at or "never changed", source or "—"))
+            label = ConsentSource(source).label if source in ConsentSource.values else source
+            rows.append((ConsentChannel(channel).label, at or "never changed", label or "—"))
         return format_html(
             "<table><tr><th>Channel</th><th>Last change</th><th>Source</th></tr>{}</table>",
             format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),

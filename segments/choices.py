@@ -49,6 +49,11 @@ class ConsentSource(models.TextChoices):
     IMPORT = "import", "Import"
     UNSUBSCRIBE = "unsubscribe", "Unsubscribe link"
     SYSTEM = "system", "System"
+    # The person opted out at the provider: an ESP's unsubscribe or spam complaint, or
+    # Twilio's "opted out" error (campaigns.events).
+    PROVIDER = "provider", "Provider (unsubscribe or complaint)"
+    # The person texted an opt-out or opt-in keyword (STOP, START…) to the sending number.
+    SMS_KEYWORD = "sms_keyword", "SMS keyword (STOP, START…)"
 
 
 class ImportFormat(models.TextChoices):

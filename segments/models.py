@@ -243,3 +243,30 @@ class AudienceMember(models.Model):
 
     def __str__(self) -> str:
         return f"{self.snapshot_id}#{self.key}: profile {self.profile_id}"
+
+
+class ConsentKeyword(models.Model):
+    """A person's own text to a sending number that stopped or restarted a channel (an SMS
+    keyword: STOP, START…), kept once per provider message: the provider's retry of its
+    webhook (the same ``message_id``) changes nothing a second time, even after a later
+    keyword of the other sense. ``segments.services.consent_keyword_apply`` writes it."""
+
+    provider = models.CharField(max_length=32)
+    message_id = models.CharField(max_length=64)
+    channel = models.CharField(max_length=16, choices=ConsentChannel.choices)
+    address = models.CharField(max_length=320)
+    keyword = models.CharField(max_length=32)
+    # What the keyword asked: True to receive the channel again, False to stop.
+    allowed = models.BooleanField()
+    # How many profiles' consent it changed.
+    profiles_changed = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "message_id"], name="consent_keyword_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.keyword} from {self.address}"

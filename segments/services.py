@@ -10,18 +10,19 @@ the doors, which are the only callers.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from django.core.exceptions import EmptyResultSet, ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from config.permissions import require_perms
 
-from .choices import ConsentChannel, ConsentSource, ImportFormat, SegmentKind
+from .choices import ADDRESS_FIELDS, ConsentChannel, ConsentSource, ImportFormat, SegmentKind
 from .imports import (
     ImportRefused,
     Rejected,
@@ -36,6 +37,7 @@ from .models import (
     PROFILE_DATA_FIELDS,
     AudienceMember,
     AudienceSnapshot,
+    ConsentKeyword,
     Profile,
     Segment,
     consent_field,
@@ -149,6 +151,70 @@ def profile_unsubscribe(*, profile_id: int, channel: str) -> bool:
     field = consent_field(channel)
     profile.save(update_fields=[field, f"{field}_changed_at", f"{field}_source", "updated_at"])
     return True
+
+
+# --- consent a person gave or withdrew at a provider --------------------------------------
+
+
+def consent_withdraw(
+    *, profile_ids: Iterable[int] | QuerySet[Any, Any], channel: str, source: str
+) -> int:
+    """Withdraw the profiles' marketing consent for one channel: an opt-out a provider
+    reported (``campaigns.events``: an ESP's unsubscribe or spam complaint, Twilio's "opted
+    out"). One UPDATE (``profile_ids`` may be a subquery); the time and source change only
+    for the profiles that consented. How many changed."""
+    return _consent_set(Profile.objects.filter(pk__in=profile_ids), channel, False, source)
+
+
+def consent_keyword_apply(
+    *, provider: str, message_id: str, channel: str, address: str, keyword: str, allowed: bool
+) -> ConsentKeyword | None:
+    """Set the marketing consent of every profile at ``address`` on the channel as a
+    person's keyword text asked (STOP: withdrawn, START: given again; source
+    ``sms_keyword``), and keep the message. None, changing nothing, for a message applied
+    before (the provider's retry of its webhook): the unique (provider, message_id)
+    decides, also between two retries at once.
+
+    The address is matched as profiles store it: a phone number without the spaces, dots,
+    dashes and brackets people type (``profile_update``, the import)."""
+    column = ADDRESS_FIELDS[ConsentChannel(channel)]
+    address = address.strip()
+    if column == "phone":
+        address = normalize_phone(address)
+    row = ConsentKeyword(
+        provider=provider,
+        message_id=message_id,
+        channel=channel,
+        address=address,
+        keyword=keyword[:32],
+        allowed=allowed,
+        received_at=timezone.now(),
+    )
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                row.save(force_insert=True)
+        except IntegrityError:
+            return None
+        if address:
+            profiles = Profile.objects.filter(**{column: address})
+            _consent_set(profiles, channel, allowed, ConsentSource.SMS_KEYWORD)
+    return row
+
+
+def _consent_set(profiles: QuerySet[Profile], channel: str, allowed: bool, source: str) -> int:
+    """Set the channel's consent of the profiles that hold the other value, with the time
+    and the source of the change (as ``Profile.set_consent`` does for one), in one UPDATE."""
+    column = consent_field(channel)
+    now = timezone.now()
+    return profiles.exclude(**{column: allowed}).update(
+        **{
+            column: allowed,
+            f"{column}_changed_at": now,
+            f"{column}_source": source,
+            "updated_at": now,
+        }
+    )
 
 
 # --- segments ---------------------------------------------------------------------------

@@ -14,6 +14,11 @@ code that says the number cannot be reached or opted out (``SUPPRESSION_BY_ERROR
 a hard bounce or an unsubscribe that suppresses the number. An event is
 ``(MessageSid, MessageStatus)``: Twilio's retries of a callback record it once, and a
 callback that arrives out of order records what it says all the same.
+
+A recipient's own text to the sending number comes to the number's messaging webhook
+(``twilio_inbound``, verified the same way): an opt-out keyword (STOP…) suppresses the
+number and withdraws the SMS consent of its profiles, an opt-in keyword (START…) gives
+them back (``campaigns.events.sms_keyword_record``).
 """
 
 from __future__ import annotations
@@ -29,10 +34,31 @@ from channels.choices import ChannelKind, SuppressionReason
 from channels.providers.twilio import CALLBACK_DELIVERY_PARAM, SUPPRESSION_BY_ERROR_CODE
 
 from ..choices import EventKind
-from ..events import ProviderEvent, events_record
+from ..events import ProviderEvent, events_record, sms_keyword_record
 
 PROVIDER = "twilio"
 SIGNATURE_HEADER = "X-Twilio-Signature"
+
+# Twilio's keywords, matched as Twilio matches them: the whole message, one word, in any
+# case ("STOP PLEASE" is no keyword). Its default opt-out keywords, and those of Advanced
+# Opt-Out on a Messaging Service (https://www.twilio.com/docs/messaging/tutorials/
+# advanced-opt-out: "STOP, UNSUBSCRIBE, END, QUIT, STOPALL, REVOKE, OPTOUT, and CANCEL"),
+# after which Twilio refuses to send to the number (error 21610) until it opts in again.
+OPT_OUT_KEYWORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+)
+# Twilio's opt-in keywords: "Recipients can disable this message stop, and resume receiving
+# messages with the START, YES, or UNSTOP commands" (Twilio support for opt-out keywords,
+# SMS STOP filtering: https://help.twilio.com/articles/223134027); Twilio lifts its own
+# block of the number and, as for a STOP, passes the message on to the webhook, "so you can
+# update your application logic".
+OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
+# With Advanced Opt-Out, Twilio names the sense of a keyword of the service's own list
+# (a custom or translated one: "ARRET") in the webhook's OptOutType parameter.
+OPT_OUT_TYPES = {"STOP": True, "START": False}
+# The answer to an inbound message: empty TwiML, so Twilio sends nothing of Salvo's (its own
+# confirmation of a STOP or a START goes out all the same).
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 # The event of each final status (one without an error code that names the number).
 KIND_BY_STATUS: dict[str, str] = {
@@ -98,3 +124,41 @@ def twilio_status(request: HttpRequest) -> HttpResponse:
     if event is not None:
         events_record(events=[event])
     return HttpResponse(status=204)
+
+
+def keyword_sense(params: dict[str, str]) -> bool | None:
+    """Whether an inbound message is an opt-out (True) or an opt-in (False) keyword; None
+    for any other text (HELP, INFO, a reply), which changes nothing."""
+    typed = OPT_OUT_TYPES.get(params.get("OptOutType", "").strip().upper())
+    if typed is not None:
+        return typed
+    word = params.get("Body", "").strip().upper()
+    if word in OPT_OUT_KEYWORDS:
+        return True
+    if word in OPT_IN_KEYWORDS:
+        return False
+    return None
+
+
+@csrf_exempt
+@require_POST
+def twilio_inbound(request: HttpRequest) -> HttpResponse:
+    """A recipient's text to the sending number (the number's "A message comes in"
+    webhook): an opt-out or opt-in keyword sets the number's suppression and its profiles'
+    SMS consent, once per ``MessageSid``. Answered with empty TwiML; 403 when the signature
+    does not verify (nothing changes)."""
+    if not signed_by_twilio(request):
+        return JsonResponse({"detail": "The Twilio signature does not verify."}, status=403)
+    params = request.POST.dict()
+    opt_out = keyword_sense(params)
+    sid = params.get("MessageSid", "") or params.get("SmsSid", "")
+    phone = params.get("From", "")
+    if opt_out is not None and sid and phone.strip():
+        sms_keyword_record(
+            provider=PROVIDER,
+            message_id=sid,
+            phone=phone,
+            keyword=params.get("Body", "").strip().upper() or params.get("OptOutType", ""),
+            opt_out=opt_out,
+        )
+    return HttpResponse(EMPTY_TWIML, content_type="text/xml")
