@@ -1206,13 +1206,14 @@ def version_diff(*, old: CampaignVersion, new: CampaignVersion) -> list[SectionD
                 # Only an email has an HTML part: no empty row for the other channels.
                 if field != "html_body" or not html_body_refusal(channel)
             ),
-            # Content experiments: each variant's share and content, its HTML part too.
-            _text_diff(
-                "Variants",
-                variants_text(before.variants.all()) if before else "",
-                variants_text(after.variants.all()) if after else "",
-            ),
         ]
+        # Content experiments: each variant's share and content, its HTML part too, as the
+        # admin writes them; no row when neither version has variants.
+        variants = [
+            variants_text(action.variants.all()) if action else "" for action in (before, after)
+        ]
+        if any(variants):
+            fields.append(_text_diff("Variants", *variants))
         if before is None:
             state = "added"
         elif after is None:

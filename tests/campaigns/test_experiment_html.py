@@ -370,3 +370,11 @@ def test_the_openapi_schema_documents_a_variants_html_part():
         assert "html_body" in component["properties"]
     described = components["VariantInputRequest"]["properties"]["html_body"]["description"]
     assert "HTML part" in described
+
+
+def test_the_diff_has_no_variants_row_when_neither_version_has_variants():
+    campaign = make_live_campaign(actions=[email_action(html_body=HTML_A)])
+    draft = services.campaign_modify(campaign=campaign, user=None)
+    assert campaign.live_version is not None
+    [_, email_section] = version_diff(old=campaign.live_version, new=draft)
+    assert [f.label for f in email_section.fields] == ["Preset", "Subject", "Body", "HTML body"]
