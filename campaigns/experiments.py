@@ -7,6 +7,12 @@ the rest, so the shares always add up to 100 and an action without variants is s
 (the preview, the reviews, the proofs, a version's copy) still reads its main content,
 and adding a variant to a running campaign's draft never leaves an action without one.
 
+Parts. A variant has the parts its action has: a subject and a text and, when the action
+is an email with an HTML part, its own HTML part (``variant_html_refusal``: every door
+refuses a variant without one, or with one beside an action without). The send renders
+a group's HTML part and own tracking rewrites it as it does A's; a version copies and
+freezes it, and the winner's goes to the rest.
+
 One split per campaign. A profile is in one group for the whole campaign, whatever the
 channel: every action of a version that has variants must split the same way (the same
 labels and shares), which ``variants_refusals`` checks when the actions are saved. An
@@ -45,7 +51,7 @@ from django.conf import settings
 from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
 from django.utils import timezone
 
-from channels.rendering import content_renderer
+from channels.rendering import content_renderer, html_renderer
 from channels.rendering.renderers import ContentRenderer
 
 from .choices import (
@@ -73,6 +79,7 @@ from .models import (
     Execution,
     ExperimentWinner,
     Variant,
+    html_body_refusal,
 )
 
 # Buckets of the assignment hash: shares are whole percents, so 100 buckets per percent.
@@ -107,10 +114,31 @@ def holdout_refusal(value: Any) -> str:
     return ""
 
 
-def variants_refusals(variants: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """What is wrong with an action's variants (each ``{share, subject, body}``, labelled
-    B, C, … in order), keyed ``variants`` or ``variants[i].share``; empty when nothing.
-    The content itself is checked as the action's is, by the caller."""
+def variant_html_refusal(label: str, *, action_html: bool, variant_html: bool) -> str:
+    """Why variant `label`'s HTML part does not match its action's, or "". A variant's
+    parts are its action's (variant A's): an HTML part exactly when the action has one, so
+    every group gets a message of the same shape and the test measures the content."""
+    if action_html and not variant_html:
+        return (
+            f"Variant {label} needs an HTML part, as the action (variant A) has one: each "
+            "variant sends its own HTML beside its text."
+        )
+    if variant_html and not action_html:
+        return (
+            f"Variant {label} has an HTML part, but the action (variant A) has none: give "
+            "the action an HTML part too, or remove this one."
+        )
+    return ""
+
+
+def variants_refusals(
+    variants: Sequence[Mapping[str, Any]], *, channel: str, html_body: str
+) -> dict[str, list[str]]:
+    """What is wrong with the variants (each ``{share, subject, body, html_body}``,
+    labelled B, C, … in order) of an action of `channel` whose own HTML part is
+    `html_body`, keyed ``variants`` or ``variants[i].<field>``; empty when nothing. The
+    content itself is checked as the action's is, by the caller (which refuses an HTML
+    part off email: the parts' match is checked only where one may be)."""
     errors: dict[str, list[str]] = {}
     if len(variants) > EXPERIMENT_MAX_VARIANTS - 1:
         errors["variants"] = [
@@ -120,15 +148,24 @@ def variants_refusals(variants: Sequence[Mapping[str, Any]]) -> dict[str, list[s
         return errors
     shares = []
     for index, variant in enumerate(variants):
+        label = VARIANT_LABELS[index + 1]
         share = variant.get("share")
         if isinstance(share, bool) or not isinstance(share, int) or not 1 <= share <= 99:
             errors[f"variants[{index}].share"] = [
-                f"Variant {VARIANT_LABELS[index + 1]}'s share is a percent from 1 to 99, "
-                f"not {share!r}."
+                f"Variant {label}'s share is a percent from 1 to 99, not {share!r}."
             ]
         else:
             shares.append(share)
-    if not errors and sum(shares) >= 100:
+        refusal = (
+            ""
+            if html_body_refusal(channel)
+            else variant_html_refusal(
+                label, action_html=bool(html_body), variant_html=bool(variant.get("html_body"))
+            )
+        )
+        if refusal:
+            errors[f"variants[{index}].html_body"] = [refusal]
+    if not any(key.endswith(".share") for key in errors) and sum(shares) >= 100:
         errors["variants"] = [
             f"The variants' shares add up to {sum(shares)} %: they must add up to 100 % with "
             "variant A (the action's own content), which needs at least 1 %, so at most 99 %."
@@ -165,19 +202,17 @@ def version_split(version_id: int) -> Split:
 
 # How the admin's action row writes its variants: one block per variant, blocks apart by a
 # line holding only VARIANT_SEPARATOR; in each, "share: 30", then "subject: …" (channels
-# with a subject), then the body on the lines after.
+# with a subject), then the body on the lines after, then (an email with an HTML part) a
+# line holding only VARIANT_HTML_LINE and the variant's HTML part on the lines after it.
 VARIANT_SEPARATOR = "---"
-# Variants vary an action's subject and text. An email with an HTML part would send every
-# variant the same HTML, which the test would then not measure: refused at every door.
-VARIANTS_WITH_HTML_REFUSAL = (
-    "An email with an HTML part cannot carry variants: they vary the subject and the text, "
-    "and every variant would go out with the same HTML. Remove the HTML part or the variants."
-)
+VARIANT_HTML_LINE = "html:"
 VARIANTS_TEXT_HELP = (
     "Variants B, C, … of this content (this row's own content is variant A, which keeps "
     "the share they leave): one block per variant, apart by a line “---”; each starts "
     "with “share: 30” (percent), then “subject: …” (email, push), then the body on the "
-    "lines after. Every action with variants must split the same way."
+    "lines after. When this email has an HTML part, each variant gives its own: a line "
+    "“html:” after its body, then its HTML on the lines after. Every action with variants "
+    "must split the same way."
 )
 
 
@@ -196,11 +231,15 @@ def variants_parse(text: str) -> list[dict[str, Any]]:
             raise ValueError(
                 f"Variant {label} must start with a line “share: <percent>”, not “{lines[0]}”."
             )
-        variant: dict[str, Any] = {"share": int(value.strip()), "subject": ""}
+        variant: dict[str, Any] = {"share": int(value.strip()), "subject": "", "html_body": ""}
         rest = lines[1:]
         if rest and rest[0].lower().startswith("subject:"):
             variant["subject"] = rest[0].partition(":")[2].strip()
             rest = rest[1:]
+        marks = [i for i, line in enumerate(rest) if line.strip().lower() == VARIANT_HTML_LINE]
+        if marks:
+            variant["html_body"] = "\n".join(rest[marks[0] + 1 :]).strip("\n")
+            rest = rest[: marks[0]]
         variant["body"] = "\n".join(rest).strip("\n")
         variants.append(variant)
     return variants
@@ -213,7 +252,10 @@ def variants_text(variants: Iterable[Variant]) -> str:
         lines = [f"share: {variant.share}"]
         if variant.subject:
             lines.append(f"subject: {variant.subject}")
-        blocks.append("\n".join([*lines, variant.body]))
+        lines.append(variant.body)
+        if variant.html_body:
+            lines += [VARIANT_HTML_LINE, variant.html_body]
+        blocks.append("\n".join(lines))
     return f"\n{VARIANT_SEPARATOR}\n".join(blocks)
 
 
@@ -352,24 +394,36 @@ def experiment_groups(campaign_id: int, profile_ids: Sequence[int]) -> dict[int,
 @dataclass
 class VariantRenderers:
     """The renderers of an action's variants B, C, … (compiled once per batch and
-    version): what the sender renders a recipient's group with; A, and a group the action
-    has no variant for, render the action's own content."""
+    version): what the sender renders a recipient's group with, its subject and text and
+    its HTML part; A, and a group the action has no variant for, render the action's own
+    content."""
 
     renderers: dict[str, ContentRenderer]
+    html_renderers: dict[str, Callable[..., str]]
 
     @classmethod
     def of(cls, action: ChannelAction, *, trigger_context: bool) -> VariantRenderers:
+        variants = list(Variant.objects.filter(action=action))
         return cls(
             {
                 variant.label: content_renderer(
                     subject=variant.subject, body=variant.body, trigger_context=trigger_context
                 )
-                for variant in Variant.objects.filter(action=action)
-            }
+                for variant in variants
+            },
+            {
+                variant.label: html_renderer(
+                    html_body=variant.html_body, trigger_context=trigger_context
+                )
+                for variant in variants
+            },
         )
 
     def renderer(self, group: str | None, default: ContentRenderer) -> ContentRenderer:
         return self.renderers.get(group or "", default)
+
+    def html_renderer(self, group: str | None, default: Callable[..., str]) -> Callable[..., str]:
+        return self.html_renderers.get(group or "", default)
 
 
 # --- results ------------------------------------------------------------------------------

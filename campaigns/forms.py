@@ -36,7 +36,6 @@ from .choices import (
 )
 from .experiments import (
     VARIANTS_TEXT_HELP,
-    VARIANTS_WITH_HTML_REFUSAL,
     variants_parse,
     variants_refusals,
     variants_text,
@@ -444,18 +443,23 @@ class ChannelActionForm(forms.ModelForm):
         except ValueError as error:
             self.add_error("variants", str(error))
             return
-        problems = [m for messages in variants_refusals(variants).values() for m in messages]
-        for number, variant in enumerate(variants, start=1):
+        refusals = variants_refusals(
+            variants, channel=cleaned.get("channel") or "", html_body=cleaned.get("html_body") or ""
+        )
+        problems = [m for messages in refusals.values() for m in messages]
+        # Past the last label, the count is refused: their content is not checked.
+        for label, variant in zip(VARIANT_LABELS[1:], variants, strict=False):
+            refusal = html_body_refusal(cleaned.get("channel") or "")
+            if variant["html_body"] and refusal:
+                problems.append(f"Variant {label}: {refusal}")
+                continue
             try:
                 validate_content(
-                    subject=variant["subject"],
-                    body=variant["body"],
+                    **{field: variant[field] for field in ACTION_CONTENT_FIELDS},
                     trigger_context=self.trigger_context,
                 )
             except ValidationError as error:
-                problems += [f"Variant {VARIANT_LABELS[number]}: {m}" for m in error.messages]
-        if variants and cleaned.get("html_body"):
-            problems.append(VARIANTS_WITH_HTML_REFUSAL)
+                problems += [f"Variant {label}: {m}" for m in error.messages]
         if problems:
             self.add_error("variants", problems)
         cleaned["variants"] = variants

@@ -464,7 +464,8 @@ class ChannelAction(models.Model):
 class Variant(models.Model):
     """Another content of an action, sent to the share of the audience assigned its label
     (campaigns.experiments). The action's own content is variant A, which keeps the share
-    the other variants leave; a version's variants are copied with it and frozen with it."""
+    the other variants leave; a variant's parts match A's (an HTML part exactly when the
+    action has one); a version's variants are copied with it and frozen with it."""
 
     action = models.ForeignKey(ChannelAction, on_delete=models.CASCADE, related_name="variants")
     label = models.CharField(max_length=1, choices=[(label, label) for label in VARIANT_LABELS[1:]])
@@ -475,6 +476,14 @@ class Variant(models.Model):
     )
     subject = models.CharField(max_length=255, blank=True)
     body = models.TextField()
+    # The variant's own HTML part: given exactly when its action has one (an email's).
+    html_body = models.TextField(
+        "HTML body",
+        blank=True,
+        default="",
+        help_text="The variant's HTML part: required when the action (variant A) has one, "
+        "empty when it has none. Profile values are HTML-escaped.",
+    )
 
     class Meta:
         ordering = ["action", "label"]

@@ -59,6 +59,7 @@ from .choices import (
     VersionRole,
 )
 from .engagement import campaign_engagement
+from .experiments import variant_html_refusal, variants_text
 from .models import (
     ACTION_CONTENT_FIELDS,
     TIMELINE_BUCKET_S,
@@ -427,7 +428,7 @@ def version_activation_errors(*, version: CampaignVersion | None, now: dt.dateti
                 "start_at",
             )
         )
-    actions = list(version_actions(version=version))
+    actions = list(version_actions(version=version).prefetch_related("variants"))
     if not actions:
         errors.append(_error(ReviewCode.NO_ACTION, "Add at least one channel action.", "actions"))
     for index, action in enumerate(actions):
@@ -477,6 +478,46 @@ def version_activation_errors(*, version: CampaignVersion | None, now: dt.dateti
                     ReviewCode.TEMPLATE_ERROR,
                     f"{channel} action, {field}: {message}",
                     f"{where}.{field}",
+                )
+                for field, messages in error.message_dict.items()
+                for message in messages
+            )
+        errors.extend(_variant_errors(action, where=where, channel=channel, triggered=triggered))
+    return errors
+
+
+def _variant_errors(
+    action: ChannelAction, *, where: str, channel: str, triggered: bool
+) -> list[Check]:
+    """What keeps the action's stored variants from rendering: their content, and their
+    parts against the action's (``experiments.variant_html_refusal``)."""
+    errors = []
+    for index, variant in enumerate(action.variants.all()):
+        at = f"{where}.variants[{index}]"
+        refusal = (
+            ""
+            if html_body_refusal(action.channel)
+            else variant_html_refusal(
+                variant.label,
+                action_html=bool(action.html_body),
+                variant_html=bool(variant.html_body),
+            )
+        )
+        if refusal:
+            errors.append(
+                _error(ReviewCode.TEMPLATE_ERROR, f"{channel} action: {refusal}", f"{at}.html_body")
+            )
+        try:
+            validate_content(
+                **{field: getattr(variant, field) for field in ACTION_CONTENT_FIELDS},
+                trigger_context=triggered,
+            )
+        except TemplateContentError as error:
+            errors.extend(
+                _error(
+                    ReviewCode.TEMPLATE_ERROR,
+                    f"{channel} action, variant {variant.label}, {field}: {message}",
+                    f"{at}.{field}",
                 )
                 for field, messages in error.message_dict.items()
                 for message in messages
@@ -1124,9 +1165,13 @@ def _start_text(version: CampaignVersion) -> str:
 
 def version_diff(*, old: CampaignVersion, new: CampaignVersion) -> list[SectionDiff]:
     """What changed from `old` to `new` of one campaign: the segment, the start time and
-    each channel's action (preset and content fields, compared line by line). Two queries."""
+    each channel's action (preset, content fields and variants as the admin writes them,
+    compared line by line). Four queries."""
     old_actions, new_actions = (
-        {action.channel: action for action in version.actions.select_related("preset")}
+        {
+            action.channel: action
+            for action in version.actions.select_related("preset").prefetch_related("variants")
+        }
         for version in (old, new)
     )
     audience = [
@@ -1162,6 +1207,13 @@ def version_diff(*, old: CampaignVersion, new: CampaignVersion) -> list[SectionD
                 if field != "html_body" or not html_body_refusal(channel)
             ),
         ]
+        # Content experiments: each variant's share and content, its HTML part too, as the
+        # admin writes them; no row when neither version has variants.
+        variants = [
+            variants_text(action.variants.all()) if action else "" for action in (before, after)
+        ]
+        if any(variants):
+            fields.append(_text_diff("Variants", *variants))
         if before is None:
             state = "added"
         elif after is None:

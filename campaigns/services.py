@@ -52,7 +52,6 @@ from .delivery import error_text, execution_start, hold_campaign_sends, step_pol
 from .delivery.timing import LOCAL_TIME_LEAD, go_live_at
 from .exceptions import ActivationRefused, CampaignConflict
 from .experiments import (
-    VARIANTS_WITH_HTML_REFUSAL,
     Split,
     holdout_refusal,
     split_of,
@@ -204,16 +203,21 @@ def _content_errors(
     return []
 
 
-def _variant_errors(where: str, channel: str, variants: Any, *, trigger_context: bool) -> list[str]:
-    """What is wrong with an action's variants: their number and shares
-    (``experiments.variants_refusals``), and each one's content."""
+def _variant_errors(
+    where: str, channel: str, variants: Any, *, html_body: str, trigger_context: bool
+) -> list[str]:
+    """What is wrong with an action's variants: their number, shares and parts against the
+    action's HTML part `html_body` (``experiments.variants_refusals``), and each one's
+    content."""
     if not isinstance(variants, list | tuple):
         return [f"{where}.variants: a list of variants, each with its share, subject and body."]
     if not all(isinstance(variant, Mapping) for variant in variants):
         return [f"{where}.variants: each variant is an object with its share, subject and body."]
     errors = [
         f"{where}.{key}: {message}"
-        for key, messages in variants_refusals(variants).items()
+        for key, messages in variants_refusals(
+            variants, channel=channel, html_body=html_body
+        ).items()
         for message in messages
     ]
     for index, variant in enumerate(variants):
@@ -274,10 +278,12 @@ def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, An
             continue
         found = _content_errors(where, channel, spec, trigger_context=trigger_context)
         found += _variant_errors(
-            where, channel, spec.get("variants") or [], trigger_context=trigger_context
+            where,
+            channel,
+            spec.get("variants") or [],
+            html_body=spec.get("html_body") or "",
+            trigger_context=trigger_context,
         )
-        if spec.get("variants") and spec.get("html_body"):
-            found.append(f"{where}.variants: {VARIANTS_WITH_HTML_REFUSAL}")
         if found:
             errors.extend(found)
             continue
@@ -303,8 +309,7 @@ def _replace_actions(version: CampaignVersion, actions: Iterable[Mapping[str, An
             action=action,
             label=label,
             share=variant["share"],
-            subject=variant.get("subject") or "",
-            body=variant.get("body") or "",
+            **{field: variant.get(field) or "" for field in ACTION_CONTENT_FIELDS},
         )
         for action, specs in zip(rows, variants, strict=True)
         for label, variant in zip(VARIANT_LABELS[1:], specs, strict=False)
@@ -337,7 +342,12 @@ def _copy_version(
         for a in sources
     )
     Variant.objects.bulk_create(
-        Variant(action=action, label=v.label, share=v.share, subject=v.subject, body=v.body)
+        Variant(
+            action=action,
+            label=v.label,
+            share=v.share,
+            **{field: getattr(v, field) for field in ACTION_CONTENT_FIELDS},
+        )
         for action, a in zip(copies, sources, strict=True)
         for v in a.variants.all()
     )
@@ -844,7 +854,7 @@ def _draft_content(campaign: Campaign, version: CampaignVersion) -> tuple[Any, .
         version.once_per_profile,
         *(getattr(version, field) for field in (*TIMING_FIELDS, *EXPERIMENT_FIELDS)),
         list(actions),
-        list(variants.values_list("action__channel", "label", "share", "subject", "body")),
+        list(variants.values_list("action__channel", "label", "share", *ACTION_CONTENT_FIELDS)),
         sorted(campaign.tags.names()),
     )
 

@@ -34,7 +34,6 @@ from campaigns.choices import (
 )
 from campaigns.engagement import OUTCOME_LABELS
 from campaigns.experiments import (
-    VARIANTS_WITH_HTML_REFUSAL,
     holdout_refusal,
     variants_refusals,
 )
@@ -187,7 +186,7 @@ class ScheduleSerializer(serializers.Serializer[Any]):
 class VariantSerializer(serializers.ModelSerializer[Variant]):
     class Meta:
         model = Variant
-        fields = ["label", "share", "subject", "body"]
+        fields = ["label", "share", *ACTION_CONTENT_FIELDS]
         read_only_fields = fields
 
 
@@ -402,6 +401,9 @@ class VariantInputSerializer(serializers.Serializer[Any]):
     )
     subject = serializers.CharField(max_length=255, required=False, allow_blank=True)
     body = serializers.CharField(allow_blank=True)
+    html_body = serializers.CharField(
+        required=False, allow_blank=True, help_text=Variant.html_body.field.help_text
+    )
 
 
 class ChannelActionInputSerializer(serializers.Serializer[Any]):
@@ -418,7 +420,8 @@ class ChannelActionInputSerializer(serializers.Serializer[Any]):
         required=False,
         help_text=f"Variants B, C, … in order (at most {EXPERIMENT_MAX_VARIANTS - 1}: the "
         f"action's own content is variant A); their shares add up to 99 % at most. Every "
-        "action with variants splits the same way. Not with an HTML part.",
+        "action with variants splits the same way. When the action has an HTML part, each "
+        "variant gives its own html_body; when it has none, none does.",
     )
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -498,12 +501,16 @@ class CampaignInputSerializer(serializers.Serializer[Any]):
         kind = data.get("kind") or getattr(self.instance, "kind", CampaignKind.ONE_SHOT)
         for index, action in enumerate(data.get("actions") or []):
             variants = action.get("variants") or []
-            for key, messages in variants_refusals(variants).items():
+            refusals = variants_refusals(
+                variants, channel=action["channel"], html_body=action.get("html_body") or ""
+            )
+            for key, messages in refusals.items():
                 keyed.setdefault(f"actions[{index}].{key}", []).extend(messages)
-            if variants and action.get("html_body"):
-                keyed.setdefault(f"actions[{index}].variants", []).append(
-                    VARIANTS_WITH_HTML_REFUSAL
-                )
+            html_refusal = html_body_refusal(action["channel"])
+            for number, variant in enumerate(variants):
+                if variant.get("html_body") and html_refusal:
+                    where = f"actions[{index}].variants[{number}].html_body"
+                    keyed.setdefault(where, []).append(html_refusal)
             contents = [(f"actions[{index}]", action)] + [
                 (f"actions[{index}].variants[{number}]", variant)
                 for number, variant in enumerate(variants)

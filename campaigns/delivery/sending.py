@@ -355,13 +355,14 @@ class ActionSender:
             group = self.winner()
         if group is not None and self.variants is None and self.content is not None:
             self.variants = VariantRenderers.of(self.content, trigger_context=self.triggered)
-        render = self.variants.renderer(group, self.render) if self.variants else self.render
+        render, render_html = self.render, self.render_html
+        if self.variants:  # the group's variant: its subject, text and HTML part
+            render = self.variants.renderer(group, render)
+            render_html = self.variants.html_renderer(group, render_html)
         trigger = self.contexts.get(profile["id"], {}) if self.triggered else None
         data = profile_context(profile)
         subject, body = render(data, trigger)
-        # An experiment varies the subject and the text; an email with an HTML part has no
-        # variants (refused where they are saved: campaigns.experiments).
-        html_body = self.render_html(data, trigger)
+        html_body = render_html(data, trigger)
         if self.tracker is not None:
             body, html_body = self.tracker.track(row.delivery_id, body, html_body)
         headers: dict[str, str] = {}

@@ -14,7 +14,6 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 
 from campaigns import services
-from campaigns.experiments import VARIANTS_WITH_HTML_REFUSAL
 from campaigns.models import Assignment, Delivery, Variant
 from tests.campaigns.delivery_support import drive, make_profile
 from tests.campaigns.doors import create_payload, url
@@ -49,8 +48,8 @@ def test_the_api_saves_and_shows_variants_nested_in_the_action(api_client):
     assert draft["holdout_share"] == 10
     email = next(a for a in draft["actions"] if a["channel"] == "email")
     assert email["variants"] == [
-        {"label": "B", "share": 30, "subject": "Spring B", "body": "Hi B"},
-        {"label": "C", "share": 20, "subject": "", "body": "Hi C"},
+        {"label": "B", "share": 30, "subject": "Spring B", "body": "Hi B", "html_body": ""},
+        {"label": "C", "share": 20, "subject": "", "body": "Hi C", "html_body": ""},
     ]
 
 
@@ -367,31 +366,3 @@ def test_the_admin_report_compares_the_groups(admin_client, settings):
     assert 'data-group="holdout"' in html
     assert "the holdout gets none" in html
     assert "No winner yet" in html
-
-
-# --- an email with an HTML part ------------------------------------------------------------
-
-HTML_AND_VARIANTS = "An email with an HTML part cannot carry variants"
-
-
-def test_variants_of_an_email_with_an_html_part_are_refused_at_every_door(admin_client, api_client):
-    from tests.campaigns.doors import ADD, add_data
-    from tests.segments.factories import SegmentFactory
-
-    payload = with_variants(variant(50))
-    payload["actions"][0]["html_body"] = "<p>Hi</p>"
-    response = api_client.post("/api/campaigns/", payload, format="json")
-    assert response.status_code == 400, response.content
-    assert response.json()["actions[0].variants"] == [VARIANTS_WITH_HTML_REFUSAL]
-
-    with pytest.raises(ValidationError) as refused:
-        make_campaign(actions=[email_action(html_body="<p>Hi</p>", variants=[variant(50)])])
-    assert HTML_AND_VARIANTS in str(refused.value)
-
-    rows = admin_rows("share: 50\nHi B")
-    rows[0]["html_body"] = "<p>Hi</p>"
-    page = admin_client.post(ADD, add_data(SegmentFactory(), rows))
-    assert page.status_code == 200
-    errors = page.context["inline_admin_formsets"][0].formset.forms[0].errors
-    assert any(HTML_AND_VARIANTS in message for message in errors["variants"]), errors
-    assert not Variant.objects.exists()

@@ -453,7 +453,8 @@ class Command(BaseCommand):
                     out(f"      variants: {split_words(split)}")
                     for variant in variants:
                         shown = f"“{variant.subject}” " if variant.subject else ""
-                        out(f"      {variant.label}: {shown}{variant.body[:60]!r}")
+                        html = " (with an HTML part)" if variant.html_body else ""
+                        out(f"      {variant.label}: {shown}{variant.body[:60]!r}{html}")
         next_runs = campaign_next_runs(campaign=campaign)
         if next_runs and campaign.live_version is not None:
             out("  next runs:")
