@@ -686,6 +686,12 @@ ANYMAIL["AMAZON_SES_CLIENT_PARAMS"] = {
     )
     if value
 }
+# SES's events reach /anymail/amazon_ses/tracking/ through an SNS topic, whose subscription
+# anymail confirms by SNS's ConfirmSubscription call in the topic's region (only for a post
+# with the webhook's basic auth; it never fetches the SubscribeURL). Off: confirm by hand.
+ANYMAIL["AMAZON_SES_AUTO_CONFIRM_SNS_SUBSCRIPTIONS"] = env.bool(
+    "AMAZON_SES_AUTO_CONFIRM_SNS_SUBSCRIPTIONS", default=True
+)
 # Whether webhook URLs may target loopback, private, link-local, multicast and reserved
 # addresses. Off in production, so that whoever edits a preset cannot make this server
 # call its own or its network's private services (checked when a preset is saved, and

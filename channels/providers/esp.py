@@ -422,7 +422,8 @@ class SesBackend(EspBackend):
     ``merge_data``, so a per-recipient ``X-Salvo-Delivery-Id`` and ``List-Unsubscribe``
     could not go in one call. Each message is raw MIME built by anymail: Salvo's headers
     travel as headers, and the metadata (``salvo_delivery_id``) as anymail's
-    ``X-Metadata`` JSON header, which SES's notifications give back in ``mail.headers``.
+    ``X-Metadata`` JSON header, which SES's notifications give back in ``mail.headers``;
+    the delivery id is also an SES message tag, given back in ``mail.tags``.
 
     boto3's own retries are off and its timeouts are Salvo's: a throttled or failed call
     comes back at once as a ``TransientProviderError`` and is retried by Salvo's back-off,
@@ -438,6 +439,16 @@ class SesBackend(EspBackend):
     @property
     def esp(self) -> str:
         return "Amazon SES"
+
+    def _email(self, messages: Sequence[OutboundMessage]) -> AnymailMessage:
+        email = super()._email(messages)
+        # The delivery id as an SES message tag too: SES gives tags back in every event it
+        # publishes, headers (anymail's X-Metadata) only if its event destination includes
+        # them (campaigns.webhooks.anymail reads either).
+        email.esp_extra = {
+            "EmailTags": [{"Name": DELIVERY_ID_METADATA, "Value": str(messages[0].delivery_id)}]
+        }
+        return email
 
     def connection_options(self) -> dict[str, object]:
         params = dict(settings.ANYMAIL.get("AMAZON_SES_CLIENT_PARAMS") or {})

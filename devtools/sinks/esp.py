@@ -367,7 +367,8 @@ ESP_APIS: dict[str, EspApi] = {
 
 def esp_api(path: str) -> EspApi | None:
     """The emulated ESP API that serves ``path``, if any."""
-    return next((api for prefix, api in ESP_APIS.items() if path.startswith(prefix)), None)
+    # boto3 posts SNS's query API to the endpoint itself: "/ses", without the slash.
+    return next((api for prefix, api in ESP_APIS.items() if f"{path}/".startswith(prefix)), None)
 
 
 def anymail_settings(http_url: str) -> dict[str, str]:

@@ -89,7 +89,8 @@ class RunningSinks:
     def provider_settings(self, *, email_api: bool = False, esp: str = "") -> dict[str, Any]:
         """Settings that send every channel to these sinks, for ``override_settings``; email
         over SMTP, with ``email_api`` through the HTTP batch email API, or with ``esp``
-        (``mailgun``, ``postmark``, ``sendgrid``, ``ses``) through anymail to that ESP's emulated API."""
+        (``mailgun``, ``postmark``, ``sendgrid``, ``ses``) through anymail to that ESP's
+        emulated API."""
         return {
             "SALVO_PROVIDER_BACKENDS": {
                 "email": ESP_BACKENDS[esp] if esp else "channels.providers.email.EmailBackend",

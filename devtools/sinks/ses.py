@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import email.parser
 import email.policy
-import json
 import urllib.parse
 import uuid
 from email.message import EmailMessage
@@ -82,9 +81,7 @@ def _signature_refusal(
     the refusal SES answers."""
     authorization = headers.get("authorization", "")
     algorithm, _, fields = authorization.partition(" ")
-    parts = dict(
-        part.strip().partition("=")[::2] for part in fields.split(",") if "=" in part
-    )
+    parts = dict(part.strip().partition("=")[::2] for part in fields.split(",") if "=" in part)
     credential = parts.get("Credential", "").split("/")
     amz_date = headers.get("x-amz-date", "")
     if algorithm != "AWS4-HMAC-SHA256" or len(credential) != 5 or not amz_date:
@@ -162,6 +159,9 @@ async def ses(sink: SinkServer, path: str, headers: dict[str, str], body: bytes)
     if not isinstance(data, dict) or not raw.get("Data") or not recipients:
         return _error(400, "BadRequestException", "Destination and Content.Raw are required")
     content = _raw_content(base64.b64decode(raw["Data"]))
+    content["tags"] = {
+        str(tag.get("Name")): str(tag.get("Value")) for tag in data.get("EmailTags") or []
+    }
     received = [(str(recipient), content) for recipient in recipients]
     await _delay(sink, [recipient for recipient, _ in received])
     failure = _whole_request_failure(sink, received)

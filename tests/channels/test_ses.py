@@ -100,6 +100,8 @@ def test_each_message_is_one_signed_send_email_with_its_own_content_headers_and_
         )
         assert record["headers"] == {**UNSUBSCRIBE, "X-Salvo-Delivery-Id": str(sent.delivery_id)}
         assert record["metadata"] == {"salvo_delivery_id": str(sent.delivery_id)}
+        # ...and as an SES message tag, which every SES event gives back.
+        assert record["tags"] == {"salvo_delivery_id": str(sent.delivery_id)}
         assert (record["from"], record["reply_to"]) == (
             "News <news@example.com>",
             "help@example.com",
