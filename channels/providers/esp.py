@@ -49,6 +49,7 @@ from typing import ClassVar
 import requests
 from anymail.exceptions import AnymailAPIError, AnymailError, AnymailRequestsAPIError
 from anymail.message import AnymailMessage
+from botocore.exceptions import NoCredentialsError
 from django.conf import settings
 from django.core.mail import get_connection
 from django.core.mail.backends.base import BaseEmailBackend
@@ -464,6 +465,11 @@ class SesBackend(EspBackend):
 
     def api_error(self, error: AnymailAPIError) -> ProviderError:
         answer = error.response if isinstance(error.response, dict) else None
+        if isinstance(error.__cause__, NoCredentialsError):  # retried once they are set
+            return TransientProviderError(
+                f"{self.esp}: boto3 found no AWS credentials (set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or give the machine a role)."
+            )
         if answer is None or "Error" not in answer:  # no answer: unreachable, timed out…
             cause = error.__cause__ or error
             return TransientProviderError(_reason(f"{self.esp} cannot be reached: {cause}"))

@@ -5,6 +5,7 @@ Salvo's, and a campaign sent through a preset that chooses SES."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -27,7 +28,7 @@ from devtools.sinks.running import ESP_BACKENDS
 from tests.campaigns.delivery_support import drive, make_profile, time_passes
 from tests.campaigns.factories import email_action, make_live_campaign
 from tests.channels.factories import MessagePresetFactory
-from tests.channels.test_providers import free_port
+from tests.channels.test_providers import CLIENT_TIMEOUT_S, SLOW_ANSWER_S, free_port
 
 UNSUBSCRIBE = {
     "List-Unsubscribe": "<https://salvo.example.com/u/abc>, <mailto:help@example.com>",
@@ -38,7 +39,13 @@ UNSUBSCRIBE = {
 @pytest.fixture(scope="module")
 def sink() -> Iterator[RunningSinks]:
     with running_sinks(
-        reject="invalid", flaky="flaky", flaky_times=1, throttle="throttled", throttle_times=5
+        reject="invalid",
+        flaky="flaky",
+        flaky_times=1,
+        throttle="throttled",
+        throttle_times=5,
+        slow="slow",
+        slow_s=SLOW_ANSWER_S,
     ) as running:
         yield running
 
@@ -179,6 +186,41 @@ def test_an_unreachable_ses_is_transient(sink):
 
     assert isinstance(outcome, TransientProviderError)
     assert "Amazon SES cannot be reached" in outcome.reason
+
+
+def test_a_timeout_is_transient_after_one_attempt(sink):
+    slow = message("ses-slow@example.com")
+    settings = sink.provider_settings(esp="ses") | {"SALVO_PROVIDER_TIMEOUT_S": CLIENT_TIMEOUT_S}
+
+    with override_settings(**settings), get_backend(sender()) as backend:
+        started = time.monotonic()
+        outcome = backend.send_batch([slow])[0]
+        waited = time.monotonic() - started
+
+    assert isinstance(outcome, TransientProviderError)
+    assert "Amazon SES cannot be reached: Read timeout" in outcome.reason
+    # One read timeout: boto3 does not try again by itself, Salvo's back-off decides.
+    assert CLIENT_TIMEOUT_S <= waited < 2 * CLIENT_TIMEOUT_S
+
+
+def test_without_aws_credentials_the_message_waits_for_them(sink, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role here
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    settings = sink.provider_settings(esp="ses")
+    params = dict(settings["ANYMAIL"]["AMAZON_SES_CLIENT_PARAMS"])
+    del params["aws_access_key_id"], params["aws_secret_access_key"]
+    settings["ANYMAIL"] = settings["ANYMAIL"] | {"AMAZON_SES_CLIENT_PARAMS": params}
+    sent = message("ses-no-credentials@example.com")
+
+    with override_settings(**settings):
+        outcome = get_backend(sender()).send_batch([sent])[0]
+
+    assert isinstance(outcome, TransientProviderError)
+    assert "no AWS credentials" in outcome.reason
+    assert not attempts_of(sink, sent)
 
 
 def test_the_sink_counts_an_email_sent_twice_as_a_duplicate():
