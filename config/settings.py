@@ -669,9 +669,29 @@ _ANYMAIL_ENV = (
     "SPARKPOST_API_KEY", "SPARKPOST_API_URL",
     "BREVO_API_KEY", "BREVO_API_URL",
     "RESEND_API_KEY", "RESEND_API_URL", "RESEND_SIGNING_SECRET",
+    # The SES configuration set whose event destination publishes to the SNS topic that
+    # posts to /anymail/amazon_ses/tracking/.
+    "AMAZON_SES_CONFIGURATION_SET_NAME",
 )  # fmt: skip
 ANYMAIL = {name: env.str(name) for name in _ANYMAIL_ENV if env.str(name, default="")}
 ANYMAIL["REQUESTS_TIMEOUT"] = SALVO_PROVIDER_TIMEOUT_S
+# Amazon SES (channels.providers.esp.SesBackend) through boto3: its region and, for the local
+# sink, its endpoint; boto3 reads the credentials from AWS's own variables (AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or an instance role, never from these settings.
+ANYMAIL["AMAZON_SES_CLIENT_PARAMS"] = {
+    name: value
+    for name, value in (
+        ("region_name", env.str("AMAZON_SES_REGION", default="")),
+        ("endpoint_url", env.str("AMAZON_SES_ENDPOINT_URL", default="")),
+    )
+    if value
+}
+# SES's events reach /anymail/amazon_ses/tracking/ through an SNS topic, whose subscription
+# anymail confirms by SNS's ConfirmSubscription call in the topic's region (only for a post
+# with the webhook's basic auth; it never fetches the SubscribeURL). Off: confirm by hand.
+ANYMAIL["AMAZON_SES_AUTO_CONFIRM_SNS_SUBSCRIPTIONS"] = env.bool(
+    "AMAZON_SES_AUTO_CONFIRM_SNS_SUBSCRIPTIONS", default=True
+)
 # Whether webhook URLs may target loopback, private, link-local, multicast and reserved
 # addresses. Off in production, so that whoever edits a preset cannot make this server
 # call its own or its network's private services (checked when a preset is saved, and

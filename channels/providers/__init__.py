@@ -166,6 +166,7 @@ SHIPPED_BACKENDS: tuple[str, ...] = (
     "channels.providers.esp.SparkPostBackend",
     "channels.providers.esp.BrevoBackend",
     "channels.providers.esp.ResendBackend",
+    "channels.providers.esp.SesBackend",
     "channels.providers.http.SmsBackend",
     "channels.providers.http.PushBackend",
     "channels.providers.http.WebhookBackend",

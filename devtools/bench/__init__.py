@@ -2,7 +2,7 @@
 
     manage.py bench_delivery --profiles 1000000 --channels email,sms [--workers 2]
                              [--naive-profiles 5000] [--smtp-profiles 10000]
-                             [--esp mailgun|postmark|sendgrid|none] [--esp-profiles N]
+                             [--esp mailgun|postmark|sendgrid|ses|none] [--esp-profiles N]
 
 Meant for PostgreSQL + Redis (`make services`); it runs on the embedded default too, slowly.
 It generates the profiles (kept between runs), starts the local sink servers and a worker

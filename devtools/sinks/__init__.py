@@ -12,8 +12,9 @@ One process, one asyncio loop, two loopback servers:
   them with the providers' own client libraries: Twilio's Messages API
   (``devtools.sinks.twilio``) and FCM HTTP v1 with its OAuth token endpoint
   (``devtools.sinks.fcm``).
-* on the same HTTP port, the send APIs of three email service providers, Mailgun,
-  Postmark and SendGrid, as django-anymail calls them (``devtools.sinks.esp``).
+* on the same HTTP port, the send APIs of four email service providers, Mailgun,
+  Postmark, SendGrid and Amazon SES (its SigV4 signatures checked), as django-anymail
+  calls them (``devtools.sinks.esp``, ``devtools.sinks.ses``).
 
 Every attempt is appended to a JSON-lines record file (``channel``, ``delivery_id``, ``to``,
 ``status``, ``accepted``, and with ``content`` the headers and body), so other processes can

@@ -1,4 +1,4 @@
-"""The HTTP sink's emulation of three email service providers' send APIs, as django-anymail
+"""The HTTP sink's emulation of email service providers' send APIs, as django-anymail
 calls them (``channels.providers.esp``), so tests and benchmarks run anymail's real code:
 
 * Postmark under ``/postmark/`` (``POSTMARK_API_URL=<sink>/postmark/``): ``POST email``
@@ -13,7 +13,8 @@ calls them (``channels.providers.esp``), so tests and benchmarks run anymail's r
   ``recipient-variables`` substituted as ``%recipient.<name>%`` in the subject, bodies,
   ``h:`` headers and ``v:`` variables, each recipient's own), authenticated by HTTP basic
   ``api:<key>``; 200 with ``{"id": "<…@domain>", "message": "Queued. Thank you."}``, 400
-  ``{"message": …}`` for a bad request or an invalid address, 401 for a wrong key.
+  ``{"message": …}`` for a bad request or an invalid address, 401 for a wrong key;
+* Amazon SES v2 under ``/ses/``, signed with AWS Signature Version 4: ``devtools.sinks.ses``.
 
 Each recipient is recorded as the other sinks record a message (channel ``email``, its
 delivery id from the ``X-Salvo-Delivery-Id`` header or the ``salvo_delivery_id``
@@ -52,6 +53,8 @@ DELIVERY_ID_METADATA = "salvo_delivery_id"
 POSTMARK_PREFIX = "/postmark/"
 SENDGRID_PREFIX = "/sendgrid/v3/"
 MAILGUN_PREFIX = "/mailgun/v3/"
+# Amazon SES v2 (and SNS's subscription confirmation): devtools.sinks.ses.
+SES_PREFIX = "/ses/"
 # Mailgun's limit on the recipients of one batch call.
 MAILGUN_BATCH_MAX_RECIPIENTS = 1000
 
@@ -346,17 +349,26 @@ async def _delay(sink: SinkServer, recipients: list[str]) -> None:
         await asyncio.sleep(delay)
 
 
+async def amazon_ses(sink: SinkServer, path: str, headers: dict[str, str], body: bytes) -> Answer:
+    """Amazon SES v2, in a module of its own that builds on this one's helpers."""
+    from .ses import ses
+
+    return await ses(sink, path, headers, body)
+
+
 EspApi = Callable[["SinkServer", str, dict[str, str], bytes], Awaitable[Answer]]
 ESP_APIS: dict[str, EspApi] = {
     POSTMARK_PREFIX: postmark,
     SENDGRID_PREFIX: sendgrid,
     MAILGUN_PREFIX: mailgun,
+    SES_PREFIX: amazon_ses,
 }
 
 
 def esp_api(path: str) -> EspApi | None:
     """The emulated ESP API that serves ``path``, if any."""
-    return next((api for prefix, api in ESP_APIS.items() if path.startswith(prefix)), None)
+    # boto3 posts SNS's query API to the endpoint itself: "/ses", without the slash.
+    return next((api for prefix, api in ESP_APIS.items() if f"{path}/".startswith(prefix)), None)
 
 
 def anymail_settings(http_url: str) -> dict[str, str]:

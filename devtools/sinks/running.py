@@ -19,6 +19,7 @@ from . import twilio
 from .esp import anymail_settings
 from .records import count_duplicates, read_records
 from .rules import FailureRules
+from .ses import ses_client_params, ses_env
 
 SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 EMAIL_API_BACKEND = "channels.providers.email_api.BatchEmailBackend"
@@ -27,6 +28,7 @@ ESP_BACKENDS = {
     "mailgun": "channels.providers.esp.MailgunBackend",
     "postmark": "channels.providers.esp.PostmarkBackend",
     "sendgrid": "channels.providers.esp.SendGridBackend",
+    "ses": "channels.providers.esp.SesBackend",
 }
 # The checkout's root, where ``python -m devtools.sinks`` finds the package.
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -87,7 +89,8 @@ class RunningSinks:
     def provider_settings(self, *, email_api: bool = False, esp: str = "") -> dict[str, Any]:
         """Settings that send every channel to these sinks, for ``override_settings``; email
         over SMTP, with ``email_api`` through the HTTP batch email API, or with ``esp``
-        (``mailgun``, ``postmark``, ``sendgrid``) through anymail to that ESP's emulated API."""
+        (``mailgun``, ``postmark``, ``sendgrid``, ``ses``) through anymail to that ESP's
+        emulated API."""
         return {
             "SALVO_PROVIDER_BACKENDS": {
                 "email": ESP_BACKENDS[esp] if esp else "channels.providers.email.EmailBackend",
@@ -106,7 +109,11 @@ class RunningSinks:
             "SALVO_SMS_PROVIDER": {"url": f"{self.http_url}/sms", "api_key": "sink-key"},
             "SALVO_PUSH_PROVIDER": {"url": f"{self.http_url}/push", "api_key": "sink-key"},
             "SALVO_EMAIL_API": {"url": f"{self.http_url}/email", "api_key": "sink-key"},
-            "ANYMAIL": anymail_settings(self.http_url) | {"REQUESTS_TIMEOUT": 10.0},
+            "ANYMAIL": anymail_settings(self.http_url)
+            | {
+                "REQUESTS_TIMEOUT": 10.0,
+                "AMAZON_SES_CLIENT_PARAMS": ses_client_params(self.http_url),
+            },
             # The sinks listen on loopback, which production refuses webhooks to.
             "SALVO_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": True,
             # Presets that name the Twilio or FCM backend reach the sink's emulations.
@@ -130,6 +137,7 @@ class RunningSinks:
             "SALVO_EMAIL_API_URL": f"{self.http_url}/email",
             "SALVO_EMAIL_API_KEY": "sink-key",
             **anymail_settings(self.http_url),
+            **ses_env(self.http_url),
             "SALVO_EMAIL_BACKEND": (
                 ESP_BACKENDS[esp] if esp else "channels.providers.email.EmailBackend"
             ),

@@ -167,10 +167,15 @@ class SinkServer:
         extra_headers: dict[str, str],
         keep_alive: bool,
     ) -> None:
-        payload = b"" if answer is None else json.dumps(answer).encode()
+        # An emulated API that speaks XML (SNS's) answers bytes and names their type.
+        content_type = extra_headers.pop("Content-Type", "application/json")
+        if isinstance(answer, bytes):
+            payload = answer
+        else:
+            payload = b"" if answer is None else json.dumps(answer).encode()
         lines = [
             f"HTTP/1.1 {status} {_HTTP_REASONS.get(status, 'Status')}",
-            "Content-Type: application/json",
+            f"Content-Type: {content_type}",
             f"Content-Length: {len(payload)}",
             f"Connection: {'keep-alive' if keep_alive else 'close'}",
             *(f"{name}: {value}" for name, value in extra_headers.items()),
