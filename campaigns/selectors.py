@@ -467,21 +467,9 @@ def version_activation_errors(*, version: CampaignVersion | None, now: dt.dateti
                     f"{where}.subject",
                 )
             )
-        try:
-            validate_content(
-                **{field: getattr(action, field) for field in ACTION_CONTENT_FIELDS},
-                trigger_context=triggered,
-            )
-        except TemplateContentError as error:
-            errors.extend(
-                _error(
-                    ReviewCode.TEMPLATE_ERROR,
-                    f"{channel} action, {field}: {message}",
-                    f"{where}.{field}",
-                )
-                for field, messages in error.message_dict.items()
-                for message in messages
-            )
+        errors.extend(
+            _content_errors(action, what=f"{channel} action", where=where, triggered=triggered)
+        )
         errors.extend(_variant_errors(action, where=where, channel=channel, triggered=triggered))
     return errors
 
@@ -507,22 +495,32 @@ def _variant_errors(
             errors.append(
                 _error(ReviewCode.TEMPLATE_ERROR, f"{channel} action: {refusal}", f"{at}.html_body")
             )
-        try:
-            validate_content(
-                **{field: getattr(variant, field) for field in ACTION_CONTENT_FIELDS},
-                trigger_context=triggered,
+        errors.extend(
+            _content_errors(
+                variant,
+                what=f"{channel} action, variant {variant.label}",
+                where=at,
+                triggered=triggered,
             )
-        except TemplateContentError as error:
-            errors.extend(
-                _error(
-                    ReviewCode.TEMPLATE_ERROR,
-                    f"{channel} action, variant {variant.label}, {field}: {message}",
-                    f"{at}.{field}",
-                )
-                for field, messages in error.message_dict.items()
-                for message in messages
-            )
+        )
     return errors
+
+
+def _content_errors(content: Any, *, what: str, where: str, triggered: bool) -> list[Check]:
+    """What keeps an action's or a variant's content (``ACTION_CONTENT_FIELDS``) from
+    rendering, each on its field."""
+    try:
+        validate_content(
+            **{field: getattr(content, field) for field in ACTION_CONTENT_FIELDS},
+            trigger_context=triggered,
+        )
+    except TemplateContentError as error:
+        return [
+            _error(ReviewCode.TEMPLATE_ERROR, f"{what}, {field}: {message}", f"{where}.{field}")
+            for field, messages in error.message_dict.items()
+            for message in messages
+        ]
+    return []
 
 
 def version_activation_problems(*, version: CampaignVersion | None, now: dt.datetime) -> list[str]:

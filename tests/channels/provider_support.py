@@ -20,24 +20,31 @@ Backend = TypeVar("Backend")
 _delivery_ids = itertools.count(3_000_000)
 
 
-def module_sink(*, reject: str) -> Callable[[], Iterator[RunningSinks]]:
+def module_sink(*, reject: str, **options: Any) -> Callable[[], Iterator[RunningSinks]]:
     """A module-scoped ``sink`` fixture: addresses with `reject` in them are refused as the
     provider refuses them, ``flaky`` ones fail and ``throttled`` ones are throttled 5
-    times with a Retry-After of 7 s."""
+    times; `options` are ``running_sinks``' others (a Retry-After, slow answers…)."""
 
     @pytest.fixture(scope="module")
     def sink() -> Iterator[RunningSinks]:
         with running_sinks(
-            reject=reject, flaky="flaky", throttle="throttled", throttle_times=5, retry_after_s=7
+            reject=reject, flaky="flaky", throttle="throttled", throttle_times=5, **options
         ) as running:
             yield running
 
     return sink
 
 
-def outbound(channel: str, to: str, *, subject: str = "", body: str = "Hello") -> OutboundMessage:
+def outbound(
+    channel: str, to: str, *, subject: str = "", body: str = "Hello", **fields: Any
+) -> OutboundMessage:
     return OutboundMessage(
-        delivery_id=next(_delivery_ids), channel=channel, to=to, subject=subject, body=body
+        delivery_id=next(_delivery_ids),
+        channel=channel,
+        to=to,
+        subject=subject,
+        body=body,
+        **fields,
     )
 
 

@@ -5,7 +5,6 @@ refusals, retries, and a whole campaign sent through a preset that chooses an ES
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -34,14 +33,18 @@ from devtools.sinks.running import ESP_BACKENDS
 from tests.campaigns.delivery_support import drive, make_profile, time_passes
 from tests.campaigns.factories import email_action, make_live_campaign
 from tests.channels.factories import MessagePresetFactory
+from tests.channels.provider_support import module_sink, outbound
 from tests.channels.test_providers import CLIENT_TIMEOUT_S, SLOW_ANSWER_S, free_port
 
 ESPS = pytest.mark.parametrize("esp", ["mailgun", "postmark", "sendgrid"])
+# With Amazon SES (tests/channels/test_ses.py has its own): what every ESP shares.
+ALL_ESPS = pytest.mark.parametrize("esp", ["mailgun", "postmark", "sendgrid", "ses"])
 # What each ESP says of a refused recipient, kept as the delivery's error.
 ESP_REFUSAL = {
     "mailgun": 'Mailgun answered 400: {"message": "to parameter is not a valid address.',
     "postmark": "marked as inactive.",
     "sendgrid": 'SendGrid answered 400: {"errors": [{"message": "Does not contain a valid',
+    "ses": "Amazon SES answered 400 MessageRejected",
 }
 UNSUBSCRIBE = {
     "List-Unsubscribe": "<https://salvo.example.com/u/abc>, <mailto:help@example.com>",
@@ -49,28 +52,13 @@ UNSUBSCRIBE = {
 }
 
 
-@pytest.fixture(scope="module")
-def sink() -> Iterator[RunningSinks]:
-    with running_sinks(
-        reject="invalid",
-        flaky="flaky",
-        flaky_times=1,
-        throttle="throttled",
-        throttle_times=5,
-        retry_after_s=7,
-        slow="slow",
-        slow_s=SLOW_ANSWER_S,
-    ) as running:
-        yield running
-
-
-_ids = iter(range(3_000_000, 4_000_000))
+sink = module_sink(
+    reject="invalid", flaky_times=1, retry_after_s=7, slow="slow", slow_s=SLOW_ANSWER_S
+)
 
 
 def message(to: str, subject: str = "Hello", body: str = "Text", **fields) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=next(_ids), channel="email", to=to, subject=subject, body=body, **fields
-    )
+    return outbound("email", to, subject=subject, body=body, **fields)
 
 
 def sender(esp: str):
@@ -312,7 +300,7 @@ def test_the_esp_refuses_a_wrong_key_and_nothing_is_delivered(sink, esp):
     assert not attempts_of(sink, sent)
 
 
-@ESPS
+@ALL_ESPS
 def test_the_sink_counts_an_email_sent_twice_as_a_duplicate(esp):
     sent = message(f"{esp}-twice@example.com")
     with running_sinks() as own_sink, override_settings(**own_sink.provider_settings(esp=esp)):
@@ -325,7 +313,7 @@ def test_the_sink_counts_an_email_sent_twice_as_a_duplicate(esp):
 
 
 @pytest.mark.django_db
-@ESPS
+@ALL_ESPS
 def test_a_campaign_goes_out_through_the_presets_esp_and_retries_what_failed(esp):
     ana, flaky, refused = (
         make_profile(email="ana@example.com"),

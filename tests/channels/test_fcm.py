@@ -24,7 +24,7 @@ from tests.channels.provider_support import module_sink, outbound, preset_backen
 FCM = "channels.providers.fcm.FcmPushBackend"
 
 
-sink = module_sink(reject="uninstalled")
+sink = module_sink(reject="uninstalled", retry_after_s=7)
 
 
 @pytest.fixture

@@ -6,67 +6,27 @@ Salvo's, and a campaign sent through a preset that chooses SES."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 import requests
 from django.test import override_settings
 
-from campaigns.choices import DeliveryStatus
-from campaigns.models import Delivery
-from channels.choices import ChannelKind
 from channels.providers import (
-    OutboundMessage,
     PermanentProviderError,
     SendResult,
     TransientProviderError,
     get_backend,
 )
 from channels.providers.esp import SesBackend
-from devtools.sinks import RunningSinks, running_sinks
-from devtools.sinks.running import ESP_BACKENDS
-from tests.campaigns.delivery_support import drive, make_profile, time_passes
-from tests.campaigns.factories import email_action, make_live_campaign
-from tests.channels.factories import MessagePresetFactory
+from devtools.sinks import RunningSinks
+from tests.channels.provider_support import module_sink
+from tests.channels.test_esp import UNSUBSCRIBE, attempts_of, message, sender
 from tests.channels.test_providers import CLIENT_TIMEOUT_S, SLOW_ANSWER_S, free_port
 
-UNSUBSCRIBE = {
-    "List-Unsubscribe": "<https://salvo.example.com/u/abc>, <mailto:help@example.com>",
-    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-}
+sink = module_sink(reject="invalid", flaky_times=1, slow="slow", slow_s=SLOW_ANSWER_S)
 
 
-@pytest.fixture(scope="module")
-def sink() -> Iterator[RunningSinks]:
-    with running_sinks(
-        reject="invalid",
-        flaky="flaky",
-        flaky_times=1,
-        throttle="throttled",
-        throttle_times=5,
-        slow="slow",
-        slow_s=SLOW_ANSWER_S,
-    ) as running:
-        yield running
-
-
-_ids = iter(range(5_000_000, 6_000_000))
-
-
-def message(to: str, subject: str = "Hello", body: str = "Text", **fields) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=next(_ids), channel="email", to=to, subject=subject, body=body, **fields
-    )
-
-
-def sender():
-    return MessagePresetFactory.build(
-        channel=ChannelKind.EMAIL,
-        from_name="News",
-        from_email="news@example.com",
-        reply_to="help@example.com",
-        backend=ESP_BACKENDS["ses"],
-    )
+def ses_sender():
+    return sender("ses")
 
 
 def ses_settings(sink: RunningSinks, **client_params: str) -> dict:
@@ -74,10 +34,6 @@ def ses_settings(sink: RunningSinks, **client_params: str) -> dict:
     params = settings["ANYMAIL"]["AMAZON_SES_CLIENT_PARAMS"] | client_params
     settings["ANYMAIL"] = settings["ANYMAIL"] | {"AMAZON_SES_CLIENT_PARAMS": params}
     return settings
-
-
-def attempts_of(sink: RunningSinks, sent: OutboundMessage) -> list[dict]:
-    return [r for r in sink.attempts("email") if r["delivery_id"] == str(sent.delivery_id)]
 
 
 def test_each_message_is_one_signed_send_email_with_its_own_content_headers_and_metadata(sink):
@@ -88,7 +44,10 @@ def test_each_message_is_one_signed_send_email_with_its_own_content_headers_and_
     ]  # fmt: skip
     plain = message("ses-plain@example.com", "Receipt", "Paid")
 
-    with override_settings(**sink.provider_settings(esp="ses")), get_backend(sender()) as backend:
+    with (
+        override_settings(**sink.provider_settings(esp="ses")),
+        get_backend(ses_sender()) as backend,
+    ):
         assert isinstance(backend, SesBackend)
         outcomes = backend.send_batch([*messages, plain])
 
@@ -119,7 +78,10 @@ def test_each_message_is_one_signed_send_email_with_its_own_content_headers_and_
 def test_a_refused_recipient_fails_with_ses_own_text_and_the_others_are_sent(sink):
     good, refused = message("ses-ok@example.com"), message("ses-invalid@example.com")
 
-    with override_settings(**sink.provider_settings(esp="ses")), get_backend(sender()) as backend:
+    with (
+        override_settings(**sink.provider_settings(esp="ses")),
+        get_backend(ses_sender()) as backend,
+    ):
         sent, bad = backend.send_batch([good, refused])
 
     assert isinstance(sent, SendResult)
@@ -134,7 +96,7 @@ def test_throttling_is_transient_and_boto3_does_not_retry_it_itself(sink):
     throttled = message("ses-throttled@example.com")
 
     with override_settings(**sink.provider_settings(esp="ses")):
-        outcome = get_backend(sender()).send_batch([throttled])[0]
+        outcome = get_backend(ses_sender()).send_batch([throttled])[0]
 
     assert isinstance(outcome, TransientProviderError)
     assert "answered 429 TooManyRequestsException: Maximum sending rate exceeded." in (
@@ -147,7 +109,10 @@ def test_throttling_is_transient_and_boto3_does_not_retry_it_itself(sink):
 def test_a_5xx_is_transient_and_the_retry_gets_through(sink):
     flaky = message("ses-flaky@example.com")
 
-    with override_settings(**sink.provider_settings(esp="ses")), get_backend(sender()) as backend:
+    with (
+        override_settings(**sink.provider_settings(esp="ses")),
+        get_backend(ses_sender()) as backend,
+    ):
         first = backend.send_batch([flaky])[0]
         retried = backend.send_batch([flaky])[0]
 
@@ -161,7 +126,7 @@ def test_the_sink_refuses_a_wrong_secret_by_its_sigv4_check_and_nothing_is_deliv
     sent = message("ses-wrong-secret@example.com")
 
     with override_settings(**ses_settings(sink, aws_secret_access_key="not-the-secret")):
-        outcome = get_backend(sender()).send_batch([sent])[0]
+        outcome = get_backend(ses_sender()).send_batch([sent])[0]
 
     assert isinstance(outcome, PermanentProviderError)
     assert outcome.reason.startswith("Amazon SES answered 403 SignatureDoesNotMatch:")
@@ -182,7 +147,7 @@ def test_an_unreachable_ses_is_transient(sink):
     sent = message("ses-nowhere@example.com")
 
     with override_settings(**ses_settings(sink, endpoint_url=f"http://127.0.0.1:{free_port()}")):
-        outcome = get_backend(sender()).send_batch([sent])[0]
+        outcome = get_backend(ses_sender()).send_batch([sent])[0]
 
     assert isinstance(outcome, TransientProviderError)
     assert "Amazon SES cannot be reached" in outcome.reason
@@ -192,7 +157,7 @@ def test_a_timeout_is_transient_after_one_attempt(sink):
     slow = message("ses-slow@example.com")
     settings = sink.provider_settings(esp="ses") | {"SALVO_PROVIDER_TIMEOUT_S": CLIENT_TIMEOUT_S}
 
-    with override_settings(**settings), get_backend(sender()) as backend:
+    with override_settings(**settings), get_backend(ses_sender()) as backend:
         started = time.monotonic()
         outcome = backend.send_batch([slow])[0]
         waited = time.monotonic() - started
@@ -216,58 +181,8 @@ def test_without_aws_credentials_the_message_waits_for_them(sink, monkeypatch):
     sent = message("ses-no-credentials@example.com")
 
     with override_settings(**settings):
-        outcome = get_backend(sender()).send_batch([sent])[0]
+        outcome = get_backend(ses_sender()).send_batch([sent])[0]
 
     assert isinstance(outcome, TransientProviderError)
     assert "no AWS credentials" in outcome.reason
     assert not attempts_of(sink, sent)
-
-
-def test_the_sink_counts_an_email_sent_twice_as_a_duplicate():
-    sent = message("ses-twice@example.com")
-    with running_sinks() as own_sink, override_settings(**own_sink.provider_settings(esp="ses")):
-        with get_backend(sender()) as backend:
-            backend.send_batch([sent])
-            backend.send_batch([sent])
-
-        assert own_sink.duplicates() == 1
-        assert len(own_sink.received("email")) == 2  # SES has no idempotency key
-
-
-@pytest.mark.django_db
-def test_a_campaign_goes_out_through_a_preset_that_chooses_ses_and_retries_what_failed():
-    ana, flaky, refused = (
-        make_profile(email="ana@example.com"),
-        make_profile(email="flaky@example.com"),
-        make_profile(email="invalid@example.com"),
-    )
-    preset = MessagePresetFactory(channel=ChannelKind.EMAIL, backend=ESP_BACKENDS["ses"])
-    with (
-        running_sinks(reject="invalid", flaky="flaky", flaky_times=1) as sink,
-        override_settings(**sink.provider_settings(), SALVO_PUBLIC_URL="https://salvo.test"),
-    ):
-        campaign = make_live_campaign(
-            actions=[email_action(preset=preset, body="Hi {{ profile.external_id }}")]
-        )
-        execution = drive(campaign)
-        time_passes(execution, 3600)
-        drive(campaign)
-
-        rows = {
-            row.profile_id: row for row in Delivery.objects.filter(execution__campaign=campaign)
-        }
-        received = {r["to"]: r for r in sink.received("email")}
-
-    assert rows[ana.pk].status == rows[flaky.pk].status == DeliveryStatus.SENT
-    assert rows[flaky.pk].attempts == 2
-    assert rows[refused.pk].status == DeliveryStatus.FAILED
-    assert "Amazon SES answered 400 MessageRejected" in rows[refused.pk].error
-    assert set(received) == {ana.email, flaky.email}
-    mail = received[ana.email]
-    assert mail["esp"] == "ses"
-    assert mail["text"] == f"Hi {ana.external_id}"
-    assert mail["metadata"]["salvo_delivery_id"] == str(rows[ana.pk].pk)
-    assert mail["headers"]["X-Salvo-Delivery-Id"] == str(rows[ana.pk].pk)
-    assert mail["headers"]["List-Unsubscribe"].startswith("<https://salvo.test/")
-    assert mail["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert rows[ana.pk].provider_message_id == mail["message_id"]

@@ -21,7 +21,7 @@ from tests.channels.provider_support import module_sink, outbound, preset_backen
 TWILIO = "channels.providers.twilio.TwilioSmsBackend"
 
 
-sink = module_sink(reject="invalid")
+sink = module_sink(reject="invalid", retry_after_s=7)
 
 
 @pytest.fixture
