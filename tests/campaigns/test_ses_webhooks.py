@@ -285,13 +285,19 @@ def test_a_bounce_that_arrives_before_the_send_is_recorded_is_attached_and_count
     assert report["engagement"]["by_channel"]["email"]["bounced"]["count"] == 1
 
 
-@pytest.mark.django_db
-@pytest.mark.parametrize("auth", ["ses-hook:wrong", "someone:" + SECRET.split(":")[1]])
-def test_a_post_with_wrong_credentials_is_refused_and_records_nothing(sinks, auth):
+@pytest.fixture
+def planned(sinks) -> tuple[Profile, Delivery]:
+    """A profile, and its email delivery of an SES campaign: planned, not sent yet."""
     profile = make_profile()
     campaign = ses_campaign()
     plan(campaign)
-    row = email_rows(campaign)[profile.email]
+    return profile, email_rows(campaign)[profile.email]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("auth", ["ses-hook:wrong", "someone:" + SECRET.split(":")[1]])
+def test_a_post_with_wrong_credentials_is_refused_and_records_nothing(planned, auth):
+    profile, row = planned
 
     assert sns_post(notification(bounce(mail_for(row, profile.email))), auth=auth) == 400
 
@@ -300,11 +306,8 @@ def test_a_post_with_wrong_credentials_is_refused_and_records_nothing(sinks, aut
 
 
 @pytest.mark.django_db
-def test_a_post_without_credentials_is_asked_for_them_as_sns_expects(sinks):
-    profile = make_profile()
-    campaign = ses_campaign()
-    plan(campaign)
-    row = email_rows(campaign)[profile.email]
+def test_a_post_without_credentials_is_asked_for_them_as_sns_expects(planned):
+    profile, row = planned
 
     # SNS sends basic auth only after a 401 that asks for it.
     assert sns_post(notification(bounce(mail_for(row, profile.email))), auth=None) == 401
@@ -313,11 +316,8 @@ def test_a_post_without_credentials_is_asked_for_them_as_sns_expects(sinks):
 
 
 @pytest.mark.django_db
-def test_without_a_secret_set_every_post_is_refused(sinks):
-    profile = make_profile()
-    campaign = ses_campaign()
-    plan(campaign)
-    row = email_rows(campaign)[profile.email]
+def test_without_a_secret_set_every_post_is_refused(planned):
+    profile, row = planned
 
     with override_settings(ANYMAIL_WEBHOOK_SECRET=[]):
         assert sns_post(notification(bounce(mail_for(row, profile.email))), auth=None) == 400
