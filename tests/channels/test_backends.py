@@ -33,7 +33,7 @@ SHIPPED: dict[str, set[str]] = {
     "channels.providers.email.EmailBackend": {ChannelKind.EMAIL},
     **{
         f"channels.providers.esp.{name}Backend": {ChannelKind.EMAIL}
-        for name in ("Postmark", "SendGrid", "Mailgun", "SparkPost", "Brevo", "Resend")
+        for name in ("Postmark", "SendGrid", "Mailgun", "SparkPost", "Brevo", "Resend", "Ses")
     },
     "channels.providers.http.SmsBackend": {ChannelKind.SMS},
     "channels.providers.http.PushBackend": {ChannelKind.PUSH},
