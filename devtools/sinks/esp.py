@@ -112,6 +112,9 @@ def _record(
             "status": status,
             "accepted": status == 200,
             "attempt": sink._attempt("email", delivery_id or recipient),
+            # Requests the sink was serving as it answered this one, itself included: the
+            # most over a client's requests is how many it had in flight at once.
+            "in_flight": sink.http_in_flight,
         }
         if message_id:
             record["message_id"] = message_id
