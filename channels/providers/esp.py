@@ -27,7 +27,10 @@ address twice, nor messages with different header names. Measured to the local s
 beside Salvo's generic HTTP batch API in the same run, as the machine's load varies between
 runs): 7,312 deliveries/s with Mailgun (9,538/s), 4,636/s with SendGrid (7,141/s), both a
 request per 1,000 emails at most; 745/s with Postmark, a request per personalised email
-(4,920/s); 623/s with Amazon SES, a signed ``SendEmail`` per email (9,196/s).
+(4,920/s); 623/s with Amazon SES, a signed ``SendEmail`` per email (9,196/s). Those two
+were one request after the other; 8 at a time, in runs beside one at a time on the same
+loaded machine: Postmark 888/s → 1,757/s, SES 311/s → 502/s, then bound by the CPU (the
+README's benchmark section).
 
 Concurrency: a chunk's calls (a batch call, or a personalised message alone) go
 ``SALVO_ESP_CONCURRENCY`` at a time (default 8; 1: one after the other), from a pool of
