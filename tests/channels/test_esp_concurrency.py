@@ -107,16 +107,17 @@ def test_each_message_keeps_its_own_outcome_among_refusals_and_failures(sink, es
 
 @PER_MESSAGE_ESPS
 def test_once_the_esp_throttles_the_calls_not_yet_started_wait_and_are_not_sent(sink, esp):
-    # Two at a time: the throttled call is answered at once, while the slow one beside it
-    # is in flight; the rest start only after the 429, so none of them is made.
-    throttled = message(f"{esp}-throttled@example.com", "Hi 0")
-    in_flight = message(f"{esp}-slow-beside@example.com", "Hi 1")
+    # Two at a time: the slow call goes first and is in flight while the one beside it is
+    # throttled at once; no thread is free before that 429, so the rest start after it and
+    # none of them is made.
+    in_flight = message(f"{esp}-slow-beside@example.com", "Hi 0")
+    throttled = message(f"{esp}-throttled@example.com", "Hi 1")
     rest = personalised(esp, "after-the-429", 4)
 
     with override_settings(**esp_settings(sink, esp, 2)):
-        outcomes = get_backend(sender(esp)).send_batch([throttled, in_flight, *rest])
+        outcomes = get_backend(sender(esp)).send_batch([in_flight, throttled, *rest])
 
-    first, beside, *held = outcomes
+    beside, first, *held = outcomes
     assert isinstance(first, EspThrottledError)
     assert "answered 429" in first.reason
     # Postmark says when to come back; SES sends no Retry-After (Salvo's back-off decides).
@@ -129,7 +130,7 @@ def test_once_the_esp_throttles_the_calls_not_yet_started_wait_and_are_not_sent(
             f"Not sent: {'Amazon SES' if esp == 'ses' else 'Postmark'}"
         )
         assert "answered 429" in outcome.reason
-    assert [len(attempts_of(sink, sent)) for sent in (throttled, in_flight)] == [1, 1]
+    assert [len(attempts_of(sink, sent)) for sent in (in_flight, throttled)] == [1, 1]
     assert not [a for sent in rest for a in attempts_of(sink, sent)]
 
 
