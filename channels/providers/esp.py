@@ -571,8 +571,9 @@ class SesBackend(EspBackend):
 
     channels = frozenset({ChannelKind.EMAIL})
     anymail_backend = "anymail.backends.amazon_ses.EmailBackend"
-    # boto3's clients are thread-safe (its documentation's advice: one client shared by the
-    # threads), and anymail's SES backend keeps no state of a send but its client: the
+    # boto3's clients are thread-safe once made (its documentation's advice: one client
+    # shared by the threads; the caveat, custom botocore event hooks, anymail registers
+    # none), and anymail's SES backend keeps no state of a send but its client: the
     # concurrent calls share one, whose connection pool holds one connection per call.
     shares_connection = True
 
