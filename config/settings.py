@@ -588,6 +588,18 @@ SALVO_PROVIDER_BACKENDS = {
 SALVO_PROVIDER_EXTRA_BACKENDS = env.list("SALVO_PROVIDER_EXTRA_BACKENDS", default=[])
 # Connect + read timeout of every provider call, in seconds.
 SALVO_PROVIDER_TIMEOUT_S = env.float("SALVO_PROVIDER_TIMEOUT_S", default=10.0)
+# Calls an ESP backend (channels.providers.esp) makes at once within a chunk, each on its
+# own connection: Postmark's and SES's personalised messages are one request each, and the
+# time goes waiting for the ESP (1: one after the other). Per sending thread: a worker has
+# SALVO_DELIVERY_SEND_THREADS of them, and a rate-limited preset's chunk (one second's
+# worth of its rate) is all that may be in flight.
+_esp_concurrency = env.str("SALVO_ESP_CONCURRENCY", default="8")
+SALVO_ESP_CONCURRENCY = int(_esp_concurrency) if _esp_concurrency.isdigit() else 0
+if not 1 <= SALVO_ESP_CONCURRENCY <= 64:
+    raise ImproperlyConfigured(
+        f"SALVO_ESP_CONCURRENCY is {_esp_concurrency!r}: give the number of requests an ESP "
+        "backend makes at once, from 1 (one after the other) to 64."
+    )
 # Where recipients reach this Salvo from the internet, e.g. https://salvo.example.com. With
 # it, marketing email carries a one-click unsubscribe link (RFC 8058) besides the mailto.
 SALVO_PUBLIC_URL = env.str("SALVO_PUBLIC_URL", default="").rstrip("/")

@@ -5,8 +5,9 @@ backend for it; a preset chooses one in its ``backend`` field, or ``SALVO_EMAIL_
 makes one the default. Credentials and API URLs are anymail's settings (``ANYMAIL``,
 filled from the environment in ``config.settings``), never the database.
 
-A batch opens one anymail connection (one ``requests`` session, its connections kept
-alive) and sends every message of every chunk over it. Each message carries:
+A batch opens an anymail connection (a ``requests`` session, its connections kept alive)
+and sends every message of every chunk over it; more connections as concurrent calls need
+them (below). Each message carries:
 
 * anymail metadata ``salvo_delivery_id`` (the tracking webhooks give it back);
 * the ``X-Salvo-Delivery-Id`` header, the idempotency key every Salvo email carries;
@@ -19,14 +20,32 @@ Per-recipient content needs the ESP to substitute merge fields without a stored 
 Mailgun (``%recipient.<name>%``) and SendGrid (``-<name>-``) do, so their batch carries
 each recipient's rendered subject, text and HTML as merge data (``MailgunBackend``,
 ``SendGridBackend``). With the others only messages whose rendered content is the same go
-as one batch call; a personalised message, the common case, goes alone, over the same
-kept-alive connection. A batch never holds one address twice, nor messages with different
-header names. Measured to the local sink (``bench_delivery``, 20,000 profiles × email + SMS
-on PostgreSQL, 2 workers; each figure beside Salvo's generic HTTP batch API in the same run,
-as the machine's load varies between runs): 7,312 deliveries/s with Mailgun (9,538/s),
-4,636/s with SendGrid (7,141/s), both a request per 1,000 emails at most; 745/s with
-Postmark, a request per personalised email (4,920/s); 623/s with Amazon SES, a signed
-``SendEmail`` per email (9,196/s).
+as one batch call; a personalised message, the common case, goes alone, over a
+kept-alive connection, beside other calls (concurrency, below). A batch never holds one
+address twice, nor messages with different header names. Measured to the local sink
+(``bench_delivery``, 20,000 profiles × email + SMS on PostgreSQL, 2 workers; each figure
+beside Salvo's generic HTTP batch API in the same run, as the machine's load varies between
+runs): 7,312 deliveries/s with Mailgun (9,538/s), 4,636/s with SendGrid (7,141/s), both a
+request per 1,000 emails at most; 745/s with Postmark, a request per personalised email
+(4,920/s); 623/s with Amazon SES, a signed ``SendEmail`` per email (9,196/s). Those two
+were one request after the other; 8 at a time, in runs beside one at a time on the same
+loaded machine: Postmark 888/s → 1,757/s, SES 311/s → 502/s, then bound by the CPU (the
+README's benchmark section).
+
+Concurrency: a chunk's calls (a batch call, or a personalised message alone) go
+``SALVO_ESP_CONCURRENCY`` at a time (default 8; 1: one after the other), from a pool of
+threads the batch keeps until it closes. The time of a call is spent waiting for the ESP,
+and anymail and boto3 are blocking clients, so threads overlap the waits. Each call in
+flight has a connection no other call is using (a ``requests.Session`` is not documented
+thread-safe); Amazon SES's calls share the one boto3 client, which is. Nothing else of
+Salvo's runs in those threads (no database: the engine records the outcomes). The chunk is
+all that may be in flight, and a rate-limited preset's chunk is at most the tokens the
+engine reserved for it (one second's worth of its rate), so concurrency never sends faster
+than the preset allows. Once the ESP throttles a call (429, SES's throttling codes:
+``EspThrottledError``), the calls of the batch not yet started are not made: their messages
+come back transient with the same ``Retry-After``, and those in flight end with their own
+answer. Outcomes come back in the batch's order whatever the order of the answers, and
+``send_batch`` returns only when every call has ended.
 
 A batch the ESP refuses as a whole for a reason that retrying cannot cure (SendGrid and
 Mailgun answer 400 when one address is invalid) is sent again one message at a time, so
@@ -35,15 +54,21 @@ only the refused recipients fail.
 Outcomes: a recipient anymail reports ``sent`` or ``queued`` is sent (its message id kept);
 ``rejected``, ``invalid`` or ``failed`` is a ``PermanentProviderError`` with the ESP's
 answer; a timeout, a connection error, 408, 429 and 5xx are ``TransientProviderError``
-(``Retry-After`` honoured). Amazon SES goes through boto3 rather than ``requests``: its
-errors are mapped the same way from boto3's ``ClientError`` (``SesBackend``).
+(``Retry-After`` honoured; a 429 is an ``EspThrottledError``). A bug in one call is
+logged and makes that call's messages transient, the others keeping their outcomes. Amazon
+SES goes through boto3 rather than ``requests``: its errors are mapped the same way from
+boto3's ``ClientError`` (``SesBackend``).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
+import queue
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import requests
@@ -71,6 +96,7 @@ __all__ = [
     "DELIVERY_ID_METADATA",
     "BrevoBackend",
     "EspBackend",
+    "EspThrottledError",
     "MailgunBackend",
     "PostmarkBackend",
     "ResendBackend",
@@ -91,6 +117,13 @@ SES_THROTTLING_CODES = frozenset({"TooManyRequestsException", "Throttling", "Thr
 # anymail's recipient statuses that mean the ESP took the message.
 _ACCEPTED = frozenset({"sent", "queued"})
 
+logger = logging.getLogger(__name__)
+
+
+class EspThrottledError(TransientProviderError):
+    """The ESP refused a call for its sending rate (HTTP 429, SES's throttling codes): the
+    messages of the batch not yet sent wait as long (``send_batch``) rather than add to it."""
+
 
 def _content_bytes(message: OutboundMessage) -> int:
     return sum(len(part.encode()) for part in (message.subject, message.body, message.html_body))
@@ -106,11 +139,11 @@ def _api_error(error: AnymailRequestsAPIError, esp: str) -> ProviderError:
     if response is None or error.status_code is None:  # timeout, connection refused…
         cause = error.__cause__ or error
         return TransientProviderError(_reason(f"{esp} cannot be reached: {cause}"))
-    return classify_status(
-        response.status_code,
-        _reason(f"{esp} answered {response.status_code}: {response.text}"),
-        retry_after=parse_retry_after(response.headers.get("Retry-After")),
-    )
+    reason = _reason(f"{esp} answered {response.status_code}: {response.text}")
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if response.status_code == 429:
+        return EspThrottledError(reason, retry_after=retry_after)
+    return classify_status(response.status_code, reason, retry_after=retry_after)
 
 
 def _said_about(answer: requests.Response | None, address: str) -> str:
@@ -146,7 +179,17 @@ class EspBackend(ProviderBackend):
     # The rendered content one batch call may carry by substitution, all recipients together.
     batch_max_bytes: ClassVar[int | None] = None
 
+    # Whether one anymail connection may carry calls from several threads at once: not
+    # over requests (a ``requests.Session`` is not documented thread-safe, psf/requests#2766),
+    # so each call in flight has its own connection, handed from call to call.
+    shares_connection: ClassVar[bool] = False
+
+    # The first connection, opened by ``open``; the others, opened as concurrent calls
+    # need them, wait in ``_idle`` between calls, and ``close`` closes them all.
     connection: BaseEmailBackend | None = None
+    _opened: list[BaseEmailBackend]
+    _idle: queue.SimpleQueue[BaseEmailBackend]
+    _pool: ThreadPoolExecutor | None = None
 
     @property
     def esp(self) -> str:
@@ -157,6 +200,11 @@ class EspBackend(ProviderBackend):
         ``ImproperlyConfigured``: anymail reads them when the connection is made)."""
         if self.connection is not None:
             return
+        self._opened, self._idle = [], queue.SimpleQueue()
+        self.connection = self._new_connection()
+        self._idle.put(self.connection)
+
+    def _new_connection(self) -> BaseEmailBackend:
         # Each recipient's status is read here, so anymail must not raise when all refuse.
         connection = get_connection(
             self.anymail_backend,
@@ -165,7 +213,23 @@ class EspBackend(ProviderBackend):
             **self.connection_options(),
         )
         connection.open()
-        self.connection = connection
+        self._opened.append(connection)
+        return connection
+
+    def _borrow(self) -> BaseEmailBackend:
+        """A connection no other call is using (the one shared where ``shares_connection``),
+        opened when every connection is busy: at most one per call in flight."""
+        assert self.connection is not None
+        if self.shares_connection:
+            return self.connection
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self._new_connection()
+
+    def _give_back(self, connection: BaseEmailBackend) -> None:
+        if not self.shares_connection:
+            self._idle.put(connection)
 
     def connection_options(self) -> dict[str, object]:
         """Options of anymail's backend beyond its settings (none but for SES)."""
@@ -179,9 +243,15 @@ class EspBackend(ProviderBackend):
         return PermanentProviderError(_reason(f"Cannot build the email: {error}"))
 
     def close(self) -> None:
-        connection, self.connection = self.connection, None
-        if connection is not None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if self.connection is None:
+            return
+        self.connection = None
+        for connection in self._opened:
             connection.close()
+        self._opened.clear()
 
     @functools.cached_property
     def _sender(self) -> str:
@@ -241,19 +311,19 @@ class EspBackend(ProviderBackend):
             email.merge_metadata = metadata
         return email
 
-    def _send_email(self, messages: Sequence[OutboundMessage]) -> list[SendResult | ProviderError]:
-        """Send one anymail message to ``messages``' recipients: each one's outcome."""
-        if self.connection is None:
-            self.open()
-        assert self.connection is not None
+    def _send_email(
+        self, messages: Sequence[OutboundMessage], connection: BaseEmailBackend
+    ) -> list[SendResult | ProviderError]:
+        """Send one anymail message to ``messages``' recipients over ``connection``: each
+        one's outcome."""
         try:
             email = self._email(messages)
-            self.connection.send_messages([email])
+            connection.send_messages([email])
         except AnymailAPIError as error:
             outcome = self.api_error(error)
             if len(messages) > 1 and isinstance(outcome, PermanentProviderError):
                 # Refused as a whole: alone, only the refused recipients fail.
-                return [self._send_email([message])[0] for message in messages]
+                return [self._send_email([message], connection)[0] for message in messages]
             return [outcome] * len(messages)
         except (AnymailError, ValueError) as error:  # an address or header anymail refuses
             return [PermanentProviderError(_reason(f"Cannot build the email: {error}"))] * len(
@@ -316,19 +386,83 @@ class EspBackend(ProviderBackend):
         return outcome
 
     def send_batch(self, messages: Sequence[OutboundMessage]) -> list[SendResult | ProviderError]:
-        outcomes: list[SendResult | ProviderError | None] = [None] * len(messages)
+        """Every message's outcome, in order. The batch's calls (``_batches``) go up to
+        ``SALVO_ESP_CONCURRENCY`` at a time, each on a connection no other call is using;
+        once the ESP throttles one, the calls not yet started are not made (``_send_call``).
+        Returns only when every call has ended."""
         opened_here = self.connection is None
         if opened_here and messages:
             self.open()
         try:
-            for batch in self._batches(messages):
-                sent = self._send_email([messages[position] for position in batch])
-                for position, outcome in zip(batch, sent, strict=True):
-                    outcomes[position] = outcome
+            calls = self._batches(messages)
+            throttle = _Throttle()
+            self._sender  # noqa: B018 -- read once here, not by each thread at once
+
+            def send(call: list[int]) -> list[SendResult | ProviderError]:
+                return self._send_call([messages[position] for position in call], throttle)
+
+            concurrency = min(settings.SALVO_ESP_CONCURRENCY, len(calls))
+            if concurrency > 1:
+                sent = list(self._thread_pool().map(send, calls))
+            else:
+                sent = [send(call) for call in calls]
         finally:
             if opened_here:
                 self.close()
+        outcomes: list[SendResult | ProviderError | None] = [None] * len(messages)
+        for call, answers in zip(calls, sent, strict=True):
+            for position, outcome in zip(call, answers, strict=True):
+                outcomes[position] = outcome
         return [outcome for outcome in outcomes if outcome is not None]
+
+    def _send_call(
+        self, messages: list[OutboundMessage], throttle: _Throttle
+    ) -> list[SendResult | ProviderError]:
+        """One call's outcomes; without the call when the ESP throttled an earlier one of
+        the batch (what is in flight ends with its own answer). Never raises: a bug in one
+        call (logged) leaves the others' outcomes as they are."""
+        if throttle.first is not None:
+            waiting = _reason(f"Not sent: {self.esp} throttled the batch: {throttle.first}")
+            return [EspThrottledError(waiting, retry_after=throttle.first.retry_after)] * len(
+                messages
+            )
+        connection = None
+        try:
+            connection = self._borrow()
+            outcomes = self._send_email(messages, connection)
+        except Exception as error:
+            logger.exception("%s backend failed on a call of %d messages", self.esp, len(messages))
+            failed = TransientProviderError(_reason(f"{type(error).__name__}: {error}"))
+            outcomes = [failed] * len(messages)
+        finally:
+            if connection is not None:
+                self._give_back(connection)
+        throttle.note(outcomes)
+        return outcomes
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        """The batch's threads, SALVO_ESP_CONCURRENCY at most, started as calls need them
+        and ended by ``close``."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=settings.SALVO_ESP_CONCURRENCY, thread_name_prefix="salvo-esp"
+            )
+        return self._pool
+
+
+class _Throttle:
+    """The first answer of a batch's calls that says the ESP throttles (one per batch)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.first: EspThrottledError | None = None
+
+    def note(self, outcomes: Sequence[SendResult | ProviderError]) -> None:
+        throttled = next((o for o in outcomes if isinstance(o, EspThrottledError)), None)
+        if throttled is not None:
+            with self._lock:
+                if self.first is None:
+                    self.first = throttled
 
 
 class PostmarkBackend(EspBackend):
@@ -437,6 +571,11 @@ class SesBackend(EspBackend):
 
     channels = frozenset({ChannelKind.EMAIL})
     anymail_backend = "anymail.backends.amazon_ses.EmailBackend"
+    # boto3's clients are thread-safe once made (its documentation's advice: one client
+    # shared by the threads; the caveat, custom botocore event hooks, anymail registers
+    # none), and anymail's SES backend keeps no state of a send but its client: the
+    # concurrent calls share one, whose connection pool holds one connection per call.
+    shares_connection = True
 
     @property
     def esp(self) -> str:
@@ -460,6 +599,9 @@ class SesBackend(EspBackend):
             "retries": {"total_max_attempts": 1},
             "connect_timeout": timeout,
             "read_timeout": timeout,
+            # botocore's default is 10: more concurrent calls would each open a connection
+            # and drop it afterwards.
+            "max_pool_connections": max(10, settings.SALVO_ESP_CONCURRENCY),
         }
         return {"client_params": params}
 
@@ -481,5 +623,5 @@ class SesBackend(EspBackend):
         )
         retry_after = parse_retry_after((meta.get("HTTPHeaders") or {}).get("retry-after"))
         if code in SES_THROTTLING_CODES:
-            return TransientProviderError(reason, retry_after=retry_after)
+            return EspThrottledError(reason, retry_after=retry_after)
         return classify_status(status, reason, retry_after=retry_after)

@@ -18,9 +18,11 @@ calls them (``channels.providers.esp``), so tests and benchmarks run anymail's r
 
 Each recipient is recorded as the other sinks record a message (channel ``email``, its
 delivery id from the ``X-Salvo-Delivery-Id`` header or the ``salvo_delivery_id``
-metadata), with ``esp``, ``subject``, ``text``, ``html``, ``headers`` and ``metadata``
-when the sink keeps content. Like SMTP and unlike the sink's own API, these ESPs know no
-idempotency key: a message sent twice is delivered twice, and ``duplicates()`` counts it.
+metadata) and ``in_flight``, the HTTP requests the sink was serving as it answered (the
+most over a client's records is how many requests it had in flight at once), with ``esp``,
+``subject``, ``text``, ``html``, ``headers`` and ``metadata`` when the sink keeps content.
+Like SMTP and unlike the sink's own API, these ESPs know no idempotency key: a message sent
+twice is delivered twice, and ``duplicates()`` counts it.
 
 The failure rules answer as each ESP does: a rejected recipient is Postmark's "inactive
 recipient" (error 406: HTTP 422 alone, or its result in a batch), SendGrid's and Mailgun's
@@ -112,6 +114,9 @@ def _record(
             "status": status,
             "accepted": status == 200,
             "attempt": sink._attempt("email", delivery_id or recipient),
+            # Requests the sink was serving as it answered this one, itself included: the
+            # most over a client's requests is how many it had in flight at once.
+            "in_flight": sink.http_in_flight,
         }
         if message_id:
             record["message_id"] = message_id

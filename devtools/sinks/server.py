@@ -70,6 +70,8 @@ class SinkServer:
     # The first accepted answer per (channel, idempotency key), as a provider keeps it.
     _accepted: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _sequence: int = 0
+    # HTTP requests read and not yet answered: how many a client has in flight at once.
+    http_in_flight: int = 0
     _recorder: Recorder | None = None
     _servers: list[asyncio.base_events.Server] = field(default_factory=list)
     # Providers' own APIs, each answering the paths it serves (devtools.sinks.twilio, .fcm).
@@ -155,7 +157,13 @@ class SinkServer:
         body = await reader.readexactly(length) if length else b""
         keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
-        status, answer, extra_headers = await self._answer_http(method, target, headers, body, peer)
+        self.http_in_flight += 1
+        try:
+            status, answer, extra_headers = await self._answer_http(
+                method, target, headers, body, peer
+            )
+        finally:
+            self.http_in_flight -= 1
         await self._write_response(writer, status, answer, extra_headers, keep_alive)
         return keep_alive
 
