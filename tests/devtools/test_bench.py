@@ -17,6 +17,8 @@ from config.processes import child_process_env
         (["--channels", ","], "--channels: unknown none; choose from"),
         (["--profiles", "0"], "--profiles and --workers must be at least 1."),
         (["--workers", "0"], "--profiles and --workers must be at least 1."),
+        (["--profiles", "10", "--esp-profiles", "11"], "--esp-profiles must be from 0 to"),
+        (["--esp-profiles", "-1"], "--esp-profiles must be from 0 to --profiles"),
     ],
 )
 def test_bench_delivery_refuses_bad_options_in_one_line(options, error):

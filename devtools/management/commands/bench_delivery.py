@@ -42,7 +42,8 @@ class Command(BaseCommand):
             "--esp-profiles",
             type=int,
             default=None,
-            help="Audience of the run with email through anymail (default: --profiles; 0 skips).",
+            help="Audience of the run with email through anymail, among the main run's profiles "
+            "(default: --profiles; 0 skips).",
         )
         parser.add_argument("--timeout", type=float, default=3600.0)
         parser.add_argument(
@@ -73,6 +74,9 @@ class Command(BaseCommand):
         if smtp_n is None:
             smtp_n = max(1000, min(10_000, n // 100))
         esp_n = n if options["esp_profiles"] is None else options["esp_profiles"]
+        if not 0 <= esp_n <= n:
+            # The run through anymail sends to the main run's profiles again.
+            raise CommandError(f"--esp-profiles must be from 0 to --profiles ({n}), not {esp_n}.")
         if ChannelKind.EMAIL not in channels:
             smtp_n = esp_n = 0
         if options["esp"] == "none":
