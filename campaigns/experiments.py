@@ -48,7 +48,7 @@ from statistics import NormalDist
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Count, OuterRef, Subquery, Sum
 from django.utils import timezone
 
 from channels.rendering import content_renderer, html_renderer
@@ -75,9 +75,9 @@ from .models import (
     ChannelAction,
     Conversion,
     Delivery,
-    DeliveryEvent,
     Execution,
     ExperimentWinner,
+    GroupEngagementCount,
     Variant,
     html_body_refusal,
 )
@@ -439,20 +439,15 @@ def _group_of_profile(campaign_id: int, profile_column: str) -> Subquery:
 
 def _events_by_group(campaign_id: int, kinds: Sequence[str]) -> dict[str, dict[str, int]]:
     """Per group, per event kind of `kinds`, the profiles with at least one such event on a
-    delivery of the campaign (one query)."""
-    events: QuerySet[DeliveryEvent] = DeliveryEvent.objects.filter(
-        kind__in=kinds, delivery__execution__campaign_id=campaign_id
-    )
-    rows = (
-        events.annotate(group=_group_of_profile(campaign_id, "delivery__profile_id"))
-        .values("group", "kind")
-        .annotate(n=Count("delivery__profile_id", distinct=True))
-        .order_by()
+    delivery of the campaign: the counters ``events_record`` keeps (one query on a
+    handful of rows; see ``campaigns.engagement``)."""
+    rows = GroupEngagementCount.objects.filter(campaign_id=campaign_id, kind__in=kinds).values_list(
+        "group", "kind", "count"
     )
     counted: dict[str, dict[str, int]] = {}
-    for row in rows:
-        if row["group"]:
-            counted.setdefault(row["group"], {})[row["kind"]] = row["n"]
+    for group, kind, n in rows:
+        if group and n:
+            counted.setdefault(group, {})[kind] = n
     return counted
 
 
