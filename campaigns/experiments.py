@@ -41,6 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -48,6 +49,7 @@ from statistics import NormalDist
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, OuterRef, Subquery, Sum
 from django.utils import timezone
 
@@ -71,6 +73,7 @@ from .choices import (
 from .conversions import ConversionCount
 from .models import (
     Assignment,
+    AssignmentCount,
     Campaign,
     ChannelAction,
     Conversion,
@@ -305,26 +308,49 @@ def assignments_store(
     test_share: int = 0,
 ) -> None:
     """Store the groups of these profiles in the campaign, keeping any stored before: a
-    few batched INSERTs that ignore the profiles already assigned."""
+    few batched INSERTs that ignore the profiles already assigned, and return the groups of
+    those they stored, which are added to the groups' sizes (``AssignmentCount``: the
+    results read them instead of counting a million assignments)."""
     now = timezone.now()
-    Assignment.objects.bulk_create(
-        (
-            Assignment(
-                campaign_id=campaign_id,
-                profile_id=profile_id,
-                group=group_of(
-                    bucket_of(campaign_id, profile_id),
-                    holdout_share=holdout_share,
-                    split=split,
-                    test_share=test_share,
-                ),
-                assigned_at=now,
+    table = Assignment._meta.db_table
+    stored: Counter[str] = Counter()
+    batch: list[Any] = []
+
+    def insert() -> None:
+        rows = len(batch) // 4
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'INSERT INTO {table} (campaign_id, profile_id, "group", assigned_at) '
+                f"VALUES {', '.join(['(%s, %s, %s, %s)'] * rows)} "
+                'ON CONFLICT DO NOTHING RETURNING "group"',
+                batch,
             )
-            for profile_id in profile_ids
-        ),
-        batch_size=ASSIGNMENT_INSERT_BATCH,
-        ignore_conflicts=True,
-    )
+            stored.update(group for (group,) in cursor.fetchall())
+        batch.clear()
+
+    for profile_id in profile_ids:
+        group = group_of(
+            bucket_of(campaign_id, profile_id),
+            holdout_share=holdout_share,
+            split=split,
+            test_share=test_share,
+        )
+        batch += [campaign_id, profile_id, group, now]
+        if len(batch) == 4 * ASSIGNMENT_INSERT_BATCH:
+            insert()
+    if batch:
+        insert()
+    if stored:
+        sizes = sorted(stored.items())
+        counts = AssignmentCount._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'INSERT INTO {counts} (campaign_id, "group", count) '
+                f"VALUES {', '.join(['(%s, %s, %s)'] * len(sizes))} "
+                'ON CONFLICT (campaign_id, "group") '
+                f"DO UPDATE SET count = {counts}.count + excluded.count",
+                [value for group, n in sizes for value in (campaign_id, group, n)],
+            )
 
 
 def execution_assign(execution: Execution, profile_ids: Iterable[int]) -> None:
@@ -485,13 +511,10 @@ def _conversion_metric(campaign_id: int) -> dict[str, int]:
 
 
 def group_sizes(campaign: Campaign) -> dict[str, int]:
-    """How many profiles each group of the campaign's experiment holds (one query)."""
+    """How many profiles each group of the campaign's experiment holds (one query on the
+    counters ``assignments_store`` keeps)."""
     return dict(
-        Assignment.objects.filter(campaign=campaign)
-        .values("group")
-        .annotate(n=Count("id"))
-        .order_by()
-        .values_list("group", "n")
+        AssignmentCount.objects.filter(campaign=campaign, count__gt=0).values_list("group", "count")
     )
 
 

@@ -1257,3 +1257,26 @@ class GroupEngagementCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign_id} {self.group} {self.kind}: {self.count}"
+
+
+class AssignmentCount(models.Model):
+    """How many profiles one group of a campaign's experiment holds: kept by
+    ``campaigns.experiments.assignments_store`` in the transaction that stores them (only
+    the assignments its INSERT stored count), so the results read a row per group instead
+    of counting a campaign's assignments."""
+
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    group = models.CharField(max_length=8)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "group"], name="assignment_count_per_group"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} {self.group}: {self.count}"

@@ -10,7 +10,7 @@ KINDS = ("delivered", "bounced", "complained", "unsubscribed", "opened", "clicke
 def counters_fill(apps, schema_editor):
     """The counters of the events recorded before them, as the report counted them then:
     each delivery that exists once per kind, each assigned profile once per kind and
-    campaign. Four INSERT … SELECT inside the database."""
+    campaign, each experiment group's profiles. Five INSERT … SELECT inside the database."""
     kinds = ", ".join(f"'{kind}'" for kind in KINDS)
     with schema_editor.connection.cursor() as cursor:
         cursor.execute(
@@ -36,6 +36,11 @@ def counters_fill(apps, schema_editor):
             "JOIN campaigns_execution x ON x.id = f.execution_id "
             "JOIN campaigns_assignment a "
             "ON a.campaign_id = x.campaign_id AND a.profile_id = d.profile_id"
+        )
+        cursor.execute(
+            'INSERT INTO campaigns_assignmentcount (campaign_id, "group", count) '
+            'SELECT campaign_id, "group", COUNT(*) FROM campaigns_assignment '
+            'GROUP BY campaign_id, "group"'
         )
         cursor.execute(
             'INSERT INTO campaigns_groupengagementcount (campaign_id, "group", kind, count) '
@@ -301,6 +306,36 @@ class Migration(migrations.Migration):
                 "constraints": [
                     models.UniqueConstraint(
                         fields=("campaign", "profile", "kind"), name="profile_engagement_once"
+                    )
+                ],
+            },
+        ),
+        migrations.CreateModel(
+            name="AssignmentCount",
+            fields=[
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("group", models.CharField(max_length=8)),
+                ("count", models.BigIntegerField(default=0)),
+                (
+                    "campaign",
+                    models.ForeignKey(
+                        db_constraint=False,
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="campaigns.campaign",
+                    ),
+                ),
+            ],
+            options={
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("campaign", "group"), name="assignment_count_per_group"
                     )
                 ],
             },

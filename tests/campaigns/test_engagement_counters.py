@@ -24,9 +24,10 @@ from campaigns import selectors, services
 from campaigns.choices import DeliveryStatus, EventKind
 from campaigns.engagement import ENGAGEMENT_KINDS, engagement_counts
 from campaigns.events import ProviderEvent, events_record
-from campaigns.experiments import experiment_engagement
+from campaigns.experiments import experiment_engagement, group_sizes
 from campaigns.models import (
     Assignment,
+    AssignmentCount,
     Campaign,
     Delivery,
     DeliveryEngagement,
@@ -81,6 +82,11 @@ def recount(campaign: Campaign) -> tuple[list[tuple[str, int, str, int]], dict[s
         if row["group"]:
             by_group.setdefault(row["group"], {})[row["kind"]] = row["n"]
     return by_delivery, by_group
+
+
+def sizes_recounted(campaign: Campaign) -> dict[str, int]:
+    rows = Assignment.objects.filter(campaign=campaign).values("group").annotate(n=Count("id"))
+    return {row["group"]: row["n"] for row in rows.order_by()}
 
 
 def counted(campaign: Campaign) -> tuple[list[tuple[str, int, str, int]], dict[str, dict]]:
@@ -146,6 +152,7 @@ def test_the_counters_match_a_recount_of_the_events_after_a_mixed_history(sinks)
     assert first.recorded == len(history)
 
     assert counted(campaign) == recount(campaign)
+    assert group_sizes(campaign) == sizes_recounted(campaign)
     by_delivery, by_group = counted(campaign)
     opened = {(c, k): n for c, _, k, n in by_delivery}
     assert opened[("email", "opened")] == 12
@@ -200,7 +207,10 @@ def test_the_migration_fills_the_counters_from_the_events_recorded_before(sinks)
         ]
     )
     before = counted(campaign)
-    for model in (DeliveryEngagement, EngagementCount, ProfileEngagement, GroupEngagementCount):
+    sizes = group_sizes(campaign)
+    assert sizes == sizes_recounted(campaign)
+    counters = (DeliveryEngagement, EngagementCount, ProfileEngagement, GroupEngagementCount)
+    for model in (*counters, AssignmentCount):
         model.objects.all().delete()
     assert counted(campaign) == ([], {})
 
@@ -208,6 +218,7 @@ def test_the_migration_fills_the_counters_from_the_events_recorded_before(sinks)
     # What the migration's function reads of its schema editor: the connection.
     migration.counters_fill(apps, SimpleNamespace(connection=connection))
     assert counted(campaign) == before == recount(campaign)
+    assert group_sizes(campaign) == sizes
 
 
 @pytest.mark.django_db
