@@ -105,20 +105,26 @@ def engagement_counts(*, campaign: Campaign) -> list[tuple[str, int, str, int]]:
 def engagement_record(firsts: Sequence[tuple[int, str]]) -> None:
     """Count these (delivery id, kind) of events just recorded, as the module says: the
     first of each kind per delivery, and per assigned profile of the campaign. Two
-    statements (the first events of deliveries, of profiles), and one per counter table
-    that changed; nothing for an id that names no delivery. In the caller's transaction."""
+    statements (the first events of deliveries, then of the profiles of those that were
+    new), and one per counter table that changed; one statement that finds nothing for ids
+    that name no delivery. In the caller's transaction."""
     pairs = sorted({(int(d), kind) for d, kind in firsts if kind in ENGAGEMENT_KINDS})
     if not pairs:
         return
     delivery_counts: Counter[tuple[int, int, int, str]] = Counter()
     group_counts: Counter[tuple[int, str, str]] = Counter()
     for at in range(0, len(pairs), _RECORD_BATCH):
-        batch = pairs[at : at + _RECORD_BATCH]
-        for execution_id, action_id, version_id, kind in _firsts_insert(_DELIVERY_FIRSTS, batch):
+        new: list[tuple[int, str]] = []
+        for delivery_id, execution_id, action_id, version_id, kind in _firsts_insert(
+            _DELIVERY_FIRSTS, pairs[at : at + _RECORD_BATCH]
+        ):
+            new.append((delivery_id, kind))
             if version_id is not None:
                 delivery_counts[(execution_id, action_id, version_id, kind)] += 1
-        for campaign_id, group, kind in _firsts_insert(_PROFILE_FIRSTS, batch):
-            group_counts[(campaign_id, group, kind)] += 1
+        # Only a delivery's first event of a kind can be its profile's first.
+        if new:
+            for campaign_id, group, kind in _firsts_insert(_PROFILE_FIRSTS, sorted(new)):
+                group_counts[(campaign_id, group, kind)] += 1
     _counters_add(
         EngagementCount, ("execution_id", "action_id", "version_id", "kind"), delivery_counts
     )
@@ -134,7 +140,7 @@ _DELIVERY_FIRSTS = (
     "SELECT d.id, v.kind, d.execution_id, d.action_id, d.version_id "
     "FROM v JOIN {delivery} d ON d.id = v.delivery_id "
     "WHERE 1 = 1 ORDER BY d.id, v.kind "
-    "ON CONFLICT DO NOTHING RETURNING execution_id, action_id, version_id, kind"
+    "ON CONFLICT DO NOTHING RETURNING delivery_id, execution_id, action_id, version_id, kind"
 )
 # The first events of the deliveries' profiles in their campaign, for assigned profiles.
 _PROFILE_FIRSTS = (
