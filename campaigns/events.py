@@ -14,7 +14,10 @@ and calls ``events_record``, which
   unsubscribe, or the reason the source names (``suppress``);
 - for an unsubscribe or a complaint attached to a delivery, withdraws that delivery's
   profile's marketing consent for the channel (source ``provider``): the person said no,
-  and the profile shows it wherever consent is read, whatever its address becomes.
+  and the profile shows it wherever consent is read, whatever its address becomes;
+- counts the first event of each kind of each delivery, and of each experiment's profile,
+  in the report's counters (``campaigns.engagement.engagement_record``), last before the
+  commit.
 
 A person may also text a keyword to a sending number (STOP, START…: Twilio's inbound
 webhook): ``sms_keyword_record`` suppresses or lifts the number and sets the consent of
@@ -40,6 +43,7 @@ from segments.choices import ConsentChannel, ConsentSource
 from segments.services import consent_keyword_apply, consent_withdraw
 
 from .choices import EventKind
+from .engagement import engagement_record
 from .models import Delivery, DeliveryEvent
 
 # What each kind of event puts on the suppression list, unless its source says otherwise.
@@ -90,9 +94,14 @@ def events_record(*, events: Sequence[ProviderEvent]) -> EventsRecorded:
     carrying the same event at once record it once and only one of them counts it new.
     A webhook's post costs that statement, the suppressions' (only for events that imply
     one), the consents' (only for new unsubscribes and complaints attached to a delivery:
-    one UPDATE a channel, its profiles found by a subquery on the deliveries) and the
-    commit."""
-    unique = {(event.provider, event.event_id[:255]): event for event in events}
+    one UPDATE a channel, its profiles found by a subquery on the deliveries), the
+    report's counters' (two statements for new events of a kind the report counts, and
+    one a counter table that changed) and the commit. The rows go in their keys' order,
+    so two posts at once never wait on each other in a cycle."""
+    unique = {
+        (event.provider, event.event_id[:255]): event
+        for event in sorted(events, key=lambda event: (event.provider, event.event_id[:255]))
+    }
     received_at = timezone.now()
     rows = [
         DeliveryEvent(
@@ -139,6 +148,9 @@ def events_record(*, events: Sequence[ProviderEvent]) -> EventsRecorded:
                 channel=channel,
                 source=ConsentSource.PROVIDER,
             )
+        engagement_record(
+            [(event.delivery_id, event.kind) for event in new if event.delivery_id is not None]
+        )
     return EventsRecorded(recorded=len(new), duplicates=len(events) - len(new))
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -48,7 +49,8 @@ from statistics import NormalDist
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
+from django.db import connection
+from django.db.models import Count, OuterRef, Subquery, Sum
 from django.utils import timezone
 
 from channels.rendering import content_renderer, html_renderer
@@ -71,13 +73,14 @@ from .choices import (
 from .conversions import ConversionCount
 from .models import (
     Assignment,
+    AssignmentCount,
     Campaign,
     ChannelAction,
     Conversion,
     Delivery,
-    DeliveryEvent,
     Execution,
     ExperimentWinner,
+    GroupEngagementCount,
     Variant,
     html_body_refusal,
 )
@@ -305,26 +308,49 @@ def assignments_store(
     test_share: int = 0,
 ) -> None:
     """Store the groups of these profiles in the campaign, keeping any stored before: a
-    few batched INSERTs that ignore the profiles already assigned."""
+    few batched INSERTs that ignore the profiles already assigned, and return the groups of
+    those they stored, which are added to the groups' sizes (``AssignmentCount``: the
+    results read them instead of counting a million assignments)."""
     now = timezone.now()
-    Assignment.objects.bulk_create(
-        (
-            Assignment(
-                campaign_id=campaign_id,
-                profile_id=profile_id,
-                group=group_of(
-                    bucket_of(campaign_id, profile_id),
-                    holdout_share=holdout_share,
-                    split=split,
-                    test_share=test_share,
-                ),
-                assigned_at=now,
+    table = Assignment._meta.db_table
+    stored: Counter[str] = Counter()
+    batch: list[Any] = []
+
+    def insert() -> None:
+        rows = len(batch) // 4
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'INSERT INTO {table} (campaign_id, profile_id, "group", assigned_at) '
+                f"VALUES {', '.join(['(%s, %s, %s, %s)'] * rows)} "
+                'ON CONFLICT DO NOTHING RETURNING "group"',
+                batch,
             )
-            for profile_id in profile_ids
-        ),
-        batch_size=ASSIGNMENT_INSERT_BATCH,
-        ignore_conflicts=True,
-    )
+            stored.update(group for (group,) in cursor.fetchall())
+        batch.clear()
+
+    for profile_id in profile_ids:
+        group = group_of(
+            bucket_of(campaign_id, profile_id),
+            holdout_share=holdout_share,
+            split=split,
+            test_share=test_share,
+        )
+        batch += [campaign_id, profile_id, group, now]
+        if len(batch) == 4 * ASSIGNMENT_INSERT_BATCH:
+            insert()
+    if batch:
+        insert()
+    if stored:
+        sizes = sorted(stored.items())
+        counts = AssignmentCount._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'INSERT INTO {counts} (campaign_id, "group", count) '
+                f"VALUES {', '.join(['(%s, %s, %s)'] * len(sizes))} "
+                'ON CONFLICT (campaign_id, "group") '
+                f"DO UPDATE SET count = {counts}.count + excluded.count",
+                [value for group, n in sizes for value in (campaign_id, group, n)],
+            )
 
 
 def execution_assign(execution: Execution, profile_ids: Iterable[int]) -> None:
@@ -439,20 +465,15 @@ def _group_of_profile(campaign_id: int, profile_column: str) -> Subquery:
 
 def _events_by_group(campaign_id: int, kinds: Sequence[str]) -> dict[str, dict[str, int]]:
     """Per group, per event kind of `kinds`, the profiles with at least one such event on a
-    delivery of the campaign (one query)."""
-    events: QuerySet[DeliveryEvent] = DeliveryEvent.objects.filter(
-        kind__in=kinds, delivery__execution__campaign_id=campaign_id
-    )
-    rows = (
-        events.annotate(group=_group_of_profile(campaign_id, "delivery__profile_id"))
-        .values("group", "kind")
-        .annotate(n=Count("delivery__profile_id", distinct=True))
-        .order_by()
+    delivery of the campaign: the counters ``events_record`` keeps (one query on a
+    handful of rows; see ``campaigns.engagement``)."""
+    rows = GroupEngagementCount.objects.filter(campaign_id=campaign_id, kind__in=kinds).values_list(
+        "group", "kind", "count"
     )
     counted: dict[str, dict[str, int]] = {}
-    for row in rows:
-        if row["group"]:
-            counted.setdefault(row["group"], {})[row["kind"]] = row["n"]
+    for group, kind, n in rows:
+        if group and n:
+            counted.setdefault(group, {})[kind] = n
     return counted
 
 
@@ -490,13 +511,10 @@ def _conversion_metric(campaign_id: int) -> dict[str, int]:
 
 
 def group_sizes(campaign: Campaign) -> dict[str, int]:
-    """How many profiles each group of the campaign's experiment holds (one query)."""
+    """How many profiles each group of the campaign's experiment holds (one query on the
+    counters ``assignments_store`` keeps)."""
     return dict(
-        Assignment.objects.filter(campaign=campaign)
-        .values("group")
-        .annotate(n=Count("id"))
-        .order_by()
-        .values_list("group", "n")
+        AssignmentCount.objects.filter(campaign=campaign, count__gt=0).values_list("group", "count")
     )
 
 

@@ -1115,3 +1115,168 @@ class ExperimentWinner(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign_id}: variant {self.group}"
+
+
+# --- engagement counters (campaigns.engagement) ------------------------------------------
+
+
+class DeliveryEngagement(models.Model):
+    """The first event of one kind a delivery had: what makes the report count a delivery
+    once per kind, however many times it was opened or its bounce reported. Written by
+    ``events_record`` (``INSERT … ON CONFLICT DO NOTHING RETURNING``: only the first one
+    comes back and is counted), only for a delivery that exists, with the delivery's
+    action and version as they were then. ``version`` is empty when the delivery's version
+    was not decided yet (an event before its send's outcome committed): such a row is in no
+    ``EngagementCount`` and the report counts it with its delivery's version at read time
+    (the partial index finds the few there are)."""
+
+    delivery = models.ForeignKey(
+        Delivery, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
+    kind = models.CharField(max_length=16, choices=EventKind.choices)
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    action = models.ForeignKey(
+        ChannelAction,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    version = models.ForeignKey(
+        CampaignVersion,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["delivery", "kind"], name="delivery_engagement_once"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["execution"],
+                condition=Q(version__isnull=True),
+                name="delivery_engagement_undecided",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id}: {self.kind}"
+
+
+class EngagementCount(models.Model):
+    """How many deliveries of one action of an execution, decided with one version, had at
+    least one event of one kind: the report's engagement figures, kept by ``events_record``
+    in the events' own transaction (from the ``DeliveryEngagement`` rows it inserted), so the
+    report reads a handful of rows however many events there are."""
+
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    action = models.ForeignKey(
+        ChannelAction,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    version = models.ForeignKey(
+        CampaignVersion,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    kind = models.CharField(max_length=16, choices=EventKind.choices)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["execution", "action", "version", "kind"], name="engagement_count_per_kind"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action_id} v{self.version_id} {self.kind}: {self.count}"
+
+
+class ProfileEngagement(models.Model):
+    """The first event of one kind a profile of a campaign's experiment had, on any delivery
+    of the campaign: an experiment's groups count profiles, not deliveries (a profile is in
+    one group on every channel). Written beside ``DeliveryEngagement`` only for a profile
+    with an ``Assignment``, with the group it had."""
+
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    profile = models.ForeignKey(
+        "segments.Profile",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    kind = models.CharField(max_length=16, choices=EventKind.choices)
+    group = models.CharField(max_length=8)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "profile", "kind"], name="profile_engagement_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} → {self.profile_id}: {self.kind}"
+
+
+class GroupEngagementCount(models.Model):
+    """How many profiles of one group of a campaign's experiment had at least one event of
+    one kind: the experiment's results, kept as ``EngagementCount`` is."""
+
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    group = models.CharField(max_length=8)
+    kind = models.CharField(max_length=16, choices=EventKind.choices)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "group", "kind"], name="group_engagement_count_per_kind"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} {self.group} {self.kind}: {self.count}"
+
+
+class AssignmentCount(models.Model):
+    """How many profiles one group of a campaign's experiment holds: kept by
+    ``campaigns.experiments.assignments_store`` in the transaction that stores them (only
+    the assignments its INSERT stored count), so the results read a row per group instead
+    of counting a campaign's assignments."""
+
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    group = models.CharField(max_length=8)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "group"], name="assignment_count_per_group"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} {self.group}: {self.count}"

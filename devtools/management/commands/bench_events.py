@@ -26,6 +26,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--duplicates", type=float, default=0.05, help="Share of posts sent twice."
         )
+        parser.add_argument(
+            "--attach",
+            action="store_true",
+            help="Attach each event to a sent delivery of a campaign of its own (written "
+            "first), and time that campaign's report after the run (report_ms).",
+        )
 
     def say(self, text: str) -> None:
         self.stdout.write(text)
@@ -43,6 +49,7 @@ class Command(BaseCommand):
                 format=options["format"],
                 per_post=options["per_post"],
                 duplicates=options["duplicates"],
+                attach=options["attach"],
             )
         except BenchmarkError as error:
             raise CommandError(str(error)) from error
