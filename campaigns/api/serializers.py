@@ -19,6 +19,7 @@ from campaigns.choices import (
     EXPERIMENT_MAX_HOLDOUT_SHARE,
     EXPERIMENT_MAX_VARIANTS,
     EXPERIMENT_WINNER_AFTER_MAX_DAYS,
+    VARIANT_LABELS,
     ApprovalStatus,
     CampaignKind,
     CampaignStatus,
@@ -793,11 +794,18 @@ class SmsLengthSerializer(serializers.Serializer[Any]):
     )
 
 
-class ActionPreviewSerializer(serializers.Serializer[Any]):
-    """One action rendered for the profile by the delivery engine's own code."""
+class VariantPreviewSerializer(serializers.Serializer[Any]):
+    """One variant of an action rendered for the profile by the delivery engine's own
+    code, as if the profile were in that variant's group."""
 
-    channel = serializers.ChoiceField(choices=ChannelKind.choices)
-    preset = serializers.CharField(help_text="The preset's name.")
+    label = serializers.ChoiceField(
+        choices=VARIANT_LABELS, help_text="The variant: A is the action's own content."
+    )
+    share = serializers.IntegerField(help_text="Its percent of the tested audience.")
+    profile_gets = serializers.BooleanField(
+        help_text="Whether this is the content the profile would get (its group's; false "
+        "for every variant when it is held out or waits for the winner)."
+    )
     to = serializers.CharField(help_text="The address it would go to; empty when it has none.")
     subject = serializers.CharField(help_text="Email subject or push title; empty otherwise.")
     body = serializers.CharField(help_text="The rendered body (an email's text part).")
@@ -828,6 +836,42 @@ class ActionPreviewSerializer(serializers.Serializer[Any]):
         return data
 
 
+class ActionPreviewSerializer(VariantPreviewSerializer):
+    """One action rendered for the profile by the delivery engine's own code: its own
+    content (variant A), and each of its variants B, C, … in `variants`."""
+
+    channel = serializers.ChoiceField(choices=ChannelKind.choices)
+    preset = serializers.CharField(help_text="The preset's name.")
+    variants = VariantPreviewSerializer(
+        many=True, help_text="The action's variants B, C, …, each rendered for the profile."
+    )
+
+
+class SplitGroupSerializer(serializers.Serializer[Any]):
+    label = serializers.CharField()
+    share = serializers.IntegerField(help_text="Percent of the tested audience.")
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        label, share = instance
+        return {"label": label, "share": share}
+
+
+class PreviewExperimentSerializer(serializers.Serializer[Any]):
+    """The profile's place in the campaign's experiment."""
+
+    group = serializers.CharField(
+        help_text="A variant's label, `holdout` (no message of the campaign), or `rest` (a "
+        "“test, then send the winner” campaign's rest, which gets the winner)."
+    )
+    stored = serializers.BooleanField(
+        help_text="Whether planning stored this group; false: computed now as planning "
+        "will store it."
+    )
+    held_out = serializers.BooleanField(help_text="Whether the profile is in the holdout.")
+    holdout_share = serializers.IntegerField(help_text="The version's holdout, in percent.")
+    split = SplitGroupSerializer(many=True, help_text="The version's groups, A first.")
+
+
 class PersonalisationSerializer(serializers.Serializer[Any]):
     profile_fields = serializers.ListField(
         child=serializers.CharField(), help_text="The profile's own fields, e.g. profile.email."
@@ -850,6 +894,10 @@ class CampaignPreviewSerializer(serializers.Serializer[Any]):
         "scheduled, running, or its last run once the campaign has ended; or a past version.",
     )
     profile = PreviewProfileSerializer()
+    experiment = PreviewExperimentSerializer(
+        allow_null=True,
+        help_text="The profile's group when the campaign runs an experiment; else null.",
+    )
     actions = ActionPreviewSerializer(many=True)
     personalisation = PersonalisationSerializer(
         help_text="What content can insert: `{{ <name> }}`."

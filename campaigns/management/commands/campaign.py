@@ -576,30 +576,44 @@ class Command(BaseCommand):
             f"Campaign {campaign.pk} “{campaign.name}”, version {preview.version.number} "
             f"({preview.role}), for profile {preview.profile.external_id}"
         )
+        if preview.experiment is not None:
+            split = ", ".join(f"{label} {share} %" for label, share in preview.experiment.split)
+            out(
+                f"  Experiment: {preview.experiment.words}; holdout "
+                f"{preview.experiment.holdout_share} %, split {split}"
+            )
         for shown in preview.actions:
             out(
                 f"  {shown.channel_label} via {shown.preset}"
                 + (f" to {shown.to}" if shown.to else "")
             )
-            if shown.error:
-                out(f"    error: {shown.error}")
+            if not shown.variants:
+                self._print_preview_content(shown, "    ")
                 continue
-            if shown.skipped:
-                out(f"    not sent to this profile: {shown.skipped}")
-            if shown.subject:
-                out(f"    subject: {shown.subject}")
-            if shown.sms is not None:
-                sms = shown.sms
-                out(f"    {sms.encoding}, {sms.characters} characters, {sms.segments} segment(s)")
-            if shown.payload is not None:
-                out(
-                    textwrap.indent(json.dumps(shown.payload, indent=2, ensure_ascii=False), "    ")
-                )
-            else:
-                out(textwrap.indent(shown.body, "    "))
-            if shown.html is not None:
-                out("    html:")
-                out(textwrap.indent(shown.html, "      "))
+            for content in (shown, *shown.variants):
+                mark = ": what this profile gets" if content.profile_gets else ""
+                out(f"    variant {content.label} ({content.share} %){mark}")
+                self._print_preview_content(content, "      ")
+
+    def _print_preview_content(self, shown: Any, indent: str) -> None:
+        out = self.stdout.write
+        if shown.error:
+            out(f"{indent}error: {shown.error}")
+            return
+        if shown.skipped:
+            out(f"{indent}not sent to this profile: {shown.skipped}")
+        if shown.subject:
+            out(f"{indent}subject: {shown.subject}")
+        if shown.sms is not None:
+            sms = shown.sms
+            out(f"{indent}{sms.encoding}, {sms.characters} characters, {sms.segments} segment(s)")
+        if shown.payload is not None:
+            out(textwrap.indent(json.dumps(shown.payload, indent=2, ensure_ascii=False), indent))
+        else:
+            out(textwrap.indent(shown.body, indent))
+        if shown.html is not None:
+            out(f"{indent}html:")
+            out(textwrap.indent(shown.html, indent + "  "))
 
     def proof_campaign(
         self, *, user: Any, id: int, profile: list[str], wait: float | None, **options: Any
