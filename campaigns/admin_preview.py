@@ -23,8 +23,8 @@ from django.template.response import TemplateResponse
 from .models import Campaign, CampaignVersion
 from .preview import (
     PREVIEW_PERMISSIONS,
-    ActionPreview,
     PREVIEW_PROFILE_MATCHES,
+    ActionPreview,
     campaign_preview,
     personalisation_fields,
     preview_profile,

@@ -1021,6 +1021,15 @@ class ProofInputSerializer(serializers.Serializer[Any]):
         required=False,
         help_text="External ids of test profiles to send the proof to.",
     )
+    variants = serializers.ListField(
+        child=serializers.ChoiceField(choices=VARIANT_LABELS),
+        required=False,
+        max_length=len(VARIANT_LABELS),
+        help_text="The variants to send (A: each action's own content); default: every "
+        "variant of each action. An action with none of them is left out; a variant no "
+        "action has is refused. Each proof's subject is marked with its variant "
+        "(`[Proof B] …`) when its action has variants.",
+    )
 
 
 class ProofSendSerializer(serializers.ModelSerializer[ProofSend]):
@@ -1038,6 +1047,7 @@ class ProofSendSerializer(serializers.ModelSerializer[ProofSend]):
             "version",
             "action",
             "channel",
+            "variant",
             "profile",
             "external_id",
             "status",
