@@ -912,8 +912,9 @@ class ReviewCheckSerializer(serializers.Serializer[Any]):
     code = serializers.ChoiceField(choices=ReviewCode.choices)
     message = serializers.CharField()
     field = serializers.CharField(
-        help_text="What it is about: segment, start_at, actions[i].preset|subject|body; "
-        "empty for the whole campaign."
+        help_text="What it is about: segment, start_at, actions[i].preset|subject|body|"
+        "html_body, a variant's actions[i].variants[j].subject|body|html_body; empty for "
+        "the whole campaign."
     )
 
 
