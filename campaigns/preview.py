@@ -119,17 +119,23 @@ class PreviewExperiment:
         return self.winner if self.group == REST_GROUP else self.group
 
     @property
-    def words(self) -> str:
-        how = "stored" if self.stored else "computed now, as planning will store it"
+    def source(self) -> str:
+        return "stored" if self.stored else "computed now, as planning will store it"
+
+    @property
+    def outcome(self) -> str:
+        """What the group gets, in words."""
         if self.held_out:
-            what = "the holdout: it gets no message of this campaign"
-        elif self.group == REST_GROUP:
-            what = "the rest, which gets the winner" + (
-                f" (variant {self.winner})" if self.winner else " once the test has decided it"
-            )
-        else:
-            what = f"group {self.group}"
-        return f"this profile is in {what} ({how})"
+            return "held out: no message of this campaign"
+        if self.group == REST_GROUP:
+            if self.winner:
+                return f"the rest of the audience: it gets the winner, variant {self.winner}"
+            return "the rest of the audience: it gets the winner once the test has decided it"
+        return f"it gets variant {self.group} of each action that has one, else variant A"
+
+    @property
+    def words(self) -> str:
+        return f"this profile is in group {self.group} ({self.source}); {self.outcome}"
 
 
 @dataclass
