@@ -794,12 +794,14 @@ class SmsLengthSerializer(serializers.Serializer[Any]):
     )
 
 
-class VariantPreviewSerializer(serializers.Serializer[Any]):
-    """One variant of an action rendered for the profile by the delivery engine's own
-    code, as if the profile were in that variant's group."""
+class ContentPreviewSerializer(serializers.Serializer[Any]):
+    """One content of an action (its own, variant A, or one of its variants B–E)
+    rendered for the profile by the delivery engine's own code, as if the profile were in
+    that variant's group."""
 
-    label = serializers.ChoiceField(
-        choices=VARIANT_LABELS, help_text="The variant: A is the action's own content."
+    label = serializers.CharField(
+        help_text=f"The variant, one of {', '.join(VARIANT_LABELS)}: A is the action's own "
+        "content."
     )
     share = serializers.IntegerField(help_text="Its percent of the tested audience.")
     profile_gets = serializers.BooleanField(
@@ -836,13 +838,13 @@ class VariantPreviewSerializer(serializers.Serializer[Any]):
         return data
 
 
-class ActionPreviewSerializer(VariantPreviewSerializer):
+class ActionPreviewSerializer(ContentPreviewSerializer):
     """One action rendered for the profile by the delivery engine's own code: its own
     content (variant A), and each of its variants B, C, … in `variants`."""
 
     channel = serializers.ChoiceField(choices=ChannelKind.choices)
     preset = serializers.CharField(help_text="The preset's name.")
-    variants = VariantPreviewSerializer(
+    variants = ContentPreviewSerializer(
         many=True, help_text="The action's variants B, C, …, each rendered for the profile."
     )
 
@@ -1023,10 +1025,12 @@ class ProofInputSerializer(serializers.Serializer[Any]):
         help_text="External ids of test profiles to send the proof to.",
     )
     variants = serializers.ListField(
-        child=serializers.ChoiceField(choices=VARIANT_LABELS),
+        # Labels, checked against the version's by the service (a 400 keyed `variants`).
+        child=serializers.CharField(max_length=1),
         required=False,
         max_length=len(VARIANT_LABELS),
-        help_text="The variants to send (A: each action's own content); default: every "
+        help_text=f"The variants to send, among {', '.join(VARIANT_LABELS)} (A: each "
+        "action's own content); default: every "
         "variant of each action. An action with none of them is left out; a variant no "
         "action has is refused. Each proof's subject is marked with its variant "
         "(`[Proof B] …`) when its action has variants.",
@@ -1037,6 +1041,11 @@ class ProofSendSerializer(serializers.ModelSerializer[ProofSend]):
     version = serializers.IntegerField(source="version.number", read_only=True)
     channel = serializers.CharField(source="action.channel", read_only=True)
     external_id = serializers.CharField(source="profile.external_id", read_only=True)
+    variant = serializers.CharField(
+        read_only=True,
+        help_text=f"The action's variant sent, one of {', '.join(VARIANT_LABELS)} (A: its own "
+        "content).",
+    )
     requested_by = serializers.CharField(
         source="requested_by.get_username", read_only=True, default=None
     )
