@@ -292,9 +292,7 @@ def proof_variant_labels(*, campaign: Campaign) -> list[str]:
         version = preview_version(campaign=campaign)
     except ValidationError:
         return []
-    labels = set(
-        Variant.objects.filter(action__version=version).values_list("label", flat=True)
-    )
+    labels = set(Variant.objects.filter(action__version=version).values_list("label", flat=True))
     return [label for label in VARIANT_LABELS if label == "A" or label in labels] if labels else []
 
 

@@ -799,9 +799,10 @@ class ContentPreviewSerializer(serializers.Serializer[Any]):
     rendered for the profile by the delivery engine's own code, as if the profile were in
     that variant's group."""
 
-    label = serializers.CharField(
-        help_text=f"The variant, one of {', '.join(VARIANT_LABELS)}: A is the action's own "
-        "content."
+    # A declared field, taken off the class by DRF's metaclass: it does not replace the
+    # serializer's own `label` (which mypy cannot see).
+    label = serializers.CharField(  # type: ignore[assignment]
+        help_text=f"The variant, one of {', '.join(VARIANT_LABELS)}: A is the action's own content."
     )
     share = serializers.IntegerField(help_text="Its percent of the tested audience.")
     profile_gets = serializers.BooleanField(
@@ -850,7 +851,7 @@ class ActionPreviewSerializer(ContentPreviewSerializer):
 
 
 class SplitGroupSerializer(serializers.Serializer[Any]):
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # see ContentPreviewSerializer
     share = serializers.IntegerField(help_text="Percent of the tested audience.")
 
     def to_representation(self, instance: Any) -> dict[str, Any]:

@@ -114,8 +114,10 @@ def test_a_worker_sends_a_proof_of_variants_b_and_c_each_with_its_content(
         (tester.email, "[Proof B] B tester"),
         (tester.email, "[Proof C] C tester"),
     ]
-    assert "Text B" in received[0][2] and "<p>HTML B</p>" in received[0][2]
-    assert "Text C" in received[1][2] and "<p>HTML C</p>" in received[1][2]
+    assert "Text B" in received[0][2]
+    assert "<p>HTML B</p>" in received[0][2]
+    assert "Text C" in received[1][2]
+    assert "<p>HTML C</p>" in received[1][2]
     assert sorted(ProofSend.objects.values_list("variant", "status")) == [
         ("B", ProofStatus.SENT),
         ("C", ProofStatus.SENT),

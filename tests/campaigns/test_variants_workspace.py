@@ -314,15 +314,14 @@ def test_the_proof_doors_take_variants_and_list_them(
         ("sms", "C"),
     ]
     bad = api_client.post(f"/api/campaigns/{campaign.pk}/proof/", {"variants": ["Z"]})
-    assert bad.status_code == 400 and "variants" in bad.json()
+    assert bad.status_code == 400
+    assert "variants" in bad.json()
     listed = api_client.get(f"/api/campaigns/{campaign.pk}/proofs/").json()["results"]
     assert sorted(r["variant"] for r in listed) == ["C", "C"]
 
     out = StringIO()
     with django_capture_on_commit_callbacks(execute=False):
-        call_command(
-            "campaign", "proof", str(campaign.pk), "--variant", "B", "--json", stdout=out
-        )
+        call_command("campaign", "proof", str(campaign.pk), "--variant", "B", "--json", stdout=out)
     assert {r["variant"] for r in json.loads(out.getvalue())} == {"B"}
     out = StringIO()
     with django_capture_on_commit_callbacks(execute=False):
