@@ -117,6 +117,20 @@ def test_the_preview_renders_each_variant_for_the_profile_and_names_its_group(an
     assert not Assignment.objects.exists()  # computed, never stored by a preview
 
 
+def test_the_stored_assignment_wins_over_the_computed_group(ann):
+    campaign = ab_campaign()
+    stored = "C" if expected_group(campaign, ann) != "C" else "B"
+    Assignment.objects.create(
+        campaign=campaign, profile=ann, group=stored, assigned_at=timezone.now()
+    )
+    preview = campaign_preview(campaign=campaign, profile=ann, user=None)
+    assert preview.experiment is not None
+    assert (preview.experiment.group, preview.experiment.stored) == (stored, True)
+    email, sms = preview.actions
+    for action in (email, sms):
+        assert [s.label for s in [action, *action.variants] if s.profile_gets] == [stored]
+
+
 def test_the_stored_assignment_wins_and_a_holdout_is_said(ann):
     campaign = ab_campaign(holdout=10)
     Assignment.objects.create(
@@ -383,3 +397,16 @@ def test_the_review_reads_as_html_and_each_variants_parts(ann):
         ("unknown_variable", "actions[0].variants[0].body"),
         ("sms_segments", "actions[1].variants[0].body"),
     } <= fields
+
+
+def test_an_action_without_variants_gives_every_group_its_own_content(ann):
+    campaign = make_campaign(
+        actions=[
+            email_action(subject="A", variants=[{"share": 50, "subject": "B", "body": "b"}]),
+            sms_action(body="Only A"),
+        ]
+    )
+    Assignment.objects.create(campaign=campaign, profile=ann, group="B", assigned_at=timezone.now())
+    email, sms = campaign_preview(campaign=campaign, profile=ann, user=None).actions
+    assert [s.label for s in [email, *email.variants] if s.profile_gets] == ["B"]
+    assert (sms.label, sms.share, sms.profile_gets, sms.variants) == ("A", 100, True, [])
