@@ -410,3 +410,14 @@ def test_an_action_without_variants_gives_every_group_its_own_content(ann):
     email, sms = campaign_preview(campaign=campaign, profile=ann, user=None).actions
     assert [s.label for s in [email, *email.variants] if s.profile_gets] == ["B"]
     assert (sms.label, sms.share, sms.profile_gets, sms.variants) == ("A", 100, True, [])
+
+
+def test_the_review_pages_sample_shows_each_variant(admin_client, ann):
+    from tests.segments.factories import SegmentFactory
+
+    segment = SegmentFactory(rules={"all": [{"field": "external_id", "op": "eq", "value": "ann"}]})
+    campaign = ab_campaign(segment=segment)
+    page = admin_client.get(
+        reverse("admin:campaigns_campaign_review", args=[campaign.pk])
+    ).content.decode()
+    assert "<strong>Variant C (20 %):</strong> C: hi Ann · Text C Ann" in page
