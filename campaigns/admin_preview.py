@@ -1,7 +1,8 @@
 """The admin's preview page of a campaign: pick a profile (by email or external id, exact
 or prefix), see every action of the draft (or the running version, or `?version=N`)
-rendered for them side by side, as the delivery engine would send it, and the fields and
-attribute keys content can insert.
+rendered for them side by side, as the delivery engine would send it (an action with
+variants shows each variant in a section of its own, and the page says which group the
+profile is in), and the fields and attribute keys content can insert.
 
 A GET form and links, no script: the choices are in the page's address, so a preview can be
 shared and reloaded. The rendering is `campaigns.preview`'s, as at the API and the command.
@@ -23,6 +24,7 @@ from .models import Campaign, CampaignVersion
 from .preview import (
     PREVIEW_PERMISSIONS,
     PREVIEW_PROFILE_MATCHES,
+    ActionPreview,
     campaign_preview,
     personalisation_fields,
     preview_profile,
@@ -42,6 +44,12 @@ def _number(request: HttpRequest, name: str) -> tuple[int | None, str]:
     if not text.isdigit() or int(text) < 1:
         return None, f"“{text}” is not a {name} number."
     return int(text), ""
+
+
+def _payload_json(shown: ActionPreview) -> str | None:
+    if shown.payload is None:
+        return None
+    return json.dumps(shown.payload, indent=2, ensure_ascii=False)
 
 
 def _messages(error: ValidationError) -> list[str]:
@@ -94,13 +102,20 @@ def preview_page(model_admin: Any, request: HttpRequest, object_id: str) -> Http
         "salvo_matches_max": PREVIEW_PROFILE_MATCHES,
         "salvo_profile": profile,
         "salvo_preview": preview,
-        # The webhook's JSON as the page prints it.
+        # Each action with its contents (its own, then each variant's), each with the
+        # webhook's JSON as the page prints it.
         "salvo_shown": [
             {
                 "action": shown,
-                "payload_json": None
-                if shown.payload is None
-                else json.dumps(shown.payload, indent=2, ensure_ascii=False),
+                "contents": [
+                    {
+                        "content": content,
+                        "payload_json": _payload_json(content),
+                        # Each frame's title names its variant: every title is unique.
+                        "part_of": f", variant {content.label}",
+                    }
+                    for content in (shown, *shown.variants)
+                ],
             }
             for shown in (preview.actions if preview else [])
         ],

@@ -1,5 +1,6 @@
-"""The campaign page's proofs: the "Send proof" button's view, and the list of the
-campaign's newest proof sends with their outcome, which the page refreshes in place (the
+"""The campaign page's proofs: the "Send proof" button's view (with the variants to send,
+when the version has any: checkboxes, none checked meaning every one), and the list of the
+campaign's newest proof sends with their variant and outcome, which the page refreshes in place (the
 JSON `proofs_section_view`) while one is being sent.
 
 Both call `campaigns.proofs`, as the API and the command do. The list costs one query
@@ -25,15 +26,23 @@ from .proofs import (
     RECENT_PROOF_SENDS,
     campaign_proof_request,
     campaign_proof_sends,
+    proof_variant_labels,
 )
+
+# The change form's checkboxes of the variants to prove (none checked: every variant).
+PROOF_VARIANTS_VAR = "proof_variants"
 
 
 def proof_context(*, campaign: Campaign, request: HttpRequest) -> dict[str, Any]:
     """What the change page shows of proofs: whether the user may send one, the URLs to
-    ask and to refresh, the newest proof sends and whether one of them is being sent."""
+    ask and to refresh, the variants a proof may choose among, the newest proof sends and
+    whether one of them is being sent."""
     sends = list(campaign_proof_sends(campaign=campaign)[:RECENT_PROOF_SENDS])
+    can_send = request.user.has_perms(PROOF_PERMISSIONS)
     return {
-        "salvo_can_send_proof": request.user.has_perms(PROOF_PERMISSIONS),
+        "salvo_can_send_proof": can_send,
+        "salvo_proof_variants": proof_variant_labels(campaign=campaign) if can_send else [],
+        "salvo_proof_variants_var": PROOF_VARIANTS_VAR,
         "salvo_proof_url": reverse("admin:campaigns_campaign_proof", args=[campaign.pk]),
         "salvo_proofs_url": reverse("admin:campaigns_campaign_proofs", args=[campaign.pk]),
         "salvo_proof_sends": sends,
@@ -60,7 +69,11 @@ def proof_request_view(model_admin: Any, request: HttpRequest, object_id: str) -
     campaign: Campaign = model_admin.viewable_campaign(request, object_id)
     page = reverse("admin:campaigns_campaign_change", args=[campaign.pk]) + "#proofs"
     try:
-        sends = campaign_proof_request(campaign=campaign, user=request.user)
+        sends = campaign_proof_request(
+            campaign=campaign,
+            user=request.user,
+            variants=request.POST.getlist(PROOF_VARIANTS_VAR),
+        )
     except PermissionDenied as error:
         model_admin.message_user(request, str(error), messages.ERROR)
     except ValidationError as error:

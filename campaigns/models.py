@@ -822,14 +822,20 @@ class DeliveryTimeline(ExecutionActionCounter):
 
 
 class ProofSend(models.Model):
-    """One proof message: an action of a version sent to one test profile when someone
-    asked for a proof (campaigns.proofs). Kept apart from `Delivery` on purpose: a proof
-    belongs to no execution, counts in no report and does not make a profile "already
-    sent" for the campaign's real sends."""
+    """One proof message: a variant of an action of a version (A: the action's own
+    content) sent to one test profile when someone asked for a proof (campaigns.proofs).
+    Kept apart from `Delivery` on purpose: a proof belongs to no execution, counts in no
+    report and does not make a profile "already sent" for the campaign's real sends."""
 
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="proof_sends")
     version = models.ForeignKey(CampaignVersion, on_delete=models.CASCADE, related_name="+")
     action = models.ForeignKey(ChannelAction, on_delete=models.CASCADE, related_name="+")
+    variant = models.CharField(
+        max_length=1,
+        choices=[(label, label) for label in VARIANT_LABELS],
+        default=VARIANT_LABELS[0],
+        help_text="The action's variant the proof sent: A is the action's own content.",
+    )
     profile = models.ForeignKey("segments.Profile", on_delete=models.CASCADE, related_name="+")
     status = models.CharField(
         max_length=16, choices=ProofStatus.choices, default=ProofStatus.PENDING
@@ -855,10 +861,13 @@ class ProofSend(models.Model):
             models.CheckConstraint(
                 condition=Q(status__in=ProofStatus.values), name="proof_send_status_valid"
             ),
+            models.CheckConstraint(
+                condition=Q(variant__in=VARIANT_LABELS), name="proof_send_variant_valid"
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"Proof of {self.action} → {self.profile_id}: {self.status}"
+        return f"Proof of {self.action}, variant {self.variant} → {self.profile_id}: {self.status}"
 
 
 class UserPreference(models.Model):

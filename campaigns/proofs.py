@@ -8,6 +8,14 @@ backend, rendered by the delivery engine's own sender (``delivery.action_sender`
 does): the same data, templates, budgets, consent and unsubscribe headers as a delivery.
 A subject (an email's, a push's title, a webhook's) starts with ``[Proof]``.
 
+Content experiments: an action with variants is proved once per variant (its own content
+is A; `variants` chooses among A–E, by default every one of each action, so the marketer
+sees each in their inbox), each rendered by the sender for a profile put in that
+variant's group, as a worker's chunk renders a recipient of it, and its subject marked
+with the label (``[Proof B] ``). An action with none of the variants asked for is left out.
+``SALVO_PROOF_MAX_RECIPIENTS`` counts test profiles, as always; the refusal says how many
+messages each would get (one per action and variant).
+
 Test profiles are a flag on the profile rather than a chosen segment: a colleague's own
 address is a fact about that profile, the same for every campaign, and the flag is one
 partial index away (a segment would need choosing per campaign and could grow into an
@@ -43,15 +51,17 @@ from config.permissions import require_perms
 from segments.models import Profile
 
 from . import tasks
-from .choices import DeliveryStatus, ProofStatus
+from .choices import VARIANT_LABELS, DeliveryStatus, ProofStatus
 from .delivery import action_sender, recipient_due
-from .models import Campaign, ProofSend
+from .models import Campaign, ChannelAction, ProofSend, Variant
 from .operations import VIEW_CAMPAIGN
 from .preview import preview_actions, preview_version, profile_row
 
 SEND_PROOF = "campaigns.send_proof"
 PROOF_PERMISSIONS = (VIEW_CAMPAIGN, SEND_PROOF)
 PROOF_SUBJECT_PREFIX = "[Proof] "
+# A variant's proof: "[Proof B] " (an action with variants marks each, A's too).
+PROOF_VARIANT_SUBJECT_PREFIX = "[Proof {label}] "
 # The campaign page lists this many of the campaign's newest proof sends.
 RECENT_PROOF_SENDS = 20
 
@@ -69,19 +79,20 @@ def proof_max_recipients() -> int:
 
 
 def proof_recipients(
-    *, profiles: Sequence[int] = (), external_ids: Sequence[str] = ()
+    *, profiles: Sequence[int] = (), external_ids: Sequence[str] = (), messages_each: int = 0
 ) -> list[Profile]:
     """The test profiles a proof goes to: all of them, or those named (by id or external
     id, each of which must be a test profile). `ValidationError` when there is none, when
     a named one is no test profile, or when there are more than
-    ``SALVO_PROOF_MAX_RECIPIENTS``."""
+    ``SALVO_PROOF_MAX_RECIPIENTS`` (the refusal says that each would get `messages_each`
+    messages, when given)."""
     limit = proof_max_recipients()
     tests = Profile.objects.filter(is_test=True).order_by("pk")
     if profiles or external_ids:
         # More names than the limit are refused before any of them is looked up.
         asked = len(set(profiles)) + len(set(external_ids))
         if asked > limit:
-            raise ValidationError({"profiles": _too_many(asked, limit)})
+            raise ValidationError({"profiles": _too_many(asked, limit, messages_each)})
         found = list(tests.filter(pk__in=set(profiles))) if profiles else []
         by_external = tests.filter(external_id__in=set(external_ids)) if external_ids else []
         found += [profile for profile in by_external if profile not in found]
@@ -112,7 +123,7 @@ def proof_recipients(
     if len(found) > limit:
         raise ValidationError(
             {
-                "profiles": _too_many(tests.count(), limit)
+                "profiles": _too_many(tests.count(), limit, messages_each)
                 + " Name the ones to send it to (the API's `external_ids`, the command's "
                 "`--profile`), or unflag the others."
             }
@@ -120,11 +131,41 @@ def proof_recipients(
     return found
 
 
-def _too_many(count: int, limit: int) -> str:
+def _too_many(count: int, limit: int, messages_each: int) -> str:
+    """The limit counts test profiles, whatever the messages each gets: say both."""
+    each = (
+        f" Each test profile gets {messages_each} message{'s' if messages_each != 1 else ''}, "
+        f"one per action and variant ({count * messages_each} in all here)."
+        if messages_each
+        else ""
+    )
     return (
         f"A proof goes to at most {limit} test profiles (SALVO_PROOF_MAX_RECIPIENTS); "
-        f"{count} were asked for."
+        f"{count} were asked for.{each}"
     )
+
+
+def proof_variants(
+    actions: Sequence[ChannelAction], *, chosen: Sequence[str] = (), number: int
+) -> list[tuple[ChannelAction, str]]:
+    """Each (action, variant label) a proof sends, action by action, A first: the
+    `chosen` labels each action has (default: all of them). `ValidationError` on
+    ``variants`` for a label that no action of version `number` has."""
+    offered = [
+        (action, ["A", *(variant.label for variant in action.variants.all())]) for action in actions
+    ]
+    known = {label for _, labels in offered for label in labels}
+    unknown = [label for label in dict.fromkeys(chosen) if label not in known]
+    if unknown:
+        has = ", ".join(label for label in VARIANT_LABELS if label in known)
+        raise ValidationError(
+            {
+                "variants": f"Version {number} has no variant {', '.join(unknown)}: its "
+                f"variants are {has}."
+            }
+        )
+    wanted = set(chosen) if chosen else known
+    return [(action, label) for action, labels in offered for label in labels if label in wanted]
 
 
 @transaction.atomic
@@ -134,12 +175,14 @@ def campaign_proof_request(
     user: Any,
     profiles: Sequence[int] = (),
     external_ids: Sequence[str] = (),
+    variants: Sequence[str] = (),
 ) -> list[ProofSend]:
     """Record a proof of every action of the campaign's open draft (else its running
-    version) to the test profiles (see `proof_recipients`), pending, and have a worker send
-    them once this commits. Returns the rows, action by action. `PermissionDenied` without
-    the view and ``campaigns.send_proof`` permissions; `ValidationError` when the version
-    has no action or the recipients are refused."""
+    version), each of its `variants` (default: all; see `proof_variants`), to the test
+    profiles (see `proof_recipients`), pending, and have a worker send them once this
+    commits. Returns the rows, action by action, variant by variant. `PermissionDenied`
+    without the view and ``campaigns.send_proof`` permissions; `ValidationError` when the
+    version has no action or no such variant, or the recipients are refused."""
     require_perms(user, *PROOF_PERMISSIONS, to="send a proof of a campaign")
     version = preview_version(campaign=campaign)
     actions = list(preview_actions(version=version))
@@ -147,17 +190,21 @@ def campaign_proof_request(
         raise ValidationError(
             {"actions": f"Version {version.number} has no action: there is nothing to prove."}
         )
-    recipients = proof_recipients(profiles=profiles, external_ids=external_ids)
+    proved = proof_variants(actions, chosen=variants, number=version.number)
+    recipients = proof_recipients(
+        profiles=profiles, external_ids=external_ids, messages_each=len(proved)
+    )
     requested_by = user if user is not None and user.is_authenticated else None
     sends = ProofSend.objects.bulk_create(
         ProofSend(
             campaign=campaign,
             version=version,
             action=action,
+            variant=label,
             profile=profile,
             requested_by=requested_by,
         )
-        for action in actions
+        for action, label in proved
         for profile in recipients
     )
     ids = [send.pk for send in sends]
@@ -171,7 +218,8 @@ def proof_sends_send(*, proof_ids: Sequence[int]) -> int:
     pending = (
         ProofSend.objects.filter(pk__in=proof_ids, status=ProofStatus.PENDING)
         .select_related("campaign", "action__preset", "profile")
-        .order_by("action_id", "pk")
+        .prefetch_related("action__variants")
+        .order_by("action_id", "variant", "pk")
     )
     by_action: dict[int, list[ProofSend]] = {}
     for proof in pending:
@@ -182,19 +230,32 @@ def proof_sends_send(*, proof_ids: Sequence[int]) -> int:
 
 
 def _send_action_proofs(proofs: list[ProofSend]) -> None:
-    """One action's proofs in one provider call, through the engine's sender."""
+    """One action's proofs in one provider call, through the engine's sender: each
+    variant's rendered for its profiles put in that variant's group."""
     first = proofs[0]
-    sender = action_sender(action=first.action, campaign=first.campaign)
+    action = first.action
+    # An action with variants marks each proof with its label, A's too.
+    marked = bool(action.variants.all())
+    sender = action_sender(action=action, campaign=first.campaign)
     by_key = {-proof.pk: proof for proof in proofs}
+    by_variant: dict[str, list[ProofSend]] = {}
+    for proof in proofs:
+        by_variant.setdefault(proof.variant, []).append(proof)
     try:
-        prepared = sender.prepare(
-            [recipient_due(-proof.pk, profile_row(proof.profile)) for proof in proofs]
-        )
-        messages = [
-            (due, _proof_message(message, first.action.channel))
-            for due, message in prepared.messages
-        ]
-        outcomes = prepared.outcomes + (sender.send(messages) if messages else [])
+        outcomes = []
+        messages = []
+        for label, group in by_variant.items():
+            # Variant A is the action's own content, which the sender renders with no group.
+            sender.groups = {} if label == "A" else {p.profile_id: label for p in group}
+            prepared = sender.prepare(
+                [recipient_due(-proof.pk, profile_row(proof.profile)) for proof in group]
+            )
+            outcomes += prepared.outcomes
+            messages += [
+                (due, _proof_message(message, action.channel, label if marked else ""))
+                for due, message in prepared.messages
+            ]
+        outcomes += sender.send(messages) if messages else []
     finally:
         sender.close()
     now = timezone.now()
@@ -209,16 +270,39 @@ def _send_action_proofs(proofs: list[ProofSend]) -> None:
     ProofSend.objects.bulk_update(proofs, ["status", "provider_message_id", "error", "sent_at"])
 
 
-def _proof_message(message: Any, channel: str) -> Any:
+def _proof_message(message: Any, channel: str, label: str = "") -> Any:
+    """The message marked as a proof (of variant `label`, when its action has variants)."""
     if channel not in CHANNELS_WITH_SUBJECT:
         return message  # an SMS is its body alone: it goes as the recipients will get it
-    return replace(message, subject=f"{PROOF_SUBJECT_PREFIX}{message.subject}")
+    prefix = PROOF_VARIANT_SUBJECT_PREFIX.format(label=label) if label else PROOF_SUBJECT_PREFIX
+    return replace(message, subject=f"{prefix}{message.subject}")
 
 
 def campaign_proof_sends(*, campaign: Campaign) -> QuerySet[ProofSend]:
     """The campaign's proof sends, newest first, with what a list shows of each."""
     return ProofSend.objects.filter(campaign=campaign).select_related(
         "version", "action", "profile", "requested_by"
+    )
+
+
+def proof_variant_labels(*, campaign: Campaign) -> list[str]:
+    """The variants a proof of the campaign may choose among now: A and the labels of the
+    variants of the version it would prove; [] when that version has none (two queries)."""
+    try:
+        version = preview_version(campaign=campaign)
+    except ValidationError:
+        return []
+    labels = set(Variant.objects.filter(action__version=version).values_list("label", flat=True))
+    return [label for label in VARIANT_LABELS if label == "A" or label in labels] if labels else []
+
+
+def proof_actions_with_variants(sends: Sequence[ProofSend]) -> set[int]:
+    """The actions among the proofs' that have variants, whose proofs a list names by
+    variant (one query)."""
+    return set(
+        Variant.objects.filter(action_id__in={send.action_id for send in sends}).values_list(
+            "action_id", flat=True
+        )
     )
 
 

@@ -13,6 +13,10 @@ engine's own condition per channel (``delivery.reachable_profiles``: consent, ad
 one aggregate query, the sample is rendered by the preview (which runs the engine's
 sender), and an SMS is measured as the preview measures it (``channels.sms``). The cost is
 a fixed number of queries whatever the size of the audience or the number of actions.
+
+The content checks read every content an action sends: its own (variant A) and each
+variant's, each part (subject, text, HTML) named where it is (``actions[0].html_body``,
+``actions[0].variants[1].html_body``), by one function (``action_content_warnings``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ __all__ = [
     "CampaignReview",
     "ChannelReach",
     "Check",
+    "action_content_warnings",
     "activation_review",
     "campaign_review",
     "review_warning_codes",
@@ -233,6 +238,60 @@ def _rule_warnings(version: CampaignVersion, known: set[str]) -> list[Check]:
     ]
 
 
+def _action_contents(action: ChannelAction, where: str) -> list[tuple[str, str, Any]]:
+    """Each content of the action, as (where, variant label, content): its own (variant
+    A, at `where`, unlabelled) and each variant's (``<where>.variants[j]``), in label
+    order. Reads the action's variants (prefetch them: ``review_actions``)."""
+    return [
+        (where, "", action),
+        *(
+            (f"{where}.variants[{j}]", variant.label, variant)
+            for j, variant in enumerate(action.variants.all())
+        ),
+    ]
+
+
+def action_content_warnings(
+    *,
+    action: ChannelAction,
+    where: str,
+    known: set[str],
+    trigger_context: bool = False,
+) -> list[Check]:
+    """What the action's content holds that sends but is worth a look, for its own content
+    and each variant's alike, each part (subject, text, HTML) named where it is
+    (``actions[i].variants[j].html_body``): variables no profile provides, and an SMS
+    over one segment."""
+    label = str(action.get_channel_display())
+    warnings: list[Check] = []
+    for at, variant, content in _action_contents(action, where):
+        warnings.extend(
+            unknown_variable_checks(
+                label=label,
+                where=at,
+                subject=content.subject,
+                body=content.body,
+                html_body=content.html_body,
+                known=known,
+                trigger_context=trigger_context,
+                variant=variant,
+            )
+        )
+        if action.channel == ChannelKind.SMS:
+            length = sms_segments(content.body)
+            if length.segments > 1:
+                warnings.append(
+                    _warning(
+                        ReviewCode.SMS_SEGMENTS,
+                        f"{_who(label, variant)}: the text takes {length.segments} segments "
+                        f"({length.characters} characters in {length.encoding}); each is "
+                        "charged as one message.",
+                        f"{at}.body",
+                    )
+                )
+    return warnings
+
+
 def _content_warnings(
     campaign: Campaign, actions: list[ChannelAction], known: set[str]
 ) -> list[Check]:
@@ -241,27 +300,13 @@ def _content_warnings(
         where = f"actions[{index}]"
         label = action.get_channel_display()
         warnings.extend(
-            unknown_variable_checks(
-                label=label,
+            action_content_warnings(
+                action=action,
                 where=where,
-                subject=action.subject,
-                body=action.body,
                 known=known,
                 trigger_context=campaign.kind == CampaignKind.API_TRIGGERED,
             )
         )
-        if action.channel == ChannelKind.SMS:
-            length = sms_segments(action.body)
-            if length.segments > 1:
-                warnings.append(
-                    _warning(
-                        ReviewCode.SMS_SEGMENTS,
-                        f"{label} action: the text takes {length.segments} segments "
-                        f"({length.characters} characters in {length.encoding}); each is "
-                        "charged as one message.",
-                        f"{where}.body",
-                    )
-                )
         if (
             action.channel == ChannelKind.EMAIL
             and campaign.type == CampaignType.MARKETING
@@ -279,6 +324,11 @@ def _content_warnings(
     return warnings
 
 
+def _who(label: str, variant: str) -> str:
+    """ "Email action", or "Email action, variant C": whose content a warning is about."""
+    return f"{label} action" + (f", variant {variant}" if variant else "")
+
+
 def unknown_variable_checks(
     *,
     label: str,
@@ -287,40 +337,46 @@ def unknown_variable_checks(
     body: str,
     known: set[str],
     trigger_context: bool = False,
+    html_body: str = "",
+    variant: str = "",
 ) -> list[Check]:
-    """The `unknown_variable` warnings of one action's content (`where`: ``actions[i]``,
-    or empty for a form's own fields): at review, and when content is saved."""
+    """The `unknown_variable` warnings of one content (`where`: ``actions[i]`` or
+    ``actions[i].variants[j]`` of `variant`, or empty for a form's own fields), in its
+    subject, body and HTML part: at review, and when content is saved."""
     prefix = f"{where}." if where else ""
     return [
         _warning(
             ReviewCode.UNKNOWN_VARIABLE,
-            f"{label} action, {name}: no profile field or known attribute provides "
+            f"{_who(label, variant)}, {name}: no profile field or known attribute provides "
             f"“profile.{key}”; it renders empty.",
             f"{prefix}{name}",
         )
-        for name, source in (("subject", subject), ("body", body))
+        for name, source in (("subject", subject), ("body", body), ("html_body", html_body))
         for key in unknown_variables(source, known=known, trigger_context=trigger_context)
     ]
+
+
+def review_actions(*, version: CampaignVersion) -> list[ChannelAction]:
+    """The version's actions with their variants, whose content the checks read (one
+    query more, whatever their number)."""
+    return list(version_actions(version=version).prefetch_related("variants"))
 
 
 def version_content_warnings(
     *, version: CampaignVersion, trigger_context: bool = False
 ) -> list[Check]:
     """What saving the version's content warns about without refusing it: variables no
-    profile provides (two queries: the actions, the attribute keys). With
-    `trigger_context` (an API-triggered campaign), ``context.<key>`` is given by the call."""
+    profile provides, in every action's and variant's subject, text and HTML part (three
+    queries: the actions, their variants, the attribute keys). With `trigger_context` (an
+    API-triggered campaign), ``context.<key>`` is given by the call."""
     known = set(profile_attribute_keys())
     return [
         check
-        for index, action in enumerate(version_actions(version=version))
-        for check in unknown_variable_checks(
-            label=str(action.get_channel_display()),
-            where=f"actions[{index}]",
-            subject=action.subject,
-            body=action.body,
-            known=known,
-            trigger_context=trigger_context,
+        for index, action in enumerate(review_actions(version=version))
+        for check in action_content_warnings(
+            action=action, where=f"actions[{index}]", known=known, trigger_context=trigger_context
         )
+        if check.code == ReviewCode.UNKNOWN_VARIABLE
     ]
 
 
@@ -387,7 +443,7 @@ def activation_review(
         errors.append(Check(CheckLevel.ERROR, ReviewCode.NOT_APPROVED, unapproved, "approval"))
     if version is None:
         return CampaignReview(campaign, None, 0, 0, [], None, None, None, errors)
-    actions = list(version_actions(version=version))
+    actions = review_actions(version=version)
     audience, recipients, reaches = _count_reach(campaign, version, actions)
     channels = [
         _channel_reach(action, reach) for action, reach in zip(actions, reaches, strict=True)

@@ -1,5 +1,6 @@
 """The accessibility check every browser test runs (tests/accessibility.py) fails a test
-on a serious or critical violation and lets a clean page through."""
+on a serious or critical violation and lets a clean page through; the admin's preview of an
+experiment's every variant passes it."""
 
 from __future__ import annotations
 
@@ -84,3 +85,23 @@ def test_a_clean_page_passes(browser_page):
     page.goto("http://a11y.test/clean")
     page.finish()
     assert page.axe_checked_urls == ["http://a11y.test/clean"]
+
+
+def test_the_admin_preview_of_every_variant_is_checked_and_passes(
+    admin_page: Any, live_server: Any
+) -> None:
+    """The preview page at its fullest: an experiment's variants, each a labelled section
+    with its own HTML frame, on one page (their ids and frame titles unique)."""
+    from django.urls import reverse
+
+    from tests.campaigns.test_admin_preview_browser import variants_campaign
+    from tests.segments.factories import ProfileFactory
+
+    ann = ProfileFactory.create(external_id="ann-1", attributes={"first_name": "Ann"})
+    campaign = variants_campaign()
+    url = reverse("admin:campaigns_campaign_preview", args=[campaign.pk])
+    admin_page.goto(f"{live_server.url}{url}?profile={ann.pk}")
+    assert admin_page.locator("section[data-variant]").count() == 6
+    admin_page.finish()
+    assert f"{live_server.url}{url}?profile={ann.pk}" in admin_page.axe_checked_urls
+    assert admin_page.axe_violations == []

@@ -19,6 +19,7 @@ from campaigns.choices import (
     EXPERIMENT_MAX_HOLDOUT_SHARE,
     EXPERIMENT_MAX_VARIANTS,
     EXPERIMENT_WINNER_AFTER_MAX_DAYS,
+    VARIANT_LABELS,
     ApprovalStatus,
     CampaignKind,
     CampaignStatus,
@@ -793,11 +794,21 @@ class SmsLengthSerializer(serializers.Serializer[Any]):
     )
 
 
-class ActionPreviewSerializer(serializers.Serializer[Any]):
-    """One action rendered for the profile by the delivery engine's own code."""
+class ContentPreviewSerializer(serializers.Serializer[Any]):
+    """One content of an action (its own, variant A, or one of its variants B–E)
+    rendered for the profile by the delivery engine's own code, as if the profile were in
+    that variant's group."""
 
-    channel = serializers.ChoiceField(choices=ChannelKind.choices)
-    preset = serializers.CharField(help_text="The preset's name.")
+    # A declared field, taken off the class by DRF's metaclass: it does not replace the
+    # serializer's own `label` (which mypy cannot see).
+    label = serializers.CharField(  # type: ignore[assignment]
+        help_text=f"The variant, one of {', '.join(VARIANT_LABELS)}: A is the action's own content."
+    )
+    share = serializers.IntegerField(help_text="Its percent of the tested audience.")
+    profile_gets = serializers.BooleanField(
+        help_text="Whether this is the content the profile would get (its group's; false "
+        "for every variant when it is held out or waits for the winner)."
+    )
     to = serializers.CharField(help_text="The address it would go to; empty when it has none.")
     subject = serializers.CharField(help_text="Email subject or push title; empty otherwise.")
     body = serializers.CharField(help_text="The rendered body (an email's text part).")
@@ -828,6 +839,42 @@ class ActionPreviewSerializer(serializers.Serializer[Any]):
         return data
 
 
+class ActionPreviewSerializer(ContentPreviewSerializer):
+    """One action rendered for the profile by the delivery engine's own code: its own
+    content (variant A), and each of its variants B, C, … in `variants`."""
+
+    channel = serializers.ChoiceField(choices=ChannelKind.choices)
+    preset = serializers.CharField(help_text="The preset's name.")
+    variants = ContentPreviewSerializer(
+        many=True, help_text="The action's variants B, C, …, each rendered for the profile."
+    )
+
+
+class SplitGroupSerializer(serializers.Serializer[Any]):
+    label = serializers.CharField()  # type: ignore[assignment]  # see ContentPreviewSerializer
+    share = serializers.IntegerField(help_text="Percent of the tested audience.")
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        label, share = instance
+        return {"label": label, "share": share}
+
+
+class PreviewExperimentSerializer(serializers.Serializer[Any]):
+    """The profile's place in the campaign's experiment."""
+
+    group = serializers.CharField(
+        help_text="A variant's label, `holdout` (no message of the campaign), or `rest` (a "
+        "“test, then send the winner” campaign's rest, which gets the winner)."
+    )
+    stored = serializers.BooleanField(
+        help_text="Whether planning stored this group; false: computed now as planning "
+        "will store it."
+    )
+    held_out = serializers.BooleanField(help_text="Whether the profile is in the holdout.")
+    holdout_share = serializers.IntegerField(help_text="The version's holdout, in percent.")
+    split = SplitGroupSerializer(many=True, help_text="The version's groups, A first.")
+
+
 class PersonalisationSerializer(serializers.Serializer[Any]):
     profile_fields = serializers.ListField(
         child=serializers.CharField(), help_text="The profile's own fields, e.g. profile.email."
@@ -850,6 +897,10 @@ class CampaignPreviewSerializer(serializers.Serializer[Any]):
         "scheduled, running, or its last run once the campaign has ended; or a past version.",
     )
     profile = PreviewProfileSerializer()
+    experiment = PreviewExperimentSerializer(
+        allow_null=True,
+        help_text="The profile's group when the campaign runs an experiment; else null.",
+    )
     actions = ActionPreviewSerializer(many=True)
     personalisation = PersonalisationSerializer(
         help_text="What content can insert: `{{ <name> }}`."
@@ -864,8 +915,9 @@ class ReviewCheckSerializer(serializers.Serializer[Any]):
     code = serializers.ChoiceField(choices=ReviewCode.choices)
     message = serializers.CharField()
     field = serializers.CharField(
-        help_text="What it is about: segment, start_at, actions[i].preset|subject|body; "
-        "empty for the whole campaign."
+        help_text="What it is about: segment, start_at, actions[i].preset|subject|body|"
+        "html_body, a variant's actions[i].variants[j].subject|body|html_body; empty for "
+        "the whole campaign."
     )
 
 
@@ -973,12 +1025,28 @@ class ProofInputSerializer(serializers.Serializer[Any]):
         required=False,
         help_text="External ids of test profiles to send the proof to.",
     )
+    variants = serializers.ListField(
+        # Labels, checked against the version's by the service (a 400 keyed `variants`).
+        child=serializers.CharField(max_length=1),
+        required=False,
+        max_length=len(VARIANT_LABELS),
+        help_text=f"The variants to send, among {', '.join(VARIANT_LABELS)} (A: each "
+        "action's own content); default: every "
+        "variant of each action. An action with none of them is left out; a variant no "
+        "action has is refused. Each proof's subject is marked with its variant "
+        "(`[Proof B] …`) when its action has variants.",
+    )
 
 
 class ProofSendSerializer(serializers.ModelSerializer[ProofSend]):
     version = serializers.IntegerField(source="version.number", read_only=True)
     channel = serializers.CharField(source="action.channel", read_only=True)
     external_id = serializers.CharField(source="profile.external_id", read_only=True)
+    variant = serializers.CharField(
+        read_only=True,
+        help_text=f"The action's variant sent, one of {', '.join(VARIANT_LABELS)} (A: its own "
+        "content).",
+    )
     requested_by = serializers.CharField(
         source="requested_by.get_username", read_only=True, default=None
     )
@@ -990,6 +1058,7 @@ class ProofSendSerializer(serializers.ModelSerializer[ProofSend]):
             "version",
             "action",
             "channel",
+            "variant",
             "profile",
             "external_id",
             "status",

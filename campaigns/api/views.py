@@ -511,7 +511,8 @@ class CampaignViewSet(CampaignTriggerActions, viewsets.ModelViewSet[Campaign]):
             202: ProofSendSerializer(many=True),
             400: OpenApiResponse(
                 description="No test profile, a named profile that is not one, more than "
-                "SALVO_PROOF_MAX_RECIPIENTS, or a version without actions."
+                "SALVO_PROOF_MAX_RECIPIENTS test profiles, a variant the version lacks, or a "
+                "version without actions."
             ),
         },
     )
@@ -523,9 +524,10 @@ class CampaignViewSet(CampaignTriggerActions, viewsets.ModelViewSet[Campaign]):
         filter_backends=[],
     )
     def proof(self, request: Request, pk: str | None = None) -> Response:
-        """Send every action of the open draft (else the running version) to the test
-        profiles, or to those named, through the presets' real providers, subjects
-        prefixed `[Proof]`. Answers at once with the proof sends, pending: a worker sends
+        """Send every action of the open draft (else the running version), each of its
+        variants (or those named in `variants`), to the test profiles, or to those named,
+        through the presets' real providers, subjects prefixed `[Proof]` (`[Proof B]` for
+        a variant's). Answers at once with the proof sends, pending: a worker sends
         them (`GET …/proofs/` shows their outcome). Needs `campaigns.send_proof`."""
         campaign = self.get_object()
         serializer = ProofInputSerializer(data=request.data)
@@ -536,6 +538,7 @@ class CampaignViewSet(CampaignTriggerActions, viewsets.ModelViewSet[Campaign]):
             user=request.user,
             profiles=chosen.get("profiles", ()),
             external_ids=chosen.get("external_ids", ()),
+            variants=chosen.get("variants", ()),
         )
         return Response(ProofSendSerializer(sends, many=True).data, status.HTTP_202_ACCEPTED)
 

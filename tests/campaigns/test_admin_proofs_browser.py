@@ -78,3 +78,45 @@ def test_send_proof_from_the_campaign_page_and_see_it_arrive(
     assert sink.received("sms") == []
     page.check_now()
     page.screenshot(path="/tmp/salvo-admin-proofs.png", full_page=True)
+
+
+def test_send_a_proof_of_variants_b_and_c_from_the_campaign_page(
+    admin_page: Any, celery_process_factory: Any, live_server: Any
+) -> None:
+    page = admin_page
+    make_profile(external_id="me", email="me@example.com", is_test=True)
+    campaign = make_campaign(
+        name="Spring test",
+        actions=[
+            email_action(
+                subject="A for {{ profile.external_id }}",
+                variants=[
+                    {"share": 30, "subject": "B for {{ profile.external_id }}", "body": "B"},
+                    {"share": 20, "subject": "C for {{ profile.external_id }}", "body": "C"},
+                ],
+            )
+        ],
+    )
+
+    with sinks_and_worker(celery_process_factory) as (sink, _, _):
+        page.goto(f"{live_server.url}{change_url(campaign)}")
+        variants = page.get_by_role("group", name="Variants “Send proof” sends", exact=False)
+        variants.get_by_label("B", exact=True).check()
+        variants.get_by_label("C", exact=True).check()
+        page.get_by_role("button", name="Send proof").click()
+        page.locator(".messagelist", has_text="A proof of version 1").wait_for()
+        assert "(2 messages) to me" in page.locator(".messagelist").inner_text()
+        emails = sink.wait_for(2, channel="email", timeout=60)
+        page.locator('#proofs[data-pending="false"]').wait_for(timeout=30_000)
+
+    assert sorted(e["headers"]["Subject"] for e in emails) == [
+        "[Proof B] B for me",
+        "[Proof C] C for me",
+    ]
+    rows = page.locator("#proofs tbody tr")
+    assert sorted(
+        (row.locator("[data-variant]").inner_text(), row.locator("[data-outcome]").inner_text())
+        for row in rows.all()
+    ) == [("B", "Sent"), ("C", "Sent")]
+    page.check_now()
+    page.locator("#proofs").screenshot(path="/tmp/salvo-admin-proofs-variants.png")

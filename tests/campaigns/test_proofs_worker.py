@@ -72,3 +72,53 @@ def test_a_worker_sends_the_proof_then_the_real_send_still_reaches_the_test_prof
     report = campaign_report(campaign=campaign)
     assert report["total"] == 4
     assert report["by_status"]["sent"] == 4
+
+
+def test_a_worker_sends_a_proof_of_variants_b_and_c_each_with_its_content(
+    celery_process_factory: Any,
+) -> None:
+    tester = make_profile(external_id="tester", is_test=True)
+    campaign = make_campaign(
+        actions=[
+            email_action(
+                subject="A {{ profile.external_id }}",
+                body="Text A",
+                html_body="<p>HTML A</p>",
+                variants=[
+                    {
+                        "share": 30,
+                        "subject": "B {{ profile.external_id }}",
+                        "body": "Text B",
+                        "html_body": "<p>HTML B</p>",
+                    },
+                    {
+                        "share": 20,
+                        "subject": "C {{ profile.external_id }}",
+                        "body": "Text C",
+                        "html_body": "<p>HTML C</p>",
+                    },
+                ],
+            ),
+        ]
+    )
+    with sinks_and_worker(celery_process_factory) as (sink, _, _):
+        campaign_proof_request(campaign=campaign, user=None, variants=["B", "C"])
+        wait_until(
+            lambda: not ProofSend.objects.filter(status=ProofStatus.PENDING).exists(),
+            timeout=60,
+            message="the worker never sent the proof",
+        )
+        emails = sink.wait_for(2, channel="email", timeout=30)
+    received = sorted((e["to"], e["headers"]["Subject"], e["raw"]) for e in emails)
+    assert [(to, subject) for to, subject, _ in received] == [
+        (tester.email, "[Proof B] B tester"),
+        (tester.email, "[Proof C] C tester"),
+    ]
+    assert "Text B" in received[0][2]
+    assert "<p>HTML B</p>" in received[0][2]
+    assert "Text C" in received[1][2]
+    assert "<p>HTML C</p>" in received[1][2]
+    assert sorted(ProofSend.objects.values_list("variant", "status")) == [
+        ("B", ProofStatus.SENT),
+        ("C", ProofStatus.SENT),
+    ]

@@ -32,6 +32,7 @@ from campaigns.api.serializers import (
 from campaigns.approval import require_approved_for_activation, version_approval_text
 from campaigns.choices import (
     ALL_STATUSES,
+    VARIANT_LABELS,
     CampaignKind,
     CampaignStatus,
     DeliveryReason,
@@ -59,7 +60,11 @@ from campaigns.preview import (
     preview_profile,
     preview_version,
 )
-from campaigns.proofs import campaign_proof_request, proof_sends_pending
+from campaigns.proofs import (
+    campaign_proof_request,
+    proof_actions_with_variants,
+    proof_sends_pending,
+)
 from campaigns.review import CampaignReview, campaign_review
 from campaigns.selectors import (
     campaign_delivery_error,
@@ -210,8 +215,9 @@ class Command(BaseCommand):
         proof = commands.add_parser(
             "proof",
             parents=[with_id],
-            help="Send every action of the draft (else the running version) to the test "
-            "profiles, subjects prefixed [Proof].",
+            help="Send every action of the draft (else the running version), each of its "
+            "variants, to the test profiles, subjects prefixed [Proof] ([Proof B] for a "
+            "variant's).",
         )
         proof.add_argument(
             "--profile",
@@ -219,6 +225,15 @@ class Command(BaseCommand):
             default=[],
             metavar="EXTERNAL_ID",
             help="Only this test profile (repeatable; default: every test profile).",
+        )
+        proof.add_argument(
+            "--variant",
+            action="append",
+            default=[],
+            choices=VARIANT_LABELS,
+            metavar="LABEL",
+            help="Only this variant, A (each action's own content) to E (repeatable; "
+            "default: every variant of each action).",
         )
         proof.add_argument(
             "--wait",
@@ -576,36 +591,59 @@ class Command(BaseCommand):
             f"Campaign {campaign.pk} “{campaign.name}”, version {preview.version.number} "
             f"({preview.role}), for profile {preview.profile.external_id}"
         )
+        if preview.experiment is not None:
+            split = ", ".join(f"{label} {share} %" for label, share in preview.experiment.split)
+            out(
+                f"  Experiment: {preview.experiment.words}; holdout "
+                f"{preview.experiment.holdout_share} %, split {split}"
+            )
         for shown in preview.actions:
             out(
                 f"  {shown.channel_label} via {shown.preset}"
                 + (f" to {shown.to}" if shown.to else "")
             )
-            if shown.error:
-                out(f"    error: {shown.error}")
+            if not shown.variants:
+                self._print_preview_content(shown, "    ")
                 continue
-            if shown.skipped:
-                out(f"    not sent to this profile: {shown.skipped}")
-            if shown.subject:
-                out(f"    subject: {shown.subject}")
-            if shown.sms is not None:
-                sms = shown.sms
-                out(f"    {sms.encoding}, {sms.characters} characters, {sms.segments} segment(s)")
-            if shown.payload is not None:
-                out(
-                    textwrap.indent(json.dumps(shown.payload, indent=2, ensure_ascii=False), "    ")
-                )
-            else:
-                out(textwrap.indent(shown.body, "    "))
-            if shown.html is not None:
-                out("    html:")
-                out(textwrap.indent(shown.html, "      "))
+            for content in (shown, *shown.variants):
+                mark = ": what this profile gets" if content.profile_gets else ""
+                out(f"    variant {content.label} ({content.share} %){mark}")
+                self._print_preview_content(content, "      ")
+
+    def _print_preview_content(self, shown: Any, indent: str) -> None:
+        out = self.stdout.write
+        if shown.error:
+            out(f"{indent}error: {shown.error}")
+            return
+        if shown.skipped:
+            out(f"{indent}not sent to this profile: {shown.skipped}")
+        if shown.subject:
+            out(f"{indent}subject: {shown.subject}")
+        if shown.sms is not None:
+            sms = shown.sms
+            out(f"{indent}{sms.encoding}, {sms.characters} characters, {sms.segments} segment(s)")
+        if shown.payload is not None:
+            out(textwrap.indent(json.dumps(shown.payload, indent=2, ensure_ascii=False), indent))
+        else:
+            out(textwrap.indent(shown.body, indent))
+        if shown.html is not None:
+            out(f"{indent}html:")
+            out(textwrap.indent(shown.html, indent + "  "))
 
     def proof_campaign(
-        self, *, user: Any, id: int, profile: list[str], wait: float | None, **options: Any
+        self,
+        *,
+        user: Any,
+        id: int,
+        profile: list[str],
+        variant: list[str],
+        wait: float | None,
+        **options: Any,
     ) -> None:
         campaign = self._campaign(id)
-        sends = campaign_proof_request(campaign=campaign, user=user, external_ids=profile)
+        sends = campaign_proof_request(
+            campaign=campaign, user=user, external_ids=profile, variants=variant
+        )
         ids = [send.pk for send in sends]
         if wait is not None:
             deadline = time.monotonic() + wait
@@ -625,12 +663,17 @@ class Command(BaseCommand):
             profiles = len({send.profile_id for send in sends})
             self.stdout.write(
                 f"Campaign {id} “{campaign.name}”: proof of version {sends[0].version.number} "
-                f"{done} to {profiles} test profile{'s' if profiles != 1 else ''}."
+                f"{done} to {profiles} test profile{'s' if profiles != 1 else ''} "
+                f"({len(sends)} message{'s' if len(sends) != 1 else ''})."
             )
+            labelled = proof_actions_with_variants(sends)
             for send in sends:
                 detail = send.provider_message_id or send.error
+                # An action proved in variants says which; one without, as before.
+                variant_shown = f" {send.variant}" if send.action_id in labelled else ""
                 self.stdout.write(
-                    f"  {send.action.get_channel_display()} → {send.profile.external_id}: "
+                    f"  {send.action.get_channel_display()}{variant_shown} → "
+                    f"{send.profile.external_id}: "
                     f"{send.get_status_display()}{f' ({detail})' if detail else ''}"
                 )
         not_sent = [send for send in sends if wait is not None and send.status != ProofStatus.SENT]
