@@ -51,7 +51,7 @@ def counters_fill(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("campaigns", "0019_variant_html_body"),
+        ("campaigns", "0020_proof_send_variant"),
         ("segments", "0009_consent_provider_sources_keywords"),
     ]
 
