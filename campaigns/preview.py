@@ -43,7 +43,6 @@ from .choices import HOLDOUT_GROUP, REST_GROUP, DeliveryStatus
 from .delivery import PROFILE_VALUES, ActionSender, action_sender, recipient_due, render_error_text
 from .experiments import (
     Split,
-    VariantRenderers,
     bucket_of,
     group_of,
     has_experiment,
@@ -244,18 +243,6 @@ def _show_message(shown: ActionPreview, action: ChannelAction, message: Outbound
             shown.error = str(error)
 
 
-def _skipped_renderers(sender: ActionSender, label: str) -> tuple[Any, Any]:
-    """The renderers the sender would use for group `label` (its ``variants``, as its
-    ``_prepare_one`` picks them), for a profile it skips before rendering."""
-    render, render_html = sender.render, sender.render_html
-    if label != "A" and sender.content is not None:
-        if sender.variants is None:
-            sender.variants = VariantRenderers.of(sender.content, trigger_context=sender.triggered)
-        render = sender.variants.renderer(label, render)
-        render_html = sender.variants.html_renderer(label, render_html)
-    return render, render_html
-
-
 def _preview_content(
     sender: ActionSender, shown: ActionPreview, action: ChannelAction, row: Mapping[str, Any]
 ) -> ActionPreview:
@@ -272,7 +259,8 @@ def _preview_content(
         shown.error = outcome.text
         return shown
     shown.skipped = outcome.text
-    render, render_html = _skipped_renderers(sender, shown.label)
+    # Variant A is the action's own content: no group.
+    render, render_html = sender.renderers(None if shown.label == "A" else shown.label)
     try:
         data = profile_context(row)
         subject, body = render(data)

@@ -40,7 +40,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +63,7 @@ from channels.providers import (
     get_backend,
 )
 from channels.rendering import RenderError, content_renderer, html_renderer, profile_context
+from channels.rendering.renderers import ContentRenderer
 from channels.suppression import suppressed_addresses
 from config.graceful_stop import stop_requested
 from segments.choices import ConsentChannel
@@ -328,6 +329,19 @@ class ActionSender:
                 prepared.messages.append((row, decided))
         return prepared
 
+    def renderers(self, group: str | None) -> tuple[ContentRenderer, Callable[..., str]]:
+        """The renderers of `group`'s content (subject and text, then HTML): its variant's,
+        or the action's own (no group, or an action without that group's variant)."""
+        if group is not None and self.variants is None and self.content is not None:
+            self.variants = VariantRenderers.of(self.content, trigger_context=self.triggered)
+        if not self.variants:
+            return self.render, self.render_html
+        # The group's variant: its subject, text and HTML part.
+        return (
+            self.variants.renderer(group, self.render),
+            self.variants.html_renderer(group, self.render_html),
+        )
+
     def _prepare_one(self, row: Due) -> DeliveryOutcome | OutboundMessage:
         profile = row.profile
         webhook_url = self.preset.webhook_url
@@ -353,12 +367,7 @@ class ActionSender:
             )
         if group == REST_GROUP:  # "test, then send the winner": the rest gets the winner
             group = self.winner()
-        if group is not None and self.variants is None and self.content is not None:
-            self.variants = VariantRenderers.of(self.content, trigger_context=self.triggered)
-        render, render_html = self.render, self.render_html
-        if self.variants:  # the group's variant: its subject, text and HTML part
-            render = self.variants.renderer(group, render)
-            render_html = self.variants.html_renderer(group, render_html)
+        render, render_html = self.renderers(group)
         trigger = self.contexts.get(profile["id"], {}) if self.triggered else None
         data = profile_context(profile)
         subject, body = render(data, trigger)
