@@ -44,6 +44,7 @@ from django.db.models.functions import Coalesce
 
 from .choices import EventKind
 from .conversions import campaign_conversions
+from .counters import counters_add
 from .experiments import experiment_engagement
 from .models import (
     Assignment,
@@ -125,10 +126,10 @@ def engagement_record(firsts: Sequence[tuple[int, str]]) -> None:
         if new:
             for campaign_id, group, kind in _firsts_insert(_PROFILE_FIRSTS, sorted(new)):
                 group_counts[(campaign_id, group, kind)] += 1
-    _counters_add(
+    counters_add(
         EngagementCount, ("execution_id", "action_id", "version_id", "kind"), delivery_counts
     )
-    _counters_add(GroupEngagementCount, ("campaign_id", '"group"', "kind"), group_counts)
+    counters_add(GroupEngagementCount, ("campaign_id", "group", "kind"), group_counts)
 
 
 # (delivery id, kind) pairs per statement: 2 parameters each.
@@ -167,22 +168,6 @@ def _firsts_insert(statement: str, pairs: Sequence[tuple[int, str]]) -> list[tup
     with connection.cursor() as cursor:
         cursor.execute(sql, [value for pair in pairs for value in pair])
         return list(cursor.fetchall())
-
-
-def _counters_add(model: Any, key: Sequence[str], counts: Mapping[tuple[Any, ...], int]) -> None:
-    """Add to the counters with these keys, creating them at need: one INSERT … ON
-    CONFLICT DO UPDATE, in the keys' order."""
-    if not counts:
-        return
-    table = model._meta.db_table
-    rows = sorted(counts.items())
-    values = ", ".join([f"({', '.join(['%s'] * (len(key) + 1))})"] * len(rows))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({', '.join(key)}, count) VALUES {values} "
-            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET count = {table}.count + excluded.count",
-            [value for k, n in rows for value in (*k, n)],
-        )
 
 
 def campaign_engagement(

@@ -71,6 +71,7 @@ from .choices import (
     ExperimentMetric,
 )
 from .conversions import ConversionCount
+from .counters import counters_add
 from .models import (
     Assignment,
     AssignmentCount,
@@ -340,17 +341,11 @@ def assignments_store(
             insert()
     if batch:
         insert()
-    if stored:
-        sizes = sorted(stored.items())
-        counts = AssignmentCount._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f'INSERT INTO {counts} (campaign_id, "group", count) '
-                f"VALUES {', '.join(['(%s, %s, %s)'] * len(sizes))} "
-                'ON CONFLICT (campaign_id, "group") '
-                f"DO UPDATE SET count = {counts}.count + excluded.count",
-                [value for group, n in sizes for value in (campaign_id, group, n)],
-            )
+    counters_add(
+        AssignmentCount,
+        ("campaign_id", "group"),
+        {(campaign_id, group): n for group, n in stored.items()},
+    )
 
 
 def execution_assign(execution: Execution, profile_ids: Iterable[int]) -> None:

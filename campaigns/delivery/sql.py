@@ -52,6 +52,7 @@ from django.utils import timezone
 from segments.models import CONSENT_FIELDS, PROFILE_DATA_FIELDS, AudienceMember, Profile
 
 from ..choices import DeliveryReason, DeliveryStatus
+from ..counters import counters_add
 from ..models import Campaign, ChannelAction, Delivery, DeliveryCount, DeliveryTimeline, Execution
 from ..selectors import SENDING_CAMPAIGN_STATUSES, timeline_bucket
 from .policy import Batch, DeliveryOutcome, Due
@@ -438,33 +439,12 @@ CountKey = tuple[int, int, str, str]
 
 def counts_add(execution_id: int, changes: Mapping[CountKey, int]) -> None:
     """Add to the (action, version, status, reason) counters of an execution, in one
-    statement.
-
-    Last in its transaction, so the counter rows that every worker of the action updates
-    stay locked only for the commit; always in the same order, so two never deadlock."""
-    rows = [(execution_id, *key, n) for key, n in sorted(changes.items()) if n]
-    _add_to_counters(
-        DeliveryCount, ("execution_id", "action_id", "version_id", "status", "reason"), rows
+    statement, last in its transaction (``campaigns.counters``)."""
+    counters_add(
+        DeliveryCount,
+        ("execution_id", "action_id", "version_id", "status", "reason"),
+        {(execution_id, *key): n for key, n in changes.items()},
     )
-
-
-def _add_to_counters(model: Any, key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Add each row's last value to the `count` of the counter with the row's key (the
-    `key` columns, those of the model's unique constraint), creating it at need: one
-    INSERT … ON CONFLICT DO UPDATE for all the rows."""
-    if not rows:
-        return
-    table = table_name(model)
-    count = connection.ops.quote_name("count")
-    columns = ", ".join([*key, count])
-    values = ", ".join([f"({', '.join(['%s'] * (len(key) + 1))})"] * len(rows))
-    sql = (
-        f"INSERT INTO {table} ({columns}) VALUES {values} "
-        f"ON CONFLICT ({', '.join(key)}) "
-        f"DO UPDATE SET {count} = {table}.{count} + excluded.{count}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value for row in rows for value in row])
 
 
 def timeline_add(
@@ -474,5 +454,8 @@ def timeline_add(
     one statement, after `counts_add` (the same order in every transaction)."""
     finished = Counter(o.status for o in outcomes if o.status != D.PENDING)
     bucket = timeline_bucket(now)
-    rows = [(execution_id, action_id, bucket, status, n) for status, n in sorted(finished.items())]
-    _add_to_counters(DeliveryTimeline, ("execution_id", "action_id", "bucket", "status"), rows)
+    counters_add(
+        DeliveryTimeline,
+        ("execution_id", "action_id", "bucket", "status"),
+        {(execution_id, action_id, bucket, status): n for status, n in finished.items()},
+    )
