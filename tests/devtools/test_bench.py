@@ -89,23 +89,26 @@ def test_bench_events_refuses_bad_options_in_one_line(options, error):
     assert str(refused.value) == error
 
 
+def bench_events_summary(monkeypatch, *options: str) -> dict:
+    """What ``bench_events`` with these options prints last: its JSON summary."""
+    for name, value in child_process_env().items():
+        monkeypatch.setenv(name, value)
+    out = StringIO()
+    call_command("bench_events", *options, stdout=out)
+    return json.loads(out.getvalue().splitlines()[-1])
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("format", "per_post"), [("postmark", "1"), ("sendgrid", "7")])
 def test_bench_events_posts_to_the_web_server_and_counts_what_it_ignored(
     transactional_db, monkeypatch, format, per_post
 ):
-    for name, value in child_process_env().items():
-        monkeypatch.setenv(name, value)
-    out = StringIO()
-
-    call_command(
-        "bench_events",
+    summary = bench_events_summary(
+        monkeypatch,
         *("--events", "60", "--clients", "3", "--format", format, "--per-post", per_post),
         *("--duplicates", "0.3"),
-        stdout=out,
     )
 
-    summary = json.loads(out.getvalue().splitlines()[-1])
     assert summary["events"] > 60
     assert summary["duplicates_ignored"] == summary["events"] - 60
     assert summary["events_per_s"] > 0

@@ -4,33 +4,23 @@ it posted), and the report's time is printed."""
 
 from __future__ import annotations
 
-import json
-from io import StringIO
-
 import pytest
-from django.core.management import call_command
 
 from campaigns.models import Campaign, DeliveryEngagement, DeliveryEvent, EngagementCount
-from config.processes import child_process_env
 from devtools.bench.events import ATTACH_PREFIX
+from tests.devtools.test_bench import bench_events_summary
 
 
 @pytest.mark.timeout(300)
 def test_bench_events_attach_counts_the_events_of_real_deliveries_and_times_the_report(
     transactional_db, monkeypatch
 ):
-    for name, value in child_process_env().items():
-        monkeypatch.setenv(name, value)
-    out = StringIO()
-
-    call_command(
-        "bench_events",
+    summary = bench_events_summary(
+        monkeypatch,
         *("--events", "80", "--clients", "3", "--format", "sendgrid", "--per-post", "9"),
         *("--duplicates", "0.3", "--attach"),
-        stdout=out,
     )
 
-    summary = json.loads(out.getvalue().splitlines()[-1])
     assert summary["deliveries"] == 80
     assert summary["report_ms"] > 0
     campaign = Campaign.objects.get(name__startswith=ATTACH_PREFIX)
