@@ -7,6 +7,7 @@ import email
 import random
 import re
 import smtplib
+from email.errors import HeaderParseError
 from email.message import EmailMessage
 from email.policy import default as default_policy
 
@@ -41,6 +42,7 @@ COMPARED_HEADERS = [
     "Content-Type",
     "Content-Transfer-Encoding",
 ]
+LINE_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e]")
 PART_HEADERS = ["Content-Type", "Content-Transfer-Encoding"]
 TEXT = "Hello Ada,\n\nYour order has shipped. " + "Tracking details follow. " * 36 + "\n"
 HTML = "<html><body><p>Hello Ada,</p>" + "<p>Your order has shipped.</p>\n" * 96 + "</body></html>"
@@ -242,11 +244,12 @@ def test_lines_over_998_octets_go_quoted_printable(body: str, html_body: str) ->
     assert b"Content-Transfer-Encoding: quoted-printable" in mine
 
 
-def test_a_line_of_exactly_998_octets_stays_as_it_is() -> None:
-    message = outbound(body="a" * 998 + "\n", html_body="")
+@pytest.mark.parametrize(("line", "encoding"), [("a" * 998, "7bit"), ("é" * 499, "8bit")])
+def test_a_line_of_exactly_998_octets_stays_as_it_is(line: str, encoding: str) -> None:
+    message = outbound(body=line + "\n", html_body="")
     mine = ours(message)
     assert_same_message(mine, djangos(message))
-    assert parse(mine)["Content-Transfer-Encoding"] == "7bit"
+    assert parse(mine)["Content-Transfer-Encoding"] == encoding
 
 
 @pytest.mark.parametrize("line_end", ["\n", "\r", "\r\n"])
@@ -282,6 +285,7 @@ def test_the_messages_headers_may_set_date_and_other_fields() -> None:
         {"subject": "Hello\rBcc: victim@example.com"},
         {"headers": {"List-Unsubscribe": "<https://x.example>\r\nBcc: victim@example.com"}},
         {"to": "ada@example.com\nBcc: victim@example.com"},
+        {"to": "ada@example.com\rBcc: victim@example.com"},
         {"to": "ada@example.com, victim@example.com"},
         {"to": "ada@exa mple.com"},
         {"to": "ada@" + "x" * 64 + ".com"},
@@ -304,6 +308,22 @@ def test_a_newline_in_the_sender_or_reply_to_is_refused(sender: str, reply_to: l
         djangos(outbound(), sender, reply_to)
     with pytest.raises(ValueError):
         ours(outbound(), sender, reply_to)
+
+
+@pytest.mark.parametrize("separator", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e"])
+def test_other_line_breaks_in_headers_are_refused(separator: str) -> None:
+    # Django lets these through: its folding writes them as line ends, and the email package
+    # fails (HeaderParseError, no ValueError) when what follows looks like a header.
+    assert b"Hello\r\nworld\r\n" in djangos(outbound(subject=f"Hello{separator}world"))
+    header_injection = f"Hello{separator}Bcc: victim@example.com"
+    with pytest.raises(HeaderParseError):
+        djangos(outbound(subject=header_injection))
+    with pytest.raises(ValueError):
+        ours(outbound(subject=header_injection))
+    with pytest.raises(ValueError):
+        ours(outbound(headers={"X-Campaign": header_injection}))
+    with pytest.raises(ValueError):
+        ours(outbound(), sender=f'"News{separator}" <news@example.com>')
 
 
 @pytest.mark.parametrize("name", ["X-A\r\nBcc", "X-A: b", "X A", ""])
@@ -394,7 +414,13 @@ def test_random_input_renders_as_django_renders_it(
         to=f"{local}@{domain}",
         headers={"X-Campaign": header, **UNSUBSCRIBE},
     )
-    sender = f'"{name}" <news@{domain}>' if name else f"news@{domain}"
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    sender = f'"{quoted}" <news@{domain}>' if name else f"news@{domain}"
+    if LINE_BREAKS.search(subject + name + header):
+        # Django's folding turns these into line ends; Salvo refuses them as it refuses CR, LF.
+        with pytest.raises(ValueError):
+            ours(message, sender, [f"help@{domain}"])
+        return
     _same_or_both_refused(message, sender, [f"help@{domain}"])
 
 

@@ -18,7 +18,9 @@ written as they are and longer ones folded at their spaces; only non-ASCII text 
 
 Where Django would write something no server should receive, this refuses or does better:
 header names must be RFC 5322 field names (Django writes ``"X-A\\r\\nBcc: x"`` as it is),
-a header word too long to fit 998 octets is refused (or, in the Subject, encoded), and a body
+a header value with a vertical tab, form feed or file, group or record separator is refused
+(Django's folding makes them line ends: a header injection), a header word too long to fit
+998 octets is refused (or, in the Subject, encoded), and a body
 is quoted-printable when any physical line is over 998 octets (Django measures lines split
 by ``str.splitlines``, which also splits at U+2028 and friends that are no line end on the
 wire).
@@ -56,8 +58,9 @@ _UTF8_QP = Charset(CHARSET)
 _UTF8_QP.body_encoding = QP
 # A line end in a body, as the email package's generator reads them.
 _LINE_END = re.compile(r"\r\n|\r|\n")
-# A physical body line too long for SMTP, once the line ends are CRLF.
-_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE_OCTETS + 1))
+# What ends a line in a header value: CR and LF, which Django refuses, and the other ASCII
+# line breaks of str.splitlines, which Django's folding (email.header) turns into CRLF.
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e]")
 # RFC 5322 3.6.8: printable ASCII but the colon.
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
 # An address Django's sanitize_address would give back unchanged: a dot-atom local part
@@ -160,7 +163,7 @@ def message_bytes(
 def _field(name: str, value: str) -> str:
     """One header field, ``name: value`` folded to lines of 78 columns where it can be,
     CRLF-terminated; non-ASCII text as RFC 2047 encoded-words, as Django encodes it."""
-    if "\n" in value or "\r" in value:
+    if _LINE_BREAK.search(value):
         raise ValueError(f"Header values can't contain newlines (got {value!r} for {name!r})")
     if value.isascii():
         if len(name) + len(value) <= FOLD_COLUMNS - 2:
@@ -258,16 +261,22 @@ def _date_field(localtime: bool) -> str:
 
 def _body(text: str) -> tuple[bytes, str]:
     """A body's bytes with CRLF line ends, and its Content-Transfer-Encoding."""
-    if "\r" in text:
-        text = "\r\n".join(_LINE_END.split(text))
-    else:
-        text = text.replace("\n", "\r\n")
-    data = text.encode(CHARSET)
-    if len(data) > MAX_LINE_OCTETS and _LONG_LINE.search(data):
+    lines = _LINE_END.split(text) if "\r" in text else text.split("\n")
+    # A UTF-8 character is at most 4 octets: only a line longer than 249 can be too long.
+    if max(map(len, lines)) > MAX_LINE_OCTETS // 4 and _has_long_line(lines):
         # Quoted-printable shortens the long lines (Django's choice, #22561).
         encoded = _UTF8_QP.body_encode(text)
         return "\r\n".join(_LINE_END.split(encoded)).encode("ascii"), "quoted-printable"
+    data = "\r\n".join(lines).encode(CHARSET)
     return data, "7bit" if data.isascii() else "8bit"
+
+
+def _has_long_line(lines: list[str]) -> bool:
+    return any(
+        len(line) > MAX_LINE_OCTETS or len(line.encode(CHARSET)) > MAX_LINE_OCTETS
+        for line in lines
+        if len(line) > MAX_LINE_OCTETS // 4
+    )
 
 
 def _part_head(subtype: str, encoding: str) -> bytes:
