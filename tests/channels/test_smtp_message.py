@@ -42,6 +42,8 @@ COMPARED_HEADERS = [
     "Content-Type",
     "Content-Transfer-Encoding",
 ]
+# What Django's and Salvo's refusals say.
+REFUSED = r"newlines|[Ii]nvalid address|not a header name|too long"
 LINE_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e]")
 PART_HEADERS = ["Content-Type", "Content-Transfer-Encoding"]
 TEXT = "Hello Ada,\n\nYour order has shipped. " + "Tracking details follow. " * 36 + "\n"
@@ -120,7 +122,8 @@ def assert_wire_safe(data: bytes) -> None:
     assert head.isascii(), head
     lines = data.split(b"\r\n")
     assert max(map(len, lines)) <= 998
-    assert b"\n" not in b"".join(lines) and b"\r" not in b"".join(lines), "a bare line end"
+    assert b"\n" not in b"".join(lines), "a bare LF"
+    assert b"\r" not in b"".join(lines), "a bare CR"
 
 
 def assert_same_message(mine: bytes, reference: bytes) -> None:
@@ -195,9 +198,8 @@ def test_non_ascii_subject_names_bodies_and_domains(html_body: str) -> None:
 def test_a_non_ascii_local_part_is_encoded_as_django_encodes_it() -> None:
     message = outbound(to="jürgen@example.com")
     assert_same_message(ours(message), djangos(message))
-    assert envelope_address("jürgen@example.com") == sanitize_address(
-        "jürgen@example.com", "utf-8"
-    )
+    address = "jürgen@example.com"
+    assert envelope_address(address) == sanitize_address(address, "utf-8")
 
 
 @pytest.mark.parametrize(
@@ -293,9 +295,9 @@ def test_the_messages_headers_may_set_date_and_other_fields() -> None:
 )
 def test_header_injection_and_bad_addresses_are_refused_like_django(fields: dict) -> None:
     message = outbound(**fields)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         djangos(message)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         ours(message)
 
 
@@ -304,9 +306,9 @@ def test_header_injection_and_bad_addresses_are_refused_like_django(fields: dict
     [("News\n <news@example.com>", REPLY_TO), (SENDER, ["help@example.com\nBcc: x@y.z"])],
 )
 def test_a_newline_in_the_sender_or_reply_to_is_refused(sender: str, reply_to: list[str]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         djangos(outbound(), sender, reply_to)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         ours(outbound(), sender, reply_to)
 
 
@@ -318,23 +320,23 @@ def test_other_line_breaks_in_headers_are_refused(separator: str) -> None:
     header_injection = f"Hello{separator}Bcc: victim@example.com"
     with pytest.raises(HeaderParseError):
         djangos(outbound(subject=header_injection))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         ours(outbound(subject=header_injection))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         ours(outbound(headers={"X-Campaign": header_injection}))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         ours(outbound(), sender=f'"News{separator}" <news@example.com>')
 
 
 @pytest.mark.parametrize("name", ["X-A\r\nBcc", "X-A: b", "X A", ""])
 def test_a_header_name_that_is_none_is_refused(name: str) -> None:
     # Django writes these as they are; a name with a line end injects a header.
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         ours(outbound(headers={name: "v"}))
 
 
 def test_a_header_word_longer_than_a_line_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         ours(outbound(headers={"List-Unsubscribe": "<https://x.example/" + "u" * 1000 + ">"}))
 
 
@@ -357,9 +359,9 @@ def test_envelope_addresses_are_what_django_sends(address: str, expected: str) -
 
 @pytest.mark.parametrize("address", ["", "ada@", "ada@a..b", "a@b, c@d", "ada@" + "x" * 64])
 def test_envelope_addresses_django_refuses_are_refused(address: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         sanitize_address(address, "utf-8")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         envelope_address(address)
 
 
@@ -367,7 +369,7 @@ def test_envelope_addresses_django_refuses_are_refused(address: str) -> None:
 def test_envelope_addresses_without_a_domain_or_with_a_line_end_are_refused(address: str) -> None:
     # Django lets these through ("a@b\nc" as "a@bc", "<>" with a TypeError); no server can
     # route them.
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSED):
         envelope_address(address)
 
 
@@ -388,7 +390,7 @@ def _same_or_both_refused(message: OutboundMessage, sender: str, reply_to: list[
     try:
         reference = djangos(message, sender, reply_to)
     except ValueError:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=REFUSED):
             ours(message, sender, reply_to)
         return
     assert_same_message(ours(message, sender, reply_to), reference)
@@ -418,7 +420,7 @@ def test_random_input_renders_as_django_renders_it(
     sender = f'"{quoted}" <news@{domain}>' if name else f"news@{domain}"
     if LINE_BREAKS.search(subject + name + header):
         # Django's folding turns these into line ends; Salvo refuses them as it refuses CR, LF.
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=REFUSED):
             ours(message, sender, [f"help@{domain}"])
         return
     _same_or_both_refused(message, sender, [f"help@{domain}"])
