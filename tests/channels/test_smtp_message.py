@@ -303,9 +303,14 @@ def test_header_injection_and_bad_addresses_are_refused_like_django(fields: dict
 
 @pytest.mark.parametrize(
     ("sender", "reply_to"),
-    [("News\n <news@example.com>", REPLY_TO), (SENDER, ["help@example.com\nBcc: x@y.z"])],
+    [
+        ("News\n <news@example.com>", REPLY_TO),
+        (SENDER, ["help@example.com\nBcc: x@y.z"]),
+        (SENDER, ["Hülfe <>"]),
+        ("Ünd <news@>", REPLY_TO),
+    ],
 )
-def test_a_newline_in_the_sender_or_reply_to_is_refused(sender: str, reply_to: list[str]) -> None:
+def test_a_bad_sender_or_reply_to_is_refused(sender: str, reply_to: list[str]) -> None:
     with pytest.raises(ValueError, match=REFUSED):
         djangos(outbound(), sender, reply_to)
     with pytest.raises(ValueError, match=REFUSED):

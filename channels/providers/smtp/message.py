@@ -174,7 +174,10 @@ def _field(name: str, value: str) -> str:
         if name.lower() != "subject":
             raise ValueError(f"Header {name!r} has a word too long for a line of 998 octets.")
     elif name.lower() in ADDRESS_HEADERS:
-        encoded = ", ".join(sanitize_address(a, CHARSET) for a in getaddresses((value,)))
+        try:
+            encoded = ", ".join(sanitize_address(a, CHARSET) for a in getaddresses((value,)))
+        except TypeError as exc:  # Django's parser has no answer for some input, e.g. "<>"
+            raise ValueError(f"Invalid address in {name!r}: {value!r}") from exc
         # sanitize_address folds a long encoded name with "\n "; fold the whole field again.
         folded = _fold(name, encoded.replace("\n", ""))
         if folded is None:
