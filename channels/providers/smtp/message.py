@@ -289,10 +289,10 @@ def _part_head(subtype: str, encoding: str) -> bytes:
     ).encode()
 
 
-def _boundary(*bodies: bytes) -> str:
+def _boundary(text: bytes, html: bytes) -> str:
     """A multipart boundary in the email package's form, absent from the bodies."""
     while True:
         boundary = f"==============={_BOUNDARY_RANDOM.getrandbits(63):019d}=="
         encoded = boundary.encode()
-        if not any(encoded in body for body in bodies):
+        if encoded not in text and encoded not in html:
             return boundary
