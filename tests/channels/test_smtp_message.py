@@ -120,6 +120,7 @@ def parse(data: bytes) -> EmailMessage:
 def assert_wire_safe(data: bytes) -> None:
     head, _, _ = data.partition(b"\r\n\r\n")
     assert head.isascii(), head
+    assert data.endswith(b"\r\n")
     lines = data.split(b"\r\n")
     assert max(map(len, lines)) <= 998
     assert b"\n" not in b"".join(lines), "a bare LF"
