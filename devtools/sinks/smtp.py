@@ -106,6 +106,8 @@ class SmtpSession(asyncio.Protocol):
         # A reply is awaited (a slow message, STARTTLS): hold the buffer until it is done.
         self._busy = False
         self._closing = False
+        # A command line over MAX_LINE was answered before its end arrived: skip to it.
+        self._overlong = False
         self._greeted = False
         self._tls = False
         self._authenticated = False
@@ -163,11 +165,17 @@ class SmtpSession(asyncio.Protocol):
             end = buffer.find(b"\n")
             if end < 0:
                 if len(buffer) >= MAX_LINE:
+                    # Answered now; the rest of the line, when it comes, is dropped.
                     del buffer[:]
-                    self._reply("500 5.5.2 Line too long")
+                    if not self._overlong:
+                        self._overlong = True
+                        self._reply("500 5.5.2 Line too long")
                 break
             line = bytes(buffer[: end + 1])
             del buffer[: end + 1]
+            if self._overlong:
+                self._overlong = False
+                continue
             if len(line) > MAX_LINE:
                 self._reply("500 5.5.2 Line too long")
                 continue

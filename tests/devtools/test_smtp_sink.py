@@ -251,6 +251,11 @@ def test_the_limits_of_rfc_5321():
         assert client.reply()[0] == 500
         client.send(b"NOOP " + b"x" * 993 + b"\r\n")
         assert client.reply()[0] == 250
+        # One answered before its end came: the rest of it is not another command.
+        client.send(b"NOOP " + b"x" * 2000)
+        assert client.reply()[0] == 500
+        client.send(b"x" * 500 + b"\r\nNOOP\r\n")
+        assert client.reply()[0] == 250
         # A third recipient, and a SIZE declared over the limit.
         client.send(
             b"MAIL FROM:<n@example.com>\r\n"
