@@ -1,7 +1,7 @@
 """The delivery benchmark, end to end, against the naive design in the same run.
 
     manage.py bench_delivery --profiles 1000000 --channels email,sms [--workers 2]
-                             [--naive-profiles 5000] [--smtp-profiles 10000]
+                             [--naive-profiles 5000] [--smtp-profiles 100000]
                              [--esp mailgun|postmark|sendgrid|ses|none] [--esp-profiles N]
 
 Meant for PostgreSQL + Redis (`make services`); it runs on the embedded default too, slowly.
@@ -13,8 +13,12 @@ one Celery task per recipient that renders, sends and saves one row — as a rat
 messages accepted twice for one delivery id at the sinks.
 
 Email goes through the HTTP batch email API (``channels.providers.email_api``), as a
-high-volume sender's would; a separate run over SMTP on a smaller audience is printed as a
-human line (not in the JSON), so that both figures are known. And the same audience once
+high-volume sender's would. A separate run sends one personalised email action over SMTP
+(``--smtp-profiles``, default 100,000, at most ``--profiles``) to the sink's own SMTP server
+(``devtools.sinks.smtp``, which advertises PIPELINING), with the same worker processes, and
+adds `smtp_messages_per_s` (messages the sink accepted per second, activation to Completed),
+`smtp_first_message_s` and `smtp_duplicates` to the JSON (null without the run: no email in
+``--channels``, or ``--smtp-profiles 0``). And the same audience once
 more (``--esp-profiles``, default ``--profiles``) with email through django-anymail's own
 backend for an ESP (``--esp``, default Mailgun, whose batch call carries personalised
 content, as SendGrid's does; Postmark's carries one content only) to the sink's emulation
@@ -43,7 +47,8 @@ Human lines first; the last line is one JSON object with exactly the keys `profi
 `export_rows_per_s`, `export_peak_rss_mb`, and (unless `--no-cap-runs`) the frequency caps'
 figures `deliveries_per_s_marketing`, `deliveries_per_s_with_cap` and `cap_cost_pct`: the
 same audience sent by a marketing campaign twice more, without and then with one active
-cap rule that nobody reaches (``caps``; the issue's target: the check costs at most 15%).
+cap rule that nobody reaches (``caps``; the issue's target: the check costs at most 15%),
+the SMTP run's three keys, and with an ESP run its three.
 
 ``DeliveryBenchmark`` (``delivery``) runs it; ``data`` generates the profiles and campaigns,
 ``processes`` starts and samples the worker and the web process, ``pages`` times the pages.

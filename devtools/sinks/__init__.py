@@ -2,7 +2,13 @@
 
 One process, one asyncio loop, two loopback servers:
 
-* an SMTP sink (aiosmtpd) for ``channels.providers.email.EmailBackend``;
+* an SMTP sink for ``channels.providers.email.EmailBackend``: the project's own asyncio
+  server (``devtools.sinks.smtp``), cheap per message, that advertises PIPELINING (or, with
+  ``--smtp-no-pipelining``, counts the commands a client sends before the previous reply),
+  8BITMIME, ENHANCEDSTATUSCODES and SIZE, offers STARTTLS with ``--smtp-tls-cert/-key`` and
+  AUTH PLAIN/LOGIN with ``--smtp-auth USER:PASSWORD``, and keeps RFC 5321's limits; it counts
+  accepted messages, recipients and duplicates by ``X-Salvo-Delivery-Id``
+  (``GET /_sink/smtp`` on the HTTP port, ``RunningSinks.smtp_counters()``);
 * an HTTP sink for the SMS, push and webhook backends (any ``POST /<channel>…``), with the
   bulk endpoints of the SMS, push and email HTTP APIs (``POST /<channel>/batch`` with
   ``{"messages": [...]}``, answered with one result per message: see
@@ -25,7 +31,9 @@ request) as real providers do: a key it has already accepted is answered with th
 answer again and is not a new message. Such a repeat is still recorded, with
 ``"repeat": true``: ``received()`` leaves repeats out (what the recipient got), while
 ``repeats()`` and ``duplicates()`` count them (what was sent twice). The SMTP sink, like
-SMTP itself, has no idempotency key: a repeat there is a second email.
+SMTP itself, has no idempotency key: a repeat there is a second email. Its records of one
+read from a connection are written together; without ``content`` the delivery id is found
+by a byte search in the header block, not a parse.
 
 The sinks can be told to fail, per recipient pattern (a regular expression searched in the
 address, phone, token or URL path):

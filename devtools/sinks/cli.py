@@ -8,12 +8,14 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .rules import FailureRules
 from .server import SinkServer
+from .smtp import DEFAULT_MAX_RECIPIENTS, DEFAULT_SIZE_LIMIT, SmtpOptions
 
 if TYPE_CHECKING:
     from django.core.management.base import OutputWrapper
@@ -59,6 +61,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--throttle", default=env("SALVO_SINK_THROTTLE", ""), metavar="PATTERN[:K[:SECONDS]]"
     )
     parser.add_argument("--slow", default=env("SALVO_SINK_SLOW", ""), metavar="PATTERN[:SECONDS]")
+    smtp = parser.add_argument_group("SMTP sink")
+    smtp.add_argument(
+        "--smtp-no-pipelining",
+        action="store_true",
+        help="Do not advertise PIPELINING; count the commands a client sends early anyway.",
+    )
+    smtp.add_argument("--smtp-tls-cert", default="", metavar="PEM", help="Offer STARTTLS.")
+    smtp.add_argument("--smtp-tls-key", default="", metavar="PEM")
+    smtp.add_argument(
+        "--smtp-auth",
+        default=env("SALVO_SINK_SMTP_AUTH", ""),
+        metavar="USER:PASSWORD",
+        help="Offer AUTH PLAIN and LOGIN, and refuse MAIL before it.",
+    )
+    smtp.add_argument("--smtp-size-limit", type=int, default=DEFAULT_SIZE_LIMIT, metavar="BYTES")
+    smtp.add_argument("--smtp-max-recipients", type=int, default=DEFAULT_MAX_RECIPIENTS)
+
+
+def smtp_options_from(options: dict[str, Any]) -> SmtpOptions:
+    context = None
+    if options.get("smtp_tls_cert"):
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(options["smtp_tls_cert"], options.get("smtp_tls_key") or None)
+    credentials = {}
+    if options.get("smtp_auth"):
+        user, _, password = options["smtp_auth"].partition(":")
+        credentials[user] = password
+    return SmtpOptions(
+        pipelining=not options.get("smtp_no_pipelining"),
+        size_limit=options.get("smtp_size_limit") or DEFAULT_SIZE_LIMIT,
+        max_recipients=options.get("smtp_max_recipients") or DEFAULT_MAX_RECIPIENTS,
+        ssl_context=context,
+        credentials=credentials,
+    )
 
 
 def rules_from_options(options: dict[str, Any]) -> FailureRules:
@@ -90,6 +126,7 @@ def serve(options: dict[str, Any], *, announce: TextIO | OutputWrapper = sys.std
             http_port=options["http_port"],
             content=not options["no_content"],
             fcm_key_file=Path(options["fcm_key_file"]),
+            smtp_options=smtp_options_from(options),
         )
         await sink.start()
         stopped = asyncio.Event()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from . import twilio
 from .esp import anymail_settings
 from .records import count_duplicates, read_records
 from .rules import FailureRules
+from .server import SMTP_COUNTERS_PATH
 from .ses import ses_client_params, ses_env
 
 SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
@@ -44,6 +46,18 @@ class RunningSinks:
     record: Path
     # The FCM emulation's service-account key (devtools.sinks.fcm).
     fcm_key_file: Path
+    # AUTH credentials the SMTP sink asks for ("" when it does not).
+    smtp_user: str = ""
+    smtp_password: str = ""
+
+    def smtp_counters(self) -> dict[str, Any]:
+        """The SMTP sink's counters: ``messages``, ``recipients``, ``duplicates``
+        (accepted), ``sessions``, and ``early_commands`` / ``early_verbs`` (commands sent
+        before the previous reply while PIPELINING was not advertised)."""
+        url = f"{self.http_url}{SMTP_COUNTERS_PATH}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            counters: dict[str, Any] = json.load(response)
+        return counters
 
     @property
     def http_url(self) -> str:
@@ -102,8 +116,8 @@ class RunningSinks:
             "EMAIL_BACKEND": EMAIL_API_BACKEND if email_api else SMTP_BACKEND,
             "EMAIL_HOST": self.host,
             "EMAIL_PORT": self.smtp_port,
-            "EMAIL_HOST_USER": "",
-            "EMAIL_HOST_PASSWORD": "",
+            "EMAIL_HOST_USER": self.smtp_user,
+            "EMAIL_HOST_PASSWORD": self.smtp_password,
             "EMAIL_USE_TLS": False,
             "EMAIL_USE_SSL": False,
             "SALVO_SMS_PROVIDER": {"url": f"{self.http_url}/sms", "api_key": "sink-key"},
@@ -165,12 +179,19 @@ def running_sinks(
     content: bool = True,
     host: str = "127.0.0.1",
     startup_timeout: float = 10.0,
+    smtp_pipelining: bool = True,
+    smtp_tls: tuple[Path | str, Path | str] | None = None,
+    smtp_auth: tuple[str, str] | None = None,
+    smtp_size_limit: int | None = None,
+    smtp_max_recipients: int | None = None,
     **rules: Any,
 ) -> Iterator[RunningSinks]:
     """Run the sinks in a child process on free loopback ports until the block ends.
 
     ``rules`` are ``FailureRules`` fields (``reject="bad"``, ``flaky="retry"``,
-    ``flaky_times=2``…). Without ``record`` the attempts go to a temporary file.
+    ``flaky_times=2``…). Without ``record`` the attempts go to a temporary file. The SMTP
+    sink advertises PIPELINING unless ``smtp_pipelining`` is false, offers STARTTLS with
+    ``smtp_tls`` (certificate and key files) and AUTH with ``smtp_auth`` (user, password).
     """
     # Imported here: the sink's own process (``python -m devtools.sinks``) runs without
     # Django, and importing ``config`` starts the Celery application.
@@ -183,6 +204,16 @@ def running_sinks(
         command = [sys.executable, "-m", "devtools.sinks", "--host", host, "--record", str(record)]
         command += ["--smtp-port", "0", "--http-port", "0", "--fcm-key-file", str(fcm_key_file)]
         command += FailureRules(**rules).as_args() + ([] if content else ["--no-content"])
+        if not smtp_pipelining:
+            command.append("--smtp-no-pipelining")
+        if smtp_tls is not None:
+            command += ["--smtp-tls-cert", str(smtp_tls[0]), "--smtp-tls-key", str(smtp_tls[1])]
+        if smtp_auth is not None:
+            command += ["--smtp-auth", ":".join(smtp_auth)]
+        if smtp_size_limit is not None:
+            command += ["--smtp-size-limit", str(smtp_size_limit)]
+        if smtp_max_recipients is not None:
+            command += ["--smtp-max-recipients", str(smtp_max_recipients)]
         process = subprocess.Popen(
             command,
             cwd=BASE_DIR,
@@ -197,6 +228,8 @@ def running_sinks(
                 http_port=ready["http_port"],
                 record=Path(record),
                 fcm_key_file=fcm_key_file,
+                smtp_user=smtp_auth[0] if smtp_auth else "",
+                smtp_password=smtp_auth[1] if smtp_auth else "",
             )
         finally:
             stop_process(process, grace_s=5)

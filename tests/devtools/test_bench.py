@@ -73,6 +73,35 @@ def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_d
     assert "naive design: 10 profiles × 2 channels…" in lines
     # No email channel, so no run over SMTP.
     assert not any(line.startswith("email over SMTP") for line in lines)
+    assert summary["smtp_messages_per_s"] is None
+    assert summary["smtp_duplicates"] is None
+
+
+@pytest.mark.worker
+@pytest.mark.timeout(600)
+def test_bench_delivery_measures_email_over_smtp_at_the_sink(transactional_db, monkeypatch):
+    for name, value in child_process_env().items():
+        monkeypatch.setenv(name, value)
+    out = StringIO()
+
+    call_command(
+        "bench_delivery",
+        *("--profiles", "30", "--channels", "email", "--workers", "1", "--esp", "none"),
+        *("--naive-profiles", "0", "--no-cap-runs", "--timeout", "300"),
+        stdout=out,
+    )
+
+    *lines, last = out.getvalue().splitlines()
+    summary = json.loads(last)
+    # --smtp-profiles defaults to 100,000, at most --profiles.
+    assert any(
+        line.startswith("email over SMTP to the sink: ") and "(30 accepted of 30 profiles" in line
+        for line in lines
+    )
+    assert summary["smtp_messages_per_s"] > 0
+    assert summary["smtp_first_message_s"] is not None
+    assert summary["smtp_duplicates"] == 0
+    assert summary["duplicates"] == 0
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,8 @@ class Command(BaseCommand):
             "--smtp-profiles",
             type=int,
             default=None,
-            help="Audience of the email-over-SMTP run (default: 1%% of --profiles, 1000 to "
-            "10000; 0 skips).",
+            help="Audience of the email-over-SMTP run, one personalised email each (default: "
+            "100000, at most --profiles; 0 skips).",
         )
         parser.add_argument(
             "--esp",
@@ -72,7 +72,7 @@ class Command(BaseCommand):
             naive_n = max(500, min(5000, n // 100))
         smtp_n = options["smtp_profiles"]
         if smtp_n is None:
-            smtp_n = max(1000, min(10_000, n // 100))
+            smtp_n = min(100_000, n)
         esp_n = n if options["esp_profiles"] is None else options["esp_profiles"]
         if not 0 <= esp_n <= n:
             # The run through anymail sends to the main run's profiles again.
