@@ -1,13 +1,16 @@
 """`manage.py bench_audience --profiles N`: how fast audiences are built, on PostgreSQL.
 
 1. generates N profiles with realistic attributes by COPY (psycopg 3);
-2. times the estimate of a 3-condition rule over them (median of 3 runs);
+2. times the live estimate of a 3-condition rule over them (what the segment builder shows:
+   sampled on a large table) and its exact count (what an activation counts), each the
+   median of 3 runs, and prints how far the estimate is from the count;
 3. times a snapshot of an N-member segment (one INSERT … SELECT; median of 3 runs, as
    a two-second figure on a shared machine varies by a fifth from run to run);
 4. writes a CSV of N new profiles and imports it with `manage.py import_profiles` in a
    child process, timing it and reading the child's peak RSS (the import path alone);
 then removes what it made (unless --keep). The last line printed is one JSON object with
-exactly: profiles, import_rows_per_s, import_peak_rss_mb, estimate_s, snapshot_rows_per_s.
+exactly: profiles, import_rows_per_s, import_peak_rss_mb, estimate_s, count_s,
+snapshot_rows_per_s.
 """
 
 from __future__ import annotations
@@ -130,11 +133,19 @@ class Command(BaseCommand):
                 cursor.execute(f"VACUUM ANALYZE {Profile._meta.db_table}")
 
         rule = services.segment_create(user=None, name=f"{PREFIX}3 conditions", rules=ESTIMATE_RULE)
-        timings, count = _three_runs(lambda: selectors.segment_estimate(segment=rule))
+        timings, estimate = _three_runs(lambda: selectors.segment_estimate(segment=rule))
         estimate_s = statistics.median(timings)
         self.say(
-            f"estimate of a 3-condition rule: {count:,} of {n:,} profiles in "
+            f"estimate of a 3-condition rule: {estimate} of {n:,} profiles in "
             f"{estimate_s:.3f} s (median of 3: {', '.join(f'{t:.3f}' for t in timings)})"
+        )
+        timings, count = _three_runs(lambda: selectors.segment_count(segment=rule))
+        count_s = statistics.median(timings)
+        error = estimate.count - count
+        self.say(
+            f"exact count of the same rule: {count:,} in {count_s:.3f} s (median of 3: "
+            f"{', '.join(f'{t:.3f}' for t in timings)}); the estimate is off by {error:+,} "
+            f"({error / max(count, 1):+.2%}), its margin ±{estimate.margin:,}"
         )
 
         everyone = services.segment_create(user=None, name=f"{PREFIX}everyone", rules={"all": []})
@@ -170,6 +181,7 @@ class Command(BaseCommand):
             "import_rows_per_s": round(import_rate),
             "import_peak_rss_mb": round(peak_mb, 1),
             "estimate_s": round(estimate_s, 4),
+            "count_s": round(count_s, 4),
             "snapshot_rows_per_s": round(snapshot_rate),
         }
 
