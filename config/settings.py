@@ -326,6 +326,15 @@ SALVO_TRIGGER_MAX_RECIPIENTS = env.int("SALVO_TRIGGER_MAX_RECIPIENTS", default=1
 # marketer types): each estimate's queries stop after this many milliseconds, answered 503
 # with a message to narrow the rules, so a heavy tree cannot tie up the database.
 SALVO_SEGMENT_ESTIMATE_TIMEOUT_MS = env.int("SALVO_SEGMENT_ESTIMATE_TIMEOUT_MS", default=3000)
+# On PostgreSQL, once the profiles table holds more than SAMPLE_ABOVE rows, the live estimate
+# (the builder's figure, a segment's page, the API's estimate) counts the pages of a sample
+# holding about SAMPLE_ROWS rows and says so, with its 95% margin; activation always counts
+# exactly (segments.selectors.estimate_sample_percent). Measured at 10M profiles on 2 cores:
+# 100,000 rows (1% of the pages) take 0.1-0.25 s, margin ±3.4%; 400,000 rows ±1.6%, 0.65 s.
+SALVO_SEGMENT_ESTIMATE_SAMPLE_ABOVE = env.int(
+    "SALVO_SEGMENT_ESTIMATE_SAMPLE_ABOVE", default=1_000_000
+)
+SALVO_SEGMENT_ESTIMATE_SAMPLE_ROWS = env.int("SALVO_SEGMENT_ESTIMATE_SAMPLE_ROWS", default=100_000)
 
 # --- Celery -------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")

@@ -281,12 +281,19 @@ class SegmentAdmin(ListTitledAdmin):
     @admin.display(description="Estimate")
     def estimate(self, obj: Segment) -> str:
         try:
-            count = selectors.segment_estimate(segment=obj)
+            estimate = selectors.segment_estimate(segment=obj)
         except ValidationError as error:
             return format_html(
                 '<span class="errornote">Invalid rules: {}</span>', "; ".join(error.messages)
             )
-        return format_html("<strong>{}</strong> profiles match now", f"{count:,}")
+        if estimate.exact:
+            return format_html("<strong>{}</strong> profiles match now", f"{estimate.count:,}")
+        return format_html(
+            "<strong>≈ {} ± {}</strong> profiles match now (sampled: counted over a part of "
+            "the profiles table, 95% margin; activation counts exactly)",
+            f"{estimate.count:,}",
+            f"{estimate.margin:,}",
+        )
 
     def _preview(
         self, request: HttpRequest, segment: Segment, limit: int = selectors.PREVIEW_LIMIT
@@ -374,7 +381,9 @@ class SegmentAdmin(ListTitledAdmin):
     def rules_estimate_view(self, request: HttpRequest) -> JsonResponse:
         """POST `{"rules": tree}` → the count, reach per channel and first members of the
         profiles the unsaved tree matches, as the rule builder asks while it is edited:
-        `{"count", "reach": {channel: n}, "preview": {"profiles": [...]} or {"refusal"}}`.
+        `{"count", "exact", "margin", "reach": {channel: n}, "reach_margin": {channel: m},
+        "preview": {"profiles": [...]} or {"refusal"}}` (sampled on a large table: see
+        `selectors.segment_reach`).
         An invalid tree answers 400 `{"detail", "errors": [every bad node]}`; the queries
         stop after `SALVO_SEGMENT_ESTIMATE_TIMEOUT_MS` (503)."""
         if not self.has_view_permission(request):
@@ -405,12 +414,13 @@ class SegmentAdmin(ListTitledAdmin):
         return JsonResponse(found)
 
     def estimate_view(self, request: HttpRequest, pk: int) -> JsonResponse:
-        """`{"count": N}` for a segment: what a campaign form shows beside its segment."""
+        """`{"count", "exact", "margin"}` for a segment: what a campaign form shows beside its
+        segment (`selectors.segment_estimate`)."""
         if not self.has_view_permission(request):
             return JsonResponse({"detail": "Not allowed."}, status=403)
         segment = get_object_or_404(Segment, pk=pk)
         try:
-            return JsonResponse({"count": selectors.segment_estimate(segment=segment)})
+            return JsonResponse(selectors.segment_estimate(segment=segment).as_dict())
         except ValidationError as error:
             return JsonResponse({"detail": "; ".join(error.messages)}, status=400)
 
@@ -434,6 +444,6 @@ class SegmentAdmin(ListTitledAdmin):
                 self.message_user(
                     request,
                     f"Froze “{segment.name}” into “{frozen.name}” "
-                    f"({selectors.segment_estimate(segment=frozen):,} profiles).",
+                    f"({selectors.segment_count(segment=frozen):,} profiles).",
                     messages.SUCCESS,
                 )

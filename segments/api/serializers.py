@@ -113,6 +113,12 @@ class SegmentSerializer(serializers.ModelSerializer):
 
 class EstimateSerializer(serializers.Serializer):
     count = serializers.IntegerField()
+    exact = serializers.BooleanField(
+        help_text="False when counted over a sample of a large profiles table."
+    )
+    margin = serializers.IntegerField(
+        help_text="Half-width of the 95% interval around a sampled count (0 when exact)."
+    )
 
 
 class FreezeSerializer(serializers.Serializer):

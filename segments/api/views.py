@@ -113,12 +113,15 @@ class SegmentViewSet(
 
     @extend_schema(
         responses={200: EstimateSerializer},
-        description="How many profiles the segment holds now.",
+        description=(
+            "How many profiles the segment holds now: exact, or on a large profiles table "
+            "(PostgreSQL) counted over a sample, `exact` false, give or take `margin` (95%)."
+        ),
     )
     @action(detail=True, methods=["get"])
     def estimate(self, request: Request, pk: str | None = None) -> Response:
-        count = selectors.segment_estimate(segment=self.get_object())
-        return Response(EstimateSerializer({"count": count}).data)
+        estimate = selectors.segment_estimate(segment=self.get_object())
+        return Response(EstimateSerializer(estimate.as_dict()).data)
 
     @extend_schema(
         parameters=[

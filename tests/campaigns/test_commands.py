@@ -23,7 +23,7 @@ from channels.models import MessagePreset
 from config.celery import app as celery_app
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
-from segments.selectors import segment_estimate
+from segments.selectors import segment_count
 from tests.campaigns.factories import (
     email_action,
     make_campaign,
@@ -422,7 +422,7 @@ def test_the_demo_has_a_campaign_still_sending_when_the_newcomer_logs_in():
     assert rate is not None
     segment = sending.live_version.segment
     assert segment is not None
-    audience = segment_estimate(segment=segment)
+    audience = segment_count(segment=segment)
     assert audience >= 2000  # a few thousand
     # At the preset's rate, sending them all takes several minutes.
     assert audience / rate >= 180

@@ -28,7 +28,7 @@ def test_segment_estimate_json_for_campaign_forms(admin_client):
     ProfileFactory.create(attributes={"country": "FR"})
     segment = SegmentFactory.create(rules=FRENCH)
     url = reverse("admin:segments_segment_estimate", args=[segment.pk])
-    assert admin_client.get(url).json() == {"count": 1}
+    assert admin_client.get(url).json() == {"count": 1, "exact": True, "margin": 0}
 
 
 def test_invalid_rules_give_a_form_error_with_the_node_path(admin_client):

@@ -147,7 +147,11 @@ def test_estimate_preview_and_freeze(api_client):
         ProfileFactory.create(external_id=f"fr{i}", attributes={"country": "FR"})
     ProfileFactory.create(attributes={"country": "DE"})
     segment = SegmentFactory.create(rules=FRENCH)
-    assert api_client.get(f"/api/segments/{segment.pk}/estimate/").json() == {"count": 3}
+    assert api_client.get(f"/api/segments/{segment.pk}/estimate/").json() == {
+        "count": 3,
+        "exact": True,
+        "margin": 0,
+    }
     preview = api_client.get(f"/api/segments/{segment.pk}/preview/", {"limit": 2}).json()
     assert [p["external_id"] for p in preview] == ["fr0", "fr1"]
     assert (
@@ -159,7 +163,11 @@ def test_estimate_preview_and_freeze(api_client):
     assert response.status_code == 201
     frozen = response.json()
     assert frozen["kind"] == SegmentKind.STATIC
-    assert api_client.get(f"/api/segments/{frozen['id']}/estimate/").json() == {"count": 3}
+    assert api_client.get(f"/api/segments/{frozen['id']}/estimate/").json() == {
+        "count": 3,
+        "exact": True,
+        "margin": 0,
+    }
     duplicate = api_client.post(
         f"/api/segments/{segment.pk}/freeze/", {"name": "Frozen"}, format="json"
     )

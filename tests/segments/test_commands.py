@@ -41,6 +41,7 @@ def test_bench_audience_prints_one_json_line_last(tmp_path):
         "import_rows_per_s",
         "import_peak_rss_mb",
         "estimate_s",
+        "count_s",
         "snapshot_rows_per_s",
     }
     assert last["profiles"] == 50

@@ -81,7 +81,11 @@ def test_api_estimate_needs_only_the_segment_view_permission(
     segment = SegmentFactory.create(rules=FRENCH)
     client = api_client_for(user_with_perms("segments.view_segment"))
 
-    assert client.get(f"/api/segments/{segment.pk}/estimate/").json() == {"count": 1}
+    assert client.get(f"/api/segments/{segment.pk}/estimate/").json() == {
+        "count": 1,
+        "exact": True,
+        "margin": 0,
+    }
 
 
 def test_admin_segment_page_hides_members_without_the_profile_view_permission(

@@ -386,7 +386,7 @@ def test_a_tree_at_the_limits_is_saved_and_evaluated_every_way(api_client, crowd
 
     estimate = api_client.get(f"/api/segments/{segment.pk}/estimate/")
     assert estimate.status_code == 200, estimate.json()
-    assert estimate.json() == {"count": len(members)}
+    assert estimate.json() == {"count": len(members), "exact": True, "margin": 0}
 
     preview = api_client.get(f"/api/segments/{segment.pk}/preview/", {"limit": 100})
     assert preview.status_code == 200, preview.json()

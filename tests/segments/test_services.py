@@ -201,7 +201,7 @@ def test_import_into_a_static_segment():
     segment = Segment.objects.get(name="VIP list")
     assert segment.kind == SegmentKind.STATIC
     assert summary.segment == "VIP list"
-    assert selectors.segment_estimate(segment=segment) == 2
+    assert selectors.segment_count(segment=segment) == 2
     run_import("external_id\nu2\nu3\n", format="csv", segment_name="VIP list")
     assert sorted(segment.members.values_list("external_id", flat=True)) == ["u1", "u2", "u3"]
 
@@ -242,14 +242,14 @@ def test_estimate_preview_and_freeze():
     segment = services.segment_create(
         user=None, name="French", rules={"field": "attributes.country", "op": "eq", "value": "FR"}
     )
-    assert selectors.segment_estimate(segment=segment) == 5
+    assert selectors.segment_estimate(segment=segment) == selectors.Estimate(5)
     preview = selectors.segment_preview(segment=segment, user=None, limit=3)
     assert [p.external_id for p in preview] == ["fr0", "fr1", "fr2"]
     frozen = services.segment_freeze(segment=segment, user=None, name="French, frozen")
     assert frozen.kind == SegmentKind.STATIC
     ProfileFactory.create(external_id="fr-late", attributes={"country": "FR"})
-    assert selectors.segment_estimate(segment=segment) == 6
-    assert selectors.segment_estimate(segment=frozen) == 5
+    assert selectors.segment_estimate(segment=segment) == selectors.Estimate(6)
+    assert selectors.segment_count(segment=frozen) == 5
     with pytest.raises(ValidationError):
         services.segment_freeze(segment=segment, user=None, name="French, frozen")
 
@@ -257,7 +257,7 @@ def test_estimate_preview_and_freeze():
 def test_freezing_an_empty_rule_segment_gives_an_empty_static_segment():
     segment = services.segment_create(user=None, name="None", rules={"any": []})
     frozen = services.segment_freeze(segment=segment, user=None, name="None frozen")
-    assert selectors.segment_estimate(segment=frozen) == 0
+    assert selectors.segment_count(segment=frozen) == 0
 
 
 # --- audience snapshots -------------------------------------------------------------------
@@ -278,7 +278,7 @@ def test_snapshot_size_equals_estimate_and_batches_cover_each_member_once(audien
     segment, _profiles = audience
     snapshot = services.audience_snapshot_create(segment=segment)
     expected = set(selectors.segment_profiles(segment=segment).values_list("id", flat=True))
-    assert snapshot.size == selectors.segment_estimate(segment=segment) == len(expected)
+    assert snapshot.size == selectors.segment_count(segment=segment) == len(expected)
     batches = list(selectors.audience_member_batches(snapshot=snapshot, batch_size=7))
     assert all(len(batch) <= 7 for batch in batches)
     seen = [profile_id for batch in batches for profile_id in batch]

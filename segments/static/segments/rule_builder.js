@@ -608,20 +608,31 @@
       previewBox.replaceChildren();
       return;
     }
+    // A sampled answer (a large profiles table) reads "≈ 1,234,000 ± 8,000 (sampled)".
+    var sampled = body.exact === false;
     var reach = el("ul", { className: "rule-reach" });
     Object.keys(body.reach).forEach(function (channel) {
+      var margin = (body.reach_margin || {})[channel] || 0;
       reach.appendChild(el("li", { "data-channel": channel,
-        text: (catalogue.channels[channel] || channel) + ": " + body.reach[channel].toLocaleString("en") }));
+        text: (catalogue.channels[channel] || channel) + ": " + figure(body.reach[channel], sampled, margin) }));
     });
     estimateBox.replaceChildren(
       el("p", {}, [
-        el("strong", { "data-role": "count", text: body.count.toLocaleString("en") }),
-        document.createTextNode(body.count === 1 ? " profile matches now." : " profiles match now."),
+        el("strong", { "data-role": "count", text: figure(body.count, sampled, body.margin || 0) }),
+        document.createTextNode(sampled
+          ? " profiles match now (sampled: counted over a part of the profiles table, 95% margin; activation counts exactly)."
+          : body.count === 1 ? " profile matches now." : " profiles match now."),
       ]),
       el("p", { text: "Reachable for marketing (consent given and an address present):" }),
       reach
     );
     showPreview(body.preview || {});
+  }
+
+  function figure(count, sampled, margin) {
+    return sampled
+      ? "\u2248 " + count.toLocaleString("en") + " \u00b1 " + margin.toLocaleString("en")
+      : count.toLocaleString("en");
   }
 
   function showPreview(preview) {
