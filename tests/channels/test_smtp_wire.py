@@ -302,7 +302,7 @@ def test_content_is_dot_stuffed_with_crlf_lines_and_arrives_as_written():
     [received] = server.received
     # The lone "." line was stuffed, or the message would have ended there.
     parsed = email.message_from_bytes(received.content, policy=default_policy)
-    assert parsed["Message-ID"].strip("<>") == outcome.provider_message_id
+    assert parsed["Message-ID"].strip().strip("<>") == outcome.provider_message_id
     text = parsed.get_body(("plain",))
     assert text is not None
     assert text.get_content().splitlines() == body.replace("\r", "\n").splitlines()
