@@ -137,7 +137,9 @@ class SmtpSession:
         self.pipelining = smtp.has_extn("pipelining")
         self._size = smtp.has_extn("size")
         sock, reader = smtp.sock, smtp.file
-        assert sock is not None and reader is not None  # greeted: connected, replies read
+        # Greeted: connected, and smtplib has read replies.
+        assert sock is not None
+        assert reader is not None
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # One write per group, then wait for its replies: never hold a segment back.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
