@@ -43,6 +43,8 @@ class SmtpScript:
     rcpt: dict[str, str] = field(default_factory=dict)
     data: dict[str, str] = field(default_factory=dict)
     end: dict[str, str] = field(default_factory=dict)
+    # DATA's reply when no recipient was accepted: a 354 makes the client send a lone dot.
+    data_without_recipients: str = "554 5.5.1 No valid recipients"
     lines: list[Line] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     connections: int = 0
@@ -157,7 +159,10 @@ class _Session(asyncio.Protocol):
             if self.mail_from is None:
                 self._reply("503 5.5.1 Need MAIL command")
             elif not self.rcpt_to:
-                self._reply("554 5.5.1 No valid recipients")
+                reply = script.data_without_recipients
+                if reply.startswith("354"):
+                    self.in_data, self.content = True, []
+                self._reply(reply)
             else:
                 reply = script.data.get(self.rcpt_to[0], "354 End data with <CR><LF>.<CR><LF>")
                 # A refused DATA leaves the transaction open: the client must RSET.
@@ -171,6 +176,10 @@ class _Session(asyncio.Protocol):
         self.commands += 1
         self.script.lines.append(Line(self.number, "<content>", early))
         self.in_data = False
+        if not self.rcpt_to:
+            self.mail_from = None
+            self._reply("554 5.5.1 No valid recipients" if self.content else "250 Nothing sent")
+            return
         recipient = self.rcpt_to[0]
         reply = self.script.end.get(recipient, "250 2.0.0 OK queued")
         if reply.startswith("250"):

@@ -172,6 +172,23 @@ def test_pipelined_commands_go_in_one_write_with_the_previous_content():
     assert [line.text.split(" ")[0].upper() for line in waited] == ["EHLO", "MAIL"]
 
 
+def test_a_refused_recipient_whose_data_still_gets_354_sends_a_lone_dot():
+    recipients = ["one@example.com", "rcpt-550@example.com", "two@example.com"]
+    script = SmtpScript(
+        rcpt={"rcpt-550@example.com": "550 5.1.1 Unknown"}, data_without_recipients="354 Go on"
+    )
+    with scripted_smtp(script) as server, smtp_settings(server.port):
+        outcomes = send_batch([outbound(to) for to in recipients])
+
+    assert described(outcomes) == [
+        (SendResult, ""),
+        (PermanentProviderError, "SMTP 550: 5.1.1 Unknown"),
+        (SendResult, ""),
+    ]
+    assert server.delivered() == ["one@example.com", "two@example.com"]
+    assert "RSET" not in server.commands()  # the lone dot ended the transaction
+
+
 def test_a_server_without_pipelining_never_sees_a_command_before_its_reply():
     recipients = ["one@example.com", "rcpt-550@example.com", "two@example.com"]
     script = SmtpScript(pipelining=False, rcpt={"rcpt-550@example.com": "550 5.1.1 Unknown"})
