@@ -279,6 +279,15 @@ def test_the_next_batch_reuses_the_connection_and_shutdown_says_quit():
     assert server.delivered() == ["b1@example.com", "b2@example.com", "b3@example.com"]
 
 
+def test_a_celery_pool_process_says_quit_as_it_shuts_down():
+    from celery import signals
+
+    with scripted_smtp() as server, smtp_settings(server.port):
+        send_batch([outbound("s1@example.com")])
+        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+        wait_until(lambda: server.quits == 1, timeout=5, message="QUIT at the pool's shutdown")
+
+
 def test_a_connection_idle_past_the_limit_is_closed_and_replaced():
     with scripted_smtp() as server, smtp_settings(server.port, SALVO_SMTP_IDLE_SECONDS=0.2):
         send_batch([outbound("i1@example.com")])
