@@ -93,3 +93,14 @@ def _metrics_worker_init(**kwargs: Any) -> None:
 signals.task_prerun.connect(_metrics_task_started, weak=False)
 signals.task_postrun.connect(_metrics_task_finished, weak=False)
 signals.worker_init.connect(_metrics_worker_init, weak=False)
+
+
+# A pool process says QUIT to the SMTP connections it kept between batches
+# (channels.providers.smtp) before it exits.
+def _smtp_sessions_close(**kwargs: Any) -> None:
+    from channels.providers.smtp import sessions_close
+
+    sessions_close()
+
+
+signals.worker_process_shutdown.connect(_smtp_sessions_close, weak=False)

@@ -648,6 +648,19 @@ EMAIL_HOST_PASSWORD = _email_url.get("EMAIL_HOST_PASSWORD") or ""
 EMAIL_USE_TLS = bool(_email_url.get("EMAIL_USE_TLS", False))
 EMAIL_USE_SSL = bool(_email_url.get("EMAIL_USE_SSL", False))
 EMAIL_TIMEOUT = SALVO_PROVIDER_TIMEOUT_S
+# A worker process keeps its SMTP connection open between batches (channels.providers.smtp)
+# and closes it once idle this long: under the 5 minutes after which RFC 5321 lets a server
+# drop a silent client (0: a new connection for every batch).
+_smtp_idle = env.str("SALVO_SMTP_IDLE_SECONDS", default="30")
+try:
+    SALVO_SMTP_IDLE_SECONDS = float(_smtp_idle)
+except ValueError:
+    SALVO_SMTP_IDLE_SECONDS = float("nan")
+if not 0 <= SALVO_SMTP_IDLE_SECONDS <= 300:  # also false for NaN
+    raise ImproperlyConfigured(
+        f"SALVO_SMTP_IDLE_SECONDS is {_smtp_idle!r}: give the seconds a worker keeps an idle "
+        "SMTP connection open, from 0 (none) to 300."
+    )
 SALVO_SMS_PROVIDER = {
     "url": env.str("SALVO_SMS_API_URL", default="http://127.0.0.1:8025/sms"),
     "api_key": env.str("SALVO_SMS_API_KEY", default=""),

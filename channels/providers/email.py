@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from email.utils import formataddr, make_msgid
 from typing import TYPE_CHECKING
 
+from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from channels.models import MessagePreset
 
 DELIVERY_ID_HEADER = "X-Salvo-Delivery-Id"
+DJANGO_SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 
 
 def _smtp_reason(code: int | None, message: bytes | str) -> str:
@@ -64,6 +66,14 @@ class EmailBackend(ProviderBackend):
     channels = frozenset({ChannelKind.EMAIL})
 
     connection: BaseEmailBackend | None = None
+
+    def __new__(cls, preset: MessagePreset) -> EmailBackend:
+        # Over Django's SMTP backend, the wire path (channels.providers.smtp) sends instead.
+        if cls is EmailBackend and settings.EMAIL_BACKEND == DJANGO_SMTP_BACKEND:
+            from .smtp.backend import SmtpEmailBackend
+
+            return super().__new__(SmtpEmailBackend)
+        return super().__new__(cls)
 
     def open(self) -> None:
         """Connect once for the batch; raises ``TransientProviderError`` when the server
