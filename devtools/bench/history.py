@@ -136,8 +136,12 @@ def _runs_ensure(days: int) -> list[dict[str, Any]]:
     names = [f"{HISTORY_PREFIX}{day + 1:03d}/{days}" for day in range(days)]
     stale = history_campaigns().exclude(name__in=names)
     if stale.exists():
-        stale_runs = Execution.objects.filter(campaign__in=stale).values_list("pk", flat=True)
-        _rows_delete(list(stale_runs))
+        stale_runs = Execution.objects.filter(campaign__in=stale)
+        _rows_delete(list(stale_runs.values_list("pk", flat=True)))
+        # First what keeps a version from going: its executions, the campaign's pointers
+        # (a campaign without a live version is a Draft).
+        stale_runs.delete()
+        stale.update(status=CampaignStatus.DRAFT, live_version=None, draft_version=None)
         stale.delete()
     found = {c.name: c for c in history_campaigns()}
     segment, _ = Segment.objects.update_or_create(

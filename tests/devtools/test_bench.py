@@ -93,6 +93,12 @@ def test_the_history_keeps_exactly_n_rows_that_its_campaigns_reports_count(db):
     assert any(line.startswith("trimming the history to 37") for line in said)
     assert any(line.startswith("generating 83 history deliveries") for line in said)
 
+    # Another number of days: the other days' campaigns go, with their rows.
+    history_ensure(120, days=2, say=said.append)
+    assert [c.name for c in history_campaigns()] == ["bench-history 001/2", "bench-history 002/2"]
+    assert reports_total() == 120
+    assert DeliveryEvent.objects.filter(delivery__isnull=True).count() == 0
+
     earlier_runs_delete()
     assert Delivery.objects.filter(execution__campaign__in=history_campaigns()).count() == 120
     size = delivery_table_size()
