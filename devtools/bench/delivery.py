@@ -29,6 +29,7 @@ from segments.models import Profile
 from .caps import cap_cost, cap_ledger_delete
 from .data import campaign_create, earlier_runs_delete, profiles_ensure
 from .errors import BenchmarkError
+from .history import history_ensure, history_figures
 from .pages import pages_ms, static_files_collect
 from .processes import broker_purge, children, csv_export_measure, rss_mb, running_worker
 
@@ -50,6 +51,9 @@ class DeliveryBenchmark:
     # The ESP whose emulated API the run with email through anymail sends to (a key of
     # devtools.sinks.running.ESP_BACKENDS).
     esp: str = "mailgun"
+    # Delivery rows of earlier campaigns kept in the tables while the runs are measured
+    # (devtools.bench.history; PostgreSQL only): 0 measures with an empty history.
+    history_deliveries: int = 0
 
     def run(
         self,
@@ -71,6 +75,8 @@ class DeliveryBenchmark:
         static_files_collect()
         started = time.monotonic()
         profiles_ensure("bench-", n, say=self.say)
+        if self.history_deliveries or connection.vendor == "postgresql":
+            history_ensure(self.history_deliveries, say=self.say)
         profiles_ensure("small-", SMALL_PROFILES, say=self.say)
         if naive_profiles:
             profiles_ensure("naive-", naive_profiles, say=self.say)
@@ -160,6 +166,7 @@ class DeliveryBenchmark:
             **capped,
             **esp_figures,
             **smtp_figures,
+            **history_figures(self.history_deliveries, say=self.say),
         }
 
     def _worker(

@@ -5,7 +5,9 @@ import json
 from io import StringIO
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from config.processes import child_process_env
 
@@ -19,6 +21,7 @@ from config.processes import child_process_env
         (["--workers", "0"], "--profiles and --workers must be at least 1."),
         (["--profiles", "10", "--esp-profiles", "11"], "--esp-profiles must be from 0 to"),
         (["--esp-profiles", "-1"], "--esp-profiles must be from 0 to --profiles"),
+        (["--history-deliveries", "-1"], "--history-deliveries must be 0 or more."),
     ],
 )
 def test_bench_delivery_refuses_bad_options_in_one_line(options, error):
@@ -26,6 +29,82 @@ def test_bench_delivery_refuses_bad_options_in_one_line(options, error):
         call_command("bench_delivery", *options, stdout=StringIO())
     assert str(refused.value).startswith(error)
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.skipif(
+    settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3",
+    reason="the refusal of SQLite (on PostgreSQL the option runs the benchmark)",
+)
+def test_bench_delivery_refuses_the_history_mode_on_sqlite_in_one_line():
+    with pytest.raises(CommandError) as refused:
+        call_command("bench_delivery", "--history-deliveries", "100", stdout=StringIO())
+    assert str(refused.value) == (
+        "--history-deliveries needs PostgreSQL (rows generated with generate_series, "
+        "sizes read with pg_total_relation_size); this database is sqlite."
+    )
+
+
+@pytest.mark.postgres
+def test_the_history_keeps_exactly_n_rows_that_its_campaigns_reports_count(db):
+    from campaigns.models import Delivery, DeliveryEngagement, DeliveryEvent, Execution
+    from campaigns.selectors import campaign_report
+    from devtools.bench.data import campaign_create, earlier_runs_delete, profiles_ensure
+    from devtools.bench.history import delivery_table_size, history_campaigns, history_ensure
+
+    profiles_ensure("bench-", 30, say=print)
+    # A bench run's own delivery: not history, and left alone by it.
+    bench = campaign_create("bench-", 30, ["sms"], None)  # type: ignore[arg-type]
+    execution = Execution.objects.create(campaign=bench, version=bench.draft_version)
+    Delivery.objects.create(
+        execution=execution, action=bench.draft_version.actions.get(), profile_id=1
+    )
+    said: list[str] = []
+
+    def reports_total() -> int:
+        return sum(campaign_report(campaign=c)["total"] for c in history_campaigns())
+
+    for n in (101, 101, 37, 120):
+        history_ensure(n, days=3, say=said.append)
+
+        campaigns = list(history_campaigns())
+        assert len(campaigns) == 3
+        assert {c.status for c in campaigns} == {"completed"}
+        history = Delivery.objects.filter(execution__campaign__in=campaigns)
+        assert history.count() == n
+        assert reports_total() == n
+        reports = [campaign_report(campaign=c) for c in campaigns]
+        assert sum(r["by_channel"]["email"]["total"] for r in reports) == (n + 1) // 2
+        assert sum(r["by_status"]["pending"] for r in reports) == 0
+        assert not history.filter(provider_message_id="", status="sent").exists()
+        # The events and their engagement rows belong to sent history rows only.
+        engaged = DeliveryEngagement.objects.filter(execution__campaign__in=campaigns)
+        assert (
+            DeliveryEvent.objects.filter(delivery__in=history.filter(status="sent")).count()
+            == (DeliveryEvent.objects.filter(event_id__startswith="bench-history-").count())
+            == engaged.count()
+            > 0
+        )
+        opened = sum(r["engagement"]["by_channel"]["email"]["opened"]["count"] for r in reports)
+        assert opened == engaged.filter(kind="opened").count() > 0
+    assert Delivery.objects.filter(execution=execution).count() == 1
+    assert any(line.startswith("generating 101 history deliveries") for line in said)
+    # The second run of 101 changed nothing; 37 trimmed; 120 topped up.
+    assert not any(line.startswith("generating 0 ") for line in said)
+    assert any(line.startswith("trimming the history to 37") for line in said)
+    assert any(line.startswith("generating 83 history deliveries") for line in said)
+
+    # Another number of days: the other days' campaigns go, with their rows.
+    history_ensure(120, days=2, say=said.append)
+    assert [c.name for c in history_campaigns()] == ["bench-history 001/2", "bench-history 002/2"]
+    assert reports_total() == 120
+    assert DeliveryEvent.objects.filter(delivery__isnull=True).count() == 0
+
+    earlier_runs_delete()
+    assert Delivery.objects.filter(execution__campaign__in=history_campaigns()).count() == 120
+    size = delivery_table_size()
+    assert size["rows"] == 120
+    assert size["total_bytes"] >= size["table_bytes"] + size["index_bytes"]
+    assert size["bytes_per_delivery"] == round(size["total_bytes"] / 120)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +144,9 @@ def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_d
     assert summary["naive_deliveries_per_s"] > 0
     assert summary["naive_ratio"] > 0
     assert summary["duplicates"] == 0
+    # No history; its size per row only where PostgreSQL reports it.
+    assert summary["history_deliveries"] == 0
+    assert (summary["bytes_per_delivery"] is None) == (connection.vendor != "postgresql")
     # The frequency caps' runs: both rates, from the same run.
     assert summary["deliveries_per_s_marketing"] > 0
     assert summary["deliveries_per_s_with_cap"] > 0

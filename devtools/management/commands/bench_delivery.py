@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from channels.choices import ChannelKind
 from devtools.bench import BenchmarkError, DeliveryBenchmark
+from devtools.bench.history import postgres_required
 from devtools.sinks.running import ESP_BACKENDS
 
 
@@ -52,6 +53,15 @@ class Command(BaseCommand):
             help="Skip the frequency caps' two marketing runs (without and with one rule).",
         )
 
+        parser.add_argument(
+            "--history-deliveries",
+            type=int,
+            default=0,
+            help="Delivery rows of earlier campaigns (about one a day over a year) in the "
+            "tables while the runs are measured, kept between runs (PostgreSQL only; 0 "
+            "drops them).",
+        )
+
     def say(self, text: str) -> None:
         self.stdout.write(text)
         self.stdout.flush()
@@ -79,6 +89,11 @@ class Command(BaseCommand):
             raise CommandError(f"--esp-profiles must be from 0 to --profiles ({n}), not {esp_n}.")
         if ChannelKind.EMAIL not in channels:
             smtp_n = esp_n = 0
+        history = options["history_deliveries"]
+        if history < 0:
+            raise CommandError("--history-deliveries must be 0 or more.")
+        if history and (refused := postgres_required("--history-deliveries")):
+            raise CommandError(refused)
         if options["esp"] == "none":
             esp_n = 0
         benchmark = DeliveryBenchmark(
@@ -87,6 +102,7 @@ class Command(BaseCommand):
             timeout=options["timeout"],
             cap_runs=not options["no_cap_runs"],
             esp=options["esp"],
+            history_deliveries=history,
         )
         try:
             summary = benchmark.run(
