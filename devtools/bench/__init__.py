@@ -3,6 +3,7 @@
     manage.py bench_delivery --profiles 1000000 --channels email,sms [--workers 2]
                              [--naive-profiles 5000] [--smtp-profiles 100000]
                              [--esp mailgun|postmark|sendgrid|ses|none] [--esp-profiles N]
+                             [--history-deliveries 20000000]
 
 Meant for PostgreSQL + Redis (`make services`); it runs on the embedded default too, slowly.
 It generates the profiles (kept between runs), starts the local sink servers and a worker
@@ -48,7 +49,16 @@ Human lines first; the last line is one JSON object with exactly the keys `profi
 figures `deliveries_per_s_marketing`, `deliveries_per_s_with_cap` and `cap_cost_pct`: the
 same audience sent by a marketing campaign twice more, without and then with one active
 cap rule that nobody reaches (``caps``; the issue's target: the check costs at most 15%),
-the SMTP run's three keys, and with an ESP run its three.
+the SMTP run's three keys, with an ESP run its three, and the history's two (below).
+
+With ``--history-deliveries N`` (PostgreSQL only), N delivery rows of a year of earlier
+campaigns (``history``: 365 Completed campaigns, one a day, email and SMS to the bench
+profiles, with their counters and provider events) are in the tables first, generated inside
+PostgreSQL and kept between runs (a new N inserts or deletes only the difference; 0, the
+default, drops them, so that the figures without history are measured without). Every figure
+is then measured with that history present, and the JSON adds `history_deliveries` and
+`bytes_per_delivery` (the delivery table's size on disk, heap, indexes and TOAST, over its
+rows).
 
 ``DeliveryBenchmark`` (``delivery``) runs it; ``data`` generates the profiles and campaigns,
 ``processes`` starts and samples the worker and the web process, ``pages`` times the pages.
