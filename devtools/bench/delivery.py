@@ -25,9 +25,8 @@ from channels.choices import ChannelKind
 from devtools.naive import naive_execution_create
 from devtools.sinks import (
     RunningSinks,
-    count_duplicates,
+    count_duplicates_in,
     first_accepted_at,
-    iter_records,
     record_end,
     running_sinks,
 )
@@ -133,7 +132,7 @@ class DeliveryBenchmark:
                     )
                     sink_peak = max(sink_peak, peak_rss_mb(sink.pid))
             # Streamed: the record has a line per attempt of every run (tens of millions).
-            duplicates = count_duplicates(iter_records(record))
+            duplicates = count_duplicates_in(record)
         bench_peak = peak_rss_mb(os.getpid())
         self.say(f"naive design: {naive:.1f} deliveries/s on {naive_profiles} profiles")
         smtp_figures: dict[str, Any] = dict.fromkeys(

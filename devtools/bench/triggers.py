@@ -58,7 +58,7 @@ from campaigns.models import Campaign, Delivery, DeliveryCount, Trigger
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from config.processes import stop_process
-from devtools.sinks import RunningSinks, count_duplicates, iter_records, running_sinks
+from devtools.sinks import RunningSinks, count_duplicates_in, iter_records, running_sinks
 
 from .data import PRESET_FIELDS, bench_user, profiles_ensure
 from .errors import BenchmarkError
@@ -320,7 +320,7 @@ class TriggerBenchmark:
             status=DeliveryStatus.PENDING
         )
         total = finished.count()
-        duplicates = count_duplicates(iter_records(record_file))
+        duplicates = count_duplicates_in(record_file)
         self.say(
             f"{total:,} deliveries in {last - started:.1f}s; first message after "
             f"{statistics.median(waits) if waits else 0:.0f} ms (median of {len(waits)} calls)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,12 @@ from typing import Any
 from .idset import IdSet
 
 _BLOCK = 1 << 16
+# A line as the sink writes most (compact JSON, these keys first): its channel, delivery id
+# and whether it was accepted, read without parsing it (~0.7 µs a line, not ~3.3 µs).
+_USUAL_LINE = re.compile(
+    rb'\{"channel":"([^"\\]*)","delivery_id":"([0-9]{1,18})",'
+    rb'(?:[^{}"]|"[^"\\]*")*?"accepted":(true|false)[,}]'
+)
 
 
 def record_end(path: Path | str) -> int:
@@ -76,4 +83,35 @@ def count_duplicates(records: Iterable[dict[str, Any]]) -> int:
             seen = accepted[record["channel"]] = IdSet()
         if not seen.add(str(delivery_id)):
             duplicates += 1
+    return duplicates
+
+
+def count_duplicates_in(path: Path | str, start: int = 0) -> int:
+    """``count_duplicates`` of the record from byte offset ``start``, faster: a benchmark's
+    record has a line per attempt of every run (~80 million at 10M profiles × 2 channels)."""
+    accepted: dict[bytes, IdSet] = {}
+    duplicates = 0
+    if not Path(path).exists():
+        return 0
+    with Path(path).open("rb") as file:
+        file.seek(start)
+        for line in file:
+            if not line.endswith(b"\n"):
+                break
+            match = _USUAL_LINE.match(line)
+            if match is not None:
+                channel, delivery_id, flag = match.groups()
+                if flag != b"true":
+                    continue
+                key = delivery_id.decode()
+            else:
+                record = json.loads(line)
+                if not record["accepted"] or record.get("delivery_id") is None:
+                    continue
+                channel, key = record["channel"].encode(), str(record["delivery_id"])
+            seen = accepted.get(channel)
+            if seen is None:
+                seen = accepted[channel] = IdSet()
+            if not seen.add(key):
+                duplicates += 1
     return duplicates

@@ -15,6 +15,7 @@ from config.processes import stop_process
 from devtools.sinks import (
     FailureRules,
     count_duplicates,
+    count_duplicates_in,
     first_accepted_at,
     iter_records,
     read_records,
@@ -173,7 +174,8 @@ def test_a_record_is_read_as_a_stream_from_where_a_run_began(tmp_path):
 
     def write(*records: dict) -> None:
         with record.open("a") as file:
-            file.writelines(json.dumps(r) + "\n" for r in records)
+            # As the sink writes them: compact JSON.
+            file.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
 
     def sent(channel: str, delivery_id, at: float, accepted: bool = True) -> dict:
         return {"channel": channel, "delivery_id": delivery_id, "accepted": accepted, "at": at}
@@ -182,17 +184,24 @@ def test_a_record_is_read_as_a_stream_from_where_a_run_began(tmp_path):
     start = record_end(record)
     write(sent("sms", "8", 3.0, accepted=False), sent("sms", "7", 4.0), sent("email", "7", 5.0))
     write(sent("sms", "07", 6.0), sent("sms", "9000000000", 7.0), sent("sms", "9000000000", 8.0))
+    # Lines of other shapes: an emulated provider's, a numeric id, a quote in an address.
+    write({"channel": "sms", "provider": "twilio", "delivery_id": "7", "accepted": True, "at": 9})
+    write({"channel": "push", "delivery_id": 7, "to": 'a"b', "accepted": True, "at": 10})
+    write({"channel": "push", "delivery_id": "7", "to": "x", "accepted": True, "at": 11})
+    write({"channel": "fcm-token", "delivery_id": None, "accepted": True, "at": 12})
     complete = record.stat().st_size
     with record.open("a") as file:
         file.write('{"channel": "sms", "deliv')  # a line the sink is still writing
 
     assert record_end(record) == complete
-    assert [r["at"] for r in iter_records(record, start)] == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    assert [r["at"] for r in iter_records(record, start)] == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     assert first_accepted_at(record, start) == 4.0
     assert first_accepted_at(record, complete) is None
-    # sms 7 and sms 9000000000 twice; email 7 and sms "07" are other keys.
-    assert count_duplicates(iter_records(record)) == 2
-    assert count_duplicates(read_records(record)) == 2
+    # sms 7 three times, sms 9000000000 and push 7 twice; email 7, sms "07" are other keys.
+    assert count_duplicates(iter_records(record)) == 4
+    assert count_duplicates(read_records(record)) == 4
+    assert count_duplicates_in(record) == 4
+    assert count_duplicates_in(record, start) == 3
 
 
 def rss_mb(pid: int) -> float:
