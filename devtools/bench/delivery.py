@@ -5,6 +5,7 @@ audience again with email through anymail to an emulated ESP; then one summary (
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,7 +23,13 @@ from campaigns.models import Campaign, Delivery, Execution
 from campaigns.review import review_warning_codes
 from channels.choices import ChannelKind
 from devtools.naive import naive_execution_create
-from devtools.sinks import RunningSinks, count_duplicates, read_records, running_sinks
+from devtools.sinks import (
+    RunningSinks,
+    count_duplicates_in,
+    first_accepted_at,
+    record_end,
+    running_sinks,
+)
 from devtools.tasks import naive_delivery_task
 from segments.models import Profile
 
@@ -31,7 +38,14 @@ from .data import campaign_create, earlier_runs_delete, profiles_ensure
 from .errors import BenchmarkError
 from .history import history_ensure, history_figures
 from .pages import pages_ms, static_files_collect
-from .processes import broker_purge, children, csv_export_measure, rss_mb, running_worker
+from .processes import (
+    broker_purge,
+    children,
+    csv_export_measure,
+    peak_rss_mb,
+    rss_mb,
+    running_worker,
+)
 
 # The small campaign whose pages are timed beside the big one's (the `_1k` keys).
 SMALL_PROFILES = 1000
@@ -101,6 +115,7 @@ class DeliveryBenchmark:
                     capped = cap_cost(marketing_run, self.say)
                 small = self._run_small(channels, sink, worker)
                 naive = self._run_naive(naive_profiles, channels, sink) if naive_profiles else 0.0
+                sink_peak = peak_rss_mb(sink.pid)
             # With the worker stopped, both campaigns' rows in the tables.
             pages = pages_ms({"": big, "_1k": small}, say=self.say)
             smtp: dict[str, float] = {}
@@ -110,6 +125,7 @@ class DeliveryBenchmark:
                     self._worker(sink, Path(folder), email_api=False) as worker,
                 ):
                     smtp = self._run_smtp(smtp_profiles, sink, worker)
+                    sink_peak = max(sink_peak, peak_rss_mb(sink.pid))
             through_esp: dict[str, float] = {}
             if esp_profiles:
                 with (
@@ -120,7 +136,10 @@ class DeliveryBenchmark:
                     _, through_esp = self._run_engine(
                         "bench-", esp_profiles, channels, sink, worker, measure_export=False
                     )
-            duplicates = count_duplicates(read_records(record))
+                    sink_peak = max(sink_peak, peak_rss_mb(sink.pid))
+            # Streamed: the record has a line per attempt of every run (tens of millions).
+            duplicates = count_duplicates_in(record)
+        bench_peak = peak_rss_mb(os.getpid())
         self.say(f"naive design: {naive:.1f} deliveries/s on {naive_profiles} profiles")
         smtp_figures: dict[str, Any] = dict.fromkeys(
             ("smtp_messages_per_s", "smtp_first_message_s", "smtp_duplicates")
@@ -151,12 +170,18 @@ class DeliveryBenchmark:
                 "esp_worker_peak_rss_mb": round(through_esp["rss_mb"], 1),
             }
         self.say(f"duplicates at the sinks: {duplicates}")
+        self.say(
+            f"peak RSS: this benchmark's process {bench_peak:.0f} MB, "
+            f"the sink process {sink_peak:.0f} MB"
+        )
         return {
             "profiles": n,
             "channels": channels,
             "deliveries_per_s": round(result["deliveries_per_s"], 1),
             "first_message_s": round(result["first_message_s"], 3),
             "worker_peak_rss_mb": round(result["rss_mb"], 1),
+            "sink_peak_rss_mb": round(sink_peak, 1),
+            "bench_peak_rss_mb": round(bench_peak, 1),
             "naive_deliveries_per_s": round(naive, 1),
             "naive_ratio": round(result["deliveries_per_s"] / naive, 1) if naive else None,
             "duplicates": duplicates,
@@ -192,13 +217,13 @@ class DeliveryBenchmark:
         frequency caps' runs) or not `measure_export` (the run through an ESP): only timed."""
         kind = CampaignType.MARKETING if marketing else CampaignType.TRANSACTIONAL
         campaign = campaign_create(prefix, n, channels, sink, campaign_type=kind)
-        already = len(read_records(sink.record))
+        # This run's lines of the sink's record begin here (earlier runs' are not read).
+        start = record_end(sink.record)
         self.say(f"activating a campaign to {n} profiles × {len(channels)} channels…")
         activated_at, rss = self._activate_until_completed(campaign, worker)
         completed = campaign.transitions.get(name="complete").at.timestamp()
         live = campaign.transitions.filter(target=CampaignStatus.LIVE).get().at.timestamp()
-        records = read_records(sink.record)[already:]
-        first = min((r["at"] for r in records if r["accepted"]), default=completed)
+        first = first_accepted_at(sink.record, start) or completed
         total = Delivery.objects.filter(execution__campaign=campaign).count()
         elapsed = completed - activated_at
         result = {

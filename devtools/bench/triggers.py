@@ -58,7 +58,7 @@ from campaigns.models import Campaign, Delivery, DeliveryCount, Trigger
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from config.processes import stop_process
-from devtools.sinks import RunningSinks, count_duplicates, read_records, running_sinks
+from devtools.sinks import RunningSinks, count_duplicates_in, iter_records, running_sinks
 
 from .data import PRESET_FIELDS, bench_user, profiles_ensure
 from .errors import BenchmarkError
@@ -177,8 +177,7 @@ class TriggerBenchmark:
                 accepted_in = max(call.answered_at for call in calls) - started
                 self.say(f"every call answered in {accepted_in:.1f}s; waiting for delivery…")
                 self._wait_until_sent(campaign)
-            records = read_records(record)
-        summary = self._summary(campaign, calls, records, started, accepted_in, recipients)
+            summary = self._summary(campaign, calls, record, started, accepted_in, recipients)
         return {"offered_recipients_per_s": rate or None, **summary}
 
     def _earlier_runs_stop(self) -> None:
@@ -290,7 +289,7 @@ class TriggerBenchmark:
         self,
         campaign: Campaign,
         calls: list[Call],
-        records: list[dict[str, Any]],
+        record_file: Path,
         started: float,
         accepted_in: float,
         recipients: int,
@@ -306,7 +305,8 @@ class TriggerBenchmark:
         }
         first_at: dict[int, float] = {}
         last = started
-        for record in records:
+        # The sink's record, streamed (a line per attempt: not all kept at once).
+        for record in iter_records(record_file):
             trigger = trigger_of.get(str(record.get("delivery_id")))
             if trigger is None:
                 continue
@@ -320,7 +320,7 @@ class TriggerBenchmark:
             status=DeliveryStatus.PENDING
         )
         total = finished.count()
-        duplicates = count_duplicates(records)
+        duplicates = count_duplicates_in(record_file)
         self.say(
             f"{total:,} deliveries in {last - started:.1f}s; first message after "
             f"{statistics.median(waits) if waits else 0:.0f} ms (median of {len(waits)} calls)"

@@ -55,7 +55,14 @@ The package needs neither Django nor a database, so the sink starts fast in its 
 """
 
 from .cli import add_arguments, rules_from_options, serve
-from .records import count_duplicates, read_records
+from .records import (
+    count_duplicates,
+    count_duplicates_in,
+    first_accepted_at,
+    iter_records,
+    read_records,
+    record_end,
+)
 from .rules import FailureRules
 from .running import RunningSinks, running_sinks
 
@@ -64,7 +71,11 @@ __all__ = [
     "RunningSinks",
     "add_arguments",
     "count_duplicates",
+    "count_duplicates_in",
+    "first_accepted_at",
+    "iter_records",
     "read_records",
+    "record_end",
     "rules_from_options",
     "running_sinks",
     "serve",

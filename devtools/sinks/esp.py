@@ -91,7 +91,7 @@ def _whole_request_failure(
     attempt counted for each message by ``_record``), as an ESP's overloaded front end
     answers."""
     for recipient, content in received:
-        attempt = sink._attempts[("email", _attempt_key(recipient, content))] + 1
+        attempt = sink._attempts.count("email", _attempt_key(recipient, content)) + 1
         if sink.rules.fails(recipient, attempt):
             return 503, {"ErrorCode": 500, "Message": "Service temporarily unavailable"}, {}
         if sink.rules.throttles(recipient, attempt):

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import twilio
 from .esp import anymail_settings
-from .records import count_duplicates, read_records
+from .records import count_duplicates, iter_records, read_records
 from .rules import FailureRules
 from .server import SMTP_COUNTERS_PATH
 from .ses import ses_client_params, ses_env
@@ -49,6 +49,8 @@ class RunningSinks:
     # AUTH credentials the SMTP sink asks for ("" when it does not).
     smtp_user: str = ""
     smtp_password: str = ""
+    # The sink process's id (its memory: /proc/<pid>/status).
+    pid: int = 0
 
     def smtp_counters(self) -> dict[str, Any]:
         """The SMTP sink's counters: ``messages``, ``recipients``, ``duplicates``
@@ -83,7 +85,7 @@ class RunningSinks:
 
     def duplicates(self) -> int:
         """Messages sent again after one was accepted (see ``count_duplicates``)."""
-        return count_duplicates(read_records(self.record))
+        return count_duplicates(iter_records(self.record))
 
     def wait_for(self, count: int, *, channel: str | None = None, timeout: float = 10.0) -> list:
         """The accepted messages once at least ``count`` arrived; raises ``TimeoutError``
@@ -230,6 +232,7 @@ def running_sinks(
                 fcm_key_file=fcm_key_file,
                 smtp_user=smtp_auth[0] if smtp_auth else "",
                 smtp_password=smtp_auth[1] if smtp_auth else "",
+                pid=process.pid,
             )
         finally:
             stop_process(process, grace_s=5)

@@ -5,10 +5,10 @@ webhook and bulk APIs (see ``devtools.sinks`` for what each answers)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
-from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from email.message import Message
@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from .esp import esp_api
 from .fcm import FcmEmulation
+from .idset import AttemptCounter, IdSet, as_id
 from .rules import FailureRules
 from .smtp import SmtpOptions, SmtpServer, SmtpStats
 from .twilio import TwilioEmulation
@@ -77,9 +78,12 @@ class SinkServer:
     smtp_recipients: int = 0
     smtp_duplicates: int = 0
     _smtp: SmtpServer | None = None
-    _attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
-    # The first accepted answer per (channel, idempotency key), as a provider keeps it.
-    _accepted: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # Attempts per (channel, key), for the failure rules and the records.
+    _attempts: AttemptCounter = field(default_factory=AttemptCounter)
+    # The idempotency keys accepted per channel, as a provider keeps them: a repeat is
+    # answered with the first answer, whose message id is made from the key (so only
+    # "accepted already" is remembered, a bit per key: memory flat in the messages).
+    _accepted: dict[str, IdSet] = field(default_factory=dict)
     _sequence: int = 0
     # HTTP requests read and not yet answered: how many a client has in flight at once.
     http_in_flight: int = 0
@@ -89,12 +93,24 @@ class SinkServer:
     _emulations: list[TwilioEmulation | FcmEmulation] = field(default_factory=list)
 
     def _attempt(self, channel: str, key: str) -> int:
-        self._attempts[(channel, key)] += 1
-        return self._attempts[(channel, key)]
+        return self._attempts.add(channel, key)
 
     def _next_id(self) -> str:
         self._sequence += 1
         return f"sink-{os.getpid()}-{self._sequence}"
+
+    def _message_id(self, channel: str, key: str | None) -> str:
+        """The id of an accepted message: made from its idempotency key, so that a repeat
+        gets the same one without the sink keeping it; a sequence number without a key."""
+        if key is None:
+            return self._next_id()
+        if as_id(key) is None:
+            key = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+        return f"sink-{os.getpid()}-{channel}-{key}"
+
+    def _accepted_already(self, channel: str, key: str | None) -> bool:
+        accepted = self._accepted.get(channel)
+        return key is not None and accepted is not None and key in accepted
 
     def _record(self, **record: Any) -> None:
         assert self._recorder is not None
@@ -243,9 +259,9 @@ class SinkServer:
         if delay:
             await asyncio.sleep(delay)
         extra: dict[str, str] = {}
-        first_answer = self._accepted.get((channel, delivery_id)) if delivery_id else None
-        if first_answer is not None:
-            status, answer = 200, first_answer
+        repeat = self._accepted_already(channel, delivery_id)
+        if repeat:
+            status, answer = 200, {"id": self._message_id(channel, delivery_id)}
         elif self.rules.rejects(recipient):
             status, answer = 400, {"error": f"Invalid recipient {recipient}"}
         elif self.rules.fails(recipient, attempt):
@@ -254,9 +270,9 @@ class SinkServer:
             status, answer = 429, {"error": "Too many requests"}
             extra["Retry-After"] = f"{self.rules.retry_after_s:g}"
         else:
-            status, answer = 200, {"id": self._next_id()}
+            status, answer = 200, {"id": self._message_id(channel, delivery_id)}
         record = self._attempt_record(channel, delivery_id, recipient, attempt, answer, status)
-        self._remember(channel, delivery_id, answer, record, repeat=first_answer is not None)
+        self._remember(channel, delivery_id, record, repeat=repeat)
         if self.content:
             record |= {"path": path, "headers": headers, "raw": body.decode(errors="replace")}
             # The client's address shows whether a batch reused one connection.
@@ -288,21 +304,17 @@ class SinkServer:
         return record
 
     def _remember(
-        self,
-        channel: str,
-        key: str | None,
-        answer: dict[str, Any],
-        record: dict[str, Any],
-        *,
-        repeat: bool,
+        self, channel: str, key: str | None, record: dict[str, Any], *, repeat: bool
     ) -> None:
-        """Keep an accepted message's answer under its idempotency key; mark a repeat."""
+        """Remember that an idempotency key was accepted; mark a repeat."""
         if repeat:
             record["repeat"] = True
         elif key is not None and record["accepted"]:
-            self._accepted[(channel, key)] = answer
+            self._accepted.setdefault(channel, IdSet()).add(key)
 
-    def _outcome(self, recipient: str, attempt: int) -> dict[str, Any]:
+    def _outcome(
+        self, channel: str, key: str | None, recipient: str, attempt: int
+    ) -> dict[str, Any]:
         """One bulk message's result, by the same rules as a single request."""
         if self.rules.rejects(recipient):
             return {"status": 400, "error": f"Invalid recipient {recipient}"}
@@ -314,7 +326,7 @@ class SinkServer:
                 "error": "Too many requests",
                 "retry_after": self.rules.retry_after_s,
             }
-        return {"status": 200, "id": self._next_id()}
+        return {"status": 200, "id": self._message_id(channel, key)}
 
     async def _answer_batch(
         self, channel: str, path: str, headers: dict[str, str], messages: list[Any], peer: str
@@ -333,11 +345,15 @@ class SinkServer:
             key = item.get("idempotency_key")
             delivery_id = str(key) if key is not None else None
             attempt = self._attempt(channel, delivery_id or recipient)
-            first = self._accepted.get((channel, delivery_id)) if delivery_id else None
-            result = first if first is not None else self._outcome(recipient, attempt)
+            repeat = self._accepted_already(channel, delivery_id)
+            result: dict[str, Any]
+            if repeat:
+                result = {"status": 200, "id": self._message_id(channel, delivery_id)}
+            else:
+                result = self._outcome(channel, delivery_id, recipient, attempt)
             status = result["status"]
             record = self._attempt_record(channel, delivery_id, recipient, attempt, result, status)
-            self._remember(channel, delivery_id, result, record, repeat=first is not None)
+            self._remember(channel, delivery_id, record, repeat=repeat)
             if self.content:
                 record |= {"path": path, "headers": headers, "peer": peer, "json": item}
             results.append(result)
@@ -354,7 +370,8 @@ class _SmtpHandler:
     def __init__(self, sink: SinkServer) -> None:
         self.sink = sink
         self._pending: list[dict[str, Any]] = []
-        self._accepted_ids: set[str] = set()
+        # Delivery ids accepted once: a bit per integer id (devtools.sinks.idset).
+        self._accepted_ids = IdSet()
 
     def recipient_refusal(self, address: str) -> str | None:
         if not self.sink.rules.rejects(address):
@@ -418,11 +435,8 @@ class _SmtpHandler:
             status, reply = 250, f"250 2.0.0 OK queued as {message_id}"
             sink.smtp_messages += 1
             sink.smtp_recipients += len(recipients)
-            if delivery_id is not None:
-                if delivery_id in self._accepted_ids:
-                    sink.smtp_duplicates += 1
-                else:
-                    self._accepted_ids.add(delivery_id)
+            if delivery_id is not None and not self._accepted_ids.add(delivery_id):
+                sink.smtp_duplicates += 1
         record: dict[str, Any] = {
             "channel": "email",
             "delivery_id": delivery_id,

@@ -147,6 +147,10 @@ def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_d
     # No history; its size per row only where PostgreSQL reports it.
     assert summary["history_deliveries"] == 0
     assert (summary["bytes_per_delivery"] is None) == (connection.vendor != "postgresql")
+    # The peak memory of the benchmark's own process and of the sink's.
+    assert summary["bench_peak_rss_mb"] > 0
+    assert summary["sink_peak_rss_mb"] > 0
+    assert any(line.startswith("peak RSS: this benchmark's process ") for line in lines)
     # The frequency caps' runs: both rates, from the same run.
     assert summary["deliveries_per_s_marketing"] > 0
     assert summary["deliveries_per_s_with_cap"] > 0

@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from config.processes import stop_process
-from devtools.sinks import FailureRules, count_duplicates, read_records, running_sinks
+from devtools.sinks import (
+    FailureRules,
+    count_duplicates,
+    count_duplicates_in,
+    first_accepted_at,
+    iter_records,
+    read_records,
+    record_end,
+    running_sinks,
+)
 from devtools.sinks import rules_from_options as parse_rules
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -157,6 +166,82 @@ def test_without_content_the_record_keeps_ids_only(tmp_path):
     }
     assert read_records(record) == records
     assert count_duplicates(records) == 0
+
+
+def test_a_record_is_read_as_a_stream_from_where_a_run_began(tmp_path):
+    record = tmp_path / "received.jsonl"
+    assert (record_end(record), list(iter_records(record))) == (0, [])
+
+    def write(*records: dict) -> None:
+        with record.open("a") as file:
+            # As the sink writes them: compact JSON.
+            file.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+
+    def sent(channel: str, delivery_id, at: float, accepted: bool = True) -> dict:
+        return {"channel": channel, "delivery_id": delivery_id, "accepted": accepted, "at": at}
+
+    write(sent("sms", "7", 1.0), sent("sms", "8", 2.0, accepted=False))
+    start = record_end(record)
+    write(sent("sms", "8", 3.0, accepted=False), sent("sms", "7", 4.0), sent("email", "7", 5.0))
+    write(sent("sms", "07", 6.0), sent("sms", "9000000000", 7.0), sent("sms", "9000000000", 8.0))
+    # Lines of other shapes: an emulated provider's, a numeric id, a quote in an address.
+    write({"channel": "sms", "provider": "twilio", "delivery_id": "7", "accepted": True, "at": 9})
+    write({"channel": "push", "delivery_id": 7, "to": 'a"b', "accepted": True, "at": 10})
+    write({"channel": "push", "delivery_id": "7", "to": "x", "accepted": True, "at": 11})
+    write({"channel": "fcm-token", "delivery_id": None, "accepted": True, "at": 12})
+    complete = record.stat().st_size
+    with record.open("a") as file:
+        file.write('{"channel": "sms", "deliv')  # a line the sink is still writing
+
+    assert record_end(record) == complete
+    assert [r["at"] for r in iter_records(record, start)] == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert first_accepted_at(record, start) == 4.0
+    assert first_accepted_at(record, complete) is None
+    # sms 7 three times, sms 9000000000 and push 7 twice; email 7, sms "07" are other keys.
+    assert count_duplicates(iter_records(record)) == 4
+    assert count_duplicates(read_records(record)) == 4
+    assert count_duplicates_in(record) == 4
+    assert count_duplicates_in(record, start) == 3
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def test_the_sink_keeps_its_memory_flat_in_the_messages_it_accepts(tmp_path):
+    """A benchmark of 10M profiles × 2 channels sends ~20M messages a run: what the sink
+    remembers of each (an idempotency key accepted, an attempt) must not grow with them."""
+    connection: http.client.HTTPConnection
+
+    def send(first: int, count: int) -> list:
+        results = []
+        for start in range(first, first + count, 1000):
+            messages = [
+                {"to": f"+3360{n:07d}", "body": "Hi", "idempotency_key": 5_000_000 + n}
+                for n in range(start, start + 1000)
+            ]
+            connection.request("POST", "/sms/batch", body=json.dumps({"messages": messages}))
+            response = connection.getresponse()
+            assert response.status == 200
+            results += json.loads(response.read())["results"]
+        return results
+
+    with running_sinks(record=tmp_path / "received.jsonl", content=False) as sink:
+        connection = http.client.HTTPConnection("127.0.0.1", sink.http_port, timeout=30)
+        try:
+            first = send(0, 20_000)
+            before = rss_mb(sink.pid)
+            send(20_000, 180_000)
+            after = rss_mb(sink.pid)
+            # An idempotent repeat still gets the first answer, after 200,000 others.
+            assert send(0, 1000) == first[:1000]
+        finally:
+            connection.close()
+        assert sink.duplicates() == 1000
+    assert after - before < 15, f"the sink grew from {before:.0f} MB to {after:.0f} MB"
 
 
 def test_run_sinks_command_serves_until_stopped(tmp_path):
