@@ -45,7 +45,8 @@ Human lines first; the last line is one JSON object with exactly the keys `profi
 `channels`, `deliveries_per_s`, `first_message_s`, `worker_peak_rss_mb`,
 `naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`, `admin_page_ms`,
 `admin_report_ms`, `report_ms_1k`, `admin_page_ms_1k`, `admin_report_ms_1k`,
-`export_rows_per_s`, `export_peak_rss_mb`, and (unless `--no-cap-runs`) the frequency caps'
+`export_rows_per_s`, `export_peak_rss_mb`, `bench_peak_rss_mb` and `sink_peak_rss_mb` (the
+peak memory of this process and of the sink's, flat in the number of messages), and (unless `--no-cap-runs`) the frequency caps'
 figures `deliveries_per_s_marketing`, `deliveries_per_s_with_cap` and `cap_cost_pct`: the
 same audience sent by a marketing campaign twice more, without and then with one active
 cap rule that nobody reaches (``caps``; the issue's target: the check costs at most 15%),
