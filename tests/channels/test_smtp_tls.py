@@ -22,6 +22,7 @@ from django.test import override_settings
 
 from channels.choices import ChannelKind
 from channels.providers import OutboundMessage, SendResult, TransientProviderError, get_backend
+from channels.providers.smtp import sessions_close
 from channels.providers.smtp.backend import SmtpEmailBackend
 from tests.channels.factories import MessagePresetFactory
 from tests.conftest import free_port
@@ -32,8 +33,6 @@ EMAIL_BACKEND = "channels.providers.email.EmailBackend"
 
 @pytest.fixture(autouse=True)
 def no_kept_sessions() -> Iterator[None]:
-    from channels.providers.smtp import sessions_close
-
     sessions_close()
     yield
     sessions_close()
@@ -140,6 +139,8 @@ def running(controller: Controller) -> Iterator[Controller]:
     try:
         yield controller
     finally:
+        # QUIT the kept session first: aiosmtpd's stop waits for an open TLS session's end.
+        sessions_close()
         controller.stop()
 
 
