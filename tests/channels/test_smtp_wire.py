@@ -517,3 +517,36 @@ def test_an_idle_limit_out_of_range_refuses_to_start(tmp_path, value):
 
     assert line.endswith("from 0 (none) to 300.")
     assert load_settings({"SALVO_SMTP_IDLE_SECONDS": "0"}, tmp_path)["SALVO_EMBEDDED"] is True
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_through_the_sink_every_message_arrives_once_as_it_was_built(chunking):
+    from channels.providers.smtp.pool import session_take
+    from devtools.sinks import running_sinks
+
+    recipients = [f"k{n}@example.com" for n in range(70)]
+    recipients[40] = "invalid@example.com"
+    body = ".a dot\n..two\nend"
+    with (
+        running_sinks(smtp_chunking=chunking, reject="invalid") as sink,
+        smtp_settings(sink.smtp_port),
+    ):
+        outcomes = send_batch([outbound(to, body=body) for to in recipients])
+        received = sink.received("email")
+        counters = sink.smtp_counters()
+        kept = session_take()  # the session the batch used, kept for the next one
+        kept.quit()
+    assert kept.chunking is chunking
+
+    assert [type(o) for o in outcomes] == [SendResult] * 40 + [PermanentProviderError] + [
+        SendResult
+    ] * 29
+    assert outcomes[40].reason.startswith("SMTP 550: 5.1.1 <invalid@example.com>")
+    accepted = [r for r in received if r["accepted"]]
+    assert [r["to"] for r in accepted] == recipients[:40] + recipients[41:]
+    assert (counters["messages"], counters["duplicates"], counters["sessions"]) == (69, 0, 1)
+    for record in accepted[:3]:
+        parsed = email.message_from_bytes(record["raw"].encode(), policy=default_policy)
+        text = parsed.get_body(("plain",))
+        assert text is not None
+        assert text.get_content().splitlines() == body.splitlines()
