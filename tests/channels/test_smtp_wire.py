@@ -550,3 +550,19 @@ def test_through_the_sink_every_message_arrives_once_as_it_was_built(chunking):
         text = parsed.get_body(("plain",))
         assert text is not None
         assert text.get_content().splitlines() == body.splitlines()
+
+
+def test_chunked_large_messages_go_whole_beside_small_ones():
+    big = ("line of a long letter " * 3 + "\n") * 5000  # about 340 KB, over a window
+    bodies = [big if n % 3 == 1 else f"small {n}" for n in range(7)]
+    recipients = [f"l{n}@example.com" for n in range(7)]
+    with scripted_smtp(SmtpScript(chunking=True)) as server, smtp_settings(server.port):
+        messages = [outbound(to, body=b) for to, b in zip(recipients, bodies, strict=True)]
+        outcomes = send_batch(messages)
+
+    assert all(isinstance(o, SendResult) for o in outcomes)
+    assert server.delivered() == recipients
+    for message, body in zip(server.received, bodies, strict=True):
+        text = email.message_from_bytes(message.content, policy=default_policy).get_body(("plain",))
+        assert text is not None
+        assert text.get_content().splitlines() == body.splitlines()

@@ -306,7 +306,7 @@ class SmtpSession:
         reply = self._reply
         count = len(envelopes)
         reset_first = self._open  # the previous call's last transaction may be open
-        self._open = True  # until the last reply says otherwise
+        self._open = self._open or count > 0  # until the last reply says otherwise
         windows: list[int] = []  # where each written window ends, its replies not read
         written = 0  # the messages before this one were written (or began to be)
         answered = 0  # the messages before this one had all their replies read
