@@ -67,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Do not advertise PIPELINING; count the commands a client sends early anyway.",
     )
+    smtp.add_argument(
+        "--smtp-chunking",
+        action="store_true",
+        help="Advertise CHUNKING (RFC 3030) and take BDAT; off by default.",
+    )
     smtp.add_argument("--smtp-tls-cert", default="", metavar="PEM", help="Offer STARTTLS.")
     smtp.add_argument("--smtp-tls-key", default="", metavar="PEM")
     smtp.add_argument(
@@ -90,6 +95,7 @@ def smtp_options_from(options: dict[str, Any]) -> SmtpOptions:
         credentials[user] = password
     return SmtpOptions(
         pipelining=not options.get("smtp_no_pipelining"),
+        chunking=bool(options.get("smtp_chunking")),
         size_limit=options.get("smtp_size_limit") or DEFAULT_SIZE_LIMIT,
         max_recipients=options.get("smtp_max_recipients") or DEFAULT_MAX_RECIPIENTS,
         ssl_context=context,

@@ -182,6 +182,7 @@ def running_sinks(
     host: str = "127.0.0.1",
     startup_timeout: float = 10.0,
     smtp_pipelining: bool = True,
+    smtp_chunking: bool = False,
     smtp_tls: tuple[Path | str, Path | str] | None = None,
     smtp_auth: tuple[str, str] | None = None,
     smtp_size_limit: int | None = None,
@@ -192,8 +193,9 @@ def running_sinks(
 
     ``rules`` are ``FailureRules`` fields (``reject="bad"``, ``flaky="retry"``,
     ``flaky_times=2``…). Without ``record`` the attempts go to a temporary file. The SMTP
-    sink advertises PIPELINING unless ``smtp_pipelining`` is false, offers STARTTLS with
-    ``smtp_tls`` (certificate and key files) and AUTH with ``smtp_auth`` (user, password).
+    sink advertises PIPELINING unless ``smtp_pipelining`` is false, CHUNKING (RFC 3030 BDAT)
+    when ``smtp_chunking`` is true, offers STARTTLS with ``smtp_tls`` (certificate and key
+    files) and AUTH with ``smtp_auth`` (user, password).
     """
     # Imported here: the sink's own process (``python -m devtools.sinks``) runs without
     # Django, and importing ``config`` starts the Celery application.
@@ -208,6 +210,8 @@ def running_sinks(
         command += FailureRules(**rules).as_args() + ([] if content else ["--no-content"])
         if not smtp_pipelining:
             command.append("--smtp-no-pipelining")
+        if smtp_chunking:
+            command.append("--smtp-chunking")
         if smtp_tls is not None:
             command += ["--smtp-tls-cert", str(smtp_tls[0]), "--smtp-tls-key", str(smtp_tls[1])]
         if smtp_auth is not None:

@@ -71,7 +71,7 @@ class SinkServer:
     content: bool = True
     # Where the FCM emulation writes its service account's key file (None: no FCM).
     fcm_key_file: Path | None = None
-    # The SMTP server's options: PIPELINING, STARTTLS, AUTH, limits (devtools.sinks.smtp).
+    # The SMTP server's options: PIPELINING, CHUNKING, STARTTLS, AUTH, limits (devtools.sinks.smtp).
     smtp_options: SmtpOptions = field(default_factory=SmtpOptions)
     # Accepted messages, their recipients, and second emails of one delivery id.
     smtp_messages: int = 0

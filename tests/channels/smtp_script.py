@@ -6,8 +6,16 @@ The server keeps RFC 5321's state: a MAIL inside an open transaction is refused 
 is a RCPT without MAIL or a DATA without an accepted recipient (554, or 503 without MAIL).
 Scripted replies, by recipient (``rcpt``: its RCPT's reply, ``data``: its DATA's,
 ``end``: its end of data's) or by the number of the MAIL command (``mail``, counted from
-0 over the server's life). A reply of ``"421 …"`` is written and the connection closed;
-``DROP`` closes it without a reply.
+0 over the server's life).
+
+With ``chunking`` the server advertises CHUNKING (RFC 3030) and takes ``BDAT <n> [LAST]``
+and its n octets as they are. Like Postfix's smtpd, a BDAT without an accepted recipient
+is answered 554 (503 without MAIL) and leaves the transaction open, and so does a
+recipient's ``data`` refusal (given to its BDAT LAST); its ``end`` reply is the BDAT
+LAST's otherwise, and ends the transaction.
+
+A reply of ``"421 …"`` is written and the connection closed; ``DROP`` closes it without a
+reply.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ class Received:
 @dataclass
 class SmtpScript:
     pipelining: bool = True
+    chunking: bool = False
     mail: dict[int, str] = field(default_factory=dict)
     rcpt: dict[str, str] = field(default_factory=dict)
     data: dict[str, str] = field(default_factory=dict)
@@ -74,6 +83,10 @@ class _Session(asyncio.Protocol):
         self.in_data = False
         self.content: list[bytes] = []
         self.closed = False
+        # A BDAT's octets still to come (None: none), whether it is the LAST, its refusal.
+        self.bdat_left: int | None = None
+        self.bdat_last = False
+        self.bdat_refusal: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -84,6 +97,16 @@ class _Session(asyncio.Protocol):
         replies_before = self.replies  # how many replies this chunk's sender could have read
         self.buffer += data
         while not self.closed:
+            if self.bdat_left is not None:
+                taken = self.buffer[: self.bdat_left]
+                self.buffer = self.buffer[len(taken) :]
+                self.content.append(taken)
+                self.bdat_left -= len(taken)
+                if self.bdat_left:
+                    return
+                self.bdat_left = None
+                self._end_of_chunk()
+                continue
             end = self.buffer.find(b"\r\n")
             if end < 0:
                 return
@@ -120,6 +143,8 @@ class _Session(asyncio.Protocol):
             extensions = ["SIZE 10000000", "8BITMIME"]
             if script.pipelining:
                 extensions.insert(0, "PIPELINING")
+            if script.chunking:
+                extensions.append("CHUNKING")
             lines = ["scripted", *extensions]
             self.replies += 1
             self.transport.write(
@@ -134,7 +159,7 @@ class _Session(asyncio.Protocol):
             script.quits += 1
             self._reply("221 Bye")
         elif verb == "RSET":
-            self.mail_from, self.rcpt_to = None, []
+            self.mail_from, self.rcpt_to, self.content = None, [], []
             self._reply("250 OK")
         elif verb == "MAIL":
             number = script.mails
@@ -169,8 +194,47 @@ class _Session(asyncio.Protocol):
                 if reply.startswith("354"):
                     self.in_data, self.content = True, []
                 self._reply(reply)
+        elif verb == "BDAT" and script.chunking:
+            words = text.split()
+            if len(words) not in (2, 3) or not words[1].isdigit():
+                self._reply("501 5.5.4 Syntax: BDAT size [LAST]")
+                return
+            if self.mail_from is None:
+                self.bdat_refusal = "503 5.5.1 Need MAIL command"
+            elif not self.rcpt_to:
+                self.bdat_refusal = "554 5.5.1 No valid recipients"
+            else:
+                self.bdat_refusal = None
+            self.bdat_left = int(words[1])
+            self.bdat_last = len(words) == 3 and words[2].upper() == "LAST"
+            if self.bdat_left == 0:
+                self.bdat_left = None
+                self._end_of_chunk()
         else:
             self._reply("500 5.5.2 Unknown command")
+
+    def _end_of_chunk(self) -> None:
+        if self.bdat_refusal is not None:
+            self.content = []
+            self._reply(self.bdat_refusal)
+            return
+        if not self.bdat_last:
+            self._reply(f"250 2.0.0 {len(self.content[-1])} octets received")
+            return
+        recipient = self.rcpt_to[0]
+        refused = self.script.data.get(recipient, "354")
+        if not refused.startswith("354"):
+            self.content = []
+            self._reply(refused)  # the transaction stays open: the client must RSET
+            return
+        reply = self.script.end.get(recipient, "250 2.0.0 OK queued")
+        if reply.startswith("250"):
+            self.script.received.append(
+                Received(self.number, self.mail_from or "", recipient, b"".join(self.content))
+            )
+        self.content = []
+        self.mail_from, self.rcpt_to = None, []
+        self._reply(reply)
 
     def _end_of_data(self, *, early: bool) -> None:
         self.commands += 1

@@ -125,7 +125,8 @@ def described(outcomes: list[SendResult | ProviderError]) -> list[tuple[type, st
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-at-a-time"])
 def test_each_reply_keeps_its_meaning_for_its_recipient_and_later_messages_go(pipelining):
-    script = SmtpScript(pipelining=pipelining, **MIXED)
+    # CHUNKING without PIPELINING: DATA, one command at a time.
+    script = SmtpScript(pipelining=pipelining, chunking=not pipelining, **MIXED)
     with scripted_smtp(script) as server, smtp_settings(server.port):
         outcomes = send_batch([outbound(to) for to in MIXED_RECIPIENTS])
 
@@ -148,6 +149,148 @@ def test_each_reply_keeps_its_meaning_for_its_recipient_and_later_messages_go(pi
         mails = [n for n, line in enumerate(commands) if line.startswith("MAIL")]
         assert commands[mails[5] + 1].startswith("MAIL")
     assert not any(line.startswith("503") for line in commands)
+    assert not any(line.startswith("BDAT") for line in commands)
+
+
+def test_chunked_each_reply_keeps_its_meaning_for_its_recipient_and_later_messages_go():
+    # Refused at MAIL, RCPT (the BDAT then gets 503 or 554), BDAT (before or after the
+    # content): every recipient gets its own reply's meaning, and the next messages go,
+    # though the server (like Postfix) leaves a transaction open after a refused RCPT/BDAT.
+    script = SmtpScript(chunking=True, **MIXED)
+    with scripted_smtp(script) as server, smtp_settings(server.port):
+        outcomes = send_batch([outbound(to) for to in MIXED_RECIPIENTS])
+
+    assert described(outcomes) == MIXED_EXPECTED
+    assert server.delivered() == [to for to in MIXED_RECIPIENTS if to.startswith("ok-")]
+    assert server.connections == 1
+    commands = [line for line in server.commands() if line != "QUIT"]
+    verbs = [line.split(" ")[0] for line in commands]
+    assert verbs[0].upper() == "EHLO"
+    # RSET before every message but the first: the replies are not known when it is written.
+    assert verbs[1:] == ["MAIL", "RCPT", "BDAT"] + ["RSET", "MAIL", "RCPT", "BDAT"] * 10
+    assert "DATA" not in verbs
+
+
+def test_chunked_the_next_batch_opens_with_rset_only_if_the_last_transaction_may_be_open():
+    script = SmtpScript(chunking=True, data={"x@example.com": "554 5.7.0 No"})
+    with scripted_smtp(script) as server, smtp_settings(server.port), backend() as sending:
+        outcomes = [
+            *sending.send_batch([outbound("x@example.com")]),
+            *sending.send_batch([outbound("y@example.com")]),
+            *sending.send_batch([outbound("z@example.com")]),
+        ]
+
+    assert described(outcomes) == [
+        (PermanentProviderError, "SMTP 554: 5.7.0 No"),
+        (SendResult, ""),
+        (SendResult, ""),
+    ]
+    assert [line.split(" ")[0] for line in server.commands() if line != "QUIT"][1:] == [
+        *("MAIL", "RCPT", "BDAT"),
+        *("RSET", "MAIL", "RCPT", "BDAT"),  # x's refused BDAT left its transaction open
+        *("MAIL", "RCPT", "BDAT"),
+    ]
+
+
+def test_chunked_messages_go_in_windows_that_wait_for_nothing():
+    recipients = [f"c{n}@example.com" for n in range(100)]
+    with scripted_smtp(SmtpScript(chunking=True)) as server, smtp_settings(server.port):
+        outcomes = send_batch([outbound(to) for to in recipients])
+
+    assert all(isinstance(o, SendResult) for o in outcomes)
+    assert server.delivered() == recipients
+    lines = [line for line in server.lines if line.text != "QUIT"]
+    bdats = [line.text for line in lines if line.text.startswith("BDAT")]
+    assert len(bdats) == 100
+    assert all(text.endswith(" LAST") for text in bdats)
+    # After EHLO, nothing waits for a reply within a window of 32 messages: only a window's
+    # first command may arrive after the replies to the window before it were written (the
+    # client writes the next window before it reads those replies, but a fast server may
+    # have answered them by then).
+    waited: list[tuple[str, int]] = []
+    mails = 0
+    for line in lines[1:]:
+        verb = line.text.split(" ")[0]
+        if not line.early:
+            waited.append((verb, mails))
+        mails += verb == "MAIL"
+    assert waited[0] == ("MAIL", 0)
+    assert all(verb == "RSET" and message % 32 == 0 for verb, message in waited[1:])
+    assert not lines[0].early
+
+
+def test_chunked_content_arrives_as_the_same_bytes_as_through_data():
+    body = ".starts with a dot\n..two dots\nbare\rcarriage\n.\nend\n\u00e9t\u00e9 " + "x" * 2000
+    received = []
+    for chunking in (False, True):
+        with scripted_smtp(SmtpScript(chunking=chunking)) as server, smtp_settings(server.port):
+            message = OutboundMessage(
+                delivery_id=4_999_999,
+                channel=ChannelKind.EMAIL,
+                to="same@example.com",
+                subject="R\u00e9sum\u00e9",
+                body=body,
+            )
+            [outcome] = send_batch([message])
+        assert isinstance(outcome, SendResult)
+        [one] = server.received
+        received.append(one.content)
+        assert any(line.startswith("BDAT") for line in server.commands()) is chunking
+
+    through_data, through_bdat = received
+
+    def steady(content: bytes) -> bytes:  # without the fields that change with the time
+        lines = content.split(b"\r\n")
+        return b"\r\n".join(n for n in lines if not n.startswith((b"Date:", b"Message-ID:")))
+
+    assert steady(through_bdat).decode() == steady(through_data).decode()
+    parsed = email.message_from_bytes(through_bdat, policy=default_policy)
+    assert parsed["Subject"] == "R\u00e9sum\u00e9"
+    text = parsed.get_body(("plain",))
+    assert text is not None
+    assert text.get_content().splitlines() == body.replace("\r", "\n").splitlines()
+
+
+def test_chunked_a_421_sends_the_unanswered_rest_once_on_a_new_connection():
+    recipients = [f"m{n}@example.com" for n in range(40)]  # two windows
+    script = SmtpScript(chunking=True, mail={2: "421 4.3.2 Shutting down"})
+    with scripted_smtp(script) as server, smtp_settings(server.port):
+        outcomes = send_batch([outbound(to) for to in recipients])
+
+    assert all(isinstance(o, SendResult) for o in outcomes)
+    assert server.connections == 2
+    assert server.delivered() == recipients  # each once
+    assert [m.connection for m in server.received] == [1, 1] + [2] * 38
+
+
+def test_chunked_a_421_to_a_bdat_leaves_that_message_in_doubt_and_the_rest_go():
+    recipients = [f"e{n}@example.com" for n in range(4)]
+    script = SmtpScript(chunking=True, end={"e1@example.com": "421 4.3.2 Closing, try later"})
+    with scripted_smtp(script) as server, smtp_settings(server.port):
+        outcomes = send_batch([outbound(to) for to in recipients])
+
+    assert [type(o) for o in outcomes] == [
+        SendResult,
+        TransientProviderError,
+        SendResult,
+        SendResult,
+    ]
+    assert "SMTP 421: 4.3.2 Closing, try later" in outcomes[1].reason
+    assert server.delivered() == ["e0@example.com", "e2@example.com", "e3@example.com"]
+    assert server.connections == 2
+
+
+def test_chunked_a_lost_connection_leaves_every_written_unanswered_message_in_doubt():
+    recipients = [f"d{n}@example.com" for n in range(4)]
+    script = SmtpScript(chunking=True, end={"d1@example.com": DROP})
+    with scripted_smtp(script) as server, smtp_settings(server.port):
+        outcomes = send_batch([outbound(to) for to in recipients])
+
+    # d2 and d3 went in the same write: the server may have taken them.
+    assert [type(o) for o in outcomes] == [SendResult] + [TransientProviderError] * 3
+    assert all(o.reason.startswith("Mail server connection failed: ") for o in outcomes[1:])
+    assert server.delivered() == ["d0@example.com"]
+    assert server.connections == 1
 
 
 def test_pipelined_commands_go_in_one_write_with_the_previous_content():
@@ -374,3 +517,52 @@ def test_an_idle_limit_out_of_range_refuses_to_start(tmp_path, value):
 
     assert line.endswith("from 0 (none) to 300.")
     assert load_settings({"SALVO_SMTP_IDLE_SECONDS": "0"}, tmp_path)["SALVO_EMBEDDED"] is True
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_through_the_sink_every_message_arrives_once_as_it_was_built(chunking):
+    from channels.providers.smtp.pool import session_take
+    from devtools.sinks import running_sinks
+
+    recipients = [f"k{n}@example.com" for n in range(70)]
+    recipients[40] = "invalid@example.com"
+    body = ".a dot\n..two\nend"
+    with (
+        running_sinks(smtp_chunking=chunking, reject="invalid") as sink,
+        smtp_settings(sink.smtp_port),
+    ):
+        outcomes = send_batch([outbound(to, body=body) for to in recipients])
+        received = sink.received("email")
+        counters = sink.smtp_counters()
+        kept = session_take()  # the session the batch used, kept for the next one
+        kept.quit()
+    assert kept.chunking is chunking
+
+    assert [type(o) for o in outcomes] == [SendResult] * 40 + [PermanentProviderError] + [
+        SendResult
+    ] * 29
+    assert outcomes[40].reason.startswith("SMTP 550: 5.1.1 <invalid@example.com>")
+    accepted = [r for r in received if r["accepted"]]
+    assert [r["to"] for r in accepted] == recipients[:40] + recipients[41:]
+    assert (counters["messages"], counters["duplicates"], counters["sessions"]) == (69, 0, 1)
+    for record in accepted[:3]:
+        parsed = email.message_from_bytes(record["raw"].encode(), policy=default_policy)
+        text = parsed.get_body(("plain",))
+        assert text is not None
+        assert text.get_content().splitlines() == body.splitlines()
+
+
+def test_chunked_large_messages_go_whole_beside_small_ones():
+    big = ("line of a long letter " * 3 + "\n") * 5000  # about 340 KB, over a window
+    bodies = [big if n % 3 == 1 else f"small {n}" for n in range(7)]
+    recipients = [f"l{n}@example.com" for n in range(7)]
+    with scripted_smtp(SmtpScript(chunking=True)) as server, smtp_settings(server.port):
+        messages = [outbound(to, body=b) for to, b in zip(recipients, bodies, strict=True)]
+        outcomes = send_batch(messages)
+
+    assert all(isinstance(o, SendResult) for o in outcomes)
+    assert server.delivered() == recipients
+    for message, body in zip(server.received, bodies, strict=True):
+        text = email.message_from_bytes(message.content, policy=default_policy).get_body(("plain",))
+        assert text is not None
+        assert text.get_content().splitlines() == body.splitlines()

@@ -161,6 +161,7 @@ def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_d
     assert not any(line.startswith("email over SMTP") for line in lines)
     assert summary["smtp_messages_per_s"] is None
     assert summary["smtp_duplicates"] is None
+    assert summary["smtp_chunking_messages_per_s"] is None
 
 
 @pytest.mark.worker
@@ -187,6 +188,13 @@ def test_bench_delivery_measures_email_over_smtp_at_the_sink(transactional_db, m
     assert summary["smtp_messages_per_s"] > 0
     assert summary["smtp_first_message_s"] is not None
     assert summary["smtp_duplicates"] == 0
+    # Again with the sink advertising CHUNKING: pipelined BDAT.
+    assert any(
+        line.startswith("email over SMTP with CHUNKING: ") and "(30 accepted of 30;" in line
+        for line in lines
+    )
+    assert summary["smtp_chunking_messages_per_s"] > 0
+    assert summary["smtp_chunking_first_message_s"] is not None
     assert summary["duplicates"] == 0
 
 

@@ -282,3 +282,106 @@ def test_an_open_session_is_told_421_when_the_sink_stops():
         client.reply()
     assert client.reply()[0] == 421
     client.close()
+
+
+def bdat(content: bytes, *, last: bool = True) -> bytes:
+    return b"BDAT %d%b\r\n" % (len(content), b" LAST" if last else b"") + content
+
+
+def test_chunking_is_advertised_only_when_asked_and_bdat_without_it_is_refused():
+    with running_sinks() as sink:
+        client = RawClient(sink.smtp_port)
+        client.send(b"EHLO client.example\r\n")
+        assert "CHUNKING" not in client.reply()[1]
+        # Refused, its octets read and dropped: the session stays in step.
+        client.send(
+            b"MAIL FROM:<n@example.com>\r\nRCPT TO:<r@example.com>\r\n"
+            + bdat(raw_message("x", "r@example.com").replace(b"Hi there", b"NOOP"))
+            + b"NOOP\r\n"
+        )
+        assert client.replies(4) == [250, 250, 500, 250]
+        client.close()
+        assert sink.received("email") == []
+
+
+def test_pipelined_bdat_chunks_are_taken_as_they_are_under_the_rules_of_data():
+    with running_sinks(smtp_chunking=True, reject="invalid", flaky="retry", flaky_times=1) as sink:
+        client = RawClient(sink.smtp_port)
+        client.send(b"EHLO client.example\r\n")
+        _, lines = client.reply()
+        assert {"CHUNKING", "PIPELINING"} <= set(lines)
+        first = raw_message("c1", "a@example.com", body=".dot\r\n..two\r\n.")
+        again = raw_message("c1", "a@example.com", body="BDAT 0 LAST\r\n.\r\nQUIT")
+        mail = b"MAIL FROM:<n@example.com>\r\n"
+        client.send(
+            # Two chunks, the first one cut inside a line; dots stay as they are.
+            mail
+            + b"RCPT TO:<a@example.com>\r\n"
+            + bdat(first[:50], last=False)
+            + bdat(first[50:])
+            # A refused recipient: its BDAT is read, dropped and refused (554).
+            + mail
+            + b"RCPT TO:<invalid@example.com>\r\n"
+            + bdat(raw_message("c2", "invalid@example.com"))
+            + b"RSET\r\n"
+            # No MAIL: 503; then DATA after a BDAT chunk: 503.
+            + bdat(raw_message("c3", "b@example.com"))
+            + mail
+            + b"RCPT TO:<b@example.com>\r\n"
+            + bdat(b"Subject: s\r\n", last=False)
+            + b"DATA\r\nRSET\r\n"
+            # A flaky recipient's message: 451 at BDAT LAST; then the first one again.
+            + mail
+            + b"RCPT TO:<retry@example.com>\r\n"
+            + bdat(raw_message("c4", "retry@example.com"))
+            + mail
+            + b"RCPT TO:<a@example.com>\r\n"
+            # Commands and a lone dot inside a chunk are its content; then an empty LAST.
+            + bdat(again, last=False)
+            + bdat(b"")
+            + b"QUIT\r\n"
+        )
+        codes = client.replies(4 + 4 + 1 + 5 + 3 + 4 + 1)
+        client.close()
+        counters = sink.smtp_counters()
+        received = sink.received("email")
+        attempts = sink.attempts("email")
+
+    assert codes == [
+        *(250, 250, 250, 250),
+        *(250, 550, 554, 250),
+        503,
+        *(250, 250, 250, 503, 250),
+        *(250, 250, 451),
+        *(250, 250, 250, 250),
+        221,
+    ]
+    assert [r["to"] for r in received] == ["a@example.com", "a@example.com"]
+    assert [r["raw"].encode() for r in received] == [first, again]
+    assert [(r["to"], r["status"]) for r in attempts] == [
+        ("a@example.com", 250),
+        ("invalid@example.com", 550),
+        ("retry@example.com", 451),
+        ("a@example.com", 250),
+    ]
+    assert (counters["messages"], counters["duplicates"], counters["early_commands"]) == (2, 1, 0)
+
+
+def test_bdat_keeps_the_limits_of_data():
+    with running_sinks(smtp_chunking=True, smtp_size_limit=2000) as sink:
+        client = RawClient(sink.smtp_port)
+        client.send(b"EHLO client.example\r\n")
+        client.reply()
+        mail = b"MAIL FROM:<n@example.com>\r\nRCPT TO:<r@example.com>\r\n"
+        # Over SIZE across two chunks: the second is refused and ends the transaction.
+        client.send(
+            mail + bdat(b"x" * 1500 + b"\r\n", last=False) + bdat(b"y" * 600) + bdat(b"z\r\n")
+        )
+        assert client.replies(5) == [250, 250, 250, 552, 503]
+        # A line over 1000 octets.
+        client.send(mail + bdat(b"Subject: s\r\n\r\n" + b"y" * 999 + b"\r\n"))
+        assert client.replies(3) == [250, 250, 500]
+        client.send(b"QUIT\r\n")
+        assert client.reply()[0] == 221
+        client.close()
+        assert sink.received("email") == []

@@ -23,7 +23,7 @@ from .. import (
 from ..email import EmailBackend
 from .message import envelope_address, message_bytes
 from .pool import session_give_back, session_take
-from .session import Envelope, SmtpSession, Wire, WireOutcome, wire_address, wire_content
+from .session import Envelope, SmtpSession, Wire, WireOutcome, crlf_content, wire_address
 
 __all__ = ["SmtpEmailBackend"]
 
@@ -84,7 +84,7 @@ class SmtpEmailBackend(EmailBackend):
                 continue
             positions.append(len(outcomes))
             outcomes.append(SendResult(provider_message_id=message_id.strip("<>")))
-            envelopes.append(Envelope(sender, recipient, wire_content(content)))
+            envelopes.append(Envelope(sender, recipient, crlf_content(content)))
         if not envelopes:
             return outcomes
         opened_here = self.session is None
