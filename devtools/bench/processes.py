@@ -102,15 +102,24 @@ def running_worker(
         "--without-heartbeat", "--loglevel", "info", "--hostname", f"bench{os.getpid()}@%h",
     ]  # fmt: skip
     with log.open("ab") as output:
+        # A worker of the same kind may have written to this log in an earlier run: only
+        # what this one writes says it is ready.
+        started_at = output.tell()
         process = subprocess.Popen(
             command, cwd=BASE_DIR, env=env, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+
+    def written() -> str:
+        with log.open("rb") as file:
+            file.seek(started_at)
+            return file.read().decode(errors="replace")
+
     try:
         deadline = time.monotonic() + 60
-        while "ready." not in log.read_text(errors="replace"):
+        while "ready." not in written():
             if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchmarkError(f"the worker did not start:\n{log.read_text()[-3000:]}")
+                raise BenchmarkError(f"the worker did not start:\n{written()[-3000:]}")
             time.sleep(0.2)
         say(f"worker ready: {processes} processes (pid {process.pid})")
         yield process.pid
