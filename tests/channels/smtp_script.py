@@ -269,10 +269,15 @@ def scripted_smtp(script: SmtpScript | None = None) -> Iterator[SmtpScript]:
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     server: asyncio.Server | None = None
+    sessions: list[_Session] = []
+
+    def session() -> _Session:
+        sessions.append(_Session(script))
+        return sessions[-1]
 
     async def start() -> None:
         nonlocal server
-        server = await loop.create_server(lambda: _Session(script), "127.0.0.1", 0)
+        server = await loop.create_server(session, "127.0.0.1", 0)
         script.port = server.sockets[0].getsockname()[1]
         ready.set()
 
@@ -287,6 +292,11 @@ def scripted_smtp(script: SmtpScript | None = None) -> Iterator[SmtpScript]:
         async def stop() -> None:
             assert server is not None
             server.close()
+            # As a server that shuts down: a client's kept session ends now, rather than
+            # waiting out its timeout for a QUIT's reply.
+            for open_session in sessions:
+                if not open_session.closed:
+                    open_session.transport.close()
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=5)
         loop.call_soon_threadsafe(loop.stop)
