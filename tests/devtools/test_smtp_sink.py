@@ -2,18 +2,14 @@
 pipelines without the extension, STARTTLS and AUTH through smtplib, the failure rules,
 duplicates, and RFC 5321's limits."""
 
-import datetime
 import smtplib
 import socket
 import ssl
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from devtools.sinks import running_sinks
+from tests.tls_support import self_signed_certificate
 
 
 def raw_message(delivery_id: str, to: str, body: str = "Hi there") -> bytes:
@@ -182,36 +178,9 @@ def test_without_pipelining_a_pipelining_client_is_counted_and_smtplib_is_not():
     assert rude["early_verbs"] == ["RCPT", "DATA", "QUIT"]
 
 
-def self_signed(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_starttls_and_auth_through_smtplib(tmp_path, mechanism):
-    cert_file, key_file = self_signed(tmp_path)
+    cert_file, key_file = self_signed_certificate(tmp_path)
     context = ssl.create_default_context(cafile=str(cert_file))
     with running_sinks(smtp_tls=(cert_file, key_file), smtp_auth=("sender", "s3cret")) as sink:
         with smtplib.SMTP("localhost", sink.smtp_port, timeout=5) as client:
