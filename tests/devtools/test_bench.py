@@ -122,23 +122,28 @@ def test_bench_triggers_refuses_bad_options_in_one_line(options, error):
     assert str(refused.value) == error
 
 
-@pytest.mark.worker
-@pytest.mark.timeout(600)
-def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_db, monkeypatch):
-    # The benchmark's worker and web process inherit this environment: the test database.
+def bench_run(monkeypatch, command: str, *options: str) -> tuple[list[str], dict]:
+    """What a benchmark command with these options prints: its human lines, and its JSON
+    summary (the last line). Its worker and web processes inherit this environment: the
+    test database."""
     for name, value in child_process_env().items():
         monkeypatch.setenv(name, value)
     out = StringIO()
+    call_command(command, *options, stdout=out)
+    *lines, last = out.getvalue().splitlines()
+    return lines, json.loads(last)
 
-    call_command(
+
+@pytest.mark.worker
+@pytest.mark.timeout(600)
+def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_db, monkeypatch):
+    lines, summary = bench_run(
+        monkeypatch,
         "bench_delivery",
         *("--profiles", "40", "--channels", "sms,webhook", "--workers", "1"),
         *("--naive-profiles", "10", "--timeout", "300"),
-        stdout=out,
     )
 
-    *lines, last = out.getvalue().splitlines()
-    summary = json.loads(last)
     assert (summary["profiles"], summary["channels"]) == (40, ["sms", "webhook"])
     assert summary["deliveries_per_s"] > 0
     assert summary["naive_deliveries_per_s"] > 0
@@ -167,19 +172,13 @@ def test_bench_delivery_measures_the_engine_and_the_naive_design(transactional_d
 @pytest.mark.worker
 @pytest.mark.timeout(600)
 def test_bench_delivery_measures_email_over_smtp_at_the_sink(transactional_db, monkeypatch):
-    for name, value in child_process_env().items():
-        monkeypatch.setenv(name, value)
-    out = StringIO()
-
-    call_command(
+    lines, summary = bench_run(
+        monkeypatch,
         "bench_delivery",
         *("--profiles", "30", "--channels", "email", "--workers", "1", "--esp", "none"),
         *("--naive-profiles", "0", "--no-cap-runs", "--timeout", "300"),
-        stdout=out,
     )
 
-    *lines, last = out.getvalue().splitlines()
-    summary = json.loads(last)
     # --smtp-profiles defaults to 100,000, at most --profiles.
     assert any(
         line.startswith("email over SMTP to the sink: ") and "(30 accepted of 30 profiles" in line
@@ -214,11 +213,7 @@ def test_bench_events_refuses_bad_options_in_one_line(options, error):
 
 def bench_events_summary(monkeypatch, *options: str) -> dict:
     """What ``bench_events`` with these options prints last: its JSON summary."""
-    for name, value in child_process_env().items():
-        monkeypatch.setenv(name, value)
-    out = StringIO()
-    call_command("bench_events", *options, stdout=out)
-    return json.loads(out.getvalue().splitlines()[-1])
+    return bench_run(monkeypatch, "bench_events", *options)[1]
 
 
 @pytest.mark.timeout(300)
