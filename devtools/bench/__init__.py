@@ -19,7 +19,10 @@ high-volume sender's would. A separate run sends one personalised email action o
 (``devtools.sinks.smtp``, which advertises PIPELINING), with the same worker processes, and
 adds `smtp_messages_per_s` (messages the sink accepted per second, activation to Completed),
 `smtp_first_message_s` and `smtp_duplicates` to the JSON (null without the run: no email in
-``--channels``, or ``--smtp-profiles 0``). And the same audience once
+``--channels``, or ``--smtp-profiles 0``); then the same run with the sink advertising
+CHUNKING too, so that the client sends pipelined BDAT (RFC 3030):
+`smtp_chunking_messages_per_s` and `smtp_chunking_first_message_s` (its duplicates counted in
+`smtp_duplicates`). And the same audience once
 more (``--esp-profiles``, default ``--profiles``) with email through django-anymail's own
 backend for an ESP (``--esp``, default Mailgun, whose batch call carries personalised
 content, as SendGrid's does; Postmark's carries one content only) to the sink's emulation
@@ -46,11 +49,11 @@ Human lines first; the last line is one JSON object with exactly the keys `profi
 `naive_deliveries_per_s`, `naive_ratio`, `duplicates`, `report_ms`, `admin_page_ms`,
 `admin_report_ms`, `report_ms_1k`, `admin_page_ms_1k`, `admin_report_ms_1k`,
 `export_rows_per_s`, `export_peak_rss_mb`, `bench_peak_rss_mb` and `sink_peak_rss_mb` (the
-peak memory of this process and of the sink's, flat in the number of messages), and (unless `--no-cap-runs`) the frequency caps'
-figures `deliveries_per_s_marketing`, `deliveries_per_s_with_cap` and `cap_cost_pct`: the
-same audience sent by a marketing campaign twice more, without and then with one active
+peak memory of this process and of the sink's, flat in the number of messages), and (unless
+`--no-cap-runs`) the frequency caps' figures `deliveries_per_s_marketing`,
+`deliveries_per_s_with_cap` and `cap_cost_pct`: the same audience sent by a marketing campaign twice more, without and then with one active
 cap rule that nobody reaches (``caps``; the issue's target: the check costs at most 15%),
-the SMTP run's three keys, with an ESP run its three, and the history's two (below).
+the SMTP runs' five keys (below), with an ESP run its three, and the history's two (below).
 
 With ``--history-deliveries N`` (PostgreSQL only), N delivery rows of a year of earlier
 campaigns (``history``: 365 Completed campaigns, one a day, email and SMS to the bench
