@@ -51,9 +51,10 @@ Human lines first; the last line is one JSON object with exactly the keys `profi
 `export_rows_per_s`, `export_peak_rss_mb`, `bench_peak_rss_mb` and `sink_peak_rss_mb` (the
 peak memory of this process and of the sink's, flat in the number of messages), and (unless
 `--no-cap-runs`) the frequency caps' figures `deliveries_per_s_marketing`,
-`deliveries_per_s_with_cap` and `cap_cost_pct`: the same audience sent by a marketing campaign twice more, without and then with one active
-cap rule that nobody reaches (``caps``; the issue's target: the check costs at most 15%),
-the SMTP runs' five keys (below), with an ESP run its three, and the history's two (below).
+`deliveries_per_s_with_cap` and `cap_cost_pct`: the same audience sent by a marketing
+campaign twice more, without and then with one active cap rule that nobody reaches
+(``caps``; the issue's target: the check costs at most 15%), the SMTP runs' five keys
+(above), with an ESP run its three, and the history's two (below).
 
 With ``--history-deliveries N`` (PostgreSQL only), N delivery rows of a year of earlier
 campaigns (``history``: 365 Completed campaigns, one a day, email and SMS to the bench
