@@ -41,13 +41,15 @@ DELIVERY_ID_HEADER = "X-Salvo-Delivery-Id"
 DJANGO_SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 
 
-def _smtp_reason(code: int | None, message: bytes | str) -> str:
+def smtp_refusal(
+    code: int | None, message: bytes | str
+) -> TransientProviderError | PermanentProviderError:
+    """What an SMTP server's refusal means for its message, with the server's text as the
+    reason (``SMTP 550: …``): RFC 5321's 4xx is a temporary failure, 5xx (or anything
+    unexpected) a permanent one. Django's smtplib path and Salvo's own SMTP session read
+    replies by this one rule."""
     text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
-    return f"SMTP {code}: {text}" if code else text
-
-
-def _classify(code: int | None, reason: str) -> TransientProviderError | PermanentProviderError:
-    # RFC 5321: 4xx is a temporary failure, 5xx a permanent one.
+    reason = f"SMTP {code}: {text}" if code else text
     if code is not None and 400 <= code < 500:
         return TransientProviderError(reason)
     return PermanentProviderError(reason)
@@ -199,10 +201,10 @@ class EmailBackend(ProviderBackend):
             self.connection.send_messages([email])
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()), (None, b"recipient refused"))
-            raise _classify(code, _smtp_reason(code, text)) from exc
+            raise smtp_refusal(code, text) from exc
         except smtplib.SMTPResponseException as exc:
             # Sender refused, data refused…: the server answered, so the session is usable.
-            raise _classify(exc.smtp_code, _smtp_reason(exc.smtp_code, exc.smtp_error)) from exc
+            raise smtp_refusal(exc.smtp_code, exc.smtp_error) from exc
         except ValueError as exc:  # an address Django cannot encode
             raise PermanentProviderError(f"Invalid address: {exc}") from exc
         except (smtplib.SMTPException, OSError) as exc:

@@ -51,7 +51,8 @@ from typing import Any
 
 from django.core.mail.backends.smtp import EmailBackend as DjangoSmtpBackend
 
-from .. import PermanentProviderError, ProviderError, TransientProviderError
+from .. import ProviderError, TransientProviderError
+from ..email import smtp_refusal
 
 __all__ = [
     "Envelope",
@@ -60,7 +61,6 @@ __all__ = [
     "WireOutcome",
     "crlf_content",
     "wire_address",
-    "wire_content",
 ]
 
 _MAXLINE = 8192  # smtplib's longest reply line
@@ -121,11 +121,6 @@ def _dot_stuffed(content: bytes) -> bytes:
     return content + b".\r\n"
 
 
-def wire_content(message: bytes) -> bytes:
-    """The bytes after DATA's 354: ``crlf_content``, dot-stuffed, then the final dot."""
-    return _dot_stuffed(crlf_content(message))
-
-
 class _Lost(Exception):
     """The server closed the session (421) or spoke out of protocol."""
 
@@ -134,19 +129,20 @@ class _Lost(Exception):
         self.closing = closing  # a 421: the server read nothing after the command it answers
 
 
-def _reason(code: int, raw: bytes) -> str:
-    """What the reply says, as the email backend has always said it: ``SMTP 550: text``."""
-    text = "\n".join(
+def _text(raw: bytes) -> str:
+    """A reply's text, its lines without their codes."""
+    return "\n".join(
         line[4:].strip(b" \t").decode(errors="replace") for line in raw.splitlines() if line
     )
-    return f"SMTP {code}: {text}"
+
+
+def _reason(code: int, raw: bytes) -> str:
+    """What the reply says, as the email backend says it: ``SMTP 550: text``."""
+    return smtp_refusal(code, _text(raw)).reason
 
 
 def _refusal(code: int, raw: bytes) -> ProviderError:
-    # RFC 5321: 4xx is a temporary failure, 5xx (or anything unexpected) a permanent one.
-    if 400 <= code < 500:
-        return TransientProviderError(_reason(code, raw))
-    return PermanentProviderError(_reason(code, raw))
+    return smtp_refusal(code, _text(raw))
 
 
 def connection_settings(backend: DjangoSmtpBackend) -> tuple[Any, ...]:
