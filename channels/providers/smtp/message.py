@@ -44,14 +44,13 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.mail.message import ADDRESS_HEADERS, sanitize_address
 
+from ..email import DELIVERY_ID_HEADER
+
 if TYPE_CHECKING:
     from channels.providers import OutboundMessage
 
 __all__ = ["envelope_address", "message_bytes"]
 
-# The same header as channels.providers.email.DELIVERY_ID_HEADER (not imported from there:
-# that module may come to import this one).
-DELIVERY_ID_HEADER = "X-Salvo-Delivery-Id"
 # RFC 5322 2.1.1: a line is at most 998 octets before its CRLF, and should be at most 78.
 MAX_LINE_OCTETS = 998
 FOLD_COLUMNS = 78
