@@ -46,6 +46,16 @@ _EMBEDDED_SECRETS = {
 }
 
 
+def _number(name: str, *, default: str) -> tuple[str, float]:
+    """The variable as written (for the refusal's message) and its number, NaN when it is
+    none: a range check (``not low <= value <= high``) then refuses it too."""
+    written = env.str(name, default=default)
+    try:
+        return written, float(written)
+    except ValueError:
+        return written, float("nan")
+
+
 def _secret(name: str) -> str:
     """A secret from the environment: the embedded default falls back to its public value,
     the production profile refuses to start without one of its own."""
@@ -531,11 +541,7 @@ CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # A campaign gets an alert in the lists (admin icon, API `alerts`) when more than this share
 # of its messages sent or failed so far failed (0.05: 5 %); also when its last activation
 # failed, a delivery step failed, or its delivery stalled for SALVO_DELIVERY_STALL_AFTER_S.
-_alert_rate = env.str("SALVO_ALERT_FAILURE_RATE", default="0.05")
-try:
-    SALVO_ALERT_FAILURE_RATE = float(_alert_rate)
-except ValueError:
-    SALVO_ALERT_FAILURE_RATE = float("nan")
+_alert_rate, SALVO_ALERT_FAILURE_RATE = _number("SALVO_ALERT_FAILURE_RATE", default="0.05")
 if not 0 <= SALVO_ALERT_FAILURE_RATE < 1:  # also false for NaN
     raise ImproperlyConfigured(
         f"SALVO_ALERT_FAILURE_RATE is {_alert_rate!r}: give a share of failed messages from 0 "
@@ -651,11 +657,7 @@ EMAIL_TIMEOUT = SALVO_PROVIDER_TIMEOUT_S
 # A worker process keeps its SMTP connection open between batches (channels.providers.smtp)
 # and closes it once idle this long: under the 5 minutes after which RFC 5321 lets a server
 # drop a silent client (0: a new connection for every batch).
-_smtp_idle = env.str("SALVO_SMTP_IDLE_SECONDS", default="30")
-try:
-    SALVO_SMTP_IDLE_SECONDS = float(_smtp_idle)
-except ValueError:
-    SALVO_SMTP_IDLE_SECONDS = float("nan")
+_smtp_idle, SALVO_SMTP_IDLE_SECONDS = _number("SALVO_SMTP_IDLE_SECONDS", default="30")
 if not 0 <= SALVO_SMTP_IDLE_SECONDS <= 300:  # also false for NaN
     raise ImproperlyConfigured(
         f"SALVO_SMTP_IDLE_SECONDS is {_smtp_idle!r}: give the seconds a worker keeps an idle "
