@@ -29,20 +29,19 @@ BASE_DIR = Path(settings.BASE_DIR)
 
 def rss_mb(pid: int) -> float:
     """The resident memory of a process in MB; 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0.0
+    return _status_mb(pid, "VmRSS:")
 
 
 def peak_rss_mb(pid: int) -> float:
     """The peak resident memory of a running process in MB (its VmHWM); 0 once it is gone."""
+    return _status_mb(pid, "VmHWM:")
+
+
+def _status_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status (given in kB) in MB; 0 once the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except (FileNotFoundError, ProcessLookupError):
         pass
