@@ -574,6 +574,13 @@ class Execution(models.Model):
         null=True, blank=True, help_text="Last time a batch finished or was handed out."
     )
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Retention (campaigns.retention) dropped the run's deliveries then; its counters stay,
+    # and with them the report.
+    deliveries_dropped_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When retention dropped its deliveries (the report keeps their counts).",
+    )
     # Set by the stall check when every unfinished delivery waits for a later time (the
     # recipient's local time, the end of quiet hours): no progress is expected before it.
     waiting_until = models.DateTimeField(null=True, blank=True)

@@ -753,6 +753,7 @@ def campaign_report(*, campaign: Campaign, now: dt.datetime | None = None) -> di
                 "status": execution.status,
                 "started_at": execution.started_at,
                 "finished_at": execution.finished_at,
+                "deliveries_dropped_at": execution.deliveries_dropped_at,
                 "audience_size": execution.audience_size,
                 "planning_done": execution.planning_done,
                 # A recurring campaign's occurrence this run is for (None for one-shot).
@@ -946,7 +947,13 @@ def campaign_deliveries(
     one query whatever its length (the profile's fields are looked up by primary key).
     """
     require_perms(user, *DELIVERY_VIEW_PERMISSIONS, to="see a campaign's deliveries")
-    executions = list(Execution.objects.filter(campaign=campaign).values_list("pk", flat=True))
+    # Not the runs whose deliveries retention dropped: their counters would count rows
+    # that are gone.
+    executions = list(
+        Execution.objects.filter(campaign=campaign, deliveries_dropped_at=None).values_list(
+            "pk", flat=True
+        )
+    )
     rows = Delivery.objects.filter(execution_id__in=executions)
     actions = None
     if channel:

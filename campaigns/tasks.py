@@ -57,6 +57,19 @@ def scheduler_tick() -> None:
 
 
 @shared_task(
+    name="campaigns.tasks.history_maintain",
+    soft_time_limit=settings.SALVO_DELIVERY_TASK_SOFT_LIMIT_S,
+    time_limit=settings.SALVO_DELIVERY_TASK_HARD_LIMIT_S,
+)
+def history_maintain() -> None:
+    """Run by the beat scheduler every hour: the delivery table's month partitions, and
+    retention (SALVO_RETENTION_DAYS)."""
+    from . import retention
+
+    retention.history_maintain()
+
+
+@shared_task(
     name="campaigns.tasks.proof_send_task",
     acks_late=True,
 )

@@ -459,11 +459,29 @@ if not 0 < SALVO_EXPERIMENT_ALPHA < 1:
 
 SALVO_SCHEDULER_INTERVAL_S = env.float("SALVO_SCHEDULER_INTERVAL_S", default=2.0)
 SALVO_ACTIVATION_RETRY_AFTER_S = env.float("SALVO_ACTIVATION_RETRY_AFTER_S", default=60.0)
+# Deliveries of runs that ended more than this many days ago are dropped, with their
+# provider events, by `manage.py retention` and every hour by the scheduler; reports keep
+# their counts (campaigns.retention). 0 keeps them for ever.
+SALVO_RETENTION_MAX_DAYS = 36500
+_retention, _retention_days = _number("SALVO_RETENTION_DAYS", default="0")
+if not 0 <= _retention_days <= SALVO_RETENTION_MAX_DAYS or _retention_days % 1:
+    raise ImproperlyConfigured(
+        f"SALVO_RETENTION_DAYS is {_retention!r}: give the whole days deliveries are kept "
+        f"after their run ended, from 1 to {SALVO_RETENTION_MAX_DAYS}, or 0 to keep them for ever."
+    )
+SALVO_RETENTION_DAYS = int(_retention_days)
+HISTORY_MAINTAIN_INTERVAL_S = 3600.0
 CELERY_BEAT_SCHEDULE = {
     "campaigns-scheduler-tick": {
         "task": "campaigns.tasks.scheduler_tick",
         "schedule": SALVO_SCHEDULER_INTERVAL_S,
         "options": {"expires": SALVO_SCHEDULER_INTERVAL_S * 5},
+    },
+    # The delivery table's month partitions, and retention (campaigns.retention).
+    "campaigns-history-maintain": {
+        "task": "campaigns.tasks.history_maintain",
+        "schedule": HISTORY_MAINTAIN_INTERVAL_S,
+        "options": {"expires": HISTORY_MAINTAIN_INTERVAL_S},
     },
 }
 

@@ -627,6 +627,11 @@ class ExecutionReportSerializer(serializers.Serializer[dict[str, Any]]):
     status = serializers.ChoiceField(choices=ExecutionStatus.choices)
     started_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
+    deliveries_dropped_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When retention (SALVO_RETENTION_DAYS) dropped this run's deliveries: its "
+        "counts stay, its rows are no longer listed. Null while they are kept.",
+    )
     audience_size = serializers.IntegerField(
         help_text="Profiles planned so far: the whole audience once `planning_done`."
     )

@@ -489,7 +489,12 @@ class ActionSender:
             if not due:
                 return False
             self._read_contexts(batch, due)
-            go = quiet_hours_hold(due, rule=self.quiet_hours(), now=timezone.now())
+            go = quiet_hours_hold(
+                due,
+                execution_id=batch.execution_id,
+                rule=self.quiet_hours(),
+                now=timezone.now(),
+            )
             sendable, capped = self.caps.reserve(go, now=timezone.now())
             self.suppressed = self._suppressed(sendable)
             prepared = self.prepare(sendable)
@@ -504,7 +509,9 @@ class ActionSender:
             if prepared.messages:
                 outcomes += self.send(prepared.messages)
             now = timezone.now()
-            outcomes_record(outcomes, now=now, version_id=self.version_id)
+            outcomes_record(
+                outcomes, execution_id=batch.execution_id, now=now, version_id=self.version_id
+            )
             self.caps.release(outcomes)
             _record_counts(
                 batch.execution_id, self.action, outcomes, version_id=self.version_id, now=now
@@ -531,7 +538,13 @@ class ActionSender:
         # Rows in their quiet hours wait (and count towards no cap); the others are
         # reserved under the caps in one write transaction, which SQLite runs one at a time.
         with transaction.atomic():
-            go = quiet_hours_hold(due, rule=self.quiet_hours(), now=timezone.now(), claim=claim)
+            go = quiet_hours_hold(
+                due,
+                execution_id=batch.execution_id,
+                rule=self.quiet_hours(),
+                now=timezone.now(),
+                claim=claim,
+            )
             sendable, capped = self.caps.reserve(go, now=timezone.now())
         self.suppressed = self._suppressed(sendable)
         prepared = self.prepare(sendable)
@@ -558,7 +571,13 @@ class ActionSender:
             outcomes += self.send(messages)
         with transaction.atomic():
             now = timezone.now()
-            recorded = outcomes_record(outcomes, now=now, version_id=self.version_id, claim=claim)
+            recorded = outcomes_record(
+                outcomes,
+                execution_id=batch.execution_id,
+                now=now,
+                version_id=self.version_id,
+                claim=claim,
+            )
             outcomes = [o for o in outcomes if o.delivery_id in recorded]
             self.caps.release(outcomes)
             _record_counts(

@@ -211,19 +211,25 @@ def _once_per_profile_condition(execution: Execution, profile: str) -> tuple[str
     return sql, params
 
 
-def _pending_rows_of(table: str, claim: uuid.UUID | None, params: list[Any]) -> tuple[str, str]:
-    """The condition of an UPDATE … FROM v that writes pending rows by the ids in `v`, and
-    its SET clause's claim part: with `claim` (SQLite), only the rows that still carry it,
-    whose claim it clears. Appends the claim's parameter to `params`."""
+def _pending_rows_of(
+    table: str, execution_id: int, claim: uuid.UUID | None, params: list[Any]
+) -> tuple[str, str]:
+    """The condition of an UPDATE … FROM v that writes the execution's pending rows by the
+    ids in `v`, and its SET clause's claim part: with `claim` (SQLite), only the rows that
+    still carry it, whose claim it clears. Appends the parameters to `params`. The
+    execution lets PostgreSQL read its partition alone (campaigns.delivery.partitions)."""
+    params.append(execution_id)
+    where = f"{table}.id = v.id AND {table}.status = %s AND {table}.execution_id = %s"
     if claim is None:
-        return f"{table}.id = v.id AND {table}.status = %s", ""
+        return where, ""
     params.append(_claim_value(claim))
-    return f"{table}.id = v.id AND {table}.status = %s AND {table}.claim = %s", ", claim = NULL"
+    return f"{where} AND {table}.claim = %s", ", claim = NULL"
 
 
 def waiting_record(
     held: Sequence[tuple[int, dt.datetime]],
     *,
+    execution_id: int,
     reason: str,
     text: Callable[[dt.datetime], str],
     claim: uuid.UUID | None = None,
@@ -247,7 +253,7 @@ def waiting_record(
             "(SELECT value->>0 AS id, value->>1 AS due, value->>2 AS text FROM json_each(%s)) AS v"
         )
     params: list[Any] = [reason, document, D.PENDING]
-    where, clear_claim = _pending_rows_of(table, claim, params)
+    where, clear_claim = _pending_rows_of(table, execution_id, claim, params)
     sql = (
         f"UPDATE {table} SET next_attempt_at = v.due, reason = %s, error = v.text{clear_claim} "
         f"FROM {source} WHERE {where}"
@@ -376,6 +382,7 @@ def claim_release(ids: Sequence[int], *, claim: uuid.UUID) -> None:
 def outcomes_record(
     outcomes: Sequence[DeliveryOutcome],
     *,
+    execution_id: int,
     now: dt.datetime,
     version_id: int,
     claim: uuid.UUID | None = None,
@@ -416,7 +423,7 @@ def outcomes_record(
             "(SELECT value->>0 AS id, value->>1 AS status, value->>2 AS text, "
             "value->>3 AS due, value->>4 AS reason FROM json_each(%s)) AS v"
         )
-    where, clear_claim = _pending_rows_of(table, claim, params)
+    where, clear_claim = _pending_rows_of(table, execution_id, claim, params)
     sql = (
         f"UPDATE {table} SET status = v.status, attempts = {table}.attempts + 1, "
         "provider_message_id = CASE WHEN v.status = %s THEN v.text ELSE '' END, "

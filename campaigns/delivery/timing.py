@@ -241,7 +241,12 @@ def quiet_hours_text(until: dt.datetime) -> str:
 
 
 def quiet_hours_hold(
-    due: Sequence[Due], *, rule: QuietHoursRule | None, now: dt.datetime, claim: Any = None
+    due: Sequence[Due],
+    *,
+    execution_id: int,
+    rule: QuietHoursRule | None,
+    now: dt.datetime,
+    claim: Any = None,
 ) -> list[Due]:
     """Put back the rows whose recipient is inside quiet hours now, pending until they end
     (reason ``quiet_hours``, not counted as an attempt; on SQLite their claim released);
@@ -259,7 +264,13 @@ def quiet_hours_hold(
         else:
             held.append((row.delivery_id, until))
     if held:
-        waiting_record(held, reason=DeliveryReason.QUIET_HOURS, text=quiet_hours_text, claim=claim)
+        waiting_record(
+            held,
+            execution_id=execution_id,
+            reason=DeliveryReason.QUIET_HOURS,
+            text=quiet_hours_text,
+            claim=claim,
+        )
     return go
 
 

@@ -1,0 +1,192 @@
+"""The delivery table's partitions on PostgreSQL: what makes a year of history cheap to keep
+and cheap to let go.
+
+``campaigns_delivery`` is partitioned by RANGE of ``execution_id`` (migration 0022), so an
+execution's deliveries are all in one partition: its unique (execution, action, profile)
+holds within the partition, and every query of one execution reads one partition. Each
+partition covers ``EXECUTIONS_PER_PARTITION`` execution ids, from a multiple of it (the one
+the migration made from the rows already there starts at MINVALUE). A partition is a month
+of executions: once the open one (the one the next execution id falls in) holds an
+execution that started in an earlier calendar month (UTC), ``partitions_roll`` creates the
+next partition and moves the executions' id sequence to its start. Execution ids therefore
+jump at a month's start; they stay unique and increasing.
+
+Retention (``campaigns.retention``) then drops a whole partition, in a second whatever its
+size, once every execution in it ended before the cutoff.
+
+A partition exists for every execution before its deliveries are written:
+``partition_ensure`` runs where an execution is created, and creates the next partition
+when a month held more executions than a partition's range (the sequence went past it).
+New partitions are made as tables of their own, then attached: attaching an empty table
+takes only a SHARE UPDATE EXCLUSIVE lock on the parent, so sending goes on meanwhile.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+from ..models import Delivery, Execution
+
+# Execution ids per partition: a month's executions, with room for API-triggered campaigns
+# (one execution per call); a busier month opens the next partition early.
+EXECUTIONS_PER_PARTITION = 1_000_000
+# Transaction-level advisory lock key of every change of the partitions ("deli" in ASCII).
+_LOCK_KEY = 0x64656C69
+# Half the page left free: see migration 0003 (an outcome is a heap-only update).
+_STORAGE = "WITH (fillfactor = 50)"
+_BOUND = re.compile(r"FROM \((?P<low>[^)]*)\) TO \((?P<high>[^)]*)\)")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition: the execution ids it holds, from ``low`` (None: any lower id) up to
+    ``high`` (excluded)."""
+
+    name: str
+    low: int | None
+    high: int
+
+    def holds(self, execution_id: int) -> bool:
+        return (self.low is None or self.low <= execution_id) and execution_id < self.high
+
+
+def partitioned() -> bool:
+    """Whether the delivery table is partitioned: on PostgreSQL, always (migration 0022)."""
+    return connection.vendor == "postgresql"
+
+
+def _quote(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _bound(text: str) -> int | None:
+    text = text.strip().strip("'")
+    return None if text.upper() == "MINVALUE" else int(text)
+
+
+def partitions_list(cursor: Any) -> list[Partition]:
+    """The delivery table's partitions, lowest first."""
+    cursor.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+        [Delivery._meta.db_table],
+    )
+    found = []
+    for name, bound in cursor.fetchall():
+        match = _BOUND.search(bound)
+        assert match is not None, bound  # every partition is a range (migration 0022)
+        high = _bound(match["high"])
+        assert high is not None
+        found.append(Partition(name, _bound(match["low"]), high))
+    return sorted(found, key=lambda p: p.high)
+
+
+def _execution_sequence(cursor: Any) -> str:
+    cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [Execution._meta.db_table])
+    (sequence,) = cursor.fetchone()
+    return str(sequence)
+
+
+def next_execution_id(cursor: Any) -> int:
+    """The id the next execution will get (the sequence is not moved)."""
+    cursor.execute(f"SELECT last_value, is_called FROM {_execution_sequence(cursor)}")
+    last, called = cursor.fetchone()
+    return int(last) + 1 if called else int(last)
+
+
+def _lock(cursor: Any) -> None:
+    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+
+
+def _create(cursor: Any, low: int) -> Partition:
+    """The partition of execution ids from `low` (a multiple of the range), created
+    detached and then attached."""
+    table = Delivery._meta.db_table
+    partition = Partition(
+        f"{table}_{low // EXECUTIONS_PER_PARTITION}", low, low + EXECUTIONS_PER_PARTITION
+    )
+    cursor.execute(
+        f"CREATE TABLE {_quote(partition.name)} (LIKE {_quote(table)} INCLUDING CONSTRAINTS) "
+        f"{_STORAGE}"
+    )
+    cursor.execute(
+        f"ALTER TABLE {_quote(table)} ATTACH PARTITION {_quote(partition.name)} "
+        f"FOR VALUES FROM ({partition.low}) TO ({partition.high})"
+    )
+    return partition
+
+
+def partition_ensure(execution_id: int) -> None:
+    """Make sure the partition its deliveries go to exists (nothing to do on SQLite, and
+    nearly always on PostgreSQL, where one catalog query says so). Run in the transaction
+    that created the execution: a partition created then goes if that transaction does."""
+    if not partitioned():
+        return
+    with connection.cursor() as cursor:
+        top = partitions_list(cursor)[-1]
+        if execution_id < top.high:
+            return
+        _lock(cursor)
+        top = partitions_list(cursor)[-1]
+        while execution_id >= top.high:
+            top = _create(cursor, top.high)
+
+
+def partitions_roll(*, now: dt.datetime) -> Partition | None:
+    """Start a new month's partition when the open one holds an execution that started in
+    an earlier month than `now`'s (UTC): the next execution gets the first id of the new
+    partition. Returns the partition created, if any (None on SQLite). Run by the scheduler
+    every hour; the history benchmark runs it with its own `now`."""
+    if not partitioned():
+        return None
+    month = (now.year, now.month)
+    with connection.cursor() as cursor:
+        _lock(cursor)
+        next_id = next_execution_id(cursor)
+        existing = partitions_list(cursor)
+        open_ = next((p for p in existing if p.holds(next_id)), None)
+        if open_ is None:  # the sequence went past the last partition: its own, then
+            top = existing[-1]
+            while next_id >= top.high:
+                top = _create(cursor, top.high)
+            return top
+        first = executions_of(open_).order_by("pk").values_list("started_at", flat=True).first()
+        if first is None:
+            return None
+        first_utc = first.astimezone(dt.UTC)
+        if (first_utc.year, first_utc.month) >= month:
+            return None
+        created = next((p for p in existing if p.low == open_.high), None)
+        if created is None:
+            created = _create(cursor, open_.high)
+        cursor.execute("SELECT setval(%s, %s, false)", [_execution_sequence(cursor), created.low])
+        return created
+
+
+def executions_of(partition: Partition) -> Any:
+    """The executions whose deliveries the partition holds."""
+    executions = Execution.objects.filter(pk__lt=partition.high)
+    if partition.low is not None:
+        executions = executions.filter(pk__gte=partition.low)
+    return executions
+
+
+def partitions_closed(cursor: Any) -> list[Partition]:
+    """The partitions no new execution can go to (below the open one), lowest first."""
+    next_id = next_execution_id(cursor)
+    return [p for p in partitions_list(cursor) if p.high <= next_id]
+
+
+def partition_detach_and_drop(cursor: Any, partition: Partition) -> None:
+    """Detach the partition and drop it. Outside a transaction, CONCURRENTLY: the parent is
+    then never locked against the workers sending meanwhile (a test's transaction, which
+    cannot, locks it for the instant of its own detach)."""
+    table, name = _quote(Delivery._meta.db_table), _quote(partition.name)
+    concurrently = "" if connection.in_atomic_block else " CONCURRENTLY"
+    cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {name}{concurrently}")
+    cursor.execute(f"DROP TABLE {name}")

@@ -1,0 +1,208 @@
+"""Retention: the deliveries of runs that ended more than N days ago are dropped, with the
+provider events and engagement rows about them; the runs themselves stay, with the counters
+every report reads (``DeliveryCount``, ``DeliveryTimeline``, ``EngagementCount``), so a
+campaign's report says the same after as before. Each run dropped is marked
+(``Execution.deliveries_dropped_at``): its deliveries are no longer listed, and the report
+says why.
+
+On PostgreSQL the deliveries go a partition at a time (``campaigns.delivery.partitions``: a
+month of runs each), in about a second whatever their number: a partition is dropped once
+every run in it ended before the cutoff, so a run's deliveries are kept at least N days,
+and at most until the last run of its month is N days old too. On SQLite, which has no
+partitions, each run's rows are deleted, a batch at a time.
+
+Run by ``manage.py retention`` and, with ``SALVO_RETENTION_DAYS``, every hour by the
+scheduler (``campaigns.tasks.history_maintain``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet, Sum
+from django.utils import timezone
+
+from config.permissions import require_perms
+
+from .delivery.partitions import (
+    Partition,
+    executions_of,
+    partition_detach_and_drop,
+    partitioned,
+    partitions_closed,
+    partitions_roll,
+)
+from .exceptions import CampaignConflict
+from .models import Delivery, DeliveryCount, DeliveryEngagement, DeliveryEvent, Execution
+from .operations import VIEW_CAMPAIGN
+
+RETENTION_PERMISSIONS = (VIEW_CAMPAIGN, "campaigns.delete_delivery")
+# SQLite: rows deleted per transaction, so that the workers' writes wait at most that long.
+DELETE_BATCH = 10_000
+# Session-level advisory lock key of a retention run ("rete" in ASCII).
+_LOCK_KEY = 0x72657465
+
+
+@dataclass
+class Retention:
+    """What a retention run dropped (or, with ``dry_run``, would drop)."""
+
+    days: int
+    cutoff: dt.datetime
+    dry_run: bool
+    runs: int = 0  # executions whose deliveries went
+    deliveries: int = 0  # by their counters
+    events: int = 0  # provider events and engagement rows about them (0 on a dry run)
+    partitions: list[str] = field(default_factory=list)  # PostgreSQL only
+    # Runs that ended before the cutoff, kept because a newer run shares their partition.
+    runs_held: int = 0
+    seconds: float = 0.0
+
+    def words(self) -> str:
+        """One sentence for a person."""
+        verb = "Would drop" if self.dry_run else "Dropped"
+        said = (
+            f"{verb} {self.deliveries:,} deliveries of {self.runs:,} runs that ended before "
+            f"{self.cutoff:%Y-%m-%d %H:%M} UTC ({self.days} days)"
+        )
+        if self.partitions:
+            said += f", {len(self.partitions)} partitions"
+        if not self.dry_run:
+            said += f", with {self.events:,} provider events and engagement rows"
+        said += f", in {self.seconds:.2f}s; their reports keep their counts."
+        if self.runs_held:
+            said += (
+                f" {self.runs_held:,} more runs that ended before then share a month's "
+                "partition with newer runs: they go with it."
+            )
+        return said
+
+
+def retention_days_check(days: int) -> None:
+    """A ValidationError on ``days`` unless it is a whole number of days in range."""
+    if isinstance(days, bool) or not isinstance(days, int):
+        raise ValidationError({"days": "Give a whole number of days."})
+    if not 1 <= days <= settings.SALVO_RETENTION_MAX_DAYS:
+        raise ValidationError(
+            {"days": f"Give from 1 to {settings.SALVO_RETENTION_MAX_DAYS} days, not {days}."}
+        )
+
+
+def _counted(runs: QuerySet[Execution]) -> int:
+    total = DeliveryCount.objects.filter(execution__in=runs).aggregate(n=Sum("count"))["n"]
+    return int(total or 0)
+
+
+def _expired(runs: QuerySet[Execution], cutoff: dt.datetime) -> QuerySet[Execution]:
+    return runs.filter(finished_at__lt=cutoff, deliveries_dropped_at=None)
+
+
+@contextmanager
+def _one_run_at_a_time() -> Iterator[None]:
+    """PostgreSQL: refuse a second retention run while one goes (they would both detach
+    the same partitions)."""
+    if not partitioned():
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_LOCK_KEY])
+        if not cursor.fetchone()[0]:
+            raise CampaignConflict("Another retention run is dropping deliveries: try later.")
+        try:
+            yield
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
+
+
+def deliveries_drop_expired(
+    *, days: int, user: object = None, dry_run: bool = False, now: dt.datetime | None = None
+) -> Retention:
+    """Drop the deliveries of the runs that ended more than `days` days before `now`.
+    `PermissionDenied` unless `user` may delete deliveries (None: the system);
+    ValidationError for days out of range; CampaignConflict while another run goes."""
+    require_perms(user, *RETENTION_PERMISSIONS, to="drop old deliveries")
+    retention_days_check(days)
+    started = time.monotonic()
+    now = now or timezone.now()
+    result = Retention(days=days, cutoff=now - dt.timedelta(days=days), dry_run=dry_run)
+    with _one_run_at_a_time():
+        if partitioned():
+            _drop_partitions(result, now=now)
+        else:
+            _delete_rows(result, now=now)
+        if not dry_run:
+            # Events no delivery was found for, as old.
+            unmatched = DeliveryEvent.objects.filter(delivery=None, received_at__lt=result.cutoff)
+            result.events += unmatched.delete()[0]
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _drop_partitions(result: Retention, *, now: dt.datetime) -> None:
+    with connection.cursor() as cursor:
+        closed = partitions_closed(cursor)
+    for partition in closed:
+        runs = executions_of(partition)
+        if runs.filter(Q(finished_at=None) | Q(finished_at__gte=result.cutoff)).exists():
+            result.runs_held += _expired(runs, result.cutoff).count()
+            continue
+        dropping = runs.filter(deliveries_dropped_at=None)
+        result.runs += dropping.count()
+        result.deliveries += _counted(dropping)
+        result.partitions.append(partition.name)
+        if not result.dry_run:
+            result.events += _partition_drop(partition, dropping, now=now)
+
+
+def _partition_drop(partition: Partition, runs: QuerySet[Execution], *, now: dt.datetime) -> int:
+    """Mark the runs, delete what refers to the partition's rows, then drop it: a crash at
+    any point leaves what the next run finishes."""
+    runs.update(deliveries_dropped_at=now)
+    rows = connection.ops.quote_name(partition.name)
+    deleted = 0
+    with connection.cursor() as cursor:
+        for model in (DeliveryEvent, DeliveryEngagement):
+            table = connection.ops.quote_name(model._meta.db_table)
+            cursor.execute(f"DELETE FROM {table} AS t USING {rows} AS d WHERE t.delivery_id = d.id")
+            deleted += cursor.rowcount
+        partition_detach_and_drop(cursor, partition)
+    return deleted
+
+
+def _delete_rows(result: Retention, *, now: dt.datetime) -> None:
+    runs = _expired(Execution.objects.all(), result.cutoff).order_by("pk")
+    result.runs = runs.count()
+    result.deliveries = _counted(runs)
+    if result.dry_run:
+        return
+    for run in runs.iterator():
+        while True:
+            with transaction.atomic():
+                ids = list(
+                    Delivery.objects.filter(execution=run)
+                    .order_by()
+                    .values_list("pk", flat=True)[:DELETE_BATCH]
+                )
+                if not ids:
+                    break
+                for model in (DeliveryEvent, DeliveryEngagement):
+                    result.events += model.objects.filter(delivery_id__in=ids).delete()[0]
+                Delivery.objects.filter(pk__in=ids).delete()
+        Execution.objects.filter(pk=run.pk).update(deliveries_dropped_at=now)
+
+
+def history_maintain(*, now: dt.datetime | None = None) -> Retention | None:
+    """The scheduler's hourly step: a new month's partition when one began, then retention
+    when ``SALVO_RETENTION_DAYS`` is set (None otherwise)."""
+    now = now or timezone.now()
+    partitions_roll(now=now)
+    if not settings.SALVO_RETENTION_DAYS:
+        return None
+    return deliveries_drop_expired(days=settings.SALVO_RETENTION_DAYS, now=now)

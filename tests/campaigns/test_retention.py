@@ -1,0 +1,220 @@
+"""Retention (``campaigns.retention``) and the delivery table's month partitions
+(``campaigns.delivery.partitions``): old runs' deliveries and events go, their reports stay
+as they were; on PostgreSQL a month's partition goes whole, and only once every run in it is
+old enough."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from campaigns import delivery, selectors
+from campaigns.choices import EventKind
+from campaigns.delivery.partitions import (
+    EXECUTIONS_PER_PARTITION,
+    next_execution_id,
+    partitioned,
+    partitions_list,
+    partitions_roll,
+)
+from campaigns.events import ProviderEvent, events_record
+from campaigns.models import Delivery, DeliveryEngagement, DeliveryEvent, Execution
+from campaigns.retention import deliveries_drop_expired
+from devtools.sinks import RunningSinks, running_sinks
+from tests.campaigns.delivery_support import planned_audience, send_all
+from tests.settings_loader import load_settings, refusal
+
+on_postgres = pytest.mark.skipif(connection.vendor != "postgresql", reason="no partitions")
+
+
+@pytest.fixture
+def sinks() -> Iterator[RunningSinks]:
+    with running_sinks() as sink, override_settings(**sink.provider_settings()):
+        yield sink
+
+
+def sent_run(prefix: str, *, ended: dt.datetime) -> Execution:
+    """A Live email + SMS campaign to 3 profiles, sent, completed, started an hour before
+    `ended`, with an open on each email."""
+    execution = planned_audience(prefix, 3)
+    send_all(execution)
+    delivery.execution_complete_if_done(execution_id=execution.pk)
+    Execution.objects.filter(pk=execution.pk).update(
+        started_at=ended - dt.timedelta(hours=1), finished_at=ended
+    )
+    emails = Delivery.objects.filter(execution=execution, action__channel="email")
+    events_record(
+        events=[
+            ProviderEvent(
+                provider="sendgrid",
+                event_id=f"{prefix}{row.pk}",
+                kind=EventKind.OPENED,
+                channel="email",
+                occurred_at=ended,
+                delivery_id=row.pk,
+                recipient="",
+            )
+            for row in emails
+        ]
+    )
+    execution.refresh_from_db()
+    return execution
+
+
+def report_counts(execution: Execution) -> dict:
+    report = selectors.campaign_report(campaign=execution.campaign)
+    (run,) = report["executions"]
+    run.pop("deliveries_dropped_at")
+    return {"run": run, "by_channel": report["by_channel"], "engagement": report["engagement"]}
+
+
+@pytest.mark.django_db
+def test_old_runs_lose_their_deliveries_and_events_and_keep_their_reports(sinks):
+    now = timezone.now()
+    old = sent_run("old-", ended=now - dt.timedelta(days=40))
+    partitions_roll(now=now)  # a month began since: the next run is in a partition of its own
+    new = sent_run("new-", ended=now - dt.timedelta(days=1))
+    old_report = report_counts(old)
+    old_ids = list(Delivery.objects.filter(execution=old).values_list("pk", flat=True))
+
+    dropped = deliveries_drop_expired(days=30, now=now)
+
+    assert (dropped.runs, dropped.deliveries, dropped.events) == (1, 6, 6)  # 3 opens, 3 rows
+    assert not Delivery.objects.filter(execution=old).exists()
+    assert not DeliveryEvent.objects.filter(delivery_id__in=old_ids).exists()
+    assert not DeliveryEngagement.objects.filter(delivery_id__in=old_ids).exists()
+    assert report_counts(old) == old_report
+    old.refresh_from_db()
+    assert old.deliveries_dropped_at == now
+    listed = selectors.campaign_deliveries(campaign=old.campaign, user=None)
+    assert (listed.count(), list(listed)) == (0, [])
+    # The newer run keeps everything.
+    assert Delivery.objects.filter(execution=new).count() == 6
+    assert DeliveryEvent.objects.filter(delivery__execution=new).count() == 3
+    assert selectors.campaign_deliveries(campaign=new.campaign, user=None).count() == 6
+    if partitioned():
+        assert len(dropped.partitions) == 1
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass(%s)", [dropped.partitions[0]])
+            assert cursor.fetchone() == (None,)
+    assert "Dropped 6 deliveries of 1 runs" in dropped.words()
+
+    again = deliveries_drop_expired(days=30, now=now)
+    assert (again.runs, again.deliveries, again.partitions) == (0, 0, [])
+
+
+@pytest.mark.django_db
+def test_a_dry_run_says_what_would_go_and_drops_nothing(sinks):
+    now = timezone.now()
+    old = sent_run("dry-", ended=now - dt.timedelta(days=40))
+    partitions_roll(now=now)
+
+    out = call_command_output("retention", "--days", "30", "--dry-run", "--json")
+
+    assert (out["runs"], out["deliveries"], out["dry_run"]) == (1, 6, True)
+    assert Delivery.objects.filter(execution=old).count() == 6
+    old.refresh_from_db()
+    assert old.deliveries_dropped_at is None
+
+
+def call_command_output(*args: str) -> dict:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return json.loads(out.getvalue())
+
+
+@on_postgres
+@pytest.mark.django_db
+def test_a_run_old_enough_waits_for_the_newer_runs_of_its_month(sinks):
+    now = timezone.now()
+    old = sent_run("held-old-", ended=now - dt.timedelta(days=45))
+    newer = sent_run("held-new-", ended=now - dt.timedelta(days=10))
+    partitions_roll(now=now)
+    sent_run("later-", ended=now)
+
+    dropped = deliveries_drop_expired(days=30, now=now)
+
+    assert (dropped.runs, dropped.deliveries, dropped.runs_held) == (0, 0, 1)
+    assert "1 more runs that ended before then share a month's partition" in dropped.words()
+    assert Delivery.objects.filter(execution__in=[old, newer]).count() == 12
+    holding = partition_of(old)
+    assert holding not in dropped.partitions
+
+    later = deliveries_drop_expired(days=5, now=now)
+    assert (later.runs, later.deliveries, later.runs_held) == (2, 12, 0)
+    assert holding in later.partitions
+    assert not Delivery.objects.filter(execution__in=[old, newer]).exists()
+
+
+def partition_of(execution: Execution) -> str:
+    with connection.cursor() as cursor:
+        return next(p.name for p in partitions_list(cursor) if p.holds(execution.pk))
+
+
+@on_postgres
+@pytest.mark.django_db
+def test_a_month_past_its_partitions_range_opens_the_next_one(sinks):
+    with connection.cursor() as cursor:
+        top = partitions_list(cursor)[-1]
+        cursor.execute(
+            "SELECT setval(pg_get_serial_sequence('campaigns_execution', 'id'), %s, false)",
+            [top.high],
+        )
+    execution = planned_audience("beyond-", 2)
+
+    assert execution.pk == top.high
+    assert Delivery.objects.filter(execution=execution).count() == 4
+    with connection.cursor() as cursor:
+        assert partitions_list(cursor)[-1].low == top.high
+        assert next_execution_id(cursor) == top.high + 1
+    assert top.high % EXECUTIONS_PER_PARTITION == 0
+
+
+@on_postgres
+@pytest.mark.django_db
+def test_a_new_month_moves_the_next_run_to_a_new_partition(sinks):
+    now = timezone.now()
+    first = sent_run("month-", ended=now - dt.timedelta(days=35))
+
+    assert partitions_roll(now=now - dt.timedelta(days=35)) is None  # same month
+    created = partitions_roll(now=now)
+    assert created is not None
+    assert partitions_roll(now=now) is None  # the new partition holds no run yet
+    second = planned_audience("next-month-", 1)
+
+    assert created.low is not None
+    assert first.pk < created.low == second.pk < created.high
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tableoid::regclass::text FROM campaigns_delivery WHERE execution_id = %s",
+            [second.pk],
+        )
+        assert {name for (name,) in cursor.fetchall()} == {created.name}
+
+
+@pytest.mark.django_db
+def test_the_command_refuses_in_one_line(user_with_perms):
+    with pytest.raises(CommandError, match="Give --days, or set SALVO_RETENTION_DAYS"):
+        call_command("retention")
+    with pytest.raises(CommandError, match="days: Give from 1 to 36500 days, not 0"):
+        call_command("retention", "--days", "0")
+    viewer = user_with_perms("campaigns.view_campaign")
+    with pytest.raises(CommandError, match=r"campaigns\.delete_delivery"):
+        call_command("retention", "--days", "30", "--user", viewer.username)
+
+
+@pytest.mark.parametrize("value", ["-1", "36501", "1.5", "soon"])
+def test_a_retention_out_of_range_refuses_to_start(tmp_path, value):
+    line = refusal({"SALVO_RETENTION_DAYS": value}, tmp_path)
+
+    assert line.endswith("from 1 to 36500, or 0 to keep them for ever.")
+    assert load_settings({"SALVO_RETENTION_DAYS": "90"}, tmp_path)["SALVO_EMBEDDED"] is True
