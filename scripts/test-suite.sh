@@ -60,7 +60,7 @@ part() {
     mkdir -p "$part_var_dir"
     env "${broker_env[@]}" SALVO_VAR_DIR="$part_var_dir" SALVO_TEST_DATABASE_SUFFIX="$label" \
         SALVO_TEST_UNDER="$under" PYTHONUNBUFFERED=1 "${pytest[@]}" -m "$markers" </dev/null 2>&1 |
-        sed -u "s/^/[$label] /"
+        tee "$part_var_dir/pytest.log" | sed -u "s/^/[$label] /"
     return "${PIPESTATUS[0]}"
 }
 
@@ -96,6 +96,11 @@ for i in "${!LABELS[@]}"; do
     summary+="[${LABELS[$i]}] exit ${statuses[$i]}, "
 done
 
+# The failures again, last: a CI log that keeps only its tail still names them.
+for i in "${!LABELS[@]}"; do
+    [[ ${statuses[$i]} == 0 || ${statuses[$i]} == "$NO_TESTS_COLLECTED" ]] && continue
+    grep -E '^(FAILED|ERROR) ' "$var_dir/${LABELS[$i]}/pytest.log" | sed "s/^/[${LABELS[$i]}] /"
+done
 echo "test-suite: $summary$((SECONDS - started)) s in all"
 for status in "${statuses[@]}"; do
     [[ $status != 0 && $status != "$NO_TESTS_COLLECTED" ]] && exit "$status"
