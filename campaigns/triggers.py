@@ -64,7 +64,6 @@ from segments.validators import (
 )
 
 from .choices import CampaignKind, DeliveryStatus, ExecutionStatus
-from .delivery.partitions import partition_ensure
 from .delivery.sql import sending_version, table_name
 from .delivery.window import execution_dispatch
 from .exceptions import CampaignConflict
@@ -459,7 +458,6 @@ def _trigger_write(*, campaign: Campaign, user: Any, recipients: Any, key: str) 
         planning_done=True,
         last_progress_at=now,
     )
-    partition_ensure(execution.pk)
     try:
         with transaction.atomic():
             trigger = Trigger.objects.create(

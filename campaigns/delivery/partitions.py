@@ -15,8 +15,9 @@ Retention (``campaigns.retention``) then drops a whole partition, in a second wh
 size, once every execution in it ended before the cutoff.
 
 A partition exists for every execution before its deliveries are written:
-``partition_ensure`` runs where an execution is created, and creates the next partition
-when a month held more executions than a partition's range (the sequence went past it).
+``partition_ensure`` runs when an execution is created (``post_save``), and creates the
+next partition when a month held more executions than a partition's range (the sequence
+went past it).
 New partitions are made as tables of their own, then attached: attaching an empty table
 takes only a SHARE UPDATE EXCLUSIVE lock on the parent, so sending goes on meanwhile.
 """
@@ -137,6 +138,12 @@ def partition_ensure(execution_id: int) -> None:
             top = _create(cursor, top.high)
 
 
+def partition_ensure_for_new(sender: Any, instance: Execution, created: bool, **_: Any) -> None:
+    """``post_save`` of an execution: `partition_ensure` for a new one."""
+    if created:
+        partition_ensure(instance.pk)
+
+
 def partitions_roll(*, now: dt.datetime) -> Partition | None:
     """Start a new month's partition when the open one holds an execution that started in
     an earlier month than `now`'s (UTC): the next execution gets the first id of the new
@@ -161,11 +168,33 @@ def partitions_roll(*, now: dt.datetime) -> Partition | None:
         first_utc = first.astimezone(dt.UTC)
         if (first_utc.year, first_utc.month) >= month:
             return None
-        created = next((p for p in existing if p.low == open_.high), None)
-        if created is None:
-            created = _create(cursor, open_.high)
-        cursor.execute("SELECT setval(%s, %s, false)", [_execution_sequence(cursor), created.low])
-        return created
+        return _open_next(cursor, existing, open_)
+
+
+def _open_next(cursor: Any, existing: list[Partition], open_: Partition) -> Partition:
+    """The partition after the open one, created if need be; the next execution's id is
+    its first."""
+    following = next((p for p in existing if p.low == open_.high), None)
+    if following is None:
+        following = _create(cursor, open_.high)
+    cursor.execute("SELECT setval(%s, %s, false)", [_execution_sequence(cursor), following.low])
+    return following
+
+
+def partition_open_next() -> Partition | None:
+    """Start the next partition now, whatever the month (None on SQLite): the history
+    benchmark's way to give a month of runs from the past a partition of its own."""
+    if not partitioned():
+        return None
+    with connection.cursor() as cursor:
+        _lock(cursor)
+        existing = partitions_list(cursor)
+        next_id = next_execution_id(cursor)
+        open_ = next((p for p in existing if p.holds(next_id)), None)
+        if open_ is None:
+            partition_ensure(next_id)
+            return partitions_list(cursor)[-1]
+        return _open_next(cursor, existing, open_)
 
 
 def executions_of(partition: Partition) -> Any:

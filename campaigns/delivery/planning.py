@@ -28,7 +28,6 @@ from ..choices import CampaignKind, DeliveryStatus, ExecutionStatus
 from ..experiments import assignments_plan, winner_wait_plan
 from ..models import Campaign, ChannelAction, DeliveryCount, Execution
 from .completion import execution_halt, execution_progress
-from .partitions import partition_ensure
 from .sql import campaign_sending, counts_add, insert_deliveries, statistics_refresh
 
 D = DeliveryStatus
@@ -68,7 +67,6 @@ def execution_create(*, campaign: Campaign, scheduled_for: dt.datetime | None = 
         last_progress_at=now,
         scheduled_for=scheduled_for,
     )
-    partition_ensure(execution.pk)
     # Every counter exists from the start: the engine then only ever updates them.
     DeliveryCount.objects.bulk_create(
         DeliveryCount(

@@ -34,6 +34,7 @@ from django.utils import timezone
 
 from campaigns import services
 from campaigns.choices import CampaignStatus, CampaignType, DeliveryReason, ExecutionStatus
+from campaigns.delivery.partitions import partition_open_next, partitions_roll
 from campaigns.models import (
     TIMELINE_BUCKET_S,
     Campaign,
@@ -46,6 +47,7 @@ from campaigns.models import (
     EngagementCount,
     Execution,
 )
+from campaigns.retention import deliveries_drop_expired
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from segments.choices import SegmentKind
@@ -73,6 +75,12 @@ EVENTS = (
     (ChannelKind.SMS, "delivered", 930, "5 seconds"),
 )
 PROVIDERS = {ChannelKind.EMAIL: "mailgun", ChannelKind.SMS: "twilio"}
+# retention_drop_s: a month of campaigns that ended about 14 months ago, dropped by a
+# retention that keeps the year of history.
+EXPIRED_PREFIX = "bench-expired "
+EXPIRED_DAYS = 30
+EXPIRED_AGO = HISTORY_DAYS + 40
+RETENTION_DAYS = HISTORY_DAYS + 20
 
 
 def postgres_required(option: str) -> str | None:
@@ -85,8 +93,8 @@ def postgres_required(option: str) -> str | None:
     )
 
 
-def history_campaigns() -> QuerySet[Campaign]:
-    return Campaign.objects.filter(name__startswith=HISTORY_PREFIX).order_by("name")
+def history_campaigns(prefix: str = HISTORY_PREFIX) -> QuerySet[Campaign]:
+    return Campaign.objects.filter(name__startswith=prefix).order_by("name")
 
 
 def history_ensure(n: int, *, days: int = HISTORY_DAYS, say: Callable[[str], None]) -> None:
@@ -129,21 +137,16 @@ def history_ensure(n: int, *, days: int = HISTORY_DAYS, say: Callable[[str], Non
     say(f"history ready in {time.monotonic() - started:.1f}s (VACUUM ANALYZE included)")
 
 
-def _runs_ensure(days: int) -> list[dict[str, Any]]:
-    """The history's campaigns, one a day, each Completed with one execution: per day, its
-    execution, version, actions and first send time. Other days' campaigns (another
-    `days`) are dropped with their rows."""
-    names = [f"{HISTORY_PREFIX}{day + 1:03d}/{days}" for day in range(days)]
-    stale = history_campaigns().exclude(name__in=names)
-    if stale.exists():
-        stale_runs = Execution.objects.filter(campaign__in=stale)
-        _rows_delete(list(stale_runs.values_list("pk", flat=True)))
-        # First what keeps a version from going: its executions, the campaign's pointers
-        # (a campaign without a live version is a Draft).
-        stale_runs.delete()
-        stale.update(status=CampaignStatus.DRAFT, live_version=None, draft_version=None)
-        stale.delete()
-    found = {c.name: c for c in history_campaigns()}
+def _runs_ensure(days: int, *, prefix: str = HISTORY_PREFIX, ago: int = 0) -> list[dict[str, Any]]:
+    """The history's campaigns, one a day up to `ago` days before today, each Completed
+    with one execution: per day, its execution, version, actions and first send time.
+    Other days' campaigns (another `days`) are dropped with their rows. Each month's
+    executions are in a partition of their own, as a year of sending would have left
+    them (campaigns.delivery.partitions)."""
+    names = [f"{prefix}{day + 1:03d}/{days}" for day in range(days)]
+    stale = history_campaigns(prefix).exclude(name__in=names)
+    _campaigns_delete(stale)
+    found = {c.name: c for c in history_campaigns(prefix)}
     segment, _ = Segment.objects.update_or_create(
         name="bench history",
         defaults={
@@ -164,7 +167,7 @@ def _runs_ensure(days: int) -> list[dict[str, Any]]:
     runs = []
     for day, name in enumerate(names):
         campaign = found.get(name) or _campaign_create(
-            name, segment, actions, today - dt.timedelta(days=days - day)
+            name, segment, actions, today - dt.timedelta(days=days - day + ago)
         )
         execution = Execution.objects.filter(campaign=campaign).get()
         by_channel = dict(
@@ -183,6 +186,19 @@ def _runs_ensure(days: int) -> list[dict[str, Any]]:
             }
         )
     return runs
+
+
+def _campaigns_delete(campaigns: QuerySet[Campaign]) -> None:
+    """The campaigns, their executions and every row of them."""
+    if not campaigns.exists():
+        return
+    runs = Execution.objects.filter(campaign__in=campaigns)
+    _rows_delete(list(runs.values_list("pk", flat=True)))
+    # First what keeps a version from going: its executions, the campaign's pointers
+    # (a campaign without a live version is a Draft).
+    runs.delete()
+    campaigns.update(status=CampaignStatus.DRAFT, live_version=None, draft_version=None)
+    campaigns.delete()
 
 
 def _campaign_create(
@@ -204,6 +220,7 @@ def _campaign_create(
         updated_at=first_send + dt.timedelta(hours=1),
     )
     type(version).objects.filter(pk=version.pk).update(activated_at=first_send)
+    partitions_roll(now=first_send)
     execution = Execution.objects.create(
         campaign=campaign,
         version=version,
@@ -435,13 +452,14 @@ def delivery_table_size() -> dict[str, int]:
     refused = postgres_required("bytes_per_delivery")
     if refused:
         raise BenchmarkError(refused)
-    table = Delivery._meta.db_table
     with connection.cursor() as cursor:
+        # Its partitions' (campaigns.delivery.partitions): the parent holds no row.
         cursor.execute(
-            "SELECT pg_relation_size(%s), pg_indexes_size(%s), pg_total_relation_size(%s)",
-            [table, table, table],
+            "SELECT sum(pg_relation_size(relid)), sum(pg_indexes_size(relid)), "
+            "sum(pg_total_relation_size(relid)) FROM pg_partition_tree(%s) WHERE isleaf",
+            [Delivery._meta.db_table],
         )
-        heap, indexes, total = cursor.fetchone()
+        heap, indexes, total = (int(n or 0) for n in cursor.fetchone())
         cursor.execute(f"SELECT count(*) FROM {_table(Delivery)}")
         (rows,) = cursor.fetchone()
     return {
@@ -453,12 +471,37 @@ def delivery_table_size() -> dict[str, int]:
     }
 
 
+def retention_figure(n: int, *, say: Callable[[str], None]) -> float | None:
+    """``retention_drop_s``: the seconds retention takes to drop a month of deliveries as
+    large as the history's (n / 12 rows of 30 campaigns, with their events, ended about
+    14 months ago, in a partition of their own), while the history (within the year) stays.
+    The month is generated for the measure and gone after it. None when n < 12."""
+    rows = n // 12
+    if rows == 0:
+        return None
+    partition_open_next()
+    runs = _runs_ensure(EXPIRED_DAYS, prefix=EXPIRED_PREFIX, ago=EXPIRED_AGO)
+    executions = [run["execution"] for run in runs]
+    say(f"retention: generating a month of {rows} expired deliveries…")
+    _generate(runs, EXPIRED_DAYS, 0, rows)
+    _counters_rebuild(executions)
+    partition_open_next()
+    _analyze()
+    dropped = deliveries_drop_expired(days=RETENTION_DAYS)
+    say(f"retention_drop_s = {dropped.seconds:.2f}: {dropped.words()}")
+    if dropped.deliveries != rows:
+        raise BenchmarkError(f"retention dropped {dropped.deliveries} deliveries, not {rows}.")
+    _campaigns_delete(history_campaigns(EXPIRED_PREFIX))
+    return dropped.seconds
+
+
 def history_figures(n: int, *, say: Callable[[str], None]) -> dict[str, Any]:
-    """The summary's ``history_deliveries`` and ``bytes_per_delivery`` (None on another
-    database than PostgreSQL), each said as a line with what they are made of."""
+    """The summary's ``history_deliveries``, ``bytes_per_delivery`` and
+    ``retention_drop_s`` (None on another database than PostgreSQL), each said as a line
+    with what they are made of."""
     say(f"history: {n} delivery rows of {HISTORY_PREFIX.strip()} campaigns in the tables")
     if postgres_required("bytes_per_delivery"):
-        return {"history_deliveries": n, "bytes_per_delivery": None}
+        return {"history_deliveries": n, "bytes_per_delivery": None, "retention_drop_s": None}
     size = delivery_table_size()
     mb = 1024 * 1024
     say(
@@ -468,4 +511,9 @@ def history_figures(n: int, *, say: Callable[[str], None]) -> dict[str, Any]:
         f"{(size['total_bytes'] - size['table_bytes'] - size['index_bytes']) / mb:.1f} MB) "
         f"for {size['rows']} rows"
     )
-    return {"history_deliveries": n, "bytes_per_delivery": size["bytes_per_delivery"]}
+    drop = retention_figure(n, say=say)
+    return {
+        "history_deliveries": n,
+        "bytes_per_delivery": size["bytes_per_delivery"],
+        "retention_drop_s": round(drop, 3) if drop is not None else None,
+    }

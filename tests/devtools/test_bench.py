@@ -49,7 +49,13 @@ def test_the_history_keeps_exactly_n_rows_that_its_campaigns_reports_count(db):
     from campaigns.models import Delivery, DeliveryEngagement, DeliveryEvent, Execution
     from campaigns.selectors import campaign_report
     from devtools.bench.data import campaign_create, earlier_runs_delete, profiles_ensure
-    from devtools.bench.history import delivery_table_size, history_campaigns, history_ensure
+    from devtools.bench.history import (
+        EXPIRED_PREFIX,
+        delivery_table_size,
+        history_campaigns,
+        history_ensure,
+        retention_figure,
+    )
 
     profiles_ensure("bench-", 30, say=print)
     # A bench run's own delivery: not history, and left alone by it.
@@ -103,8 +109,18 @@ def test_the_history_keeps_exactly_n_rows_that_its_campaigns_reports_count(db):
     assert Delivery.objects.filter(execution__campaign__in=history_campaigns()).count() == 120
     size = delivery_table_size()
     assert size["rows"] == 120
-    assert size["total_bytes"] >= size["table_bytes"] + size["index_bytes"]
+    assert size["total_bytes"] >= size["table_bytes"] + size["index_bytes"] > 0
     assert size["bytes_per_delivery"] == round(size["total_bytes"] / 120)
+
+    # retention_drop_s: a month of 120 / 12 expired rows, made and dropped; the year stays.
+    drop = retention_figure(120, say=said.append)
+    assert drop is not None and drop > 0
+    assert Delivery.objects.filter(execution__campaign__in=history_campaigns()).count() == 120
+    assert not history_campaigns(EXPIRED_PREFIX).exists()
+    assert any(
+        line.startswith("retention_drop_s = ") and "Dropped 10 deliveries of 30 runs" in line
+        for line in said
+    )
 
 
 @pytest.mark.parametrize(
