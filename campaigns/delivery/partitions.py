@@ -216,6 +216,14 @@ def partition_detach_and_drop(cursor: Any, partition: Partition) -> None:
     then never locked against the workers sending meanwhile (a test's transaction, which
     cannot, locks it for the instant of its own detach)."""
     table, name = _quote(Delivery._meta.db_table), _quote(partition.name)
-    concurrently = "" if connection.in_atomic_block else " CONCURRENTLY"
-    cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {name}{concurrently}")
+    cursor.execute(
+        "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = %s::regclass",
+        [partition.name],
+    )
+    # A concurrent detach that was interrupted (its second transaction) is only finished.
+    if cursor.fetchone()[0]:
+        how = " FINALIZE"
+    else:
+        how = "" if connection.in_atomic_block else " CONCURRENTLY"
+    cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {name}{how}")
     cursor.execute(f"DROP TABLE {name}")

@@ -17,7 +17,7 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
-from campaigns import delivery, selectors
+from campaigns import delivery, selectors, tasks
 from campaigns.choices import EventKind
 from campaigns.delivery.partitions import (
     EXECUTIONS_PER_PARTITION,
@@ -31,6 +31,7 @@ from campaigns.models import Delivery, DeliveryEngagement, DeliveryEvent, Execut
 from campaigns.retention import deliveries_drop_expired
 from devtools.sinks import RunningSinks, running_sinks
 from tests.campaigns.delivery_support import planned_audience, send_all
+from tests.campaigns.doors import change_url
 from tests.settings_loader import load_settings, refusal
 
 on_postgres = pytest.mark.skipif(connection.vendor != "postgresql", reason="no partitions")
@@ -78,7 +79,7 @@ def report_counts(execution: Execution) -> dict:
 
 
 @pytest.mark.django_db
-def test_old_runs_lose_their_deliveries_and_events_and_keep_their_reports(sinks):
+def test_old_runs_lose_their_deliveries_and_events_and_keep_their_reports(sinks, admin_client):
     now = timezone.now()
     old = sent_run("old-", ended=now - dt.timedelta(days=40))
     partitions_roll(now=now)  # a month began since: the next run is in a partition of its own
@@ -101,6 +102,9 @@ def test_old_runs_lose_their_deliveries_and_events_and_keep_their_reports(sinks)
     assert Delivery.objects.filter(execution=new).count() == 6
     assert DeliveryEvent.objects.filter(delivery__execution=new).count() == 3
     assert selectors.campaign_deliveries(campaign=new.campaign, user=None).count() == 6
+    # The admin's report says so, with the same counts.
+    page = admin_client.get(change_url(old.campaign)).content.decode()
+    assert "Its deliveries were dropped" in page
     if partitioned():
         assert len(dropped.partitions) == 1
         with connection.cursor() as cursor:
@@ -199,6 +203,18 @@ def test_a_new_month_moves_the_next_run_to_a_new_partition(sinks):
             [second.pk],
         )
         assert {name for (name,) in cursor.fetchall()} == {created.name}
+
+
+@pytest.mark.django_db
+def test_the_hourly_step_applies_the_setting_and_nothing_without_it(sinks):
+    old = sent_run("hourly-", ended=timezone.now() - dt.timedelta(days=40))
+    partitions_roll(now=timezone.now())
+
+    tasks.history_maintain()
+    assert Delivery.objects.filter(execution=old).count() == 6
+    with override_settings(SALVO_RETENTION_DAYS=30):
+        tasks.history_maintain()
+    assert not Delivery.objects.filter(execution=old).exists()
 
 
 @pytest.mark.django_db
