@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 
 from ..models import Delivery, Execution
 
@@ -100,10 +102,6 @@ def next_execution_id(cursor: Any) -> int:
     return int(last) + 1 if called else int(last)
 
 
-def _lock(cursor: Any) -> None:
-    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
-
-
 def _create(cursor: Any, low: int) -> Partition:
     """The partition of execution ids from `low` (a multiple of the range), created
     detached and then attached."""
@@ -129,13 +127,10 @@ def partition_ensure(execution_id: int) -> None:
     if not partitioned():
         return
     with connection.cursor() as cursor:
-        top = partitions_list(cursor)[-1]
-        if execution_id < top.high:
+        if execution_id < partitions_list(cursor)[-1].high:
             return
-        _lock(cursor)
-        top = partitions_list(cursor)[-1]
-        while execution_id >= top.high:
-            top = _create(cursor, top.high)
+    with _changing() as cursor:
+        _ensure(cursor, execution_id)
 
 
 def partition_ensure_for_new(sender: Any, instance: Execution, created: bool, **_: Any) -> None:
@@ -144,41 +139,57 @@ def partition_ensure_for_new(sender: Any, instance: Execution, created: bool, **
         partition_ensure(instance.pk)
 
 
-def partitions_roll(*, now: dt.datetime) -> Partition | None:
-    """Start a new month's partition when the open one holds an execution that started in
-    an earlier month than `now`'s (UTC): the next execution gets the first id of the new
-    partition. Returns the partition created, if any (None on SQLite). Run by the scheduler
-    every hour; the history benchmark runs it with its own `now`."""
-    if not partitioned():
-        return None
-    month = (now.year, now.month)
-    with connection.cursor() as cursor:
-        _lock(cursor)
-        next_id = next_execution_id(cursor)
-        existing = partitions_list(cursor)
-        open_ = next((p for p in existing if p.holds(next_id)), None)
-        if open_ is None:  # the sequence went past the last partition: its own, then
-            top = existing[-1]
-            while next_id >= top.high:
-                top = _create(cursor, top.high)
-            return top
-        first = executions_of(open_).order_by("pk").values_list("started_at", flat=True).first()
-        if first is None:
-            return None
-        first_utc = first.astimezone(dt.UTC)
-        if (first_utc.year, first_utc.month) >= month:
-            return None
-        return _open_next(cursor, existing, open_)
+@contextmanager
+def _changing() -> Iterator[Any]:
+    """A cursor in a transaction that holds the lock of every change of the partitions:
+    of two processes (two schedulers, two executions created at once), the second sees
+    what the first did, and a change is whole or not at all (PostgreSQL's DDL is
+    transactional)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+        yield cursor
 
 
-def _open_next(cursor: Any, existing: list[Partition], open_: Partition) -> Partition:
+def _ensure(cursor: Any, execution_id: int) -> None:
+    top = partitions_list(cursor)[-1]
+    while execution_id >= top.high:
+        top = _create(cursor, top.high)
+
+
+def _open_partition(cursor: Any) -> Partition:
+    """The partition the next execution goes to (created if the sequence went past the
+    last one)."""
+    next_id = next_execution_id(cursor)
+    _ensure(cursor, next_id)
+    return next(p for p in partitions_list(cursor) if p.holds(next_id))
+
+
+def _open_next(cursor: Any, open_: Partition) -> Partition:
     """The partition after the open one, created if need be; the next execution's id is
     its first."""
-    following = next((p for p in existing if p.low == open_.high), None)
+    following = next((p for p in partitions_list(cursor) if p.low == open_.high), None)
     if following is None:
         following = _create(cursor, open_.high)
     cursor.execute("SELECT setval(%s, %s, false)", [_execution_sequence(cursor), following.low])
     return following
+
+
+def partitions_roll(*, now: dt.datetime) -> Partition | None:
+    """Start a new month's partition when the open one holds an execution that started in
+    an earlier month than `now`'s (UTC): the next execution gets the first id of the new
+    partition. Returns that partition, if any (None on SQLite). Run by the scheduler every
+    hour; the history benchmark runs it with its own `now`."""
+    if not partitioned():
+        return None
+    with _changing() as cursor:
+        open_ = _open_partition(cursor)
+        first = executions_of(open_).order_by("pk").values_list("started_at", flat=True).first()
+        if first is None:
+            return None
+        first_utc, now_utc = first.astimezone(dt.UTC), now.astimezone(dt.UTC)
+        if (first_utc.year, first_utc.month) >= (now_utc.year, now_utc.month):
+            return None
+        return _open_next(cursor, open_)
 
 
 def partition_open_next() -> Partition | None:
@@ -186,15 +197,8 @@ def partition_open_next() -> Partition | None:
     benchmark's way to give a month of runs from the past a partition of its own."""
     if not partitioned():
         return None
-    with connection.cursor() as cursor:
-        _lock(cursor)
-        existing = partitions_list(cursor)
-        next_id = next_execution_id(cursor)
-        open_ = next((p for p in existing if p.holds(next_id)), None)
-        if open_ is None:
-            partition_ensure(next_id)
-            return partitions_list(cursor)[-1]
-        return _open_next(cursor, existing, open_)
+    with _changing() as cursor:
+        return _open_next(cursor, _open_partition(cursor))
 
 
 def executions_of(partition: Partition) -> Any:
