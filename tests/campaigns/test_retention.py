@@ -18,7 +18,6 @@ from django.test import override_settings
 from django.utils import timezone
 
 from campaigns import delivery, selectors, tasks
-from campaigns.choices import EventKind
 from campaigns.delivery.partitions import (
     EXECUTIONS_PER_PARTITION,
     next_execution_id,
@@ -26,12 +25,12 @@ from campaigns.delivery.partitions import (
     partitions_list,
     partitions_roll,
 )
-from campaigns.events import ProviderEvent, events_record
 from campaigns.models import Delivery, DeliveryEngagement, DeliveryEvent, Execution
 from campaigns.retention import deliveries_drop_expired
 from devtools.sinks import RunningSinks, running_sinks
 from tests.campaigns.delivery_support import planned_audience, send_all
 from tests.campaigns.doors import change_url
+from tests.campaigns.test_experiments import opened
 from tests.settings_loader import load_settings, refusal
 
 on_postgres = pytest.mark.skipif(connection.vendor != "postgresql", reason="no partitions")
@@ -52,21 +51,8 @@ def sent_run(prefix: str, *, ended: dt.datetime) -> Execution:
     Execution.objects.filter(pk=execution.pk).update(
         started_at=ended - dt.timedelta(hours=1), finished_at=ended
     )
-    emails = Delivery.objects.filter(execution=execution, action__channel="email")
-    events_record(
-        events=[
-            ProviderEvent(
-                provider="sendgrid",
-                event_id=f"{prefix}{row.pk}",
-                kind=EventKind.OPENED,
-                channel="email",
-                occurred_at=ended,
-                delivery_id=row.pk,
-                recipient="",
-            )
-            for row in emails
-        ]
-    )
+    audience = Delivery.objects.filter(execution=execution).values_list("profile_id", flat=True)
+    opened(execution.campaign, list(set(audience)))
     execution.refresh_from_db()
     return execution
 
