@@ -61,9 +61,11 @@ campaigns (``history``: 365 Completed campaigns, one a day, email and SMS to the
 profiles, with their counters and provider events) are in the tables first, generated inside
 PostgreSQL and kept between runs (a new N inserts or deletes only the difference; 0, the
 default, drops them, so that the figures without history are measured without). Every figure
-is then measured with that history present, and the JSON adds `history_deliveries` and
+is then measured with that history present, and the JSON adds `history_deliveries`,
 `bytes_per_delivery` (the delivery table's size on disk, heap, indexes and TOAST, over its
-rows).
+rows), and `retention_drop_s` with `retention_partition_drop_s`: retention dropping a month
+of expired deliveries as large as the history's, generated for it, with their events (and of
+that time, the partitions' detach and drop).
 
 ``DeliveryBenchmark`` (``delivery``) runs it; ``data`` generates the profiles and campaigns,
 ``processes`` starts and samples the worker and the web process, ``pages`` times the pages.

@@ -47,7 +47,7 @@ from campaigns.models import (
     EngagementCount,
     Execution,
 )
-from campaigns.retention import deliveries_drop_expired
+from campaigns.retention import Retention, deliveries_drop_expired
 from channels.choices import ChannelKind
 from channels.models import MessagePreset
 from segments.choices import SegmentKind
@@ -471,11 +471,12 @@ def delivery_table_size() -> dict[str, int]:
     }
 
 
-def retention_figure(n: int, *, say: Callable[[str], None]) -> float | None:
+def retention_figure(n: int, *, say: Callable[[str], None]) -> Retention | None:
     """``retention_drop_s``: the seconds retention takes to drop a month of deliveries as
     large as the history's (n / 12 rows of 30 campaigns, with their events, ended about
     14 months ago, in a partition of their own), while the history (within the year) stays.
-    The month is generated for the measure and gone after it. None when n < 12."""
+    The month is generated for the measure and gone after it; what retention did (its
+    seconds, and of those the partitions' detach and drop), None when n < 12."""
     rows = n // 12
     if rows == 0:
         return None
@@ -492,7 +493,7 @@ def retention_figure(n: int, *, say: Callable[[str], None]) -> float | None:
     if dropped.deliveries != rows:
         raise BenchmarkError(f"retention dropped {dropped.deliveries} deliveries, not {rows}.")
     _campaigns_delete(history_campaigns(EXPIRED_PREFIX))
-    return dropped.seconds
+    return dropped
 
 
 def history_figures(n: int, *, say: Callable[[str], None]) -> dict[str, Any]:
@@ -501,7 +502,12 @@ def history_figures(n: int, *, say: Callable[[str], None]) -> dict[str, Any]:
     with what they are made of."""
     say(f"history: {n} delivery rows of {HISTORY_PREFIX.strip()} campaigns in the tables")
     if postgres_required("bytes_per_delivery"):
-        return {"history_deliveries": n, "bytes_per_delivery": None, "retention_drop_s": None}
+        return {
+            "history_deliveries": n,
+            "bytes_per_delivery": None,
+            "retention_drop_s": None,
+            "retention_partition_drop_s": None,
+        }
     size = delivery_table_size()
     mb = 1024 * 1024
     say(
@@ -515,5 +521,6 @@ def history_figures(n: int, *, say: Callable[[str], None]) -> dict[str, Any]:
     return {
         "history_deliveries": n,
         "bytes_per_delivery": size["bytes_per_delivery"],
-        "retention_drop_s": round(drop, 3) if drop is not None else None,
+        "retention_drop_s": round(drop.seconds, 3) if drop else None,
+        "retention_partition_drop_s": round(drop.drop_seconds, 3) if drop else None,
     }

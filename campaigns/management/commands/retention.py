@@ -57,7 +57,11 @@ class Command(BaseCommand):
         if options["json"]:
             fields = ("days", "dry_run", "runs", "deliveries", "events", "partitions", "runs_held")
             summary = {name: getattr(result, name) for name in fields}
-            summary |= {"cutoff": result.cutoff.isoformat(), "seconds": round(result.seconds, 3)}
+            summary |= {
+                "cutoff": result.cutoff.isoformat(),
+                "seconds": round(result.seconds, 3),
+                "drop_seconds": round(result.drop_seconds, 3),
+            }
             self.stdout.write(json.dumps(summary))
         else:
             self.stdout.write(result.words())
