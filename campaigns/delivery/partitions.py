@@ -89,6 +89,11 @@ def partitions_list(cursor: Any) -> list[Partition]:
     return sorted(found, key=lambda p: p.high)
 
 
+def partition_of(cursor: Any, execution_id: int) -> Partition:
+    """The partition that holds the execution's deliveries."""
+    return next(p for p in partitions_list(cursor) if p.holds(execution_id))
+
+
 def _execution_sequence(cursor: Any) -> str:
     cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [Execution._meta.db_table])
     (sequence,) = cursor.fetchone()
@@ -161,7 +166,7 @@ def _open_partition(cursor: Any) -> Partition:
     last one)."""
     next_id = next_execution_id(cursor)
     _ensure(cursor, next_id)
-    return next(p for p in partitions_list(cursor) if p.holds(next_id))
+    return partition_of(cursor, next_id)
 
 
 def _open_next(cursor: Any, open_: Partition) -> Partition:

@@ -142,7 +142,9 @@ def execution_plan_step(*, execution_id: int) -> bool:
             per_action = insert_deliveries(execution, keys_before + 1, snapshot.size)
             assignments_plan(execution, keys_before + 1, snapshot.size)
             winner_wait_plan(execution, first, last)
-            statistics_refresh(first_profile_id=first, inserted=sum(per_action.values()))
+            statistics_refresh(
+                execution_id=execution.pk, first_profile_id=first, inserted=sum(per_action.values())
+            )
             execution.audience_size += max(per_action.values(), default=0)
         execution.planned_through = max(last, execution.planned_through)
         execution.planning_done = execution.planned_through >= top
