@@ -39,6 +39,7 @@ from .delivery.partitions import (
     partitions_closed,
     partitions_roll,
 )
+from .delivery.sql import table_name
 from .exceptions import CampaignConflict
 from .models import Delivery, DeliveryCount, DeliveryEngagement, DeliveryEvent, Execution
 from .operations import VIEW_CAMPAIGN
@@ -48,6 +49,8 @@ RETENTION_PERMISSIONS = (VIEW_CAMPAIGN, "campaigns.delete_delivery")
 DELETE_BATCH = 10_000
 # Session-level advisory lock key of a retention run ("rete" in ASCII).
 _LOCK_KEY = 0x72657465
+# The rows about a delivery (by ``delivery_id``), which go with it.
+ABOUT_DELIVERIES = (DeliveryEvent, DeliveryEngagement)
 
 
 @dataclass
@@ -174,9 +177,10 @@ def _partition_drop(
     runs.update(deliveries_dropped_at=now)
     rows = connection.ops.quote_name(partition.name)
     with connection.cursor() as cursor:
-        for model in (DeliveryEvent, DeliveryEngagement):
-            table = connection.ops.quote_name(model._meta.db_table)
-            cursor.execute(f"DELETE FROM {table} AS t USING {rows} AS d WHERE t.delivery_id = d.id")
+        for model in ABOUT_DELIVERIES:
+            cursor.execute(
+                f"DELETE FROM {table_name(model)} AS t USING {rows} AS d WHERE t.delivery_id = d.id"
+            )
             result.events += cursor.rowcount
         started = time.monotonic()
         partition_detach_and_drop(cursor, partition)
@@ -199,7 +203,7 @@ def _delete_rows(result: Retention, *, now: dt.datetime) -> None:
                 )
                 if not ids:
                     break
-                for model in (DeliveryEvent, DeliveryEngagement):
+                for model in ABOUT_DELIVERIES:
                     result.events += model.objects.filter(delivery_id__in=ids).delete()[0]
                 Delivery.objects.filter(pk__in=ids).delete()
         Execution.objects.filter(pk=run.pk).update(deliveries_dropped_at=now)
