@@ -700,11 +700,13 @@ class DeliveryEvent(models.Model):
     of what makes it unique), so that a provider sending it twice records it once.
 
     ``delivery`` is found from what the message carried (Salvo's delivery id, which goes
-    out with every message as its idempotency key and metadata) or, failing that, from
-    ``provider_message_id``; an event that arrives before its send's outcome is recorded
-    keeps the message id and is attached once the delivery knows it. No database
-    constraint ties it to the delivery: a foreign key's check would wait on the row lock
-    of the chunk that is sending it."""
+    out with every message as its idempotency key and metadata, and exists from planning
+    on). No database constraint ties it to the delivery: a foreign key's check would wait
+    on the row lock of the chunk that is sending it.
+
+    On PostgreSQL the table is partitioned by ``execution_id`` (migration 0023), so its
+    unique key holds ``execution_id`` too: an event is kept once per provider event and
+    execution, which is once, since an event is about one delivery."""
 
     provider = models.CharField(max_length=32)
     event_id = models.CharField(max_length=255)
@@ -717,6 +719,11 @@ class DeliveryEvent(models.Model):
         db_constraint=False,
         related_name="events",
     )
+    # The execution of its delivery, 0 when it names none that exists: what the events are
+    # partitioned by on PostgreSQL, beside their deliveries, so that retention drops a
+    # month of them whole (``campaigns.delivery.partitions``). A number, not a foreign key:
+    # 0 names no execution, and the column must never be empty (it is in the primary key).
+    execution_id = models.BigIntegerField(default=0, editable=False)
     provider_message_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
     channel = models.CharField(max_length=16, choices=ChannelKind.choices)
     recipient = models.CharField(max_length=320, blank=True, default="")

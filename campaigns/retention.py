@@ -6,10 +6,15 @@ campaign's report says the same after as before. Each run dropped is marked
 says why.
 
 On PostgreSQL the deliveries go a partition at a time (``campaigns.delivery.partitions``: a
-month of runs each), in about a second whatever their number: a partition is dropped once
-every run in it ended before the cutoff, so a run's deliveries are kept at least N days,
-and at most until the last run of its month is N days old too. On SQLite, which has no
-partitions, each run's rows are deleted, a batch at a time.
+month of runs each), with the partitions of their events and engagement rows, in about a
+second whatever their number: a month's partitions are dropped once every run in it ended
+before the cutoff, so a run's deliveries are kept at least N days, and at most until the
+last run of its month is N days old too. (The engagement rows of the months before
+migration 0023 share one partition: they are deleted with their month's deliveries.) On
+SQLite, which has no partitions, each run's rows are deleted, a batch at a time.
+
+Events that name no delivery that exists (execution 0; on PostgreSQL their own partition),
+and those recorded before migration 0023, are deleted once they were received N days ago.
 
 Run by ``manage.py retention`` and, with ``SALVO_RETENTION_DAYS``, every hour by the
 scheduler (``campaigns.tasks.history_maintain``).
@@ -32,16 +37,18 @@ from django.utils import timezone
 from config.permissions import require_perms
 
 from .delivery.partitions import (
+    ABOUT_DELIVERIES,
     Partition,
     executions_of,
     partition_detach_and_drop,
+    partition_within,
     partitioned,
     partitions_closed,
     partitions_roll,
 )
 from .delivery.sql import table_name
 from .exceptions import CampaignConflict
-from .models import Delivery, DeliveryCount, DeliveryEngagement, DeliveryEvent, Execution
+from .models import Delivery, DeliveryCount, DeliveryEvent, Execution
 from .operations import VIEW_CAMPAIGN
 
 RETENTION_PERMISSIONS = (VIEW_CAMPAIGN, "campaigns.delete_delivery")
@@ -49,8 +56,6 @@ RETENTION_PERMISSIONS = (VIEW_CAMPAIGN, "campaigns.delete_delivery")
 DELETE_BATCH = 10_000
 # Session-level advisory lock key of a retention run ("rete" in ASCII).
 _LOCK_KEY = 0x72657465
-# The rows about a delivery (by ``delivery_id``), which go with it.
-ABOUT_DELIVERIES = (DeliveryEvent, DeliveryEngagement)
 
 
 @dataclass
@@ -62,8 +67,11 @@ class Retention:
     dry_run: bool
     runs: int = 0  # executions whose deliveries went
     deliveries: int = 0  # by their counters
-    events: int = 0  # provider events and engagement rows about them (0 on a dry run)
-    partitions: list[str] = field(default_factory=list)  # PostgreSQL only
+    # Provider events and engagement rows deleted row by row (0 on a dry run): on SQLite,
+    # unattached events, and rows kept in one partition with newer ones. Those in the
+    # dropped partitions are not counted, which would read them all.
+    events: int = 0
+    partitions: list[str] = field(default_factory=list)  # the deliveries' (PostgreSQL)
     # Runs that ended before the cutoff, kept because a newer run shares their partition.
     runs_held: int = 0
     seconds: float = 0.0
@@ -78,9 +86,13 @@ class Retention:
             f"{self.cutoff:%Y-%m-%d %H:%M} UTC ({self.days} days)"
         )
         if self.partitions:
-            said += f", {len(self.partitions)} partitions"
-        if not self.dry_run:
-            said += f", with {self.events:,} provider events and engagement rows"
+            months = len(self.partitions)
+            said += (
+                f", as {months} whole month{'s' if months != 1 else ''} (the partitions of "
+                "their deliveries, provider events and engagement rows)"
+            )
+        if not self.dry_run and (self.events or not self.partitions):
+            said += f", with {self.events:,} provider events and engagement rows deleted"
         said += f", in {self.seconds:.2f}s"
         if self.partitions and not self.dry_run:
             said += f" ({self.drop_seconds:.2f}s of it detaching and dropping the partitions)"
@@ -146,9 +158,9 @@ def deliveries_drop_expired(
         else:
             _delete_rows(result, now=now)
         if not dry_run:
-            # Events no delivery was found for, as old.
-            unmatched = DeliveryEvent.objects.filter(delivery=None, received_at__lt=result.cutoff)
-            result.events += unmatched.delete()[0]
+            # Events no delivery was found for, as old (and those before migration 0023).
+            unattached = DeliveryEvent.objects.filter(execution_id=0, received_at__lt=result.cutoff)
+            result.events += unattached.delete()[0]
     result.seconds = time.monotonic() - started
     return result
 
@@ -172,14 +184,22 @@ def _drop_partitions(result: Retention, *, now: dt.datetime) -> None:
 def _partition_drop(
     result: Retention, partition: Partition, runs: QuerySet[Execution], *, now: dt.datetime
 ) -> None:
-    """Mark the runs, delete what refers to the partition's rows, then drop it: a crash at
-    any point leaves what the next run finishes."""
+    """Mark the runs, drop the partitions of the rows about the deliveries (or delete
+    those rows where they share one with newer runs), then the deliveries' partition: a
+    crash at any point leaves what the next run finishes."""
     runs.update(deliveries_dropped_at=now)
-    rows = connection.ops.quote_name(partition.name)
     with connection.cursor() as cursor:
         for model in ABOUT_DELIVERIES:
+            own = partition_within(cursor, model, partition)
+            if own is not None:
+                started = time.monotonic()
+                partition_detach_and_drop(cursor, own, model)
+                result.drop_seconds += time.monotonic() - started
+                continue
+            # Executions start at 1: execution 0's events are about no delivery.
             cursor.execute(
-                f"DELETE FROM {table_name(model)} AS t USING {rows} AS d WHERE t.delivery_id = d.id"
+                f"DELETE FROM {table_name(model)} WHERE execution_id >= %s AND execution_id < %s",
+                [max(partition.low or 1, 1), partition.high],
             )
             result.events += cursor.rowcount
         started = time.monotonic()
@@ -204,7 +224,8 @@ def _delete_rows(result: Retention, *, now: dt.datetime) -> None:
                 if not ids:
                     break
                 for model in ABOUT_DELIVERIES:
-                    result.events += model.objects.filter(delivery_id__in=ids).delete()[0]
+                    rows = model._default_manager.filter(delivery_id__in=ids)
+                    result.events += rows.delete()[0]
                 Delivery.objects.filter(pk__in=ids).delete()
         Execution.objects.filter(pk=run.pk).update(deliveries_dropped_at=now)
 

@@ -1,5 +1,5 @@
-"""The delivery table's partitions on PostgreSQL: what makes a year of history cheap to keep
-and cheap to let go.
+"""The delivery table's partitions on PostgreSQL, and those of the rows about its
+deliveries: what makes a year of history cheap to keep and cheap to let go.
 
 ``campaigns_delivery`` is partitioned by RANGE of ``execution_id`` (migration 0022), so an
 execution's deliveries are all in one partition: its unique (execution, action, profile)
@@ -11,8 +11,13 @@ execution that started in an earlier calendar month (UTC), ``partitions_roll`` c
 next partition and moves the executions' id sequence to its start. Execution ids therefore
 jump at a month's start; they stay unique and increasing.
 
-Retention (``campaigns.retention``) then drops a whole partition, in a second whatever its
-size, once every execution in it ended before the cutoff.
+The rows about the deliveries, their provider events and engagement rows
+(``ABOUT_DELIVERIES``), are partitioned the same way (migration 0023), and each new
+partition of the deliveries is made with theirs: an execution's events are beside its
+deliveries. Events that name no delivery (execution 0) are in a partition of their own,
+below every execution (``campaigns_deliveryevent_unattached``). Retention
+(``campaigns.retention``) then drops a month's partitions whole, in a second whatever their
+size, once every execution in them ended before the cutoff.
 
 A partition exists for every execution before its deliveries are written:
 ``partition_ensure`` runs when an execution is created (``post_save``), and creates the
@@ -31,10 +36,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 
-from ..models import Delivery, Execution
+from ..models import Delivery, DeliveryEngagement, DeliveryEvent, Execution
 
+# The tables partitioned with the deliveries, by the execution of the delivery each row is
+# about: they go with it.
+ABOUT_DELIVERIES: tuple[type[models.Model], ...] = (DeliveryEvent, DeliveryEngagement)
 # Execution ids per partition: a month's executions, with room for API-triggered campaigns
 # (one execution per call); a busier month opens the next partition early.
 EXECUTIONS_PER_PARTITION = 1_000_000
@@ -72,17 +80,17 @@ def _bound(text: str) -> int | None:
     return None if text.upper() == "MINVALUE" else int(text)
 
 
-def partitions_list(cursor: Any) -> list[Partition]:
-    """The delivery table's partitions, lowest first."""
+def partitions_list(cursor: Any, model: type[models.Model] = Delivery) -> list[Partition]:
+    """The partitions of the model's table (the deliveries' by default), lowest first."""
     cursor.execute(
         "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
         "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
-        [Delivery._meta.db_table],
+        [model._meta.db_table],
     )
     found = []
     for name, bound in cursor.fetchall():
         match = _BOUND.search(bound)
-        assert match is not None, bound  # every partition is a range (migration 0022)
+        assert match is not None, bound  # every partition is a range (migrations 0022, 0023)
         high = _bound(match["high"])
         assert high is not None
         found.append(Partition(name, _bound(match["low"]), high))
@@ -107,22 +115,40 @@ def next_execution_id(cursor: Any) -> int:
     return int(last) + 1 if called else int(last)
 
 
+def partition_within(
+    cursor: Any, model: type[models.Model], partition: Partition
+) -> Partition | None:
+    """The partition of the model's table that holds the rows about the deliveries of
+    `partition` and nothing else, if it has one: not when the table's rows of those
+    executions share a partition with newer ones (those it held before migration 0023)."""
+    return next(
+        (
+            own
+            for own in partitions_list(cursor, model)
+            if own.high == partition.high
+            and (partition.low is None or (own.low is not None and own.low >= partition.low))
+        ),
+        None,
+    )
+
+
 def _create(cursor: Any, low: int) -> Partition:
-    """The partition of execution ids from `low` (a multiple of the range), created
-    detached and then attached."""
-    table = Delivery._meta.db_table
-    partition = Partition(
-        f"{table}_{low // EXECUTIONS_PER_PARTITION}", low, low + EXECUTIONS_PER_PARTITION
-    )
-    cursor.execute(
-        f"CREATE TABLE {_quote(partition.name)} (LIKE {_quote(table)} INCLUDING CONSTRAINTS) "
-        f"{_STORAGE}"
-    )
-    cursor.execute(
-        f"ALTER TABLE {_quote(table)} ATTACH PARTITION {_quote(partition.name)} "
-        f"FOR VALUES FROM ({partition.low}) TO ({partition.high})"
-    )
-    return partition
+    """The deliveries' partition of execution ids from `low` (a multiple of the range), and
+    those of the rows about them, each created detached and then attached."""
+    high = low + EXECUTIONS_PER_PARTITION
+    partitioned_models: tuple[type[models.Model], ...] = (Delivery, *ABOUT_DELIVERIES)
+    for model in partitioned_models:
+        table = model._meta.db_table
+        name = f"{table}_{low // EXECUTIONS_PER_PARTITION}"
+        storage = _STORAGE if model is Delivery else ""
+        cursor.execute(
+            f"CREATE TABLE {_quote(name)} (LIKE {_quote(table)} INCLUDING CONSTRAINTS) {storage}"
+        )
+        cursor.execute(
+            f"ALTER TABLE {_quote(table)} ATTACH PARTITION {_quote(name)} "
+            f"FOR VALUES FROM ({low}) TO ({high})"
+        )
+    return Partition(f"{Delivery._meta.db_table}_{low // EXECUTIONS_PER_PARTITION}", low, high)
 
 
 def partition_ensure(execution_id: int) -> None:
@@ -220,11 +246,14 @@ def partitions_closed(cursor: Any) -> list[Partition]:
     return [p for p in partitions_list(cursor) if p.high <= next_id]
 
 
-def partition_detach_and_drop(cursor: Any, partition: Partition) -> None:
-    """Detach the partition and drop it. Outside a transaction, CONCURRENTLY: the parent is
-    then never locked against the workers sending meanwhile (a test's transaction, which
-    cannot, locks it for the instant of its own detach)."""
-    table, name = _quote(Delivery._meta.db_table), _quote(partition.name)
+def partition_detach_and_drop(
+    cursor: Any, partition: Partition, model: type[models.Model] = Delivery
+) -> None:
+    """Detach the partition of the model's table (the deliveries' by default) and drop it.
+    Outside a transaction, CONCURRENTLY: the parent is then never locked against the
+    workers sending meanwhile (a test's transaction, which cannot, locks it for the instant
+    of its own detach)."""
+    table, name = _quote(model._meta.db_table), _quote(partition.name)
     cursor.execute(
         "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = %s::regclass",
         [partition.name],

@@ -330,12 +330,13 @@ def _events_insert(cursor: Any, after_id: int) -> None:
     ).format(delivery=_table(Delivery))
     cursor.execute(
         f"INSERT INTO {_table(DeliveryEvent)} (provider, event_id, kind, delivery_id, "
-        "provider_message_id, channel, recipient, occurred_at, received_at, detail) "
+        "execution_id, provider_message_id, channel, recipient, occurred_at, received_at, "
+        "detail) "
         f"SELECT CASE WHEN d.channel = 'email' THEN '{PROVIDERS[ChannelKind.EMAIL]}' "
         f"ELSE '{PROVIDERS[ChannelKind.SMS]}' END, "
         # Padded: in the ids' order, so the unique index is appended to, not split.
         "'bench-history-' || lpad(d.id::text, 12, '0') || '-' || k.kind, "
-        "k.kind, d.id, d.provider_message_id, d.channel, "
+        "k.kind, d.id, d.execution_id, d.provider_message_id, d.channel, "
         "CASE WHEN d.channel = 'email' THEN p.email ELSE p.phone END, "
         "d.sent_at + k.after, d.sent_at + k.after + interval '1 second', "
         "CASE WHEN k.kind = 'clicked' THEN 'https://example.com/news?utm_source=salvo' "
@@ -369,12 +370,11 @@ def _rows_delete(executions: list[int], *, from_id: int = 0) -> None:
     if not executions:
         return
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {_table(DeliveryEvent)} WHERE delivery_id IN (SELECT id FROM "
-            f"{_table(Delivery)} WHERE execution_id = ANY(%s) AND id >= %s)",
-            [executions, from_id],
-        )
-        for table, row in ((_table(DeliveryEngagement), "delivery_id"), (_table(Delivery), "id")):
+        for table, row in (
+            (_table(DeliveryEvent), "delivery_id"),
+            (_table(DeliveryEngagement), "delivery_id"),
+            (_table(Delivery), "id"),
+        ):
             cursor.execute(
                 f"DELETE FROM {table} WHERE execution_id = ANY(%s) AND {row} >= %s",
                 [executions, from_id],

@@ -14,7 +14,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from campaigns import selectors
-from campaigns.models import Campaign, Delivery, DeliveryTimeline
+from campaigns.models import Campaign, Delivery, DeliveryEvent, DeliveryTimeline
 from channels.models import MessagePreset
 from tests.channels.factories import MessagePresetFactory
 
@@ -197,6 +197,72 @@ def test_roles_migration_makes_the_groups_and_reverses_cleanly():
 
         assert group_permissions() == {}
         assert "approval_status" not in version_columns()
+    finally:
+        latest = MigrationExecutor(connection)
+        latest.migrate(latest.loader.graph.leaf_nodes())
+
+
+BEFORE_EVENT_PARTITIONS = [("campaigns", "0022_delivery_partitions_and_retention")]
+
+
+def event_rows() -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT e.event_id, e.delivery_id, g.kind, g.execution_id "
+            "FROM campaigns_deliveryevent e "
+            "JOIN campaigns_deliveryengagement g ON g.delivery_id = e.delivery_id ORDER BY 1"
+        )
+        return cursor.fetchall()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_and_engagement_rows_keep_through_their_partitioning_both_ways():
+    executor = MigrationExecutor(connection)
+    try:
+        executor.migrate(BEFORE_EVENT_PARTITIONS)
+        apps = MigrationExecutor(connection).loader.project_state(BEFORE_EVENT_PARTITIONS).apps
+        for n in (1, 2):
+            apps.get_model("campaigns", "DeliveryEvent").objects.create(
+                provider="postmark",
+                event_id=f"before-{n}",
+                kind="opened",
+                delivery_id=100 + n,
+                channel="email",
+                occurred_at=timezone.now(),
+            )
+            apps.get_model("campaigns", "DeliveryEngagement").objects.create(
+                delivery_id=100 + n, kind="opened", execution_id=7, action_id=1
+            )
+        before = event_rows()
+
+        latest = MigrationExecutor(connection)
+        latest.migrate(latest.loader.graph.leaf_nodes())
+
+        assert event_rows() == before
+        # Recorded before, their execution unknown: 0, with the events that name no delivery.
+        assert set(DeliveryEvent.objects.values_list("execution_id", flat=True)) == {0}
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT DISTINCT tableoid::regclass::text FROM campaigns_deliveryevent"
+                )
+                assert cursor.fetchall() == [("campaigns_deliveryevent_unattached",)]
+        DeliveryEvent.objects.create(
+            provider="postmark",
+            event_id="after",
+            kind="opened",
+            delivery_id=103,
+            channel="email",
+            occurred_at=timezone.now(),
+        )
+        assert DeliveryEvent.objects.count() == 3
+
+        MigrationExecutor(connection).migrate(BEFORE_EVENT_PARTITIONS)
+
+        assert event_rows() == before
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM campaigns_deliveryevent")
+            assert cursor.fetchone() == (3,)
     finally:
         latest = MigrationExecutor(connection)
         latest.migrate(latest.loader.graph.leaf_nodes())

@@ -25,6 +25,7 @@ from campaigns.delivery.partitions import (
     partitions_list,
     partitions_roll,
 )
+from campaigns.events import ProviderEvent, events_record
 from campaigns.models import Delivery, DeliveryEngagement, DeliveryEvent, Execution
 from campaigns.retention import deliveries_drop_expired
 from devtools.sinks import RunningSinks, running_sinks
@@ -76,7 +77,10 @@ def test_old_runs_lose_their_deliveries_and_events_and_keep_their_reports(sinks,
 
     dropped = deliveries_drop_expired(days=30, now=now)
 
-    assert (dropped.runs, dropped.deliveries, dropped.events) == (1, 6, 6)  # 3 opens, 3 rows
+    # SQLite deletes the 3 opens and their 3 engagement rows; PostgreSQL drops their
+    # month's partitions whole, uncounted.
+    assert (dropped.runs, dropped.deliveries) == (1, 6)
+    assert dropped.events == (0 if partitioned() else 6)
     assert not Delivery.objects.filter(execution=old).exists()
     assert not DeliveryEvent.objects.filter(delivery_id__in=old_ids).exists()
     assert not DeliveryEngagement.objects.filter(delivery_id__in=old_ids).exists()
@@ -97,10 +101,75 @@ def test_old_runs_lose_their_deliveries_and_events_and_keep_their_reports(sinks,
         with connection.cursor() as cursor:
             cursor.execute("SELECT to_regclass(%s), to_regclass(%s)", [holding, partition_of(new)])
             assert cursor.fetchone() == (None, partition_of(new))
+            # The events' and engagement rows' partitions of the month went with it.
+            for model in (DeliveryEvent, DeliveryEngagement):
+                assert not [p for p in partitions_list(cursor, model) if p.holds(old.pk)]
+                assert [p for p in partitions_list(cursor, model) if p.holds(new.pk)]
     assert "Dropped 6 deliveries of 1 runs" in dropped.words()
 
     again = deliveries_drop_expired(days=30, now=now)
     assert (again.runs, again.deliveries, again.partitions) == (0, 0, [])
+
+
+@pytest.mark.django_db
+def test_events_about_no_delivery_go_once_received_as_long_ago(sinks):
+    now = timezone.now()
+    run = sent_run("unattached-", ended=now - dt.timedelta(days=1))
+    kept = Delivery.objects.filter(execution=run).first()
+    assert kept is not None
+    recorded = events_record(
+        events=[
+            ProviderEvent(
+                provider="sendgrid",
+                event_id=f"unattached-{n}",
+                kind="bounced",
+                channel="email",
+                occurred_at=now,
+                delivery_id=delivery_id,
+                recipient=f"gone-{n}@example.com",
+            )
+            for n, delivery_id in enumerate([None, 10**12, kept.pk])
+        ]
+    )
+    assert recorded.recorded == 3
+    events = DeliveryEvent.objects.filter(event_id__startswith="unattached-")
+    # Each names its delivery's execution, 0 when it names none that exists.
+    assert sorted(events.values_list("execution_id", flat=True)) == [0, 0, run.pk]
+    events.filter(execution_id=0).update(received_at=now - dt.timedelta(days=31))
+
+    dropped = deliveries_drop_expired(days=30, now=now)
+
+    assert dropped.events == 2
+    assert list(events.values_list("event_id", flat=True)) == ["unattached-2"]
+    assert Delivery.objects.filter(execution=run).count() == 6
+
+
+@on_postgres
+@pytest.mark.django_db
+def test_an_event_goes_to_its_deliverys_partition_and_is_kept_once(sinks):
+    run = sent_run("beside-", ended=timezone.now())
+    first = Delivery.objects.filter(execution=run).order_by("pk").first()
+    assert first is not None
+    event = ProviderEvent(
+        provider="postmark",
+        event_id="beside-1",
+        kind="delivered",
+        channel="email",
+        occurred_at=timezone.now(),
+        delivery_id=first.pk,
+    )
+
+    assert events_record(events=[event, event]).recorded == 1
+    assert events_record(events=[event]).duplicates == 1
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tableoid::regclass::text FROM campaigns_deliveryevent WHERE execution_id = %s "
+            "UNION SELECT tableoid::regclass::text FROM campaigns_deliveryengagement "
+            "WHERE execution_id = %s",
+            [run.pk, run.pk],
+        )
+        months = {name.rsplit("_", 1)[1] for (name,) in cursor.fetchall()}
+    assert months == {partition_of(run).rsplit("_", 1)[1]}
 
 
 @pytest.mark.django_db
