@@ -281,7 +281,13 @@ def statistics_refresh(*, execution_id: int, first_profile_id: int, inserted: in
 
 
 def _due_rows_sql(*, where: str, suffix: str = "") -> str:
-    """The query that reads deliveries of a batch with their recipients' data."""
+    """The query that reads deliveries of a batch with their recipients' data; its first
+    two parameters are the batch's profile range (`_profile_range`), then `where`'s.
+
+    The range bounds the profiles as well as the deliveries: the planner carries an
+    equality across a join, never a range, and with some statistics of the run's partition
+    it chose a merge join that read the profiles' index from the first profile to the
+    batch's, on every batch (a year of history made the engine 20% slower that way)."""
     quote = connection.ops.quote_name
     columns = ", ".join(
         # As text: a recipient whose attributes cannot be decoded fails alone, in prepare.
@@ -291,8 +297,12 @@ def _due_rows_sql(*, where: str, suffix: str = "") -> str:
     return (
         f"SELECT d.id, d.attempts, {columns} "
         f"FROM {table_name(Delivery)} d LEFT JOIN {table_name(Profile)} p ON p.id = d.profile_id "
-        f"WHERE {where} ORDER BY d.profile_id{suffix}"
+        f"AND p.id BETWEEN %s AND %s WHERE {where} ORDER BY d.profile_id{suffix}"
     )
+
+
+def _profile_range(batch: Batch) -> list[int]:
+    return [batch.first_profile_id, batch.last_profile_id]
 
 
 _DUE = (
@@ -320,7 +330,7 @@ def due_lock(batch: Batch, *, limit: int, now: dt.datetime) -> list[Due]:
     releases its rows with its connection."""
     sql = _due_rows_sql(where=_DUE, suffix=" LIMIT %s FOR UPDATE OF d SKIP LOCKED")
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*_due_params(batch, now=now), limit])
+        cursor.execute(sql, [*_profile_range(batch), *_due_params(batch, now=now), limit])
         return _read_due(cursor)
 
 
@@ -350,7 +360,10 @@ def due_claim(batch: Batch, *, limit: int, now: dt.datetime, claim: uuid.UUID) -
             "d.execution_id = %s AND d.action_id = %s AND d.profile_id BETWEEN %s AND %s "
             "AND d.claim = %s"
         )
-        cursor.execute(_due_rows_sql(where=where), [*batch.as_args(), _claim_value(claim)])
+        cursor.execute(
+            _due_rows_sql(where=where),
+            [*_profile_range(batch), *batch.as_args(), _claim_value(claim)],
+        )
         return _read_due(cursor)
 
 
