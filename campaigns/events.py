@@ -160,20 +160,38 @@ _INSERT_BATCH = 1000
 
 
 def _insert_new(rows: Sequence[DeliveryEvent]) -> set[tuple[str, str]]:
-    """Insert the rows whose (provider, event_id) is not stored yet: their keys."""
+    """Insert the rows whose (provider, event_id) is not stored yet: their keys.
+
+    Each row gets its delivery's execution in the same statement (a join by the delivery's
+    primary key; 0 when it names no delivery that exists): on PostgreSQL the partition it
+    goes to, beside its delivery's. The WHERE before ON CONFLICT is SQLite's: it tells the
+    upsert from the join's ON."""
     if not rows:
         return set()
-    fields = [field for field in DeliveryEvent._meta.concrete_fields if not field.primary_key]
-    table = connection.ops.quote_name(DeliveryEvent._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    fields = [
+        field
+        for field in DeliveryEvent._meta.concrete_fields
+        if not field.primary_key and field.attname != "execution_id"
+    ]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    # VALUES types a column of NULLs only as text: the delivery id is cast back.
+    delivery_id = "CAST(v.delivery_id AS bigint)"
+    values = ", ".join(
+        delivery_id if field.column == "delivery_id" else f"v.{quote(field.column)}"
+        for field in fields
+    )
     one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     inserted: set[tuple[str, str]] = set()
     with connection.cursor() as cursor:
         for at in range(0, len(rows), _INSERT_BATCH):
             batch = rows[at : at + _INSERT_BATCH]
-            _executions_name(batch)
             cursor.execute(
-                f"INSERT INTO {table} ({columns}) VALUES {', '.join([one_row] * len(batch))} "
+                f"WITH v ({columns}) AS (VALUES {', '.join([one_row] * len(batch))}) "
+                f"INSERT INTO {quote(DeliveryEvent._meta.db_table)} ({columns}, execution_id) "
+                f"SELECT {values}, coalesce(d.execution_id, 0) FROM v "
+                f"LEFT JOIN {quote(Delivery._meta.db_table)} d ON d.id = {delivery_id} "
+                "WHERE 1 = 1 ORDER BY v.provider, v.event_id "
                 "ON CONFLICT DO NOTHING RETURNING provider, event_id",
                 [
                     field.get_db_prep_save(getattr(row, field.attname), connection)
@@ -183,19 +201,6 @@ def _insert_new(rows: Sequence[DeliveryEvent]) -> set[tuple[str, str]]:
             )
             inserted.update((provider, event_id) for provider, event_id in cursor.fetchall())
     return inserted
-
-
-def _executions_name(rows: Sequence[DeliveryEvent]) -> None:
-    """Give each row its delivery's execution (0 when it names no delivery that exists):
-    on PostgreSQL the partition it goes to, beside its delivery's (one query)."""
-    delivery_ids = {row.delivery_id for row in rows if row.delivery_id is not None}
-    executions = dict(
-        Delivery.objects.filter(pk__in=delivery_ids).values_list("pk", "execution_id")
-        if delivery_ids
-        else ()
-    )
-    for row in rows:
-        row.execution_id = executions.get(row.delivery_id, 0) if row.delivery_id else 0
 
 
 def sms_keyword_record(
