@@ -27,10 +27,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
@@ -188,13 +189,17 @@ def _partition_drop(
     those rows where they share one with newer runs), then the deliveries' partition: a
     crash at any point leaves what the next run finishes."""
     runs.update(deliveries_dropped_at=now)
+
+    def drop(cursor: Any, own: Partition, model: type[models.Model]) -> None:
+        started = time.monotonic()
+        partition_detach_and_drop(cursor, own, model)
+        result.drop_seconds += time.monotonic() - started
+
     with connection.cursor() as cursor:
         for model in ABOUT_DELIVERIES:
             own = partition_within(cursor, model, partition)
             if own is not None:
-                started = time.monotonic()
-                partition_detach_and_drop(cursor, own, model)
-                result.drop_seconds += time.monotonic() - started
+                drop(cursor, own, model)
                 continue
             # Executions start at 1: execution 0's events are about no delivery.
             cursor.execute(
@@ -202,9 +207,7 @@ def _partition_drop(
                 [max(partition.low or 1, 1), partition.high],
             )
             result.events += cursor.rowcount
-        started = time.monotonic()
-        partition_detach_and_drop(cursor, partition)
-        result.drop_seconds += time.monotonic() - started
+        drop(cursor, partition, Delivery)
 
 
 def _delete_rows(result: Retention, *, now: dt.datetime) -> None:

@@ -43,6 +43,8 @@ from ..models import Delivery, DeliveryEngagement, DeliveryEvent, Execution
 # The tables partitioned with the deliveries, by the execution of the delivery each row is
 # about: they go with it.
 ABOUT_DELIVERIES: tuple[type[models.Model], ...] = (DeliveryEvent, DeliveryEngagement)
+# Every table partitioned by execution: each month has a partition of each.
+PARTITIONED: tuple[type[models.Model], ...] = (Delivery, *ABOUT_DELIVERIES)
 # Execution ids per partition: a month's executions, with room for API-triggered campaigns
 # (one execution per call); a busier month opens the next partition early.
 EXECUTIONS_PER_PARTITION = 1_000_000
@@ -132,14 +134,17 @@ def partition_within(
     )
 
 
+def _name(model: type[models.Model], low: int) -> str:
+    """The name of the model's partition of execution ids from `low`."""
+    return f"{model._meta.db_table}_{low // EXECUTIONS_PER_PARTITION}"
+
+
 def _create(cursor: Any, low: int) -> Partition:
     """The deliveries' partition of execution ids from `low` (a multiple of the range), and
     those of the rows about them, each created detached and then attached."""
     high = low + EXECUTIONS_PER_PARTITION
-    partitioned_models: tuple[type[models.Model], ...] = (Delivery, *ABOUT_DELIVERIES)
-    for model in partitioned_models:
-        table = model._meta.db_table
-        name = f"{table}_{low // EXECUTIONS_PER_PARTITION}"
+    for model in PARTITIONED:
+        table, name = model._meta.db_table, _name(model, low)
         storage = _STORAGE if model is Delivery else ""
         cursor.execute(
             f"CREATE TABLE {_quote(name)} (LIKE {_quote(table)} INCLUDING CONSTRAINTS) {storage}"
@@ -148,7 +153,7 @@ def _create(cursor: Any, low: int) -> Partition:
             f"ALTER TABLE {_quote(table)} ATTACH PARTITION {_quote(name)} "
             f"FOR VALUES FROM ({low}) TO ({high})"
         )
-    return Partition(f"{Delivery._meta.db_table}_{low // EXECUTIONS_PER_PARTITION}", low, high)
+    return Partition(_name(Delivery, low), low, high)
 
 
 def partition_ensure(execution_id: int) -> None:
