@@ -1026,7 +1026,8 @@ class MarketingSend(models.Model):
     The index on (profile, at) serves the count of one profile's sends within a period; the
     unique delivery id lets a delivery find its own reservation (a crashed worker's row sent
     again counts once). No foreign keys: rows are written in every chunk, and a send stays
-    counted after its profile or campaign is gone."""
+    counted after its profile or campaign is gone. Rows older than the longest cap period
+    are deleted every hour (``campaigns.retention.caps_ledger_trim``)."""
 
     profile_id = models.BigIntegerField()
     channel = models.CharField(max_length=16)

@@ -15,6 +15,12 @@ SQLite, which has no partitions, each run's rows are deleted, a batch at a time.
 
 Events that name no delivery that exists (execution 0; on PostgreSQL their own partition),
 and those recorded before migration 0023, are deleted once they were received N days ago.
+A dropped run's audience goes with its deliveries: its snapshot's members, and the contexts
+an API trigger gave its recipients (the snapshot and the trigger stay, with their sizes and
+the trigger's idempotency key, so a repeated call still sends nothing).
+
+Whatever the setting, every hour the frequency caps' ledger (``MarketingSend``) loses the
+rows older than the longest cap period: no rule counts them any more.
 
 Run by ``manage.py retention`` and, with ``SALVO_RETENTION_DAYS``, every hour by the
 scheduler (``campaigns.tasks.history_maintain``).
@@ -32,11 +38,13 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, models, transaction
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Max, Q, QuerySet, Sum
 from django.utils import timezone
 
 from config.permissions import require_perms
+from segments.models import AudienceMember
 
+from .choices import CAP_PERIOD_SECONDS
 from .delivery.partitions import (
     ABOUT_DELIVERIES,
     Partition,
@@ -49,11 +57,19 @@ from .delivery.partitions import (
 )
 from .delivery.sql import table_name
 from .exceptions import CampaignConflict
-from .models import Delivery, DeliveryCount, DeliveryEvent, Execution
+from .models import (
+    Delivery,
+    DeliveryCount,
+    DeliveryEvent,
+    Execution,
+    MarketingSend,
+    TriggerRecipient,
+)
 from .operations import VIEW_CAMPAIGN
 
 RETENTION_PERMISSIONS = (VIEW_CAMPAIGN, "campaigns.delete_delivery")
-# SQLite: rows deleted per transaction, so that the workers' writes wait at most that long.
+# Rows deleted per statement where rows go one by one (SQLite's deliveries, audiences, the
+# caps' ledger), so that the workers' writes wait at most that long.
 DELETE_BATCH = 10_000
 # Session-level advisory lock key of a retention run ("rete" in ASCII).
 _LOCK_KEY = 0x72657465
@@ -72,6 +88,8 @@ class Retention:
     # unattached events, and rows kept in one partition with newer ones. Those in the
     # dropped partitions are not counted, which would read them all.
     events: int = 0
+    # The dropped runs' audience snapshot members and trigger recipients' contexts.
+    audience: int = 0
     partitions: list[str] = field(default_factory=list)  # the deliveries' (PostgreSQL)
     # Runs that ended before the cutoff, kept because a newer run shares their partition.
     runs_held: int = 0
@@ -94,6 +112,11 @@ class Retention:
             )
         if not self.dry_run and (self.events or not self.partitions):
             said += f", with {self.events:,} provider events and engagement rows deleted"
+        if self.audience:
+            said += (
+                f", and {self.audience:,} rows of their audiences "
+                "(snapshot members, trigger contexts)"
+            )
         said += f", in {self.seconds:.2f}s"
         if self.partitions and not self.dry_run:
             said += f" ({self.drop_seconds:.2f}s of it detaching and dropping the partitions)"
@@ -188,6 +211,7 @@ def _partition_drop(
     """Mark the runs, drop the partitions of the rows about the deliveries (or delete
     those rows where they share one with newer runs), then the deliveries' partition: a
     crash at any point leaves what the next run finishes."""
+    _audiences_delete(result, runs)
     runs.update(deliveries_dropped_at=now)
 
     def drop(cursor: Any, own: Partition, model: type[models.Model]) -> None:
@@ -217,6 +241,7 @@ def _delete_rows(result: Retention, *, now: dt.datetime) -> None:
     if result.dry_run:
         return
     for run in runs.iterator():
+        _audiences_delete(result, Execution.objects.filter(pk=run.pk))
         while True:
             with transaction.atomic():
                 ids = list(
@@ -233,11 +258,52 @@ def _delete_rows(result: Retention, *, now: dt.datetime) -> None:
         Execution.objects.filter(pk=run.pk).update(deliveries_dropped_at=now)
 
 
+def _audiences_delete(result: Retention, runs: QuerySet[Execution]) -> None:
+    """Delete the runs' audiences, before the runs are marked (a crash leaves them to the
+    next retention run): the members of each snapshot a key range at a time, and the
+    trigger recipients' contexts."""
+    for execution_id, snapshot_id in runs.values_list("pk", "snapshot_id"):
+        result.audience += TriggerRecipient.objects.filter(execution_id=execution_id).delete()[0]
+        if snapshot_id is None:
+            continue
+        members = AudienceMember.objects.filter(snapshot_id=snapshot_id)
+        last = members.aggregate(last=Max("key"))["last"] or 0
+        for low in range(0, last, DELETE_BATCH):
+            batch = members.filter(key__gt=low, key__lte=low + DELETE_BATCH)
+            result.audience += batch.delete()[0]
+
+
+def caps_ledger_trim(*, now: dt.datetime | None = None, batch: int = DELETE_BATCH) -> int:
+    """Delete the caps' ledger rows older than the longest cap period, which no rule counts;
+    the number deleted. By id, `batch` rows at a time: a row's id and time both grow as
+    rows are written, so the old rows come first, and the first batch that holds a younger
+    row ends the trim (the time condition keeps that row; an old row written after it goes
+    the next hour)."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(seconds=max(CAP_PERIOD_SECONDS.values()))
+    ledger = MarketingSend.objects.order_by("pk")
+    deleted, after = 0, 0
+    while True:
+        edge = list(ledger.filter(pk__gt=after).values_list("pk", flat=True)[batch - 1 : batch])
+        rows = ledger.filter(pk__gt=after, at__lt=cutoff)
+        if edge:
+            rows = rows.filter(pk__lte=edge[0])
+        gone = rows.delete()[0]
+        deleted += gone
+        if not edge or gone < batch:
+            return deleted
+        after = edge[0]
+
+
 def history_maintain(*, now: dt.datetime | None = None) -> Retention | None:
-    """The scheduler's hourly step: a new month's partition when one began, then retention
-    when ``SALVO_RETENTION_DAYS`` is set (None otherwise)."""
+    """The scheduler's hourly step: a new month's partition when one began, retention when
+    ``SALVO_RETENTION_DAYS`` is set (None otherwise), then the caps' ledger trimmed (last:
+    after a long time without, its first trims may outlast the task's time limit, and the
+    next hour goes on from where it stopped)."""
     now = now or timezone.now()
     partitions_roll(now=now)
-    if not settings.SALVO_RETENTION_DAYS:
-        return None
-    return deliveries_drop_expired(days=settings.SALVO_RETENTION_DAYS, now=now)
+    dropped = None
+    if settings.SALVO_RETENTION_DAYS:
+        dropped = deliveries_drop_expired(days=settings.SALVO_RETENTION_DAYS, now=now)
+    caps_ledger_trim(now=now)
+    return dropped

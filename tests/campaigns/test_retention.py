@@ -26,12 +26,23 @@ from campaigns.delivery.partitions import (
     partitions_roll,
 )
 from campaigns.events import ProviderEvent, events_record
-from campaigns.models import Delivery, DeliveryEngagement, DeliveryEvent, Execution
-from campaigns.retention import deliveries_drop_expired
+from campaigns.models import (
+    Delivery,
+    DeliveryEngagement,
+    DeliveryEvent,
+    Execution,
+    MarketingSend,
+    Trigger,
+    TriggerRecipient,
+)
+from campaigns.retention import caps_ledger_trim, deliveries_drop_expired
+from campaigns.triggers import trigger_create
 from devtools.sinks import RunningSinks, running_sinks
+from segments.models import AudienceMember
 from tests.campaigns.delivery_support import planned_audience, send_all
 from tests.campaigns.doors import change_url
 from tests.campaigns.test_experiments import opened
+from tests.campaigns.test_triggers import live_triggered, recipients
 from tests.settings_loader import load_settings, refusal
 
 on_postgres = pytest.mark.skipif(connection.vendor != "postgresql", reason="no partitions")
@@ -106,9 +117,75 @@ def test_old_runs_lose_their_deliveries_and_events_and_keep_their_reports(sinks,
                 assert not [p for p in partitions_list(cursor, model) if p.holds(old.pk)]
                 assert [p for p in partitions_list(cursor, model) if p.holds(new.pk)]
     assert "Dropped 6 deliveries of 1 runs" in dropped.words()
+    # Its audience snapshot's members went with them; the newer run's stay.
+    assert dropped.audience == 3
+    assert "and 3 rows of their audiences" in dropped.words()
+    assert not AudienceMember.objects.filter(snapshot_id=old.snapshot_id).exists()
+    assert AudienceMember.objects.filter(snapshot_id=new.snapshot_id).count() == 3
 
     again = deliveries_drop_expired(days=30, now=now)
     assert (again.runs, again.deliveries, again.partitions) == (0, 0, [])
+
+
+@pytest.mark.django_db
+def test_an_old_trigger_loses_its_recipients_contexts_and_keeps_its_key_and_counts(sinks):
+    now = timezone.now()
+    triggered = trigger_create(
+        campaign=live_triggered(), user=None, recipients=recipients(2), idempotency_key="k-1"
+    ).trigger
+    send_all(triggered.execution)
+    delivery.execution_complete_if_done(execution_id=triggered.execution_id)
+    ended = now - dt.timedelta(days=40)
+    Execution.objects.filter(pk=triggered.execution_id).update(
+        started_at=ended - dt.timedelta(hours=1), finished_at=ended
+    )
+    partitions_roll(now=now)  # a month began since: the next run is in a partition of its own
+    kept = trigger_create(
+        campaign=live_triggered(), user=None, recipients=recipients(1), idempotency_key="k-2"
+    ).trigger
+    report = report_counts(triggered.execution)
+
+    dropped = deliveries_drop_expired(days=30, now=now)
+
+    assert (dropped.runs, dropped.deliveries, dropped.audience) == (1, 4, 2)
+    assert not TriggerRecipient.objects.filter(execution_id=triggered.execution_id).exists()
+    assert TriggerRecipient.objects.filter(execution_id=kept.execution_id).count() == 1
+    # The call is still known by its key, so a repeat sends nothing again; its run keeps
+    # its report.
+    again = trigger_create(
+        campaign=triggered.campaign, user=None, recipients=recipients(2), idempotency_key="k-1"
+    )
+    assert (again.created, again.trigger.pk) == (False, triggered.pk)
+    assert Trigger.objects.filter(pk=triggered.pk).exists()
+    assert report_counts(triggered.execution) == report
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("retention_days", [0, 30])
+def test_the_hourly_step_trims_the_caps_ledger_to_the_longest_period(retention_days):
+    now = timezone.now()
+
+    def sent(days_ago: float, delivery_id: int) -> None:
+        MarketingSend.objects.create(
+            profile_id=1,
+            channel="email",
+            at=now - dt.timedelta(days=days_ago),
+            delivery_id=delivery_id,
+        )
+
+    # In the order written: ids grow with time, but not strictly.
+    for days_ago, delivery_id in [(35, 1), (31, 2), (30.01, 3), (29.99, 4), (0, 5), (1, 6)]:
+        sent(days_ago, delivery_id)
+    sent(30.5, 7)  # written after younger rows: the next hour's trim takes it
+
+    with override_settings(SALVO_RETENTION_DAYS=retention_days):
+        trimmed = caps_ledger_trim(now=now, batch=2)
+    assert trimmed == 3
+    assert set(MarketingSend.objects.values_list("delivery_id", flat=True)) == {4, 5, 6, 7}
+    # The hourly step trims whatever the retention setting: nothing counts older rows.
+    with override_settings(SALVO_RETENTION_DAYS=retention_days):
+        tasks.history_maintain()
+    assert set(MarketingSend.objects.values_list("delivery_id", flat=True)) == {4, 5, 6}
 
 
 @pytest.mark.django_db
@@ -180,8 +257,9 @@ def test_a_dry_run_says_what_would_go_and_drops_nothing(sinks):
 
     out = call_command_output("retention", "--days", "30", "--dry-run", "--json")
 
-    assert (out["runs"], out["deliveries"], out["dry_run"]) == (1, 6, True)
+    assert (out["runs"], out["deliveries"], out["audience"], out["dry_run"]) == (1, 6, 0, True)
     assert Delivery.objects.filter(execution=old).count() == 6
+    assert AudienceMember.objects.filter(snapshot_id=old.snapshot_id).count() == 3
     old.refresh_from_db()
     assert old.deliveries_dropped_at is None
 

@@ -18,8 +18,9 @@ from campaigns.retention import deliveries_drop_expired
 
 class Command(BaseCommand):
     help = (
-        "Drop the deliveries (and their provider events) of runs that ended more than N days "
-        "ago; the reports keep their counts. On PostgreSQL a month's partition at a time."
+        "Drop the deliveries (with their provider events and audiences) of runs that ended "
+        "more than N days ago; the reports keep their counts. On PostgreSQL a month's "
+        "partition at a time."
     )
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
@@ -55,7 +56,16 @@ class Command(BaseCommand):
         except (PermissionDenied, CampaignConflict) as error:
             raise CommandError(str(error)) from None
         if options["json"]:
-            fields = ("days", "dry_run", "runs", "deliveries", "events", "partitions", "runs_held")
+            fields = (
+                "days",
+                "dry_run",
+                "runs",
+                "deliveries",
+                "events",
+                "audience",
+                "partitions",
+                "runs_held",
+            )
             summary = {name: getattr(result, name) for name in fields}
             summary |= {
                 "cutoff": result.cutoff.isoformat(),
