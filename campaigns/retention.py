@@ -52,6 +52,7 @@ from .delivery.partitions import (
     partition_detach_and_drop,
     partition_within,
     partitioned,
+    partitioned_tables_analyze,
     partitions_closed,
     partitions_roll,
 )
@@ -296,12 +297,14 @@ def caps_ledger_trim(*, now: dt.datetime | None = None, batch: int = DELETE_BATC
 
 
 def history_maintain(*, now: dt.datetime | None = None) -> Retention | None:
-    """The scheduler's hourly step: a new month's partition when one began, retention when
+    """The scheduler's hourly step: a new month's partition when one began (and statistics of
+    the partitioned tables then, or when they have none), retention when
     ``SALVO_RETENTION_DAYS`` is set (None otherwise), then the caps' ledger trimmed (last:
     after a long time without, its first trims may outlast the task's time limit, and the
     next hour goes on from where it stopped)."""
     now = now or timezone.now()
-    partitions_roll(now=now)
+    opened = partitions_roll(now=now)
+    partitioned_tables_analyze(missing_only=opened is None)
     dropped = None
     if settings.SALVO_RETENTION_DAYS:
         dropped = deliveries_drop_expired(days=settings.SALVO_RETENTION_DAYS, now=now)

@@ -20,6 +20,7 @@ from django.utils import timezone
 from campaigns import delivery, selectors, tasks
 from campaigns.delivery.partitions import (
     EXECUTIONS_PER_PARTITION,
+    PARTITIONED,
     next_execution_id,
     partitioned,
     partitions_list,
@@ -368,3 +369,24 @@ def test_a_retention_out_of_range_refuses_to_start(tmp_path, value):
 
     assert line.endswith("from 1 to 36500, or 0 to keep them for ever.")
     assert load_settings({"SALVO_RETENTION_DAYS": "90"}, tmp_path)["SALVO_EMBEDDED"] is True
+
+
+@on_postgres
+@pytest.mark.django_db
+def test_the_hourly_step_gives_the_partitioned_tables_statistics_of_their_own(sinks):
+    """Autovacuum never analyzes a partitioned table: without statistics the planner costs a
+    join of a few events to the deliveries by id as millions of rows (and compiles it)."""
+    sent_run("stats-", ended=timezone.now() - dt.timedelta(days=1))
+
+    def with_statistics() -> set[str]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT tablename FROM pg_stats WHERE schemaname = current_schema() "
+                "AND inherited AND tablename = ANY(%s)",
+                [[model._meta.db_table for model in PARTITIONED]],
+            )
+            return {name for (name,) in cursor.fetchall()}
+
+    tasks.history_maintain()
+
+    assert with_statistics() == {model._meta.db_table for model in PARTITIONED}
