@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,10 +209,10 @@ def _drop_partitions(result: Retention, *, now: dt.datetime) -> None:
 def _partition_drop(
     result: Retention, partition: Partition, runs: QuerySet[Execution], *, now: dt.datetime
 ) -> None:
-    """Mark the runs, drop the partitions of the rows about the deliveries (or delete
-    those rows where they share one with newer runs), then the deliveries' partition: a
-    crash at any point leaves what the next run finishes."""
-    _audiences_delete(result, runs)
+    """Delete the runs' audiences, mark the runs, drop the partitions of the rows about the
+    deliveries (or delete those rows where they share one with newer runs), then the
+    deliveries' partition: a crash at any point leaves what the next run finishes."""
+    _audiences_delete(result, runs.values_list("pk", "snapshot_id"))
     runs.update(deliveries_dropped_at=now)
 
     def drop(cursor: Any, own: Partition, model: type[models.Model]) -> None:
@@ -242,7 +242,7 @@ def _delete_rows(result: Retention, *, now: dt.datetime) -> None:
     if result.dry_run:
         return
     for run in runs.iterator():
-        _audiences_delete(result, Execution.objects.filter(pk=run.pk))
+        _audiences_delete(result, [(run.pk, run.snapshot_id)])
         while True:
             with transaction.atomic():
                 ids = list(
@@ -259,11 +259,11 @@ def _delete_rows(result: Retention, *, now: dt.datetime) -> None:
         Execution.objects.filter(pk=run.pk).update(deliveries_dropped_at=now)
 
 
-def _audiences_delete(result: Retention, runs: QuerySet[Execution]) -> None:
-    """Delete the runs' audiences, before the runs are marked (a crash leaves them to the
-    next retention run): the members of each snapshot a key range at a time, and the
-    trigger recipients' contexts."""
-    for execution_id, snapshot_id in runs.values_list("pk", "snapshot_id"):
+def _audiences_delete(result: Retention, runs: Iterable[tuple[int, int | None]]) -> None:
+    """Delete the audiences of the runs, given as (execution id, snapshot id), before the
+    runs are marked (a crash leaves them to the next retention run): the members of each
+    snapshot a key range at a time, and the trigger recipients' contexts."""
+    for execution_id, snapshot_id in runs:
         result.audience += TriggerRecipient.objects.filter(execution_id=execution_id).delete()[0]
         if snapshot_id is None:
             continue
