@@ -53,7 +53,7 @@ from channels.models import MessagePreset
 from segments.choices import SegmentKind
 from segments.models import Profile, Segment
 
-from .data import CONTENT, PRESET_FIELDS
+from .data import CONTENT, PRESET_FIELDS, tables_vacuum_analyze
 from .errors import BenchmarkError
 
 HISTORY_PREFIX = "bench-history "
@@ -75,6 +75,15 @@ EVENTS = (
     (ChannelKind.SMS, "delivered", 930, "5 seconds"),
 )
 PROVIDERS = {ChannelKind.EMAIL: "mailgun", ChannelKind.SMS: "twilio"}
+# The tables the history writes, vacuumed and analyzed once it is written.
+HISTORY_TABLES = (
+    Delivery,
+    DeliveryEvent,
+    DeliveryEngagement,
+    DeliveryCount,
+    DeliveryTimeline,
+    EngagementCount,
+)
 # retention_drop_s: a month of campaigns that ended about 14 months ago, dropped by a
 # retention that keeps the year of history.
 EXPIRED_PREFIX = "bench-expired "
@@ -133,7 +142,7 @@ def history_ensure(n: int, *, days: int = HISTORY_DAYS, say: Callable[[str], Non
             f"history: {n - count} deliveries with their events and counters in "
             f"{written:.1f}s = {(n - count) / written:.0f} deliveries/s"
         )
-    _analyze()
+    tables_vacuum_analyze(*HISTORY_TABLES)
     say(f"history ready in {time.monotonic() - started:.1f}s (VACUUM ANALYZE included)")
 
 
@@ -428,23 +437,6 @@ def _counters_rebuild(executions: list[int]) -> None:
         )
 
 
-def _analyze() -> None:
-    """VACUUM ANALYZE the tables written (as autovacuum would have, long since, for a
-    year-old history: dead rows of a trim gone, pages all-visible), or only ANALYZE inside
-    a transaction (a test's), where VACUUM cannot run."""
-    command = "ANALYZE" if connection.in_atomic_block else "VACUUM (ANALYZE)"
-    with connection.cursor() as cursor:
-        for model in (
-            Delivery,
-            DeliveryEvent,
-            DeliveryEngagement,
-            DeliveryCount,
-            DeliveryTimeline,
-            EngagementCount,
-        ):
-            cursor.execute(f"{command} {_table(model)}")
-
-
 def delivery_table_size() -> dict[str, int]:
     """The delivery table on disk: ``rows``, ``table_bytes`` (the heap), ``index_bytes``,
     ``total_bytes`` (pg_total_relation_size: heap, indexes and TOAST) and
@@ -487,7 +479,7 @@ def retention_figure(n: int, *, say: Callable[[str], None]) -> Retention | None:
     _generate(runs, EXPIRED_DAYS, 0, rows)
     _counters_rebuild(executions)
     partition_open_next()
-    _analyze()
+    tables_vacuum_analyze(*HISTORY_TABLES)
     dropped = deliveries_drop_expired(days=RETENTION_DAYS)
     say(f"retention_drop_s = {dropped.seconds:.2f}: {dropped.words()}")
     if dropped.deliveries != rows:
