@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import connection
-from django.db.models import NOT_PROVIDED
+from django.db.models import NOT_PROVIDED, Model
 from django.utils import timezone
 
 from campaigns import services
@@ -104,7 +104,7 @@ def profiles_ensure(prefix: str, n: int, *, say: Callable[[str], None]) -> None:
     tables_vacuum_analyze(Profile)
 
 
-def tables_vacuum_analyze(*models: Any) -> None:
+def tables_vacuum_analyze(*models: type[Model]) -> None:
     """VACUUM (ANALYZE) the tables of `models` on PostgreSQL, as autovacuum would have long
     since for rows written well before a run: pages all-visible and statistics gathered, so
     that a run does not share the machine with the vacuum its own set-up triggered. Only
